@@ -1,0 +1,68 @@
+"""Plain data shared by the Raft core, its log storage and the simulator.
+
+Nothing here does I/O. The core (shmraft.raft.core) consumes and produces these values; the storage
+(shmraft.raft.storage) persists them; the worker processes move them over sockets.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Protocol
+
+
+@dataclass(frozen=True, slots=True)
+class Entry:
+    """One Raft log entry. In shmraft one entry carries one batch frame, opaque to the core."""
+
+    index: int
+    term: int
+    data: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class HardState:
+    """What Raft must persist before answering a message: current term, vote in that term, commit index."""
+
+    term: int = 0
+    vote: int = 0  # node id voted for in `term`; 0 = none (node ids start at 1)
+    commit: int = 0
+
+
+class LogStorage(Protocol):
+    """The durable log as the core's driver sees it. Implemented in memory (simulator) and on RocksDB.
+
+    Indexes start at 1. `first_index()` is the oldest entry still kept (retention may delete older,
+    committed entries); `snapshot_index()`/`snapshot_term()` describe the entry just before it (0/0 when
+    nothing was ever deleted), so log matching still works at the boundary.
+    """
+
+    def hard_state(self) -> HardState: ...
+
+    def first_index(self) -> int: ...
+
+    def last_index(self) -> int: ...
+
+    def snapshot_index(self) -> int: ...
+
+    def snapshot_term(self) -> int: ...
+
+    def term_at(self, index: int) -> int | None:
+        """Term of the entry at `index`, the snapshot term at snapshot_index(), None if not held."""
+        ...
+
+    def entries(self, lo: int, hi: int, max_bytes: int) -> list[Entry]:
+        """Entries [lo, hi), at least one if any, stopping before max_bytes of data is exceeded."""
+        ...
+
+    def append(self, entries: list[Entry], hard_state: HardState | None = None) -> None:
+        """Write entries (replacing any existing suffix from entries[0].index) and the hard state
+        atomically, durably under the fsync policy `always`."""
+        ...
+
+    def set_hard_state(self, hard_state: HardState) -> None: ...
+
+    def compact(self, up_to_index: int) -> None:
+        """Delete committed entries <= up_to_index (retention)."""
+        ...
+
+    def close(self) -> None: ...
