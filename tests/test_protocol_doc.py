@@ -1,0 +1,95 @@
+"""docs/PROTOCOL.md stays true: every hex example decodes to the values written beside it."""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+
+import pytest
+
+from shmraft.wire import errors
+from shmraft.wire.frame import decode_batch, encode_batch
+
+DOC = Path(__file__).resolve().parent.parent / "docs" / "PROTOCOL.md"
+_BLOCK = re.compile(r"```hex\n(.*?)```\s*```json\n(.*?)```", re.S)
+_LINE = re.compile(r"^([0-9a-f]{4}): ((?:[0-9a-f]{2} ?)+)$")
+
+
+def _examples() -> list[tuple[dict[int, bytes], bool, dict]]:
+    out = []
+    for hexpart, jsonpart in _BLOCK.findall(DOC.read_text()):
+        lines: dict[int, bytes] = {}
+        abbreviated = False
+        for raw in hexpart.strip().splitlines():
+            raw = raw.strip()
+            if raw == "...":
+                abbreviated = True
+                continue
+            m = _LINE.match(raw)
+            assert m, f"unparseable hex line in PROTOCOL.md: {raw!r}"
+            lines[int(m.group(1), 16)] = bytes.fromhex(m.group(2))
+        out.append((lines, abbreviated, json.loads(jsonpart)))
+    return out
+
+
+EXAMPLES = _examples()
+
+
+def test_document_has_the_required_examples() -> None:
+    assert len(EXAMPLES) >= 4
+    flags = [exp.get("flags") for _, _, exp in EXAMPLES]
+    assert 0 in flags and 1 in flags  # plain and zstd
+    assert any(exp.get("event_count") == 64 for _, _, exp in EXAMPLES)
+
+
+def _joined(lines: dict[int, bytes]) -> bytes:
+    buf = b""
+    for off in sorted(lines):
+        assert off == len(buf), f"gap in a full hex dump at 0x{len(buf):04x}"
+        buf += lines[off]
+    return buf
+
+
+def _check_header(batch, expected: dict) -> None:
+    h = batch.header
+    for key in ("flags", "event_count", "payload_len", "batch_id", "timestamp_us", "prev_index", "term",
+                "prev_term"):
+        assert getattr(h, key) == expected[key], key
+    assert h.crc32 == int(expected["crc32"], 16)
+
+
+@pytest.mark.parametrize("index", range(len(EXAMPLES)))
+def test_example_decodes_to_stated_values(index: int) -> None:
+    lines, abbreviated, expected = EXAMPLES[index]
+    if "error" in expected:
+        with pytest.raises(errors.RemoteProtocolError) as info:
+            decode_batch(_joined(lines))
+        assert type(info.value).__name__ == expected["error"]
+        assert info.value.field == expected["field"]
+        return
+    if not abbreviated:
+        batch = decode_batch(_joined(lines))
+        _check_header(batch, expected)
+        assert [bytes(e).decode() for e in batch.events] == expected["events"]
+        return
+    # Abbreviated: rebuild the frame from the stated values, check every shown line, then decode.
+    count = expected["event_count"]
+    events = [(expected["events_format"] % i).encode() for i in range(count)]
+    frame = encode_batch(
+        events,
+        batch_id=expected["batch_id"],
+        term=expected["term"],
+        prev_index=expected["prev_index"],
+        prev_term=expected["prev_term"],
+        timestamp_us=expected["timestamp_us"],
+        producer_ids=[expected["producer_id"]] * count,
+        sequences=range(expected["first_sequence"], expected["first_sequence"] + count),
+    )
+    assert len(frame) == expected["frame_len"]
+    for off, shown in lines.items():
+        assert frame[off : off + len(shown)] == shown, f"line 0x{off:04x}"
+    batch = decode_batch(frame)
+    _check_header(batch, expected)
+    assert [bytes(e) for e in batch.events] == events
+    assert batch.sequences.tolist() == list(range(expected["first_sequence"], expected["first_sequence"] + count))
