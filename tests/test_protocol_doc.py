@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 
 from shmraft.wire import errors
+from shmraft.wire.client import MessageReader
 from shmraft.wire.frame import decode_batch, encode_batch
 
 DOC = Path(__file__).resolve().parent.parent / "docs" / "PROTOCOL.md"
@@ -36,11 +37,16 @@ def _examples() -> list[tuple[dict[int, bytes], bool, dict]]:
 EXAMPLES = _examples()
 
 
+FRAME_EXAMPLES = [e for e in EXAMPLES if "message" not in e[2]]
+CLIENT_EXAMPLES = [e for e in EXAMPLES if "message" in e[2]]
+
+
 def test_document_has_the_required_examples() -> None:
-    assert len(EXAMPLES) >= 4
-    flags = [exp.get("flags") for _, _, exp in EXAMPLES]
+    assert len(FRAME_EXAMPLES) >= 4
+    assert {e[2]["message"] for e in CLIENT_EXAMPLES} >= {"Produce", "Produced", "Fetched", "MetadataAnswer", "Error"}
+    flags = [exp.get("flags") for _, _, exp in FRAME_EXAMPLES]
     assert 0 in flags and 1 in flags  # plain and zstd
-    assert any(exp.get("event_count") == 64 for _, _, exp in EXAMPLES)
+    assert any(exp.get("event_count") == 64 for _, _, exp in FRAME_EXAMPLES)
 
 
 def _joined(lines: dict[int, bytes]) -> bytes:
@@ -59,9 +65,9 @@ def _check_header(batch, expected: dict) -> None:
     assert h.crc32 == int(expected["crc32"], 16)
 
 
-@pytest.mark.parametrize("index", range(len(EXAMPLES)))
-def test_example_decodes_to_stated_values(index: int) -> None:
-    lines, abbreviated, expected = EXAMPLES[index]
+@pytest.mark.parametrize("index", range(len(FRAME_EXAMPLES)))
+def test_frame_example_decodes_to_stated_values(index: int) -> None:
+    lines, abbreviated, expected = FRAME_EXAMPLES[index]
     if "error" in expected:
         with pytest.raises(errors.RemoteProtocolError) as info:
             decode_batch(_joined(lines))
@@ -93,3 +99,30 @@ def test_example_decodes_to_stated_values(index: int) -> None:
     _check_header(batch, expected)
     assert [bytes(e) for e in batch.events] == events
     assert batch.sequences.tolist() == list(range(expected["first_sequence"], expected["first_sequence"] + count))
+
+
+@pytest.mark.parametrize("index", range(len(CLIENT_EXAMPLES)))
+def test_client_example_decodes_to_stated_values(index: int) -> None:
+    lines, abbreviated, expected = CLIENT_EXAMPLES[index]
+    assert not abbreviated
+    data = _joined(lines)
+    reader = MessageReader()
+    reader.feed(data)
+    msg = reader.next_message()
+    assert reader.buffered_bytes == 0 and reader.next_message() is None
+    assert type(msg).__name__ == expected["message"]
+    for key, want in expected.items():
+        if key == "message":
+            continue
+        if key == "events":
+            assert [bytes(e).decode() for e in msg.events] == want
+        elif key == "offsets":
+            assert msg.offsets.tolist() == want
+        elif key == "members":
+            assert [[m.node_id, m.host, m.port] for m in msg.members] == want
+        elif key == "code":
+            assert msg.code.name == want
+        elif key == "text":
+            assert msg.message == want
+        else:
+            assert getattr(msg, key) == want, key

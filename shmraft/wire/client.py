@@ -1,0 +1,316 @@
+"""The client protocol: produce, fetch and metadata requests and their answers (docs/PROTOCOL.md section 2).
+
+Sans-I/O, in the manner of h11: `encode_*` turn values into bytes, `MessageReader` turns received bytes
+into messages and never touches a socket. Every message is a 16-byte header followed by a body whose size
+the header gives, so a reader knows how much to wait for and can refuse an oversized message before
+buffering it.
+"""
+
+from __future__ import annotations
+
+import enum
+import struct
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Final
+
+import numpy as np
+
+from shmraft.wire.errors import LocalProtocolError, RemoteProtocolError
+
+CLIENT_MAGIC: Final = 0x5253  # bytes 53 52, "SR"
+CLIENT_VERSION: Final = 1
+HEADER: Final = struct.Struct("<HBBIQ")  # magic, version, kind, body_len, correlation_id
+HEADER_BYTES: Final = HEADER.size
+MESSAGE_BODY_MAX_BYTES: Final = 4 * 1024 * 1024  # the largest body accepted from a peer or client
+PRODUCE_EVENTS_MAX: Final = 8192  # events in one produce request
+ERROR_MESSAGE_MAX_BYTES: Final = 1024
+
+_PRODUCE: Final = struct.Struct("<QQII")  # producer_id, first_sequence, timeout_ms, event_count
+_FETCH: Final = struct.Struct("<QII")  # from_offset, max_bytes, max_wait_ms
+_FETCHED: Final = struct.Struct("<QQI")  # next_offset, commit_offset, event_count
+_METADATA_HEAD: Final = struct.Struct("<QIQIH")  # term, leader_id, commit_index, node_id, member_count
+_MEMBER: Final = struct.Struct("<IH")  # node id, port; then u8 host length + host
+_ERROR_HEAD: Final = struct.Struct("<HH")  # code, message length; then message, u8 len + leader address
+_U32: Final = np.dtype("<u4")
+_U64: Final = np.dtype("<u8")
+
+
+class Kind(enum.IntEnum):
+    """Message kinds: requests below 0x80, answers at or above it."""
+
+    PRODUCE = 0x01
+    FETCH = 0x02
+    METADATA = 0x03
+    PRODUCED = 0x81
+    FETCHED = 0x82
+    METADATA_ANSWER = 0x83
+    ERROR = 0xFF
+
+
+class ErrorCode(enum.IntEnum):
+    """What went wrong, as the client sees it. `retriable` says whether the same request may be resent."""
+
+    NOT_LEADER = 1  # with the leader's address when known
+    TOO_LARGE = 2
+    MALFORMED = 3
+    TIMEOUT = 4  # not known to be committed within the request's timeout; retry with the same sequences
+    UNAVAILABLE = 5  # no quorum / no leader
+    SHUTTING_DOWN = 6
+    OUT_OF_ORDER_SEQUENCE = 7  # a gap in a producer's sequences: resend the missing ones first
+    OFFSET_OUT_OF_RANGE = 8  # fetch below the oldest retained event
+    UNAUTHORIZED = 9
+
+    @property
+    def retriable(self) -> bool:
+        return self in (ErrorCode.NOT_LEADER, ErrorCode.TIMEOUT, ErrorCode.UNAVAILABLE,
+                        ErrorCode.SHUTTING_DOWN, ErrorCode.OUT_OF_ORDER_SEQUENCE)
+
+
+# --- messages ---------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Produce:
+    correlation_id: int
+    producer_id: int
+    first_sequence: int
+    timeout_ms: int
+    events: list[memoryview]
+
+
+@dataclass(frozen=True, slots=True)
+class Produced:
+    correlation_id: int
+    offsets: np.ndarray  # uint64, one per event, in request order
+
+
+@dataclass(frozen=True, slots=True)
+class Fetch:
+    correlation_id: int
+    from_offset: int
+    max_bytes: int
+    max_wait_ms: int
+
+
+@dataclass(frozen=True, slots=True)
+class Fetched:
+    correlation_id: int
+    next_offset: int  # where the next fetch should start
+    commit_offset: int  # offset just past the last committed event on the answering node
+    offsets: np.ndarray  # uint64
+    events: list[memoryview]
+
+
+@dataclass(frozen=True, slots=True)
+class Member:
+    node_id: int
+    host: str
+    port: int
+
+
+@dataclass(frozen=True, slots=True)
+class Metadata:
+    correlation_id: int
+
+
+@dataclass(frozen=True, slots=True)
+class MetadataAnswer:
+    correlation_id: int
+    term: int
+    leader_id: int  # 0 when unknown
+    commit_index: int
+    node_id: int  # the node that answered
+    members: list[Member]
+
+
+@dataclass(frozen=True, slots=True)
+class Error:
+    correlation_id: int
+    code: ErrorCode
+    message: str
+    leader: str = ""  # "host:port" with NOT_LEADER when known
+
+
+Message = Produce | Produced | Fetch | Fetched | Metadata | MetadataAnswer | Error
+
+
+# --- encoding ---------------------------------------------------------------------------------------------
+
+
+def _frame(kind: Kind, correlation_id: int, body: bytes) -> bytes:
+    if len(body) > MESSAGE_BODY_MAX_BYTES:
+        raise LocalProtocolError("body", f"at most {MESSAGE_BODY_MAX_BYTES} bytes", len(body))
+    return HEADER.pack(CLIENT_MAGIC, CLIENT_VERSION, kind, len(body), correlation_id) + body
+
+
+def _events_block(events: Sequence[bytes | bytearray | memoryview]) -> list[bytes | bytearray | memoryview]:
+    lengths = np.fromiter(map(len, events), dtype=_U32, count=len(events))
+    return [lengths.tobytes(), *events]
+
+
+def encode_produce(correlation_id: int, producer_id: int, first_sequence: int, timeout_ms: int,
+                   events: Sequence[bytes | bytearray | memoryview]) -> bytes:
+    if not 1 <= len(events) <= PRODUCE_EVENTS_MAX:
+        raise LocalProtocolError("event_count", f"1..{PRODUCE_EVENTS_MAX}", len(events))
+    body = b"".join([_PRODUCE.pack(producer_id, first_sequence, timeout_ms, len(events)), *_events_block(events)])
+    return _frame(Kind.PRODUCE, correlation_id, body)
+
+
+def encode_produced(correlation_id: int, offsets: Sequence[int] | np.ndarray) -> bytes:
+    arr = np.asarray(offsets, dtype=_U64)
+    return _frame(Kind.PRODUCED, correlation_id, struct.pack("<I", arr.size) + arr.tobytes())
+
+
+def encode_fetch(correlation_id: int, from_offset: int, max_bytes: int, max_wait_ms: int = 0) -> bytes:
+    return _frame(Kind.FETCH, correlation_id, _FETCH.pack(from_offset, max_bytes, max_wait_ms))
+
+
+def encode_fetched(correlation_id: int, next_offset: int, commit_offset: int, offsets: Sequence[int] | np.ndarray,
+                   events: Sequence[bytes | bytearray | memoryview]) -> bytes:
+    arr = np.asarray(offsets, dtype=_U64)
+    if arr.size != len(events):
+        raise LocalProtocolError("offsets", f"{len(events)} offsets", arr.size)
+    head = _FETCHED.pack(next_offset, commit_offset, len(events))
+    return _frame(Kind.FETCHED, correlation_id, b"".join([head, arr.tobytes(), *_events_block(events)]))
+
+
+def encode_metadata(correlation_id: int) -> bytes:
+    return _frame(Kind.METADATA, correlation_id, b"")
+
+
+def encode_metadata_answer(correlation_id: int, term: int, leader_id: int, commit_index: int, node_id: int,
+                           members: Sequence[Member]) -> bytes:
+    parts = [_METADATA_HEAD.pack(term, leader_id, commit_index, node_id, len(members))]
+    for m in members:
+        host = m.host.encode()
+        parts.append(_MEMBER.pack(m.node_id, m.port) + bytes([len(host)]) + host)
+    return _frame(Kind.METADATA_ANSWER, correlation_id, b"".join(parts))
+
+
+def encode_error(correlation_id: int, code: ErrorCode, message: str, leader: str = "") -> bytes:
+    text = message.encode()[:ERROR_MESSAGE_MAX_BYTES]
+    addr = leader.encode()[:255]
+    body = _ERROR_HEAD.pack(code, len(text)) + text + bytes([len(addr)]) + addr
+    return _frame(Kind.ERROR, correlation_id, body)
+
+
+# --- decoding ---------------------------------------------------------------------------------------------
+
+
+class _Body:
+    """A cursor over one message body that raises a named RemoteProtocolError on any overrun."""
+
+    __slots__ = ("view", "pos", "kind")
+
+    def __init__(self, view: memoryview, kind: Kind) -> None:
+        self.view, self.pos, self.kind = view, 0, kind
+
+    def take(self, n: int, field: str) -> memoryview:
+        if n < 0 or self.pos + n > len(self.view):
+            raise RemoteProtocolError(f"{self.kind.name}.{field}", f"{n} more bytes",
+                                      f"{len(self.view) - self.pos} left")
+        out = self.view[self.pos : self.pos + n]
+        self.pos += n
+        return out
+
+    def unpack(self, st: struct.Struct, field: str) -> tuple:
+        return st.unpack(self.take(st.size, field))
+
+    def array(self, dtype: np.dtype, count: int, field: str) -> np.ndarray:
+        return np.frombuffer(self.take(count * dtype.itemsize, field), dtype=dtype)
+
+    def events(self, count: int) -> list[memoryview]:
+        lengths = self.array(_U32, count, "lengths")
+        if count == 0:
+            return []
+        total = int(lengths.sum(dtype=np.int64))
+        data = self.take(total, "event bytes")
+        ends = np.cumsum(lengths, dtype=np.int64).tolist()
+        starts = [0, *ends[:-1]]
+        return [data[s:e] for s, e in zip(starts, ends, strict=True)]
+
+    def done(self) -> None:
+        if self.pos != len(self.view):
+            raise RemoteProtocolError(f"{self.kind.name}.body", f"{self.pos} bytes", len(self.view))
+
+
+def decode_message(kind_byte: int, correlation_id: int, body: memoryview) -> Message:
+    """Decode one body whose header has been checked. Raises RemoteProtocolError naming the field."""
+    try:
+        kind = Kind(kind_byte)
+    except ValueError:
+        raise RemoteProtocolError("kind", "a known message kind", f"0x{kind_byte:02X}") from None
+    b = _Body(body, kind)
+    msg: Message
+    if kind is Kind.PRODUCE:
+        producer_id, first_seq, timeout_ms, count = b.unpack(_PRODUCE, "head")
+        if not 1 <= count <= PRODUCE_EVENTS_MAX:
+            raise RemoteProtocolError("PRODUCE.event_count", f"1..{PRODUCE_EVENTS_MAX}", count)
+        msg = Produce(correlation_id, producer_id, first_seq, timeout_ms, b.events(count))
+    elif kind is Kind.PRODUCED:
+        (count,) = b.unpack(struct.Struct("<I"), "event_count")
+        msg = Produced(correlation_id, b.array(_U64, count, "offsets"))
+    elif kind is Kind.FETCH:
+        msg = Fetch(correlation_id, *b.unpack(_FETCH, "head"))
+    elif kind is Kind.FETCHED:
+        next_offset, commit_offset, count = b.unpack(_FETCHED, "head")
+        offsets = b.array(_U64, count, "offsets")
+        msg = Fetched(correlation_id, next_offset, commit_offset, offsets, b.events(count))
+    elif kind is Kind.METADATA:
+        msg = Metadata(correlation_id)
+    elif kind is Kind.METADATA_ANSWER:
+        term, leader_id, commit_index, node_id, count = b.unpack(_METADATA_HEAD, "head")
+        members = []
+        for _ in range(count):
+            member_id, port = b.unpack(_MEMBER, "member")
+            host = bytes(b.take(b.take(1, "host length")[0], "host")).decode("ascii", "replace")
+            members.append(Member(member_id, host, port))
+        msg = MetadataAnswer(correlation_id, term, leader_id, commit_index, node_id, members)
+    else:  # Kind.ERROR
+        code, length = b.unpack(_ERROR_HEAD, "head")
+        text = bytes(b.take(length, "message")).decode("utf-8", "replace")
+        leader = bytes(b.take(b.take(1, "leader length")[0], "leader")).decode("ascii", "replace")
+        try:
+            code = ErrorCode(code)
+        except ValueError:
+            raise RemoteProtocolError("ERROR.code", "a known error code", code) from None
+        msg = Error(correlation_id, code, text, leader)
+    b.done()
+    return msg
+
+
+class MessageReader:
+    """Accumulates received bytes and yields whole messages; refuses bad headers before buffering bodies.
+
+    `max_body_bytes` bounds what one message may make this reader hold.
+    """
+
+    def __init__(self, max_body_bytes: int = MESSAGE_BODY_MAX_BYTES) -> None:
+        self._buf = bytearray()
+        self._max_body_bytes = max_body_bytes
+
+    def feed(self, data: bytes | bytearray | memoryview) -> None:
+        self._buf += data
+
+    @property
+    def buffered_bytes(self) -> int:
+        return len(self._buf)
+
+    def next_message(self) -> Message | None:
+        """Return the next whole message, None if more bytes are needed; raise RemoteProtocolError."""
+        if len(self._buf) < HEADER_BYTES:
+            return None
+        magic, version, kind, body_len, correlation_id = HEADER.unpack_from(self._buf, 0)
+        if magic != CLIENT_MAGIC:
+            raise RemoteProtocolError("magic", f"0x{CLIENT_MAGIC:04X}", f"0x{magic:04X}")
+        if version != CLIENT_VERSION:
+            raise RemoteProtocolError("version", str(CLIENT_VERSION), version)
+        if body_len > self._max_body_bytes:
+            raise RemoteProtocolError("body_len", f"at most {self._max_body_bytes}", body_len)
+        end = HEADER_BYTES + body_len
+        if len(self._buf) < end:
+            return None
+        body = bytes(self._buf[HEADER_BYTES:end])
+        del self._buf[:end]
+        return decode_message(kind, correlation_id, memoryview(body))
