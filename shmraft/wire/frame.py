@@ -150,6 +150,34 @@ def encode_batch(
     count = len(events)
     if not 1 <= count <= BATCH_EVENTS_MAX:
         raise LocalProtocolError("event_count", f"1..{BATCH_EVENTS_MAX}", count)
+    lengths = np.fromiter(map(len, events), dtype=_LEN_DTYPE, count=count)
+    return encode_batch_arrays(lengths, [*events], batch_id=batch_id, term=term, prev_index=prev_index,
+                               prev_term=prev_term, timestamp_us=timestamp_us, producer_ids=producer_ids,
+                               sequences=sequences, compress=compress, zstd_level=zstd_level)
+
+
+def encode_batch_arrays(
+    lengths: np.ndarray,
+    data: Sequence[bytes | bytearray | memoryview],
+    *,
+    batch_id: int,
+    term: int = 0,
+    prev_index: int = 0,
+    prev_term: int = 0,
+    timestamp_us: int | None = None,
+    producer_ids: Sequence[int] | np.ndarray | None = None,
+    sequences: Sequence[int] | np.ndarray | None = None,
+    compress: bool = False,
+    zstd_level: int = ZSTD_LEVEL_DEFAULT,
+) -> bytes:
+    """Encode a batch given as an array of event lengths and the event bytes back to back.
+
+    `data` is a list of buffers whose concatenation is the events' bytes (one per source block), so a
+    batcher can cut frames across blocks without making one object per event.
+    """
+    count = int(lengths.size)
+    if not 1 <= count <= BATCH_EVENTS_MAX:
+        raise LocalProtocolError("event_count", f"1..{BATCH_EVENTS_MAX}", count)
     for name, value, limit in (
         ("batch_id", batch_id, U64_MAX),
         ("prev_index", prev_index, U64_MAX),
@@ -158,7 +186,6 @@ def encode_batch(
     ):
         if not 0 <= value <= limit:
             raise LocalProtocolError(name, f"0..{limit}", value)
-    lengths = np.fromiter(map(len, events), dtype=_LEN_DTYPE, count=count)
     flags = 0
     parts: list[bytes | bytearray | memoryview] = []
     if producer_ids is not None or sequences is not None:
@@ -170,9 +197,12 @@ def encode_batch(
             raise LocalProtocolError("producer_ids/sequences", f"{count} values each", (pids.size, seqs.size))
         flags |= FLAG_PRODUCER_IDS
         parts += [pids.tobytes(), seqs.tobytes()]
-    parts.append(lengths.tobytes())
-    parts.extend(events)
+    parts.append(np.asarray(lengths, dtype=_LEN_DTYPE).tobytes())
+    parts.extend(data)
     payload = b"".join(parts)
+    expected = payload_size(int(lengths.sum(dtype=np.int64)), count, bool(flags & FLAG_PRODUCER_IDS))
+    if len(payload) != expected:
+        raise LocalProtocolError("data", f"{expected} bytes of tables and events", len(payload))
     if len(payload) > BATCH_PAYLOAD_MAX_BYTES:
         raise LocalProtocolError("payload", f"at most {BATCH_PAYLOAD_MAX_BYTES} bytes", len(payload))
     if compress:
