@@ -42,9 +42,15 @@ def test_largest_event_fits_alone() -> None:
 
 
 @settings(max_examples=100, deadline=None)
-@given(blocks=st.lists(st.tuples(st.integers(1, 4), st.lists(st.binary(max_size=3000), min_size=1, max_size=90)),
-                       min_size=1, max_size=8),
-       events_max=st.integers(1, 64), compress=st.booleans())
+@given(
+    blocks=st.lists(
+        st.tuples(st.integers(1, 4), st.lists(st.binary(max_size=3000), min_size=1, max_size=90)),
+        min_size=1,
+        max_size=8,
+    ),
+    events_max=st.integers(1, 64),
+    compress=st.booleans(),
+)
 def test_frames_hold_every_event_once_in_order(blocks, events_max, compress) -> None:
     cutter = BatchCutter(events_max=events_max, compress=compress)
     next_seq: dict[int, int] = {}

@@ -21,8 +21,12 @@ def _decode_one(data: bytes) -> cp.Message:
 
 
 @settings(max_examples=200)
-@given(events=st.lists(st.binary(max_size=300), min_size=1, max_size=50), pid=st.integers(0, 2**64 - 1),
-       seq=st.integers(0, 2**63), cid=st.integers(0, 2**64 - 1))
+@given(
+    events=st.lists(st.binary(max_size=300), min_size=1, max_size=50),
+    pid=st.integers(0, 2**64 - 1),
+    seq=st.integers(0, 2**63),
+    cid=st.integers(0, 2**64 - 1),
+)
 def test_produce_round_trip(events, pid, seq, cid) -> None:
     msg = _decode_one(cp.encode_produce(cid, pid, seq, 1000, events))
     assert isinstance(msg, cp.Produce)
@@ -73,18 +77,21 @@ def _header(kind: int, body_len: int, magic: int = cp.CLIENT_MAGIC, version: int
     return cp.HEADER.pack(magic, version, kind, body_len, 1)
 
 
-@pytest.mark.parametrize("data, field", [
-    (_header(1, 0, magic=0xBEEF), "magic"),
-    (_header(1, 0, version=9), "version"),
-    (_header(1, cp.MESSAGE_BODY_MAX_BYTES + 1), "body_len"),
-    (_header(0x42, 0), "kind"),
-    (_header(1, 4) + b"\x00" * 4, "PRODUCE.head"),
-    (_header(1, 24) + struct.pack("<QQII", 1, 1, 1, 0), "PRODUCE.event_count"),
-    (_header(1, 28) + struct.pack("<QQIII", 1, 1, 1, 1, 5), "PRODUCE.event bytes"),
-    (_header(1, 24) + struct.pack("<QQII", 1, 1, 1, 2), "PRODUCE.lengths"),
-    (_header(3, 1) + b"\x00", "METADATA.body"),
-    (_header(0xFF, 5) + struct.pack("<HH", 99, 0) + b"\x00", "ERROR.code"),
-])
+@pytest.mark.parametrize(
+    "data, field",
+    [
+        (_header(1, 0, magic=0xBEEF), "magic"),
+        (_header(1, 0, version=9), "version"),
+        (_header(1, cp.MESSAGE_BODY_MAX_BYTES + 1), "body_len"),
+        (_header(0x42, 0), "kind"),
+        (_header(1, 4) + b"\x00" * 4, "PRODUCE.head"),
+        (_header(1, 24) + struct.pack("<QQII", 1, 1, 1, 0), "PRODUCE.event_count"),
+        (_header(1, 28) + struct.pack("<QQIII", 1, 1, 1, 1, 5), "PRODUCE.event bytes"),
+        (_header(1, 24) + struct.pack("<QQII", 1, 1, 1, 2), "PRODUCE.lengths"),
+        (_header(3, 1) + b"\x00", "METADATA.body"),
+        (_header(0xFF, 5) + struct.pack("<HH", 99, 0) + b"\x00", "ERROR.code"),
+    ],
+)
 def test_malformed_messages_are_refused_by_field(data: bytes, field: str) -> None:
     reader = cp.MessageReader()
     reader.feed(data)

@@ -25,16 +25,28 @@ def test_local_cluster_matches_local_toml(tmp_path: Path) -> None:
     assert nodes[2].node_dir == tmp_path / "node3"
 
 
-@pytest.mark.parametrize("text, key", [
-    ("[cluster]\nmembers = []\n", "cluster.members"),
-    ("[cluster]\nmembers = [{ id = 1, host = 'h' }]\n[node]\nid = 1\n", "cluster.members[0]"),
-    ("[cluster]\nmembers = [{ id = 1, host = 'h', client_port = 1, data_port = 2, raft_port = 3, "
-     "metrics_port = 4 }]\n[node]\nid = 2\n", "node_id"),
-    ("[cluster]\nmembers = [{ id = 1, host = 'h', client_port = 1, data_port = 2, raft_port = 3, "
-     "metrics_port = 4 }]\n[node]\nid = 1\nfsync = 'sometimes'\n", "fsync"),
-    ("[cluster]\nmembers = [{ id = 1, host = 'h', client_port = 1, data_port = 2, raft_port = 3, "
-     "metrics_port = 4 }]\n[node]\nid = 1\nbatch_size = 3\n", "unknown keys"),
-])
+@pytest.mark.parametrize(
+    "text, key",
+    [
+        ("[cluster]\nmembers = []\n", "cluster.members"),
+        ("[cluster]\nmembers = [{ id = 1, host = 'h' }]\n[node]\nid = 1\n", "cluster.members[0]"),
+        (
+            "[cluster]\nmembers = [{ id = 1, host = 'h', client_port = 1, data_port = 2, raft_port = 3, "
+            "metrics_port = 4 }]\n[node]\nid = 2\n",
+            "node_id",
+        ),
+        (
+            "[cluster]\nmembers = [{ id = 1, host = 'h', client_port = 1, data_port = 2, raft_port = 3, "
+            "metrics_port = 4 }]\n[node]\nid = 1\nfsync = 'sometimes'\n",
+            "fsync",
+        ),
+        (
+            "[cluster]\nmembers = [{ id = 1, host = 'h', client_port = 1, data_port = 2, raft_port = 3, "
+            "metrics_port = 4 }]\n[node]\nid = 1\nbatch_size = 3\n",
+            "unknown keys",
+        ),
+    ],
+)
 def test_bad_config_names_the_key(tmp_path: Path, text: str, key: str) -> None:
     path = tmp_path / "c.toml"
     path.write_text(text)

@@ -66,8 +66,9 @@ def _build(log: list[tuple[np.ndarray, np.ndarray]], **kw) -> DedupTable:
 
 
 def _state(t: DedupTable) -> list:
-    return [(pid, st.high_water, st.last_index, [(f, o.tolist()) for f, o in st.spans])
-            for pid, st in t._producers.items()]
+    return [
+        (pid, st.high_water, st.last_index, [(f, o.tolist()) for f, o in st.spans]) for pid, st in t._producers.items()
+    ]
 
 
 @st.composite
@@ -87,8 +88,11 @@ def logs(draw):
 
 
 @settings(max_examples=200, deadline=None)
-@given(log=logs(), cut=st.integers(1, 25), limits=st.sampled_from([{}, {"producers_max": 2, "horizon_entries": 4},
-                                                                    {"spans_max": 1}]))
+@given(
+    log=logs(),
+    cut=st.integers(1, 25),
+    limits=st.sampled_from([{}, {"producers_max": 2, "horizon_entries": 4}, {"spans_max": 1}]),
+)
 def test_truncation_leaves_exactly_the_table_of_the_shorter_log(log, cut, limits) -> None:
     cut = min(cut, len(log))
     full = _build(log, **limits)

@@ -36,13 +36,27 @@ events_st = st.lists(st.binary(max_size=600), min_size=1, max_size=BATCH_EVENTS_
 
 
 @settings(max_examples=300, suppress_health_check=[HealthCheck.too_slow])
-@given(events=events_st, compress=st.booleans(), with_ids=st.booleans(),
-       batch_id=st.integers(0, 2**64 - 1), term=st.integers(0, 2**32 - 1), prev_index=st.integers(0, 2**64 - 1))
+@given(
+    events=events_st,
+    compress=st.booleans(),
+    with_ids=st.booleans(),
+    batch_id=st.integers(0, 2**64 - 1),
+    term=st.integers(0, 2**32 - 1),
+    prev_index=st.integers(0, 2**64 - 1),
+)
 def test_round_trip(events, compress, with_ids, batch_id, term, prev_index) -> None:
     ids = list(range(len(events))) if with_ids else None
     seqs = [s * 3 for s in range(len(events))] if with_ids else None
-    frame = encode_batch(events, batch_id=batch_id, term=term, prev_index=prev_index, prev_term=term,
-                         producer_ids=ids, sequences=seqs, compress=compress)
+    frame = encode_batch(
+        events,
+        batch_id=batch_id,
+        term=term,
+        prev_index=prev_index,
+        prev_term=term,
+        producer_ids=ids,
+        sequences=seqs,
+        compress=compress,
+    )
     batch = decode_batch(frame)
     assert [bytes(e) for e in batch.events] == events
     assert batch.header.batch_id == batch_id
@@ -77,15 +91,19 @@ def test_restamp_sets_raft_fields_and_keeps_frame_valid() -> None:
 
 # --- local errors: what cannot be encoded ------------------------------------------------------------------
 
-@pytest.mark.parametrize("kwargs, field", [
-    ({"events": []}, "event_count"),
-    ({"events": [b"a"] * 65}, "event_count"),
-    ({"events": [b"a" * BATCH_PAYLOAD_MAX_BYTES]}, "payload"),
-    ({"term": 2**32}, "term"),
-    ({"batch_id": -1}, "batch_id"),
-    ({"producer_ids": [1, 2, 3]}, "producer_ids/sequences"),
-    ({"producer_ids": [1], "sequences": [1]}, "producer_ids/sequences"),
-])
+
+@pytest.mark.parametrize(
+    "kwargs, field",
+    [
+        ({"events": []}, "event_count"),
+        ({"events": [b"a"] * 65}, "event_count"),
+        ({"events": [b"a" * BATCH_PAYLOAD_MAX_BYTES]}, "payload"),
+        ({"term": 2**32}, "term"),
+        ({"batch_id": -1}, "batch_id"),
+        ({"producer_ids": [1, 2, 3]}, "producer_ids/sequences"),
+        ({"producer_ids": [1], "sequences": [1]}, "producer_ids/sequences"),
+    ],
+)
 def test_encoder_refuses_what_the_format_cannot_hold(kwargs, field) -> None:
     with pytest.raises(errors.LocalProtocolError) as info:
         _frame(**kwargs)
@@ -101,6 +119,7 @@ def test_largest_single_event_fits() -> None:
 
 # --- remote errors: each validation rule, named ---------------------------------------------------------------
 
+
 def _set(frame: bytearray, fmt: str, offset: int, value: int) -> bytearray:
     struct.pack_into(fmt, frame, offset, value)
     return frame
@@ -109,6 +128,7 @@ def _set(frame: bytearray, fmt: str, offset: int, value: int) -> bytearray:
 def _recrc(frame: bytearray) -> bytearray:
     """Re-seal a frame after editing it, so that a rule after the CRC check is the one that fires."""
     import zlib
+
     (plen,) = struct.unpack_from("<I", frame, 8)
     crc = zlib.crc32(frame[48 : 48 + plen], zlib.crc32(frame[16:48], zlib.crc32(frame[0:12])))
     struct.pack_into("<I", frame, 12, crc)
@@ -133,8 +153,11 @@ CASES = [
     (lambda: _set(_frame(), "<B", -8 + len(_frame()), 0xEE), errors.MissingFooter, "footer"),
     (lambda: _set(_frame(), "<B", 50, 0x55), errors.CrcMismatch, "crc32"),
     (lambda: _retable(_frame(), [3, 0, 6]), errors.LengthMismatch, "event lengths"),
-    (lambda: _recrc(_set(_frame(events=[b"q" * 500], compress=True), "<B", 60, 0xFF)),
-     errors.CorruptCompression, "payload"),
+    (
+        lambda: _recrc(_set(_frame(events=[b"q" * 500], compress=True), "<B", 60, 0xFF)),
+        errors.CorruptCompression,
+        "payload",
+    ),
 ]
 
 
@@ -149,6 +172,7 @@ def test_decoder_rejects_with_named_error(make, error, field) -> None:
 
 def test_zstd_bomb_is_rejected_before_decompression() -> None:
     import zstandard
+
     bomb = zstandard.ZstdCompressor().compress(b"\x00" * (BATCH_PAYLOAD_MAX_BYTES * 4))
     frame = _frame()
     frame = frame[:48] + bomb + frame[-8:]
@@ -186,8 +210,9 @@ def test_every_single_byte_corruption_is_rejected(name: str) -> None:
             except errors.RemoteProtocolError:
                 continue
             # A corruption may only be accepted if it decodes to exactly the original batch.
-            assert got.header == want.header and [bytes(e) for e in got.events] == [
-                bytes(e) for e in want.events], f"byte {pos} ^ {xor:#x} decoded to a different batch"
+            assert got.header == want.header and [bytes(e) for e in got.events] == [bytes(e) for e in want.events], (
+                f"byte {pos} ^ {xor:#x} decoded to a different batch"
+            )
 
 
 @settings(max_examples=400)

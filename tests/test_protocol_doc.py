@@ -59,8 +59,7 @@ def _joined(lines: dict[int, bytes]) -> bytes:
 
 def _check_header(batch, expected: dict) -> None:
     h = batch.header
-    for key in ("flags", "event_count", "payload_len", "batch_id", "timestamp_us", "prev_index", "term",
-                "prev_term"):
+    for key in ("flags", "event_count", "payload_len", "batch_id", "timestamp_us", "prev_index", "term", "prev_term"):
         assert getattr(h, key) == expected[key], key
     assert h.crc32 == int(expected["crc32"], 16)
 
