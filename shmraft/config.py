@@ -57,6 +57,9 @@ class NodeConfig:
     cluster_id: str = "local"
     bind_host: str = LOCAL_HOST
     fsync: str = "always"  # "never" is unsafe: acknowledged events may be lost when a machine crashes
+    # log retention (raft worker): the oldest committed entries beyond either bound are deleted
+    retain_entries_max: int = 1_000_000
+    retain_bytes_max: int = 4 * 1024**3
     # batching (batcher worker)
     batch_events_max: int = BATCH_EVENTS_MAX
     batch_linger_ms: float = BATCH_LINGER_MS
