@@ -1,20 +1,186 @@
-"""`shmraft`: produce and consume events (the client library's command line)."""
+"""`shmraft`: produce and consume events, and show the leader (the client library's command line).
+
+    shmraft produce hello world          # two events; prints one offset per line once committed
+    some-command | shmraft produce       # one event per line of stdin (pipelined)
+    shmraft consume --from 0 --json      # every committed event, then exit
+    shmraft consume --from 0 --follow    # and keep waiting for new ones
+    shmraft leader                       # leader id and address, term, commit index
+
+Exit status: 0 on success, 1 when the cluster failed the request, 2 for bad arguments, 130 on Ctrl-C.
+"""
 
 from __future__ import annotations
 
 import argparse
+import base64
+import json
+import os
 import sys
+from collections import deque
+from concurrent.futures import Future
+from typing import Final, TextIO
+
+from shmraft.client import Client, NoNodeReachable, ShmraftError
+from shmraft.client.client import leader_address, member_address
+
+ADDRESSES_ENV: Final = "SHMRAFT_ADDRESSES"  # default for --addresses when set
+STDIN_UNPRINTED_MAX: Final = 10_000  # offsets awaited before reading more of stdin (bounds memory)
+PRODUCE_WINDOW: Final = 8  # requests in flight when producing from stdin
+EXIT_OK: Final = 0
+EXIT_FAILED: Final = 1
+EXIT_USAGE: Final = 2
+EXIT_INTERRUPTED: Final = 130
+
+
+def _parser() -> argparse.ArgumentParser:
+    # The global options are accepted before or after the command: the sub-parsers share them with
+    # SUPPRESS defaults so that an option given before the command is not reset by the sub-parser.
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--addresses", default=argparse.SUPPRESS, metavar="HOST:PORT,...",
+                        help=f"client addresses of any nodes (default: ${ADDRESSES_ENV} or the local cluster)")
+    common.add_argument("--timeout", type=float, default=argparse.SUPPRESS, metavar="SECONDS",
+                        help="give up on a request after this long (default 10)")
+    parser = argparse.ArgumentParser(prog="shmraft", parents=[common],
+                                     description="Produce and consume events of a shmraft cluster.",
+                                     epilog="Run `shmraft-supervisor up` for a local 3-node cluster.")
+    sub = parser.add_subparsers(dest="command", required=True)
+    p = sub.add_parser("produce", parents=[common], help="produce events; print their offsets once committed")
+    p.add_argument("events", nargs="*", metavar="EVENT", help="events (default: one per line of stdin)")
+    c = sub.add_parser("consume", parents=[common], help="print committed events from an offset")
+    c.add_argument("--from", dest="from_offset", type=int, default=0, metavar="OFFSET",
+                   help="first offset to read (default 0, the start of the log)")
+    c.add_argument("--follow", "-f", action="store_true", help="keep waiting for new events")
+    c.add_argument("--json", action="store_true", help="one JSON object per line: offset, value [, encoding]")
+    c.add_argument("--max", type=int, default=None, metavar="N", help="stop after N events")
+    c.add_argument("--offsets", action="store_true", help="text output: print 'OFFSET<TAB>VALUE'")
+    ld = sub.add_parser("leader", parents=[common], help="show the leader, term and commit index")
+    ld.add_argument("--json", action="store_true", help="print one JSON object")
+    return parser
+
+
+def record_json(offset: int, value: bytes) -> str:
+    """One event as a JSON line: the value as text when it is UTF-8, else base64 with "encoding"."""
+    try:
+        return json.dumps({"offset": offset, "value": value.decode("utf-8")}, ensure_ascii=False)
+    except UnicodeDecodeError:
+        return json.dumps({"offset": offset, "value": base64.b64encode(value).decode("ascii"),
+                           "encoding": "base64"})
+
+
+def _produce_args(client: Client, events: list[str], out: TextIO) -> int:
+    for offset in client.produce_many(events):
+        print(offset, file=out)
+    return EXIT_OK
+
+
+def _produce_stdin(client: Client, out: TextIO) -> int:
+    """Each line of stdin is an event (without its line end); offsets are printed in input order."""
+    unprinted: deque[Future[int]] = deque()
+    failures = 0
+
+    def print_done(block: bool) -> None:
+        nonlocal failures
+        while unprinted and (block or unprinted[0].done()):
+            try:
+                print(unprinted.popleft().result(), file=out)
+            except ShmraftError as exc:
+                if failures == 0:
+                    print(f"shmraft: {exc}", file=sys.stderr)
+                failures += 1
+
+    stdin = sys.stdin.buffer if hasattr(sys.stdin, "buffer") else sys.stdin
+    with client.producer(window=PRODUCE_WINDOW) as producer:
+        for line in stdin:
+            data = line.encode() if isinstance(line, str) else line
+            unprinted.append(producer.send(data.removesuffix(b"\n").removesuffix(b"\r")))
+            print_done(block=len(unprinted) >= STDIN_UNPRINTED_MAX)
+            if failures:
+                break
+        producer.flush()
+    print_done(block=True)
+    if failures:
+        print(f"shmraft: {failures} events not confirmed committed", file=sys.stderr)
+        return EXIT_FAILED
+    return EXIT_OK
+
+
+def _consume(client: Client, args: argparse.Namespace, out: TextIO) -> int:
+    if args.from_offset < 0 or (args.max is not None and args.max < 0):
+        print("shmraft: --from and --max must not be negative", file=sys.stderr)
+        return EXIT_USAGE
+    if args.max == 0:
+        return EXIT_OK
+    count = 0
+    records = client.consume(args.from_offset, follow=args.follow)
+    try:
+        for offset, value in records:
+            if args.json:
+                line = record_json(offset, value)
+            else:
+                text = value.decode("utf-8", "backslashreplace")
+                line = f"{offset}\t{text}" if args.offsets else text
+            print(line, file=out, flush=args.follow)
+            count += 1
+            if args.max is not None and count >= args.max:
+                break
+    finally:
+        records.close()  # type: ignore[attr-defined]
+    return EXIT_OK
+
+
+def _leader(client: Client, args: argparse.Namespace, out: TextIO) -> int:
+    answer = client.metadata()
+    leader = leader_address(answer)
+    if args.json:
+        print(json.dumps({
+            "leader_id": answer.leader_id or None, "leader": leader, "term": answer.term,
+            "commit_index": answer.commit_index, "answered_by": answer.node_id,
+            "members": [{"node_id": m.node_id, "address": member_address(m)} for m in answer.members],
+        }), file=out)
+    elif leader is None:
+        print(f"no leader (election in progress?), term {answer.term}, commit index {answer.commit_index}",
+              file=out)
+    else:
+        print(f"leader {answer.leader_id} at {leader}, term {answer.term}, commit index {answer.commit_index}",
+              file=out)
+    return EXIT_OK if leader is not None else EXIT_FAILED
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="shmraft", description=__doc__)
-    sub = parser.add_subparsers(dest="command", required=True)
-    sub.add_parser("produce", help="produce events")
-    sub.add_parser("consume", help="consume committed events from an offset")
-    sub.add_parser("leader", help="show the current leader")
-    args = parser.parse_args(argv)
-    print(f"shmraft {args.command}: the client protocol is not built yet (see README.md).", file=sys.stderr)
-    return 2
+    args = _parser().parse_args(argv)
+    addresses = getattr(args, "addresses", None) or os.environ.get(ADDRESSES_ENV) or None
+    timeout = getattr(args, "timeout", None)
+    try:
+        client = Client(addresses, **({"timeout_s": timeout} if timeout is not None else {}))
+    except ValueError as exc:
+        print(f"shmraft: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    out = sys.stdout
+    try:
+        with client:
+            if args.command == "leader":
+                return _leader(client, args, out)
+            client.metadata()  # fail fast, with a clear message, when no node is up; learns the leader
+            if args.command == "produce":
+                return _produce_args(client, args.events, out) if args.events else _produce_stdin(client, out)
+            return _consume(client, args, out)
+    except NoNodeReachable as exc:
+        print(f"shmraft: no node reachable at {', '.join(exc.addresses)} "
+              "(is `shmraft-supervisor up` running?)", file=sys.stderr)
+        return EXIT_FAILED
+    except ShmraftError as exc:
+        print(f"shmraft: {exc}", file=sys.stderr)
+        return EXIT_FAILED
+    except KeyboardInterrupt:
+        return EXIT_INTERRUPTED
+    except BrokenPipeError:
+        # the reader went away (e.g. `| head`): stop quietly, and keep Python from complaining at exit
+        try:
+            devnull = os.open(os.devnull, os.O_WRONLY)
+            os.dup2(devnull, sys.stdout.fileno())
+        except (OSError, ValueError, AttributeError):
+            pass
+        return EXIT_OK
 
 
 if __name__ == "__main__":

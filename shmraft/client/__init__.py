@@ -1,0 +1,50 @@
+"""The shmraft client library: `Client` (blocking produce, consume, metadata) and `Producer` (pipelined).
+
+    from shmraft.client import Client
+
+    with Client() as client:                      # the local cluster; or Client(["host:7101", ...])
+        offset = client.produce(b"hello")         # returns once committed on a majority
+        for offset, value in client.consume(0):   # committed events, in log order
+            ...
+        with client.producer(window=8) as producer:
+            futures = [producer.send(e) for e in events]   # each resolves with its offset
+"""
+
+from shmraft.client.client import Client, Record
+from shmraft.client.errors import (
+    BufferFull,
+    CommitTimeout,
+    ConnectionFailed,
+    MalformedRequest,
+    NoNodeReachable,
+    NotLeaderError,
+    OffsetOutOfRange,
+    OutOfOrderSequence,
+    ProducerClosed,
+    ShmraftError,
+    ShuttingDown,
+    TooLarge,
+    Unauthorized,
+    UnavailableError,
+)
+from shmraft.client.producer import Producer
+
+__all__ = [
+    "BufferFull",
+    "Client",
+    "CommitTimeout",
+    "ConnectionFailed",
+    "MalformedRequest",
+    "NoNodeReachable",
+    "NotLeaderError",
+    "OffsetOutOfRange",
+    "OutOfOrderSequence",
+    "Producer",
+    "ProducerClosed",
+    "Record",
+    "ShmraftError",
+    "ShuttingDown",
+    "TooLarge",
+    "Unauthorized",
+    "UnavailableError",
+]

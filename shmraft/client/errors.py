@@ -1,0 +1,115 @@
+"""Typed client errors: one class per server error code, plus the failures a client meets on its own.
+
+Every error carries the server's `code` (None when the client itself gave up), the server's `message`
+and, for NOT_LEADER, the `leader` address it named, so that callers can branch on the class and a log
+line still says what the server said.
+"""
+
+from __future__ import annotations
+
+from shmraft.wire.client import ErrorCode
+
+
+class ShmraftError(Exception):
+    """Base class of every error the shmraft client raises."""
+
+    def __init__(self, message: str, *, code: ErrorCode | None = None, leader: str = "") -> None:
+        super().__init__(message)
+        self.message = message
+        self.code = code
+        self.leader = leader
+
+    @property
+    def retriable(self) -> bool:
+        """Whether resending the same request (same producer id and sequences) may succeed."""
+        return self.code is not None and self.code.retriable
+
+
+class ConnectionFailed(ShmraftError):
+    """A node could not be reached, closed the connection, or sent bytes that break the protocol."""
+
+
+class NoNodeReachable(ConnectionFailed):
+    """No address of the cluster accepted a connection: nothing was sent."""
+
+    def __init__(self, addresses: list[str], cause: str = "") -> None:
+        detail = f" ({cause})" if cause else ""
+        super().__init__(f"no node reachable at {', '.join(addresses)}{detail}")
+        self.addresses = list(addresses)
+
+
+class NotLeaderError(ShmraftError):
+    """The node is not the leader; `leader` is the leader's "host:port" when the node knows it."""
+
+
+class UnavailableError(ShmraftError):
+    """The cluster has no quorum or no leader right now (UNAVAILABLE, or no node knows a leader)."""
+
+
+class ShuttingDown(UnavailableError):
+    """The node is stopping."""
+
+
+class CommitTimeout(ShmraftError, TimeoutError):
+    """The events were not known to be committed before the deadline.
+
+    They MAY have been committed. Retry with the same client (the same producer id): the client keeps the
+    unacknowledged events with their sequences and resends them, with those sequences, before anything
+    else, so the server's deduplication keeps each event in the log once. `committed` holds the offsets
+    of the leading events that were acknowledged before the deadline (a prefix of the call's events).
+    """
+
+    def __init__(self, message: str, *, code: ErrorCode | None = None, committed: list[int] | None = None) -> None:
+        super().__init__(message, code=code)
+        self.committed = list(committed or [])
+
+
+class OutOfOrderSequence(ShmraftError):
+    """An earlier sequence of this producer has not reached the log (a gap); resend the missing ones first."""
+
+
+class MalformedRequest(ShmraftError):
+    """The server refused the request as malformed (a client bug or a version mismatch)."""
+
+
+class TooLarge(ShmraftError):
+    """An event or a request exceeds a size limit of the protocol or of the server."""
+
+
+class OffsetOutOfRange(ShmraftError):
+    """A fetch asked for an offset the node does not hold (below the oldest retained event)."""
+
+
+class Unauthorized(ShmraftError):
+    """The server refused the request."""
+
+
+class BufferFull(ShmraftError):
+    """A Producer's buffer stayed full until the timeout: the cluster is not keeping up or not reachable."""
+
+
+class ProducerClosed(ShmraftError):
+    """The Producer was closed; no more events are accepted."""
+
+
+_BY_CODE: dict[ErrorCode, type[ShmraftError]] = {
+    ErrorCode.NOT_LEADER: NotLeaderError,
+    ErrorCode.TOO_LARGE: TooLarge,
+    ErrorCode.MALFORMED: MalformedRequest,
+    ErrorCode.TIMEOUT: CommitTimeout,
+    ErrorCode.UNAVAILABLE: UnavailableError,
+    ErrorCode.SHUTTING_DOWN: ShuttingDown,
+    ErrorCode.OUT_OF_ORDER_SEQUENCE: OutOfOrderSequence,
+    ErrorCode.OFFSET_OUT_OF_RANGE: OffsetOutOfRange,
+    ErrorCode.UNAUTHORIZED: Unauthorized,
+}
+
+
+def error_from_server(code: ErrorCode, message: str, leader: str = "", address: str = "") -> ShmraftError:
+    """The typed exception for an ERROR answer; `address` (the node that answered) goes into the text."""
+    where = f" from {address}" if address else ""
+    text = f"{code.name}{where}: {message}" if message else f"{code.name}{where}"
+    cls = _BY_CODE.get(code, ShmraftError)
+    if cls is CommitTimeout:
+        return CommitTimeout(text, code=code)
+    return cls(text, code=code, leader=leader)

@@ -1,0 +1,321 @@
+"""The client library against fake nodes: offsets, leader discovery, retries without duplicates, the pipelined
+producer through failovers, consuming with and without follow, and typed errors."""
+
+from __future__ import annotations
+
+import socket
+import threading
+import time
+from collections.abc import Iterator
+
+import pytest
+from fake_node import FakeCluster, FakeNode
+
+from shmraft.client import (
+    BufferFull,
+    Client,
+    CommitTimeout,
+    NoNodeReachable,
+    OffsetOutOfRange,
+    Producer,
+    Record,
+    TooLarge,
+)
+from shmraft.client.client import EVENT_BYTES_MAX, REQUEST_BYTES_MAX, split_requests
+from shmraft.wire.client import ErrorCode
+
+TIMEOUT_S = 3.0  # every call in these tests gives up after this; a hang fails fast
+
+
+@pytest.fixture
+def cluster() -> Iterator[FakeCluster]:
+    c = FakeCluster(3)
+    try:
+        yield c
+    finally:
+        c.stop()
+
+
+@pytest.fixture
+def client(cluster: FakeCluster) -> Iterator[Client]:
+    cl = Client(cluster.addresses, timeout_s=TIMEOUT_S, connect_timeout_s=0.5)
+    try:
+        yield cl
+    finally:
+        cl.close()
+
+
+def dead_address() -> str:
+    """An address where nothing listens."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return f"127.0.0.1:{s.getsockname()[1]}"
+
+
+def keys_of(cluster: FakeCluster, producer_id: int) -> list[int]:
+    return [seq for pid, seq in cluster.log.event_ids() if pid == producer_id]
+
+
+# --- produce -------------------------------------------------------------------------------------------
+
+
+def test_produce_returns_committed_offsets(cluster: FakeCluster, client: Client) -> None:
+    first = client.produce(b"a")
+    more = client.produce_many([b"b", "c", bytearray(b"d")])
+    assert first == 64 and more == [128, 129, 130]  # raft index * 64 + position
+    assert cluster.log.values() == [b"a", b"b", b"c", b"d"]
+    assert keys_of(cluster, client.producer_id) == [0, 1, 2, 3]
+    assert client.produce_many([]) == []
+
+
+def test_produce_many_splits_into_bounded_requests(cluster: FakeCluster, client: Client) -> None:
+    events = [b"%d" % i for i in range(20_000)]
+    offsets = client.produce_many(events)
+    assert len(offsets) == 20_000 and offsets == sorted(set(offsets))
+    assert cluster.log.values() == events
+    assert cluster.node(1).produce_requests == 3  # 8192 + 8192 + 3616
+    big = [b"x" * (600 * 1024)] * 3
+    assert [(s, e) for s, e in split_requests(big)] == [(0, 1), (1, 2), (2, 3)]
+    assert all(e - s <= 8192 for s, e in split_requests(events))
+    assert list(split_requests([b"x" * (REQUEST_BYTES_MAX - 30)])) == [(0, 1)]
+    with pytest.raises(TooLarge):
+        client.produce(b"x" * (EVENT_BYTES_MAX + 1))
+
+
+def test_not_leader_redirects_to_the_named_leader(cluster: FakeCluster) -> None:
+    cluster.set_leader(3)
+    with Client([cluster.node(1).address], timeout_s=TIMEOUT_S) as cl:  # knows only a follower
+        assert cl.produce(b"e") == 64
+        assert cl._leader == cluster.node(3).address
+    assert cluster.node(1).produce_requests == 1 and cluster.node(3).produce_requests == 1
+
+
+def test_not_leader_without_address_asks_metadata(cluster: FakeCluster, client: Client) -> None:
+    cluster.set_leader(2, hint=False)
+    assert client.produce(b"e") == 64
+    assert cluster.log.values() == [b"e"]
+    cluster.set_leader(3, hint=False)
+    client.produce(b"f")
+    assert cluster.log.values() == [b"e", b"f"]
+
+
+@pytest.mark.parametrize("after_append", [True, False])
+def test_retry_after_dropped_connection_does_not_duplicate(cluster: FakeCluster, client: Client,
+                                                          after_append: bool) -> None:
+    client.produce(b"first")
+    cluster.node(1).drop_next(2, after_append=after_append)
+    offsets = client.produce_many([b"x", b"y"])
+    assert cluster.log.values() == [b"first", b"x", b"y"]  # each event once
+    assert offsets == [128, 129] and cluster.node(1).produce_requests == 4
+    assert keys_of(cluster, client.producer_id) == [0, 1, 2]
+
+
+@pytest.mark.parametrize("code", [ErrorCode.UNAVAILABLE, ErrorCode.TIMEOUT, ErrorCode.SHUTTING_DOWN,
+                                  ErrorCode.OUT_OF_ORDER_SEQUENCE])
+def test_retriable_errors_are_retried(cluster: FakeCluster, client: Client, code: ErrorCode) -> None:
+    cluster.node(1).fail(code, count=3)
+    assert client.produce(b"e") == 64
+    assert cluster.node(1).produce_requests == 4
+    cluster.node(1).fail(code, seconds=0.2)
+    client.produce(b"f")
+    assert cluster.log.values() == [b"e", b"f"]
+
+
+def test_refused_request_raises_typed_error_and_frees_its_sequences(cluster: FakeCluster, client: Client) -> None:
+    cluster.node(1).fail(ErrorCode.TOO_LARGE, count=1)
+    with pytest.raises(TooLarge) as info:
+        client.produce(b"big")
+    assert info.value.code is ErrorCode.TOO_LARGE and not info.value.retriable
+    client.produce(b"next")
+    assert keys_of(cluster, client.producer_id) == [0]  # no gap left behind
+
+
+def test_commit_timeout_then_retry_is_exactly_once(cluster: FakeCluster) -> None:
+    with Client(cluster.addresses, timeout_s=0.4) as cl:
+        cluster.node(1).drop_next(1000)  # appends, never answers
+        with pytest.raises(CommitTimeout, match="may have been"):
+            cl.produce(b"x")
+        cluster.node(1).drop_next(0)
+        offset = cl.produce(b"x")  # the same call again: same sequence, deduplicated
+        assert cluster.log.values() == [b"x"] and offset == 64
+        cluster.node(1).drop_next(1000)
+        with pytest.raises(CommitTimeout):
+            cl.produce(b"y")
+        cluster.node(1).drop_next(0)
+        cl.produce(b"z")  # another event: y (kept) goes first, with its sequence
+        assert cluster.log.values() == [b"x", b"y", b"z"]
+        assert keys_of(cluster, cl.producer_id) == [0, 1, 2]
+
+
+def test_no_node_reachable_is_typed_and_frees_the_sequence() -> None:
+    addresses = [dead_address(), dead_address()]
+    with Client(addresses, timeout_s=0.3) as cl:
+        started = time.monotonic()
+        with pytest.raises(NoNodeReachable) as info:
+            cl.produce(b"x")
+        assert time.monotonic() - started < 2.0
+        assert info.value.addresses[0] in addresses and cl.next_sequence == 0
+        with pytest.raises(NoNodeReachable):
+            cl.metadata()
+
+
+def test_failover_to_another_node_when_the_leader_dies(cluster: FakeCluster, client: Client) -> None:
+    client.produce(b"a")
+    cluster.set_leader(2)
+    cluster.node(1).stop()
+    client.produce(b"b")
+    assert cluster.log.values() == [b"a", b"b"]
+
+
+# --- metadata -------------------------------------------------------------------------------------------
+
+
+def test_metadata_and_leader(cluster: FakeCluster, client: Client) -> None:
+    cluster.set_leader(2)
+    md = client.metadata()
+    assert md.leader_id == 2 and [m.node_id for m in md.members] == [1, 2, 3]
+    leader = client.leader()
+    assert leader is not None and (leader.node_id, leader.port) == (2, cluster.node(2).port)
+    cluster.set_leader(0)
+    assert client.leader() is None
+
+
+# --- pipelined producer ---------------------------------------------------------------------------------
+
+
+def test_producer_pipelines_and_resolves_offsets(cluster: FakeCluster, client: Client) -> None:
+    events = [b"e%d" % i for i in range(5000)]
+    with client.producer(window=4, batch_events=100, linger_ms=1) as producer:
+        futures = [producer.send(e) for e in events]
+        producer.flush()
+        offsets = [f.result(0) for f in futures]
+    assert offsets == sorted(set(offsets))
+    assert cluster.log.values() == events
+    assert keys_of(cluster, producer.producer_id) == list(range(5000))
+    assert cluster.node(1).produce_requests >= 50
+
+
+def test_producer_failover_mid_pipeline_keeps_every_event_once_in_order(cluster: FakeCluster,
+                                                                       client: Client) -> None:
+    n = 6000
+    events = [b"f%d" % i for i in range(n)]
+    producer = Producer(client, window=6, batch_events=50, linger_ms=0.5)
+    try:
+        futures = []
+        for i, e in enumerate(events):
+            futures.append(producer.send(e))
+            if i == n // 4:
+                cluster.node(1).drop_next(3)  # answers lost after append
+            elif i == n // 2:
+                cluster.set_leader(2)  # the leader moves; in-flight requests get NOT_LEADER
+                cluster.node(1).kill_connections()
+            elif i == 3 * n // 4:
+                cluster.set_leader(3, hint=False)
+                cluster.node(2).stop()
+            if i % 500 == 0:
+                time.sleep(0.005)  # let requests be in flight when the faults hit
+        producer.flush(timeout_s=TIMEOUT_S * 2)
+        offsets = [f.result(0) for f in futures]
+    finally:
+        producer.close()
+    assert cluster.log.values() == events  # every event exactly once, in send order
+    assert keys_of(cluster, producer.producer_id) == list(range(n))
+    assert offsets == sorted(set(offsets))
+
+
+def test_producer_matches_answers_out_of_request_order(cluster: FakeCluster, client: Client) -> None:
+    cluster.node(1).reverse_answers = True
+    events = [b"r%d" % i for i in range(3000)]
+    with client.producer(window=16, batch_events=10, linger_ms=0) as producer:
+        futures = [producer.send(e) for e in events]
+    offsets = [f.result(0) for f in futures]
+    assert offsets == sorted(set(offsets)) and cluster.log.values() == events
+    assert cluster.node(1).reversed_batches > 0
+
+
+def test_producer_resends_out_of_order_rejections(cluster: FakeCluster, client: Client) -> None:
+    cluster.node(1).drop_next(1, after_append=False)  # request 1 lost before append; 2.. see a gap
+    with client.producer(window=8, batch_events=10, linger_ms=5) as producer:
+        futures = [producer.send(b"%d" % i) for i in range(200)]
+    assert [f.result(0) for f in futures] == sorted(f.result(0) for f in futures)
+    assert cluster.log.values() == [b"%d" % i for i in range(200)]
+
+
+def test_producer_gives_up_when_nothing_answers() -> None:
+    with Client([dead_address()], timeout_s=0.3) as cl:
+        producer = cl.producer(buffer_events=3, linger_ms=0)
+        futures = [producer.send(b"x"), producer.send(b"y"), producer.send(b"z")]
+        with pytest.raises(BufferFull):
+            producer.send(b"w")  # blocks up to the timeout, until the others fail
+        producer.close(timeout_s=5)
+        for f in futures:
+            assert isinstance(f.exception(0), CommitTimeout)
+        assert not producer._thread.is_alive()
+
+
+def test_producer_callbacks_and_str_events(cluster: FakeCluster, client: Client) -> None:
+    got: list[int] = []
+    done = threading.Event()
+    with client.producer() as producer:
+        producer.send("héllo", callback=lambda f: (got.append(f.result()), done.set()))
+    assert done.wait(1) and got == [64]
+    assert cluster.log.values() == ["héllo".encode()]
+
+
+# --- consume --------------------------------------------------------------------------------------------
+
+
+def test_consume_without_follow_stops_at_the_commit_offset(cluster: FakeCluster, client: Client) -> None:
+    assert list(client.consume(0)) == []
+    offsets = client.produce_many([b"%d" % i for i in range(100)])
+    records = list(client.consume(0, max_bytes=64))  # many small fetches
+    assert records == [Record(o, b"%d" % i) for i, o in enumerate(offsets)]
+    assert [v for _, v in client.consume(offsets[50])] == [b"%d" % i for i in range(50, 100)]
+    assert list(client.consume(offsets[-1] + 1)) == []
+
+
+def test_consume_follow_sees_events_produced_meanwhile(cluster: FakeCluster, client: Client) -> None:
+    def produce_later() -> None:
+        with Client(cluster.addresses, timeout_s=TIMEOUT_S) as other:
+            for i in range(20):
+                other.produce(b"%d" % i)
+                time.sleep(0.005)
+
+    thread = threading.Thread(target=produce_later)
+    thread.start()
+    got = []
+    records = client.consume(0, follow=True, poll_wait_ms=100)
+    try:
+        for _, value in records:
+            got.append(value)
+            if len(got) == 20:
+                break
+    finally:
+        records.close()  # type: ignore[attr-defined]
+        thread.join(TIMEOUT_S)
+    assert got == [b"%d" % i for i in range(20)]
+
+
+def test_consume_fails_over_to_another_node(cluster: FakeCluster, client: Client) -> None:
+    client.produce_many([b"a", b"b"])
+    client.close()
+    cluster.node(1).stop()
+    assert [v for _, v in client.consume(0)] == [b"a", b"b"]
+
+
+def test_consume_offset_out_of_range(cluster: FakeCluster, client: Client) -> None:
+    for node in cluster.nodes:
+        node.min_offset = 1000
+    with pytest.raises(OffsetOutOfRange) as info:
+        list(client.consume(0))
+    assert info.value.code is ErrorCode.OFFSET_OUT_OF_RANGE
+
+
+def test_single_fake_node_and_default_addresses() -> None:
+    node = FakeNode()
+    try:
+        with Client(node.address, timeout_s=TIMEOUT_S) as cl:  # one "host:port" string is accepted
+            assert cl.produce(b"solo") == 64
+        assert Client().addresses == ["127.0.0.1:7101", "127.0.0.1:7201", "127.0.0.1:7301"]
+    finally:
+        node.stop()
