@@ -6,6 +6,7 @@ shmraft.constants (the brief's numbers) or are named here.
 
 from __future__ import annotations
 
+import re
 import tomllib
 from dataclasses import dataclass, fields, replace
 from pathlib import Path
@@ -96,6 +97,8 @@ class NodeConfig:
             raise ConfigError(f"members: node ids must be distinct and >= 1, got {ids}")
         if self.node_id not in ids:
             raise ConfigError(f"node_id: expected one of {ids}, got {self.node_id}")
+        if not re.fullmatch(r"[A-Za-z0-9_]{1,64}", self.cluster_id):
+            raise ConfigError(f"cluster_id: expected 1..64 of [A-Za-z0-9_], got {self.cluster_id!r}")
         if self.fsync not in FSYNC_POLICIES:
             raise ConfigError(f"fsync: expected one of {FSYNC_POLICIES}, got {self.fsync!r}")
         if not 1 <= self.batch_events_max <= BATCH_EVENTS_MAX:

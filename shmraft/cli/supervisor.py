@@ -1,25 +1,124 @@
-"""`shmraft-supervisor`: run a node (or a local 3-node cluster) and report its health."""
+"""`shmraft-supervisor`: run a local cluster or one node, and report health.
+
+    shmraft-supervisor up                          a local 3-node cluster on 127.0.0.1, data in ./shmraft-data
+    shmraft-supervisor up --config conf/X.toml     one node of a cluster spread over hosts
+    shmraft-supervisor status [--json]             health of every node and worker (exit 1 if unhealthy)
+"""
 
 from __future__ import annotations
 
 import argparse
+import json
+import logging
 import sys
+from pathlib import Path
+
+from shmraft.config import ConfigError, NodeConfig, load, local_cluster
+from shmraft.constants import CLUSTER_SIZE_DEFAULT
+
+DEFAULT_DATA_DIR = "shmraft-data"
+
+
+def _configs(args: argparse.Namespace) -> list[NodeConfig]:
+    overrides = {}
+    if getattr(args, "fsync", None):
+        overrides["fsync"] = args.fsync
+    if args.config:
+        one = load(Path(args.config), data_dir=Path(args.data_dir) if args.data_dir else None, node_id=args.node)
+        if overrides:
+            from shmraft.config import with_overrides
+
+            one = with_overrides(one, **overrides)
+        return [one]
+    data_dir = Path(args.data_dir or DEFAULT_DATA_DIR).resolve()
+    return local_cluster(data_dir, count=args.nodes, port_base=args.port_base, cluster_id=args.cluster_id,
+                         **overrides)
+
+
+def _up(args: argparse.Namespace) -> int:
+    from shmraft.supervisor.cluster import LocalCluster
+    from shmraft.supervisor.node import NodeSupervisor
+
+    configs = _configs(args)
+    if args.config:  # one node of a multi-host cluster, in this process
+        c = configs[0]
+        print(f"shmraft node {c.node_id} of cluster {c.cluster_id!r}: data in {c.node_dir}, clients on "
+              f"{c.me.client_address}, data channel :{c.me.data_port}, consensus :{c.me.raft_port}", flush=True)
+        return NodeSupervisor(c).run()
+    data_dir = configs[0].data_dir
+    print(f"shmraft: local cluster of {len(configs)} nodes, data in {data_dir}", flush=True)
+    for c in configs:
+        print(f"  node {c.node_id}: clients {c.me.client_address}  data :{c.me.data_port}  "
+              f"consensus :{c.me.raft_port}", flush=True)
+    print(f"  logs in {data_dir / 'logs'}; try: shmraft produce hello && shmraft consume --from 0", flush=True)
+    cluster = LocalCluster(configs, log_dir=data_dir / "logs")
+    cluster.start()
+    try:
+        return cluster.live_view(interval_s=1.0 if not args.no_view else 5.0)
+    finally:
+        print("stopping the cluster...", file=sys.stderr, flush=True)
+        cluster.stop()
+        print("stopped; shared memory removed", file=sys.stderr, flush=True)
+
+
+def _node(args: argparse.Namespace) -> int:
+    from shmraft.supervisor.node import NodeSupervisor, config_from_json
+
+    config = config_from_json(Path(args.config_json).read_text())
+    return NodeSupervisor(config).run()
+
+
+def _status(args: argparse.Namespace) -> int:
+    from shmraft.supervisor.status import cluster_status, format_table
+
+    configs = _configs(args)
+    if args.config:  # every member of the configured cluster that runs on this machine
+        base = configs[0]
+        from shmraft.config import with_overrides
+
+        configs = [with_overrides(base, node_id=m.node_id) for m in base.members]
+    report = cluster_status(configs)
+    if args.json:
+        print(json.dumps(report))
+    else:
+        print(format_table(report))
+    return 0 if report["healthy"] else 1
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="shmraft-supervisor", description=__doc__)
+    parser = argparse.ArgumentParser(prog="shmraft-supervisor", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="command", required=True)
-    sub.add_parser("up", help="run a local 3-node cluster, or one node with --config")
-    sub.add_parser("status", help="health of every node and worker")
+
+    def common(p: argparse.ArgumentParser) -> None:
+        p.add_argument("--config", help="TOML file of a cluster (conf/); default: the local cluster")
+        p.add_argument("--node", type=int, help="this node's id (overrides [node] id of --config)")
+        p.add_argument("--data-dir", help=f"data directory (default ./{DEFAULT_DATA_DIR})")
+        p.add_argument("--nodes", type=int, default=CLUSTER_SIZE_DEFAULT, help="local cluster size")
+        p.add_argument("--port-base", type=int, default=7000, help="local node N uses port-base + 100*N + 1..4")
+        p.add_argument("--cluster-id", default="local", help="local cluster id ([A-Za-z0-9_])")
+
+    up = sub.add_parser("up", help="run a local cluster, or one node with --config")
+    common(up)
+    up.add_argument("--fsync", choices=["always", "never"], help="'never' is unsafe (benchmarks only)")
+    up.add_argument("--no-view", action="store_true", help="print the status table every 5 s instead of a live view")
+    node = sub.add_parser("node", help="(internal) run one node from a JSON config")
+    node.add_argument("--config-json", required=True)
+    status = sub.add_parser("status", help="health of every node and worker")
+    common(status)
+    status.add_argument("--json", action="store_true")
     args = parser.parse_args(argv)
-    print(
-        f"shmraft-supervisor {args.command}: the node pipeline (ingest, batcher, sender, raft workers under a "
-        "supervisor) is not built yet. When it is, `up` starts a local 3-node cluster on 127.0.0.1 with its "
-        "data in ./shmraft-data and a live view; today the frame codec, the shared-memory rings and the Raft "
-        "core are available as libraries (see README.md).",
-        file=sys.stderr,
-    )
-    return 2
+    logging.basicConfig(level=logging.INFO, stream=sys.stderr,
+                        format="%(asctime)s supervisor %(levelname)s %(message)s")
+    try:
+        if args.command == "up":
+            return _up(args)
+        if args.command == "node":
+            return _node(args)
+        return _status(args)
+    except ConfigError as exc:
+        print(f"shmraft-supervisor: {exc}", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":

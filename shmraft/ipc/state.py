@@ -12,22 +12,14 @@ from __future__ import annotations
 
 import enum
 import mmap
-import os
 from typing import Final
 
 import numpy as np
-import posix_ipc
+
+from shmraft.ipc import segments
 
 STATE_MAGIC: Final = 0x5348_4D52_4146_5453  # "SHMRAFTS"
 STATE_VERSION: Final = 1
-SEGMENT_MODE: Final = 0o600
-
-
-class Role(enum.IntEnum):
-    FOLLOWER = 0
-    PRE_CANDIDATE = 1
-    CANDIDATE = 2
-    LEADER = 3
 
 
 class NodeStatus(enum.IntEnum):
@@ -47,20 +39,21 @@ class Worker(enum.IntEnum):
 
 
 NODE_DTYPE: Final = np.dtype([
-    ("magic", "<u8"), ("version", "<u8"), ("node_id", "<u8"), ("status", "<u8"),
+    ("node_id", "<u8"), ("status", "<u8"),
     ("role", "<u8"), ("leader_id", "<u8"), ("term", "<u8"), ("commit_index", "<u8"), ("last_index", "<u8"),
     ("first_index", "<u8"),
     ("events_in", "<u8"), ("events_committed", "<u8"), ("batches_committed", "<u8"), ("bytes_committed", "<u8"),
     ("elections", "<u8"), ("leader_changes", "<u8"), ("fsyncs", "<u8"), ("fsync_ns", "<u8"),
     ("errors", "<u8"), ("dedup_hits", "<u8"), ("commit_latency_us_sum", "<u8"), ("commit_latency_count", "<u8"),
-    ("reserved", "<u8", (10,)),
+    ("reserved", "<u8", (12,)),
 ])
 WORKER_DTYPE: Final = np.dtype([
     ("pid", "<u8"), ("heartbeat", "<u8"), ("restarts", "<u8"), ("started_unix_ms", "<u8"),
     ("records_in", "<u8"), ("records_out", "<u8"), ("errors", "<u8"), ("reserved", "<u8"),
 ])
 WORKERS_MAX: Final = 8
-SIZE_BYTES: Final = NODE_DTYPE.itemsize + WORKER_DTYPE.itemsize * WORKERS_MAX
+NODE_OFFSET: Final = segments.HEADER_BYTES  # after the common segment header (creator pid, magic, ...)
+SIZE_BYTES: Final = NODE_OFFSET + NODE_DTYPE.itemsize + WORKER_DTYPE.itemsize * WORKERS_MAX
 
 
 class StateBlockError(RuntimeError):
@@ -74,41 +67,33 @@ class StateBlock:
         self.name = name
         self._mem = mem
         self.owner = owner
-        self.node = np.ndarray((), dtype=NODE_DTYPE, buffer=mem, offset=0)
-        self.workers = np.ndarray((WORKERS_MAX,), dtype=WORKER_DTYPE, buffer=mem, offset=NODE_DTYPE.itemsize)
+        self.node = np.ndarray((), dtype=NODE_DTYPE, buffer=mem, offset=NODE_OFFSET)
+        self.workers = np.ndarray((WORKERS_MAX,), dtype=WORKER_DTYPE, buffer=mem,
+                                  offset=NODE_OFFSET + NODE_DTYPE.itemsize)
 
     @classmethod
     def create(cls, name: str, node_id: int) -> StateBlock:
-        """Create (replacing a stale segment of the same name) and initialise. The caller owns it."""
-        try:
-            posix_ipc.unlink_shared_memory(name)
-        except posix_ipc.ExistentialError:
-            pass
-        shm = posix_ipc.SharedMemory(name, posix_ipc.O_CREX, mode=SEGMENT_MODE, size=SIZE_BYTES)
-        mem = mmap.mmap(shm.fd, SIZE_BYTES)
-        os.close(shm.fd)
+        """Create (O_CREX, 0600) and initialise. The caller owns it; stale ones are cleaned by the layout."""
+        mem = segments.create_segment(name, SIZE_BYTES)
         block = cls(name, mem, owner=True)
         block.node["node_id"] = node_id
-        block.node["version"] = STATE_VERSION
-        block.node["magic"] = STATE_MAGIC  # last: a reader that sees the magic sees the rest
+        segments.seal(mem, STATE_MAGIC, STATE_VERSION)  # last: a reader that sees the magic sees the rest
         return block
 
     @classmethod
     def attach(cls, name: str) -> StateBlock:
         try:
-            shm = posix_ipc.SharedMemory(name)
-        except posix_ipc.ExistentialError:
-            raise StateBlockError(f"state block {name}: no such shared-memory segment") from None
-        if shm.size < SIZE_BYTES:
-            os.close(shm.fd)
-            raise StateBlockError(f"state block {name}: expected {SIZE_BYTES} bytes, got {shm.size}")
-        mem = mmap.mmap(shm.fd, SIZE_BYTES)
-        os.close(shm.fd)
-        block = cls(name, mem, owner=False)
-        if int(block.node["magic"]) != STATE_MAGIC or int(block.node["version"]) != STATE_VERSION:
-            block.close()
-            raise StateBlockError(f"state block {name}: not a shmraft state block of version {STATE_VERSION}")
-        return block
+            mem, size = segments.open_segment(name)
+        except segments.SegmentError as exc:
+            raise StateBlockError(f"state block {name}: {exc}") from None
+        head = np.frombuffer(mem, dtype=np.uint64, count=segments.HEADER_WORDS)
+        magic, version = int(head[segments.H_MAGIC]), int(head[segments.H_VERSION])
+        del head
+        if size < SIZE_BYTES or magic != STATE_MAGIC or version != STATE_VERSION:
+            mem.close()
+            raise StateBlockError(f"state block {name}: expected a shmraft state block of version {STATE_VERSION} "
+                                  f"and {SIZE_BYTES} bytes, got magic 0x{magic:X} version {version}, {size} bytes")
+        return cls(name, mem, owner=False)
 
     def get(self, field: str) -> int:
         return int(self.node[field])
@@ -132,7 +117,4 @@ class StateBlock:
 
     def unlink(self) -> None:
         """Remove the segment name (owner only); mappings stay valid until closed."""
-        try:
-            posix_ipc.unlink_shared_memory(self.name)
-        except posix_ipc.ExistentialError:
-            pass
+        segments.unlink_segment(self.name)

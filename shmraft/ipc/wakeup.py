@@ -88,8 +88,8 @@ class Doorbell:
             self.sleeps += 1
             try:
                 sem.acquire(wait_s)
-            except posix_ipc.BusyError:
-                pass  # timed out: re-check (the safety net against a lost post)
+            except (posix_ipc.BusyError, posix_ipc.SignalError):
+                pass  # timed out, or a signal (e.g. SIGTERM, whose handler sets a flag): re-check
             ctl[flag] = 0
             if ready():
                 return True

@@ -6,6 +6,7 @@ Nothing here does I/O. The core (shmraft.raft.core) consumes and produces these 
 
 from __future__ import annotations
 
+import enum
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -66,3 +67,27 @@ class LogStorage(Protocol):
         ...
 
     def close(self) -> None: ...
+
+
+class Role(enum.IntEnum):
+    """A node's role in its current term. PRE_CANDIDATE asks for pre-votes without raising its term."""
+
+    FOLLOWER = 0
+    PRE_CANDIDATE = 1
+    CANDIDATE = 2
+    LEADER = 3
+
+
+@dataclass(frozen=True, slots=True)
+class SoftState:
+    """Volatile state a driver shows or reacts to (role, known leader, term); reported when it changes."""
+
+    role: Role
+    leader: int  # 0 = unknown
+    term: int
+
+
+class RandomSource(Protocol):
+    """The only randomness the core uses (election timeout spread); `random.Random` satisfies it."""
+
+    def randrange(self, start: int, stop: int | None = None, step: int = 1, /) -> int: ...

@@ -1,0 +1,84 @@
+"""The records that travel in a node's rings between its workers (docs/DESIGN.md section 1).
+
+R1 (ingest -> batcher) carries PRODUCE bodies unchanged and R2 (batcher -> raft) carries batch frames;
+both need no extra encoding. This module encodes the other three:
+
+- R3 (raft -> sender) and R4 (sender -> raft): a peer message with its peer id, or a "peer disconnected"
+  notice;
+- R5 (raft -> ingest): what ingest needs to answer producers: which events an appended entry holds, which
+  events were refused or found to be duplicates, the commit index, and a change of term or leader.
+"""
+
+from __future__ import annotations
+
+import enum
+import struct
+from dataclasses import dataclass
+from typing import Final
+
+import numpy as np
+
+_PEER: Final = struct.Struct("<IB")  # peer id, kind
+_NOTE_HEAD: Final = struct.Struct("<BQQI")  # kind, a, b, count
+_U64: Final = np.dtype("<u8")
+_I64: Final = np.dtype("<i8")
+
+
+class PeerRecordKind(enum.IntEnum):
+    MESSAGE = 0
+    DISCONNECTED = 1
+
+
+def encode_peer_record(peer_id: int, kind: PeerRecordKind, body: bytes | memoryview = b"") -> bytes:
+    return _PEER.pack(peer_id, kind) + bytes(body)
+
+
+def decode_peer_record(rec: bytes | memoryview) -> tuple[int, PeerRecordKind, memoryview]:
+    view = memoryview(rec)
+    peer_id, kind = _PEER.unpack_from(view, 0)
+    return peer_id, PeerRecordKind(kind), view[_PEER.size :]
+
+
+class NoteKind(enum.IntEnum):
+    APPENDED = 1  # a = log index, b = term; arrays: producer ids, sequences (events at positions 0..n-1)
+    VERDICTS = 2  # arrays: producer ids, sequences, verdicts (dedup.*), offsets (for duplicates)
+    COMMIT = 3  # a = commit index
+    LEADER = 4  # a = term, b = leader id (0 = unknown); sent when either changes
+
+
+@dataclass(frozen=True, slots=True)
+class Note:
+    kind: NoteKind
+    a: int = 0
+    b: int = 0
+    producer_ids: np.ndarray | None = None
+    sequences: np.ndarray | None = None
+    verdicts: np.ndarray | None = None
+    offsets: np.ndarray | None = None
+
+
+def encode_note(note: Note) -> bytes:
+    parts = []
+    count = 0
+    if note.producer_ids is not None:
+        count = int(note.producer_ids.size)
+        parts += [np.asarray(note.producer_ids, _U64).tobytes(), np.asarray(note.sequences, _U64).tobytes()]
+    if note.verdicts is not None:
+        parts += [np.asarray(note.verdicts, np.uint8).tobytes(), np.asarray(note.offsets, _I64).tobytes()]
+    return _NOTE_HEAD.pack(note.kind, note.a, note.b, count) + b"".join(parts)
+
+
+def decode_note(rec: bytes | memoryview) -> Note:
+    view = memoryview(rec)
+    kind, a, b, n = _NOTE_HEAD.unpack_from(view, 0)
+    kind = NoteKind(kind)
+    pos = _NOTE_HEAD.size
+    if kind is NoteKind.APPENDED or kind is NoteKind.VERDICTS:
+        pids = np.frombuffer(view, _U64, n, pos)
+        seqs = np.frombuffer(view, _U64, n, pos + 8 * n)
+        if kind is NoteKind.VERDICTS:
+            verdicts = np.frombuffer(view, np.uint8, n, pos + 16 * n)
+            offsets = np.frombuffer(view, _I64, n, pos + 17 * n)
+            return Note(kind, a, b, pids, seqs, verdicts, offsets)
+        return Note(kind, a, b, pids, seqs)
+    return Note(kind, a, b)

@@ -1,0 +1,602 @@
+"""The Raft consensus algorithm as a pure, deterministic state machine (sans-I/O, in the style of etcd raft).
+
+Inputs: `tick(elapsed_ms)`, `step(message)`, `propose(data)`, `persisted(index, term)`,
+`transfer_leadership(to)`, `peer_disconnected(peer)`. Output: `ready()` collects messages to send (each with
+its destination and channel), entries and hard state to persist, committed entries and role changes; see
+shmraft.raft.ready.Ready for the order in which the driver must act on them.
+
+Time is only what tick() says and randomness only what the injected random source gives, so a simulator
+can replay any run exactly. The algorithm follows the Raft paper and Ongaro's thesis: pre-vote (9.6),
+check-quorum (6.2), leadership transfer (3.10), a leader's own log counting only once durable (10.2.1),
+the commit rule of 5.4.2 (figure 8), and fast back-off with a term hint (5.3). Safety invariants are
+asserted where they could break (InvariantError), TigerBeetle style.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from collections.abc import Iterable
+
+from shmraft.constants import CLUSTER_SIZE_MAX
+from shmraft.raft.config import RaftConfig
+from shmraft.raft.errors import (
+    BackpressureError,
+    EntryTooLargeError,
+    InvariantError,
+    NotLeaderError,
+    TransferInProgressError,
+)
+from shmraft.raft.log import RaftLog
+from shmraft.raft.messages import (
+    AppendEntries,
+    AppendResponse,
+    Heartbeat,
+    HeartbeatResponse,
+    Message,
+    RequestVote,
+    TimeoutNow,
+    VoteResponse,
+)
+from shmraft.raft.progress import Progress, ProgressState
+from shmraft.raft.quorum import majority, quorum_index, vote_result
+from shmraft.raft.ready import Ready
+from shmraft.raft.types import Entry, HardState, LogStorage, RandomSource, Role, SoftState
+
+NOOP: bytes = b""  # the entry a new leader appends to commit earlier terms' entries (5.4.2)
+
+
+class RaftCore:
+    """One Raft node's consensus state. Not thread-safe: one driver owns it."""
+
+    def __init__(self, node_id: int, peers: Iterable[int], storage: LogStorage, config: RaftConfig,
+                 rng: RandomSource, *, applied: int | None = None) -> None:
+        """Restart from `storage` (read only here; the driver writes it from Readies).
+
+        `peers` are the ids of the other voters. `applied` is the last index the driver's state machine has
+        already applied; committed entries after it are handed out again (default: all held entries)."""
+        peer_ids = tuple(sorted(set(peers)))
+        if node_id < 1 or any(p < 1 for p in peer_ids):
+            raise ValueError(f"node ids start at 1, got {node_id} and peers {peer_ids}")
+        if node_id in peer_ids:
+            raise ValueError(f"peers must not include this node ({node_id})")
+        if len(peer_ids) + 1 > CLUSTER_SIZE_MAX:
+            raise ValueError(f"at most {CLUSTER_SIZE_MAX} voters, got {len(peer_ids) + 1}")
+        self.id = node_id
+        self.peers = peer_ids
+        self.config = config
+        self._rng = rng
+        self._quorum = majority(len(peer_ids) + 1)
+        self._mutation = config.test_only_mutation
+        self._log = RaftLog(storage)
+        hs = storage.hard_state()
+        self._term = hs.term
+        self._vote = hs.vote
+        self._commit = max(min(hs.commit, self._log.last_index()), storage.snapshot_index())
+        first = self._log.first_index()
+        self._applied = first - 1 if applied is None else applied
+        if not first - 1 <= self._applied <= self._commit:
+            raise ValueError(f"applied: expected {first - 1}..{self._commit}, got {applied}")
+        self._role = Role.FOLLOWER
+        self._leader = 0
+        self._election_elapsed_ms = 0
+        self._heartbeat_elapsed_ms = 0
+        self._randomized_timeout_ms = config.election_timeout_ms
+        self._progress: dict[int, Progress] = {}
+        self._votes: dict[int, bool] = {}
+        self._leader_term_start = 0  # index of the leader's first entry of its own term
+        self._transfer_target = 0
+        self._transfer_elapsed_ms = 0
+        self._uncommitted: deque[tuple[int, int]] = deque()  # leader: (index, bytes) of entries > commit
+        self._uncommitted_bytes = 0
+        self._msgs: list[Message] = []
+        self._msgs_after_persist: list[Message] = []
+        self._prev_hard = hs
+        self._prev_soft = SoftState(self._role, self._leader, self._term)
+        self.dropped_messages = 0  # messages from unknown nodes, counted not raised
+        self._reset_election_timer()
+
+    # --- read-only state --------------------------------------------------------------------------------
+    @property
+    def role(self) -> Role:
+        return self._role
+
+    @property
+    def term(self) -> int:
+        return self._term
+
+    @property
+    def leader(self) -> int:
+        """Known leader id, 0 when unknown."""
+        return self._leader
+
+    @property
+    def vote(self) -> int:
+        return self._vote
+
+    @property
+    def commit_index(self) -> int:
+        return self._commit
+
+    @property
+    def applied_index(self) -> int:
+        """Last committed index handed out in a Ready."""
+        return self._applied
+
+    @property
+    def first_index(self) -> int:
+        """Oldest entry still held (retention deletes committed entries below it)."""
+        return self._log.first_index()
+
+    @property
+    def last_index(self) -> int:
+        return self._log.last_index()
+
+    @property
+    def last_term(self) -> int:
+        return self._log.last_term()
+
+    @property
+    def transfer_target(self) -> int:
+        return self._transfer_target
+
+    def term_at(self, index: int) -> int | None:
+        """Term of the entry at index in this node's log (unstable tail included)."""
+        return self._log.term(index)
+
+    def log_entries(self, lo: int, hi: int, max_bytes: int) -> list[Entry]:
+        """Entries [lo, hi) of this node's log (unstable tail included); for tests, tools and checks."""
+        return self._log.entries(lo, hi, max_bytes)
+
+    def status(self) -> dict[str, object]:
+        """A snapshot for status displays; progress only on the leader."""
+        out: dict[str, object] = {
+            "id": self.id, "role": self._role.name.lower(), "term": self._term, "leader": self._leader,
+            "vote": self._vote, "commit": self._commit, "applied": self._applied,
+            "last_index": self._log.last_index(), "stable_index": self._log.stable_last(),
+        }
+        if self._role == Role.LEADER:
+            out["progress"] = {
+                p: {"match": pr.match, "next": pr.next, "state": pr.state.name.lower(),
+                    "inflight_entries": pr.inflight_entries, "inflight_bytes": pr.inflight_bytes}
+                for p, pr in self._progress.items()}
+            out["transfer_target"] = self._transfer_target
+        return out
+
+    # --- inputs -------------------------------------------------------------------------------------------
+    def tick(self, elapsed_ms: int) -> None:
+        """Advance this node's clock by elapsed_ms (any granularity; the driver calls it every few ms)."""
+        if elapsed_ms < 0:
+            raise ValueError(f"elapsed_ms: expected >= 0, got {elapsed_ms}")
+        if self._role == Role.LEADER:
+            self._tick_leader(elapsed_ms)
+        else:
+            self._election_elapsed_ms += elapsed_ms
+            if self._election_elapsed_ms >= self._randomized_timeout_ms:
+                self._campaign(transfer=False)
+
+    def propose(self, data: bytes) -> int:
+        """Append `data` as a new entry on the leader; returns its index. The entry is committed when it
+        appears in Ready.committed_entries with this index and the current term (another entry at that
+        index means this one was lost with a leader change and may be retried)."""
+        if self._role != Role.LEADER:
+            raise NotLeaderError(self._leader)
+        if self._transfer_target:
+            raise TransferInProgressError(f"transferring leadership to {self._transfer_target}")
+        size = len(data)
+        if size > self.config.max_entry_bytes:
+            raise EntryTooLargeError(f"entry of {size} bytes exceeds max_entry_bytes {self.config.max_entry_bytes}")
+        if (len(self._uncommitted) >= self.config.max_uncommitted_entries
+                or self._uncommitted_bytes + size > self.config.max_uncommitted_bytes):
+            raise BackpressureError(f"{len(self._uncommitted)} entries / {self._uncommitted_bytes} bytes "
+                                    "uncommitted")
+        index = self._log.last_index() + 1
+        self._log.append((Entry(index, self._term, data),))
+        self._uncommitted.append((index, size))
+        self._uncommitted_bytes += size
+        if self._quorum == 1:
+            self._maybe_commit()
+        return index
+
+    def persisted(self, up_to_index: int, term: int) -> None:
+        """The driver made the entries of a Ready durable, the last one being (up_to_index, term)."""
+        if self._log.stable_to(up_to_index, term) and self._role == Role.LEADER:
+            self._maybe_commit()
+
+    def transfer_leadership(self, to: int | None = None) -> int:
+        """Hand leadership to `to` (default: the most caught-up follower), e.g. before a clean shutdown.
+        Proposals are refused until it completes or one election timeout passes. Returns the target."""
+        if self._role != Role.LEADER:
+            raise NotLeaderError(self._leader)
+        if not self.peers:
+            raise ValueError("no other voter to transfer leadership to")
+        if to is None:
+            to = max(self.peers, key=lambda p: (self._progress[p].match, -p))
+        if to not in self._progress:
+            raise ValueError(f"transfer target {to} is not a peer")
+        if self._transfer_target == to:
+            return to
+        self._transfer_target = to
+        self._transfer_elapsed_ms = 0
+        if self._progress[to].match == self._log.last_index():
+            self._send(TimeoutNow(self.id, to, self._term))
+        return to
+
+    def peer_disconnected(self, peer: int) -> None:
+        """The driver lost its connection to `peer`. A follower that loses its leader forgets the leader
+        (and so its lease) and pre-votes within disconnect_election_delay_max_ms, instead of waiting for the
+        election timeout: safe because pre-vote cannot disturb a leader that others still hear. A leader
+        resends to that peer from its known match, since whatever was in flight may be lost."""
+        if self._role == Role.LEADER:
+            pr = self._progress.get(peer)
+            if pr is not None and pr.state != ProgressState.RESEED:
+                pr.become_probe()
+            return
+        if self._role == Role.FOLLOWER and peer == self._leader and peer != 0:
+            self._leader = 0
+            delay = self._rng.randrange(self.config.disconnect_election_delay_max_ms + 1)
+            self._election_elapsed_ms = max(self._election_elapsed_ms, self._randomized_timeout_ms - delay)
+
+    def step(self, m: Message) -> None:
+        """Process one message from a peer."""
+        if m.dst != self.id:
+            raise ValueError(f"message for node {m.dst} stepped into node {self.id}")
+        if m.src not in self.peers:
+            self.dropped_messages += 1
+            return
+        if m.term > self._term:
+            if isinstance(m, RequestVote):
+                in_lease = (self.config.check_quorum and self._leader != 0
+                            and self._election_elapsed_ms < self.config.election_timeout_ms)
+                if in_lease and not m.transfer:
+                    return  # we hear a leader: a disrupting (pre-)candidate is ignored (thesis 4.2.3)
+            if isinstance(m, RequestVote) and m.pre_vote:
+                pass  # pre-votes never change terms
+            elif isinstance(m, VoteResponse) and m.pre_vote and m.granted:
+                pass  # a granted pre-vote carries the term we would campaign in
+            else:
+                leader = m.src if isinstance(m, AppendEntries | Heartbeat) else 0
+                self._become_follower(m.term, leader)
+        elif m.term < self._term:
+            if isinstance(m, AppendEntries | Heartbeat):
+                # tell a stale leader about the newer term so that it steps down
+                self._send(AppendResponse(self.id, m.src, self._term, 0, False))
+            elif isinstance(m, RequestVote) and m.pre_vote:
+                self._send(VoteResponse(self.id, m.src, self._term, False, True))
+            return
+        if isinstance(m, RequestVote):
+            self._handle_request_vote(m)
+        elif self._role == Role.LEADER:
+            self._step_leader(m)
+        elif self._role == Role.FOLLOWER:
+            self._step_follower(m)
+        else:
+            self._step_candidate(m)
+
+    # --- output -------------------------------------------------------------------------------------------
+    def has_ready(self) -> bool:
+        """Whether ready() would return something to do."""
+        if self._msgs or self._msgs_after_persist or self._log.in_progress < self._log.last_index():
+            return True
+        if self._applied < self._commit:
+            return True
+        if self._role == Role.LEADER and self._leader_has_sends():
+            return True
+        return (HardState(self._term, self._vote, self._commit) != self._prev_hard
+                or SoftState(self._role, self._leader, self._term) != self._prev_soft)
+
+    def ready(self) -> Ready:
+        """Everything accumulated since the last call; the caller must act on it (see Ready)."""
+        if self._role == Role.LEADER:
+            self._flush_leader_sends()
+        rd = Ready()
+        soft = SoftState(self._role, self._leader, self._term)
+        if soft != self._prev_soft:
+            rd.soft_state = self._prev_soft = soft
+        hard = HardState(self._term, self._vote, self._commit)
+        if hard != self._prev_hard:
+            rd.hard_state = self._prev_hard = hard
+        rd.entries = self._log.take_unpersisted()
+        if self._msgs:
+            rd.messages, self._msgs = self._msgs, []
+        if self._msgs_after_persist:
+            rd.messages_after_persist, self._msgs_after_persist = self._msgs_after_persist, []
+        if self._applied < self._commit:
+            lo = max(self._applied + 1, self._log.first_index())
+            rd.committed_entries = self._log.entries(lo, self._commit + 1, self.config.max_committed_bytes_per_ready)
+            if rd.committed_entries:
+                self._applied = rd.committed_entries[-1].index
+        return rd
+
+    # --- role changes -------------------------------------------------------------------------------------
+    def _reset_election_timer(self) -> None:
+        self._election_elapsed_ms = 0
+        self._randomized_timeout_ms = (self.config.election_timeout_ms
+                                       + self._rng.randrange(self.config.election_timeout_spread_ms))
+
+    def _become_follower(self, term: int, leader: int) -> None:
+        if term < self._term:
+            raise InvariantError(f"term would go back from {self._term} to {term}")
+        if term > self._term:
+            self._term = term
+            self._vote = 0
+        self._role = Role.FOLLOWER
+        self._leader = leader
+        self._progress = {}
+        self._votes = {}
+        self._transfer_target = 0
+        self._uncommitted.clear()
+        self._uncommitted_bytes = 0
+        self._reset_election_timer()
+
+    def _campaign(self, transfer: bool) -> None:
+        """Start an election: a pre-vote round first (thesis 9.6) unless pre-vote is off or this is a
+        leadership transfer."""
+        if self.config.pre_vote and not transfer:
+            self._role = Role.PRE_CANDIDATE
+            self._leader = 0
+            self._votes = {self.id: True}
+            self._progress = {}
+            self._reset_election_timer()
+            if self._quorum == 1:
+                self._start_election(transfer=False)
+                return
+            self._request_votes(self._term + 1, pre_vote=True, transfer=False)
+        else:
+            self._start_election(transfer)
+
+    def _start_election(self, transfer: bool) -> None:
+        self._role = Role.CANDIDATE
+        self._term += 1
+        self._vote = self.id
+        self._leader = 0
+        self._votes = {self.id: True}
+        self._progress = {}
+        self._reset_election_timer()
+        if self._quorum == 1:
+            self._become_leader()
+            return
+        self._request_votes(self._term, pre_vote=False, transfer=transfer)
+
+    def _request_votes(self, term: int, pre_vote: bool, transfer: bool) -> None:
+        last_index, last_term = self._log.last_index(), self._log.last_term()
+        for p in self.peers:
+            self._send(RequestVote(self.id, p, term, last_index, last_term, pre_vote, transfer))
+
+    def _win_round(self) -> None:
+        if self._role == Role.PRE_CANDIDATE:
+            self._start_election(transfer=False)  # pre-vote won: now the real election
+        else:
+            self._become_leader()
+
+    def _become_leader(self) -> None:
+        if self._role != Role.CANDIDATE:
+            raise InvariantError(f"only a candidate becomes leader, not a {self._role.name}")
+        self._role = Role.LEADER
+        self._leader = self.id
+        self._votes = {}
+        self._heartbeat_elapsed_ms = 0
+        self._election_elapsed_ms = 0
+        self._transfer_target = 0
+        last = self._log.last_index()
+        self._progress = {p: Progress(last + 1) for p in self.peers}
+        self._leader_term_start = last + 1
+        self._uncommitted.clear()
+        self._uncommitted_bytes = 0
+        self._log.append((Entry(last + 1, self._term, NOOP),))
+        self._uncommitted.append((last + 1, 0))
+        if self._quorum == 1:
+            self._maybe_commit()
+
+    # --- message handling ------------------------------------------------------------------------------
+    def _send(self, m: Message) -> None:
+        """Queue a message. Only a leader's messages may leave before the Ready is persisted: everything a
+        non-leader says may promise durable state (a vote, an acknowledgement, a term)."""
+        if self._role == Role.LEADER:
+            self._msgs.append(m)
+        else:
+            self._msgs_after_persist.append(m)
+
+    def _handle_request_vote(self, m: RequestVote) -> None:
+        can_vote = (self._vote == m.src or (self._vote == 0 and self._leader == 0)
+                    or (m.pre_vote and m.term > self._term))
+        up_to_date = self._mutation == "vote_ignores_log" or self._log.is_up_to_date(m.last_index, m.last_term)
+        if can_vote and up_to_date:
+            self._send(VoteResponse(self.id, m.src, m.term, True, m.pre_vote))
+            if not m.pre_vote:
+                if self._vote not in (0, m.src):
+                    raise InvariantError(f"second vote in term {self._term}")
+                self._vote = m.src
+                self._election_elapsed_ms = 0
+        else:
+            self._send(VoteResponse(self.id, m.src, self._term, False, m.pre_vote))
+
+    def _step_follower(self, m: Message) -> None:
+        if isinstance(m, AppendEntries):
+            self._election_elapsed_ms = 0
+            self._leader = m.src
+            self._handle_append(m)
+        elif isinstance(m, Heartbeat):
+            self._election_elapsed_ms = 0
+            self._leader = m.src
+            self._commit_to(min(m.commit, self._log.last_index()))
+            self._send(HeartbeatResponse(self.id, m.src, self._term))
+        elif isinstance(m, TimeoutNow):
+            self._campaign(transfer=True)
+        # responses meant for a leader or candidate we no longer are: ignored
+
+    def _step_candidate(self, m: Message) -> None:
+        if isinstance(m, AppendEntries | Heartbeat):
+            self._become_follower(self._term, m.src)  # a leader of our term exists (5.2)
+            self._step_follower(m)
+        elif isinstance(m, VoteResponse):
+            pre = self._role == Role.PRE_CANDIDATE
+            if m.pre_vote != pre:
+                return
+            if pre and m.granted and m.term != self._term + 1:
+                return  # a stale grant from an earlier round
+            self._votes.setdefault(m.src, m.granted)
+            result = vote_result(self._votes, len(self.peers) + 1)
+            if result is True:
+                self._win_round()
+            elif result is False:
+                self._become_follower(self._term, 0)
+
+    def _handle_append(self, m: AppendEntries) -> None:
+        prev_index, prev_term, entries = m.prev_index, m.prev_term, m.entries
+        if prev_index < self._commit:
+            # everything up to our commit matches the leader already: skip that part of the message
+            skip = self._commit - prev_index
+            if skip >= len(entries):
+                self._send(AppendResponse(self.id, m.src, self._term, self._commit, True))
+                return
+            entries = entries[skip:]
+            prev_index = self._commit
+            prev_term = self._log.term(prev_index) or 0
+        last_new = self._log.maybe_append(prev_index, prev_term, entries, self._commit,
+                                          ignore_prev_term=self._mutation == "append_ignores_prev_term")
+        if last_new is not None:
+            self._commit_to(min(m.commit, last_new))
+            self._send(AppendResponse(self.id, m.src, self._term, last_new, True))
+            return
+        hint_index = self._log.find_conflict_by_term(min(m.prev_index, self._log.last_index()), m.prev_term)
+        hint_term = self._log.term(hint_index) or 0
+        self._send(AppendResponse(self.id, m.src, self._term, m.prev_index, False, hint_index, hint_term))
+
+    def _commit_to(self, index: int) -> None:
+        if index <= self._commit:
+            return
+        if index > self._log.last_index():
+            raise InvariantError(f"commit {index} beyond last index {self._log.last_index()}")
+        self._commit = index
+
+    # --- leader -------------------------------------------------------------------------------------------
+    def _tick_leader(self, elapsed_ms: int) -> None:
+        self._heartbeat_elapsed_ms += elapsed_ms
+        self._election_elapsed_ms += elapsed_ms
+        if self._transfer_target:
+            self._transfer_elapsed_ms += elapsed_ms
+            if self._transfer_elapsed_ms >= self.config.election_timeout_ms:
+                self._transfer_target = 0  # the target did not take over in time: abort, accept proposals
+        if self._election_elapsed_ms >= self.config.election_timeout_ms:
+            self._election_elapsed_ms = 0
+            if self.config.check_quorum:
+                active = 1 + sum(1 for pr in self._progress.values() if pr.recent_active)
+                for pr in self._progress.values():
+                    pr.recent_active = False
+                if active < self._quorum:
+                    self._become_follower(self._term, 0)  # cut off from a majority: step down (6.2)
+                    return
+        if self._heartbeat_elapsed_ms >= self.config.heartbeat_interval_ms:
+            self._heartbeat_elapsed_ms = 0
+            for p, pr in self._progress.items():
+                stalled = pr.match < pr.next - 1 and pr.match == pr.match_at_heartbeat
+                if pr.state == ProgressState.REPLICATE and stalled:
+                    pr.become_probe()  # no acknowledgement for a whole interval: assume a loss, resend
+                pr.match_at_heartbeat = pr.match
+                self._send_heartbeat(p, pr)
+
+    def _send_heartbeat(self, peer: int, pr: Progress) -> None:
+        commit = min(pr.match, self._commit)
+        pr.commit_sent = max(pr.commit_sent, commit)
+        self._msgs.append(Heartbeat(self.id, peer, self._term, commit))
+
+    def _step_leader(self, m: Message) -> None:
+        pr = self._progress.get(m.src)
+        if pr is None:
+            return
+        pr.recent_active = True
+        if isinstance(m, AppendResponse):
+            self._handle_append_response(m, pr)
+        elif isinstance(m, HeartbeatResponse):
+            if pr.state == ProgressState.PROBE:
+                pr.probe_sent = False  # resume probing: the previous probe or its answer may be lost
+        elif isinstance(m, AppendEntries | Heartbeat):
+            raise InvariantError(f"two leaders in term {self._term}: {self.id} and {m.src}")
+
+    def _handle_append_response(self, m: AppendResponse, pr: Progress) -> None:
+        if not m.success:
+            if m.hint_term > 0:
+                next_hint = self._log.find_conflict_by_term(m.hint_index, m.hint_term) + 1
+            else:
+                next_hint = m.hint_index + 1
+            pr.rejected(m.index, next_hint)
+            return
+        if m.index > self._log.last_index():
+            raise InvariantError(f"follower {m.src} acknowledged {m.index} beyond leader's last "
+                                 f"{self._log.last_index()}")
+        moved = pr.acked(m.index)
+        if pr.state == ProgressState.PROBE:
+            pr.become_replicate()
+        if moved:
+            self._maybe_commit()
+            if self._transfer_target == m.src and pr.match == self._log.last_index():
+                self._send(TimeoutNow(self.id, m.src, self._term))
+
+    def _maybe_commit(self) -> None:
+        """Commit the highest index stored on a majority, if it belongs to this leader's term (5.4.2)."""
+        matches = [pr.match for pr in self._progress.values()]
+        matches.append(self._log.stable_last())  # our own log counts once durable (thesis 10.2.1)
+        index = quorum_index(matches, self._quorum)
+        if index <= self._commit:
+            return
+        if index < self._leader_term_start and self._mutation != "commit_any_term":
+            return  # an earlier term's entry: only committed indirectly, by one of ours after it
+        self._commit_to(index)
+        uncommitted = self._uncommitted
+        while uncommitted and uncommitted[0][0] <= index:
+            self._uncommitted_bytes -= uncommitted.popleft()[1]
+
+    def _leader_has_sends(self) -> bool:
+        last = self._log.last_index()
+        for pr in self._progress.values():
+            if pr.state == ProgressState.PROBE and not pr.probe_sent:
+                return True
+            if pr.state == ProgressState.REPLICATE and pr.next <= last:
+                return True
+            if pr.commit_sent < min(pr.match, self._commit):
+                return True
+        return False
+
+    def _flush_leader_sends(self) -> None:
+        """Send what each follower's window allows (coalescing everything proposed since the last Ready),
+        and tell followers that got no append about a commit advance."""
+        last = self._log.last_index()
+        for peer, pr in self._progress.items():
+            sent = False
+            while self._send_append(peer, pr, last):
+                sent = True
+            if not sent and pr.commit_sent < min(pr.match, self._commit):
+                self._send_heartbeat(peer, pr)
+
+    def _send_append(self, peer: int, pr: Progress, last: int) -> bool:
+        """Send one AppendEntries if the follower's state and window allow; returns whether one was sent."""
+        cfg = self.config
+        if pr.state == ProgressState.REPLICATE:
+            room_entries = cfg.max_inflight_entries - (pr.next - 1 - pr.match)
+            room_bytes = cfg.max_inflight_bytes - pr.inflight_bytes
+            if pr.next > last or room_entries <= 0 or room_bytes <= 0:
+                return False
+        elif pr.state == ProgressState.PROBE:
+            if pr.probe_sent:
+                return False
+            room_entries, room_bytes = cfg.max_append_entries, cfg.max_append_bytes
+        else:
+            return False
+        prev_index = pr.next - 1
+        prev_term = self._log.term(prev_index)
+        if prev_term is None or pr.next < self._log.first_index():
+            pr.state = ProgressState.RESEED  # the follower needs entries we no longer hold
+            return False
+        count = min(last - prev_index, cfg.max_append_entries, room_entries)
+        entries = self._log.entries(pr.next, pr.next + count, min(cfg.max_append_bytes, room_bytes)) if count else []
+        nbytes = 0
+        for e in entries:
+            nbytes += len(e.data)
+        commit = self._commit
+        pr.commit_sent = max(pr.commit_sent, min(commit, prev_index + len(entries)))
+        self._msgs.append(AppendEntries(self.id, peer, self._term, prev_index, prev_term, tuple(entries), commit))
+        if entries:
+            pr.sent(entries[-1].index, nbytes)
+        else:
+            pr.probe_sent = True
+        return pr.state == ProgressState.REPLICATE

@@ -1,0 +1,136 @@
+"""The messages Raft nodes exchange, as plain values (the wire encoding lives elsewhere).
+
+Every message names its sender `src`, its destination `dst` and the sender's `term`. Each one says which
+connection it belongs on through `channel`: DATA for AppendEntries carrying entries (bulk, pipelined,
+ordered per connection), CONTROL for everything else (small: votes, heartbeats, acknowledgements, empty
+probes), so a node can keep consensus traffic off the bulk connection. The core tolerates loss, duplication
+and reordering of any message, within and across channels.
+"""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass
+
+from shmraft.raft.types import Entry
+
+
+class Channel(enum.IntEnum):
+    """Which peer connection a message should travel on."""
+
+    CONTROL = 0
+    DATA = 1
+
+
+@dataclass(frozen=True, slots=True)
+class AppendEntries:
+    """Leader -> follower: entries following (prev_index, prev_term); may be empty (a probe)."""
+
+    src: int
+    dst: int
+    term: int
+    prev_index: int
+    prev_term: int
+    entries: tuple[Entry, ...]
+    commit: int  # leader's commit index
+
+    @property
+    def channel(self) -> Channel:
+        return Channel.DATA if self.entries else Channel.CONTROL
+
+
+@dataclass(frozen=True, slots=True)
+class AppendResponse:
+    """Follower -> leader. success: `index` is now the follower's match index (entries durable).
+    Rejection: `index` is the rejected prev_index; (hint_index, hint_term) is the follower's last entry at or
+    below it whose term is <= the leader's prev_term, so the leader can skip a whole conflicting term."""
+
+    src: int
+    dst: int
+    term: int
+    index: int
+    success: bool
+    hint_index: int = 0
+    hint_term: int = 0
+
+    @property
+    def channel(self) -> Channel:
+        return Channel.CONTROL
+
+
+@dataclass(frozen=True, slots=True)
+class Heartbeat:
+    """Leader -> follower: "I am alive"; `commit` is min(leader commit, follower's known match)."""
+
+    src: int
+    dst: int
+    term: int
+    commit: int
+
+    @property
+    def channel(self) -> Channel:
+        return Channel.CONTROL
+
+
+@dataclass(frozen=True, slots=True)
+class HeartbeatResponse:
+    """Follower -> leader: the follower is reachable (check-quorum) and may need entries."""
+
+    src: int
+    dst: int
+    term: int
+
+    @property
+    def channel(self) -> Channel:
+        return Channel.CONTROL
+
+
+@dataclass(frozen=True, slots=True)
+class RequestVote:
+    """(Pre-)candidate -> all. For a pre-vote `term` is the term the sender would campaign in (its term + 1)
+    and nobody changes state; `transfer` marks an election started by TimeoutNow (it overrides leases)."""
+
+    src: int
+    dst: int
+    term: int
+    last_index: int
+    last_term: int
+    pre_vote: bool = False
+    transfer: bool = False
+
+    @property
+    def channel(self) -> Channel:
+        return Channel.CONTROL
+
+
+@dataclass(frozen=True, slots=True)
+class VoteResponse:
+    """Answer to RequestVote. A granted pre-vote carries the proposed term; a refusal the voter's term."""
+
+    src: int
+    dst: int
+    term: int
+    granted: bool
+    pre_vote: bool = False
+
+    @property
+    def channel(self) -> Channel:
+        return Channel.CONTROL
+
+
+@dataclass(frozen=True, slots=True)
+class TimeoutNow:
+    """Leader -> caught-up follower during leadership transfer: campaign now, skipping pre-vote."""
+
+    src: int
+    dst: int
+    term: int
+
+    @property
+    def channel(self) -> Channel:
+        return Channel.CONTROL
+
+
+Message = AppendEntries | AppendResponse | Heartbeat | HeartbeatResponse | RequestVote | VoteResponse | TimeoutNow
+MESSAGE_TYPES: tuple[type, ...] = (AppendEntries, AppendResponse, Heartbeat, HeartbeatResponse, RequestVote,
+                                   VoteResponse, TimeoutNow)

@@ -1,0 +1,93 @@
+"""What a leader knows about one follower's log, and the flow-control window towards it."""
+
+from __future__ import annotations
+
+import enum
+from collections import deque
+
+
+class ProgressState(enum.IntEnum):
+    """PROBE: one append at a time until the follower's match is found. REPLICATE: optimistic pipelining
+    within the inflight window. RESEED: the follower needs entries the leader no longer holds."""
+
+    PROBE = 0
+    REPLICATE = 1
+    RESEED = 2
+
+
+class Progress:
+    """Leader-side view of one follower. `inflight` holds (last index, bytes) per unacknowledged message."""
+
+    __slots__ = ("match", "next", "state", "probe_sent", "recent_active", "inflight", "inflight_bytes",
+                 "match_at_heartbeat", "commit_sent")
+
+    def __init__(self, next_index: int) -> None:
+        self.match = 0
+        self.next = next_index
+        self.state = ProgressState.PROBE
+        self.probe_sent = False
+        self.recent_active = True  # a new leader gives every follower one election timeout to show up
+        self.inflight: deque[tuple[int, int]] = deque()
+        self.inflight_bytes = 0
+        self.match_at_heartbeat = 0
+        self.commit_sent = 0
+
+    @property
+    def inflight_entries(self) -> int:
+        """Entries sent and not yet acknowledged (pipelining only happens in REPLICATE)."""
+        return self.next - 1 - self.match if self.state == ProgressState.REPLICATE else 0
+
+    def become_probe(self) -> None:
+        """Forget the optimistic window; resend from just after the known match."""
+        self.state = ProgressState.PROBE
+        self.next = self.match + 1
+        self.probe_sent = False
+        self.inflight.clear()
+        self.inflight_bytes = 0
+
+    def become_replicate(self) -> None:
+        self.state = ProgressState.REPLICATE
+        self.next = self.match + 1
+        self.probe_sent = False
+        self.inflight.clear()
+        self.inflight_bytes = 0
+
+    def sent(self, last_index: int, nbytes: int) -> None:
+        """Record an append carrying entries up to last_index (REPLICATE: advance next optimistically)."""
+        if self.state == ProgressState.REPLICATE:
+            self.next = last_index + 1
+            self.inflight.append((last_index, nbytes))
+            self.inflight_bytes += nbytes
+        else:
+            self.probe_sent = True
+
+    def acked(self, index: int) -> bool:
+        """The follower stores entries up to `index`; returns whether match moved."""
+        moved = index > self.match
+        if moved:
+            self.match = index
+        if self.next <= index:
+            self.next = index + 1
+        inflight = self.inflight
+        while inflight and inflight[0][0] <= index:
+            self.inflight_bytes -= inflight.popleft()[1]
+        return moved
+
+    def rejected(self, rejected_index: int, next_hint: int) -> bool:
+        """An append with prev_index = rejected_index failed; `next_hint` is where the leader's log can
+        first differ. Returns False for a stale rejection (one that does not concern the current window)."""
+        if self.state == ProgressState.REPLICATE:
+            if rejected_index <= self.match:
+                return False
+            self.become_probe()
+            self.next = max(min(rejected_index, next_hint), self.match + 1)
+            return True
+        if rejected_index != self.next - 1:
+            return False
+        if rejected_index <= self.match:
+            # the follower lost entries it had acknowledged (possible only with an unsafe fsync policy, or a
+            # stale duplicate): believe it, rather than resending the same append forever
+            self.match = max(0, min(self.match, next_hint - 1))
+        self.next = max(min(rejected_index, next_hint), self.match + 1)
+        self.probe_sent = False
+        return True

@@ -1,0 +1,42 @@
+"""The output of the core: everything the driver must do, collected since the previous Ready."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from shmraft.raft.messages import Message
+from shmraft.raft.types import Entry, HardState, SoftState
+
+
+@dataclass(slots=True)
+class Ready:
+    """What to do, in this order:
+
+    1. send `messages` now (a leader's appends and heartbeats need no local durability, thesis 10.2.1);
+    2. persist `entries` (replacing any stored suffix from entries[0].index) and `hard_state` (when not None)
+       atomically: `storage.append(entries, hard_state)`, or `set_hard_state` when there are no entries;
+       Readies must be persisted in the order they were taken;
+    3. once that is durable, send `messages_after_persist` (votes and acknowledgements promise durable
+       state) and, if `entries` was not empty, call `core.persisted(entries[-1].index, entries[-1].term)`;
+    4. apply `committed_entries` (in index order; an entry with empty data is a leader's no-op).
+
+    When both `entries` and `hard_state` are empty and no earlier Ready is still being persisted, step 3 may
+    run at once; otherwise `messages_after_persist` wait for the earlier Readies' writes (they may
+    acknowledge entries handed out earlier).
+    `soft_state` is the new (role, leader, term) when it changed, for display and client redirection.
+    """
+
+    soft_state: SoftState | None = None
+    hard_state: HardState | None = None
+    entries: list[Entry] = field(default_factory=list)
+    messages: list[Message] = field(default_factory=list)
+    messages_after_persist: list[Message] = field(default_factory=list)
+    committed_entries: list[Entry] = field(default_factory=list)
+
+    @property
+    def must_persist(self) -> bool:
+        return bool(self.entries) or self.hard_state is not None
+
+    def __bool__(self) -> bool:
+        return bool(self.soft_state or self.hard_state or self.entries or self.messages
+                    or self.messages_after_persist or self.committed_entries)

@@ -1,0 +1,62 @@
+"""The fault plan of one seed: network rates, clock drift, disk latency and scheduled fault events.
+
+Everything here is drawn from the seed's own random stream, before the run starts, so a plan is a pure
+function of (seed, options) and a failing seed replays exactly.
+"""
+
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass, field
+
+from shmraft.sim.network import NetworkParams
+
+FAULT_KINDS = ("partition", "asymmetric_partition", "isolate_leader", "crash", "crash_leader",
+               "connection_reset", "transfer_leadership")
+FAULT_WEIGHTS = (2, 1, 2, 2, 2, 1, 1)
+TICK_MS = 10  # each node calls tick(TICK_MS) once per (drifted) tick period
+
+
+@dataclass(slots=True)
+class FaultEvent:
+    at_us: int
+    kind: str
+    duration_us: int  # partitions: how long until healed; crashes: downtime
+    power_loss: bool = False  # crashes: machine crash (unsynced writes lost) rather than process kill
+
+
+@dataclass(slots=True)
+class FaultPlan:
+    network: NetworkParams
+    tick_period_us: dict[int, int]
+    disk_delay_min_us: int
+    disk_delay_max_us: int
+    slow_disk_probability: float
+    propose_interval_us: int
+    events: list[FaultEvent] = field(default_factory=list)
+
+
+def make_plan(rng: random.Random, node_ids: list[int], fault_ms: int, faults: bool) -> FaultPlan:
+    """Draw one seed's faults. With faults=False: a healthy network, no drift, no events."""
+    if not faults:
+        return FaultPlan(NetworkParams(), {i: TICK_MS * 1000 for i in node_ids}, 200, 1000, 0.0,
+                         rng.choice((5, 10)) * 1000)
+    net = NetworkParams(
+        drop_probability=rng.choice((0.0, 0.01, 0.05, 0.15)),
+        duplicate_probability=rng.choice((0.0, 0.01, 0.05)),
+        delay_min_us=rng.choice((50, 200)),
+        delay_max_us=rng.choice((1000, 3000, 10_000)),
+        long_delay_probability=rng.choice((0.0, 0.02, 0.1)),
+        long_delay_max_us=rng.choice((20_000, 100_000)),
+    )
+    drift = rng.random() < 0.5
+    ticks = {i: int(TICK_MS * 1000 * (rng.uniform(0.8, 1.25) if drift else 1.0)) for i in node_ids}
+    plan = FaultPlan(net, ticks, rng.choice((100, 500)), rng.choice((2000, 5000)), rng.choice((0.0, 0.02)),
+                     rng.choice((2, 5, 10, 25)) * 1000)
+    for _ in range(rng.randint(2, 12)):
+        kind = rng.choices(FAULT_KINDS, FAULT_WEIGHTS)[0]
+        at = rng.randint(100, max(101, fault_ms - 100)) * 1000
+        duration = rng.choice((rng.randint(20, 300), rng.randint(300, 1500))) * 1000
+        plan.events.append(FaultEvent(at, kind, duration, power_loss=rng.random() < 0.3))
+    plan.events.sort(key=lambda e: e.at_us)
+    return plan

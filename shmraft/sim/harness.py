@@ -1,0 +1,152 @@
+"""A small synchronous cluster of cores for unit tests and the core benchmark.
+
+Messages travel through one FIFO queue and arrive instantly unless a link is cut or a node is down; a Ready
+is persisted to MemStorage at once (unless `hold_persist` is set for a node, to test what happens before the
+driver reports durability). No virtual clock: time moves only when a test calls `tick`.
+"""
+
+from __future__ import annotations
+
+import random
+from collections import deque
+
+from shmraft.raft.config import RaftConfig
+from shmraft.raft.core import RaftCore
+from shmraft.raft.memstorage import MemStorage
+from shmraft.raft.messages import Message
+from shmraft.raft.ready import Ready
+from shmraft.raft.types import Entry, Role
+
+DELIVERY_STEPS_MAX = 1_000_000  # a runaway message storm is a bug: stop instead of spinning
+
+
+class Cluster:
+    """Nodes 1..n wired through an instant network. `sent` records every message for inspection."""
+
+    def __init__(self, n: int = 3, config: RaftConfig | None = None, seed: int = 0, fsync: str = "always",
+                 record: bool = True) -> None:
+        self.ids = list(range(1, n + 1))
+        self.config = config or RaftConfig()
+        self.seed = seed
+        self.storages = {i: MemStorage(fsync) for i in self.ids}
+        self.cores: dict[int, RaftCore] = {}
+        self.applied: dict[int, list[Entry]] = {i: [] for i in self.ids}
+        self.queue: deque[Message] = deque()
+        self.blocked: set[tuple[int, int]] = set()
+        self.down: set[int] = set()
+        self.hold_persist: set[int] = set()
+        self.held: dict[int, list[Ready]] = {i: [] for i in self.ids}
+        self.record = record
+        self.sent: list[Message] = []
+        self._incarnation = dict.fromkeys(self.ids, 0)
+        for i in self.ids:
+            self._start(i)
+
+    def _start(self, i: int) -> None:
+        rng = random.Random(f"{self.seed}-{i}-{self._incarnation[i]}")
+        self.cores[i] = RaftCore(i, [p for p in self.ids if p != i], self.storages[i], self.config, rng)
+
+    # --- driving -------------------------------------------------------------------------------------------
+    def process(self, i: int) -> None:
+        """Act on every Ready node i has (send, persist, apply)."""
+        core = self.cores[i]
+        while core.has_ready():
+            rd = core.ready()
+            self._send(rd.messages)
+            if i in self.hold_persist and (rd.must_persist or self.held[i]):
+                self.held[i].append(rd)
+            else:
+                self._persist(i, rd)
+            self.applied[i].extend(rd.committed_entries)
+
+    def _persist(self, i: int, rd: Ready) -> None:
+        storage = self.storages[i]
+        if rd.entries:
+            storage.append(rd.entries, rd.hard_state)
+        elif rd.hard_state is not None:
+            storage.set_hard_state(rd.hard_state)
+        self._send(rd.messages_after_persist)
+        if rd.entries:
+            self.cores[i].persisted(rd.entries[-1].index, rd.entries[-1].term)
+
+    def release(self, i: int) -> None:
+        """Persist what node i held back, in order."""
+        self.hold_persist.discard(i)
+        held, self.held[i] = self.held[i], []
+        for rd in held:
+            self._persist(i, rd)
+        self.process(i)
+
+    def _send(self, msgs: list[Message]) -> None:
+        for m in msgs:
+            if self.record:
+                self.sent.append(m)
+            self.queue.append(m)
+
+    def deliver_all(self) -> int:
+        """Deliver queued messages (and whatever they cause) until the network is quiet."""
+        steps = 0
+        while self.queue:
+            steps += 1
+            if steps > DELIVERY_STEPS_MAX:
+                raise RuntimeError("message storm: the network never went quiet")
+            m = self.queue.popleft()
+            if m.dst in self.down or m.src in self.down or (m.src, m.dst) in self.blocked:
+                continue
+            self.cores[m.dst].step(m)
+            self.process(m.dst)
+        return steps
+
+    def tick(self, ms: int, nodes: list[int] | None = None) -> None:
+        for i in nodes or self.ids:
+            if i not in self.down:
+                self.cores[i].tick(ms)
+                self.process(i)
+        self.deliver_all()
+
+    def run(self, ms: int, step_ms: int = 10) -> None:
+        """Tick all live nodes for ms milliseconds, delivering after every tick."""
+        for _ in range(ms // step_ms):
+            self.tick(step_ms)
+
+    def elect(self, i: int) -> None:
+        """Make node i time out and win an election (its log must be up to date)."""
+        self.cores[i].tick(self.config.election_timeout_ms + self.config.election_timeout_spread_ms)
+        self.process(i)
+        self.deliver_all()
+        if self.cores[i].role != Role.LEADER:
+            raise AssertionError(f"node {i} did not win: {self.cores[i].status()}")
+
+    def propose(self, i: int, data: bytes) -> int:
+        index = self.cores[i].propose(data)
+        self.process(i)
+        return index
+
+    # --- faults ----------------------------------------------------------------------------------------------
+    def isolate(self, i: int) -> None:
+        for p in self.ids:
+            if p != i:
+                self.blocked |= {(i, p), (p, i)}
+
+    def heal(self) -> None:
+        self.blocked.clear()
+
+    def crash(self, i: int) -> None:
+        self.down.add(i)
+        self.held[i] = []
+        self.storages[i].crash(power_loss=False)
+
+    def restart(self, i: int) -> None:
+        self.down.discard(i)
+        self._incarnation[i] += 1
+        self.applied[i] = []
+        self._start(i)
+
+    # --- queries ------------------------------------------------------------------------------------------------
+    def leader(self) -> int:
+        leaders = [i for i in self.ids if i not in self.down and self.cores[i].role == Role.LEADER]
+        return max(leaders, key=lambda i: self.cores[i].term) if leaders else 0
+
+    def log(self, i: int) -> list[tuple[int, int, bytes]]:
+        core = self.cores[i]
+        return [(e.index, e.term, e.data) for e in core.log_entries(1, core.last_index + 1, 1 << 62)]

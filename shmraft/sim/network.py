@@ -1,0 +1,72 @@
+"""A simulated network: per-message loss, duplication, delay and reordering; cut links; connection resets.
+
+All times are integer microseconds of virtual time. The network only decides *when* (if ever) a message
+arrives; the simulator's event queue does the delivering. A connection reset bumps the link's epoch: a
+message sent under an older epoch is dropped on arrival, as TCP loses what was in flight on a dead socket.
+"""
+
+from __future__ import annotations
+
+import random
+from collections import Counter
+from dataclasses import dataclass
+
+
+@dataclass(slots=True)
+class NetworkParams:
+    """Fault rates of one seed. Probabilities are per message."""
+
+    drop_probability: float = 0.0
+    duplicate_probability: float = 0.0
+    delay_min_us: int = 100
+    delay_max_us: int = 1000
+    long_delay_probability: float = 0.0  # such a message overtakes nothing and is overtaken: reordering
+    long_delay_max_us: int = 50_000
+
+
+class SimNetwork:
+    """Decides the fate of each message; `blocked` holds cut directed links (src, dst)."""
+
+    def __init__(self, params: NetworkParams, rng: random.Random, faults: Counter[str]) -> None:
+        self.params = params
+        self.rng = rng
+        self.faults = faults
+        self.blocked: set[tuple[int, int]] = set()
+        self.epochs: dict[tuple[int, int], int] = {}
+
+    def delivery_times(self, src: int, dst: int, now_us: int) -> list[int]:
+        """Arrival times for one message sent now: [] if lost, two if duplicated."""
+        if (src, dst) in self.blocked:
+            self.faults["partition_drop"] += 1
+            return []
+        p = self.params
+        rng = self.rng
+        if p.drop_probability and rng.random() < p.drop_probability:
+            self.faults["drop"] += 1
+            return []
+        copies = 1
+        if p.duplicate_probability and rng.random() < p.duplicate_probability:
+            self.faults["duplicate"] += 1
+            copies = 2
+        out = []
+        for _ in range(copies):
+            delay = rng.randint(p.delay_min_us, p.delay_max_us)
+            if p.long_delay_probability and rng.random() < p.long_delay_probability:
+                self.faults["reorder_delay"] += 1
+                delay += rng.randint(0, p.long_delay_max_us)
+            out.append(now_us + delay)
+        return out
+
+    def epoch(self, src: int, dst: int) -> int:
+        return self.epochs.get((src, dst), 0)
+
+    def reset_connection(self, a: int, b: int) -> None:
+        """Both directions of the a-b connection drop what is in flight."""
+        for link in ((a, b), (b, a)):
+            self.epochs[link] = self.epochs.get(link, 0) + 1
+
+    def heal(self) -> None:
+        """Faults stop: links restored and delivery becomes reliable (loss-free, short delays)."""
+        self.blocked.clear()
+        self.params = NetworkParams(delay_min_us=self.params.delay_min_us,
+                                    delay_max_us=min(self.params.delay_max_us, 2000))

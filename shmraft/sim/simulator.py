@@ -1,0 +1,370 @@
+"""The deterministic simulator: several cores on virtual time, a faulty network, crashing disks and clients.
+
+A run has two phases. During the fault phase (`fault_ms`) the seed's fault plan plays out while a client
+proposes entries to whoever leads. Then faults stop: links heal, crashed nodes restart, the network
+becomes reliable. Liveness requires that within `heal_deadline_ms` a leader commits a fresh probe entry
+and every node commits it too; then every committed and acknowledged entry must be in every log. Safety
+is checked after every event (shmraft.sim.checker). A seed decides everything, so a failure replays
+exactly; the trace (options.trace) is the same text on every replay.
+"""
+
+from __future__ import annotations
+
+import heapq
+import random
+from collections import Counter
+from dataclasses import dataclass, field
+
+from shmraft.raft.config import RaftConfig
+from shmraft.raft.errors import InvariantError, ProposalError
+from shmraft.raft.messages import AppendEntries, Message
+from shmraft.raft.types import Role
+from shmraft.sim.checker import Checker
+from shmraft.sim.faults import TICK_MS, FaultEvent, make_plan
+from shmraft.sim.network import SimNetwork
+from shmraft.sim.node import PersistJob, SimNode
+
+EV_TICK, EV_DELIVER, EV_PERSIST, EV_PROPOSE, EV_FAULT, EV_UNBLOCK, EV_RESTART, EV_HINT, EV_HEAL, EV_SYNC = range(10)
+STEPS_MAX = 3_000_000  # events per seed; more means a message storm (a bug)
+PROBE_INTERVAL_US = 50_000
+SYNC_INTERVAL_US = 200_000  # fsync "never": the OS writes back this often
+
+
+@dataclass(slots=True)
+class SimOptions:
+    nodes: int | None = None  # None: 3 or 5, drawn from the seed
+    fsync: str = "always"
+    fault_ms: int = 5000
+    heal_deadline_ms: int = 10_000
+    faults: bool = True
+    mutation: str = ""  # test-only core mutation (RaftConfig.test_only_mutation)
+    trace: bool = False
+
+
+@dataclass
+class SeedResult:
+    seed: int
+    nodes: int
+    violations: list[str]
+    steps: int
+    elections: int
+    faults: Counter[str]
+    committed_entries: int
+    acked_entries: int
+    virtual_ms: int
+    recovery_ms: int  # heal -> probe committed on every node
+    truncations: int
+    trace: list[str] | None = field(default=None, repr=False)
+
+
+def describe(m: Message) -> str:
+    """One short line per message for traces."""
+    name = type(m).__name__
+    if isinstance(m, AppendEntries):
+        span = f"{m.entries[0].index}..{m.entries[-1].index}" if m.entries else "-"
+        return f"{name}(t{m.term} prev={m.prev_index}/{m.prev_term} entries={span} commit={m.commit})"
+    fields = {k: getattr(m, k) for k in m.__slots__ if k not in ("src", "dst")}  # type: ignore[union-attr]
+    return f"{name}({' '.join(f'{k}={v}' for k, v in fields.items())})"
+
+
+class Simulation:
+    """One seed's run. Create, then call run() once."""
+
+    def __init__(self, seed: int, options: SimOptions | None = None) -> None:
+        self.seed = seed
+        self.options = opts = options or SimOptions()
+        plan_rng = random.Random(f"plan-{seed}")
+        n = opts.nodes or plan_rng.choice((3, 5))
+        self.ids = list(range(1, n + 1))
+        self.plan = make_plan(plan_rng, self.ids, opts.fault_ms, opts.faults)
+        self.faults: Counter[str] = Counter()
+        self.net = SimNetwork(self.plan.network, random.Random(f"net-{seed}"), self.faults)
+        self.disk_rng = random.Random(f"disk-{seed}")
+        self.fault_rng = random.Random(f"fault-{seed}")
+        self.config = RaftConfig(test_only_mutation=opts.mutation)
+        self.nodes = {i: SimNode(i, [p for p in self.ids if p != i], self.config, opts.fsync, seed,
+                                 self.plan.tick_period_us[i]) for i in self.ids}
+        self.faults["clock_drift"] = sum(1 for p in self.plan.tick_period_us.values() if p != TICK_MS * 1000)
+        self.checker = Checker()
+        self.heap: list[tuple] = []
+        self.seq = 0
+        self.now = 0
+        self.steps = 0
+        self.blocks: Counter[tuple[int, int]] = Counter()
+        self.pending: dict[tuple[int, int], tuple[int, bytes]] = {}  # (node, index) -> (term, data)
+        self.acked: list[tuple[int, int, bytes]] = []
+        self.proposed = 0
+        self.healed_at = -1
+        self.probe: tuple[int, int, bytes] | None = None  # (index, term, data) once proposed after the heal
+        self.probe_node = 0
+        self.done_at = -1
+        self.trace: list[str] | None = [] if opts.trace else None
+
+    # --- plumbing ------------------------------------------------------------------------------------------
+    def _at(self, t: int, kind: int, a: object = None, b: object = None) -> None:
+        self.seq += 1
+        heapq.heappush(self.heap, (t, self.seq, kind, a, b))
+
+    def _log(self, text: str) -> None:
+        if self.trace is not None:
+            self.trace.append(f"{self.now / 1000:10.3f} {text}")
+
+    def _send(self, m: Message) -> None:
+        times = self.net.delivery_times(m.src, m.dst, self.now)
+        if self.trace is not None:
+            self._log(f"n{m.src}->n{m.dst} {describe(m)}" + ("" if times else " LOST"))
+        epoch = self.net.epoch(m.src, m.dst)
+        for t in times:
+            self._at(t, EV_DELIVER, m, epoch)
+
+    def _drain(self, node: SimNode) -> None:
+        core = node.core
+        assert core is not None
+        while core.has_ready():
+            rd = core.ready()
+            self.checker.on_ready(node.id, core, rd, self.now)
+            if rd.soft_state is not None and self.trace is not None:
+                s = rd.soft_state
+                self._log(f"n{node.id} {s.role.name} term={s.term} leader={s.leader}")
+            for m in rd.messages:
+                self._send(m)
+            if rd.must_persist or node.pending_jobs:
+                # even with nothing to write, acknowledgements wait for the earlier Readies' writes
+                delay = 0
+                if rd.must_persist:
+                    delay = self.disk_rng.randint(self.plan.disk_delay_min_us, self.plan.disk_delay_max_us)
+                    if self.plan.slow_disk_probability and self.disk_rng.random() < self.plan.slow_disk_probability:
+                        self.faults["slow_fsync"] += 1
+                        delay += 50_000
+                node.persist_free_at_us = max(self.now, node.persist_free_at_us) + delay
+                node.pending_jobs += 1
+                job = PersistJob(rd.entries, rd.hard_state, rd.messages_after_persist)
+                self._at(node.persist_free_at_us, EV_PERSIST, node.id, (node.incarnation, job))
+            else:
+                for m in rd.messages_after_persist:
+                    self._send(m)
+            for e in rd.committed_entries:
+                p = self.pending.pop((node.id, e.index), None)
+                if p is not None and p == (e.term, e.data):
+                    self.acked.append((e.index, e.term, e.data))
+
+    def _leader(self) -> SimNode | None:
+        best = None
+        for node in self.nodes.values():
+            if node.up and node.core is not None and node.core.role == Role.LEADER:
+                if best is None or node.core.term > best.core.term:  # type: ignore[union-attr]
+                    best = node
+        return best
+
+    def _start(self, node: SimNode) -> None:
+        core = node.start()
+        self.checker.started(node.id, core, self.now, node.commit_before_crash)
+        self._log(f"n{node.id} START term={core.term} last={core.last_index} commit={core.commit_index}")
+        self._at(self.now + node.tick_period_us, EV_TICK, node.id, node.incarnation)
+        self._drain(node)
+
+    def _set_blocked(self, links: list[tuple[int, int]], delta: int) -> None:
+        for link in links:
+            self.blocks[link] += delta
+        self.net.blocked = {link for link, c in self.blocks.items() if c > 0}
+
+    # --- faults ----------------------------------------------------------------------------------------------
+    def _fault(self, ev: FaultEvent) -> None:
+        rng = self.fault_rng
+        kind = ev.kind
+        leader = self._leader()
+        if kind == "partition":
+            side = set(rng.sample(self.ids, rng.randint(1, len(self.ids) - 1)))
+            links = [(a, b) for a in self.ids for b in self.ids if (a in side) != (b in side)]
+        elif kind == "asymmetric_partition":
+            a = rng.choice(self.ids)
+            links = [(a, b) for b in self.ids if b != a] if rng.random() < 0.5 else [(a, rng.choice(
+                [b for b in self.ids if b != a]))]
+        elif kind == "isolate_leader":
+            a = leader.id if leader else rng.choice(self.ids)
+            links = [(x, y) for x in self.ids for y in self.ids if x != y and a in (x, y)]
+        elif kind in ("crash", "crash_leader"):
+            victim = leader if kind == "crash_leader" and leader else self.nodes[rng.choice(self.ids)]
+            if not victim.up:
+                return
+            self.faults["power_loss" if ev.power_loss else "crash"] += 1
+            self._log(f"n{victim.id} CRASH power_loss={ev.power_loss}")
+            victim.crash(ev.power_loss)
+            for p in victim.peers:  # the peers' connections reset: a driver hint, if the link works
+                if (victim.id, p) not in self.net.blocked:
+                    self._at(self.now + 1000, EV_HINT, p, victim.id)
+            self._at(self.now + ev.duration_us, EV_RESTART, victim.id, victim.incarnation)
+            return
+        elif kind == "connection_reset":
+            a, b = rng.sample(self.ids, 2)
+            self.faults[kind] += 1
+            self._log(f"RESET n{a}-n{b}")
+            self.net.reset_connection(a, b)
+            self._hint(a, b)
+            self._hint(b, a)
+            return
+        elif kind == "transfer_leadership":
+            if leader is None:
+                return
+            assert leader.core is not None
+            target = rng.choice([None, *leader.core.peers])
+            self.faults[kind] += 1
+            self._log(f"n{leader.id} TRANSFER to {target}")
+            leader.core.transfer_leadership(target)
+            self._drain(leader)
+            return
+        else:
+            raise ValueError(kind)
+        self.faults[kind] += 1
+        self._log(f"BLOCK {sorted(links)} for {ev.duration_us / 1000:.0f}ms")
+        self._set_blocked(links, +1)
+        self._at(self.now + ev.duration_us, EV_UNBLOCK, links)
+
+    def _hint(self, node_id: int, peer: int) -> None:
+        node = self.nodes[node_id]
+        if node.up and node.core is not None:
+            node.core.peer_disconnected(peer)
+            self._drain(node)
+
+    def _heal(self) -> None:
+        self.healed_at = self.now
+        self._log("HEAL")
+        self.blocks.clear()
+        self.net.heal()
+        for node in self.nodes.values():
+            if not node.up:
+                self.faults["restart"] += 1
+                self._start(node)
+        self._at(self.now, EV_PROPOSE, True)
+
+    # --- clients ---------------------------------------------------------------------------------------------
+    def _propose(self, probe: bool) -> None:
+        leader = self._leader()
+        if probe:
+            if self._probe_done():
+                self._finish()
+                return
+            self._at(self.now + PROBE_INTERVAL_US, EV_PROPOSE, True)
+            if self.probe is not None:
+                index, term, data = self.probe
+                proposer = self.nodes[self.probe_node]
+                still_leading = proposer.up and proposer.core is not None and proposer.core.term == term
+                if self.checker.committed.get(index) == (term, data) or still_leading:
+                    return  # committed, or may still be: wait for every node to commit it
+        elif self.now < self.options.fault_ms * 1000:
+            self._at(self.now + self.plan.propose_interval_us, EV_PROPOSE, False)
+        if leader is None:
+            return
+        assert leader.core is not None
+        self.proposed += 1
+        data = f"{'probe' if probe else 'c'}-{self.seed}-{self.proposed}".encode()
+        try:
+            index = leader.core.propose(data)
+        except ProposalError:
+            return
+        self.pending[(leader.id, index)] = (leader.core.term, data)
+        if probe:
+            self.probe = (index, leader.core.term, data)
+            self.probe_node = leader.id
+        self._drain(leader)
+
+    def _probe_done(self) -> bool:
+        if self.probe is None:
+            return False
+        index, term, data = self.probe
+        if self.checker.committed.get(index) != (term, data):
+            return False
+        return all(n.up and n.core is not None and n.core.applied_index >= index for n in self.nodes.values())
+
+    def _finish(self) -> None:
+        self.done_at = self.now
+        cores = {i: n.core for i, n in self.nodes.items() if n.core is not None}
+        self.checker.check_converged(cores, self.acked, self.now)  # type: ignore[arg-type]
+
+    # --- the loop -------------------------------------------------------------------------------------------
+    def run(self) -> SeedResult:
+        opts = self.options
+        for node in self.nodes.values():
+            self._start(node)
+        for ev in self.plan.events:
+            self._at(ev.at_us, EV_FAULT, ev)
+        self._at(0, EV_PROPOSE, False)
+        fault_end = opts.fault_ms * 1000
+        self._at(fault_end, EV_HEAL)
+        if opts.fsync == "never":
+            self._at(SYNC_INTERVAL_US, EV_SYNC)
+        deadline = fault_end + opts.heal_deadline_ms * 1000
+        heap = self.heap
+        checker = self.checker
+        nodes = self.nodes
+        try:
+            while heap and self.done_at < 0 and not checker.violations:
+                t, _, kind, a, b = heapq.heappop(heap)
+                if t > deadline:
+                    self.now = deadline
+                    checker.violation(self.now, f"liveness: no probe committed on every node within "
+                                                f"{opts.heal_deadline_ms}ms after the heal")
+                    break
+                self.now = t
+                self.steps += 1
+                if self.steps > STEPS_MAX:
+                    checker.violation(t, f"more than {STEPS_MAX} events")
+                    break
+                if kind == EV_DELIVER:
+                    m = a
+                    node = nodes[m.dst]
+                    if not node.up or b != self.net.epoch(m.src, m.dst) or (m.src, m.dst) in self.net.blocked:
+                        continue
+                    if self.trace is not None:
+                        self._log(f"n{m.dst}<-n{m.src} {describe(m)}")
+                    node.core.step(m)  # type: ignore[union-attr]
+                    self._drain(node)
+                elif kind == EV_TICK:
+                    node = nodes[a]
+                    if not node.up or node.incarnation != b:
+                        continue
+                    node.core.tick(TICK_MS)  # type: ignore[union-attr]
+                    self._drain(node)
+                    self._at(t + node.tick_period_us, EV_TICK, a, b)
+                elif kind == EV_PERSIST:
+                    node = nodes[a]
+                    incarnation, job = b
+                    if not node.up or node.incarnation != incarnation:
+                        continue
+                    for m in node.complete(job):
+                        self._send(m)
+                    self._drain(node)
+                elif kind == EV_PROPOSE:
+                    self._propose(bool(a))
+                elif kind == EV_FAULT:
+                    if t < fault_end:
+                        self._fault(a)
+                elif kind == EV_UNBLOCK:
+                    if self.healed_at < 0:
+                        self._log(f"UNBLOCK {sorted(a)}")
+                        self._set_blocked(a, -1)
+                elif kind == EV_RESTART:
+                    node = nodes[a]
+                    if not node.up and node.incarnation == b and self.healed_at < 0:
+                        self.faults["restart"] += 1
+                        self._start(node)
+                elif kind == EV_HINT:
+                    self._hint(a, b)
+                elif kind == EV_HEAL:
+                    self._heal()
+                elif kind == EV_SYNC:
+                    for node in nodes.values():
+                        node.storage.sync()
+                    self._at(t + SYNC_INTERVAL_US, EV_SYNC)
+        except InvariantError as exc:
+            checker.violation(self.now, f"core invariant: {exc}")
+        return SeedResult(
+            seed=self.seed, nodes=len(self.ids), violations=list(checker.violations), steps=self.steps,
+            elections=checker.elections, faults=self.faults, committed_entries=len(checker.committed),
+            acked_entries=len(self.acked), virtual_ms=self.now // 1000,
+            recovery_ms=(self.done_at - self.healed_at) // 1000 if self.done_at >= 0 else -1,
+            truncations=checker.truncations, trace=self.trace)
+
+
+def run_seed(seed: int, options: SimOptions | None = None) -> SeedResult:
+    return Simulation(seed, options).run()

@@ -1,0 +1,128 @@
+"""A local cluster: one node-supervisor process per node, and the live view of `shmraft-supervisor up`.
+
+Each node runs as `python -m shmraft.cli.supervisor node --config-json PATH` in its own process group, so
+that killing "every process of a node" is one signal to the group, as it would be for a node on its own
+host.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Final
+
+from shmraft.config import NodeConfig
+from shmraft.supervisor.node import config_to_json
+from shmraft.supervisor.status import cluster_status, format_table
+
+NODE_STOP_GRACE_S: Final = 10.0
+
+
+class LocalCluster:
+    """Starts, watches and stops the node supervisors of a cluster on this machine."""
+
+    def __init__(self, configs: list[NodeConfig], log_dir: Path | None = None) -> None:
+        self.configs = configs
+        self.procs: dict[int, subprocess.Popen] = {}
+        self.log_dir = log_dir
+
+    def config_path(self, config: NodeConfig) -> Path:
+        node_dir = config.node_dir
+        node_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+        path = node_dir / "node.json"
+        path.write_text(config_to_json(config))
+        return path
+
+    def start_node(self, node_id: int) -> subprocess.Popen:
+        config = next(c for c in self.configs if c.node_id == node_id)
+        Path(config.data_dir).mkdir(parents=True, exist_ok=True, mode=0o700)
+        path = self.config_path(config)
+        out = None
+        if self.log_dir is not None:
+            self.log_dir.mkdir(parents=True, exist_ok=True)
+            out = open(self.log_dir / f"node{node_id}.log", "ab")  # noqa: SIM115 - owned by the child
+        proc = subprocess.Popen([sys.executable, "-m", "shmraft.cli.supervisor", "node", "--config-json", str(path)],
+                                stdout=out, stderr=subprocess.STDOUT if out else None, start_new_session=True)
+        if out is not None:
+            out.close()
+        self.procs[node_id] = proc
+        return proc
+
+    def start(self) -> None:
+        for c in self.configs:
+            self.start_node(c.node_id)
+
+    def stop_node(self, node_id: int, sig: int = signal.SIGTERM, timeout_s: float = NODE_STOP_GRACE_S) -> None:
+        proc = self.procs.get(node_id)
+        if proc is None or proc.poll() is not None:
+            return
+        proc.send_signal(sig)
+        try:
+            proc.wait(timeout_s)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+
+    def kill_node(self, node_id: int) -> None:
+        """SIGKILL every process of a node (its supervisor's process group)."""
+        proc = self.procs.get(node_id)
+        if proc is None:
+            return
+        try:
+            os.killpg(proc.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+        proc.wait()
+
+    def stop(self) -> None:
+        for node_id in list(self.procs):
+            proc = self.procs[node_id]
+            if proc.poll() is None:
+                proc.send_signal(signal.SIGTERM)
+        deadline = time.monotonic() + NODE_STOP_GRACE_S
+        for proc in self.procs.values():
+            try:
+                proc.wait(max(0.1, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                try:
+                    os.killpg(proc.pid, signal.SIGKILL)
+                except ProcessLookupError:
+                    pass
+                proc.wait()
+
+    def live_view(self, interval_s: float = 1.0) -> int:
+        """Redraw the cluster table until interrupted or every node has exited."""
+        stop = {"now": False}
+
+        def on_signal(_signum: int, _frame: object) -> None:
+            stop["now"] = True
+
+        signal.signal(signal.SIGINT, on_signal)
+        signal.signal(signal.SIGTERM, on_signal)
+        tty = sys.stdout.isatty()
+        last_events: dict[int, tuple[float, int]] = {}
+        last_print = 0.0
+        while not stop["now"]:
+            if all(p.poll() is not None for p in self.procs.values()):
+                print("every node has exited", file=sys.stderr)
+                return 1
+            report = cluster_status(self.configs)
+            now = time.monotonic()
+            rates = {}
+            for n in report["nodes"]:
+                ev = n.get("events_committed", 0)
+                t0, e0 = last_events.get(n["node_id"], (now, ev))
+                rates[n["node_id"]] = (ev - e0) / (now - t0) if now > t0 else 0.0
+                last_events[n["node_id"]] = (now, ev)
+            if tty:
+                sys.stdout.write("\x1b[H\x1b[2J" + format_table(report, rates) + "\n(Ctrl-C stops the cluster)\n")
+                sys.stdout.flush()
+            elif now - last_print >= 5 * interval_s:
+                print(format_table(report, rates), flush=True)
+                last_print = now
+            time.sleep(interval_s)
+        return 0

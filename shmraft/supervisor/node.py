@@ -1,0 +1,176 @@
+"""The node supervisor: owns the node's shared memory, starts its four workers, restarts the failed.
+
+One process per node. It creates the state block and the rings (removing stale ones of a crashed run
+first), starts the workers in dependency order (raft, sender, batcher, ingest), and then watches them:
+
+- a worker that exits is restarted after a back-off that doubles with each restart in the window;
+- a worker whose heartbeat counter in the state block has not moved for `worker_stall_timeout_ms` is
+  killed (SIGKILL) and restarted;
+- a worker restarted more than `worker_restart_budget` times within `worker_restart_window_s` exhausts
+  the budget: the node stops serving (status FAILED, every worker stopped) and says why.
+
+SIGTERM/SIGINT stop the node: the raft worker is asked to hand leadership over first, then every worker
+gets SIGTERM, then SIGKILL after a grace period, and every shared-memory segment is unlinked.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Final
+
+from shmraft.config import NodeConfig
+from shmraft.ipc.state import NodeStatus, Worker
+from shmraft.node.layout import NodeLayout
+
+log = logging.getLogger("shmraft.supervisor")
+
+STOP_GRACE_S: Final = 3.0  # SIGTERM to SIGKILL
+MONITOR_INTERVAL_S: Final = 0.05
+STARTUP_GRACE_S: Final = 10.0  # a new worker is not judged stalled before this
+
+
+@dataclass
+class _Child:
+    kind: Worker
+    proc: subprocess.Popen | None = None
+    restarts: list[float] = field(default_factory=list)  # monotonic times of recent restarts
+    next_start: float = 0.0
+    started: float = 0.0
+    last_beat: int = -1
+    last_beat_change: float = 0.0
+
+
+def config_to_json(config: NodeConfig) -> str:
+    doc = asdict(config)
+    doc["data_dir"] = str(config.data_dir)
+    return json.dumps(doc)
+
+
+def config_from_json(text: str) -> NodeConfig:
+    from shmraft.config import Member
+
+    doc = json.loads(text)
+    doc["members"] = tuple(Member(**m) for m in doc["members"])
+    doc["data_dir"] = Path(doc["data_dir"])
+    return NodeConfig(**doc)
+
+
+class NodeSupervisor:
+    """Runs one node until stopped. `run()` returns the exit status."""
+
+    def __init__(self, config: NodeConfig) -> None:
+        self.config = config
+        self.layout = NodeLayout(config)
+        self.children = {kind: _Child(kind) for kind in Worker}
+        self._stopping = False
+        self.failed_reason = ""
+
+    def run(self) -> int:
+        node_dir = self.config.node_dir
+        node_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+        os.chmod(self.config.data_dir, 0o700)
+        os.chmod(node_dir, 0o700)
+        config_path = node_dir / "node.json"
+        config_path.write_text(config_to_json(self.config))
+        self.config_path = config_path
+        signal.signal(signal.SIGTERM, self._on_signal)
+        signal.signal(signal.SIGINT, self._on_signal)
+        self.layout.cleanup_stale()
+        self.state = self.layout.create_all()
+        try:
+            self.state.set("status", NodeStatus.STARTING)
+            for kind in Worker:
+                self._start(self.children[kind])
+            self.state.set("status", NodeStatus.SERVING)
+            while not self._stopping:
+                self._monitor()
+                time.sleep(MONITOR_INTERVAL_S)
+        finally:
+            self._stop_all()
+            self.layout.destroy_all()
+        if self.failed_reason:
+            print(f"shmraft node {self.config.node_id}: stopped: {self.failed_reason}", file=sys.stderr)
+            return 1
+        return 0
+
+    def _on_signal(self, signum: int, _frame: object) -> None:
+        self._stopping = True
+
+    def _start(self, child: _Child) -> None:
+        cmd = [sys.executable, "-m", "shmraft.workers.main", child.kind.name.lower(), str(self.config_path)]
+        child.proc = subprocess.Popen(cmd, start_new_session=False)
+        now = time.monotonic()
+        child.started = now
+        child.last_beat = -1
+        child.last_beat_change = now
+        record = self.state.workers[child.kind]
+        record["pid"] = child.proc.pid
+        record["started_unix_ms"] = int(time.time() * 1000)
+        log.info("node %d: started %s worker, pid %d", self.config.node_id, child.kind.name.lower(), child.proc.pid)
+
+    def _monitor(self) -> None:
+        now = time.monotonic()
+        for child in self.children.values():
+            proc = child.proc
+            if proc is None:
+                if now >= child.next_start and not self._stopping:
+                    self._start(child)
+                continue
+            code = proc.poll()
+            beat = int(self.state.workers[child.kind]["heartbeat"])
+            if beat != child.last_beat:
+                child.last_beat, child.last_beat_change = beat, now
+            stalled = (now - child.started > STARTUP_GRACE_S
+                       and (now - child.last_beat_change) * 1000 > self.config.worker_stall_timeout_ms)
+            if code is None and not stalled:
+                continue
+            if stalled and code is None:
+                log.error("node %d: %s worker (pid %d) made no progress for %d ms: killing it",
+                          self.config.node_id, child.kind.name.lower(), proc.pid, self.config.worker_stall_timeout_ms)
+                proc.kill()
+                proc.wait()
+                code = proc.returncode
+            log.error("node %d: %s worker (pid %d) exited with %s", self.config.node_id, child.kind.name.lower(),
+                      proc.pid, code)
+            child.proc = None
+            window = self.config.worker_restart_window_s
+            child.restarts = [t for t in child.restarts if now - t < window] + [now]
+            self.state.workers[child.kind]["restarts"] += 1
+            if len(child.restarts) > self.config.worker_restart_budget:
+                self.failed_reason = (f"{child.kind.name.lower()} worker restarted {len(child.restarts) - 1} times "
+                                      f"in {window:.0f} s (budget {self.config.worker_restart_budget})")
+                self.state.set("status", NodeStatus.FAILED)
+                self._stopping = True
+                return
+            backoff_ms = self.config.worker_restart_backoff_ms * 2 ** (len(child.restarts) - 1)
+            child.next_start = now + min(backoff_ms, 5000) / 1000
+
+    def _stop_all(self) -> None:
+        if self.state.get("status") != NodeStatus.FAILED:
+            self.state.set("status", NodeStatus.STOPPING)
+        # Stop the client side first, then let the raft worker hand leadership over as it exits.
+        order = [Worker.INGEST, Worker.BATCHER, Worker.SENDER, Worker.RAFT]
+        for kind in order:
+            proc = self.children[kind].proc
+            if proc is not None and proc.poll() is None:
+                proc.send_signal(signal.SIGTERM)
+        deadline = time.monotonic() + STOP_GRACE_S
+        for kind in order:
+            proc = self.children[kind].proc
+            if proc is None:
+                continue
+            try:
+                proc.wait(max(0.0, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                log.warning("node %d: %s worker did not stop in %.0f s: SIGKILL", self.config.node_id,
+                            kind.name.lower(), STOP_GRACE_S)
+                proc.kill()
+                proc.wait()

@@ -1,0 +1,302 @@
+"""The raft worker: drives the Raft core, owns the RocksDB log and the dedup table, speaks the consensus
+channel itself and the data channel through the sender.
+
+Each loop: take peer messages (consensus sockets, R4 from the sender) and step them; on the leader take
+the frames the batcher cut (R2), drop events the dedup table refuses, stamp each frame with its term and
+log position and propose it; tick; then act on the core's Ready in the order it prescribes, persisting
+everything pending in one RocksDB write (group commit: one fsync for all entries and the hard state
+gathered since the previous loop). Ingest hears what it needs through R5.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+import selectors
+import time
+from typing import Final
+
+import numpy as np
+
+from shmraft.ipc.state import Worker
+from shmraft.net.links import PeerLinks
+from shmraft.node import dedup as dd
+from shmraft.node.records import (
+    Note,
+    NoteKind,
+    PeerRecordKind,
+    decode_peer_record,
+    encode_note,
+    encode_peer_record,
+)
+from shmraft.raft.config import RaftConfig
+from shmraft.raft.core import RaftCore
+from shmraft.raft.errors import ProposalError
+from shmraft.raft.messages import Channel as MsgChannel
+from shmraft.raft.messages import Message
+from shmraft.raft.ready import Ready
+from shmraft.raft.storage import RocksLogStorage
+from shmraft.raft.types import Entry
+from shmraft.raft.types import Role as StateRole
+from shmraft.wire.errors import ProtocolError
+from shmraft.wire.frame import decode_batch, encode_batch_arrays, restamp
+from shmraft.wire.peer import Channel
+from shmraft.wire.raft_codec import decode_raft, encode_raft
+from shmraft.workers.base import Inbox, WorkerBase, selector_loop_once
+
+TICK_MS: Final = 5  # the loop wakes at least this often to advance the core's clock
+FRAMES_PER_LOOP_MAX: Final = 512  # frames proposed per loop before the Ready is acted on
+RING_PUSH_TIMEOUT_MS: Final = 50
+DEDUP_REBUILD_READ_BYTES: Final = 8 * 1024 * 1024
+
+
+class RaftWorker(WorkerBase):
+    kind = Worker.RAFT
+
+    def __init__(self, config) -> None:
+        super().__init__(config)
+        c = config
+        self.storage = RocksLogStorage(str(c.node_dir / "log"), fsync=c.fsync, retain_entries_max=c.retain_entries_max,
+                                       retain_bytes_max=c.retain_bytes_max)
+        hs = self.storage.hard_state()
+        first = self.storage.first_index()
+        applied = max(min(hs.commit, self.storage.last_index()), first - 1, self.storage.snapshot_index())
+        self.core = RaftCore(c.node_id, [p.node_id for p in c.peers], self.storage, RaftConfig.from_node_config(c),
+                             random.Random(int.from_bytes(os.urandom(8), "little")), applied=applied)
+        self.dedup = dd.DedupTable(producers_max=c.dedup_producers_max)
+        self._rebuild_dedup()
+        self.sel = selectors.DefaultSelector()
+        self.links = PeerLinks(self.sel, cluster_id=c.cluster_id, node_id=c.node_id, channel=Channel.CONSENSUS,
+                               bind=(c.bind_host, c.me.raft_port),
+                               peers={p.node_id: (p.host, p.raft_port) for p in c.peers},
+                               on_message=self._on_control, on_disconnect=self.core.peer_disconnected,
+                               body_max_bytes=c.peer_message_bytes_max)
+        self.frames_in = Inbox(self.layout.reader("r2"), "r2")
+        self.peer_in = Inbox(self.layout.reader("r4"), "r4")
+        self.to_sender = self.layout.writer("r3")
+        self.to_ingest = self.layout.writer("r5")
+        self.sel.register(self.frames_in, selectors.EVENT_READ, lambda _m: None)
+        self.sel.register(self.peer_in, selectors.EVENT_READ, lambda _m: None)
+        self._notes: list[bytes] = []
+        self._publish_state()
+
+    # --- start-up ------------------------------------------------------------------------------------------
+
+    def _rebuild_dedup(self) -> None:
+        """The table is a function of the last `horizon` entries of the log: replay them."""
+        last = self.storage.last_index()
+        lo = max(self.storage.first_index(), last - self.dedup.horizon_entries + 1, 1)
+        commit = self.storage.hard_state().commit
+        while lo <= last:
+            entries = self.storage.entries(lo, last + 1, DEDUP_REBUILD_READ_BYTES)
+            for e in entries:
+                self._record_dedup(e, commit)
+            lo = entries[-1].index + 1
+
+    def _record_dedup(self, e: Entry, commit: int) -> None:
+        if e.index <= self.dedup.last_index:
+            return
+        if e.data:
+            b = decode_batch(e.data)
+            self.dedup.record(e.index, b.producer_ids, b.sequences, commit)
+        else:
+            self.dedup.record(e.index, _EMPTY, _EMPTY, commit)
+
+    # --- the loop ------------------------------------------------------------------------------------------
+
+    def run(self) -> None:
+        last_tick = time.monotonic()
+        try:
+            while not self.stopping:
+                self.beat()
+                selector_loop_once(self.sel, TICK_MS / 1000)
+                self.links.maintain()
+                for rec in self.peer_in.take():
+                    self._on_data_record(rec)
+                frames = self.frames_in.take()
+                if frames:
+                    self._propose(frames)
+                now = time.monotonic()
+                elapsed_ms = int((now - last_tick) * 1000)
+                if elapsed_ms >= 1:
+                    self.core.tick(elapsed_ms)
+                    last_tick += elapsed_ms / 1000
+                while self.core.has_ready():
+                    self._handle_ready(self.core.ready())
+                self._flush_notes()
+            self._hand_over()
+        finally:
+            self.frames_in.close()
+            self.peer_in.close()
+            self.links.close()
+            self.storage.close()
+
+    def _hand_over(self) -> None:
+        """On a clean stop, a leader hands leadership to the most caught-up follower (bounded wait)."""
+        if self.core.role != StateRole.LEADER or not self.core.peers:
+            return
+        try:
+            self.core.transfer_leadership()
+        except (ProposalError, ValueError):
+            return
+        deadline = time.monotonic() + self.config.election_timeout_ms / 1000
+        last = time.monotonic()
+        while time.monotonic() < deadline and self.core.role == StateRole.LEADER:
+            selector_loop_once(self.sel, TICK_MS / 1000)
+            for rec in self.peer_in.take():
+                self._on_data_record(rec)
+            now = time.monotonic()
+            self.core.tick(max(0, int((now - last) * 1000)))
+            last = now
+            while self.core.has_ready():
+                self._handle_ready(self.core.ready())
+        self.log.info("leadership handed over: role now %s, leader %d", self.core.role.name, self.core.leader)
+
+    # --- inputs --------------------------------------------------------------------------------------------
+
+    def _on_control(self, peer_id: int, body: memoryview) -> None:
+        self._step(peer_id, body)
+
+    def _on_data_record(self, rec: bytes) -> None:
+        peer_id, kind, body = decode_peer_record(rec)
+        if kind is PeerRecordKind.DISCONNECTED:
+            self.core.peer_disconnected(peer_id)
+        else:
+            self._step(peer_id, body)
+
+    def _step(self, peer_id: int, body: memoryview) -> None:
+        try:
+            m = decode_raft(body, expect_dst=self.config.node_id)
+            if m.src != peer_id:
+                raise ProtocolError("src", f"node {peer_id} (the connection's)", m.src)
+            for e in getattr(m, "entries", ()):
+                if e.data:
+                    decode_batch(e.data)  # never persist a frame that does not validate
+        except ProtocolError as exc:
+            self.state.add("errors")
+            self.log.warning("message from node %d refused: %s", peer_id, exc)
+            return
+        self.core.step(m)
+
+    def _propose(self, frames: list[bytes]) -> None:
+        if self.core.role != StateRole.LEADER or self.core.transfer_target:
+            self._refuse_frames(frames)
+            return
+        for i, raw in enumerate(frames):
+            b = decode_batch(raw)
+            pids, seqs = b.producer_ids, b.sequences
+            verdict, offsets = self.dedup.classify(pids, seqs)
+            accepted = verdict == dd.ACCEPT
+            if not accepted.all():
+                self._notes.append(encode_note(Note(NoteKind.VERDICTS, producer_ids=pids[~accepted],
+                                                    sequences=seqs[~accepted], verdicts=verdict[~accepted],
+                                                    offsets=offsets[~accepted])))
+                self.state.add("dedup_hits", int((verdict == dd.DUPLICATE).sum()))
+                if not accepted.any():
+                    continue
+                keep = np.flatnonzero(accepted)
+                data = [bytes(b.data[int(b.offsets[k]) : int(b.offsets[k] + b.lengths[k])]) for k in keep.tolist()]
+                raw = encode_batch_arrays(b.lengths[keep], data, batch_id=b.header.batch_id,
+                                          producer_ids=pids[keep], sequences=seqs[keep],
+                                          timestamp_us=b.header.timestamp_us)
+                pids, seqs = pids[keep], seqs[keep]
+            frame = bytearray(raw)
+            prev_index, prev_term = self.core.last_index, self.core.last_term
+            restamp(frame, term=self.core.term, prev_index=prev_index, prev_term=prev_term)
+            try:
+                index = self.core.propose(bytes(frame))
+            except ProposalError as exc:
+                self.log.debug("proposal refused: %s", exc)
+                self._refuse_frames(frames[i:])
+                return
+            assert index == prev_index + 1, (index, prev_index)
+            self.dedup.record(index, pids, seqs, self.core.commit_index)
+            self._notes.append(encode_note(Note(NoteKind.APPENDED, index, self.core.term, pids, seqs)))
+            self.state.add("events_in", int(pids.size))
+
+    def _refuse_frames(self, frames: list[bytes]) -> None:
+        """Frames that cannot be proposed here: ingest answers their producers NOT_LEADER / UNAVAILABLE."""
+        for raw in frames:
+            b = decode_batch(raw)
+            n = b.header.event_count
+            self._notes.append(encode_note(Note(NoteKind.VERDICTS, producer_ids=b.producer_ids,
+                                                sequences=b.sequences, verdicts=np.full(n, 255, np.uint8),
+                                                offsets=np.full(n, -1, np.int64))))
+
+    # --- Ready ---------------------------------------------------------------------------------------------
+
+    def _handle_ready(self, rd: Ready) -> None:
+        self._send(rd.messages)
+        if rd.entries:
+            first = rd.entries[0].index
+            if first <= self.dedup.last_index and self.core.role != StateRole.LEADER:
+                self.dedup.truncate(first)
+            t0 = time.perf_counter_ns()
+            self.storage.append(rd.entries, rd.hard_state)
+            self.state.add("fsyncs")
+            self.state.add("fsync_ns", time.perf_counter_ns() - t0)
+            for e in rd.entries:
+                self._record_dedup(e, self.core.commit_index)
+        elif rd.hard_state is not None:
+            self.storage.set_hard_state(rd.hard_state)
+        self._send(rd.messages_after_persist)
+        if rd.entries:
+            last = rd.entries[-1]
+            self.core.persisted(last.index, last.term)
+        if rd.committed_entries:
+            self._on_committed(rd.committed_entries)
+        if rd.soft_state is not None:
+            self._publish_state()
+            self._notes.append(encode_note(Note(NoteKind.LEADER, rd.soft_state.term, rd.soft_state.leader)))
+        self.state.set("last_index", self.core.last_index)
+        self.state.set("first_index", self.core.first_index)
+
+    def _send(self, messages: list[Message]) -> None:
+        records = []
+        for m in messages:
+            body = encode_raft(m)
+            if m.channel == MsgChannel.DATA:
+                records.append(encode_peer_record(m.dst, PeerRecordKind.MESSAGE, body))
+            else:
+                self.links.send(m.dst, body)
+        if records:
+            pushed = self.to_sender.push_many(records, RING_PUSH_TIMEOUT_MS)
+            if pushed < len(records):  # Raft resends what is lost; a stalled sender must not stall consensus
+                self.log.warning("data ring to sender full: %d messages dropped", len(records) - pushed)
+
+    def _on_committed(self, entries: list[Entry]) -> None:
+        events = 0
+        size = 0
+        for e in entries:
+            if e.data:
+                events += int.from_bytes(e.data[6:8], "little")
+                size += len(e.data)
+        self.state.add("events_committed", events)
+        self.state.add("batches_committed", len(entries))
+        self.state.add("bytes_committed", size)
+        commit = entries[-1].index
+        self.state.set("commit_index", commit)
+        self.dedup.committed(commit)
+        self._notes.append(encode_note(Note(NoteKind.COMMIT, commit)))
+
+    def _publish_state(self) -> None:
+        prev_leader = self.state.get("leader_id")
+        prev_role = self.state.get("role")
+        self.state.set("term", self.core.term)
+        self.state.set("leader_id", self.core.leader)
+        self.state.set("role", int(self.core.role))
+        self.state.set("commit_index", self.core.commit_index)
+        if self.core.role == StateRole.CANDIDATE and prev_role != StateRole.CANDIDATE:
+            self.state.add("elections")
+        if self.core.leader and self.core.leader != prev_leader:
+            self.state.add("leader_changes")
+
+    def _flush_notes(self) -> None:
+        if self._notes:
+            notes, self._notes = self._notes, []
+            pushed = self.to_ingest.push_many(notes, RING_PUSH_TIMEOUT_MS)
+            if pushed < len(notes):
+                self.log.warning("note ring to ingest full: %d notes dropped", len(notes) - pushed)
+
+
+_EMPTY = np.zeros(0, dtype=np.uint64)

@@ -1,0 +1,67 @@
+"""The sender worker: the data channel. Carries the raft worker's bulk messages (AppendEntries with
+entries) to the other nodes' senders, and hands what they send us to the raft worker.
+
+R3 (raft -> sender) holds outgoing messages tagged with their destination; R4 (sender -> raft) holds
+received messages tagged with their source, and "peer disconnected" notices that let the raft worker
+react to a dead leader at once. Each peer has its own connection and bounded queue, so a slow follower
+never holds up the others; when a queue overflows the connection is re-made and Raft resends.
+"""
+
+from __future__ import annotations
+
+import selectors
+from typing import Final
+
+from shmraft.ipc.state import Worker
+from shmraft.net.links import PeerLinks
+from shmraft.node.records import PeerRecordKind, decode_peer_record, encode_peer_record
+from shmraft.wire.peer import Channel
+from shmraft.workers.base import Inbox, WorkerBase, selector_loop_once
+
+LOOP_WAIT_MS: Final = 50
+RING_PUSH_TIMEOUT_MS: Final = 100
+PEER_QUEUE_MAX_BYTES: Final = 32 * 1024 * 1024
+
+
+class SenderWorker(WorkerBase):
+    kind = Worker.SENDER
+
+    def __init__(self, config) -> None:
+        super().__init__(config)
+        c = config
+        self.sel = selectors.DefaultSelector()
+        self.to_raft = self.layout.writer("r4")
+        self.pending: list[bytes] = []
+        self.links = PeerLinks(self.sel, cluster_id=c.cluster_id, node_id=c.node_id, channel=Channel.DATA,
+                               bind=(c.bind_host, c.me.data_port),
+                               peers={p.node_id: (p.host, p.data_port) for p in c.peers},
+                               on_message=self._on_message, on_disconnect=self._on_disconnect,
+                               outbuf_max_bytes=PEER_QUEUE_MAX_BYTES, body_max_bytes=c.peer_message_bytes_max)
+        self.outbox = Inbox(self.layout.reader("r3"), "r3")
+        self.sel.register(self.outbox, selectors.EVENT_READ, lambda _m: None)
+
+    def _on_message(self, peer_id: int, body: memoryview) -> None:
+        self.pending.append(encode_peer_record(peer_id, PeerRecordKind.MESSAGE, body))
+
+    def _on_disconnect(self, peer_id: int) -> None:
+        self.pending.append(encode_peer_record(peer_id, PeerRecordKind.DISCONNECTED))
+
+    def run(self) -> None:
+        try:
+            while not self.stopping:
+                self.beat()
+                selector_loop_once(self.sel, LOOP_WAIT_MS / 1000)
+                self.links.maintain()
+                for rec in self.outbox.take():
+                    peer_id, _kind, body = decode_peer_record(rec)
+                    self.links.send(peer_id, body)
+                    self.record["records_out"] += 1
+                if self.pending:
+                    recs, self.pending = self.pending, []
+                    pushed = self.to_raft.push_many(recs, RING_PUSH_TIMEOUT_MS)
+                    self.record["records_in"] += pushed
+                    if pushed < len(recs):
+                        self.log.warning("ring to raft full: %d peer messages dropped", len(recs) - pushed)
+        finally:
+            self.outbox.close()
+            self.links.close()
