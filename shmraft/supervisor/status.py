@@ -12,7 +12,7 @@ import psutil
 
 from shmraft.config import NodeConfig
 from shmraft.ipc.ring import RingInspector
-from shmraft.ipc.state import NodeStatus, StateBlock, StateBlockError, Worker
+from shmraft.ipc.state import NodeStatus, StateBlockError, Worker
 from shmraft.node.layout import RINGS, NodeLayout
 from shmraft.raft.types import Role
 
