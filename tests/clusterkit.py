@@ -131,8 +131,11 @@ class Harness:
         return best[0]
 
     def wait_leader(self, timeout_s: float = 30.0, exclude: int = 0) -> int:
-        return wait_for(lambda: (lambda l: l if l and l != exclude else 0)(self.leader()), timeout_s,
-                        f"a leader other than {exclude}" if exclude else "a leader")
+        def other_leader() -> int:
+            leader = self.leader()
+            return leader if leader != exclude else 0
+
+        return wait_for(other_leader, timeout_s, f"a leader other than {exclude}" if exclude else "a leader")
 
     def followers(self) -> list[int]:
         leader = self.leader()

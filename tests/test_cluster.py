@@ -10,10 +10,10 @@ import time
 from pathlib import Path
 
 import pytest
+from clusterkit import Harness, Load, verify, wait_for
 
 from shmraft.client import ShmraftError
 from shmraft.ipc.state import Worker
-from clusterkit import Harness, Load, verify, wait_for
 
 pytestmark = pytest.mark.slow
 
