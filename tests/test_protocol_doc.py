@@ -11,6 +11,8 @@ import pytest
 from shmraft.wire import errors
 from shmraft.wire.client import MessageReader
 from shmraft.wire.frame import decode_batch, encode_batch
+from shmraft.wire.peer import PeerKind, PeerReader, decode_hello
+from shmraft.wire.raft_codec import decode_raft
 
 DOC = Path(__file__).resolve().parent.parent / "docs" / "PROTOCOL.md"
 _BLOCK = re.compile(r"```hex\n(.*?)```\s*```json\n(.*?)```", re.S)
@@ -37,8 +39,9 @@ def _examples() -> list[tuple[dict[int, bytes], bool, dict]]:
 EXAMPLES = _examples()
 
 
-FRAME_EXAMPLES = [e for e in EXAMPLES if "message" not in e[2]]
+FRAME_EXAMPLES = [e for e in EXAMPLES if "message" not in e[2] and "peer" not in e[2]]
 CLIENT_EXAMPLES = [e for e in EXAMPLES if "message" in e[2]]
+PEER_EXAMPLES = [e for e in EXAMPLES if "peer" in e[2]]
 
 
 def test_document_has_the_required_examples() -> None:
@@ -125,3 +128,37 @@ def test_client_example_decodes_to_stated_values(index: int) -> None:
             assert msg.message == want
         else:
             assert getattr(msg, key) == want, key
+
+
+def test_document_has_peer_examples() -> None:
+    assert {e[2]["peer"] for e in PEER_EXAMPLES} >= {"Hello", "Refused", "Heartbeat", "RequestVote", "AppendEntries",
+                                                      "AppendResponse"}
+
+
+@pytest.mark.parametrize("index", range(len(PEER_EXAMPLES)))
+def test_peer_example_decodes_to_stated_values(index: int) -> None:
+    lines, abbreviated, expected = PEER_EXAMPLES[index]
+    assert not abbreviated
+    reader = PeerReader()
+    reader.feed(_joined(lines))
+    kind, body = reader.next()
+    assert reader.buffered_bytes == 0
+    want = dict(expected)
+    name = want.pop("peer")
+    if name == "Hello":
+        assert kind is PeerKind.HELLO
+        hello = decode_hello(body)
+        assert (hello.cluster_id, hello.node_id, int(hello.channel)) == (want["cluster_id"], want["node_id"],
+                                                                        want["channel"])
+        return
+    if name == "Refused":
+        assert kind is PeerKind.REFUSED and bytes(body).decode() == want["reason"]
+        return
+    assert kind is PeerKind.RAFT
+    msg = decode_raft(body)
+    assert type(msg).__name__ == name
+    entries = want.pop("entries", None)
+    if entries is not None:
+        assert [[e.index, e.term, e.data.decode()] for e in msg.entries] == entries
+    for key, value in want.items():
+        assert getattr(msg, key) == value, key
