@@ -72,11 +72,22 @@ class ErrorCode(enum.IntEnum):
 
 @dataclass(frozen=True, slots=True)
 class Produce:
+    """A decoded PRODUCE. `body` is the request body as received (the batcher's event block, forwarded
+    unchanged); `lengths` and `data` locate the events without making one object per event."""
+
     correlation_id: int
     producer_id: int
     first_sequence: int
     timeout_ms: int
-    events: list[memoryview]
+    lengths: np.ndarray  # uint32 per event
+    data: memoryview  # the event bytes back to back
+    body: memoryview
+
+    @property
+    def events(self) -> list[memoryview]:
+        ends = np.cumsum(self.lengths, dtype=np.int64).tolist()
+        starts = [0, *ends[:-1]]
+        return [self.data[s:e] for s, e in zip(starts, ends, strict=True)]
 
 
 @dataclass(frozen=True, slots=True)
@@ -220,12 +231,16 @@ class _Body:
     def array(self, dtype: np.dtype, count: int, field: str) -> np.ndarray:
         return np.frombuffer(self.take(count * dtype.itemsize, field), dtype=dtype)
 
-    def events(self, count: int) -> list[memoryview]:
+    def table(self, count: int) -> tuple[np.ndarray, memoryview]:
+        """A lengths table and the event bytes it describes."""
         lengths = self.array(_U32, count, "lengths")
+        total = int(lengths.sum(dtype=np.int64))
+        return lengths, self.take(total, "event bytes")
+
+    def events(self, count: int) -> list[memoryview]:
+        lengths, data = self.table(count)
         if count == 0:
             return []
-        total = int(lengths.sum(dtype=np.int64))
-        data = self.take(total, "event bytes")
         ends = np.cumsum(lengths, dtype=np.int64).tolist()
         starts = [0, *ends[:-1]]
         return [data[s:e] for s, e in zip(starts, ends, strict=True)]
@@ -247,7 +262,8 @@ def decode_message(kind_byte: int, correlation_id: int, body: memoryview) -> Mes
         producer_id, first_seq, timeout_ms, count = b.unpack(_PRODUCE, "head")
         if not 1 <= count <= PRODUCE_EVENTS_MAX:
             raise RemoteProtocolError("PRODUCE.event_count", f"1..{PRODUCE_EVENTS_MAX}", count)
-        msg = Produce(correlation_id, producer_id, first_seq, timeout_ms, b.events(count))
+        lengths, data = b.table(count)
+        msg = Produce(correlation_id, producer_id, first_seq, timeout_ms, lengths, data, body)
     elif kind is Kind.PRODUCED:
         (count,) = b.unpack(struct.Struct("<I"), "event_count")
         msg = Produced(correlation_id, b.array(_U64, count, "offsets"))

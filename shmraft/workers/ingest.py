@@ -273,28 +273,24 @@ class IngestWorker(WorkerBase):
             self._error(client, msg.correlation_id, cp.ErrorCode.NOT_LEADER,
                         f"node {self.config.node_id} is not the leader (leader: {leader or 'unknown'})")
             return
-        sizes = [len(e) for e in msg.events]
-        if max(sizes) > EVENT_BYTES_MAX:
+        largest = int(msg.lengths.max())
+        if largest > EVENT_BYTES_MAX:
             self._error(client, msg.correlation_id, cp.ErrorCode.TOO_LARGE,
-                        f"event of {max(sizes)} bytes: expected at most {EVENT_BYTES_MAX}")
+                        f"event of {largest} bytes: expected at most {EVENT_BYTES_MAX}")
             return
-        count = len(msg.events)
+        count = int(msg.lengths.size)
         if msg.first_sequence + count >= 2**63:
             self._error(client, msg.correlation_id, cp.ErrorCode.MALFORMED, "first_sequence: expected < 2^63 - count")
             return
         timeout_ms = min(msg.timeout_ms or self.config.produce_timeout_ms_default, PRODUCE_TIMEOUT_MAX_MS)
-        size = sum(sizes)
+        size = len(msg.data)
         pending = _Pending(client, msg.correlation_id, msg.producer_id, msg.first_sequence, count, size,
                            time.monotonic() + timeout_ms / 1000, np.full(count, -1, dtype=np.int64), count)
         self.by_producer.setdefault(msg.producer_id, []).append(pending)
         client.inflight_bytes += size
-        self.backlog.append((self._block(msg), pending))
+        # The PRODUCE body is the batcher's event block as it stands (node/batching.py): no copy, no re-encode.
+        self.backlog.append((msg.body, pending))
         self._drain_backlog()
-
-    @staticmethod
-    def _block(msg: cp.Produce) -> bytes:
-        """The event block for the batcher: the PRODUCE body layout (docs/PROTOCOL.md section 2)."""
-        return cp.encode_produce(0, msg.producer_id, msg.first_sequence, 0, msg.events)[cp.HEADER_BYTES :]
 
     def _drain_backlog(self) -> None:
         while self.backlog:
@@ -309,8 +305,12 @@ class IngestWorker(WorkerBase):
 
     def _resolve(self, pid: int, seqs: np.ndarray, offsets: np.ndarray) -> None:
         """Record known offsets for a producer's sequences in every pending request that holds them."""
-        for p in self.by_producer.get(pid, ()):
-            if p.done:
+        pendings = self.by_producer.get(pid)
+        if not pendings:
+            return
+        lo, hi = int(seqs.min()), int(seqs.max())
+        for p in pendings:
+            if p.done or hi < p.first_sequence or lo >= p.first_sequence + p.count:
                 continue
             rel = seqs.astype(np.int64) - p.first_sequence
             hit = (rel >= 0) & (rel < p.count)
