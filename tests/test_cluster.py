@@ -119,3 +119,51 @@ def test_clean_restart_keeps_every_committed_event(tmp_path: Path) -> None:
         verify(h, acked)
     finally:
         h.stop()
+
+
+def test_up_runs_a_cluster_and_ctrl_c_stops_it_cleanly(tmp_path: Path) -> None:
+    import os
+    import subprocess
+    import sys
+
+    import psutil
+    from clusterkit import free_port_base
+
+    from shmraft.client import Client
+    from shmraft.ipc import segments
+
+    base = free_port_base(3)
+    cid = f"up{os.getpid()}"
+    cmd = [sys.executable, "-m", "shmraft.cli.supervisor", "up", "--data-dir", str(tmp_path / "data"),
+           "--port-base", str(base), "--cluster-id", cid, "--no-view"]
+    addresses = [f"127.0.0.1:{base + 100 * n + 1}" for n in (1, 2, 3)]
+
+    def run_once(events: list[bytes]) -> list[bytes]:
+        proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+        try:
+            status = [sys.executable, "-m", "shmraft.cli.supervisor", "status", "--port-base", str(base),
+                      "--cluster-id", cid, "--data-dir", str(tmp_path / "data")]
+            wait_for(lambda: subprocess.run(status, capture_output=True).returncode == 0, 60, "a healthy cluster")
+            family = [proc.pid, *(c.pid for c in psutil.Process(proc.pid).children(recursive=True))]
+            with Client(addresses, timeout_s=20) as client:
+                if events:
+                    client.produce_many(events)
+                seen = [bytes(r.value) for r in client.consume(0)]
+            proc.send_signal(signal.SIGINT)  # what Ctrl-C in the terminal sends
+            out, _ = proc.communicate(timeout=60)
+            assert proc.returncode == 0, out.decode(errors="replace")[-2000:]
+            alive = [p for p in family if psutil.pid_exists(p) and psutil.Process(p).status() != "zombie"]
+            assert not alive, f"processes left after Ctrl-C: {alive}"
+            assert segments.list_names(segments.prefix_for(cid)) == ([], []), "shared memory left after Ctrl-C"
+            return seen
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+                for child in psutil.Process(proc.pid).children(recursive=True):
+                    child.kill()
+                proc.wait()
+
+    first = run_once([b"one", b"two", b"three"])
+    assert first == [b"one", b"two", b"three"]
+    again = run_once([])  # started again on the same data directory: every committed event is there
+    assert again == first
