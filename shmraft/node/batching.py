@@ -31,6 +31,7 @@ class _Block:
     lengths: np.ndarray  # uint32
     starts: np.ndarray  # int64 offset of each event within data
     data: memoryview
+    frame_sizes: np.ndarray  # int64 cumulative frame payload bytes of events 0..i (event + its table entries)
     next_event: int = 0  # events before this one are already in frames
 
     @property
@@ -46,7 +47,8 @@ def parse_block(body: bytes | memoryview) -> _Block:
     data = view[BLOCK_HEAD.size + 4 * count :]
     ends = np.cumsum(lengths, dtype=np.int64)
     assert count >= 1 and int(ends[-1]) == len(data), "event block sizes disagree"
-    return _Block(producer_id, first_sequence, lengths, ends - lengths, data)
+    frame_sizes = ends + PER_EVENT_TABLE_BYTES * np.arange(1, count + 1, dtype=np.int64)
+    return _Block(producer_id, first_sequence, lengths, ends - lengths, data, frame_sizes)
 
 
 class BatchCutter:
@@ -90,10 +92,11 @@ class BatchCutter:
         while self._blocks and events < self.events_max:
             block = self._blocks[0]
             i = block.next_event
-            sizes = np.cumsum(block.lengths[i:].astype(np.int64) + PER_EVENT_TABLE_BYTES)
+            base = int(block.frame_sizes[i - 1]) if i else 0
             room = self.payload_max_bytes - payload
-            take = int(np.searchsorted(sizes, room, side="right"))
-            take = min(take, self.events_max - events)
+            # events i..j-1 fit when frame_sizes[j-1] - base <= room; search only as far as the count limit
+            limit = min(block.lengths.size, i + self.events_max - events)
+            take = int(np.searchsorted(block.frame_sizes[i:limit], base + room, side="right"))
             if take == 0:
                 break  # the next event does not fit in this frame
             j = i + take
@@ -103,7 +106,7 @@ class BatchCutter:
             pids.append(np.full(take, block.producer_id, dtype=np.uint64))
             seqs.append(np.arange(block.first_sequence + i, block.first_sequence + j, dtype=np.uint64))
             events += take
-            payload += int(sizes[take - 1])
+            payload += int(block.frame_sizes[j - 1]) - base
             block.next_event = j
             if block.remaining == 0:
                 self._blocks.popleft()

@@ -40,7 +40,7 @@ def decode_peer_record(rec: bytes | memoryview) -> tuple[int, PeerRecordKind, me
 
 
 class NoteKind(enum.IntEnum):
-    APPENDED = 1  # a = log index, b = term; arrays: producer ids, sequences (events at positions 0..n-1)
+    APPENDED = 1  # arrays: producer ids, sequences, offsets of events just appended (one note per loop)
     VERDICTS = 2  # arrays: producer ids, sequences, verdicts (dedup.*), offsets (for duplicates)
     COMMIT = 3  # a = commit index
     LEADER = 4  # a = term, b = leader id (0 = unknown); sent when either changes
@@ -64,7 +64,9 @@ def encode_note(note: Note) -> bytes:
         count = int(note.producer_ids.size)
         parts += [np.asarray(note.producer_ids, _U64).tobytes(), np.asarray(note.sequences, _U64).tobytes()]
     if note.verdicts is not None:
-        parts += [np.asarray(note.verdicts, np.uint8).tobytes(), np.asarray(note.offsets, _I64).tobytes()]
+        parts.append(np.asarray(note.verdicts, np.uint8).tobytes())
+    if note.offsets is not None:
+        parts.append(np.asarray(note.offsets, _I64).tobytes())
     return _NOTE_HEAD.pack(note.kind, note.a, note.b, count) + b"".join(parts)
 
 
@@ -80,5 +82,5 @@ def decode_note(rec: bytes | memoryview) -> Note:
             verdicts = np.frombuffer(view, np.uint8, n, pos + 16 * n)
             offsets = np.frombuffer(view, _I64, n, pos + 17 * n)
             return Note(kind, a, b, pids, seqs, verdicts, offsets)
-        return Note(kind, a, b, pids, seqs)
+        return Note(kind, a, b, pids, seqs, None, np.frombuffer(view, _I64, n, pos + 16 * n))
     return Note(kind, a, b)

@@ -345,11 +345,13 @@ class IngestWorker(WorkerBase):
     def _on_note(self, rec: bytes) -> None:
         note = decode_note(rec)
         if note.kind is NoteKind.APPENDED:
-            positions = np.arange(note.producer_ids.size, dtype=np.int64)
-            offsets = note.a * BATCH_EVENTS_MAX + positions
-            for pid in np.unique(note.producer_ids).tolist():
-                mask = note.producer_ids == pid
-                self._resolve(pid, note.sequences[mask], offsets[mask])
+            pids = note.producer_ids
+            if pids.size and bool((pids == pids[0]).all()):  # the common case: one producer per note
+                self._resolve(int(pids[0]), note.sequences, note.offsets)
+                return
+            for pid in np.unique(pids).tolist():
+                mask = pids == pid
+                self._resolve(pid, note.sequences[mask], note.offsets[mask])
         elif note.kind is NoteKind.VERDICTS:
             for pid in np.unique(note.producer_ids).tolist():
                 mask = note.producer_ids == pid

@@ -48,6 +48,7 @@ TICK_MS: Final = 5  # the loop wakes at least this often to advance the core's c
 FRAMES_PER_LOOP_MAX: Final = 512  # frames proposed per loop before the Ready is acted on
 RING_PUSH_TIMEOUT_MS: Final = 50
 DEDUP_REBUILD_READ_BYTES: Final = 8 * 1024 * 1024
+DECODED_CACHE_MAX: Final = 8192  # entries' producer tables kept between receipt and persist
 
 
 class RaftWorker(WorkerBase):
@@ -64,6 +65,9 @@ class RaftWorker(WorkerBase):
         self.core = RaftCore(c.node_id, [p.node_id for p in c.peers], self.storage, RaftConfig.from_node_config(c),
                              random.Random(int.from_bytes(os.urandom(8), "little")), applied=applied)
         self.dedup = dd.DedupTable(producers_max=c.dedup_producers_max)
+        # producer tables of entries received and validated, until they are persisted (bounded: cleared
+        # when it grows past DECODED_CACHE_MAX, e.g. after appends that were rejected)
+        self._decoded: dict[int, tuple[int, np.ndarray, np.ndarray]] = {}
         self._rebuild_dedup()
         self.sel = selectors.DefaultSelector()
         self.links = PeerLinks(self.sel, cluster_id=c.cluster_id, node_id=c.node_id, channel=Channel.CONSENSUS,
@@ -97,8 +101,13 @@ class RaftWorker(WorkerBase):
         if e.index <= self.dedup.last_index:
             return
         if e.data:
-            b = decode_batch(e.data)
-            self.dedup.record(e.index, b.producer_ids, b.sequences, commit)
+            cached = self._decoded.pop(e.index, None)
+            if cached is not None and cached[0] == e.term:
+                pids, seqs = cached[1], cached[2]
+            else:
+                b = decode_batch(e.data)
+                pids, seqs = b.producer_ids, b.sequences
+            self.dedup.record(e.index, pids, seqs, commit)
         else:
             self.dedup.record(e.index, _EMPTY, _EMPTY, commit)
 
@@ -171,7 +180,8 @@ class RaftWorker(WorkerBase):
                 raise ProtocolError("src", f"node {peer_id} (the connection's)", m.src)
             for e in getattr(m, "entries", ()):
                 if e.data:
-                    decode_batch(e.data)  # never persist a frame that does not validate
+                    b = decode_batch(e.data)  # never persist a frame that does not validate
+                    self._decoded[e.index] = (e.term, b.producer_ids, b.sequences)
         except ProtocolError as exc:
             self.state.add("errors")
             self.log.warning("message from node %d refused: %s", peer_id, exc)
@@ -179,19 +189,28 @@ class RaftWorker(WorkerBase):
         self.core.step(m)
 
     def _propose(self, frames: list[bytes]) -> None:
+        """Dedup-check everything drained at once, then stamp and propose frame by frame, in order."""
         if self.core.role != StateRole.LEADER or self.core.transfer_target:
             self._refuse_frames(frames)
             return
-        for i, raw in enumerate(frames):
-            b = decode_batch(raw)
+        batches = [decode_batch(raw) for raw in frames]
+        all_pids = np.concatenate([b.producer_ids for b in batches])
+        all_seqs = np.concatenate([b.sequences for b in batches])
+        verdict, known = self.dedup.classify(all_pids, all_seqs)
+        refused = verdict != dd.ACCEPT
+        if refused.any():
+            self._notes.append(encode_note(Note(NoteKind.VERDICTS, producer_ids=all_pids[refused],
+                                                sequences=all_seqs[refused], verdicts=verdict[refused],
+                                                offsets=known[refused])))
+            self.state.add("dedup_hits", int((verdict == dd.DUPLICATE).sum()))
+        note_pids, note_seqs, note_offsets = [], [], []
+        start = 0
+        for i, (raw, b) in enumerate(zip(frames, batches, strict=True)):
+            n = b.header.event_count
+            accepted = ~refused[start : start + n]
+            start += n
             pids, seqs = b.producer_ids, b.sequences
-            verdict, offsets = self.dedup.classify(pids, seqs)
-            accepted = verdict == dd.ACCEPT
             if not accepted.all():
-                self._notes.append(encode_note(Note(NoteKind.VERDICTS, producer_ids=pids[~accepted],
-                                                    sequences=seqs[~accepted], verdicts=verdict[~accepted],
-                                                    offsets=offsets[~accepted])))
-                self.state.add("dedup_hits", int((verdict == dd.DUPLICATE).sum()))
                 if not accepted.any():
                     continue
                 keep = np.flatnonzero(accepted)
@@ -208,10 +227,17 @@ class RaftWorker(WorkerBase):
             except ProposalError as exc:
                 self.log.debug("proposal refused: %s", exc)
                 self._refuse_frames(frames[i:])
-                return
+                break
             assert index == prev_index + 1, (index, prev_index)
             self.dedup.record(index, pids, seqs, self.core.commit_index)
-            self._notes.append(encode_note(Note(NoteKind.APPENDED, index, self.core.term, pids, seqs)))
+            note_pids.append(pids)
+            note_seqs.append(seqs)
+            note_offsets.append(dd.event_offset(index, 0) + np.arange(pids.size, dtype=np.int64))
+        if note_pids:
+            pids = np.concatenate(note_pids)
+            self._notes.append(encode_note(Note(NoteKind.APPENDED, producer_ids=pids,
+                                                sequences=np.concatenate(note_seqs),
+                                                offsets=np.concatenate(note_offsets))))
             self.state.add("events_in", int(pids.size))
 
     def _refuse_frames(self, frames: list[bytes]) -> None:
@@ -239,6 +265,8 @@ class RaftWorker(WorkerBase):
                 self._record_dedup(e, self.core.commit_index)
         elif rd.hard_state is not None:
             self.storage.set_hard_state(rd.hard_state)
+        if len(self._decoded) > DECODED_CACHE_MAX:
+            self._decoded.clear()
         self._send(rd.messages_after_persist)
         if rd.entries:
             last = rd.entries[-1]
