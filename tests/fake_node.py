@@ -8,7 +8,8 @@ OUT_OF_ORDER_SEQUENCE; an unknown producer may start at any sequence. Appended m
 Faults: `reverse_answers` (answers out of request order), follower behaviour (NOT_LEADER with or
 without the leader's address), `drop_next()` (close the connection instead of answering, after or before
 appending), `fail()` (answer an error code for a number of requests or a while), `kill_connections()`,
-`stop()`.
+`hang()` / `resume()` (a stopped process or vanished host: connections and the listener stay open and
+accept, nothing is read or answered), `stop()`.
 """
 
 from __future__ import annotations
@@ -139,6 +140,8 @@ class FakeNode:
         self._fail_count: int | None = None
         self._fail_until = 0.0
         self._stopped = threading.Event()
+        self._running = threading.Event()  # cleared while hung
+        self._running.set()
         self._conns: set[socket.socket] = set()
         self._threads: list[threading.Thread] = []
         self._listener = socket.create_server(("127.0.0.1", 0))
@@ -160,6 +163,14 @@ class FakeNode:
             self._fail_code, self._fail_count = code, count
             self._fail_until = time.monotonic() + seconds if seconds is not None else float("inf")
 
+    def hang(self) -> None:
+        """Stop reading and answering (like SIGSTOP): connections stay open, new ones are still accepted."""
+        self._running.clear()
+
+    def resume(self) -> None:
+        """Go on after hang() (like SIGCONT): what arrived meanwhile is read and answered."""
+        self._running.set()
+
     def kill_connections(self) -> None:
         """Shut every open connection down (their threads close them)."""
         with self._lock:
@@ -173,6 +184,7 @@ class FakeNode:
     def stop(self) -> None:
         """Stop listening, close every connection and join the threads."""
         self._stopped.set()
+        self._running.set()
         self.kill_connections()
         for t in list(self._threads):
             if t is not threading.current_thread():
@@ -211,7 +223,12 @@ class FakeNode:
         reader = MessageReader()
         try:
             while not self._stopped.is_set():
+                if not self._running.is_set():
+                    self._running.wait(POLL_SLICE_S)
+                    continue
                 data = sock.recv(65536)
+                while not self._running.is_set() and not self._stopped.is_set():
+                    self._running.wait(POLL_SLICE_S)  # hung while blocked in recv: hold what arrived
                 if not data:
                     return
                 reader.feed(data)
@@ -310,9 +327,12 @@ class FakeCluster:
     def node(self, node_id: int) -> FakeNode:
         return self.nodes[node_id - 1]
 
-    def set_leader(self, node_id: int, *, hint: bool = True) -> None:
-        """Move the lead (0: no leader); followers name the leader in NOT_LEADER when `hint`."""
-        for node in self.nodes:
+    def set_leader(self, node_id: int, *, hint: bool = True, among: list[int] | None = None) -> None:
+        """Move the lead (0: no leader); followers name the leader in NOT_LEADER when `hint`.
+
+        `among`: only these nodes learn it (the others, e.g. a hung old leader, keep their stale view).
+        """
+        for node in self.nodes if among is None else [self.node(n) for n in among]:
             node.term += 1
             node.leader_id = node_id
             node.leader_hint = hint

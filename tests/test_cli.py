@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 from fake_node import FakeCluster
 
-from shmraft.cli.client import main
+from shmraft.cli.client import main, stdin_chunks
 from shmraft.client import Client
 
 SCRIPT = Path(sys.executable).with_name("shmraft")  # the console script installed beside this interpreter
@@ -60,6 +60,34 @@ def test_produce_stdin_lines_in_order(cluster: FakeCluster, capsys: pytest.Captu
     offsets = [int(x) for x in capsys.readouterr().out.split()]
     assert len(offsets) == 300 and offsets == sorted(set(offsets))
     assert cluster.log.values() == [line.encode() for line in lines]
+
+
+def test_produce_stdin_in_chunks_with_crlf_and_no_final_newline(cluster: FakeCluster,
+                                                               capsys: pytest.CaptureFixture[str],
+                                                               monkeypatch: pytest.MonkeyPatch) -> None:
+    lines = [f"event {i}" for i in range(5000)]
+    raw = ("\r\n".join(lines[:2500]) + "\r\n" + "\n".join(lines[2500:])).encode()  # no newline at the end
+    monkeypatch.setattr(sys, "stdin", io.TextIOWrapper(io.BytesIO(raw)))
+    assert main(args(cluster, "produce")) == 0
+    offsets = [int(x) for x in capsys.readouterr().out.split()]
+    assert len(offsets) == 5000 and offsets == sorted(set(offsets))
+    assert cluster.log.values() == [line.encode() for line in lines]
+    assert cluster.node(1).produce_requests <= 12  # batches of up to 1024 events, not one per line
+
+
+def test_stdin_chunks_follow_what_has_arrived() -> None:
+    class Pipe:  # read1 returns what a writer has written so far
+        def __init__(self, pieces: list[bytes]) -> None:
+            self.pieces = pieces
+
+        def read1(self, size: int) -> bytes:
+            return self.pieces.pop(0) if self.pieces else b""
+
+    pieces = [b"a\nb", b"c\r\n", b"\n", b"d\n" * 2500, b"e\r", b"\nlast"]
+    chunks = list(stdin_chunks(Pipe(pieces), chunk_events=1000))
+    assert chunks[:3] == [[b"a"], [b"bc"], [b""]]  # an empty line is an (empty) event, as before
+    assert [len(c) for c in chunks[3:]] == [1000, 1000, 500, 1, 1] and chunks[-2:] == [[b"e"], [b"last"]]
+    assert list(stdin_chunks(io.StringIO("x\ny\n"), chunk_events=1)) == [[b"x"], [b"y"]]
 
 
 def test_consume_text_max_and_from(cluster: FakeCluster, capsys: pytest.CaptureFixture[str]) -> None:

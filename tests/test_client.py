@@ -21,7 +21,7 @@ from shmraft.client import (
     Record,
     TooLarge,
 )
-from shmraft.client.client import EVENT_BYTES_MAX, REQUEST_BYTES_MAX, split_requests
+from shmraft.client.client import ATTEMPT_ANSWER_TIMEOUT_S, EVENT_BYTES_MAX, REQUEST_BYTES_MAX, split_requests
 from shmraft.wire.client import ErrorCode
 
 TIMEOUT_S = 3.0  # every call in these tests gives up after this; a hang fails fast
@@ -167,6 +167,36 @@ def test_failover_to_another_node_when_the_leader_dies(cluster: FakeCluster, cli
     assert cluster.log.values() == [b"a", b"b"]
 
 
+def test_produce_fails_over_from_a_hung_leader(cluster: FakeCluster) -> None:
+    # A stopped leader keeps its sockets open and its listener accepts: nothing fails, nothing answers.
+    with Client(cluster.addresses, timeout_s=8) as cl:
+        assert cl.produce(b"a") == 64
+        cluster.node(1).hang()
+        cluster.set_leader(2, among=[2, 3])  # the hung node still believes it leads
+        started = time.monotonic()
+        cl.produce(b"b")
+        took = time.monotonic() - started
+        assert ATTEMPT_ANSWER_TIMEOUT_S <= took < ATTEMPT_ANSWER_TIMEOUT_S + 1.5
+        assert cl._leader == cluster.node(2).address
+        started = time.monotonic()
+        cl.produce_many([b"c", b"d"])  # goes straight to the new leader
+        assert time.monotonic() - started < 0.5
+        assert cluster.node(1).produce_requests == 1  # the hung one never read the retry's request
+    assert cluster.log.values() == [b"a", b"b", b"c", b"d"]
+    assert keys_of(cluster, cl.producer_id) == [0, 1, 2, 3]
+
+
+def test_produce_hangs_then_leader_is_kept_when_the_others_still_name_it(cluster: FakeCluster) -> None:
+    # The leader is slow, not gone: the others still name it, so the retry goes back to it (deduplicated).
+    with Client(cluster.addresses, timeout_s=8) as cl:
+        cl.produce(b"a")
+        cluster.node(1).hang()
+        threading.Timer(ATTEMPT_ANSWER_TIMEOUT_S + 0.3, cluster.node(1).resume).start()
+        cl.produce(b"b")
+    assert cluster.log.values() == [b"a", b"b"]
+    assert keys_of(cluster, cl.producer_id) == [0, 1]
+
+
 # --- metadata -------------------------------------------------------------------------------------------
 
 
@@ -221,6 +251,93 @@ def test_producer_failover_mid_pipeline_keeps_every_event_once_in_order(cluster:
     assert cluster.log.values() == events  # every event exactly once, in send order
     assert keys_of(cluster, producer.producer_id) == list(range(n))
     assert offsets == sorted(set(offsets))
+
+
+def test_producer_fails_over_from_a_hung_leader_and_resends_in_order(cluster: FakeCluster) -> None:
+    n = 3000
+    events = [b"h%d" % i for i in range(n)]
+    with Client(cluster.addresses, timeout_s=8) as cl:
+        producer = cl.producer(window=4, batch_events=50, linger_ms=1)
+        try:
+            futures = []
+            for i, e in enumerate(events):
+                futures.append(producer.send(e))
+                if i == n // 3:
+                    time.sleep(0.01)  # requests in flight when the leader hangs
+                    cluster.node(1).hang()
+                    cluster.set_leader(2, among=[2, 3])
+                    hung_at = time.monotonic()
+            producer.flush(timeout_s=6)
+            took = time.monotonic() - hung_at
+            offsets = [f.result(0) for f in futures]
+        finally:
+            producer.close()
+    assert took < ATTEMPT_ANSWER_TIMEOUT_S + 2.0
+    assert cluster.log.values() == events  # every event once, in send order
+    assert keys_of(cluster, producer.producer_id) == list(range(n))
+    assert offsets == sorted(set(offsets))
+    assert cluster.node(2).produce_requests > 0
+
+
+def test_send_many_resolves_offsets_across_request_boundaries(cluster: FakeCluster, client: Client) -> None:
+    done: list[object] = []
+    with client.producer(window=3, batch_events=100, batch_bytes=2000, linger_ms=5) as producer:
+        single = producer.send(b"first")
+        many = producer.send_many([b"m%d" % i for i in range(250)])  # splits at 100 events
+        many.add_done_callback(done.append)
+        mixed = producer.send_many(["text", bytearray(b"ba"), memoryview(b"mv"), b"x" * 900, b"y" * 900])
+        after = [producer.send(b"a%d" % i) for i in range(10)]
+        empty = producer.send_many([])
+        assert empty.done() and empty.result() == []
+        with pytest.raises(TooLarge):
+            producer.send_many([b"ok", b"x" * (EVENT_BYTES_MAX + 1)])
+    offsets = [single.result(0), *many.result(0), *mixed.result(0), *(f.result(0) for f in after)]
+    assert done == [many] and len(many) == 250 and many.exception(0) is None
+    assert offsets == sorted(set(offsets)) and len(offsets) == 266
+    assert cluster.log.values() == [b"first", *(b"m%d" % i for i in range(250)), b"text", b"ba", b"mv",
+                                    b"x" * 900, b"y" * 900, *(b"a%d" % i for i in range(10))]
+    assert keys_of(cluster, producer.producer_id) == list(range(266))
+
+
+def test_send_many_larger_than_the_buffer_and_callbacks_on_done_futures(cluster: FakeCluster,
+                                                                        client: Client) -> None:
+    with client.producer(buffer_events=100) as producer:
+        big = producer.send_many([b"%d" % i for i in range(500)])  # admitted whole into an empty buffer
+        assert len(big.result(TIMEOUT_S)) == 500
+        f = producer.send(b"late")
+        assert f.result(TIMEOUT_S) > big.result()[-1]
+        seen: list[object] = []
+        f.add_done_callback(seen.append)  # already resolved: runs at once
+        assert seen == [f] and f.done() and not f.cancel()
+
+
+def test_futures_time_out_while_pending(cluster: FakeCluster, client: Client) -> None:
+    with client.producer(linger_ms=0) as producer:
+        cluster.node(1).hang()
+        f = producer.send(b"x")
+        g = producer.send_many([b"y", b"z"])
+        with pytest.raises(TimeoutError):
+            f.result(0.05)
+        with pytest.raises(TimeoutError):
+            g.exception(0.01)
+        assert not f.done() and not g.done()
+        cluster.node(1).resume()
+        assert f.result(TIMEOUT_S) < g.result(TIMEOUT_S)[0]
+
+
+def test_producer_linger_lets_the_open_batch_grow_while_the_window_is_full(cluster: FakeCluster,
+                                                                           client: Client) -> None:
+    leader = cluster.node(1)
+    with client.producer(window=1, linger_ms=0) as producer:
+        leader.hang()
+        first = producer.send(b"0")  # the one request in flight stays unanswered: the window is full
+        futures = [producer.send(b"%d" % i) for i in range(1, 100) if not time.sleep(0.001)]
+        time.sleep(0.05)
+        leader.resume()  # well before the node is suspected (ATTEMPT_ANSWER_TIMEOUT_S)
+        producer.flush(TIMEOUT_S)
+    assert first.result(0) < futures[0].result(0)
+    assert cluster.log.values() == [b"%d" % i for i in range(100)]
+    assert leader.produce_requests == 2  # the 99 events paced in meanwhile went out as one request
 
 
 def test_producer_matches_answers_out_of_request_order(cluster: FakeCluster, client: Client) -> None:

@@ -17,14 +17,17 @@ import json
 import os
 import sys
 from collections import deque
-from concurrent.futures import Future
+from collections.abc import Iterator
 from typing import Final, TextIO
 
 from shmraft.client import Client, NoNodeReachable, ShmraftError
 from shmraft.client.client import leader_address, member_address
+from shmraft.client.futures import BatchFuture
 
 ADDRESSES_ENV: Final = "SHMRAFT_ADDRESSES"  # default for --addresses when set
 STDIN_UNPRINTED_MAX: Final = 10_000  # offsets awaited before reading more of stdin (bounds memory)
+STDIN_CHUNK_EVENTS: Final = 1000  # lines handed to Producer.send_many at once
+STDIN_READ_BYTES: Final = 256 * 1024  # one read of stdin: what is there now, up to this much
 PRODUCE_WINDOW: Final = 8  # requests in flight when producing from stdin
 EXIT_OK: Final = 0
 EXIT_FAILED: Final = 1
@@ -73,27 +76,64 @@ def _produce_args(client: Client, events: list[str], out: TextIO) -> int:
     return EXIT_OK
 
 
+def stdin_chunks(stdin: object, chunk_events: int = STDIN_CHUNK_EVENTS) -> Iterator[list[bytes]]:
+    """Lines of `stdin` (without their line ends: \\n or \\r\\n) in lists of at most `chunk_events`.
+
+    A binary stream is read with read1, so a chunk holds what has arrived so far: a slow writer's line goes
+    out at once, a fast one's lines go out a thousand at a time.
+    """
+    read1 = getattr(stdin, "read1", None)
+    if read1 is None:  # a text stream without a binary buffer (tests, embedding)
+        chunk: list[bytes] = []
+        for line in stdin:  # type: ignore[attr-defined]
+            data = line.encode() if isinstance(line, str) else line
+            chunk.append(data.removesuffix(b"\n").removesuffix(b"\r"))
+            if len(chunk) >= chunk_events:
+                yield chunk
+                chunk = []
+        if chunk:
+            yield chunk
+        return
+    partial = b""
+    while data := read1(STDIN_READ_BYTES):
+        if partial:
+            data = partial + data
+        lines = data.split(b"\n")
+        partial = lines.pop()
+        if b"\r" in data:
+            lines = [line.removesuffix(b"\r") for line in lines]
+        for i in range(0, len(lines), chunk_events):
+            yield lines[i:i + chunk_events]
+    if partial:
+        yield [partial.removesuffix(b"\r")]
+
+
 def _produce_stdin(client: Client, out: TextIO) -> int:
     """Each line of stdin is an event (without its line end); offsets are printed in input order."""
-    unprinted: deque[Future[int]] = deque()
+    unprinted: deque[BatchFuture] = deque()
+    awaited = 0  # events in `unprinted`
     failures = 0
 
     def print_done(block: bool) -> None:
-        nonlocal failures
+        nonlocal failures, awaited
         while unprinted and (block or unprinted[0].done()):
+            future = unprinted.popleft()
+            awaited -= len(future)
             try:
-                print(unprinted.popleft().result(), file=out)
+                offsets = future.result()
             except ShmraftError as exc:
                 if failures == 0:
                     print(f"shmraft: {exc}", file=sys.stderr)
-                failures += 1
+                failures += len(future)
+                continue
+            print("\n".join(map(str, offsets)), file=out)
 
     stdin = sys.stdin.buffer if hasattr(sys.stdin, "buffer") else sys.stdin
     with client.producer(window=PRODUCE_WINDOW) as producer:
-        for line in stdin:
-            data = line.encode() if isinstance(line, str) else line
-            unprinted.append(producer.send(data.removesuffix(b"\n").removesuffix(b"\r")))
-            print_done(block=len(unprinted) >= STDIN_UNPRINTED_MAX)
+        for chunk in stdin_chunks(stdin):
+            unprinted.append(producer.send_many(chunk))
+            awaited += len(chunk)
+            print_done(block=awaited >= STDIN_UNPRINTED_MAX)
             if failures:
                 break
         producer.flush()

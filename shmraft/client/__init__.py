@@ -8,6 +8,7 @@
             ...
         with client.producer(window=8) as producer:
             futures = [producer.send(e) for e in events]   # each resolves with its offset
+            batch = producer.send_many(events)             # one future, resolves with the list of offsets
 """
 
 from shmraft.client.client import Client, Record
@@ -27,13 +28,16 @@ from shmraft.client.errors import (
     Unauthorized,
     UnavailableError,
 )
+from shmraft.client.futures import BatchFuture, EventFuture
 from shmraft.client.producer import Producer
 
 __all__ = [
+    "BatchFuture",
     "BufferFull",
     "Client",
     "CommitTimeout",
     "ConnectionFailed",
+    "EventFuture",
     "MalformedRequest",
     "NoNodeReachable",
     "NotLeaderError",

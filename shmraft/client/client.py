@@ -25,7 +25,7 @@ from shmraft.client.errors import (
     UnavailableError,
     error_from_server,
 )
-from shmraft.constants import CLUSTER_SIZE_MAX
+from shmraft.constants import CLUSTER_SIZE_MAX, ELECTION_TIMEOUT_MS
 from shmraft.wire.client import (
     MESSAGE_BODY_MAX_BYTES,
     PRODUCE_EVENTS_MAX,
@@ -49,6 +49,11 @@ RETRY_BACKOFF_MAX_S: Final = 0.500  # the pause doubles up to this
 REDIRECTS_BEFORE_BACKOFF: Final = 2  # NOT_LEADER redirects followed at once before pausing (elections)
 ANSWER_GRACE_S: Final = 1.0  # wait this long past the server-side timeout for the server's own answer
 METADATA_TIMEOUT_S: Final = 1.0  # one METADATA question to one node
+# One attempt (a PRODUCE, or the requests in flight of a Producer) waits this long for an answer before the
+# node is suspected to be hung (a stopped process or a vanished host keeps its sockets open, so nothing
+# fails): about twice the election timeout, so that by then the other nodes have elected a new leader.
+ATTEMPT_ANSWER_TIMEOUT_S: Final = 1.0
+SUSPECT_S: Final = 5.0  # a node that did not answer in time is tried last for this long (unless named leader)
 ADDRESSES_MAX: Final = 2 * CLUSTER_SIZE_MAX  # addresses given plus members learnt from METADATA
 PRODUCE_HEAD_BYTES: Final = 24  # producer_id, first_sequence, timeout_ms, event_count
 EVENT_OVERHEAD_BYTES: Final = 4  # the u32 length of each event in a PRODUCE body
@@ -61,6 +66,7 @@ FETCH_POLL_WAIT_MS_DEFAULT: Final = 500  # long-poll wait of one FETCH when foll
 _U32_MAX: Final = 2**32 - 1
 _U64_MAX: Final = 2**64 - 1
 
+assert ATTEMPT_ANSWER_TIMEOUT_S >= 2 * ELECTION_TIMEOUT_MS / 1000
 assert PRODUCE_HEAD_BYTES + EVENT_OVERHEAD_BYTES * REQUEST_EVENTS_MAX < REQUEST_BYTES_MAX < MESSAGE_BODY_MAX_BYTES
 
 
@@ -168,6 +174,8 @@ class Client:
         self._conn: Connection | None = None
         self._leader: str | None = None  # last known leader address (a hint, shared with producers)
         self._rotation = 0  # where the next search over addresses starts, moved past failed nodes
+        self._suspects: dict[str, float] = {}  # address -> until when it is tried last (it did not answer)
+        self._suspects_lock = threading.Lock()  # produce() and producers' I/O threads share the hints
 
     # --- life cycle ------------------------------------------------------------------------------------
 
@@ -209,12 +217,35 @@ class Client:
             self._addresses.append(address)
 
     def _candidates(self, prefer: str | None) -> list[str]:
+        """Every known address: `prefer` first, then from the rotation point on, nodes under suspicion last."""
         addrs = list(self._addresses)
         k = self._rotation % len(addrs)
         ordered = addrs[k:] + addrs[:k]
+        suspects = self._current_suspects()
+        if suspects:
+            ordered = [a for a in ordered if a not in suspects] + [a for a in ordered if a in suspects]
         if prefer:
             ordered = [prefer] + [a for a in ordered if a != prefer]
         return ordered
+
+    def _current_suspects(self) -> set[str]:
+        now = time.monotonic()
+        with self._suspects_lock:
+            for address in [a for a, until in self._suspects.items() if until <= now]:
+                del self._suspects[address]
+            return set(self._suspects)
+
+    def _suspect(self, address: str) -> None:
+        """`address` did not answer in time (hung or vanished): forget it as leader, try it last for a while."""
+        with self._suspects_lock:
+            self._suspects[address] = time.monotonic() + SUSPECT_S
+        self._node_failed(address)
+
+    def _answered(self, address: str) -> None:
+        """`address` answered: it is not under suspicion any more."""
+        if self._suspects:
+            with self._suspects_lock:
+                self._suspects.pop(address, None)
 
     def _node_failed(self, address: str) -> None:
         """Forget `address` as leader and start the next search after it."""
@@ -247,9 +278,6 @@ class Client:
         if isinstance(answer, MetadataAnswer):
             for m in answer.members:
                 self._learn_address(member_address(m))
-            leader = leader_address(answer)
-            if leader is not None:
-                self._leader = leader
         return answer
 
     def _find_leader(self, not_leader: str, hint: str, deadline: float) -> str | None:
@@ -259,19 +287,33 @@ class Client:
             self._leader = hint
             return hint
         self._node_failed(not_leader)
+        return self._rediscover(not_leader, deadline)
+
+    def _rediscover(self, excluded: str, deadline: float) -> str | None:
+        """Ask every node but `excluded` (a follower, or a leader that stopped answering) for METADATA.
+
+        The leader named with the highest term wins; at equal terms one other than `excluded` is preferred
+        (a hung leader's own view is stale, and it is not asked at all). Sets and returns the client's
+        leader hint; None when no node names a leader by `deadline` (an election is still going on).
+        """
+        best: tuple[tuple[int, bool], str] | None = None
         for address in self._candidates(None):
             remaining = deadline - time.monotonic()
             if remaining <= 0:
                 break
-            if address == not_leader:
+            if address == excluded:
                 continue
             try:
                 answer = self._ask_metadata(address, min(METADATA_TIMEOUT_S, remaining))
             except ShmraftError:
                 continue
-            if isinstance(answer, MetadataAnswer) and (leader := leader_address(answer)) not in (None, not_leader):
-                return leader
-        return None
+            self._answered(address)
+            if isinstance(answer, MetadataAnswer) and (leader := leader_address(answer)) is not None:
+                key = (answer.term, leader != excluded)
+                if best is None or key > best[0]:
+                    best = (key, leader)
+        self._leader = best[1] if best is not None else None
+        return self._leader
 
     # --- metadata ---------------------------------------------------------------------------------------
 
@@ -282,6 +324,8 @@ class Client:
         errors: list[str] = []
         conn = self._conn
         prefer = conn.address if conn is not None and not conn.closed else self._leader
+        if prefer in self._current_suspects():
+            prefer = None
         for address in self._candidates(prefer):
             remaining = deadline - time.monotonic()
             if remaining <= 0:
@@ -293,6 +337,8 @@ class Client:
                 errors.append(str(exc))
                 continue
             if isinstance(answer, MetadataAnswer):
+                if (leader := leader_address(answer)) is not None:
+                    self._leader = leader
                 return answer
             errors.append(str(error_from_server(answer.code, answer.message, answer.leader, address)))
         if len(errors) == len(tried) and all(e.startswith("cannot connect") for e in errors):
@@ -372,7 +418,12 @@ class Client:
 
     def _produce_request(self, producer_id: int, first_sequence: int, events: list[bytes],
                          deadline: float) -> list[int]:
-        """One PRODUCE request, retried (same sequences) through failovers until acknowledged or `deadline`."""
+        """One PRODUCE request, retried (same sequences) through failovers until acknowledged or `deadline`.
+
+        Each attempt waits at most ATTEMPT_ANSWER_TIMEOUT_S for the answer: a leader that does not answer
+        by then (stopped, vanished host, or just slow) is suspected, its connection closed, and the other
+        nodes are asked who leads now; the retry goes there (or back to it, if they still name it).
+        """
         backoff = Backoff()
         sent = False
         redirects = 0
@@ -389,15 +440,21 @@ class Client:
                 sent = True
                 answer = conn.request(
                     lambda cid, t=timeout_ms: encode_produce(cid, producer_id, first_sequence, t, events),
-                    remaining + ANSWER_GRACE_S)
+                    min(remaining + ANSWER_GRACE_S, ATTEMPT_ANSWER_TIMEOUT_S))
             except AnswerTimeout as exc:
                 last = exc
-                break
+                conn.close()
+                self._conn = None
+                self._suspect(conn.address)
+                if self._rediscover(conn.address, deadline) is None:
+                    backoff.sleep(deadline)
+                continue
             except ConnectionFailed as exc:
                 last = exc
                 self._node_failed(conn.address)
                 backoff.sleep(deadline)
                 continue
+            self._answered(conn.address)
             if isinstance(answer, Produced):
                 if answer.offsets.size != len(events):
                     conn.close()

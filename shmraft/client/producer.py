@@ -1,11 +1,15 @@
 """The pipelined producer: batches events into requests and keeps a window of them in flight on one connection.
 
-`send()` returns a Future that resolves with the event's offset once committed. One background thread does
-all I/O: it cuts batches (at `batch_events`, `batch_bytes` or after `linger_ms`), gives each batch the next
-sequences of this producer, keeps up to `window` requests in flight (answers may come in any order; the
+`send()` returns a future that resolves with the event's offset once committed; `send_many()` takes a list
+and returns one future of all their offsets (one lock acquisition and one future per call: the cheap way to
+produce many events). One background thread does all I/O: it cuts batches (at `batch_events`, `batch_bytes`
+or after `linger_ms`; while the window is full the open batch keeps growing instead), gives each batch the
+next sequences of this producer, keeps up to `window` requests in flight (answers may come in any order; the
 correlation id says which request an answer is for), and after a failover, reconnect or retriable error
 resends every unacknowledged request in sequence order with the same sequences, so the server's
-deduplication keeps each event once.
+deduplication keeps each event once. When the connection's node sends no answer for
+ATTEMPT_ANSWER_TIMEOUT_S while requests are in flight (a hung leader keeps its sockets open), it is
+suspected and the other nodes are asked who leads now.
 
 A producer's sequences must have no gaps. When the producer gives up on a request (its deadline passed,
 or the server refused it for good), every request after it that was already sent is failed too (with
@@ -15,6 +19,7 @@ starting at sequence 0, so nothing waits forever behind a gap.
 
 from __future__ import annotations
 
+import bisect
 import itertools
 import secrets
 import selectors
@@ -22,11 +27,12 @@ import socket
 import threading
 import time
 from collections import deque
-from collections.abc import Callable
-from concurrent.futures import Future
-from typing import TYPE_CHECKING, Final
+from collections.abc import Callable, Iterable
+from typing import TYPE_CHECKING, Any, Final
 
 from shmraft.client.client import (
+    ATTEMPT_ANSWER_TIMEOUT_S,
+    EVENT_BYTES_MAX,
     EVENT_OVERHEAD_BYTES,
     PRODUCE_HEAD_BYTES,
     REDIRECTS_BEFORE_BACKOFF,
@@ -45,6 +51,7 @@ from shmraft.client.errors import (
     ShmraftError,
     error_from_server,
 )
+from shmraft.client.futures import BatchFuture, EventFuture, completed, run_callbacks
 from shmraft.wire.client import Error, ErrorCode, Message, Produced, encode_produce
 
 if TYPE_CHECKING:
@@ -63,30 +70,37 @@ FIND_LEADER_TIMEOUT_S: Final = 2.0  # METADATA questions after a NOT_LEADER with
 JOIN_TIMEOUT_S: Final = 5.0  # close() waits this long for the I/O thread once everything is resolved
 
 
+# A run of a request's events that belongs to one future: [future, first position in the future,
+# first position in the request, count]. A list, because the count of a send() group is set when it closes.
+_Part = list[Any]
+
+
 class _Request:
     """A batch with its producer id and sequences; `sends` counts how often it went out."""
 
-    __slots__ = ("order", "producer_id", "first_sequence", "events", "futures", "nbytes", "deadline", "sends",
+    __slots__ = ("order", "producer_id", "first_sequence", "events", "parts", "nbytes", "deadline", "sends",
                  "cid")
 
     def __init__(self, order: int, producer_id: int, first_sequence: int, events: list[bytes],
-                 futures: list[Future[int]], nbytes: int, deadline: float) -> None:
+                 parts: list[_Part], nbytes: int, deadline: float) -> None:
         self.order, self.producer_id, self.first_sequence = order, producer_id, first_sequence
-        self.events, self.futures, self.nbytes, self.deadline = events, futures, nbytes, deadline
+        self.events, self.parts, self.nbytes, self.deadline = events, parts, nbytes, deadline
         self.sends = 0
         self.cid = 0
 
 
-_Outcome = tuple[list["Future[int]"], list[int] | BaseException, int]  # futures, offsets or error, bytes
+_Outcome = tuple[_Request, list[int] | BaseException]  # a request and its offsets or its error
 
 
 class Producer:
     """Pipelined, idempotent producer. Use as a context manager, or call close() (which flushes).
 
     `window` requests in flight; a request holds up to `batch_events` events / `batch_bytes` body bytes
-    and is cut after `linger_ms` at the latest; send() blocks while `buffer_events` / `buffer_bytes` are
-    taken by unresolved events (then raises BufferFull after the client's timeout). Each request must be
-    acknowledged within the client's `timeout_s`, else its futures fail with CommitTimeout.
+    and is cut after `linger_ms` at the latest (unless the window is full: then the open batch keeps
+    growing until it is full or a request is answered); send() and send_many() block while
+    `buffer_events` / `buffer_bytes` are taken by unresolved events (then raise BufferFull after the
+    client's timeout; a send_many larger than the buffer waits until the buffer is empty). Each request must
+    be acknowledged within the client's `timeout_s`, else its futures fail with CommitTimeout.
     """
 
     def __init__(self, client: Client, *, window: int = WINDOW_DEFAULT, batch_events: int = BATCH_EVENTS_DEFAULT,
@@ -113,12 +127,16 @@ class Producer:
         self._producer_id = secrets.randbits(64) if producer_id is None else producer_id
         self._next_sequence = 0
         self._order = itertools.count()
-        self._cv = threading.Condition()
-        # the open batch: events handed to send() and not yet cut into a request
+        # One plain lock guards the state below; send() takes it directly (cheaper than the Condition's
+        # Python-level __enter__). The Condition on it is shared by flush(), blocked senders and every future.
+        self._lock = threading.Lock()
+        self._cv = threading.Condition(self._lock)
+        # the open batch: events handed to send()/send_many() and not yet cut into a request
         self._open: list[bytes] = []
-        self._open_futures: list[Future[int]] = []
+        self._open_parts: list[_Part] = []
         self._open_bytes = PRODUCE_HEAD_BYTES
         self._open_since = 0.0
+        self._group: BatchFuture | None = None  # the future shared by send() calls into the open batch's last part
         self._queue: deque[_Request] = deque()  # cut, not in flight, in order
         self._sent: dict[int, _Request] = {}  # in flight on the current connection, by correlation id
         self._buffered_events = 0  # accepted by send() and not yet resolved
@@ -140,39 +158,65 @@ class Producer:
         return self._producer_id
 
     def send(self, event: bytes | bytearray | memoryview | str,
-             callback: Callable[[Future[int]], object] | None = None) -> Future[int]:
-        """Queue one event; the Future resolves with its offset once committed (or fails with a ShmraftError)."""
-        data = as_bytes(event)
-        future: Future[int] = Future()
-        if callback is not None:
-            future.add_done_callback(callback)
-        cost = len(data) + EVENT_OVERHEAD_BYTES
+             callback: Callable[[EventFuture], object] | None = None) -> EventFuture:
+        """Queue one event; the future resolves with its offset once committed (or fails with a ShmraftError).
+
+        `callback(future)` runs once it is resolved (in the I/O thread). For many events, send_many() is cheaper.
+        """
+        if type(event) is not bytes or len(event) > EVENT_BYTES_MAX:
+            event = as_bytes(event)
+        n = len(event)
         wake = False
-        with self._cv:
-            deadline = time.monotonic() + self._client.timeout_s
-            while self._buffered_events > 0 and (self._buffered_events >= self._buffer_events
-                                                 or self._buffered_bytes + len(data) > self._buffer_bytes):
-                self._check_open()
-                remaining = deadline - time.monotonic()
-                if remaining <= 0 or threading.current_thread() is self._thread:
-                    raise BufferFull(f"producer buffer full ({self._buffered_events} events, "
-                                     f"{self._buffered_bytes} bytes unresolved)")
-                self._cv.wait(remaining)
-            self._check_open()
-            if self._open and (len(self._open) >= self._batch_events or self._open_bytes + cost > self._batch_bytes):
-                self._cut()
-                wake = True
-            if not self._open:
-                self._open_since = time.monotonic()
-                wake = True
-            self._open.append(data)
-            self._open_futures.append(future)
-            self._open_bytes += cost
+        with self._lock:
+            if (self._buffered_events >= self._buffer_events or self._buffered_bytes + n > self._buffer_bytes
+                    or self._closing or self._fatal is not None):
+                self._wait_for_room(1, n)
+            group = self._group
+            if (group is None or len(self._open) >= self._batch_events
+                    or self._open_bytes + n + EVENT_OVERHEAD_BYTES > self._batch_bytes):
+                wake = self._new_group(n + EVENT_OVERHEAD_BYTES)
+                group = self._group
+                assert group is not None
+            index = group._n
+            group._n = index + 1
+            self._open.append(event)
+            self._open_bytes += n + EVENT_OVERHEAD_BYTES
             self._buffered_events += 1
-            self._buffered_bytes += len(data)
+            self._buffered_bytes += n
             if len(self._open) >= self._batch_events or self._open_bytes >= self._batch_bytes:
                 self._cut()
                 wake = True
+        if wake:
+            self._wake()
+        future = EventFuture(group, index)
+        if callback is not None:
+            future.add_done_callback(callback)
+        return future
+
+    def send_many(self, events: Iterable[bytes | bytearray | memoryview | str]) -> BatchFuture:
+        """Queue events in order; the future resolves with the list of their offsets once all are committed.
+
+        One lock acquisition and one future for the whole call. The events may go out in several requests;
+        if any of them fails, the future fails with that error (events of the other requests may be
+        committed).
+        """
+        data = events if type(events) is list else list(events)
+        if not data:
+            return completed([], self._cv)
+        if set(map(type, data)) != {bytes}:
+            data = [as_bytes(e) for e in data]
+        lens = list(map(len, data))
+        if max(lens) > EVENT_BYTES_MAX:
+            as_bytes(data[lens.index(max(lens))])  # raises TooLarge
+        total = sum(lens)
+        future = BatchFuture(self._cv, len(data))
+        with self._lock:
+            if (self._buffered_events + len(data) > self._buffer_events
+                    or self._buffered_bytes + total > self._buffer_bytes or self._closing or self._fatal is not None):
+                self._wait_for_room(len(data), total)
+            wake = self._add_many(data, lens, future)
+            self._buffered_events += len(data)
+            self._buffered_bytes += total
         if wake:
             self._wake()
         return future
@@ -215,12 +259,83 @@ class Producer:
         if self._closing:
             raise ProducerClosed("producer is closed")
 
+    def _wait_for_room(self, events: int, nbytes: int) -> None:
+        """Block until `events` events of `nbytes` fit the buffer (or it is empty); raise if closed or too long."""
+        deadline = time.monotonic() + self._client.timeout_s
+        while self._buffered_events > 0 and (self._buffered_events + events > self._buffer_events
+                                             or self._buffered_bytes + nbytes > self._buffer_bytes):
+            self._check_open()
+            remaining = deadline - time.monotonic()
+            if remaining <= 0 or threading.current_thread() is self._thread:
+                raise BufferFull(f"producer buffer full ({self._buffered_events} events, "
+                                 f"{self._buffered_bytes} bytes unresolved)")
+            self._cv.wait(remaining)
+        self._check_open()
+
+    def _start_open(self) -> None:
+        if not self._open:
+            self._open_since = time.monotonic()
+
+    def _close_group(self) -> None:
+        """The send() group stops growing: its part's count is final."""
+        group = self._group
+        if group is not None:
+            part = self._open_parts[-1]
+            assert part[0] is group
+            part[3] = group._n
+            self._group = None
+
+    def _new_group(self, cost: int) -> bool:
+        """A fresh send() group at the end of the open batch (cut first if `cost` does not fit); True: wake."""
+        wake = False
+        if self._open and (len(self._open) >= self._batch_events or self._open_bytes + cost > self._batch_bytes):
+            self._cut()
+            wake = True
+        self._close_group()
+        if not self._open:
+            self._open_since = time.monotonic()
+            wake = True
+        group = BatchFuture(self._cv, 0)
+        self._open_parts.append([group, 0, len(self._open), 0])
+        self._group = group
+        return wake
+
+    def _add_many(self, data: list[bytes], lens: list[int], future: BatchFuture) -> bool:
+        """Append `data` to the open batch, cutting full batches on the way; True if the I/O thread must wake."""
+        self._close_group()
+        # ends[j]: body bytes of data[:j] with their length fields; a run i..j costs ends[j] - ends[i]
+        ends = list(itertools.accumulate(lens, lambda acc, n: acc + n + EVENT_OVERHEAD_BYTES, initial=0))
+        wake = False
+        i, count = 0, len(data)
+        while i < count:
+            room_events = self._batch_events - len(self._open)
+            room_bytes = self._batch_bytes - self._open_bytes
+            j = min(i + room_events, count, bisect.bisect_right(ends, ends[i] + room_bytes, lo=i) - 1)
+            if j <= i:
+                if self._open:
+                    self._cut()
+                    wake = True
+                    continue
+                j = i + 1  # one event larger than batch_bytes goes alone
+            if not self._open:
+                self._open_since = time.monotonic()
+                wake = True
+            self._open_parts.append([future, i, len(self._open), j - i])
+            self._open.extend(data[i:j])
+            self._open_bytes += ends[j] - ends[i]
+            i = j
+            if len(self._open) >= self._batch_events or self._open_bytes >= self._batch_bytes:
+                self._cut()
+                wake = True
+        return wake
+
     def _cut(self) -> None:
         """Turn the open batch into a request with the next sequences."""
-        events, futures = self._open, self._open_futures
-        self._open, self._open_futures, self._open_bytes = [], [], PRODUCE_HEAD_BYTES
-        nbytes = sum(map(len, events))
-        self._queue.append(_Request(next(self._order), self._producer_id, self._next_sequence, events, futures,
+        self._close_group()
+        events, parts = self._open, self._open_parts
+        nbytes = self._open_bytes - PRODUCE_HEAD_BYTES - EVENT_OVERHEAD_BYTES * len(events)
+        self._open, self._open_parts, self._open_bytes = [], [], PRODUCE_HEAD_BYTES
+        self._queue.append(_Request(next(self._order), self._producer_id, self._next_sequence, events, parts,
                                     nbytes, self._open_since + self._client.timeout_s))
         self._next_sequence += len(events)
 
@@ -240,13 +355,12 @@ class Producer:
         self._next_sequence = 0
         for r in reqs:
             if r is culprit:
-                out.append((r.futures, error, r.nbytes))
+                out.append((r, error))
             elif r.order < culprit.order:
                 self._queue.append(r)  # before the gap: keeps its producer id and sequences
             elif fail_sent_after and r.sends > 0:
-                out.append((r.futures, CommitTimeout(
-                    "abandoned after an earlier request of this producer timed out; it may have been committed"),
-                    r.nbytes))
+                out.append((r, CommitTimeout(
+                    "abandoned after an earlier request of this producer timed out; it may have been committed")))
             else:
                 r.order, r.producer_id, r.first_sequence, r.sends = (next(self._order), self._producer_id,
                                                                      self._next_sequence, 0)
@@ -275,19 +389,23 @@ class Producer:
             pass  # a wake-up is already pending (or we are closing)
 
     def _complete(self, outcomes: list[_Outcome]) -> None:
-        """Resolve futures outside the lock (callbacks run here), then release their buffer space."""
+        """Resolve the futures of answered or failed requests under one lock, release their buffer space,
+        wake the waiters, then run callbacks outside the lock."""
         if not outcomes:
             return
-        for futures, result, _ in outcomes:
-            for i, f in enumerate(futures):
-                if isinstance(result, BaseException):
-                    f.set_exception(result)
-                else:
-                    f.set_result(result[i])
+        callbacks: list[Any] = []
         with self._cv:
-            self._buffered_events -= sum(len(futures) for futures, _, _ in outcomes)
-            self._buffered_bytes -= sum(nbytes for _, _, nbytes in outcomes)
+            for req, result in outcomes:
+                if isinstance(result, BaseException):
+                    for part in req.parts:
+                        part[0]._fail(result, callbacks)
+                else:
+                    for future, start, at, count in req.parts:
+                        future._fill(start, result[at:at + count], callbacks)
+                self._buffered_events -= len(req.events)
+                self._buffered_bytes -= req.nbytes
             self._cv.notify_all()
+        run_callbacks(callbacks)
 
     def _on_answer(self, msg: Message, address: str, out: list[_Outcome]) -> tuple[ErrorCode, str] | None:
         """Apply one answer; None if the pipeline goes on, else (code, leader) and the connection must reset."""
@@ -299,7 +417,7 @@ class Producer:
                 if msg.offsets.size != len(req.events):
                     return ErrorCode.MALFORMED, ""  # a bad answer: resend on a new connection
                 del self._sent[msg.correlation_id]
-                out.append((req.futures, msg.offsets.tolist(), req.nbytes))
+                out.append((req, msg.offsets.tolist()))
                 return None
             if not isinstance(msg, Error):
                 return ErrorCode.MALFORMED, ""
@@ -315,6 +433,7 @@ class Producer:
         backoff = Backoff()
         retry_at = 0.0
         redirects = 0
+        heard_at = 0.0  # since when the requests in flight wait without any answer on the connection
 
         def drop(delay: bool) -> None:
             nonlocal conn, retry_at
@@ -326,22 +445,32 @@ class Producer:
                 self._requeue_sent()
             retry_at = time.monotonic() + (backoff.next_delay() if delay else 0.0)
 
+        def suspect_and_rediscover() -> None:
+            """The connection's node left requests unanswered too long: ask the other nodes who leads now."""
+            nonlocal retry_at
+            assert conn is not None
+            address = conn.address
+            drop(delay=False)
+            self._client._suspect(address)
+            if self._client._rediscover(address, time.monotonic() + FIND_LEADER_TIMEOUT_S) is None:
+                retry_at = time.monotonic() + backoff.next_delay()
+
         try:
             while True:
                 outcomes: list[_Outcome] = []
                 to_send: list[_Request] = []
                 with self._cv:
                     now = time.monotonic()
-                    if self._open and (self._closing or now >= self._open_since + self._linger_s):
+                    window_full = len(self._sent) + len(self._queue) >= self._window
+                    if self._open and (self._closing or (not window_full and now >= self._open_since + self._linger_s)):
                         self._cut()
-                    if self._expire(now, outcomes) and conn is not None:
-                        self._requeue_sent()
-                        sel.unregister(conn)
-                        conn.close()
-                        conn = None
+                    expired = self._expire(now, outcomes)
+                    hung = conn is not None and bool(self._sent) and now >= heard_at + ATTEMPT_ANSWER_TIMEOUT_S
                     if self._closing and not (self._open or self._queue or self._sent or outcomes):
                         break
-                    if conn is not None:
+                    if conn is not None and not expired and not hung:
+                        if self._queue and not self._sent:
+                            heard_at = now
                         while self._queue and len(self._sent) < self._window:
                             req = self._queue.popleft()
                             req.cid = conn.next_correlation_id()
@@ -350,13 +479,18 @@ class Producer:
                             to_send.append(req)
                     need_conn = conn is None and bool(self._queue)
                     wait = IDLE_WAKE_S
-                    if self._open:
+                    if self._open and not (len(self._sent) + len(self._queue) >= self._window):
                         wait = min(wait, self._open_since + self._linger_s - now)
                     for r in itertools.islice(itertools.chain(self._sent.values(), self._queue), 1):
                         wait = min(wait, r.deadline - now)
+                    if self._sent:
+                        wait = min(wait, heard_at + ATTEMPT_ANSWER_TIMEOUT_S - now)
                     if need_conn:
                         wait = min(wait, retry_at - now)
                 self._complete(outcomes)
+                if conn is not None and (expired or hung):
+                    suspect_and_rediscover()
+                    continue
                 if need_conn and now >= retry_at:
                     try:
                         conn = self._client._connect(now + self._client.connect_timeout_s, self._client._leader)
@@ -370,7 +504,7 @@ class Producer:
                         for req in to_send:
                             timeout_ms = max(1, int((req.deadline - time.monotonic()) * 1000))
                             conn.send(encode_produce(req.cid, req.producer_id, req.first_sequence, timeout_ms,
-                                                     req.events), self._client.timeout_s)
+                                                     req.events), ATTEMPT_ANSWER_TIMEOUT_S)
                     except ConnectionFailed:
                         self._client._node_failed(conn.address)
                         drop(delay=True)
@@ -391,6 +525,8 @@ class Producer:
                         self._client._node_failed(conn.address)
                         drop(delay=True)
                         continue
+                    if messages:
+                        heard_at = time.monotonic()
                     answered: list[_Outcome] = []
                     actions = [self._on_answer(msg, conn.address, answered) for msg in messages]
                     self._complete(answered)
@@ -418,7 +554,7 @@ class Producer:
                     self._cut()
                 self._requeue_sent()
                 error = ShmraftError(f"producer I/O thread failed: {exc!r}")
-                outcomes = [(r.futures, error, r.nbytes) for r in self._queue]
+                outcomes = [(r, error) for r in self._queue]
                 self._queue.clear()
             self._complete(outcomes)
             raise
