@@ -5,10 +5,12 @@ Every fault test checks what was acknowledged against what is in the log of ever
 
 from __future__ import annotations
 
+import functools
 import signal
 import time
 from pathlib import Path
 
+import psutil
 import pytest
 from clusterkit import Harness, Load, verify, wait_for
 
@@ -167,3 +169,26 @@ def test_up_runs_a_cluster_and_ctrl_c_stops_it_cleanly(tmp_path: Path) -> None:
     assert first == [b"one", b"two", b"three"]
     again = run_once([])  # started again on the same data directory: every committed event is there
     assert again == first
+
+
+def test_worker_past_its_restart_budget_stops_the_node_and_says_why(tmp_path: Path) -> None:
+    h = Harness(tmp_path, worker_restart_budget=2, worker_restart_backoff_ms=10)
+    try:
+        h.start()
+        node = h.followers()[0]
+
+        def batcher_running(restarts: int) -> bool:
+            pid = h.worker_pids(node)[Worker.BATCHER]
+            return h.restarts(node, Worker.BATCHER) >= restarts and pid > 0 and psutil.pid_exists(pid)
+
+        for i in range(3):
+            wait_for(functools.partial(batcher_running, i), 30, f"batcher of node {node} running (round {i})")
+            h.kill_worker(node, Worker.BATCHER)
+        proc = h.cluster.procs[node]
+        assert proc.wait(timeout=30) == 1  # the node stopped serving
+        log = (h.log_dir / f"node{node}.log").read_text()
+        assert "batcher worker restarted 2 times" in log and "budget 2" in log
+        with h.client() as client:  # the other two nodes still commit
+            client.produce(b"still a majority")
+    finally:
+        h.stop()
