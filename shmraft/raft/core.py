@@ -157,7 +157,8 @@ class RaftCore:
         if self._role == Role.LEADER:
             out["progress"] = {
                 p: {"match": pr.match, "next": pr.next, "state": pr.state.name.lower(),
-                    "inflight_entries": pr.inflight_entries, "inflight_bytes": pr.inflight_bytes}
+                    "inflight_entries": pr.inflight_entries, "inflight_bytes": pr.inflight_bytes,
+                    "silent_ms": pr.silent_ms}
                 for p, pr in self._progress.items()}
             out["transfer_target"] = self._transfer_target
         return out
@@ -402,13 +403,26 @@ class RaftCore:
         up_to_date = self._mutation == "vote_ignores_log" or self._log.is_up_to_date(m.last_index, m.last_term)
         if can_vote and up_to_date:
             self._send(VoteResponse(self.id, m.src, m.term, True, m.pre_vote))
-            if not m.pre_vote:
+            if m.pre_vote:
+                self._yield_to_pre_candidate(m)
+            else:
                 if self._vote not in (0, m.src):
                     raise InvariantError(f"second vote in term {self._term}")
                 self._vote = m.src
                 self._election_elapsed_ms = 0
         else:
             self._send(VoteResponse(self.id, m.src, self._term, False, m.pre_vote))
+
+    def _yield_to_pre_candidate(self, m: RequestVote) -> None:
+        """Having granted a pre-vote, hold back our own election so that two nodes timing out together
+        (typically both told at once that the leader's connection dropped) do not split the vote: a
+        follower restarts its timer; a pre-candidate steps back if the other's (log, id) ranks higher."""
+        if self._role == Role.FOLLOWER:
+            self._election_elapsed_ms = 0
+        elif self._role == Role.PRE_CANDIDATE:
+            mine = (self._log.last_term(), self._log.last_index(), self.id)
+            if (m.last_term, m.last_index, m.src) > mine:
+                self._become_follower(self._term, 0)
 
     def _step_follower(self, m: Message) -> None:
         if isinstance(m, AppendEntries):
@@ -471,21 +485,24 @@ class RaftCore:
 
     # --- leader -------------------------------------------------------------------------------------------
     def _tick_leader(self, elapsed_ms: int) -> None:
+        timeout = self.config.election_timeout_ms
+        active = 1
+        for pr in self._progress.values():
+            pr.fallback_armed = True
+            pr.silent_ms += elapsed_ms
+            if pr.silent_ms < timeout:
+                active += 1
+        if self.config.check_quorum and active < self._quorum:
+            self._become_follower(self._term, 0)  # no majority heard for an election timeout: step down (6.2)
+            return
         self._heartbeat_elapsed_ms += elapsed_ms
         self._election_elapsed_ms += elapsed_ms
+        if self._election_elapsed_ms >= timeout:
+            self._election_elapsed_ms = 0  # a leader stays "in lease": it ignores disruptive vote requests
         if self._transfer_target:
             self._transfer_elapsed_ms += elapsed_ms
-            if self._transfer_elapsed_ms >= self.config.election_timeout_ms:
+            if self._transfer_elapsed_ms >= timeout:
                 self._transfer_target = 0  # the target did not take over in time: abort, accept proposals
-        if self._election_elapsed_ms >= self.config.election_timeout_ms:
-            self._election_elapsed_ms = 0
-            if self.config.check_quorum:
-                active = 1 + sum(1 for pr in self._progress.values() if pr.recent_active)
-                for pr in self._progress.values():
-                    pr.recent_active = False
-                if active < self._quorum:
-                    self._become_follower(self._term, 0)  # cut off from a majority: step down (6.2)
-                    return
         if self._heartbeat_elapsed_ms >= self.config.heartbeat_interval_ms:
             self._heartbeat_elapsed_ms = 0
             for p, pr in self._progress.items():
@@ -504,7 +521,7 @@ class RaftCore:
         pr = self._progress.get(m.src)
         if pr is None:
             return
-        pr.recent_active = True
+        pr.silent_ms = 0
         if isinstance(m, AppendResponse):
             self._handle_append_response(m, pr)
         elif isinstance(m, HeartbeatResponse):
@@ -524,8 +541,9 @@ class RaftCore:
         if m.index > self._log.last_index():
             raise InvariantError(f"follower {m.src} acknowledged {m.index} beyond leader's last "
                                  f"{self._log.last_index()}")
+        answers_probe = m.index >= pr.next - 1  # not an older, reordered acknowledgement
         moved = pr.acked(m.index)
-        if pr.state == ProgressState.PROBE:
+        if pr.state == ProgressState.PROBE and answers_probe:
             pr.become_replicate()
         if moved:
             self._maybe_commit()
@@ -549,13 +567,16 @@ class RaftCore:
     def _leader_has_sends(self) -> bool:
         last = self._log.last_index()
         for pr in self._progress.values():
-            if pr.state == ProgressState.PROBE and not pr.probe_sent:
-                return True
-            if pr.state == ProgressState.REPLICATE and pr.next <= last:
-                return True
-            if pr.commit_sent < min(pr.match, self._commit):
+            if self._window_open(pr, last) or pr.commit_sent < min(pr.match, self._commit):
                 return True
         return False
+
+    def _window_open(self, pr: Progress, last: int) -> bool:
+        """Whether the follower's state and flow-control window allow sending it an append now."""
+        if pr.state == ProgressState.REPLICATE:
+            return (pr.next <= last and pr.next - 1 - pr.match < self.config.max_inflight_entries
+                    and pr.inflight_bytes < self.config.max_inflight_bytes)
+        return pr.state == ProgressState.PROBE and not pr.probe_sent
 
     def _flush_leader_sends(self) -> None:
         """Send what each follower's window allows (coalescing everything proposed since the last Ready),
@@ -571,17 +592,13 @@ class RaftCore:
     def _send_append(self, peer: int, pr: Progress, last: int) -> bool:
         """Send one AppendEntries if the follower's state and window allow; returns whether one was sent."""
         cfg = self.config
+        if not self._window_open(pr, last):
+            return False
         if pr.state == ProgressState.REPLICATE:
             room_entries = cfg.max_inflight_entries - (pr.next - 1 - pr.match)
             room_bytes = cfg.max_inflight_bytes - pr.inflight_bytes
-            if pr.next > last or room_entries <= 0 or room_bytes <= 0:
-                return False
-        elif pr.state == ProgressState.PROBE:
-            if pr.probe_sent:
-                return False
-            room_entries, room_bytes = cfg.max_append_entries, cfg.max_append_bytes
         else:
-            return False
+            room_entries, room_bytes = cfg.max_append_entries, cfg.max_append_bytes
         prev_index = pr.next - 1
         prev_term = self._log.term(prev_index)
         if prev_term is None or pr.next < self._log.first_index():

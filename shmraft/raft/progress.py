@@ -18,19 +18,21 @@ class ProgressState(enum.IntEnum):
 class Progress:
     """Leader-side view of one follower. `inflight` holds (last index, bytes) per unacknowledged message."""
 
-    __slots__ = ("match", "next", "state", "probe_sent", "recent_active", "inflight", "inflight_bytes",
-                 "match_at_heartbeat", "commit_sent")
+    __slots__ = ("match", "next", "state", "probe_sent", "silent_ms", "inflight", "inflight_bytes",
+                 "match_at_heartbeat", "commit_sent", "fallback_armed")
 
     def __init__(self, next_index: int) -> None:
         self.match = 0
         self.next = next_index
         self.state = ProgressState.PROBE
         self.probe_sent = False
-        self.recent_active = True  # a new leader gives every follower one election timeout to show up
+        self.silent_ms = 0  # since the follower was last heard from (check-quorum); a new leader gives
+        # every follower one election timeout to show up
         self.inflight: deque[tuple[int, int]] = deque()
         self.inflight_bytes = 0
         self.match_at_heartbeat = 0
         self.commit_sent = 0
+        self.fallback_armed = True  # may a rejection in REPLICATE trigger a resend (re-armed every tick)
 
     @property
     def inflight_entries(self) -> int:
@@ -77,8 +79,14 @@ class Progress:
         """An append with prev_index = rejected_index failed; `next_hint` is where the leader's log can
         first differ. Returns False for a stale rejection (one that does not concern the current window)."""
         if self.state == ProgressState.REPLICATE:
-            if rejected_index <= self.match:
+            # The follower's log matches ours up to `match`, so a rejection now means an append arrived
+            # before its predecessor: lost (resend from match) or merely reordered (still coming). Falling
+            # back on *every* such rejection turns heavy reordering into resend bursts that feed on
+            # themselves, so at most one fallback per tick; the stall check at each heartbeat and
+            # peer_disconnected catch any loss this skips.
+            if rejected_index <= self.match or not self.fallback_armed:
                 return False
+            self.fallback_armed = False
             self.become_probe()
             self.next = max(min(rejected_index, next_hint), self.match + 1)
             return True

@@ -9,13 +9,14 @@ from __future__ import annotations
 
 import random
 from collections import deque
+from collections.abc import Callable
 
 from shmraft.raft.config import RaftConfig
 from shmraft.raft.core import RaftCore
 from shmraft.raft.memstorage import MemStorage
 from shmraft.raft.messages import Message
 from shmraft.raft.ready import Ready
-from shmraft.raft.types import Entry, Role
+from shmraft.raft.types import Entry, HardState, RandomSource, Role
 
 DELIVERY_STEPS_MAX = 1_000_000  # a runaway message storm is a bug: stop instead of spinning
 
@@ -83,8 +84,9 @@ class Cluster:
                 self.sent.append(m)
             self.queue.append(m)
 
-    def deliver_all(self) -> int:
-        """Deliver queued messages (and whatever they cause) until the network is quiet."""
+    def deliver_all(self, drop: Callable[[Message], bool] | None = None) -> int:
+        """Deliver queued messages (and whatever they cause) until the network is quiet; `drop` picks
+        messages to lose on top of cut links and dead nodes."""
         steps = 0
         while self.queue:
             steps += 1
@@ -92,6 +94,8 @@ class Cluster:
                 raise RuntimeError("message storm: the network never went quiet")
             m = self.queue.popleft()
             if m.dst in self.down or m.src in self.down or (m.src, m.dst) in self.blocked:
+                continue
+            if drop is not None and drop(m):
                 continue
             self.cores[m.dst].step(m)
             self.process(m.dst)
@@ -109,11 +113,11 @@ class Cluster:
         for _ in range(ms // step_ms):
             self.tick(step_ms)
 
-    def elect(self, i: int) -> None:
+    def elect(self, i: int, drop: Callable[[Message], bool] | None = None) -> None:
         """Make node i time out and win an election (its log must be up to date)."""
         self.cores[i].tick(self.config.election_timeout_ms + self.config.election_timeout_spread_ms)
         self.process(i)
-        self.deliver_all()
+        self.deliver_all(drop)
         if self.cores[i].role != Role.LEADER:
             raise AssertionError(f"node {i} did not win: {self.cores[i].status()}")
 
@@ -150,3 +154,54 @@ class Cluster:
     def log(self, i: int) -> list[tuple[int, int, bytes]]:
         core = self.cores[i]
         return [(e.index, e.term, e.data) for e in core.log_entries(1, core.last_index + 1, 1 << 62)]
+
+
+def core_with_log(node_id: int, peers: list[int], terms: list[int], hard_state: HardState | None = None,
+                  config: RaftConfig | None = None, rng: RandomSource | None = None,
+                  fsync: str = "always") -> tuple[RaftCore, MemStorage]:
+    """A core restarted from a storage holding entries 1..len(terms) with those terms (data b"<index>")."""
+    storage = MemStorage(fsync)
+    entries = [Entry(i, t, str(i).encode()) for i, t in enumerate(terms, start=1)]
+    hs = hard_state or HardState(term=max(terms, default=0))
+    storage.append(entries, hs)
+    core = RaftCore(node_id, peers, storage, config or RaftConfig(), rng or random.Random(node_id))
+    return core, storage
+
+
+def persist(core: RaftCore, storage: MemStorage, rd: Ready) -> None:
+    """Do what a driver does with a Ready's durable part, at once."""
+    if rd.entries:
+        storage.append(rd.entries, rd.hard_state)
+        core.persisted(rd.entries[-1].index, rd.entries[-1].term)
+    elif rd.hard_state is not None:
+        storage.set_hard_state(rd.hard_state)
+
+
+def drain(core: RaftCore, storage: MemStorage) -> list[Message]:
+    """Take every Ready, persist it at once, and return all messages it asked to send, in order."""
+    out: list[Message] = []
+    while core.has_ready():
+        rd = core.ready()
+        out.extend(rd.messages)
+        persist(core, storage, rd)
+        out.extend(rd.messages_after_persist)
+    return out
+
+
+def make_leader(core: RaftCore, storage: MemStorage) -> list[Message]:
+    """Drive a lone core through pre-vote and vote to leadership by answering its requests with grants;
+    returns the messages it sent as the new leader."""
+    from shmraft.raft.messages import RequestVote, VoteResponse
+
+    core.tick(core.config.election_timeout_ms + core.config.election_timeout_spread_ms)
+    for _ in range(2):  # pre-vote round, then the real vote
+        requests = [m for m in drain(core, storage) if isinstance(m, RequestVote)]
+        if not requests:
+            break
+        for m in requests:
+            core.step(VoteResponse(m.dst, core.id, m.term, True, m.pre_vote))
+            if core.role == Role.LEADER:
+                break
+    if core.role != Role.LEADER:
+        raise AssertionError(f"node {core.id} did not become leader: {core.status()}")
+    return drain(core, storage)

@@ -1,7 +1,9 @@
 """A simulated network: per-message loss, duplication, delay and reordering; cut links; connection resets.
 
 All times are integer microseconds of virtual time. The network only decides *when* (if ever) a message
-arrives; the simulator's event queue does the delivering. A connection reset bumps the link's epoch: a
+arrives; the simulator's event queue does the delivering. Each (src, dst, channel) pair is one connection
+that delivers in order, as TCP does; a "reorder" fault holds a message back so that later ones overtake it,
+and duplicates model a resend after a reconnect. A connection reset bumps the link's epoch: a
 message sent under an older epoch is dropped on arrival, as TCP loses what was in flight on a dead socket.
 """
 
@@ -33,8 +35,9 @@ class SimNetwork:
         self.faults = faults
         self.blocked: set[tuple[int, int]] = set()
         self.epochs: dict[tuple[int, int], int] = {}
+        self.fifo_until: dict[tuple[int, int, int], int] = {}  # (src, dst, channel) -> last in-order arrival
 
-    def delivery_times(self, src: int, dst: int, now_us: int) -> list[int]:
+    def delivery_times(self, src: int, dst: int, channel: int, now_us: int) -> list[int]:
         """Arrival times for one message sent now: [] if lost, two if duplicated."""
         if (src, dst) in self.blocked:
             self.faults["partition_drop"] += 1
@@ -49,12 +52,18 @@ class SimNetwork:
             self.faults["duplicate"] += 1
             copies = 2
         out = []
+        fifo = self.fifo_until
+        key = (src, dst, channel)
         for _ in range(copies):
-            delay = rng.randint(p.delay_min_us, p.delay_max_us)
+            at = now_us + rng.randint(p.delay_min_us, p.delay_max_us)
             if p.long_delay_probability and rng.random() < p.long_delay_probability:
+                # out of order: held back while later messages on the same connection overtake it
                 self.faults["reorder_delay"] += 1
-                delay += rng.randint(0, p.long_delay_max_us)
-            out.append(now_us + delay)
+                at += rng.randint(0, p.long_delay_max_us)
+            else:
+                at = max(at, fifo.get(key, 0))  # a connection (TCP) delivers in order
+                fifo[key] = at
+            out.append(at)
         return out
 
     def epoch(self, src: int, dst: int) -> int:

@@ -13,6 +13,7 @@ from __future__ import annotations
 import heapq
 import random
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from shmraft.raft.config import RaftConfig
@@ -24,9 +25,11 @@ from shmraft.sim.faults import TICK_MS, FaultEvent, make_plan
 from shmraft.sim.network import SimNetwork
 from shmraft.sim.node import PersistJob, SimNode
 
-EV_TICK, EV_DELIVER, EV_PERSIST, EV_PROPOSE, EV_FAULT, EV_UNBLOCK, EV_RESTART, EV_HINT, EV_HEAL, EV_SYNC = range(10)
+(EV_TICK, EV_DELIVER, EV_PERSIST, EV_PROPOSE, EV_FAULT, EV_UNBLOCK, EV_RESTART, EV_HINT, EV_HEAL, EV_SYNC,
+ EV_CRASH) = range(11)
 STEPS_MAX = 3_000_000  # events per seed; more means a message storm (a bug)
 PROBE_INTERVAL_US = 50_000
+FAULT_MS_DEFAULT = 5000  # virtual length of the fault phase
 SYNC_INTERVAL_US = 200_000  # fsync "never": the OS writes back this often
 
 
@@ -34,7 +37,7 @@ SYNC_INTERVAL_US = 200_000  # fsync "never": the OS writes back this often
 class SimOptions:
     nodes: int | None = None  # None: 3 or 5, drawn from the seed
     fsync: str = "always"
-    fault_ms: int = 5000
+    fault_ms: int = FAULT_MS_DEFAULT
     heal_deadline_ms: int = 10_000
     faults: bool = True
     mutation: str = ""  # test-only core mutation (RaftConfig.test_only_mutation)
@@ -81,7 +84,7 @@ class Simulation:
         self.net = SimNetwork(self.plan.network, random.Random(f"net-{seed}"), self.faults)
         self.disk_rng = random.Random(f"disk-{seed}")
         self.fault_rng = random.Random(f"fault-{seed}")
-        self.config = RaftConfig(test_only_mutation=opts.mutation)
+        self.config = RaftConfig(test_only_mutation=opts.mutation, **self.plan.raft_limits)
         self.nodes = {i: SimNode(i, [p for p in self.ids if p != i], self.config, opts.fsync, seed,
                                  self.plan.tick_period_us[i]) for i in self.ids}
         self.faults["clock_drift"] = sum(1 for p in self.plan.tick_period_us.values() if p != TICK_MS * 1000)
@@ -91,6 +94,7 @@ class Simulation:
         self.now = 0
         self.steps = 0
         self.blocks: Counter[tuple[int, int]] = Counter()
+        self.churn_until_us = -1
         self.pending: dict[tuple[int, int], tuple[int, bytes]] = {}  # (node, index) -> (term, data)
         self.acked: list[tuple[int, int, bytes]] = []
         self.proposed = 0
@@ -99,6 +103,8 @@ class Simulation:
         self.probe_node = 0
         self.done_at = -1
         self.trace: list[str] | None = [] if opts.trace else None
+        self.role_changes: list[tuple[int, int, Role, int]] = []  # (time us, node, role, term)
+        self.first_commit_us: dict[int, int] = {}  # term -> when a node first applied an entry of that term
 
     # --- plumbing ------------------------------------------------------------------------------------------
     def _at(self, t: int, kind: int, a: object = None, b: object = None) -> None:
@@ -110,7 +116,7 @@ class Simulation:
             self.trace.append(f"{self.now / 1000:10.3f} {text}")
 
     def _send(self, m: Message) -> None:
-        times = self.net.delivery_times(m.src, m.dst, self.now)
+        times = self.net.delivery_times(m.src, m.dst, m.channel, self.now)
         if self.trace is not None:
             self._log(f"n{m.src}->n{m.dst} {describe(m)}" + ("" if times else " LOST"))
         epoch = self.net.epoch(m.src, m.dst)
@@ -122,10 +128,20 @@ class Simulation:
         assert core is not None
         while core.has_ready():
             rd = core.ready()
+            if not rd:
+                raise InvariantError(f"node {node.id}: has_ready() was true but ready() is empty")
             self.checker.on_ready(node.id, core, rd, self.now)
-            if rd.soft_state is not None and self.trace is not None:
+            if rd.soft_state is not None:
                 s = rd.soft_state
-                self._log(f"n{node.id} {s.role.name} term={s.term} leader={s.leader}")
+                self.role_changes.append((self.now, node.id, s.role, s.term))
+                if s.role == Role.LEADER and self.now < self.churn_until_us:
+                    at = self.now + self.fault_rng.randint(1_000, 30_000)
+                    self._at(at, EV_CRASH, node.id, (node.incarnation, self.fault_rng.randint(20_000, 300_000)))
+                if self.trace is not None:
+                    self._log(f"n{node.id} {s.role.name} term={s.term} leader={s.leader}")
+            if rd.committed_entries:
+                last = rd.committed_entries[-1]
+                self.first_commit_us.setdefault(last.term, self.now)
             for m in rd.messages:
                 self._send(m)
             if rd.must_persist or node.pending_jobs:
@@ -151,9 +167,10 @@ class Simulation:
     def _leader(self) -> SimNode | None:
         best = None
         for node in self.nodes.values():
-            if node.up and node.core is not None and node.core.role == Role.LEADER:
-                if best is None or node.core.term > best.core.term:  # type: ignore[union-attr]
-                    best = node
+            core = node.core
+            if node.up and core is not None and core.role == Role.LEADER and (
+                    best is None or core.term > best.core.term):  # type: ignore[union-attr]
+                best = node
         return best
 
     def _start(self, node: SimNode) -> None:
@@ -185,15 +202,16 @@ class Simulation:
             links = [(x, y) for x in self.ids for y in self.ids if x != y and a in (x, y)]
         elif kind in ("crash", "crash_leader"):
             victim = leader if kind == "crash_leader" and leader else self.nodes[rng.choice(self.ids)]
-            if not victim.up:
-                return
-            self.faults["power_loss" if ev.power_loss else "crash"] += 1
-            self._log(f"n{victim.id} CRASH power_loss={ev.power_loss}")
-            victim.crash(ev.power_loss)
-            for p in victim.peers:  # the peers' connections reset: a driver hint, if the link works
-                if (victim.id, p) not in self.net.blocked:
-                    self._at(self.now + 1000, EV_HINT, p, victim.id)
-            self._at(self.now + ev.duration_us, EV_RESTART, victim.id, victim.incarnation)
+            if victim.up:
+                self.faults[kind] += 1
+            self._crash(victim, ev.power_loss, ev.duration_us)
+            return
+        elif kind == "leader_churn":
+            self.faults[kind] += 1
+            self._log(f"LEADER CHURN for {ev.duration_us / 1000:.0f}ms")
+            self.churn_until_us = max(self.churn_until_us, self.now + ev.duration_us)
+            if leader is not None:
+                self._crash(leader, False, rng.randint(20_000, 300_000))
             return
         elif kind == "connection_reset":
             a, b = rng.sample(self.ids, 2)
@@ -219,6 +237,17 @@ class Simulation:
         self._log(f"BLOCK {sorted(links)} for {ev.duration_us / 1000:.0f}ms")
         self._set_blocked(links, +1)
         self._at(self.now + ev.duration_us, EV_UNBLOCK, links)
+
+    def _crash(self, victim: SimNode, power_loss: bool, downtime_us: int) -> None:
+        if not victim.up:
+            return
+        self.faults["power_loss" if power_loss else "process_kill"] += 1
+        self._log(f"n{victim.id} CRASH power_loss={power_loss}")
+        victim.crash(power_loss)
+        for p in victim.peers:  # the peers' connections reset: a driver hint, if the link works
+            if (victim.id, p) not in self.net.blocked:
+                self._at(self.now + 1000, EV_HINT, p, victim.id)
+        self._at(self.now + downtime_us, EV_RESTART, victim.id, victim.incarnation)
 
     def _hint(self, node_id: int, peer: int) -> None:
         node = self.nodes[node_id]
@@ -348,6 +377,11 @@ class Simulation:
                     if not node.up and node.incarnation == b and self.healed_at < 0:
                         self.faults["restart"] += 1
                         self._start(node)
+                elif kind == EV_CRASH:
+                    node = nodes[a]
+                    incarnation, downtime = b
+                    if node.up and node.incarnation == incarnation and t < fault_end:
+                        self._crash(node, False, downtime)
                 elif kind == EV_HINT:
                     self._hint(a, b)
                 elif kind == EV_HEAL:
@@ -368,3 +402,34 @@ class Simulation:
 
 def run_seed(seed: int, options: SimOptions | None = None) -> SeedResult:
     return Simulation(seed, options).run()
+
+
+def run_seeds(seeds: range | list[int], options: SimOptions | None = None, stop_on_failure: bool = False,
+              on_result: Callable[[SeedResult], None] | None = None) -> dict[str, object]:
+    """Run many seeds; returns the summary the CLI prints as JSON (failing seeds listed)."""
+    faults: Counter[str] = Counter()
+    summary: dict[str, object] = {}
+    count = steps = elections = committed = acked = violations = truncations = 0
+    recovery_max = 0
+    failed: list[int] = []
+    for seed in seeds:
+        r = run_seed(seed, options)
+        count += 1
+        steps += r.steps
+        elections += r.elections
+        committed += r.committed_entries
+        acked += r.acked_entries
+        truncations += r.truncations
+        faults.update(r.faults)
+        recovery_max = max(recovery_max, r.recovery_ms)
+        if r.violations:
+            violations += len(r.violations)
+            failed.append(seed)
+        if on_result is not None:
+            on_result(r)
+        if r.violations and stop_on_failure:
+            break
+    summary.update(seeds=count, violations=violations, failed_seeds=failed, steps=steps, elections=elections,
+                   faults=dict(sorted(faults.items())), committed_entries=committed, acked_entries=acked,
+                   truncations=truncations, recovery_ms_max=recovery_max)
+    return summary
