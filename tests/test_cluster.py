@@ -192,3 +192,22 @@ def test_worker_past_its_restart_budget_stops_the_node_and_says_why(tmp_path: Pa
             client.produce(b"still a majority")
     finally:
         h.stop()
+
+
+def test_paused_leader_is_replaced_and_rejoins_as_follower(harness: Harness) -> None:
+    """A silent leader (SIGSTOP: its sockets stay open, nothing answers) is detected by the heartbeat
+    timeout; the producer follows the new leader; resumed, the old leader rejoins as a follower."""
+    with Load(harness) as load:
+        load.wait_acked(300, 30)
+        old = harness.leader()
+        harness.signal_node(old, signal.SIGSTOP)
+        try:
+            new = harness.wait_leader(timeout_s=30, exclude=old)
+            load.wait_acked(len(load.acked) + 300, 60)
+        finally:
+            harness.signal_node(old, signal.SIGCONT)
+        wait_for(lambda: (harness.state(old) or {}).get("role") == 0 and harness.leader() != old, 30,
+                 f"node {old} back as a follower")
+        load.wait_acked(len(load.acked) + 300, 60)
+    assert new != old
+    verify(harness, load.acked)

@@ -416,9 +416,14 @@ class RaftCore:
     def _yield_to_pre_candidate(self, m: RequestVote) -> None:
         """Having granted a pre-vote, hold back our own election so that two nodes timing out together
         (typically both told at once that the leader's connection dropped) do not split the vote: a
-        follower restarts its timer; a pre-candidate steps back if the other's (log, id) ranks higher."""
+        follower restarts its timer; a pre-candidate steps back if the other's (log, id) ranks higher.
+
+        The follower also forgets its leader: granting a pre-vote means it no longer hears one, and keeping
+        the old leader would make the restarted timer look like a live lease, so that the real RequestVote
+        that follows would be ignored (thesis 4.2.3) and the election lost."""
         if self._role == Role.FOLLOWER:
             self._election_elapsed_ms = 0
+            self._leader = 0
         elif self._role == Role.PRE_CANDIDATE:
             mine = (self._log.last_term(), self._log.last_index(), self.id)
             if (m.last_term, m.last_index, m.src) > mine:
