@@ -18,6 +18,7 @@ from shmraft.raft.messages import (
 )
 from shmraft.raft.types import Entry, HardState, Role
 from shmraft.sim.harness import Cluster, core_with_log, drain, make_leader, persist
+from shmraft.sim.scenarios import figure_8
 
 
 def entries(first: int, terms: list[int]) -> tuple[Entry, ...]:
@@ -313,46 +314,10 @@ def test_persisted_report_for_entries_replaced_meanwhile_is_ignored():
 
 
 def _figure_8(mutation: str) -> tuple[int, list[tuple[int, int]], list[tuple[int, int]]]:
-    """Raft figure 8 on 5 nodes, step by step. Returns (S1's commit in step c, what S1 applied, what S5
-    applied at the end) as (index, term) pairs."""
-    c = Cluster(5, config=RaftConfig(max_append_entries=1, test_only_mutation=mutation))
-    # (a) S1 leads, its entry 2 reaches only S2
-    c.elect(1)
-    c.blocked |= {(1, 3), (1, 4), (1, 5)}
-    c.propose(1, b"X")
-    c.deliver_all()
-    c.heal()
-    c.crash(1)
-    for i in (2, 3, 4, 5):
-        c.cores[i].peer_disconnected(1)
-    # (b) S5 wins with S3 and S4 and appends its no-op at index 2, which reaches nobody; S5 crashes
-    c.elect(5, drop=lambda m: isinstance(m, AppendEntries) and m.src == 5)
-    c.crash(5)
-    # (c) S1 returns, wins with S2..S4, and replicates its old entry 2 to S3 but its own no-op (3) only to S2
-    c.restart(1)
-    c.tick(c.config.election_timeout_ms + c.config.election_timeout_spread_ms, nodes=[1])  # learns term 2
-    probes_to_3: list[AppendEntries] = []
-
-    def drop(m) -> bool:
-        if not isinstance(m, AppendEntries) or m.dst not in (3, 4, 5):
-            return False
-        if m.dst == 3 and any(e.index >= 3 for e in m.entries):
-            probes_to_3.append(m)
-            return len(probes_to_3) > 1  # the first probe is let through (and rejected: S3 lacks entry 2)
-        return m.dst != 3
-
-    c.elect(1, drop=drop)
-    s1_commit = c.cores[1].commit_index
-    s1_applied = [(e.index, e.term) for e in c.applied[1]]
-    c.crash(1)
-    # (d) S5 returns and wins with S3 and S4 (its last term 2 beats their entry 2 of term 1)
-    c.restart(5)
-    for i in (2, 3, 4):
-        c.cores[i].peer_disconnected(1)
-    c.tick(c.config.election_timeout_ms + c.config.election_timeout_spread_ms, nodes=[5])  # learns term 3
-    c.elect(5)
-    c.run(300)
-    return s1_commit, s1_applied, [(e.index, e.term) for e in c.applied[5]]
+    """Raft figure 8 on 5 nodes (shmraft.sim.scenarios.figure_8): (S1's commit in step c, what S1 applied,
+    what S5 applied at the end) as (index, term) pairs."""
+    r = figure_8(mutation)
+    return r.detail["s1_commit"], r.detail["s1_applied"], r.detail["s5_applied"]
 
 
 def test_figure_8_scenario_keeps_committed_entries_with_the_commit_rule():
@@ -365,3 +330,8 @@ def test_figure_8_scenario_loses_a_committed_entry_without_the_commit_rule():
     s1_commit, s1_applied, s5_applied = _figure_8("commit_any_term")
     assert s1_commit == 2
     assert dict(s1_applied)[2] != dict(s5_applied)[2]  # "committed" entry 2 replaced: the rule matters
+
+
+def test_scenario_checker_reports_figure_8_only_without_the_commit_rule():
+    assert figure_8("").violations == []
+    assert figure_8("commit_any_term").violations

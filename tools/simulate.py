@@ -19,6 +19,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from shmraft.raft.config import TEST_ONLY_MUTATIONS  # noqa: E402
+from shmraft.sim.scenarios import run_scenarios  # noqa: E402
 from shmraft.sim.simulator import FAULT_MS_DEFAULT, SeedResult, SimOptions, run_seed, run_seeds  # noqa: E402
 
 
@@ -35,6 +36,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--trace", action="store_true", help="print every event of the (single) seed")
     ap.add_argument("--json", action="store_true", help="print a JSON summary as the last line")
     ap.add_argument("--stop-on-failure", action="store_true")
+    ap.add_argument("--no-scenarios", action="store_true", help="skip the directed scenarios (figure 8)")
     ap.add_argument("--mutate", choices=sorted(TEST_ONLY_MUTATIONS),
                     help="TEST ONLY: run with a deliberately broken core to check the checker catches it")
     args = ap.parse_args(argv)
@@ -62,6 +64,13 @@ def main(argv: list[str] | None = None) -> int:
     started = time.perf_counter()
     summary = run_seeds(range(args.first_seed, args.first_seed + args.seeds), options,
                         stop_on_failure=args.stop_on_failure, on_result=lambda r: _report(r, replay))
+    if not args.no_scenarios:
+        scenario_results = run_scenarios(args.mutate or "")
+        summary["scenarios"] = {r.name: len(r.violations) for r in scenario_results}
+        for r in scenario_results:
+            for v in r.violations:
+                print(f"FAILED scenario {r.name}: {v}", flush=True)
+            summary["violations"] += len(r.violations)  # type: ignore[operator]
     summary["seconds"] = round(time.perf_counter() - started, 2)
     summary["mutation"] = args.mutate or None
     summary["machine"] = {"cores": os.cpu_count(), "python": platform.python_version()}
