@@ -19,7 +19,7 @@ import numpy as np
 from shmraft.ipc import segments
 
 STATE_MAGIC: Final = 0x5348_4D52_4146_5453  # "SHMRAFTS"
-STATE_VERSION: Final = 1
+STATE_VERSION: Final = 2  # 2: commit latency histogram, errors by kind
 
 
 class NodeStatus(enum.IntEnum):
@@ -45,8 +45,23 @@ NODE_DTYPE: Final = np.dtype([
     ("events_in", "<u8"), ("events_committed", "<u8"), ("batches_committed", "<u8"), ("bytes_committed", "<u8"),
     ("elections", "<u8"), ("leader_changes", "<u8"), ("fsyncs", "<u8"), ("fsync_ns", "<u8"),
     ("errors", "<u8"), ("dedup_hits", "<u8"), ("commit_latency_us_sum", "<u8"), ("commit_latency_count", "<u8"),
-    ("reserved", "<u8", (12,)),
+    # errors by kind: `errors` above counts clients that broke the protocol (writer: ingest); these two are
+    # the raft worker's (peer messages refused as malformed, consensus-channel HELLOs refused)
+    ("peer_errors", "<u8"), ("peer_refusals", "<u8"),
+    ("reserved", "<u8", (10,)),
+    # PRODUCE receipt to PRODUCED answer, per request (writer: ingest): per-bucket counts, not cumulative;
+    # bucket i < LATENCY_BUCKETS - 1 holds latencies <= LATENCY_BOUNDS_MS[i], the last one the rest
+    ("commit_latency_buckets", "<u8", (16,)),
 ])
+
+LATENCY_BOUNDS_MS: Final = tuple(0.25 * 2**i for i in range(15))  # 0.25 .. 4096 ms, then +Inf
+LATENCY_BUCKETS: Final = len(LATENCY_BOUNDS_MS) + 1
+
+
+def latency_bucket(ns: int) -> int:
+    """The histogram bucket of a latency in nanoseconds: the first bound >= it (integer arithmetic)."""
+    q = max(1, -(-ns // 250_000))  # ceil(ns / 0.25 ms)
+    return min((q - 1).bit_length(), LATENCY_BUCKETS - 1)  # ceil(log2(q)), capped at the +Inf bucket
 WORKER_DTYPE: Final = np.dtype([
     ("pid", "<u8"), ("heartbeat", "<u8"), ("restarts", "<u8"), ("started_unix_ms", "<u8"),
     ("records_in", "<u8"), ("records_out", "<u8"), ("errors", "<u8"), ("reserved", "<u8"),

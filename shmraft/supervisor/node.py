@@ -11,6 +11,8 @@ first), starts the workers in dependency order (raft, sender, batcher, ingest), 
 
 SIGTERM/SIGINT stop the node: the raft worker is asked to hand leadership over first, then every worker
 gets SIGTERM, then SIGKILL after a grace period, and every shared-memory segment is unlinked.
+
+The supervisor also serves Prometheus metrics (supervisor/metrics.py) on `metrics_port`, from a thread.
 """
 
 from __future__ import annotations
@@ -29,6 +31,7 @@ from typing import Final
 from shmraft.config import NodeConfig
 from shmraft.ipc.state import NodeStatus, Worker
 from shmraft.node.layout import NodeLayout
+from shmraft.supervisor.metrics import MetricsServer
 
 log = logging.getLogger("shmraft.supervisor")
 
@@ -85,8 +88,10 @@ class NodeSupervisor:
         signal.signal(signal.SIGINT, self._on_signal)
         self.layout.cleanup_stale()
         self.state = self.layout.create_all()
+        metrics = None
         try:
             self.state.set("status", NodeStatus.STARTING)
+            metrics = self._start_metrics()
             for kind in Worker:
                 self._start(self.children[kind])
             self.state.set("status", NodeStatus.SERVING)
@@ -94,12 +99,25 @@ class NodeSupervisor:
                 self._monitor()
                 time.sleep(MONITOR_INTERVAL_S)
         finally:
+            if metrics is not None:
+                metrics.close()  # before the segments go: no scrape reads them after this
             self._stop_all()
             self.layout.destroy_all()
         if self.failed_reason:
             print(f"shmraft node {self.config.node_id}: stopped: {self.failed_reason}", file=sys.stderr)
             return 1
         return 0
+
+    def _start_metrics(self) -> MetricsServer | None:
+        """Prometheus /metrics on metrics_port; a node without it still serves (the error is logged)."""
+        try:
+            server = MetricsServer(self.config, self.state, self.layout)
+        except OSError as exc:
+            log.error("node %d: metrics endpoint on %s:%d not started: %s", self.config.node_id,
+                      self.config.bind_host, self.config.me.metrics_port, exc)
+            return None
+        log.info("node %d: metrics at %s", self.config.node_id, server.url)
+        return server
 
     def _on_signal(self, signum: int, _frame: object) -> None:
         self._stopping = True

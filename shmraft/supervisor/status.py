@@ -11,10 +11,9 @@ from typing import Any
 import psutil
 
 from shmraft.config import NodeConfig
-from shmraft.ipc.ring import RingInspector
 from shmraft.ipc.state import NodeStatus, StateBlockError, Worker
-from shmraft.node.layout import RINGS, NodeLayout
-from shmraft.raft.types import Role
+from shmraft.node.layout import NodeLayout
+from shmraft.supervisor.metrics import node_figures, ring_figures
 
 _cpu_seen: dict[int, psutil.Process] = {}
 
@@ -46,15 +45,21 @@ def node_status(config: NodeConfig) -> dict[str, Any]:
         out.update(healthy=False, status="DOWN", error=str(exc))
         return out
     try:
-        node = state.node
-        status = NodeStatus(int(node["status"]))
-        out.update(status=status.name, role=Role(int(node["role"])).name.lower(), term=int(node["term"]),
-                   leader=int(node["leader_id"]), commit_index=int(node["commit_index"]),
-                   last_index=int(node["last_index"]), events_committed=int(node["events_committed"]),
-                   batches_committed=int(node["batches_committed"]), elections=int(node["elections"]),
-                   leader_changes=int(node["leader_changes"]), fsyncs=int(node["fsyncs"]),
-                   fsync_ms_total=round(int(node["fsync_ns"]) / 1e6, 1), errors=int(node["errors"]),
-                   dedup_hits=int(node["dedup_hits"]), events_in=int(node["events_in"]))
+        f = node_figures(state)
+        status = NodeStatus[f["status"]]
+        lat = f["commit_latency"]
+        out.update(status=f["status"], role=f["role"], term=f["term"], leader=f["leader"],
+                   commit_index=f["commit_index"], last_index=f["last_index"],
+                   events_committed=f["events_committed"], batches_committed=f["batches_committed"],
+                   bytes_committed=f["bytes_committed"], elections=f["elections"],
+                   leader_changes=f["leader_changes"], fsyncs=f["fsyncs"],
+                   fsync_ms_total=round(f["fsync_ns"] / 1e6, 1),
+                   errors=sum(v for k, v in f["errors_by_kind"].items() if k != "dedup_hit"),
+                   errors_by_kind=f["errors_by_kind"], dedup_hits=f["errors_by_kind"]["dedup_hit"],
+                   events_in=f["events_in"],
+                   commit_latency_ms={"count": lat["count"], "p50": lat["p50_ms"], "p99": lat["p99_ms"],
+                                      "mean": round(lat["sum_us"] / lat["count"] / 1000, 3) if lat["count"] else None},
+                   metrics_url=f"http://{config.me.host}:{config.me.metrics_port}/metrics")
         workers = {}
         healthy = status == NodeStatus.SERVING
         for kind in Worker:
@@ -64,13 +69,7 @@ def node_status(config: NodeConfig) -> dict[str, Any]:
             workers[kind.name.lower()] = fig
             healthy = healthy and fig["alive"]
         out["workers"] = workers
-        rings = {}
-        for ring in RINGS:
-            try:
-                with RingInspector(layout.name(ring)) as insp:
-                    rings[ring] = {"fill_bytes": insp.fill_bytes(), "capacity_bytes": insp.capacity_bytes}
-            except Exception as exc:  # noqa: BLE001 - status must report, not crash
-                rings[ring] = {"error": str(exc)}
+        rings = ring_figures(layout)
         out["rings"] = rings
         out["healthy"] = healthy
     finally:
@@ -87,8 +86,8 @@ def cluster_status(configs: list[NodeConfig]) -> dict[str, Any]:
 
 
 def format_table(report: dict[str, Any], rates: dict[int, float] | None = None) -> str:
-    lines = [f"{'node':<5}{'status':<9}{'role':<14}{'term':>6}{'commit':>10}{'events':>12}{'ev/s':>10}  workers "
-             "(pid cpu% MB restarts)"]
+    lines = [f"{'node':<5}{'status':<9}{'role':<14}{'term':>6}{'commit':>10}{'events':>12}{'ev/s':>10}{'p99 ms':>9}"
+             "  workers (pid cpu% MB restarts)"]
     for n in report["nodes"]:
         if "role" not in n:
             lines.append(f"{n['node_id']:<5}{n['status']:<9}{n.get('error', '')}")
@@ -99,6 +98,10 @@ def format_table(report: dict[str, Any], rates: dict[int, float] | None = None) 
             + ("" if w["alive"] else " DEAD")
             for k, w in n["workers"].items())
         lines.append(f"{n['node_id']:<5}{n['status']:<9}{n['role']:<14}{n['term']:>6}{n['commit_index']:>10}"
-                     f"{n['events_committed']:>12}{rate:>10.0f}  {ws}")
+                     f"{n['events_committed']:>12}{rate:>10.0f}{_ms(n['commit_latency_ms']['p99']):>9}  {ws}")
     lines.append(f"leader: {report['leader'] or 'none'}   healthy: {report['healthy']}")
     return "\n".join(lines)
+
+
+def _ms(value: float | None) -> str:
+    return "-" if value is None else f"{value:.1f}"

@@ -26,7 +26,7 @@ from typing import Final
 import numpy as np
 
 from shmraft.constants import BATCH_EVENTS_MAX
-from shmraft.ipc.state import NodeStatus, Worker
+from shmraft.ipc.state import NodeStatus, Worker, latency_bucket
 from shmraft.node import dedup as dd
 from shmraft.node.batching import EVENT_BYTES_MAX
 from shmraft.node.records import NoteKind, decode_note
@@ -72,6 +72,7 @@ class _Pending:
     unresolved: int
     max_index: int = 0
     done: bool = False
+    received_ns: int = 0  # monotonic; for the commit latency histogram
 
 
 @dataclass(eq=False)
@@ -106,6 +107,7 @@ class IngestWorker(WorkerBase):
         self.log_reader: RocksLogReader | None = None
         self.last_catch_up = 0.0
         self.known_term = self.state.get("term")
+        self.latency_buckets = self.state.node["commit_latency_buckets"]  # a view into the state block
 
     # --- the loop ------------------------------------------------------------------------------------------
 
@@ -285,7 +287,8 @@ class IngestWorker(WorkerBase):
         timeout_ms = min(msg.timeout_ms or self.config.produce_timeout_ms_default, PRODUCE_TIMEOUT_MAX_MS)
         size = len(msg.data)
         pending = _Pending(client, msg.correlation_id, msg.producer_id, msg.first_sequence, count, size,
-                           time.monotonic() + timeout_ms / 1000, np.full(count, -1, dtype=np.int64), count)
+                           time.monotonic() + timeout_ms / 1000, np.full(count, -1, dtype=np.int64), count,
+                           received_ns=time.monotonic_ns())
         self.by_producer.setdefault(msg.producer_id, []).append(pending)
         client.inflight_bytes += size
         # The PRODUCE body is the batcher's event block as it stands (node/batching.py): no copy, no re-encode.
@@ -401,7 +404,16 @@ class IngestWorker(WorkerBase):
             p.client.inflight_bytes -= p.size_bytes
             self._forget(p)
             self._write(p.client, cp.encode_produced(p.correlation_id, p.offsets))
+            self._record_latency(time.monotonic_ns() - p.received_ns)
         self._unpark()
+
+    def _record_latency(self, ns: int) -> None:
+        """Commit latency of one PRODUCE (receipt to PRODUCED) into the state block's histogram (we are its
+        single writer); the supervisor's metrics collector reads it on each scrape."""
+        self.latency_buckets[latency_bucket(ns)] += 1
+        node = self.state.node
+        node["commit_latency_us_sum"] += ns // 1000
+        node["commit_latency_count"] += 1
 
     def _sweep(self, now: float) -> None:
         for lst in list(self.by_producer.values()):

@@ -82,6 +82,7 @@ class RaftWorker(WorkerBase):
         self.sel.register(self.frames_in, selectors.EVENT_READ, lambda _m: None)
         self.sel.register(self.peer_in, selectors.EVENT_READ, lambda _m: None)
         self._notes: list[bytes] = []
+        self._refusals_counted = 0
         self._publish_state()
 
     # --- start-up ------------------------------------------------------------------------------------------
@@ -120,6 +121,9 @@ class RaftWorker(WorkerBase):
                 self.beat()
                 selector_loop_once(self.sel, TICK_MS / 1000)
                 self.links.maintain()
+                if self.links.refusals != self._refusals_counted:  # strangers refused (metrics)
+                    self.state.add("peer_refusals", self.links.refusals - self._refusals_counted)
+                    self._refusals_counted = self.links.refusals
                 for rec in self.peer_in.take():
                     self._on_data_record(rec)
                 frames = self.frames_in.take()
@@ -183,7 +187,7 @@ class RaftWorker(WorkerBase):
                     b = decode_batch(e.data)  # never persist a frame that does not validate
                     self._decoded[e.index] = (e.term, b.producer_ids, b.sequences)
         except ProtocolError as exc:
-            self.state.add("errors")
+            self.state.add("peer_errors")
             self.log.warning("message from node %d refused: %s", peer_id, exc)
             return
         self.core.step(m)
