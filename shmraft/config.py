@@ -6,6 +6,7 @@ shmraft.constants (the brief's numbers) or are named here.
 
 from __future__ import annotations
 
+import os
 import re
 import tomllib
 from dataclasses import dataclass, fields, replace
@@ -26,6 +27,11 @@ from shmraft.constants import (
 LOCAL_HOST = "127.0.0.1"
 LOCAL_PORT_BASE = 7000  # node N of the local cluster uses ports 7000 + 100*N + 1..4
 FSYNC_POLICIES = ("always", "never")
+LOCAL_SECRET_NAME = "cluster.secret"  # a local cluster's secret, generated in its data dir when missing
+CLUSTER_SECRET_FILE_ENV = "SHMRAFT_CLUSTER_SECRET_FILE"  # the secret's path when the config names none
+SECRET_HINT = "make one with: head -c 32 /dev/urandom > FILE && chmod 600 FILE (the same file on every node)"
+PEER_INBOUND_CONNECTIONS_MAX = 64  # inbound peer connections held at once (members, plus strangers refused)
+PEER_HANDSHAKE_TIMEOUT_MS = 2000  # a peer connection not authenticated within this is dropped
 
 
 class ConfigError(ValueError):
@@ -76,16 +82,35 @@ class NodeConfig:
     client_connections_max: int = 1024
     client_request_bytes_max: int = 4 * 1024 * 1024
     client_inflight_bytes_max: int = 16 * 1024 * 1024  # per connection, produced but not yet answered
+    # a connection holding part of a request this long is dropped (slow-loris); 0 = never
+    client_request_timeout_ms: int = 10_000
+    # a connection with nothing sent, pending or owed this long is dropped (Kafka's connections.max.idle.ms
+    # habit, same 10 min default; clients reconnect on demand); 0 = never
+    client_idle_timeout_ms: int = 600_000
     produce_timeout_ms_default: int = 5000
     fetch_bytes_max: int = 1024 * 1024
     # peer-facing limits (sender and raft workers)
     peer_message_bytes_max: int = 8 * 1024 * 1024
     peer_connect_timeout_ms: int = 200
+    peer_inbound_connections_max: int = PEER_INBOUND_CONNECTIONS_MAX  # per channel (data, consensus)
+    peer_handshake_timeout_ms: int = PEER_HANDSHAKE_TIMEOUT_MS  # TCP connect + TLS + HMAC handshake
+    # where this node connects to reach a peer, when not the peer's own address (a test proxy in between):
+    # "ID:CHANNEL=HOST:PORT,..." with CHANNEL data or raft; empty = every peer at its members entry
+    peer_connect_overrides: str = ""
+    # security: paths only; the bytes are read by the workers that need them (shmraft/net/auth.py), so
+    # that no config dump, repr or status report can show a secret
+    cluster_secret_file: str | None = None  # required to run a node: peers prove they know its bytes
+    client_token_file: str | None = None  # when set, clients must send AUTH with this token first
+    tls_cert_file: str | None = None  # TLS on client and peer ports when these three are set
+    tls_key_file: str | None = None
+    tls_ca_file: str | None = None  # the CA that signed every node's certificate (mutual TLS between nodes)
     # supervision
     worker_restart_budget: int = 10  # restarts allowed per worker within the window below
     worker_restart_window_s: float = 60.0
     worker_restart_backoff_ms: int = 50  # first back-off; doubles per restart within the window
     worker_stall_timeout_ms: int = 5000  # a worker whose heartbeat counter stops this long is restarted
+    # storage faults (raft worker): a log that failed (disk full, I/O error) is reopened this often
+    storage_retry_interval_ms: int = 1000
     # dedup (raft worker)
     dedup_producers_max: int = 100_000
 
@@ -106,9 +131,34 @@ class NodeConfig:
         if not 0 < self.batch_payload_max_bytes <= BATCH_PAYLOAD_MAX_BYTES:
             raise ConfigError(f"batch_payload_max_bytes: expected 1..{BATCH_PAYLOAD_MAX_BYTES}, "
                               f"got {self.batch_payload_max_bytes}")
+        tls = {"tls_cert_file": self.tls_cert_file, "tls_key_file": self.tls_key_file,
+               "tls_ca_file": self.tls_ca_file}
+        if any(tls.values()) and not all(tls.values()):
+            missing = sorted(k for k, v in tls.items() if not v)
+            raise ConfigError(f"{', '.join(missing)}: expected with the other tls_* keys (TLS needs a certificate, "
+                              "its key and the CA), got none")
+        for key in ("peer_inbound_connections_max", "peer_handshake_timeout_ms", "client_connections_max",
+                    "client_request_bytes_max", "client_inflight_bytes_max"):
+            if getattr(self, key) < 1:
+                raise ConfigError(f"{key}: expected at least 1, got {getattr(self, key)}")
+        _parse_peer_overrides(self.peer_connect_overrides)
+        if self.storage_retry_interval_ms < 1:
+            raise ConfigError(f"storage_retry_interval_ms: expected >= 1, got {self.storage_retry_interval_ms}")
         if self.election_timeout_ms <= self.heartbeat_interval_ms:
             raise ConfigError("election_timeout_ms: expected more than heartbeat_interval_ms, "
                               f"got {self.election_timeout_ms} <= {self.heartbeat_interval_ms}")
+
+    def peer_address(self, node_id: int, channel: str) -> tuple[str, int]:
+        """Where to connect to reach peer `node_id` on `channel` ("data" or "raft")."""
+        routes = _parse_peer_overrides(self.peer_connect_overrides)
+        if (node_id, channel) in routes:
+            return routes[(node_id, channel)]
+        m = self.member(node_id)
+        return m.host, m.data_port if channel == "data" else m.raft_port
+
+    @property
+    def tls_enabled(self) -> bool:
+        return self.tls_cert_file is not None
 
     @property
     def me(self) -> Member:
@@ -129,6 +179,16 @@ class NodeConfig:
         return self.data_dir / f"node{self.node_id}"
 
 
+def _parse_peer_overrides(text: str) -> dict[tuple[int, str], tuple[str, int]]:
+    out: dict[tuple[int, str], tuple[str, int]] = {}
+    for item in filter(None, (t.strip() for t in text.split(","))):
+        m = re.fullmatch(r"(\d+):(data|raft)=([^:\s]+):(\d{1,5})", item)
+        if not m or not 0 < int(m.group(4)) < 65536:
+            raise ConfigError(f"peer_connect_overrides: expected ID:data|raft=HOST:PORT, got {item!r}")
+        out[(int(m.group(1)), m.group(2))] = (m.group(3), int(m.group(4)))
+    return out
+
+
 def local_members(count: int = CLUSTER_SIZE_DEFAULT, port_base: int = LOCAL_PORT_BASE) -> tuple[Member, ...]:
     """The members of the local cluster: node N listens on port_base + 100*N + 1..4 on 127.0.0.1."""
     return tuple(
@@ -140,8 +200,15 @@ def local_members(count: int = CLUSTER_SIZE_DEFAULT, port_base: int = LOCAL_PORT
 
 def local_cluster(data_dir: Path, count: int = CLUSTER_SIZE_DEFAULT, port_base: int = LOCAL_PORT_BASE,
                   **overrides: Any) -> list[NodeConfig]:
-    """One NodeConfig per node of a local cluster sharing `data_dir` (each node in data_dir/nodeN)."""
+    """One NodeConfig per node of a local cluster sharing `data_dir` (each node in data_dir/nodeN).
+
+    The cluster secret is $SHMRAFT_CLUSTER_SECRET_FILE when set, else data_dir/cluster.secret, which
+    LocalCluster generates when it starts the first node.
+    """
     members = local_members(count, port_base)
+    if overrides.get("cluster_secret_file") is None:
+        overrides["cluster_secret_file"] = os.environ.get(CLUSTER_SECRET_FILE_ENV) or str(
+            Path(data_dir) / LOCAL_SECRET_NAME)
     return [NodeConfig(node_id=m.node_id, members=members, data_dir=Path(data_dir), **overrides) for m in members]
 
 
@@ -170,17 +237,27 @@ def load(path: Path, data_dir: Path | None = None, node_id: int | None = None) -
     if unknown:
         raise ConfigError(f"{path}: node: unknown keys {sorted(unknown)}")
     tunables = {k: v for k, v in node.items() if k in _TUNABLES}
-    return NodeConfig(
+    if not tunables.get("cluster_secret_file"):
+        tunables["cluster_secret_file"] = os.environ.get(CLUSTER_SECRET_FILE_ENV) or None
+    for key in ("cluster_secret_file", "client_token_file", "tls_cert_file", "tls_key_file", "tls_ca_file"):
+        if tunables.get(key) is not None and not isinstance(tunables[key], str):
+            raise ConfigError(f"{path}: node.{key}: expected a path (string), got {tunables[key]!r}")
+    config = NodeConfig(
         node_id=int(node_id if node_id is not None else node.get("id", 0)),
         members=tuple(members),
         data_dir=Path(data_dir if data_dir is not None else node.get("data_dir", "shmraft-data")),
         cluster_id=str(cluster.get("id", "local")),
         **tunables,
     )
+    if not config.cluster_secret_file:  # checked last, so that other mistakes are named first
+        raise ConfigError(f"{path}: node.cluster_secret_file: expected the path of the cluster secret (or "
+                          f"${CLUSTER_SECRET_FILE_ENV}), got none; {SECRET_HINT}")
+    return config
 
 
 def with_overrides(config: NodeConfig, **overrides: Any) -> NodeConfig:
     return replace(config, **overrides)
 
 
-__all__ = ["ConfigError", "Member", "NodeConfig", "load", "local_cluster", "local_members", "with_overrides"]
+__all__ = ["CLUSTER_SECRET_FILE_ENV", "LOCAL_SECRET_NAME", "ConfigError", "Member", "NodeConfig", "load",
+           "local_cluster", "local_members", "with_overrides"]

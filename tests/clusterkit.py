@@ -70,6 +70,7 @@ class Harness:
         self.log_dir = data_dir / "logs"
         self.addresses = [c.me.client_address for c in self.configs]
         self.seen_pids: set[int] = set()
+        self.client_options: dict[str, Any] = {}  # e.g. tls_ca, token: for clusters with TLS or a client token
 
     # --- lifecycle -----------------------------------------------------------------------------------------
 
@@ -101,7 +102,7 @@ class Harness:
 
     def client(self, **kw: Any) -> Client:
         kw.setdefault("timeout_s", 20.0)
-        return Client(self.addresses, **kw)
+        return Client(self.addresses, **{**self.client_options, **kw})
 
     def config(self, node_id: int) -> NodeConfig:
         return next(c for c in self.configs if c.node_id == node_id)
@@ -178,7 +179,7 @@ class Harness:
 
     def read_log(self, node_id: int, timeout_s: float = 30.0) -> list[tuple[int, bytes]]:
         """Every committed event that `node_id` serves, in order (consumed from that node only)."""
-        with Client([self.config(node_id).me.client_address], timeout_s=timeout_s) as c:
+        with Client([self.config(node_id).me.client_address], timeout_s=timeout_s, **self.client_options) as c:
             return [(r.offset, bytes(r.value)) for r in c.consume(0)]
 
     def wait_commit_equal(self, timeout_s: float = 30.0) -> int:

@@ -118,3 +118,39 @@ def test_garbage_gives_a_protocol_error_or_needs_more_bytes(blob: bytes) -> None
             pass
     except RemoteProtocolError:
         pass
+
+
+@settings(max_examples=100)
+@given(token=st.binary(min_size=1, max_size=cp.AUTH_TOKEN_MAX_BYTES), cid=st.integers(0, 2**64 - 1))
+def test_auth_round_trip_and_the_token_stays_out_of_reprs(token: bytes, cid: int) -> None:
+    msg = _decode_one(cp.encode_auth(cid, token))
+    assert isinstance(msg, cp.Auth) and msg.token == token and msg.correlation_id == cid
+    assert repr(token) not in repr(msg)
+    answer = _decode_one(cp.encode_authed(cid))
+    assert isinstance(answer, cp.Authed) and answer.correlation_id == cid
+
+
+def test_auth_token_sizes_are_bounded_both_ways() -> None:
+    with pytest.raises(LocalProtocolError, match="AUTH.token"):
+        cp.encode_auth(1, b"")
+    with pytest.raises(LocalProtocolError, match="AUTH.token"):
+        cp.encode_auth(1, b"x" * (cp.AUTH_TOKEN_MAX_BYTES + 1))
+    for body in (b"", b"x" * (cp.AUTH_TOKEN_MAX_BYTES + 1)):
+        with pytest.raises(RemoteProtocolError) as info:
+            _decode_one(cp.HEADER.pack(cp.CLIENT_MAGIC, cp.CLIENT_VERSION, cp.Kind.AUTH, len(body), 1) + body)
+        assert info.value.field == "AUTH.token"
+    authed_with_body = cp.HEADER.pack(cp.CLIENT_MAGIC, cp.CLIENT_VERSION, cp.Kind.AUTHED, 1, 1) + b"x"
+    with pytest.raises(RemoteProtocolError, match="AUTHED.body"):
+        _decode_one(authed_with_body)
+
+
+def test_reader_limit_can_be_raised_after_auth() -> None:
+    reader = cp.MessageReader(cp.AUTH_TOKEN_MAX_BYTES)
+    big = cp.encode_produce(1, 1, 0, 1000, [b"x" * 4000])
+    reader.feed(big)
+    with pytest.raises(RemoteProtocolError, match="body_len"):
+        reader.next_message()
+    reader = cp.MessageReader(cp.AUTH_TOKEN_MAX_BYTES)
+    reader.allow_body_bytes(1 << 20)
+    reader.feed(big)
+    assert isinstance(reader.next_message(), cp.Produce)

@@ -8,10 +8,19 @@ from pathlib import Path
 
 import pytest
 
+from shmraft.net.auth import ROLE_ACCEPTOR, ROLE_CONNECTOR, Secret, handshake_mac
 from shmraft.wire import errors
 from shmraft.wire.client import MessageReader
 from shmraft.wire.frame import decode_batch, encode_batch
-from shmraft.wire.peer import PeerKind, PeerReader, decode_hello
+from shmraft.wire.peer import (
+    PeerKind,
+    PeerReader,
+    decode_challenge,
+    decode_hello,
+    decode_proof,
+    decode_refused,
+    decode_welcome,
+)
 from shmraft.wire.raft_codec import decode_raft
 
 DOC = Path(__file__).resolve().parent.parent / "docs" / "PROTOCOL.md"
@@ -46,7 +55,8 @@ PEER_EXAMPLES = [e for e in EXAMPLES if "peer" in e[2]]
 
 def test_document_has_the_required_examples() -> None:
     assert len(FRAME_EXAMPLES) >= 4
-    assert {e[2]["message"] for e in CLIENT_EXAMPLES} >= {"Produce", "Produced", "Fetched", "MetadataAnswer", "Error"}
+    assert {e[2]["message"] for e in CLIENT_EXAMPLES} >= {"Produce", "Produced", "Fetched", "MetadataAnswer", "Error",
+                                                          "Auth", "Authed"}
     flags = [exp.get("flags") for _, _, exp in FRAME_EXAMPLES]
     assert 0 in flags and 1 in flags  # plain and zstd
     assert any(exp.get("event_count") == 64 for _, _, exp in FRAME_EXAMPLES)
@@ -126,13 +136,21 @@ def test_client_example_decodes_to_stated_values(index: int) -> None:
             assert msg.code.name == want
         elif key == "text":
             assert msg.message == want
+        elif key == "token":
+            assert msg.token == want.encode()
         else:
             assert getattr(msg, key) == want, key
 
 
 def test_document_has_peer_examples() -> None:
-    assert {e[2]["peer"] for e in PEER_EXAMPLES} >= {"Hello", "Refused", "Heartbeat", "RequestVote", "AppendEntries",
-                                                      "AppendResponse"}
+    assert {e[2]["peer"] for e in PEER_EXAMPLES} >= {"Hello", "Challenge", "Proof", "Welcome", "Refused", "Heartbeat",
+                                                      "RequestVote", "AppendEntries", "AppendResponse"}
+
+
+def _mac(want: dict, role: int, nonce_a: str) -> bytes:
+    """The MAC the document's stated secret, ids and nonces give (docs/PROTOCOL.md section 3)."""
+    return handshake_mac(Secret(want["secret"].encode(), "doc"), role, want["cluster_id"], want["connector_id"],
+                         want["acceptor_id"], want["channel"], bytes.fromhex(want["nonce_c"]), bytes.fromhex(nonce_a))
 
 
 @pytest.mark.parametrize("index", range(len(PEER_EXAMPLES)))
@@ -148,11 +166,26 @@ def test_peer_example_decodes_to_stated_values(index: int) -> None:
     if name == "Hello":
         assert kind is PeerKind.HELLO
         hello = decode_hello(body)
-        assert (hello.cluster_id, hello.node_id, int(hello.channel)) == (want["cluster_id"], want["node_id"],
-                                                                        want["channel"])
+        assert (hello.cluster_id, hello.node_id, hello.to_node_id, int(hello.channel), hello.nonce.hex()) == (
+            want["cluster_id"], want["node_id"], want["to_node_id"], want["channel"], want["nonce"])
+        return
+    if name == "Challenge":
+        assert kind is PeerKind.CHALLENGE
+        ch = decode_challenge(body)
+        assert (ch.node_id, ch.nonce.hex(), ch.mac.hex()) == (want["node_id"], want["nonce"], want["mac"])
+        assert ch.mac == _mac(want, ROLE_ACCEPTOR, want["nonce"])
+        return
+    if name == "Proof":
+        assert kind is PeerKind.PROOF
+        mac = decode_proof(body)
+        assert mac.hex() == want["mac"] and mac == _mac(want, ROLE_CONNECTOR, want["nonce_a"])
+        return
+    if name == "Welcome":
+        assert kind is PeerKind.WELCOME
+        decode_welcome(body)
         return
     if name == "Refused":
-        assert kind is PeerKind.REFUSED and bytes(body).decode() == want["reason"]
+        assert kind is PeerKind.REFUSED and decode_refused(body) == want["reason"]
         return
     assert kind is PeerKind.RAFT
     msg = decode_raft(body)

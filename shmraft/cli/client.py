@@ -25,6 +25,8 @@ from shmraft.client.client import leader_address, member_address
 from shmraft.client.futures import BatchFuture
 
 ADDRESSES_ENV: Final = "SHMRAFT_ADDRESSES"  # default for --addresses when set
+TOKEN_FILE_ENV: Final = "SHMRAFT_TOKEN_FILE"  # default for --token-file when set
+TLS_CA_ENV: Final = "SHMRAFT_TLS_CA"  # default for --tls-ca when set
 STDIN_UNPRINTED_MAX: Final = 10_000  # offsets awaited before reading more of stdin (bounds memory)
 STDIN_CHUNK_EVENTS: Final = 1000  # lines handed to Producer.send_many at once
 STDIN_READ_BYTES: Final = 256 * 1024  # one read of stdin: what is there now, up to this much
@@ -43,6 +45,12 @@ def _parser() -> argparse.ArgumentParser:
                         help=f"client addresses of any nodes (default: ${ADDRESSES_ENV} or the local cluster)")
     common.add_argument("--timeout", type=float, default=argparse.SUPPRESS, metavar="SECONDS",
                         help="give up on a request after this long (default 10)")
+    common.add_argument("--token-file", default=argparse.SUPPRESS, metavar="FILE",
+                        help=f"client token for nodes with a client_token_file (default: ${TOKEN_FILE_ENV}); "
+                             "mode 0600")
+    common.add_argument("--tls-ca", default=argparse.SUPPRESS, metavar="FILE",
+                        help=f"connect with TLS, checking the nodes' certificates against this CA "
+                             f"(default: ${TLS_CA_ENV})")
     parser = argparse.ArgumentParser(prog="shmraft", parents=[common],
                                      description="Produce and consume events of a shmraft cluster.",
                                      epilog="Run `shmraft-supervisor up` for a local 3-node cluster.")
@@ -190,9 +198,17 @@ def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     addresses = getattr(args, "addresses", None) or os.environ.get(ADDRESSES_ENV) or None
     timeout = getattr(args, "timeout", None)
+    token_file = getattr(args, "token_file", None) or os.environ.get(TOKEN_FILE_ENV) or None
+    tls_ca = getattr(args, "tls_ca", None) or os.environ.get(TLS_CA_ENV) or None
     try:
-        client = Client(addresses, **({"timeout_s": timeout} if timeout is not None else {}))
-    except ValueError as exc:
+        token = None
+        if token_file is not None:
+            from shmraft.net.auth import read_token
+
+            token = read_token(token_file, "--token-file").reveal()
+        client = Client(addresses, tls_ca=tls_ca, token=token,
+                        **({"timeout_s": timeout} if timeout is not None else {}))
+    except ValueError as exc:  # includes ConfigError: a bad token or CA file
         print(f"shmraft: {exc}", file=sys.stderr)
         return EXIT_USAGE
     out = sys.stdout

@@ -3,6 +3,7 @@
     shmraft-supervisor up                          a local 3-node cluster on 127.0.0.1, data in ./shmraft-data
     shmraft-supervisor up --config conf/X.toml     one node of a cluster spread over hosts
     shmraft-supervisor status [--json]             health of every node and worker (exit 1 if unhealthy)
+    shmraft-supervisor recover-node --node N --min-term T   operator step after a lost log AND term/vote copy
 """
 
 from __future__ import annotations
@@ -10,11 +11,13 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import sys
 from pathlib import Path
 
 from shmraft.config import ConfigError, NodeConfig, load, local_cluster
 from shmraft.constants import CLUSTER_SIZE_DEFAULT
+from shmraft.net.auth import check_node_files, ensure_local_secret, is_local_secret
 
 DEFAULT_DATA_DIR = "shmraft-data"
 
@@ -46,6 +49,11 @@ def _up(args: argparse.Namespace) -> int:
               f"{c.me.client_address}, data channel :{c.me.data_port}, consensus :{c.me.raft_port}", flush=True)
         return NodeSupervisor(c).run()
     data_dir = configs[0].data_dir
+    data_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+    os.chmod(data_dir, 0o700)
+    if is_local_secret(configs[0]) and ensure_local_secret(configs[0].cluster_secret_file):
+        print(f"shmraft: generated the cluster secret {configs[0].cluster_secret_file} (mode 0600)", flush=True)
+    check_node_files(configs[0])  # a missing or unsafe secret or TLS file: say so before starting anything
     print(f"shmraft: local cluster of {len(configs)} nodes, data in {data_dir}", flush=True)
     for c in configs:
         print(f"  node {c.node_id}: clients {c.me.client_address}  data :{c.me.data_port}  "
@@ -66,6 +74,23 @@ def _node(args: argparse.Namespace) -> int:
 
     config = config_from_json(Path(args.config_json).read_text())
     return NodeSupervisor(config).run()
+
+
+def _recover_node(args: argparse.Namespace) -> int:
+    """The operator step of docs/DESIGN.md "Storage faults" (the node must be stopped)."""
+    from shmraft.raft.nodelog import reset_for_recovery
+
+    if args.node is None:
+        print("shmraft-supervisor: recover-node: --node is required", file=sys.stderr)
+        return 2
+    configs = [c for c in _configs(args) if c.node_id == args.node]
+    if not configs:
+        print(f"shmraft-supervisor: recover-node: node {args.node} is not a member", file=sys.stderr)
+        return 2
+    moved = reset_for_recovery(configs[0].node_dir, args.min_term)
+    print(f"node {args.node}: log moved to {moved}; it will start recovering at term {args.min_term} "
+          "(no votes until it has caught up with a leader elected without it)")
+    return 0
 
 
 def _status(args: argparse.Namespace) -> int:
@@ -107,12 +132,19 @@ def main(argv: list[str] | None = None) -> int:
     status = sub.add_parser("status", help="health of every node and worker")
     common(status)
     status.add_argument("--json", action="store_true")
+    recover = sub.add_parser("recover-node", help="(operator) restart a node whose log AND term/vote copy are "
+                             "lost: quarantine its log, re-fetch it from the others (docs/DESIGN.md)")
+    common(recover)
+    recover.add_argument("--min-term", type=int, required=True,
+                         help="a term above every term the other nodes report (shmraft-supervisor status)")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, stream=sys.stderr,
                         format="%(asctime)s supervisor %(levelname)s %(message)s")
     try:
         if args.command == "up":
             return _up(args)
+        if args.command == "recover-node":
+            return _recover_node(args)
         if args.command == "node":
             return _node(args)
         return _status(args)

@@ -9,9 +9,11 @@ producer id and the same sequences, so the server's deduplication keeps every ev
 from __future__ import annotations
 
 import secrets
+import ssl
 import threading
 import time
 from collections.abc import Iterable, Iterator
+from pathlib import Path
 from typing import TYPE_CHECKING, Any, Final, NamedTuple
 
 from shmraft.client.connection import CONNECT_TIMEOUT_S_DEFAULT, AnswerTimeout, Connection, parse_address
@@ -22,11 +24,13 @@ from shmraft.client.errors import (
     OffsetOutOfRange,
     ShmraftError,
     TooLarge,
+    Unauthorized,
     UnavailableError,
     error_from_server,
 )
 from shmraft.constants import CLUSTER_SIZE_MAX, ELECTION_TIMEOUT_MS
 from shmraft.wire.client import (
+    AUTH_TOKEN_MAX_BYTES,
     MESSAGE_BODY_MAX_BYTES,
     PRODUCE_EVENTS_MAX,
     Error,
@@ -143,11 +147,15 @@ class Client:
     identity under which the server deduplicates this client's events (random 64 bits by default).
     `timeout_s` bounds every call. produce() calls are serialised: a producer's sequences must reach
     the leader in order. For throughput, use `producer()` (pipelined, with its own producer id).
+    `tls_ca`: the CA file of a cluster with TLS on (the nodes' certificates must chain to it and name the
+    host dialled). `token` (bytes or str): sent with AUTH on every connection, for nodes that ask for one;
+    a wrong token raises `Unauthorized`.
     """
 
     def __init__(self, addresses: Iterable[str] | str | None = None, *, producer_id: int | None = None,
                  timeout_s: float = TIMEOUT_S_DEFAULT,
-                 connect_timeout_s: float = CONNECT_TIMEOUT_S_DEFAULT) -> None:
+                 connect_timeout_s: float = CONNECT_TIMEOUT_S_DEFAULT, tls_ca: str | Path | None = None,
+                 token: bytes | str | None = None) -> None:
         if addresses is None:
             from shmraft.config import local_members
 
@@ -166,6 +174,19 @@ class Client:
         if timeout_s <= 0 or connect_timeout_s <= 0:
             raise ValueError("timeout_s and connect_timeout_s must be positive")
         self.producer_id: int = secrets.randbits(64) if producer_id is None else producer_id
+        self._tls: ssl.SSLContext | None = None
+        if tls_ca is not None:
+            from shmraft.net.tls import client_context
+
+            try:
+                self._tls = client_context(tls_ca)
+            except ValueError as exc:  # ConfigError: the CA file cannot be read
+                raise ValueError(f"tls_ca: {exc}") from None
+        if isinstance(token, str):
+            token = token.encode()
+        if token is not None and not 1 <= len(token) <= AUTH_TOKEN_MAX_BYTES:
+            raise ValueError(f"token: expected 1..{AUTH_TOKEN_MAX_BYTES} bytes, got {len(token)}")
+        self._token = token
         self.timeout_s = float(timeout_s)
         self.connect_timeout_s = float(connect_timeout_s)
         self._next_sequence = 0
@@ -193,6 +214,14 @@ class Client:
             if self._conn is not None:
                 self._conn.close()
                 self._conn = None
+
+    def __repr__(self) -> str:  # never the token
+        return (f"Client({self._addresses!r}, producer_id={self.producer_id}, tls={self._tls is not None}, "
+                f"token={'set' if self._token else 'none'})")
+
+    def _open(self, address: str, connect_timeout_s: float) -> Connection:
+        """A connection with this client's TLS and token settings."""
+        return Connection(address, connect_timeout_s=connect_timeout_s, tls=self._tls, token=self._token)
 
     def __enter__(self) -> Client:
         return self
@@ -264,17 +293,19 @@ class Client:
                 break
             tried.append(address)
             try:
-                return Connection(address, connect_timeout_s=max(min(self.connect_timeout_s, remaining), 0.01))
+                return self._open(address, max(min(self.connect_timeout_s, remaining), 0.01))
             except ConnectionFailed as exc:
                 last = str(exc)
                 self._node_failed(address)
         raise NoNodeReachable(tried, last)
 
     def _ask_metadata(self, address: str, timeout_s: float) -> MetadataAnswer | Error:
-        with Connection(address, connect_timeout_s=min(self.connect_timeout_s, timeout_s)) as conn:
+        with self._open(address, min(self.connect_timeout_s, timeout_s)) as conn:
             answer = conn.request(encode_metadata, timeout_s)
         if not isinstance(answer, MetadataAnswer | Error):
             raise ConnectionFailed(f"unexpected {type(answer).__name__} from {address} to METADATA")
+        if isinstance(answer, Error) and answer.code is ErrorCode.UNAUTHORIZED:
+            raise error_from_server(answer.code, answer.message, answer.leader, address)
         if isinstance(answer, MetadataAnswer):
             for m in answer.members:
                 self._learn_address(member_address(m))
@@ -305,6 +336,8 @@ class Client:
                 continue
             try:
                 answer = self._ask_metadata(address, min(METADATA_TIMEOUT_S, remaining))
+            except Unauthorized:
+                raise
             except ShmraftError:
                 continue
             self._answered(address)
@@ -333,6 +366,8 @@ class Client:
             tried.append(address)
             try:
                 answer = self._ask_metadata(address, min(METADATA_TIMEOUT_S, remaining))
+            except Unauthorized:
+                raise  # every node has the same token: asking the others would not help
             except ShmraftError as exc:
                 errors.append(str(exc))
                 continue

@@ -4,17 +4,22 @@ The codec (shmraft.wire.client) turns values into bytes and bytes into messages;
 bytes, with a timeout on every wait, and turns socket failures into `ConnectionFailed`. After a
 `ConnectionFailed` the connection is closed and must be replaced; after an `AnswerTimeout` it is still
 usable (a late answer is recognised by its correlation id and skipped).
+
+With `tls` (an ssl.SSLContext, see shmraft.net.tls.client_context) the connection is TLS, the node's
+certificate checked against the CA and the host dialled. With `token`, the connection opens with AUTH and
+is usable only once the node answers AUTHED; a refusal raises `Unauthorized`.
 """
 
 from __future__ import annotations
 
 import socket
+import ssl
 import time
 from collections.abc import Callable
 from typing import Final
 
-from shmraft.client.errors import ConnectionFailed, ShmraftError
-from shmraft.wire.client import MESSAGE_BODY_MAX_BYTES, Message, MessageReader
+from shmraft.client.errors import ConnectionFailed, ShmraftError, error_from_server
+from shmraft.wire.client import MESSAGE_BODY_MAX_BYTES, Authed, Error, Message, MessageReader, encode_auth
 from shmraft.wire.errors import RemoteProtocolError
 
 RECV_CHUNK_BYTES: Final = 256 * 1024  # one recv() call reads at most this much
@@ -38,17 +43,43 @@ class Connection:
     """A blocking connection to one node, with its own correlation ids and receive buffer."""
 
     def __init__(self, address: str, *, connect_timeout_s: float = CONNECT_TIMEOUT_S_DEFAULT,
-                 max_answer_bytes: int = MESSAGE_BODY_MAX_BYTES) -> None:
+                 max_answer_bytes: int = MESSAGE_BODY_MAX_BYTES, tls: ssl.SSLContext | None = None,
+                 token: bytes | None = None) -> None:
         self.address = address
         host, port = parse_address(address)
         try:
-            self._sock = socket.create_connection((host, port), timeout=connect_timeout_s)
+            sock = socket.create_connection((host, port), timeout=connect_timeout_s)
         except OSError as exc:
             raise ConnectionFailed(f"cannot connect to {address}: {exc.strerror or exc}") from exc
-        self._sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        if tls is not None:
+            try:
+                sock = tls.wrap_socket(sock, server_hostname=host)  # the handshake, within connect_timeout_s
+            except OSError as exc:
+                sock.close()
+                from shmraft.net.tls import describe
+
+                raise ConnectionFailed(f"TLS handshake with {address} failed: {describe(exc)}") from exc
+        self._sock = sock
         self._reader = MessageReader(max_answer_bytes)
         self._next_cid = 1
         self.closed = False
+        if token is not None:
+            self._authenticate(token, connect_timeout_s)
+
+    def _authenticate(self, token: bytes, timeout_s: float) -> None:
+        """AUTH first; the node answers AUTHED, or ERROR UNAUTHORIZED and closes."""
+        try:
+            answer = self.request(lambda cid: encode_auth(cid, token), timeout_s)
+        except AnswerTimeout:
+            self.close()
+            raise ConnectionFailed(f"no answer to AUTH from {self.address} within {timeout_s:.3f} s") from None
+        if isinstance(answer, Authed):
+            return
+        self.close()
+        if isinstance(answer, Error):
+            raise error_from_server(answer.code, answer.message, answer.leader, self.address)
+        raise ConnectionFailed(f"unexpected {type(answer).__name__} from {self.address} to AUTH")
 
     def __repr__(self) -> str:
         return f"Connection({self.address!r}{', closed' if self.closed else ''})"

@@ -49,6 +49,7 @@ from shmraft.client.errors import (
     NoNodeReachable,
     ProducerClosed,
     ShmraftError,
+    Unauthorized,
     error_from_server,
 )
 from shmraft.client.futures import BatchFuture, EventFuture, completed, run_callbacks
@@ -553,11 +554,13 @@ class Producer:
                 if self._open:
                     self._cut()
                 self._requeue_sent()
-                error = ShmraftError(f"producer I/O thread failed: {exc!r}")
+                # a refused token ends the producer with that error; anything else is a bug, said as such
+                error = exc if isinstance(exc, Unauthorized) else ShmraftError(f"producer I/O thread failed: {exc!r}")
                 outcomes = [(r, error) for r in self._queue]
                 self._queue.clear()
             self._complete(outcomes)
-            raise
+            if not isinstance(exc, Unauthorized):
+                raise
         finally:
             if conn is not None:
                 conn.close()

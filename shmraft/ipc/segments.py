@@ -111,6 +111,7 @@ def create_segment(name: str, size_bytes: int) -> mmap.mmap:
     except posix_ipc.ExistentialError:
         raise SegmentExists(name, "exists already (a live owner, or a crashed run: see cleanup_stale)") from None
     try:
+        os.fchmod(shm.fd, SEGMENT_MODE)  # shm_open's mode is masked by the umask: make 0600 exact
         mem = mmap.mmap(shm.fd, size_bytes)
     finally:
         os.close(shm.fd)
@@ -150,9 +151,14 @@ def open_segment(name: str) -> tuple[mmap.mmap, int]:
 
 def create_semaphore(name: str) -> posix_ipc.Semaphore:
     try:
-        return posix_ipc.Semaphore(name, posix_ipc.O_CREX, mode=SEGMENT_MODE, initial_value=0)
+        sem = posix_ipc.Semaphore(name, posix_ipc.O_CREX, mode=SEGMENT_MODE, initial_value=0)
     except posix_ipc.ExistentialError:
         raise SegmentExists(name, "semaphore exists already") from None
+    try:  # sem_open's mode is masked by the umask: make 0600 exact (Linux keeps it as /dev/shm/sem.NAME)
+        os.chmod(os.path.join(DEV_SHM, "sem." + name[1:]), SEGMENT_MODE)
+    except FileNotFoundError:
+        pass
+    return sem
 
 
 def open_semaphore(name: str) -> posix_ipc.Semaphore:

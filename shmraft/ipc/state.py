@@ -19,7 +19,7 @@ import numpy as np
 from shmraft.ipc import segments
 
 STATE_MAGIC: Final = 0x5348_4D52_4146_5453  # "SHMRAFTS"
-STATE_VERSION: Final = 2  # 2: commit latency histogram, errors by kind
+STATE_VERSION: Final = 3  # 2: commit latency histogram, errors by kind; 3: storage faults, recovering
 
 
 class NodeStatus(enum.IntEnum):
@@ -27,6 +27,17 @@ class NodeStatus(enum.IntEnum):
     SERVING = 1
     STOPPING = 2
     FAILED = 3  # a worker exhausted its restart budget; the node does not serve
+
+
+class StorageFault(enum.IntEnum):
+    """Why the raft worker cannot use its log (field `storage_fault`, writer: raft). Anything but OK means
+    the node neither proposes, acknowledges nor votes; see docs/DESIGN.md "Storage faults"."""
+
+    OK = 0
+    DISK_FULL = 1  # a write failed with ENOSPC; retried every storage_retry_interval_ms
+    IO_ERROR = 2  # another I/O error; retried likewise
+    CORRUPT = 3  # corruption found while running; the log is being verified and quarantined
+    HARD_STATE_LOST = 4  # corrupt log and no usable term/vote copy: the operator must act (no retry)
 
 
 class Worker(enum.IntEnum):
@@ -48,7 +59,11 @@ NODE_DTYPE: Final = np.dtype([
     # errors by kind: `errors` above counts clients that broke the protocol (writer: ingest); these two are
     # the raft worker's (peer messages refused as malformed, consensus-channel HELLOs refused)
     ("peer_errors", "<u8"), ("peer_refusals", "<u8"),
-    ("reserved", "<u8", (10,)),
+    # storage faults (writer: raft): StorageFault, since when (0 if OK), recovering mode (0/1), failed log
+    # operations, corrupt logs quarantined
+    ("storage_fault", "<u8"), ("storage_fault_since_unix_ms", "<u8"), ("recovering", "<u8"),
+    ("storage_errors", "<u8"), ("quarantines", "<u8"),
+    ("reserved", "<u8", (5,)),
     # PRODUCE receipt to PRODUCED answer, per request (writer: ingest): per-bucket counts, not cumulative;
     # bucket i < LATENCY_BUCKETS - 1 holds latencies <= LATENCY_BOUNDS_MS[i], the last one the rest
     ("commit_latency_buckets", "<u8", (16,)),

@@ -10,6 +10,16 @@ can replay any run exactly. The algorithm follows the Raft paper and Ongaro's th
 check-quorum (6.2), leadership transfer (3.10), a leader's own log counting only once durable (10.2.1),
 the commit rule of 5.4.2 (figure 8), and fast back-off with a term hint (5.3). Safety invariants are
 asserted where they could break (InvariantError), TigerBeetle style.
+
+Recovering mode (`recovery_term` > 0): a node whose log was lost (quarantined as corrupt) restarts with an
+empty log and its preserved term raised to `recovery_term`. It may have acknowledged entries it no longer
+holds, so it must not help elect a leader that lacks them: it grants no votes and no pre-votes, never
+campaigns (nor on TimeoutNow), and otherwise follows and acknowledges what it durably holds. It leaves the
+mode once it holds, durably and committed, an entry of a term >= `recovery_term`: that entry's leader was
+elected without this node, so (Raft's leader completeness, the voters intersecting the majority that stored
+any entry it helped commit) the leader's log, of which ours is now a prefix up to that entry, holds every
+entry committed with this node's lost acknowledgements. Its term being above the current leader's, its first
+answer makes that leader step down: one election, without it, follows. See docs/DESIGN.md "Storage faults".
 """
 
 from __future__ import annotations
@@ -49,11 +59,13 @@ class RaftCore:
     """One Raft node's consensus state. Not thread-safe: one driver owns it."""
 
     def __init__(self, node_id: int, peers: Iterable[int], storage: LogStorage, config: RaftConfig,
-                 rng: RandomSource, *, applied: int | None = None) -> None:
+                 rng: RandomSource, *, applied: int | None = None, recovery_term: int = 0) -> None:
         """Restart from `storage` (read only here; the driver writes it from Readies).
 
         `peers` are the ids of the other voters. `applied` is the last index the driver's state machine has
-        already applied; committed entries after it are handed out again (default: all held entries)."""
+        already applied; committed entries after it are handed out again (default: all held entries).
+        `recovery_term` > 0 starts in recovering mode (see the module docstring); it must not exceed the
+        stored term, which the driver raised to it when it replaced the lost log."""
         peer_ids = tuple(sorted(set(peers)))
         if node_id < 1 or any(p < 1 for p in peer_ids):
             raise ValueError(f"node ids start at 1, got {node_id} and peers {peer_ids}")
@@ -93,7 +105,11 @@ class RaftCore:
         self._prev_hard = hs
         self._prev_soft = SoftState(self._role, self._leader, self._term)
         self.dropped_messages = 0  # messages from unknown nodes, counted not raised
+        if recovery_term < 0 or recovery_term > self._term:
+            raise ValueError(f"recovery_term: expected 0..{self._term} (the stored term), got {recovery_term}")
+        self._recovery_term = recovery_term
         self._reset_election_timer()
+        self._maybe_end_recovery()
 
     # --- read-only state --------------------------------------------------------------------------------
     @property
@@ -139,6 +155,15 @@ class RaftCore:
     def transfer_target(self) -> int:
         return self._transfer_target
 
+    @property
+    def recovering(self) -> bool:
+        """In recovering mode: no votes, no pre-votes, no campaign until caught up (module docstring)."""
+        return self._recovery_term > 0
+
+    @property
+    def recovery_term(self) -> int:
+        return self._recovery_term
+
     def term_at(self, index: int) -> int | None:
         """Term of the entry at index in this node's log (unstable tail included)."""
         return self._log.term(index)
@@ -153,6 +178,7 @@ class RaftCore:
             "id": self.id, "role": self._role.name.lower(), "term": self._term, "leader": self._leader,
             "vote": self._vote, "commit": self._commit, "applied": self._applied,
             "last_index": self._log.last_index(), "stable_index": self._log.stable_last(),
+            "recovering": self.recovering,
         }
         if self._role == Role.LEADER:
             out["progress"] = {
@@ -173,7 +199,11 @@ class RaftCore:
         else:
             self._election_elapsed_ms += elapsed_ms
             if self._election_elapsed_ms >= self._randomized_timeout_ms:
-                self._campaign(transfer=False)
+                if self._recovery_term:
+                    self._leader = 0  # no leader heard: forget it, but never campaign while recovering
+                    self._reset_election_timer()
+                else:
+                    self._campaign(transfer=False)
 
     def propose(self, data: bytes) -> int:
         """Append `data` as a new entry on the leader; returns its index. The entry is committed when it
@@ -200,8 +230,10 @@ class RaftCore:
 
     def persisted(self, up_to_index: int, term: int) -> None:
         """The driver made the entries of a Ready durable, the last one being (up_to_index, term)."""
-        if self._log.stable_to(up_to_index, term) and self._role == Role.LEADER:
-            self._maybe_commit()
+        if self._log.stable_to(up_to_index, term):
+            if self._role == Role.LEADER:
+                self._maybe_commit()
+            self._maybe_end_recovery()
 
     def transfer_leadership(self, to: int | None = None) -> int:
         """Hand leadership to `to` (default: the most caught-up follower), e.g. before a clean shutdown.
@@ -398,6 +430,9 @@ class RaftCore:
             self._msgs_after_persist.append(m)
 
     def _handle_request_vote(self, m: RequestVote) -> None:
+        if self._recovery_term:  # a node that lost its log must not vote as if it had it
+            self._send(VoteResponse(self.id, m.src, self._term, False, m.pre_vote))
+            return
         can_vote = (self._vote == m.src or (self._vote == 0 and self._leader == 0)
                     or (m.pre_vote and m.term > self._term))
         up_to_date = self._mutation == "vote_ignores_log" or self._log.is_up_to_date(m.last_index, m.last_term)
@@ -439,7 +474,7 @@ class RaftCore:
             self._leader = m.src
             self._commit_to(min(m.commit, self._log.last_index()))
             self._send(HeartbeatResponse(self.id, m.src, self._term))
-        elif isinstance(m, TimeoutNow):
+        elif isinstance(m, TimeoutNow) and not self._recovery_term:
             self._campaign(transfer=True)
         # responses meant for a leader or candidate we no longer are: ignored
 
@@ -487,6 +522,16 @@ class RaftCore:
         if index > self._log.last_index():
             raise InvariantError(f"commit {index} beyond last index {self._log.last_index()}")
         self._commit = index
+        self._maybe_end_recovery()
+
+    def _maybe_end_recovery(self) -> None:
+        """Leave recovering mode once a durable, committed entry of a term >= recovery_term is held."""
+        if not self._recovery_term:
+            return
+        index = min(self._commit, self._log.stable_last())
+        term = self._log.term(index) if index >= self._log.first_index() - 1 else None
+        if index > 0 and term is not None and term >= self._recovery_term:
+            self._recovery_term = 0
 
     # --- leader -------------------------------------------------------------------------------------------
     def _tick_leader(self, elapsed_ms: int) -> None:

@@ -147,6 +147,15 @@ class StorageClosedError(StorageError):
     """The storage was used after `close()`."""
 
 
+class StorageIOError(StorageError):
+    """RocksDB reported an I/O error (the device, not the data): `disk_full` when it was ENOSPC. The
+    database may be unusable until reopened (RocksDB enters a read-only background-error state)."""
+
+    def __init__(self, message: str, *, disk_full: bool) -> None:
+        super().__init__(message)
+        self.disk_full = disk_full
+
+
 class FsyncPolicy(enum.Enum):
     """When writes reach stable storage. NEVER is unsafe on machine crashes; for benchmarks only."""
 
@@ -218,6 +227,8 @@ def _map_rocks_error(exc: Exception, index: int | None = None) -> StorageError:
         return CorruptLogError(index, f"RocksDB: {msg}")
     if "lock" in msg.lower() and msg.startswith("IO error"):
         return StorageLockedError(f"the log database is in use by another process or instance: {msg}")
+    if msg.startswith("IO error"):
+        return StorageIOError(f"RocksDB: {msg}", disk_full="No space left on device" in msg)
     return StorageError(f"RocksDB: {msg}")
 
 

@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Final
 
 from shmraft.config import NodeConfig
+from shmraft.net.auth import ensure_local_secret, is_local_secret
 from shmraft.supervisor.node import config_to_json
 from shmraft.supervisor.status import cluster_status, format_table
 
@@ -33,6 +34,7 @@ class LocalCluster:
     def config_path(self, config: NodeConfig) -> Path:
         node_dir = config.node_dir
         node_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+        os.chmod(node_dir, 0o700)
         path = node_dir / "node.json"
         path.write_text(config_to_json(config))
         return path
@@ -40,6 +42,9 @@ class LocalCluster:
     def start_node(self, node_id: int) -> subprocess.Popen:
         config = next(c for c in self.configs if c.node_id == node_id)
         Path(config.data_dir).mkdir(parents=True, exist_ok=True, mode=0o700)
+        os.chmod(config.data_dir, 0o700)  # mkdir's mode is masked by umask and leaves an existing dir alone
+        if is_local_secret(config):  # the local cluster's own secret: made once, shared by its nodes
+            ensure_local_secret(config.cluster_secret_file)
         path = self.config_path(config)
         out = None
         if self.log_dir is not None:

@@ -12,9 +12,11 @@ from __future__ import annotations
 
 import logging
 import os
+import socket
+import sys
 import threading
 from collections.abc import Iterator, Sequence
-from typing import Any
+from typing import Any, Final
 
 import numpy as np
 import psutil
@@ -24,7 +26,8 @@ from prometheus_client.registry import Collector
 
 from shmraft.config import NodeConfig
 from shmraft.ipc.ring import RingInspector
-from shmraft.ipc.state import LATENCY_BOUNDS_MS, NodeStatus, StateBlock, Worker
+from shmraft.ipc.state import LATENCY_BOUNDS_MS, NodeStatus, StateBlock, StorageFault, Worker
+from shmraft.net.ratelog import RateLimitedLog
 from shmraft.node.layout import RINGS, NodeLayout
 from shmraft.raft.types import Role
 
@@ -44,10 +47,14 @@ _COUNTERS = (
 ERROR_KINDS = {
     "client_protocol": "errors",       # a client broke the protocol (ingest; the client was disconnected)
     "peer_protocol": "peer_errors",    # a peer message refused as malformed (raft)
-    "peer_refused": "peer_refusals",   # a peer refused at HELLO: other cluster, unknown node (consensus channel)
+    "peer_refused": "peer_refusals",   # a peer refused at the handshake: other cluster, unknown node, wrong
+                                       # secret, failed TLS, garbage (consensus channel)
     "dedup_hit": "dedup_hits",         # events refused as duplicates of events already in the log
+    "storage": "storage_errors",       # log writes/reads that failed: disk full, I/O error, corruption (raft)
 }
 _GAUGES = ("term", "leader_id", "commit_index", "last_index", "first_index")
+METRICS_CONNECTIONS_MAX: Final = 16  # scrapes served at once (one thread each); more are closed at once
+METRICS_REQUEST_TIMEOUT_S: Final = 5.0  # a client that sends no whole request within this is dropped
 
 
 def latency_quantile(buckets: Sequence[int], q: float) -> float | None:
@@ -84,12 +91,23 @@ def node_figures(state: StateBlock) -> dict[str, Any]:
         **{f: int(node[f]) for f, _, _ in _COUNTERS},
         "fsync_ns": int(node["fsync_ns"]),
         "errors_by_kind": {k: int(node[f]) for k, f in ERROR_KINDS.items()},
+        "storage": _storage_fault_name(int(node["storage_fault"])),
+        "storage_fault_since_unix_ms": int(node["storage_fault_since_unix_ms"]),
+        "recovering": bool(node["recovering"]),
+        "quarantines": int(node["quarantines"]),
         "commit_latency": {
             "count": count, "sum_us": int(node["commit_latency_us_sum"]), "buckets": buckets,
             "p50_ms": latency_quantile(buckets, 0.50), "p99_ms": latency_quantile(buckets, 0.99),
         },
     }
     return out
+
+
+def _storage_fault_name(value: int) -> str:
+    try:
+        return StorageFault(value).name.lower()
+    except ValueError:
+        return f"unknown_{value}"
 
 
 def ring_figures(layout: NodeLayout) -> dict[str, dict[str, Any]]:
@@ -188,6 +206,19 @@ class NodeCollector(Collector):
         for st in NodeStatus:
             g.add_metric([node, st.name.lower()], 1.0 if st.name == f["status"] else 0.0)
         out.append(g)
+        g = GaugeMetricFamily("shmraft_storage_fault", "1 for the log storage's current state (ok, disk_full, "
+                              "io_error, corrupt, hard_state_lost), 0 for the others", labels=["node", "fault"])
+        for sf in StorageFault:
+            g.add_metric([node, sf.name.lower()], 1.0 if sf.name.lower() == f["storage"] else 0.0)
+        out.append(g)
+        g = GaugeMetricFamily("shmraft_recovering", "1 while the node re-fetches a quarantined log (no votes)",
+                              labels=["node"])
+        g.add_metric([node], 1.0 if f["recovering"] else 0.0)
+        out.append(g)
+        c = CounterMetricFamily("shmraft_quarantines", "Corrupt logs moved aside (log.corrupt-<time>)",
+                                labels=["node"])
+        c.add_metric([node], f["quarantines"])
+        out.append(c)
 
         lat = f["commit_latency"]
         h = HistogramMetricFamily("shmraft_commit_latency_seconds",
@@ -252,6 +283,7 @@ class MetricsServer:
         self.registry.register(self.collector)
         host, port = config.bind_host, config.me.metrics_port
         self._server, self._thread = start_http_server(port, addr=host, registry=self.registry)
+        _bound_http_server(self._server)
         self.url = f"http://{host}:{self._server.server_port}/metrics"
 
     def close(self) -> None:
@@ -259,3 +291,70 @@ class MetricsServer:
         self._server.shutdown()
         self._server.server_close()
         self._thread.join(timeout=2)
+
+
+class _DeadlineHandler:
+    """Mixed into the request handler: the whole connection gets METRICS_REQUEST_TIMEOUT_S, not each socket
+    operation (a client sending a byte every second would defeat a per-operation timeout)."""
+
+    connection: Any
+
+    def setup(self) -> None:
+        super().setup()  # type: ignore[misc]
+        self._deadline = threading.Timer(METRICS_REQUEST_TIMEOUT_S, self._expire)
+        self._deadline.daemon = True
+        self._deadline.start()
+
+    def _expire(self) -> None:
+        try:
+            self.connection.shutdown(socket.SHUT_RDWR)  # the handler's read or write fails, the thread ends
+        except OSError:
+            pass
+
+    def finish(self) -> None:
+        self._deadline.cancel()
+        super().finish()  # type: ignore[misc]
+
+
+def _bound_http_server(server: Any) -> None:
+    """Bound prometheus_client's thread-per-connection server: at most METRICS_CONNECTIONS_MAX connections
+    (more are closed on accept), METRICS_REQUEST_TIMEOUT_S per socket operation (a slow-loris or idle
+    connection cannot hold a thread for ever), and handler errors logged rate-limited in one line instead of
+    a traceback per connection. Patched on the instance so that however the server was made (TLS or not),
+    it is bounded the same way."""
+    slots = threading.BoundedSemaphore(METRICS_CONNECTIONS_MAX)
+    badlog = RateLimitedLog(log)
+    lock = threading.Lock()
+    base_handler = server.RequestHandlerClass
+    server.RequestHandlerClass = type("TimedHandler", (_DeadlineHandler, base_handler),
+                                      {"timeout": METRICS_REQUEST_TIMEOUT_S})
+    process_request = server.process_request
+    process_request_thread = server.process_request_thread
+
+    def bounded_process_request(request: Any, client_address: Any) -> None:
+        if not slots.acquire(blocking=False):
+            with lock:
+                badlog.warning("metrics limit", "metrics: connection from %s refused: %d open "
+                               "(METRICS_CONNECTIONS_MAX)", client_address[0], METRICS_CONNECTIONS_MAX)
+            server.shutdown_request(request)
+            return
+        try:
+            process_request(request, client_address)
+        except BaseException:
+            slots.release()
+            raise
+
+    def releasing_process_request_thread(request: Any, client_address: Any) -> None:
+        try:
+            process_request_thread(request, client_address)
+        finally:
+            slots.release()
+
+    def handle_error(_request: Any, client_address: Any) -> None:
+        with lock:
+            badlog.warning("metrics client", "metrics: request from %s failed: %s", client_address[0],
+                           sys.exc_info()[1])
+
+    server.process_request = bounded_process_request
+    server.process_request_thread = releasing_process_request_thread
+    server.handle_error = handle_error

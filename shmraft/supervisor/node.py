@@ -30,6 +30,7 @@ from typing import Final
 
 from shmraft.config import NodeConfig
 from shmraft.ipc.state import NodeStatus, Worker
+from shmraft.net.auth import check_node_files
 from shmraft.node.layout import NodeLayout
 from shmraft.supervisor.metrics import MetricsServer
 
@@ -77,6 +78,7 @@ class NodeSupervisor:
         self.failed_reason = ""
 
     def run(self) -> int:
+        check_node_files(self.config)  # a missing or unsafe secret/TLS file stops the node here, named
         node_dir = self.config.node_dir
         node_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
         os.chmod(self.config.data_dir, 0o700)

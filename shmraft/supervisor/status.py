@@ -56,12 +56,14 @@ def node_status(config: NodeConfig) -> dict[str, Any]:
                    fsync_ms_total=round(f["fsync_ns"] / 1e6, 1),
                    errors=sum(v for k, v in f["errors_by_kind"].items() if k != "dedup_hit"),
                    errors_by_kind=f["errors_by_kind"], dedup_hits=f["errors_by_kind"]["dedup_hit"],
-                   events_in=f["events_in"],
+                   events_in=f["events_in"], storage=f["storage"], recovering=f["recovering"],
+                   storage_fault_since_unix_ms=f["storage_fault_since_unix_ms"], quarantines=f["quarantines"],
                    commit_latency_ms={"count": lat["count"], "p50": lat["p50_ms"], "p99": lat["p99_ms"],
                                       "mean": round(lat["sum_us"] / lat["count"] / 1000, 3) if lat["count"] else None},
                    metrics_url=f"http://{config.me.host}:{config.me.metrics_port}/metrics")
         workers = {}
-        healthy = status == NodeStatus.SERVING
+        # a node whose log is unusable or still being re-fetched is up but not healthy
+        healthy = status == NodeStatus.SERVING and f["storage"] == "ok" and not f["recovering"]
         for kind in Worker:
             rec = state.workers[kind]
             fig = _process_figures(int(rec["pid"]))
@@ -97,10 +99,19 @@ def format_table(report: dict[str, Any], rates: dict[int, float] | None = None) 
             f"{k}:{w['pid']} {w.get('cpu_percent', '-')} {w.get('rss_mb', '-')} r{w['restarts']}"
             + ("" if w["alive"] else " DEAD")
             for k, w in n["workers"].items())
-        lines.append(f"{n['node_id']:<5}{n['status']:<9}{n['role']:<14}{n['term']:>6}{n['commit_index']:>10}"
+        lines.append(f"{n['node_id']:<5}{_shown_status(n):<9}{n['role']:<14}{n['term']:>6}{n['commit_index']:>10}"
                      f"{n['events_committed']:>12}{rate:>10.0f}{_ms(n['commit_latency_ms']['p99']):>9}  {ws}")
     lines.append(f"leader: {report['leader'] or 'none'}   healthy: {report['healthy']}")
     return "\n".join(lines)
+
+
+def _shown_status(n: dict[str, Any]) -> str:
+    """SERVING unless the log storage says otherwise (DISK_FULL, IO_ERROR, CORRUPT...) or it re-fetches."""
+    if n["status"] == "SERVING" and n.get("storage", "ok") != "ok":
+        return n["storage"].upper()
+    if n["status"] == "SERVING" and n.get("recovering"):
+        return "RECOVER"
+    return n["status"]
 
 
 def _ms(value: float | None) -> str:

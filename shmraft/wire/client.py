@@ -11,7 +11,7 @@ from __future__ import annotations
 import enum
 import struct
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Final
 
 import numpy as np
@@ -25,6 +25,7 @@ HEADER_BYTES: Final = HEADER.size
 MESSAGE_BODY_MAX_BYTES: Final = 4 * 1024 * 1024  # the largest body accepted from a peer or client
 PRODUCE_EVENTS_MAX: Final = 8192  # events in one produce request
 ERROR_MESSAGE_MAX_BYTES: Final = 1024
+AUTH_TOKEN_MAX_BYTES: Final = 1024  # the token of an AUTH request
 
 _PRODUCE: Final = struct.Struct("<QQII")  # producer_id, first_sequence, timeout_ms, event_count
 _FETCH: Final = struct.Struct("<QII")  # from_offset, max_bytes, max_wait_ms
@@ -42,9 +43,11 @@ class Kind(enum.IntEnum):
     PRODUCE = 0x01
     FETCH = 0x02
     METADATA = 0x03
+    AUTH = 0x04  # the first request on a connection to a node that asks for a client token
     PRODUCED = 0x81
     FETCHED = 0x82
     METADATA_ANSWER = 0x83
+    AUTHED = 0x84
     ERROR = 0xFF
 
 
@@ -59,7 +62,7 @@ class ErrorCode(enum.IntEnum):
     SHUTTING_DOWN = 6
     OUT_OF_ORDER_SEQUENCE = 7  # a gap in a producer's sequences: resend the missing ones first
     OFFSET_OUT_OF_RANGE = 8  # fetch below the oldest retained event
-    UNAUTHORIZED = 9
+    UNAUTHORIZED = 9  # no AUTH, or a wrong token, where the node asks for one; the connection is closed
 
     @property
     def retriable(self) -> bool:
@@ -136,6 +139,19 @@ class MetadataAnswer:
 
 
 @dataclass(frozen=True, slots=True)
+class Auth:
+    """The client's token (never shown by repr)."""
+
+    correlation_id: int
+    token: bytes = field(repr=False)
+
+
+@dataclass(frozen=True, slots=True)
+class Authed:
+    correlation_id: int
+
+
+@dataclass(frozen=True, slots=True)
 class Error:
     correlation_id: int
     code: ErrorCode
@@ -143,7 +159,7 @@ class Error:
     leader: str = ""  # "host:port" with NOT_LEADER when known
 
 
-Message = Produce | Produced | Fetch | Fetched | Metadata | MetadataAnswer | Error
+Message = Produce | Produced | Fetch | Fetched | Metadata | MetadataAnswer | Auth | Authed | Error
 
 
 # --- encoding ---------------------------------------------------------------------------------------------
@@ -199,11 +215,26 @@ def encode_metadata_answer(correlation_id: int, term: int, leader_id: int, commi
     return _frame(Kind.METADATA_ANSWER, correlation_id, b"".join(parts))
 
 
+def encode_auth(correlation_id: int, token: bytes) -> bytes:
+    if not 1 <= len(token) <= AUTH_TOKEN_MAX_BYTES:
+        raise LocalProtocolError("AUTH.token", f"1..{AUTH_TOKEN_MAX_BYTES} bytes", len(token))
+    return _frame(Kind.AUTH, correlation_id, bytes(token))
+
+
+def encode_authed(correlation_id: int) -> bytes:
+    return _frame(Kind.AUTHED, correlation_id, b"")
+
+
 def encode_error(correlation_id: int, code: ErrorCode, message: str, leader: str = "") -> bytes:
-    text = message.encode()[:ERROR_MESSAGE_MAX_BYTES]
-    addr = leader.encode()[:255]
+    text = _cut(message, ERROR_MESSAGE_MAX_BYTES)
+    addr = _cut(leader, 255)
     body = _ERROR_HEAD.pack(code, len(text)) + text + bytes([len(addr)]) + addr
     return _frame(Kind.ERROR, correlation_id, body)
+
+
+def _cut(text: str, limit_bytes: int) -> bytes:
+    """`text` as UTF-8, cut to at most `limit_bytes` at a character boundary (the decoder is strict)."""
+    return text.encode()[:limit_bytes].decode("utf-8", "ignore").encode()
 
 
 # --- decoding ---------------------------------------------------------------------------------------------
@@ -245,6 +276,15 @@ class _Body:
         starts = [0, *ends[:-1]]
         return [data[s:e] for s, e in zip(starts, ends, strict=True)]
 
+    def text(self, n: int, field: str) -> str:
+        """n bytes of UTF-8 (strictly: every accepted body has one meaning, and one encoding)."""
+        raw = bytes(self.take(n, field))
+        try:
+            return raw.decode("utf-8")
+        except UnicodeDecodeError as exc:
+            raise RemoteProtocolError(f"{self.kind.name}.{field}", "UTF-8 text",
+                                      f"{raw[exc.start : exc.start + 4]!r} at byte {exc.start}") from None
+
     def done(self) -> None:
         if self.pos != len(self.view):
             raise RemoteProtocolError(f"{self.kind.name}.body", f"{self.pos} bytes", len(self.view))
@@ -275,18 +315,26 @@ def decode_message(kind_byte: int, correlation_id: int, body: memoryview) -> Mes
         msg = Fetched(correlation_id, next_offset, commit_offset, offsets, b.events(count))
     elif kind is Kind.METADATA:
         msg = Metadata(correlation_id)
+    elif kind is Kind.AUTH:
+        if not 1 <= len(body) <= AUTH_TOKEN_MAX_BYTES:
+            raise RemoteProtocolError("AUTH.token", f"1..{AUTH_TOKEN_MAX_BYTES} bytes", len(body))
+        msg = Auth(correlation_id, bytes(b.take(len(body), "token")))
+    elif kind is Kind.AUTHED:
+        msg = Authed(correlation_id)
     elif kind is Kind.METADATA_ANSWER:
         term, leader_id, commit_index, node_id, count = b.unpack(_METADATA_HEAD, "head")
         members = []
         for _ in range(count):
             member_id, port = b.unpack(_MEMBER, "member")
-            host = bytes(b.take(b.take(1, "host length")[0], "host")).decode("ascii", "replace")
+            host = b.text(b.take(1, "host length")[0], "host")
             members.append(Member(member_id, host, port))
         msg = MetadataAnswer(correlation_id, term, leader_id, commit_index, node_id, members)
     else:  # Kind.ERROR
         code, length = b.unpack(_ERROR_HEAD, "head")
-        text = bytes(b.take(length, "message")).decode("utf-8", "replace")
-        leader = bytes(b.take(b.take(1, "leader length")[0], "leader")).decode("ascii", "replace")
+        if length > ERROR_MESSAGE_MAX_BYTES:
+            raise RemoteProtocolError("ERROR.message length", f"at most {ERROR_MESSAGE_MAX_BYTES}", length)
+        text = b.text(length, "message")
+        leader = b.text(b.take(1, "leader length")[0], "leader")
         try:
             code = ErrorCode(code)
         except ValueError:
@@ -308,6 +356,10 @@ class MessageReader:
 
     def feed(self, data: bytes | bytearray | memoryview) -> None:
         self._buf += data
+
+    def allow_body_bytes(self, max_body_bytes: int) -> None:
+        """Change the largest body accepted from now on (small before AUTH, the node's limit after)."""
+        self._max_body_bytes = max_body_bytes
 
     @property
     def buffered_bytes(self) -> int:

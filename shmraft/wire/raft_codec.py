@@ -81,18 +81,26 @@ def decode_raft(body: memoryview | bytes, *, expect_dst: int | None = None) -> M
         raise RemoteProtocolError(f"{name}.body", f"{sizes[kind]} bytes after the common fields", len(rest))
     if kind == 2:
         index, success, hint_index, hint_term = _APPEND_RESP.unpack(rest)
-        return AppendResponse(src, dst, term, index, bool(success), hint_index, hint_term)
+        return AppendResponse(src, dst, term, index, _flag(success, name, "success"), hint_index, hint_term)
     if kind == 3:
         return Heartbeat(src, dst, term, _HEARTBEAT.unpack(rest)[0])
     if kind == 4:
         return HeartbeatResponse(src, dst, term)
     if kind == 5:
         last_index, last_term, pre_vote, transfer = _VOTE.unpack(rest)
-        return RequestVote(src, dst, term, last_index, last_term, bool(pre_vote), bool(transfer))
+        return RequestVote(src, dst, term, last_index, last_term, _flag(pre_vote, name, "pre_vote"),
+                           _flag(transfer, name, "transfer"))
     if kind == 6:
         granted, pre_vote = _VOTE_RESP.unpack(rest)
-        return VoteResponse(src, dst, term, bool(granted), bool(pre_vote))
+        return VoteResponse(src, dst, term, _flag(granted, name, "granted"), _flag(pre_vote, name, "pre_vote"))
     return TimeoutNow(src, dst, term)
+
+
+def _flag(value: int, name: str, field: str) -> bool:
+    """A boolean byte: 0 or 1, nothing else (so that every accepted body has exactly one meaning)."""
+    if value > 1:
+        raise RemoteProtocolError(f"{name}.{field}", "0 or 1", value)
+    return bool(value)
 
 
 def _decode_append(rest: memoryview, src: int, dst: int, term: int) -> AppendEntries:

@@ -14,8 +14,11 @@ A client that breaks the protocol gets ERROR MALFORMED naming the field, and is 
 
 from __future__ import annotations
 
+import errno
 import heapq
 import itertools
+import logging
+import resource
 import selectors
 import socket
 import time
@@ -27,6 +30,8 @@ import numpy as np
 
 from shmraft.constants import BATCH_EVENTS_MAX
 from shmraft.ipc.state import NodeStatus, Worker, latency_bucket
+from shmraft.net import auth, tls
+from shmraft.net.ratelog import RateLimitedLog
 from shmraft.node import dedup as dd
 from shmraft.node.batching import EVENT_BYTES_MAX
 from shmraft.node.records import NoteKind, decode_note
@@ -44,6 +49,11 @@ FETCH_WAIT_MAX_MS: Final = 30_000
 PRODUCE_TIMEOUT_MAX_MS: Final = 120_000
 OUTBUF_MAX_BYTES: Final = 64 * 1024 * 1024  # answers queued for one slow reader before it is dropped
 CATCH_UP_INTERVAL_S: Final = 0.002
+ACCEPT_BATCH_MAX: Final = 64  # connections accepted per wake-up (a flood cannot starve the loop)
+ACCEPT_PAUSE_MS: Final = 100  # out of file descriptors: stop accepting this long instead of spinning
+FDS_RESERVED: Final = 128  # descriptors beyond client_connections_max (rings, RocksDB, listener, ...)
+TIMEOUT_SWEEP_INTERVAL_MS: Final = 250  # how often idle and slow-loris connections are looked for
+_FD_EXHAUSTED: Final = (errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM)
 
 
 @dataclass(eq=False)
@@ -57,6 +67,10 @@ class _Client:
     closed: bool = False
     mask: int = 0  # selector events registered (0 = not registered)
     callback: object = None
+    last_recv_s: float = 0.0  # monotonic time of the last bytes received (or of the accept)
+    partial_since_s: float = 0.0  # monotonic time a partial request started arriving; 0 = none buffered
+    tls_want: int = 0  # during a TLS handshake: the selector event it waits for (0 = done, or no TLS)
+    authed: bool = True  # False until AUTH with the right token, where the node asks for one
 
 
 @dataclass(eq=False)
@@ -105,9 +119,16 @@ class IngestWorker(WorkerBase):
         self.fetches: list[_Fetch] = []
         self.seq = itertools.count()
         self.log_reader: RocksLogReader | None = None
+        self.reader_quarantines = self.state.get("quarantines")  # the raft worker's count when the view opened
         self.last_catch_up = 0.0
         self.known_term = self.state.get("term")
         self.latency_buckets = self.state.node["commit_latency_buckets"]  # a view into the state block
+        self.badlog = RateLimitedLog(self.log)  # bad clients: a clear line each, but never a flood
+        self.tls = tls.server_context(c.tls_cert_file, c.tls_key_file) if c.tls_enabled else None
+        self.token = auth.client_token(c)  # None: clients need not AUTH
+        self.accept_paused_until_s = 0.0  # out of descriptors: the listener is unregistered until then
+        self.last_timeout_sweep_s = 0.0
+        _raise_fd_limit(c.client_connections_max + FDS_RESERVED, self.log)
 
     # --- the loop ------------------------------------------------------------------------------------------
 
@@ -130,44 +151,118 @@ class IngestWorker(WorkerBase):
                 self._send_error_and_close(client, 0, cp.ErrorCode.SHUTTING_DOWN, "node is stopping")
             self.notes.close()
             self.listener.close()
+            self.badlog.flush(force=True)  # what was suppressed is still counted in the log
             if self.log_reader is not None:
                 self.log_reader.close()
 
     # --- connections ---------------------------------------------------------------------------------------
 
     def _accept(self, _mask: int) -> None:
-        try:
-            sock, addr = self.listener.accept()
-        except (BlockingIOError, InterruptedError):
-            return
-        if len(self.clients) >= self.config.client_connections_max:
-            sock.sendall(cp.encode_error(0, cp.ErrorCode.UNAVAILABLE,
-                                         f"too many connections (limit {self.config.client_connections_max})"))
-            sock.close()
-            return
-        sock.setblocking(False)
-        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        client = _Client(sock, f"{addr[0]}:{addr[1]}", cp.MessageReader(self.config.client_request_bytes_max))
-        client.callback = lambda mask: self._on_client(client, mask)
-        self.clients.add(client)
-        self._update_interest(client)
+        for _ in range(ACCEPT_BATCH_MAX):
+            try:
+                sock, addr = self.listener.accept()
+            except (BlockingIOError, InterruptedError):
+                return
+            except OSError as exc:
+                if exc.errno not in _FD_EXHAUSTED:
+                    raise
+                # The pending connection stays in the backlog, so the listener stays readable: without a
+                # pause the loop would spin. Stop accepting for a moment; closing connections frees fds.
+                self._pause_accept(exc)
+                return
+            if len(self.clients) >= self.config.client_connections_max:
+                self.badlog.warning("connection limit", "client %s:%d refused: %d connections open (limit "
+                                    "client_connections_max %d)", addr[0], addr[1], len(self.clients),
+                                    self.config.client_connections_max)
+                try:
+                    sock.setblocking(False)
+                    if self.tls is None:  # a TLS client could not read a plain answer: just close
+                        sock.send(cp.encode_error(0, cp.ErrorCode.UNAVAILABLE,
+                                                  f"too many connections (limit {self.config.client_connections_max})"))
+                except OSError:
+                    pass
+                sock.close()
+                continue
+            sock.setblocking(False)
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            if self.tls is not None:
+                sock = tls.wrap(self.tls, sock, server_side=True)  # handshake driven by _on_client
+            limit = self.config.client_request_bytes_max if self.token is None else cp.AUTH_TOKEN_MAX_BYTES
+            client = _Client(sock, f"{addr[0]}:{addr[1]}", cp.MessageReader(limit), last_recv_s=time.monotonic(),
+                             tls_want=selectors.EVENT_READ if self.tls else 0, authed=self.token is None)
+            client.callback = lambda mask, client=client: self._on_client(client, mask)
+            self.clients.add(client)
+            self._update_interest(client)
+
+    def _pause_accept(self, exc: OSError) -> None:
+        self.badlog.error("accept", "cannot accept client connections: %s (%d open); pausing accepts for %d ms",
+                          exc.strerror or exc, len(self.clients), ACCEPT_PAUSE_MS)
+        self.state.add("errors")
+        if not self.accept_paused_until_s:
+            self.sel.unregister(self.listener)
+        self.accept_paused_until_s = time.monotonic() + ACCEPT_PAUSE_MS / 1000
+
+    def _resume_accept(self, now: float) -> None:
+        if self.accept_paused_until_s and now >= self.accept_paused_until_s:
+            self.accept_paused_until_s = 0.0
+            self.sel.register(self.listener, selectors.EVENT_READ, self._accept)
+
+    def _drop_stalled(self, now: float) -> None:
+        """Close slow-loris connections (part of a request held past client_request_timeout_ms) and idle ones
+        (nothing received, pending or owed past client_idle_timeout_ms)."""
+        request_s = self.config.client_request_timeout_ms / 1000
+        idle_s = self.config.client_idle_timeout_ms / 1000
+        waiting = {id(f.client) for f in self.fetches}
+        for client in list(self.clients):
+            if request_s and client.partial_since_s and now - client.partial_since_s > request_s:
+                self.record["errors"] += 1
+                self.badlog.warning("slow request", "client %s sent %d bytes of a request in %.1f s "
+                                    "(client_request_timeout_ms %d); disconnected", client.addr,
+                                    client.reader.buffered_bytes, now - client.partial_since_s,
+                                    self.config.client_request_timeout_ms)
+                self._send_error_and_close(client, 0, cp.ErrorCode.MALFORMED,
+                                           f"request not completed within {self.config.client_request_timeout_ms} ms")
+            elif (idle_s and now - client.last_recv_s > idle_s and not client.inflight_bytes and not client.out
+                  and id(client) not in waiting):
+                self.badlog.log(logging.INFO, "idle", "client %s idle for %.1f s (client_idle_timeout_ms %d); "
+                                "disconnected", client.addr, now - client.last_recv_s,
+                                self.config.client_idle_timeout_ms)
+                self._close(client)
 
     def _on_client(self, client: _Client, mask: int) -> None:
+        if client.tls_want and not self._tls_step(client):
+            return
         if mask & selectors.EVENT_WRITE:
             self._flush(client)
         if mask & selectors.EVENT_READ and not client.closed:
             self._read(client)
 
+    def _tls_step(self, client: _Client) -> bool:
+        """Advance the TLS handshake; True once it is done (then the client is served as any other)."""
+        try:
+            client.tls_want = tls.handshake(client.sock)
+        except OSError as exc:
+            self.record["errors"] += 1
+            self.badlog.warning("tls", "client %s: TLS handshake failed (%s); disconnected", client.addr,
+                                tls.describe(exc))
+            self._close(client)
+            return False
+        self._update_interest(client)
+        return not client.tls_want
+
     def _read(self, client: _Client) -> None:
         try:
-            data = client.sock.recv(RECV_BYTES)
+            data = tls.recv(client.sock, RECV_BYTES)
         except (BlockingIOError, InterruptedError):
             return
         except OSError:
             data = b""
+        if data is None:  # TLS: a record not yet whole
+            return
         if not data:
             self._close(client)
             return
+        client.last_recv_s = time.monotonic()
         client.reader.feed(data)
         try:
             while not client.closed and (msg := client.reader.next_message()) is not None:
@@ -175,9 +270,16 @@ class IngestWorker(WorkerBase):
         except RemoteProtocolError as exc:
             self.state.add("errors")
             self.record["errors"] += 1
-            self.log.warning("client %s broke the protocol (%s); disconnected", client.addr, exc)
-            self._send_error_and_close(client, 0, cp.ErrorCode.MALFORMED, str(exc))
+            self.badlog.warning("bad client", "client %s broke the protocol (%s); disconnected", client.addr, exc)
+            if client.authed:
+                self._send_error_and_close(client, 0, cp.ErrorCode.MALFORMED, str(exc))
+            else:
+                self._send_error_and_close(client, 0, cp.ErrorCode.UNAUTHORIZED, f"expected AUTH first ({exc})")
             return
+        if not client.reader.buffered_bytes:
+            client.partial_since_s = 0.0
+        elif not client.partial_since_s:
+            client.partial_since_s = client.last_recv_s
         self._update_interest(client)
 
     def _update_interest(self, client: _Client) -> None:
@@ -186,6 +288,7 @@ class IngestWorker(WorkerBase):
             return
         client.paused = bool(self.backlog) or client.inflight_bytes > self.config.client_inflight_bytes_max
         want = (0 if client.paused else selectors.EVENT_READ) | (selectors.EVENT_WRITE if client.out else 0)
+        want = client.tls_want or want
         if want == client.mask:
             return
         if client.mask == 0:
@@ -216,7 +319,9 @@ class IngestWorker(WorkerBase):
     def _flush(self, client: _Client) -> None:
         while client.out:
             try:
-                n = client.sock.send(client.out)
+                n = tls.send(client.sock, client.out)
+                if not n:  # the socket (or TLS) cannot take more now
+                    break
             except (BlockingIOError, InterruptedError):
                 break
             except OSError:
@@ -226,10 +331,10 @@ class IngestWorker(WorkerBase):
         self._update_interest(client)
 
     def _send_error_and_close(self, client: _Client, cid: int, code: cp.ErrorCode, message: str) -> None:
+        # One non-blocking send: the socket buffer almost always has room for the answer, and a client that
+        # does not read (or thousands being dropped at once) must never stall the loop.
         try:
-            client.sock.setblocking(True)
-            client.sock.settimeout(0.2)
-            client.sock.sendall(bytes(client.out) + cp.encode_error(cid, code, message))
+            client.sock.send(bytes(client.out) + cp.encode_error(cid, code, message))
         except OSError:
             pass
         self._close(client)
@@ -247,6 +352,12 @@ class IngestWorker(WorkerBase):
     # --- requests ------------------------------------------------------------------------------------------
 
     def _handle(self, client: _Client, msg: cp.Message) -> None:
+        if not client.authed:
+            self._authenticate(client, msg)
+            return
+        if isinstance(msg, cp.Auth):  # a node that asks for no token lets any AUTH through
+            self._write(client, cp.encode_authed(msg.correlation_id))
+            return
         if isinstance(msg, cp.Produce):
             self._produce(client, msg)
         elif isinstance(msg, cp.Fetch):
@@ -255,6 +366,19 @@ class IngestWorker(WorkerBase):
             self._metadata(client, msg)
         else:
             raise RemoteProtocolError("kind", "a request (PRODUCE, FETCH, METADATA)", type(msg).__name__)
+
+    def _authenticate(self, client: _Client, msg: cp.Message) -> None:
+        """Where the node asks for a token, the first request must be AUTH with it; else the connection ends."""
+        if isinstance(msg, cp.Auth) and self.token is not None and self.token.equals(msg.token):
+            client.authed = True
+            client.reader.allow_body_bytes(self.config.client_request_bytes_max)
+            self._write(client, cp.encode_authed(msg.correlation_id))
+            return
+        why = "wrong token" if isinstance(msg, cp.Auth) else f"{type(msg).__name__.upper()} before AUTH"
+        self.record["errors"] += 1
+        self.badlog.warning("unauthorized", "client %s: %s (the node has a client_token_file); disconnected",
+                            client.addr, why)
+        self._send_error_and_close(client, msg.correlation_id, cp.ErrorCode.UNAUTHORIZED, f"unauthorized: {why}")
 
     def _error(self, client: _Client, cid: int, code: cp.ErrorCode, message: str) -> None:
         leader = ""
@@ -427,10 +551,22 @@ class IngestWorker(WorkerBase):
             self._fail_all(cp.ErrorCode.NOT_LEADER, "this node is no longer the leader")
         self._retry_fetches(now)
         self._unpark()
+        self._resume_accept(now)
+        if now - self.last_timeout_sweep_s >= TIMEOUT_SWEEP_INTERVAL_MS / 1000:
+            self.last_timeout_sweep_s = now
+            self._drop_stalled(now)
+            self.badlog.flush()
 
     # --- fetch and metadata --------------------------------------------------------------------------------
 
     def _reader(self) -> RocksLogReader | None:
+        quarantines = self.state.get("quarantines")
+        if quarantines != self.reader_quarantines and self.log_reader is not None:
+            # the raft worker moved a corrupt log aside and started a new one: this view shows the old files
+            self.log.warning("the log was quarantined and re-created; reopening the fetch view")
+            self.log_reader.close()
+            self.log_reader = None
+        self.reader_quarantines = quarantines
         if self.log_reader is None:
             try:
                 self.log_reader = RocksLogReader(str(self.config.node_dir / "log"),
@@ -512,6 +648,18 @@ class IngestWorker(WorkerBase):
         self._write(client, cp.encode_metadata_answer(msg.correlation_id, self.state.get("term"),
                                                       self.state.get("leader_id"), self.state.get("commit_index"),
                                                       self.config.node_id, members))
+
+
+def _raise_fd_limit(wanted: int, log: logging.Logger) -> None:
+    """Raise this process's soft RLIMIT_NOFILE towards `wanted` (at most the hard limit), so that the
+    connection limit, not the 1024 soft default of many systems, is what refuses clients."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft != resource.RLIM_INFINITY and soft < wanted:
+        new = wanted if hard == resource.RLIM_INFINITY else min(wanted, hard)
+        resource.setrlimit(resource.RLIMIT_NOFILE, (new, hard))
+        if new < wanted:
+            log.warning("open files limited to %d (hard RLIMIT_NOFILE): fewer than client_connections_max + %d",
+                        new, FDS_RESERVED)
 
 
 def _fetched(cid: int, next_offset: int, commit_offset: int, offsets: np.ndarray, lengths: np.ndarray,

@@ -6,6 +6,15 @@ the frames the batcher cut (R2), drop events the dedup table refuses, stamp each
 log position and propose it; tick; then act on the core's Ready in the order it prescribes, persisting
 everything pending in one RocksDB write (group commit: one fsync for all entries and the hard state
 gathered since the previous loop). Ingest hears what it needs through R5.
+
+Storage faults (docs/DESIGN.md "Storage faults"). The log is opened through `open_node_log`, which verifies
+it and quarantines a corrupt one (the node then starts empty in recovering mode, from its preserved term).
+When a write or read fails for lack of space or another I/O error, or finds corruption, the worker drops
+its core and storage (as leader this steps down; as follower nothing it could not persist is acknowledged:
+the persist-then-send order of the Ready is simply cut short), publishes the reason in the state block
+(`storage_fault`), refuses frames and ignores peers, and retries opening every `storage_retry_interval_ms`;
+on success it rebuilds core and dedup table from the log, exactly as after a restart. It never exits for
+these faults, so a full disk does not burn the supervisor's restart budget.
 """
 
 from __future__ import annotations
@@ -18,8 +27,8 @@ from typing import Final
 
 import numpy as np
 
-from shmraft.ipc.state import Worker
-from shmraft.net.links import PeerLinks
+from shmraft.ipc.state import StorageFault, Worker
+from shmraft.net.links import PeerLinks, PeerSecurity
 from shmraft.node import dedup as dd
 from shmraft.node.records import (
     Note,
@@ -34,8 +43,9 @@ from shmraft.raft.core import RaftCore
 from shmraft.raft.errors import ProposalError
 from shmraft.raft.messages import Channel as MsgChannel
 from shmraft.raft.messages import Message
+from shmraft.raft.nodelog import HardStateLostError, NodeLog, is_disk_full, open_node_log
 from shmraft.raft.ready import Ready
-from shmraft.raft.storage import RocksLogStorage
+from shmraft.raft.storage import CorruptLogError, StorageError, StorageIOError
 from shmraft.raft.types import Entry
 from shmraft.raft.types import Role as StateRole
 from shmraft.wire.errors import ProtocolError
@@ -49,6 +59,7 @@ FRAMES_PER_LOOP_MAX: Final = 512  # frames proposed per loop before the Ready is
 RING_PUSH_TIMEOUT_MS: Final = 50
 DEDUP_REBUILD_READ_BYTES: Final = 8 * 1024 * 1024
 DECODED_CACHE_MAX: Final = 8192  # entries' producer tables kept between receipt and persist
+STORAGE_FAULT_LOG_INTERVAL_MS: Final = 10_000  # a persisting storage fault is logged again this often
 
 
 class RaftWorker(WorkerBase):
@@ -57,38 +68,133 @@ class RaftWorker(WorkerBase):
     def __init__(self, config) -> None:
         super().__init__(config)
         c = config
-        self.storage = RocksLogStorage(str(c.node_dir / "log"), fsync=c.fsync, retain_entries_max=c.retain_entries_max,
-                                       retain_bytes_max=c.retain_bytes_max)
-        hs = self.storage.hard_state()
-        first = self.storage.first_index()
-        applied = max(min(hs.commit, self.storage.last_index()), first - 1, self.storage.snapshot_index())
-        self.core = RaftCore(c.node_id, [p.node_id for p in c.peers], self.storage, RaftConfig.from_node_config(c),
-                             random.Random(int.from_bytes(os.urandom(8), "little")), applied=applied)
+        self._notes: list[bytes] = []
+        # None while the storage is unusable (disk full, I/O error, refused start): see _storage_failed
+        self.storage: NodeLog | None = None
+        self.core: RaftCore | None = None
         self.dedup = dd.DedupTable(producers_max=c.dedup_producers_max)
         # producer tables of entries received and validated, until they are persisted (bounded: cleared
         # when it grows past DECODED_CACHE_MAX, e.g. after appends that were rejected)
         self._decoded: dict[int, tuple[int, np.ndarray, np.ndarray]] = {}
-        self._rebuild_dedup()
+        self._fault = StorageFault.OK
+        self._fault_logged_ms = 0.0
+        self._retry_at = 0.0  # monotonic time of the next attempt to reopen the storage; inf = never
+        self._verified = False  # the full check on open is done once per process (reopens after ENOSPC skip it)
+        self._open_storage()
         self.sel = selectors.DefaultSelector()
         self.links = PeerLinks(self.sel, cluster_id=c.cluster_id, node_id=c.node_id, channel=Channel.CONSENSUS,
                                bind=(c.bind_host, c.me.raft_port),
-                               peers={p.node_id: (p.host, p.raft_port) for p in c.peers},
-                               on_message=self._on_control, on_disconnect=self.core.peer_disconnected,
-                               body_max_bytes=c.peer_message_bytes_max)
+                               peers={p.node_id: c.peer_address(p.node_id, "raft") for p in c.peers},
+                               on_message=self._on_control, on_disconnect=self._peer_disconnected,
+                               body_max_bytes=c.peer_message_bytes_max, security=PeerSecurity.from_config(c),
+                               inbound_max=c.peer_inbound_connections_max,
+                               handshake_timeout_ms=c.peer_handshake_timeout_ms)
         self.frames_in = Inbox(self.layout.reader("r2"), "r2")
         self.peer_in = Inbox(self.layout.reader("r4"), "r4")
         self.to_sender = self.layout.writer("r3")
         self.to_ingest = self.layout.writer("r5")
         self.sel.register(self.frames_in, selectors.EVENT_READ, lambda _m: None)
         self.sel.register(self.peer_in, selectors.EVENT_READ, lambda _m: None)
-        self._notes: list[bytes] = []
         self._refusals_counted = 0
         self._publish_state()
+
+    # --- storage: open, fail, retry ------------------------------------------------------------------------
+
+    def _open_storage(self) -> bool:
+        """Open (verify, maybe quarantine) the log and build core and dedup table from it. On failure the
+        worker stays up without a core, with the reason published, and retries later."""
+        c = self.config
+        try:
+            nl = open_node_log(c.node_dir, fsync=c.fsync, retain_entries_max=c.retain_entries_max,
+                               retain_bytes_max=c.retain_bytes_max, verify=not self._verified)
+        except HardStateLostError as exc:
+            self._retry_at = float("inf")  # the operator must act (the message says how): no retry
+            self._set_fault(StorageFault.HARD_STATE_LOST, str(exc))
+            return False
+        except StorageError as exc:
+            self._retry_at = time.monotonic() + c.storage_retry_interval_ms / 1000
+            self._set_fault(StorageFault.DISK_FULL if is_disk_full(exc) else StorageFault.IO_ERROR, str(exc))
+            return False
+        self._verified = True
+        if nl.quarantined is not None:
+            self.state.add("quarantines")
+            self.log.error("CORRUPT LOG detected and quarantined to %s (%s); re-fetching the log from the other "
+                           "nodes in recovering mode (no votes until caught up)", nl.quarantined, nl.corruption)
+        hs = nl.hard_state()
+        first = nl.first_index()
+        applied = max(min(hs.commit, nl.last_index()), first - 1, nl.snapshot_index())
+        self.storage = nl
+        self.core = RaftCore(c.node_id, [p.node_id for p in c.peers], nl, RaftConfig.from_node_config(c),
+                             random.Random(int.from_bytes(os.urandom(8), "little")), applied=applied,
+                             recovery_term=nl.recovery_term)
+        self.dedup = dd.DedupTable(producers_max=c.dedup_producers_max)
+        self._decoded.clear()
+        self._rebuild_dedup()
+        if self._fault != StorageFault.OK:
+            self.log.warning("storage usable again after %s: log [%d..%d], term %d, rejoining the cluster",
+                             self._fault.name.lower(), first, nl.last_index(), hs.term)
+        self._set_fault(StorageFault.OK, "")
+        self._check_recovery()
+        self.state.set("last_index", self.core.last_index)
+        self.state.set("first_index", self.core.first_index)
+        self.state.set("commit_index", self.core.commit_index)
+        return True
+
+    def _storage_failed(self, exc: StorageError) -> None:
+        """A write or read failed: drop core and storage (nothing unpersisted is counted or acknowledged),
+        step down, say why, and retry opening later (at once for corruption: the open check quarantines)."""
+        was_leader = self.core is not None and self.core.role == StateRole.LEADER
+        if isinstance(exc, CorruptLogError):
+            fault, delay_ms = StorageFault.CORRUPT, 0
+        else:
+            fault = StorageFault.DISK_FULL if is_disk_full(exc) else StorageFault.IO_ERROR
+            delay_ms = self.config.storage_retry_interval_ms
+        self.state.add("storage_errors")
+        if self.storage is not None:
+            self.storage.close()
+        self.storage = None
+        self.core = None
+        self._decoded.clear()
+        if fault == StorageFault.CORRUPT:
+            self._verified = False  # the reopen must run the full check, which quarantines the log
+        self._retry_at = time.monotonic() + delay_ms / 1000
+        self._set_fault(fault, f"{exc}{' (stepped down as leader)' if was_leader else ''}")
+        self._publish_state()
+        self._notes.append(encode_note(Note(NoteKind.LEADER, self.state.get("term"), 0)))
+
+    def _set_fault(self, fault: StorageFault, detail: str) -> None:
+        """Publish the storage fault; log it when it changes and then every STORAGE_FAULT_LOG_INTERVAL_MS."""
+        now_ms = time.monotonic() * 1000
+        changed = fault != self._fault
+        if fault != StorageFault.OK and (changed or now_ms - self._fault_logged_ms >= STORAGE_FAULT_LOG_INTERVAL_MS):
+            what = {StorageFault.DISK_FULL: "DISK FULL", StorageFault.IO_ERROR: "STORAGE I/O ERROR",
+                    StorageFault.CORRUPT: "CORRUPT LOG", StorageFault.HARD_STATE_LOST: "REFUSING TO START"}[fault]
+            retry = ("" if self._retry_at == float("inf")
+                     else f"; retrying every {self.config.storage_retry_interval_ms} ms")
+            self.log.error("%s: not serving (no proposals, no acknowledgements, no votes): %s%s",
+                           what, detail, retry)
+            self._fault_logged_ms = now_ms
+        if changed:
+            self.state.set("storage_fault", int(fault))
+            self.state.set("storage_fault_since_unix_ms", 0 if fault == StorageFault.OK else int(time.time() * 1000))
+        self._fault = fault
+
+    def _check_recovery(self) -> None:
+        """Persist the end of recovering mode once the core left it; publish the mode."""
+        core, nl = self.core, self.storage
+        if core is None or nl is None:
+            return
+        if nl.recovery_term and not core.recovering:
+            nl.end_recovery()
+            self.log.warning("recovery complete: caught up to the leader at index %d (term %d); voting again",
+                             core.commit_index, core.term)
+        self.state.set("recovering", int(core.recovering))
 
     # --- start-up ------------------------------------------------------------------------------------------
 
     def _rebuild_dedup(self) -> None:
         """The table is a function of the last `horizon` entries of the log: replay them."""
+        assert self.storage is not None
         last = self.storage.last_index()
         lo = max(self.storage.first_index(), last - self.dedup.horizon_entries + 1, 1)
         commit = self.storage.hard_state().commit
@@ -124,25 +230,52 @@ class RaftWorker(WorkerBase):
                 if self.links.refusals != self._refusals_counted:  # strangers refused (metrics)
                     self.state.add("peer_refusals", self.links.refusals - self._refusals_counted)
                     self._refusals_counted = self.links.refusals
-                for rec in self.peer_in.take():
-                    self._on_data_record(rec)
-                frames = self.frames_in.take()
-                if frames:
-                    self._propose(frames)
-                now = time.monotonic()
-                elapsed_ms = int((now - last_tick) * 1000)
-                if elapsed_ms >= 1:
-                    self.core.tick(elapsed_ms)
-                    last_tick += elapsed_ms / 1000
-                while self.core.has_ready():
-                    self._handle_ready(self.core.ready())
+                try:
+                    last_tick = self._iterate(last_tick)
+                except (StorageIOError, CorruptLogError) as exc:
+                    self._storage_failed(exc)
                 self._flush_notes()
-            self._hand_over()
+            if self.core is not None:
+                try:
+                    self._hand_over()
+                except (StorageIOError, CorruptLogError) as exc:
+                    self.log.warning("no leadership hand-over: %s", exc)
         finally:
             self.frames_in.close()
             self.peer_in.close()
             self.links.close()
-            self.storage.close()
+            if self.storage is not None:
+                self.storage.close()
+
+    def _iterate(self, last_tick: float) -> float:
+        """One loop iteration after the sockets: peer records, proposals, tick, Readies. Returns last_tick."""
+        now = time.monotonic()
+        if self.core is None:  # storage unusable: refuse everything, retry opening when due
+            self.peer_in.take()
+            frames = self.frames_in.take()
+            if frames:
+                self._refuse_frames(frames)
+            if now >= self._retry_at and self._open_storage():
+                self._publish_state()
+                return now
+            if self._fault != StorageFault.OK:
+                self._set_fault(self._fault, "still failing")  # rate-limited reminder
+            return now
+        for rec in self.peer_in.take():
+            self._on_data_record(rec)
+        frames = self.frames_in.take()
+        if frames:
+            self._propose(frames)
+        if self.core is None:
+            return now
+        elapsed_ms = int((now - last_tick) * 1000)
+        if elapsed_ms >= 1:
+            self.core.tick(elapsed_ms)
+            last_tick += elapsed_ms / 1000
+        while self.core.has_ready():
+            self._handle_ready(self.core.ready())
+        self._check_recovery()
+        return last_tick
 
     def _hand_over(self) -> None:
         """On a clean stop, a leader hands leadership to the most caught-up follower (bounded wait)."""
@@ -168,16 +301,25 @@ class RaftWorker(WorkerBase):
     # --- inputs --------------------------------------------------------------------------------------------
 
     def _on_control(self, peer_id: int, body: memoryview) -> None:
-        self._step(peer_id, body)
+        try:
+            self._step(peer_id, body)
+        except (StorageIOError, CorruptLogError) as exc:  # called from the selector, outside _iterate
+            self._storage_failed(exc)
+
+    def _peer_disconnected(self, peer_id: int) -> None:
+        if self.core is not None:
+            self.core.peer_disconnected(peer_id)
 
     def _on_data_record(self, rec: bytes) -> None:
         peer_id, kind, body = decode_peer_record(rec)
         if kind is PeerRecordKind.DISCONNECTED:
-            self.core.peer_disconnected(peer_id)
+            self._peer_disconnected(peer_id)
         else:
             self._step(peer_id, body)
 
     def _step(self, peer_id: int, body: memoryview) -> None:
+        if self.core is None:
+            return  # storage unusable: the peer hears nothing from us (no acknowledgement, no vote)
         try:
             m = decode_raft(body, expect_dst=self.config.node_id)
             if m.src != peer_id:
@@ -312,6 +454,10 @@ class RaftWorker(WorkerBase):
         self._notes.append(encode_note(Note(NoteKind.COMMIT, commit)))
 
     def _publish_state(self) -> None:
+        if self.core is None:
+            self.state.set("role", int(StateRole.FOLLOWER))
+            self.state.set("leader_id", 0)
+            return
         prev_leader = self.state.get("leader_id")
         prev_role = self.state.get("role")
         self.state.set("term", self.core.term)

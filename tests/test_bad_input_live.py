@@ -1,0 +1,411 @@
+"""Bad input at every port of a running 3-node cluster while a producer runs (issue 6, "bad input").
+
+The leader and one follower get, on their client, data, raft and metrics ports: garbage, truncated messages,
+oversized declared lengths, wrong magic, bad CRCs, well-formed requests with wrong field values, slow-loris
+connections (a byte now and then, never a whole request or handshake) and thousands of idle connections,
+part of them while the follower's ingest worker is short of file descriptors (its RLIMIT_NOFILE lowered
+with prlimit, so accept() fails with EMFILE). Then:
+
+- the producer's events kept being acknowledged during the attack (no stall longer than STALL_MAX_S);
+- no worker was restarted (the supervisors' restart counters) and no traceback was logged;
+- slow-loris and idle connections were closed by the nodes, and connections past a limit refused;
+- every acknowledged event is on every node exactly once, in the same order (clusterkit.verify);
+- the logs hold a clear line per bad peer, rate-limited: far fewer lines than bad connections, at most one
+  per connection, and "suppressed" summaries.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+import re
+import resource
+import selectors
+import socket
+import struct
+import threading
+import time
+import zlib
+from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
+from pathlib import Path
+
+import psutil
+import pytest
+from clusterkit import Harness, Load, verify, wait_for
+
+from shmraft.ipc.state import Worker
+from shmraft.wire import client as cp
+from shmraft.wire import peer as wp
+
+CLIENT_CONNECTIONS_MAX = 200  # low, so that the idle flood goes past it
+CLIENT_REQUEST_TIMEOUT_MS = 1500
+CLIENT_IDLE_TIMEOUT_MS = 4000
+CONNECTIONS_PER_KIND = 12  # per port and kind of bad input, in the burst phase
+SLOW_LORIS_PER_PORT = 8
+SLOW_LORIS_BYTE_INTERVAL_S = 0.3
+SLOW_LORIS_CLOSED_WITHIN_S = 20.0  # generous: the longest limit is the metrics deadline (5 s) or the handshake
+IDLE_PER_CLIENT_PORT = 600  # well past CLIENT_CONNECTIONS_MAX
+IDLE_PER_PEER_PORT = 300  # well past INBOUND_MAX
+IDLE_PER_METRICS_PORT = 100  # well past METRICS_CONNECTIONS_MAX
+EMFILE_SPARE_FDS = 60  # the follower's ingest may open this many more descriptors during the flood
+EMFILE_CPU_MAX = 0.5  # share of one core the starved ingest may use while accept() fails: no spinning
+STALL_MAX_S = 15.0  # the longest the producer may go without an acknowledgement during the attack
+RNG = random.Random(6)
+
+BAD_PEER_LINE = re.compile(r"broke the (peer )?protocol|handshake not done|refused connection from|closed the "
+                           r"connection during the handshake|inbound connections held|client \S+ refused|"
+                           r"sent \d+ bytes of a request|cannot accept|metrics: ")
+WORKER_COLUMN = re.compile(r" (node\d+ \w+|supervisor) ")
+SUPPRESSED_LINE = re.compile(r"more lines suppressed")
+
+
+# --- what is thrown -------------------------------------------------------------------------------------------
+
+
+def _client_header(kind: int, body_len: int, magic: int = cp.CLIENT_MAGIC, version: int = cp.CLIENT_VERSION) -> bytes:
+    return cp.HEADER.pack(magic, version, kind, body_len, 77)
+
+
+def _peer(kind: int, body: bytes, crc: int | None = None, magic: int = wp.PEER_MAGIC) -> bytes:
+    return wp.PEER_HEADER.pack(magic, wp.PEER_VERSION, kind, len(body), zlib.crc32(body) if crc is None else crc) + body
+
+
+def _hello(cluster_id: str, node_id: int, to_node_id: int, channel: wp.Channel) -> bytes:
+    fields = wp.Hello.__dataclass_fields__  # the handshake's public shape, whatever version of it this is
+    values = {"cluster_id": cluster_id, "node_id": node_id, "to_node_id": to_node_id, "channel": channel,
+              "nonce": bytes(getattr(wp, "NONCE_BYTES", 32))}
+    return wp.encode_hello(wp.Hello(**{k: v for k, v in values.items() if k in fields}))
+
+
+def client_payloads() -> dict[str, bytes]:
+    produce = cp.encode_produce(5, 999_001, 0, 1000, [b"attacker-event"])
+    return {
+        "garbage": RNG.randbytes(3000),
+        "truncated": produce[: len(produce) // 2],
+        "oversized": _client_header(cp.Kind.PRODUCE, 2**32 - 1) + b"\x00" * 64,
+        "wrong_magic": _client_header(cp.Kind.PRODUCE, 8, magic=0xBEEF) + b"\x00" * 8,
+        "wrong_version": _client_header(cp.Kind.FETCH, 20, version=9) + b"\x00" * 20,
+        "unknown_kind": _client_header(0x42, 0),
+        "answer_as_request": cp.encode_produced(1, [1, 2, 3]),
+        "zero_events": _client_header(cp.Kind.PRODUCE, 24) + struct.pack("<QQII", 1, 0, 100, 0),
+        "lengths_overrun": _client_header(cp.Kind.PRODUCE, 28) + struct.pack("<QQIII", 1, 0, 100, 1, 2**31),
+        "metadata_with_body": _client_header(cp.Kind.METADATA, 4) + b"abcd",
+        "fetch_far_future": cp.encode_fetch(9, 2**64 - 1, 0, 0),
+        "huge_event": cp.encode_produce(10, 999_002, 0, 100, [b"x" * (1 << 20)]),
+    }
+
+
+def peer_payloads(cluster_id: str, channel: wp.Channel, me: int) -> dict[str, bytes]:
+    hello = _hello(cluster_id, 2, me, channel)
+    return {
+        "garbage": RNG.randbytes(3000),
+        "truncated": hello[: len(hello) - 5],
+        "oversized": wp.PEER_HEADER.pack(wp.PEER_MAGIC, wp.PEER_VERSION, wp.PeerKind.HELLO, 2**32 - 1, 0),
+        "wrong_magic": _peer(wp.PeerKind.HELLO, hello[wp.PEER_HEADER_BYTES:], magic=0xBEEF),
+        "bad_crc": _peer(wp.PeerKind.HELLO, hello[wp.PEER_HEADER_BYTES:], crc=0x12345678),
+        "raft_before_hello": _peer(wp.PeerKind.RAFT, b"\x03" + b"\x00" * 24),
+        "other_cluster": _hello("not_this_cluster", 2, me, channel),
+        "unknown_node": _hello(cluster_id, 99, me, channel),
+        "bad_hello_body": _peer(wp.PeerKind.HELLO, b"\x40" + b"z" * 10),
+    }
+
+
+def metrics_payloads() -> dict[str, bytes]:
+    return {
+        "garbage": RNG.randbytes(3000),
+        "truncated": b"GET /metr",
+        "oversized": b"GET /" + b"a" * 70_000 + b" HTTP/1.1\r\n\r\n",
+        "wrong_method": b"BREW /metrics HTTP/1.1\r\nHost: x\r\n\r\n",
+        "bad_header": b"GET /metrics HTTP/1.1\r\n" + b"X" * 70_000 + b"\r\n\r\n",
+    }
+
+
+def throw(address: tuple[str, int], payload: bytes, read_s: float = 1.0) -> bytes:
+    """Connect, send, read what comes back until the node closes or `read_s` passes; never raises."""
+    got = b""
+    try:
+        with socket.create_connection(address, timeout=2.0) as s:
+            try:
+                s.sendall(payload)
+            except OSError:
+                pass
+            s.settimeout(read_s)
+            deadline = time.monotonic() + read_s
+            while time.monotonic() < deadline:
+                chunk = s.recv(65536)
+                if not chunk:
+                    break
+                got += chunk
+    except OSError:
+        pass
+    return got
+
+
+# --- slow-loris and idle connections -----------------------------------------------------------------------------
+
+
+def slow_loris(addresses: list[tuple[str, int]], per_port: int, prefix: Callable[[tuple[str, int]], bytes],
+               within_s: float) -> dict[tuple[str, int], list[float]]:
+    """Open `per_port` connections per address and send one byte of `prefix(address)` every
+    SLOW_LORIS_BYTE_INTERVAL_S, never the whole of it; return, per address, when each was closed by the node
+    (inf if it never was within `within_s`)."""
+    sel = selectors.DefaultSelector()
+    start = time.monotonic()
+    conns: list[tuple[socket.socket, tuple[str, int], bytes]] = []
+    for addr in addresses:
+        for _ in range(per_port):
+            s = socket.create_connection(addr, timeout=2.0)
+            s.setblocking(False)
+            conns.append((s, addr, prefix(addr)))
+            sel.register(s, selectors.EVENT_READ, len(conns) - 1)
+    closed_at: dict[int, float] = {}
+    sent = [0] * len(conns)
+    next_byte = time.monotonic()
+    try:
+        while len(closed_at) < len(conns) and time.monotonic() - start < within_s:
+            for key, _ in sel.select(0.05):
+                i = key.data
+                try:
+                    data = conns[i][0].recv(65536)
+                except (BlockingIOError, InterruptedError):
+                    continue
+                except OSError:
+                    data = b""
+                if not data:
+                    closed_at[i] = time.monotonic() - start
+                    sel.unregister(conns[i][0])
+            if time.monotonic() >= next_byte:
+                next_byte += SLOW_LORIS_BYTE_INTERVAL_S
+                for i, (s, _addr, pre) in enumerate(conns):
+                    if i in closed_at:
+                        continue
+                    try:
+                        s.send(pre[sent[i] % (len(pre) - 1) : sent[i] % (len(pre) - 1) + 1])
+                        sent[i] += 1
+                    except OSError:
+                        closed_at[i] = time.monotonic() - start
+                        sel.unregister(s)
+    finally:
+        for s, _, _ in conns:
+            s.close()
+        sel.close()
+    out: dict[tuple[str, int], list[float]] = {}
+    for i, (_s, addr, _) in enumerate(conns):
+        out.setdefault(addr, []).append(closed_at.get(i, float("inf")))
+    return out
+
+
+@contextmanager
+def idle_connections(address: tuple[str, int], count: int) -> Iterator[list[socket.socket]]:
+    """`count` connections that never send a byte (non-blocking connects: past the listen backlog, connects
+    simply stay pending), closed on exit."""
+    socks = []
+    try:
+        for _ in range(count):
+            s = socket.socket()
+            s.setblocking(False)
+            s.connect_ex(address)
+            socks.append(s)
+        yield socks
+    finally:
+        for s in socks:
+            s.close()
+
+
+def closed_by_peer(s: socket.socket) -> bool | None:
+    """True if the node closed it (EOF or reset), False if still open, None if never connected."""
+    try:
+        data = s.recv(65536)
+    except (BlockingIOError, InterruptedError):
+        return False
+    except ConnectionResetError:
+        return True
+    except OSError:
+        return None
+    if data:  # an error answer (too many connections) before the close
+        return closed_by_peer(s) if s.fileno() >= 0 else True
+    return True
+
+
+# --- the test ----------------------------------------------------------------------------------------------------
+
+
+class ProgressWatch:
+    """Samples the producer's acknowledged count; the longest time it did not grow is the stall."""
+
+    def __init__(self, load: Load) -> None:
+        self.load = load
+        self.samples: list[tuple[float, int]] = []
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def __enter__(self) -> ProgressWatch:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join(timeout=5)
+
+    def _run(self) -> None:
+        while not self._stop.wait(0.2):
+            self.samples.append((time.monotonic(), len(self.load.acked)))
+
+    def longest_stall_s(self) -> float:
+        longest, since, last = 0.0, None, -1
+        for t, n in self.samples:
+            if since is None or n > last:
+                since, last = t, n
+            longest = max(longest, t - since)
+        return longest
+
+
+@pytest.fixture
+def nofile_at_hard_limit() -> Iterator[None]:
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+    try:
+        yield
+    finally:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+
+
+def _ports(h: Harness, node: int) -> dict[str, tuple[str, int]]:
+    m = h.config(node).me
+    return {"client": (m.host, m.client_port), "data": (m.host, m.data_port), "raft": (m.host, m.raft_port),
+            "metrics": (m.host, m.metrics_port)}
+
+
+def _burst(h: Harness, targets: list[int]) -> list[bytes]:
+    """Every kind of bad input at every port of every target; returns the client ports' answers."""
+    jobs: list[tuple[tuple[str, int], bytes, str]] = []
+    for node in targets:
+        ports = _ports(h, node)
+        for name, payload in client_payloads().items():
+            jobs += [(ports["client"], payload, name)] * CONNECTIONS_PER_KIND
+        for port, channel in (("data", wp.Channel.DATA), ("raft", wp.Channel.CONSENSUS)):
+            for payload in peer_payloads(h.cluster_id, channel, node).values():
+                jobs += [(ports[port], payload, "peer")] * CONNECTIONS_PER_KIND
+        for payload in metrics_payloads().values():
+            jobs += [(ports["metrics"], payload, "metrics")] * CONNECTIONS_PER_KIND
+    RNG.shuffle(jobs)
+    with ThreadPoolExecutor(max_workers=48) as pool:
+        answers = list(pool.map(lambda j: (j[2], throw(j[0], j[1])), jobs))
+    return [(name, a) for name, a in answers if name not in ("peer", "metrics")], len(jobs)
+
+
+def _decode_answers(data: bytes) -> list[cp.Message]:
+    reader = cp.MessageReader()
+    reader.feed(data)
+    out = []
+    try:
+        while (m := reader.next_message()) is not None:
+            out.append(m)
+    except Exception as exc:  # noqa: BLE001 - reported by the assertion that uses the result
+        out.append(exc)
+    return out
+
+
+def _cpu_s(pid: int) -> float:
+    t = psutil.Process(pid).cpu_times()
+    return t.user + t.system
+
+
+def test_bad_input_at_every_port_while_producing(tmp_path: Path, nofile_at_hard_limit: None) -> None:
+    h = Harness(tmp_path, client_connections_max=CLIENT_CONNECTIONS_MAX,
+                client_request_timeout_ms=CLIENT_REQUEST_TIMEOUT_MS, client_idle_timeout_ms=CLIENT_IDLE_TIMEOUT_MS)
+    h.start()
+    try:
+        leader = h.leader()
+        follower = next(n for n in h.followers() if n != leader)
+        targets = [leader, follower]
+        restarts_before = {(n, w): h.restarts(n, w) for n in targets for w in Worker}
+        bad_connections = 0
+        with Load(h, events_per_call=10) as load:
+            load.wait_acked(100, 60)
+            with ProgressWatch(load) as watch:
+                # 1. a burst of every kind of bad input at every port
+                answers, n = _burst(h, targets)
+                bad_connections += n
+                by_kind: dict[str, list] = {}
+                for name, data in answers:
+                    by_kind.setdefault(name, []).append(_decode_answers(data))
+                for kind in ("garbage", "wrong_magic", "wrong_version", "oversized", "zero_events", "unknown_kind",
+                             "lengths_overrun", "metadata_with_body", "answer_as_request"):
+                    errors = [m for msgs in by_kind[kind] for m in msgs if isinstance(m, cp.Error)]
+                    assert errors and all(e.code is cp.ErrorCode.MALFORMED for e in errors), (kind, by_kind[kind][:3])
+                wrong_magic = [m for msgs in by_kind["wrong_magic"] for m in msgs]
+                assert any("magic" in e.message and "expected" in e.message for e in wrong_magic), wrong_magic[:3]
+
+                # 2. slow-loris: a byte now and then, never a whole request or handshake; the nodes must close
+                def prefix(addr: tuple[str, int]) -> bytes:
+                    for node in targets:
+                        ports = _ports(h, node)
+                        if addr == ports["client"]:
+                            return cp.encode_produce(1, 999_003, 0, 100, [b"slow" * 50])
+                        if addr == ports["metrics"]:
+                            return b"GET /metrics HTTP/1.1\r\nHost: x\r\n" + b"X-Slow: y\r\n" * 100
+                    return _hello(h.cluster_id, 2, 1, wp.Channel.DATA) * 2
+                addresses = [a for node in targets for a in _ports(h, node).values()]
+                closed = slow_loris(addresses, SLOW_LORIS_PER_PORT, prefix, SLOW_LORIS_CLOSED_WITHIN_S)
+                bad_connections += SLOW_LORIS_PER_PORT * len(addresses)
+                never = {f"{a[1]}": [t for t in ts if t == float("inf")] for a, ts in closed.items()}
+                assert not any(never.values()), f"slow-loris connections never closed, by port: {never}"
+                for node in targets:
+                    client_closed = closed[_ports(h, node)["client"]]
+                    assert min(client_closed) >= CLIENT_REQUEST_TIMEOUT_MS / 1000 * 0.9, client_closed
+
+                # 3. thousands of idle connections, past every limit, with the follower's ingest out of fds
+                ingest_pid = h.worker_pids(follower)[Worker.INGEST]
+                open_fds = len(os.listdir(f"/proc/{ingest_pid}/fd"))
+                old_limit = resource.prlimit(ingest_pid, resource.RLIMIT_NOFILE)
+                resource.prlimit(ingest_pid, resource.RLIMIT_NOFILE, (open_fds + EMFILE_SPARE_FDS, old_limit[1]))
+                try:
+                    lp, fp = _ports(h, leader), _ports(h, follower)
+                    with idle_connections(lp["client"], IDLE_PER_CLIENT_PORT) as leader_idle, \
+                         idle_connections(fp["client"], IDLE_PER_CLIENT_PORT), \
+                         idle_connections(lp["raft"], IDLE_PER_PEER_PORT), \
+                         idle_connections(lp["data"], IDLE_PER_PEER_PORT), \
+                         idle_connections(fp["raft"], IDLE_PER_PEER_PORT), \
+                         idle_connections(lp["metrics"], IDLE_PER_METRICS_PORT), \
+                         idle_connections(fp["metrics"], IDLE_PER_METRICS_PORT):
+                        bad_connections += 2 * IDLE_PER_CLIENT_PORT + 3 * IDLE_PER_PEER_PORT + 2 * IDLE_PER_METRICS_PORT
+                        cpu0, t0 = _cpu_s(ingest_pid), time.monotonic()
+                        time.sleep(3.0)  # measuring, not synchronising: the starved ingest's CPU over a window
+                        cpu_share = (_cpu_s(ingest_pid) - cpu0) / (time.monotonic() - t0)
+                        assert cpu_share < EMFILE_CPU_MAX, f"ingest at {cpu_share:.0%} of a core while out of fds"
+                        # idle connections are closed by the node (past the limit at once, the others when idle)
+                        wait_for(lambda: all(closed_by_peer(s) is not False for s in leader_idle),
+                                 CLIENT_IDLE_TIMEOUT_MS / 1000 + 15, "every idle client connection closed by leader")
+                finally:
+                    resource.prlimit(ingest_pid, resource.RLIMIT_NOFILE, old_limit)
+                assert h.worker_pids(follower)[Worker.INGEST] == ingest_pid, "the starved ingest was restarted"
+                acked_after_attack = len(load.acked)
+            load.wait_acked(acked_after_attack + 200, 60)
+            stall = watch.longest_stall_s()
+        assert stall < STALL_MAX_S, f"the producer got no acknowledgement for {stall:.1f} s during the attack"
+
+        restarts_after = {(n, w): h.restarts(n, w) for n in targets for w in Worker}
+        assert restarts_after == restarts_before, f"workers restarted: {restarts_before} -> {restarts_after}"
+        verify(h, load.acked)
+
+        logs = {n: (h.log_dir / f"node{n}.log").read_text(errors="replace") for n in targets}
+        for node, text in logs.items():
+            assert "Traceback" not in text, f"node {node} logged a traceback:\n{text[text.index('Traceback'):][:3000]}"
+        lines = [(n, ln) for n, text in logs.items() for ln in text.splitlines() if BAD_PEER_LINE.search(ln)]
+        suppressed = [ln for text in logs.values() for ln in text.splitlines() if SUPPRESSED_LINE.search(ln)]
+        assert lines, "no bad peer was logged"
+        assert suppressed, "no 'suppressed' summary: the logging was not rate-limited"
+        assert "cannot accept client connections" in logs[follower], "the EMFILE path was not exercised"
+        assert len(lines) < bad_connections / 5, f"{len(lines)} log lines for {bad_connections} bad connections"
+        # one line per bad peer: the same connection (process, remote address) is never logged twice
+        addrs = [(n, w.group(0), m.group(0)) for n, ln in lines
+                 if (m := re.search(r"127\.0\.0\.1:\d+", ln)) and (w := WORKER_COLUMN.search(ln))]
+        repeated = {a for a in addrs if addrs.count(a) > 1}
+        assert not repeated, f"several lines for one bad peer: {sorted(repeated)[:5]}"
+        print(f"\nbad connections {bad_connections}, bad-peer log lines {len(lines)}, summaries {len(suppressed)}, "
+              f"acknowledged {len(load.acked)}, longest stall {stall:.1f} s, starved ingest CPU {cpu_share:.0%}")
+    finally:
+        h.stop()

@@ -1,0 +1,191 @@
+"""The fault campaign (tools/chaos.py) end to end, its schedule, and the test network of shmraft/faults/netns.py.
+
+The campaign runs as a subprocess in its own session for about 2 minutes; on timeout the test kills that
+process group; the campaign itself removes its namespaces, mounts, processes and shared memory (and a
+crashed run's are removed by the next one), which the test checks afterwards.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from shmraft.faults import netns
+
+ROOT = Path(__file__).resolve().parent.parent
+CHAOS = ROOT / "tools" / "chaos.py"
+sys.path.insert(0, str(ROOT / "tools"))
+
+import chaos  # noqa: E402
+
+CAMPAIGN_DURATION_S = 120
+CAMPAIGN_TIMEOUT_S = 600  # the run, its recovery and verification, with room for a slow CI machine
+NETNS_SKIP = netns.unavailable_reason()
+
+
+def _chaos_leftovers(pid: int) -> dict[str, list[str]]:
+    tag = f"{netns.NAME_PREFIX}{pid}"
+    mounts = [line.split()[1] for line in Path("/proc/mounts").read_text().splitlines()
+              if f"{chaos.TEMP_PREFIX}{pid}-" in line]
+    shm = [p.name for p in Path("/dev/shm").iterdir() if f"{chaos.CLUSTER_ID_PREFIX}{pid}" in p.name]
+    names = [n for n in [*netns.list_namespaces(), *netns.list_links()] if n.startswith(tag)] if not NETNS_SKIP else []
+    return {"mounts": mounts, "shm": shm, "netns": names}
+
+
+@pytest.mark.slow
+def test_campaign_injects_every_kind_and_loses_nothing(tmp_path: Path) -> None:
+    cmd = [sys.executable, str(CHAOS), "--duration", str(CAMPAIGN_DURATION_S), "--json", "--seed", "20240611",
+           "--tmp", str(tmp_path)]
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
+    try:
+        out, err = proc.communicate(timeout=CAMPAIGN_TIMEOUT_S)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGTERM)  # the campaign cleans up on SIGTERM
+        try:
+            out, err = proc.communicate(timeout=60)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            out, err = proc.communicate()
+        pytest.fail(f"the campaign did not finish in {CAMPAIGN_TIMEOUT_S} s; stderr tail:\n{err[-4000:]}")
+    assert out.strip(), f"no output (exit {proc.returncode}); stderr tail:\n{err[-4000:]}"
+    report = json.loads(out.strip().splitlines()[-1])
+    context = f"exit {proc.returncode}; report {json.dumps({k: v for k, v in report.items() if k != 'fault_log'})}" \
+              f"\nstderr tail:\n{err[-3000:]}"
+    assert report["seed"] == 20240611
+    expected = {k.name for k in chaos.available_kinds(report["netns"], report["disk_faults"])}
+    assert expected <= set(report["faults"]), f"kinds never injected: {expected - set(report['faults'])}; {context}"
+    if not NETNS_SKIP:
+        assert report["netns"], context
+        assert {"partition-isolate", "partition-leader-minority", "partition-leader-majority",
+                "partition-one-way"} <= set(report["faults"])
+    assert report["acknowledged"] > 1000, context
+    assert report["lost"] == 0 and report["duplicates"] == 0 and report["divergent"] == 0, context
+    assert report["invented"] == 0 and report["misplaced"] == 0 and not report["read_errors"], context
+    assert report["recovered"] is True and report["recovery_ms"] is not None, context
+    assert not report["fault_errors"], context
+    assert proc.returncode == 0, context
+    assert _chaos_leftovers(proc.pid) == {"mounts": [], "shm": [], "netns": []}
+
+
+def test_schedule_is_a_function_of_the_seed_and_covers_every_kind() -> None:
+    kinds = list(chaos.KINDS)
+    a = chaos.plan(5, 120, kinds)
+    assert a == chaos.plan(5, 120, kinds)
+    assert a != chaos.plan(6, 120, kinds)
+    assert {p.kind for p in a} == {k.name for k in kinds}
+    short = chaos.plan(5, 10, kinds)  # too short for a round: the first round is still complete
+    assert sorted(p.kind for p in short) == sorted(k.name for k in kinds)
+    long = chaos.plan(5, 600, kinds)
+    assert len(long) > 2 * len(kinds)
+    for p, q in zip(long, long[1:], strict=False):
+        assert q.at_s > p.at_s
+        assert p.hold_s <= chaos.FAULT_HOLD_MAX_S
+
+
+# --- the test network (root only) -----------------------------------------------------------------------------
+
+needs_netns = pytest.mark.skipif(bool(NETNS_SKIP), reason=f"network namespaces unavailable: {NETNS_SKIP}")
+
+SERVER = """
+import socket, sys
+s = socket.socket(); s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+s.bind((sys.argv[1], int(sys.argv[2]))); s.listen(16)
+print("ready", flush=True)
+while True:
+    c, a = s.accept(); c.sendall(a[0].encode()); c.close()
+"""
+PORT = 5000
+
+
+def _connect_from(net: netns.TestNetwork, src: int, dst_ip: str, timeout_s: float = 1.0) -> str:
+    """Connect from src's namespace to dst_ip:PORT; returns what the server said (the caller's address) or ERR."""
+    code = (f"import socket\ntry:\n s = socket.create_connection(({dst_ip!r}, {PORT}), timeout={timeout_s})\n"
+            " print(s.recv(100).decode())\nexcept OSError as e:\n print('ERR', type(e).__name__)")
+    return net.run_in(src, [sys.executable, "-c", code]).stdout.strip()
+
+
+@needs_netns
+def test_network_partitions_and_teardown() -> None:
+    servers: list[subprocess.Popen] = []
+    net = netns.TestNetwork([1, 2, 3])
+    try:
+        net.create()
+        # the subnet overlaps nothing of the machine's but our own bridge's addresses and routes
+        assert net.subnet is not None
+        assert not [u for u in netns.networks_in_use() if net.subnet.overlaps(u) and not u.subnet_of(net.subnet)]
+        for n in (1, 2, 3):
+            servers.append(subprocess.Popen([*net.exec_prefix(n), sys.executable, "-c", SERVER, net.ip(n), str(PORT)],
+                                            stdout=subprocess.PIPE, text=True))
+        for s in servers:
+            assert s.stdout is not None and s.stdout.readline().strip() == "ready"
+        assert _connect_from(net, 1, net.ip(2)) == net.ip(1)
+        # the root namespace reaches every node (clients live there)
+        with socket.create_connection((net.ip(3), PORT), timeout=2) as c:
+            assert c.recv(100).decode() == net.root_ip
+
+        net.block(1, 2)  # one way: 1's connections to 2 are dead, 2's to 1 fine
+        assert _connect_from(net, 1, net.ip(2)).startswith("ERR")
+        assert _connect_from(net, 2, net.ip(1)) == net.ip(2)
+        assert _connect_from(net, 1, net.ip(3)) == net.ip(1)
+        net.heal()
+        assert _connect_from(net, 1, net.ip(2)) == net.ip(1)
+
+        net.split([3])
+        assert _connect_from(net, 3, net.ip(1)).startswith("ERR")
+        assert _connect_from(net, 2, net.ip(3)).startswith("ERR")
+        assert _connect_from(net, 1, net.ip(2)) == net.ip(1)
+        with socket.create_connection((net.ip(3), PORT), timeout=2) as c:  # clients still reach the minority
+            assert c.recv(100)
+        net.heal()
+
+        net.isolate(2)
+        assert _connect_from(net, 1, net.ip(2)).startswith("ERR")
+        with pytest.raises(OSError):
+            socket.create_connection((net.ip(2), PORT), timeout=1).close()
+        net.heal()
+        assert _connect_from(net, 3, net.ip(2)) == net.ip(3)
+    finally:
+        net.destroy()
+        for s in servers:
+            s.wait(10)  # killed with their namespace
+    assert net.leftovers() == []
+    for s in servers:
+        assert s.returncode is not None
+
+
+@needs_netns
+def test_stale_network_of_a_dead_process_is_removed() -> None:
+    # a child creates a network and dies without cleaning up (SIGKILL)
+    code = ("import os, signal, sys\nfrom shmraft.faults.netns import TestNetwork\n"
+            "net = TestNetwork([1, 2]).create()\nprint(net.tag, flush=True)\nos.kill(os.getpid(), signal.SIGKILL)")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    tag = proc.stdout.strip()
+    assert tag.startswith(netns.NAME_PREFIX), proc.stderr
+    try:
+        deadline = time.monotonic() + 5
+        while not [n for n in netns.list_namespaces() if n.startswith(tag)] and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert [n for n in netns.list_namespaces() if n.startswith(tag)], "the dead run's namespaces should exist"
+        removed = netns.cleanup_stale()
+        assert any(r.startswith(tag) for r in removed)
+        assert not [n for n in [*netns.list_namespaces(), *netns.list_links()] if n.startswith(tag)]
+    finally:
+        for n in netns.list_namespaces():
+            if n.startswith(tag):
+                netns.run(["ip", "netns", "del", n], check=False)
+        for link in netns.list_links():
+            if link.startswith(tag):
+                netns.run(["ip", "link", "del", link], check=False)
+
+
+def test_without_root_the_reason_is_given(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(os, "geteuid", lambda: 1000)
+    assert "not root" in netns.unavailable_reason()

@@ -1,0 +1,110 @@
+"""Recovering mode of the core: a node that lost its log (quarantined as corrupt) and restarted empty with its
+preserved term raised grants no votes or pre-votes and never campaigns until it holds a committed entry of a
+term >= its recovery term (shmraft/raft/core.py docstring; docs/DESIGN.md "Storage faults")."""
+
+from __future__ import annotations
+
+import random
+
+import pytest
+
+from shmraft.raft.core import RaftCore
+from shmraft.raft.memstorage import MemStorage
+from shmraft.raft.messages import RequestVote, TimeoutNow, VoteResponse
+from shmraft.raft.types import HardState, Role
+from shmraft.sim.harness import Cluster, drain
+
+
+def lose_log(c: Cluster, i: int, recovering: bool = True) -> None:
+    """Node i restarts with an empty log and its preserved term + 1 (recovering), or, to show why the mode
+    exists, with its preserved term and vote but no log (the unsafe restart)."""
+    term, vote = c.storages[i].hard_state().term, c.storages[i].hard_state().vote
+    c.down.discard(i)
+    storage = MemStorage()
+    if recovering:
+        storage.set_hard_state(HardState(term + 1, 0, 0))
+    else:
+        storage.set_hard_state(HardState(term, vote, 0))
+    c.storages[i] = storage
+    c.applied[i] = []
+    c.cores[i] = RaftCore(i, [p for p in c.ids if p != i], storage, c.config, random.Random(i),
+                          recovery_term=term + 1 if recovering else 0)
+
+
+def recovering_core() -> tuple[RaftCore, MemStorage]:
+    storage = MemStorage()
+    storage.set_hard_state(HardState(5, 0, 0))
+    return RaftCore(3, [1, 2], storage, Cluster(1).config, random.Random(1), recovery_term=5), storage
+
+
+def test_recovering_node_never_campaigns_and_refuses_votes_and_pre_votes():
+    core, storage = recovering_core()
+    assert core.recovering and core.status()["recovering"]
+    for _ in range(50):
+        core.tick(100)
+        assert not [m for m in drain(core, storage) if isinstance(m, RequestVote)]
+    assert core.role == Role.FOLLOWER and core.term == 5
+    for pre in (True, False):
+        core.step(RequestVote(1, 3, 6, 100, 5, pre_vote=pre))
+        answers = [m for m in drain(core, storage) if isinstance(m, VoteResponse)]
+        assert answers and not any(m.granted for m in answers)
+    assert core.vote == 0
+    core.step(TimeoutNow(1, 3, core.term))
+    assert core.role == Role.FOLLOWER and not drain(core, storage)
+
+
+def test_recovery_term_is_checked():
+    storage = MemStorage()
+    storage.set_hard_state(HardState(2, 0, 0))
+    with pytest.raises(ValueError, match="recovery_term"):
+        RaftCore(1, [2, 3], storage, Cluster(1).config, random.Random(1), recovery_term=3)
+
+
+def test_recovering_follower_forces_one_election_then_catches_up_and_votes_again():
+    c = Cluster(3, seed=1)
+    c.elect(1)
+    for k in range(20):
+        c.propose(1, f"e{k}".encode())
+    c.deliver_all()
+    old_term = c.cores[1].term
+    c.crash(3)
+    lose_log(c, 3)
+    assert c.cores[3].recovering
+    c.run(3000)
+    leader = c.leader()
+    assert leader in (1, 2) and c.cores[leader].term > old_term  # a leader elected without node 3
+    assert not c.cores[3].recovering  # caught up: it holds a committed entry of that leader's term
+    assert c.log(3) == c.log(leader)
+    # and it takes part in elections again
+    c.crash(leader)
+    c.run(3000)
+    assert c.leader() not in (0, leader)
+
+
+def test_entry_committed_with_the_lost_copy_survives_when_the_leader_dies():
+    """Leader 1 commits x with node 3's acknowledgement only; node 3 then loses its log; leader 1 dies. Node 2
+    lacks x: a recovering node 3 must not elect it. (The unsafe restart, without the mode, does: x is lost.)"""
+    for recovering in (True, False):
+        c = Cluster(3, seed=2)
+        c.elect(1)
+        c.blocked |= {(1, 2), (2, 1)}
+        x = c.propose(1, b"x")
+        c.deliver_all()
+        assert c.cores[1].commit_index >= x  # committed by {1, 3}
+        c.crash(3)
+        lose_log(c, 3, recovering=recovering)
+        c.crash(1)
+        c.heal()
+        c.run(5000)
+        if recovering:
+            assert c.leader() == 0, "node 3 helped elect a leader without the committed entry"
+            assert c.cores[3].recovering
+            c.restart(1)  # the holder of x comes back: everything resumes, x included
+            c.run(5000)
+            leader = c.leader()
+            assert leader in (1, 2)
+            assert any(data == b"x" for _, _, data in c.log(3))
+            assert not c.cores[3].recovering
+        else:
+            assert c.leader() == 2
+            assert not any(data == b"x" for _, _, data in c.log(2))  # the violation the mode prevents

@@ -1,0 +1,965 @@
+"""The fault campaign: a 3-node cluster under steady load while faults of every kind come and go, then a check
+that nothing acknowledged was lost, duplicated, invented or put out of order.
+
+    python tools/chaos.py --duration 120 --json               # the CI run (about 2 minutes)
+    python tools/chaos.py --duration 1800 --seed 42           # a long run; the same seed, the same schedule
+
+Topology (when this runs as root and `ip netns add` works; see shmraft/faults/netns.py): each node in its own
+network namespace on a bridge, node-to-node traffic DNAT-ed through the fault proxy (shmraft/faults/proxy.py)
+in the root namespace, producers in the root namespace talking to the nodes over the bridge. Otherwise
+everything runs on 127.0.0.1 (stderr says why), nodes reach each other through the proxy by
+`peer_connect_overrides`, and the partition kinds are left out.
+
+Fault kinds (the JSON's `faults` counts them): kill-leader, kill-follower (SIGKILL of the node's whole
+process group, restarted after the hold time); kill-worker:ingest|batcher|sender|raft (SIGKILL of one worker;
+its supervisor restarts it); pause-node, pause-worker (SIGSTOP, then SIGCONT after the hold time);
+partition-isolate (a node cut off from peers and clients), partition-leader-minority (the leader alone on
+one side, clients still reach everyone), partition-leader-majority (a follower alone), partition-one-way
+(A's connections to B dead, B's to A fine; A and B are the leader and a follower, either way round);
+proxy-delay, proxy-loss (stalls and resets, see proxy.py), proxy-slow (bandwidth limit), proxy-blackhole
+(both ways between two nodes) on the links of one node or pair; disk-full (the node on the small disk:
+its free space filled, then freed) and corrupt-minority (a follower killed, its RocksDB files damaged,
+restarted) from shmraft/faults/disk.py.
+
+Schedule rules (the plan is a pure function of --seed and --duration; targets named by role, "the leader",
+"a follower", are resolved when the fault starts, with a seeded pick among the candidates):
+1. Faults are planned in rounds; each round is every available kind once, in a seeded order, so a run
+   long enough for one round (SLOT_S = 6.5 s per kind) injects every kind. The first round is always
+   completed, even past --duration; later rounds only while they fit.
+2. One fault at a time: each holds for a bounded, seeded time (at most FAULT_HOLD_MAX_S), is healed, and
+   the next starts no sooner than FAULT_GAP_S later.
+3. A fault starts only when the cluster is whole again: every node's supervisor and four workers alive, a
+   leader, and every node following it (waiting at most HEALTH_WAIT_S; if that runs out the fault starts
+   anyway and `unhealthy_starts` counts it). So at most one node is impaired at a time, and a majority
+   is lost only for the duration of a fault that takes the leader's side away.
+4. At the end everything is healed; `recovery_ms` is the time from then to the first acknowledged probe
+   event (at most RECOVERY_TIMEOUT_S, else `recovered` is false).
+
+Then every node's log is read and checked as loadgen --verify does (tools/loadgen.py: every acknowledged
+event exactly once at its acknowledged offset, the same order on every node, nothing invented). Exit 1
+on loss, duplicate, divergence, an unreadable node or no recovery; the last stdout line is the JSON with
+--json. Everything made is removed at the end, on error and on Ctrl-C: processes, namespaces (with their
+iptables rules), mounts, /dev/shm segments and the temp dir; a crashed run's leftovers are removed at the
+next start.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import importlib
+import json
+import multiprocessing as mp
+import os
+import random
+import re
+import secrets
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Final
+
+ROOT_DIR = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT_DIR))
+sys.path.insert(0, str(ROOT_DIR / "tools"))
+
+import loadgen as lg  # noqa: E402
+import numpy as np  # noqa: E402
+import psutil  # noqa: E402
+
+from shmraft.client import Client, ShmraftError  # noqa: E402
+from shmraft.config import Member, NodeConfig  # noqa: E402
+from shmraft.faults import netns  # noqa: E402
+from shmraft.faults.proxy import FaultProxy, LinkFaults  # noqa: E402
+from shmraft.ipc import segments  # noqa: E402
+from shmraft.ipc.state import NodeStatus, StateBlockError, Worker  # noqa: E402
+from shmraft.node.layout import NodeLayout  # noqa: E402
+from shmraft.supervisor.cluster import LocalCluster  # noqa: E402
+from shmraft.supervisor.node import config_to_json  # noqa: E402
+
+NODES: Final = 3
+PORT_BASE_NETNS: Final = 7000  # every namespace has its own address, so the usual ports do
+CHANNELS: Final = ("data", "raft")
+TEMP_PREFIX: Final = "shmraft-chaos-"  # + pid + "-": a crashed run's dir (and mount) is found by its dead pid
+CLUSTER_ID_PREFIX: Final = "chaos"
+RATE_DEFAULT: Final = 1500.0  # events/s in all: steady, and leaves CPU for 3 nodes on 2 cores
+EVENT_BYTES_DEFAULT: Final = 100
+CLIENT_TIMEOUT_S: Final = 10.0
+SMALL_DISK_BYTES: Final = 256 * 1024 * 1024  # the disk-full node's data dir (tmpfs or loop device)
+FIRST_FAULT_S: Final = 3.0  # after the load starts
+SLOT_S: Final = 6.5  # planned spacing of fault starts: 18 kinds fit in a 2-minute run
+FAULT_GAP_S: Final = 1.0  # between one fault's heal and the next fault
+FAULT_HOLD_MAX_S: Final = 4.0
+HEALTH_WAIT_S: Final = 15.0
+RESTART_WAIT_S: Final = 20.0  # a killed worker or node back up
+RECOVERY_TIMEOUT_S: Final = 60.0
+START_TIMEOUT_S: Final = 60.0
+PRODUCER_DRAIN_S: Final = CLIENT_TIMEOUT_S + 30.0
+
+
+@dataclass(frozen=True)
+class Kind:
+    name: str
+    hold_s: tuple[float, float]  # seeded uniform hold time
+    needs: str = ""  # "netns" or "disk": left out when that is unavailable
+
+
+KINDS: Final = (
+    Kind("kill-leader", (1.0, 3.0)),
+    Kind("kill-follower", (1.0, 3.0)),
+    Kind("kill-worker:ingest", (0.0, 0.0)),
+    Kind("kill-worker:batcher", (0.0, 0.0)),
+    Kind("kill-worker:sender", (0.0, 0.0)),
+    Kind("kill-worker:raft", (0.0, 0.0)),
+    Kind("pause-node", (1.0, 3.0)),
+    Kind("pause-worker", (0.5, 3.0)),  # below worker_stall_timeout_ms: a pause, not a stall kill
+    Kind("partition-isolate", (2.0, FAULT_HOLD_MAX_S), "netns"),
+    Kind("partition-leader-minority", (2.0, FAULT_HOLD_MAX_S), "netns"),
+    Kind("partition-leader-majority", (2.0, FAULT_HOLD_MAX_S), "netns"),
+    Kind("partition-one-way", (2.0, FAULT_HOLD_MAX_S), "netns"),
+    Kind("proxy-delay", (2.0, FAULT_HOLD_MAX_S)),
+    Kind("proxy-loss", (2.0, FAULT_HOLD_MAX_S)),
+    Kind("proxy-slow", (2.0, FAULT_HOLD_MAX_S)),
+    Kind("proxy-blackhole", (2.0, FAULT_HOLD_MAX_S)),
+    Kind("disk-full", (2.0, FAULT_HOLD_MAX_S), "disk"),
+    Kind("corrupt-minority", (0.5, 1.5), "disk"),
+)
+
+
+@dataclass
+class Planned:
+    index: int
+    at_s: float  # planned start, from the start of the load
+    kind: str
+    hold_s: float
+    pick: float  # chooses among the candidate targets when the fault starts
+    params: dict[str, Any] = field(default_factory=dict)
+
+
+def plan(seed: int, duration_s: float, kinds: list[Kind]) -> list[Planned]:
+    """The fault schedule: a pure function of its arguments (rule 1 of the module docstring)."""
+    rng = random.Random(seed)
+    slot = SLOT_S
+    out: list[Planned] = []
+    t = FIRST_FAULT_S
+    rounds = 0
+    while True:
+        order = list(kinds)
+        rng.shuffle(order)
+        for k in order:
+            if rounds and t + slot > duration_s:
+                return out
+            hold = round(rng.uniform(*k.hold_s), 2)
+            params: dict[str, Any] = {}
+            if k.name == "proxy-delay":
+                params["delay_ms"] = round(rng.uniform(50, 300))
+            elif k.name == "proxy-loss":
+                params["loss_rate"] = round(rng.uniform(0.02, 0.15), 3)
+            elif k.name == "proxy-slow":
+                params["bandwidth_bytes_per_s"] = round(rng.uniform(30_000, 200_000))
+            elif k.name == "pause-worker":
+                params["worker"] = rng.choice([w.name.lower() for w in Worker])
+            elif k.name == "partition-one-way":
+                params["from"] = rng.choice(["leader", "follower"])
+            out.append(Planned(len(out), round(t, 2), k.name, hold, rng.random(), params))
+            t += slot
+        rounds += 1
+
+
+def _alive(pid: int) -> bool:
+    try:
+        return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
+    except psutil.Error:
+        return False
+
+
+def _load_disk_module() -> Any | None:
+    """shmraft/faults/disk.py when it is there (written separately); None otherwise."""
+    try:
+        mod = importlib.import_module("shmraft.faults.disk")
+    except ImportError:
+        return None
+    needed = ("mount_small_disk", "unmount_small_disk", "fill_disk", "free_disk", "corrupt_rocksdb", "node_log_dir")
+    return mod if all(hasattr(mod, n) for n in needed) else None
+
+
+def cleanup_stale_runs(log) -> None:
+    """A crashed run's mounts, temp dirs and shared memory (its pid is dead); namespaces go in TestNetwork."""
+    mounts = []
+    with contextlib.suppress(OSError):
+        for line in Path("/proc/mounts").read_text().splitlines():
+            parts = line.split()
+            if len(parts) > 1 and TEMP_PREFIX in parts[1]:
+                mounts.append(parts[1].replace("\\040", " "))
+    pattern = re.compile(re.escape(TEMP_PREFIX) + r"(\d+)-")
+    for mnt in sorted(mounts, key=len, reverse=True):
+        m = pattern.search(mnt)
+        if m and not psutil.pid_exists(int(m.group(1))):
+            subprocess.run(["umount", "-l", mnt], capture_output=True)
+            log(f"chaos: removed a stale mount {mnt}")
+    for d in Path(tempfile.gettempdir()).glob(f"{TEMP_PREFIX}*"):
+        m = pattern.match(d.name)
+        if m and not psutil.pid_exists(int(m.group(1))):
+            shutil.rmtree(d, ignore_errors=True)
+    removed = segments.cleanup_stale(segments.NAME_ROOT + CLUSTER_ID_PREFIX)
+    if removed:
+        log(f"chaos: removed stale shared memory of a crashed run: {len(removed)} names")
+
+
+class NetnsCluster(LocalCluster):
+    """LocalCluster whose node supervisors start inside their network namespaces (when there is a network)."""
+
+    def __init__(self, configs: list[NodeConfig], log_dir: Path, net: netns.TestNetwork | None) -> None:
+        super().__init__(configs, log_dir=log_dir)
+        self.net = net
+
+    def start_node(self, node_id: int) -> subprocess.Popen:
+        if self.net is None:
+            return super().start_node(node_id)
+        config = next(c for c in self.configs if c.node_id == node_id)
+        if config.cluster_secret_file:
+            with contextlib.suppress(ImportError):
+                from shmraft.net.auth import ensure_local_secret
+
+                ensure_local_secret(config.cluster_secret_file)
+        config.node_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+        path = config.node_dir / "node.json"
+        path.write_text(config_to_json(config))
+        assert self.log_dir is not None
+        self.log_dir.mkdir(parents=True, exist_ok=True)
+        with open(self.log_dir / f"node{node_id}.log", "ab") as out:
+            proc = subprocess.Popen([*self.net.exec_prefix(node_id), sys.executable, "-m", "shmraft.cli.supervisor",
+                                     "node", "--config-json", str(path)],
+                                    stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                                    start_new_session=True)
+        self.procs[node_id] = proc
+        return proc
+
+
+class Campaign:
+    """The cluster, the network, the proxy and the disk of one run, and the faults acting on them."""
+
+    def __init__(self, args: argparse.Namespace, log) -> None:
+        self.args = args
+        self.log = log
+        self.rng = random.Random(args.seed ^ 0x5EED)  # for what disk.corrupt_rocksdb chooses
+        self.net: netns.TestNetwork | None = None
+        self.netns_reason = ""
+        self.proxy = FaultProxy(seed=args.seed)
+        self.disk = None if args.no_disk else _load_disk_module()
+        self.disk_reason = "--no-disk" if args.no_disk else ("" if self.disk else "shmraft/faults/disk.py not found")
+        self.disk_node = 0
+        self.mounted: list[Path] = []
+        self.filler: Path | None = None
+        self.root: Path | None = None
+        self.cluster: NetnsCluster | None = None
+        self.nodes: lg.Nodes | None = None
+        self.configs: list[NodeConfig] = []
+        self.cluster_id = f"{CLUSTER_ID_PREFIX}{os.getpid()}"
+        self.paused_nodes: set[int] = set()
+        self.paused_pids: set[int] = set()
+        self.stop = threading.Event()
+        self.t0 = time.monotonic()
+        self.records: list[dict[str, Any]] = []
+        self.fault_errors: list[str] = []
+        self.unhealthy_starts = 0
+        self.operator_repairs = 0
+
+    # --- setup ------------------------------------------------------------------------------------------------
+
+    def setup(self) -> None:
+        cleanup_stale_runs(self.log)
+        if self.args.no_netns:
+            self.netns_reason = "--no-netns"
+        else:
+            self.netns_reason = netns.unavailable_reason()
+        if not self.netns_reason:
+            self.net = netns.TestNetwork(list(range(1, NODES + 1)))
+            try:
+                self.net.create()
+            except netns.NetnsError as exc:
+                self.net.destroy()
+                self.net = None
+                self.netns_reason = str(exc)
+        if self.net is None:
+            self.log(f"chaos: NO NETWORK NAMESPACES ({self.netns_reason}): running on 127.0.0.1 without the "
+                     "partition faults (proxy, process and disk faults still run)")
+        else:
+            self.log(f"chaos: network namespaces {[self.net.netns(n) for n in range(1, NODES + 1)]} on bridge "
+                     f"{self.net.bridge}, subnet {self.net.subnet} (proxy at {self.net.root_ip})")
+        self.root = Path(tempfile.mkdtemp(prefix=f"{TEMP_PREFIX}{os.getpid()}-", dir=self.args.tmp))
+        os.chmod(self.root, 0o700)
+        if self.net is not None:
+            members = tuple(Member(n, self.net.ip(n), *(PORT_BASE_NETNS + 100 * n + k for k in range(1, 5)))
+                            for n in range(1, NODES + 1))
+        else:
+            base = lg.free_port_base(NODES)
+            members = tuple(Member(n, "127.0.0.1", *(base + 100 * n + k for k in range(1, 5)))
+                            for n in range(1, NODES + 1))
+        overrides = self._proxy_routes(members)
+        from shmraft.config import CLUSTER_SECRET_FILE_ENV, LOCAL_SECRET_NAME
+
+        secret = os.environ.get(CLUSTER_SECRET_FILE_ENV) or str(self.root / LOCAL_SECRET_NAME)
+        self.configs = [NodeConfig(node_id=m.node_id, members=members, data_dir=self.root, cluster_id=self.cluster_id,
+                                   bind_host=m.host, peer_connect_overrides=overrides[m.node_id],
+                                   cluster_secret_file=secret)
+                        for m in members]
+        if self.disk is not None:
+            self.disk_node = random.Random(self.args.seed).randint(1, NODES)
+            node_dir = self.configs[self.disk_node - 1].node_dir
+            try:
+                self.disk.mount_small_disk(node_dir, SMALL_DISK_BYTES)
+                self.mounted.append(node_dir)
+                self.log(f"chaos: node {self.disk_node}'s data dir {node_dir} is on a {SMALL_DISK_BYTES >> 20} MiB "
+                         "disk")
+            except Exception as exc:
+                self.disk_reason = f"mount_small_disk failed: {type(exc).__name__}: {exc}"
+                self.disk = None
+        if self.disk is None:
+            self.log(f"chaos: no disk faults ({self.disk_reason})")
+        self.proxy.start()
+        self.cluster = NetnsCluster(self.configs, self.root / "logs", self.net)
+        self.nodes = lg.Nodes(self.configs, self.cluster)
+        self.cluster.start()
+
+    def _proxy_routes(self, members: tuple[Member, ...]) -> dict[int, str]:
+        """One proxy link per (source, destination, channel); the source's traffic is routed into it."""
+        overrides: dict[int, list[str]] = {m.node_id: [] for m in members}
+        host = self.net.root_ip if self.net is not None else "127.0.0.1"
+        for src in members:
+            for dst in members:
+                if src.node_id == dst.node_id:
+                    continue
+                for ch in CHANNELS:
+                    port = dst.data_port if ch == "data" else dst.raft_port
+                    pport = self.proxy.add_link(self.link(src.node_id, dst.node_id, ch), (host, 0), (dst.host, port))
+                    if self.net is not None:
+                        self.net.route_via_proxy(src.node_id, dst.host, port, pport)
+                    else:
+                        overrides[src.node_id].append(f"{dst.node_id}:{ch}={host}:{pport}")
+        return {n: ",".join(v) for n, v in overrides.items()}
+
+    @staticmethod
+    def link(src: int, dst: int, channel: str) -> str:
+        return f"{src}>{dst}:{channel}"
+
+    @property
+    def addresses(self) -> list[str]:
+        return [c.me.client_address for c in self.configs]
+
+    # --- the cluster's state ----------------------------------------------------------------------------------
+
+    def now_s(self) -> float:
+        return time.monotonic() - self.t0
+
+    def state(self, node_id: int) -> dict[str, Any] | None:
+        try:
+            block = NodeLayout(self.configs[node_id - 1]).attach_state()
+        except (StateBlockError, OSError, ValueError):
+            return None
+        try:
+            n = block.node
+            out = {k: int(n[k]) for k in ("status", "role", "term", "leader_id", "commit_index")}
+            out["pids"] = {w: int(block.workers[w]["pid"]) for w in Worker}
+        finally:
+            block.close()
+        assert self.nodes is not None
+        self.nodes.seen_pids |= {p for p in out["pids"].values() if p}
+        return out
+
+    def node_up(self, node_id: int) -> bool:
+        assert self.cluster is not None
+        proc = self.cluster.procs.get(node_id)
+        if proc is None or proc.poll() is not None:
+            return False
+        s = self.state(node_id)
+        return bool(s) and s["status"] == NodeStatus.SERVING and all(p and _alive(p) for p in s["pids"].values())
+
+    def leader(self) -> int:
+        assert self.nodes is not None
+        return self.nodes.leader()[0]
+
+    def health(self) -> str:
+        """Empty when the cluster is whole (rule 3); else what is missing."""
+        down = [n for n in range(1, NODES + 1) if not self.node_up(n)]
+        if down:
+            return f"nodes not up: {down}"
+        leader = self.leader()
+        if not leader:
+            return "no leader"
+        lost = [n for n in range(1, NODES + 1) if (self.state(n) or {}).get("leader_id") != leader]
+        return f"nodes not following leader {leader}: {lost}" if lost else ""
+
+    def wait_health(self, timeout_s: float) -> str:
+        deadline = time.monotonic() + timeout_s
+        why = self.health()
+        while why and time.monotonic() < deadline and not self.stop.is_set():
+            time.sleep(0.1)
+            why = self.health()
+        return why
+
+    def pick(self, candidates: list[int], pick: float) -> int:
+        return sorted(candidates)[int(pick * len(candidates))] if candidates else 0
+
+    def followers(self) -> list[int]:
+        leader = self.leader()
+        return [n for n in range(1, NODES + 1) if n != leader]
+
+    # --- faults -----------------------------------------------------------------------------------------------
+
+    def hold(self, seconds: float, rec: dict) -> None:
+        """The fault is in force from now (its unavailability counts from here); keep it for `seconds`."""
+        rec["t_in_force"] = time.monotonic()
+        self.stop.wait(seconds)
+
+    def run_fault(self, p: Planned, monitor: lg.Monitor) -> dict[str, Any]:
+        why = self.wait_health(HEALTH_WAIT_S)
+        if why:
+            self.unhealthy_starts += 1
+            self.log(f"chaos: cluster not whole after {HEALTH_WAIT_S:.0f} s ({why}); starting {p.kind} anyway")
+        t = time.monotonic()
+        rec: dict[str, Any] = {"kind": p.kind, "planned_s": p.at_s, "start_s": round(self.now_s(), 2),
+                               "hold_s": p.hold_s, **p.params}
+        handler = getattr(self, "f_" + p.kind.split(":")[0].replace("-", "_"))
+        detail = handler(p, rec)
+        rec["detail"] = detail
+        rec["end_s"] = round(self.now_s(), 2)
+        f = monitor.add_fault(p.kind, int(rec.get("node", 0)), rec.pop("t_in_force", t))
+        rec["monitor"] = f
+        self.log(f"[{rec['start_s']:7.2f} s] {p.kind}: {detail} (healed at {rec['end_s']:.2f} s)")
+        return rec
+
+    def _restart_node(self, node: int) -> None:
+        assert self.nodes is not None
+        self.nodes.start_node(node)
+        deadline = time.monotonic() + RESTART_WAIT_S
+        while not self.node_up(node) and time.monotonic() < deadline:
+            time.sleep(0.05)
+
+    def f_kill_leader(self, p: Planned, rec: dict) -> str:
+        return self._kill_node(self.leader(), "leader", p, rec)
+
+    def f_kill_follower(self, p: Planned, rec: dict) -> str:
+        return self._kill_node(self.pick(self.followers(), p.pick), "follower", p, rec)
+
+    def _kill_node(self, node: int, role: str, p: Planned, rec: dict) -> str:
+        assert self.nodes is not None
+        if not node:
+            return f"no {role} to kill"
+        rec["node"] = node
+        self.nodes.kill_node(node)
+        self.hold(p.hold_s, rec)
+        self._restart_node(node)
+        return f"SIGKILL node {node} ({role}), restarted after {p.hold_s:.2f} s"
+
+    def f_kill_worker(self, p: Planned, rec: dict) -> str:
+        assert self.nodes is not None
+        worker = Worker[p.kind.split(":")[1].upper()]
+        node = self.pick(list(range(1, NODES + 1)), p.pick)
+        rec["node"] = node
+        role = "leader" if node == self.leader() else "follower"
+        old = self.nodes.kill_worker(node, worker)
+        self.hold(0.0, rec)
+        deadline = time.monotonic() + RESTART_WAIT_S
+        new = old
+        while time.monotonic() < deadline and not self.stop.is_set():
+            s = self.state(node)
+            new = s["pids"][worker] if s else 0
+            if new and new != old and _alive(new):
+                break
+            time.sleep(0.05)
+        back = f"restarted as pid {new}" if new != old else "NOT restarted in time"
+        return f"SIGKILL {worker.name.lower()} worker pid {old} of node {node} ({role}); {back}"
+
+    def f_pause_node(self, p: Planned, rec: dict) -> str:
+        assert self.nodes is not None
+        node = self.pick(list(range(1, NODES + 1)), p.pick)
+        role = "leader" if node == self.leader() else "follower"
+        rec["node"] = node
+        self.paused_nodes.add(node)
+        self.nodes.signal_node(node, signal.SIGSTOP)
+        self.hold(p.hold_s, rec)
+        self.nodes.signal_node(node, signal.SIGCONT)
+        self.paused_nodes.discard(node)
+        return f"SIGSTOP node {node} ({role}) for {p.hold_s:.2f} s"
+
+    def f_pause_worker(self, p: Planned, rec: dict) -> str:
+        worker = Worker[p.params["worker"].upper()]
+        node = self.pick(list(range(1, NODES + 1)), p.pick)
+        rec["node"] = node
+        s = self.state(node)
+        pid = s["pids"][worker] if s else 0
+        if not pid:
+            return f"no {worker.name.lower()} worker on node {node}"
+        self.paused_pids.add(pid)
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGSTOP)
+        self.hold(p.hold_s, rec)
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGCONT)
+        self.paused_pids.discard(pid)
+        return f"SIGSTOP {worker.name.lower()} worker pid {pid} of node {node} for {p.hold_s:.2f} s"
+
+    def f_partition_isolate(self, p: Planned, rec: dict) -> str:
+        assert self.net is not None
+        node = self.pick(list(range(1, NODES + 1)), p.pick)
+        role = "leader" if node == self.leader() else "follower"
+        rec["node"] = node
+        self.net.isolate(node)
+        self.hold(p.hold_s, rec)
+        self.net.heal()
+        return f"node {node} ({role}) cut off from peers and clients for {p.hold_s:.2f} s"
+
+    def f_partition_leader_minority(self, p: Planned, rec: dict) -> str:
+        assert self.net is not None
+        leader = self.leader()
+        if not leader:
+            return "no leader to cut off"
+        rec["node"] = leader
+        self.net.split([leader])
+        self.hold(p.hold_s, rec)
+        self.net.heal()
+        others = [n for n in range(1, NODES + 1) if n != leader]
+        return f"split {{{leader}}} | {set(others)}: the leader in the minority for {p.hold_s:.2f} s"
+
+    def f_partition_leader_majority(self, p: Planned, rec: dict) -> str:
+        assert self.net is not None
+        node = self.pick(self.followers(), p.pick)
+        rec["node"] = node
+        self.net.split([node])
+        self.hold(p.hold_s, rec)
+        self.net.heal()
+        others = [n for n in range(1, NODES + 1) if n != node]
+        return f"split {{{node}}} | {set(others)}: the leader ({self.leader()}) in the majority for {p.hold_s:.2f} s"
+
+    def f_partition_one_way(self, p: Planned, rec: dict) -> str:
+        assert self.net is not None
+        leader = self.leader()
+        follower = self.pick(self.followers(), p.pick)
+        a, b = (leader, follower) if p.params["from"] == "leader" else (follower, leader)
+        rec["node"], rec["to"] = a, b
+        self.net.block(a, b)
+        self.hold(p.hold_s, rec)
+        self.net.heal()
+        return (f"node {a} ({'leader' if a == leader else 'follower'}) -> node {b} dropped, {b} -> {a} fine, "
+                f"for {p.hold_s:.2f} s")
+
+    def _node_links(self, node: int) -> list[str]:
+        return [n for n in self.proxy.links() if n.startswith(f"{node}>") or n.split(":")[0].endswith(f">{node}")]
+
+    def _proxy_fault(self, p: Planned, rec: dict, faults: LinkFaults, what: str) -> str:
+        node = self.pick(list(range(1, NODES + 1)), p.pick)
+        role = "leader" if node == self.leader() else "follower"
+        rec["node"] = node
+        names = self._node_links(node)
+        for name in names:
+            self.proxy.set_faults(name, faults)
+        self.hold(p.hold_s, rec)
+        self.proxy.clear()
+        return f"{what} on the {len(names)} proxy links of node {node} ({role}) for {p.hold_s:.2f} s"
+
+    def f_proxy_delay(self, p: Planned, rec: dict) -> str:
+        return self._proxy_fault(p, rec, LinkFaults(delay_ms=p.params["delay_ms"]), f"+{p.params['delay_ms']} ms")
+
+    def f_proxy_loss(self, p: Planned, rec: dict) -> str:
+        lf = LinkFaults(loss_rate=p.params["loss_rate"])
+        return self._proxy_fault(p, rec, lf, f"loss {p.params['loss_rate']:.1%} (stalls and resets)")
+
+    def f_proxy_slow(self, p: Planned, rec: dict) -> str:
+        bw = p.params["bandwidth_bytes_per_s"]
+        return self._proxy_fault(p, rec, LinkFaults(bandwidth_bytes_per_s=bw), f"{bw / 1000:.0f} KB/s")
+
+    def f_proxy_blackhole(self, p: Planned, rec: dict) -> str:
+        pairs = [(a, b) for a in range(1, NODES + 1) for b in range(a + 1, NODES + 1)]
+        a, b = pairs[int(p.pick * len(pairs))]
+        rec["node"], rec["to"] = a, b
+        names = [self.link(x, y, ch) for x, y in ((a, b), (b, a)) for ch in CHANNELS]
+        for name in names:
+            self.proxy.set_faults(name, LinkFaults(blackhole=True))
+        self.hold(p.hold_s, rec)
+        self.proxy.clear()
+        return f"proxy blackhole between nodes {a} and {b} for {p.hold_s:.2f} s"
+
+    def f_disk_full(self, p: Planned, rec: dict) -> str:
+        assert self.disk is not None
+        node = self.disk_node
+        rec["node"] = node
+        role = "leader" if node == self.leader() else "follower"
+        self.filler = self.disk.fill_disk(self.configs[node - 1].node_dir)
+        self.hold(p.hold_s, rec)
+        self.disk.free_disk(self.filler)
+        self.filler = None
+        return f"node {node} ({role}): data disk full for {p.hold_s:.2f} s"
+
+    def f_corrupt_minority(self, p: Planned, rec: dict) -> str:
+        assert self.disk is not None and self.nodes is not None
+        node = self.pick(self.followers(), p.pick)
+        rec["node"] = node
+        self.nodes.kill_node(node)
+        log_dir = self.disk.node_log_dir(self.configs[node - 1].node_dir)
+        what = self.disk.corrupt_rocksdb(log_dir, self.rng)
+        self.hold(p.hold_s, rec)
+        self._restart_node(node)
+        why = self.wait_health(HEALTH_WAIT_S)
+        outcome = "rejoined" if not why else f"not back in {HEALTH_WAIT_S:.0f} s ({why})"
+        rec["corruption"] = str(what)
+        rec["rejoined"] = not why
+        return f"node {node} (follower) killed, {what}, restarted: {outcome}"
+
+    # --- healing and cleanup ----------------------------------------------------------------------------------
+
+    def heal_all(self) -> None:
+        """Undo every fault that may be in force (each is healed by its own handler too; this is for errors)."""
+        if self.net is not None:
+            self.net.heal()
+        self.proxy.clear()
+        if self.filler is not None and self.disk is not None:
+            with contextlib.suppress(Exception):
+                self.disk.free_disk(self.filler)
+            self.filler = None
+        for pid in list(self.paused_pids):
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGCONT)
+        self.paused_pids.clear()
+        if self.nodes is not None:
+            for n in list(self.paused_nodes):
+                self.nodes.signal_node(n, signal.SIGCONT)
+        self.paused_nodes.clear()
+        if self.cluster is not None and self.nodes is not None:
+            for n in range(1, NODES + 1):
+                proc = self.cluster.procs.get(n)
+                if proc is None or proc.poll() is not None:
+                    self.log(f"chaos: node {n} is down at the final heal: restarting it")
+                    self.nodes.start_node(n)
+
+    def teardown(self) -> None:
+        """Remove everything this run made, whatever state it is in; every step runs even if one fails."""
+        steps = [self._stop_cluster, self.proxy.close, self._unmount, self._destroy_net, self._remove_root]
+        for step in steps:
+            try:
+                step()
+            except Exception as exc:
+                self.log(f"chaos: cleanup step {step.__name__} failed: {type(exc).__name__}: {exc}")
+
+    def _stop_cluster(self) -> None:
+        self.stop.set()
+        with contextlib.suppress(Exception):
+            self.heal_all_signals()
+        if self.cluster is None or self.nodes is None:
+            return
+        for n in range(1, NODES + 1):
+            with contextlib.suppress(Exception):
+                self.state(n)
+        for proc in self.cluster.procs.values():
+            self.nodes.seen_pids.add(proc.pid)
+        try:
+            self.cluster.stop()
+        finally:
+            for pid in self.nodes.seen_pids:
+                if _alive(pid):
+                    with contextlib.suppress(ProcessLookupError):
+                        os.kill(pid, signal.SIGKILL)
+            left = lg.remove_segments(self.cluster_id)
+            if left:
+                self.log(f"chaos: removed leftover shared memory: {len(left)} names")
+
+    def heal_all_signals(self) -> None:
+        for pid in list(self.paused_pids):
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGCONT)
+        if self.nodes is not None:
+            for n in list(self.paused_nodes):
+                self.nodes.signal_node(n, signal.SIGCONT)
+
+    def _unmount(self) -> None:
+        if self.disk is None:
+            return
+        if self.filler is not None:
+            with contextlib.suppress(Exception):
+                self.disk.free_disk(self.filler)
+        for path in self.mounted:
+            self.disk.unmount_small_disk(path)
+        self.mounted.clear()
+
+    def _destroy_net(self) -> None:
+        if self.net is not None:
+            self.net.destroy()
+            left = self.net.leftovers()
+            if left:
+                self.log(f"chaos: namespaces/links left behind: {left}")
+
+    def _remove_root(self) -> None:
+        if self.root is not None and not self.args.keep:
+            shutil.rmtree(self.root, ignore_errors=True)
+        elif self.root is not None:
+            self.log(f"chaos: kept {self.root} (--keep)")
+
+
+# --- the run ----------------------------------------------------------------------------------------------------
+
+
+def probe_until_committed(addresses: list[str], run_id: str, timeout_s: float) -> float | None:
+    """Seconds until a fresh probe event is acknowledged, or None."""
+    t = time.monotonic()
+    deadline = t + timeout_s
+    n = 0
+    while time.monotonic() < deadline:
+        n += 1
+        try:
+            with Client(addresses, timeout_s=min(5.0, max(0.5, deadline - time.monotonic()))) as c:
+                c.produce(f"{run_id}:w:probe{n}:".encode())
+            return time.monotonic() - t
+        except ShmraftError:
+            time.sleep(0.2)
+    return None
+
+
+def gather(outdir: Path, producers: int, run_id: str, size: int) -> tuple[dict[bytes, int], list[int], Counter,
+                                                                           np.ndarray, np.ndarray]:
+    """The producers' results (files written by loadgen.producer_main): acked value -> offset, and more."""
+    acked: dict[bytes, int] = {}
+    generated: list[int] = []
+    errors: Counter[str] = Counter()
+    dues, acks = [], []
+    for k in range(producers):
+        meta = json.loads((outdir / f"p{k}.json").read_text())
+        errors.update(meta["errors"])
+        generated.append(int(meta["generated"]))
+        prefix = f"{run_id}:{k}:".encode()
+        with np.load(outdir / f"p{k}.npz") as z:
+            dues.append(z["due"])
+            acks.append(z["ack"])
+            for s, o in zip(z["seqs"].tolist(), z["offsets"].tolist(), strict=True):
+                acked[lg.make_value(prefix, s, size)] = o
+    return acked, generated, errors, np.concatenate(dues), np.concatenate(acks)
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--duration", type=float, default=120.0, help="seconds of load and faults (default 120)")
+    ap.add_argument("--seed", type=int, default=None, help="the fault schedule's seed (default random, printed)")
+    ap.add_argument("--json", action="store_true", help="the report as one JSON line, last")
+    ap.add_argument("--producers", type=int, default=2)
+    ap.add_argument("--rate", type=float, default=RATE_DEFAULT, help="events/s in all, open loop")
+    ap.add_argument("--size", type=int, default=EVENT_BYTES_DEFAULT, help="event bytes")
+    ap.add_argument("--no-netns", action="store_true", help="run on 127.0.0.1 even when namespaces work")
+    ap.add_argument("--no-disk", action="store_true", help="leave out the disk faults")
+    ap.add_argument("--tmp", default=None, help="parent of the run's temp dir")
+    ap.add_argument("--keep", action="store_true", help="keep the temp dir (node logs) afterwards")
+    ap.add_argument("--kinds", default=None, help="comma-separated fault kinds to use (default: every available)")
+    ap.add_argument("--plan", action="store_true", help="print the schedule for --seed/--duration and exit")
+    args = ap.parse_args(argv)
+    if args.seed is None:
+        args.seed = secrets.randbelow(2**31)
+    if args.duration <= 0 or args.producers < 1 or args.rate <= 0:
+        ap.error("--duration, --producers and --rate must be positive")
+    return args
+
+
+def available_kinds(net: bool, disk: bool) -> list[Kind]:
+    return [k for k in KINDS if not k.needs or (k.needs == "netns" and net) or (k.needs == "disk" and disk)]
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    t_begin = time.monotonic()
+
+    def log(msg: str) -> None:
+        print(msg, file=sys.stderr, flush=True)
+
+    print(f"chaos: seed {args.seed} (rerun the same schedule with --seed {args.seed})", flush=True)
+    if args.plan:
+        for p in plan(args.seed, args.duration, list(KINDS)):
+            print(f"  {p.at_s:7.2f} s  {p.kind:26} hold {p.hold_s:.2f} s  pick {p.pick:.3f}  {p.params}")
+        return 0
+
+    def on_term(_s: int, _f: object) -> None:
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGTERM, on_term)
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+    camp = Campaign(args, log)
+    run_id = secrets.token_hex(4)
+    ctx = mp.get_context("spawn")
+    procs: list = []
+    monitor: lg.Monitor | None = None
+    outdir: Path | None = None
+    try:
+        camp.setup()
+        kinds = available_kinds(camp.net is not None, camp.disk is not None)
+        if args.kinds:
+            wanted = set(args.kinds.split(","))
+            unknown = wanted - {k.name for k in KINDS}
+            if unknown:
+                raise SystemExit(f"chaos: --kinds: expected names from {[k.name for k in KINDS]}, "
+                                 f"got {sorted(unknown)}")
+            kinds = [k for k in kinds if k.name in wanted]
+        schedule = plan(args.seed, args.duration, kinds)
+        log(f"chaos: {len(schedule)} faults planned over {args.duration:g} s: {len(kinds)} kinds "
+            f"({', '.join(k.name for k in kinds)})")
+        t_w = time.monotonic()
+        with Client(camp.addresses, timeout_s=START_TIMEOUT_S) as c:
+            c.produce(f"{run_id}:w:0:".encode())
+        log(f"chaos: cluster {camp.cluster_id} serving ({time.monotonic() - t_w:.1f} s); run {run_id}")
+
+        # --- load ---------------------------------------------------------------------------------------------
+        outdir = Path(tempfile.mkdtemp(prefix=f"{TEMP_PREFIX}{os.getpid()}-out-", dir=args.tmp))
+        opts = {"run_id": run_id, "addresses": camp.addresses, "size": args.size, "batch": 32, "window": 8,
+                "linger_ms": 1.0, "rate": args.rate, "producers": args.producers,
+                "duration": 10 * args.duration + 3600, "quota": None, "client_timeout": CLIENT_TIMEOUT_S}
+        stats_raw = ctx.RawArray("d", args.producers * lg.ST_FIELDS)
+        hist_raw = ctx.RawArray("q", args.producers * lg.HIST_BUCKETS)
+        stats = np.frombuffer(stats_raw, dtype=np.float64)
+        stop_load = ctx.Event()
+        t_start = time.monotonic() + 2.0 + 0.5 * args.producers
+        procs = [ctx.Process(target=lg.producer_main, args=(k, opts, t_start, stop_load, stats_raw, hist_raw,
+                                                            str(outdir)), daemon=True)
+                 for k in range(args.producers)]
+        for p in procs:
+            p.start()
+        camp.t0 = t_start
+        monitor = lg.Monitor(camp.nodes, camp.addresses, stats, args.producers, t_start)
+        monitor.start()
+        while time.monotonic() < t_start:
+            time.sleep(0.05)
+
+        # --- faults -------------------------------------------------------------------------------------------
+        last_end = 0.0
+        for p in schedule:
+            start = max(t_start + p.at_s, last_end + FAULT_GAP_S)
+            while time.monotonic() < start:
+                time.sleep(min(0.1, start - time.monotonic()))
+                if not any(pr.is_alive() for pr in procs):
+                    raise RuntimeError("every producer process has exited (tracebacks above)")
+            try:
+                camp.records.append(camp.run_fault(p, monitor))
+            except Exception as exc:  # a fault that could not be injected is reported; the run goes on
+                camp.fault_errors.append(f"{p.kind}: {type(exc).__name__}: {exc}")
+                log(f"chaos: fault {p.kind} failed: {type(exc).__name__}: {exc}")
+                camp.heal_all()
+            last_end = time.monotonic()
+        while time.monotonic() < t_start + args.duration:
+            time.sleep(0.1)
+
+        # --- heal, recover, verify ----------------------------------------------------------------------------
+        camp.heal_all()
+        t_heal = time.monotonic()
+        log(f"chaos: everything healed at {t_heal - t_start:.1f} s; waiting for a commit")
+        rec_s = probe_until_committed(camp.addresses, run_id, RECOVERY_TIMEOUT_S)
+        recovered = rec_s is not None
+        log(f"chaos: committing again {rec_s * 1000:.0f} ms after the heal" if rec_s is not None
+            else f"chaos: NOT RECOVERED: no commit in {RECOVERY_TIMEOUT_S:.0f} s after the heal")
+        stop_load.set()
+        for p in procs:
+            p.join(PRODUCER_DRAIN_S)
+        bad = [p.exitcode for p in procs if p.exitcode != 0]
+        if bad:
+            raise RuntimeError(f"producer process(es) failed with exit codes {bad} (tracebacks above)")
+        monitor.stop_flag.set()
+        monitor.join(5)
+        acked, generated, errors, due_all, ack_all = gather(outdir, args.producers, run_id, args.size)
+        why = camp.wait_health(RECOVERY_TIMEOUT_S)
+        if why:
+            log(f"chaos: the cluster is not whole after healing: {why}")
+        log(f"chaos: verifying {len(camp.addresses)} node logs ({len(acked):,} acknowledged events) ...")
+        v = lg.verify(run_id, camp.addresses, acked, generated, camp.nodes, log, wait_s=RECOVERY_TIMEOUT_S)
+        report = build_report(args, camp, monitor, v, acked, errors, due_all, ack_all, t_start, recovered, rec_s,
+                              time.monotonic() - t_begin, bool(why))
+        print_report(report, camp)
+        failed = (v["lost"] or v["duplicated"] or v["divergent"] or v["invented"] or v["misplaced"]
+                  or v["read_errors"] or not recovered)
+        if args.json:
+            print(json.dumps(report, separators=(",", ":")), flush=True)
+        return 1 if failed else 0
+    except KeyboardInterrupt:
+        log("chaos: interrupted; cleaning up")
+        return 130
+    finally:
+        camp.stop.set()
+        if monitor is not None:
+            monitor.stop_flag.set()
+        for p in procs:
+            if p.is_alive():
+                p.kill()
+            p.join(5)
+        if outdir is not None:
+            shutil.rmtree(outdir, ignore_errors=True)
+        camp.teardown()
+
+
+def build_report(args: argparse.Namespace, camp: Campaign, monitor: lg.Monitor, v: dict[str, Any],
+                 acked: dict[bytes, int], errors: Counter, due_all: np.ndarray, ack_all: np.ndarray, t_start: float,
+                 recovered: bool, rec_s: float | None, elapsed_s: float, not_whole: bool) -> dict[str, Any]:
+    for f, t in zip(monitor.faults, monitor.fault_times, strict=True):
+        later = ack_all[due_all >= t]  # the first ack of an event sent after the fault
+        f["unavailability_ms"] = round((float(later.min()) - t) * 1000.0, 1) if later.size else None
+    acks = np.sort(ack_all[ack_all >= t_start])
+    gaps = np.diff(acks) if acks.size > 1 else np.zeros(0)
+    faults = Counter(r["kind"] for r in camp.records)
+    fault_log = []
+    for r in camp.records:
+        m = r.pop("monitor")
+        fault_log.append({k: r[k] for k in r if k != "monitor"} | {"unavailability_ms": m["unavailability_ms"]})
+    return {
+        "seed": args.seed,
+        "netns": camp.net is not None,
+        "netns_reason": camp.netns_reason or None,
+        "disk_faults": camp.disk is not None,
+        "disk_reason": camp.disk_reason or None,
+        "faults": dict(sorted(faults.items())),
+        "fault_errors": camp.fault_errors,
+        "unhealthy_starts": camp.unhealthy_starts,
+        "acknowledged": len(acked),
+        "lost": v["lost"],
+        "duplicates": v["duplicated"],
+        "divergent": v["divergent"],
+        "invented": v["invented"],
+        "misplaced": v["misplaced"],
+        "read_errors": v["read_errors"],
+        "recovered": recovered,
+        "recovery_ms": round(rec_s * 1000.0, 1) if rec_s is not None else None,
+        "whole_after_heal": not not_whole,
+        "unavailability": {"longest_ack_gap_ms": round(float(gaps.max()) * 1000.0, 1) if gaps.size else None,
+                           "time_in_gaps_over_1s_s": round(float(gaps[gaps > 1.0].sum()), 2)},
+        "client_errors": dict(errors),
+        "leader_changes": monitor.leader_changes,
+        "leaders_seen": monitor.leaders_seen,
+        "duration_s": args.duration,
+        "elapsed_s": round(elapsed_s, 1),
+        "settings": {"producers": args.producers, "rate": args.rate, "size": args.size},
+        "fault_log": fault_log,
+    }
+
+
+def print_report(report: dict[str, Any], camp: Campaign) -> None:
+    lines = [f"chaos run, seed {report['seed']}: network namespaces {'yes' if report['netns'] else 'NO'}, "
+             f"disk faults {'yes' if report['disk_faults'] else 'no'}"]
+    by_kind: dict[str, list[str]] = {}
+    for f in report["fault_log"]:
+        u = f["unavailability_ms"]
+        by_kind.setdefault(f["kind"], []).append(f"{f['start_s']:.1f}s" + (f" ({u:.0f} ms)" if u is not None else ""))
+    lines.append("  faults by kind (start time, client-seen unavailability: fault to first ack of a later event):")
+    for kind in sorted(by_kind):
+        lines.append(f"    {kind:26} {len(by_kind[kind]):3}  " + ", ".join(by_kind[kind]))
+    if report["fault_errors"]:
+        lines.append(f"  faults that failed: {report['fault_errors']}")
+    u = report["unavailability"]
+    lines.append(f"  longest gap between acknowledgements {u['longest_ack_gap_ms']} ms; time in gaps over 1 s "
+                 f"{u['time_in_gaps_over_1s_s']} s; leader changes {report['leader_changes']}")
+    lines.append(f"  acknowledged {report['acknowledged']:,}  lost {report['lost']}  "
+                 f"duplicates {report['duplicates']}  "
+                 f"divergent {report['divergent']}  invented {report['invented']}  misplaced {report['misplaced']}")
+    lines.append(f"  recovered {report['recovered']} ({report['recovery_ms']} ms after the final heal); "
+                 f"elapsed {report['elapsed_s']} s")
+    print("\n".join(lines), flush=True)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
