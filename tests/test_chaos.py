@@ -40,10 +40,9 @@ def _chaos_leftovers(pid: int) -> dict[str, list[str]]:
     return {"mounts": mounts, "shm": shm, "netns": names}
 
 
-@pytest.mark.slow
-def test_campaign_injects_every_kind_and_loses_nothing(tmp_path: Path) -> None:
-    cmd = [sys.executable, str(CHAOS), "--duration", str(CAMPAIGN_DURATION_S), "--json", "--seed", "20240611",
-           "--tmp", str(tmp_path)]
+def _run_campaign(args: list[str], tmp_path: Path) -> tuple[subprocess.Popen, dict, str]:
+    """Run tools/chaos.py with `args`; returns the process, its JSON report and a context string for asserts."""
+    cmd = [sys.executable, str(CHAOS), *args, "--json", "--tmp", str(tmp_path)]
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
     try:
         out, err = proc.communicate(timeout=CAMPAIGN_TIMEOUT_S)
@@ -59,6 +58,12 @@ def test_campaign_injects_every_kind_and_loses_nothing(tmp_path: Path) -> None:
     report = json.loads(out.strip().splitlines()[-1])
     context = f"exit {proc.returncode}; report {json.dumps({k: v for k, v in report.items() if k != 'fault_log'})}" \
               f"\nstderr tail:\n{err[-3000:]}"
+    return proc, report, context
+
+
+@pytest.mark.slow
+def test_campaign_injects_every_kind_and_loses_nothing(tmp_path: Path) -> None:
+    proc, report, context = _run_campaign(["--duration", str(CAMPAIGN_DURATION_S), "--seed", "20240611"], tmp_path)
     assert report["seed"] == 20240611
     expected = {k.name for k in chaos.available_kinds(report["netns"], report["disk_faults"])}
     assert expected <= set(report["faults"]), f"kinds never injected: {expected - set(report['faults'])}; {context}"
@@ -71,6 +76,28 @@ def test_campaign_injects_every_kind_and_loses_nothing(tmp_path: Path) -> None:
     assert report["invented"] == 0 and report["misplaced"] == 0 and not report["read_errors"], context
     assert report["recovered"] is True and report["recovery_ms"] is not None, context
     assert not report["fault_errors"], context
+    not_whole = [f for f in report["fault_log"] if f["whole_after_ms"] is None]
+    assert not not_whole, f"the cluster was not whole {chaos.HEALTH_WAIT_S} s after healing: {not_whole}; {context}"
+    assert proc.returncode == 0, context
+    assert _chaos_leftovers(proc.pid) == {"mounts": [], "shm": [], "netns": []}
+
+
+LONG_PARTITION_S = 26.0  # past TCP retransmissions at ~12.6 s and ~25.4 s: the next is at ~51 s
+REJOIN_BOUND_MS = 5000.0  # connections left to TCP's back-off took 7-15 s (seen behind the proxy)
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(bool(NETNS_SKIP), reason=f"no network namespaces: {NETNS_SKIP}")
+def test_a_long_partition_heals_promptly(tmp_path: Path) -> None:
+    """Connections cut by a partition longer than TCP's first retransmissions are dropped and re-made (TCP
+    user timeout, keepalive), so the isolated leader rejoins soon after the heal, not at TCP's back-off.
+    Without the proxy, so that only the nodes' own sockets decide."""
+    proc, report, context = _run_campaign(["--duration", "5", "--seed", "3", "--kinds", "partition-isolate",
+                                           "--hold-s", str(LONG_PARTITION_S), "--no-disk", "--no-proxy"], tmp_path)
+    assert report["faults"] == {"partition-isolate": 1}, context
+    assert report["lost"] == 0 and report["duplicates"] == 0 and report["divergent"] == 0, context
+    whole_ms = report["fault_log"][0]["whole_after_ms"]
+    assert whole_ms is not None and whole_ms < REJOIN_BOUND_MS, context
     assert proc.returncode == 0, context
     assert _chaos_leftovers(proc.pid) == {"mounts": [], "shm": [], "netns": []}
 

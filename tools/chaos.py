@@ -108,7 +108,7 @@ PRODUCER_DRAIN_S: Final = CLIENT_TIMEOUT_S + 30.0
 class Kind:
     name: str
     hold_s: tuple[float, float]  # seeded uniform hold time
-    needs: str = ""  # "netns" or "disk": left out when that is unavailable
+    needs: str = ""  # "netns", "disk" or "proxy": left out when that is unavailable
 
 
 KINDS: Final = (
@@ -124,10 +124,10 @@ KINDS: Final = (
     Kind("partition-leader-minority", (2.0, FAULT_HOLD_MAX_S), "netns"),
     Kind("partition-leader-majority", (2.0, FAULT_HOLD_MAX_S), "netns"),
     Kind("partition-one-way", (2.0, FAULT_HOLD_MAX_S), "netns"),
-    Kind("proxy-delay", (2.0, FAULT_HOLD_MAX_S)),
-    Kind("proxy-loss", (2.0, FAULT_HOLD_MAX_S)),
-    Kind("proxy-slow", (2.0, FAULT_HOLD_MAX_S)),
-    Kind("proxy-blackhole", (2.0, FAULT_HOLD_MAX_S)),
+    Kind("proxy-delay", (2.0, FAULT_HOLD_MAX_S), "proxy"),
+    Kind("proxy-loss", (2.0, FAULT_HOLD_MAX_S), "proxy"),
+    Kind("proxy-slow", (2.0, FAULT_HOLD_MAX_S), "proxy"),
+    Kind("proxy-blackhole", (2.0, FAULT_HOLD_MAX_S), "proxy"),
     Kind("disk-full", (2.0, FAULT_HOLD_MAX_S), "disk"),
     Kind("corrupt-minority", (0.5, 1.5), "disk"),
 )
@@ -143,10 +143,13 @@ class Planned:
     params: dict[str, Any] = field(default_factory=dict)
 
 
-def plan(seed: int, duration_s: float, kinds: list[Kind]) -> list[Planned]:
-    """The fault schedule: a pure function of its arguments (rule 1 of the module docstring)."""
+def plan(seed: int, duration_s: float, kinds: list[Kind], hold_s: float | None = None) -> list[Planned]:
+    """The fault schedule: a pure function of its arguments (rule 1 of the module docstring).
+
+    `hold_s` replaces every seeded hold time (kinds that hold at all) and widens the slots to match: for
+    long faults, e.g. a partition of a minute, which the default 2-minute schedule never holds."""
     rng = random.Random(seed)
-    slot = SLOT_S
+    slot = SLOT_S if hold_s is None else max(SLOT_S, hold_s + SLOT_S - FAULT_HOLD_MAX_S)
     out: list[Planned] = []
     t = FIRST_FAULT_S
     rounds = 0
@@ -157,6 +160,8 @@ def plan(seed: int, duration_s: float, kinds: list[Kind]) -> list[Planned]:
             if rounds and t + slot > duration_s:
                 return out
             hold = round(rng.uniform(*k.hold_s), 2)
+            if hold_s is not None and k.hold_s[1] > 0:
+                hold = hold_s
             params: dict[str, Any] = {}
             if k.name == "proxy-delay":
                 params["delay_ms"] = round(rng.uniform(50, 300))
@@ -253,6 +258,7 @@ class Campaign:
         self.net: netns.TestNetwork | None = None
         self.netns_reason = ""
         self.proxy = FaultProxy(seed=args.seed)
+        self.routed_via_proxy = not args.no_proxy  # else nodes connect to each other directly: no proxy faults
         self.disk = None if args.no_disk else _load_disk_module()
         self.disk_reason = "--no-disk" if args.no_disk else ("" if self.disk else "shmraft/faults/disk.py not found")
         self.disk_node = 0
@@ -332,6 +338,8 @@ class Campaign:
     def _proxy_routes(self, members: tuple[Member, ...]) -> dict[int, str]:
         """One proxy link per (source, destination, channel); the source's traffic is routed into it."""
         overrides: dict[int, list[str]] = {m.node_id: [] for m in members}
+        if not self.routed_via_proxy:
+            return {n: "" for n in overrides}
         host = self.net.root_ip if self.net is not None else "127.0.0.1"
         for src in members:
             for dst in members:
@@ -431,6 +439,10 @@ class Campaign:
         detail = handler(p, rec)
         rec["detail"] = detail
         rec["end_s"] = round(self.now_s(), 2)
+        t_healed = time.monotonic()
+        # how long after the heal every node is back and following one leader (None: not within the wait)
+        rec["whole_after_ms"] = (None if self.wait_health(HEALTH_WAIT_S)
+                                 else round((time.monotonic() - t_healed) * 1000.0, 1))
         f = monitor.add_fault(p.kind, int(rec.get("node", 0)), rec.pop("t_in_force", t))
         rec["monitor"] = f
         self.log(f"[{rec['start_s']:7.2f} s] {p.kind}: {detail} (healed at {rec['end_s']:.2f} s)")
@@ -751,9 +763,14 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     ap.add_argument("--size", type=int, default=EVENT_BYTES_DEFAULT, help="event bytes")
     ap.add_argument("--no-netns", action="store_true", help="run on 127.0.0.1 even when namespaces work")
     ap.add_argument("--no-disk", action="store_true", help="leave out the disk faults")
+    ap.add_argument("--no-proxy", action="store_true",
+                    help="nodes connect to each other directly, not through the fault proxy (no proxy faults): "
+                         "for partitions that only the nodes' own sockets see")
     ap.add_argument("--tmp", default=None, help="parent of the run's temp dir")
     ap.add_argument("--keep", action="store_true", help="keep the temp dir (node logs) afterwards")
     ap.add_argument("--kinds", default=None, help="comma-separated fault kinds to use (default: every available)")
+    ap.add_argument("--hold-s", type=float, default=None,
+                    help="hold every fault this long instead of the seeded 0.5-4 s (long partitions, pauses)")
     ap.add_argument("--plan", action="store_true", help="print the schedule for --seed/--duration and exit")
     args = ap.parse_args(argv)
     if args.seed is None:
@@ -763,8 +780,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     return args
 
 
-def available_kinds(net: bool, disk: bool) -> list[Kind]:
-    return [k for k in KINDS if not k.needs or (k.needs == "netns" and net) or (k.needs == "disk" and disk)]
+def available_kinds(net: bool, disk: bool, proxy: bool = True) -> list[Kind]:
+    have = {"": True, "netns": net, "disk": disk, "proxy": proxy}
+    return [k for k in KINDS if have[k.needs]]
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -776,7 +794,7 @@ def main(argv: list[str] | None = None) -> int:
 
     print(f"chaos: seed {args.seed} (rerun the same schedule with --seed {args.seed})", flush=True)
     if args.plan:
-        for p in plan(args.seed, args.duration, list(KINDS)):
+        for p in plan(args.seed, args.duration, list(KINDS), args.hold_s):
             print(f"  {p.at_s:7.2f} s  {p.kind:26} hold {p.hold_s:.2f} s  pick {p.pick:.3f}  {p.params}")
         return 0
 
@@ -793,7 +811,7 @@ def main(argv: list[str] | None = None) -> int:
     outdir: Path | None = None
     try:
         camp.setup()
-        kinds = available_kinds(camp.net is not None, camp.disk is not None)
+        kinds = available_kinds(camp.net is not None, camp.disk is not None, camp.routed_via_proxy)
         if args.kinds:
             wanted = set(args.kinds.split(","))
             unknown = wanted - {k.name for k in KINDS}
@@ -801,7 +819,7 @@ def main(argv: list[str] | None = None) -> int:
                 raise SystemExit(f"chaos: --kinds: expected names from {[k.name for k in KINDS]}, "
                                  f"got {sorted(unknown)}")
             kinds = [k for k in kinds if k.name in wanted]
-        schedule = plan(args.seed, args.duration, kinds)
+        schedule = plan(args.seed, args.duration, kinds, args.hold_s)
         log(f"chaos: {len(schedule)} faults planned over {args.duration:g} s: {len(kinds)} kinds "
             f"({', '.join(k.name for k in kinds)})")
         t_w = time.monotonic()
@@ -944,8 +962,12 @@ def print_report(report: dict[str, Any], camp: Campaign) -> None:
     by_kind: dict[str, list[str]] = {}
     for f in report["fault_log"]:
         u = f["unavailability_ms"]
-        by_kind.setdefault(f["kind"], []).append(f"{f['start_s']:.1f}s" + (f" ({u:.0f} ms)" if u is not None else ""))
-    lines.append("  faults by kind (start time, client-seen unavailability: fault to first ack of a later event):")
+        w = f.get("whole_after_ms")
+        by_kind.setdefault(f["kind"], []).append(
+            f"{f['start_s']:.1f}s" + (f" ({u:.0f} ms" if u is not None else " (-")
+            + (f", whole {w:.0f} ms after the heal)" if w is not None else ", NOT whole after the heal)"))
+    lines.append("  faults by kind (start time, client-seen unavailability: fault to first ack of a later event;")
+    lines.append("  the cluster whole again: every node up and following one leader):")
     for kind in sorted(by_kind):
         lines.append(f"    {kind:26} {len(by_kind[kind]):3}  " + ", ".join(by_kind[kind]))
     if report["fault_errors"]:

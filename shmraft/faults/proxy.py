@@ -33,6 +33,11 @@ from collections import deque
 from dataclasses import dataclass, field, replace
 from typing import Final
 
+# the proxy's sockets give up on a dead path as the nodes' own do; else a partition behind the proxy would
+# leave the node's side alive (the proxy acknowledges its bytes) and recovery would wait on TCP's
+# retransmission back-off, which no real path imposes on a node that drops dead connections
+from shmraft.net.links import tune_peer_socket as _tune
+
 RECV_BYTES: Final = 64 * 1024
 BUFFER_BYTES_MAX_DEFAULT: Final = 1024 * 1024  # per direction of a connection
 CONNECTIONS_PER_LINK_MAX: Final = 64
@@ -44,6 +49,8 @@ CONNECT_TIMEOUT_S: Final = 5.0  # an onward connection not made in this time is 
 
 
 @dataclass(frozen=True)
+
+
 class LinkFaults:
     """What a link does to its traffic; the default is a clean link."""
 
@@ -270,7 +277,7 @@ class FaultProxy:
             sock.close()
             return
         sock.setblocking(False)
-        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        _tune(sock)
         pair = _Pair(link, sock)
         link.pairs.add(pair)
         link.stats.connections += 1
@@ -281,7 +288,7 @@ class FaultProxy:
     def _connect_upstream(self, pair: _Pair) -> None:
         up = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
         up.setblocking(False)
-        up.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        _tune(up)
         err = up.connect_ex(pair.link.target)
         if err not in (0, errno.EINPROGRESS):
             up.close()

@@ -65,6 +65,10 @@ RECV_BYTES: Final = 256 * 1024
 OUTBUF_MAX_BYTES_DEFAULT: Final = 64 * 1024 * 1024
 BODY_MAX_BYTES_DEFAULT: Final = 1 << 20
 RECONNECT_BACKOFF_MIN_MS: Final = 20
+TCP_USER_TIMEOUT_MS: Final = 2000  # sent data unacknowledged this long: the path is dead, drop and re-make
+KEEPALIVE_IDLE_S: Final = 1  # an idle connection (a receive-only side) is probed after this long ...
+KEEPALIVE_INTERVAL_S: Final = 1  # ... every this long ...
+KEEPALIVE_PROBES: Final = 2  # ... and dropped after this many unanswered probes
 RECONNECT_BACKOFF_MAX_MS: Final = 1000
 REFUSED_RETRY_MS: Final = 5000  # after a refusal (either way) a misconfiguration is likely: retry slowly
 INBOUND_MAX: Final = PEER_INBOUND_CONNECTIONS_MAX  # default of `inbound_max`
@@ -239,7 +243,7 @@ class PeerLinks:
         host, port = self.peers[peer_id]
         sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
         sock.setblocking(False)
-        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        tune_peer_socket(sock)
         conn = _Conn(sock, peer_id, True, PeerReader(HANDSHAKE_BODY_MAX_BYTES), _State.CONNECTING,
                      opened_ms=_now_ms(), connector_nonce=new_nonce())
         err = sock.connect_ex((host, port))
@@ -285,7 +289,7 @@ class PeerLinks:
             self._log_limit(addr)
             return True
         sock.setblocking(False)
-        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        tune_peer_socket(sock)
         state = _State.AWAIT_HELLO
         if self.security.tls_server is not None:
             try:
@@ -566,6 +570,19 @@ class PeerLinks:
             self._inbound.discard(conn)
         if notify and conn.peer_id and was_ready:
             self.on_disconnect(conn.peer_id)
+
+
+def tune_peer_socket(sock: socket.socket) -> None:
+    """No Nagle delay; and a dead path is noticed: data unacknowledged for TCP_USER_TIMEOUT_MS, or a silent
+    peer not answering keepalive probes, aborts the connection, which is then re-made, rather than waiting
+    out TCP's exponential retransmission back-off once the path is back. (Seen behind the chaos campaign's
+    proxy, whose sockets lacked this: 7-15 s to rejoin after a 20-40 s partition; with it, 0.1 s.)"""
+    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_USER_TIMEOUT, TCP_USER_TIMEOUT_MS)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
+    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPIDLE, KEEPALIVE_IDLE_S)
+    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPINTVL, KEEPALIVE_INTERVAL_S)
+    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPCNT, KEEPALIVE_PROBES)
 
 
 def _now_ms() -> float:
