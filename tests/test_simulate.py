@@ -25,7 +25,8 @@ def test_300_seeds_hold_every_invariant_and_exercise_every_fault():
     assert summary["violations"] == 0, summary["failed_seeds"]
     assert summary["seeds"] == 300
     faults = summary["faults"]
-    for kind in (*FAULT_KINDS, "drop", "duplicate", "reorder_delay", "power_loss", "restart", "clock_drift"):
+    for kind in (*FAULT_KINDS, "drop", "duplicate", "reorder_delay", "power_loss", "restart", "clock_drift",
+                 "log_loss"):
         assert faults.get(kind, 0) > 0, kind
     assert summary["elections"] > 300 and summary["committed_entries"] > 10_000
     assert summary["truncations"] > 0  # conflicting suffixes were really replaced somewhere
@@ -49,7 +50,8 @@ def first_failing_seed(options: SimOptions, limit: int) -> int | None:
     return None
 
 
-@pytest.mark.parametrize(("mutation", "limit"), [("vote_ignores_log", 30), ("append_ignores_prev_term", 60)])
+@pytest.mark.parametrize(("mutation", "limit"), [("vote_ignores_log", 30), ("append_ignores_prev_term", 60),
+                                                 ("recovering_votes", 30)])
 def test_simulator_catches_a_broken_safety_rule(mutation, limit):
     assert first_failing_seed(SimOptions(mutation=mutation), limit) is not None
 

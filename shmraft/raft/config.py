@@ -24,6 +24,7 @@ TEST_ONLY_MUTATIONS: Final = frozenset({
     "commit_any_term",  # leader commits by counting replicas even for entries of earlier terms (figure 8)
     "vote_ignores_log",  # voters grant without the "candidate's log is at least as up to date" check (5.4.1)
     "append_ignores_prev_term",  # followers accept an append whose prev entry term does not match (5.3)
+    "recovering_votes",  # a node that lost its log votes as if it still had it (recovering mode ignored)
 })
 
 

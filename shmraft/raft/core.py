@@ -430,7 +430,8 @@ class RaftCore:
             self._msgs_after_persist.append(m)
 
     def _handle_request_vote(self, m: RequestVote) -> None:
-        if self._recovery_term:  # a node that lost its log must not vote as if it had it
+        if self._recovery_term and self._mutation != "recovering_votes":  # a node that lost its log must not
+            # vote as if it had it
             self._send(VoteResponse(self.id, m.src, self._term, False, m.pre_vote))
             return
         can_vote = (self._vote == m.src or (self._vote == 0 and self._leader == 0)

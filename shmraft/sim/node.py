@@ -41,10 +41,11 @@ class SimNode:
         self.persist_free_at_us = 0  # the disk is busy until then (jobs complete in order)
         self.pending_jobs = 0
         self.commit_before_crash = 0
+        self.recovery_term = 0  # > 0: the log was lost; the node restarts recovering (the persisted flag)
 
     def start(self) -> RaftCore:
         rng = random.Random(f"core-{self.seed}-{self.id}-{self.incarnation}")
-        self.core = RaftCore(self.id, self.peers, self.storage, self.config, rng)
+        self.core = RaftCore(self.id, self.peers, self.storage, self.config, rng, recovery_term=self.recovery_term)
         self.up = True
         self.persist_free_at_us = 0
         self.pending_jobs = 0
@@ -53,10 +54,22 @@ class SimNode:
     def crash(self, power_loss: bool) -> None:
         assert self.core is not None
         self.commit_before_crash = self.storage.hard_state().commit  # durable log up to here was committed
+        self.recovery_term = self.core.recovery_term  # 0 once a recovery has completed
         self.up = False
         self.core = None
         self.incarnation += 1  # persist jobs of the old incarnation are ignored when they "complete"
         self.storage.crash(power_loss=power_loss)
+
+    def lose_log(self) -> None:
+        """While down, the log is found corrupt and quarantined, as shmraft/raft/nodelog.py does: the node
+        keeps only its term (from the separate hard-state copy), raised by one with no vote, and restarts
+        empty in recovering mode. What it had committed is legitimately gone from it."""
+        assert not self.up
+        term = self.storage.hard_state().term + 1
+        self.storage = MemStorage(self.storage.fsync)
+        self.storage.set_hard_state(HardState(term=term, vote=0, commit=0))
+        self.recovery_term = term
+        self.commit_before_crash = 0
 
     def complete(self, job: PersistJob) -> list[Message]:
         """The fsync of `job` finished: write it, report it, return the messages it released."""

@@ -6,6 +6,9 @@ becomes reliable. Liveness requires that within `heal_deadline_ms` a leader comm
 and every node commits it too; then every committed and acknowledged entry must be in every log. Safety
 is checked after every event (shmraft.sim.checker). A seed decides everything, so a failure replays
 exactly; the trace (options.trace) is the same text on every replay.
+
+A crash may also lose the node's log (`log_loss`: a corrupt disk whose log is quarantined; one node at a
+time), after which the node restarts empty in recovering mode, as the real node does (shmraft/raft/nodelog.py).
 """
 
 from __future__ import annotations
@@ -31,6 +34,7 @@ STEPS_MAX = 3_000_000  # events per seed; more means a message storm (a bug)
 PROBE_INTERVAL_US = 50_000
 FAULT_MS_DEFAULT = 5000  # virtual length of the fault phase
 SYNC_INTERVAL_US = 200_000  # fsync "never": the OS writes back this often
+LOG_LOSS_PROBABILITY = 0.25  # a crashed node's log is lost (corrupt, quarantined) this often, one node at a time
 
 
 @dataclass(slots=True)
@@ -41,6 +45,7 @@ class SimOptions:
     heal_deadline_ms: int = 10_000
     faults: bool = True
     mutation: str = ""  # test-only core mutation (RaftConfig.test_only_mutation)
+    log_loss_probability: float = LOG_LOSS_PROBABILITY  # of a crash also losing the node's log (a corrupt disk)
     trace: bool = False
 
 
@@ -84,6 +89,7 @@ class Simulation:
         self.net = SimNetwork(self.plan.network, random.Random(f"net-{seed}"), self.faults)
         self.disk_rng = random.Random(f"disk-{seed}")
         self.fault_rng = random.Random(f"fault-{seed}")
+        self.loss_rng = random.Random(f"log-loss-{seed}")  # its own stream: the other draws stay as they were
         self.config = RaftConfig(test_only_mutation=opts.mutation, **self.plan.raft_limits)
         self.nodes = {i: SimNode(i, [p for p in self.ids if p != i], self.config, opts.fsync, seed,
                                  self.plan.tick_period_us[i]) for i in self.ids}
@@ -244,6 +250,15 @@ class Simulation:
         self.faults["power_loss" if power_loss else "process_kill"] += 1
         self._log(f"n{victim.id} CRASH power_loss={power_loss}")
         victim.crash(power_loss)
+        # a lost log is survivable only while the others hold a majority that can elect without it (a
+        # recovering node does not vote): one node at a time, and never one still recovering
+        others_recovering = any((n.core.recovering if n.up and n.core is not None else bool(n.recovery_term))
+                                for n in self.nodes.values() if n is not victim)
+        if (not others_recovering and not victim.recovery_term
+                and self.loss_rng.random() < self.options.log_loss_probability):
+            self.faults["log_loss"] += 1
+            self._log(f"n{victim.id} LOG LOST (corrupt, quarantined): restarts recovering")
+            victim.lose_log()
         for p in victim.peers:  # the peers' connections reset: a driver hint, if the link works
             if (victim.id, p) not in self.net.blocked:
                 self._at(self.now + 1000, EV_HINT, p, victim.id)
