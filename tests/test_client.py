@@ -420,6 +420,18 @@ def test_consume_fails_over_to_another_node(cluster: FakeCluster, client: Client
     assert [v for _, v in client.consume(0)] == [b"a", b"b"]
 
 
+def test_consume_fails_over_from_a_hung_node(cluster: FakeCluster) -> None:
+    # A stopped node keeps its sockets open: nothing fails, nothing answers; the fetch goes elsewhere after
+    # FETCH_ATTEMPT_TIMEOUT_S instead of holding the consumer for the whole timeout_s.
+    with Client(cluster.addresses, timeout_s=60) as cl:
+        cl.produce_many([b"a", b"b"])
+        cluster.node(1).hang()
+        started = time.monotonic()
+        assert [v for _, v in cl.consume(0)] == [b"a", b"b"]
+        assert time.monotonic() - started < 30  # not the 60 s timeout_s
+    cluster.node(1).resume()
+
+
 def test_consume_offset_out_of_range(cluster: FakeCluster, client: Client) -> None:
     for node in cluster.nodes:
         node.min_offset = 1000

@@ -57,6 +57,10 @@ METADATA_TIMEOUT_S: Final = 1.0  # one METADATA question to one node
 # node is suspected to be hung (a stopped process or a vanished host keeps its sockets open, so nothing
 # fails): about twice the election timeout, so that by then the other nodes have elected a new leader.
 ATTEMPT_ANSWER_TIMEOUT_S: Final = 1.0
+# Any node can answer a FETCH from its own log, so one that has not answered this long after its long-poll
+# wait is treated as hung and the FETCH goes to another node (a hung node would otherwise hold the consumer
+# for the whole timeout_s).
+FETCH_ATTEMPT_TIMEOUT_S: Final = 2.0
 SUSPECT_S: Final = 5.0  # a node that did not answer in time is tried last for this long (unless named leader)
 ADDRESSES_MAX: Final = 2 * CLUSTER_SIZE_MAX  # addresses given plus members learnt from METADATA
 PRODUCE_HEAD_BYTES: Final = 24  # producer_id, first_sequence, timeout_ms, event_count
@@ -522,7 +526,8 @@ class Client:
                 poll_wait_ms: int = FETCH_POLL_WAIT_MS_DEFAULT) -> Iterator[Record]:
         """Committed events at or after `from_offset`, in log order, as Records (offset, value).
 
-        Reads from any node (the one this client talks to first) and fails over on connection errors.
+        Reads from any node (the one this client talks to first) and fails over on connection errors and
+        when a node does not answer within FETCH_ATTEMPT_TIMEOUT_S after the long-poll wait (a hung node).
         Without `follow` it stops at the commit offset the node reports; with `follow` it long-polls
         (`poll_wait_ms` per FETCH) forever. Raises OffsetOutOfRange, or NoNodeReachable when no node
         answers for `timeout_s`.
@@ -562,7 +567,7 @@ class Client:
                 started = time.monotonic()
                 try:
                     answer = conn.request(lambda cid, o=offset: encode_fetch(cid, o, max_bytes, wait_ms),
-                                          wait_ms / 1000 + self.timeout_s)
+                                          wait_ms / 1000 + min(self.timeout_s, FETCH_ATTEMPT_TIMEOUT_S))
                 except (AnswerTimeout, ConnectionFailed) as exc:
                     last_error = exc
                     self._node_failed(conn.address)
