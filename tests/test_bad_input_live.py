@@ -25,7 +25,6 @@ import socket
 import struct
 import threading
 import time
-import zlib
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
@@ -69,7 +68,8 @@ def _client_header(kind: int, body_len: int, magic: int = cp.CLIENT_MAGIC, versi
 
 
 def _peer(kind: int, body: bytes, crc: int | None = None, magic: int = wp.PEER_MAGIC) -> bytes:
-    return wp.PEER_HEADER.pack(magic, wp.PEER_VERSION, kind, len(body), zlib.crc32(body) if crc is None else crc) + body
+    return wp.PEER_HEADER.pack(magic, wp.PEER_VERSION, kind, len(body),
+                               wp.peer_crc32(kind, body) if crc is None else crc) + body
 
 
 def _hello(cluster_id: str, node_id: int, to_node_id: int, channel: wp.Channel) -> bytes:

@@ -6,10 +6,8 @@ handshake bodies (decode_hello and the authenticated handshake's bodies) and RAF
   RemoteProtocolError, the same whatever the chunking; the reader never holds more than one header and one
   maximal body (a huge declared length is refused from the header alone);
 - every body of a known kind decodes to a value that re-encodes to exactly it, or is refused by name;
-- valid envelopes round-trip; a single corrupted byte is refused (the CRC covers the body), leaves the reader
-  waiting for bytes that never come (a corrupted length), or yields the same envelope. The CRC does not
-  cover the header: a corrupted *kind* byte can pass as another kind with the same body. The links refuse
-  any kind out of its place in the handshake, so this costs a dropped connection, not a misread message.
+- valid envelopes round-trip; a single corrupted byte is refused (the CRC covers the header and the body) or
+  leaves the reader waiting for bytes that never come (a corrupted length); it never yields an envelope.
 """
 
 from __future__ import annotations
@@ -133,13 +131,11 @@ SAMPLES = {
         1, 2, 7, 40, 6, (Entry(41, 7, b"frame-one"), Entry(42, 7, b"frame-two")), 39))),
     "refused": wp.encode_refused("cluster id: expected 'a', got 'b'"),
 }
-KIND_OFFSET = 3  # magic u16, version u8, kind u8
 
 
 @pytest.mark.parametrize("name", sorted(SAMPLES))
-def test_every_single_byte_corruption_is_refused_or_harmless(name: str) -> None:
+def test_every_single_byte_corruption_is_refused(name: str) -> None:
     original = SAMPLES[name]
-    want = (original[KIND_OFFSET], original[wp.PEER_HEADER_BYTES:])
     for pos in range(len(original)):
         for xor in (0x01, 0x80, 0xFF):
             bad = bytearray(original)
@@ -150,11 +146,8 @@ def test_every_single_byte_corruption_is_refused_or_harmless(name: str) -> None:
                 got = reader.next()
             except RemoteProtocolError:
                 continue
-            if got is None:  # a corrupted length: waiting for bytes that will not come (the links time out)
-                continue
-            kind, body = got
-            assert bytes(body) == want[1], f"byte {pos} ^ {xor:#x}: a different body was accepted"
-            assert kind == want[0] or pos == KIND_OFFSET, f"byte {pos} ^ {xor:#x}: kind changed"
+            # a corrupted length that asks for more: waiting for bytes that will not come (the links time out)
+            assert got is None, f"byte {pos} ^ {xor:#x}: a corrupted envelope was accepted as {got[0]!r}"
 
 
 @FAST

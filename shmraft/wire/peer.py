@@ -32,8 +32,9 @@ from typing import Final
 from shmraft.wire.errors import LocalProtocolError, RemoteProtocolError
 
 PEER_MAGIC: Final = 0x5052  # bytes 52 50, "RP"
-PEER_VERSION: Final = 2  # 2: HELLO/CHALLENGE/PROOF/WELCOME authentication (1 had an unauthenticated HELLO)
-PEER_HEADER: Final = struct.Struct("<HBBII")  # magic, version, kind, body_len, crc32 of body
+PEER_VERSION: Final = 3  # 3: the CRC covers the header too; 2: authentication; 1: an unauthenticated HELLO
+PEER_HEADER: Final = struct.Struct("<HBBII")  # magic, version, kind, body_len, crc32 of header bytes 0..7 + body
+_CRC_COVERED: Final = struct.Struct("<HBBI")  # the header bytes the CRC covers: all but the CRC itself
 PEER_HEADER_BYTES: Final = PEER_HEADER.size
 PEER_BODY_MAX_BYTES: Final = 8 * 1024 * 1024  # one append message: many frames, bounded by the sender
 HANDSHAKE_BODY_MAX_BYTES: Final = 512  # any body before the handshake completes (HELLO is at most 106)
@@ -85,7 +86,13 @@ class Challenge:
 def encode_peer(kind: PeerKind, body: bytes | bytearray | memoryview) -> bytes:
     if len(body) > PEER_BODY_MAX_BYTES:
         raise LocalProtocolError("peer body", f"at most {PEER_BODY_MAX_BYTES} bytes", len(body))
-    return PEER_HEADER.pack(PEER_MAGIC, PEER_VERSION, kind, len(body), zlib.crc32(body)) + bytes(body)
+    return PEER_HEADER.pack(PEER_MAGIC, PEER_VERSION, kind, len(body), peer_crc32(kind, body)) + bytes(body)
+
+
+def peer_crc32(kind: int, body: bytes | bytearray | memoryview, version: int = PEER_VERSION) -> int:
+    """The envelope's CRC-32: over header bytes 0..7 (magic, version, kind, body_len), then the body, so a
+    flipped kind or length byte is caught as surely as a flipped body byte."""
+    return zlib.crc32(body, zlib.crc32(_CRC_COVERED.pack(PEER_MAGIC, version, kind, len(body))))
 
 
 def encode_hello(hello: Hello) -> bytes:
@@ -210,6 +217,7 @@ class PeerReader:
             return None
         body = bytes(self._buf[PEER_HEADER_BYTES:end])
         del self._buf[:end]
-        if zlib.crc32(body) != crc:
-            raise RemoteProtocolError("peer crc32", f"0x{zlib.crc32(body):08X}", f"0x{crc:08X}")
+        want = peer_crc32(kind, body)
+        if want != crc:
+            raise RemoteProtocolError("peer crc32", f"0x{want:08X}", f"0x{crc:08X}")
         return pkind, memoryview(body)

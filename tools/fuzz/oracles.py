@@ -195,7 +195,8 @@ def check_peer_stream(data: bytes, sizes: Sequence[int] = (), max_body_bytes: in
 
 def sealed_peer(kind: int, body: bytes) -> bytes:
     """An envelope with a correct CRC around any body, so a fuzzer reaches the body decoders."""
-    return wp.PEER_HEADER.pack(wp.PEER_MAGIC, wp.PEER_VERSION, kind & 0xFF, len(body), zlib.crc32(body)) + body
+    return wp.PEER_HEADER.pack(wp.PEER_MAGIC, wp.PEER_VERSION, kind & 0xFF, len(body),
+                               wp.peer_crc32(kind & 0xFF, body)) + body
 
 
 # --- RAFT bodies ---------------------------------------------------------------------------------------------
