@@ -14,6 +14,7 @@ import rocksdict
 from shmraft.raft.storage import (
     APPEND_ENTRIES_MAX,
     ENTRY_DATA_MAX_BYTES,
+    VERIFY_PROGRESS_ENTRIES,
     CorruptLogError,
     FsyncPolicy,
     HardStateError,
@@ -102,6 +103,16 @@ def test_truncate_conflicting_suffix(store: RocksLogStorage) -> None:
     assert store.entries(1, 100, 1 << 20) == make(1, 5, 1) + make(6, 7, 2) + make(8, 12, 3)
     assert store.stats().truncations == 1
     assert store.verify() == 12
+
+
+def test_verify_reports_progress_during_a_long_scan(store: RocksLogStorage) -> None:
+    # the raft worker beats from this callback, so a long start-up scan is not taken for a stall
+    n = 3 * VERIFY_PROGRESS_ENTRIES + 5
+    for lo in range(1, n + 1, 4096):
+        store.append(make(lo, min(lo + 4095, n), 1, size=8), HardState(term=1, commit=0))
+    calls: list[int] = []
+    assert store.verify(lambda: calls.append(1)) == n
+    assert len(calls) == n // VERIFY_PROGRESS_ENTRIES
 
 
 def test_append_invariants(store: RocksLogStorage) -> None:

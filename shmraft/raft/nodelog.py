@@ -24,6 +24,7 @@ import errno
 import logging
 import os
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Final
 
@@ -152,15 +153,17 @@ class NodeLog:
 
 
 def open_node_log(node_dir: Path, *, fsync: str = "always", retain_entries_max: int | None = None,
-                  retain_bytes_max: int | None = None, verify: bool = True) -> NodeLog:
+                  retain_bytes_max: int | None = None, verify: bool = True,
+                  progress: Callable[[], None] | None = None) -> NodeLog:
     """Open, check and if need be quarantine a node's log (see the module docstring for the outcomes).
-    `verify=False` skips the full scan (a reopen after ENOSPC of a log this process verified already)."""
+    `verify=False` skips the full scan (a reopen after ENOSPC of a log this process verified already);
+    `progress` is called now and then during the scan (the worker's heartbeat)."""
     node_dir = Path(node_dir)
     log_dir = node_log_dir(node_dir)
     kwargs = {"fsync": fsync, "retain_entries_max": retain_entries_max, "retain_bytes_max": retain_bytes_max}
     hs_file = HardStateFile(node_dir)
     try:
-        rocks = _open_checked(node_dir, log_dir, kwargs, verify)
+        rocks = _open_checked(node_dir, log_dir, kwargs, verify, progress)
     except CorruptLogError as exc:
         return _quarantine_and_recover(node_dir, log_dir, hs_file, kwargs, str(exc))
     try:
@@ -171,7 +174,8 @@ def open_node_log(node_dir: Path, *, fsync: str = "always", retain_entries_max: 
     return NodeLog(node_dir, rocks, saved)
 
 
-def _open_checked(node_dir: Path, log_dir: Path, kwargs: dict, verify: bool) -> RocksLogStorage:
+def _open_checked(node_dir: Path, log_dir: Path, kwargs: dict, verify: bool,
+                  progress: Callable[[], None] | None = None) -> RocksLogStorage:
     """RocksDB opened and fully verified; CorruptLogError naming what failed; StorageIOError to retry."""
     if log_dir.is_dir() and not (log_dir / "CURRENT").exists():
         names = os.listdir(log_dir)
@@ -185,7 +189,7 @@ def _open_checked(node_dir: Path, log_dir: Path, kwargs: dict, verify: bool) -> 
         raise CorruptLogError(None, str(exc)) from exc
     try:
         t0 = time.monotonic()
-        checked = rocks.verify() if verify else -1
+        checked = rocks.verify(progress) if verify else -1
         hint = LastIndexHint(node_dir)
         try:
             recorded = hint.read()

@@ -65,7 +65,7 @@ import os
 import struct
 import time
 import zlib
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Final, NoReturn, Self
@@ -89,6 +89,7 @@ OPEN_FILES_MAX: Final = 512
 INFO_LOG_FILES_KEPT: Final = 4
 INFO_LOG_FILE_MAX_BYTES: Final = 8 * 1024 * 1024
 DATA_DIR_MODE: Final = 0o700
+VERIFY_PROGRESS_ENTRIES: Final = 4096  # verify() reports progress this often (about 25 MB of full frames)
 
 INDEX_BYTES: Final = 8
 _META_CF: Final = "meta"
@@ -413,9 +414,10 @@ class _LogView:
             self._diagnose_missing(expect, "iteration stopped before the last index")
         return out
 
-    def verify(self) -> int:
+    def verify(self, progress: Callable[[], None] | None = None) -> int:
         """Full scan: checksums, contiguity, non-decreasing terms, cum_bytes. Returns entries checked.
-        O(log size): for fsck-style tools and tests, not for the hot path."""
+        O(log size): at start-up and for fsck-style tools, not for the hot path. `progress` is called every
+        VERIFY_PROGRESS_ENTRIES entries (a worker's heartbeat, so a long scan is not taken for a stall)."""
         self._check_open()
         index = self._snap_index + 1
         prev_term, cum = self._snap_term, self._snap_cum
@@ -434,6 +436,8 @@ class _LogView:
                     raise CorruptLogError(index, f"cum_bytes {c} != {cum}")
                 prev_term = term
                 index += 1
+                if progress is not None and index % VERIFY_PROGRESS_ENTRIES == 0:
+                    progress()
         except Exception as exc:
             raise _map_rocks_error(exc, index) from exc
         if index - 1 != self._last_index:

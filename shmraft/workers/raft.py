@@ -106,7 +106,7 @@ class RaftWorker(WorkerBase):
         c = self.config
         try:
             nl = open_node_log(c.node_dir, fsync=c.fsync, retain_entries_max=c.retain_entries_max,
-                               retain_bytes_max=c.retain_bytes_max, verify=not self._verified)
+                               retain_bytes_max=c.retain_bytes_max, verify=not self._verified, progress=self.beat)
         except HardStateLostError as exc:
             self._retry_at = float("inf")  # the operator must act (the message says how): no retry
             self._set_fault(StorageFault.HARD_STATE_LOST, str(exc))
