@@ -43,7 +43,6 @@ import platform
 import random
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -65,7 +64,7 @@ from shmraft.ipc import segments  # noqa: E402
 from shmraft.ipc.state import StateBlockError, Worker  # noqa: E402
 from shmraft.node.layout import NodeLayout  # noqa: E402
 from shmraft.raft.types import Role  # noqa: E402
-from shmraft.supervisor.cluster import LocalCluster  # noqa: E402
+from shmraft.supervisor.cluster import LocalCluster, free_port_base  # noqa: E402
 
 RESULTS_DIR = Path(__file__).resolve().parent / "results"
 EVENT_BYTES = 100
@@ -100,25 +99,6 @@ def percentiles_ms(samples_s) -> dict[str, float]:
         "max": round(float(a.max()), 3),
         "n": int(a.size),
     }
-
-
-def _ports_free(base: int, count: int) -> bool:
-    for n in range(1, count + 1):
-        for k in range(1, 5):
-            with socket.socket() as s:
-                try:
-                    s.bind(("127.0.0.1", base + 100 * n + k))
-                except OSError:
-                    return False
-    return True
-
-
-def free_port_base(count: int) -> int:
-    for _ in range(200):
-        base = random.randrange(20_000, 60_000, 1000)
-        if _ports_free(base, count):
-            return base
-    raise RuntimeError("no free port range found")
 
 
 def cpu_seconds(pid: int) -> float | None:

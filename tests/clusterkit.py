@@ -11,7 +11,6 @@ from __future__ import annotations
 import os
 import random
 import signal
-import socket
 import threading
 import time
 from collections import Counter
@@ -27,7 +26,7 @@ from shmraft.ipc import segments
 from shmraft.ipc.state import StateBlockError, Worker
 from shmraft.node.layout import NodeLayout
 from shmraft.raft.types import Role
-from shmraft.supervisor.cluster import LocalCluster
+from shmraft.supervisor.cluster import LocalCluster, free_port_base
 
 
 def wait_for(cond: Callable[[], Any], timeout_s: float, what: str, interval_s: float = 0.05) -> Any:
@@ -40,25 +39,6 @@ def wait_for(cond: Callable[[], Any], timeout_s: float, what: str, interval_s: f
             return last
         time.sleep(interval_s)
     raise AssertionError(f"timed out after {timeout_s} s waiting for {what}; last seen: {last!r}")
-
-
-def _ports_free(base: int, count: int) -> bool:
-    for n in range(1, count + 1):
-        for k in range(1, 5):
-            with socket.socket() as s:
-                try:
-                    s.bind(("127.0.0.1", base + 100 * n + k))
-                except OSError:
-                    return False
-    return True
-
-
-def free_port_base(count: int) -> int:
-    for _ in range(200):
-        base = random.randrange(20_000, 60_000, 1000)
-        if _ports_free(base, count):
-            return base
-    raise RuntimeError("no free port range found")
 
 
 class Harness:

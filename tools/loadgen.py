@@ -34,7 +34,6 @@ import random
 import secrets
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -56,6 +55,7 @@ from shmraft.ipc import segments  # noqa: E402
 from shmraft.ipc.state import StateBlockError, Worker  # noqa: E402
 from shmraft.node.layout import NodeLayout  # noqa: E402
 from shmraft.raft.types import Role  # noqa: E402
+from shmraft.supervisor.cluster import free_port_base  # noqa: E402
 
 DEFAULT_ADDRESSES = "127.0.0.1:7101,127.0.0.1:7201,127.0.0.1:7301"
 CLIENT_TIMEOUT_S = 30.0
@@ -190,25 +190,6 @@ def producer_main(k: int, opts: dict, t_start: float, stop, stats, hist, outdir:
 
 
 # --- the cluster: processes and state -----------------------------------------------------------------------
-
-
-def _ports_free(base: int, count: int) -> bool:
-    for n in range(1, count + 1):
-        for k in range(1, 5):
-            with socket.socket() as s:
-                try:
-                    s.bind(("127.0.0.1", base + 100 * n + k))
-                except OSError:
-                    return False
-    return True
-
-
-def free_port_base(count: int) -> int:
-    for _ in range(200):
-        base = random.randrange(20_000, 60_000, 1000)
-        if _ports_free(base, count):
-            return base
-    raise RuntimeError("no free port range found")
 
 
 def remove_segments(cluster_id: str) -> list[str]:

@@ -8,19 +8,43 @@ host.
 from __future__ import annotations
 
 import os
+import random
 import signal
+import socket
 import subprocess
 import sys
 import time
 from pathlib import Path
 from typing import Final
 
-from shmraft.config import NodeConfig
+from shmraft.config import NodeConfig, local_members
 from shmraft.net.auth import ensure_local_secret, is_local_secret
 from shmraft.supervisor.node import config_to_json
 from shmraft.supervisor.status import cluster_status, format_table
 
 NODE_STOP_GRACE_S: Final = 10.0
+PORT_BASE_TRIES: Final = 200  # random port bases tried by free_port_base before giving up
+
+
+def free_port_base(count: int) -> int:
+    """A `port_base` for `local_cluster(count=...)` whose every port is free on 127.0.0.1 right now (tests,
+    benchmarks and tools that start throw-away clusters beside each other)."""
+    for _ in range(PORT_BASE_TRIES):
+        base = random.randrange(20_000, 60_000, 1000)
+        ports = [p for m in local_members(count, base)
+                 for p in (m.client_port, m.data_port, m.raft_port, m.metrics_port)]
+        if all(_port_free(p) for p in ports):
+            return base
+    raise RuntimeError(f"no free port range for {count} local nodes in {PORT_BASE_TRIES} tries")
+
+
+def _port_free(port: int) -> bool:
+    with socket.socket() as s:
+        try:
+            s.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+    return True
 
 
 class LocalCluster:
