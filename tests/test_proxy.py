@@ -78,6 +78,10 @@ def test_clean_link_forwards_both_ways(setup: tuple[FaultProxy, int]) -> None:
     with socket.create_connection(("127.0.0.1", port), timeout=10) as s:
         payload = bytes(range(256)) * 4000  # 1 MB: more than one buffer's worth, in order
         assert round_trip_s(s, payload) < 5
+    # The proxy's thread counts a send after it returns, so the echo may reach us first: poll the count.
+    deadline = time.monotonic() + 5
+    while proxy.stats("a").bytes_forwarded < 2 * len(payload) and time.monotonic() < deadline:
+        time.sleep(0.01)
     assert proxy.stats("a").bytes_forwarded == 2 * len(payload)
 
 
