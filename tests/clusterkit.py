@@ -55,8 +55,13 @@ class Harness:
     # --- lifecycle -----------------------------------------------------------------------------------------
 
     def start(self) -> Harness:
-        self.cluster.start()
-        self.wait_leader()
+        """Start every node and wait for a leader; on failure stop what was started, then re-raise."""
+        try:
+            self.cluster.start()
+            self.wait_leader()
+        except BaseException:
+            self.stop()
+            raise
         return self
 
     def stop(self) -> None:
@@ -119,7 +124,7 @@ class Harness:
         return wait_for(other_leader, timeout_s, f"a leader other than {exclude}" if exclude else "a leader")
 
     def followers(self) -> list[int]:
-        leader = self.leader()
+        leader = self.wait_leader()  # during an election every node would count as a follower
         return [c.node_id for c in self.configs if c.node_id != leader]
 
     def worker_pids(self, node_id: int) -> dict[Worker, int]:
@@ -220,8 +225,16 @@ class Load:
 def verify(harness: Harness, acked: dict[bytes, int], node_ids: list[int] | None = None) -> list[tuple[int, bytes]]:
     """Every acknowledged event is on every node exactly once, at its acknowledged offset, and all nodes hold
     the same log. Returns the log."""
-    harness.wait_commit_equal()
-    logs = {n: harness.read_log(n) for n in (node_ids or [c.node_id for c in harness.configs])}
+    nodes = node_ids or [c.node_id for c in harness.configs]
+
+    def settled_logs() -> dict[int, list[tuple[int, bytes]]] | None:
+        # The logs are read one node after another: a commit landing meanwhile (say an unacknowledged event
+        # committed by a new leader) would make them differ for no fault of the cluster, so read again.
+        commit = harness.wait_commit_equal()
+        logs = {n: harness.read_log(n) for n in nodes}
+        return logs if harness.wait_commit_equal() == commit else None
+
+    logs = wait_for(settled_logs, 120, "the logs read while no commit lands")
     reference = max(logs.values(), key=len)
     for node, entries in logs.items():
         assert entries == reference, f"node {node}'s log differs from the longest ({len(entries)} vs {len(reference)})"

@@ -83,7 +83,8 @@ def test_campaign_injects_every_kind_and_loses_nothing(tmp_path: Path) -> None:
 
 
 LONG_PARTITION_S = 26.0  # past TCP retransmissions at ~12.6 s and ~25.4 s: the next is at ~51 s
-REJOIN_BOUND_MS = 5000.0  # connections left to TCP's back-off took 7-15 s (seen behind the proxy)
+REJOIN_BOUND_MS = 6500.0  # connections left to TCP's back-off took 7-15 s (seen behind the proxy), and without
+# the proxy wait for the retransmission at ~51 s, ~25 s after the heal (past HEALTH_WAIT_S: never whole)
 
 
 @pytest.mark.slow
@@ -97,6 +98,7 @@ def test_a_long_partition_heals_promptly(tmp_path: Path) -> None:
     assert report["faults"] == {"partition-isolate": 1}, context
     assert report["lost"] == 0 and report["duplicates"] == 0 and report["divergent"] == 0, context
     whole_ms = report["fault_log"][0]["whole_after_ms"]
+    print(f"\nwhole {whole_ms} ms after healing a {LONG_PARTITION_S:.0f} s partition")
     assert whole_ms is not None and whole_ms < REJOIN_BOUND_MS, context
     assert proc.returncode == 0, context
     assert _chaos_leftovers(proc.pid) == {"mounts": [], "shm": [], "netns": []}

@@ -176,11 +176,11 @@ def test_produce_fails_over_from_a_hung_leader(cluster: FakeCluster) -> None:
         started = time.monotonic()
         cl.produce(b"b")
         took = time.monotonic() - started
-        assert ATTEMPT_ANSWER_TIMEOUT_S <= took < ATTEMPT_ANSWER_TIMEOUT_S + 1.5
+        assert ATTEMPT_ANSWER_TIMEOUT_S <= took < ATTEMPT_ANSWER_TIMEOUT_S + 5
         assert cl._leader == cluster.node(2).address
         started = time.monotonic()
         cl.produce_many([b"c", b"d"])  # goes straight to the new leader
-        assert time.monotonic() - started < 0.5
+        assert time.monotonic() - started < ATTEMPT_ANSWER_TIMEOUT_S  # no second wait on the hung node
         assert cluster.node(1).produce_requests == 1  # the hung one never read the retry's request
     assert cluster.log.values() == [b"a", b"b", b"c", b"d"]
     assert keys_of(cluster, cl.producer_id) == [0, 1, 2, 3]
@@ -272,7 +272,7 @@ def test_producer_fails_over_from_a_hung_leader_and_resends_in_order(cluster: Fa
             offsets = [f.result(0) for f in futures]
         finally:
             producer.close()
-    assert took < ATTEMPT_ANSWER_TIMEOUT_S + 2.0
+    assert took < ATTEMPT_ANSWER_TIMEOUT_S + 5
     assert cluster.log.values() == events  # every event once, in send order
     assert keys_of(cluster, producer.producer_id) == list(range(n))
     assert offsets == sorted(set(offsets))
@@ -325,8 +325,10 @@ def test_futures_time_out_while_pending(cluster: FakeCluster, client: Client) ->
         assert f.result(TIMEOUT_S) < g.result(TIMEOUT_S)[0]
 
 
-def test_producer_linger_lets_the_open_batch_grow_while_the_window_is_full(cluster: FakeCluster,
-                                                                           client: Client) -> None:
+def test_producer_linger_lets_the_open_batch_grow_while_the_window_is_full(
+        cluster: FakeCluster, client: Client, monkeypatch: pytest.MonkeyPatch) -> None:
+    # The hang below must not be taken for a hung leader on a slow machine, or a resend adds a request.
+    monkeypatch.setattr("shmraft.client.producer.ATTEMPT_ANSWER_TIMEOUT_S", 30.0)
     leader = cluster.node(1)
     with client.producer(window=1, linger_ms=0) as producer:
         leader.hang()
@@ -359,12 +361,14 @@ def test_producer_resends_out_of_order_rejections(cluster: FakeCluster, client: 
 
 
 def test_producer_gives_up_when_nothing_answers() -> None:
-    with Client([dead_address()], timeout_s=0.3) as cl:
+    with Client([dead_address()], timeout_s=3) as cl:
         producer = cl.producer(buffer_events=3, linger_ms=0)
         futures = [producer.send(b"x"), producer.send(b"y"), producer.send(b"z")]
+        # A shorter wait for room than the queued requests' own deadline, so the two timers cannot race.
+        cl.timeout_s = 0.3
         with pytest.raises(BufferFull):
-            producer.send(b"w")  # blocks up to the timeout, until the others fail
-        producer.close(timeout_s=5)
+            producer.send(b"w")  # blocks up to the timeout: the buffer stays full meanwhile
+        producer.close(timeout_s=10)
         for f in futures:
             assert isinstance(f.exception(0), CommitTimeout)
         assert not producer._thread.is_alive()

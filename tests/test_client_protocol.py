@@ -20,7 +20,7 @@ def _decode_one(data: bytes) -> cp.Message:
     return msg
 
 
-@settings(max_examples=200)
+@settings(max_examples=200, deadline=None)
 @given(
     events=st.lists(st.binary(max_size=300), min_size=1, max_size=50),
     pid=st.integers(0, 2**64 - 1),
@@ -34,7 +34,7 @@ def test_produce_round_trip(events, pid, seq, cid) -> None:
     assert [bytes(e) for e in msg.events] == events
 
 
-@settings(max_examples=100)
+@settings(max_examples=100, deadline=None)
 @given(events=st.lists(st.binary(max_size=100), max_size=30))
 def test_fetched_round_trip(events) -> None:
     offsets = list(range(100, 100 + len(events)))
@@ -108,7 +108,7 @@ def test_oversized_body_is_refused_from_the_header_alone() -> None:
     assert info.value.field == "body_len"
 
 
-@settings(max_examples=300)
+@settings(max_examples=300, deadline=None)
 @given(blob=st.binary(max_size=300))
 def test_garbage_gives_a_protocol_error_or_needs_more_bytes(blob: bytes) -> None:
     reader = cp.MessageReader()
@@ -120,7 +120,7 @@ def test_garbage_gives_a_protocol_error_or_needs_more_bytes(blob: bytes) -> None
         pass
 
 
-@settings(max_examples=100)
+@settings(max_examples=100, deadline=None)
 @given(token=st.binary(min_size=1, max_size=cp.AUTH_TOKEN_MAX_BYTES), cid=st.integers(0, 2**64 - 1))
 def test_auth_round_trip_and_the_token_stays_out_of_reprs(token: bytes, cid: int) -> None:
     msg = _decode_one(cp.encode_auth(cid, token))

@@ -48,7 +48,7 @@ def test_killed_worker_is_restarted_and_nothing_acknowledged_is_lost(harness: Ha
                                                                       where: str) -> None:
     with Load(harness) as load:
         load.wait_acked(500, 30)
-        node = harness.leader() if where == "leader" else harness.followers()[0]
+        node = harness.wait_leader() if where == "leader" else harness.followers()[0]
         before = harness.restarts(node, worker)
         harness.kill_worker(node, worker)
         wait_for(lambda: harness.restarts(node, worker) > before, 30, f"{worker.name} restarted on node {node}")
@@ -60,7 +60,7 @@ def test_killed_worker_is_restarted_and_nothing_acknowledged_is_lost(harness: Ha
 def test_killing_the_whole_leader_node_fails_over_and_the_node_catches_up(harness: Harness) -> None:
     with Load(harness) as load:
         load.wait_acked(500, 30)
-        old = harness.leader()
+        old = harness.wait_leader()
         harness.kill_node(old)
         killed_at = time.monotonic()
         new = harness.wait_leader(timeout_s=30, exclude=old)
@@ -140,7 +140,7 @@ def test_up_runs_a_cluster_and_ctrl_c_stops_it_cleanly(tmp_path: Path) -> None:
            "--port-base", str(base), "--cluster-id", cid, "--no-view"]
     addresses = [f"127.0.0.1:{base + 100 * n + 1}" for n in (1, 2, 3)]
 
-    def run_once(events: list[bytes]) -> list[bytes]:
+    def run_once(events: list[bytes], expect: int) -> list[bytes]:
         proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
         try:
             status = [sys.executable, "-m", "shmraft.cli.supervisor", "status", "--port-base", str(base),
@@ -150,7 +150,13 @@ def test_up_runs_a_cluster_and_ctrl_c_stops_it_cleanly(tmp_path: Path) -> None:
             with Client(addresses, timeout_s=20) as client:
                 if events:
                     client.produce_many(events)
-                seen = [bytes(r.value) for r in client.consume(0)]
+
+                def committed() -> list[bytes] | None:
+                    # A node just restarted serves up to the commit index it knows, which the new leader's
+                    # first commit brings up to date: read until the expected count is there (then all of it).
+                    got = [bytes(r.value) for r in client.consume(0)]
+                    return got if len(got) >= expect else None
+                seen = wait_for(committed, 60, f"{expect} committed events")
             proc.send_signal(signal.SIGINT)  # what Ctrl-C in the terminal sends
             out, _ = proc.communicate(timeout=60)
             assert proc.returncode == 0, out.decode(errors="replace")[-2000:]
@@ -165,9 +171,9 @@ def test_up_runs_a_cluster_and_ctrl_c_stops_it_cleanly(tmp_path: Path) -> None:
                     child.kill()
                 proc.wait()
 
-    first = run_once([b"one", b"two", b"three"])
+    first = run_once([b"one", b"two", b"three"], expect=3)
     assert first == [b"one", b"two", b"three"]
-    again = run_once([])  # started again on the same data directory: every committed event is there
+    again = run_once([], expect=3)  # started again on the same data directory: every committed event is there
     assert again == first
 
 
@@ -199,7 +205,7 @@ def test_paused_leader_is_replaced_and_rejoins_as_follower(harness: Harness) -> 
     timeout; the producer follows the new leader; resumed, the old leader rejoins as a follower."""
     with Load(harness) as load:
         load.wait_acked(300, 30)
-        old = harness.leader()
+        old = harness.wait_leader()
         harness.signal_node(old, signal.SIGSTOP)
         try:
             new = harness.wait_leader(timeout_s=30, exclude=old)

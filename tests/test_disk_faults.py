@@ -80,7 +80,7 @@ def fill_and_recover(h: Harness, load: Load, node: int, was_leader: bool) -> Non
     finally:
         free_disk(filler)
     wait_for(lambda: storage_of(h, node)["storage"] == "ok", FAULT_WAIT_S, f"node {node} to recover its disk")
-    target = commit_of(h, h.leader())
+    target = commit_of(h, h.wait_leader())
     wait_for(lambda: commit_of(h, node) >= target, RECOVER_WAIT_S, f"node {node} to catch up to {target}")
     assert h.restarts(node, Worker.RAFT) == restarts, "the raft worker was restarted (crash) on a full disk"
     assert storage_of(h, node)["quarantines"] == 0  # a full disk is not corruption

@@ -35,7 +35,7 @@ def _frame(**kw) -> bytearray:
 events_st = st.lists(st.binary(max_size=600), min_size=1, max_size=BATCH_EVENTS_MAX)
 
 
-@settings(max_examples=300, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(
     events=events_st,
     compress=st.booleans(),
@@ -215,7 +215,7 @@ def test_every_single_byte_corruption_is_rejected(name: str) -> None:
             )
 
 
-@settings(max_examples=400)
+@settings(max_examples=400, deadline=None)
 @given(data=st.data())
 def test_random_corruption_never_decodes_to_something_else(data) -> None:
     name = data.draw(st.sampled_from(sorted(FRAMES)))
@@ -232,7 +232,7 @@ def test_random_corruption_never_decodes_to_something_else(data) -> None:
     assert [bytes(e) for e in got.events] == [bytes(e) for e in want.events]
 
 
-@settings(max_examples=300)
+@settings(max_examples=300, deadline=None)
 @given(blob=st.binary(max_size=200))
 def test_garbage_is_rejected_with_a_protocol_error(blob: bytes) -> None:
     with pytest.raises(errors.RemoteProtocolError):

@@ -4,6 +4,7 @@ replayed proofs and garbage are refused by name on both sides."""
 from __future__ import annotations
 
 import logging
+import random
 import selectors
 import socket
 import time
@@ -30,9 +31,16 @@ NONCE = bytes(range(32))
 
 
 def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+    """A free port below the ephemeral range, so a link's own outgoing connection cannot take it meanwhile."""
+    for _ in range(200):
+        port = random.randrange(10_000, 30_000)
+        with socket.socket() as s:
+            try:
+                s.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+            return port
+    raise RuntimeError("no free port in 10000-30000")
 
 
 def run_until(sel: selectors.BaseSelector, links: list[PeerLinks], cond: Callable[[], bool], timeout_s: float = 5.0,

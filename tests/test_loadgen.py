@@ -69,7 +69,7 @@ def cleanup(tmp_path: Path, cluster_id: str) -> None:
 
 
 def test_events_verified(tmp_path: Path) -> None:
-    rc, report, output = run_loadgen(tmp_path, "ev", "--events", "20000", "--size", "100", timeout_s=60)
+    rc, report, output = run_loadgen(tmp_path, "ev", "--events", "20000", "--size", "100", timeout_s=180)
     assert rc == 0, output[-3000:]
     assert report["acknowledged"] == 20000
     assert report["lost"] == 0 and report["duplicates"] == 0 and report["divergent"] == 0
@@ -84,7 +84,7 @@ def test_events_verified(tmp_path: Path) -> None:
 def test_leader_kills_lose_nothing(tmp_path: Path) -> None:
     # an open-loop rate keeps the verification (3 logs read back) short; the faults are the same
     rc, report, output = run_loadgen(tmp_path, "kill", "--duration", "15", "--kill-leader-every", "5",
-                                     "--rate", "20000", timeout_s=90)
+                                     "--rate", "20000", timeout_s=240)
     assert rc == 0, output[-3000:]
     assert report["lost"] == 0 and report["duplicates"] == 0 and report["divergent"] == 0
     assert report["acknowledged"] > 0

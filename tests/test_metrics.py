@@ -69,7 +69,7 @@ def test_every_node_serves_metrics_that_match_what_was_produced(tmp_path: Path) 
             for r in range(requests):
                 client.produce_many([b"m%03d-%d" % (r, i) for i in range(per_request)])
         events = requests * per_request
-        leader = h.leader()
+        leader = h.wait_leader()
 
         m = scrape(h, leader)
         assert value(m, "shmraft_events_committed_total", leader) == events

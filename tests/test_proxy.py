@@ -92,9 +92,10 @@ def test_delay_is_added_each_way(setup: tuple[FaultProxy, int]) -> None:
         proxy.set_faults("a", LinkFaults(delay_ms=150))
         delayed = min(round_trip_s(s, b"y") for _ in range(3))
         proxy.clear()
-        after = round_trip_s(s, b"z")
+        after = min(round_trip_s(s, b"z") for _ in range(3))
     assert 0.28 <= delayed <= 1.5, f"round trip with 150 ms each way: {delayed:.3f} s (base {base:.4f} s)"
-    assert after < 0.25, f"round trip after clearing the delay: {after:.3f} s"
+    # relative, so a loaded machine slows both alike; a delay left in place would make them about equal
+    assert after < delayed / 2, f"round trip after clearing the delay: {after:.3f} s (delayed {delayed:.3f} s)"
 
 
 def test_bandwidth_limit_slows_a_bulk_transfer(setup: tuple[FaultProxy, int]) -> None:

@@ -45,7 +45,7 @@ messages = st.one_of(
 )
 
 
-@settings(max_examples=300)
+@settings(max_examples=300, deadline=None)
 @given(m=messages)
 def test_every_message_round_trips(m) -> None:
     assert decode_raft(encode_raft(m)) == m
@@ -73,7 +73,7 @@ def test_malformed_bodies_are_refused_by_field(body: bytes, field: str) -> None:
     assert info.value.field == field
 
 
-@settings(max_examples=300)
+@settings(max_examples=300, deadline=None)
 @given(blob=st.binary(max_size=120))
 def test_garbage_is_refused_or_decodes(blob: bytes) -> None:
     try:

@@ -133,6 +133,7 @@ def role_reader(name: str, total: int, seed: int, log_path: str) -> int:
 
 def role_idle_reader(name: str) -> int:
     r = ring.RingReader(name)
+    print("attached", flush=True)
     try:
         r.pop_many(timeout_ms=None)
     except ring.RingClosed:
@@ -328,8 +329,9 @@ def test_idle_blocked_reader_uses_under_5_percent_cpu(owner, children):
     import psutil
 
     name = owner.create_ring("idle", 1 << 16)
-    p = children.start("idle_reader", name)
-    time.sleep(1.0)  # imports and attach done
+    p = children.start("idle_reader", name, stdout=subprocess.PIPE)
+    assert p.stdout is not None and p.stdout.readline().strip() == b"attached"  # imports and attach done
+    time.sleep(0.2)  # let it reach the blocking wait (its bounded spin lasts microseconds)
     proc = psutil.Process(p.pid)
     c0 = proc.cpu_times()
     t0 = time.monotonic()

@@ -780,6 +780,17 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     return args
 
 
+def select_kinds(kinds: list[Kind], wanted_csv: str | None) -> list[Kind]:
+    """`kinds` narrowed to the comma-separated names of --kinds (all of them without it)."""
+    if not wanted_csv:
+        return kinds
+    wanted = set(wanted_csv.split(","))
+    unknown = wanted - {k.name for k in KINDS}
+    if unknown:
+        raise SystemExit(f"chaos: --kinds: expected names from {[k.name for k in KINDS]}, got {sorted(unknown)}")
+    return [k for k in kinds if k.name in wanted]
+
+
 def available_kinds(net: bool, disk: bool, proxy: bool = True) -> list[Kind]:
     have = {"": True, "netns": net, "disk": disk, "proxy": proxy}
     return [k for k in KINDS if have[k.needs]]
@@ -794,7 +805,8 @@ def main(argv: list[str] | None = None) -> int:
 
     print(f"chaos: seed {args.seed} (rerun the same schedule with --seed {args.seed})", flush=True)
     if args.plan:
-        for p in plan(args.seed, args.duration, list(KINDS), args.hold_s):
+        # As if every kind were available (root, namespaces, the proxy); a run without them plans fewer kinds.
+        for p in plan(args.seed, args.duration, select_kinds(list(KINDS), args.kinds), args.hold_s):
             print(f"  {p.at_s:7.2f} s  {p.kind:26} hold {p.hold_s:.2f} s  pick {p.pick:.3f}  {p.params}")
         return 0
 
@@ -811,14 +823,8 @@ def main(argv: list[str] | None = None) -> int:
     outdir: Path | None = None
     try:
         camp.setup()
-        kinds = available_kinds(camp.net is not None, camp.disk is not None, camp.routed_via_proxy)
-        if args.kinds:
-            wanted = set(args.kinds.split(","))
-            unknown = wanted - {k.name for k in KINDS}
-            if unknown:
-                raise SystemExit(f"chaos: --kinds: expected names from {[k.name for k in KINDS]}, "
-                                 f"got {sorted(unknown)}")
-            kinds = [k for k in kinds if k.name in wanted]
+        kinds = select_kinds(available_kinds(camp.net is not None, camp.disk is not None, camp.routed_via_proxy),
+                             args.kinds)
         schedule = plan(args.seed, args.duration, kinds, args.hold_s)
         log(f"chaos: {len(schedule)} faults planned over {args.duration:g} s: {len(kinds)} kinds "
             f"({', '.join(k.name for k in kinds)})")

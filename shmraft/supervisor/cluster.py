@@ -23,19 +23,33 @@ from shmraft.supervisor.node import config_to_json
 from shmraft.supervisor.status import cluster_status, format_table
 
 NODE_STOP_GRACE_S: Final = 10.0
+PORT_BASE_LOW: Final = 10_000  # lowest port base free_port_base picks
 PORT_BASE_TRIES: Final = 200  # random port bases tried by free_port_base before giving up
 
 
 def free_port_base(count: int) -> int:
     """A `port_base` for `local_cluster(count=...)` whose every port is free on 127.0.0.1 right now (tests,
     benchmarks and tools that start throw-away clusters beside each other)."""
+    low, high = _port_base_range()
     for _ in range(PORT_BASE_TRIES):
-        base = random.randrange(20_000, 60_000, 1000)
+        base = random.randrange(low, high, 1000)
         ports = [p for m in local_members(count, base)
                  for p in (m.client_port, m.data_port, m.raft_port, m.metrics_port)]
         if all(_port_free(p) for p in ports):
             return base
     raise RuntimeError(f"no free port range for {count} local nodes in {PORT_BASE_TRIES} tries")
+
+
+def _port_base_range() -> tuple[int, int]:
+    """Port bases below the kernel's ephemeral range: there, a peer redialling a stopped node could be given
+    that node's listening port as its own source port, and the node could not listen again on restart."""
+    try:
+        ephemeral_low = int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        ephemeral_low = 32_768  # Linux's default
+    if ephemeral_low - PORT_BASE_LOW >= 8 * 1000:
+        return PORT_BASE_LOW, ephemeral_low - 1000
+    return PORT_BASE_LOW, 60_000  # an unusual range: any base, the bind check below still applies
 
 
 def _port_free(port: int) -> bool:

@@ -527,8 +527,8 @@ class IngestWorker(WorkerBase):
             p.done = True
             p.client.inflight_bytes -= p.size_bytes
             self._forget(p)
+            self._record_latency(time.monotonic_ns() - p.received_ns)  # counted before the producer can see it
             self._write(p.client, cp.encode_produced(p.correlation_id, p.offsets))
-            self._record_latency(time.monotonic_ns() - p.received_ns)
         self._unpark()
 
     def _record_latency(self, ns: int) -> None:
