@@ -119,6 +119,17 @@ def test_schedule_is_a_function_of_the_seed_and_covers_every_kind() -> None:
         assert p.hold_s <= chaos.FAULT_HOLD_MAX_S
 
 
+def test_plan_preview_runs_the_kinds_asked_for() -> None:
+    out = subprocess.run([sys.executable, str(CHAOS), "--plan", "--seed", "3", "--duration", "60",
+                          "--kinds", "kill-leader,pause-node"], capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stderr
+    planned = {line.split()[2] for line in out.stdout.splitlines() if line.strip().endswith("}")}
+    assert planned == {"kill-leader", "pause-node"}, out.stdout
+    bad = subprocess.run([sys.executable, str(CHAOS), "--plan", "--kinds", "kill-leader,bogus"],
+                         capture_output=True, text=True, timeout=60)
+    assert bad.returncode != 0 and "--kinds" in bad.stderr and "bogus" in bad.stderr, bad.stderr
+
+
 # --- the test network (root only) -----------------------------------------------------------------------------
 
 needs_netns = pytest.mark.skipif(bool(NETNS_SKIP), reason=f"network namespaces unavailable: {NETNS_SKIP}")
