@@ -1,4 +1,4 @@
-"""Shared-memory single-producer/single-consumer rings of variable-size records (docs/design-ring.md).
+"""Shared-memory single-producer/single-consumer rings of variable-size records (docs/DESIGN.md, section 5).
 
 One writer process and one reader process share a posix_ipc segment viewed through numpy:
 
@@ -123,7 +123,7 @@ def _check_machine(allow_weak_memory_order: bool) -> None:
     if machine in _ORDERED_MACHINES:
         return
     if not allow_weak_memory_order:
-        raise RingError(f"machine: expected x86-64 (TSO ordering; see docs/design-ring.md), got {machine!r}")
+        raise RingError(f"machine: expected x86-64 (TSO ordering; see docs/DESIGN.md section 5), got {machine!r}")
     warnings.warn(f"shmraft ring on {machine}: publication without release/acquire barriers is unsafe",
                   RuntimeWarning, stacklevel=3)
 
