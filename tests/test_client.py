@@ -21,7 +21,13 @@ from shmraft.client import (
     Record,
     TooLarge,
 )
-from shmraft.client.client import ATTEMPT_ANSWER_TIMEOUT_S, EVENT_BYTES_MAX, REQUEST_BYTES_MAX, split_requests
+from shmraft.client.client import (
+    ATTEMPT_ANSWER_TIMEOUT_S,
+    EVENT_BYTES_MAX,
+    PROBE_AFTER_S,
+    REQUEST_BYTES_MAX,
+    split_requests,
+)
 from shmraft.wire.client import ErrorCode
 
 TIMEOUT_S = 3.0  # every call in these tests gives up after this; a hang fails fast
@@ -176,7 +182,8 @@ def test_produce_fails_over_from_a_hung_leader(cluster: FakeCluster) -> None:
         started = time.monotonic()
         cl.produce(b"b")
         took = time.monotonic() - started
-        assert ATTEMPT_ANSWER_TIMEOUT_S <= took < ATTEMPT_ANSWER_TIMEOUT_S + 5
+        # silent for an election timeout, the others were asked and named node 2: no full attempt timeout
+        assert PROBE_AFTER_S <= took < ATTEMPT_ANSWER_TIMEOUT_S
         assert cl._leader == cluster.node(2).address
         started = time.monotonic()
         cl.produce_many([b"c", b"d"])  # goes straight to the new leader
@@ -195,6 +202,7 @@ def test_produce_hangs_then_leader_is_kept_when_the_others_still_name_it(cluster
         cl.produce(b"b")
     assert cluster.log.values() == [b"a", b"b"]
     assert keys_of(cluster, cl.producer_id) == [0, 1]
+    assert cluster.node(2).produce_requests == cluster.node(3).produce_requests == 0  # probing did not move it
 
 
 # --- metadata -------------------------------------------------------------------------------------------
@@ -251,6 +259,30 @@ def test_producer_failover_mid_pipeline_keeps_every_event_once_in_order(cluster:
     assert cluster.log.values() == events  # every event exactly once, in send order
     assert keys_of(cluster, producer.producer_id) == list(range(n))
     assert offsets == sorted(set(offsets))
+
+
+def test_producer_moves_once_the_others_name_a_new_leader(cluster: FakeCluster) -> None:
+    # A silent leader is left as soon as the other nodes name another one, before the full attempt timeout.
+    with Client(cluster.addresses, timeout_s=8) as cl, cl.producer(window=4, linger_ms=0) as producer:
+        producer.send(b"a").result(TIMEOUT_S)
+        cluster.node(1).hang()
+        cluster.set_leader(2, among=[2, 3])
+        started = time.monotonic()
+        producer.send(b"b").result(TIMEOUT_S)
+        took = time.monotonic() - started
+    assert PROBE_AFTER_S <= took < ATTEMPT_ANSWER_TIMEOUT_S, took
+    assert cluster.log.values() == [b"a", b"b"]
+
+
+def test_producer_keeps_a_slow_leader_the_others_still_name(cluster: FakeCluster) -> None:
+    with Client(cluster.addresses, timeout_s=8) as cl, cl.producer(window=4, linger_ms=0) as producer:
+        producer.send(b"a").result(TIMEOUT_S)
+        cluster.node(1).hang()
+        threading.Timer(ATTEMPT_ANSWER_TIMEOUT_S - 0.2, cluster.node(1).resume).start()
+        producer.send(b"b").result(TIMEOUT_S)
+    assert cluster.log.values() == [b"a", b"b"]
+    assert cluster.node(1).produce_requests == 2  # answered where it was sent: no move, no resend
+    assert cluster.node(2).produce_requests == cluster.node(3).produce_requests == 0
 
 
 def test_producer_fails_over_from_a_hung_leader_and_resends_in_order(cluster: FakeCluster) -> None:

@@ -12,11 +12,17 @@ import secrets
 import ssl
 import threading
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Final, NamedTuple
 
-from shmraft.client.connection import CONNECT_TIMEOUT_S_DEFAULT, AnswerTimeout, Connection, parse_address
+from shmraft.client.connection import (
+    CONNECT_TIMEOUT_S_DEFAULT,
+    AnswerTimeout,
+    Connection,
+    LeaderMoved,
+    parse_address,
+)
 from shmraft.client.errors import (
     CommitTimeout,
     ConnectionFailed,
@@ -37,6 +43,7 @@ from shmraft.wire.client import (
     ErrorCode,
     Fetched,
     Member,
+    Message,
     MetadataAnswer,
     Produced,
     encode_fetch,
@@ -57,6 +64,13 @@ METADATA_TIMEOUT_S: Final = 1.0  # one METADATA question to one node
 # node is suspected to be hung (a stopped process or a vanished host keeps its sockets open, so nothing
 # fails): about twice the election timeout, so that by then the other nodes have elected a new leader.
 ATTEMPT_ANSWER_TIMEOUT_S: Final = 1.0
+# Meanwhile, once a leader has been silent for an election timeout, the other nodes are asked who leads every
+# PROBE_INTERVAL_S (one METADATA each, PROBE_METADATA_TIMEOUT_S at most): when they name another leader the
+# client goes there at once, so a vanished leader costs about the election (~0.5-0.6 s), not the full 1 s.
+# A leader that is only slow is still named by the others, and is waited for up to ATTEMPT_ANSWER_TIMEOUT_S.
+PROBE_AFTER_S: Final = ELECTION_TIMEOUT_MS / 1000
+PROBE_INTERVAL_S: Final = 0.05
+PROBE_METADATA_TIMEOUT_S: Final = 0.2
 # Any node can answer a FETCH from its own log, so one that has not answered this long after its long-poll
 # wait is treated as hung and the FETCH goes to another node (a hung node would otherwise hold the consumer
 # for the whole timeout_s).
@@ -75,6 +89,7 @@ _U32_MAX: Final = 2**32 - 1
 _U64_MAX: Final = 2**64 - 1
 
 assert ATTEMPT_ANSWER_TIMEOUT_S >= 2 * ELECTION_TIMEOUT_MS / 1000
+assert PROBE_AFTER_S + PROBE_METADATA_TIMEOUT_S < ATTEMPT_ANSWER_TIMEOUT_S
 assert PRODUCE_HEAD_BYTES + EVENT_OVERHEAD_BYTES * REQUEST_EVENTS_MAX < REQUEST_BYTES_MAX < MESSAGE_BODY_MAX_BYTES
 
 
@@ -331,6 +346,22 @@ class Client:
         (a hung leader's own view is stale, and it is not asked at all). Sets and returns the client's
         leader hint; None when no node names a leader by `deadline` (an election is still going on).
         """
+        self._leader = self._survey(excluded, deadline, METADATA_TIMEOUT_S)
+        return self._leader
+
+    def _leader_elsewhere(self, silent: str) -> str | None:
+        """`silent` leads but has left a request unanswered for PROBE_AFTER_S: if the other nodes now name
+        another leader, make it the client's leader and return it; else None (keep waiting for `silent`)."""
+        survey_s = PROBE_METADATA_TIMEOUT_S * (len(self._addresses) - 1)
+        leader = self._survey(silent, time.monotonic() + survey_s, PROBE_METADATA_TIMEOUT_S)
+        if leader is None or leader == silent:
+            return None
+        self._suspect(silent)
+        self._leader = leader
+        return leader
+
+    def _survey(self, excluded: str, deadline: float, per_node_s: float) -> str | None:
+        """The leader the nodes other than `excluded` name, highest term first (see _rediscover)."""
         best: tuple[tuple[int, bool], str] | None = None
         for address in self._candidates(None):
             remaining = deadline - time.monotonic()
@@ -339,7 +370,7 @@ class Client:
             if address == excluded:
                 continue
             try:
-                answer = self._ask_metadata(address, min(METADATA_TIMEOUT_S, remaining))
+                answer = self._ask_metadata(address, min(per_node_s, remaining))
             except Unauthorized:
                 raise
             except ShmraftError:
@@ -349,8 +380,7 @@ class Client:
                 key = (answer.term, leader != excluded)
                 if best is None or key > best[0]:
                     best = (key, leader)
-        self._leader = best[1] if best is not None else None
-        return self._leader
+        return best[1] if best is not None else None
 
     # --- metadata ---------------------------------------------------------------------------------------
 
@@ -455,6 +485,25 @@ class Client:
         self._conn = self._connect(deadline, self._leader)
         return self._conn
 
+    def _attempt(self, conn: Connection, encode: Callable[[int], bytes], timeout_s: float) -> Message:
+        """Send one request to the leader and wait up to `timeout_s` for its answer; past PROBE_AFTER_S of
+        silence, ask the other nodes who leads now and raise LeaderMoved if they name another node."""
+        cid = conn.send_request(encode, timeout_s)
+        started = time.monotonic()
+        end = started + timeout_s
+        probe_at = started + PROBE_AFTER_S
+        while True:
+            now = time.monotonic()
+            try:
+                return conn.wait_answer(cid, max(min(end, probe_at) - now, 0.0))
+            except AnswerTimeout:
+                if time.monotonic() >= end:
+                    raise
+            if (leader := self._leader_elsewhere(conn.address)) is not None:
+                raise LeaderMoved(f"{conn.address} silent for {time.monotonic() - started:.2f} s; "
+                                  f"the other nodes name {leader} as leader")
+            probe_at = time.monotonic() + PROBE_INTERVAL_S
+
     def _produce_request(self, producer_id: int, first_sequence: int, events: list[bytes],
                          deadline: float) -> list[int]:
         """One PRODUCE request, retried (same sequences) through failovers until acknowledged or `deadline`.
@@ -477,9 +526,14 @@ class Client:
             timeout_ms = max(1, min(int(remaining * 1000), _U32_MAX))
             try:
                 sent = True
-                answer = conn.request(
-                    lambda cid, t=timeout_ms: encode_produce(cid, producer_id, first_sequence, t, events),
-                    min(remaining + ANSWER_GRACE_S, ATTEMPT_ANSWER_TIMEOUT_S))
+                answer = self._attempt(conn, lambda cid, t=timeout_ms: encode_produce(
+                    cid, producer_id, first_sequence, t, events), min(remaining + ANSWER_GRACE_S,
+                                                                       ATTEMPT_ANSWER_TIMEOUT_S))
+            except LeaderMoved as exc:
+                last = exc
+                conn.close()
+                self._conn = None
+                continue
             except AnswerTimeout as exc:
                 last = exc
                 conn.close()

@@ -31,6 +31,11 @@ class AnswerTimeout(ShmraftError):
     """No answer arrived within the wait; the connection stays open and usable."""
 
 
+class LeaderMoved(ShmraftError):
+    """The node a request waits on has been silent while the other nodes name another leader (the request is
+    resent there, deduplicated)."""
+
+
 def parse_address(address: str) -> tuple[str, int]:
     """Split "host:port" (or "[v6]:port") into host and port; ValueError names the bad address."""
     host, sep, port = address.strip().rpartition(":")
@@ -156,9 +161,18 @@ class Connection:
 
     def request(self, encode: Callable[[int], bytes], timeout_s: float) -> Message:
         """Send `encode(correlation_id)` and wait for the answer carrying that id; skip stale answers."""
-        deadline = time.monotonic() + timeout_s
+        cid = self.send_request(encode, timeout_s)
+        return self.wait_answer(cid, timeout_s)
+
+    def send_request(self, encode: Callable[[int], bytes], timeout_s: float) -> int:
+        """Send `encode(correlation_id)` with a new id; returns the id to wait for."""
         cid = self.next_correlation_id()
         self.send(encode(cid), timeout_s)
+        return cid
+
+    def wait_answer(self, cid: int, timeout_s: float) -> Message:
+        """The answer carrying `cid` within `timeout_s` (AnswerTimeout if none; it may still come later)."""
+        deadline = time.monotonic() + timeout_s
         while True:
             msg = self.receive(max(deadline - time.monotonic(), 0.0))
             if msg.correlation_id == cid:

@@ -9,7 +9,8 @@ correlation id says which request an answer is for), and after a failover, recon
 resends every unacknowledged request in sequence order with the same sequences, so the server's
 deduplication keeps each event once. When the connection's node sends no answer for
 ATTEMPT_ANSWER_TIMEOUT_S while requests are in flight (a hung leader keeps its sockets open), it is
-suspected and the other nodes are asked who leads now.
+suspected and the other nodes are asked who leads now; from PROBE_AFTER_S of silence on, the other nodes are
+asked every PROBE_INTERVAL_S, and the producer moves as soon as they name another leader.
 
 A producer's sequences must have no gaps. When the producer gives up on a request (its deadline passed,
 or the server refused it for good), every request after it that was already sent is failed too (with
@@ -34,6 +35,8 @@ from shmraft.client.client import (
     ATTEMPT_ANSWER_TIMEOUT_S,
     EVENT_BYTES_MAX,
     EVENT_OVERHEAD_BYTES,
+    PROBE_AFTER_S,
+    PROBE_INTERVAL_S,
     PRODUCE_HEAD_BYTES,
     REDIRECTS_BEFORE_BACKOFF,
     REQUEST_BYTES_MAX,
@@ -435,6 +438,7 @@ class Producer:
         retry_at = 0.0
         redirects = 0
         heard_at = 0.0  # since when the requests in flight wait without any answer on the connection
+        probe_at = 0.0  # the next time the other nodes may be asked who leads (while the connection is silent)
 
         def drop(delay: bool) -> None:
             nonlocal conn, retry_at
@@ -467,6 +471,8 @@ class Producer:
                         self._cut()
                     expired = self._expire(now, outcomes)
                     hung = conn is not None and bool(self._sent) and now >= heard_at + ATTEMPT_ANSWER_TIMEOUT_S
+                    probe = (conn is not None and bool(self._sent) and not hung
+                             and now >= max(heard_at + PROBE_AFTER_S, probe_at))
                     if self._closing and not (self._open or self._queue or self._sent or outcomes):
                         break
                     if conn is not None and not expired and not hung:
@@ -485,13 +491,19 @@ class Producer:
                     for r in itertools.islice(itertools.chain(self._sent.values(), self._queue), 1):
                         wait = min(wait, r.deadline - now)
                     if self._sent:
-                        wait = min(wait, heard_at + ATTEMPT_ANSWER_TIMEOUT_S - now)
+                        wait = min(wait, heard_at + ATTEMPT_ANSWER_TIMEOUT_S - now,
+                                   max(heard_at + PROBE_AFTER_S, probe_at) - now)
                     if need_conn:
                         wait = min(wait, retry_at - now)
                 self._complete(outcomes)
                 if conn is not None and (expired or hung):
                     suspect_and_rediscover()
                     continue
+                if conn is not None and probe:
+                    if self._client._leader_elsewhere(conn.address) is not None:
+                        drop(delay=False)  # resent to the leader the others name, with the same sequences
+                        continue
+                    probe_at = time.monotonic() + PROBE_INTERVAL_S
                 if need_conn and now >= retry_at:
                     try:
                         conn = self._client._connect(now + self._client.connect_timeout_s, self._client._leader)
