@@ -4,7 +4,6 @@ replayed proofs and garbage are refused by name on both sides."""
 from __future__ import annotations
 
 import logging
-import random
 import selectors
 import socket
 import time
@@ -14,6 +13,7 @@ import pytest
 
 from shmraft.net.auth import ROLE_ACCEPTOR, ROLE_CONNECTOR, Secret, handshake_mac
 from shmraft.net.links import PeerLinks, PeerSecurity
+from shmraft.supervisor.cluster import free_port
 from shmraft.wire.peer import (
     Channel,
     Hello,
@@ -28,19 +28,6 @@ from shmraft.wire.peer import (
 
 SECRET = Secret(b"s" * 32, "test")
 NONCE = bytes(range(32))
-
-
-def free_port() -> int:
-    """A free port below the ephemeral range, so a link's own outgoing connection cannot take it meanwhile."""
-    for _ in range(200):
-        port = random.randrange(10_000, 30_000)
-        with socket.socket() as s:
-            try:
-                s.bind(("127.0.0.1", port))
-            except OSError:
-                continue
-            return port
-    raise RuntimeError("no free port in 10000-30000")
 
 
 def run_until(sel: selectors.BaseSelector, links: list[PeerLinks], cond: Callable[[], bool], timeout_s: float = 5.0,

@@ -120,9 +120,6 @@ class Child:
         self.proc.wait(EXIT_TIMEOUT_S)
         self._reader.join(EXIT_TIMEOUT_S)
 
-    def done_count(self) -> int:
-        return sum(1 for line in list(self.lines) if line.startswith("D "))
-
     def stderr(self) -> str:
         assert self.proc.stderr is not None
         return self.proc.stderr.read().decode(errors="replace")[-2000:]
@@ -165,7 +162,7 @@ def run_round(spawn, path: Path, mode: str, seed: int, rng: random.Random,
     if child.proc.poll() is not None:
         pytest.fail(f"child exited early: {child.stderr()}")
     # a few appends done first (however slow fsync is on this machine), then the kill at a seeded random moment
-    wait_for(lambda: child.done_count() >= ops_before_kill or child.proc.poll() is not None, OPS_TIMEOUT_S,
+    wait_for(lambda: len(child.ops()[0]) >= ops_before_kill or child.proc.poll() is not None, OPS_TIMEOUT_S,
              f"{ops_before_kill} completed appends")
     if child.proc.poll() is not None:
         pytest.fail(f"child exited early: {child.stderr()}")

@@ -20,7 +20,6 @@ from shmraft.client.connection import (
     CONNECT_TIMEOUT_S_DEFAULT,
     AnswerTimeout,
     Connection,
-    LeaderMoved,
     parse_address,
 )
 from shmraft.client.errors import (
@@ -53,6 +52,11 @@ from shmraft.wire.client import (
 
 if TYPE_CHECKING:
     from shmraft.client.producer import Producer
+
+
+class LeaderMoved(ShmraftError):
+    """The node a request waits on has been silent while the other nodes name another leader (the request is
+    resent there, deduplicated)."""
 
 TIMEOUT_S_DEFAULT: Final = 10.0  # how long produce() and friends keep trying before they give up
 RETRY_BACKOFF_MIN_S: Final = 0.020  # first pause after a failed attempt

@@ -31,11 +31,6 @@ class AnswerTimeout(ShmraftError):
     """No answer arrived within the wait; the connection stays open and usable."""
 
 
-class LeaderMoved(ShmraftError):
-    """The node a request waits on has been silent while the other nodes name another leader (the request is
-    resent there, deduplicated)."""
-
-
 def parse_address(address: str) -> tuple[str, int]:
     """Split "host:port" (or "[v6]:port") into host and port; ValueError names the bad address."""
     host, sep, port = address.strip().rpartition(":")

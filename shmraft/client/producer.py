@@ -471,8 +471,8 @@ class Producer:
                         self._cut()
                     expired = self._expire(now, outcomes)
                     hung = conn is not None and bool(self._sent) and now >= heard_at + ATTEMPT_ANSWER_TIMEOUT_S
-                    probe = (conn is not None and bool(self._sent) and not hung
-                             and now >= max(heard_at + PROBE_AFTER_S, probe_at))
+                    probe_due = max(heard_at + PROBE_AFTER_S, probe_at)
+                    probe = conn is not None and bool(self._sent) and not hung and now >= probe_due
                     if self._closing and not (self._open or self._queue or self._sent or outcomes):
                         break
                     if conn is not None and not expired and not hung:
@@ -491,8 +491,7 @@ class Producer:
                     for r in itertools.islice(itertools.chain(self._sent.values(), self._queue), 1):
                         wait = min(wait, r.deadline - now)
                     if self._sent:
-                        wait = min(wait, heard_at + ATTEMPT_ANSWER_TIMEOUT_S - now,
-                                   max(heard_at + PROBE_AFTER_S, probe_at) - now)
+                        wait = min(wait, heard_at + ATTEMPT_ANSWER_TIMEOUT_S - now, probe_due - now)
                     if need_conn:
                         wait = min(wait, retry_at - now)
                 self._complete(outcomes)

@@ -40,6 +40,16 @@ def free_port_base(count: int) -> int:
     raise RuntimeError(f"no free port range for {count} local nodes in {PORT_BASE_TRIES} tries")
 
 
+def free_port() -> int:
+    """One port free on 127.0.0.1 right now, below the ephemeral range like free_port_base's."""
+    low, high = _port_base_range()
+    for _ in range(PORT_BASE_TRIES):
+        port = random.randrange(low, high)
+        if _port_free(port):
+            return port
+    raise RuntimeError(f"no free port in {low}-{high} in {PORT_BASE_TRIES} tries")
+
+
 def _port_base_range() -> tuple[int, int]:
     """Port bases below the kernel's ephemeral range: there, a peer redialling a stopped node could be given
     that node's listening port as its own source port, and the node could not listen again on restart."""
