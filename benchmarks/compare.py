@@ -188,14 +188,17 @@ def failover_loop(kills: int, find_leader, kill, restart, caught_up, load: Load,
         time.sleep(random.uniform(0.2, 0.5))
         t_kill = time.monotonic()
         kill(leader)
-        ack = wait_for(lambda t=t_kill: load.first_ack_after(t), give_up_s,
-                       f"{name}: an ack after killing {leader}", 0.005)
+        ack = wait_for(
+            lambda t=t_kill: load.first_ack_after(t), give_up_s, f"{name}: an ack after killing {leader}", 0.005
+        )
         out.append(1000 * (ack - t_kill))
         restart(leader)
         t_r = time.monotonic()
         wait_for(lambda n=leader: caught_up(n), 90, f"{name}: node {leader} to catch up", 0.1)
-        log(f"  {name} kill {k + 1}/{kills}: leader {leader}: next ack after {out[-1]:.0f} ms; "
-            f"restarted node caught up in {time.monotonic() - t_r:.1f} s")
+        log(
+            f"  {name} kill {k + 1}/{kills}: leader {leader}: next ack after {out[-1]:.0f} ms; "
+            f"restarted node caught up in {time.monotonic() - t_r:.1f} s"
+        )
     return median_max(out)
 
 
@@ -216,8 +219,12 @@ def run_shmraft(root: Path, args) -> dict:
     with cb.BenchCluster(root, "always") as bench:
         try:
             with Client(bench.addresses, timeout_s=30) as c:
-                prod = c.producer(window=args.shmraft_window, batch_events=args.shmraft_batch, linger_ms=1.0,
-                                  buffer_events=max(2 * args.shmraft_window * args.shmraft_batch, 4096))
+                prod = c.producer(
+                    window=args.shmraft_window,
+                    batch_events=args.shmraft_batch,
+                    linger_ms=1.0,
+                    buffer_events=max(2 * args.shmraft_window * args.shmraft_batch, 4096),
+                )
                 chunk = [EVENT] * args.shmraft_batch
                 t0 = time.monotonic() + args.warmup
                 ctr = AckCounter(t0, t0 + args.duration)
@@ -233,15 +240,22 @@ def run_shmraft(root: Path, args) -> dict:
                 while time.monotonic() < ctr.t1:
                     prod.send_many(chunk).add_done_callback(done)
                 prod.close(timeout_s=30)
-            res["throughput"] = {"events_per_s": round(ctr.rate()), "errors": ctr.errors,
-                                 "window": f"{args.shmraft_window}x{args.shmraft_batch}"}
+            res["throughput"] = {
+                "events_per_s": round(ctr.rate()),
+                "errors": ctr.errors,
+                "window": f"{args.shmraft_window}x{args.shmraft_batch}",
+            }
             log(f"  shmraft throughput {res['throughput']}")
             one = cb.measure_one_in_flight(bench, args.samples)
             res["latency"] = {"p50": one["p50"], "p99": one["p99"], "n": one["n"]}
             log(f"  shmraft latency {res['latency']}")
             fo = cb.measure_failover(bench, args.kills, args.failover_rate, lambda m: log("  shmraft " + m.lstrip()))
-            res["failover"] = {"median": fo["median"], "max": fo["max"], "samples": fo["samples"],
-                               "definition": "kill -> next ack (no write in flight at the kill)"}
+            res["failover"] = {
+                "median": fo["median"],
+                "max": fo["max"],
+                "samples": fo["samples"],
+                "definition": "kill -> next ack (no write in flight at the kill)",
+            }
         finally:
             pass
     return res
@@ -272,9 +286,16 @@ def _pso_node(me: str, partners: list[str], journal: str, conn) -> None:
         try:
             if cmd == "status":
                 s = o.getStatus()
-                conn.send({"state": int(s["state"]), "leader": str(s["leader"]) if s["leader"] else None,
-                           "commit_idx": s["commit_idx"], "has_quorum": s["has_quorum"],
-                           "last_applied": s["last_applied"], "term": s["raft_term"]})
+                conn.send(
+                    {
+                        "state": int(s["state"]),
+                        "leader": str(s["leader"]) if s["leader"] else None,
+                        "commit_idx": s["commit_idx"],
+                        "has_quorum": s["has_quorum"],
+                        "last_applied": s["last_applied"],
+                        "term": s["raft_term"],
+                    }
+                )
             elif cmd == "tput":
                 duration, window, warm = a
                 sem = threading.Semaphore(window)
@@ -341,8 +362,9 @@ class PsoCluster:
     def start(self, i: int) -> None:
         parent, child = self.ctx.Pipe()
         partners = [a for j, a in enumerate(self.addrs) if j != i]
-        p = self.ctx.Process(target=_pso_node, args=(self.addrs[i], partners, str(self.root / f"j{i}"), child),
-                             daemon=True)
+        p = self.ctx.Process(
+            target=_pso_node, args=(self.addrs[i], partners, str(self.root / f"j{i}"), child), daemon=True
+        )
         p.start()
         CHILDREN.append(p)
         self.procs[i], self.conns[i] = p, parent
@@ -416,8 +438,7 @@ def run_pysyncobj(root: Path, args) -> dict:
             t_kill = time.monotonic()
             cl.kill(ld)
             try:
-                ack = wait_for(lambda t=t_kill, d=ld: first_ack(t, d), PSO_GIVE_UP_S, "pysyncobj ack after kill",
-                               0.005)
+                ack = wait_for(lambda t=t_kill, d=ld: first_ack(t, d), PSO_GIVE_UP_S, "pysyncobj ack after kill", 0.005)
                 out.append(1000 * (ack - t_kill))
             except TimeoutError:
                 # the two survivors did not commit again: count the kill at the give-up bound (a lower bound,
@@ -439,13 +460,21 @@ def run_pysyncobj(root: Path, args) -> dict:
                 wait_for(caught, 90, "pysyncobj restarted node catching up", 0.2)
             except TimeoutError:
                 cur = cl.leader(exclude=ld)
-                log(f"  pysyncobj: restarted {cl.call(ld, 'status')}, leader {cur}: "
-                    f"{cl.call(cur, 'status') if cur is not None else None}")
+                log(
+                    f"  pysyncobj: restarted {cl.call(ld, 'status')}, leader {cur}: "
+                    f"{cl.call(cur, 'status') if cur is not None else None}"
+                )
                 raise
-            log(f"  pysyncobj kill {k + 1}/{args.kills}: leader {ld}: next ack after {out[-1]:.0f} ms; "
-                f"caught up in {time.monotonic() - t_r:.1f} s")
-        res["failover"] = {**median_max(out), "definition": "kill -> first ack of a write sent after the kill",
-                           "gave_up": gave_up, "gave_up_s": PSO_GIVE_UP_S}
+            log(
+                f"  pysyncobj kill {k + 1}/{args.kills}: leader {ld}: next ack after {out[-1]:.0f} ms; "
+                f"caught up in {time.monotonic() - t_r:.1f} s"
+            )
+        res["failover"] = {
+            **median_max(out),
+            "definition": "kill -> first ack of a write sent after the kill",
+            "gave_up": gave_up,
+            "gave_up_s": PSO_GIVE_UP_S,
+        }
         for i in range(3):
             with contextlib.suppress(Exception):
                 cl.call(i, "stop", timeout=10)
@@ -492,13 +521,29 @@ class EtcdCluster:
 
     def start(self, i: int) -> None:
         cmd = [
-            self.bin, "--name", self.names[i], "--data-dir", str(self.root / self.names[i]),
-            "--listen-client-urls", f"http://127.0.0.1:{self.client_ports[i]}",
-            "--advertise-client-urls", f"http://127.0.0.1:{self.client_ports[i]}",
-            "--listen-peer-urls", f"http://127.0.0.1:{self.peer_ports[i]}",
-            "--initial-advertise-peer-urls", f"http://127.0.0.1:{self.peer_ports[i]}",
-            "--initial-cluster", self.initial, "--initial-cluster-state", "new",
-            "--initial-cluster-token", f"cmp{os.getpid()}", "--logger", "zap", "--log-outputs", "stderr",
+            self.bin,
+            "--name",
+            self.names[i],
+            "--data-dir",
+            str(self.root / self.names[i]),
+            "--listen-client-urls",
+            f"http://127.0.0.1:{self.client_ports[i]}",
+            "--advertise-client-urls",
+            f"http://127.0.0.1:{self.client_ports[i]}",
+            "--listen-peer-urls",
+            f"http://127.0.0.1:{self.peer_ports[i]}",
+            "--initial-advertise-peer-urls",
+            f"http://127.0.0.1:{self.peer_ports[i]}",
+            "--initial-cluster",
+            self.initial,
+            "--initial-cluster-state",
+            "new",
+            "--initial-cluster-token",
+            f"cmp{os.getpid()}",
+            "--logger",
+            "zap",
+            "--log-outputs",
+            "stderr",
         ]
         logf = open(self.root / f"{self.names[i]}.log", "ab")  # noqa: SIM115
         p = subprocess.Popen(cmd, stdout=logf, stderr=logf, stdin=subprocess.DEVNULL)
@@ -507,8 +552,9 @@ class EtcdCluster:
         self.procs[i] = p
 
     def status(self, i: int) -> dict:
-        req = urllib.request.Request(f"http://127.0.0.1:{self.client_ports[i]}/v3/maintenance/status", data=b"{}",
-                                     method="POST")
+        req = urllib.request.Request(
+            f"http://127.0.0.1:{self.client_ports[i]}/v3/maintenance/status", data=b"{}", method="POST"
+        )
         with urllib.request.urlopen(req, timeout=1.0) as r:
             return json.loads(r.read())
 
@@ -594,6 +640,7 @@ def run_etcd(root: Path, args) -> dict:
 
         load = Load(put_rotating, args.failover_rate)
         try:
+
             def kill(i):
                 cl.procs[i].kill()
                 cl.procs[i].wait(5)
@@ -603,9 +650,11 @@ def run_etcd(root: Path, args) -> dict:
                 ld = cl.leader(exclude=i)
                 return ld is not None and s["raftIndex"] and int(s["raftIndex"]) >= int(cl.status(ld)["raftIndex"]) - 50
 
-            res["failover"] = {**failover_loop(args.kills, cl.leader, kill, cl.start, caught_up, load, 60, "etcd"),
-                               "definition": "kill -> first ack of a write sent after the kill",
-                               "election": "etcd defaults: heartbeat 100 ms, election timeout 1000 ms"}
+            res["failover"] = {
+                **failover_loop(args.kills, cl.leader, kill, cl.start, caught_up, load, 60, "etcd"),
+                "definition": "kill -> first ack of a write sent after the kill",
+                "election": "etcd defaults: heartbeat 100 ms, election timeout 1000 ms",
+            }
         finally:
             load.close()
     finally:
@@ -646,8 +695,12 @@ class NatsCluster:
 
     def start(self, i: int) -> None:
         logf = open(self.root / f"{self.names[i]}.log", "ab")  # noqa: SIM115
-        p = subprocess.Popen([self.bin, "-c", str(self.root / f"{self.names[i]}.conf")], stdout=logf, stderr=logf,
-                             stdin=subprocess.DEVNULL)
+        p = subprocess.Popen(
+            [self.bin, "-c", str(self.root / f"{self.names[i]}.conf")],
+            stdout=logf,
+            stderr=logf,
+            stdin=subprocess.DEVNULL,
+        )
         logf.close()
         CHILDREN.append(p)
         self.procs[i] = p
@@ -669,11 +722,13 @@ async def _nats_bench(cl: NatsCluster, args) -> dict:
     import nats
 
     out: dict = {}
+
     async def quiet(_exc) -> None:  # reconnect errors during the kills are expected
         return None
 
-    nc = await nats.connect(servers=cl.urls, error_cb=quiet, reconnect_time_wait=0.05, max_reconnect_attempts=-1,
-                            connect_timeout=2)
+    nc = await nats.connect(
+        servers=cl.urls, error_cb=quiet, reconnect_time_wait=0.05, max_reconnect_attempts=-1, connect_timeout=2
+    )
     try:
         js = nc.jetstream(timeout=5, publish_async_max_pending=args.nats_window)
         deadline = time.monotonic() + 60
@@ -779,14 +834,19 @@ async def _nats_bench(cl: NatsCluster, args) -> dict:
                     if time.monotonic() - t_r > 90:
                         raise TimeoutError("nats: restarted server did not catch up")
                     await asyncio.sleep(0.2)
-                log(f"  nats kill {k + 1}/{args.kills}: stream leader {leader}: next ack after {samples[-1]:.0f} ms;"
-                    f" replicas current after {time.monotonic() - t_r:.1f} s")
+                log(
+                    f"  nats kill {k + 1}/{args.kills}: stream leader {leader}: next ack after {samples[-1]:.0f} ms;"
+                    f" replicas current after {time.monotonic() - t_r:.1f} s"
+                )
         finally:
             stop.set()
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(task, 5)
-        out["failover"] = {**median_max(samples), "definition": "kill -> first ack of a write sent after the kill",
-                           "election": "nats-server 2.9 Raft election timeout 4-9 s"}
+        out["failover"] = {
+            **median_max(samples),
+            "definition": "kill -> first ack of a write sent after the kill",
+            "election": "nats-server 2.9 Raft election timeout 4-9 s",
+        }
     finally:
         with contextlib.suppress(Exception):
             await asyncio.wait_for(nc.close(), 5)
@@ -848,14 +908,16 @@ def table(systems: dict) -> str:
             rows.append((name, "-", "-", "-", "-", r.get("skipped") or r.get("failed", "")[:90]))
             continue
         lat, fo = r.get("latency", {}), r.get("failover", {})
-        rows.append((
-            name,
-            f"{r['throughput']['events_per_s']:,}",
-            f"{lat.get('p50', '-')}",
-            f"{lat.get('p99', '-')}",
-            f"{fo.get('median', '-')}/{fo.get('max', '-')}" if fo else "-",
-            r["durability"],
-        ))
+        rows.append(
+            (
+                name,
+                f"{r['throughput']['events_per_s']:,}",
+                f"{lat.get('p50', '-')}",
+                f"{lat.get('p99', '-')}",
+                f"{fo.get('median', '-')}/{fo.get('max', '-')}" if fo else "-",
+                r["durability"],
+            )
+        )
     w = [max(len(str(row[k])) for row in rows) for k in range(5)]
     lines = ["  ".join(str(c).ljust(w[k]) if k < 5 else str(c) for k, c in enumerate(row)) for row in rows]
     lines.insert(1, "-" * min(160, len(lines[0])))
@@ -974,12 +1036,21 @@ def main(argv: list[str] | None = None) -> int:
         shutil.rmtree(root, ignore_errors=True)
 
     machine = machine_info()
-    machine.update({"quick": args.quick, "duration_s": args.duration, "latency_samples": args.samples,
-                    "kills": args.kills, "failover_rate": args.failover_rate,
-                    "run_s": round(time.monotonic() - t_start),
-                    "note": "all servers and Python clients share the same cores; figures are noisy"})
-    note = (f"{machine['cpus']} cores shared by 3 servers + a Python client; noisy. "
-            f"{'quick run' if args.quick else 'full run'}, {args.kills} kills; durability differs: see compare.json")
+    machine.update(
+        {
+            "quick": args.quick,
+            "duration_s": args.duration,
+            "latency_samples": args.samples,
+            "kills": args.kills,
+            "failover_rate": args.failover_rate,
+            "run_s": round(time.monotonic() - t_start),
+            "note": "all servers and Python clients share the same cores; figures are noisy",
+        }
+    )
+    note = (
+        f"{machine['cpus']} cores shared by 3 servers + a Python client; noisy. "
+        f"{'quick run' if args.quick else 'full run'}, {args.kills} kills; durability differs: see compare.json"
+    )
     out_dir = Path(args.out)
     out_dir.mkdir(parents=True, exist_ok=True)
     err = chart(systems, out_dir / "compare.png", note)

@@ -44,9 +44,15 @@ def run(nodes: int, entries: int, batch: int, entry_bytes: int) -> dict[str, flo
     done = leader.commit_index - start_commit
     if done != loops * batch or any(c.cores[i].commit_index != leader.commit_index for i in c.ids):
         raise AssertionError("not every entry committed on every node")
-    return {"nodes": nodes, "batch": batch, "entry_bytes": entry_bytes, "entries": done,
-            "seconds": round(elapsed, 3), "entries_per_s": round(done / elapsed),
-            "us_per_entry": round(elapsed / done * 1e6, 1)}
+    return {
+        "nodes": nodes,
+        "batch": batch,
+        "entry_bytes": entry_bytes,
+        "entries": done,
+        "seconds": round(elapsed, 3),
+        "entries_per_s": round(done / elapsed),
+        "us_per_entry": round(elapsed / done * 1e6, 1),
+    }
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -58,11 +64,23 @@ def main(argv: list[str] | None = None) -> int:
     rows = [run(args.nodes, args.entries, b, args.entry_bytes) for b in BATCHES]
     print(f"{'nodes':>5} {'batch/loop':>10} {'entries':>8} {'seconds':>8} {'entries/s':>10} {'us/entry':>9}")
     for r in rows:
-        print(f"{r['nodes']:>5} {r['batch']:>10} {r['entries']:>8} {r['seconds']:>8} {r['entries_per_s']:>10} "
-              f"{r['us_per_entry']:>9}")
-    print(json.dumps({"benchmark": "raft_core", "results": rows,
-                      "machine": {"cores": os.cpu_count(), "python": platform.python_version(),
-                                  "platform": platform.platform()}}))
+        print(
+            f"{r['nodes']:>5} {r['batch']:>10} {r['entries']:>8} {r['seconds']:>8} {r['entries_per_s']:>10} "
+            f"{r['us_per_entry']:>9}"
+        )
+    print(
+        json.dumps(
+            {
+                "benchmark": "raft_core",
+                "results": rows,
+                "machine": {
+                    "cores": os.cpu_count(),
+                    "python": platform.python_version(),
+                    "platform": platform.platform(),
+                },
+            }
+        )
+    )
     return 0
 
 

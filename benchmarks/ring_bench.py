@@ -113,8 +113,13 @@ def _run_pair(ctx: Any, writer: tuple, reader: tuple, total: int) -> dict[str, f
     _, rcpu, got, t_end = next(r for r in res if r[0] == "reader")
     assert got == total, (got, total)
     wall = t_end - t0
-    return {"events_per_s": total / wall, "cpu_ns_per_event": (wcpu + rcpu) * 1e9 / total, "wall_s": wall,
-            "writer_cpu_s": wcpu, "reader_cpu_s": rcpu}
+    return {
+        "events_per_s": total / wall,
+        "cpu_ns_per_event": (wcpu + rcpu) * 1e9 / total,
+        "wall_s": wall,
+        "writer_cpu_s": wcpu,
+        "reader_cpu_s": rcpu,
+    }
 
 
 def bench_ring(ctx: Any, prefix: str, per_call: int, total: int) -> dict[str, float]:
@@ -170,9 +175,14 @@ def bench_frames(seconds: float) -> dict[str, Any]:
     import random
 
     rnd = random.Random(7)
-    events = [json.dumps({"user": rnd.randrange(10**6), "action": rnd.choice(["view", "click", "buy"]),
-                          "ts": 1700000000000 + i}).encode().ljust(EVENT_BYTES, b" ")[:EVENT_BYTES]
-              for i in range(64)]
+    events = [
+        json.dumps(
+            {"user": rnd.randrange(10**6), "action": rnd.choice(["view", "click", "buy"]), "ts": 1700000000000 + i}
+        )
+        .encode()
+        .ljust(EVENT_BYTES, b" ")[:EVENT_BYTES]
+        for i in range(64)
+    ]
     payload = sum(map(len, events))
     res: dict[str, Any] = {}
     for compress in (False, True):
@@ -210,11 +220,14 @@ def main() -> None:
 
     print(f"{'path':<28}{'events/s':>14}{'CPU ns/event':>14}{'wall s':>9}")
     for k, r in ring_res.items():
-        print(f"{'ring, ' + str(k) + ' per call':<28}{r['events_per_s']:>14,.0f}{r['cpu_ns_per_event']:>14,.0f}"
-              f"{r['wall_s']:>9.2f}")
+        print(
+            f"{'ring, ' + str(k) + ' per call':<28}{r['events_per_s']:>14,.0f}{r['cpu_ns_per_event']:>14,.0f}"
+            f"{r['wall_s']:>9.2f}"
+        )
     q = queue_res
-    print(f"{'mp.Queue, 1 per put/get':<28}{q['events_per_s']:>14,.0f}{q['cpu_ns_per_event']:>14,.0f}"
-          f"{q['wall_s']:>9.2f}")
+    print(
+        f"{'mp.Queue, 1 per put/get':<28}{q['events_per_s']:>14,.0f}{q['cpu_ns_per_event']:>14,.0f}{q['wall_s']:>9.2f}"
+    )
     ratio = ring_res[64]["events_per_s"] / q["events_per_s"]
     print(f"ring 64/call vs mp.Queue: {ratio:.1f}x;  idle blocked reader: {idle:.2f}% of a core")
     for key, val in frames.items():
@@ -228,8 +241,12 @@ def main() -> None:
         "idle_reader_cpu_percent": round(idle, 2),
         "frames": frames,
         "event_bytes": EVENT_BYTES,
-        "machine": {"cores": os.cpu_count(), "python": platform.python_version(),
-                    "platform": platform.platform(), "machine": platform.machine()},
+        "machine": {
+            "cores": os.cpu_count(),
+            "python": platform.python_version(),
+            "platform": platform.platform(),
+            "machine": platform.machine(),
+        },
     }
     print(json.dumps(summary))
 

@@ -129,24 +129,33 @@ class NodeConfig:
         if not 1 <= self.batch_events_max <= BATCH_EVENTS_MAX:
             raise ConfigError(f"batch_events_max: expected 1..{BATCH_EVENTS_MAX}, got {self.batch_events_max}")
         if not 0 < self.batch_payload_max_bytes <= BATCH_PAYLOAD_MAX_BYTES:
-            raise ConfigError(f"batch_payload_max_bytes: expected 1..{BATCH_PAYLOAD_MAX_BYTES}, "
-                              f"got {self.batch_payload_max_bytes}")
-        tls = {"tls_cert_file": self.tls_cert_file, "tls_key_file": self.tls_key_file,
-               "tls_ca_file": self.tls_ca_file}
+            raise ConfigError(
+                f"batch_payload_max_bytes: expected 1..{BATCH_PAYLOAD_MAX_BYTES}, got {self.batch_payload_max_bytes}"
+            )
+        tls = {"tls_cert_file": self.tls_cert_file, "tls_key_file": self.tls_key_file, "tls_ca_file": self.tls_ca_file}
         if any(tls.values()) and not all(tls.values()):
             missing = sorted(k for k, v in tls.items() if not v)
-            raise ConfigError(f"{', '.join(missing)}: expected with the other tls_* keys (TLS needs a certificate, "
-                              "its key and the CA), got none")
-        for key in ("peer_inbound_connections_max", "peer_handshake_timeout_ms", "client_connections_max",
-                    "client_request_bytes_max", "client_inflight_bytes_max"):
+            raise ConfigError(
+                f"{', '.join(missing)}: expected with the other tls_* keys (TLS needs a certificate, "
+                "its key and the CA), got none"
+            )
+        for key in (
+            "peer_inbound_connections_max",
+            "peer_handshake_timeout_ms",
+            "client_connections_max",
+            "client_request_bytes_max",
+            "client_inflight_bytes_max",
+        ):
             if getattr(self, key) < 1:
                 raise ConfigError(f"{key}: expected at least 1, got {getattr(self, key)}")
         _parse_peer_overrides(self.peer_connect_overrides)
         if self.storage_retry_interval_ms < 1:
             raise ConfigError(f"storage_retry_interval_ms: expected >= 1, got {self.storage_retry_interval_ms}")
         if self.election_timeout_ms <= self.heartbeat_interval_ms:
-            raise ConfigError("election_timeout_ms: expected more than heartbeat_interval_ms, "
-                              f"got {self.election_timeout_ms} <= {self.heartbeat_interval_ms}")
+            raise ConfigError(
+                "election_timeout_ms: expected more than heartbeat_interval_ms, "
+                f"got {self.election_timeout_ms} <= {self.heartbeat_interval_ms}"
+            )
 
     def peer_address(self, node_id: int, channel: str) -> tuple[str, int]:
         """Where to connect to reach peer `node_id` on `channel` ("data" or "raft")."""
@@ -192,14 +201,21 @@ def _parse_peer_overrides(text: str) -> dict[tuple[int, str], tuple[str, int]]:
 def local_members(count: int = CLUSTER_SIZE_DEFAULT, port_base: int = LOCAL_PORT_BASE) -> tuple[Member, ...]:
     """The members of the local cluster: node N listens on port_base + 100*N + 1..4 on 127.0.0.1."""
     return tuple(
-        Member(n, LOCAL_HOST, port_base + 100 * n + 1, port_base + 100 * n + 2, port_base + 100 * n + 3,
-               port_base + 100 * n + 4)
+        Member(
+            n,
+            LOCAL_HOST,
+            port_base + 100 * n + 1,
+            port_base + 100 * n + 2,
+            port_base + 100 * n + 3,
+            port_base + 100 * n + 4,
+        )
         for n in range(1, count + 1)
     )
 
 
-def local_cluster(data_dir: Path, count: int = CLUSTER_SIZE_DEFAULT, port_base: int = LOCAL_PORT_BASE,
-                  **overrides: Any) -> list[NodeConfig]:
+def local_cluster(
+    data_dir: Path, count: int = CLUSTER_SIZE_DEFAULT, port_base: int = LOCAL_PORT_BASE, **overrides: Any
+) -> list[NodeConfig]:
     """One NodeConfig per node of a local cluster sharing `data_dir` (each node in data_dir/nodeN).
 
     The cluster secret is $SHMRAFT_CLUSTER_SECRET_FILE when set, else data_dir/cluster.secret, which
@@ -208,7 +224,8 @@ def local_cluster(data_dir: Path, count: int = CLUSTER_SIZE_DEFAULT, port_base: 
     members = local_members(count, port_base)
     if overrides.get("cluster_secret_file") is None:
         overrides["cluster_secret_file"] = os.environ.get(CLUSTER_SECRET_FILE_ENV) or str(
-            Path(data_dir) / LOCAL_SECRET_NAME)
+            Path(data_dir) / LOCAL_SECRET_NAME
+        )
     return [NodeConfig(node_id=m.node_id, members=members, data_dir=Path(data_dir), **overrides) for m in members]
 
 
@@ -229,8 +246,16 @@ def load(path: Path, data_dir: Path | None = None, node_id: int | None = None) -
     members = []
     for i, m in enumerate(members_doc):
         try:
-            members.append(Member(int(m["id"]), str(m["host"]), int(m["client_port"]), int(m["data_port"]),
-                                  int(m["raft_port"]), int(m["metrics_port"])))
+            members.append(
+                Member(
+                    int(m["id"]),
+                    str(m["host"]),
+                    int(m["client_port"]),
+                    int(m["data_port"]),
+                    int(m["raft_port"]),
+                    int(m["metrics_port"]),
+                )
+            )
         except (KeyError, TypeError, ValueError) as exc:
             raise ConfigError(f"{path}: cluster.members[{i}]: missing or invalid {exc}") from None
     unknown = set(node) - _TUNABLES - {"id", "data_dir"}
@@ -250,8 +275,10 @@ def load(path: Path, data_dir: Path | None = None, node_id: int | None = None) -
         **tunables,
     )
     if not config.cluster_secret_file:  # checked last, so that other mistakes are named first
-        raise ConfigError(f"{path}: node.cluster_secret_file: expected the path of the cluster secret (or "
-                          f"${CLUSTER_SECRET_FILE_ENV}), got none; {SECRET_HINT}")
+        raise ConfigError(
+            f"{path}: node.cluster_secret_file: expected the path of the cluster secret (or "
+            f"${CLUSTER_SECRET_FILE_ENV}), got none; {SECRET_HINT}"
+        )
     return config
 
 
@@ -259,5 +286,14 @@ def with_overrides(config: NodeConfig, **overrides: Any) -> NodeConfig:
     return replace(config, **overrides)
 
 
-__all__ = ["CLUSTER_SECRET_FILE_ENV", "LOCAL_SECRET_NAME", "ConfigError", "Member", "NodeConfig", "load",
-           "local_cluster", "local_members", "with_overrides"]
+__all__ = [
+    "CLUSTER_SECRET_FILE_ENV",
+    "LOCAL_SECRET_NAME",
+    "ConfigError",
+    "Member",
+    "NodeConfig",
+    "load",
+    "local_cluster",
+    "local_members",
+    "with_overrides",
+]

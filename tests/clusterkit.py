@@ -44,8 +44,9 @@ def wait_for(cond: Callable[[], Any], timeout_s: float, what: str, interval_s: f
 class Harness:
     def __init__(self, data_dir: Path, nodes: int = 3, **overrides: Any) -> None:
         self.cluster_id = f"t{os.getpid()}{random.randrange(10**6)}"
-        self.configs: list[NodeConfig] = local_cluster(data_dir, count=nodes, port_base=free_port_base(nodes),
-                                                      cluster_id=self.cluster_id, **overrides)
+        self.configs: list[NodeConfig] = local_cluster(
+            data_dir, count=nodes, port_base=free_port_base(nodes), cluster_id=self.cluster_id, **overrides
+        )
         self.cluster = LocalCluster(self.configs, log_dir=data_dir / "logs")
         self.log_dir = data_dir / "logs"
         self.addresses = [c.me.client_address for c in self.configs]
@@ -169,10 +170,12 @@ class Harness:
 
     def wait_commit_equal(self, timeout_s: float = 30.0) -> int:
         """Until every node reports the same commit index; returns it."""
+
         def same() -> int:
             states = [self.state(c.node_id) for c in self.configs]
             commits = {s["commit_index"] for s in states if s}
             return commits.pop() if len(commits) == 1 and all(states) else 0
+
         return wait_for(same, timeout_s, "every node at the same commit index")
 
 

@@ -357,4 +357,3 @@ def _shut(sock: socket.socket) -> None:
         sock.close()
     except OSError:
         pass
-

@@ -54,9 +54,11 @@ EMFILE_CPU_MAX = 0.5  # share of one core the starved ingest may use while accep
 STALL_MAX_S = 30.0  # the longest the producer may go without an acknowledgement during the attack
 RNG = random.Random(6)
 
-BAD_PEER_LINE = re.compile(r"broke the (peer )?protocol|handshake not done|refused connection from|closed the "
-                           r"connection during the handshake|inbound connections held|client \S+ refused|"
-                           r"sent \d+ bytes of a request|cannot accept|metrics: ")
+BAD_PEER_LINE = re.compile(
+    r"broke the (peer )?protocol|handshake not done|refused connection from|closed the "
+    r"connection during the handshake|inbound connections held|client \S+ refused|"
+    r"sent \d+ bytes of a request|cannot accept|metrics: "
+)
 WORKER_COLUMN = re.compile(r" (node\d+ \w+|supervisor) ")
 SUPPRESSED_LINE = re.compile(r"more lines suppressed")
 IDLE_CLOSED_WITHIN_S = 45.0  # idle timeout, plus SYN retries (1, 3, 7, 15 s) of connects past the listen backlog
@@ -88,14 +90,21 @@ def _client_header(kind: int, body_len: int, magic: int = cp.CLIENT_MAGIC, versi
 
 
 def _peer(kind: int, body: bytes, crc: int | None = None, magic: int = wp.PEER_MAGIC) -> bytes:
-    return wp.PEER_HEADER.pack(magic, wp.PEER_VERSION, kind, len(body),
-                               wp.peer_crc32(kind, body) if crc is None else crc) + body
+    return (
+        wp.PEER_HEADER.pack(magic, wp.PEER_VERSION, kind, len(body), wp.peer_crc32(kind, body) if crc is None else crc)
+        + body
+    )
 
 
 def _hello(cluster_id: str, node_id: int, to_node_id: int, channel: wp.Channel) -> bytes:
     fields = wp.Hello.__dataclass_fields__  # the handshake's public shape, whatever version of it this is
-    values = {"cluster_id": cluster_id, "node_id": node_id, "to_node_id": to_node_id, "channel": channel,
-              "nonce": bytes(getattr(wp, "NONCE_BYTES", 32))}
+    values = {
+        "cluster_id": cluster_id,
+        "node_id": node_id,
+        "to_node_id": to_node_id,
+        "channel": channel,
+        "nonce": bytes(getattr(wp, "NONCE_BYTES", 32)),
+    }
     return wp.encode_hello(wp.Hello(**{k: v for k, v in values.items() if k in fields}))
 
 
@@ -123,8 +132,8 @@ def peer_payloads(cluster_id: str, channel: wp.Channel, me: int) -> dict[str, by
         "garbage": RNG.randbytes(3000),
         "truncated": hello[: len(hello) - 5],
         "oversized": wp.PEER_HEADER.pack(wp.PEER_MAGIC, wp.PEER_VERSION, wp.PeerKind.HELLO, 2**32 - 1, 0),
-        "wrong_magic": _peer(wp.PeerKind.HELLO, hello[wp.PEER_HEADER_BYTES:], magic=0xBEEF),
-        "bad_crc": _peer(wp.PeerKind.HELLO, hello[wp.PEER_HEADER_BYTES:], crc=0x12345678),
+        "wrong_magic": _peer(wp.PeerKind.HELLO, hello[wp.PEER_HEADER_BYTES :], magic=0xBEEF),
+        "bad_crc": _peer(wp.PeerKind.HELLO, hello[wp.PEER_HEADER_BYTES :], crc=0x12345678),
         "raft_before_hello": _peer(wp.PeerKind.RAFT, b"\x03" + b"\x00" * 24),
         "other_cluster": _hello("not_this_cluster", 2, me, channel),
         "unknown_node": _hello(cluster_id, 99, me, channel),
@@ -166,8 +175,9 @@ def throw(address: tuple[str, int], payload: bytes, read_s: float = 1.0) -> byte
 # --- slow-loris and idle connections -----------------------------------------------------------------------------
 
 
-def slow_loris(addresses: list[tuple[str, int]], per_port: int, prefix: Callable[[tuple[str, int]], bytes],
-               within_s: float) -> dict[tuple[str, int], list[float]]:
+def slow_loris(
+    addresses: list[tuple[str, int]], per_port: int, prefix: Callable[[tuple[str, int]], bytes], within_s: float
+) -> dict[tuple[str, int], list[float]]:
     """Open `per_port` connections per address and send one byte of `prefix(address)` every
     SLOW_LORIS_BYTE_INTERVAL_S, never the whole of it; return, per address, when each was closed by the node
     (inf if it never was within `within_s`)."""
@@ -294,8 +304,12 @@ def nofile_at_hard_limit() -> Iterator[None]:
 
 def _ports(h: Harness, node: int) -> dict[str, tuple[str, int]]:
     m = h.config(node).me
-    return {"client": (m.host, m.client_port), "data": (m.host, m.data_port), "raft": (m.host, m.raft_port),
-            "metrics": (m.host, m.metrics_port)}
+    return {
+        "client": (m.host, m.client_port),
+        "data": (m.host, m.data_port),
+        "raft": (m.host, m.raft_port),
+        "metrics": (m.host, m.metrics_port),
+    }
 
 
 def _burst(h: Harness, targets: list[int]) -> list[bytes]:
@@ -334,8 +348,12 @@ def _cpu_s(pid: int) -> float:
 
 
 def test_bad_input_at_every_port_while_producing(tmp_path: Path, nofile_at_hard_limit: None) -> None:
-    h = Harness(tmp_path, client_connections_max=CLIENT_CONNECTIONS_MAX,
-                client_request_timeout_ms=CLIENT_REQUEST_TIMEOUT_MS, client_idle_timeout_ms=CLIENT_IDLE_TIMEOUT_MS)
+    h = Harness(
+        tmp_path,
+        client_connections_max=CLIENT_CONNECTIONS_MAX,
+        client_request_timeout_ms=CLIENT_REQUEST_TIMEOUT_MS,
+        client_idle_timeout_ms=CLIENT_IDLE_TIMEOUT_MS,
+    )
     started = time.monotonic()  # any rate-limit window of a bad-peer line starts after this
     try:
         h.start()
@@ -353,8 +371,17 @@ def test_bad_input_at_every_port_while_producing(tmp_path: Path, nofile_at_hard_
                 by_kind: dict[str, list] = {}
                 for name, data in answers:
                     by_kind.setdefault(name, []).append(_decode_answers(data))
-                for kind in ("garbage", "wrong_magic", "wrong_version", "oversized", "zero_events", "unknown_kind",
-                             "lengths_overrun", "metadata_with_body", "answer_as_request"):
+                for kind in (
+                    "garbage",
+                    "wrong_magic",
+                    "wrong_version",
+                    "oversized",
+                    "zero_events",
+                    "unknown_kind",
+                    "lengths_overrun",
+                    "metadata_with_body",
+                    "answer_as_request",
+                ):
                     errors = [m for msgs in by_kind[kind] for m in msgs if isinstance(m, cp.Error)]
                     assert errors and all(e.code is cp.ErrorCode.MALFORMED for e in errors), (kind, by_kind[kind][:3])
                 wrong_magic = [m for msgs in by_kind["wrong_magic"] for m in msgs]
@@ -369,6 +396,7 @@ def test_bad_input_at_every_port_while_producing(tmp_path: Path, nofile_at_hard_
                         if addr == ports["metrics"]:
                             return b"GET /metrics HTTP/1.1\r\nHost: x\r\n" + b"X-Slow: y\r\n" * 100
                     return _hello(h.cluster_id, 2, 1, wp.Channel.DATA) * 2
+
                 addresses = [a for node in targets for a in _ports(h, node).values()]
                 closed = slow_loris(addresses, SLOW_LORIS_PER_PORT, prefix, SLOW_LORIS_CLOSED_WITHIN_S)
                 bad_connections += SLOW_LORIS_PER_PORT * len(addresses)
@@ -385,21 +413,26 @@ def test_bad_input_at_every_port_while_producing(tmp_path: Path, nofile_at_hard_
                 resource.prlimit(ingest_pid, resource.RLIMIT_NOFILE, (open_fds + EMFILE_SPARE_FDS, old_limit[1]))
                 try:
                     lp, fp = _ports(h, leader), _ports(h, follower)
-                    with idle_connections(lp["client"], IDLE_PER_CLIENT_PORT) as leader_idle, \
-                         idle_connections(fp["client"], IDLE_PER_CLIENT_PORT), \
-                         idle_connections(lp["raft"], IDLE_PER_PEER_PORT), \
-                         idle_connections(lp["data"], IDLE_PER_PEER_PORT), \
-                         idle_connections(fp["raft"], IDLE_PER_PEER_PORT), \
-                         idle_connections(lp["metrics"], IDLE_PER_METRICS_PORT), \
-                         idle_connections(fp["metrics"], IDLE_PER_METRICS_PORT):
+                    with (
+                        idle_connections(lp["client"], IDLE_PER_CLIENT_PORT) as leader_idle,
+                        idle_connections(fp["client"], IDLE_PER_CLIENT_PORT),
+                        idle_connections(lp["raft"], IDLE_PER_PEER_PORT),
+                        idle_connections(lp["data"], IDLE_PER_PEER_PORT),
+                        idle_connections(fp["raft"], IDLE_PER_PEER_PORT),
+                        idle_connections(lp["metrics"], IDLE_PER_METRICS_PORT),
+                        idle_connections(fp["metrics"], IDLE_PER_METRICS_PORT),
+                    ):
                         bad_connections += 2 * IDLE_PER_CLIENT_PORT + 3 * IDLE_PER_PEER_PORT + 2 * IDLE_PER_METRICS_PORT
                         cpu0, t0 = _cpu_s(ingest_pid), time.monotonic()
                         time.sleep(3.0)  # measuring, not synchronising: the starved ingest's CPU over a window
                         cpu_share = (_cpu_s(ingest_pid) - cpu0) / (time.monotonic() - t0)
                         assert cpu_share < EMFILE_CPU_MAX, f"ingest at {cpu_share:.0%} of a core while out of fds"
                         # idle connections are closed by the node (past the limit at once, the others when idle)
-                        wait_for(lambda: all(closed_by_peer(s) is not False for s in leader_idle),
-                                 IDLE_CLOSED_WITHIN_S, "every idle client connection closed by leader")
+                        wait_for(
+                            lambda: all(closed_by_peer(s) is not False for s in leader_idle),
+                            IDLE_CLOSED_WITHIN_S,
+                            "every idle client connection closed by leader",
+                        )
                 finally:
                     resource.prlimit(ingest_pid, resource.RLIMIT_NOFILE, old_limit)
                 assert h.worker_pids(follower)[Worker.INGEST] == ingest_pid, "the starved ingest was restarted"
@@ -415,7 +448,7 @@ def test_bad_input_at_every_port_while_producing(tmp_path: Path, nofile_at_hard_
         logs = {n: (h.log_dir / f"node{n}.log").read_text(errors="replace") for n in targets}
         logged_within_s = time.monotonic() - started
         for node, text in logs.items():
-            assert "Traceback" not in text, f"node {node} logged a traceback:\n{text[text.index('Traceback'):][:3000]}"
+            assert "Traceback" not in text, f"node {node} logged a traceback:\n{text[text.index('Traceback') :][:3000]}"
         lines = [(n, ln) for n, text in logs.items() for ln in text.splitlines() if BAD_PEER_LINE.search(ln)]
         suppressed = [ln for text in logs.values() for ln in text.splitlines() if SUPPRESSED_LINE.search(ln)]
         assert lines, "no bad peer was logged"
@@ -426,22 +459,30 @@ def test_bad_input_at_every_port_while_producing(tmp_path: Path, nofile_at_hard_
         per_kind: dict[tuple[int, str, str], int] = {}
         bound: dict[tuple[int, str, str], int] = {}
         for n, ln in lines:
-            kind, per_interval, interval_s = next(((k, p, i) for k, pattern, p, i in LINE_KINDS if pattern.search(ln)),
-                                                  ("unclassified", 0, 1.0))
+            kind, per_interval, interval_s = next(
+                ((k, p, i) for k, pattern, p, i in LINE_KINDS if pattern.search(ln)), ("unclassified", 0, 1.0)
+            )
             w = WORKER_COLUMN.search(ln)
             key = (n, w.group(1) if w else "?", kind)
             per_kind[key] = per_kind.get(key, 0) + 1
             bound[key] = per_interval * (int(logged_within_s // interval_s) + 1)
         over = {key: (count, bound[key]) for key, count in per_kind.items() if count > bound[key]}
-        assert not over, (f"bad-peer lines over the rate limit in {logged_within_s:.0f} s, (node, process, kind): "
-                          f"(lines, bound) {over}")
+        assert not over, (
+            f"bad-peer lines over the rate limit in {logged_within_s:.0f} s, (node, process, kind): "
+            f"(lines, bound) {over}"
+        )
         # one line per bad peer: the same connection (process, remote address) is never logged twice
-        addrs = [(n, w.group(0), m.group(0)) for n, ln in lines
-                 if (m := re.search(r"127\.0\.0\.1:\d+", ln)) and (w := WORKER_COLUMN.search(ln))]
+        addrs = [
+            (n, w.group(0), m.group(0))
+            for n, ln in lines
+            if (m := re.search(r"127\.0\.0\.1:\d+", ln)) and (w := WORKER_COLUMN.search(ln))
+        ]
         repeated = {a for a in addrs if addrs.count(a) > 1}
         assert not repeated, f"several lines for one bad peer: {sorted(repeated)[:5]}"
-        print(f"\nbad connections {bad_connections}, bad-peer log lines {len(lines)} in {logged_within_s:.0f} s, "
-              f"most per process and kind {max(per_kind.values())}, summaries {len(suppressed)}, "
-              f"acknowledged {len(load.acked)}, longest stall {stall:.1f} s, starved ingest CPU {cpu_share:.0%}")
+        print(
+            f"\nbad connections {bad_connections}, bad-peer log lines {len(lines)} in {logged_within_s:.0f} s, "
+            f"most per process and kind {max(per_kind.values())}, summaries {len(suppressed)}, "
+            f"acknowledged {len(load.acked)}, longest stall {stall:.1f} s, starved ingest CPU {cpu_share:.0%}"
+        )
     finally:
         h.stop()

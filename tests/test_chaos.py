@@ -33,8 +33,11 @@ NETNS_SKIP = netns.unavailable_reason()
 
 def _chaos_leftovers(pid: int) -> dict[str, list[str]]:
     tag = f"{netns.NAME_PREFIX}{pid}"
-    mounts = [line.split()[1] for line in Path("/proc/mounts").read_text().splitlines()
-              if f"{chaos.TEMP_PREFIX}{pid}-" in line]
+    mounts = [
+        line.split()[1]
+        for line in Path("/proc/mounts").read_text().splitlines()
+        if f"{chaos.TEMP_PREFIX}{pid}-" in line
+    ]
     shm = [p.name for p in Path("/dev/shm").iterdir() if f"{chaos.CLUSTER_ID_PREFIX}{pid}" in p.name]
     names = [n for n in [*netns.list_namespaces(), *netns.list_links()] if n.startswith(tag)] if not NETNS_SKIP else []
     return {"mounts": mounts, "shm": shm, "netns": names}
@@ -56,8 +59,10 @@ def _run_campaign(args: list[str], tmp_path: Path) -> tuple[subprocess.Popen, di
         pytest.fail(f"the campaign did not finish in {CAMPAIGN_TIMEOUT_S} s; stderr tail:\n{err[-4000:]}")
     assert out.strip(), f"no output (exit {proc.returncode}); stderr tail:\n{err[-4000:]}"
     report = json.loads(out.strip().splitlines()[-1])
-    context = f"exit {proc.returncode}; report {json.dumps({k: v for k, v in report.items() if k != 'fault_log'})}" \
-              f"\nstderr tail:\n{err[-3000:]}"
+    context = (
+        f"exit {proc.returncode}; report {json.dumps({k: v for k, v in report.items() if k != 'fault_log'})}"
+        f"\nstderr tail:\n{err[-3000:]}"
+    )
     return proc, report, context
 
 
@@ -69,8 +74,12 @@ def test_campaign_injects_every_kind_and_loses_nothing(tmp_path: Path) -> None:
     assert expected <= set(report["faults"]), f"kinds never injected: {expected - set(report['faults'])}; {context}"
     if not NETNS_SKIP:
         assert report["netns"], context
-        assert {"partition-isolate", "partition-leader-minority", "partition-leader-majority",
-                "partition-one-way"} <= set(report["faults"])
+        assert {
+            "partition-isolate",
+            "partition-leader-minority",
+            "partition-leader-majority",
+            "partition-one-way",
+        } <= set(report["faults"])
     assert report["acknowledged"] > 1000, context
     assert report["lost"] == 0 and report["duplicates"] == 0 and report["divergent"] == 0, context
     assert report["invented"] == 0 and report["misplaced"] == 0 and not report["read_errors"], context
@@ -93,8 +102,21 @@ def test_a_long_partition_heals_promptly(tmp_path: Path) -> None:
     """Connections cut by a partition longer than TCP's first retransmissions are dropped and re-made (TCP
     user timeout, keepalive), so the isolated leader rejoins soon after the heal, not at TCP's back-off.
     Without the proxy, so that only the nodes' own sockets decide."""
-    proc, report, context = _run_campaign(["--duration", "5", "--seed", "3", "--kinds", "partition-isolate",
-                                           "--hold-s", str(LONG_PARTITION_S), "--no-disk", "--no-proxy"], tmp_path)
+    proc, report, context = _run_campaign(
+        [
+            "--duration",
+            "5",
+            "--seed",
+            "3",
+            "--kinds",
+            "partition-isolate",
+            "--hold-s",
+            str(LONG_PARTITION_S),
+            "--no-disk",
+            "--no-proxy",
+        ],
+        tmp_path,
+    )
     assert report["faults"] == {"partition-isolate": 1}, context
     assert report["lost"] == 0 and report["duplicates"] == 0 and report["divergent"] == 0, context
     whole_ms = report["fault_log"][0]["whole_after_ms"]
@@ -120,13 +142,21 @@ def test_schedule_is_a_function_of_the_seed_and_covers_every_kind() -> None:
 
 
 def test_plan_preview_runs_the_kinds_asked_for() -> None:
-    out = subprocess.run([sys.executable, str(CHAOS), "--plan", "--seed", "3", "--duration", "60",
-                          "--kinds", "kill-leader,pause-node"], capture_output=True, text=True, timeout=60)
+    out = subprocess.run(
+        [sys.executable, str(CHAOS), "--plan", "--seed", "3", "--duration", "60", "--kinds", "kill-leader,pause-node"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert out.returncode == 0, out.stderr
     planned = {line.split()[2] for line in out.stdout.splitlines() if line.strip().endswith("}")}
     assert planned == {"kill-leader", "pause-node"}, out.stdout
-    bad = subprocess.run([sys.executable, str(CHAOS), "--plan", "--kinds", "kill-leader,bogus"],
-                         capture_output=True, text=True, timeout=60)
+    bad = subprocess.run(
+        [sys.executable, str(CHAOS), "--plan", "--kinds", "kill-leader,bogus"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert bad.returncode != 0 and "--kinds" in bad.stderr and "bogus" in bad.stderr, bad.stderr
 
 
@@ -147,8 +177,10 @@ PORT = 5000
 
 def _connect_from(net: netns.TestNetwork, src: int, dst_ip: str, timeout_s: float = 1.0) -> str:
     """Connect from src's namespace to dst_ip:PORT; returns what the server said (the caller's address) or ERR."""
-    code = (f"import socket\ntry:\n s = socket.create_connection(({dst_ip!r}, {PORT}), timeout={timeout_s})\n"
-            " print(s.recv(100).decode())\nexcept OSError as e:\n print('ERR', type(e).__name__)")
+    code = (
+        f"import socket\ntry:\n s = socket.create_connection(({dst_ip!r}, {PORT}), timeout={timeout_s})\n"
+        " print(s.recv(100).decode())\nexcept OSError as e:\n print('ERR', type(e).__name__)"
+    )
     return net.run_in(src, [sys.executable, "-c", code]).stdout.strip()
 
 
@@ -162,8 +194,13 @@ def test_network_partitions_and_teardown() -> None:
         assert net.subnet is not None
         assert not [u for u in netns.networks_in_use() if net.subnet.overlaps(u) and not u.subnet_of(net.subnet)]
         for n in (1, 2, 3):
-            servers.append(subprocess.Popen([*net.exec_prefix(n), sys.executable, "-c", SERVER, net.ip(n), str(PORT)],
-                                            stdout=subprocess.PIPE, text=True))
+            servers.append(
+                subprocess.Popen(
+                    [*net.exec_prefix(n), sys.executable, "-c", SERVER, net.ip(n), str(PORT)],
+                    stdout=subprocess.PIPE,
+                    text=True,
+                )
+            )
         for s in servers:
             assert s.stdout is not None and s.stdout.readline().strip() == "ready"
         assert _connect_from(net, 1, net.ip(2)) == net.ip(1)
@@ -204,8 +241,10 @@ def test_network_partitions_and_teardown() -> None:
 @needs_netns
 def test_stale_network_of_a_dead_process_is_removed() -> None:
     # a child creates a network and dies without cleaning up (SIGKILL)
-    code = ("import os, signal, sys\nfrom shmraft.faults.netns import TestNetwork\n"
-            "net = TestNetwork([1, 2]).create()\nprint(net.tag, flush=True)\nos.kill(os.getpid(), signal.SIGKILL)")
+    code = (
+        "import os, signal, sys\nfrom shmraft.faults.netns import TestNetwork\n"
+        "net = TestNetwork([1, 2]).create()\nprint(net.tag, flush=True)\nos.kill(os.getpid(), signal.SIGKILL)"
+    )
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     tag = proc.stdout.strip()
     assert tag.startswith(netns.NAME_PREFIX), proc.stderr

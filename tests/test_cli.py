@@ -52,8 +52,9 @@ def test_produce_arguments_then_consume_json(cluster: FakeCluster, capsys: pytes
     assert rows[2]["encoding"] == "base64" and base64.b64decode(rows[2]["value"]) == b"\xff\x00binary"
 
 
-def test_produce_stdin_lines_in_order(cluster: FakeCluster, capsys: pytest.CaptureFixture[str],
-                                      monkeypatch: pytest.MonkeyPatch) -> None:
+def test_produce_stdin_lines_in_order(
+    cluster: FakeCluster, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
     lines = [f"line {i}" for i in range(300)]
     monkeypatch.setattr(sys, "stdin", io.TextIOWrapper(io.BytesIO(("\n".join(lines) + "\n").encode())))
     assert main(args(cluster, "produce")) == 0
@@ -62,9 +63,9 @@ def test_produce_stdin_lines_in_order(cluster: FakeCluster, capsys: pytest.Captu
     assert cluster.log.values() == [line.encode() for line in lines]
 
 
-def test_produce_stdin_in_chunks_with_crlf_and_no_final_newline(cluster: FakeCluster,
-                                                               capsys: pytest.CaptureFixture[str],
-                                                               monkeypatch: pytest.MonkeyPatch) -> None:
+def test_produce_stdin_in_chunks_with_crlf_and_no_final_newline(
+    cluster: FakeCluster, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
     lines = [f"event {i}" for i in range(5000)]
     raw = ("\r\n".join(lines[:2500]) + "\r\n" + "\n".join(lines[2500:])).encode()  # no newline at the end
     monkeypatch.setattr(sys, "stdin", io.TextIOWrapper(io.BytesIO(raw)))
@@ -123,14 +124,18 @@ def test_error_when_nothing_listens(capsys: pytest.CaptureFixture[str]) -> None:
 
 def test_console_script(cluster: FakeCluster) -> None:
     run = [str(SCRIPT), "--addresses", ",".join(cluster.addresses), "--timeout", "3"]
-    done = subprocess.run([*run, "produce"], input=b"one\ntwo\n", capture_output=True,
-                          timeout=SUBPROCESS_TIMEOUT_S, check=False)
+    done = subprocess.run(
+        [*run, "produce"], input=b"one\ntwo\n", capture_output=True, timeout=SUBPROCESS_TIMEOUT_S, check=False
+    )
     assert done.returncode == 0, done.stderr
     assert done.stdout.split() == [b"64", b"65"]
-    done = subprocess.run([*run, "consume", "--json"], capture_output=True, timeout=SUBPROCESS_TIMEOUT_S,
-                          check=False)
+    done = subprocess.run([*run, "consume", "--json"], capture_output=True, timeout=SUBPROCESS_TIMEOUT_S, check=False)
     assert done.returncode == 0, done.stderr
     assert [json.loads(line)["value"] for line in done.stdout.splitlines()] == ["one", "two"]
-    done = subprocess.run([str(SCRIPT), "--addresses", dead_address(), "leader"], capture_output=True,
-                          timeout=SUBPROCESS_TIMEOUT_S, check=False)
+    done = subprocess.run(
+        [str(SCRIPT), "--addresses", dead_address(), "leader"],
+        capture_output=True,
+        timeout=SUBPROCESS_TIMEOUT_S,
+        check=False,
+    )
     assert done.returncode == 1 and done.stderr.startswith(b"shmraft: no node reachable at ")

@@ -106,8 +106,9 @@ def test_not_leader_without_address_asks_metadata(cluster: FakeCluster, client: 
 
 
 @pytest.mark.parametrize("after_append", [True, False])
-def test_retry_after_dropped_connection_does_not_duplicate(cluster: FakeCluster, client: Client,
-                                                          after_append: bool) -> None:
+def test_retry_after_dropped_connection_does_not_duplicate(
+    cluster: FakeCluster, client: Client, after_append: bool
+) -> None:
     client.produce(b"first")
     cluster.node(1).drop_next(2, after_append=after_append)
     offsets = client.produce_many([b"x", b"y"])
@@ -116,8 +117,9 @@ def test_retry_after_dropped_connection_does_not_duplicate(cluster: FakeCluster,
     assert keys_of(cluster, client.producer_id) == [0, 1, 2]
 
 
-@pytest.mark.parametrize("code", [ErrorCode.UNAVAILABLE, ErrorCode.TIMEOUT, ErrorCode.SHUTTING_DOWN,
-                                  ErrorCode.OUT_OF_ORDER_SEQUENCE])
+@pytest.mark.parametrize(
+    "code", [ErrorCode.UNAVAILABLE, ErrorCode.TIMEOUT, ErrorCode.SHUTTING_DOWN, ErrorCode.OUT_OF_ORDER_SEQUENCE]
+)
 def test_retriable_errors_are_retried(cluster: FakeCluster, client: Client, code: ErrorCode) -> None:
     cluster.node(1).fail(code, count=3)
     assert client.produce(b"e") == 64
@@ -233,8 +235,7 @@ def test_producer_pipelines_and_resolves_offsets(cluster: FakeCluster, client: C
     assert cluster.node(1).produce_requests >= 50
 
 
-def test_producer_failover_mid_pipeline_keeps_every_event_once_in_order(cluster: FakeCluster,
-                                                                       client: Client) -> None:
+def test_producer_failover_mid_pipeline_keeps_every_event_once_in_order(cluster: FakeCluster, client: Client) -> None:
     n = 6000
     events = [b"f%d" % i for i in range(n)]
     producer = Producer(client, window=6, batch_events=50, linger_ms=0.5)
@@ -274,8 +275,9 @@ def test_producer_moves_once_the_others_name_a_new_leader(cluster: FakeCluster) 
     assert cluster.log.values() == [b"a", b"b"]
 
 
-def test_producer_keeps_a_slow_leader_the_others_still_name(cluster: FakeCluster,
-                                                            monkeypatch: pytest.MonkeyPatch) -> None:
+def test_producer_keeps_a_slow_leader_the_others_still_name(
+    cluster: FakeCluster, monkeypatch: pytest.MonkeyPatch
+) -> None:
     # Probing goes on past PROBE_AFTER_S while the others name node 1; the attempt timeout is set far away so
     # only the probes could move the producer (and a slow machine's late timer cannot).
     monkeypatch.setattr("shmraft.client.producer.ATTEMPT_ANSWER_TIMEOUT_S", 30.0)
@@ -330,13 +332,20 @@ def test_send_many_resolves_offsets_across_request_boundaries(cluster: FakeClust
     offsets = [single.result(0), *many.result(0), *mixed.result(0), *(f.result(0) for f in after)]
     assert done == [many] and len(many) == 250 and many.exception(0) is None
     assert offsets == sorted(set(offsets)) and len(offsets) == 266
-    assert cluster.log.values() == [b"first", *(b"m%d" % i for i in range(250)), b"text", b"ba", b"mv",
-                                    b"x" * 900, b"y" * 900, *(b"a%d" % i for i in range(10))]
+    assert cluster.log.values() == [
+        b"first",
+        *(b"m%d" % i for i in range(250)),
+        b"text",
+        b"ba",
+        b"mv",
+        b"x" * 900,
+        b"y" * 900,
+        *(b"a%d" % i for i in range(10)),
+    ]
     assert keys_of(cluster, producer.producer_id) == list(range(266))
 
 
-def test_send_many_larger_than_the_buffer_and_callbacks_on_done_futures(cluster: FakeCluster,
-                                                                        client: Client) -> None:
+def test_send_many_larger_than_the_buffer_and_callbacks_on_done_futures(cluster: FakeCluster, client: Client) -> None:
     with client.producer(buffer_events=100) as producer:
         big = producer.send_many([b"%d" % i for i in range(500)])  # admitted whole into an empty buffer
         assert len(big.result(TIMEOUT_S)) == 500
@@ -362,7 +371,8 @@ def test_futures_time_out_while_pending(cluster: FakeCluster, client: Client) ->
 
 
 def test_producer_linger_lets_the_open_batch_grow_while_the_window_is_full(
-        cluster: FakeCluster, client: Client, monkeypatch: pytest.MonkeyPatch) -> None:
+    cluster: FakeCluster, client: Client, monkeypatch: pytest.MonkeyPatch
+) -> None:
     # The hang below must not be taken for a hung leader on a slow machine, or a resend adds a request.
     monkeypatch.setattr("shmraft.client.producer.ATTEMPT_ANSWER_TIMEOUT_S", 30.0)
     leader = cluster.node(1)

@@ -44,8 +44,9 @@ def test_100k_events_are_in_the_same_order_on_every_node_once(harness: Harness) 
 
 @pytest.mark.parametrize("worker", list(Worker), ids=lambda w: w.name.lower())
 @pytest.mark.parametrize("where", ["leader", "follower"])
-def test_killed_worker_is_restarted_and_nothing_acknowledged_is_lost(harness: Harness, worker: Worker,
-                                                                      where: str) -> None:
+def test_killed_worker_is_restarted_and_nothing_acknowledged_is_lost(
+    harness: Harness, worker: Worker, where: str
+) -> None:
     with Load(harness) as load:
         load.wait_acked(500, 30)
         node = harness.wait_leader() if where == "leader" else harness.followers()[0]
@@ -136,15 +137,36 @@ def test_up_runs_a_cluster_and_ctrl_c_stops_it_cleanly(tmp_path: Path) -> None:
 
     base = free_port_base(3)
     cid = f"up{os.getpid()}"
-    cmd = [sys.executable, "-m", "shmraft.cli.supervisor", "up", "--data-dir", str(tmp_path / "data"),
-           "--port-base", str(base), "--cluster-id", cid, "--no-view"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "shmraft.cli.supervisor",
+        "up",
+        "--data-dir",
+        str(tmp_path / "data"),
+        "--port-base",
+        str(base),
+        "--cluster-id",
+        cid,
+        "--no-view",
+    ]
     addresses = [f"127.0.0.1:{base + 100 * n + 1}" for n in (1, 2, 3)]
 
     def run_once(events: list[bytes], expect: int) -> list[bytes]:
         proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
         try:
-            status = [sys.executable, "-m", "shmraft.cli.supervisor", "status", "--port-base", str(base),
-                      "--cluster-id", cid, "--data-dir", str(tmp_path / "data")]
+            status = [
+                sys.executable,
+                "-m",
+                "shmraft.cli.supervisor",
+                "status",
+                "--port-base",
+                str(base),
+                "--cluster-id",
+                cid,
+                "--data-dir",
+                str(tmp_path / "data"),
+            ]
             wait_for(lambda: subprocess.run(status, capture_output=True).returncode == 0, 60, "a healthy cluster")
             family = [proc.pid, *(c.pid for c in psutil.Process(proc.pid).children(recursive=True))]
             with Client(addresses, timeout_s=20) as client:
@@ -156,6 +178,7 @@ def test_up_runs_a_cluster_and_ctrl_c_stops_it_cleanly(tmp_path: Path) -> None:
                     # first commit brings up to date: read until the expected count is there (then all of it).
                     got = [bytes(r.value) for r in client.consume(0)]
                     return got if len(got) >= expect else None
+
                 seen = wait_for(committed, 60, f"{expect} committed events")
             proc.send_signal(signal.SIGINT)  # what Ctrl-C in the terminal sends
             out, _ = proc.communicate(timeout=60)
@@ -212,8 +235,11 @@ def test_paused_leader_is_replaced_and_rejoins_as_follower(harness: Harness) -> 
             load.wait_acked(len(load.acked) + 300, 60)
         finally:
             harness.signal_node(old, signal.SIGCONT)
-        wait_for(lambda: (harness.state(old) or {}).get("role") == 0 and harness.leader() != old, 30,
-                 f"node {old} back as a follower")
+        wait_for(
+            lambda: (harness.state(old) or {}).get("role") == 0 and harness.leader() != old,
+            30,
+            f"node {old} back as a follower",
+        )
         load.wait_acked(len(load.acked) + 300, 60)
     assert new != old
     verify(harness, load.acked)

@@ -57,8 +57,10 @@ def test_bad_config_names_the_key(tmp_path: Path, text: str, key: str) -> None:
         load(path)
 
 
-_ONE = ("[cluster]\nmembers = [{ id = 1, host = 'h', client_port = 1, data_port = 2, raft_port = 3, "
-        "metrics_port = 4 }]\n[node]\nid = 1\n")
+_ONE = (
+    "[cluster]\nmembers = [{ id = 1, host = 'h', client_port = 1, data_port = 2, raft_port = 3, "
+    "metrics_port = 4 }]\n[node]\nid = 1\n"
+)
 
 
 def test_a_toml_config_must_name_a_cluster_secret(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -77,20 +79,30 @@ def test_tls_keys_come_all_three_or_none(tmp_path: Path) -> None:
     members = local_members(1)
     with pytest.raises(ConfigError, match="tls_ca_file, tls_key_file"):
         NodeConfig(node_id=1, members=members, data_dir=tmp_path, tls_cert_file="c.pem")
-    full = NodeConfig(node_id=1, members=members, data_dir=tmp_path, tls_cert_file="c", tls_key_file="k",
-                      tls_ca_file="ca")
+    full = NodeConfig(
+        node_id=1, members=members, data_dir=tmp_path, tls_cert_file="c", tls_key_file="k", tls_ca_file="ca"
+    )
     assert full.tls_enabled
 
 
-@pytest.mark.parametrize("key", ["peer_inbound_connections_max", "peer_handshake_timeout_ms",
-                                 "client_connections_max", "client_request_bytes_max", "client_inflight_bytes_max"])
+@pytest.mark.parametrize(
+    "key",
+    [
+        "peer_inbound_connections_max",
+        "peer_handshake_timeout_ms",
+        "client_connections_max",
+        "client_request_bytes_max",
+        "client_inflight_bytes_max",
+    ],
+)
 def test_limits_must_be_positive(tmp_path: Path, key: str) -> None:
     with pytest.raises(ConfigError, match=key):
         NodeConfig(node_id=1, members=local_members(1), data_dir=tmp_path, **{key: 0})
 
 
-def test_defaults_bind_loopback_and_local_cluster_shares_a_generated_secret(tmp_path: Path,
-                                                                            monkeypatch: pytest.MonkeyPatch) -> None:
+def test_defaults_bind_loopback_and_local_cluster_shares_a_generated_secret(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     monkeypatch.delenv(CLUSTER_SECRET_FILE_ENV, raising=False)
     nodes = local_cluster(tmp_path)
     assert {n.bind_host for n in nodes} == {"127.0.0.1"}

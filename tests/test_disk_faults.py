@@ -61,16 +61,20 @@ def check_logs_on_disk(h: Harness) -> None:
 def wait_committing(h: Harness, load: Load, what: str, more: int = 200) -> None:
     """The cluster acknowledges `more` new events."""
     target = len(load.acked) + more
-    wait_for(lambda: len(load.acked) >= target, FAULT_WAIT_S, f"{more} more acknowledged events {what} "
-             f"(errors {load.errors})")
+    wait_for(
+        lambda: len(load.acked) >= target,
+        FAULT_WAIT_S,
+        f"{more} more acknowledged events {what} (errors {load.errors})",
+    )
 
 
 def fill_and_recover(h: Harness, load: Load, node: int, was_leader: bool) -> None:
     restarts = h.restarts(node, Worker.RAFT)
     filler = fill_disk(h.config(node).node_dir)
     try:
-        wait_for(lambda: storage_of(h, node)["storage"] == "disk_full", FAULT_WAIT_S,
-                 f"node {node} to report disk_full")
+        wait_for(
+            lambda: storage_of(h, node)["storage"] == "disk_full", FAULT_WAIT_S, f"node {node} to report disk_full"
+        )
         if was_leader:
             h.wait_leader(timeout_s=FAULT_WAIT_S, exclude=node)
         assert storage_of(h, node)["role"] != "leader"
@@ -141,13 +145,22 @@ def test_corrupt_follower_detects_quarantines_and_refetches(tmp_path: Path) -> N
                 wait_committing(h, load, f"while node {node} is down", more=100)
                 h.restart_node(node)
                 # the new quarantined copy is the evidence (a SIGKILLed node's old state block may still be read)
-                wait_for(lambda d=node_dir, b=before: set(d.glob("log.corrupt-*")) - b, FAULT_WAIT_S,
-                         f"node {node} to detect and quarantine {what}")
-                wait_for(lambda n=node: (storage_of(h, n)["quarantines"] or 0) >= 1, FAULT_WAIT_S,
-                         f"node {node} to report the quarantine")
+                wait_for(
+                    lambda d=node_dir, b=before: set(d.glob("log.corrupt-*")) - b,
+                    FAULT_WAIT_S,
+                    f"node {node} to detect and quarantine {what}",
+                )
+                wait_for(
+                    lambda n=node: (storage_of(h, n)["quarantines"] or 0) >= 1,
+                    FAULT_WAIT_S,
+                    f"node {node} to report the quarantine",
+                )
                 target = commit_of(h, h.wait_leader())
-                wait_for(lambda n=node, t=target: not storage_of(h, n)["recovering"] and commit_of(h, n) >= t,
-                         RECOVER_WAIT_S, f"node {node} to re-fetch the log up to {target} after {what}")
+                wait_for(
+                    lambda n=node, t=target: not storage_of(h, n)["recovering"] and commit_of(h, n) >= t,
+                    RECOVER_WAIT_S,
+                    f"node {node} to re-fetch the log up to {target} after {what}",
+                )
                 assert storage_of(h, node)["storage"] == "ok"
                 wait_committing(h, load, f"after node {node} recovered from {kind}", more=100)
         reference = verify(h, load.acked)

@@ -20,8 +20,10 @@ FUZZ_RUNS = 20_000
 FUZZ_SECONDS = 8
 PROCESS_TIMEOUT_S = 120  # far above FUZZ_SECONDS: start-up and instrumentation on a loaded machine
 
-pytestmark = pytest.mark.skipif(importlib.util.find_spec("atheris") is None,
-                                reason="atheris is not installed (pip install 'shmraft[test]' or pip install atheris)")
+pytestmark = pytest.mark.skipif(
+    importlib.util.find_spec("atheris") is None,
+    reason="atheris is not installed (pip install 'shmraft[test]' or pip install atheris)",
+)
 
 
 def test_there_is_a_harness_per_decoder() -> None:
@@ -30,10 +32,17 @@ def test_there_is_a_harness_per_decoder() -> None:
 
 @pytest.mark.parametrize("harness", HARNESSES)
 def test_harness_runs_its_budget_without_a_crash(harness: str, tmp_path: Path) -> None:
-    cmd = [sys.executable, str(ROOT / "tools" / "fuzz" / f"{harness}.py"), f"-runs={FUZZ_RUNS}",
-           f"-max_total_time={FUZZ_SECONDS}", f"-artifact_prefix={tmp_path}/", "-rss_limit_mb=2048"]
-    proc = subprocess.run(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, timeout=PROCESS_TIMEOUT_S,
-                          cwd=tmp_path)
+    cmd = [
+        sys.executable,
+        str(ROOT / "tools" / "fuzz" / f"{harness}.py"),
+        f"-runs={FUZZ_RUNS}",
+        f"-max_total_time={FUZZ_SECONDS}",
+        f"-artifact_prefix={tmp_path}/",
+        "-rss_limit_mb=2048",
+    ]
+    proc = subprocess.run(
+        cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, timeout=PROCESS_TIMEOUT_S, cwd=tmp_path
+    )
     crashes = sorted(p.name for p in tmp_path.iterdir() if p.name.startswith(("crash-", "oom-", "timeout-")))
     tail = "\n".join(proc.stdout.splitlines()[-40:])
     assert proc.returncode == 0 and not crashes, f"{harness} exited {proc.returncode}, artifacts {crashes}:\n{tail}"

@@ -87,10 +87,13 @@ def test_any_body_behind_a_valid_header_decodes_faithfully_or_is_refused(kind: i
 
 
 @FAST
-@given(stream=st.lists(messages, min_size=1, max_size=4), garbage=st.binary(min_size=1, max_size=64),
-       where=st.integers(0, 10_000), sizes=chunk_sizes)
-def test_garbage_spliced_into_a_valid_stream(stream: list[bytes], garbage: bytes, where: int,
-                                              sizes: list[int]) -> None:
+@given(
+    stream=st.lists(messages, min_size=1, max_size=4),
+    garbage=st.binary(min_size=1, max_size=64),
+    where=st.integers(0, 10_000),
+    sizes=chunk_sizes,
+)
+def test_garbage_spliced_into_a_valid_stream(stream: list[bytes], garbage: bytes, where: int, sizes: list[int]) -> None:
     data = b"".join(stream)
     at = where % (len(data) + 1)
     oracles.check_client_stream(data[:at] + garbage + data[at:], sizes)
@@ -119,8 +122,9 @@ SAMPLES = {
     "metadata": cp.encode_metadata(9),
     "produced": cp.encode_produced(10, [64, 65, 66]),
     "fetched": cp.encode_fetched(11, 130, 192, [128, 129], [b"x", b"yz"]),
-    "metadata_answer": cp.encode_metadata_answer(12, 3, 2, 99, 1, [cp.Member(1, "127.0.0.1", 7101),
-                                                                    cp.Member(2, "host-b", 7201)]),
+    "metadata_answer": cp.encode_metadata_answer(
+        12, 3, 2, 99, 1, [cp.Member(1, "127.0.0.1", 7101), cp.Member(2, "host-b", 7201)]
+    ),
     "error": cp.encode_error(13, cp.ErrorCode.NOT_LEADER, "not the leader", "127.0.0.1:7201"),
 }
 
@@ -158,10 +162,13 @@ def test_error_text_is_cut_at_a_character_boundary_and_still_decodes() -> None:
     assert error is None and encoded
 
 
-@pytest.mark.parametrize("body, field", [
-    (b"\x03\x00\x02\x00\xff\xfe\x00", "ERROR.message"),  # not UTF-8
-    (b"\x03\x00\x01\x04" + b"a" * 1025 + b"\x00", "ERROR.message length"),  # over ERROR_MESSAGE_MAX_BYTES
-])
+@pytest.mark.parametrize(
+    "body, field",
+    [
+        (b"\x03\x00\x02\x00\xff\xfe\x00", "ERROR.message"),  # not UTF-8
+        (b"\x03\x00\x01\x04" + b"a" * 1025 + b"\x00", "ERROR.message length"),  # over ERROR_MESSAGE_MAX_BYTES
+    ],
+)
 def test_undecodable_error_text_is_refused_by_name(body: bytes, field: str) -> None:
     reader = cp.MessageReader()
     reader.feed(cp.HEADER.pack(cp.CLIENT_MAGIC, cp.CLIENT_VERSION, cp.Kind.ERROR, len(body), 1) + body)

@@ -54,16 +54,25 @@ def test_a_resealed_corruption_decodes_faithfully_or_is_refused(frame: bytes, da
 @given(events=st.lists(st.binary(max_size=100), min_size=1, max_size=16), ids=st.booleans(), compress=st.booleans())
 def test_valid_frames_decode_to_what_re_encodes_them(events: list[bytes], ids: bool, compress: bool) -> None:
     n = len(events)
-    frame = encode_batch(events, batch_id=3, term=2, prev_index=9, prev_term=1, timestamp_us=5,
-                         producer_ids=list(range(n)) if ids else None, sequences=list(range(n)) if ids else None,
-                         compress=compress)
+    frame = encode_batch(
+        events,
+        batch_id=3,
+        term=2,
+        prev_index=9,
+        prev_term=1,
+        timestamp_us=5,
+        producer_ids=list(range(n)) if ids else None,
+        sequences=list(range(n)) if ids else None,
+        compress=compress,
+    )
     oracles.check_frame(frame)
 
 
 @FAST
 @given(events=st.lists(st.binary(min_size=1, max_size=50), min_size=1, max_size=8), data=st.data())
-def test_a_zstd_payload_resealed_after_corruption_is_refused_or_faithful(events: list[bytes],
-                                                                          data: st.DataObject) -> None:
+def test_a_zstd_payload_resealed_after_corruption_is_refused_or_faithful(
+    events: list[bytes], data: st.DataObject
+) -> None:
     frame = bytearray(encode_batch([e * 20 for e in events], batch_id=1, compress=True))
     pos = data.draw(st.integers(48, len(frame) - 9))
     frame[pos] ^= data.draw(st.integers(1, 255))

@@ -63,15 +63,23 @@ macs = st.binary(min_size=getattr(wp, "MAC_BYTES", 32), max_size=getattr(wp, "MA
 
 def _hello(cluster_id: str, node_id: int, to_node_id: int, channel: wp.Channel, nonce: bytes) -> bytes:
     fields = wp.Hello.__dataclass_fields__  # the handshake is being extended: build what this version has
-    values = {"cluster_id": cluster_id, "node_id": node_id, "to_node_id": to_node_id, "channel": channel,
-              "nonce": nonce}
+    values = {
+        "cluster_id": cluster_id,
+        "node_id": node_id,
+        "to_node_id": to_node_id,
+        "channel": channel,
+        "nonce": nonce,
+    }
     return wp.encode_hello(wp.Hello(**{k: v for k, v in values.items() if k in fields}))
 
 
 _handshake = []
 if hasattr(wp, "encode_challenge"):
-    _handshake += [st.builds(lambda i, n, m: wp.encode_challenge(wp.Challenge(i, n, m)), U32, nonces, macs),
-                   st.builds(wp.encode_proof, macs), st.just(wp.encode_welcome())]
+    _handshake += [
+        st.builds(lambda i, n, m: wp.encode_challenge(wp.Challenge(i, n, m)), U32, nonces, macs),
+        st.builds(wp.encode_proof, macs),
+        st.just(wp.encode_welcome()),
+    ]
 envelopes = st.one_of(
     st.builds(_hello, cluster_ids, U32, U32, st.sampled_from(list(wp.Channel)), nonces),
     st.builds(lambda m: wp.encode_peer(wp.PeerKind.RAFT, encode_raft(m)), raft_messages),
@@ -98,17 +106,21 @@ def test_any_bytes_give_whole_envelopes_or_a_protocol_error(blob: bytes, sizes: 
 
 @FAST
 @given(kind=st.integers(0, 255), body=st.binary(max_size=300), sizes=chunk_sizes)
-def test_any_body_in_a_sealed_envelope_decodes_faithfully_or_is_refused(kind: int, body: bytes,
-                                                                        sizes: list[int]) -> None:
+def test_any_body_in_a_sealed_envelope_decodes_faithfully_or_is_refused(
+    kind: int, body: bytes, sizes: list[int]
+) -> None:
     """A correct CRC around random bytes: the body decoders of every kind get garbage."""
     oracles.check_peer_stream(oracles.sealed_peer(kind, body), sizes)
 
 
 @FAST
-@given(stream=st.lists(envelopes, min_size=1, max_size=3), garbage=st.binary(min_size=1, max_size=48),
-       where=st.integers(0, 10_000), sizes=chunk_sizes)
-def test_garbage_spliced_into_a_valid_stream(stream: list[bytes], garbage: bytes, where: int,
-                                              sizes: list[int]) -> None:
+@given(
+    stream=st.lists(envelopes, min_size=1, max_size=3),
+    garbage=st.binary(min_size=1, max_size=48),
+    where=st.integers(0, 10_000),
+    sizes=chunk_sizes,
+)
+def test_garbage_spliced_into_a_valid_stream(stream: list[bytes], garbage: bytes, where: int, sizes: list[int]) -> None:
     data = b"".join(stream)
     at = where % (len(data) + 1)
     oracles.check_peer_stream(data[:at] + garbage + data[at:], sizes)
@@ -127,8 +139,10 @@ def test_a_huge_declared_length_is_refused_from_the_header_alone(body_len: int, 
 SAMPLES = {
     "hello": _hello("prod_cluster", 2, 1, wp.Channel.CONSENSUS, bytes(range(32))),
     "raft_vote": wp.encode_peer(wp.PeerKind.RAFT, encode_raft(rm.RequestVote(1, 2, 7, 40, 6, False, False))),
-    "raft_append": wp.encode_peer(wp.PeerKind.RAFT, encode_raft(rm.AppendEntries(
-        1, 2, 7, 40, 6, (Entry(41, 7, b"frame-one"), Entry(42, 7, b"frame-two")), 39))),
+    "raft_append": wp.encode_peer(
+        wp.PeerKind.RAFT,
+        encode_raft(rm.AppendEntries(1, 2, 7, 40, 6, (Entry(41, 7, b"frame-one"), Entry(42, 7, b"frame-two")), 39)),
+    ),
     "refused": wp.encode_refused("cluster id: expected 'a', got 'b'"),
 }
 
@@ -164,7 +178,7 @@ def test_random_corruption_never_yields_another_body(data: st.DataObject) -> Non
         got = reader.next()
     except RemoteProtocolError:
         pass
-    assert got is None or bytes(got[1]) == SAMPLES[name][wp.PEER_HEADER_BYTES:]
+    assert got is None or bytes(got[1]) == SAMPLES[name][wp.PEER_HEADER_BYTES :]
 
 
 def test_every_truncation_waits_for_more_bytes() -> None:
@@ -190,7 +204,7 @@ def test_hello_bodies_with_a_plausible_length_byte(n: int, rest: bytes) -> None:
 
 
 def test_a_cluster_id_that_is_not_utf8_is_refused_by_name() -> None:
-    good = SAMPLES["hello"][wp.PEER_HEADER_BYTES:]
+    good = SAMPLES["hello"][wp.PEER_HEADER_BYTES :]
     bad = bytes([good[0]]) + b"\xff" + good[2:]
     with pytest.raises(RemoteProtocolError) as info:
         wp.decode_hello(bad)
@@ -218,11 +232,15 @@ def test_corrupted_raft_bodies_decode_faithfully_or_are_refused(msg: rm.Message,
     oracles.check_raft_body(bytes(body))
 
 
-@pytest.mark.parametrize("flag_offset, field", [(25, "AppendResponse.success"), (33, "RequestVote.pre_vote"),
-                                                (17, "VoteResponse.granted")])
+@pytest.mark.parametrize(
+    "flag_offset, field", [(25, "AppendResponse.success"), (33, "RequestVote.pre_vote"), (17, "VoteResponse.granted")]
+)
 def test_a_boolean_byte_other_than_0_or_1_is_refused(flag_offset: int, field: str) -> None:
-    msgs = {"AppendResponse": rm.AppendResponse(1, 2, 3, 4, True), "RequestVote": rm.RequestVote(1, 2, 3, 4, 5),
-            "VoteResponse": rm.VoteResponse(1, 2, 3, True)}
+    msgs = {
+        "AppendResponse": rm.AppendResponse(1, 2, 3, 4, True),
+        "RequestVote": rm.RequestVote(1, 2, 3, 4, 5),
+        "VoteResponse": rm.VoteResponse(1, 2, 3, True),
+    }
     body = bytearray(encode_raft(msgs[field.split(".")[0]]))
     body[flag_offset] = 2
     with pytest.raises(RemoteProtocolError) as info:

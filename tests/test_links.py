@@ -30,8 +30,13 @@ SECRET = Secret(b"s" * 32, "test")
 NONCE = bytes(range(32))
 
 
-def run_until(sel: selectors.BaseSelector, links: list[PeerLinks], cond: Callable[[], bool], timeout_s: float = 5.0,
-              what: str = "condition") -> None:
+def run_until(
+    sel: selectors.BaseSelector,
+    links: list[PeerLinks],
+    cond: Callable[[], bool],
+    timeout_s: float = 5.0,
+    what: str = "condition",
+) -> None:
     deadline = time.monotonic() + timeout_s
     while not cond():
         assert time.monotonic() < deadline, f"{what} not reached in {timeout_s} s"
@@ -101,13 +106,21 @@ def pair():
     gone: dict[int, list] = {1: [], 2: []}
     made: list[PeerLinks] = []
 
-    def make(me: int, port: int, other: int, other_port: int, cluster: str = "c", secret: Secret = SECRET,
-             **kw) -> PeerLinks:
-        link = PeerLinks(sel, cluster_id=cluster, node_id=me, channel=Channel.CONSENSUS, bind=("127.0.0.1", port),
-                         peers={other: ("127.0.0.1", other_port)},
-                         on_message=lambda peer, body: got.setdefault(me, []).append((peer, bytes(body))),
-                         on_disconnect=lambda peer: gone.setdefault(me, []).append(peer),
-                         security=PeerSecurity(secret), **kw)
+    def make(
+        me: int, port: int, other: int, other_port: int, cluster: str = "c", secret: Secret = SECRET, **kw
+    ) -> PeerLinks:
+        link = PeerLinks(
+            sel,
+            cluster_id=cluster,
+            node_id=me,
+            channel=Channel.CONSENSUS,
+            bind=("127.0.0.1", port),
+            peers={other: ("127.0.0.1", other_port)},
+            on_message=lambda peer, body: got.setdefault(me, []).append((peer, bytes(body))),
+            on_disconnect=lambda peer: gone.setdefault(me, []).append(peer),
+            security=PeerSecurity(secret),
+            **kw,
+        )
         made.append(link)
         return link
 
@@ -148,12 +161,15 @@ def test_disconnect_is_reported_and_the_link_reconnects(pair) -> None:
     run_until(sel, [a, b], lambda: (2, b"again") in got[1])
 
 
-@pytest.mark.parametrize("hello, reason", [
-    (Hello("other_cluster", 2, 1, Channel.CONSENSUS, NONCE), "cluster id: expected 'c', got 'other_cluster'"),
-    (Hello("c", 9, 1, Channel.CONSENSUS, NONCE), "node id: expected one of [2], got 9"),
-    (Hello("c", 2, 3, Channel.CONSENSUS, NONCE), "meant for node 3"),
-    (Hello("c", 2, 1, Channel.DATA, NONCE), "channel: expected CONSENSUS, got DATA"),
-])
+@pytest.mark.parametrize(
+    "hello, reason",
+    [
+        (Hello("other_cluster", 2, 1, Channel.CONSENSUS, NONCE), "cluster id: expected 'c', got 'other_cluster'"),
+        (Hello("c", 9, 1, Channel.CONSENSUS, NONCE), "node id: expected one of [2], got 9"),
+        (Hello("c", 2, 3, Channel.CONSENSUS, NONCE), "meant for node 3"),
+        (Hello("c", 2, 1, Channel.DATA, NONCE), "channel: expected CONSENSUS, got DATA"),
+    ],
+)
 def test_stranger_is_refused_with_a_reason(pair, hello: Hello, reason: str, caplog) -> None:
     sel, a, b, got, _, port, _ = pair
     caplog.set_level(logging.INFO, "shmraft.net")
@@ -173,8 +189,12 @@ def test_wrong_secret_is_refused_on_both_sides_and_never_delivers(pair, caplog) 
     # a second "node 2" with another secret, on its own port, that node 1 does not dial
     intruder = make(2, free_port(), 1, p1, secret=Secret(b"x" * 32, "wrong"))
     intruder.send(1, b"let me in")
-    run_until(sel, [a, intruder], lambda: intruder.refusals >= 1 and "refused us" in caplog.text,
-              what="the intruder's refusal of node 1's challenge, and node 1 logging it")
+    run_until(
+        sel,
+        [a, intruder],
+        lambda: intruder.refusals >= 1 and "refused us" in caplog.text,
+        what="the intruder's refusal of node 1's challenge, and node 1 logging it",
+    )
     assert not intruder.connected(1)
     assert all(body != b"let me in" for _, body in got[1])
     text = caplog.text

@@ -26,8 +26,18 @@ LOADGEN = ROOT / "tools" / "loadgen.py"
 
 def run_loadgen(tmp_path: Path, name: str, *extra: str, timeout_s: float) -> tuple[int, dict, str]:
     cluster_id = f"tlg{os.getpid()}{name}"
-    cmd = [sys.executable, str(LOADGEN), "--start-cluster", "--tmp", str(tmp_path), "--cluster-id", cluster_id,
-           "--verify", "--json", *extra]
+    cmd = [
+        sys.executable,
+        str(LOADGEN),
+        "--start-cluster",
+        "--tmp",
+        str(tmp_path),
+        "--cluster-id",
+        cluster_id,
+        "--verify",
+        "--json",
+        *extra,
+    ]
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True, cwd=ROOT)
     try:
         out, err = proc.communicate(timeout=timeout_s)
@@ -83,8 +93,9 @@ def test_events_verified(tmp_path: Path) -> None:
 
 def test_leader_kills_lose_nothing(tmp_path: Path) -> None:
     # an open-loop rate keeps the verification (3 logs read back) short; the faults are the same
-    rc, report, output = run_loadgen(tmp_path, "kill", "--duration", "15", "--kill-leader-every", "5",
-                                     "--rate", "20000", timeout_s=240)
+    rc, report, output = run_loadgen(
+        tmp_path, "kill", "--duration", "15", "--kill-leader-every", "5", "--rate", "20000", timeout_s=240
+    )
     assert rc == 0, output[-3000:]
     assert report["lost"] == 0 and report["duplicates"] == 0 and report["divergent"] == 0
     assert report["acknowledged"] > 0

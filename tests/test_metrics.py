@@ -89,8 +89,11 @@ def test_every_node_serves_metrics_that_match_what_was_produced(tmp_path: Path) 
             assert value(m, "shmraft_errors_total", leader, kind=kind) == 0
 
         for n in nodes:  # followers catch up; every node has the full set of families
-            wait_for(lambda n=n: value(scrape(h, n), "shmraft_events_committed_total", n) == events, 20,
-                     f"node {n} to count {events} committed events")
+            wait_for(
+                lambda n=n: value(scrape(h, n), "shmraft_events_committed_total", n) == events,
+                20,
+                f"node {n} to count {events} committed events",
+            )
             m = scrape(h, n)
             for ring in ("r1", "r2", "r3", "r4", "r5"):
                 assert value(m, "shmraft_ring_fill_bytes", n, ring=ring) >= 0
@@ -119,9 +122,15 @@ def test_every_node_serves_metrics_that_match_what_was_produced(tmp_path: Path) 
         # a killed worker shows up in the restart counter
         follower = next(n for n in nodes if n != leader)
         h.kill_worker(follower, Worker.BATCHER)
-        wait_for(lambda: value(scrape(h, follower), "shmraft_worker_restarts_total", follower,
-                               worker="batcher") == 1, 20, "the batcher's restart counted")
-        wait_for(lambda: value(scrape(h, follower), "shmraft_worker_up", follower, worker="batcher") == 1, 20,
-                 "the batcher back up")
+        wait_for(
+            lambda: value(scrape(h, follower), "shmraft_worker_restarts_total", follower, worker="batcher") == 1,
+            20,
+            "the batcher's restart counted",
+        )
+        wait_for(
+            lambda: value(scrape(h, follower), "shmraft_worker_up", follower, worker="batcher") == 1,
+            20,
+            "the batcher back up",
+        )
     finally:
         h.stop()

@@ -55,8 +55,15 @@ PEER_EXAMPLES = [e for e in EXAMPLES if "peer" in e[2]]
 
 def test_document_has_the_required_examples() -> None:
     assert len(FRAME_EXAMPLES) >= 4
-    assert {e[2]["message"] for e in CLIENT_EXAMPLES} >= {"Produce", "Produced", "Fetched", "MetadataAnswer", "Error",
-                                                          "Auth", "Authed"}
+    assert {e[2]["message"] for e in CLIENT_EXAMPLES} >= {
+        "Produce",
+        "Produced",
+        "Fetched",
+        "MetadataAnswer",
+        "Error",
+        "Auth",
+        "Authed",
+    }
     flags = [exp.get("flags") for _, _, exp in FRAME_EXAMPLES]
     assert 0 in flags and 1 in flags  # plain and zstd
     assert any(exp.get("event_count") == 64 for _, _, exp in FRAME_EXAMPLES)
@@ -143,14 +150,31 @@ def test_client_example_decodes_to_stated_values(index: int) -> None:
 
 
 def test_document_has_peer_examples() -> None:
-    assert {e[2]["peer"] for e in PEER_EXAMPLES} >= {"Hello", "Challenge", "Proof", "Welcome", "Refused", "Heartbeat",
-                                                      "RequestVote", "AppendEntries", "AppendResponse"}
+    assert {e[2]["peer"] for e in PEER_EXAMPLES} >= {
+        "Hello",
+        "Challenge",
+        "Proof",
+        "Welcome",
+        "Refused",
+        "Heartbeat",
+        "RequestVote",
+        "AppendEntries",
+        "AppendResponse",
+    }
 
 
 def _mac(want: dict, role: int, nonce_a: str) -> bytes:
     """The MAC the document's stated secret, ids and nonces give (docs/PROTOCOL.md section 3)."""
-    return handshake_mac(Secret(want["secret"].encode(), "doc"), role, want["cluster_id"], want["connector_id"],
-                         want["acceptor_id"], want["channel"], bytes.fromhex(want["nonce_c"]), bytes.fromhex(nonce_a))
+    return handshake_mac(
+        Secret(want["secret"].encode(), "doc"),
+        role,
+        want["cluster_id"],
+        want["connector_id"],
+        want["acceptor_id"],
+        want["channel"],
+        bytes.fromhex(want["nonce_c"]),
+        bytes.fromhex(nonce_a),
+    )
 
 
 @pytest.mark.parametrize("index", range(len(PEER_EXAMPLES)))
@@ -167,7 +191,12 @@ def test_peer_example_decodes_to_stated_values(index: int) -> None:
         assert kind is PeerKind.HELLO
         hello = decode_hello(body)
         assert (hello.cluster_id, hello.node_id, hello.to_node_id, int(hello.channel), hello.nonce.hex()) == (
-            want["cluster_id"], want["node_id"], want["to_node_id"], want["channel"], want["nonce"])
+            want["cluster_id"],
+            want["node_id"],
+            want["to_node_id"],
+            want["channel"],
+            want["nonce"],
+        )
         return
     if name == "Challenge":
         assert kind is PeerKind.CHALLENGE

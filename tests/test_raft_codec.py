@@ -58,15 +58,20 @@ def test_wrong_destination_is_refused() -> None:
     assert info.value.field == "Heartbeat.dst"
 
 
-@pytest.mark.parametrize("body, field", [
-    (b"\x01\x00", "raft message"),
-    (struct.pack("<BIIQ", 9, 1, 2, 3), "raft kind"),
-    (struct.pack("<BIIQ", 3, 1, 2, 3), "Heartbeat.body"),
-    (struct.pack("<BIIQ", 1, 1, 2, 3) + struct.pack("<QQQI", 0, 0, 0, 99999), "AppendEntries.count"),
-    (struct.pack("<BIIQ", 1, 1, 2, 3) + struct.pack("<QQQI", 0, 0, 0, 2), "AppendEntries.tables"),
-    (struct.pack("<BIIQ", 1, 1, 2, 3) + struct.pack("<QQQI", 0, 0, 0, 1) + struct.pack("<QI", 1, 5) + b"abc",
-     "AppendEntries.entries"),
-])
+@pytest.mark.parametrize(
+    "body, field",
+    [
+        (b"\x01\x00", "raft message"),
+        (struct.pack("<BIIQ", 9, 1, 2, 3), "raft kind"),
+        (struct.pack("<BIIQ", 3, 1, 2, 3), "Heartbeat.body"),
+        (struct.pack("<BIIQ", 1, 1, 2, 3) + struct.pack("<QQQI", 0, 0, 0, 99999), "AppendEntries.count"),
+        (struct.pack("<BIIQ", 1, 1, 2, 3) + struct.pack("<QQQI", 0, 0, 0, 2), "AppendEntries.tables"),
+        (
+            struct.pack("<BIIQ", 1, 1, 2, 3) + struct.pack("<QQQI", 0, 0, 0, 1) + struct.pack("<QI", 1, 5) + b"abc",
+            "AppendEntries.entries",
+        ),
+    ],
+)
 def test_malformed_bodies_are_refused_by_field(body: bytes, field: str) -> None:
     with pytest.raises(RemoteProtocolError) as info:
         decode_raft(body)

@@ -56,8 +56,10 @@ def test_pre_candidate_with_majority_of_pre_votes_campaigns_in_next_term():
     assert rd.hard_state == HardState(2, 1, 0)
     votes = rd.messages_after_persist  # the self-vote must be durable before asking others
     assert not rd.messages
-    assert all(isinstance(m, RequestVote) and not m.pre_vote and m.term == 2 and m.last_index == 2
-               and m.last_term == 1 for m in votes)
+    assert all(
+        isinstance(m, RequestVote) and not m.pre_vote and m.term == 2 and m.last_index == 2 and m.last_term == 1
+        for m in votes
+    )
 
 
 def test_candidate_with_majority_becomes_leader_and_appends_noop_of_its_term():

@@ -11,8 +11,10 @@ from shmraft.raft.types import Entry, HardState
 
 def make_log(stable_terms: list[int], unstable_terms: list[int] = ()) -> RaftLog:
     s = MemStorage()
-    s.append([Entry(i, t, b"") for i, t in enumerate(stable_terms, start=1)],
-             HardState(term=max([*stable_terms, *unstable_terms, 0])))
+    s.append(
+        [Entry(i, t, b"") for i, t in enumerate(stable_terms, start=1)],
+        HardState(term=max([*stable_terms, *unstable_terms, 0])),
+    )
     log = RaftLog(s)
     first = len(stable_terms) + 1
     log.append([Entry(i, t, b"") for i, t in enumerate(unstable_terms, start=first)])

@@ -12,10 +12,32 @@ from shmraft.raft.config import RaftConfig
 from shmraft.sim.harness import Cluster
 
 RAFT = Path(__file__).resolve().parent.parent / "shmraft" / "raft"
-CORE_MODULES = ("core.py", "log.py", "progress.py", "quorum.py", "messages.py", "ready.py", "config.py",
-                "errors.py", "types.py", "memstorage.py")
-FORBIDDEN = {"socket", "time", "random", "threading", "multiprocessing", "asyncio", "selectors", "os",
-             "subprocess", "datetime", "secrets", "uuid"}
+CORE_MODULES = (
+    "core.py",
+    "log.py",
+    "progress.py",
+    "quorum.py",
+    "messages.py",
+    "ready.py",
+    "config.py",
+    "errors.py",
+    "types.py",
+    "memstorage.py",
+)
+FORBIDDEN = {
+    "socket",
+    "time",
+    "random",
+    "threading",
+    "multiprocessing",
+    "asyncio",
+    "selectors",
+    "os",
+    "subprocess",
+    "datetime",
+    "secrets",
+    "uuid",
+}
 
 
 def imported_modules(path: Path) -> set[str]:

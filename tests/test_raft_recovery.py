@@ -27,8 +27,14 @@ def lose_log(c: Cluster, i: int, recovering: bool = True) -> None:
         storage.set_hard_state(HardState(term, vote, 0))
     c.storages[i] = storage
     c.applied[i] = []
-    c.cores[i] = RaftCore(i, [p for p in c.ids if p != i], storage, c.config, random.Random(i),
-                          recovery_term=term + 1 if recovering else 0)
+    c.cores[i] = RaftCore(
+        i,
+        [p for p in c.ids if p != i],
+        storage,
+        c.config,
+        random.Random(i),
+        recovery_term=term + 1 if recovering else 0,
+    )
 
 
 def recovering_core() -> tuple[RaftCore, MemStorage]:

@@ -138,8 +138,9 @@ def test_leader_commits_only_entries_of_its_own_term():
 
 def test_commit_rule_mutation_would_commit_an_earlier_terms_entry():
     """The previous test's sensitivity: the test-only mutation breaks exactly that rule."""
-    core, storage = core_with_log(1, [2, 3, 4, 5], [1, 2], HardState(term=3, commit=1),
-                                  config=RaftConfig(test_only_mutation="commit_any_term"))
+    core, storage = core_with_log(
+        1, [2, 3, 4, 5], [1, 2], HardState(term=3, commit=1), config=RaftConfig(test_only_mutation="commit_any_term")
+    )
     make_leader(core, storage)
     for follower in (2, 3):
         core.step(AppendResponse(follower, 1, 4, 2, True))
@@ -190,8 +191,14 @@ def test_messages_are_labelled_bulk_data_or_control():
     e = entries(1, [1])
     assert AppendEntries(1, 2, 1, 0, 0, e, 0).channel == Channel.DATA
     assert AppendEntries(1, 2, 1, 0, 0, (), 0).channel == Channel.CONTROL
-    for m in (AppendResponse(2, 1, 1, 1, True), Heartbeat(1, 2, 1, 0), HeartbeatResponse(2, 1, 1),
-              RequestVote(1, 2, 1, 0, 0), VoteResponse(2, 1, 1, True), TimeoutNow(1, 2, 1)):
+    for m in (
+        AppendResponse(2, 1, 1, 1, True),
+        Heartbeat(1, 2, 1, 0),
+        HeartbeatResponse(2, 1, 1),
+        RequestVote(1, 2, 1, 0, 0),
+        VoteResponse(2, 1, 1, True),
+        TimeoutNow(1, 2, 1),
+    ):
         assert m.channel == Channel.CONTROL
 
 
@@ -217,8 +224,9 @@ def test_pipelining_is_bounded_by_max_inflight_entries():
 
 
 def test_pipelining_is_bounded_by_max_inflight_bytes():
-    core, storage = _replicating_leader(RaftConfig(max_inflight_bytes=3000, max_append_bytes=1000,
-                                                   max_entry_bytes=1000))
+    core, storage = _replicating_leader(
+        RaftConfig(max_inflight_bytes=3000, max_append_bytes=1000, max_entry_bytes=1000)
+    )
     for _ in range(10):
         core.propose(b"x" * 1000)
     msgs = appends_to(drain(core, storage), 2)
@@ -227,8 +235,7 @@ def test_pipelining_is_bounded_by_max_inflight_bytes():
 
 
 def test_append_respects_max_append_bytes_and_max_append_entries():
-    core, storage = _replicating_leader(RaftConfig(max_append_bytes=250, max_append_entries=3,
-                                                   max_entry_bytes=250))
+    core, storage = _replicating_leader(RaftConfig(max_append_bytes=250, max_append_entries=3, max_entry_bytes=250))
     for size in (100, 100, 100, 10, 10, 10, 10, 240):
         core.propose(b"y" * size)
     msgs = appends_to(drain(core, storage), 2)

@@ -21,8 +21,11 @@ class Clock:
 def setup(caplog: pytest.LogCaptureFixture) -> tuple[RateLimitedLog, Clock, pytest.LogCaptureFixture]:
     caplog.set_level(logging.INFO, logger="ratelog-test")
     clock = Clock()
-    return RateLimitedLog(logging.getLogger("ratelog-test"), lines_per_interval=3, interval_s=10.0,
-                          clock=clock), clock, caplog
+    return (
+        RateLimitedLog(logging.getLogger("ratelog-test"), lines_per_interval=3, interval_s=10.0, clock=clock),
+        clock,
+        caplog,
+    )
 
 
 def test_lines_past_the_budget_are_counted_and_summarised(setup) -> None:

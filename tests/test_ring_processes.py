@@ -42,7 +42,7 @@ def make_chunk(first_seq: int, count: int, incarnation: int, rng: np.random.Gene
     total = int(ends[-1])
     seqs = np.arange(first_seq, first_seq + count, dtype=np.uint64)
     pos = np.arange(total, dtype=np.int64) - np.repeat(starts, lens)
-    buf = (np.repeat((seqs * 131).astype(np.uint8), lens) + (pos * 7).astype(np.uint8) + np.uint8(incarnation))
+    buf = np.repeat((seqs * 131).astype(np.uint8), lens) + (pos * 7).astype(np.uint8) + np.uint8(incarnation)
     buf = buf.astype(np.uint8)
     buf[starts[:, None] + _ARANGE8] = seqs.astype("<u8").view(np.uint8).reshape(count, 8)
     buf[starts + 8] = incarnation
@@ -59,8 +59,9 @@ def check_block(block: ring.RecordBlock) -> tuple[np.ndarray, np.ndarray]:
     seqs = u8[starts[:, None] + _ARANGE8].copy().view("<u8").ravel()
     incs = u8[starts + 8]
     pos = np.arange(u8.size, dtype=np.int64) - np.repeat(starts, lens)
-    expect = (np.repeat((seqs * 131).astype(np.uint8), lens) + (pos * 7).astype(np.uint8)
-              + np.repeat(incs, lens)).astype(np.uint8)
+    expect = (
+        np.repeat((seqs * 131).astype(np.uint8), lens) + (pos * 7).astype(np.uint8) + np.repeat(incs, lens)
+    ).astype(np.uint8)
     body = pos >= 9
     bad = np.flatnonzero((u8 != expect) & body)
     assert bad.size == 0, f"corrupt byte at {bad[0]} of a block of {len(block)} records"
@@ -166,8 +167,13 @@ def role_owner(prefix: str, mode: str) -> int:
     return 0
 
 
-ROLES = {"writer": role_writer, "reader": role_reader, "idle_reader": role_idle_reader, "hold": role_hold,
-         "owner": role_owner}
+ROLES = {
+    "writer": role_writer,
+    "reader": role_reader,
+    "idle_reader": role_idle_reader,
+    "hold": role_hold,
+    "owner": role_owner,
+}
 
 
 def _main(argv: list[str]) -> int:
@@ -371,8 +377,7 @@ def test_stale_segments_of_a_sigkilled_owner_are_cleaned(children):
         segs, sems = segments.list_names(prefix)
         assert len(segs) == 3 and len(sems) == 6
         removed = segments.cleanup_stale(prefix)
-        assert sorted(removed) == sorted(n for r in ("r1", "r2") for n in (
-            prefix + r, *segments.sem_names(prefix + r)))
+        assert sorted(removed) == sorted(n for r in ("r1", "r2") for n in (prefix + r, *segments.sem_names(prefix + r)))
         assert segments.list_names(prefix) == ([live_name], sorted(segments.sem_names(live_name)))
     assert segments.list_names(prefix) == ([], [])
 

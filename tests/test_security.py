@@ -73,9 +73,24 @@ def _port_base(h: Harness) -> int:
 
 def _status_json(h: Harness) -> str:
     c = h.configs[0]
-    out = subprocess.run([sys.executable, "-m", "shmraft.cli.supervisor", "status", "--json", "--data-dir",
-                          str(c.data_dir), "--port-base", str(_port_base(h)), "--cluster-id", c.cluster_id],
-                         capture_output=True, text=True, timeout=60)
+    out = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "shmraft.cli.supervisor",
+            "status",
+            "--json",
+            "--data-dir",
+            str(c.data_dir),
+            "--port-base",
+            str(_port_base(h)),
+            "--cluster-id",
+            c.cluster_id,
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert out.stdout.strip(), out.stderr
     return out.stdout
 
@@ -106,6 +121,7 @@ def test_a_stranger_is_refused_on_both_sides_and_cannot_join(tmp_path: Path, str
         def refused_and_logged() -> bool:
             text = _logs(h)
             return _refusals(h, 1) + _refusals(h, 2) > 0 and ours in text and theirs in text
+
         wait_for(refused_and_logged, STARTUP_S, "the refusal counted and logged on both sides")
         s3 = h.state(3)
         assert s3 is not None and s3["leader_id"] == 0 and s3["commit_index"] == 0, s3  # never joined
@@ -137,20 +153,67 @@ def _openssl(*args: str, cwd: Path) -> None:
 
 def make_ca(directory: Path, name: str) -> tuple[Path, Path]:
     """A throw-away CA (EC P-256, one day): (certificate, key)."""
-    _openssl("req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes",
-             "-keyout", f"{name}.key", "-out", f"{name}.pem", "-days", "1", "-subj", f"/CN={name}", cwd=directory)
+    _openssl(
+        "req",
+        "-x509",
+        "-newkey",
+        "ec",
+        "-pkeyopt",
+        "ec_paramgen_curve:prime256v1",
+        "-nodes",
+        "-keyout",
+        f"{name}.key",
+        "-out",
+        f"{name}.pem",
+        "-days",
+        "1",
+        "-subj",
+        f"/CN={name}",
+        cwd=directory,
+    )
     return directory / f"{name}.pem", directory / f"{name}.key"
 
 
 def make_cert(directory: Path, ca: tuple[Path, Path], name: str) -> tuple[Path, Path]:
     """A certificate for 127.0.0.1 and localhost signed by `ca`, good for server and client use."""
     ext = directory / f"{name}.ext"
-    ext.write_text("subjectAltName = IP:127.0.0.1, DNS:localhost\nbasicConstraints = CA:FALSE\n"
-                   "keyUsage = digitalSignature, keyEncipherment\nextendedKeyUsage = serverAuth, clientAuth\n")
-    _openssl("req", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes", "-keyout", f"{name}.key",
-             "-out", f"{name}.csr", "-subj", f"/CN={name}", cwd=directory)
-    _openssl("x509", "-req", "-in", f"{name}.csr", "-CA", str(ca[0]), "-CAkey", str(ca[1]), "-CAcreateserial",
-             "-out", f"{name}.pem", "-days", "1", "-extfile", str(ext), cwd=directory)
+    ext.write_text(
+        "subjectAltName = IP:127.0.0.1, DNS:localhost\nbasicConstraints = CA:FALSE\n"
+        "keyUsage = digitalSignature, keyEncipherment\nextendedKeyUsage = serverAuth, clientAuth\n"
+    )
+    _openssl(
+        "req",
+        "-newkey",
+        "ec",
+        "-pkeyopt",
+        "ec_paramgen_curve:prime256v1",
+        "-nodes",
+        "-keyout",
+        f"{name}.key",
+        "-out",
+        f"{name}.csr",
+        "-subj",
+        f"/CN={name}",
+        cwd=directory,
+    )
+    _openssl(
+        "x509",
+        "-req",
+        "-in",
+        f"{name}.csr",
+        "-CA",
+        str(ca[0]),
+        "-CAkey",
+        str(ca[1]),
+        "-CAcreateserial",
+        "-out",
+        f"{name}.pem",
+        "-days",
+        "1",
+        "-extfile",
+        str(ext),
+        cwd=directory,
+    )
     os.chmod(directory / f"{name}.key", 0o600)
     return directory / f"{name}.pem", directory / f"{name}.key"
 
@@ -172,8 +235,9 @@ def secure(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Harness, 
     data = root / "data"
     data.mkdir(mode=0o755)
     os.chmod(data, 0o755)  # an existing, too open data dir: the node must tighten it
-    h = Harness(data, tls_cert_file=str(cert), tls_key_file=str(key), tls_ca_file=str(ca[0]),
-                client_token_file=str(token_file))
+    h = Harness(
+        data, tls_cert_file=str(cert), tls_key_file=str(key), tls_ca_file=str(ca[0]), client_token_file=str(token_file)
+    )
     h.client_options = {"tls_ca": str(ca[0]), "token": TOKEN}
     files = {"ca": ca[0], "other_ca": other_ca[0], "token_file": token_file}
     try:
@@ -232,20 +296,37 @@ def test_client_token_is_required_and_checked(secure) -> None:
     with h.client() as client:  # the node keeps serving the others
         offset = client.produce(b"with-token")
         assert [r.value for r in islice(client.consume(offset), 1)] == [b"with-token"]
-    wait_for(lambda: "wrong token" in _logs(h) and "METADATA before AUTH" in _logs(h), 30,
-             "the refusals logged (without the token)")
+    wait_for(
+        lambda: "wrong token" in _logs(h) and "METADATA before AUTH" in _logs(h),
+        30,
+        "the refusals logged (without the token)",
+    )
 
 
 def test_cli_uses_token_file_and_ca(secure) -> None:
     h, files = secure
     env = {**os.environ, "SHMRAFT_TOKEN_FILE": str(files["token_file"])}
-    base = [sys.executable, "-m", "shmraft.cli.client", "--addresses", ",".join(h.addresses), "--tls-ca",
-            str(files["ca"]), "--timeout", "20"]
+    base = [
+        sys.executable,
+        "-m",
+        "shmraft.cli.client",
+        "--addresses",
+        ",".join(h.addresses),
+        "--tls-ca",
+        str(files["ca"]),
+        "--timeout",
+        "20",
+    ]
     out = subprocess.run([*base, "produce", "from-cli"], capture_output=True, text=True, timeout=60, env=env)
     assert out.returncode == 0, out.stderr
     offset = int(out.stdout.split()[0])
-    out = subprocess.run([*base, "consume", "--from", str(offset), "--max", "1", "--json"], capture_output=True,
-                         text=True, timeout=60, env=env)
+    out = subprocess.run(
+        [*base, "consume", "--from", str(offset), "--max", "1", "--json"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env=env,
+    )
     assert out.returncode == 0 and json.loads(out.stdout) == {"offset": offset, "value": "from-cli"}, out.stderr
     bad = _private(Path(files["token_file"]).parent / "bad.token", b"nope")
     out = subprocess.run([*base, "--token-file", str(bad), "leader"], capture_output=True, text=True, timeout=60)
@@ -256,12 +337,19 @@ def test_secrets_appear_in_no_log_status_metrics_or_config_dump(secure) -> None:
     h, _ = secure
     secret = Path(h.configs[0].cluster_secret_file).read_bytes()
     assert len(secret) == 32
-    metrics = "".join(urllib.request.urlopen(f"http://127.0.0.1:{c.me.metrics_port}/metrics", timeout=10).read()
-                      .decode() for c in h.configs)
+    metrics = "".join(
+        urllib.request.urlopen(f"http://127.0.0.1:{c.me.metrics_port}/metrics", timeout=10).read().decode()
+        for c in h.configs
+    )
     node_json = "".join((c.node_dir / "node.json").read_text() for c in h.configs)
     reprs = "".join(repr(c) for c in h.configs)
-    for where, text in (("logs", _logs(h)), ("status --json", _status_json(h)), ("metrics", metrics),
-                        ("node.json", node_json), ("config repr", reprs)):
+    for where, text in (
+        ("logs", _logs(h)),
+        ("status --json", _status_json(h)),
+        ("metrics", metrics),
+        ("node.json", node_json),
+        ("config repr", reprs),
+    ):
         for needle in (secret.hex(), secret.decode("latin-1"), TOKEN.decode()):
             assert needle not in text, f"a secret in {where}"
         assert len(text) > 100, where
@@ -286,11 +374,27 @@ def test_supervisor_refuses_a_secret_file_others_can_read(tmp_path: Path) -> Non
     secret.write_bytes(os.urandom(32))
     os.chmod(secret, 0o644)
     conf = tmp_path / "one.toml"
-    conf.write_text((REPO / "conf" / "three-hosts.toml").read_text()
-                    .replace('"/etc/shmraft/cluster.secret"', json.dumps(str(secret)))
-                    .replace('"0.0.0.0"', '"127.0.0.1"'))
-    out = subprocess.run([sys.executable, "-m", "shmraft.cli.supervisor", "up", "--config", str(conf), "--data-dir",
-                          str(tmp_path / "d")], capture_output=True, text=True, timeout=60)
+    conf.write_text(
+        (REPO / "conf" / "three-hosts.toml")
+        .read_text()
+        .replace('"/etc/shmraft/cluster.secret"', json.dumps(str(secret)))
+        .replace('"0.0.0.0"', '"127.0.0.1"')
+    )
+    out = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "shmraft.cli.supervisor",
+            "up",
+            "--config",
+            str(conf),
+            "--data-dir",
+            str(tmp_path / "d"),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert out.returncode == 2, out
     assert str(secret) in out.stderr and "mode 0644" in out.stderr and secret.read_bytes().hex() not in out.stderr
 
@@ -314,8 +418,7 @@ def _answer(sock: socket.socket, timeout_s: float = 10.0) -> cp.Message | None:
 
 
 def test_connection_request_and_peer_inbound_limits_are_enforced(tmp_path: Path) -> None:
-    h = Harness(tmp_path, client_connections_max=3, client_request_bytes_max=64 * 1024,
-                peer_inbound_connections_max=6)
+    h = Harness(tmp_path, client_connections_max=3, client_request_bytes_max=64 * 1024, peer_inbound_connections_max=6)
     held: list[socket.socket] = []
     try:
         h.start()
@@ -352,8 +455,11 @@ def test_connection_request_and_peer_inbound_limits_are_enforced(tmp_path: Path)
         assert closed >= 12 - 6 + 2, closed
         with h.client() as client:  # the node kept serving through all of it
             assert client.produce(b"after the limits") >= 0
-        wait_for(lambda: "client_connections_max" in _logs(h) and "peer_inbound_connections_max" in _logs(h), 30,
-                 "the limits logged by name")
+        wait_for(
+            lambda: "client_connections_max" in _logs(h) and "peer_inbound_connections_max" in _logs(h),
+            30,
+            "the limits logged by name",
+        )
     finally:
         for s in held:
             s.close()

@@ -25,8 +25,16 @@ def test_300_seeds_hold_every_invariant_and_exercise_every_fault():
     assert summary["violations"] == 0, summary["failed_seeds"]
     assert summary["seeds"] == 300
     faults = summary["faults"]
-    for kind in (*FAULT_KINDS, "drop", "duplicate", "reorder_delay", "power_loss", "restart", "clock_drift",
-                 "log_loss"):
+    for kind in (
+        *FAULT_KINDS,
+        "drop",
+        "duplicate",
+        "reorder_delay",
+        "power_loss",
+        "restart",
+        "clock_drift",
+        "log_loss",
+    ):
         assert faults.get(kind, 0) > 0, kind
     assert summary["elections"] > 300 and summary["committed_entries"] > 10_000
     assert summary["truncations"] > 0  # conflicting suffixes were really replaced somewhere
@@ -50,8 +58,9 @@ def first_failing_seed(options: SimOptions, limit: int) -> int | None:
     return None
 
 
-@pytest.mark.parametrize(("mutation", "limit"), [("vote_ignores_log", 30), ("append_ignores_prev_term", 60),
-                                                 ("recovering_votes", 30)])
+@pytest.mark.parametrize(
+    ("mutation", "limit"), [("vote_ignores_log", 30), ("append_ignores_prev_term", 60), ("recovering_votes", 30)]
+)
 def test_simulator_catches_a_broken_safety_rule(mutation, limit):
     assert first_failing_seed(SimOptions(mutation=mutation), limit) is not None
 
@@ -61,8 +70,13 @@ def test_simulator_catches_lost_commits_under_fsync_never_with_power_loss():
 
 
 def test_cli_prints_a_json_summary_last_and_exits_zero():
-    out = subprocess.run([sys.executable, str(SIMULATE), "--seeds", "3", "--json"], capture_output=True,
-                         text=True, timeout=120, check=False)
+    out = subprocess.run(
+        [sys.executable, str(SIMULATE), "--seeds", "3", "--json"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
     assert out.returncode == 0, out.stderr
     summary = json.loads(out.stdout.strip().splitlines()[-1])
     for key in ("seeds", "violations", "steps", "elections", "faults", "committed_entries"):
@@ -72,8 +86,13 @@ def test_cli_prints_a_json_summary_last_and_exits_zero():
 
 def test_cli_reports_a_failing_seed_with_its_replay_command_and_exits_nonzero():
     seed = first_failing_seed(SimOptions(mutation="vote_ignores_log"), 30)
-    out = subprocess.run([sys.executable, str(SIMULATE), "--seed", str(seed), "--mutate", "vote_ignores_log",
-                          "--trace"], capture_output=True, text=True, timeout=120, check=False)
+    out = subprocess.run(
+        [sys.executable, str(SIMULATE), "--seed", str(seed), "--mutate", "vote_ignores_log", "--trace"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
     assert out.returncode == 1
     assert f"FAILED seed {seed}" in out.stdout
     assert f"--seed {seed} --mutate vote_ignores_log --trace" in out.stdout

@@ -155,15 +155,19 @@ def spawn() -> Iterator:
         child.kill()
 
 
-def run_round(spawn, path: Path, mode: str, seed: int, rng: random.Random,
-              ops_before_kill: int = OPS_BEFORE_KILL) -> Child:
+def run_round(
+    spawn, path: Path, mode: str, seed: int, rng: random.Random, ops_before_kill: int = OPS_BEFORE_KILL
+) -> Child:
     child = spawn(path, mode, seed)
     assert child.ready.wait(READY_TIMEOUT_S), "child never became ready"
     if child.proc.poll() is not None:
         pytest.fail(f"child exited early: {child.stderr()}")
     # a few appends done first (however slow fsync is on this machine), then the kill at a seeded random moment
-    wait_for(lambda: len(child.ops()[0]) >= ops_before_kill or child.proc.poll() is not None, OPS_TIMEOUT_S,
-             f"{ops_before_kill} completed appends")
+    wait_for(
+        lambda: len(child.ops()[0]) >= ops_before_kill or child.proc.poll() is not None,
+        OPS_TIMEOUT_S,
+        f"{ops_before_kill} completed appends",
+    )
     if child.proc.poll() is not None:
         pytest.fail(f"child exited early: {child.stderr()}")
     time.sleep(rng.uniform(0.0, 0.35))  # the kill point, not a synchronisation
@@ -226,8 +230,14 @@ def test_sigkill_during_suffix_truncation_is_atomic(tmp_path: Path, spawn) -> No
     before: Op | None = None  # the last op known to be durable, across rounds
     for round_no in range(5):
         # round 0 may be killed before its first write is done (the empty-log case), later rounds after a few
-        child = run_round(spawn, path, "truncate", seed=1000 + round_no, rng=rng,
-                          ops_before_kill=0 if round_no == 0 else OPS_BEFORE_KILL)
+        child = run_round(
+            spawn,
+            path,
+            "truncate",
+            seed=1000 + round_no,
+            rng=rng,
+            ops_before_kill=0 if round_no == 0 else OPS_BEFORE_KILL,
+        )
         done, pending = child.ops()
         assert child.lines[0] == f"R {before.end if before else 0}"
         if done:

@@ -57,8 +57,21 @@ os._exit(0)  # no close: as after SIGKILL, the newest entries are only in the WA
 def _build(node_dir: Path, flush_at: int | None) -> None:
     """In a child process that dies without closing: ENTRIES entries, the first ones flushed to an SST.
     (A subprocess, not fork: RocksDB's thread pool does not survive a fork.)"""
-    subprocess.run([sys.executable, "-c", _BUILDER, str(node_dir), str(flush_at or 0), str(TERM), str(VOTE),
-                    str(ENTRIES), str(ENTRY_BYTES)], check=True, timeout=120)
+    subprocess.run(
+        [
+            sys.executable,
+            "-c",
+            _BUILDER,
+            str(node_dir),
+            str(flush_at or 0),
+            str(TERM),
+            str(VOTE),
+            str(ENTRIES),
+            str(ENTRY_BYTES),
+        ],
+        check=True,
+        timeout=120,
+    )
 
 
 def _check_consistent(nl) -> None:
@@ -80,8 +93,9 @@ def test_clean_log_opens_verified_with_its_vote(tmp_path: Path) -> None:
         nl.close()
 
 
-@pytest.mark.parametrize("kind", ["sst_flip", "sst_truncate", "wal_flip", "wal_truncate", "manifest_garble",
-                                  "current_garble"])
+@pytest.mark.parametrize(
+    "kind", ["sst_flip", "sst_truncate", "wal_flip", "wal_truncate", "manifest_garble", "current_garble"]
+)
 def test_each_corruption_is_detected_quarantined_and_the_vote_kept(tmp_path: Path, kind: str) -> None:
     _build(tmp_path, flush_at=300)
     log_dir = node_log_dir(tmp_path)

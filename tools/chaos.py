@@ -240,10 +240,21 @@ class NetnsCluster(LocalCluster):
         assert self.log_dir is not None
         self.log_dir.mkdir(parents=True, exist_ok=True)
         with open(self.log_dir / f"node{node_id}.log", "ab") as out:
-            proc = subprocess.Popen([*self.net.exec_prefix(node_id), sys.executable, "-m", "shmraft.cli.supervisor",
-                                     "node", "--config-json", str(path)],
-                                    stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                                    start_new_session=True)
+            proc = subprocess.Popen(
+                [
+                    *self.net.exec_prefix(node_id),
+                    sys.executable,
+                    "-m",
+                    "shmraft.cli.supervisor",
+                    "node",
+                    "--config-json",
+                    str(path),
+                ],
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+                start_new_session=True,
+            )
         self.procs[node_id] = proc
         return proc
 
@@ -295,36 +306,52 @@ class Campaign:
                 self.net = None
                 self.netns_reason = str(exc)
         if self.net is None:
-            self.log(f"chaos: NO NETWORK NAMESPACES ({self.netns_reason}): running on 127.0.0.1 without the "
-                     "partition faults (proxy, process and disk faults still run)")
+            self.log(
+                f"chaos: NO NETWORK NAMESPACES ({self.netns_reason}): running on 127.0.0.1 without the "
+                "partition faults (proxy, process and disk faults still run)"
+            )
         else:
-            self.log(f"chaos: network namespaces {[self.net.netns(n) for n in range(1, NODES + 1)]} on bridge "
-                     f"{self.net.bridge}, subnet {self.net.subnet} (proxy at {self.net.root_ip})")
+            self.log(
+                f"chaos: network namespaces {[self.net.netns(n) for n in range(1, NODES + 1)]} on bridge "
+                f"{self.net.bridge}, subnet {self.net.subnet} (proxy at {self.net.root_ip})"
+            )
         self.root = Path(tempfile.mkdtemp(prefix=f"{TEMP_PREFIX}{os.getpid()}-", dir=self.args.tmp))
         os.chmod(self.root, 0o700)
         if self.net is not None:
-            members = tuple(Member(n, self.net.ip(n), *(PORT_BASE_NETNS + 100 * n + k for k in range(1, 5)))
-                            for n in range(1, NODES + 1))
+            members = tuple(
+                Member(n, self.net.ip(n), *(PORT_BASE_NETNS + 100 * n + k for k in range(1, 5)))
+                for n in range(1, NODES + 1)
+            )
         else:
             base = lg.free_port_base(NODES)
-            members = tuple(Member(n, "127.0.0.1", *(base + 100 * n + k for k in range(1, 5)))
-                            for n in range(1, NODES + 1))
+            members = tuple(
+                Member(n, "127.0.0.1", *(base + 100 * n + k for k in range(1, 5))) for n in range(1, NODES + 1)
+            )
         overrides = self._proxy_routes(members)
         from shmraft.config import CLUSTER_SECRET_FILE_ENV, LOCAL_SECRET_NAME
 
         secret = os.environ.get(CLUSTER_SECRET_FILE_ENV) or str(self.root / LOCAL_SECRET_NAME)
-        self.configs = [NodeConfig(node_id=m.node_id, members=members, data_dir=self.root, cluster_id=self.cluster_id,
-                                   bind_host=m.host, peer_connect_overrides=overrides[m.node_id],
-                                   cluster_secret_file=secret)
-                        for m in members]
+        self.configs = [
+            NodeConfig(
+                node_id=m.node_id,
+                members=members,
+                data_dir=self.root,
+                cluster_id=self.cluster_id,
+                bind_host=m.host,
+                peer_connect_overrides=overrides[m.node_id],
+                cluster_secret_file=secret,
+            )
+            for m in members
+        ]
         if self.disk is not None:
             self.disk_node = random.Random(self.args.seed).randint(1, NODES)
             node_dir = self.configs[self.disk_node - 1].node_dir
             try:
                 self.disk.mount_small_disk(node_dir, SMALL_DISK_BYTES)
                 self.mounted.append(node_dir)
-                self.log(f"chaos: node {self.disk_node}'s data dir {node_dir} is on a {SMALL_DISK_BYTES >> 20} MiB "
-                         "disk")
+                self.log(
+                    f"chaos: node {self.disk_node}'s data dir {node_dir} is on a {SMALL_DISK_BYTES >> 20} MiB disk"
+                )
             except Exception as exc:
                 self.disk_reason = f"mount_small_disk failed: {type(exc).__name__}: {exc}"
                 self.disk = None
@@ -433,16 +460,22 @@ class Campaign:
             self.unhealthy_starts += 1
             self.log(f"chaos: cluster not whole after {HEALTH_WAIT_S:.0f} s ({why}); starting {p.kind} anyway")
         t = time.monotonic()
-        rec: dict[str, Any] = {"kind": p.kind, "planned_s": p.at_s, "start_s": round(self.now_s(), 2),
-                               "hold_s": p.hold_s, **p.params}
+        rec: dict[str, Any] = {
+            "kind": p.kind,
+            "planned_s": p.at_s,
+            "start_s": round(self.now_s(), 2),
+            "hold_s": p.hold_s,
+            **p.params,
+        }
         handler = getattr(self, "f_" + p.kind.split(":")[0].replace("-", "_"))
         detail = handler(p, rec)
         rec["detail"] = detail
         rec["end_s"] = round(self.now_s(), 2)
         t_healed = time.monotonic()
         # how long after the heal every node is back and following one leader (None: not within the wait)
-        rec["whole_after_ms"] = (None if self.wait_health(HEALTH_WAIT_S)
-                                 else round((time.monotonic() - t_healed) * 1000.0, 1))
+        rec["whole_after_ms"] = (
+            None if self.wait_health(HEALTH_WAIT_S) else round((time.monotonic() - t_healed) * 1000.0, 1)
+        )
         f = monitor.add_fault(p.kind, int(rec.get("node", 0)), rec.pop("t_in_force", t))
         rec["monitor"] = f
         self.log(f"[{rec['start_s']:7.2f} s] {p.kind}: {detail} (healed at {rec['end_s']:.2f} s)")
@@ -560,8 +593,10 @@ class Campaign:
         self.net.block(a, b)
         self.hold(p.hold_s, rec)
         self.net.heal()
-        return (f"node {a} ({'leader' if a == leader else 'follower'}) -> node {b} dropped, {b} -> {a} fine, "
-                f"for {p.hold_s:.2f} s")
+        return (
+            f"node {a} ({'leader' if a == leader else 'follower'}) -> node {b} dropped, {b} -> {a} fine, "
+            f"for {p.hold_s:.2f} s"
+        )
 
     def _node_links(self, node: int) -> list[str]:
         return [n for n in self.proxy.links() if n.startswith(f"{node}>") or n.split(":")[0].endswith(f">{node}")]
@@ -733,8 +768,9 @@ def probe_until_committed(addresses: list[str], run_id: str, timeout_s: float) -
     return None
 
 
-def gather(outdir: Path, producers: int, run_id: str, size: int) -> tuple[dict[bytes, int], list[int], Counter,
-                                                                           np.ndarray, np.ndarray]:
+def gather(
+    outdir: Path, producers: int, run_id: str, size: int
+) -> tuple[dict[bytes, int], list[int], Counter, np.ndarray, np.ndarray]:
     """The producers' results (files written by loadgen.producer_main): acked value -> offset, and more."""
     acked: dict[bytes, int] = {}
     generated: list[int] = []
@@ -763,14 +799,21 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     ap.add_argument("--size", type=int, default=EVENT_BYTES_DEFAULT, help="event bytes")
     ap.add_argument("--no-netns", action="store_true", help="run on 127.0.0.1 even when namespaces work")
     ap.add_argument("--no-disk", action="store_true", help="leave out the disk faults")
-    ap.add_argument("--no-proxy", action="store_true",
-                    help="nodes connect to each other directly, not through the fault proxy (no proxy faults): "
-                         "for partitions that only the nodes' own sockets see")
+    ap.add_argument(
+        "--no-proxy",
+        action="store_true",
+        help="nodes connect to each other directly, not through the fault proxy (no proxy faults): "
+        "for partitions that only the nodes' own sockets see",
+    )
     ap.add_argument("--tmp", default=None, help="parent of the run's temp dir")
     ap.add_argument("--keep", action="store_true", help="keep the temp dir (node logs) afterwards")
     ap.add_argument("--kinds", default=None, help="comma-separated fault kinds to use (default: every available)")
-    ap.add_argument("--hold-s", type=float, default=None,
-                    help="hold every fault this long instead of the seeded 0.5-4 s (long partitions, pauses)")
+    ap.add_argument(
+        "--hold-s",
+        type=float,
+        default=None,
+        help="hold every fault this long instead of the seeded 0.5-4 s (long partitions, pauses)",
+    )
     ap.add_argument("--plan", action="store_true", help="print the schedule for --seed/--duration and exit")
     args = ap.parse_args(argv)
     if args.seed is None:
@@ -823,11 +866,14 @@ def main(argv: list[str] | None = None) -> int:
     outdir: Path | None = None
     try:
         camp.setup()
-        kinds = select_kinds(available_kinds(camp.net is not None, camp.disk is not None, camp.routed_via_proxy),
-                             args.kinds)
+        kinds = select_kinds(
+            available_kinds(camp.net is not None, camp.disk is not None, camp.routed_via_proxy), args.kinds
+        )
         schedule = plan(args.seed, args.duration, kinds, args.hold_s)
-        log(f"chaos: {len(schedule)} faults planned over {args.duration:g} s: {len(kinds)} kinds "
-            f"({', '.join(k.name for k in kinds)})")
+        log(
+            f"chaos: {len(schedule)} faults planned over {args.duration:g} s: {len(kinds)} kinds "
+            f"({', '.join(k.name for k in kinds)})"
+        )
         t_w = time.monotonic()
         with Client(camp.addresses, timeout_s=START_TIMEOUT_S) as c:
             c.produce(f"{run_id}:w:0:".encode())
@@ -835,17 +881,32 @@ def main(argv: list[str] | None = None) -> int:
 
         # --- load ---------------------------------------------------------------------------------------------
         outdir = Path(tempfile.mkdtemp(prefix=f"{TEMP_PREFIX}{os.getpid()}-out-", dir=args.tmp))
-        opts = {"run_id": run_id, "addresses": camp.addresses, "size": args.size, "batch": 32, "window": 8,
-                "linger_ms": 1.0, "rate": args.rate, "producers": args.producers,
-                "duration": 10 * args.duration + 3600, "quota": None, "client_timeout": CLIENT_TIMEOUT_S}
+        opts = {
+            "run_id": run_id,
+            "addresses": camp.addresses,
+            "size": args.size,
+            "batch": 32,
+            "window": 8,
+            "linger_ms": 1.0,
+            "rate": args.rate,
+            "producers": args.producers,
+            "duration": 10 * args.duration + 3600,
+            "quota": None,
+            "client_timeout": CLIENT_TIMEOUT_S,
+        }
         stats_raw = ctx.RawArray("d", args.producers * lg.ST_FIELDS)
         hist_raw = ctx.RawArray("q", args.producers * lg.HIST_BUCKETS)
         stats = np.frombuffer(stats_raw, dtype=np.float64)
         stop_load = ctx.Event()
         t_start = time.monotonic() + 2.0 + 0.5 * args.producers
-        procs = [ctx.Process(target=lg.producer_main, args=(k, opts, t_start, stop_load, stats_raw, hist_raw,
-                                                            str(outdir)), daemon=True)
-                 for k in range(args.producers)]
+        procs = [
+            ctx.Process(
+                target=lg.producer_main,
+                args=(k, opts, t_start, stop_load, stats_raw, hist_raw, str(outdir)),
+                daemon=True,
+            )
+            for k in range(args.producers)
+        ]
         for p in procs:
             p.start()
         camp.t0 = t_start
@@ -878,8 +939,11 @@ def main(argv: list[str] | None = None) -> int:
         log(f"chaos: everything healed at {t_heal - t_start:.1f} s; waiting for a commit")
         rec_s = probe_until_committed(camp.addresses, run_id, RECOVERY_TIMEOUT_S)
         recovered = rec_s is not None
-        log(f"chaos: committing again {rec_s * 1000:.0f} ms after the heal" if rec_s is not None
-            else f"chaos: NOT RECOVERED: no commit in {RECOVERY_TIMEOUT_S:.0f} s after the heal")
+        log(
+            f"chaos: committing again {rec_s * 1000:.0f} ms after the heal"
+            if rec_s is not None
+            else f"chaos: NOT RECOVERED: no commit in {RECOVERY_TIMEOUT_S:.0f} s after the heal"
+        )
         stop_load.set()
         for p in procs:
             p.join(PRODUCER_DRAIN_S)
@@ -894,11 +958,31 @@ def main(argv: list[str] | None = None) -> int:
             log(f"chaos: the cluster is not whole after healing: {why}")
         log(f"chaos: verifying {len(camp.addresses)} node logs ({len(acked):,} acknowledged events) ...")
         v = lg.verify(run_id, camp.addresses, acked, generated, camp.nodes, log, wait_s=RECOVERY_TIMEOUT_S)
-        report = build_report(args, camp, monitor, v, acked, errors, due_all, ack_all, t_start, recovered, rec_s,
-                              time.monotonic() - t_begin, bool(why))
+        report = build_report(
+            args,
+            camp,
+            monitor,
+            v,
+            acked,
+            errors,
+            due_all,
+            ack_all,
+            t_start,
+            recovered,
+            rec_s,
+            time.monotonic() - t_begin,
+            bool(why),
+        )
         print_report(report, camp)
-        failed = (v["lost"] or v["duplicated"] or v["divergent"] or v["invented"] or v["misplaced"]
-                  or v["read_errors"] or not recovered)
+        failed = (
+            v["lost"]
+            or v["duplicated"]
+            or v["divergent"]
+            or v["invented"]
+            or v["misplaced"]
+            or v["read_errors"]
+            or not recovered
+        )
         if args.json:
             print(json.dumps(report, separators=(",", ":")), flush=True)
         return 1 if failed else 0
@@ -918,9 +1002,21 @@ def main(argv: list[str] | None = None) -> int:
         camp.teardown()
 
 
-def build_report(args: argparse.Namespace, camp: Campaign, monitor: lg.Monitor, v: dict[str, Any],
-                 acked: dict[bytes, int], errors: Counter, due_all: np.ndarray, ack_all: np.ndarray, t_start: float,
-                 recovered: bool, rec_s: float | None, elapsed_s: float, not_whole: bool) -> dict[str, Any]:
+def build_report(
+    args: argparse.Namespace,
+    camp: Campaign,
+    monitor: lg.Monitor,
+    v: dict[str, Any],
+    acked: dict[bytes, int],
+    errors: Counter,
+    due_all: np.ndarray,
+    ack_all: np.ndarray,
+    t_start: float,
+    recovered: bool,
+    rec_s: float | None,
+    elapsed_s: float,
+    not_whole: bool,
+) -> dict[str, Any]:
     for f, t in zip(monitor.faults, monitor.fault_times, strict=True):
         later = ack_all[due_all >= t]  # the first ack of an event sent after the fault
         f["unavailability_ms"] = round((float(later.min()) - t) * 1000.0, 1) if later.size else None
@@ -950,8 +1046,10 @@ def build_report(args: argparse.Namespace, camp: Campaign, monitor: lg.Monitor, 
         "recovered": recovered,
         "recovery_ms": round(rec_s * 1000.0, 1) if rec_s is not None else None,
         "whole_after_heal": not not_whole,
-        "unavailability": {"longest_ack_gap_ms": round(float(gaps.max()) * 1000.0, 1) if gaps.size else None,
-                           "time_in_gaps_over_1s_s": round(float(gaps[gaps > 1.0].sum()), 2)},
+        "unavailability": {
+            "longest_ack_gap_ms": round(float(gaps.max()) * 1000.0, 1) if gaps.size else None,
+            "time_in_gaps_over_1s_s": round(float(gaps[gaps > 1.0].sum()), 2),
+        },
         "client_errors": dict(errors),
         "leader_changes": monitor.leader_changes,
         "leaders_seen": monitor.leaders_seen,
@@ -963,15 +1061,19 @@ def build_report(args: argparse.Namespace, camp: Campaign, monitor: lg.Monitor, 
 
 
 def print_report(report: dict[str, Any], camp: Campaign) -> None:
-    lines = [f"chaos run, seed {report['seed']}: network namespaces {'yes' if report['netns'] else 'NO'}, "
-             f"disk faults {'yes' if report['disk_faults'] else 'no'}"]
+    lines = [
+        f"chaos run, seed {report['seed']}: network namespaces {'yes' if report['netns'] else 'NO'}, "
+        f"disk faults {'yes' if report['disk_faults'] else 'no'}"
+    ]
     by_kind: dict[str, list[str]] = {}
     for f in report["fault_log"]:
         u = f["unavailability_ms"]
         w = f.get("whole_after_ms")
         by_kind.setdefault(f["kind"], []).append(
-            f"{f['start_s']:.1f}s" + (f" ({u:.0f} ms" if u is not None else " (-")
-            + (f", whole {w:.0f} ms after the heal)" if w is not None else ", NOT whole after the heal)"))
+            f"{f['start_s']:.1f}s"
+            + (f" ({u:.0f} ms" if u is not None else " (-")
+            + (f", whole {w:.0f} ms after the heal)" if w is not None else ", NOT whole after the heal)")
+        )
     lines.append("  faults by kind (start time, client-seen unavailability: fault to first ack of a later event;")
     lines.append("  the cluster whole again: every node up and following one leader):")
     for kind in sorted(by_kind):
@@ -979,13 +1081,19 @@ def print_report(report: dict[str, Any], camp: Campaign) -> None:
     if report["fault_errors"]:
         lines.append(f"  faults that failed: {report['fault_errors']}")
     u = report["unavailability"]
-    lines.append(f"  longest gap between acknowledgements {u['longest_ack_gap_ms']} ms; time in gaps over 1 s "
-                 f"{u['time_in_gaps_over_1s_s']} s; leader changes {report['leader_changes']}")
-    lines.append(f"  acknowledged {report['acknowledged']:,}  lost {report['lost']}  "
-                 f"duplicates {report['duplicates']}  "
-                 f"divergent {report['divergent']}  invented {report['invented']}  misplaced {report['misplaced']}")
-    lines.append(f"  recovered {report['recovered']} ({report['recovery_ms']} ms after the final heal); "
-                 f"elapsed {report['elapsed_s']} s")
+    lines.append(
+        f"  longest gap between acknowledgements {u['longest_ack_gap_ms']} ms; time in gaps over 1 s "
+        f"{u['time_in_gaps_over_1s_s']} s; leader changes {report['leader_changes']}"
+    )
+    lines.append(
+        f"  acknowledged {report['acknowledged']:,}  lost {report['lost']}  "
+        f"duplicates {report['duplicates']}  "
+        f"divergent {report['divergent']}  invented {report['invented']}  misplaced {report['misplaced']}"
+    )
+    lines.append(
+        f"  recovered {report['recovered']} ({report['recovery_ms']} ms after the final heal); "
+        f"elapsed {report['elapsed_s']} s"
+    )
     print("\n".join(lines), flush=True)
 
 

@@ -103,8 +103,8 @@ def make_value(prefix: bytes, seq: int, size: int) -> bytes:
 def producer_main(k: int, opts: dict, t_start: float, stop, stats, hist, outdir: str) -> None:
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent stops the children itself
     signal.signal(signal.SIGTERM, signal.SIG_DFL)
-    st = np.frombuffer(stats, dtype=np.float64)[k * ST_FIELDS:(k + 1) * ST_FIELDS]
-    h = np.frombuffer(hist, dtype=np.int64)[k * HIST_BUCKETS:(k + 1) * HIST_BUCKETS]
+    st = np.frombuffer(stats, dtype=np.float64)[k * ST_FIELDS : (k + 1) * ST_FIELDS]
+    h = np.frombuffer(hist, dtype=np.int64)[k * HIST_BUCKETS : (k + 1) * HIST_BUCKETS]
     lock = threading.Lock()
     acked_seqs = array("q")
     acked_offsets = array("q")
@@ -139,8 +139,9 @@ def producer_main(k: int, opts: dict, t_start: float, stop, stats, hist, outdir:
     buffer_events = max(2 * window * batch, 4096)
 
     def new_producer():
-        return client.producer(window=window, batch_events=batch, linger_ms=opts["linger_ms"],
-                               buffer_events=buffer_events)
+        return client.producer(
+            window=window, batch_events=batch, linger_ms=opts["linger_ms"], buffer_events=buffer_events
+        )
 
     prod = new_producer()
     while time.monotonic() < t_start and not stop.is_set():
@@ -182,10 +183,14 @@ def producer_main(k: int, opts: dict, t_start: float, stop, stats, hist, outdir:
         errors[f"close:{type(exc).__name__}"] += 1
     client.close()
     with lock:
-        np.savez(Path(outdir) / f"p{k}.npz", seqs=np.frombuffer(acked_seqs, dtype=np.int64) if acked_seqs else
-                 np.zeros(0, np.int64), offsets=np.frombuffer(acked_offsets, dtype=np.int64) if acked_offsets else
-                 np.zeros(0, np.int64), generated=np.int64(seq),
-                 due=np.array(chunk_due, dtype=np.float64), ack=np.array(chunk_ack, dtype=np.float64))
+        np.savez(
+            Path(outdir) / f"p{k}.npz",
+            seqs=np.frombuffer(acked_seqs, dtype=np.int64) if acked_seqs else np.zeros(0, np.int64),
+            offsets=np.frombuffer(acked_offsets, dtype=np.int64) if acked_offsets else np.zeros(0, np.int64),
+            generated=np.int64(seq),
+            due=np.array(chunk_due, dtype=np.float64),
+            ack=np.array(chunk_ack, dtype=np.float64),
+        )
         (Path(outdir) / f"p{k}.json").write_text(json.dumps({"errors": dict(errors), "generated": seq}))
 
 
@@ -286,9 +291,15 @@ class Nodes:
             log_dir = Path(config.data_dir) / "logs"
             log_dir.mkdir(parents=True, exist_ok=True)
             with open(log_dir / f"node{node_id}.log", "ab") as out:
-                self.detached.append(subprocess.Popen(
-                    [sys.executable, "-m", "shmraft.cli.supervisor", "node", "--config-json", str(path)],
-                    stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True))
+                self.detached.append(
+                    subprocess.Popen(
+                        [sys.executable, "-m", "shmraft.cli.supervisor", "node", "--config-json", str(path)],
+                        stdout=out,
+                        stderr=subprocess.STDOUT,
+                        stdin=subprocess.DEVNULL,
+                        start_new_session=True,
+                    )
+                )
         self.down.discard(node_id)
 
     def kill_worker(self, node_id: int, worker: Worker) -> int:
@@ -323,8 +334,9 @@ class Monitor(threading.Thread):
     """Polls the leader (state blocks, or METADATA without them) and fills in each fault's unavailability:
     the time from the fault to the next event acknowledged to any producer."""
 
-    def __init__(self, nodes: Nodes | None, addresses: list[str], stats: np.ndarray, n_producers: int,
-                 t0: float) -> None:
+    def __init__(
+        self, nodes: Nodes | None, addresses: list[str], stats: np.ndarray, n_producers: int, t0: float
+    ) -> None:
         super().__init__(daemon=True, name="monitor")
         self.nodes = nodes
         self.addresses = addresses
@@ -340,8 +352,14 @@ class Monitor(threading.Thread):
         self._client: Client | None = None
 
     def add_fault(self, kind: str, node: int, t: float, **extra: Any) -> dict:
-        f = {"kind": kind, "time_s": round(t - self.t0, 3), "node": node, "unavailability_ms": None,
-             "first_ack_after_ms": None, **extra}
+        f = {
+            "kind": kind,
+            "time_s": round(t - self.t0, 3),
+            "node": node,
+            "unavailability_ms": None,
+            "first_ack_after_ms": None,
+            **extra,
+        }
         with self.lock:
             self.faults.append(f)
             self.fault_times.append(t)
@@ -396,8 +414,15 @@ def read_log(address: str, timeout_s: float = CLIENT_TIMEOUT_S) -> list[tuple[in
         return [(r.offset, bytes(r.value)) for r in c.consume(0)]
 
 
-def verify(run_id: str, addresses: list[str], acked: dict[bytes, int], generated: list[int], nodes: Nodes | None,
-           log, wait_s: float = 30.0) -> dict[str, Any]:
+def verify(
+    run_id: str,
+    addresses: list[str],
+    acked: dict[bytes, int],
+    generated: list[int],
+    nodes: Nodes | None,
+    log,
+    wait_s: float = 30.0,
+) -> dict[str, Any]:
     """Reads every node's committed log (from that node only) and checks it against what was produced."""
     deadline = time.monotonic() + wait_s
     if nodes is not None:  # until every node reports the same commit index (a restarted node catches up)
@@ -454,8 +479,15 @@ def verify(run_id: str, addresses: list[str], acked: dict[bytes, int], generated
                 ok = True  # the warm-up event
             if not ok:
                 invented.add(v)
-        per_node[a] = {"events": len(values), "ours": sum(ours.values()), "lost": len(lost), "duplicated": len(dups),
-                       "diverges_at": diverge_at, "offsets_increasing": ordered, "misplaced": misplaced_here}
+        per_node[a] = {
+            "events": len(values),
+            "ours": sum(ours.values()),
+            "lost": len(lost),
+            "duplicated": len(dups),
+            "diverges_at": diverge_at,
+            "offsets_increasing": ordered,
+            "misplaced": misplaced_here,
+        }
     found = len({v for v in longest_values if v in acked})
     result = {
         "acknowledged": len(acked),
@@ -470,9 +502,11 @@ def verify(run_id: str, addresses: list[str], acked: dict[bytes, int], generated
         "nodes_read": len(logs),
         "read_errors": read_errors,
         "per_node": per_node,
-        "examples": {"lost": [v[:40].decode(errors="replace") for v in list(lost_any)[:5]],
-                     "duplicated": [v[:40].decode(errors="replace") for v in list(dup_any)[:5]],
-                     "invented": [v[:40].decode(errors="replace") for v in list(invented)[:5]]},
+        "examples": {
+            "lost": [v[:40].decode(errors="replace") for v in list(lost_any)[:5]],
+            "duplicated": [v[:40].decode(errors="replace") for v in list(dup_any)[:5]],
+            "invented": [v[:40].decode(errors="replace") for v in list(invented)[:5]],
+        },
     }
     if read_errors:
         log(f"verify: could not read {sorted(read_errors)}: {read_errors}")
@@ -515,8 +549,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     if args.kill_worker:
         kind, _, where = args.kill_worker.partition("@")
         if kind.upper() not in Worker.__members__ or where not in ("", "leader", "follower"):
-            ap.error(f"--kill-worker: expected KIND[@leader|@follower] with KIND in "
-                     f"{[w.name.lower() for w in Worker]}, got {args.kill_worker!r}")
+            ap.error(
+                f"--kill-worker: expected KIND[@leader|@follower] with KIND in "
+                f"{[w.name.lower() for w in Worker]}, got {args.kill_worker!r}"
+            )
     return args
 
 
@@ -550,8 +586,9 @@ def main(argv: list[str] | None = None) -> int:
             root = Path(tempfile.mkdtemp(prefix="shmraft-loadgen-", dir=args.tmp))
             cluster_id = args.cluster_id or f"lg{os.getpid()}x{random.randrange(10**6)}"
             overrides = {"fsync": args.fsync} if args.fsync else {}
-            configs = local_cluster(root, count=args.nodes, port_base=free_port_base(args.nodes),
-                                    cluster_id=cluster_id, **overrides)
+            configs = local_cluster(
+                root, count=args.nodes, port_base=free_port_base(args.nodes), cluster_id=cluster_id, **overrides
+            )
             cluster = LocalCluster(configs, log_dir=root / "logs")
             nodes = Nodes(configs, cluster)
             log(f"loadgen: starting a {args.nodes}-node cluster {cluster_id} in {root}")
@@ -576,10 +613,19 @@ def main(argv: list[str] | None = None) -> int:
         if args.events is not None:
             base, extra = divmod(args.events, args.producers)
             quota = [base + (1 if k < extra else 0) for k in range(args.producers)]
-        opts = {"run_id": run_id, "addresses": addresses, "size": args.size, "batch": args.batch,
-                "window": args.window, "linger_ms": args.linger_ms, "rate": args.rate, "producers": args.producers,
-                "duration": args.duration if args.events is None else None, "quota": quota,
-                "client_timeout": args.client_timeout}
+        opts = {
+            "run_id": run_id,
+            "addresses": addresses,
+            "size": args.size,
+            "batch": args.batch,
+            "window": args.window,
+            "linger_ms": args.linger_ms,
+            "rate": args.rate,
+            "producers": args.producers,
+            "duration": args.duration if args.events is None else None,
+            "quota": quota,
+            "client_timeout": args.client_timeout,
+        }
         stats_raw = ctx.RawArray("d", args.producers * ST_FIELDS)
         hist_raw = ctx.RawArray("q", args.producers * HIST_BUCKETS)
         stats = np.frombuffer(stats_raw, dtype=np.float64)
@@ -587,8 +633,12 @@ def main(argv: list[str] | None = None) -> int:
         stop = ctx.Event()
         outdir = Path(tempfile.mkdtemp(prefix="shmraft-loadgen-out-", dir=args.tmp))
         t_start = time.monotonic() + 2.0 + 0.5 * args.producers  # spawning a process with numpy takes ~0.5-1 s
-        procs = [ctx.Process(target=producer_main, args=(k, opts, t_start, stop, stats_raw, hist_raw, str(outdir)),
-                             daemon=True) for k in range(args.producers)]
+        procs = [
+            ctx.Process(
+                target=producer_main, args=(k, opts, t_start, stop, stats_raw, hist_raw, str(outdir)), daemon=True
+            )
+            for k in range(args.producers)
+        ]
         for p in procs:
             p.start()
         monitor = Monitor(nodes, addresses, stats, args.producers, t_start)
@@ -644,6 +694,7 @@ def main(argv: list[str] | None = None) -> int:
                     if not stop_faults.wait(max(0.0, t_start - time.monotonic())):
                         until = t_start + args.duration - 1.0 if args.events is None else None
                         fault_loop(fn.__name__, every, fn, stop_faults, log, until)
+
                 threading.Thread(target=start, daemon=True).start()
 
             if args.kill_leader_every:
@@ -665,12 +716,15 @@ def main(argv: list[str] | None = None) -> int:
             if now - last_print >= 1.0 and now > t_start and (expect_long or now - t_start > 3):
                 st = stats.reshape(args.producers, ST_FIELDS)
                 acked = float(st[:, ST_ACKED].sum())
-                pct = hist_percentiles_ms(hist.reshape(args.producers, HIST_BUCKETS).sum(axis=0),
-                                          float(st[:, ST_MAX_LAT].max()))
-                log(f"[{now - t_start:6.1f} s] {(acked - last_acked) / (now - last_print):>9,.0f} ev/s  "
+                pct = hist_percentiles_ms(
+                    hist.reshape(args.producers, HIST_BUCKETS).sum(axis=0), float(st[:, ST_MAX_LAT].max())
+                )
+                log(
+                    f"[{now - t_start:6.1f} s] {(acked - last_acked) / (now - last_print):>9,.0f} ev/s  "
                     f"committed {acked:>11,.0f}  errors {st[:, ST_ERRORS].sum():,.0f}  "
                     f"p50 {pct['p50'] or 0:.1f} ms  p99 {pct['p99'] or 0:.1f} ms  "
-                    f"leader changes {monitor.leader_changes}")
+                    f"leader changes {monitor.leader_changes}"
+                )
                 last_print, last_acked = now, acked
         stop_faults.set()
         bad = [p.exitcode for p in procs if p.exitcode != 0]
@@ -728,9 +782,17 @@ def main(argv: list[str] | None = None) -> int:
             "leaders_seen": monitor.leaders_seen,
             "faults": monitor.faults,
             "elapsed_s": round(elapsed, 3),
-            "settings": {"producers": args.producers, "batch": args.batch, "window": args.window,
-                         "size": args.size, "rate": args.rate or None, "duration_s": args.duration,
-                         "events": args.events, "addresses": addresses, "started_cluster": bool(cluster)},
+            "settings": {
+                "producers": args.producers,
+                "batch": args.batch,
+                "window": args.window,
+                "size": args.size,
+                "rate": args.rate or None,
+                "duration_s": args.duration,
+                "events": args.events,
+                "addresses": addresses,
+                "started_cluster": bool(cluster),
+            },
         }
         status = 0
         if args.verify:
@@ -750,23 +812,30 @@ def main(argv: list[str] | None = None) -> int:
             f"{args.size}-byte events, " + (f"open loop {args.rate:g} ev/s" if args.rate else "flat out"),
             f"  committed {acked_total:,} events in {elapsed:.2f} s = {report['committed_events_per_s']:,} ev/s; "
             f"failed {report['failed_events']:,}; errors {dict(errors) or 'none'}",
-            "  commit latency ms: " + "  ".join(f"{k} {lat[k]}" for k in ("p50", "p90", "p99", "p999", "max"))
+            "  commit latency ms: "
+            + "  ".join(f"{k} {lat[k]}" for k in ("p50", "p90", "p99", "p999", "max"))
             + f"  (n={lat['n']:,})",
             f"  leader changes seen: {monitor.leader_changes}",
         ]
         for f in monitor.faults:
-            lines.append(f"  fault {f['kind']} node {f['node']} at {f['time_s']:.2f} s: first ack of an event sent "
-                         f"after it {f['unavailability_ms']} ms later (first ack of any event {f['first_ack_after_ms']}"
-                         " ms)")
+            lines.append(
+                f"  fault {f['kind']} node {f['node']} at {f['time_s']:.2f} s: first ack of an event sent "
+                f"after it {f['unavailability_ms']} ms later (first ack of any event {f['first_ack_after_ms']}"
+                " ms)"
+            )
         if args.verify:
             v = report["verify"]
-            lines.append(f"  verify: acknowledged {v['acknowledged']:,}  found {v['found']:,}  lost {v['lost']}  "
-                         f"duplicated {v['duplicated']}  divergent {v['divergent']}  invented {v['invented']}  "
-                         f"misplaced {v['misplaced']}  unacknowledged-but-committed {v['unacknowledged_in_log']}  "
-                         f"-> {'FAIL' if status else 'OK'}")
+            lines.append(
+                f"  verify: acknowledged {v['acknowledged']:,}  found {v['found']:,}  lost {v['lost']}  "
+                f"duplicated {v['duplicated']}  divergent {v['divergent']}  invented {v['invented']}  "
+                f"misplaced {v['misplaced']}  unacknowledged-but-committed {v['unacknowledged_in_log']}  "
+                f"-> {'FAIL' if status else 'OK'}"
+            )
             for a, n in v["per_node"].items():
-                lines.append(f"    {a}: {n['events']:,} events, lost {n['lost']}, duplicated {n['duplicated']}, "
-                             f"diverges at {n['diverges_at']}")
+                lines.append(
+                    f"    {a}: {n['events']:,} events, lost {n['lost']}, duplicated {n['duplicated']}, "
+                    f"diverges at {n['diverges_at']}"
+                )
         print("\n".join(lines), flush=True)
         if args.json:
             print(json.dumps(report, separators=(",", ":")), flush=True)

@@ -29,24 +29,42 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--first-seed", type=int, default=0)
     ap.add_argument("--seed", type=int, help="run this one seed only")
     ap.add_argument("--nodes", type=int, choices=(3, 5), help="cluster size (default: 3 or 5 per seed)")
-    ap.add_argument("--fsync", choices=("always", "never"), default="always",
-                    help="storage policy; 'never' with power-loss crashes is expected to lose commits")
+    ap.add_argument(
+        "--fsync",
+        choices=("always", "never"),
+        default="always",
+        help="storage policy; 'never' with power-loss crashes is expected to lose commits",
+    )
     ap.add_argument("--fault-ms", type=int, default=FAULT_MS_DEFAULT, help="virtual length of the fault phase")
     ap.add_argument("--no-faults", action="store_true", help="healthy network, no crashes")
     ap.add_argument("--trace", action="store_true", help="print every event of the (single) seed")
     ap.add_argument("--json", action="store_true", help="print a JSON summary as the last line")
     ap.add_argument("--stop-on-failure", action="store_true")
     ap.add_argument("--no-scenarios", action="store_true", help="skip the directed scenarios (figure 8)")
-    ap.add_argument("--mutate", choices=sorted(TEST_ONLY_MUTATIONS),
-                    help="TEST ONLY: run with a deliberately broken core to check the checker catches it")
+    ap.add_argument(
+        "--mutate",
+        choices=sorted(TEST_ONLY_MUTATIONS),
+        help="TEST ONLY: run with a deliberately broken core to check the checker catches it",
+    )
     args = ap.parse_args(argv)
 
-    options = SimOptions(nodes=args.nodes, fsync=args.fsync, fault_ms=args.fault_ms, faults=not args.no_faults,
-                         mutation=args.mutate or "", trace=args.trace)
-    replay = "python tools/simulate.py --seed {seed}" + (f" --nodes {args.nodes}" if args.nodes else "") + (
-        f" --fsync {args.fsync}" if args.fsync != "always" else "") + (
-        f" --mutate {args.mutate}" if args.mutate else "") + (" --no-faults" if args.no_faults else "") + (
-        f" --fault-ms {args.fault_ms}" if args.fault_ms != FAULT_MS_DEFAULT else "") + " --trace"
+    options = SimOptions(
+        nodes=args.nodes,
+        fsync=args.fsync,
+        fault_ms=args.fault_ms,
+        faults=not args.no_faults,
+        mutation=args.mutate or "",
+        trace=args.trace,
+    )
+    replay = (
+        "python tools/simulate.py --seed {seed}"
+        + (f" --nodes {args.nodes}" if args.nodes else "")
+        + (f" --fsync {args.fsync}" if args.fsync != "always" else "")
+        + (f" --mutate {args.mutate}" if args.mutate else "")
+        + (" --no-faults" if args.no_faults else "")
+        + (f" --fault-ms {args.fault_ms}" if args.fault_ms != FAULT_MS_DEFAULT else "")
+        + " --trace"
+    )
 
     if args.seed is not None:
         result = run_seed(args.seed, options)
@@ -54,16 +72,22 @@ def main(argv: list[str] | None = None) -> int:
             for line in result.trace:
                 print(line)
         _report(result, replay)
-        print(f"seed {result.seed}: {result.nodes} nodes, {result.steps} steps, {result.elections} elections, "
-              f"{result.committed_entries} committed, recovery {result.recovery_ms} ms, "
-              f"{len(result.violations)} violations")
+        print(
+            f"seed {result.seed}: {result.nodes} nodes, {result.steps} steps, {result.elections} elections, "
+            f"{result.committed_entries} committed, recovery {result.recovery_ms} ms, "
+            f"{len(result.violations)} violations"
+        )
         return 1 if result.violations else 0
     if args.trace:
         ap.error("--trace needs --seed")
 
     started = time.perf_counter()
-    summary = run_seeds(range(args.first_seed, args.first_seed + args.seeds), options,
-                        stop_on_failure=args.stop_on_failure, on_result=lambda r: _report(r, replay))
+    summary = run_seeds(
+        range(args.first_seed, args.first_seed + args.seeds),
+        options,
+        stop_on_failure=args.stop_on_failure,
+        on_result=lambda r: _report(r, replay),
+    )
     if not args.no_scenarios:
         scenario_results = run_scenarios(args.mutate or "")
         summary["scenarios"] = {r.name: len(r.violations) for r in scenario_results}

@@ -41,25 +41,49 @@ def _parser() -> argparse.ArgumentParser:
     # The global options are accepted before or after the command: the sub-parsers share them with
     # SUPPRESS defaults so that an option given before the command is not reset by the sub-parser.
     common = argparse.ArgumentParser(add_help=False)
-    common.add_argument("--addresses", default=argparse.SUPPRESS, metavar="HOST:PORT,...",
-                        help=f"client addresses of any nodes (default: ${ADDRESSES_ENV} or the local cluster)")
-    common.add_argument("--timeout", type=float, default=argparse.SUPPRESS, metavar="SECONDS",
-                        help="give up on a request after this long (default 10)")
-    common.add_argument("--token-file", default=argparse.SUPPRESS, metavar="FILE",
-                        help=f"client token for nodes with a client_token_file (default: ${TOKEN_FILE_ENV}); "
-                             "mode 0600")
-    common.add_argument("--tls-ca", default=argparse.SUPPRESS, metavar="FILE",
-                        help=f"connect with TLS, checking the nodes' certificates against this CA "
-                             f"(default: ${TLS_CA_ENV})")
-    parser = argparse.ArgumentParser(prog="shmraft", parents=[common],
-                                     description="Produce and consume events of a shmraft cluster.",
-                                     epilog="Run `shmraft-supervisor up` for a local 3-node cluster.")
+    common.add_argument(
+        "--addresses",
+        default=argparse.SUPPRESS,
+        metavar="HOST:PORT,...",
+        help=f"client addresses of any nodes (default: ${ADDRESSES_ENV} or the local cluster)",
+    )
+    common.add_argument(
+        "--timeout",
+        type=float,
+        default=argparse.SUPPRESS,
+        metavar="SECONDS",
+        help="give up on a request after this long (default 10)",
+    )
+    common.add_argument(
+        "--token-file",
+        default=argparse.SUPPRESS,
+        metavar="FILE",
+        help=f"client token for nodes with a client_token_file (default: ${TOKEN_FILE_ENV}); mode 0600",
+    )
+    common.add_argument(
+        "--tls-ca",
+        default=argparse.SUPPRESS,
+        metavar="FILE",
+        help=f"connect with TLS, checking the nodes' certificates against this CA (default: ${TLS_CA_ENV})",
+    )
+    parser = argparse.ArgumentParser(
+        prog="shmraft",
+        parents=[common],
+        description="Produce and consume events of a shmraft cluster.",
+        epilog="Run `shmraft-supervisor up` for a local 3-node cluster.",
+    )
     sub = parser.add_subparsers(dest="command", required=True)
     p = sub.add_parser("produce", parents=[common], help="produce events; print their offsets once committed")
     p.add_argument("events", nargs="*", metavar="EVENT", help="events (default: one per line of stdin)")
     c = sub.add_parser("consume", parents=[common], help="print committed events from an offset")
-    c.add_argument("--from", dest="from_offset", type=int, default=0, metavar="OFFSET",
-                   help="first offset to read (default 0, the start of the log)")
+    c.add_argument(
+        "--from",
+        dest="from_offset",
+        type=int,
+        default=0,
+        metavar="OFFSET",
+        help="first offset to read (default 0, the start of the log)",
+    )
     c.add_argument("--follow", "-f", action="store_true", help="keep waiting for new events")
     c.add_argument("--json", action="store_true", help="one JSON object per line: offset, value [, encoding]")
     c.add_argument("--max", type=int, default=None, metavar="N", help="stop after N events")
@@ -74,8 +98,7 @@ def record_json(offset: int, value: bytes) -> str:
     try:
         return json.dumps({"offset": offset, "value": value.decode("utf-8")}, ensure_ascii=False)
     except UnicodeDecodeError:
-        return json.dumps({"offset": offset, "value": base64.b64encode(value).decode("ascii"),
-                           "encoding": "base64"})
+        return json.dumps({"offset": offset, "value": base64.b64encode(value).decode("ascii"), "encoding": "base64"})
 
 
 def _produce_args(client: Client, events: list[str], out: TextIO) -> int:
@@ -111,7 +134,7 @@ def stdin_chunks(stdin: object, chunk_events: int = STDIN_CHUNK_EVENTS) -> Itera
         if b"\r" in data:
             lines = [line.removesuffix(b"\r") for line in lines]
         for i in range(0, len(lines), chunk_events):
-            yield lines[i:i + chunk_events]
+            yield lines[i : i + chunk_events]
     if partial:
         yield [partial.removesuffix(b"\r")]
 
@@ -180,17 +203,25 @@ def _leader(client: Client, args: argparse.Namespace, out: TextIO) -> int:
     answer = client.metadata()
     leader = leader_address(answer)
     if args.json:
-        print(json.dumps({
-            "leader_id": answer.leader_id or None, "leader": leader, "term": answer.term,
-            "commit_index": answer.commit_index, "answered_by": answer.node_id,
-            "members": [{"node_id": m.node_id, "address": member_address(m)} for m in answer.members],
-        }), file=out)
+        print(
+            json.dumps(
+                {
+                    "leader_id": answer.leader_id or None,
+                    "leader": leader,
+                    "term": answer.term,
+                    "commit_index": answer.commit_index,
+                    "answered_by": answer.node_id,
+                    "members": [{"node_id": m.node_id, "address": member_address(m)} for m in answer.members],
+                }
+            ),
+            file=out,
+        )
     elif leader is None:
-        print(f"no leader (election in progress?), term {answer.term}, commit index {answer.commit_index}",
-              file=out)
+        print(f"no leader (election in progress?), term {answer.term}, commit index {answer.commit_index}", file=out)
     else:
-        print(f"leader {answer.leader_id} at {leader}, term {answer.term}, commit index {answer.commit_index}",
-              file=out)
+        print(
+            f"leader {answer.leader_id} at {leader}, term {answer.term}, commit index {answer.commit_index}", file=out
+        )
     return EXIT_OK if leader is not None else EXIT_FAILED
 
 
@@ -206,8 +237,9 @@ def main(argv: list[str] | None = None) -> int:
             from shmraft.net.auth import read_token
 
             token = read_token(token_file, "--token-file").reveal()
-        client = Client(addresses, tls_ca=tls_ca, token=token,
-                        **({"timeout_s": timeout} if timeout is not None else {}))
+        client = Client(
+            addresses, tls_ca=tls_ca, token=token, **({"timeout_s": timeout} if timeout is not None else {})
+        )
     except ValueError as exc:  # includes ConfigError: a bad token or CA file
         print(f"shmraft: {exc}", file=sys.stderr)
         return EXIT_USAGE
@@ -221,8 +253,10 @@ def main(argv: list[str] | None = None) -> int:
                 return _produce_args(client, args.events, out) if args.events else _produce_stdin(client, out)
             return _consume(client, args, out)
     except NoNodeReachable as exc:
-        print(f"shmraft: no node reachable at {', '.join(exc.addresses)} "
-              "(is `shmraft-supervisor up` running?)", file=sys.stderr)
+        print(
+            f"shmraft: no node reachable at {', '.join(exc.addresses)} (is `shmraft-supervisor up` running?)",
+            file=sys.stderr,
+        )
         return EXIT_FAILED
     except ShmraftError as exc:
         print(f"shmraft: {exc}", file=sys.stderr)

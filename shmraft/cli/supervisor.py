@@ -1,9 +1,9 @@
 """`shmraft-supervisor`: run a local cluster or one node, and report health.
 
-    shmraft-supervisor up                          a local 3-node cluster on 127.0.0.1, data in ./shmraft-data
-    shmraft-supervisor up --config conf/X.toml     one node of a cluster spread over hosts
-    shmraft-supervisor status [--json]             health of every node and worker (exit 1 if unhealthy)
-    shmraft-supervisor recover-node --node N --min-term T   operator step after a lost log AND term/vote copy
+shmraft-supervisor up                          a local 3-node cluster on 127.0.0.1, data in ./shmraft-data
+shmraft-supervisor up --config conf/X.toml     one node of a cluster spread over hosts
+shmraft-supervisor status [--json]             health of every node and worker (exit 1 if unhealthy)
+shmraft-supervisor recover-node --node N --min-term T   operator step after a lost log AND term/vote copy
 """
 
 from __future__ import annotations
@@ -34,8 +34,7 @@ def _configs(args: argparse.Namespace) -> list[NodeConfig]:
             one = with_overrides(one, **overrides)
         return [one]
     data_dir = Path(args.data_dir or DEFAULT_DATA_DIR).resolve()
-    return local_cluster(data_dir, count=args.nodes, port_base=args.port_base, cluster_id=args.cluster_id,
-                         **overrides)
+    return local_cluster(data_dir, count=args.nodes, port_base=args.port_base, cluster_id=args.cluster_id, **overrides)
 
 
 def _up(args: argparse.Namespace) -> int:
@@ -45,8 +44,11 @@ def _up(args: argparse.Namespace) -> int:
     configs = _configs(args)
     if args.config:  # one node of a multi-host cluster, in this process
         c = configs[0]
-        print(f"shmraft node {c.node_id} of cluster {c.cluster_id!r}: data in {c.node_dir}, clients on "
-              f"{c.me.client_address}, data channel :{c.me.data_port}, consensus :{c.me.raft_port}", flush=True)
+        print(
+            f"shmraft node {c.node_id} of cluster {c.cluster_id!r}: data in {c.node_dir}, clients on "
+            f"{c.me.client_address}, data channel :{c.me.data_port}, consensus :{c.me.raft_port}",
+            flush=True,
+        )
         return NodeSupervisor(c).run()
     data_dir = configs[0].data_dir
     data_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
@@ -56,8 +58,10 @@ def _up(args: argparse.Namespace) -> int:
     check_node_files(configs[0])  # a missing or unsafe secret or TLS file: say so before starting anything
     print(f"shmraft: local cluster of {len(configs)} nodes, data in {data_dir}", flush=True)
     for c in configs:
-        print(f"  node {c.node_id}: clients {c.me.client_address}  data :{c.me.data_port}  "
-              f"consensus :{c.me.raft_port}", flush=True)
+        print(
+            f"  node {c.node_id}: clients {c.me.client_address}  data :{c.me.data_port}  consensus :{c.me.raft_port}",
+            flush=True,
+        )
     print(f"  logs in {data_dir / 'logs'}; try: shmraft produce hello && shmraft consume --from 0", flush=True)
     cluster = LocalCluster(configs, log_dir=data_dir / "logs")
     cluster.start()
@@ -88,8 +92,10 @@ def _recover_node(args: argparse.Namespace) -> int:
         print(f"shmraft-supervisor: recover-node: node {args.node} is not a member", file=sys.stderr)
         return 2
     moved = reset_for_recovery(configs[0].node_dir, args.min_term)
-    print(f"node {args.node}: log moved to {moved}; it will start recovering at term {args.min_term} "
-          "(no votes until it has caught up with a leader elected without it)")
+    print(
+        f"node {args.node}: log moved to {moved}; it will start recovering at term {args.min_term} "
+        "(no votes until it has caught up with a leader elected without it)"
+    )
     return 0
 
 
@@ -111,8 +117,9 @@ def _status(args: argparse.Namespace) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="shmraft-supervisor", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        prog="shmraft-supervisor", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     sub = parser.add_subparsers(dest="command", required=True)
 
     def common(p: argparse.ArgumentParser) -> None:
@@ -132,14 +139,22 @@ def main(argv: list[str] | None = None) -> int:
     status = sub.add_parser("status", help="health of every node and worker")
     common(status)
     status.add_argument("--json", action="store_true")
-    recover = sub.add_parser("recover-node", help="(operator) restart a node whose log AND term/vote copy are "
-                             "lost: quarantine its log, re-fetch it from the others (docs/DESIGN.md)")
+    recover = sub.add_parser(
+        "recover-node",
+        help="(operator) restart a node whose log AND term/vote copy are "
+        "lost: quarantine its log, re-fetch it from the others (docs/DESIGN.md)",
+    )
     common(recover)
-    recover.add_argument("--min-term", type=int, required=True,
-                         help="a term above every term the other nodes report (shmraft-supervisor status)")
+    recover.add_argument(
+        "--min-term",
+        type=int,
+        required=True,
+        help="a term above every term the other nodes report (shmraft-supervisor status)",
+    )
     args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, stream=sys.stderr,
-                        format="%(asctime)s supervisor %(levelname)s %(message)s")
+    logging.basicConfig(
+        level=logging.INFO, stream=sys.stderr, format="%(asctime)s supervisor %(levelname)s %(message)s"
+    )
     try:
         if args.command == "up":
             return _up(args)

@@ -1,14 +1,14 @@
 """The shmraft client library: `Client` (blocking produce, consume, metadata) and `Producer` (pipelined).
 
-    from shmraft.client import Client
+from shmraft.client import Client
 
-    with Client() as client:                      # the local cluster; or Client(["host:7101", ...])
-        offset = client.produce(b"hello")         # returns once committed on a majority
-        for offset, value in client.consume(0):   # committed events, in log order
-            ...
-        with client.producer(window=8) as producer:
-            futures = [producer.send(e) for e in events]   # each resolves with its offset
-            batch = producer.send_many(events)             # one future, resolves with the list of offsets
+with Client() as client:                      # the local cluster; or Client(["host:7101", ...])
+    offset = client.produce(b"hello")         # returns once committed on a majority
+    for offset, value in client.consume(0):   # committed events, in log order
+        ...
+    with client.producer(window=8) as producer:
+        futures = [producer.send(e) for e in events]   # each resolves with its offset
+        batch = producer.send_many(events)             # one future, resolves with the list of offsets
 """
 
 from shmraft.client.client import Client, Record

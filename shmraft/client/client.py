@@ -58,6 +58,7 @@ class LeaderMoved(ShmraftError):
     """The node a request waits on has been silent while the other nodes name another leader (the request is
     resent there, deduplicated)."""
 
+
 TIMEOUT_S_DEFAULT: Final = 10.0  # how long produce() and friends keep trying before they give up
 RETRY_BACKOFF_MIN_S: Final = 0.020  # first pause after a failed attempt
 RETRY_BACKOFF_MAX_S: Final = 0.500  # the pause doubles up to this
@@ -112,8 +113,9 @@ def as_bytes(event: bytes | bytearray | memoryview | str) -> bytes:
     return data
 
 
-def split_requests(events: list[bytes], max_events: int = REQUEST_EVENTS_MAX,
-                   max_bytes: int = REQUEST_BYTES_MAX) -> Iterator[tuple[int, int]]:
+def split_requests(
+    events: list[bytes], max_events: int = REQUEST_EVENTS_MAX, max_bytes: int = REQUEST_BYTES_MAX
+) -> Iterator[tuple[int, int]]:
     """(start, end) ranges of `events` such that each range fits one PRODUCE request."""
     start, size = 0, PRODUCE_HEAD_BYTES
     for i, event in enumerate(events):
@@ -175,10 +177,16 @@ class Client:
     a wrong token raises `Unauthorized`.
     """
 
-    def __init__(self, addresses: Iterable[str] | str | None = None, *, producer_id: int | None = None,
-                 timeout_s: float = TIMEOUT_S_DEFAULT,
-                 connect_timeout_s: float = CONNECT_TIMEOUT_S_DEFAULT, tls_ca: str | Path | None = None,
-                 token: bytes | str | None = None) -> None:
+    def __init__(
+        self,
+        addresses: Iterable[str] | str | None = None,
+        *,
+        producer_id: int | None = None,
+        timeout_s: float = TIMEOUT_S_DEFAULT,
+        connect_timeout_s: float = CONNECT_TIMEOUT_S_DEFAULT,
+        tls_ca: str | Path | None = None,
+        token: bytes | str | None = None,
+    ) -> None:
         if addresses is None:
             from shmraft.config import local_members
 
@@ -239,8 +247,10 @@ class Client:
                 self._conn = None
 
     def __repr__(self) -> str:  # never the token
-        return (f"Client({self._addresses!r}, producer_id={self.producer_id}, tls={self._tls is not None}, "
-                f"token={'set' if self._token else 'none'})")
+        return (
+            f"Client({self._addresses!r}, producer_id={self.producer_id}, tls={self._tls is not None}, "
+            f"token={'set' if self._token else 'none'})"
+        )
 
     def _open(self, address: str, connect_timeout_s: float) -> Connection:
         """A connection with this client's TLS and token settings."""
@@ -458,8 +468,9 @@ class Client:
         offsets: list[int] = []
         for start, end in split_requests(batch.events):
             try:
-                offsets += self._produce_request(batch.producer_id, batch.first_sequence + start,
-                                                 batch.events[start:end], deadline)
+                offsets += self._produce_request(
+                    batch.producer_id, batch.first_sequence + start, batch.events[start:end], deadline
+                )
             except CommitTimeout as exc:
                 self._unacked = batch
                 exc.committed = offsets
@@ -467,8 +478,9 @@ class Client:
             except NoNodeReachable:
                 # Nothing of this request was ever sent, so its sequences are free again (if nothing follows).
                 if self._unacked is batch:
-                    raise CommitTimeout(f"{len(batch.events)} earlier events not confirmed: no node reachable",
-                                        committed=offsets) from None
+                    raise CommitTimeout(
+                        f"{len(batch.events)} earlier events not confirmed: no node reachable", committed=offsets
+                    ) from None
                 self._next_sequence = batch.first_sequence + start
                 raise
             except ShmraftError:
@@ -504,12 +516,15 @@ class Client:
                 if time.monotonic() >= end:
                     raise
             if (leader := self._leader_elsewhere(conn.address)) is not None:
-                raise LeaderMoved(f"{conn.address} silent for {time.monotonic() - started:.2f} s; "
-                                  f"the other nodes name {leader} as leader")
+                raise LeaderMoved(
+                    f"{conn.address} silent for {time.monotonic() - started:.2f} s; "
+                    f"the other nodes name {leader} as leader"
+                )
             probe_at = time.monotonic() + PROBE_INTERVAL_S
 
-    def _produce_request(self, producer_id: int, first_sequence: int, events: list[bytes],
-                         deadline: float) -> list[int]:
+    def _produce_request(
+        self, producer_id: int, first_sequence: int, events: list[bytes], deadline: float
+    ) -> list[int]:
         """One PRODUCE request, retried (same sequences) through failovers until acknowledged or `deadline`.
 
         Each attempt waits at most ATTEMPT_ANSWER_TIMEOUT_S for the answer: a leader that does not answer
@@ -530,9 +545,11 @@ class Client:
             timeout_ms = max(1, min(int(remaining * 1000), _U32_MAX))
             try:
                 sent = True
-                answer = self._attempt(conn, lambda cid, t=timeout_ms: encode_produce(
-                    cid, producer_id, first_sequence, t, events), min(remaining + ANSWER_GRACE_S,
-                                                                       ATTEMPT_ANSWER_TIMEOUT_S))
+                answer = self._attempt(
+                    conn,
+                    lambda cid, t=timeout_ms: encode_produce(cid, producer_id, first_sequence, t, events),
+                    min(remaining + ANSWER_GRACE_S, ATTEMPT_ANSWER_TIMEOUT_S),
+                )
             except LeaderMoved as exc:
                 last = exc
                 conn.close()
@@ -555,8 +572,9 @@ class Client:
             if isinstance(answer, Produced):
                 if answer.offsets.size != len(events):
                     conn.close()
-                    raise ConnectionFailed(f"{conn.address} answered {answer.offsets.size} offsets "
-                                           f"for {len(events)} events")
+                    raise ConnectionFailed(
+                        f"{conn.address} answered {answer.offsets.size} offsets for {len(events)} events"
+                    )
                 return answer.offsets.tolist()
             if not isinstance(answer, Error):
                 conn.close()
@@ -575,13 +593,21 @@ class Client:
             backoff.sleep(deadline)
         if not sent and isinstance(last, NoNodeReachable):
             raise last
-        raise CommitTimeout(f"{len(events)} events not confirmed committed within {self.timeout_s:g} s "
-                            f"(they may have been; retry with the same client); last error: {last}")
+        raise CommitTimeout(
+            f"{len(events)} events not confirmed committed within {self.timeout_s:g} s "
+            f"(they may have been; retry with the same client); last error: {last}"
+        )
 
     # --- consume ----------------------------------------------------------------------------------------
 
-    def consume(self, from_offset: int = 0, *, follow: bool = False, max_bytes: int = FETCH_BYTES_DEFAULT,
-                poll_wait_ms: int = FETCH_POLL_WAIT_MS_DEFAULT) -> Iterator[Record]:
+    def consume(
+        self,
+        from_offset: int = 0,
+        *,
+        follow: bool = False,
+        max_bytes: int = FETCH_BYTES_DEFAULT,
+        poll_wait_ms: int = FETCH_POLL_WAIT_MS_DEFAULT,
+    ) -> Iterator[Record]:
         """Committed events at or after `from_offset`, in log order, as Records (offset, value).
 
         Reads from any node (the one this client talks to first) and fails over on connection errors and
@@ -610,8 +636,9 @@ class Client:
                 stale_deadline = last_ok + self.timeout_s
                 if time.monotonic() > stale_deadline and conn is None:
                     if last_error is not None and last_error.code is not None:
-                        raise UnavailableError(f"no FETCH answered within {self.timeout_s:g} s: {last_error}",
-                                               code=last_error.code)
+                        raise UnavailableError(
+                            f"no FETCH answered within {self.timeout_s:g} s: {last_error}", code=last_error.code
+                        )
                     raise NoNodeReachable(self._candidates(None), "no FETCH answered")
                 if conn is None or conn.closed:
                     try:
@@ -624,8 +651,10 @@ class Client:
                 offset = next_offset
                 started = time.monotonic()
                 try:
-                    answer = conn.request(lambda cid, o=offset: encode_fetch(cid, o, max_bytes, wait_ms),
-                                          wait_ms / 1000 + min(self.timeout_s, FETCH_ATTEMPT_TIMEOUT_S))
+                    answer = conn.request(
+                        lambda cid, o=offset: encode_fetch(cid, o, max_bytes, wait_ms),
+                        wait_ms / 1000 + min(self.timeout_s, FETCH_ATTEMPT_TIMEOUT_S),
+                    )
                 except (AnswerTimeout, ConnectionFailed) as exc:
                     last_error = exc
                     self._node_failed(conn.address)
@@ -634,8 +663,9 @@ class Client:
                     continue
                 if isinstance(answer, Error):
                     if answer.code is ErrorCode.OFFSET_OUT_OF_RANGE:
-                        raise OffsetOutOfRange(f"offset {offset} out of range at {conn.address}: {answer.message}",
-                                               code=answer.code)
+                        raise OffsetOutOfRange(
+                            f"offset {offset} out of range at {conn.address}: {answer.message}", code=answer.code
+                        )
                     if answer.code is ErrorCode.NOT_LEADER or answer.code.retriable:
                         last_error = error_from_server(answer.code, answer.message, answer.leader, conn.address)
                         prefer = answer.leader or None
@@ -663,4 +693,3 @@ class Client:
         finally:
             if conn is not None:
                 conn.close()
-

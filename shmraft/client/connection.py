@@ -42,9 +42,15 @@ def parse_address(address: str) -> tuple[str, int]:
 class Connection:
     """A blocking connection to one node, with its own correlation ids and receive buffer."""
 
-    def __init__(self, address: str, *, connect_timeout_s: float = CONNECT_TIMEOUT_S_DEFAULT,
-                 max_answer_bytes: int = MESSAGE_BODY_MAX_BYTES, tls: ssl.SSLContext | None = None,
-                 token: bytes | None = None) -> None:
+    def __init__(
+        self,
+        address: str,
+        *,
+        connect_timeout_s: float = CONNECT_TIMEOUT_S_DEFAULT,
+        max_answer_bytes: int = MESSAGE_BODY_MAX_BYTES,
+        tls: ssl.SSLContext | None = None,
+        token: bytes | None = None,
+    ) -> None:
         self.address = address
         host, port = parse_address(address)
         try:

@@ -123,7 +123,7 @@ class BatchFuture(_Base[list[int]]):
         else:
             if self._offsets is None:
                 self._offsets = [0] * self._n
-            self._offsets[start:start + count] = offsets
+            self._offsets[start : start + count] = offsets
         self._filled += count
         if self._filled >= self._n:
             self._resolve(out)

@@ -82,11 +82,18 @@ _Part = list[Any]
 class _Request:
     """A batch with its producer id and sequences; `sends` counts how often it went out."""
 
-    __slots__ = ("order", "producer_id", "first_sequence", "events", "parts", "nbytes", "deadline", "sends",
-                 "cid")
+    __slots__ = ("order", "producer_id", "first_sequence", "events", "parts", "nbytes", "deadline", "sends", "cid")
 
-    def __init__(self, order: int, producer_id: int, first_sequence: int, events: list[bytes],
-                 parts: list[_Part], nbytes: int, deadline: float) -> None:
+    def __init__(
+        self,
+        order: int,
+        producer_id: int,
+        first_sequence: int,
+        events: list[bytes],
+        parts: list[_Part],
+        nbytes: int,
+        deadline: float,
+    ) -> None:
         self.order, self.producer_id, self.first_sequence = order, producer_id, first_sequence
         self.events, self.parts, self.nbytes, self.deadline = events, parts, nbytes, deadline
         self.sends = 0
@@ -107,10 +114,18 @@ class Producer:
     be acknowledged within the client's `timeout_s`, else its futures fail with CommitTimeout.
     """
 
-    def __init__(self, client: Client, *, window: int = WINDOW_DEFAULT, batch_events: int = BATCH_EVENTS_DEFAULT,
-                 batch_bytes: int = BATCH_BYTES_DEFAULT, linger_ms: float = LINGER_MS_DEFAULT,
-                 buffer_events: int = BUFFER_EVENTS_DEFAULT, buffer_bytes: int = BUFFER_BYTES_DEFAULT,
-                 producer_id: int | None = None) -> None:
+    def __init__(
+        self,
+        client: Client,
+        *,
+        window: int = WINDOW_DEFAULT,
+        batch_events: int = BATCH_EVENTS_DEFAULT,
+        batch_bytes: int = BATCH_BYTES_DEFAULT,
+        linger_ms: float = LINGER_MS_DEFAULT,
+        buffer_events: int = BUFFER_EVENTS_DEFAULT,
+        buffer_bytes: int = BUFFER_BYTES_DEFAULT,
+        producer_id: int | None = None,
+    ) -> None:
         if not 1 <= window <= WINDOW_MAX:
             raise ValueError(f"window: expected 1..{WINDOW_MAX}, got {window}")
         if not 1 <= batch_events <= REQUEST_EVENTS_MAX:
@@ -150,8 +165,9 @@ class Producer:
         self._wake_r, self._wake_w = socket.socketpair()
         self._wake_r.setblocking(False)
         self._wake_w.setblocking(False)
-        self._thread = threading.Thread(target=self._run, name=f"shmraft-producer-{self._producer_id:016x}",
-                                        daemon=True)
+        self._thread = threading.Thread(
+            target=self._run, name=f"shmraft-producer-{self._producer_id:016x}", daemon=True
+        )
         self._thread.start()
 
     # --- public -----------------------------------------------------------------------------------------
@@ -161,8 +177,9 @@ class Producer:
         """The current producer id (a fresh one is drawn after the producer gives up on a request)."""
         return self._producer_id
 
-    def send(self, event: bytes | bytearray | memoryview | str,
-             callback: Callable[[EventFuture], object] | None = None) -> EventFuture:
+    def send(
+        self, event: bytes | bytearray | memoryview | str, callback: Callable[[EventFuture], object] | None = None
+    ) -> EventFuture:
         """Queue one event; the future resolves with its offset once committed (or fails with a ShmraftError).
 
         `callback(future)` runs once it is resolved (in the I/O thread). For many events, send_many() is cheaper.
@@ -172,12 +189,19 @@ class Producer:
         n = len(event)
         wake = False
         with self._lock:
-            if (self._buffered_events >= self._buffer_events or self._buffered_bytes + n > self._buffer_bytes
-                    or self._closing or self._fatal is not None):
+            if (
+                self._buffered_events >= self._buffer_events
+                or self._buffered_bytes + n > self._buffer_bytes
+                or self._closing
+                or self._fatal is not None
+            ):
                 self._wait_for_room(1, n)
             group = self._group
-            if (group is None or len(self._open) >= self._batch_events
-                    or self._open_bytes + n + EVENT_OVERHEAD_BYTES > self._batch_bytes):
+            if (
+                group is None
+                or len(self._open) >= self._batch_events
+                or self._open_bytes + n + EVENT_OVERHEAD_BYTES > self._batch_bytes
+            ):
                 wake = self._new_group(n + EVENT_OVERHEAD_BYTES)
                 group = self._group
                 assert group is not None
@@ -215,8 +239,12 @@ class Producer:
         total = sum(lens)
         future = BatchFuture(self._cv, len(data))
         with self._lock:
-            if (self._buffered_events + len(data) > self._buffer_events
-                    or self._buffered_bytes + total > self._buffer_bytes or self._closing or self._fatal is not None):
+            if (
+                self._buffered_events + len(data) > self._buffer_events
+                or self._buffered_bytes + total > self._buffer_bytes
+                or self._closing
+                or self._fatal is not None
+            ):
                 self._wait_for_room(len(data), total)
             wake = self._add_many(data, lens, future)
             self._buffered_events += len(data)
@@ -266,13 +294,15 @@ class Producer:
     def _wait_for_room(self, events: int, nbytes: int) -> None:
         """Block until `events` events of `nbytes` fit the buffer (or it is empty); raise if closed or too long."""
         deadline = time.monotonic() + self._client.timeout_s
-        while self._buffered_events > 0 and (self._buffered_events + events > self._buffer_events
-                                             or self._buffered_bytes + nbytes > self._buffer_bytes):
+        while self._buffered_events > 0 and (
+            self._buffered_events + events > self._buffer_events or self._buffered_bytes + nbytes > self._buffer_bytes
+        ):
             self._check_open()
             remaining = deadline - time.monotonic()
             if remaining <= 0 or threading.current_thread() is self._thread:
-                raise BufferFull(f"producer buffer full ({self._buffered_events} events, "
-                                 f"{self._buffered_bytes} bytes unresolved)")
+                raise BufferFull(
+                    f"producer buffer full ({self._buffered_events} events, {self._buffered_bytes} bytes unresolved)"
+                )
             self._cv.wait(remaining)
         self._check_open()
 
@@ -339,8 +369,17 @@ class Producer:
         events, parts = self._open, self._open_parts
         nbytes = self._open_bytes - PRODUCE_HEAD_BYTES - EVENT_OVERHEAD_BYTES * len(events)
         self._open, self._open_parts, self._open_bytes = [], [], PRODUCE_HEAD_BYTES
-        self._queue.append(_Request(next(self._order), self._producer_id, self._next_sequence, events, parts,
-                                    nbytes, self._open_since + self._client.timeout_s))
+        self._queue.append(
+            _Request(
+                next(self._order),
+                self._producer_id,
+                self._next_sequence,
+                events,
+                parts,
+                nbytes,
+                self._open_since + self._client.timeout_s,
+            )
+        )
         self._next_sequence += len(events)
 
     def _requeue_sent(self) -> None:
@@ -349,8 +388,7 @@ class Producer:
         self._sent.clear()
         self._queue.extendleft(reversed(reqs))
 
-    def _give_up(self, culprit: _Request, error: BaseException, fail_sent_after: bool,
-                 out: list[_Outcome]) -> None:
+    def _give_up(self, culprit: _Request, error: BaseException, fail_sent_after: bool, out: list[_Outcome]) -> None:
         """Fail `culprit`; requests after it continue under a fresh producer id (sent ones fail if asked to)."""
         self._requeue_sent()
         reqs = list(self._queue)
@@ -363,11 +401,21 @@ class Producer:
             elif r.order < culprit.order:
                 self._queue.append(r)  # before the gap: keeps its producer id and sequences
             elif fail_sent_after and r.sends > 0:
-                out.append((r, CommitTimeout(
-                    "abandoned after an earlier request of this producer timed out; it may have been committed")))
+                out.append(
+                    (
+                        r,
+                        CommitTimeout(
+                            "abandoned after an earlier request of this producer timed out; it may have been committed"
+                        ),
+                    )
+                )
             else:
-                r.order, r.producer_id, r.first_sequence, r.sends = (next(self._order), self._producer_id,
-                                                                     self._next_sequence, 0)
+                r.order, r.producer_id, r.first_sequence, r.sends = (
+                    next(self._order),
+                    self._producer_id,
+                    self._next_sequence,
+                    0,
+                )
                 self._next_sequence += len(r.events)
                 self._queue.append(r)
         self._queue = deque(sorted(self._queue, key=lambda r: r.order))
@@ -379,8 +427,10 @@ class Producer:
         if not expired:
             return False
         culprit = min(expired, key=lambda r: r.order)
-        error = CommitTimeout(f"{len(culprit.events)} events not confirmed committed within "
-                              f"{self._client.timeout_s:g} s (they may have been)")
+        error = CommitTimeout(
+            f"{len(culprit.events)} events not confirmed committed within "
+            f"{self._client.timeout_s:g} s (they may have been)"
+        )
         self._give_up(culprit, error, True, out)
         return True
 
@@ -405,7 +455,7 @@ class Producer:
                         part[0]._fail(result, callbacks)
                 else:
                     for future, start, at, count in req.parts:
-                        future._fill(start, result[at:at + count], callbacks)
+                        future._fill(start, result[at : at + count], callbacks)
                 self._buffered_events -= len(req.events)
                 self._buffered_bytes -= req.nbytes
             self._cv.notify_all()
@@ -515,8 +565,10 @@ class Producer:
                     try:
                         for req in to_send:
                             timeout_ms = max(1, int((req.deadline - time.monotonic()) * 1000))
-                            conn.send(encode_produce(req.cid, req.producer_id, req.first_sequence, timeout_ms,
-                                                     req.events), ATTEMPT_ANSWER_TIMEOUT_S)
+                            conn.send(
+                                encode_produce(req.cid, req.producer_id, req.first_sequence, timeout_ms, req.events),
+                                ATTEMPT_ANSWER_TIMEOUT_S,
+                            )
                     except ConnectionFailed:
                         self._client._node_failed(conn.address)
                         drop(delay=True)
@@ -551,8 +603,7 @@ class Producer:
                         if code is ErrorCode.NOT_LEADER:
                             address = conn.address
                             drop(delay=False)
-                            found = self._client._find_leader(address, leader,
-                                                              time.monotonic() + FIND_LEADER_TIMEOUT_S)
+                            found = self._client._find_leader(address, leader, time.monotonic() + FIND_LEADER_TIMEOUT_S)
                             redirects += 1
                             if found is None or redirects > REDIRECTS_BEFORE_BACKOFF:
                                 retry_at = time.monotonic() + backoff.next_delay()

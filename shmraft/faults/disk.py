@@ -39,7 +39,7 @@ def node_log_dir(node_dir: Path) -> Path:
 
 
 def can_mount() -> str:
-    """"" if this process may mount a tmpfs, else the reason (for a clear pytest skip)."""
+    """ "" if this process may mount a tmpfs, else the reason (for a clear pytest skip)."""
     if os.geteuid() != 0:
         return "mounting a tmpfs needs root (tests run as root in CI)"
     return ""

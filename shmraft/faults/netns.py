@@ -44,8 +44,14 @@ import psutil
 NAME_PREFIX: Final = "shc"  # namespaces, bridge and veths of a test network: shc<pid><letter>...
 NAME_RE: Final = re.compile(rf"^{NAME_PREFIX}(\d+)([a-z])")
 # private /24s tried in order; the first that overlaps no address or route of this machine is used
-SUBNET_CANDIDATES: Final = ("10.213.0.0/24", "10.214.0.0/24", "10.215.0.0/24", "10.216.0.0/24",
-                            "172.31.213.0/24", "192.168.213.0/24")
+SUBNET_CANDIDATES: Final = (
+    "10.213.0.0/24",
+    "10.214.0.0/24",
+    "10.215.0.0/24",
+    "10.216.0.0/24",
+    "172.31.213.0/24",
+    "192.168.213.0/24",
+)
 ROOT_HOST_INDEX: Final = 1  # the bridge's address: .1
 NODE_HOST_OFFSET: Final = 10  # node n's address: .(10 + n)
 CHAIN_IN: Final = "SHMR_IN"
@@ -134,8 +140,11 @@ def _kill_inside(netns: str) -> None:
 
 
 def list_namespaces() -> list[str]:
-    return [line.split()[0] for line in run(["ip", "netns", "list"], check=False).stdout.splitlines()
-            if line.startswith(NAME_PREFIX)]
+    return [
+        line.split()[0]
+        for line in run(["ip", "netns", "list"], check=False).stdout.splitlines()
+        if line.startswith(NAME_PREFIX)
+    ]
 
 
 def list_links() -> list[str]:
@@ -279,8 +288,23 @@ class TestNetwork:
 
     def route_via_proxy(self, src: int, dst_ip: str, dst_port: int, proxy_port: int) -> None:
         """In src's namespace, connections to dst_ip:dst_port go to root_ip:proxy_port instead."""
-        self.iptables(src, "-t", "nat", "-A", "OUTPUT", "-p", "tcp", "-d", dst_ip, "--dport", str(dst_port),
-                      "-j", "DNAT", "--to-destination", f"{self.root_ip}:{proxy_port}")
+        self.iptables(
+            src,
+            "-t",
+            "nat",
+            "-A",
+            "OUTPUT",
+            "-p",
+            "tcp",
+            "-d",
+            dst_ip,
+            "--dport",
+            str(dst_port),
+            "-j",
+            "DNAT",
+            "--to-destination",
+            f"{self.root_ip}:{proxy_port}",
+        )
 
     # --- partitions -------------------------------------------------------------------------------------------
 

@@ -49,8 +49,6 @@ CONNECT_TIMEOUT_S: Final = 5.0  # an onward connection not made in this time is 
 
 
 @dataclass(frozen=True)
-
-
 class LinkFaults:
     """What a link does to its traffic; the default is a clean link."""
 

@@ -124,8 +124,11 @@ def _check_machine(allow_weak_memory_order: bool) -> None:
         return
     if not allow_weak_memory_order:
         raise RingError(f"machine: expected x86-64 (TSO ordering; see docs/DESIGN.md section 5), got {machine!r}")
-    warnings.warn(f"shmraft ring on {machine}: publication without release/acquire barriers is unsafe",
-                  RuntimeWarning, stacklevel=3)
+    warnings.warn(
+        f"shmraft ring on {machine}: publication without release/acquire barriers is unsafe",
+        RuntimeWarning,
+        stacklevel=3,
+    )
 
 
 def _align(n: int) -> int:
@@ -144,8 +147,9 @@ def record_max_for(capacity_bytes: int) -> int:
 def check_capacity(capacity_bytes: int) -> None:
     c = capacity_bytes
     if not (CAPACITY_MIN_BYTES <= c <= CAPACITY_MAX_BYTES and c & (c - 1) == 0):
-        raise RingConfigError("capacity_bytes", f"a power of two in [{CAPACITY_MIN_BYTES}, {CAPACITY_MAX_BYTES}]",
-                              capacity_bytes)
+        raise RingConfigError(
+            "capacity_bytes", f"a power of two in [{CAPACITY_MIN_BYTES}, {CAPACITY_MAX_BYTES}]", capacity_bytes
+        )
 
 
 def create_ring(name: str, capacity_bytes: int, record_max_bytes: int | None = None) -> None:
@@ -266,8 +270,12 @@ class _RingHandle:
                 raise RingAttachError(name, "segment size", f">= {CONTROL_BYTES} bytes", size)
             magic = ctl.item(C_MAGIC)
             if magic != RING_MAGIC:
-                raise RingAttachError(name, "magic", hex(RING_MAGIC),
-                                      f"{magic:#x}" + (" (not initialised: creator died?)" if magic == 0 else ""))
+                raise RingAttachError(
+                    name,
+                    "magic",
+                    hex(RING_MAGIC),
+                    f"{magic:#x}" + (" (not initialised: creator died?)" if magic == 0 else ""),
+                )
             if ctl.item(C_VERSION) != RING_VERSION:
                 raise RingAttachError(name, "version", RING_VERSION, ctl.item(C_VERSION))
             cap = ctl.item(C_CAPACITY)
@@ -281,8 +289,9 @@ class _RingHandle:
             if not 1 <= rmax <= record_max_for(cap):
                 raise RingAttachError(name, "record_max_bytes", f"1..{record_max_for(cap)}", rmax)
             if not 0 <= ctl.item(C_WRITE_POS) - ctl.item(C_READ_POS) <= cap:
-                raise RingAttachError(name, "write_pos - read_pos", f"0..{cap}",
-                                      ctl.item(C_WRITE_POS) - ctl.item(C_READ_POS))
+                raise RingAttachError(
+                    name, "write_pos - read_pos", f"0..{cap}", ctl.item(C_WRITE_POS) - ctl.item(C_READ_POS)
+                )
         except BaseException:
             del ctl
             mem.close()
@@ -309,12 +318,23 @@ class _RingHandle:
     def stats(self) -> RingStats:
         c = self._ctl.tolist()
         return RingStats(
-            name=self.name, capacity_bytes=c[C_CAPACITY], record_max_bytes=c[C_RECORD_MAX],
-            write_pos=c[C_WRITE_POS], read_pos=c[C_READ_POS], fill_bytes=c[C_WRITE_POS] - c[C_READ_POS],
-            records_pushed=c[C_RECORDS_PUSHED], bytes_pushed=c[C_BYTES_PUSHED],
-            records_released=c[C_RECORDS_RELEASED], bytes_released=c[C_BYTES_RELEASED], closed=bool(c[C_CLOSED]),
-            writer_pid=c[C_WRITER_PID], reader_pid=c[C_READER_PID], writer_attaches=c[C_WRITER_ATTACHES],
-            reader_attaches=c[C_READER_ATTACHES], creator_pid=c[C_CREATOR_PID])
+            name=self.name,
+            capacity_bytes=c[C_CAPACITY],
+            record_max_bytes=c[C_RECORD_MAX],
+            write_pos=c[C_WRITE_POS],
+            read_pos=c[C_READ_POS],
+            fill_bytes=c[C_WRITE_POS] - c[C_READ_POS],
+            records_pushed=c[C_RECORDS_PUSHED],
+            bytes_pushed=c[C_BYTES_PUSHED],
+            records_released=c[C_RECORDS_RELEASED],
+            bytes_released=c[C_BYTES_RELEASED],
+            closed=bool(c[C_CLOSED]),
+            writer_pid=c[C_WRITER_PID],
+            reader_pid=c[C_READER_PID],
+            writer_attaches=c[C_WRITER_ATTACHES],
+            reader_attaches=c[C_READER_ATTACHES],
+            creator_pid=c[C_CREATOR_PID],
+        )
 
     # -- lifecycle ---------------------------------------------------------------------------------
     def _claim(self, pid_word: int, start_word: int, attaches_word: int, role: str) -> None:
@@ -365,9 +385,15 @@ class RingWriter(_RingHandle):
     """The single writer of a ring. Re-attaching after a crash continues from the published write_pos.
     A handle is used by one thread (the ring is single-producer by design)."""
 
-    def __init__(self, name: str, capacity_bytes: int | None = None, *,
-                 spin_iterations: int = SPIN_ITERATIONS_DEFAULT, wait_timeout_ms: float = WAIT_TIMEOUT_MS_DEFAULT,
-                 allow_weak_memory_order: bool = False) -> None:
+    def __init__(
+        self,
+        name: str,
+        capacity_bytes: int | None = None,
+        *,
+        spin_iterations: int = SPIN_ITERATIONS_DEFAULT,
+        wait_timeout_ms: float = WAIT_TIMEOUT_MS_DEFAULT,
+        allow_weak_memory_order: bool = False,
+    ) -> None:
         super().__init__(name, capacity_bytes, allow_weak_memory_order)
         try:
             data_name, space_name = segments.sem_names(name)
@@ -384,8 +410,7 @@ class RingWriter(_RingHandle):
         self._r: int = self._ctl.item(C_READ_POS)  # cached; refreshed when space looks short
         self._entry_max = record_max_for(self.capacity_bytes) + ENTRY_OVERHEAD_BYTES  # = capacity // 4
         self._reader_bell = Doorbell(self._ctl, C_READER_WAITING, self._data_sem)  # we notify it
-        self._space_wait = Doorbell(self._ctl, C_WRITER_WAITING, self._space_sem, spin_iterations,
-                                    wait_timeout_ms)
+        self._space_wait = Doorbell(self._ctl, C_WRITER_WAITING, self._space_sem, spin_iterations, wait_timeout_ms)
 
     def free_bytes(self) -> int:
         self._r = self._ctl.item(C_READ_POS)
@@ -394,8 +419,9 @@ class RingWriter(_RingHandle):
     def push(self, record: bytes | bytearray | memoryview, timeout_ms: float | None = 0) -> None:
         """Push one record; raises RingFull if there is no space within `timeout_ms` (None: wait forever)."""
         if self.push_many((record,), timeout_ms) != 1:
-            raise RingFull(self.name, _align(ENTRY_HEADER_BYTES + LENGTH_BYTES + len(record)),
-                           self.free_bytes(), timeout_ms)
+            raise RingFull(
+                self.name, _align(ENTRY_HEADER_BYTES + LENGTH_BYTES + len(record)), self.free_bytes(), timeout_ms
+            )
 
     def push_many(self, records: Sequence[bytes | bytearray | memoryview], timeout_ms: float | None = 0) -> int:
         """Push records in order; returns how many were pushed (a prefix of `records`).
@@ -418,14 +444,23 @@ class RingWriter(_RingHandle):
         body = nd + LENGTH_BYTES * n
         size = ENTRY_HEADER_BYTES + _align(body)
         o = self._w & self._mask
-        if (n <= ENTRY_RECORDS_MAX and size <= self._entry_max and o + size <= self.capacity_bytes
-                and (self._w + size - self._r <= self.capacity_bytes
-                     or self._w + size - self._refresh_r() <= self.capacity_bytes)):
+        if (
+            n <= ENTRY_RECORDS_MAX
+            and size <= self._entry_max
+            and o + size <= self.capacity_bytes
+            and (
+                self._w + size - self._r <= self.capacity_bytes
+                or self._w + size - self._refresh_r() <= self.capacity_bytes
+            )
+        ):
             # the common case: the whole call is one entry at the current offset, no numpy needed
             joined = b"".join([array("I", lens_list), *records])
             if len(joined) != body:
-                raise RingConfigError("records", "contiguous byte buffers (len() == nbytes)",
-                                      f"{len(joined)} bytes joined for {body} expected")
+                raise RingConfigError(
+                    "records",
+                    "contiguous byte buffers (len() == nbytes)",
+                    f"{len(joined)} bytes joined for {body} expected",
+                )
             self._data_mv[o + ENTRY_HEADER_BYTES : o + ENTRY_HEADER_BYTES + body] = joined
             self._data64[o >> 3] = body | (n << 32)
             self._w += size
@@ -441,8 +476,9 @@ class RingWriter(_RingHandle):
         self._r = self._ctl.item(C_READ_POS)
         return self._r
 
-    def _push_slow(self, records: Sequence[bytes | bytearray | memoryview], lens: np.ndarray,
-                   timeout_ms: float | None) -> int:
+    def _push_slow(
+        self, records: Sequence[bytes | bytearray | memoryview], lens: np.ndarray, timeout_ms: float | None
+    ) -> int:
         """push_many when the records need several entries, a wrap, or waiting for space."""
         n = len(records)
         cum = np.cumsum(lens + LENGTH_BYTES)  # cum[k-1]: table + data bytes of records [0, k)
@@ -493,8 +529,9 @@ class RingWriter(_RingHandle):
         k = int(np.searchsorted(cum[done:], base + body_max, side="right"))
         return min(k, ENTRY_RECORDS_MAX)
 
-    def _write_entry(self, o: int, records: Sequence[bytes | bytearray | memoryview], lens: np.ndarray,
-                     first: int, k: int, body: int) -> None:
+    def _write_entry(
+        self, o: int, records: Sequence[bytes | bytearray | memoryview], lens: np.ndarray, first: int, k: int, body: int
+    ) -> None:
         """Copy one entry (table, bytes, then header) at offset o; not visible until published."""
         cap = self.capacity_bytes
         size = ENTRY_HEADER_BYTES + _align(body)
@@ -508,8 +545,11 @@ class RingWriter(_RingHandle):
         else:
             joined = b"".join(records[first : first + k])
         if len(joined) != nd:
-            raise RingConfigError("records", "contiguous byte buffers (len() == nbytes)",
-                                  f"{len(joined)} bytes joined for lengths summing to {nd}")
+            raise RingConfigError(
+                "records",
+                "contiguous byte buffers (len() == nbytes)",
+                f"{len(joined)} bytes joined for lengths summing to {nd}",
+            )
         self._data_mv[d : d + nd] = joined
         self._data64[o >> 3] = body | (k << 32)
         self._w += size
@@ -551,9 +591,15 @@ class RingReader(_RingHandle):
     """The single reader of a ring. Pops advance a private cursor; `release()` frees the space.
     A handle is used by one thread (the ring is single-consumer by design)."""
 
-    def __init__(self, name: str, capacity_bytes: int | None = None, *,
-                 spin_iterations: int = SPIN_ITERATIONS_DEFAULT, wait_timeout_ms: float = WAIT_TIMEOUT_MS_DEFAULT,
-                 allow_weak_memory_order: bool = False) -> None:
+    def __init__(
+        self,
+        name: str,
+        capacity_bytes: int | None = None,
+        *,
+        spin_iterations: int = SPIN_ITERATIONS_DEFAULT,
+        wait_timeout_ms: float = WAIT_TIMEOUT_MS_DEFAULT,
+        allow_weak_memory_order: bool = False,
+    ) -> None:
         super().__init__(name, capacity_bytes, allow_weak_memory_order)
         try:
             data_name, space_name = segments.sem_names(name)
@@ -597,8 +643,15 @@ class RingReader(_RingHandle):
         """True if a pop would return a record now."""
         return self._ctl.item(C_WRITE_POS) != self._pos
 
-    def pop_block(self, max_records: int = POP_RECORDS_DEFAULT, max_bytes: int = POP_BYTES_UNLIMITED,
-                  timeout_ms: float | None = 0, *, copy: bool = True, release: bool = False) -> RecordBlock:
+    def pop_block(
+        self,
+        max_records: int = POP_RECORDS_DEFAULT,
+        max_bytes: int = POP_BYTES_UNLIMITED,
+        timeout_ms: float | None = 0,
+        *,
+        copy: bool = True,
+        release: bool = False,
+    ) -> RecordBlock:
         """Pop up to `max_records` records and `max_bytes` record bytes (at least one record if any is
         available, even a larger one). Waits up to `timeout_ms` (None: forever) for the first record;
         an empty block means the time ran out. Raises RingClosed once the ring is closed and drained.
@@ -624,8 +677,9 @@ class RingReader(_RingHandle):
             if timeout_ms == 0:
                 return RecordBlock(_EMPTY_BLOCK_BUF, _EMPTY_I64, _EMPTY_I64)
             pos = self._pos
-            self._data_wait.wait(lambda: ctl.item(C_WRITE_POS) != pos or ctl.item(C_CLOSED) != 0,
-                                 deadline_after(timeout_ms))
+            self._data_wait.wait(
+                lambda: ctl.item(C_WRITE_POS) != pos or ctl.item(C_CLOSED) != 0, deadline_after(timeout_ms)
+            )
             w = ctl.item(C_WRITE_POS)
             if w == pos:
                 if ctl.item(C_CLOSED):
@@ -712,8 +766,14 @@ class RingReader(_RingHandle):
                 starts = bases + excl
         return RecordBlock(buf, starts, lengths)
 
-    def pop_many(self, max_records: int = POP_RECORDS_DEFAULT, max_bytes: int = POP_BYTES_UNLIMITED,
-                 timeout_ms: float | None = 0, *, release: bool = False) -> list[bytes]:
+    def pop_many(
+        self,
+        max_records: int = POP_RECORDS_DEFAULT,
+        max_bytes: int = POP_BYTES_UNLIMITED,
+        timeout_ms: float | None = 0,
+        *,
+        release: bool = False,
+    ) -> list[bytes]:
         """`pop_block(...)` as a list of bytes (an empty list if none arrived within `timeout_ms`)."""
         return self.pop_block(max_records, max_bytes, timeout_ms, release=release).tolist()  # type: ignore[return-value]
 
@@ -767,7 +827,23 @@ class RingReader(_RingHandle):
 
 
 __all__ = [
-    "CAPACITY_MAX_BYTES", "CAPACITY_MIN_BYTES", "ENTRY_RECORDS_MAX", "RecordBlock", "RecordTooLarge",
-    "RingAttachError", "RingBusy", "RingClosed", "RingConfigError", "RingCorrupt", "RingError", "RingFull",
-    "RingInspector", "RingReader", "RingStats", "RingWriter", "create_ring", "destroy_ring", "record_max_for",
+    "CAPACITY_MAX_BYTES",
+    "CAPACITY_MIN_BYTES",
+    "ENTRY_RECORDS_MAX",
+    "RecordBlock",
+    "RecordTooLarge",
+    "RingAttachError",
+    "RingBusy",
+    "RingClosed",
+    "RingConfigError",
+    "RingCorrupt",
+    "RingError",
+    "RingFull",
+    "RingInspector",
+    "RingReader",
+    "RingStats",
+    "RingWriter",
+    "create_ring",
+    "destroy_ring",
+    "record_max_for",
 ]

@@ -60,8 +60,9 @@ def name_for(run_id: str, node: str | int, ring: str) -> str:
     parts = {"run_id": str(run_id), "node": str(node), "ring": str(ring)}
     for field, value in parts.items():
         if not NAME_PART_RE.fullmatch(value):
-            raise SegmentError(f"{NAME_ROOT}{run_id}-{node}-{ring}",
-                               f"{field}: expected 1..64 of [A-Za-z0-9_], got {value!r}")
+            raise SegmentError(
+                f"{NAME_ROOT}{run_id}-{node}-{ring}", f"{field}: expected 1..64 of [A-Za-z0-9_], got {value!r}"
+            )
     return f"{NAME_ROOT}{parts['run_id']}-{parts['node']}-{parts['ring']}"
 
 
@@ -290,6 +291,7 @@ class SegmentOwner:
             removed += unlink_ring(self.names.pop())
         return removed
 
-    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
-                 tb: TracebackType | None) -> None:
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
         self.close()

@@ -49,25 +49,45 @@ class Worker(enum.IntEnum):
     INGEST = 3
 
 
-NODE_DTYPE: Final = np.dtype([
-    ("node_id", "<u8"), ("status", "<u8"),
-    ("role", "<u8"), ("leader_id", "<u8"), ("term", "<u8"), ("commit_index", "<u8"), ("last_index", "<u8"),
-    ("first_index", "<u8"),
-    ("events_in", "<u8"), ("events_committed", "<u8"), ("batches_committed", "<u8"), ("bytes_committed", "<u8"),
-    ("elections", "<u8"), ("leader_changes", "<u8"), ("fsyncs", "<u8"), ("fsync_ns", "<u8"),
-    ("errors", "<u8"), ("dedup_hits", "<u8"), ("commit_latency_us_sum", "<u8"), ("commit_latency_count", "<u8"),
-    # errors by kind: `errors` above counts clients that broke the protocol (writer: ingest); these two are
-    # the raft worker's (peer messages refused as malformed, consensus-channel HELLOs refused)
-    ("peer_errors", "<u8"), ("peer_refusals", "<u8"),
-    # storage faults (writer: raft): StorageFault, since when (0 if OK), recovering mode (0/1), failed log
-    # operations, corrupt logs quarantined
-    ("storage_fault", "<u8"), ("storage_fault_since_unix_ms", "<u8"), ("recovering", "<u8"),
-    ("storage_errors", "<u8"), ("quarantines", "<u8"),
-    ("reserved", "<u8", (5,)),
-    # PRODUCE receipt to PRODUCED answer, per request (writer: ingest): per-bucket counts, not cumulative;
-    # bucket i < LATENCY_BUCKETS - 1 holds latencies <= LATENCY_BOUNDS_MS[i], the last one the rest
-    ("commit_latency_buckets", "<u8", (16,)),
-])
+NODE_DTYPE: Final = np.dtype(
+    [
+        ("node_id", "<u8"),
+        ("status", "<u8"),
+        ("role", "<u8"),
+        ("leader_id", "<u8"),
+        ("term", "<u8"),
+        ("commit_index", "<u8"),
+        ("last_index", "<u8"),
+        ("first_index", "<u8"),
+        ("events_in", "<u8"),
+        ("events_committed", "<u8"),
+        ("batches_committed", "<u8"),
+        ("bytes_committed", "<u8"),
+        ("elections", "<u8"),
+        ("leader_changes", "<u8"),
+        ("fsyncs", "<u8"),
+        ("fsync_ns", "<u8"),
+        ("errors", "<u8"),
+        ("dedup_hits", "<u8"),
+        ("commit_latency_us_sum", "<u8"),
+        ("commit_latency_count", "<u8"),
+        # errors by kind: `errors` above counts clients that broke the protocol (writer: ingest); these two are
+        # the raft worker's (peer messages refused as malformed, consensus-channel HELLOs refused)
+        ("peer_errors", "<u8"),
+        ("peer_refusals", "<u8"),
+        # storage faults (writer: raft): StorageFault, since when (0 if OK), recovering mode (0/1), failed log
+        # operations, corrupt logs quarantined
+        ("storage_fault", "<u8"),
+        ("storage_fault_since_unix_ms", "<u8"),
+        ("recovering", "<u8"),
+        ("storage_errors", "<u8"),
+        ("quarantines", "<u8"),
+        ("reserved", "<u8", (5,)),
+        # PRODUCE receipt to PRODUCED answer, per request (writer: ingest): per-bucket counts, not cumulative;
+        # bucket i < LATENCY_BUCKETS - 1 holds latencies <= LATENCY_BOUNDS_MS[i], the last one the rest
+        ("commit_latency_buckets", "<u8", (16,)),
+    ]
+)
 
 LATENCY_BOUNDS_MS: Final = tuple(0.25 * 2**i for i in range(15))  # 0.25 .. 4096 ms, then +Inf
 LATENCY_BUCKETS: Final = len(LATENCY_BOUNDS_MS) + 1
@@ -77,10 +97,20 @@ def latency_bucket(ns: int) -> int:
     """The histogram bucket of a latency in nanoseconds: the first bound >= it (integer arithmetic)."""
     q = max(1, -(-ns // 250_000))  # ceil(ns / 0.25 ms)
     return min((q - 1).bit_length(), LATENCY_BUCKETS - 1)  # ceil(log2(q)), capped at the +Inf bucket
-WORKER_DTYPE: Final = np.dtype([
-    ("pid", "<u8"), ("heartbeat", "<u8"), ("restarts", "<u8"), ("started_unix_ms", "<u8"),
-    ("records_in", "<u8"), ("records_out", "<u8"), ("errors", "<u8"), ("reserved", "<u8"),
-])
+
+
+WORKER_DTYPE: Final = np.dtype(
+    [
+        ("pid", "<u8"),
+        ("heartbeat", "<u8"),
+        ("restarts", "<u8"),
+        ("started_unix_ms", "<u8"),
+        ("records_in", "<u8"),
+        ("records_out", "<u8"),
+        ("errors", "<u8"),
+        ("reserved", "<u8"),
+    ]
+)
 WORKERS_MAX: Final = 8
 NODE_OFFSET: Final = segments.HEADER_BYTES  # after the common segment header (creator pid, magic, ...)
 SIZE_BYTES: Final = NODE_OFFSET + NODE_DTYPE.itemsize + WORKER_DTYPE.itemsize * WORKERS_MAX
@@ -98,8 +128,9 @@ class StateBlock:
         self._mem = mem
         self.owner = owner
         self.node = np.ndarray((), dtype=NODE_DTYPE, buffer=mem, offset=NODE_OFFSET)
-        self.workers = np.ndarray((WORKERS_MAX,), dtype=WORKER_DTYPE, buffer=mem,
-                                  offset=NODE_OFFSET + NODE_DTYPE.itemsize)
+        self.workers = np.ndarray(
+            (WORKERS_MAX,), dtype=WORKER_DTYPE, buffer=mem, offset=NODE_OFFSET + NODE_DTYPE.itemsize
+        )
 
     @classmethod
     def create(cls, name: str, node_id: int) -> StateBlock:
@@ -121,8 +152,10 @@ class StateBlock:
         del head
         if size < SIZE_BYTES or magic != STATE_MAGIC or version != STATE_VERSION:
             mem.close()
-            raise StateBlockError(f"state block {name}: expected a shmraft state block of version {STATE_VERSION} "
-                                  f"and {SIZE_BYTES} bytes, got magic 0x{magic:X} version {version}, {size} bytes")
+            raise StateBlockError(
+                f"state block {name}: expected a shmraft state block of version {STATE_VERSION} "
+                f"and {SIZE_BYTES} bytes, got magic 0x{magic:X} version {version}, {size} bytes"
+            )
         return cls(name, mem, owner=False)
 
     def get(self, field: str) -> int:

@@ -53,9 +53,14 @@ class Doorbell:
 
     __slots__ = ("_ctl", "_flag", "_sem", "spin_iterations", "wait_timeout_ms", "sleeps")
 
-    def __init__(self, ctl: np.ndarray, flag_index: int, sem: posix_ipc.Semaphore,
-                 spin_iterations: int = SPIN_ITERATIONS_DEFAULT,
-                 wait_timeout_ms: float = WAIT_TIMEOUT_MS_DEFAULT) -> None:
+    def __init__(
+        self,
+        ctl: np.ndarray,
+        flag_index: int,
+        sem: posix_ipc.Semaphore,
+        spin_iterations: int = SPIN_ITERATIONS_DEFAULT,
+        wait_timeout_ms: float = WAIT_TIMEOUT_MS_DEFAULT,
+    ) -> None:
         assert 0 <= spin_iterations <= 1_000_000, spin_iterations
         assert 0 < wait_timeout_ms <= 60_000, wait_timeout_ms
         self._ctl = ctl

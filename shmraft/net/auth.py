@@ -80,8 +80,9 @@ def _read_private_file(path: Path, what: str, max_bytes: int) -> bytes:
         raise ConfigError(f"{what} {str(path)!r}: expected a regular file")
     mode = stat.S_IMODE(st.st_mode)
     if mode & 0o077:
-        raise ConfigError(f"{what} {str(path)!r}: mode 0{mode:03o} lets others read it; expected 0600 or "
-                          f"stricter (chmod 600 {path})")
+        raise ConfigError(
+            f"{what} {str(path)!r}: mode 0{mode:03o} lets others read it; expected 0600 or stricter (chmod 600 {path})"
+        )
     if st.st_size > max_bytes:
         raise ConfigError(f"{what} {str(path)!r}: expected at most {max_bytes} bytes, got {st.st_size}")
     try:
@@ -95,8 +96,10 @@ def read_cluster_secret(path: Path | str) -> Secret:
     path = Path(path)
     value = _read_private_file(path, "cluster_secret_file", SECRET_MAX_BYTES)
     if len(value) < SECRET_MIN_BYTES:
-        raise ConfigError(f"cluster_secret_file {str(path)!r}: expected at least {SECRET_MIN_BYTES} bytes, "
-                          f"got {len(value)}; {MAKE_ONE_HINT}")
+        raise ConfigError(
+            f"cluster_secret_file {str(path)!r}: expected at least {SECRET_MIN_BYTES} bytes, "
+            f"got {len(value)}; {MAKE_ONE_HINT}"
+        )
     return Secret(value, str(path))
 
 
@@ -131,8 +134,10 @@ def ensure_local_secret(path: Path | str) -> bool:
 
 def is_local_secret(config: NodeConfig) -> bool:
     """Whether the config's secret is the local cluster's generated one (data_dir/cluster.secret)."""
-    return (config.cluster_secret_file is not None
-            and Path(config.cluster_secret_file) == Path(config.data_dir) / LOCAL_SECRET_NAME)
+    return (
+        config.cluster_secret_file is not None
+        and Path(config.cluster_secret_file) == Path(config.data_dir) / LOCAL_SECRET_NAME
+    )
 
 
 def cluster_secret(config: NodeConfig) -> Secret:
@@ -163,12 +168,28 @@ def new_nonce() -> bytes:
     return os.urandom(NONCE_BYTES)
 
 
-def handshake_mac(secret: Secret, role: int, cluster_id: str, connector_id: int, acceptor_id: int, channel: int,
-                  connector_nonce: bytes, acceptor_nonce: bytes) -> bytes:
+def handshake_mac(
+    secret: Secret,
+    role: int,
+    cluster_id: str,
+    connector_id: int,
+    acceptor_id: int,
+    channel: int,
+    connector_nonce: bytes,
+    acceptor_nonce: bytes,
+) -> bytes:
     """HMAC-SHA256 binding the secret to one connection: its cluster, both node ids, channel and both nonces."""
     cid = cluster_id.encode()
-    msg = b"".join([_MAC_LABEL, bytes([len(cid)]), cid, _IDS.pack(role, connector_id, acceptor_id, channel),
-                    connector_nonce, acceptor_nonce])
+    msg = b"".join(
+        [
+            _MAC_LABEL,
+            bytes([len(cid)]),
+            cid,
+            _IDS.pack(role, connector_id, acceptor_id, channel),
+            connector_nonce,
+            acceptor_nonce,
+        ]
+    )
     return hmac.new(secret.reveal(), msg, hashlib.sha256).digest()
 
 

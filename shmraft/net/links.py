@@ -125,12 +125,23 @@ class _Conn:
 class PeerLinks:
     """Connections to and from the other members on one channel."""
 
-    def __init__(self, sel: selectors.BaseSelector, *, cluster_id: str, node_id: int, channel: Channel,
-                 bind: tuple[str, int], peers: dict[int, tuple[str, int]],
-                 on_message: Callable[[int, memoryview], None], on_disconnect: Callable[[int], None],
-                 security: PeerSecurity,
-                 outbuf_max_bytes: int = OUTBUF_MAX_BYTES_DEFAULT, body_max_bytes: int | None = None,
-                 inbound_max: int = INBOUND_MAX, handshake_timeout_ms: int = HELLO_TIMEOUT_MS) -> None:
+    def __init__(
+        self,
+        sel: selectors.BaseSelector,
+        *,
+        cluster_id: str,
+        node_id: int,
+        channel: Channel,
+        bind: tuple[str, int],
+        peers: dict[int, tuple[str, int]],
+        on_message: Callable[[int, memoryview], None],
+        on_disconnect: Callable[[int], None],
+        security: PeerSecurity,
+        outbuf_max_bytes: int = OUTBUF_MAX_BYTES_DEFAULT,
+        body_max_bytes: int | None = None,
+        inbound_max: int = INBOUND_MAX,
+        handshake_timeout_ms: int = HELLO_TIMEOUT_MS,
+    ) -> None:
         self.sel = sel
         self.cluster_id = cluster_id
         self.node_id = node_id
@@ -172,8 +183,12 @@ class PeerLinks:
             if conn is None:
                 return False
         if len(conn.out) + len(conn.held) + len(body) > self.outbuf_max_bytes:
-            log.warning("peer %d (%s): outgoing queue over %d bytes, dropping the connection",
-                        peer_id, self.channel.name, self.outbuf_max_bytes)
+            log.warning(
+                "peer %d (%s): outgoing queue over %d bytes, dropping the connection",
+                peer_id,
+                self.channel.name,
+                self.outbuf_max_bytes,
+            )
             self._close(conn)
             return False
         if conn.state is not _State.READY:
@@ -205,9 +220,14 @@ class PeerLinks:
         for conn in [*self._out.values(), *self._inbound]:
             if conn.state is not _State.READY and now - conn.opened_ms > self.handshake_timeout_ms:
                 if not conn.outbound or conn.state is not _State.CONNECTING:  # unanswered connects are quiet
-                    self.badlog.warning("handshake timeout", "%s channel: %s: handshake not done in %d ms (%s); "
-                                        "connection dropped", self.channel.name, self._who(conn),
-                                        self.handshake_timeout_ms, conn.state.value)
+                    self.badlog.warning(
+                        "handshake timeout",
+                        "%s channel: %s: handshake not done in %d ms (%s); connection dropped",
+                        self.channel.name,
+                        self._who(conn),
+                        self.handshake_timeout_ms,
+                        conn.state.value,
+                    )
                 self._close(conn)
         if self._accept_paused_until_ms and now >= self._accept_paused_until_ms:
             self._accept_paused_until_ms = 0.0
@@ -244,8 +264,15 @@ class PeerLinks:
         sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
         sock.setblocking(False)
         tune_peer_socket(sock)
-        conn = _Conn(sock, peer_id, True, PeerReader(HANDSHAKE_BODY_MAX_BYTES), _State.CONNECTING,
-                     opened_ms=_now_ms(), connector_nonce=new_nonce())
+        conn = _Conn(
+            sock,
+            peer_id,
+            True,
+            PeerReader(HANDSHAKE_BODY_MAX_BYTES),
+            _State.CONNECTING,
+            opened_ms=_now_ms(),
+            connector_nonce=new_nonce(),
+        )
         err = sock.connect_ex((host, port))
         if err not in (0, errno.EINPROGRESS):
             sock.close()
@@ -260,8 +287,7 @@ class PeerLinks:
     def _schedule_retry(self, peer_id: int, at_least_ms: float = 0.0) -> None:
         backoff = min(self._backoff_ms.get(peer_id, RECONNECT_BACKOFF_MIN_MS / 2) * 2, RECONNECT_BACKOFF_MAX_MS)
         self._backoff_ms[peer_id] = backoff
-        self._retry_at_ms[peer_id] = max(self._retry_at_ms.get(peer_id, 0.0),
-                                         _now_ms() + max(backoff, at_least_ms))
+        self._retry_at_ms[peer_id] = max(self._retry_at_ms.get(peer_id, 0.0), _now_ms() + max(backoff, at_least_ms))
 
     def _accept(self, _mask: int) -> None:
         for _ in range(ACCEPT_BATCH_MAX):
@@ -278,8 +304,13 @@ class PeerLinks:
             if exc.errno not in _FD_EXHAUSTED:
                 raise
             # the connection stays in the backlog and the listener readable: pause rather than spin
-            self.badlog.error("accept", "%s channel: cannot accept: %s; pausing accepts for %d ms",
-                              self.channel.name, exc.strerror or exc, ACCEPT_PAUSE_MS)
+            self.badlog.error(
+                "accept",
+                "%s channel: cannot accept: %s; pausing accepts for %d ms",
+                self.channel.name,
+                exc.strerror or exc,
+                ACCEPT_PAUSE_MS,
+            )
             if not self._accept_paused_until_ms:
                 self.sel.unregister(self.listener)
             self._accept_paused_until_ms = _now_ms() + ACCEPT_PAUSE_MS
@@ -311,9 +342,15 @@ class PeerLinks:
         if not strangers:
             return False
         oldest = min(strangers, key=lambda c: c.opened_ms)
-        self.badlog.warning("inbound limit", "%s channel: %d inbound connections held (peer_inbound_connections_max): "
-                            "dropped %s, not authenticated after %.0f ms", self.channel.name, self.inbound_max,
-                            self._who(oldest), _now_ms() - oldest.opened_ms)
+        self.badlog.warning(
+            "inbound limit",
+            "%s channel: %d inbound connections held (peer_inbound_connections_max): "
+            "dropped %s, not authenticated after %.0f ms",
+            self.channel.name,
+            self.inbound_max,
+            self._who(oldest),
+            _now_ms() - oldest.opened_ms,
+        )
         self._close(oldest)
         return True
 
@@ -323,8 +360,14 @@ class PeerLinks:
             self._limit_suppressed += 1
             return
         more = f" ({self._limit_suppressed} more since the last line)" if self._limit_suppressed else ""
-        log.warning("%s channel: %d inbound connections held (peer_inbound_connections_max): refused %s:%d%s",
-                    self.channel.name, self.inbound_max, addr[0], addr[1], more)
+        log.warning(
+            "%s channel: %d inbound connections held (peer_inbound_connections_max): refused %s:%d%s",
+            self.channel.name,
+            self.inbound_max,
+            addr[0],
+            addr[1],
+            more,
+        )
         self._limit_logged_at, self._limit_suppressed = now, 0
 
     def _on_event(self, conn: _Conn, mask: int) -> None:
@@ -362,8 +405,9 @@ class PeerLinks:
         try:
             want = tls.handshake(conn.sock)  # type: ignore[arg-type]
         except OSError as exc:
-            log.error("%s channel: TLS handshake with %s failed: %s", self.channel.name, self._who(conn),
-                      tls.describe(exc))
+            log.error(
+                "%s channel: TLS handshake with %s failed: %s", self.channel.name, self._who(conn), tls.describe(exc)
+            )
             refused = isinstance(exc, ssl.SSLError) and not isinstance(exc, ssl.SSLEOFError | ssl.SSLZeroReturnError)
             self.refusals += refused
             self._close(conn, retry_ms=REFUSED_RETRY_MS if refused else 0.0)
@@ -378,8 +422,9 @@ class PeerLinks:
         """TCP (and TLS) is up: the connector greets; the acceptor waits for the greeting."""
         if conn.outbound:
             conn.state = _State.HELLO_SENT
-            conn.out += encode_hello(Hello(self.cluster_id, self.node_id, conn.peer_id, self.channel,
-                                           conn.connector_nonce))
+            conn.out += encode_hello(
+                Hello(self.cluster_id, self.node_id, conn.peer_id, self.channel, conn.connector_nonce)
+            )
             self._flush(conn)
         else:
             conn.state = _State.AWAIT_HELLO
@@ -424,8 +469,13 @@ class PeerLinks:
             return
         if not data:
             if conn.state is not _State.READY and conn.state is not _State.AWAIT_HELLO:
-                self.badlog.warning("handshake closed", "%s channel: %s closed the connection during the "
-                                    "handshake (%s)", self.channel.name, self._who(conn), conn.state.value)
+                self.badlog.warning(
+                    "handshake closed",
+                    "%s channel: %s closed the connection during the handshake (%s)",
+                    self.channel.name,
+                    self._who(conn),
+                    conn.state.value,
+                )
             self._close(conn)
             return
         conn.reader.feed(data)
@@ -436,8 +486,13 @@ class PeerLinks:
                     return
         except RemoteProtocolError as exc:
             if conn.state is _State.READY:
-                self.badlog.warning("bad peer", "%s channel: %s broke the peer protocol (%s); connection dropped",
-                                    self.channel.name, self._who(conn), exc)
+                self.badlog.warning(
+                    "bad peer",
+                    "%s channel: %s broke the peer protocol (%s); connection dropped",
+                    self.channel.name,
+                    self._who(conn),
+                    exc,
+                )
                 self._close(conn)
             else:
                 self._refuse(conn, f"peer protocol: {exc}")
@@ -447,8 +502,13 @@ class PeerLinks:
     def _handle(self, conn: _Conn, kind: PeerKind, body: memoryview) -> bool:
         """One whole message; False when the connection was closed."""
         if kind is PeerKind.REFUSED:
-            self.badlog.error("refused by peer", "%s channel: %s refused us: %s", self.channel.name,
-                              self._who(conn), decode_refused(body))
+            self.badlog.error(
+                "refused by peer",
+                "%s channel: %s refused us: %s",
+                self.channel.name,
+                self._who(conn),
+                decode_refused(body),
+            )
             self._close(conn, retry_ms=REFUSED_RETRY_MS)
             return False
         state = conn.state
@@ -457,8 +517,12 @@ class PeerLinks:
                 raise RemoteProtocolError("peer kind", "RAFT after the handshake", kind.name)
             self.on_message(conn.peer_id, body)
             return True
-        expected = {_State.AWAIT_HELLO: PeerKind.HELLO, _State.AWAIT_PROOF: PeerKind.PROOF,
-                    _State.HELLO_SENT: PeerKind.CHALLENGE, _State.PROOF_SENT: PeerKind.WELCOME}[state]
+        expected = {
+            _State.AWAIT_HELLO: PeerKind.HELLO,
+            _State.AWAIT_PROOF: PeerKind.PROOF,
+            _State.HELLO_SENT: PeerKind.CHALLENGE,
+            _State.PROOF_SENT: PeerKind.WELCOME,
+        }[state]
         if kind is not expected:
             raise RemoteProtocolError("peer kind", f"{expected.name} ({state.value})", kind.name)
         if kind is PeerKind.HELLO:
@@ -483,19 +547,38 @@ class PeerLinks:
         conn.peer_id = hello.node_id
         conn.connector_nonce = hello.nonce
         conn.acceptor_nonce = new_nonce()
-        mac = handshake_mac(self.security.secret, ROLE_ACCEPTOR, self.cluster_id, hello.node_id, self.node_id,
-                            self.channel, conn.connector_nonce, conn.acceptor_nonce)
+        mac = handshake_mac(
+            self.security.secret,
+            ROLE_ACCEPTOR,
+            self.cluster_id,
+            hello.node_id,
+            self.node_id,
+            self.channel,
+            conn.connector_nonce,
+            conn.acceptor_nonce,
+        )
         conn.state = _State.AWAIT_PROOF
         conn.out += encode_challenge(Challenge(self.node_id, conn.acceptor_nonce, mac))
         self._flush(conn)
         return not conn.closed
 
     def _on_proof(self, conn: _Conn, mac: bytes) -> bool:
-        want = handshake_mac(self.security.secret, ROLE_CONNECTOR, self.cluster_id, conn.peer_id, self.node_id,
-                             self.channel, conn.connector_nonce, conn.acceptor_nonce)
+        want = handshake_mac(
+            self.security.secret,
+            ROLE_CONNECTOR,
+            self.cluster_id,
+            conn.peer_id,
+            self.node_id,
+            self.channel,
+            conn.connector_nonce,
+            conn.acceptor_nonce,
+        )
         if not mac_matches(want, mac):
-            self._refuse(conn, f"authentication failed: node {conn.peer_id}'s proof does not match the cluster "
-                               f"secret of node {self.node_id} (different cluster_secret_file contents?)")
+            self._refuse(
+                conn,
+                f"authentication failed: node {conn.peer_id}'s proof does not match the cluster "
+                f"secret of node {self.node_id} (different cluster_secret_file contents?)",
+            )
             return False
         self._authenticated(conn)
         conn.out += encode_welcome()
@@ -506,15 +589,34 @@ class PeerLinks:
         if challenge.node_id != conn.peer_id:
             self._refuse(conn, f"node id: expected node {conn.peer_id} at this address, got {challenge.node_id}")
             return False
-        want = handshake_mac(self.security.secret, ROLE_ACCEPTOR, self.cluster_id, self.node_id, conn.peer_id,
-                             self.channel, conn.connector_nonce, challenge.nonce)
+        want = handshake_mac(
+            self.security.secret,
+            ROLE_ACCEPTOR,
+            self.cluster_id,
+            self.node_id,
+            conn.peer_id,
+            self.channel,
+            conn.connector_nonce,
+            challenge.nonce,
+        )
         if not mac_matches(want, challenge.mac):
-            self._refuse(conn, f"authentication failed: node {conn.peer_id}'s challenge does not match the "
-                               f"cluster secret of node {self.node_id} (different cluster_secret_file contents?)")
+            self._refuse(
+                conn,
+                f"authentication failed: node {conn.peer_id}'s challenge does not match the "
+                f"cluster secret of node {self.node_id} (different cluster_secret_file contents?)",
+            )
             return False
         conn.acceptor_nonce = challenge.nonce
-        proof = handshake_mac(self.security.secret, ROLE_CONNECTOR, self.cluster_id, self.node_id, conn.peer_id,
-                              self.channel, conn.connector_nonce, conn.acceptor_nonce)
+        proof = handshake_mac(
+            self.security.secret,
+            ROLE_CONNECTOR,
+            self.cluster_id,
+            self.node_id,
+            conn.peer_id,
+            self.channel,
+            conn.connector_nonce,
+            conn.acceptor_nonce,
+        )
         conn.state = _State.PROOF_SENT
         conn.out += encode_proof(proof)
         self._flush(conn)
@@ -523,8 +625,12 @@ class PeerLinks:
     def _authenticated(self, conn: _Conn) -> None:
         conn.state = _State.READY
         conn.reader.allow_body_bytes(self.body_max_bytes)
-        log.info("%s channel: %s authenticated%s", self.channel.name, self._who(conn),
-                 " (TLS)" if isinstance(conn.sock, ssl.SSLSocket) else "")
+        log.info(
+            "%s channel: %s authenticated%s",
+            self.channel.name,
+            self._who(conn),
+            " (TLS)" if isinstance(conn.sock, ssl.SSLSocket) else "",
+        )
 
     def _refusal(self, hello: Hello) -> str:
         if hello.cluster_id != self.cluster_id:

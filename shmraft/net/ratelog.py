@@ -33,11 +33,18 @@ class _Window:
 class RateLimitedLog:
     """At most `lines_per_interval` lines per kind per `interval_s` through `logger`, then a summary."""
 
-    def __init__(self, logger: logging.Logger, *, lines_per_interval: int = LINES_PER_INTERVAL_DEFAULT,
-                 interval_s: float = INTERVAL_S_DEFAULT, clock: Callable[[], float] = time.monotonic) -> None:
+    def __init__(
+        self,
+        logger: logging.Logger,
+        *,
+        lines_per_interval: int = LINES_PER_INTERVAL_DEFAULT,
+        interval_s: float = INTERVAL_S_DEFAULT,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
         if lines_per_interval < 1 or interval_s <= 0:
-            raise ValueError(f"lines_per_interval >= 1 and interval_s > 0 expected, got "
-                             f"{lines_per_interval}, {interval_s}")
+            raise ValueError(
+                f"lines_per_interval >= 1 and interval_s > 0 expected, got {lines_per_interval}, {interval_s}"
+            )
         self.logger = logger
         self.lines_per_interval = lines_per_interval
         self.interval_s = interval_s
@@ -82,6 +89,7 @@ class RateLimitedLog:
 
     def _summarise(self, kind: str, win: _Window, now: float) -> None:
         if win.suppressed:
-            self.logger.warning("%s: %d more lines suppressed in the last %.1f s", kind, win.suppressed,
-                                now - win.started_s)
+            self.logger.warning(
+                "%s: %d more lines suppressed in the last %.1f s", kind, win.suppressed, now - win.started_s
+            )
             win.suppressed = 0

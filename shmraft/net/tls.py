@@ -30,8 +30,10 @@ def _load_chain(ctx: ssl.SSLContext, cert_file: Path | str, key_file: Path | str
     try:
         ctx.load_cert_chain(str(cert_file), str(key_file))
     except (OSError, ssl.SSLError) as exc:
-        raise ConfigError(f"tls_cert_file {str(cert_file)!r} / tls_key_file {str(key_file)!r}: "
-                          f"cannot load the certificate and key ({exc})") from None
+        raise ConfigError(
+            f"tls_cert_file {str(cert_file)!r} / tls_key_file {str(key_file)!r}: "
+            f"cannot load the certificate and key ({exc})"
+        ) from None
 
 
 def _load_ca(ctx: ssl.SSLContext, ca_file: Path | str) -> None:
@@ -68,11 +70,13 @@ def client_context(ca_file: Path | str) -> ssl.SSLContext:
     return ctx
 
 
-def wrap(ctx: ssl.SSLContext, sock: socket.socket, server_side: bool,
-         server_hostname: str | None = None) -> ssl.SSLSocket:
+def wrap(
+    ctx: ssl.SSLContext, sock: socket.socket, server_side: bool, server_hostname: str | None = None
+) -> ssl.SSLSocket:
     """Wrap a connected non-blocking socket; the handshake is left to `handshake()` calls."""
-    return ctx.wrap_socket(sock, server_side=server_side, do_handshake_on_connect=False,
-                           server_hostname=server_hostname)
+    return ctx.wrap_socket(
+        sock, server_side=server_side, do_handshake_on_connect=False, server_hostname=server_hostname
+    )
 
 
 def handshake(sock: ssl.SSLSocket) -> int:

@@ -54,8 +54,13 @@ def parse_block(body: bytes | memoryview) -> _Block:
 class BatchCutter:
     """Accumulates blocks and cuts frames of at most `events_max` events and `payload_max_bytes`."""
 
-    def __init__(self, events_max: int = BATCH_EVENTS_MAX, payload_max_bytes: int = BATCH_PAYLOAD_MAX_BYTES,
-                 compress: bool = False, first_batch_id: int = 1) -> None:
+    def __init__(
+        self,
+        events_max: int = BATCH_EVENTS_MAX,
+        payload_max_bytes: int = BATCH_PAYLOAD_MAX_BYTES,
+        compress: bool = False,
+        first_batch_id: int = 1,
+    ) -> None:
         assert 1 <= events_max <= BATCH_EVENTS_MAX and 0 < payload_max_bytes <= BATCH_PAYLOAD_MAX_BYTES
         self.events_max = events_max
         self.payload_max_bytes = payload_max_bytes
@@ -115,6 +120,11 @@ class BatchCutter:
         self.pending_bytes -= payload
         batch_id = self.next_batch_id
         self.next_batch_id += 1
-        return encode_batch_arrays(np.concatenate(lengths), data, batch_id=batch_id,
-                                   producer_ids=np.concatenate(pids), sequences=np.concatenate(seqs),
-                                   compress=self.compress)
+        return encode_batch_arrays(
+            np.concatenate(lengths),
+            data,
+            batch_id=batch_id,
+            producer_ids=np.concatenate(pids),
+            sequences=np.concatenate(seqs),
+            compress=self.compress,
+        )

@@ -58,8 +58,12 @@ class _Producer:
 class DedupTable:
     """Producer id -> high-water sequence and recent offsets; see the module docstring for the rules."""
 
-    def __init__(self, producers_max: int = DEDUP_PRODUCERS_MAX_DEFAULT,
-                 horizon_entries: int = DEDUP_HORIZON_ENTRIES_DEFAULT, spans_max: int = DEDUP_SPANS_MAX_DEFAULT):
+    def __init__(
+        self,
+        producers_max: int = DEDUP_PRODUCERS_MAX_DEFAULT,
+        horizon_entries: int = DEDUP_HORIZON_ENTRIES_DEFAULT,
+        spans_max: int = DEDUP_SPANS_MAX_DEFAULT,
+    ):
         assert producers_max >= 1 and horizon_entries >= 1 and spans_max >= 1
         self.producers_max = producers_max
         self.horizon_entries = horizon_entries

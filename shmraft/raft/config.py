@@ -20,12 +20,14 @@ from shmraft.constants import (
 
 # Test-only fault injection into the algorithm itself (see docs/raft-mutations.md). Never set in production:
 # each one breaks a safety rule on purpose so that the simulator can show it catches the breakage.
-TEST_ONLY_MUTATIONS: Final = frozenset({
-    "commit_any_term",  # leader commits by counting replicas even for entries of earlier terms (figure 8)
-    "vote_ignores_log",  # voters grant without the "candidate's log is at least as up to date" check (5.4.1)
-    "append_ignores_prev_term",  # followers accept an append whose prev entry term does not match (5.3)
-    "recovering_votes",  # a node that lost its log votes as if it still had it (recovering mode ignored)
-})
+TEST_ONLY_MUTATIONS: Final = frozenset(
+    {
+        "commit_any_term",  # leader commits by counting replicas even for entries of earlier terms (figure 8)
+        "vote_ignores_log",  # voters grant without the "candidate's log is at least as up to date" check (5.4.1)
+        "append_ignores_prev_term",  # followers accept an append whose prev entry term does not match (5.3)
+        "recovering_votes",  # a node that lost its log votes as if it still had it (recovering mode ignored)
+    }
+)
 
 
 class RaftConfigError(ValueError):
@@ -57,26 +59,42 @@ class RaftConfig:
     test_only_mutation: str = ""  # "" in production; see TEST_ONLY_MUTATIONS
 
     def __post_init__(self) -> None:
-        positive = ("heartbeat_interval_ms", "election_timeout_ms", "max_append_entries", "max_append_bytes",
-                    "max_inflight_entries", "max_inflight_bytes", "max_uncommitted_entries",
-                    "max_uncommitted_bytes", "max_entry_bytes", "max_committed_bytes_per_ready")
+        positive = (
+            "heartbeat_interval_ms",
+            "election_timeout_ms",
+            "max_append_entries",
+            "max_append_bytes",
+            "max_inflight_entries",
+            "max_inflight_bytes",
+            "max_uncommitted_entries",
+            "max_uncommitted_bytes",
+            "max_entry_bytes",
+            "max_committed_bytes_per_ready",
+        )
         for name in positive:
             if getattr(self, name) <= 0:
                 raise RaftConfigError(f"{name}: expected > 0, got {getattr(self, name)}")
         if self.election_timeout_spread_ms < 1:
             raise RaftConfigError(f"election_timeout_spread_ms: expected >= 1, got {self.election_timeout_spread_ms}")
         if self.election_timeout_ms <= self.heartbeat_interval_ms:
-            raise RaftConfigError("election_timeout_ms: expected more than heartbeat_interval_ms, "
-                                  f"got {self.election_timeout_ms} <= {self.heartbeat_interval_ms}")
+            raise RaftConfigError(
+                "election_timeout_ms: expected more than heartbeat_interval_ms, "
+                f"got {self.election_timeout_ms} <= {self.heartbeat_interval_ms}"
+            )
         if not 0 <= self.disconnect_election_delay_max_ms < self.election_timeout_ms:
-            raise RaftConfigError("disconnect_election_delay_max_ms: expected 0..election_timeout_ms-1, "
-                                  f"got {self.disconnect_election_delay_max_ms}")
+            raise RaftConfigError(
+                "disconnect_election_delay_max_ms: expected 0..election_timeout_ms-1, "
+                f"got {self.disconnect_election_delay_max_ms}"
+            )
         if self.max_entry_bytes > self.max_inflight_bytes:
-            raise RaftConfigError("max_entry_bytes: expected <= max_inflight_bytes, "
-                                  f"got {self.max_entry_bytes} > {self.max_inflight_bytes}")
+            raise RaftConfigError(
+                "max_entry_bytes: expected <= max_inflight_bytes, "
+                f"got {self.max_entry_bytes} > {self.max_inflight_bytes}"
+            )
         if self.test_only_mutation and self.test_only_mutation not in TEST_ONLY_MUTATIONS:
-            raise RaftConfigError(f"test_only_mutation: expected one of {sorted(TEST_ONLY_MUTATIONS)}, "
-                                  f"got {self.test_only_mutation!r}")
+            raise RaftConfigError(
+                f"test_only_mutation: expected one of {sorted(TEST_ONLY_MUTATIONS)}, got {self.test_only_mutation!r}"
+            )
 
     @classmethod
     def from_node_config(cls, node_config: Any, **overrides: Any) -> RaftConfig:

@@ -58,8 +58,17 @@ NOOP: bytes = b""  # the entry a new leader appends to commit earlier terms' ent
 class RaftCore:
     """One Raft node's consensus state. Not thread-safe: one driver owns it."""
 
-    def __init__(self, node_id: int, peers: Iterable[int], storage: LogStorage, config: RaftConfig,
-                 rng: RandomSource, *, applied: int | None = None, recovery_term: int = 0) -> None:
+    def __init__(
+        self,
+        node_id: int,
+        peers: Iterable[int],
+        storage: LogStorage,
+        config: RaftConfig,
+        rng: RandomSource,
+        *,
+        applied: int | None = None,
+        recovery_term: int = 0,
+    ) -> None:
         """Restart from `storage` (read only here; the driver writes it from Readies).
 
         `peers` are the ids of the other voters. `applied` is the last index the driver's state machine has
@@ -175,17 +184,29 @@ class RaftCore:
     def status(self) -> dict[str, object]:
         """A snapshot for status displays; progress only on the leader."""
         out: dict[str, object] = {
-            "id": self.id, "role": self._role.name.lower(), "term": self._term, "leader": self._leader,
-            "vote": self._vote, "commit": self._commit, "applied": self._applied,
-            "last_index": self._log.last_index(), "stable_index": self._log.stable_last(),
+            "id": self.id,
+            "role": self._role.name.lower(),
+            "term": self._term,
+            "leader": self._leader,
+            "vote": self._vote,
+            "commit": self._commit,
+            "applied": self._applied,
+            "last_index": self._log.last_index(),
+            "stable_index": self._log.stable_last(),
             "recovering": self.recovering,
         }
         if self._role == Role.LEADER:
             out["progress"] = {
-                p: {"match": pr.match, "next": pr.next, "state": pr.state.name.lower(),
-                    "inflight_entries": pr.inflight_entries, "inflight_bytes": pr.inflight_bytes,
-                    "silent_ms": pr.silent_ms}
-                for p, pr in self._progress.items()}
+                p: {
+                    "match": pr.match,
+                    "next": pr.next,
+                    "state": pr.state.name.lower(),
+                    "inflight_entries": pr.inflight_entries,
+                    "inflight_bytes": pr.inflight_bytes,
+                    "silent_ms": pr.silent_ms,
+                }
+                for p, pr in self._progress.items()
+            }
             out["transfer_target"] = self._transfer_target
         return out
 
@@ -216,10 +237,11 @@ class RaftCore:
         size = len(data)
         if size > self.config.max_entry_bytes:
             raise EntryTooLargeError(f"entry of {size} bytes exceeds max_entry_bytes {self.config.max_entry_bytes}")
-        if (len(self._uncommitted) >= self.config.max_uncommitted_entries
-                or self._uncommitted_bytes + size > self.config.max_uncommitted_bytes):
-            raise BackpressureError(f"{len(self._uncommitted)} entries / {self._uncommitted_bytes} bytes "
-                                    "uncommitted")
+        if (
+            len(self._uncommitted) >= self.config.max_uncommitted_entries
+            or self._uncommitted_bytes + size > self.config.max_uncommitted_bytes
+        ):
+            raise BackpressureError(f"{len(self._uncommitted)} entries / {self._uncommitted_bytes} bytes uncommitted")
         index = self._log.last_index() + 1
         self._log.append((Entry(index, self._term, data),))
         self._uncommitted.append((index, size))
@@ -278,8 +300,11 @@ class RaftCore:
             return
         if m.term > self._term:
             if isinstance(m, RequestVote):
-                in_lease = (self.config.check_quorum and self._leader != 0
-                            and self._election_elapsed_ms < self.config.election_timeout_ms)
+                in_lease = (
+                    self.config.check_quorum
+                    and self._leader != 0
+                    and self._election_elapsed_ms < self.config.election_timeout_ms
+                )
                 if in_lease and not m.transfer:
                     return  # we hear a leader: a disrupting (pre-)candidate is ignored (thesis 4.2.3)
             if isinstance(m, RequestVote) and m.pre_vote:
@@ -314,8 +339,10 @@ class RaftCore:
             return True
         if self._role == Role.LEADER and self._leader_has_sends():
             return True
-        return (HardState(self._term, self._vote, self._commit) != self._prev_hard
-                or SoftState(self._role, self._leader, self._term) != self._prev_soft)
+        return (
+            HardState(self._term, self._vote, self._commit) != self._prev_hard
+            or SoftState(self._role, self._leader, self._term) != self._prev_soft
+        )
 
     def ready(self) -> Ready:
         """Everything accumulated since the last call; the caller must act on it (see Ready)."""
@@ -343,8 +370,9 @@ class RaftCore:
     # --- role changes -------------------------------------------------------------------------------------
     def _reset_election_timer(self) -> None:
         self._election_elapsed_ms = 0
-        self._randomized_timeout_ms = (self.config.election_timeout_ms
-                                       + self._rng.randrange(self.config.election_timeout_spread_ms))
+        self._randomized_timeout_ms = self.config.election_timeout_ms + self._rng.randrange(
+            self.config.election_timeout_spread_ms
+        )
 
     def _become_follower(self, term: int, leader: int) -> None:
         if term < self._term:
@@ -434,8 +462,9 @@ class RaftCore:
             # vote as if it had it
             self._send(VoteResponse(self.id, m.src, self._term, False, m.pre_vote))
             return
-        can_vote = (self._vote == m.src or (self._vote == 0 and self._leader == 0)
-                    or (m.pre_vote and m.term > self._term))
+        can_vote = (
+            self._vote == m.src or (self._vote == 0 and self._leader == 0) or (m.pre_vote and m.term > self._term)
+        )
         up_to_date = self._mutation == "vote_ignores_log" or self._log.is_up_to_date(m.last_index, m.last_term)
         if can_vote and up_to_date:
             self._send(VoteResponse(self.id, m.src, m.term, True, m.pre_vote))
@@ -507,8 +536,9 @@ class RaftCore:
             entries = entries[skip:]
             prev_index = self._commit
             prev_term = self._log.term(prev_index) or 0
-        last_new = self._log.maybe_append(prev_index, prev_term, entries, self._commit,
-                                          ignore_prev_term=self._mutation == "append_ignores_prev_term")
+        last_new = self._log.maybe_append(
+            prev_index, prev_term, entries, self._commit, ignore_prev_term=self._mutation == "append_ignores_prev_term"
+        )
         if last_new is not None:
             self._commit_to(min(m.commit, last_new))
             self._send(AppendResponse(self.id, m.src, self._term, last_new, True))
@@ -590,8 +620,9 @@ class RaftCore:
             pr.rejected(m.index, next_hint)
             return
         if m.index > self._log.last_index():
-            raise InvariantError(f"follower {m.src} acknowledged {m.index} beyond leader's last "
-                                 f"{self._log.last_index()}")
+            raise InvariantError(
+                f"follower {m.src} acknowledged {m.index} beyond leader's last {self._log.last_index()}"
+            )
         answers_probe = m.index >= pr.next - 1  # not an older, reordered acknowledgement
         moved = pr.acked(m.index)
         if pr.state == ProgressState.PROBE and answers_probe:
@@ -625,8 +656,11 @@ class RaftCore:
     def _window_open(self, pr: Progress, last: int) -> bool:
         """Whether the follower's state and flow-control window allow sending it an append now."""
         if pr.state == ProgressState.REPLICATE:
-            return (pr.next <= last and pr.next - 1 - pr.match < self.config.max_inflight_entries
-                    and pr.inflight_bytes < self.config.max_inflight_bytes)
+            return (
+                pr.next <= last
+                and pr.next - 1 - pr.match < self.config.max_inflight_entries
+                and pr.inflight_bytes < self.config.max_inflight_bytes
+            )
         return pr.state == ProgressState.PROBE and not pr.probe_sent
 
     def _flush_leader_sends(self) -> None:

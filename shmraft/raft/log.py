@@ -67,7 +67,7 @@ class RaftLog:
             lo = self.offset
         if lo < hi:
             total = sum(len(e.data) for e in out)
-            for e in self.unstable[lo - self.offset:hi - self.offset]:
+            for e in self.unstable[lo - self.offset : hi - self.offset]:
                 total += len(e.data)
                 if out and total > max_bytes:
                     break
@@ -124,12 +124,13 @@ class RaftLog:
                 raise InvariantError(f"truncation at {first} below the first stored index")
             self.stable_last_term = term
         else:
-            del self.unstable[first - self.offset:]
+            del self.unstable[first - self.offset :]
             self.unstable.extend(entries)
         self.in_progress = min(self.in_progress, first - 1)
 
-    def maybe_append(self, prev_index: int, prev_term: int, entries: tuple[Entry, ...], commit: int,
-                     ignore_prev_term: bool = False) -> int | None:
+    def maybe_append(
+        self, prev_index: int, prev_term: int, entries: tuple[Entry, ...], commit: int, ignore_prev_term: bool = False
+    ) -> int | None:
         """Follower side of AppendEntries (Raft 5.3): None if the log has no entry (prev_index, prev_term);
         otherwise append what is new, truncating a conflicting suffix (never at or below `commit`), and
         return the index of the last entry the message covers."""
@@ -143,7 +144,7 @@ class RaftLog:
         if conflict:
             if conflict <= commit:
                 raise InvariantError(f"append would replace committed entry {conflict} (commit {commit})")
-            self.append(entries[conflict - entries[0].index:])
+            self.append(entries[conflict - entries[0].index :])
         return last_new
 
     def _find_conflict(self, entries: tuple[Entry, ...]) -> int:
@@ -171,7 +172,7 @@ class RaftLog:
         pos = index - self.offset
         if pos >= len(self.unstable) or self.unstable[pos].term != term:
             return False
-        del self.unstable[:pos + 1]
+        del self.unstable[: pos + 1]
         self.offset = index + 1
         self.stable_last_term = term
         return True

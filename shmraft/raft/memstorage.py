@@ -69,7 +69,7 @@ class MemStorage:
         hi = min(hi, self.last_index() + 1)
         out: list[Entry] = []
         total = 0
-        for e in self._entries[lo - self._snap_index - 1:hi - self._snap_index - 1]:
+        for e in self._entries[lo - self._snap_index - 1 : hi - self._snap_index - 1]:
             total += len(e.data)
             if out and total > max_bytes:
                 break
@@ -87,7 +87,7 @@ class MemStorage:
             for a, b in zip(entries, entries[1:], strict=False):
                 if b.index != a.index + 1 or b.term < a.term:
                     raise InvariantError(f"entries not contiguous or terms decreasing at {b.index}")
-            del self._entries[first - self._snap_index - 1:]
+            del self._entries[first - self._snap_index - 1 :]
             self._entries.extend(entries)
         if hard_state is not None:
             self._set_hard(hard_state)
@@ -106,7 +106,7 @@ class MemStorage:
             return
         term = self.term_at(up_to_index)
         assert term is not None
-        del self._entries[:up_to_index - self._snap_index]
+        del self._entries[: up_to_index - self._snap_index]
         self._snap_index, self._snap_term = up_to_index, term
         if self.fsync == "always":
             self._durable_snap = (self._snap_index, self._snap_term)

@@ -132,5 +132,12 @@ class TimeoutNow:
 
 
 Message = AppendEntries | AppendResponse | Heartbeat | HeartbeatResponse | RequestVote | VoteResponse | TimeoutNow
-MESSAGE_TYPES: tuple[type, ...] = (AppendEntries, AppendResponse, Heartbeat, HeartbeatResponse, RequestVote,
-                                   VoteResponse, TimeoutNow)
+MESSAGE_TYPES: tuple[type, ...] = (
+    AppendEntries,
+    AppendResponse,
+    Heartbeat,
+    HeartbeatResponse,
+    RequestVote,
+    VoteResponse,
+    TimeoutNow,
+)

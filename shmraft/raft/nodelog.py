@@ -141,8 +141,9 @@ class NodeLog:
         try:
             self._hs_file.write(state)
         except OSError as exc:
-            raise StorageIOError(f"cannot save the hard state to {self._hs_file.path}: {exc}",
-                                 disk_full=is_disk_full(exc)) from exc
+            raise StorageIOError(
+                f"cannot save the hard state to {self._hs_file.path}: {exc}", disk_full=is_disk_full(exc)
+            ) from exc
         self.saved = state
 
     def _write_hint(self) -> None:
@@ -152,9 +153,15 @@ class NodeLog:
             raise StorageIOError(f"cannot write {self._hint.path}: {exc}", disk_full=is_disk_full(exc)) from exc
 
 
-def open_node_log(node_dir: Path, *, fsync: str = "always", retain_entries_max: int | None = None,
-                  retain_bytes_max: int | None = None, verify: bool = True,
-                  progress: Callable[[], None] | None = None) -> NodeLog:
+def open_node_log(
+    node_dir: Path,
+    *,
+    fsync: str = "always",
+    retain_entries_max: int | None = None,
+    retain_bytes_max: int | None = None,
+    verify: bool = True,
+    progress: Callable[[], None] | None = None,
+) -> NodeLog:
     """Open, check and if need be quarantine a node's log (see the module docstring for the outcomes).
     `verify=False` skips the full scan (a reopen after ENOSPC of a log this process verified already);
     `progress` is called now and then during the scan (the worker's heartbeat)."""
@@ -174,8 +181,9 @@ def open_node_log(node_dir: Path, *, fsync: str = "always", retain_entries_max: 
     return NodeLog(node_dir, rocks, saved)
 
 
-def _open_checked(node_dir: Path, log_dir: Path, kwargs: dict, verify: bool,
-                  progress: Callable[[], None] | None = None) -> RocksLogStorage:
+def _open_checked(
+    node_dir: Path, log_dir: Path, kwargs: dict, verify: bool, progress: Callable[[], None] | None = None
+) -> RocksLogStorage:
     """RocksDB opened and fully verified; CorruptLogError naming what failed; StorageIOError to retry."""
     if log_dir.is_dir() and not (log_dir / "CURRENT").exists():
         names = os.listdir(log_dir)
@@ -197,10 +205,19 @@ def _open_checked(node_dir: Path, log_dir: Path, kwargs: dict, verify: bool,
             log.warning("ignoring %s", exc)  # only a hint: its own damage proves nothing about the log
             recorded = None
         if recorded is not None and recorded > rocks.last_index():
-            raise CorruptLogError(rocks.last_index() + 1, f"the log ends at {rocks.last_index()} but index "
-                                  f"{recorded} had been durably written (truncated WAL or lost files)")
-        log.info("log at %s verified: %d entries [%d..%d] in %.2f s", log_dir, checked, rocks.first_index(),
-                 rocks.last_index(), time.monotonic() - t0)
+            raise CorruptLogError(
+                rocks.last_index() + 1,
+                f"the log ends at {rocks.last_index()} but index "
+                f"{recorded} had been durably written (truncated WAL or lost files)",
+            )
+        log.info(
+            "log at %s verified: %d entries [%d..%d] in %.2f s",
+            log_dir,
+            checked,
+            rocks.first_index(),
+            rocks.last_index(),
+            time.monotonic() - t0,
+        )
     except StorageIOError as exc:
         rocks.close()
         if exc.disk_full:
@@ -221,7 +238,8 @@ def _reconcile(hs_file: HardStateFile, rocks: RocksLogStorage) -> SavedHardState
         raise HardStateLostError(
             f"{exc}; the log itself is intact but the term/vote copy cannot be trusted: stop the node and "
             f"run `{RECOVER_COMMAND} --node N --min-term T` with T above every term the other nodes report "
-            "(shmraft-supervisor status)") from exc
+            "(shmraft-supervisor status)"
+        ) from exc
     if saved is None:
         saved = SavedHardState(hs.term, hs.vote)  # a new node, or a log written before the copy existed
         _write_saved(hs_file, saved)
@@ -229,22 +247,23 @@ def _reconcile(hs_file: HardStateFile, rocks: RocksLogStorage) -> SavedHardState
     file_ahead = saved.term > hs.term or (saved.term == hs.term and hs.vote == 0 and saved.vote != 0)
     rocks_ahead = hs.term > saved.term or (saved.term == hs.term and saved.vote == 0 and hs.vote != 0)
     if saved.term == hs.term and 0 not in (saved.vote, hs.vote) and saved.vote != hs.vote:
-        raise HardStateLostError(f"the log says vote {hs.vote} and {hs_file.path} says vote {saved.vote} in "
-                                 f"term {hs.term}: run `{RECOVER_COMMAND}` (see docs/DESIGN.md)")
+        raise HardStateLostError(
+            f"the log says vote {hs.vote} and {hs_file.path} says vote {saved.vote} in "
+            f"term {hs.term}: run `{RECOVER_COMMAND}` (see docs/DESIGN.md)"
+        )
     if file_ahead:  # a crash between the two writes: the file is the newer one
-        log.info("term/vote %d/%d from %s (the log had %d/%d)", saved.term, saved.vote, hs_file.path,
-                 hs.term, hs.vote)
+        log.info("term/vote %d/%d from %s (the log had %d/%d)", saved.term, saved.vote, hs_file.path, hs.term, hs.vote)
         rocks.set_hard_state(HardState(saved.term, saved.vote, hs.commit))
     elif rocks_ahead:  # cannot happen with the write order; repair the copy from the verified log
-        log.warning("%s was behind the log (%d/%d < %d/%d): rewritten", hs_file.path, saved.term, saved.vote,
-                    hs.term, hs.vote)
+        log.warning(
+            "%s was behind the log (%d/%d < %d/%d): rewritten", hs_file.path, saved.term, saved.vote, hs.term, hs.vote
+        )
         saved = SavedHardState(hs.term, hs.vote, saved.recovering, saved.recovery_term)
         _write_saved(hs_file, saved)
     return saved
 
 
-def _quarantine_and_recover(node_dir: Path, log_dir: Path, hs_file: HardStateFile, kwargs: dict,
-                            what: str) -> NodeLog:
+def _quarantine_and_recover(node_dir: Path, log_dir: Path, hs_file: HardStateFile, kwargs: dict, what: str) -> NodeLog:
     try:
         saved = hs_file.read()
     except SidecarError as exc:
@@ -252,8 +271,9 @@ def _quarantine_and_recover(node_dir: Path, log_dir: Path, hs_file: HardStateFil
     if saved is None:
         raise HardStateLostError(_lost_message(log_dir, what, f"{hs_file.path} does not exist"))
     quarantined = quarantine(log_dir)
-    log.error("CORRUPT LOG: %s; moved to %s (kept for the operator); starting empty in recovering mode",
-              what, quarantined)
+    log.error(
+        "CORRUPT LOG: %s; moved to %s (kept for the operator); starting empty in recovering mode", what, quarantined
+    )
     LastIndexHint(node_dir).remove()
     term = saved.term + 1
     recovering = SavedHardState(term, 0, True, term)
@@ -300,13 +320,16 @@ def _write_saved(hs_file: HardStateFile, saved: SavedHardState) -> None:
     try:
         hs_file.write(saved)
     except OSError as exc:
-        raise StorageIOError(f"cannot save the hard state to {hs_file.path}: {exc}",
-                             disk_full=is_disk_full(exc)) from exc
+        raise StorageIOError(
+            f"cannot save the hard state to {hs_file.path}: {exc}", disk_full=is_disk_full(exc)
+        ) from exc
 
 
 def _lost_message(log_dir: Path, what: str, why: str) -> str:
-    return (f"CORRUPT LOG and no usable copy of the term/vote ({why}): {what}. The node refuses to start: "
-            f"it could vote twice in a term. Stop the node, read every other node's term "
-            f"(shmraft-supervisor status), then run `{RECOVER_COMMAND} --node N --min-term T` with T greater "
-            f"than all of them; the corrupt log at {log_dir} is moved aside, not deleted, and the node "
-            "re-fetches the log from the others")
+    return (
+        f"CORRUPT LOG and no usable copy of the term/vote ({why}): {what}. The node refuses to start: "
+        f"it could vote twice in a term. Stop the node, read every other node's term "
+        f"(shmraft-supervisor status), then run `{RECOVER_COMMAND} --node N --min-term T` with T greater "
+        f"than all of them; the corrupt log at {log_dir} is moved aside, not deleted, and the node "
+        "re-fetches the log from the others"
+    )

@@ -18,8 +18,18 @@ class ProgressState(enum.IntEnum):
 class Progress:
     """Leader-side view of one follower. `inflight` holds (last index, bytes) per unacknowledged message."""
 
-    __slots__ = ("match", "next", "state", "probe_sent", "silent_ms", "inflight", "inflight_bytes",
-                 "match_at_heartbeat", "commit_sent", "fallback_armed")
+    __slots__ = (
+        "match",
+        "next",
+        "state",
+        "probe_sent",
+        "silent_ms",
+        "inflight",
+        "inflight_bytes",
+        "match_at_heartbeat",
+        "commit_sent",
+        "fallback_armed",
+    )
 
     def __init__(self, next_index: int) -> None:
         self.match = 0

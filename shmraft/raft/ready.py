@@ -38,5 +38,11 @@ class Ready:
         return bool(self.entries) or self.hard_state is not None
 
     def __bool__(self) -> bool:
-        return bool(self.soft_state or self.hard_state or self.entries or self.messages
-                    or self.messages_after_persist or self.committed_entries)
+        return bool(
+            self.soft_state
+            or self.hard_state
+            or self.entries
+            or self.messages
+            or self.messages_after_persist
+            or self.committed_entries
+        )

@@ -79,8 +79,9 @@ class HardStateFile:
             raise SidecarError(f"{self.path}: checksum mismatch")
         magic, version, term, vote, recovering, recovery_term = _HS.unpack(body)
         if magic != _HS_MAGIC or version != _HS_VERSION:
-            raise SidecarError(f"{self.path}: magic 0x{magic:X} version {version}, expected "
-                               f"0x{_HS_MAGIC:X} version {_HS_VERSION}")
+            raise SidecarError(
+                f"{self.path}: magic 0x{magic:X} version {version}, expected 0x{_HS_MAGIC:X} version {_HS_VERSION}"
+            )
         self._last = SavedHardState(term, vote, bool(recovering), recovery_term)
         return self._last
 

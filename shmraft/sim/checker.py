@@ -50,8 +50,11 @@ class Checker:
             c = min(commit_before_crash, self.max_committed)
             want = self.committed.get(c)
             if want is not None and core.term_at(c) != want[0]:
-                self.violation(now_us, f"node {node} lost committed entry {c} across a restart "
-                                       f"(term {core.term_at(c)} instead of {want[0]})")
+                self.violation(
+                    now_us,
+                    f"node {node} lost committed entry {c} across a restart "
+                    f"(term {core.term_at(c)} instead of {want[0]})",
+                )
         self.nodes[node] = NodeView(commit=core.commit_index, applied=core.applied_index, last=core.last_index)
 
     def on_ready(self, node: int, core: RaftCore, rd: Ready, now_us: int) -> None:
@@ -64,8 +67,11 @@ class Checker:
                 self.violation(now_us, f"two leaders in term {soft.term}: {other} and {node}")
             c = self.max_committed
             if c and core.term_at(c) != self.committed[c][0]:
-                self.violation(now_us, f"leader {node} of term {soft.term} lacks committed entry {c} "
-                                       f"(has term {core.term_at(c)}, committed term {self.committed[c][0]})")
+                self.violation(
+                    now_us,
+                    f"leader {node} of term {soft.term} lacks committed entry {c} "
+                    f"(has term {core.term_at(c)}, committed term {self.committed[c][0]})",
+                )
         if rd.entries:
             registry = self.registry
             prev_term = core.term_at(rd.entries[0].index - 1)
@@ -73,16 +79,18 @@ class Checker:
                 self.truncations += 1
             view.last = rd.entries[-1].index
             if rd.entries[0].index <= view.commit:
-                self.violation(now_us, f"node {node} rewrites entry {rd.entries[0].index} at or below its "
-                                       f"commit {view.commit}")
+                self.violation(
+                    now_us, f"node {node} rewrites entry {rd.entries[0].index} at or below its commit {view.commit}"
+                )
             for e in rd.entries:
                 key = (e.index, e.term)
                 seen = registry.get(key)
                 if seen is None:
                     registry[key] = (e.data, prev_term if prev_term is not None else -1)
                 elif seen[0] != e.data or (prev_term is not None and seen[1] not in (prev_term, -1)):
-                    self.violation(now_us, f"log matching: node {node} holds a different entry "
-                                           f"(index {e.index}, term {e.term})")
+                    self.violation(
+                        now_us, f"log matching: node {node} holds a different entry (index {e.index}, term {e.term})"
+                    )
                 prev_term = e.term
         hs = rd.hard_state
         if hs is not None:
@@ -99,11 +107,11 @@ class Checker:
                 if e.index > self.max_committed:
                     self.max_committed = e.index
             elif known != (e.term, e.data):
-                self.violation(now_us, f"node {node} committed a different entry at {e.index}: term {e.term} "
-                                       f"vs term {known[0]}")
+                self.violation(
+                    now_us, f"node {node} committed a different entry at {e.index}: term {e.term} vs term {known[0]}"
+                )
 
-    def check_converged(self, cores: dict[int, RaftCore], acked: list[tuple[int, int, bytes]],
-                        now_us: int) -> None:
+    def check_converged(self, cores: dict[int, RaftCore], acked: list[tuple[int, int, bytes]], now_us: int) -> None:
         """After the heal: every committed and every acknowledged entry is in every node's log."""
         for node, core in cores.items():
             if core.commit_index < self.max_committed:

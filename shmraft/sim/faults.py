@@ -13,8 +13,16 @@ from shmraft.sim.network import NetworkParams
 
 # leader_churn: for its duration every new leader crashes a few ms after winning, with its log only partly
 # replicated: the recipe of Raft's figure 8 (an old-term entry on a majority, then a rival with a newer term)
-FAULT_KINDS = ("partition", "asymmetric_partition", "isolate_leader", "crash", "crash_leader",
-               "connection_reset", "transfer_leadership", "leader_churn")
+FAULT_KINDS = (
+    "partition",
+    "asymmetric_partition",
+    "isolate_leader",
+    "crash",
+    "crash_leader",
+    "connection_reset",
+    "transfer_leadership",
+    "leader_churn",
+)
 FAULT_WEIGHTS = (2, 1, 2, 2, 2, 1, 1, 1)
 TICK_MS = 10  # each node calls tick(TICK_MS) once per (drifted) tick period
 
@@ -42,8 +50,9 @@ class FaultPlan:
 def make_plan(rng: random.Random, node_ids: list[int], fault_ms: int, faults: bool) -> FaultPlan:
     """Draw one seed's faults. With faults=False: a healthy network, no drift, no events."""
     if not faults:
-        return FaultPlan(NetworkParams(), {i: TICK_MS * 1000 for i in node_ids}, 200, 1000, 0.0,
-                         rng.choice((5, 10)) * 1000)
+        return FaultPlan(
+            NetworkParams(), {i: TICK_MS * 1000 for i in node_ids}, 200, 1000, 0.0, rng.choice((5, 10)) * 1000
+        )
     net = NetworkParams(
         drop_probability=rng.choice((0.0, 0.01, 0.05, 0.15)),
         duplicate_probability=rng.choice((0.0, 0.01, 0.05)),
@@ -54,11 +63,19 @@ def make_plan(rng: random.Random, node_ids: list[int], fault_ms: int, faults: bo
     )
     drift = rng.random() < 0.5
     ticks = {i: int(TICK_MS * 1000 * (rng.uniform(0.8, 1.25) if drift else 1.0)) for i in node_ids}
-    plan = FaultPlan(net, ticks, rng.choice((100, 500)), rng.choice((2000, 5000)), rng.choice((0.0, 0.02)),
-                     rng.choice((2, 5, 10, 25)) * 1000)
+    plan = FaultPlan(
+        net,
+        ticks,
+        rng.choice((100, 500)),
+        rng.choice((2000, 5000)),
+        rng.choice((0.0, 0.02)),
+        rng.choice((2, 5, 10, 25)) * 1000,
+    )
     # small flow-control windows make followers lag behind in steps, which is where the commit rule matters
-    plan.raft_limits = {"max_append_entries": rng.choice((1, 3, 16, 256)),
-                        "max_inflight_entries": rng.choice((4, 64, 1024))}
+    plan.raft_limits = {
+        "max_append_entries": rng.choice((1, 3, 16, 256)),
+        "max_inflight_entries": rng.choice((4, 64, 1024)),
+    }
     for _ in range(rng.randint(2, 12)):
         kind = rng.choices(FAULT_KINDS, FAULT_WEIGHTS)[0]
         at = rng.randint(100, max(101, fault_ms - 100)) * 1000

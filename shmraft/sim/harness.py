@@ -24,8 +24,9 @@ DELIVERY_STEPS_MAX = 1_000_000  # a runaway message storm is a bug: stop instead
 class Cluster:
     """Nodes 1..n wired through an instant network. `sent` records every message for inspection."""
 
-    def __init__(self, n: int = 3, config: RaftConfig | None = None, seed: int = 0, fsync: str = "always",
-                 record: bool = True) -> None:
+    def __init__(
+        self, n: int = 3, config: RaftConfig | None = None, seed: int = 0, fsync: str = "always", record: bool = True
+    ) -> None:
         self.ids = list(range(1, n + 1))
         self.config = config or RaftConfig()
         self.seed = seed
@@ -156,9 +157,15 @@ class Cluster:
         return [(e.index, e.term, e.data) for e in core.log_entries(1, core.last_index + 1, 1 << 62)]
 
 
-def core_with_log(node_id: int, peers: list[int], terms: list[int], hard_state: HardState | None = None,
-                  config: RaftConfig | None = None, rng: RandomSource | None = None,
-                  fsync: str = "always") -> tuple[RaftCore, MemStorage]:
+def core_with_log(
+    node_id: int,
+    peers: list[int],
+    terms: list[int],
+    hard_state: HardState | None = None,
+    config: RaftConfig | None = None,
+    rng: RandomSource | None = None,
+    fsync: str = "always",
+) -> tuple[RaftCore, MemStorage]:
     """A core restarted from a storage holding entries 1..len(terms) with those terms (data b"<index>")."""
     storage = MemStorage(fsync)
     entries = [Entry(i, t, str(i).encode()) for i, t in enumerate(terms, start=1)]

@@ -77,5 +77,6 @@ class SimNetwork:
     def heal(self) -> None:
         """Faults stop: links restored and delivery becomes reliable (loss-free, short delays)."""
         self.blocked.clear()
-        self.params = NetworkParams(delay_min_us=self.params.delay_min_us,
-                                    delay_max_us=min(self.params.delay_max_us, 2000))
+        self.params = NetworkParams(
+            delay_min_us=self.params.delay_min_us, delay_max_us=min(self.params.delay_max_us, 2000)
+        )

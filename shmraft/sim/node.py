@@ -27,8 +27,9 @@ class PersistJob:
 class SimNode:
     """Node state that survives (storage) and that does not (core, persist queue) a crash."""
 
-    def __init__(self, node_id: int, peers: list[int], config: RaftConfig, fsync: str, seed: int,
-                 tick_period_us: int) -> None:
+    def __init__(
+        self, node_id: int, peers: list[int], config: RaftConfig, fsync: str, seed: int, tick_period_us: int
+    ) -> None:
         self.id = node_id
         self.peers = peers
         self.config = config

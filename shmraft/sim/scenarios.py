@@ -64,16 +64,19 @@ def figure_8(mutation: str = "") -> ScenarioResult:
     c.elect(5)
     c.run(300)
     s5_applied = [(e.index, e.term) for e in c.applied[5]]
-    result = ScenarioResult("figure_8", detail={"s1_commit": s1_commit, "s1_applied": s1_applied,
-                                                "s5_applied": s5_applied})
+    result = ScenarioResult(
+        "figure_8", detail={"s1_commit": s1_commit, "s1_applied": s1_applied, "s5_applied": s5_applied}
+    )
     applied = {i: dict((e.index, e.term) for e in c.applied[i]) for i in c.ids}
     applied[1] = dict(s1_applied)  # what S1 applied before it crashed counts: clients were told
     for a in c.ids:
         for b in c.ids:
             for index in applied[a].keys() & applied[b].keys():
                 if a < b and applied[a][index] != applied[b][index]:
-                    result.violations.append(f"figure_8: committed entry {index} differs: S{a} applied term "
-                                             f"{applied[a][index]}, S{b} term {applied[b][index]}")
+                    result.violations.append(
+                        f"figure_8: committed entry {index} differs: S{a} applied term "
+                        f"{applied[a][index]}, S{b} term {applied[b][index]}"
+                    )
     return result
 
 

@@ -28,8 +28,9 @@ from shmraft.sim.faults import TICK_MS, FaultEvent, make_plan
 from shmraft.sim.network import SimNetwork
 from shmraft.sim.node import PersistJob, SimNode
 
-(EV_TICK, EV_DELIVER, EV_PERSIST, EV_PROPOSE, EV_FAULT, EV_UNBLOCK, EV_RESTART, EV_HINT, EV_HEAL, EV_SYNC,
- EV_CRASH) = range(11)
+(EV_TICK, EV_DELIVER, EV_PERSIST, EV_PROPOSE, EV_FAULT, EV_UNBLOCK, EV_RESTART, EV_HINT, EV_HEAL, EV_SYNC, EV_CRASH) = (
+    range(11)
+)
 STEPS_MAX = 3_000_000  # events per seed; more means a message storm (a bug)
 PROBE_INTERVAL_US = 50_000
 FAULT_MS_DEFAULT = 5000  # virtual length of the fault phase
@@ -91,8 +92,10 @@ class Simulation:
         self.fault_rng = random.Random(f"fault-{seed}")
         self.loss_rng = random.Random(f"log-loss-{seed}")  # its own stream: the other draws stay as they were
         self.config = RaftConfig(test_only_mutation=opts.mutation, **self.plan.raft_limits)
-        self.nodes = {i: SimNode(i, [p for p in self.ids if p != i], self.config, opts.fsync, seed,
-                                 self.plan.tick_period_us[i]) for i in self.ids}
+        self.nodes = {
+            i: SimNode(i, [p for p in self.ids if p != i], self.config, opts.fsync, seed, self.plan.tick_period_us[i])
+            for i in self.ids
+        }
         self.faults["clock_drift"] = sum(1 for p in self.plan.tick_period_us.values() if p != TICK_MS * 1000)
         self.checker = Checker()
         self.heap: list[tuple] = []
@@ -174,8 +177,12 @@ class Simulation:
         best = None
         for node in self.nodes.values():
             core = node.core
-            if node.up and core is not None and core.role == Role.LEADER and (
-                    best is None or core.term > best.core.term):  # type: ignore[union-attr]
+            if (
+                node.up
+                and core is not None
+                and core.role == Role.LEADER
+                and (best is None or core.term > best.core.term)
+            ):  # type: ignore[union-attr]
                 best = node
         return best
 
@@ -201,8 +208,11 @@ class Simulation:
             links = [(a, b) for a in self.ids for b in self.ids if (a in side) != (b in side)]
         elif kind == "asymmetric_partition":
             a = rng.choice(self.ids)
-            links = [(a, b) for b in self.ids if b != a] if rng.random() < 0.5 else [(a, rng.choice(
-                [b for b in self.ids if b != a]))]
+            links = (
+                [(a, b) for b in self.ids if b != a]
+                if rng.random() < 0.5
+                else [(a, rng.choice([b for b in self.ids if b != a]))]
+            )
         elif kind == "isolate_leader":
             a = leader.id if leader else rng.choice(self.ids)
             links = [(x, y) for x in self.ids for y in self.ids if x != y and a in (x, y)]
@@ -252,10 +262,16 @@ class Simulation:
         victim.crash(power_loss)
         # a lost log is survivable only while the others hold a majority that can elect without it (a
         # recovering node does not vote): one node at a time, and never one still recovering
-        others_recovering = any((n.core.recovering if n.up and n.core is not None else bool(n.recovery_term))
-                                for n in self.nodes.values() if n is not victim)
-        if (not others_recovering and not victim.recovery_term
-                and self.loss_rng.random() < self.options.log_loss_probability):
+        others_recovering = any(
+            (n.core.recovering if n.up and n.core is not None else bool(n.recovery_term))
+            for n in self.nodes.values()
+            if n is not victim
+        )
+        if (
+            not others_recovering
+            and not victim.recovery_term
+            and self.loss_rng.random() < self.options.log_loss_probability
+        ):
             self.faults["log_loss"] += 1
             self._log(f"n{victim.id} LOG LOST (corrupt, quarantined): restarts recovering")
             victim.lose_log()
@@ -346,8 +362,10 @@ class Simulation:
                 t, _, kind, a, b = heapq.heappop(heap)
                 if t > deadline:
                     self.now = deadline
-                    checker.violation(self.now, f"liveness: no probe committed on every node within "
-                                                f"{opts.heal_deadline_ms}ms after the heal")
+                    checker.violation(
+                        self.now,
+                        f"liveness: no probe committed on every node within {opts.heal_deadline_ms}ms after the heal",
+                    )
                     break
                 self.now = t
                 self.steps += 1
@@ -408,19 +426,31 @@ class Simulation:
         except InvariantError as exc:
             checker.violation(self.now, f"core invariant: {exc}")
         return SeedResult(
-            seed=self.seed, nodes=len(self.ids), violations=list(checker.violations), steps=self.steps,
-            elections=checker.elections, faults=self.faults, committed_entries=len(checker.committed),
-            acked_entries=len(self.acked), virtual_ms=self.now // 1000,
+            seed=self.seed,
+            nodes=len(self.ids),
+            violations=list(checker.violations),
+            steps=self.steps,
+            elections=checker.elections,
+            faults=self.faults,
+            committed_entries=len(checker.committed),
+            acked_entries=len(self.acked),
+            virtual_ms=self.now // 1000,
             recovery_ms=(self.done_at - self.healed_at) // 1000 if self.done_at >= 0 else -1,
-            truncations=checker.truncations, trace=self.trace)
+            truncations=checker.truncations,
+            trace=self.trace,
+        )
 
 
 def run_seed(seed: int, options: SimOptions | None = None) -> SeedResult:
     return Simulation(seed, options).run()
 
 
-def run_seeds(seeds: range | list[int], options: SimOptions | None = None, stop_on_failure: bool = False,
-              on_result: Callable[[SeedResult], None] | None = None) -> dict[str, object]:
+def run_seeds(
+    seeds: range | list[int],
+    options: SimOptions | None = None,
+    stop_on_failure: bool = False,
+    on_result: Callable[[SeedResult], None] | None = None,
+) -> dict[str, object]:
     """Run many seeds; returns the summary the CLI prints as JSON (failing seeds listed)."""
     faults: Counter[str] = Counter()
     summary: dict[str, object] = {}
@@ -444,7 +474,16 @@ def run_seeds(seeds: range | list[int], options: SimOptions | None = None, stop_
             on_result(r)
         if r.violations and stop_on_failure:
             break
-    summary.update(seeds=count, violations=violations, failed_seeds=failed, steps=steps, elections=elections,
-                   faults=dict(sorted(faults.items())), committed_entries=committed, acked_entries=acked,
-                   truncations=truncations, recovery_ms_max=recovery_max)
+    summary.update(
+        seeds=count,
+        violations=violations,
+        failed_seeds=failed,
+        steps=steps,
+        elections=elections,
+        faults=dict(sorted(faults.items())),
+        committed_entries=committed,
+        acked_entries=acked,
+        truncations=truncations,
+        recovery_ms_max=recovery_max,
+    )
     return summary

@@ -33,8 +33,9 @@ def free_port_base(count: int) -> int:
     low, high = _port_base_range()
     for _ in range(PORT_BASE_TRIES):
         base = random.randrange(low, high, 1000)
-        ports = [p for m in local_members(count, base)
-                 for p in (m.client_port, m.data_port, m.raft_port, m.metrics_port)]
+        ports = [
+            p for m in local_members(count, base) for p in (m.client_port, m.data_port, m.raft_port, m.metrics_port)
+        ]
         if all(_port_free(p) for p in ports):
             return base
     raise RuntimeError(f"no free port range for {count} local nodes in {PORT_BASE_TRIES} tries")
@@ -98,8 +99,12 @@ class LocalCluster:
         if self.log_dir is not None:
             self.log_dir.mkdir(parents=True, exist_ok=True)
             out = open(self.log_dir / f"node{node_id}.log", "ab")  # noqa: SIM115 - owned by the child
-        proc = subprocess.Popen([sys.executable, "-m", "shmraft.cli.supervisor", "node", "--config-json", str(path)],
-                                stdout=out, stderr=subprocess.STDOUT if out else None, start_new_session=True)
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "shmraft.cli.supervisor", "node", "--config-json", str(path)],
+            stdout=out,
+            stderr=subprocess.STDOUT if out else None,
+            start_new_session=True,
+        )
         if out is not None:
             out.close()
         self.procs[node_id] = proc

@@ -45,12 +45,12 @@ _COUNTERS = (
 )
 # errors by kind: label value -> state block field
 ERROR_KINDS = {
-    "client_protocol": "errors",       # a client broke the protocol (ingest; the client was disconnected)
-    "peer_protocol": "peer_errors",    # a peer message refused as malformed (raft)
-    "peer_refused": "peer_refusals",   # a peer refused at the handshake: other cluster, unknown node, wrong
-                                       # secret, failed TLS, garbage (consensus channel)
-    "dedup_hit": "dedup_hits",         # events refused as duplicates of events already in the log
-    "storage": "storage_errors",       # log writes/reads that failed: disk full, I/O error, corruption (raft)
+    "client_protocol": "errors",  # a client broke the protocol (ingest; the client was disconnected)
+    "peer_protocol": "peer_errors",  # a peer message refused as malformed (raft)
+    "peer_refused": "peer_refusals",  # a peer refused at the handshake: other cluster, unknown node, wrong
+    # secret, failed TLS, garbage (consensus channel)
+    "dedup_hit": "dedup_hits",  # events refused as duplicates of events already in the log
+    "storage": "storage_errors",  # log writes/reads that failed: disk full, I/O error, corruption (raft)
 }
 _GAUGES = ("term", "leader_id", "commit_index", "last_index", "first_index")
 METRICS_CONNECTIONS_MAX: Final = 16  # scrapes served at once (one thread each); more are closed at once
@@ -96,8 +96,11 @@ def node_figures(state: StateBlock) -> dict[str, Any]:
         "recovering": bool(node["recovering"]),
         "quarantines": int(node["quarantines"]),
         "commit_latency": {
-            "count": count, "sum_us": int(node["commit_latency_us_sum"]), "buckets": buckets,
-            "p50_ms": latency_quantile(buckets, 0.50), "p99_ms": latency_quantile(buckets, 0.99),
+            "count": count,
+            "sum_us": int(node["commit_latency_us_sum"]),
+            "buckets": buckets,
+            "p50_ms": latency_quantile(buckets, 0.50),
+            "p99_ms": latency_quantile(buckets, 0.99),
         },
     }
     return out
@@ -116,8 +119,12 @@ def ring_figures(layout: NodeLayout) -> dict[str, dict[str, Any]]:
         try:
             with RingInspector(layout.name(ring)) as insp:
                 st = insp.stats()
-            rings[ring] = {"fill_bytes": st.fill_bytes, "capacity_bytes": st.capacity_bytes,
-                           "records_pushed": st.records_pushed, "bytes_pushed": st.bytes_pushed}
+            rings[ring] = {
+                "fill_bytes": st.fill_bytes,
+                "capacity_bytes": st.capacity_bytes,
+                "records_pushed": st.records_pushed,
+                "bytes_pushed": st.bytes_pushed,
+            }
         except Exception as exc:  # noqa: BLE001 - a missing ring is reported, not fatal
             rings[ring] = {"error": str(exc)}
     return rings
@@ -196,34 +203,42 @@ class NodeCollector(Collector):
             g = GaugeMetricFamily(f"shmraft_{field}", f"The node's {field.replace('_', ' ')}", labels=["node"])
             g.add_metric([node], f[field])
             out.append(g)
-        g = GaugeMetricFamily("shmraft_role", "1 for the node's current Raft role, 0 for the others",
-                              labels=["node", "role"])
+        g = GaugeMetricFamily(
+            "shmraft_role", "1 for the node's current Raft role, 0 for the others", labels=["node", "role"]
+        )
         for role in Role:
             g.add_metric([node, role.name.lower()], 1.0 if role.name.lower() == f["role"] else 0.0)
         out.append(g)
-        g = GaugeMetricFamily("shmraft_node_status", "1 for the node's current status, 0 for the others",
-                              labels=["node", "status"])
+        g = GaugeMetricFamily(
+            "shmraft_node_status", "1 for the node's current status, 0 for the others", labels=["node", "status"]
+        )
         for st in NodeStatus:
             g.add_metric([node, st.name.lower()], 1.0 if st.name == f["status"] else 0.0)
         out.append(g)
-        g = GaugeMetricFamily("shmraft_storage_fault", "1 for the log storage's current state (ok, disk_full, "
-                              "io_error, corrupt, hard_state_lost), 0 for the others", labels=["node", "fault"])
+        g = GaugeMetricFamily(
+            "shmraft_storage_fault",
+            "1 for the log storage's current state (ok, disk_full, "
+            "io_error, corrupt, hard_state_lost), 0 for the others",
+            labels=["node", "fault"],
+        )
         for sf in StorageFault:
             g.add_metric([node, sf.name.lower()], 1.0 if sf.name.lower() == f["storage"] else 0.0)
         out.append(g)
-        g = GaugeMetricFamily("shmraft_recovering", "1 while the node re-fetches a quarantined log (no votes)",
-                              labels=["node"])
+        g = GaugeMetricFamily(
+            "shmraft_recovering", "1 while the node re-fetches a quarantined log (no votes)", labels=["node"]
+        )
         g.add_metric([node], 1.0 if f["recovering"] else 0.0)
         out.append(g)
-        c = CounterMetricFamily("shmraft_quarantines", "Corrupt logs moved aside (log.corrupt-<time>)",
-                                labels=["node"])
+        c = CounterMetricFamily("shmraft_quarantines", "Corrupt logs moved aside (log.corrupt-<time>)", labels=["node"])
         c.add_metric([node], f["quarantines"])
         out.append(c)
 
         lat = f["commit_latency"]
-        h = HistogramMetricFamily("shmraft_commit_latency_seconds",
-                                  "PRODUCE requests: receipt to PRODUCED answer (leader's ingest worker)",
-                                  labels=["node"])
+        h = HistogramMetricFamily(
+            "shmraft_commit_latency_seconds",
+            "PRODUCE requests: receipt to PRODUCED answer (leader's ingest worker)",
+            labels=["node"],
+        )
         cum = 0
         buckets = []
         for bound_ms, n in zip((*LATENCY_BOUNDS_MS, float("inf")), lat["buckets"], strict=True):
@@ -232,11 +247,13 @@ class NodeCollector(Collector):
         h.add_metric([node], buckets, lat["sum_us"] / 1e6)
         out.append(h)
 
-        fill = GaugeMetricFamily("shmraft_ring_fill_bytes", "Bytes published and not yet released in a ring",
-                                 labels=["node", "ring"])
+        fill = GaugeMetricFamily(
+            "shmraft_ring_fill_bytes", "Bytes published and not yet released in a ring", labels=["node", "ring"]
+        )
         cap = GaugeMetricFamily("shmraft_ring_capacity_bytes", "A ring's capacity", labels=["node", "ring"])
-        pushed = CounterMetricFamily("shmraft_ring_records_pushed", "Records pushed into a ring",
-                                     labels=["node", "ring"])
+        pushed = CounterMetricFamily(
+            "shmraft_ring_records_pushed", "Records pushed into a ring", labels=["node", "ring"]
+        )
         for ring, r in ring_figures(self.layout).items():
             if "error" in r:
                 continue
@@ -245,16 +262,20 @@ class NodeCollector(Collector):
             pushed.add_metric([node, ring], r["records_pushed"])
         out += [fill, cap, pushed]
 
-        restarts = CounterMetricFamily("shmraft_worker_restarts", "Worker restarts by the supervisor",
-                                       labels=["node", "worker"])
-        beats = CounterMetricFamily("shmraft_worker_heartbeats", "Worker heartbeat counter (loop iterations)",
-                                    labels=["node", "worker"])
+        restarts = CounterMetricFamily(
+            "shmraft_worker_restarts", "Worker restarts by the supervisor", labels=["node", "worker"]
+        )
+        beats = CounterMetricFamily(
+            "shmraft_worker_heartbeats", "Worker heartbeat counter (loop iterations)", labels=["node", "worker"]
+        )
         werr = CounterMetricFamily("shmraft_worker_errors", "Errors counted by a worker", labels=["node", "worker"])
         up = GaugeMetricFamily("shmraft_worker_up", "1 if the worker process is alive", labels=["node", "worker"])
-        cpu = CounterMetricFamily("shmraft_worker_cpu_seconds", "CPU time (user+system) of the worker process",
-                                  labels=["node", "worker"])
-        rss = GaugeMetricFamily("shmraft_worker_rss_bytes", "Resident memory of the worker process",
-                                labels=["node", "worker"])
+        cpu = CounterMetricFamily(
+            "shmraft_worker_cpu_seconds", "CPU time (user+system) of the worker process", labels=["node", "worker"]
+        )
+        rss = GaugeMetricFamily(
+            "shmraft_worker_rss_bytes", "Resident memory of the worker process", labels=["node", "worker"]
+        )
         pids = {kind.name.lower(): int(self.state.workers[kind]["pid"]) for kind in Worker}
         for kind in Worker:
             name = kind.name.lower()
@@ -326,16 +347,21 @@ def _bound_http_server(server: Any) -> None:
     badlog = RateLimitedLog(log)
     lock = threading.Lock()
     base_handler = server.RequestHandlerClass
-    server.RequestHandlerClass = type("TimedHandler", (_DeadlineHandler, base_handler),
-                                      {"timeout": METRICS_REQUEST_TIMEOUT_S})
+    server.RequestHandlerClass = type(
+        "TimedHandler", (_DeadlineHandler, base_handler), {"timeout": METRICS_REQUEST_TIMEOUT_S}
+    )
     process_request = server.process_request
     process_request_thread = server.process_request_thread
 
     def bounded_process_request(request: Any, client_address: Any) -> None:
         if not slots.acquire(blocking=False):
             with lock:
-                badlog.warning("metrics limit", "metrics: connection from %s refused: %d open "
-                               "(METRICS_CONNECTIONS_MAX)", client_address[0], METRICS_CONNECTIONS_MAX)
+                badlog.warning(
+                    "metrics limit",
+                    "metrics: connection from %s refused: %d open (METRICS_CONNECTIONS_MAX)",
+                    client_address[0],
+                    METRICS_CONNECTIONS_MAX,
+                )
             server.shutdown_request(request)
             return
         try:
@@ -352,8 +378,9 @@ def _bound_http_server(server: Any) -> None:
 
     def handle_error(_request: Any, client_address: Any) -> None:
         with lock:
-            badlog.warning("metrics client", "metrics: request from %s failed: %s", client_address[0],
-                           sys.exc_info()[1])
+            badlog.warning(
+                "metrics client", "metrics: request from %s failed: %s", client_address[0], sys.exc_info()[1]
+            )
 
     server.process_request = bounded_process_request
     server.process_request_thread = releasing_process_request_thread

@@ -115,8 +115,13 @@ class NodeSupervisor:
         try:
             server = MetricsServer(self.config, self.state, self.layout)
         except OSError as exc:
-            log.error("node %d: metrics endpoint on %s:%d not started: %s", self.config.node_id,
-                      self.config.bind_host, self.config.me.metrics_port, exc)
+            log.error(
+                "node %d: metrics endpoint on %s:%d not started: %s",
+                self.config.node_id,
+                self.config.bind_host,
+                self.config.me.metrics_port,
+                exc,
+            )
             return None
         log.info("node %d: metrics at %s", self.config.node_id, server.url)
         return server
@@ -148,25 +153,39 @@ class NodeSupervisor:
             beat = int(self.state.workers[child.kind]["heartbeat"])
             if beat != child.last_beat:
                 child.last_beat, child.last_beat_change = beat, now
-            stalled = (now - child.started > STARTUP_GRACE_S
-                       and (now - child.last_beat_change) * 1000 > self.config.worker_stall_timeout_ms)
+            stalled = (
+                now - child.started > STARTUP_GRACE_S
+                and (now - child.last_beat_change) * 1000 > self.config.worker_stall_timeout_ms
+            )
             if code is None and not stalled:
                 continue
             if stalled and code is None:
-                log.error("node %d: %s worker (pid %d) made no progress for %d ms: killing it",
-                          self.config.node_id, child.kind.name.lower(), proc.pid, self.config.worker_stall_timeout_ms)
+                log.error(
+                    "node %d: %s worker (pid %d) made no progress for %d ms: killing it",
+                    self.config.node_id,
+                    child.kind.name.lower(),
+                    proc.pid,
+                    self.config.worker_stall_timeout_ms,
+                )
                 proc.kill()
                 proc.wait()
                 code = proc.returncode
-            log.error("node %d: %s worker (pid %d) exited with %s", self.config.node_id, child.kind.name.lower(),
-                      proc.pid, code)
+            log.error(
+                "node %d: %s worker (pid %d) exited with %s",
+                self.config.node_id,
+                child.kind.name.lower(),
+                proc.pid,
+                code,
+            )
             child.proc = None
             window = self.config.worker_restart_window_s
             child.restarts = [t for t in child.restarts if now - t < window] + [now]
             self.state.workers[child.kind]["restarts"] += 1
             if len(child.restarts) > self.config.worker_restart_budget:
-                self.failed_reason = (f"{child.kind.name.lower()} worker restarted {len(child.restarts) - 1} times "
-                                      f"in {window:.0f} s (budget {self.config.worker_restart_budget})")
+                self.failed_reason = (
+                    f"{child.kind.name.lower()} worker restarted {len(child.restarts) - 1} times "
+                    f"in {window:.0f} s (budget {self.config.worker_restart_budget})"
+                )
                 self.state.set("status", NodeStatus.FAILED)
                 self._stopping = True
                 return
@@ -190,7 +209,11 @@ class NodeSupervisor:
             try:
                 proc.wait(max(0.0, deadline - time.monotonic()))
             except subprocess.TimeoutExpired:
-                log.warning("node %d: %s worker did not stop in %.0f s: SIGKILL", self.config.node_id,
-                            kind.name.lower(), STOP_GRACE_S)
+                log.warning(
+                    "node %d: %s worker did not stop in %.0f s: SIGKILL",
+                    self.config.node_id,
+                    kind.name.lower(),
+                    STOP_GRACE_S,
+                )
                 proc.kill()
                 proc.wait()

@@ -28,8 +28,11 @@ def _process_figures(pid: int) -> dict[str, Any]:
             proc.cpu_percent(None)  # the first call primes the counter
         with proc.oneshot():
             alive = proc.status() != psutil.STATUS_ZOMBIE
-            return {"alive": alive, "cpu_percent": round(proc.cpu_percent(None), 1),
-                    "rss_mb": round(proc.memory_info().rss / 2**20, 1)}
+            return {
+                "alive": alive,
+                "cpu_percent": round(proc.cpu_percent(None), 1),
+                "rss_mb": round(proc.memory_info().rss / 2**20, 1),
+            }
     except (psutil.NoSuchProcess, psutil.AccessDenied):
         _cpu_seen.pop(pid, None)
         return {"alive": False}
@@ -48,19 +51,36 @@ def node_status(config: NodeConfig) -> dict[str, Any]:
         f = node_figures(state)
         status = NodeStatus[f["status"]]
         lat = f["commit_latency"]
-        out.update(status=f["status"], role=f["role"], term=f["term"], leader=f["leader"],
-                   commit_index=f["commit_index"], last_index=f["last_index"],
-                   events_committed=f["events_committed"], batches_committed=f["batches_committed"],
-                   bytes_committed=f["bytes_committed"], elections=f["elections"],
-                   leader_changes=f["leader_changes"], fsyncs=f["fsyncs"],
-                   fsync_ms_total=round(f["fsync_ns"] / 1e6, 1),
-                   errors=sum(v for k, v in f["errors_by_kind"].items() if k != "dedup_hit"),
-                   errors_by_kind=f["errors_by_kind"], dedup_hits=f["errors_by_kind"]["dedup_hit"],
-                   events_in=f["events_in"], storage=f["storage"], recovering=f["recovering"],
-                   storage_fault_since_unix_ms=f["storage_fault_since_unix_ms"], quarantines=f["quarantines"],
-                   commit_latency_ms={"count": lat["count"], "p50": lat["p50_ms"], "p99": lat["p99_ms"],
-                                      "mean": round(lat["sum_us"] / lat["count"] / 1000, 3) if lat["count"] else None},
-                   metrics_url=f"http://{config.me.host}:{config.me.metrics_port}/metrics")
+        out.update(
+            status=f["status"],
+            role=f["role"],
+            term=f["term"],
+            leader=f["leader"],
+            commit_index=f["commit_index"],
+            last_index=f["last_index"],
+            events_committed=f["events_committed"],
+            batches_committed=f["batches_committed"],
+            bytes_committed=f["bytes_committed"],
+            elections=f["elections"],
+            leader_changes=f["leader_changes"],
+            fsyncs=f["fsyncs"],
+            fsync_ms_total=round(f["fsync_ns"] / 1e6, 1),
+            errors=sum(v for k, v in f["errors_by_kind"].items() if k != "dedup_hit"),
+            errors_by_kind=f["errors_by_kind"],
+            dedup_hits=f["errors_by_kind"]["dedup_hit"],
+            events_in=f["events_in"],
+            storage=f["storage"],
+            recovering=f["recovering"],
+            storage_fault_since_unix_ms=f["storage_fault_since_unix_ms"],
+            quarantines=f["quarantines"],
+            commit_latency_ms={
+                "count": lat["count"],
+                "p50": lat["p50_ms"],
+                "p99": lat["p99_ms"],
+                "mean": round(lat["sum_us"] / lat["count"] / 1000, 3) if lat["count"] else None,
+            },
+            metrics_url=f"http://{config.me.host}:{config.me.metrics_port}/metrics",
+        )
         workers = {}
         # a node whose log is unusable or still being re-fetched is up but not healthy
         healthy = status == NodeStatus.SERVING and f["storage"] == "ok" and not f["recovering"]
@@ -82,14 +102,19 @@ def node_status(config: NodeConfig) -> dict[str, Any]:
 def cluster_status(configs: list[NodeConfig]) -> dict[str, Any]:
     nodes = [node_status(c) for c in configs]
     leaders = {n.get("leader") for n in nodes if n.get("status") == "SERVING"} - {0, None}
-    return {"time_unix_ms": int(time.time() * 1000), "nodes": nodes,
-            "leader": next(iter(leaders)) if len(leaders) == 1 else 0,
-            "healthy": all(n["healthy"] for n in nodes) and len(leaders) == 1}
+    return {
+        "time_unix_ms": int(time.time() * 1000),
+        "nodes": nodes,
+        "leader": next(iter(leaders)) if len(leaders) == 1 else 0,
+        "healthy": all(n["healthy"] for n in nodes) and len(leaders) == 1,
+    }
 
 
 def format_table(report: dict[str, Any], rates: dict[int, float] | None = None) -> str:
-    lines = [f"{'node':<5}{'status':<9}{'role':<14}{'term':>6}{'commit':>10}{'events':>12}{'ev/s':>10}{'p99 ms':>9}"
-             "  workers (pid cpu% MB restarts)"]
+    lines = [
+        f"{'node':<5}{'status':<9}{'role':<14}{'term':>6}{'commit':>10}{'events':>12}{'ev/s':>10}{'p99 ms':>9}"
+        "  workers (pid cpu% MB restarts)"
+    ]
     for n in report["nodes"]:
         if "role" not in n:
             lines.append(f"{n['node_id']:<5}{n['status']:<9}{n.get('error', '')}")
@@ -98,9 +123,12 @@ def format_table(report: dict[str, Any], rates: dict[int, float] | None = None) 
         ws = "  ".join(
             f"{k}:{w['pid']} {w.get('cpu_percent', '-')} {w.get('rss_mb', '-')} r{w['restarts']}"
             + ("" if w["alive"] else " DEAD")
-            for k, w in n["workers"].items())
-        lines.append(f"{n['node_id']:<5}{_shown_status(n):<9}{n['role']:<14}{n['term']:>6}{n['commit_index']:>10}"
-                     f"{n['events_committed']:>12}{rate:>10.0f}{_ms(n['commit_latency_ms']['p99']):>9}  {ws}")
+            for k, w in n["workers"].items()
+        )
+        lines.append(
+            f"{n['node_id']:<5}{_shown_status(n):<9}{n['role']:<14}{n['term']:>6}{n['commit_index']:>10}"
+            f"{n['events_committed']:>12}{rate:>10.0f}{_ms(n['commit_latency_ms']['p99']):>9}  {ws}"
+        )
     lines.append(f"leader: {report['leader'] or 'none'}   healthy: {report['healthy']}")
     return "\n".join(lines)
 

@@ -66,8 +66,13 @@ class ErrorCode(enum.IntEnum):
 
     @property
     def retriable(self) -> bool:
-        return self in (ErrorCode.NOT_LEADER, ErrorCode.TIMEOUT, ErrorCode.UNAVAILABLE,
-                        ErrorCode.SHUTTING_DOWN, ErrorCode.OUT_OF_ORDER_SEQUENCE)
+        return self in (
+            ErrorCode.NOT_LEADER,
+            ErrorCode.TIMEOUT,
+            ErrorCode.UNAVAILABLE,
+            ErrorCode.SHUTTING_DOWN,
+            ErrorCode.OUT_OF_ORDER_SEQUENCE,
+        )
 
 
 # --- messages ---------------------------------------------------------------------------------------------
@@ -176,8 +181,13 @@ def _events_block(events: Sequence[bytes | bytearray | memoryview]) -> list[byte
     return [lengths.tobytes(), *events]
 
 
-def encode_produce(correlation_id: int, producer_id: int, first_sequence: int, timeout_ms: int,
-                   events: Sequence[bytes | bytearray | memoryview]) -> bytes:
+def encode_produce(
+    correlation_id: int,
+    producer_id: int,
+    first_sequence: int,
+    timeout_ms: int,
+    events: Sequence[bytes | bytearray | memoryview],
+) -> bytes:
     if not 1 <= len(events) <= PRODUCE_EVENTS_MAX:
         raise LocalProtocolError("event_count", f"1..{PRODUCE_EVENTS_MAX}", len(events))
     body = b"".join([_PRODUCE.pack(producer_id, first_sequence, timeout_ms, len(events)), *_events_block(events)])
@@ -193,8 +203,13 @@ def encode_fetch(correlation_id: int, from_offset: int, max_bytes: int, max_wait
     return _frame(Kind.FETCH, correlation_id, _FETCH.pack(from_offset, max_bytes, max_wait_ms))
 
 
-def encode_fetched(correlation_id: int, next_offset: int, commit_offset: int, offsets: Sequence[int] | np.ndarray,
-                   events: Sequence[bytes | bytearray | memoryview]) -> bytes:
+def encode_fetched(
+    correlation_id: int,
+    next_offset: int,
+    commit_offset: int,
+    offsets: Sequence[int] | np.ndarray,
+    events: Sequence[bytes | bytearray | memoryview],
+) -> bytes:
     arr = np.asarray(offsets, dtype=_U64)
     if arr.size != len(events):
         raise LocalProtocolError("offsets", f"{len(events)} offsets", arr.size)
@@ -206,8 +221,9 @@ def encode_metadata(correlation_id: int) -> bytes:
     return _frame(Kind.METADATA, correlation_id, b"")
 
 
-def encode_metadata_answer(correlation_id: int, term: int, leader_id: int, commit_index: int, node_id: int,
-                           members: Sequence[Member]) -> bytes:
+def encode_metadata_answer(
+    correlation_id: int, term: int, leader_id: int, commit_index: int, node_id: int, members: Sequence[Member]
+) -> bytes:
     parts = [_METADATA_HEAD.pack(term, leader_id, commit_index, node_id, len(members))]
     for m in members:
         host = m.host.encode()
@@ -250,8 +266,9 @@ class _Body:
 
     def take(self, n: int, field: str) -> memoryview:
         if n < 0 or self.pos + n > len(self.view):
-            raise RemoteProtocolError(f"{self.kind.name}.{field}", f"{n} more bytes",
-                                      f"{len(self.view) - self.pos} left")
+            raise RemoteProtocolError(
+                f"{self.kind.name}.{field}", f"{n} more bytes", f"{len(self.view) - self.pos} left"
+            )
         out = self.view[self.pos : self.pos + n]
         self.pos += n
         return out
@@ -282,8 +299,9 @@ class _Body:
         try:
             return raw.decode("utf-8")
         except UnicodeDecodeError as exc:
-            raise RemoteProtocolError(f"{self.kind.name}.{field}", "UTF-8 text",
-                                      f"{raw[exc.start : exc.start + 4]!r} at byte {exc.start}") from None
+            raise RemoteProtocolError(
+                f"{self.kind.name}.{field}", "UTF-8 text", f"{raw[exc.start : exc.start + 4]!r} at byte {exc.start}"
+            ) from None
 
     def done(self) -> None:
         if self.pos != len(self.view):

@@ -151,9 +151,19 @@ def encode_batch(
     if not 1 <= count <= BATCH_EVENTS_MAX:
         raise LocalProtocolError("event_count", f"1..{BATCH_EVENTS_MAX}", count)
     lengths = np.fromiter(map(len, events), dtype=_LEN_DTYPE, count=count)
-    return encode_batch_arrays(lengths, [*events], batch_id=batch_id, term=term, prev_index=prev_index,
-                               prev_term=prev_term, timestamp_us=timestamp_us, producer_ids=producer_ids,
-                               sequences=sequences, compress=compress, zstd_level=zstd_level)
+    return encode_batch_arrays(
+        lengths,
+        [*events],
+        batch_id=batch_id,
+        term=term,
+        prev_index=prev_index,
+        prev_term=prev_term,
+        timestamp_us=timestamp_us,
+        producer_ids=producer_ids,
+        sequences=sequences,
+        compress=compress,
+        zstd_level=zstd_level,
+    )
 
 
 def encode_batch_arrays(
@@ -250,9 +260,7 @@ def decode_header(buf: bytes | bytearray | memoryview) -> FrameHeader:
         raise FrameOversized("payload_len", f"at most {BATCH_PAYLOAD_MAX_BYTES}", payload_len)
     (crc,) = _CRC.unpack_from(buf, 12)
     batch_id, timestamp_us, prev_index, term, prev_term = _HEAD_B.unpack_from(buf, 16)
-    return FrameHeader(
-        version, flags, count, payload_len, crc, batch_id, timestamp_us, prev_index, term, prev_term
-    )
+    return FrameHeader(version, flags, count, payload_len, crc, batch_id, timestamp_us, prev_index, term, prev_term)
 
 
 def decode_batch(buf: bytes | bytearray | memoryview) -> Batch:

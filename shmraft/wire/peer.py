@@ -107,8 +107,11 @@ def encode_hello(hello: Hello) -> bytes:
 
 def encode_challenge(challenge: Challenge) -> bytes:
     if len(challenge.nonce) != NONCE_BYTES or len(challenge.mac) != MAC_BYTES:
-        raise LocalProtocolError("CHALLENGE", f"a {NONCE_BYTES}-byte nonce and a {MAC_BYTES}-byte mac",
-                                 (len(challenge.nonce), len(challenge.mac)))
+        raise LocalProtocolError(
+            "CHALLENGE",
+            f"a {NONCE_BYTES}-byte nonce and a {MAC_BYTES}-byte mac",
+            (len(challenge.nonce), len(challenge.mac)),
+        )
     return encode_peer(PeerKind.CHALLENGE, _CHALLENGE.pack(challenge.node_id, challenge.nonce, challenge.mac))
 
 

@@ -37,8 +37,15 @@ _VOTE_RESP: Final = struct.Struct("<BB")  # granted, pre_vote
 _U64: Final = np.dtype("<u8")
 _U32: Final = np.dtype("<u4")
 
-_KIND: Final = {AppendEntries: 1, AppendResponse: 2, Heartbeat: 3, HeartbeatResponse: 4, RequestVote: 5,
-                VoteResponse: 6, TimeoutNow: 7}
+_KIND: Final = {
+    AppendEntries: 1,
+    AppendResponse: 2,
+    Heartbeat: 3,
+    HeartbeatResponse: 4,
+    RequestVote: 5,
+    VoteResponse: 6,
+    TimeoutNow: 7,
+}
 _NAMES: Final = {v: k.__name__ for k, v in _KIND.items()}
 
 
@@ -49,8 +56,15 @@ def encode_raft(m: Message) -> bytes:
         n = len(m.entries)
         terms = np.fromiter((e.term for e in m.entries), dtype=_U64, count=n)
         lengths = np.fromiter((len(e.data) for e in m.entries), dtype=_U32, count=n)
-        return b"".join([head, _APPEND.pack(m.prev_index, m.prev_term, m.commit, n), terms.tobytes(),
-                         lengths.tobytes(), *(e.data for e in m.entries)])
+        return b"".join(
+            [
+                head,
+                _APPEND.pack(m.prev_index, m.prev_term, m.commit, n),
+                terms.tobytes(),
+                lengths.tobytes(),
+                *(e.data for e in m.entries),
+            ]
+        )
     if isinstance(m, AppendResponse):
         return head + _APPEND_RESP.pack(m.index, m.success, m.hint_index, m.hint_term)
     if isinstance(m, Heartbeat):
@@ -88,8 +102,9 @@ def decode_raft(body: memoryview | bytes, *, expect_dst: int | None = None) -> M
         return HeartbeatResponse(src, dst, term)
     if kind == 5:
         last_index, last_term, pre_vote, transfer = _VOTE.unpack(rest)
-        return RequestVote(src, dst, term, last_index, last_term, _flag(pre_vote, name, "pre_vote"),
-                           _flag(transfer, name, "transfer"))
+        return RequestVote(
+            src, dst, term, last_index, last_term, _flag(pre_vote, name, "pre_vote"), _flag(transfer, name, "transfer")
+        )
     if kind == 6:
         granted, pre_vote = _VOTE_RESP.unpack(rest)
         return VoteResponse(src, dst, term, _flag(granted, name, "granted"), _flag(pre_vote, name, "pre_vote"))

@@ -109,8 +109,9 @@ class WorkerBase:
 
 def setup_logging(node_id: int, kind: str) -> None:
     level = os.environ.get("SHMRAFT_LOG_LEVEL", "INFO").upper()
-    logging.basicConfig(level=level, stream=sys.stderr,
-                        format=f"%(asctime)s node{node_id} {kind:<7} %(levelname)s %(message)s")
+    logging.basicConfig(
+        level=level, stream=sys.stderr, format=f"%(asctime)s node{node_id} {kind:<7} %(levelname)s %(message)s"
+    )
 
 
 def selector_loop_once(sel: selectors.BaseSelector, timeout_s: float) -> None:

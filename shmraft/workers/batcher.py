@@ -29,8 +29,12 @@ class BatcherWorker(WorkerBase):
         super().__init__(config)
         self.blocks = self.layout.reader("r1")
         self.frames = self.layout.writer("r2")
-        self.cutter = BatchCutter(config.batch_events_max, config.batch_payload_max_bytes, config.batch_compress,
-                                  first_batch_id=time.time_ns())
+        self.cutter = BatchCutter(
+            config.batch_events_max,
+            config.batch_payload_max_bytes,
+            config.batch_compress,
+            first_batch_id=time.time_ns(),
+        )
         self.linger_s = config.batch_linger_ms / 1000
         self._oldest = 0.0
 

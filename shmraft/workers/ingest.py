@@ -171,14 +171,24 @@ class IngestWorker(WorkerBase):
                 self._pause_accept(exc)
                 return
             if len(self.clients) >= self.config.client_connections_max:
-                self.badlog.warning("connection limit", "client %s:%d refused: %d connections open (limit "
-                                    "client_connections_max %d)", addr[0], addr[1], len(self.clients),
-                                    self.config.client_connections_max)
+                self.badlog.warning(
+                    "connection limit",
+                    "client %s:%d refused: %d connections open (limit client_connections_max %d)",
+                    addr[0],
+                    addr[1],
+                    len(self.clients),
+                    self.config.client_connections_max,
+                )
                 try:
                     sock.setblocking(False)
                     if self.tls is None:  # a TLS client could not read a plain answer: just close
-                        sock.send(cp.encode_error(0, cp.ErrorCode.UNAVAILABLE,
-                                                  f"too many connections (limit {self.config.client_connections_max})"))
+                        sock.send(
+                            cp.encode_error(
+                                0,
+                                cp.ErrorCode.UNAVAILABLE,
+                                f"too many connections (limit {self.config.client_connections_max})",
+                            )
+                        )
                 except OSError:
                     pass
                 sock.close()
@@ -188,15 +198,26 @@ class IngestWorker(WorkerBase):
             if self.tls is not None:
                 sock = tls.wrap(self.tls, sock, server_side=True)  # handshake driven by _on_client
             limit = self.config.client_request_bytes_max if self.token is None else cp.AUTH_TOKEN_MAX_BYTES
-            client = _Client(sock, f"{addr[0]}:{addr[1]}", cp.MessageReader(limit), last_recv_s=time.monotonic(),
-                             tls_want=selectors.EVENT_READ if self.tls else 0, authed=self.token is None)
+            client = _Client(
+                sock,
+                f"{addr[0]}:{addr[1]}",
+                cp.MessageReader(limit),
+                last_recv_s=time.monotonic(),
+                tls_want=selectors.EVENT_READ if self.tls else 0,
+                authed=self.token is None,
+            )
             client.callback = lambda mask, client=client: self._on_client(client, mask)
             self.clients.add(client)
             self._update_interest(client)
 
     def _pause_accept(self, exc: OSError) -> None:
-        self.badlog.error("accept", "cannot accept client connections: %s (%d open); pausing accepts for %d ms",
-                          exc.strerror or exc, len(self.clients), ACCEPT_PAUSE_MS)
+        self.badlog.error(
+            "accept",
+            "cannot accept client connections: %s (%d open); pausing accepts for %d ms",
+            exc.strerror or exc,
+            len(self.clients),
+            ACCEPT_PAUSE_MS,
+        )
         self.state.add("errors")
         if not self.accept_paused_until_s:
             self.sel.unregister(self.listener)
@@ -216,17 +237,35 @@ class IngestWorker(WorkerBase):
         for client in list(self.clients):
             if request_s and client.partial_since_s and now - client.partial_since_s > request_s:
                 self.record["errors"] += 1
-                self.badlog.warning("slow request", "client %s sent %d bytes of a request in %.1f s "
-                                    "(client_request_timeout_ms %d); disconnected", client.addr,
-                                    client.reader.buffered_bytes, now - client.partial_since_s,
-                                    self.config.client_request_timeout_ms)
-                self._send_error_and_close(client, 0, cp.ErrorCode.MALFORMED,
-                                           f"request not completed within {self.config.client_request_timeout_ms} ms")
-            elif (idle_s and now - client.last_recv_s > idle_s and not client.inflight_bytes and not client.out
-                  and id(client) not in waiting):
-                self.badlog.log(logging.INFO, "idle", "client %s idle for %.1f s (client_idle_timeout_ms %d); "
-                                "disconnected", client.addr, now - client.last_recv_s,
-                                self.config.client_idle_timeout_ms)
+                self.badlog.warning(
+                    "slow request",
+                    "client %s sent %d bytes of a request in %.1f s (client_request_timeout_ms %d); disconnected",
+                    client.addr,
+                    client.reader.buffered_bytes,
+                    now - client.partial_since_s,
+                    self.config.client_request_timeout_ms,
+                )
+                self._send_error_and_close(
+                    client,
+                    0,
+                    cp.ErrorCode.MALFORMED,
+                    f"request not completed within {self.config.client_request_timeout_ms} ms",
+                )
+            elif (
+                idle_s
+                and now - client.last_recv_s > idle_s
+                and not client.inflight_bytes
+                and not client.out
+                and id(client) not in waiting
+            ):
+                self.badlog.log(
+                    logging.INFO,
+                    "idle",
+                    "client %s idle for %.1f s (client_idle_timeout_ms %d); disconnected",
+                    client.addr,
+                    now - client.last_recv_s,
+                    self.config.client_idle_timeout_ms,
+                )
                 self._close(client)
 
     def _on_client(self, client: _Client, mask: int) -> None:
@@ -243,8 +282,9 @@ class IngestWorker(WorkerBase):
             client.tls_want = tls.handshake(client.sock)
         except OSError as exc:
             self.record["errors"] += 1
-            self.badlog.warning("tls", "client %s: TLS handshake failed (%s); disconnected", client.addr,
-                                tls.describe(exc))
+            self.badlog.warning(
+                "tls", "client %s: TLS handshake failed (%s); disconnected", client.addr, tls.describe(exc)
+            )
             self._close(client)
             return False
         self._update_interest(client)
@@ -376,8 +416,9 @@ class IngestWorker(WorkerBase):
             return
         why = "wrong token" if isinstance(msg, cp.Auth) else f"{type(msg).__name__.upper()} before AUTH"
         self.record["errors"] += 1
-        self.badlog.warning("unauthorized", "client %s: %s (the node has a client_token_file); disconnected",
-                            client.addr, why)
+        self.badlog.warning(
+            "unauthorized", "client %s: %s (the node has a client_token_file); disconnected", client.addr, why
+        )
         self._send_error_and_close(client, msg.correlation_id, cp.ErrorCode.UNAUTHORIZED, f"unauthorized: {why}")
 
     def _error(self, client: _Client, cid: int, code: cp.ErrorCode, message: str) -> None:
@@ -396,13 +437,21 @@ class IngestWorker(WorkerBase):
             return
         if self.state.get("role") != Role.LEADER:
             leader = self.state.get("leader_id")
-            self._error(client, msg.correlation_id, cp.ErrorCode.NOT_LEADER,
-                        f"node {self.config.node_id} is not the leader (leader: {leader or 'unknown'})")
+            self._error(
+                client,
+                msg.correlation_id,
+                cp.ErrorCode.NOT_LEADER,
+                f"node {self.config.node_id} is not the leader (leader: {leader or 'unknown'})",
+            )
             return
         largest = int(msg.lengths.max())
         if largest > EVENT_BYTES_MAX:
-            self._error(client, msg.correlation_id, cp.ErrorCode.TOO_LARGE,
-                        f"event of {largest} bytes: expected at most {EVENT_BYTES_MAX}")
+            self._error(
+                client,
+                msg.correlation_id,
+                cp.ErrorCode.TOO_LARGE,
+                f"event of {largest} bytes: expected at most {EVENT_BYTES_MAX}",
+            )
             return
         count = int(msg.lengths.size)
         if msg.first_sequence + count >= 2**63:
@@ -410,9 +459,18 @@ class IngestWorker(WorkerBase):
             return
         timeout_ms = min(msg.timeout_ms or self.config.produce_timeout_ms_default, PRODUCE_TIMEOUT_MAX_MS)
         size = len(msg.data)
-        pending = _Pending(client, msg.correlation_id, msg.producer_id, msg.first_sequence, count, size,
-                           time.monotonic() + timeout_ms / 1000, np.full(count, -1, dtype=np.int64), count,
-                           received_ns=time.monotonic_ns())
+        pending = _Pending(
+            client,
+            msg.correlation_id,
+            msg.producer_id,
+            msg.first_sequence,
+            count,
+            size,
+            time.monotonic() + timeout_ms / 1000,
+            np.full(count, -1, dtype=np.int64),
+            count,
+            received_ns=time.monotonic_ns(),
+        )
         self.by_producer.setdefault(msg.producer_id, []).append(pending)
         client.inflight_bytes += size
         # The PRODUCE body is the batcher's event block as it stands (node/batching.py): no copy, no re-encode.
@@ -504,11 +562,17 @@ class IngestWorker(WorkerBase):
                 continue
             v = int(verdicts[hit][0])
             if v == dd.OUT_OF_ORDER:
-                self._fail(p, cp.ErrorCode.OUT_OF_ORDER_SEQUENCE,
-                           f"producer {pid}: sequence {int(seqs[hit][0])} does not follow the last one in the log")
+                self._fail(
+                    p,
+                    cp.ErrorCode.OUT_OF_ORDER_SEQUENCE,
+                    f"producer {pid}: sequence {int(seqs[hit][0])} does not follow the last one in the log",
+                )
             elif v == dd.DUPLICATE_TOO_OLD:
-                self._fail(p, cp.ErrorCode.MALFORMED,
-                           f"producer {pid}: sequence {int(seqs[hit][0])} was committed long ago (offset forgotten)")
+                self._fail(
+                    p,
+                    cp.ErrorCode.MALFORMED,
+                    f"producer {pid}: sequence {int(seqs[hit][0])} was committed long ago (offset forgotten)",
+                )
             else:
                 self._fail(p, cp.ErrorCode.NOT_LEADER, "leadership changed before the events were appended")
 
@@ -545,8 +609,11 @@ class IngestWorker(WorkerBase):
                 if now >= p.deadline:
                     has_quorum = self.state.get("role") == Role.LEADER
                     code = cp.ErrorCode.TIMEOUT if has_quorum else cp.ErrorCode.UNAVAILABLE
-                    self._fail(p, code, "not committed within the request's timeout; retry with the same "
-                                        "producer id and sequences")
+                    self._fail(
+                        p,
+                        code,
+                        "not committed within the request's timeout; retry with the same producer id and sequences",
+                    )
         if self.state.get("role") != Role.LEADER and self.by_producer:
             self._fail_all(cp.ErrorCode.NOT_LEADER, "this node is no longer the leader")
         self._retry_fetches(now)
@@ -569,8 +636,9 @@ class IngestWorker(WorkerBase):
         self.reader_quarantines = quarantines
         if self.log_reader is None:
             try:
-                self.log_reader = RocksLogReader(str(self.config.node_dir / "log"),
-                                                 str(self.config.node_dir / "ingest-secondary"))
+                self.log_reader = RocksLogReader(
+                    str(self.config.node_dir / "log"), str(self.config.node_dir / "ingest-secondary")
+                )
             except StorageError as exc:
                 self.log.debug("log not readable yet: %s", exc)
                 return None
@@ -596,8 +664,12 @@ class IngestWorker(WorkerBase):
         try:
             entries = reader.entries(index, min(commit, reader.last_index()) + 1, max_bytes)
         except LogCompactedError as exc:
-            self._error(client, req.correlation_id, cp.ErrorCode.OFFSET_OUT_OF_RANGE,
-                        f"offset {req.from_offset}: the oldest retained is {exc.first_index * BATCH_EVENTS_MAX}")
+            self._error(
+                client,
+                req.correlation_id,
+                cp.ErrorCode.OFFSET_OUT_OF_RANGE,
+                f"offset {req.from_offset}: the oldest retained is {exc.first_index * BATCH_EVENTS_MAX}",
+            )
             return True
         offsets, lengths, datas = [], [], []
         total = 0
@@ -620,8 +692,9 @@ class IngestWorker(WorkerBase):
             if total >= max_bytes:
                 break
         if offsets:
-            body = _fetched(req.correlation_id, next_offset, commit_offset, np.concatenate(offsets),
-                            np.concatenate(lengths), datas)
+            body = _fetched(
+                req.correlation_id, next_offset, commit_offset, np.concatenate(offsets), np.concatenate(lengths), datas
+            )
             self._write(client, body)
         else:
             self._write(client, cp.encode_fetched(req.correlation_id, next_offset, commit_offset, [], []))
@@ -645,9 +718,17 @@ class IngestWorker(WorkerBase):
 
     def _metadata(self, client: _Client, msg: cp.Metadata) -> None:
         members = [cp.Member(m.node_id, m.host, m.client_port) for m in self.config.members]
-        self._write(client, cp.encode_metadata_answer(msg.correlation_id, self.state.get("term"),
-                                                      self.state.get("leader_id"), self.state.get("commit_index"),
-                                                      self.config.node_id, members))
+        self._write(
+            client,
+            cp.encode_metadata_answer(
+                msg.correlation_id,
+                self.state.get("term"),
+                self.state.get("leader_id"),
+                self.state.get("commit_index"),
+                self.config.node_id,
+                members,
+            ),
+        )
 
 
 def _raise_fd_limit(wanted: int, log: logging.Logger) -> None:
@@ -658,12 +739,16 @@ def _raise_fd_limit(wanted: int, log: logging.Logger) -> None:
         new = wanted if hard == resource.RLIM_INFINITY else min(wanted, hard)
         resource.setrlimit(resource.RLIMIT_NOFILE, (new, hard))
         if new < wanted:
-            log.warning("open files limited to %d (hard RLIMIT_NOFILE): fewer than client_connections_max + %d",
-                        new, FDS_RESERVED)
+            log.warning(
+                "open files limited to %d (hard RLIMIT_NOFILE): fewer than client_connections_max + %d",
+                new,
+                FDS_RESERVED,
+            )
 
 
-def _fetched(cid: int, next_offset: int, commit_offset: int, offsets: np.ndarray, lengths: np.ndarray,
-             datas: list[memoryview]) -> bytes:
+def _fetched(
+    cid: int, next_offset: int, commit_offset: int, offsets: np.ndarray, lengths: np.ndarray, datas: list[memoryview]
+) -> bytes:
     """A FETCHED answer built from whole batches (no per-event objects)."""
     head = cp.struct.pack("<QQI", next_offset, commit_offset, offsets.size)
     body = b"".join([head, offsets.astype("<u8").tobytes(), lengths.astype("<u4").tobytes(), *datas])

@@ -82,13 +82,20 @@ class RaftWorker(WorkerBase):
         self._verified = False  # the full check on open is done once per process (reopens after ENOSPC skip it)
         self._open_storage()
         self.sel = selectors.DefaultSelector()
-        self.links = PeerLinks(self.sel, cluster_id=c.cluster_id, node_id=c.node_id, channel=Channel.CONSENSUS,
-                               bind=(c.bind_host, c.me.raft_port),
-                               peers={p.node_id: c.peer_address(p.node_id, "raft") for p in c.peers},
-                               on_message=self._on_control, on_disconnect=self._peer_disconnected,
-                               body_max_bytes=c.peer_message_bytes_max, security=PeerSecurity.from_config(c),
-                               inbound_max=c.peer_inbound_connections_max,
-                               handshake_timeout_ms=c.peer_handshake_timeout_ms)
+        self.links = PeerLinks(
+            self.sel,
+            cluster_id=c.cluster_id,
+            node_id=c.node_id,
+            channel=Channel.CONSENSUS,
+            bind=(c.bind_host, c.me.raft_port),
+            peers={p.node_id: c.peer_address(p.node_id, "raft") for p in c.peers},
+            on_message=self._on_control,
+            on_disconnect=self._peer_disconnected,
+            body_max_bytes=c.peer_message_bytes_max,
+            security=PeerSecurity.from_config(c),
+            inbound_max=c.peer_inbound_connections_max,
+            handshake_timeout_ms=c.peer_handshake_timeout_ms,
+        )
         self.frames_in = Inbox(self.layout.reader("r2"), "r2")
         self.peer_in = Inbox(self.layout.reader("r4"), "r4")
         self.to_sender = self.layout.writer("r3")
@@ -105,8 +112,14 @@ class RaftWorker(WorkerBase):
         worker stays up without a core, with the reason published, and retries later."""
         c = self.config
         try:
-            nl = open_node_log(c.node_dir, fsync=c.fsync, retain_entries_max=c.retain_entries_max,
-                               retain_bytes_max=c.retain_bytes_max, verify=not self._verified, progress=self.beat)
+            nl = open_node_log(
+                c.node_dir,
+                fsync=c.fsync,
+                retain_entries_max=c.retain_entries_max,
+                retain_bytes_max=c.retain_bytes_max,
+                verify=not self._verified,
+                progress=self.beat,
+            )
         except HardStateLostError as exc:
             self._retry_at = float("inf")  # the operator must act (the message says how): no retry
             self._set_fault(StorageFault.HARD_STATE_LOST, str(exc))
@@ -118,21 +131,36 @@ class RaftWorker(WorkerBase):
         self._verified = True
         if nl.quarantined is not None:
             self.state.add("quarantines")
-            self.log.error("CORRUPT LOG detected and quarantined to %s (%s); re-fetching the log from the other "
-                           "nodes in recovering mode (no votes until caught up)", nl.quarantined, nl.corruption)
+            self.log.error(
+                "CORRUPT LOG detected and quarantined to %s (%s); re-fetching the log from the other "
+                "nodes in recovering mode (no votes until caught up)",
+                nl.quarantined,
+                nl.corruption,
+            )
         hs = nl.hard_state()
         first = nl.first_index()
         applied = max(min(hs.commit, nl.last_index()), first - 1, nl.snapshot_index())
         self.storage = nl
-        self.core = RaftCore(c.node_id, [p.node_id for p in c.peers], nl, RaftConfig.from_node_config(c),
-                             random.Random(int.from_bytes(os.urandom(8), "little")), applied=applied,
-                             recovery_term=nl.recovery_term)
+        self.core = RaftCore(
+            c.node_id,
+            [p.node_id for p in c.peers],
+            nl,
+            RaftConfig.from_node_config(c),
+            random.Random(int.from_bytes(os.urandom(8), "little")),
+            applied=applied,
+            recovery_term=nl.recovery_term,
+        )
         self.dedup = dd.DedupTable(producers_max=c.dedup_producers_max)
         self._decoded.clear()
         self._rebuild_dedup()
         if self._fault != StorageFault.OK:
-            self.log.warning("storage usable again after %s: log [%d..%d], term %d, rejoining the cluster",
-                             self._fault.name.lower(), first, nl.last_index(), hs.term)
+            self.log.warning(
+                "storage usable again after %s: log [%d..%d], term %d, rejoining the cluster",
+                self._fault.name.lower(),
+                first,
+                nl.last_index(),
+                hs.term,
+            )
         self._set_fault(StorageFault.OK, "")
         self._check_recovery()
         self.state.set("last_index", self.core.last_index)
@@ -167,12 +195,16 @@ class RaftWorker(WorkerBase):
         now_ms = time.monotonic() * 1000
         changed = fault != self._fault
         if fault != StorageFault.OK and (changed or now_ms - self._fault_logged_ms >= STORAGE_FAULT_LOG_INTERVAL_MS):
-            what = {StorageFault.DISK_FULL: "DISK FULL", StorageFault.IO_ERROR: "STORAGE I/O ERROR",
-                    StorageFault.CORRUPT: "CORRUPT LOG", StorageFault.HARD_STATE_LOST: "REFUSING TO START"}[fault]
-            retry = ("" if self._retry_at == float("inf")
-                     else f"; retrying every {self.config.storage_retry_interval_ms} ms")
-            self.log.error("%s: not serving (no proposals, no acknowledgements, no votes): %s%s",
-                           what, detail, retry)
+            what = {
+                StorageFault.DISK_FULL: "DISK FULL",
+                StorageFault.IO_ERROR: "STORAGE I/O ERROR",
+                StorageFault.CORRUPT: "CORRUPT LOG",
+                StorageFault.HARD_STATE_LOST: "REFUSING TO START",
+            }[fault]
+            retry = (
+                "" if self._retry_at == float("inf") else f"; retrying every {self.config.storage_retry_interval_ms} ms"
+            )
+            self.log.error("%s: not serving (no proposals, no acknowledgements, no votes): %s%s", what, detail, retry)
             self._fault_logged_ms = now_ms
         if changed:
             self.state.set("storage_fault", int(fault))
@@ -186,8 +218,11 @@ class RaftWorker(WorkerBase):
             return
         if nl.recovery_term and not core.recovering:
             nl.end_recovery()
-            self.log.warning("recovery complete: caught up to the leader at index %d (term %d); voting again",
-                             core.commit_index, core.term)
+            self.log.warning(
+                "recovery complete: caught up to the leader at index %d (term %d); voting again",
+                core.commit_index,
+                core.term,
+            )
         self.state.set("recovering", int(core.recovering))
 
     # --- start-up ------------------------------------------------------------------------------------------
@@ -345,9 +380,17 @@ class RaftWorker(WorkerBase):
         verdict, known = self.dedup.classify(all_pids, all_seqs)
         refused = verdict != dd.ACCEPT
         if refused.any():
-            self._notes.append(encode_note(Note(NoteKind.VERDICTS, producer_ids=all_pids[refused],
-                                                sequences=all_seqs[refused], verdicts=verdict[refused],
-                                                offsets=known[refused])))
+            self._notes.append(
+                encode_note(
+                    Note(
+                        NoteKind.VERDICTS,
+                        producer_ids=all_pids[refused],
+                        sequences=all_seqs[refused],
+                        verdicts=verdict[refused],
+                        offsets=known[refused],
+                    )
+                )
+            )
             self.state.add("dedup_hits", int((verdict == dd.DUPLICATE).sum()))
         note_pids, note_seqs, note_offsets = [], [], []
         start = 0
@@ -361,9 +404,14 @@ class RaftWorker(WorkerBase):
                     continue
                 keep = np.flatnonzero(accepted)
                 data = [bytes(b.data[int(b.offsets[k]) : int(b.offsets[k] + b.lengths[k])]) for k in keep.tolist()]
-                raw = encode_batch_arrays(b.lengths[keep], data, batch_id=b.header.batch_id,
-                                          producer_ids=pids[keep], sequences=seqs[keep],
-                                          timestamp_us=b.header.timestamp_us)
+                raw = encode_batch_arrays(
+                    b.lengths[keep],
+                    data,
+                    batch_id=b.header.batch_id,
+                    producer_ids=pids[keep],
+                    sequences=seqs[keep],
+                    timestamp_us=b.header.timestamp_us,
+                )
                 pids, seqs = pids[keep], seqs[keep]
             frame = bytearray(raw)
             prev_index, prev_term = self.core.last_index, self.core.last_term
@@ -381,9 +429,16 @@ class RaftWorker(WorkerBase):
             note_offsets.append(dd.event_offset(index, 0) + np.arange(pids.size, dtype=np.int64))
         if note_pids:
             pids = np.concatenate(note_pids)
-            self._notes.append(encode_note(Note(NoteKind.APPENDED, producer_ids=pids,
-                                                sequences=np.concatenate(note_seqs),
-                                                offsets=np.concatenate(note_offsets))))
+            self._notes.append(
+                encode_note(
+                    Note(
+                        NoteKind.APPENDED,
+                        producer_ids=pids,
+                        sequences=np.concatenate(note_seqs),
+                        offsets=np.concatenate(note_offsets),
+                    )
+                )
+            )
             self.state.add("events_in", int(pids.size))
 
     def _refuse_frames(self, frames: list[bytes]) -> None:
@@ -391,9 +446,17 @@ class RaftWorker(WorkerBase):
         for raw in frames:
             b = decode_batch(raw)
             n = b.header.event_count
-            self._notes.append(encode_note(Note(NoteKind.VERDICTS, producer_ids=b.producer_ids,
-                                                sequences=b.sequences, verdicts=np.full(n, 255, np.uint8),
-                                                offsets=np.full(n, -1, np.int64))))
+            self._notes.append(
+                encode_note(
+                    Note(
+                        NoteKind.VERDICTS,
+                        producer_ids=b.producer_ids,
+                        sequences=b.sequences,
+                        verdicts=np.full(n, 255, np.uint8),
+                        offsets=np.full(n, -1, np.int64),
+                    )
+                )
+            )
 
     # --- Ready ---------------------------------------------------------------------------------------------
 

@@ -32,13 +32,21 @@ class SenderWorker(WorkerBase):
         self.sel = selectors.DefaultSelector()
         self.to_raft = self.layout.writer("r4")
         self.pending: list[bytes] = []
-        self.links = PeerLinks(self.sel, cluster_id=c.cluster_id, node_id=c.node_id, channel=Channel.DATA,
-                               bind=(c.bind_host, c.me.data_port),
-                               peers={p.node_id: c.peer_address(p.node_id, "data") for p in c.peers},
-                               on_message=self._on_message, on_disconnect=self._on_disconnect,
-                               outbuf_max_bytes=PEER_QUEUE_MAX_BYTES, body_max_bytes=c.peer_message_bytes_max,
-                               security=PeerSecurity.from_config(c), inbound_max=c.peer_inbound_connections_max,
-                               handshake_timeout_ms=c.peer_handshake_timeout_ms)
+        self.links = PeerLinks(
+            self.sel,
+            cluster_id=c.cluster_id,
+            node_id=c.node_id,
+            channel=Channel.DATA,
+            bind=(c.bind_host, c.me.data_port),
+            peers={p.node_id: c.peer_address(p.node_id, "data") for p in c.peers},
+            on_message=self._on_message,
+            on_disconnect=self._on_disconnect,
+            outbuf_max_bytes=PEER_QUEUE_MAX_BYTES,
+            body_max_bytes=c.peer_message_bytes_max,
+            security=PeerSecurity.from_config(c),
+            inbound_max=c.peer_inbound_connections_max,
+            handshake_timeout_ms=c.peer_handshake_timeout_ms,
+        )
         self.outbox = Inbox(self.layout.reader("r3"), "r3")
         self.sel.register(self.outbox, selectors.EVENT_READ, lambda _m: None)
 

@@ -21,8 +21,7 @@ def load_atheris():  # noqa: ANN201 - the module, or exit with a clear message
     try:
         import atheris
     except ImportError as exc:
-        print(f"atheris is not installed ({exc}); pip install 'shmraft[test]' or pip install atheris",
-              file=sys.stderr)
+        print(f"atheris is not installed ({exc}); pip install 'shmraft[test]' or pip install atheris", file=sys.stderr)
         raise SystemExit(EXIT_NO_ATHERIS) from None
     return atheris
 

@@ -68,8 +68,7 @@ def encode_client(m: cp.Message) -> bytes:
     if isinstance(m, cp.Metadata):
         return cp.encode_metadata(m.correlation_id)
     if isinstance(m, cp.MetadataAnswer):
-        return cp.encode_metadata_answer(m.correlation_id, m.term, m.leader_id, m.commit_index, m.node_id,
-                                         m.members)
+        return cp.encode_metadata_answer(m.correlation_id, m.term, m.leader_id, m.commit_index, m.node_id, m.members)
     if isinstance(m, cp.Error):
         return cp.encode_error(m.correlation_id, m.code, m.message, m.leader)
     name = type(m).__name__  # messages added later (AUTH/AUTHED: the client token) by their encoder's name
@@ -83,8 +82,14 @@ def encode_client(m: cp.Message) -> bytes:
 Outcome = tuple[bytes, str | None, int]  # re-encoded messages back to back, error field or None, bytes left
 
 
-def _stream(feed: Callable[[bytes], None], drain: Callable[[list[bytes]], None], buffered: Callable[[], int],
-            data: bytes, sizes: Sequence[int], held_max: int) -> Outcome:
+def _stream(
+    feed: Callable[[bytes], None],
+    drain: Callable[[list[bytes]], None],
+    buffered: Callable[[], int],
+    data: bytes,
+    sizes: Sequence[int],
+    held_max: int,
+) -> Outcome:
     """Feed pieces, calling drain(out) after each (it appends every whole message, re-encoded, to out)."""
     out: list[bytes] = []
     error: str | None = None
@@ -99,15 +104,17 @@ def _stream(feed: Callable[[bytes], None], drain: Callable[[list[bytes]], None],
             raise OracleFailure(f"reader holds {buffered()} bytes after draining; at most {held_max} allowed")
     encoded = b"".join(out)
     if data[: len(encoded)] != encoded:
-        raise OracleFailure(f"decoded messages re-encode to {encoded[:64]!r}..., not the bytes received "
-                            f"{data[:64]!r}...")
+        raise OracleFailure(
+            f"decoded messages re-encode to {encoded[:64]!r}..., not the bytes received {data[:64]!r}..."
+        )
     if error is None and len(encoded) + buffered() != len(data):
         raise OracleFailure(f"{len(data)} bytes in, {len(encoded)} decoded and {buffered()} buffered")
     return encoded, error, (buffered() if error is None else -1)
 
 
-def check_client_stream(data: bytes, sizes: Sequence[int] = (), max_body_bytes: int = cp.MESSAGE_BODY_MAX_BYTES
-                        ) -> Outcome:
+def check_client_stream(
+    data: bytes, sizes: Sequence[int] = (), max_body_bytes: int = cp.MESSAGE_BODY_MAX_BYTES
+) -> Outcome:
     """Feed `data` to a MessageReader in pieces, draining after each, and check every property."""
     reader = cp.MessageReader(max_body_bytes)
 
@@ -115,8 +122,9 @@ def check_client_stream(data: bytes, sizes: Sequence[int] = (), max_body_bytes: 
         while (msg := reader.next_message()) is not None:
             out.append(encode_client(msg))
 
-    outcome = _stream(reader.feed, drain, lambda: reader.buffered_bytes, data, sizes,
-                      cp.HEADER_BYTES + max_body_bytes - 1)
+    outcome = _stream(
+        reader.feed, drain, lambda: reader.buffered_bytes, data, sizes, cp.HEADER_BYTES + max_body_bytes - 1
+    )
     if sizes:  # the chunking must not change anything
         whole = check_client_stream(data, (), max_body_bytes)
         if whole != outcome:
@@ -169,8 +177,9 @@ def check_peer_body(kind: wp.PeerKind, body: bytes) -> None:
         raise OracleFailure(f"{kind.name} body {body[:80]!r} decoded to {value!r}, which re-encodes differently")
 
 
-def check_peer_stream(data: bytes, sizes: Sequence[int] = (), max_body_bytes: int = wp.PEER_BODY_MAX_BYTES,
-                      bodies: bool = True) -> Outcome:
+def check_peer_stream(
+    data: bytes, sizes: Sequence[int] = (), max_body_bytes: int = wp.PEER_BODY_MAX_BYTES, bodies: bool = True
+) -> Outcome:
     """Feed `data` to a PeerReader in pieces; envelopes must re-encode to the bytes, bodies must decode."""
     reader = wp.PeerReader(max_body_bytes)
     items: list[tuple[wp.PeerKind, bytes]] = []
@@ -181,8 +190,9 @@ def check_peer_stream(data: bytes, sizes: Sequence[int] = (), max_body_bytes: in
             items.append((kind, bytes(body)))
             out.append(wp.encode_peer(kind, body))
 
-    outcome = _stream(reader.feed, drain, lambda: reader.buffered_bytes, data, sizes,
-                      wp.PEER_HEADER_BYTES + max_body_bytes - 1)
+    outcome = _stream(
+        reader.feed, drain, lambda: reader.buffered_bytes, data, sizes, wp.PEER_HEADER_BYTES + max_body_bytes - 1
+    )
     if bodies:
         for kind, body in items:
             check_peer_body(kind, body)
@@ -195,8 +205,10 @@ def check_peer_stream(data: bytes, sizes: Sequence[int] = (), max_body_bytes: in
 
 def sealed_peer(kind: int, body: bytes) -> bytes:
     """An envelope with a correct CRC around any body, so a fuzzer reaches the body decoders."""
-    return wp.PEER_HEADER.pack(wp.PEER_MAGIC, wp.PEER_VERSION, kind & 0xFF, len(body),
-                               wp.peer_crc32(kind & 0xFF, body)) + body
+    return (
+        wp.PEER_HEADER.pack(wp.PEER_MAGIC, wp.PEER_VERSION, kind & 0xFF, len(body), wp.peer_crc32(kind & 0xFF, body))
+        + body
+    )
 
 
 # --- RAFT bodies ---------------------------------------------------------------------------------------------
@@ -242,7 +254,15 @@ def check_frame(data: bytes) -> None:
         raise OracleFailure(f"frame decoded to {len(events)} events, header says {h.event_count}")
     if h.flags & FLAG_ZSTD:
         return  # another zstd encoder may make other bytes for the same payload; the events were checked above
-    again = encode_batch(events, batch_id=h.batch_id, term=h.term, prev_index=h.prev_index, prev_term=h.prev_term,
-                         timestamp_us=h.timestamp_us, producer_ids=ids, sequences=seqs)
+    again = encode_batch(
+        events,
+        batch_id=h.batch_id,
+        term=h.term,
+        prev_index=h.prev_index,
+        prev_term=h.prev_term,
+        timestamp_us=h.timestamp_us,
+        producer_ids=ids,
+        sequences=seqs,
+    )
     if bool(h.flags & FLAG_PRODUCER_IDS) != (ids is not None) or again != bytes(data):
         raise OracleFailure(f"frame {bytes(data)[:64]!r}... decoded to a batch that re-encodes differently")
