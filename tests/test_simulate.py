@@ -1,8 +1,11 @@
-"""The deterministic simulator: 300 seeds hold every invariant, replays are exact, and the checker is
-sensitive enough to catch deliberately broken rules (test-only mutations) and an unsafe fsync policy."""
+"""The deterministic simulator: 300 seeds and every directed scenario hold every invariant while every
+interesting situation occurs, replays are exact, the checks catch deliberately broken rules (test-only
+mutations, source-patch mutations through tools/mutate.py) and an unsafe fsync policy, and an exception
+in a seed or scenario is reported as that seed's or scenario's violation."""
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import subprocess
 import sys
@@ -11,11 +14,14 @@ from pathlib import Path
 
 import pytest
 
+from shmraft.sim import scenarios, simulator
 from shmraft.sim.faults import FAULT_KINDS
-from shmraft.sim.simulator import SimOptions, run_seed, run_seeds
+from shmraft.sim.scenarios import SCENARIOS, run_scenario
+from shmraft.sim.simulator import COVERAGE_KEYS, SimOptions, run_seed, run_seeds
 
 ROOT = Path(__file__).resolve().parent.parent
 SIMULATE = ROOT / "tools" / "simulate.py"
+MUTATE = ROOT / "tools" / "mutate.py"
 
 
 def test_300_seeds_hold_every_invariant_and_exercise_every_fault():
@@ -38,6 +44,8 @@ def test_300_seeds_hold_every_invariant_and_exercise_every_fault():
         assert faults.get(kind, 0) > 0, kind
     assert summary["elections"] > 300 and summary["committed_entries"] > 10_000
     assert summary["truncations"] > 0  # conflicting suffixes were really replaced somewhere
+    assert summary["coverage_gaps"] == [], summary["coverage"]  # every interesting situation occurred
+    assert set(summary["coverage"]) == set(COVERAGE_KEYS)
     print(f"\n300 seeds in {elapsed:.1f} s")  # reported, not asserted: speed is measured by the benchmarks
 
 
@@ -97,3 +105,62 @@ def test_cli_reports_a_failing_seed_with_its_replay_command_and_exits_nonzero():
     assert f"FAILED seed {seed}" in out.stdout
     assert f"--seed {seed} --mutate vote_ignores_log --trace" in out.stdout
     assert "RequestVote" in out.stdout  # the trace
+
+
+@pytest.mark.parametrize("name", sorted(SCENARIOS))
+def test_directed_scenario_holds_its_rule_on_the_unmutated_core(name):
+    result = run_scenario(name)
+    assert result.violations == []
+
+
+@pytest.mark.parametrize(
+    ("mutation", "scenario"),
+    [
+        ("follower_commit_past_append", "stale_suffix_append"),
+        ("pre_vote_grants_count_in_election", "late_vote_grants"),
+        ("recovery_ends_on_older_term", "recovery_on_older_terms"),
+        ("timeout_now_to_lagging_target", "transfer_to_lagging"),
+        ("heartbeat_commit_unclamped", "heartbeat_past_match"),
+    ],
+)
+def test_mutation_harness_patches_a_copy_and_the_scenario_catches_it(mutation, scenario):
+    out = subprocess.run(
+        [sys.executable, str(MUTATE), "--only", mutation, "--seeds", "0", "--no-unit-tests", "--target", "1"],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
+    assert out.returncode == 0, out.stdout + out.stderr
+    summary = json.loads(out.stdout.strip().splitlines()[-1])
+    assert summary["caught_by_simulator"] == 1
+    assert scenario in summary["results"][0]["scenarios"]
+    assert "test_only_mutation" not in (ROOT / "shmraft" / "raft" / "driver.py").read_text()
+
+
+def test_a_scenario_that_raises_is_reported_as_its_violation(monkeypatch):
+    def broken(mutation: str = "") -> scenarios.ScenarioResult:
+        raise RuntimeError("boom")
+
+    monkeypatch.setitem(SCENARIOS, "broken", broken)
+    result = run_scenario("broken")
+    assert result.violations and "RuntimeError: boom" in result.violations[0]
+
+
+def test_a_seed_that_raises_is_reported_with_its_seed_in_the_json_line(monkeypatch, capsys):
+    spec = importlib.util.spec_from_file_location("simulate_cli", SIMULATE)
+    cli = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(cli)
+
+    def explode(self):
+        raise KeyError("kaboom")
+
+    monkeypatch.setattr(simulator.Simulation, "run", explode)
+    monkeypatch.setitem(SCENARIOS, "broken", lambda mutation="": 1 / 0)
+    code = cli.main(["--seeds", "2", "--first-seed", "7", "--json"])
+    out = capsys.readouterr().out.strip().splitlines()
+    summary = json.loads(out[-1])
+    assert code == 1
+    assert summary["failed_seeds"] == [7, 8]
+    assert summary["scenarios"]["broken"] == 1
+    assert any("FAILED seed 7" in line and "KeyError" in line for line in out)

@@ -1,9 +1,14 @@
 """Run the deterministic Raft simulator over seeds (a thin CLI over shmraft.sim.simulator).
 
     python tools/simulate.py --seeds 300 --json       # CI: last line is one JSON summary; exit 1 on violation
+    python tools/simulate.py --seeds 10000 --json     # the long run (see docs/raft-mutations.md for figures)
+    python tools/simulate.py --seeds 0                # the directed scenarios only
     python tools/simulate.py --seed 1234 --trace      # replay one seed exactly, printing its trace
 
-A failing seed prints itself and the command that replays it.
+Every seed also runs the directed scenarios (shmraft/sim/scenarios.py) unless --no-scenarios. A failing
+seed prints itself and the command that replays it; a seed or scenario that raises is reported the same
+way, as a violation, and the JSON line is always printed. The JSON line counts how often each interesting
+situation occurred (`coverage`) and names those that never did (`coverage_gaps`).
 """
 
 from __future__ import annotations
@@ -95,6 +100,7 @@ def main(argv: list[str] | None = None) -> int:
             for v in r.violations:
                 print(f"FAILED scenario {r.name}: {v}", flush=True)
             summary["violations"] += len(r.violations)  # type: ignore[operator]
+        summary["failed_scenarios"] = [r.name for r in scenario_results if r.violations]
     summary["seconds"] = round(time.perf_counter() - started, 2)
     summary["mutation"] = args.mutate or None
     summary["machine"] = {"cores": os.cpu_count(), "python": platform.python_version()}

@@ -2,6 +2,10 @@
 
 Everything here is drawn from the seed's own random stream, before the run starts, so a plan is a pure
 function of (seed, options) and a failing seed replays exactly.
+
+Swarm testing (as in FoundationDB's and TigerBeetle's simulators): each seed enables its own random subset
+of the fault kinds, with its own weights, and its own network rates. A seed that crashes nodes a lot and
+never partitions meets interactions that an even mix of everything dilutes away.
 """
 
 from __future__ import annotations
@@ -12,7 +16,11 @@ from dataclasses import dataclass, field
 from shmraft.sim.network import NetworkParams
 
 # leader_churn: for its duration every new leader crashes a few ms after winning, with its log only partly
-# replicated: the recipe of Raft's figure 8 (an old-term entry on a majority, then a rival with a newer term)
+# replicated: the recipe of Raft's figure 8 (an old-term entry on a majority, then a rival with a newer term).
+# hold: links keep what is sent on them for seconds, then deliver it all at once (shuffled, duplicated).
+# replay: old messages from the recent history are delivered again, typically after terms changed.
+# quick_restart: a crash with a downtime of a few ms: the node returns inside the term it crashed in.
+# crash_in_persist: a node crashes (power loss) between a Ready's persist request and its completion.
 FAULT_KINDS = (
     "partition",
     "asymmetric_partition",
@@ -22,8 +30,13 @@ FAULT_KINDS = (
     "connection_reset",
     "transfer_leadership",
     "leader_churn",
+    "hold",
+    "replay",
+    "quick_restart",
+    "crash_in_persist",
 )
-FAULT_WEIGHTS = (2, 1, 2, 2, 2, 1, 1, 1)
+FAULT_WEIGHTS = (2, 1, 2, 2, 2, 1, 1, 1, 2, 2, 2, 3)
+SWARM_KIND_PROBABILITY = 0.6  # each kind is enabled in a seed with this probability (at least one is)
 TICK_MS = 10  # each node calls tick(TICK_MS) once per (drifted) tick period
 
 
@@ -31,7 +44,7 @@ TICK_MS = 10  # each node calls tick(TICK_MS) once per (drifted) tick period
 class FaultEvent:
     at_us: int
     kind: str
-    duration_us: int  # partitions: how long until healed; crashes: downtime
+    duration_us: int  # partitions and holds: how long until released; crashes: downtime
     power_loss: bool = False  # crashes: machine crash (unsynced writes lost) rather than process kill
 
 
@@ -45,6 +58,7 @@ class FaultPlan:
     propose_interval_us: int
     raft_limits: dict[str, int] = field(default_factory=dict)  # RaftConfig overrides: small windows
     events: list[FaultEvent] = field(default_factory=list)
+    kinds: tuple[str, ...] = ()  # the fault kinds this seed's swarm enabled
 
 
 def make_plan(rng: random.Random, node_ids: list[int], fault_ms: int, faults: bool) -> FaultPlan:
@@ -76,10 +90,19 @@ def make_plan(rng: random.Random, node_ids: list[int], fault_ms: int, faults: bo
         "max_append_entries": rng.choice((1, 3, 16, 256)),
         "max_inflight_entries": rng.choice((4, 64, 1024)),
     }
-    for _ in range(rng.randint(2, 12)):
-        kind = rng.choices(FAULT_KINDS, FAULT_WEIGHTS)[0]
+    kinds = [k for k in FAULT_KINDS if rng.random() < SWARM_KIND_PROBABILITY] or [rng.choice(FAULT_KINDS)]
+    weights = [FAULT_WEIGHTS[FAULT_KINDS.index(k)] * rng.choice((1, 2, 4)) for k in kinds]
+    plan.kinds = tuple(kinds)
+    for _ in range(rng.randint(2, 16)):
+        kind = rng.choices(kinds, weights)[0]
         at = rng.randint(100, max(101, fault_ms - 100)) * 1000
-        duration = rng.choice((rng.randint(20, 300), rng.randint(300, 1500))) * 1000
-        plan.events.append(FaultEvent(at, kind, duration, power_loss=rng.random() < 0.3))
+        if kind == "hold":
+            duration = rng.randint(500, 4000) * 1000
+        elif kind == "quick_restart":
+            duration = rng.randint(1, 15) * 1000
+        else:
+            duration = rng.choice((rng.randint(20, 300), rng.randint(300, 1500))) * 1000
+        power_loss = rng.random() < (0.8 if kind in ("quick_restart", "crash_in_persist") else 0.3)
+        plan.events.append(FaultEvent(at, kind, duration, power_loss=power_loss))
     plan.events.sort(key=lambda e: e.at_us)
     return plan

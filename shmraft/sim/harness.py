@@ -1,8 +1,9 @@
 """A small synchronous cluster of cores for unit tests and the core benchmark.
 
-Messages travel through one FIFO queue and arrive instantly unless a link is cut or a node is down; a Ready
-is persisted to MemStorage at once (unless `hold_persist` is set for a node, to test what happens before the
-driver reports durability). No virtual clock: time moves only when a test calls `tick`.
+Messages travel through one FIFO queue and arrive instantly unless a link is cut or a node is down. Each node
+runs the shared Ready driver (shmraft.raft.driver); its writes go to MemStorage at once (unless `hold_persist`
+is set for a node, to test what happens before the driver reports durability: the writes wait for
+`release`). No virtual clock: time moves only when a test calls `tick`.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ from collections.abc import Callable
 
 from shmraft.raft.config import RaftConfig
 from shmraft.raft.core import RaftCore
+from shmraft.raft.driver import ReadyDriver
 from shmraft.raft.memstorage import MemStorage
 from shmraft.raft.messages import Message
 from shmraft.raft.ready import Ready
@@ -37,46 +39,58 @@ class Cluster:
         self.blocked: set[tuple[int, int]] = set()
         self.down: set[int] = set()
         self.hold_persist: set[int] = set()
-        self.held: dict[int, list[Ready]] = {i: [] for i in self.ids}
+        self.held: dict[int, list[tuple[list[Entry], HardState | None]]] = {i: [] for i in self.ids}
+        self.drivers: dict[int, ReadyDriver] = {}
         self.record = record
         self.sent: list[Message] = []
         self._incarnation = dict.fromkeys(self.ids, 0)
         for i in self.ids:
             self._start(i)
 
-    def _start(self, i: int) -> None:
+    def _start(self, i: int, recovery_term: int = 0) -> None:
         rng = random.Random(f"{self.seed}-{i}-{self._incarnation[i]}")
-        self.cores[i] = RaftCore(i, [p for p in self.ids if p != i], self.storages[i], self.config, rng)
+        peers = [p for p in self.ids if p != i]
+        self.cores[i] = RaftCore(i, peers, self.storages[i], self.config, rng, recovery_term=recovery_term)
+
+    def _driver(self, i: int) -> ReadyDriver:
+        """Node i's driver, renewed whenever its core was replaced (a restart, or a test's own core)."""
+        driver = self.drivers.get(i)
+        if driver is None or driver.core is not self.cores[i]:
+
+            def persist(entries: list[Entry], hard_state: HardState | None) -> bool:
+                if i in self.hold_persist:
+                    self.held[i].append((entries, hard_state))
+                    return False
+                self._write(i, entries, hard_state)
+                return True
+
+            self.held[i] = []
+            driver = self.drivers[i] = ReadyDriver(self.cores[i], self._send, persist, lambda: 0.0)
+        return driver
 
     # --- driving -------------------------------------------------------------------------------------------
     def process(self, i: int) -> None:
         """Act on every Ready node i has (send, persist, apply)."""
-        core = self.cores[i]
+        core, driver = self.cores[i], self._driver(i)
         while core.has_ready():
             rd = core.ready()
-            self._send(rd.messages)
-            if i in self.hold_persist and (rd.must_persist or self.held[i]):
-                self.held[i].append(rd)
-            else:
-                self._persist(i, rd)
+            driver.handle(rd)
             self.applied[i].extend(rd.committed_entries)
 
-    def _persist(self, i: int, rd: Ready) -> None:
+    def _write(self, i: int, entries: list[Entry], hard_state: HardState | None) -> None:
         storage = self.storages[i]
-        if rd.entries:
-            storage.append(rd.entries, rd.hard_state)
-        elif rd.hard_state is not None:
-            storage.set_hard_state(rd.hard_state)
-        self._send(rd.messages_after_persist)
-        if rd.entries:
-            self.cores[i].persisted(rd.entries[-1].index, rd.entries[-1].term)
+        if entries:
+            storage.append(entries, hard_state)
+        elif hard_state is not None:
+            storage.set_hard_state(hard_state)
 
     def release(self, i: int) -> None:
         """Persist what node i held back, in order."""
         self.hold_persist.discard(i)
         held, self.held[i] = self.held[i], []
-        for rd in held:
-            self._persist(i, rd)
+        for entries, hard_state in held:
+            self._write(i, entries, hard_state)
+            self._driver(i).durable()
         self.process(i)
 
     def _send(self, msgs: list[Message]) -> None:
@@ -141,11 +155,18 @@ class Cluster:
         self.held[i] = []
         self.storages[i].crash(power_loss=False)
 
-    def restart(self, i: int) -> None:
+    def restart(self, i: int, lose_log: bool = False) -> None:
+        """Restart a crashed node; `lose_log` first replaces its log as a quarantine does (empty, term + 1,
+        recovering mode)."""
         self.down.discard(i)
         self._incarnation[i] += 1
         self.applied[i] = []
-        self._start(i)
+        recovery_term = 0
+        if lose_log:
+            recovery_term = self.storages[i].hard_state().term + 1
+            self.storages[i] = MemStorage(self.storages[i].fsync)
+            self.storages[i].set_hard_state(HardState(term=recovery_term))
+        self._start(i, recovery_term)
 
     # --- queries ------------------------------------------------------------------------------------------------
     def leader(self) -> int:

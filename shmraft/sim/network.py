@@ -5,13 +5,25 @@ arrives; the simulator's event queue does the delivering. Each (src, dst, channe
 that delivers in order, as TCP does; a "reorder" fault holds a message back so that later ones overtake it,
 and duplicates model a resend after a reconnect. A connection reset bumps the link's epoch: a
 message sent under an older epoch is dropped on arrival, as TCP loses what was in flight on a dead socket.
+
+Two faults keep messages alive across rounds, since elections come at least an election timeout apart:
+a *held* link (a stalled switch or proxy) keeps everything sent on it for seconds and then delivers it all
+at once, shuffled and partly duplicated, whatever happened to the connection meanwhile; and a *replay*
+re-delivers a sample of old messages from the recent history (`recent`), typically from earlier terms.
 """
 
 from __future__ import annotations
 
 import random
-from collections import Counter
+from collections import Counter, deque
 from dataclasses import dataclass
+
+# held and replayed messages carry these instead of a connection epoch: they arrive whatever happened to it
+HELD_EPOCH = -1
+REPLAY_EPOCH = -2
+RECENT_MESSAGES = 1024  # history kept for replays
+HELD_SPREAD_US = 3000  # held messages arrive shuffled within this window after the release
+HELD_DUPLICATE_PROBABILITY = 0.2
 
 
 @dataclass(slots=True)
@@ -36,6 +48,25 @@ class SimNetwork:
         self.blocked: set[tuple[int, int]] = set()
         self.epochs: dict[tuple[int, int], int] = {}
         self.fifo_until: dict[tuple[int, int, int], int] = {}  # (src, dst, channel) -> last in-order arrival
+        self.held_until: dict[tuple[int, int], int] = {}  # directed link -> release time of what it holds
+        self.recent: deque[object] = deque(maxlen=RECENT_MESSAGES)
+
+    def hold(self, links: list[tuple[int, int]], until_us: int) -> None:
+        """From now until `until_us`, messages sent on `links` are held, then all delivered together."""
+        for link in links:
+            self.held_until[link] = max(until_us, self.held_until.get(link, 0))
+
+    def held_times(self, src: int, dst: int, now_us: int) -> list[int] | None:
+        """Arrival times for a message sent now on a held link (None: the link is not held)."""
+        until = self.held_until.get((src, dst))
+        if until is None or until <= now_us:
+            return None
+        self.faults["held"] += 1
+        rng = self.rng
+        times = [until + rng.randint(0, HELD_SPREAD_US)]
+        if rng.random() < HELD_DUPLICATE_PROBABILITY:
+            times.append(until + rng.randint(0, HELD_SPREAD_US))
+        return times
 
     def delivery_times(self, src: int, dst: int, channel: int, now_us: int) -> list[int]:
         """Arrival times for one message sent now: [] if lost, two if duplicated."""
@@ -75,8 +106,10 @@ class SimNetwork:
             self.epochs[link] = self.epochs.get(link, 0) + 1
 
     def heal(self) -> None:
-        """Faults stop: links restored and delivery becomes reliable (loss-free, short delays)."""
+        """Faults stop: links restored and delivery becomes reliable (loss-free, short delays). What held
+        links still hold arrives at their release, as scheduled."""
         self.blocked.clear()
+        self.held_until.clear()
         self.params = NetworkParams(
             delay_min_us=self.params.delay_min_us, delay_max_us=min(self.params.delay_max_us, 2000)
         )

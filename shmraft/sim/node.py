@@ -1,31 +1,31 @@
-"""One simulated node: a RaftCore, its MemStorage, and a driver with an asynchronous, FIFO disk.
+"""One simulated node: a RaftCore, its MemStorage, and the shared Ready driver (shmraft.raft.driver) over an
+asynchronous, FIFO disk.
 
-The driver follows the Ready contract: `messages` leave at once; entries and hard state go to a persist
-queue whose jobs complete in order after a simulated fsync delay; a job's completion writes storage, sends
-its `messages_after_persist` and calls `persisted`. A crash drops the queue (those writes never happened).
+The driver is the one the raft worker runs; only its I/O is simulated here: `send` hands messages to the
+simulator's network, `persist` queues the write on the disk (the simulator completes it after an fsync delay
+by calling `complete`, which writes storage and tells the driver), and the clock is the node's own drifting
+tick count. A crash drops the queue (those writes never happened) together with core and driver.
 """
 
 from __future__ import annotations
 
 import random
-from dataclasses import dataclass
+from collections import deque
+from collections.abc import Callable
 
 from shmraft.raft.config import RaftConfig
 from shmraft.raft.core import RaftCore
+from shmraft.raft.driver import ReadyDriver
 from shmraft.raft.memstorage import MemStorage
 from shmraft.raft.messages import Message
 from shmraft.raft.types import Entry, HardState
 
-
-@dataclass(slots=True)
-class PersistJob:
-    entries: list[Entry]
-    hard_state: HardState | None
-    after: list[Message]
+SendFn = Callable[["SimNode", list[Message]], None]
+ScheduleFn = Callable[["SimNode"], None]  # the disk took a write: schedule its completion
 
 
 class SimNode:
-    """Node state that survives (storage) and that does not (core, persist queue) a crash."""
+    """Node state that survives (storage) and that does not (core, driver, disk queue) a crash."""
 
     def __init__(
         self, node_id: int, peers: list[int], config: RaftConfig, fsync: str, seed: int, tick_period_us: int
@@ -39,26 +39,48 @@ class SimNode:
         self.incarnation = 0
         self.up = False
         self.core: RaftCore | None = None
-        self.persist_free_at_us = 0  # the disk is busy until then (jobs complete in order)
-        self.pending_jobs = 0
+        self.driver: ReadyDriver | None = None
+        self.local_ms = 0  # this incarnation's clock, advanced by the simulator's tick events
+        self.persist_free_at_us = 0  # the disk is busy until then (writes complete in order)
+        self.writes: deque[tuple[list[Entry], HardState | None]] = deque()  # started, not yet durable
         self.commit_before_crash = 0
+        self.term_at_crash = 0
+        self.started_at_us = 0
         self.recovery_term = 0  # > 0: the log was lost; the node restarts recovering (the persisted flag)
+        self.lost_log_term = 0  # the simulator's own view of recovering mode (shmraft.sim.promises)
+        self.log_lost_ever = False
 
-    def start(self) -> RaftCore:
+    def start(self, now_us: int, send: SendFn, schedule: ScheduleFn) -> RaftCore:
         rng = random.Random(f"core-{self.seed}-{self.id}-{self.incarnation}")
         self.core = RaftCore(self.id, self.peers, self.storage, self.config, rng, recovery_term=self.recovery_term)
         self.up = True
+        self.local_ms = 0
         self.persist_free_at_us = 0
-        self.pending_jobs = 0
+        self.writes.clear()
+        self.started_at_us = now_us
+
+        def persist(entries: list[Entry], hard_state: HardState | None) -> bool:
+            self.writes.append((entries, hard_state))
+            schedule(self)
+            return False  # durable later, when the simulator calls complete()
+
+        self.driver = ReadyDriver(self.core, lambda msgs: send(self, msgs), persist, lambda: self.local_ms)
         return self.core
+
+    @property
+    def pending_writes(self) -> int:
+        return self.driver.pending_writes if self.driver is not None else 0
 
     def crash(self, power_loss: bool) -> None:
         assert self.core is not None
         self.commit_before_crash = self.storage.hard_state().commit  # durable log up to here was committed
+        self.term_at_crash = self.core.term
         self.recovery_term = self.core.recovery_term  # 0 once a recovery has completed
         self.up = False
         self.core = None
-        self.incarnation += 1  # persist jobs of the old incarnation are ignored when they "complete"
+        self.driver = None
+        self.writes.clear()
+        self.incarnation += 1  # disk completions of the old incarnation are ignored when they "complete"
         self.storage.crash(power_loss=power_loss)
 
     def lose_log(self) -> None:
@@ -70,17 +92,17 @@ class SimNode:
         self.storage = MemStorage(self.storage.fsync)
         self.storage.set_hard_state(HardState(term=term, vote=0, commit=0))
         self.recovery_term = term
+        self.lost_log_term = term
+        self.log_lost_ever = True
         self.commit_before_crash = 0
 
-    def complete(self, job: PersistJob) -> list[Message]:
-        """The fsync of `job` finished: write it, report it, return the messages it released."""
-        assert self.core is not None
-        if job.entries:
-            self.storage.append(job.entries, job.hard_state)
-        elif job.hard_state is not None:
-            self.storage.set_hard_state(job.hard_state)
-        self.pending_jobs -= 1
-        if job.entries:
-            last = job.entries[-1]
-            self.core.persisted(last.index, last.term)
-        return job.after
+    def complete(self) -> None:
+        """The fsync of the oldest write finished: write it to storage, then let the driver release what
+        waited for it (acknowledgements, votes, the core's `persisted`)."""
+        assert self.driver is not None
+        entries, hard_state = self.writes.popleft()
+        if entries:
+            self.storage.append(entries, hard_state)
+        elif hard_state is not None:
+            self.storage.set_hard_state(hard_state)
+        self.driver.durable()

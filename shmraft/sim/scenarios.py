@@ -2,9 +2,10 @@
 
 Random faults rarely build some interleavings that the safety rules exist for. Figure 8 is the famous
 one: an old-term entry that reaches a majority must not be committed by counting replicas, because a
-later leader may still overwrite it. The simulator runs these scenarios beside its random seeds and checks
-them with the same rule as everywhere else: an entry applied (committed) at an index on one node is the
-entry applied at that index on every node.
+later leader may still overwrite it. Each scenario is a short script (in the spirit of etcd's datadriven
+interaction tests) whose docstring states the rule it pins; it checks that rule where it could break and
+ends with the rule checked everywhere: an entry applied (committed) at an index on one node is the entry
+applied at that index on every node. The simulator runs them all beside its random seeds.
 """
 
 from __future__ import annotations
@@ -13,8 +14,18 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from shmraft.raft.config import RaftConfig
-from shmraft.raft.messages import AppendEntries, Message
+from shmraft.raft.messages import (
+    AppendEntries,
+    AppendResponse,
+    Heartbeat,
+    Message,
+    RequestVote,
+    TimeoutNow,
+    VoteResponse,
+)
+from shmraft.raft.types import Role
 from shmraft.sim.harness import Cluster
+from shmraft.sim.simulator import describe_exception
 
 
 @dataclass
@@ -80,8 +91,290 @@ def figure_8(mutation: str = "") -> ScenarioResult:
     return result
 
 
-SCENARIOS: dict[str, Callable[[str], ScenarioResult]] = {"figure_8": figure_8}
+def _timeout(c: Cluster) -> int:
+    return c.config.election_timeout_ms + c.config.election_timeout_spread_ms
+
+
+def _check_applied(c: Cluster, result: ScenarioResult, before: dict[int, list] | None = None) -> None:
+    """The rule every scenario ends with: what two nodes applied at an index is the same entry."""
+    applied = {i: {e.index: e.term for e in c.applied[i]} for i in c.ids}
+    for i, entries in (before or {}).items():
+        applied[i].update(entries)  # what a node applied before it crashed counts: clients were told
+    for a in c.ids:
+        for b in c.ids:
+            if a < b:
+                for index in sorted(applied[a].keys() & applied[b].keys()):
+                    if applied[a][index] != applied[b][index]:
+                        result.violations.append(
+                            f"{result.name}: committed entry {index} differs: S{a} applied term "
+                            f"{applied[a][index]}, S{b} term {applied[b][index]}"
+                        )
+                        return
+
+
+def stale_suffix_append(mutation: str = "") -> ScenarioResult:
+    """Rule: a follower commits only up to the last entry the accepted append covered (min(leader commit,
+    last new index)), never into a stale suffix beyond it.
+
+    S3 holds entries 4-5 of term 1 that nobody else has (its leader S1 crashed) and knows commit 2. S2 leads
+    term 2 and commits 4-6 of its own with S4, S5. S2's probe towards S3, reset below the divergence, is a
+    small append: entry 3 only, which matches, with S2's commit 6. S3 accepts it and keeps its stale 4-5
+    (they are not in the append to conflict with): it may commit 3, not 5."""
+    result = ScenarioResult("stale_suffix_append")
+    c = Cluster(5, config=RaftConfig(max_append_entries=1, test_only_mutation=mutation))
+    c.elect(1)
+    c.propose(1, b"x2")
+    c.deliver_all()
+    c.blocked |= {(1, 4), (1, 5)}
+    for data in (b"x3", b"stale4", b"stale5"):
+        c.propose(1, data)
+
+    def first_leader(m: Message) -> bool:
+        if m.dst == 2 and isinstance(m, AppendEntries) and any(e.index >= 4 for e in m.entries):
+            return True  # S2 gets entry 3 only
+        return m.dst == 3 and isinstance(m, AppendEntries | Heartbeat) and m.commit >= 3  # S3 learns commit 2
+
+    c.deliver_all(drop=first_leader)
+    c.heal()
+    c.crash(1)
+    for i in (2, 3, 4, 5):
+        c.cores[i].peer_disconnected(1)
+    c.blocked |= {(2, 3), (3, 2)}
+    c.elect(2)
+    for k in (5, 6):
+        c.propose(2, b"y%d" % k)
+        c.deliver_all()
+    leader, s3 = c.cores[2], c.cores[3]
+    if leader.commit_index < 6 or s3.term_at(5) != 1 or s3.commit_index != 2 or leader.term_at(3) != 1:
+        raise AssertionError(f"setup: leader commit {leader.commit_index}, S3 log {c.log(3)} commit {s3.commit_index}")
+    c.heal()
+    probe = AppendEntries(2, 3, leader.term, 2, leader.term_at(2) or 0, tuple(leader.log_entries(3, 4, 1 << 20)),
+                          leader.commit_index)  # fmt: skip
+    c.queue.append(probe)
+    c.deliver_all(drop=lambda m: m is not probe and m.dst == 3)
+    if s3.commit_index > 3:
+        result.violations.append(
+            f"stale_suffix_append: S3 commits {s3.commit_index} after an append covering up to 3 "
+            f"(its entries 4-5 are a stale term-1 suffix)"
+        )
+    c.run(500)
+    _check_applied(c, result)
+    return result
+
+
+def late_vote_grants(mutation: str = "") -> ScenarioResult:
+    """Rule: a vote counts only in the round it was given for: a pre-vote grant is not a vote, and a grant
+    of an earlier term is not a grant in this one.
+
+    S1 wins its pre-vote round with S2 and S5 (S3's and S4's pre-vote grants are held back), then in its
+    term-1 election S2 and S5 grant but their answers are held back too. Delivering the late pre-vote
+    grants must not elect S1; nor, once S1 campaigns again in term 2 and hears nobody, must the late
+    term-1 grants."""
+    result = ScenarioResult("late_vote_grants")
+    c = Cluster(5, config=RaftConfig(test_only_mutation=mutation))
+    held_pre: list[Message] = []
+    held_votes: list[Message] = []
+
+    def first_round(m: Message) -> bool:
+        if isinstance(m, VoteResponse) and m.pre_vote and m.src in (3, 4):
+            held_pre.append(m)
+            return True
+        if isinstance(m, RequestVote) and not m.pre_vote and m.dst in (3, 4):
+            return True  # lost
+        if isinstance(m, VoteResponse) and not m.pre_vote:
+            held_votes.append(m)
+            return True
+        return False
+
+    c.cores[1].tick(_timeout(c))
+    c.process(1)
+    c.deliver_all(drop=first_round)
+    if c.cores[1].role != Role.CANDIDATE or len(held_votes) != 2:
+        raise AssertionError(f"setup: S1 is {c.cores[1].role.name}, {len(held_votes)} votes held")
+    c.queue.extend(held_pre)
+    c.deliver_all()
+    if c.cores[1].role == Role.LEADER:
+        result.violations.append("late_vote_grants: S1 leads term 1 on pre-vote grants (real votes: S1, S2, S5 late)")
+        return result
+    c.cores[1].tick(_timeout(c))
+    c.process(1)
+    c.deliver_all(drop=lambda m: isinstance(m, RequestVote) and not m.pre_vote)
+    if c.cores[1].term != 2 or c.cores[1].role != Role.CANDIDATE:
+        raise AssertionError(f"setup: S1 is {c.cores[1].role.name} in term {c.cores[1].term}")
+    c.queue.extend(held_votes)
+    c.deliver_all()
+    if c.cores[1].role == Role.LEADER:
+        result.violations.append("late_vote_grants: S1 leads term 2 on the term-1 grants of S2 and S5")
+    return result
+
+
+def recovery_on_older_terms(mutation: str = "") -> ScenarioResult:
+    """Rule: a node that lost its log leaves recovering mode only once it holds, durably and committed, an
+    entry of a term >= its recovery term; until then it grants no vote.
+
+    S3 loses its log in term 1 and restarts in term 2 (recovering). Its answer makes S1 step down; a new
+    leader is elected in term 2 without S3 and replicates to S3, one entry at a time, the committed term-1
+    entries and finally its own term-2 no-op, whose write S3 holds back. Until that write is durable S3
+    must stay recovering and refuse a vote."""
+    result = ScenarioResult("recovery_on_older_terms")
+    c = Cluster(3, config=RaftConfig(max_append_entries=1, test_only_mutation=mutation))
+    c.elect(1)
+    for k in range(2, 5):
+        c.propose(1, b"x%d" % k)
+        c.deliver_all()
+    c.crash(3)
+    c.restart(3, lose_log=True)
+    c.blocked |= {(1, 3), (2, 3)}  # S3 hears nothing until the new leader is elected
+    c.cores[1].step(AppendResponse(3, 1, c.cores[3].term, 0, False))  # S3's answer: its term is 2
+    c.process(1)
+    for _ in range(100):
+        c.run(50)
+        lead = c.leader()
+        if lead and c.cores[lead].term >= c.cores[3].term:
+            break
+    c.heal()
+    if c.cores[3].term_at(1) is not None or not c.cores[3].recovering:
+        raise AssertionError(f"setup: S3 log {c.log(3)}, recovering {c.cores[3].recovering}")
+    noop = c.cores[lead].last_index
+    c.cores[lead].tick(c.config.heartbeat_interval_ms)  # the heartbeat that starts S3's catch-up
+    c.process(lead)
+    while c.queue:  # one message at a time, checking S3 after each
+        m = c.queue.popleft()
+        if m.dst == 3 and c.cores[3].last_index >= noop - 1 and any(e.index >= noop for e in getattr(m, "entries", ())):
+            c.hold_persist.add(3)  # the write of the first entry of a term >= the recovery term is slow
+        c.cores[m.dst].step(m)
+        c.process(m.dst)
+        s3 = c.cores[3]
+        if not s3.recovering and c.storages[3].last_index() < noop:
+            result.violations.append(
+                f"recovery_on_older_terms: S3 left recovering mode holding entries up to {s3.last_index} "
+                f"(durable {c.storages[3].last_index()}), none durable of a term >= its recovery term"
+            )
+            return result
+    if c.cores[3].last_index < noop - 1:
+        raise AssertionError(f"setup: S3 did not catch up: {c.log(3)}")
+    sent_before = len(c.sent)
+    c.cores[3].step(RequestVote(2, 3, c.cores[3].term + 1, 1 << 30, 1 << 30, transfer=True))  # past any lease
+    c.process(3)
+    c.queue.clear()
+    c.release(3)  # the grant or refusal was decided while recovering; it leaves once the write is durable
+    if any(isinstance(m, VoteResponse) and m.granted and m.src == 3 for m in c.sent[sent_before:]):
+        result.violations.append("recovery_on_older_terms: S3 grants a vote while recovering")
+    c.run(500)
+    _check_applied(c, result)
+    return result
+
+
+def transfer_to_lagging(mutation: str = "") -> ScenarioResult:
+    """Rule: leadership transfer never elects a node whose log lacks committed entries: the leader sends
+    TimeoutNow only to a caught-up target, and a TimeoutNow that arrives late, once the target lags, still
+    needs votes from up-to-date voters.
+
+    S1 leads; S3 is caught up and S1 transfers to it, but the TimeoutNow is held back; the transfer times
+    out and S1 commits more entries with S2 while S3 hears nothing. Transferring to the lagging S3 again
+    must not send TimeoutNow; the late one finally reaches S3, which campaigns and must lose."""
+    result = ScenarioResult("transfer_to_lagging")
+    c = Cluster(3, config=RaftConfig(test_only_mutation=mutation))
+    c.elect(1)
+    c.propose(1, b"a")
+    c.deliver_all()
+    c.cores[1].transfer_leadership(3)
+    c.process(1)
+    held = [m for m in c.queue if isinstance(m, TimeoutNow)]
+    if not held:
+        raise AssertionError("setup: no TimeoutNow for the caught-up S3")
+    c.queue.clear()
+    c.run(_timeout(c) + 20)
+    c.blocked |= {(1, 3), (3, 1)}
+    for k in range(3):
+        c.propose(1, b"b%d" % k)
+        c.deliver_all()
+    c.cores[1].transfer_leadership(3)
+    c.process(1)
+    if any(isinstance(m, TimeoutNow) for m in c.queue):
+        result.violations.append("transfer_to_lagging: S1 sends TimeoutNow to S3, which lags")
+    c.queue.clear()
+    committed = c.cores[1].commit_index
+    c.heal()
+    c.blocked |= {(1, 3), (3, 1)}  # S3 is still cut from S1, reaches S2 only
+    c.queue.extend(held)
+    c.blocked.discard((1, 3))
+    c.deliver_all()
+    if c.cores[3].role == Role.LEADER and c.cores[3].last_index < committed:
+        result.violations.append(
+            f"transfer_to_lagging: S3 leads term {c.cores[3].term} without committed entries "
+            f"(its last {c.cores[3].last_index} < commit {committed})"
+        )
+    c.heal()
+    c.run(500)
+    _check_applied(c, result)
+    return result
+
+
+def heartbeat_past_match(mutation: str = "") -> ScenarioResult:
+    """Rule: a leader's heartbeat tells a follower to commit at most what the leader knows it matches; the
+    follower never commits a stale entry on a heartbeat.
+
+    S3 holds entries 4-5 of term 1 that nobody else has. S2 leads term 2 and commits its own 4-6 with S4
+    and S5 while its appends to S3 are lost; S2's heartbeats still reach S3."""
+    result = ScenarioResult("heartbeat_past_match")
+    c = Cluster(5, config=RaftConfig(test_only_mutation=mutation))
+    c.elect(1)
+    c.propose(1, b"x2")
+    c.propose(1, b"x3")
+    c.deliver_all()
+    c.blocked |= {(1, 2), (1, 4), (1, 5)}
+    c.propose(1, b"stale4")
+    c.propose(1, b"stale5")
+    c.deliver_all()
+    c.heal()
+    c.crash(1)
+    for i in (2, 3, 4, 5):
+        c.cores[i].peer_disconnected(1)
+
+    def lost(m: Message) -> bool:
+        return isinstance(m, AppendEntries | RequestVote) and m.dst == 3
+
+    c.elect(2, drop=lost)
+    for k in (5, 6):
+        c.propose(2, b"y%d" % k)
+        c.deliver_all(drop=lost)
+    for _ in range(5):
+        for i in c.ids:
+            if i not in c.down:
+                c.cores[i].tick(c.config.heartbeat_interval_ms)
+                c.process(i)
+        c.deliver_all(drop=lost)
+    leader = c.cores[2]
+    for e in c.applied[3]:
+        if leader.term_at(e.index) != e.term:
+            result.violations.append(
+                f"heartbeat_past_match: S3 committed entry {e.index} of term {e.term}; "
+                f"the leader's entry {e.index} is of term {leader.term_at(e.index)}"
+            )
+            return result
+    c.run(500)
+    _check_applied(c, result)
+    return result
+
+
+SCENARIOS: dict[str, Callable[[str], ScenarioResult]] = {
+    "figure_8": figure_8,
+    "stale_suffix_append": stale_suffix_append,
+    "late_vote_grants": late_vote_grants,
+    "recovery_on_older_terms": recovery_on_older_terms,
+    "transfer_to_lagging": transfer_to_lagging,
+    "heartbeat_past_match": heartbeat_past_match,
+}
+
+
+def run_scenario(name: str, mutation: str = "") -> ScenarioResult:
+    """One scenario; an exception (a broken core raising mid-script) is reported as its violation."""
+    try:
+        return SCENARIOS[name](mutation)
+    except Exception as exc:
+        return ScenarioResult(name, violations=[f"{name}: exception: {describe_exception(exc)}"])
 
 
 def run_scenarios(mutation: str = "") -> list[ScenarioResult]:
-    return [scenario(mutation) for scenario in SCENARIOS.values()]
+    return [run_scenario(name, mutation) for name in SCENARIOS]

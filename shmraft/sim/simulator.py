@@ -9,24 +9,32 @@ exactly; the trace (options.trace) is the same text on every replay.
 
 A crash may also lose the node's log (`log_loss`: a corrupt disk whose log is quarantined; one node at a
 time), after which the node restarts empty in recovering mode, as the real node does (shmraft/raft/nodelog.py).
+
+Each node runs the raft worker's own Ready driver (shmraft.raft.driver) over simulated I/O. Besides the
+consequences checked by shmraft.sim.checker, every promise a node makes (vote, acknowledgement, leader
+commit) is checked against its durable state when it is made (shmraft.sim.promises). Each run counts how
+often the interesting situations occurred (`coverage`): a situation that never occurs is a gap in the
+fault mix. An exception anywhere in a run is reported as a violation of that seed, never raised.
 """
 
 from __future__ import annotations
 
 import heapq
 import random
+import traceback
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from shmraft.raft.config import RaftConfig
 from shmraft.raft.errors import InvariantError, ProposalError
-from shmraft.raft.messages import AppendEntries, Message
+from shmraft.raft.messages import AppendEntries, Message, TimeoutNow
 from shmraft.raft.types import Role
 from shmraft.sim.checker import Checker
 from shmraft.sim.faults import TICK_MS, FaultEvent, make_plan
-from shmraft.sim.network import SimNetwork
-from shmraft.sim.node import PersistJob, SimNode
+from shmraft.sim.network import HELD_EPOCH, REPLAY_EPOCH, SimNetwork
+from shmraft.sim.node import SimNode
+from shmraft.sim.promises import PromiseChecker
 
 (EV_TICK, EV_DELIVER, EV_PERSIST, EV_PROPOSE, EV_FAULT, EV_UNBLOCK, EV_RESTART, EV_HINT, EV_HEAL, EV_SYNC, EV_CRASH) = (
     range(11)
@@ -36,6 +44,23 @@ PROBE_INTERVAL_US = 50_000
 FAULT_MS_DEFAULT = 5000  # virtual length of the fault phase
 SYNC_INTERVAL_US = 200_000  # fsync "never": the OS writes back this often
 LOG_LOSS_PROBABILITY = 0.25  # a crashed node's log is lost (corrupt, quarantined) this often, one node at a time
+REPLAY_MESSAGES_MAX = 50  # a replay fault re-delivers up to this many messages of the recent history
+# the situations each run counts (SeedResult.coverage); all of them should occur in a CI run
+COVERAGE_KEYS = (
+    "truncations",
+    "stale_delivered",
+    "held_delivered",
+    "replayed_delivered",
+    "votes_granted",
+    "votes_after_restart",
+    "restart_same_term",
+    "crashes_inside_persist",
+    "leader_lost_unsynced_entries",
+    "log_loss",
+    "recovery_completed",
+    "timeout_now_sent",
+    "transfer_elections",
+)
 
 
 @dataclass(slots=True)
@@ -63,6 +88,7 @@ class SeedResult:
     virtual_ms: int
     recovery_ms: int  # heal -> probe committed on every node
     truncations: int
+    coverage: Counter[str] = field(default_factory=Counter)
     trace: list[str] | None = field(default=None, repr=False)
 
 
@@ -98,6 +124,9 @@ class Simulation:
         }
         self.faults["clock_drift"] = sum(1 for p in self.plan.tick_period_us.values() if p != TICK_MS * 1000)
         self.checker = Checker()
+        self.coverage: Counter[str] = Counter()
+        self.promises = PromiseChecker(self.checker, self.nodes, self.coverage)
+        self.crash_armed: dict[int, tuple[bool, int]] = {}  # node -> (power loss, downtime): crash in next persist
         self.heap: list[tuple] = []
         self.seq = 0
         self.now = 0
@@ -125,49 +154,67 @@ class Simulation:
             self.trace.append(f"{self.now / 1000:10.3f} {text}")
 
     def _send(self, m: Message) -> None:
-        times = self.net.delivery_times(m.src, m.dst, m.channel, self.now)
+        times = self.net.held_times(m.src, m.dst, self.now)
+        epoch = HELD_EPOCH
+        if times is None:
+            times = self.net.delivery_times(m.src, m.dst, m.channel, self.now)
+            epoch = self.net.epoch(m.src, m.dst)
         if self.trace is not None:
             self._log(f"n{m.src}->n{m.dst} {describe(m)}" + ("" if times else " LOST"))
-        epoch = self.net.epoch(m.src, m.dst)
+        self.net.recent.append(m)
         for t in times:
             self._at(t, EV_DELIVER, m, epoch)
 
+    def _send_from(self, node: SimNode, msgs: list[Message]) -> None:
+        """The driver of `node` sends `msgs` now: check each promise, then hand it to the network."""
+        promises = self.promises
+        for m in msgs:
+            promises.on_send(node, m, self.now)
+            if isinstance(m, TimeoutNow):
+                self.coverage["timeout_now_sent"] += 1
+            self._send(m)
+
+    def _schedule_write(self, node: SimNode) -> None:
+        """The disk of `node` took a write: it completes, in order, after a simulated fsync."""
+        delay = self.disk_rng.randint(self.plan.disk_delay_min_us, self.plan.disk_delay_max_us)
+        if self.plan.slow_disk_probability and self.disk_rng.random() < self.plan.slow_disk_probability:
+            self.faults["slow_fsync"] += 1
+            delay += 50_000
+        start = max(self.now, node.persist_free_at_us)
+        node.persist_free_at_us = start + delay
+        self._at(node.persist_free_at_us, EV_PERSIST, node.id, node.incarnation)
+        armed = self.crash_armed.pop(node.id, None)
+        if armed is not None:  # crash_in_persist: power fails between the request and the write's completion
+            at = self.fault_rng.randint(self.now, node.persist_free_at_us - 1)
+            self._at(at, EV_CRASH, node.id, (node.incarnation, armed[1], armed[0]))
+
     def _drain(self, node: SimNode) -> None:
         core = node.core
-        assert core is not None
+        driver = node.driver
+        assert core is not None and driver is not None
+        checker = self.checker
         while core.has_ready():
             rd = core.ready()
             if not rd:
                 raise InvariantError(f"node {node.id}: has_ready() was true but ready() is empty")
-            self.checker.on_ready(node.id, core, rd, self.now)
+            prev_commit = checker.nodes[node.id].commit
+            checker.on_ready(node.id, core, rd, self.now)
+            self.promises.on_ready(node, rd, prev_commit, self.now)
             if rd.soft_state is not None:
                 s = rd.soft_state
                 self.role_changes.append((self.now, node.id, s.role, s.term))
-                if s.role == Role.LEADER and self.now < self.churn_until_us:
-                    at = self.now + self.fault_rng.randint(1_000, 30_000)
-                    self._at(at, EV_CRASH, node.id, (node.incarnation, self.fault_rng.randint(20_000, 300_000)))
+                if s.role == Role.LEADER:
+                    self.promises.on_leader(node, s.term, self.now)
+                    if self.now < self.churn_until_us:
+                        at = self.now + self.fault_rng.randint(1_000, 30_000)
+                        downtime = self.fault_rng.randint(20_000, 300_000)
+                        self._at(at, EV_CRASH, node.id, (node.incarnation, downtime, False))
                 if self.trace is not None:
                     self._log(f"n{node.id} {s.role.name} term={s.term} leader={s.leader}")
             if rd.committed_entries:
                 last = rd.committed_entries[-1]
                 self.first_commit_us.setdefault(last.term, self.now)
-            for m in rd.messages:
-                self._send(m)
-            if rd.must_persist or node.pending_jobs:
-                # even with nothing to write, acknowledgements wait for the earlier Readies' writes
-                delay = 0
-                if rd.must_persist:
-                    delay = self.disk_rng.randint(self.plan.disk_delay_min_us, self.plan.disk_delay_max_us)
-                    if self.plan.slow_disk_probability and self.disk_rng.random() < self.plan.slow_disk_probability:
-                        self.faults["slow_fsync"] += 1
-                        delay += 50_000
-                node.persist_free_at_us = max(self.now, node.persist_free_at_us) + delay
-                node.pending_jobs += 1
-                job = PersistJob(rd.entries, rd.hard_state, rd.messages_after_persist)
-                self._at(node.persist_free_at_us, EV_PERSIST, node.id, (node.incarnation, job))
-            else:
-                for m in rd.messages_after_persist:
-                    self._send(m)
+            driver.handle(rd)
             for e in rd.committed_entries:
                 p = self.pending.pop((node.id, e.index), None)
                 if p is not None and p == (e.term, e.data):
@@ -187,7 +234,9 @@ class Simulation:
         return best
 
     def _start(self, node: SimNode) -> None:
-        core = node.start()
+        core = node.start(self.now, self._send_from, self._schedule_write)
+        if node.incarnation and core.term == node.term_at_crash:
+            self.coverage["restart_same_term"] += 1
         self.checker.started(node.id, core, self.now, node.commit_before_crash)
         self._log(f"n{node.id} START term={core.term} last={core.last_index} commit={core.commit_index}")
         self._at(self.now + node.tick_period_us, EV_TICK, node.id, node.incarnation)
@@ -229,6 +278,33 @@ class Simulation:
             if leader is not None:
                 self._crash(leader, False, rng.randint(20_000, 300_000))
             return
+        elif kind in ("quick_restart", "crash_in_persist"):
+            self._crash_soon(kind, ev, leader)
+            return
+        elif kind == "hold":
+            a = leader.id if leader is not None and rng.random() < 0.5 else rng.choice(self.ids)
+            others = [b for b in self.ids if b != a]
+            shape = rng.randrange(3)
+            if shape == 0:  # everything a sends
+                links = [(a, b) for b in others]
+            elif shape == 1:  # everything a receives
+                links = [(b, a) for b in others]
+            else:
+                links = [(a, rng.choice(others))]
+            self.faults[kind] += 1
+            self._log(f"HOLD {sorted(links)} for {ev.duration_us / 1000:.0f}ms")
+            self.net.hold(links, self.now + ev.duration_us)
+            return
+        elif kind == "replay":
+            recent = list(self.net.recent)
+            if not recent:
+                return
+            self.faults[kind] += 1
+            picked = rng.sample(recent, min(len(recent), rng.randint(5, REPLAY_MESSAGES_MAX)))
+            self._log(f"REPLAY {len(picked)} old messages")
+            for m in picked:
+                self._at(self.now + rng.randint(0, 5000), EV_DELIVER, m, REPLAY_EPOCH)
+            return
         elif kind == "connection_reset":
             a, b = rng.sample(self.ids, 2)
             self.faults[kind] += 1
@@ -254,9 +330,34 @@ class Simulation:
         self._set_blocked(links, +1)
         self._at(self.now + ev.duration_us, EV_UNBLOCK, links)
 
+    def _crash_soon(self, kind: str, ev: FaultEvent, leader: SimNode | None) -> None:
+        """quick_restart: a crash with a downtime of a few ms (the node returns inside its term).
+        crash_in_persist: a power loss inside a persist window, now if a node is writing, otherwise inside
+        the next write the victim starts."""
+        rng = self.fault_rng
+        up = [n for n in self.nodes.values() if n.up]
+        if not up:
+            return
+        self.faults[kind] += 1
+        if kind == "quick_restart":
+            victim = leader if leader is not None and rng.random() < 0.5 else rng.choice(up)
+            self._crash(victim, ev.power_loss, ev.duration_us)
+            return
+        writing = [n for n in up if n.writes]
+        downtime = rng.randint(1_000, 300_000)
+        if writing:
+            self._crash(rng.choice(writing), True, downtime)
+        else:
+            victim = leader if leader is not None and rng.random() < 0.5 else rng.choice(up)
+            self.crash_armed[victim.id] = (True, downtime)
+
     def _crash(self, victim: SimNode, power_loss: bool, downtime_us: int) -> None:
         if not victim.up:
             return
+        if victim.writes:
+            self.coverage["crashes_inside_persist"] += 1
+            if victim.core is not None and victim.core.role == Role.LEADER and any(e for e, _ in victim.writes):
+                self.coverage["leader_lost_unsynced_entries"] += 1
         self.faults["power_loss" if power_loss else "process_kill"] += 1
         self._log(f"n{victim.id} CRASH power_loss={power_loss}")
         victim.crash(power_loss)
@@ -273,8 +374,10 @@ class Simulation:
             and self.loss_rng.random() < self.options.log_loss_probability
         ):
             self.faults["log_loss"] += 1
+            self.coverage["log_loss"] += 1
             self._log(f"n{victim.id} LOG LOST (corrupt, quarantined): restarts recovering")
             victim.lose_log()
+            self.promises.log_lost(victim.id)
         for p in victim.peers:  # the peers' connections reset: a driver hint, if the link works
             if (victim.id, p) not in self.net.blocked:
                 self._at(self.now + 1000, EV_HINT, p, victim.id)
@@ -375,26 +478,36 @@ class Simulation:
                 if kind == EV_DELIVER:
                     m = a
                     node = nodes[m.dst]
-                    if not node.up or b != self.net.epoch(m.src, m.dst) or (m.src, m.dst) in self.net.blocked:
+                    if not node.up or (m.src, m.dst) in self.net.blocked:
+                        continue
+                    if b == HELD_EPOCH:
+                        self.coverage["held_delivered"] += 1
+                    elif b == REPLAY_EPOCH:
+                        self.coverage["replayed_delivered"] += 1
+                    elif b != self.net.epoch(m.src, m.dst):
                         continue
                     if self.trace is not None:
                         self._log(f"n{m.dst}<-n{m.src} {describe(m)}")
-                    node.core.step(m)  # type: ignore[union-attr]
+                    core = node.core
+                    if m.term < core.term:  # type: ignore[union-attr]
+                        self.coverage["stale_delivered"] += 1
+                    core.step(m)  # type: ignore[union-attr]
+                    if isinstance(m, TimeoutNow) and core.role == Role.CANDIDATE:  # type: ignore[union-attr]
+                        self.coverage["transfer_elections"] += 1
                     self._drain(node)
                 elif kind == EV_TICK:
                     node = nodes[a]
                     if not node.up or node.incarnation != b:
                         continue
-                    node.core.tick(TICK_MS)  # type: ignore[union-attr]
+                    node.local_ms += TICK_MS
+                    node.driver.tick()  # type: ignore[union-attr]
                     self._drain(node)
                     self._at(t + node.tick_period_us, EV_TICK, a, b)
                 elif kind == EV_PERSIST:
                     node = nodes[a]
-                    incarnation, job = b
-                    if not node.up or node.incarnation != incarnation:
+                    if not node.up or node.incarnation != b:
                         continue
-                    for m in node.complete(job):
-                        self._send(m)
+                    node.complete()
                     self._drain(node)
                 elif kind == EV_PROPOSE:
                     self._propose(bool(a))
@@ -412,9 +525,9 @@ class Simulation:
                         self._start(node)
                 elif kind == EV_CRASH:
                     node = nodes[a]
-                    incarnation, downtime = b
+                    incarnation, downtime, power_loss = b
                     if node.up and node.incarnation == incarnation and t < fault_end:
-                        self._crash(node, False, downtime)
+                        self._crash(node, power_loss, downtime)
                 elif kind == EV_HINT:
                     self._hint(a, b)
                 elif kind == EV_HEAL:
@@ -425,6 +538,9 @@ class Simulation:
                     self._at(t + SYNC_INTERVAL_US, EV_SYNC)
         except InvariantError as exc:
             checker.violation(self.now, f"core invariant: {exc}")
+        except Exception as exc:  # a crash of the code under test is a finding of this seed, not of the run
+            checker.violation(self.now, f"exception: {describe_exception(exc)}")
+        self.coverage["truncations"] += checker.truncations
         return SeedResult(
             seed=self.seed,
             nodes=len(self.ids),
@@ -437,12 +553,24 @@ class Simulation:
             virtual_ms=self.now // 1000,
             recovery_ms=(self.done_at - self.healed_at) // 1000 if self.done_at >= 0 else -1,
             truncations=checker.truncations,
+            coverage=self.coverage,
             trace=self.trace,
         )
 
 
+def describe_exception(exc: BaseException) -> str:
+    """The exception and where it was raised, on one line."""
+    frames = traceback.extract_tb(exc.__traceback__)
+    where = f" at {frames[-1].filename.rsplit('/', 1)[-1]}:{frames[-1].lineno}" if frames else ""
+    return f"{type(exc).__name__}: {exc}{where}"
+
+
 def run_seed(seed: int, options: SimOptions | None = None) -> SeedResult:
-    return Simulation(seed, options).run()
+    """One seed. Never raises for a fault of the code under test: an exception becomes a violation."""
+    try:
+        return Simulation(seed, options).run()
+    except Exception as exc:  # e.g. while building the plan or starting the nodes
+        return SeedResult(seed, 0, [f"exception: {describe_exception(exc)}"], 0, 0, Counter(), 0, 0, 0, -1, 0)
 
 
 def run_seeds(
@@ -453,6 +581,7 @@ def run_seeds(
 ) -> dict[str, object]:
     """Run many seeds; returns the summary the CLI prints as JSON (failing seeds listed)."""
     faults: Counter[str] = Counter()
+    coverage: Counter[str] = Counter()
     summary: dict[str, object] = {}
     count = steps = elections = committed = acked = violations = truncations = 0
     recovery_max = 0
@@ -466,6 +595,7 @@ def run_seeds(
         acked += r.acked_entries
         truncations += r.truncations
         faults.update(r.faults)
+        coverage.update(r.coverage)
         recovery_max = max(recovery_max, r.recovery_ms)
         if r.violations:
             violations += len(r.violations)
@@ -485,5 +615,7 @@ def run_seeds(
         acked_entries=acked,
         truncations=truncations,
         recovery_ms_max=recovery_max,
+        coverage={key: coverage.get(key, 0) for key in COVERAGE_KEYS},
+        coverage_gaps=[key for key in COVERAGE_KEYS if not coverage.get(key)],
     )
     return summary

@@ -3,9 +3,11 @@ channel itself and the data channel through the sender.
 
 Each loop: take peer messages (consensus sockets, R4 from the sender) and step them; on the leader take
 the frames the batcher cut (R2), drop events the dedup table refuses, stamp each frame with its term and
-log position and propose it; tick; then act on the core's Ready in the order it prescribes, persisting
-everything pending in one RocksDB write (group commit: one fsync for all entries and the hard state
-gathered since the previous loop). Ingest hears what it needs through R5.
+log position and propose it; tick; then act on the core's Ready through the shared driver
+(shmraft.raft.driver, the same ordering code the simulator runs), persisting everything pending in one
+RocksDB write (group commit: one fsync for all entries and the hard state gathered since the previous loop).
+This worker supplies only the driver's I/O: sockets and the sender ring, the RocksDB write, the clock; it
+applies committed entries itself. Ingest hears what it needs through R5.
 
 Storage faults (docs/DESIGN.md "Storage faults"). The log is opened through `open_node_log`, which verifies
 it and quarantines a corrupt one (the node then starts empty in recovering mode, from its preserved term).
@@ -40,13 +42,14 @@ from shmraft.node.records import (
 )
 from shmraft.raft.config import RaftConfig
 from shmraft.raft.core import RaftCore
+from shmraft.raft.driver import ReadyDriver
 from shmraft.raft.errors import ProposalError
 from shmraft.raft.messages import Channel as MsgChannel
 from shmraft.raft.messages import Message
 from shmraft.raft.nodelog import HardStateLostError, NodeLog, is_disk_full, open_node_log
 from shmraft.raft.ready import Ready
 from shmraft.raft.storage import CorruptLogError, StorageError, StorageIOError
-from shmraft.raft.types import Entry
+from shmraft.raft.types import Entry, HardState
 from shmraft.raft.types import Role as StateRole
 from shmraft.wire.errors import ProtocolError
 from shmraft.wire.frame import decode_batch, encode_batch_arrays, restamp
@@ -72,6 +75,7 @@ class RaftWorker(WorkerBase):
         # None while the storage is unusable (disk full, I/O error, refused start): see _storage_failed
         self.storage: NodeLog | None = None
         self.core: RaftCore | None = None
+        self.driver: ReadyDriver | None = None
         self.dedup = dd.DedupTable(producers_max=c.dedup_producers_max)
         # producer tables of entries received and validated, until they are persisted (bounded: cleared
         # when it grows past DECODED_CACHE_MAX, e.g. after appends that were rejected)
@@ -150,6 +154,7 @@ class RaftWorker(WorkerBase):
             applied=applied,
             recovery_term=nl.recovery_term,
         )
+        self.driver = ReadyDriver(self.core, self._send, self._persist, _monotonic_ms)
         self.dedup = dd.DedupTable(producers_max=c.dedup_producers_max)
         self._decoded.clear()
         self._rebuild_dedup()
@@ -182,6 +187,7 @@ class RaftWorker(WorkerBase):
             self.storage.close()
         self.storage = None
         self.core = None
+        self.driver = None
         self._decoded.clear()
         if fault == StorageFault.CORRUPT:
             self._verified = False  # the reopen must run the full check, which quarantines the log
@@ -256,7 +262,6 @@ class RaftWorker(WorkerBase):
     # --- the loop ------------------------------------------------------------------------------------------
 
     def run(self) -> None:
-        last_tick = time.monotonic()
         try:
             while not self.stopping:
                 self.beat()
@@ -266,7 +271,7 @@ class RaftWorker(WorkerBase):
                     self.state.add("peer_refusals", self.links.refusals - self._refusals_counted)
                     self._refusals_counted = self.links.refusals
                 try:
-                    last_tick = self._iterate(last_tick)
+                    self._iterate()
                 except (StorageIOError, CorruptLogError) as exc:
                     self._storage_failed(exc)
                 self._flush_notes()
@@ -282,35 +287,30 @@ class RaftWorker(WorkerBase):
             if self.storage is not None:
                 self.storage.close()
 
-    def _iterate(self, last_tick: float) -> float:
-        """One loop iteration after the sockets: peer records, proposals, tick, Readies. Returns last_tick."""
-        now = time.monotonic()
+    def _iterate(self) -> None:
+        """One loop iteration after the sockets: peer records, proposals, tick, Readies."""
         if self.core is None:  # storage unusable: refuse everything, retry opening when due
             self.peer_in.take()
             frames = self.frames_in.take()
             if frames:
                 self._refuse_frames(frames)
-            if now >= self._retry_at and self._open_storage():
+            if time.monotonic() >= self._retry_at and self._open_storage():
                 self._publish_state()
-                return now
+                return
             if self._fault != StorageFault.OK:
                 self._set_fault(self._fault, "still failing")  # rate-limited reminder
-            return now
+            return
         for rec in self.peer_in.take():
             self._on_data_record(rec)
         frames = self.frames_in.take()
         if frames:
             self._propose(frames)
-        if self.core is None:
-            return now
-        elapsed_ms = int((now - last_tick) * 1000)
-        if elapsed_ms >= 1:
-            self.core.tick(elapsed_ms)
-            last_tick += elapsed_ms / 1000
+        if self.core is None or self.driver is None:
+            return
+        self.driver.tick()
         while self.core.has_ready():
             self._handle_ready(self.core.ready())
         self._check_recovery()
-        return last_tick
 
     def _hand_over(self) -> None:
         """On a clean stop, a leader hands leadership to the most caught-up follower (bounded wait)."""
@@ -321,14 +321,11 @@ class RaftWorker(WorkerBase):
         except (ProposalError, ValueError):
             return
         deadline = time.monotonic() + self.config.election_timeout_ms / 1000
-        last = time.monotonic()
         while time.monotonic() < deadline and self.core.role == StateRole.LEADER:
             selector_loop_once(self.sel, TICK_MS / 1000)
             for rec in self.peer_in.take():
                 self._on_data_record(rec)
-            now = time.monotonic()
-            self.core.tick(max(0, int((now - last) * 1000)))
-            last = now
+            self.driver.tick()
             while self.core.has_ready():
                 self._handle_ready(self.core.ready())
         self.log.info("leadership handed over: role now %s, leader %d", self.core.role.name, self.core.leader)
@@ -461,25 +458,8 @@ class RaftWorker(WorkerBase):
     # --- Ready ---------------------------------------------------------------------------------------------
 
     def _handle_ready(self, rd: Ready) -> None:
-        self._send(rd.messages)
-        if rd.entries:
-            first = rd.entries[0].index
-            if first <= self.dedup.last_index and self.core.role != StateRole.LEADER:
-                self.dedup.truncate(first)
-            t0 = time.perf_counter_ns()
-            self.storage.append(rd.entries, rd.hard_state)
-            self.state.add("fsyncs")
-            self.state.add("fsync_ns", time.perf_counter_ns() - t0)
-            for e in rd.entries:
-                self._record_dedup(e, self.core.commit_index)
-        elif rd.hard_state is not None:
-            self.storage.set_hard_state(rd.hard_state)
-        if len(self._decoded) > DECODED_CACHE_MAX:
-            self._decoded.clear()
-        self._send(rd.messages_after_persist)
-        if rd.entries:
-            last = rd.entries[-1]
-            self.core.persisted(last.index, last.term)
+        """Sends, persist and acknowledgements in the driver's order; then what this node does with it."""
+        self.driver.handle(rd)
         if rd.committed_entries:
             self._on_committed(rd.committed_entries)
         if rd.soft_state is not None:
@@ -487,6 +467,25 @@ class RaftWorker(WorkerBase):
             self._notes.append(encode_note(Note(NoteKind.LEADER, rd.soft_state.term, rd.soft_state.leader)))
         self.state.set("last_index", self.core.last_index)
         self.state.set("first_index", self.core.first_index)
+
+    def _persist(self, entries: list[Entry], hard_state: HardState | None) -> bool:
+        """The driver's write: entries and hard state in one synchronous RocksDB write (durable on return),
+        keeping the dedup table in step with the log."""
+        if entries:
+            first = entries[0].index
+            if first <= self.dedup.last_index and self.core.role != StateRole.LEADER:
+                self.dedup.truncate(first)
+            t0 = time.perf_counter_ns()
+            self.storage.append(entries, hard_state)
+            self.state.add("fsyncs")
+            self.state.add("fsync_ns", time.perf_counter_ns() - t0)
+            for e in entries:
+                self._record_dedup(e, self.core.commit_index)
+        elif hard_state is not None:
+            self.storage.set_hard_state(hard_state)
+        if len(self._decoded) > DECODED_CACHE_MAX:
+            self._decoded.clear()
+        return True
 
     def _send(self, messages: list[Message]) -> None:
         records = []
@@ -541,3 +540,8 @@ class RaftWorker(WorkerBase):
 
 
 _EMPTY = np.zeros(0, dtype=np.uint64)
+
+
+def _monotonic_ms() -> float:
+    """The driver's clock."""
+    return time.monotonic() * 1000

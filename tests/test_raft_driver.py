@@ -1,0 +1,127 @@
+"""The shared Ready driver (shmraft/raft/driver.py): the order of sends, writes, acknowledgements and the
+report back to the core, with synchronous I/O (the worker) and asynchronous I/O (the simulator)."""
+
+from __future__ import annotations
+
+import pytest
+
+from shmraft.raft.driver import ReadyDriver
+from shmraft.raft.errors import InvariantError
+from shmraft.raft.messages import AppendEntries, AppendResponse, Heartbeat, Message
+from shmraft.raft.ready import Ready
+from shmraft.raft.types import Entry, HardState
+from shmraft.sim.harness import core_with_log
+
+
+class Recorder:
+    """Records the driver's I/O calls in order; `sync` decides whether writes are durable on return."""
+
+    def __init__(self, sync: bool) -> None:
+        self.sync = sync
+        self.events: list[tuple] = []
+        self.now_ms = 0.0
+
+    def send(self, messages: list[Message]) -> None:
+        for m in messages:
+            self.events.append(("send", type(m).__name__, m.dst))
+
+    def persist(self, entries: list[Entry], hard_state: HardState | None) -> bool:
+        self.events.append(("persist", [e.index for e in entries], hard_state))
+        return self.sync
+
+
+class FakeCore:
+    def __init__(self) -> None:
+        self.persisted_calls: list[tuple[int, int]] = []
+        self.ticks: list[int] = []
+
+    def persisted(self, index: int, term: int) -> None:
+        self.persisted_calls.append((index, term))
+
+    def tick(self, elapsed_ms: int) -> None:
+        self.ticks.append(elapsed_ms)
+
+
+def make(sync: bool) -> tuple[ReadyDriver, Recorder, FakeCore]:
+    io, core = Recorder(sync), FakeCore()
+    return ReadyDriver(core, io.send, io.persist, lambda: io.now_ms), io, core  # type: ignore[arg-type]
+
+
+def ready(entries: list[Entry] = (), hard: HardState | None = None, after: list[Message] = ()) -> Ready:  # type: ignore[assignment]
+    return Ready(
+        hard_state=hard,
+        entries=list(entries),
+        messages=[Heartbeat(1, 2, 1, 0)],
+        messages_after_persist=list(after),
+    )
+
+
+ACK = AppendResponse(1, 2, 1, 5, True)
+
+
+def test_sync_io_sends_then_writes_then_acknowledges_then_reports():
+    driver, io, core = make(sync=True)
+    driver.handle(ready([Entry(5, 1, b"x")], HardState(1, 0, 0), [ACK]))
+    assert io.events == [
+        ("send", "Heartbeat", 2),
+        ("persist", [5], HardState(1, 0, 0)),
+        ("send", "AppendResponse", 2),
+    ]
+    assert core.persisted_calls == [(5, 1)]
+    assert driver.pending_writes == 0
+
+
+def test_async_io_holds_acknowledgements_until_the_write_and_every_earlier_write_is_durable():
+    driver, io, core = make(sync=False)
+    driver.handle(ready([Entry(5, 1, b"x")], None, [ACK]))
+    driver.handle(ready((), None, [AppendResponse(1, 2, 1, 5, True)]))  # nothing to write: still waits
+    assert [e[0] for e in io.events] == ["send", "persist", "send"]  # only the two leader heartbeats
+    assert core.persisted_calls == [] and driver.pending_writes == 2
+    driver.durable()
+    assert [e[1] for e in io.events if e[0] == "send"] == ["Heartbeat", "Heartbeat", "AppendResponse", "AppendResponse"]
+    assert core.persisted_calls == [(5, 1)] and driver.pending_writes == 0
+
+
+def test_nothing_to_write_and_nothing_pending_sends_at_once():
+    driver, io, _ = make(sync=False)
+    driver.handle(ready((), None, [ACK]))
+    assert [e[1] for e in io.events] == ["Heartbeat", "AppendResponse"]
+
+
+def test_durable_without_a_pending_write_is_an_invariant_error():
+    driver, _, _ = make(sync=False)
+    with pytest.raises(InvariantError):
+        driver.durable()
+
+
+def test_tick_advances_the_core_by_whole_milliseconds_of_the_injected_clock():
+    driver, io, core = make(sync=True)
+    io.now_ms = 0.4
+    driver.tick()
+    io.now_ms = 7.9
+    driver.tick()
+    io.now_ms = 8.2
+    driver.tick()
+    assert core.ticks == [7, 1]
+
+
+def test_a_real_follower_core_acknowledges_only_after_the_driver_reports_durability():
+    core, storage = core_with_log(2, [1, 3], [1, 1])
+    sent: list[Message] = []
+    writes: list[tuple[list[Entry], HardState | None]] = []
+
+    def persist(entries: list[Entry], hard_state: HardState | None) -> bool:
+        writes.append((entries, hard_state))
+        return False
+
+    driver = ReadyDriver(core, sent.extend, persist, lambda: 0.0)
+    core.step(AppendEntries(1, 2, 1, 2, 1, (Entry(3, 1, b"3"),), 2))
+    while core.has_ready():
+        driver.handle(core.ready())
+    assert not any(isinstance(m, AppendResponse) for m in sent)
+    entries, hard_state = writes[0]
+    storage.append(entries, hard_state)
+    driver.durable()
+    acks = [m for m in sent if isinstance(m, AppendResponse)]
+    assert len(acks) == 1 and acks[0].index == 3 and acks[0].success
+    assert core.status()["stable_index"] == 3
