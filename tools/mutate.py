@@ -3,7 +3,8 @@
 For each mutation of the catalogue (tools/mutations.py) this copies the package to a temporary directory,
 applies the mutation there as a source patch (exact text, asserted to occur once), and runs, against that
 copy only, the simulator (the CI seed budget, stopping at the first failing seed, plus every directed
-scenario) and the core's unit tests (tests/test_raft_*.py). The worktree is never modified.
+scenario; the seeds are skipped when a scenario already caught it, unless --all-seeds) and the core's
+unit tests (tests/test_raft_*.py). The worktree is never modified.
 
     python tools/mutate.py                       # whole catalogue, 2 processes, 300 seeds
     python tools/mutate.py --only ack_whole_log  # some mutations (comma separated)
@@ -101,8 +102,21 @@ def check_copy_is_imported(root: Path) -> None:
         raise RuntimeError(f"the mutated copy is not the one imported: {out.stdout.strip()}")
 
 
-def run_simulator(root: Path, seeds: int, outcome: Outcome) -> None:
-    cmd = [sys.executable, str(root / "tools" / "simulate.py"), "--seeds", str(seeds), "--json", "--stop-on-failure"]
+def run_simulator(root: Path, seeds: int, outcome: Outcome, all_seeds: bool) -> None:
+    """The directed scenarios first (seconds); then, unless one caught the mutation (or `all_seeds`), the
+    seeds up to the first failing one."""
+    _simulate(root, ["--seeds", "0"], outcome)
+    if outcome.sim_caught and not all_seeds:
+        return
+    scenarios, detail = outcome.scenarios, outcome.sim_detail
+    _simulate(root, ["--seeds", str(seeds), "--no-scenarios", "--stop-on-failure"], outcome)
+    outcome.scenarios = scenarios
+    outcome.sim_caught = outcome.sim_caught or bool(scenarios)
+    outcome.sim_detail = outcome.sim_detail or detail
+
+
+def _simulate(root: Path, args: list[str], outcome: Outcome) -> None:
+    cmd = [sys.executable, str(root / "tools" / "simulate.py"), "--json", *args]
     try:
         out = subprocess.run(
             cmd, env=_env(root), cwd=root, capture_output=True, text=True, timeout=SIM_TIMEOUT_S, check=False
@@ -121,7 +135,7 @@ def run_simulator(root: Path, seeds: int, outcome: Outcome) -> None:
         return
     failed = summary.get("failed_seeds") or []
     outcome.first_seed = failed[0] if failed else None
-    outcome.scenarios = sorted(name for name, v in (summary.get("scenarios") or {}).items() if v)
+    outcome.scenarios = list(summary.get("failed_scenarios") or [])
     outcome.sim_caught = bool(summary.get("violations"))
     first = next((ln for ln in lines if ln.startswith("FAILED")), "")
     outcome.sim_detail = first[:200]
@@ -143,7 +157,7 @@ def run_unit_tests(root: Path, outcome: Outcome) -> None:
     outcome.unit_detail = failed[0][:160] if failed else ""
 
 
-def run_one(mutation: Mutation | None, seeds: int, unit: bool) -> Outcome:
+def run_one(mutation: Mutation | None, seeds: int, unit: bool, all_seeds: bool = False) -> Outcome:
     """Copy, patch, run. `mutation` None checks the unmutated copy (it must pass everything)."""
     started = time.perf_counter()
     name = mutation.name if mutation else "(none)"
@@ -154,7 +168,7 @@ def run_one(mutation: Mutation | None, seeds: int, unit: bool) -> Outcome:
         if mutation is not None:
             apply(mutation, root)
         check_copy_is_imported(root)
-        run_simulator(root, seeds, outcome)
+        run_simulator(root, seeds, outcome, all_seeds or mutation is None)
         if unit:
             run_unit_tests(root, outcome)
     outcome.seconds = round(time.perf_counter() - started, 1)
@@ -175,6 +189,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--jobs", type=int, default=JOBS_MAX, help=f"mutations run in parallel (at most {JOBS_MAX})")
     ap.add_argument("--only", help="comma-separated mutation names")
     ap.add_argument("--no-unit-tests", action="store_true", help="run the simulator only")
+    ap.add_argument("--all-seeds", action="store_true", help="run the seeds even when a scenario caught it")
     ap.add_argument("--baseline", action="store_true", help="first check that the unmutated copy passes")
     ap.add_argument("--target", type=float, default=TARGET_DEFAULT, help="fraction the simulator must catch")
     ap.add_argument("--list", action="store_true", help="print the catalogue and exit")
@@ -208,7 +223,7 @@ def main(argv: list[str] | None = None) -> int:
         if base.sim_caught or base.unit_caught:
             return 2
     with ThreadPoolExecutor(jobs) as pool:
-        futures = [pool.submit(run_one, m, args.seeds, not args.no_unit_tests) for m in catalogue]
+        futures = [pool.submit(run_one, m, args.seeds, not args.no_unit_tests, args.all_seeds) for m in catalogue]
         outcomes = []
         for f in futures:
             o = f.result()

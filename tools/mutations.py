@@ -182,9 +182,9 @@ CATALOGUE: tuple[Mutation, ...] = (
     Mutation(
         "match_from_reject_hint",
         "replication",
-        PROGRESS,
-        "            self.match = max(0, min(self.match, next_hint - 1))",
-        "            self.match = max(self.match, next_hint - 1)",
+        CORE,
+        "            pr.rejected(m.index, next_hint)\n",
+        "            pr.match = max(pr.match, next_hint - 1)\n            pr.rejected(m.index, next_hint)\n",
         "a rejection's hint is taken as a match (matchIndex moves to an index the follower may not hold)",
     ),
     Mutation(

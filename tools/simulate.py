@@ -33,7 +33,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--seeds", type=int, default=100, help="run seeds first..first+N-1 (default 100)")
     ap.add_argument("--first-seed", type=int, default=0)
     ap.add_argument("--seed", type=int, help="run this one seed only")
-    ap.add_argument("--nodes", type=int, choices=(3, 5), help="cluster size (default: 3 or 5 per seed)")
+    ap.add_argument("--nodes", type=int, choices=(3, 4, 5), help="cluster size (default: 3, 4 or 5 per seed)")
     ap.add_argument(
         "--fsync",
         choices=("always", "never"),

@@ -15,6 +15,7 @@ from collections.abc import Callable
 from shmraft.raft.config import RaftConfig
 from shmraft.raft.core import RaftCore
 from shmraft.raft.driver import ReadyDriver
+from shmraft.raft.errors import InvariantError
 from shmraft.raft.memstorage import MemStorage
 from shmraft.raft.messages import Message
 from shmraft.raft.ready import Ready
@@ -74,6 +75,8 @@ class Cluster:
         core, driver = self.cores[i], self._driver(i)
         while core.has_ready():
             rd = core.ready()
+            if not rd:
+                raise InvariantError(f"node {i}: has_ready() was true but ready() is empty")
             driver.handle(rd)
             self.applied[i].extend(rd.committed_entries)
 

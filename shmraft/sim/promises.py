@@ -22,7 +22,6 @@ from collections import Counter
 from dataclasses import dataclass, field
 
 from shmraft.raft.messages import AppendResponse, Message, RequestVote, VoteResponse
-from shmraft.raft.quorum import majority
 from shmraft.raft.ready import Ready
 from shmraft.raft.types import Entry, Role
 from shmraft.sim.checker import Checker
@@ -44,7 +43,7 @@ class PromiseChecker:
     def __init__(self, checker: Checker, nodes: dict[int, SimNode], coverage: Counter[str]) -> None:
         self.checker = checker
         self.nodes = nodes
-        self.quorum = majority(len(nodes))
+        self.quorum = len(nodes) // 2 + 1  # computed here, not with the code under test
         self.coverage = coverage
         self.votes: dict[tuple[int, int], int] = {}  # (voter, term) -> candidate, kept across crashes
         self.acks: dict[int, AckRecord] = {i: AckRecord() for i in nodes}
@@ -75,6 +74,23 @@ class PromiseChecker:
         return True
 
     # --- hooks -----------------------------------------------------------------------------------------------
+    def on_vote_request(self, node: SimNode, m: RequestVote, now_us: int) -> None:
+        """Step a vote request into `node` and check the decision it takes against the election restriction
+        (5.4.1): a vote goes only to a candidate whose log is at least as up to date as the voter's."""
+        core = node.core
+        assert core is not None
+        before = (core.term, core.vote, core.last_term, core.last_index)
+        core.step(m)
+        if m.pre_vote or core.vote != m.src or core.term != m.term or before[:2] == (m.term, m.src):
+            return
+        _, _, last_term, last_index = before
+        if (m.last_term, m.last_index) < (last_term, last_index):
+            self.checker.violation(
+                now_us,
+                f"node {node.id} votes for {m.src} in term {m.term} whose log ends at ({m.last_index}, term "
+                f"{m.last_term}), behind its own ({last_index}, term {last_term})",
+            )
+
     def on_send(self, node: SimNode, m: Message, now_us: int) -> None:
         """`node` sends `m` now: a vote, vote request or acknowledgement must be durable already."""
         if isinstance(m, VoteResponse):

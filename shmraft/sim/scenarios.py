@@ -208,15 +208,9 @@ def late_vote_grants(mutation: str = "") -> ScenarioResult:
     return result
 
 
-def recovery_on_older_terms(mutation: str = "") -> ScenarioResult:
-    """Rule: a node that lost its log leaves recovering mode only once it holds, durably and committed, an
-    entry of a term >= its recovery term; until then it grants no vote.
-
-    S3 loses its log in term 1 and restarts in term 2 (recovering). Its answer makes S1 step down; a new
-    leader is elected in term 2 without S3 and replicates to S3, one entry at a time, the committed term-1
-    entries and finally its own term-2 no-op, whose write S3 holds back. Until that write is durable S3
-    must stay recovering and refuse a vote."""
-    result = ScenarioResult("recovery_on_older_terms")
+def _s3_lost_its_log(mutation: str) -> tuple[Cluster, int]:
+    """Three nodes; S3 lost its log in term 1 and restarted recovering in term 2; its answer made S1 step
+    down and a leader of term 2 was elected without S3, which holds nothing yet. Returns (cluster, leader)."""
     c = Cluster(3, config=RaftConfig(max_append_entries=1, test_only_mutation=mutation))
     c.elect(1)
     for k in range(2, 5):
@@ -227,14 +221,28 @@ def recovery_on_older_terms(mutation: str = "") -> ScenarioResult:
     c.blocked |= {(1, 3), (2, 3)}  # S3 hears nothing until the new leader is elected
     c.cores[1].step(AppendResponse(3, 1, c.cores[3].term, 0, False))  # S3's answer: its term is 2
     c.process(1)
+    lead = 0
     for _ in range(100):
         c.run(50)
         lead = c.leader()
         if lead and c.cores[lead].term >= c.cores[3].term:
             break
     c.heal()
-    if c.cores[3].term_at(1) is not None or not c.cores[3].recovering:
-        raise AssertionError(f"setup: S3 log {c.log(3)}, recovering {c.cores[3].recovering}")
+    if not lead or c.cores[3].term_at(1) is not None or not c.cores[3].recovering:
+        raise AssertionError(f"setup: leader {lead}, S3 log {c.log(3)}, recovering {c.cores[3].recovering}")
+    return c, lead
+
+
+def recovery_on_older_terms(mutation: str = "") -> ScenarioResult:
+    """Rule: a node that lost its log leaves recovering mode only once it holds, durably and committed, an
+    entry of a term >= its recovery term; until then it grants no vote.
+
+    S3 loses its log in term 1 and restarts in term 2 (recovering). Its answer makes S1 step down; a new
+    leader is elected in term 2 without S3 and replicates to S3, one entry at a time, the committed term-1
+    entries and finally its own term-2 no-op, whose write S3 holds back. Until that write is durable S3
+    must stay recovering and refuse a vote."""
+    result = ScenarioResult("recovery_on_older_terms")
+    c, lead = _s3_lost_its_log(mutation)
     noop = c.cores[lead].last_index
     c.cores[lead].tick(c.config.heartbeat_interval_ms)  # the heartbeat that starts S3's catch-up
     c.process(lead)
@@ -260,6 +268,48 @@ def recovery_on_older_terms(mutation: str = "") -> ScenarioResult:
     c.release(3)  # the grant or refusal was decided while recovering; it leaves once the write is durable
     if any(isinstance(m, VoteResponse) and m.granted and m.src == 3 for m in c.sent[sent_before:]):
         result.violations.append("recovery_on_older_terms: S3 grants a vote while recovering")
+    c.run(500)
+    _check_applied(c, result)
+    return result
+
+
+def transfer_to_recovering(mutation: str = "") -> ScenarioResult:
+    """Rule: a recovering node never campaigns, not even when a leader hands it leadership (TimeoutNow).
+
+    S3 lost its log (restarted recovering in term 2); S2 is elected in term 2 and S3 catches up with it,
+    acknowledging S2's no-op before anyone else; the news that the no-op is committed never reaches S3, so
+    S3 holds the whole log yet is still recovering. S2 then transfers leadership to the caught-up S3."""
+    result = ScenarioResult("transfer_to_recovering")
+    c = Cluster(3, config=RaftConfig(test_only_mutation=mutation))
+    c.elect(1)
+    c.propose(1, b"x2")
+    c.deliver_all()
+    c.crash(3)
+    c.restart(3, lose_log=True)
+    c.cores[1].step(AppendResponse(3, 1, c.cores[3].term, 0, False))  # S3's answer: its term is 2
+    c.process(1)
+    c.blocked |= {(2, 3), (3, 2)}
+    c.elect(2, drop=lambda m: isinstance(m, AppendEntries) and m.dst == 1)
+    noop = c.cores[2].last_index
+    c.heal()
+
+    def hide_commit(m: Message) -> bool:
+        to_3 = m.dst == 3 and isinstance(m, AppendEntries | Heartbeat) and m.commit >= noop
+        return to_3 or (isinstance(m, AppendEntries) and m.dst == 1)
+
+    for _ in range(5):
+        c.cores[2].tick(c.config.heartbeat_interval_ms)
+        c.process(2)
+        c.deliver_all(drop=hide_commit)
+    if c.cores[3].last_index != noop or not c.cores[3].recovering or c.cores[2].role != Role.LEADER:
+        raise AssertionError(f"setup: S3 log {c.log(3)}, recovering {c.cores[3].recovering}")
+    c.cores[2].transfer_leadership(3)
+    c.process(2)
+    c.deliver_all(drop=hide_commit)
+    if c.cores[3].role != Role.FOLLOWER:
+        result.violations.append(
+            f"transfer_to_recovering: S3 campaigns while recovering: {c.cores[3].role.name} in term {c.cores[3].term}"
+        )
     c.run(500)
     _check_applied(c, result)
     return result
@@ -364,6 +414,7 @@ SCENARIOS: dict[str, Callable[[str], ScenarioResult]] = {
     "late_vote_grants": late_vote_grants,
     "recovery_on_older_terms": recovery_on_older_terms,
     "transfer_to_lagging": transfer_to_lagging,
+    "transfer_to_recovering": transfer_to_recovering,
     "heartbeat_past_match": heartbeat_past_match,
 }
 

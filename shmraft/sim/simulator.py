@@ -28,7 +28,7 @@ from dataclasses import dataclass, field
 
 from shmraft.raft.config import RaftConfig
 from shmraft.raft.errors import InvariantError, ProposalError
-from shmraft.raft.messages import AppendEntries, Message, TimeoutNow
+from shmraft.raft.messages import AppendEntries, Message, RequestVote, TimeoutNow
 from shmraft.raft.types import Role
 from shmraft.sim.checker import Checker
 from shmraft.sim.faults import TICK_MS, FaultEvent, make_plan
@@ -40,10 +40,12 @@ from shmraft.sim.promises import PromiseChecker
     range(11)
 )
 STEPS_MAX = 3_000_000  # events per seed; more means a message storm (a bug)
+PENDING_EVENTS_MAX = 200_000  # events scheduled at once; more means a storm that grows (duplicates of duplicates)
 PROBE_INTERVAL_US = 50_000
 FAULT_MS_DEFAULT = 5000  # virtual length of the fault phase
 SYNC_INTERVAL_US = 200_000  # fsync "never": the OS writes back this often
 LOG_LOSS_PROBABILITY = 0.25  # a crashed node's log is lost (corrupt, quarantined) this often, one node at a time
+CLUSTER_SIZES = (3, 4, 5)  # drawn per seed; 4 is where quorum arithmetic differs from "half, rounded up"
 REPLAY_MESSAGES_MAX = 50  # a replay fault re-delivers up to this many messages of the recent history
 # the situations each run counts (SeedResult.coverage); all of them should occur in a CI run
 COVERAGE_KEYS = (
@@ -65,7 +67,7 @@ COVERAGE_KEYS = (
 
 @dataclass(slots=True)
 class SimOptions:
-    nodes: int | None = None  # None: 3 or 5, drawn from the seed
+    nodes: int | None = None  # None: one of CLUSTER_SIZES, drawn from the seed
     fsync: str = "always"
     fault_ms: int = FAULT_MS_DEFAULT
     heal_deadline_ms: int = 10_000
@@ -109,7 +111,7 @@ class Simulation:
         self.seed = seed
         self.options = opts = options or SimOptions()
         plan_rng = random.Random(f"plan-{seed}")
-        n = opts.nodes or plan_rng.choice((3, 5))
+        n = opts.nodes or plan_rng.choice(CLUSTER_SIZES)
         self.ids = list(range(1, n + 1))
         self.plan = make_plan(plan_rng, self.ids, opts.fault_ms, opts.faults)
         self.faults: Counter[str] = Counter()
@@ -472,8 +474,8 @@ class Simulation:
                     break
                 self.now = t
                 self.steps += 1
-                if self.steps > STEPS_MAX:
-                    checker.violation(t, f"more than {STEPS_MAX} events")
+                if self.steps > STEPS_MAX or len(heap) > PENDING_EVENTS_MAX:
+                    checker.violation(t, f"message storm: {self.steps} events, {len(heap)} pending")
                     break
                 if kind == EV_DELIVER:
                     m = a
@@ -491,7 +493,10 @@ class Simulation:
                     core = node.core
                     if m.term < core.term:  # type: ignore[union-attr]
                         self.coverage["stale_delivered"] += 1
-                    core.step(m)  # type: ignore[union-attr]
+                    if isinstance(m, RequestVote):
+                        self.promises.on_vote_request(node, m, self.now)
+                    else:
+                        core.step(m)  # type: ignore[union-attr]
                     if isinstance(m, TimeoutNow) and core.role == Role.CANDIDATE:  # type: ignore[union-attr]
                         self.coverage["transfer_elections"] += 1
                     self._drain(node)
