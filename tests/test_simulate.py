@@ -121,6 +121,7 @@ def test_directed_scenario_holds_its_rule_on_the_unmutated_core(name):
         ("recovery_ends_on_older_term", "recovery_on_older_terms"),
         ("timeout_now_to_lagging_target", "transfer_to_lagging"),
         ("heartbeat_commit_unclamped", "heartbeat_past_match"),
+        ("timeout_now_while_recovering", "transfer_to_recovering"),
     ],
 )
 def test_mutation_harness_patches_a_copy_and_the_scenario_catches_it(mutation, scenario):
