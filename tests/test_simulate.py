@@ -122,6 +122,7 @@ def test_directed_scenario_holds_its_rule_on_the_unmutated_core(name):
         ("timeout_now_to_lagging_target", "transfer_to_lagging"),
         ("heartbeat_commit_unclamped", "heartbeat_past_match"),
         ("timeout_now_while_recovering", "transfer_to_recovering"),
+        ("match_from_reject_hint", "rejection_hint_is_not_a_match"),
     ],
 )
 def test_mutation_harness_patches_a_copy_and_the_scenario_catches_it(mutation, scenario):

@@ -14,6 +14,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from shmraft.raft.config import RaftConfig
+from shmraft.raft.memstorage import MemStorage
 from shmraft.raft.messages import (
     AppendEntries,
     AppendResponse,
@@ -23,7 +24,7 @@ from shmraft.raft.messages import (
     TimeoutNow,
     VoteResponse,
 )
-from shmraft.raft.types import Role
+from shmraft.raft.types import Entry, HardState, Role
 from shmraft.sim.harness import Cluster
 from shmraft.sim.simulator import describe_exception
 
@@ -361,6 +362,48 @@ def transfer_to_lagging(mutation: str = "") -> ScenarioResult:
     return result
 
 
+def rejection_hint_is_not_a_match(mutation: str = "") -> ScenarioResult:
+    """Rule: a rejection's hint tells the leader where to probe next, never what the follower matches; a
+    heartbeat then carries at most the commit of a real match.
+
+    Figure 7 (f) style logs: S1, S2, S4 hold 1-3 of term 1 and 4 of term 3 (committed); S3 holds 1-2 of term 1
+    and a deposed leader's 3 of term 2; S5 holds 1-2. S1 is elected in term 4, so its first probe to S3 is at
+    prev (4, term 3); S3's hint is its entry 3 of term 2, where S1's entry 3 is of term 1. A heartbeat reaches
+    S3 before S1's next probe does."""
+    result = ScenarioResult("rejection_hint_is_not_a_match")
+    c = Cluster(5, config=RaftConfig(test_only_mutation=mutation))
+    logs = {1: [1, 1, 1, 3], 2: [1, 1, 1, 3], 4: [1, 1, 1, 3], 3: [1, 1, 2], 5: [1, 1]}
+    commits = {1: 4, 2: 4, 4: 4, 3: 2, 5: 2}
+    for i, terms in logs.items():
+        c.crash(i)
+        c.storages[i] = MemStorage()
+        c.storages[i].append([Entry(k, t, b"%d-%d" % (k, t)) for k, t in enumerate(terms, 1)], HardState(3, 0, 0))
+        c.storages[i].set_hard_state(HardState(3, 0, commits[i]))
+        c.restart(i)
+
+    def s3_hears_only_heartbeats(m: Message) -> bool:
+        return m.dst == 3 and isinstance(m, AppendEntries) and m.prev_index <= 3
+
+    c.elect(1, drop=lambda m: m.dst == 3)
+    leader = c.cores[1]
+    for _ in range(4):  # heartbeat, S3's answer, the probe at prev 4 and its rejection, then heartbeats
+        leader.tick(c.config.heartbeat_interval_ms)
+        c.process(1)
+        c.deliver_all(drop=s3_hears_only_heartbeats)
+    s3 = c.cores[3]
+    if leader.term_at(3) != 1 or leader.commit_index < 5:
+        raise AssertionError(f"setup: leader log {c.log(1)} commit {leader.commit_index}")
+    if s3.commit_index >= 3 and s3.term_at(3) != leader.term_at(3):
+        result.violations.append(
+            f"rejection_hint_is_not_a_match: S3 commits {s3.commit_index} holding entry 3 of term {s3.term_at(3)}; "
+            f"the leader's (committed) entry 3 is of term {leader.term_at(3)}"
+        )
+        return result
+    c.run(500)
+    _check_applied(c, result)
+    return result
+
+
 def heartbeat_past_match(mutation: str = "") -> ScenarioResult:
     """Rule: a leader's heartbeat tells a follower to commit at most what the leader knows it matches; the
     follower never commits a stale entry on a heartbeat.
@@ -416,6 +459,7 @@ SCENARIOS: dict[str, Callable[[str], ScenarioResult]] = {
     "transfer_to_lagging": transfer_to_lagging,
     "transfer_to_recovering": transfer_to_recovering,
     "heartbeat_past_match": heartbeat_past_match,
+    "rejection_hint_is_not_a_match": rejection_hint_is_not_a_match,
 }
 
 
