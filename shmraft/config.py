@@ -108,7 +108,7 @@ class NodeConfig:
     worker_restart_budget: int = 10  # restarts allowed per worker within the window below
     worker_restart_window_s: float = 60.0
     worker_restart_backoff_ms: int = 50  # first back-off; doubles per restart within the window
-    worker_stall_timeout_ms: int = 5000  # a worker whose heartbeat counter stops this long is restarted
+    worker_stall_timeout_ms: int = 5000  # a worker whose heartbeat stops this long while it could run is restarted
     # storage faults (raft worker): a log that failed (disk full, I/O error) is reopened this often
     storage_retry_interval_ms: int = 1000
     # dedup (raft worker)
