@@ -188,6 +188,10 @@ class Client:
         """The last known leader address (a hint)."""
         return self.leaders.leader
 
+    def _connect(self, deadline: float, prefer: str | None = None) -> Connection:
+        """A connection to the first node that accepts one (kept for callers of the old name)."""
+        return self.leaders.connect(deadline, prefer)
+
     @property
     def next_sequence(self) -> int:
         """The sequence the next new event of this client will carry."""
