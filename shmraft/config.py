@@ -6,10 +6,11 @@ shmraft.constants (the brief's numbers) or are named here.
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import tomllib
-from dataclasses import dataclass, fields, replace
+from dataclasses import asdict, dataclass, fields, replace
 from pathlib import Path
 from typing import Any
 
@@ -297,3 +298,18 @@ __all__ = [
     "local_members",
     "with_overrides",
 ]
+
+
+def config_to_json(config: NodeConfig) -> str:
+    """The config as JSON: how the supervisor hands it to its workers (node.json) and tools to nodes."""
+    doc = asdict(config)
+    doc["data_dir"] = str(config.data_dir)
+    return json.dumps(doc)
+
+
+def config_from_json(text: str) -> NodeConfig:
+    """The inverse of `config_to_json`."""
+    doc = json.loads(text)
+    doc["members"] = tuple(Member(**m) for m in doc["members"])
+    doc["data_dir"] = Path(doc["data_dir"])
+    return NodeConfig(**doc)

@@ -11,7 +11,8 @@ from pathlib import Path
 import pytest
 import rocksdict
 
-from shmraft.raft.storage import (
+from shmraft.raft.types import Entry, HardState, LogStorage
+from shmraft.storage.rocks import (
     APPEND_ENTRIES_MAX,
     ENTRY_DATA_MAX_BYTES,
     VERIFY_PROGRESS_ENTRIES,
@@ -28,7 +29,6 @@ from shmraft.raft.storage import (
     StorageLockedError,
     index_key,
 )
-from shmraft.raft.types import Entry, HardState, LogStorage
 
 
 def data_for(index: int, term: int, size: int = 64) -> bytes:

@@ -20,7 +20,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Final
 
-from shmraft.config import NodeConfig
+from shmraft.config import NodeConfig, config_from_json
 from shmraft.ipc.ring import RingReader
 from shmraft.ipc.state import StateBlock, Worker
 from shmraft.node.layout import NodeLayout
@@ -122,6 +122,4 @@ def selector_loop_once(sel: selectors.BaseSelector, timeout_s: float) -> None:
 
 
 def load_config(path: str | Path) -> NodeConfig:
-    from shmraft.supervisor.node import config_from_json
-
     return config_from_json(Path(path).read_text())

@@ -43,11 +43,11 @@ from shmraft.raft.core import RaftCore
 from shmraft.raft.errors import ProposalError
 from shmraft.raft.messages import Channel as MsgChannel
 from shmraft.raft.messages import Message
-from shmraft.raft.nodelog import HardStateLostError, NodeLog, is_disk_full, open_node_log
 from shmraft.raft.ready import Ready
-from shmraft.raft.storage import CorruptLogError, StorageError, StorageIOError
 from shmraft.raft.types import Entry
 from shmraft.raft.types import Role as StateRole
+from shmraft.storage.nodelog import HardStateLostError, NodeLog, is_disk_full, open_node_log
+from shmraft.storage.rocks import CorruptLogError, StorageError, StorageIOError
 from shmraft.wire.errors import ProtocolError
 from shmraft.wire.frame import decode_batch, encode_batch_arrays, restamp
 from shmraft.wire.peer import Channel
