@@ -9,8 +9,8 @@ kind's magic (written last, so that a segment with a magic is fully initialised)
 word 2 the creator's pid, word 3 the creator's start time (ms since the epoch, from psutil, so that a
 reused pid is not mistaken for the creator), word 4 a signature saying "this header is ours". That is
 what lets `cleanup_stale()` find segments whose creator is dead (a crashed run) and remove them, together
-with their semaphores. The owner (the supervisor) creates and unlinks; `SegmentOwner` is its context
-manager, and a clean shutdown leaves nothing in /dev/shm.
+with their semaphores. The owner (the supervisor) creates and unlinks (`SegmentOwner`, in owner.py, is a
+context manager for it), and a clean shutdown leaves nothing in /dev/shm.
 """
 
 from __future__ import annotations
@@ -20,7 +20,6 @@ import os
 import re
 import struct
 from pathlib import Path
-from types import TracebackType
 from typing import Final
 
 import numpy as np
@@ -251,47 +250,3 @@ def cleanup_stale(prefix: str) -> list[str]:
         if base not in live_segments and unlink_semaphore(sem):
             removed.append(sem)
     return removed
-
-
-class SegmentOwner:
-    """Context manager of the process that owns a run's segments (the supervisor, or a test).
-
-    On enter it removes stale segments of crashed runs under `prefix`; on exit (also on an exception) it
-    unlinks every ring it created, so that a clean shutdown leaves nothing in /dev/shm.
-    """
-
-    def __init__(self, prefix: str, clean_stale: bool = True) -> None:
-        check_name(prefix.rstrip("-") + "-x")
-        self.prefix = prefix
-        self.clean_stale = clean_stale
-        self.names: list[str] = []
-        self.stale_removed: list[str] = []
-
-    def __enter__(self) -> SegmentOwner:
-        if self.clean_stale:
-            self.stale_removed = cleanup_stale(self.prefix)
-        return self
-
-    def create_ring(self, ring: str, capacity_bytes: int, record_max_bytes: int | None = None) -> str:
-        """Create the ring `<prefix><ring>` and own it; returns its name."""
-        from shmraft.ipc.ring import create_ring  # ring builds on this module
-
-        name = self.prefix + ring
-        create_ring(name, capacity_bytes, record_max_bytes)
-        self.names.append(name)
-        return name
-
-    def adopt(self, name: str) -> None:
-        """Own a ring created elsewhere (it will be unlinked on exit)."""
-        self.names.append(name)
-
-    def close(self) -> list[str]:
-        removed: list[str] = []
-        while self.names:
-            removed += unlink_ring(self.names.pop())
-        return removed
-
-    def __exit__(
-        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
-    ) -> None:
-        self.close()
