@@ -14,6 +14,7 @@ from typing import Final
 
 from shmraft.ipc.state import Worker
 from shmraft.node.batching import BatchCutter
+from shmraft.node.layout import Ring
 from shmraft.workers.base import WorkerBase
 
 POP_RECORDS_MAX: Final = 1024
@@ -27,8 +28,8 @@ class BatcherWorker(WorkerBase):
 
     def __init__(self, config) -> None:
         super().__init__(config)
-        self.blocks = self.layout.reader("r1")
-        self.frames = self.layout.writer("r2")
+        self.blocks = self.layout.reader(Ring.R1)
+        self.frames = self.layout.writer(Ring.R2)
         self.cutter = BatchCutter(
             config.batch_events_max,
             config.batch_payload_max_bytes,
