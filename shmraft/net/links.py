@@ -35,11 +35,11 @@ from shmraft.config import PEER_HANDSHAKE_TIMEOUT_MS, PEER_INBOUND_CONNECTIONS_M
 from shmraft.net import auth, tls
 from shmraft.net.auth import ROLE_ACCEPTOR, ROLE_CONNECTOR, Secret, handshake_mac, mac_matches, new_nonce
 from shmraft.net.ratelog import RateLimitedLog
+from shmraft.raft.messages import Channel
 from shmraft.wire.errors import RemoteProtocolError
 from shmraft.wire.peer import (
     HANDSHAKE_BODY_MAX_BYTES,
     Challenge,
-    Channel,
     Hello,
     PeerKind,
     PeerReader,

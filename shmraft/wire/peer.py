@@ -29,6 +29,7 @@ import zlib
 from dataclasses import dataclass
 from typing import Final
 
+from shmraft.raft.messages import Channel
 from shmraft.wire.errors import LocalProtocolError, RemoteProtocolError
 
 PEER_MAGIC: Final = 0x5052  # bytes 52 50, "RP"
@@ -53,11 +54,6 @@ class PeerKind(enum.IntEnum):
     CHALLENGE = 4
     PROOF = 5
     WELCOME = 6
-
-
-class Channel(enum.IntEnum):
-    DATA = 1
-    CONSENSUS = 2
 
 
 @dataclass(frozen=True, slots=True)

@@ -42,8 +42,7 @@ from shmraft.node.records import (
 from shmraft.raft.config import RaftConfig
 from shmraft.raft.core import RaftCore
 from shmraft.raft.errors import ProposalError
-from shmraft.raft.messages import Channel as MsgChannel
-from shmraft.raft.messages import Message
+from shmraft.raft.messages import Channel, Message
 from shmraft.raft.ready import Ready
 from shmraft.raft.types import Entry
 from shmraft.raft.types import Role as StateRole
@@ -51,7 +50,6 @@ from shmraft.storage.nodelog import HardStateLostError, NodeLog, is_disk_full, o
 from shmraft.storage.rocks import CorruptLogError, StorageError, StorageIOError
 from shmraft.wire.errors import ProtocolError
 from shmraft.wire.frame import decode_batch, encode_batch_arrays, frame_event_count, restamp
-from shmraft.wire.peer import Channel
 from shmraft.wire.raft_codec import decode_raft, encode_raft
 from shmraft.workers.base import Inbox, WorkerBase, selector_loop_once
 
@@ -493,7 +491,7 @@ class RaftWorker(WorkerBase):
         records = []
         for m in messages:
             body = encode_raft(m)
-            if m.channel == MsgChannel.DATA:
+            if m.channel == Channel.DATA:
                 records.append(encode_peer_record(m.dst, PeerRecordKind.MESSAGE, body))
             else:
                 self.links.send(m.dst, body)

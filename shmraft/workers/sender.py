@@ -16,7 +16,7 @@ from shmraft.ipc.state import Worker
 from shmraft.net.links import PeerLinks, PeerSecurity
 from shmraft.node.layout import Ring
 from shmraft.node.records import PeerRecordKind, decode_peer_record, encode_peer_record
-from shmraft.wire.peer import Channel
+from shmraft.raft.messages import Channel
 from shmraft.workers.base import Inbox, WorkerBase, selector_loop_once
 
 LOOP_WAIT_MS: Final = 50
