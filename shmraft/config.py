@@ -22,12 +22,12 @@ from shmraft.constants import (
     CLUSTER_SIZE_MAX,
     ELECTION_TIMEOUT_MS,
     ELECTION_TIMEOUT_SPREAD_MS,
+    FSYNC_POLICIES,
     HEARTBEAT_INTERVAL_MS,
 )
 
 LOCAL_HOST = "127.0.0.1"
 LOCAL_PORT_BASE = 7000  # node N of the local cluster uses ports 7000 + 100*N + 1..4
-FSYNC_POLICIES = ("always", "never")
 LOCAL_SECRET_NAME = "cluster.secret"  # a local cluster's secret, generated in its data dir when missing
 CLUSTER_SECRET_FILE_ENV = "SHMRAFT_CLUSTER_SECRET_FILE"  # the secret's path when the config names none
 SECRET_HINT = "make one with: head -c 32 /dev/urandom > FILE && chmod 600 FILE (the same file on every node)"

@@ -11,9 +11,9 @@ from pathlib import Path
 import pytest
 import rocksdict
 
+from shmraft.constants import APPEND_ENTRIES_MAX
 from shmraft.raft.types import Entry, HardState, LogStorage
 from shmraft.storage.rocks import (
-    APPEND_ENTRIES_MAX,
     ENTRY_DATA_MAX_BYTES,
     VERIFY_PROGRESS_ENTRIES,
     CorruptLogError,

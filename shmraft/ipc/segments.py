@@ -33,7 +33,7 @@ SEM_SUFFIXES: Final = (".data", ".space")
 DEV_SHM: Final = Path("/dev/shm")
 SEGMENT_SIGNATURE: Final = 0x3147_4553_524D_4853  # "SHMRSEG1" little-endian
 HEADER_WORDS: Final = 8  # the common header: one 64-byte cache line
-HEADER_BYTES: Final = HEADER_WORDS * 8
+SEGMENT_HEADER_BYTES: Final = HEADER_WORDS * 8
 H_MAGIC, H_VERSION, H_CREATOR_PID, H_CREATOR_START_MS, H_SIGNATURE = 0, 1, 2, 3, 4
 START_TIME_TOLERANCE_MS: Final = 1000  # psutil start times of one process agree to the clock tick
 
@@ -105,7 +105,7 @@ def create_segment(name: str, size_bytes: int) -> mmap.mmap:
     The caller initialises its fields and then calls `seal()`. Raises SegmentExists if the name is taken.
     """
     check_name(name)
-    assert size_bytes >= HEADER_BYTES, size_bytes
+    assert size_bytes >= SEGMENT_HEADER_BYTES, size_bytes
     try:
         shm = posix_ipc.SharedMemory(name, posix_ipc.O_CREX, mode=SEGMENT_MODE, size=size_bytes)
     except posix_ipc.ExistentialError:
@@ -141,8 +141,8 @@ def open_segment(name: str) -> tuple[mmap.mmap, int]:
         raise SegmentMissing(name, "no such shared-memory segment") from None
     try:
         size = shm.size
-        if size < HEADER_BYTES:
-            raise SegmentError(name, f"size: expected >= {HEADER_BYTES} bytes, got {size}")
+        if size < SEGMENT_HEADER_BYTES:
+            raise SegmentError(name, f"size: expected >= {SEGMENT_HEADER_BYTES} bytes, got {size}")
         mem = mmap.mmap(shm.fd, size)
     finally:
         os.close(shm.fd)
@@ -216,10 +216,10 @@ def read_header(name: str) -> np.ndarray | None:
     """The common header words of a segment, read from /dev/shm without mapping; None if not ours (yet)."""
     try:
         with open(DEV_SHM / name[1:], "rb") as f:
-            raw = f.read(HEADER_BYTES)
+            raw = f.read(SEGMENT_HEADER_BYTES)
     except OSError:
         return None
-    if len(raw) < HEADER_BYTES:
+    if len(raw) < SEGMENT_HEADER_BYTES:
         return None  # being created (size set after open) or not a shmraft segment
     words = np.array(struct.unpack(f"<{HEADER_WORDS}Q", raw), dtype=np.uint64)
     return words if int(words[H_SIGNATURE]) == SEGMENT_SIGNATURE else None

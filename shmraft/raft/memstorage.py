@@ -15,10 +15,9 @@ Fsync policies, as in shmraft.storage.rocks:
 
 from __future__ import annotations
 
+from shmraft.constants import FSYNC_POLICIES
 from shmraft.raft.errors import InvariantError
 from shmraft.raft.types import Entry, HardState
-
-FSYNC_POLICIES = ("always", "never")
 
 
 class MemStorage:

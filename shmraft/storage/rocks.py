@@ -72,13 +72,12 @@ from typing import Final, NoReturn, Self
 
 import rocksdict
 
-from shmraft.constants import BATCH_PAYLOAD_MAX_BYTES, FRAME_FOOTER_BYTES, FRAME_HEADER_BYTES
+from shmraft.constants import APPEND_ENTRIES_MAX, BATCH_PAYLOAD_MAX_BYTES, FRAME_FOOTER_BYTES, FRAME_HEADER_BYTES
 from shmraft.raft.types import Entry, HardState
 
 # --- limits and defaults (units in the names) --------------------------------------------------------
 FORMAT_VERSION: Final = 1
 ENTRY_DATA_MAX_BYTES: Final = BATCH_PAYLOAD_MAX_BYTES + FRAME_HEADER_BYTES + FRAME_FOOTER_BYTES
-APPEND_ENTRIES_MAX: Final = 4096  # entries in one append (one WriteBatch)
 APPEND_BYTES_MAX: Final = 64 * 1024 * 1024  # entry data in one append; bounds the batch's memory
 RETAIN_ENTRIES_MAX_DEFAULT: Final = 1_000_000
 RETAIN_BYTES_MAX_DEFAULT: Final = 4 * 1024 * 1024 * 1024

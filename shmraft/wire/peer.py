@@ -42,7 +42,7 @@ HANDSHAKE_BODY_MAX_BYTES: Final = 512  # any body before the handshake completes
 CLUSTER_ID_MAX_BYTES: Final = 64
 REFUSED_REASON_MAX_BYTES: Final = 480
 NONCE_BYTES: Final = 32
-MAC_BYTES: Final = 32
+MAC_BYTES: Final = 32  # HMAC-SHA256
 _HELLO_TAIL: Final = struct.Struct("<IIB")  # from node_id, to node_id, channel; then the nonce
 _CHALLENGE: Final = struct.Struct(f"<I{NONCE_BYTES}s{MAC_BYTES}s")  # node_id, nonce, mac
 
