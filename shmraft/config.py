@@ -6,10 +6,11 @@ shmraft.constants (the brief's numbers) or are named here.
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import tomllib
-from dataclasses import dataclass, fields, replace
+from dataclasses import asdict, dataclass, fields, replace
 from pathlib import Path
 from typing import Any
 
@@ -21,12 +22,12 @@ from shmraft.constants import (
     CLUSTER_SIZE_MAX,
     ELECTION_TIMEOUT_MS,
     ELECTION_TIMEOUT_SPREAD_MS,
+    FSYNC_POLICIES,
     HEARTBEAT_INTERVAL_MS,
 )
 
 LOCAL_HOST = "127.0.0.1"
 LOCAL_PORT_BASE = 7000  # node N of the local cluster uses ports 7000 + 100*N + 1..4
-FSYNC_POLICIES = ("always", "never")
 LOCAL_SECRET_NAME = "cluster.secret"  # a local cluster's secret, generated in its data dir when missing
 CLUSTER_SECRET_FILE_ENV = "SHMRAFT_CLUSTER_SECRET_FILE"  # the secret's path when the config names none
 SECRET_HINT = "make one with: head -c 32 /dev/urandom > FILE && chmod 600 FILE (the same file on every node)"
@@ -297,3 +298,18 @@ __all__ = [
     "local_members",
     "with_overrides",
 ]
+
+
+def config_to_json(config: NodeConfig) -> str:
+    """The config as JSON: how the supervisor hands it to its workers (node.json) and tools to nodes."""
+    doc = asdict(config)
+    doc["data_dir"] = str(config.data_dir)
+    return json.dumps(doc)
+
+
+def config_from_json(text: str) -> NodeConfig:
+    """The inverse of `config_to_json`."""
+    doc = json.loads(text)
+    doc["members"] = tuple(Member(**m) for m in doc["members"])
+    doc["data_dir"] = Path(doc["data_dir"])
+    return NodeConfig(**doc)

@@ -11,8 +11,9 @@ from pathlib import Path
 import pytest
 import rocksdict
 
-from shmraft.raft.storage import (
-    APPEND_ENTRIES_MAX,
+from shmraft.constants import APPEND_ENTRIES_MAX
+from shmraft.raft.types import Entry, HardState, LogStorage
+from shmraft.storage.rocks import (
     ENTRY_DATA_MAX_BYTES,
     VERIFY_PROGRESS_ENTRIES,
     CorruptLogError,
@@ -28,7 +29,6 @@ from shmraft.raft.storage import (
     StorageLockedError,
     index_key,
 )
-from shmraft.raft.types import Entry, HardState, LogStorage
 
 
 def data_for(index: int, term: int, size: int = 64) -> bytes:

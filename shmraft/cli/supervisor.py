@@ -74,7 +74,8 @@ def _up(args: argparse.Namespace) -> int:
 
 
 def _node(args: argparse.Namespace) -> int:
-    from shmraft.supervisor.node import NodeSupervisor, config_from_json
+    from shmraft.config import config_from_json
+    from shmraft.supervisor.node import NodeSupervisor
 
     config = config_from_json(Path(args.config_json).read_text())
     return NodeSupervisor(config).run()
@@ -82,7 +83,7 @@ def _node(args: argparse.Namespace) -> int:
 
 def _recover_node(args: argparse.Namespace) -> int:
     """The operator step of docs/DESIGN.md "Storage faults" (the node must be stopped)."""
-    from shmraft.raft.nodelog import reset_for_recovery
+    from shmraft.storage.nodelog import reset_for_recovery
 
     if args.node is None:
         print("shmraft-supervisor: recover-node: --node is required", file=sys.stderr)

@@ -21,6 +21,7 @@ every entry above the commit index keeps the previous state of each producer it 
 
 from __future__ import annotations
 
+import enum
 from collections import OrderedDict, deque
 from dataclasses import dataclass, field
 from typing import Final
@@ -29,10 +30,22 @@ import numpy as np
 
 from shmraft.constants import BATCH_EVENTS_MAX
 
-ACCEPT: Final = 0
-DUPLICATE: Final = 1
-OUT_OF_ORDER: Final = 2
-DUPLICATE_TOO_OLD: Final = 3
+
+class Verdict(enum.IntEnum):
+    """What becomes of one event of a batch: one byte per event in a VERDICTS note (node/records.py)."""
+
+    ACCEPT = 0  # new: appended
+    DUPLICATE = 1  # in the log already, at the offset that comes with it
+    OUT_OF_ORDER = 2  # a gap in the producer's sequences
+    DUPLICATE_TOO_OLD = 3  # in the log long ago; its offset is forgotten
+    NOT_PROPOSED = 255  # not classified: the raft worker did not propose the batch (not the leader, ...)
+
+
+# TRANSITIONAL: shmraft/workers/ingest.py reads these names (it is being split on another branch); once it
+# uses `Verdict`, delete them.
+DUPLICATE: Final = Verdict.DUPLICATE
+OUT_OF_ORDER: Final = Verdict.OUT_OF_ORDER
+DUPLICATE_TOO_OLD: Final = Verdict.DUPLICATE_TOO_OLD
 
 DEDUP_PRODUCERS_MAX_DEFAULT: Final = 100_000
 DEDUP_HORIZON_ENTRIES_DEFAULT: Final = 100_000
@@ -76,13 +89,13 @@ class DedupTable:
         return len(self._producers)
 
     def classify(self, producer_ids: np.ndarray, sequences: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """Verdict (ACCEPT/DUPLICATE/OUT_OF_ORDER/DUPLICATE_TOO_OLD) and known offset for each event.
+        """`Verdict` (ACCEPT, DUPLICATE, OUT_OF_ORDER or DUPLICATE_TOO_OLD) and known offset for each event.
 
         Events of one producer within the batch are judged in order, as if appended one after another.
         Work is per distinct producer in the batch, not per event.
         """
         n = producer_ids.size
-        verdict = np.full(n, ACCEPT, dtype=np.uint8)
+        verdict = np.full(n, Verdict.ACCEPT, dtype=np.uint8)
         offsets = np.full(n, NO_OFFSET, dtype=np.int64)
         for pid in np.unique(producer_ids).tolist():
             mask = np.flatnonzero(producer_ids == pid)
@@ -106,7 +119,7 @@ class DedupTable:
             ok = seqs == expected[: seqs.size]
             if not ok.all():
                 bad_from = int(np.argmin(ok))
-                verdict[mask[bad_from:]] = OUT_OF_ORDER
+                verdict[mask[bad_from:]] = Verdict.OUT_OF_ORDER
         return verdict, offsets
 
     def _lookup(self, state: _Producer, seqs: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -115,7 +128,7 @@ class DedupTable:
             hit = (seqs >= first) & (seqs < first + span_offsets.size)
             if hit.any():
                 offs[hit] = span_offsets[seqs[hit] - first]
-        verdict = np.where(offs == NO_OFFSET, DUPLICATE_TOO_OLD, DUPLICATE).astype(np.uint8)
+        verdict = np.where(offs == NO_OFFSET, Verdict.DUPLICATE_TOO_OLD, Verdict.DUPLICATE).astype(np.uint8)
         return offs, verdict
 
     def record(self, index: int, producer_ids: np.ndarray, sequences: np.ndarray, commit_index: int) -> None:

@@ -17,9 +17,8 @@ import time
 from pathlib import Path
 from typing import Final
 
-from shmraft.config import NodeConfig, local_members
+from shmraft.config import NodeConfig, config_to_json, local_members
 from shmraft.net.auth import ensure_local_secret, is_local_secret
-from shmraft.supervisor.node import config_to_json
 from shmraft.supervisor.status import cluster_status, format_table
 
 NODE_STOP_GRACE_S: Final = 10.0

@@ -18,18 +18,20 @@ The supervisor also serves Prometheus metrics (supervisor/metrics.py) on `metric
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import signal
 import subprocess
 import sys
 import time
-from dataclasses import asdict, dataclass, field
-from pathlib import Path
+from dataclasses import dataclass, field
 from typing import Final
 
-from shmraft.config import NodeConfig
+from shmraft.config import (
+    NodeConfig,
+    config_from_json,  # noqa: F401  TRANSITIONAL: tools/loadgen.py imports it from here
+    config_to_json,
+)
 from shmraft.ipc.state import NodeStatus, Worker
 from shmraft.net.auth import check_node_files
 from shmraft.node.layout import NodeLayout
@@ -51,21 +53,6 @@ class _Child:
     next_start: float = 0.0
     started: float = 0.0
     stall: StallClock = field(default_factory=StallClock)
-
-
-def config_to_json(config: NodeConfig) -> str:
-    doc = asdict(config)
-    doc["data_dir"] = str(config.data_dir)
-    return json.dumps(doc)
-
-
-def config_from_json(text: str) -> NodeConfig:
-    from shmraft.config import Member
-
-    doc = json.loads(text)
-    doc["members"] = tuple(Member(**m) for m in doc["members"])
-    doc["data_dir"] = Path(doc["data_dir"])
-    return NodeConfig(**doc)
 
 
 class NodeSupervisor:

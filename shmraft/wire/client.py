@@ -25,7 +25,7 @@ HEADER_BYTES: Final = HEADER.size
 MESSAGE_BODY_MAX_BYTES: Final = 4 * 1024 * 1024  # the largest body accepted from a peer or client
 PRODUCE_EVENTS_MAX: Final = 8192  # events in one produce request
 ERROR_MESSAGE_MAX_BYTES: Final = 1024
-AUTH_TOKEN_MAX_BYTES: Final = 1024  # the token of an AUTH request
+AUTH_TOKEN_MAX_BYTES: Final = 1024  # the token of an AUTH request; bounded so it stays small
 
 _PRODUCE: Final = struct.Struct("<QQII")  # producer_id, first_sequence, timeout_ms, event_count
 _FETCH: Final = struct.Struct("<QII")  # from_offset, max_bytes, max_wait_ms

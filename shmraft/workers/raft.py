@@ -30,6 +30,7 @@ import numpy as np
 from shmraft.ipc.state import StorageFault, Worker
 from shmraft.net.links import PeerLinks, PeerSecurity
 from shmraft.node import dedup as dd
+from shmraft.node.layout import Ring
 from shmraft.node.records import (
     Note,
     NoteKind,
@@ -41,16 +42,14 @@ from shmraft.node.records import (
 from shmraft.raft.config import RaftConfig
 from shmraft.raft.core import RaftCore
 from shmraft.raft.errors import ProposalError
-from shmraft.raft.messages import Channel as MsgChannel
-from shmraft.raft.messages import Message
-from shmraft.raft.nodelog import HardStateLostError, NodeLog, is_disk_full, open_node_log
+from shmraft.raft.messages import Channel, Message
 from shmraft.raft.ready import Ready
-from shmraft.raft.storage import CorruptLogError, StorageError, StorageIOError
 from shmraft.raft.types import Entry
 from shmraft.raft.types import Role as StateRole
+from shmraft.storage.nodelog import HardStateLostError, NodeLog, is_disk_full, open_node_log
+from shmraft.storage.rocks import CorruptLogError, StorageError, StorageIOError
 from shmraft.wire.errors import ProtocolError
-from shmraft.wire.frame import decode_batch, encode_batch_arrays, restamp
-from shmraft.wire.peer import Channel
+from shmraft.wire.frame import decode_batch, encode_batch_arrays, frame_event_count, restamp
 from shmraft.wire.raft_codec import decode_raft, encode_raft
 from shmraft.workers.base import Inbox, WorkerBase, selector_loop_once
 
@@ -96,10 +95,10 @@ class RaftWorker(WorkerBase):
             inbound_max=c.peer_inbound_connections_max,
             handshake_timeout_ms=c.peer_handshake_timeout_ms,
         )
-        self.frames_in = Inbox(self.layout.reader("r2"), "r2")
-        self.peer_in = Inbox(self.layout.reader("r4"), "r4")
-        self.to_sender = self.layout.writer("r3")
-        self.to_ingest = self.layout.writer("r5")
+        self.frames_in = Inbox(self.layout.reader(Ring.R2), Ring.R2)
+        self.peer_in = Inbox(self.layout.reader(Ring.R4), Ring.R4)
+        self.to_sender = self.layout.writer(Ring.R3)
+        self.to_ingest = self.layout.writer(Ring.R5)
         self.sel.register(self.frames_in, selectors.EVENT_READ, lambda _m: None)
         self.sel.register(self.peer_in, selectors.EVENT_READ, lambda _m: None)
         self._refusals_counted = 0
@@ -378,7 +377,7 @@ class RaftWorker(WorkerBase):
         all_pids = np.concatenate([b.producer_ids for b in batches])
         all_seqs = np.concatenate([b.sequences for b in batches])
         verdict, known = self.dedup.classify(all_pids, all_seqs)
-        refused = verdict != dd.ACCEPT
+        refused = verdict != dd.Verdict.ACCEPT
         if refused.any():
             self._notes.append(
                 encode_note(
@@ -391,7 +390,7 @@ class RaftWorker(WorkerBase):
                     )
                 )
             )
-            self.state.add("dedup_hits", int((verdict == dd.DUPLICATE).sum()))
+            self.state.add("dedup_hits", int((verdict == dd.Verdict.DUPLICATE).sum()))
         note_pids, note_seqs, note_offsets = [], [], []
         start = 0
         for i, (raw, b) in enumerate(zip(frames, batches, strict=True)):
@@ -452,7 +451,7 @@ class RaftWorker(WorkerBase):
                         NoteKind.VERDICTS,
                         producer_ids=b.producer_ids,
                         sequences=b.sequences,
-                        verdicts=np.full(n, 255, np.uint8),
+                        verdicts=np.full(n, dd.Verdict.NOT_PROPOSED, np.uint8),
                         offsets=np.full(n, -1, np.int64),
                     )
                 )
@@ -492,7 +491,7 @@ class RaftWorker(WorkerBase):
         records = []
         for m in messages:
             body = encode_raft(m)
-            if m.channel == MsgChannel.DATA:
+            if m.channel == Channel.DATA:
                 records.append(encode_peer_record(m.dst, PeerRecordKind.MESSAGE, body))
             else:
                 self.links.send(m.dst, body)
@@ -506,7 +505,7 @@ class RaftWorker(WorkerBase):
         size = 0
         for e in entries:
             if e.data:
-                events += int.from_bytes(e.data[6:8], "little")
+                events += frame_event_count(e.data)
                 size += len(e.data)
         self.state.add("events_committed", events)
         self.state.add("batches_committed", len(entries))

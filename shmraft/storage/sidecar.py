@@ -23,6 +23,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Final
 
+from shmraft.constants import PRIVATE_FILE_MODE
+
 HARD_STATE_FILE: Final = "hardstate"
 LAST_INDEX_FILE: Final = "log-last-index"
 _HS_MAGIC: Final = 0x5348_4853  # "SHHS"
@@ -31,7 +33,6 @@ _HS = struct.Struct("<IIQQQQ")  # magic, version, term, vote, recovering (0/1), 
 _LI_MAGIC: Final = 0x5348_4C49  # "SHLI"
 _LI = struct.Struct("<IIQ")  # magic, version, last_index
 _CRC = struct.Struct("<I")
-FILE_MODE: Final = 0o600
 
 
 class SidecarError(Exception):
@@ -92,7 +93,7 @@ class HardStateFile:
             return
         body = _HS.pack(_HS_MAGIC, _HS_VERSION, state.term, state.vote, int(state.recovering), state.recovery_term)
         tmp = self.path.with_name(self.path.name + ".tmp")
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, FILE_MODE)
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, PRIVATE_FILE_MODE)
         try:
             os.write(fd, body + _CRC.pack(zlib.crc32(body)))
             os.fsync(fd)
@@ -129,7 +130,7 @@ class LastIndexHint:
         if last_index == self._last:
             return
         if self._fd < 0:
-            self._fd = os.open(self.path, os.O_RDWR | os.O_CREAT, FILE_MODE)
+            self._fd = os.open(self.path, os.O_RDWR | os.O_CREAT, PRIVATE_FILE_MODE)
         body = _LI.pack(_LI_MAGIC, 1, last_index)
         os.pwrite(self._fd, body + _CRC.pack(zlib.crc32(body)), 0)
         self._last = last_index

@@ -28,21 +28,21 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Final
 
-from shmraft.raft.sidecar import HardStateFile, LastIndexHint, SavedHardState, SidecarError
-from shmraft.raft.storage import (
+from shmraft.raft.types import Entry, HardState
+from shmraft.storage.rocks import (
     CorruptLogError,
     RocksLogStorage,
     StorageError,
     StorageIOError,
     StorageLockedError,
 )
-from shmraft.raft.types import Entry, HardState
+from shmraft.storage.sidecar import HardStateFile, LastIndexHint, SavedHardState, SidecarError
 
 LOG_DIR_NAME: Final = "log"
 QUARANTINE_INFIX: Final = ".corrupt-"
 RECOVER_COMMAND: Final = "shmraft-supervisor recover-node"
 
-log = logging.getLogger("shmraft.raft.nodelog")
+log = logging.getLogger("shmraft.storage.nodelog")
 
 
 class HardStateLostError(StorageError):

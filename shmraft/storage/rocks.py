@@ -1,0 +1,794 @@
+"""The durable Raft log and hard state on RocksDB (through rocksdict).
+
+Layout (one RocksDB database per node, in a directory created with mode 0700):
+
+* column family ``default`` holds only log entries. Key: the index as 8-byte big-endian, so RocksDB's key
+  order is log order and the last index is found with one seek-to-last. Value::
+
+      term u64 | cum_bytes u64 | crc32 u32 | data
+
+  ``cum_bytes`` is the total data bytes of all entries 1..index (it makes "bytes kept" and byte-based
+  retention O(1)/O(log n) without a scan); ``crc32`` covers key + term + cum_bytes + data and is verified on
+  every read, so a value that is damaged, or sitting under the wrong key, raises `CorruptLogError` naming the
+  index instead of being served. RocksDB's own block checksums are verified too (`ReadOptions`
+  verify_checksums, `Options` paranoid_checks); a RocksDB "Corruption" status is mapped to
+  `CorruptLogError`.
+* column family ``meta`` holds three small checksummed records: ``format`` (layout version), ``hard``
+  (term, vote, commit) and ``snap`` (snapshot index, snapshot term, cum_bytes at the snapshot index).
+  ``first_index == snapshot_index + 1`` always.
+
+Atomicity and crashes. Every mutation is one RocksDB WriteBatch: an append writes its entries, the range
+delete of a conflicting suffix and the hard state together; a compaction writes the range delete of the
+prefix and the new ``snap`` record together. RocksDB applies a batch entirely or not at all after a crash,
+so a SIGKILL or power cut at any moment leaves either the state before or the state after each call.
+WAL recovery mode is "tolerate corrupted tail records": a record cut short at the WAL's end (a write the
+crash interrupted, never acknowledged) is dropped, but damage anywhere else fails the open with
+`CorruptLogError` (the default point-in-time mode would silently drop every later record, including
+synced, acknowledged ones). Reopening reads ``meta`` and seeks to the last key: no scan of the log.
+
+Fsync policy (`FsyncPolicy`):
+
+* ``ALWAYS`` (default): writes that add or remove entries, or change term/vote, use ``sync=True``: when
+  `append` returns, the entries are on stable storage. A commit-index-only change is written without a
+  sync (as etcd does): losing its last advance on a power cut is safe, the commit index is re-learned.
+* ``NEVER``: nothing is synced by shmraft. UNSAFE: a machine crash (not a process crash: the OS still
+  holds the data) may lose writes that were acknowledged. For benchmarks only. `sync()` is a barrier.
+
+Group commit: `append` with many entries is one WriteBatch and one fsync; the raft worker calls it once
+per loop iteration with everything pending (entries from several client batches and the hard state).
+
+Retention. The log keeps at most ``retain_entries_max`` entries and ``retain_bytes_max`` bytes of entry
+data (``None`` = no bound), but only *committed* entries are ever deleted, so uncommitted entries may exceed
+the bounds. When a bound is exceeded after an append/commit advance, the oldest committed entries are
+deleted with one range delete down to 15/16 of the bound (hysteresis: not a range delete per append); this
+write is not synced by itself (losing it only means the entries come back). `compact(up_to_index)` does the
+same explicitly and requires ``up_to_index <= hard_state().commit``. The term of the last deleted entry is
+kept as ``snapshot_term()``, so log matching works at the boundary. Reading below `first_index()` raises
+`LogCompactedError(requested, first_index)`: the caller fetches from a newer offset, or a follower that
+needs the deleted entries must be re-seeded.
+
+Safety assertions (typed errors, never silent): appends must be contiguous (no hole), may not rewrite
+compacted entries or replace a committed entry with a different term; entry terms never decrease along the
+log and never exceed the hard-state term; the hard-state term never decreases, a vote cast in a term never
+changes, commit never decreases nor passes the last index.
+
+Not thread-safe: one owner (the raft worker) per instance; RocksDB's lock file forbids a second opener.
+Other processes (the worker serving consumers' fetches) read through `RocksLogReader`, a RocksDB secondary
+instance refreshed with `catch_up()`, with the same checksummed read path and errors.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import enum
+import os
+import struct
+import time
+import zlib
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import Final, NoReturn, Self
+
+import rocksdict
+
+from shmraft.constants import APPEND_ENTRIES_MAX, BATCH_PAYLOAD_MAX_BYTES, FRAME_FOOTER_BYTES, FRAME_HEADER_BYTES
+from shmraft.raft.types import Entry, HardState
+
+# --- limits and defaults (units in the names) --------------------------------------------------------
+FORMAT_VERSION: Final = 1
+ENTRY_DATA_MAX_BYTES: Final = BATCH_PAYLOAD_MAX_BYTES + FRAME_HEADER_BYTES + FRAME_FOOTER_BYTES
+APPEND_BYTES_MAX: Final = 64 * 1024 * 1024  # entry data in one append; bounds the batch's memory
+RETAIN_ENTRIES_MAX_DEFAULT: Final = 1_000_000
+RETAIN_BYTES_MAX_DEFAULT: Final = 4 * 1024 * 1024 * 1024
+RETAIN_HYSTERESIS_DIVISOR: Final = 16  # compaction brings the log down to (1 - 1/16) of a bound
+WRITE_BUFFER_BYTES: Final = 64 * 1024 * 1024  # RocksDB memtable size
+WAL_TOTAL_MAX_BYTES: Final = 512 * 1024 * 1024  # RocksDB flushes memtables before the WAL exceeds this
+OPEN_FILES_MAX: Final = 512
+INFO_LOG_FILES_KEPT: Final = 4
+INFO_LOG_FILE_MAX_BYTES: Final = 8 * 1024 * 1024
+DATA_DIR_MODE: Final = 0o700
+VERIFY_PROGRESS_ENTRIES: Final = 4096  # verify() reports progress this often (about 25 MB of full frames)
+
+INDEX_BYTES: Final = 8
+_META_CF: Final = "meta"
+_KEY_FORMAT: Final = b"format"
+_KEY_HARD: Final = b"hard"
+_KEY_SNAP: Final = b"snap"
+
+_ENTRY_HEAD = struct.Struct(">QQ")  # term, cum_bytes
+_CRC = struct.Struct(">I")
+_ENTRY_HEADER_BYTES: Final = _ENTRY_HEAD.size + _CRC.size  # 20
+_U64x3 = struct.Struct(">QQQ")
+_U32 = struct.Struct(">I")
+
+
+# --- errors ------------------------------------------------------------------------------------------
+class StorageError(Exception):
+    """Base of every error raised by the log storage."""
+
+
+class CorruptLogError(StorageError):
+    """Stored data failed a checksum or a structural check: the node must not serve it."""
+
+    def __init__(self, index: int | None, detail: str) -> None:
+        where = f" at entry {index}" if index is not None else ""
+        super().__init__(f"corrupt log{where}: {detail}")
+        self.index = index
+        self.detail = detail
+
+
+class LogCompactedError(StorageError):
+    """The requested entries were deleted by retention; read from `first_index` or re-seed the follower."""
+
+    def __init__(self, requested: int, first_index: int) -> None:
+        super().__init__(f"entry {requested} was compacted away; the log now starts at {first_index}")
+        self.requested = requested
+        self.first_index = first_index
+
+
+class LogOrderError(StorageError):
+    """An append or compaction that would break the log's invariants (hole, rewrite of committed data...)."""
+
+
+class HardStateError(StorageError):
+    """A hard state that would go backwards (term, commit), change a vote, or disagree with the log."""
+
+
+class StorageLimitError(StorageError):
+    """A request over a named limit (entry or append size)."""
+
+
+class StorageLockedError(StorageError):
+    """Another process (or instance) holds the database's lock."""
+
+
+class StorageClosedError(StorageError):
+    """The storage was used after `close()`."""
+
+
+class StorageIOError(StorageError):
+    """RocksDB reported an I/O error (the device, not the data): `disk_full` when it was ENOSPC. The
+    database may be unusable until reopened (RocksDB enters a read-only background-error state)."""
+
+    def __init__(self, message: str, *, disk_full: bool) -> None:
+        super().__init__(message)
+        self.disk_full = disk_full
+
+
+class FsyncPolicy(enum.Enum):
+    """When writes reach stable storage. NEVER is unsafe on machine crashes; for benchmarks only."""
+
+    ALWAYS = "always"
+    NEVER = "never"
+
+
+@dataclass(slots=True)
+class StorageStats:
+    """Counters since open (this process only)."""
+
+    appends: int = 0
+    entries_written: int = 0
+    bytes_written: int = 0  # entry data bytes
+    synced_writes: int = 0  # writes issued with sync=True (each is one WAL fsync)
+    unsynced_writes: int = 0
+    truncations: int = 0  # appends that replaced a conflicting suffix
+    compactions: int = 0
+    entries_compacted: int = 0
+    write_seconds: float = 0.0  # wall time spent in RocksDB writes (includes fsync)
+
+
+# --- encoding helpers ------------------------------------------------------------------------------
+def index_key(index: int) -> bytes:
+    """The RocksDB key of a log index: 8-byte big-endian, so key order is log order."""
+    return index.to_bytes(INDEX_BYTES, "big")
+
+
+def _encode_entry(key: bytes, term: int, cum_bytes: int, data: bytes) -> bytes:
+    head = _ENTRY_HEAD.pack(term, cum_bytes)
+    crc = zlib.crc32(data, zlib.crc32(head, zlib.crc32(key)))
+    return head + _CRC.pack(crc) + data
+
+
+def _decode_entry(index: int, key: bytes, value: bytes) -> tuple[int, int, bytes]:
+    """(term, cum_bytes, data) of a stored value, after verifying its checksum."""
+    if len(value) < _ENTRY_HEADER_BYTES:
+        raise CorruptLogError(index, f"value of {len(value)} bytes is shorter than its header")
+    term, cum = _ENTRY_HEAD.unpack_from(value)
+    (crc,) = _CRC.unpack_from(value, _ENTRY_HEAD.size)
+    mv = memoryview(value)
+    actual = zlib.crc32(mv[_ENTRY_HEADER_BYTES:], zlib.crc32(mv[: _ENTRY_HEAD.size], zlib.crc32(key)))
+    if actual != crc:
+        raise CorruptLogError(index, f"checksum mismatch (stored {crc:#010x}, computed {actual:#010x})")
+    return term, cum, value[_ENTRY_HEADER_BYTES:]
+
+
+def _encode_meta(payload: bytes) -> bytes:
+    return payload + _CRC.pack(zlib.crc32(payload))
+
+
+def _decode_meta(name: bytes, value: bytes, size: int) -> bytes:
+    if len(value) != size + _CRC.size:
+        raise CorruptLogError(None, f"meta record {name!r} has {len(value)} bytes, expected {size + 4}")
+    payload = value[:size]
+    if zlib.crc32(payload) != _CRC.unpack_from(value, size)[0]:
+        raise CorruptLogError(None, f"checksum mismatch in meta record {name!r}")
+    return payload
+
+
+def _map_rocks_error(exc: Exception, index: int | None = None) -> StorageError:
+    """Map rocksdict's bare exceptions (RocksDB status strings) to typed errors."""
+    if isinstance(exc, StorageError):
+        return exc
+    if isinstance(exc, rocksdict.DbClosedError):
+        return StorageClosedError("the log storage is closed")
+    msg = str(exc)
+    if msg.startswith("Corruption"):
+        return CorruptLogError(index, f"RocksDB: {msg}")
+    if "lock" in msg.lower() and msg.startswith("IO error"):
+        return StorageLockedError(f"the log database is in use by another process or instance: {msg}")
+    if msg.startswith("IO error"):
+        return StorageIOError(f"RocksDB: {msg}", disk_full="No space left on device" in msg)
+    return StorageError(f"RocksDB: {msg}")
+
+
+@contextmanager
+def _rocks(index: int | None = None) -> Iterator[None]:
+    try:
+        yield
+    except StorageError:
+        raise
+    except Exception as exc:  # rocksdict raises bare Exception carrying the RocksDB status
+        raise _map_rocks_error(exc, index) from exc
+
+
+def _rocks_options() -> rocksdict.Options:
+    opts = rocksdict.Options(raw_mode=True)
+    opts.create_if_missing(True)
+    opts.create_missing_column_families(True)
+    opts.set_paranoid_checks(True)
+    # An incomplete record at the WAL's tail (a write cut by the crash, never acknowledged) is dropped; any
+    # other damage fails the open. Point-in-time mode would instead silently drop every later, synced and
+    # acknowledged, record after a damaged one: a Raft safety violation (lost votes and entries).
+    opts.set_wal_recovery_mode(rocksdict.DBRecoveryMode.tolerate_corrupted_tail_records())
+    opts.set_atomic_flush(True)  # both column families flush together: one consistent cut
+    opts.set_compression_type(rocksdict.DBCompressionType.none())  # frames are opaque, often zstd already
+    opts.set_write_buffer_size(WRITE_BUFFER_BYTES)
+    opts.set_max_total_wal_size(WAL_TOTAL_MAX_BYTES)
+    opts.set_max_open_files(OPEN_FILES_MAX)
+    opts.set_keep_log_file_num(INFO_LOG_FILES_KEPT)
+    opts.set_max_log_file_size(INFO_LOG_FILE_MAX_BYTES)
+    return opts
+
+
+def _check_bound(name: str, value: int | None) -> None:
+    if value is not None and value < 1:
+        raise ValueError(f"{name} must be >= 1 or None, got {value}")
+
+
+# --- the storage ---------------------------------------------------------------------------------
+class _LogView:
+    """The read side shared by the writer and the secondary reader: cached metadata and checksummed reads."""
+
+    path: str
+    _closed: bool = True
+
+    def _open_db(self, access_type: rocksdict.AccessType | None = None) -> None:
+        """Open the database and the meta column family; set `_closed` False once the handle exists."""
+        opts = _rocks_options()
+        with _rocks():
+            if access_type is None:
+                self._db = rocksdict.Rdict(self.path, opts, column_families={_META_CF: opts})
+            else:
+                self._db = rocksdict.Rdict(self.path, opts, column_families={_META_CF: opts}, access_type=access_type)
+        self._closed = False
+        self._meta_cf = self._db.get_column_family_handle(_META_CF)
+        self._meta = self._db.get_column_family(_META_CF)
+        self._ro = rocksdict.ReadOptions()
+        self._ro.set_verify_checksums(True)
+
+    # --- open / recovery ----------------------------------------------------------------------------
+
+    def _load_state(self) -> bool:
+        """Rebuild the cached state from meta + one seek-to-last (no scan). False if the log is new."""
+        with _rocks():
+            fmt = self._meta.get(_KEY_FORMAT, read_opt=self._ro)
+            hard = self._meta.get(_KEY_HARD, read_opt=self._ro)
+            snap = self._meta.get(_KEY_SNAP, read_opt=self._ro)
+        if fmt is None:
+            if hard is not None or snap is not None or self._seek_last() is not None:
+                raise CorruptLogError(None, "log data present but the format record is missing")
+            self._hs = HardState()
+            self._snap_index = self._snap_term = self._snap_cum = 0
+            self._last_index = self._last_term = self._last_cum = 0
+            return False
+        (version,) = _U32.unpack(_decode_meta(_KEY_FORMAT, fmt, _U32.size))
+        if version != FORMAT_VERSION:
+            raise StorageError(f"log format version {version} is not supported (expected {FORMAT_VERSION})")
+        if hard is None or snap is None:
+            raise CorruptLogError(None, "hard-state or snapshot record is missing")
+        term, vote, commit = _U64x3.unpack(_decode_meta(_KEY_HARD, hard, _U64x3.size))
+        self._hs = HardState(term=term, vote=vote, commit=commit)
+        self._snap_index, self._snap_term, self._snap_cum = _U64x3.unpack(_decode_meta(_KEY_SNAP, snap, _U64x3.size))
+        last = self._seek_last()
+        if last is None:
+            self._last_index, self._last_term, self._last_cum = self._snap_index, self._snap_term, self._snap_cum
+        else:
+            index, key, value = last
+            if index <= self._snap_index:
+                raise CorruptLogError(index, f"entry at or below the snapshot index {self._snap_index}")
+            term_last, cum_last, _ = _decode_entry(index, key, value)
+            self._last_index, self._last_term, self._last_cum = index, term_last, cum_last
+            first = self._snap_index + 1
+            if first < index:
+                t, _ = self._term_cum(first)  # the first entry must be there: no hole at the start
+                if t < self._snap_term:
+                    raise CorruptLogError(first, "term below the snapshot term")
+        if self._last_term > self._hs.term:
+            raise CorruptLogError(self._last_index, f"last term {self._last_term} > hard-state term {term}")
+        if self._hs.commit > self._last_index:
+            raise CorruptLogError(None, f"commit {self._hs.commit} beyond last index {self._last_index}")
+        return True
+
+    def _seek_last(self) -> tuple[int, bytes, bytes] | None:
+        with _rocks():
+            it = self._db.iter(self._ro)
+            it.seek_to_last()
+            if not it.valid():
+                it.status()
+                return None
+            key, value = it.key(), it.value()
+        if len(key) != INDEX_BYTES:
+            raise CorruptLogError(None, f"foreign key {key!r} in the entries column family")
+        return int.from_bytes(key, "big"), key, value
+
+    def hard_state(self) -> HardState:
+        return self._hs
+
+    def first_index(self) -> int:
+        return self._snap_index + 1
+
+    def last_index(self) -> int:
+        return self._last_index
+
+    def snapshot_index(self) -> int:
+        return self._snap_index
+
+    def snapshot_term(self) -> int:
+        return self._snap_term
+
+    def bytes_kept(self) -> int:
+        """Entry data bytes currently held (first_index..last_index)."""
+        return self._last_cum - self._snap_cum
+
+    def term_at(self, index: int) -> int | None:
+        """Term of the entry at `index`, the snapshot term at snapshot_index(), None if not held."""
+        self._check_open()
+        if index == self._last_index:
+            return self._last_term
+        if index == self._snap_index:
+            return self._snap_term
+        if index < self._snap_index or index > self._last_index:
+            return None
+        return self._term_cum(index)[0]
+
+    def entries(self, lo: int, hi: int, max_bytes: int) -> list[Entry]:
+        """Entries [lo, hi) (hi clamped to last+1), at least one if any, stopping before the data total
+        would exceed max_bytes. Raises LogCompactedError if lo < first_index()."""
+        self._check_open()
+        first = self._snap_index + 1
+        if lo < first:
+            raise LogCompactedError(lo, first)
+        hi = min(hi, self._last_index + 1)
+        if lo >= hi:
+            return []
+        if hi - lo == 1:
+            key = index_key(lo)
+            with _rocks(lo):
+                value = self._db.get(key, read_opt=self._ro)
+            if value is None:
+                raise CorruptLogError(lo, "entry missing inside [first_index, last_index]")
+            term, _, data = _decode_entry(lo, key, value)
+            return [Entry(lo, term, data)]
+        ro = rocksdict.ReadOptions()
+        ro.set_verify_checksums(True)
+        ro.set_iterate_upper_bound(index_key(hi))
+        out: list[Entry] = []
+        total = 0
+        expect = lo
+        try:
+            for key, value in self._db.items(from_key=index_key(lo), read_opt=ro):
+                index = int.from_bytes(key, "big")
+                if index != expect:
+                    self._diagnose_missing(expect, f"hole in the log (next key is {index})")
+                term, _, data = _decode_entry(index, key, value)
+                total += len(data)
+                if out and total > max_bytes:
+                    return out
+                out.append(Entry(index, term, data))
+                expect += 1
+        except Exception as exc:
+            raise _map_rocks_error(exc, expect) from exc
+        if expect != hi:
+            self._diagnose_missing(expect, "iteration stopped before the last index")
+        return out
+
+    def verify(self, progress: Callable[[], None] | None = None) -> int:
+        """Full scan: checksums, contiguity, non-decreasing terms, cum_bytes. Returns entries checked.
+        O(log size): at start-up and for fsck-style tools, not for the hot path. `progress` is called every
+        VERIFY_PROGRESS_ENTRIES entries (a worker's heartbeat, so a long scan is not taken for a stall)."""
+        self._check_open()
+        index = self._snap_index + 1
+        prev_term, cum = self._snap_term, self._snap_cum
+        ro = rocksdict.ReadOptions()
+        ro.set_verify_checksums(True)
+        try:
+            for key, value in self._db.items(read_opt=ro):
+                got = int.from_bytes(key, "big")
+                if len(key) != INDEX_BYTES or got != index:
+                    self._diagnose_missing(index, f"unexpected key {key!r}")
+                term, c, data = _decode_entry(index, key, value)
+                if term < prev_term:
+                    raise CorruptLogError(index, f"term goes backwards ({term} < {prev_term})")
+                cum += len(data)
+                if c != cum:
+                    raise CorruptLogError(index, f"cum_bytes {c} != {cum}")
+                prev_term = term
+                index += 1
+                if progress is not None and index % VERIFY_PROGRESS_ENTRIES == 0:
+                    progress()
+        except Exception as exc:
+            raise _map_rocks_error(exc, index) from exc
+        if index - 1 != self._last_index:
+            self._diagnose_missing(index, f"log ends at {index - 1}, expected {self._last_index}")
+        return index - 1 - self._snap_index
+
+    def close(self) -> None:
+        """Close the database (idempotent). Buffered writes are flushed to the OS by RocksDB."""
+        if self._closed:
+            return
+        self._closed = True
+        db = self.__dict__.pop("_db", None)
+        self.__dict__.pop("_meta", None)
+        self.__dict__.pop("_meta_cf", None)
+        if db is not None:
+            with _rocks():
+                db.close()
+
+    @property
+    def closed(self) -> bool:
+        return self._closed
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def _check_open(self) -> None:
+        if self._closed:
+            raise StorageClosedError(f"log storage at {self.path} is closed")
+
+    def _term_cum(self, index: int) -> tuple[int, int]:
+        """(term, cum_bytes) of a held entry, from RocksDB, checksum verified."""
+        key = index_key(index)
+        with _rocks(index):
+            value = self._db.get(key, read_opt=self._ro)
+        if value is None:
+            raise CorruptLogError(index, "entry missing inside [first_index, last_index]")
+        term, cum, _ = _decode_entry(index, key, value)
+        return term, cum
+
+    def _diagnose_missing(self, index: int, what: str) -> NoReturn:
+        """An iterator skipped `index`: rocksdict's items() ends silently on a RocksDB error, so a point
+        read tells a damaged block (RocksDB "Corruption", mapped) from a genuinely missing key."""
+        key = index_key(index)
+        with _rocks(index):
+            value = self._db.get(key, read_opt=self._ro)
+        if value is None:
+            raise CorruptLogError(index, f"entry missing inside [first_index, last_index] ({what})")
+        _decode_entry(index, key, value)
+        raise CorruptLogError(index, f"the iterator could not read this entry ({what})")
+
+
+class RocksLogStorage(_LogView):
+    """`LogStorage` on RocksDB: durable entries, hard state and retention metadata in one database.
+
+    Args:
+        path: data directory (created with mode 0700; an existing one is tightened to 0700).
+        fsync: `FsyncPolicy.ALWAYS` (default, safe) or `FsyncPolicy.NEVER` (unsafe, benchmarks).
+        retain_entries_max: bound on entries kept (committed ones are deleted beyond it); None = unbounded.
+        retain_bytes_max: bound on entry data bytes kept; None = unbounded.
+    """
+
+    def __init__(
+        self,
+        path: str | os.PathLike[str],
+        *,
+        fsync: FsyncPolicy | str = FsyncPolicy.ALWAYS,
+        retain_entries_max: int | None = RETAIN_ENTRIES_MAX_DEFAULT,
+        retain_bytes_max: int | None = RETAIN_BYTES_MAX_DEFAULT,
+    ) -> None:
+        _check_bound("retain_entries_max", retain_entries_max)
+        _check_bound("retain_bytes_max", retain_bytes_max)
+        self.path = os.fspath(path)
+        self.fsync = FsyncPolicy(fsync)
+        self.retain_entries_max = retain_entries_max
+        self.retain_bytes_max = retain_bytes_max
+        self._stats = StorageStats()
+        self._closed = True
+
+        self._wo_sync = rocksdict.WriteOptions()
+        self._wo_sync.sync = self.fsync is FsyncPolicy.ALWAYS
+        self._wo_nosync = rocksdict.WriteOptions()
+        self._wo_nosync.sync = False
+        _make_private_dir(self.path)
+        try:
+            self._open_db()
+            if not self._load_state():
+                wb = rocksdict.WriteBatch(raw_mode=True)
+                wb.put(_KEY_FORMAT, _encode_meta(_U32.pack(FORMAT_VERSION)), self._meta_cf)
+                wb.put(_KEY_HARD, _encode_meta(_U64x3.pack(0, 0, 0)), self._meta_cf)
+                wb.put(_KEY_SNAP, _encode_meta(_U64x3.pack(0, 0, 0)), self._meta_cf)
+                self._write(wb, sync=True)
+                self._stats = StorageStats()
+        except BaseException:
+            self.close()
+            raise
+
+    # --- LogStorage: writes ------------------------------------------------------------------------
+
+    def append(self, entries: list[Entry], hard_state: HardState | None = None) -> None:
+        """Write entries (replacing any existing suffix from entries[0].index) and the hard state in one
+        atomic WriteBatch with one fsync (policy ALWAYS): group commit for everything pending."""
+        self._check_open()
+        if not entries:
+            if hard_state is not None:
+                self.set_hard_state(hard_state)
+            return
+        n = len(entries)
+        if n > APPEND_ENTRIES_MAX:
+            raise StorageLimitError(f"{n} entries in one append; the limit is {APPEND_ENTRIES_MAX}")
+        start = entries[0].index
+        if start <= self._snap_index:
+            raise LogOrderError(f"append at {start} would rewrite compacted entries (first is {self.first_index()})")
+        if start > self._last_index + 1:
+            raise LogOrderError(f"append at {start} leaves a hole after last index {self._last_index}")
+        old_last = self._last_index
+        hs = self._hs if hard_state is None else hard_state
+        if start <= self._hs.commit:
+            self._check_committed_overlap(entries)
+        if start - 1 == self._last_index:
+            prev_term, cum = self._last_term, self._last_cum
+        elif start - 1 == self._snap_index:
+            prev_term, cum = self._snap_term, self._snap_cum
+        else:
+            prev_term, cum = self._term_cum(start - 1)
+        new_last = start + n - 1
+        if entries[-1].index != new_last:
+            raise LogOrderError(f"entries are not consecutive: {start}..{entries[-1].index} for {n} entries")
+        wb = rocksdict.WriteBatch(raw_mode=True)
+        put = wb.put
+        nbytes = 0
+        index = start
+        for e in entries:
+            if e.index != index:
+                raise LogOrderError(f"entries are not consecutive: expected index {index}, got {e.index}")
+            if e.term < prev_term:
+                raise LogOrderError(f"term goes backwards at index {index}: {e.term} < {prev_term}")
+            size = len(e.data)
+            if size > ENTRY_DATA_MAX_BYTES:
+                raise StorageLimitError(f"entry {index} has {size} bytes; the limit is {ENTRY_DATA_MAX_BYTES}")
+            nbytes += size
+            cum += size
+            key = index_key(index)
+            put(key, _encode_entry(key, e.term, cum, e.data))
+            prev_term = e.term
+            index += 1
+        if nbytes > APPEND_BYTES_MAX:
+            raise StorageLimitError(f"{nbytes} bytes in one append; the limit is {APPEND_BYTES_MAX}")
+        if new_last < old_last:
+            wb.delete_range(index_key(new_last + 1), index_key(old_last + 1))
+        if prev_term > hs.term:
+            raise HardStateError(
+                f"entry term {prev_term} is above the hard-state term {hs.term}: persist the term first"
+            )
+        if hard_state is not None:
+            self._check_hard_state(hard_state, new_last)
+            if hard_state != self._hs:
+                wb.put(_KEY_HARD, _encode_meta(_U64x3.pack(hs.term, hs.vote, hs.commit)), self._meta_cf)
+        elif hs.commit > new_last:
+            raise LogOrderError(f"truncation to {new_last} would remove committed entries (commit {hs.commit})")
+        self._write(wb, sync=True)
+        st = self._stats
+        st.appends += 1
+        st.entries_written += n
+        st.bytes_written += nbytes
+        if start <= old_last:
+            st.truncations += 1
+        self._last_index, self._last_term, self._last_cum = new_last, prev_term, cum
+        self._hs = hs
+        self._retain()
+
+    def set_hard_state(self, hard_state: HardState) -> None:
+        """Persist term/vote/commit. Synced (policy ALWAYS) if term or vote changed; a commit-only
+        advance is written without fsync (safe: commit is re-learned from the leader)."""
+        self._check_open()
+        if hard_state == self._hs:
+            return
+        self._check_hard_state(hard_state, self._last_index)
+        wb = rocksdict.WriteBatch(raw_mode=True)
+        hs = hard_state
+        wb.put(_KEY_HARD, _encode_meta(_U64x3.pack(hs.term, hs.vote, hs.commit)), self._meta_cf)
+        needs_sync = (hs.term, hs.vote) != (self._hs.term, self._hs.vote)
+        self._write(wb, sync=needs_sync)
+        self._hs = hs
+        self._retain()
+
+    def compact(self, up_to_index: int) -> None:
+        """Delete committed entries <= up_to_index with one range delete, recording the snapshot
+        index/term atomically with it. No-op if already compacted that far."""
+        self._check_open()
+        if up_to_index > self._hs.commit:
+            raise LogOrderError(f"compact({up_to_index}) beyond the commit index {self._hs.commit}")
+        if up_to_index <= self._snap_index:
+            return
+        self._compact(up_to_index, sync=True)
+
+    def sync(self) -> None:
+        """Force everything written so far to stable storage (a barrier, useful with FsyncPolicy.NEVER)."""
+        self._check_open()
+        t0 = time.perf_counter()
+        with _rocks():
+            self._db.flush_wal(True)
+        self._stats.write_seconds += time.perf_counter() - t0
+        self._stats.synced_writes += 1
+
+    def flush(self) -> None:
+        """Flush memtables to SST files (tests and tools; not needed for durability)."""
+        self._check_open()
+        with _rocks():
+            self._db.flush(True)
+
+    def stats(self) -> StorageStats:
+        """A copy of the counters."""
+        return dataclasses.replace(self._stats)
+
+    def __repr__(self) -> str:
+        state = "closed" if self._closed else f"[{self.first_index()}..{self._last_index}] {self._hs}"
+        return f"RocksLogStorage({self.path!r}, fsync={self.fsync.value}, {state})"
+
+    def _write(self, wb: rocksdict.WriteBatch, *, sync: bool) -> None:
+        opts = self._wo_sync if sync else self._wo_nosync
+        t0 = time.perf_counter()
+        with _rocks():
+            self._db.write(wb, opts)
+        self._stats.write_seconds += time.perf_counter() - t0
+        if opts.sync:
+            self._stats.synced_writes += 1
+        else:
+            self._stats.unsynced_writes += 1
+
+    def _check_committed_overlap(self, entries: list[Entry]) -> None:
+        """Entries at or below commit may be re-sent but never replaced by a different term."""
+        start = entries[0].index
+        end = min(self._hs.commit, self._last_index, entries[-1].index)
+        for index in range(start, end + 1):
+            held = self.term_at(index)
+            if held != entries[index - start].term:
+                raise LogOrderError(
+                    f"append would replace committed entry {index} (term {held}) with term "
+                    f"{entries[index - start].term}"
+                )
+
+    def _check_hard_state(self, new: HardState, last_index: int) -> None:
+        old = self._hs
+        if new.term < old.term:
+            raise HardStateError(f"term goes backwards: {new.term} < {old.term}")
+        if new.term == old.term and old.vote != 0 and new.vote != old.vote:
+            raise HardStateError(f"vote in term {new.term} changes from {old.vote} to {new.vote}")
+        if new.commit < old.commit:
+            raise HardStateError(f"commit goes backwards: {new.commit} < {old.commit}")
+        if new.commit > last_index:
+            raise HardStateError(f"commit {new.commit} beyond the last index {last_index}")
+        if min(new.term, new.vote, new.commit) < 0:
+            raise HardStateError(f"negative field in {new}")
+
+    def _retain(self) -> None:
+        """Enforce the retention bounds on committed entries (unsynced write, see module docstring)."""
+        commit = self._hs.commit
+        if commit <= self._snap_index:
+            return
+        target = self._snap_index
+        emax = self.retain_entries_max
+        if emax is not None and self._last_index - self._snap_index > emax:
+            keep = emax - emax // RETAIN_HYSTERESIS_DIVISOR
+            target = max(target, self._last_index - keep)
+        bmax = self.retain_bytes_max
+        if bmax is not None and self._last_cum - self._snap_cum > bmax:
+            keep_bytes = bmax - bmax // RETAIN_HYSTERESIS_DIVISOR
+            target = max(target, self._index_keeping_bytes(keep_bytes, commit))
+        target = min(target, commit)
+        if target > self._snap_index:
+            self._compact(target, sync=False)
+
+    def _index_keeping_bytes(self, keep_bytes: int, commit: int) -> int:
+        """Smallest k in [snap, commit] with cum(last) - cum(k) <= keep_bytes (binary search on gets)."""
+        need = self._last_cum - keep_bytes  # want cum(k) >= need
+        lo, hi = self._snap_index, min(commit, self._last_index)
+        if hi <= lo or self._cum_at(hi) < need:
+            return hi
+        while hi - lo > 1:
+            mid = (lo + hi) // 2
+            if self._cum_at(mid) >= need:
+                hi = mid
+            else:
+                lo = mid
+        return hi
+
+    def _cum_at(self, index: int) -> int:
+        if index == self._snap_index:
+            return self._snap_cum
+        if index == self._last_index:
+            return self._last_cum
+        return self._term_cum(index)[1]
+
+    def _compact(self, up_to_index: int, *, sync: bool) -> None:
+        term, cum = (
+            (self._last_term, self._last_cum) if up_to_index == self._last_index else self._term_cum(up_to_index)
+        )
+        wb = rocksdict.WriteBatch(raw_mode=True)
+        wb.delete_range(index_key(self._snap_index + 1), index_key(up_to_index + 1))
+        wb.put(_KEY_SNAP, _encode_meta(_U64x3.pack(up_to_index, term, cum)), self._meta_cf)
+        self._write(wb, sync=sync)
+        self._stats.compactions += 1
+        self._stats.entries_compacted += up_to_index - self._snap_index
+        self._snap_index, self._snap_term, self._snap_cum = up_to_index, term, cum
+
+
+class RocksLogReader(_LogView):
+    """A read-only view of a log written by another process (a RocksDB secondary instance): for the
+    worker that serves consumers' fetches without going through the raft worker.
+
+    The view is a consistent snapshot of the writer's state as of the last `catch_up()` (each writer
+    call is one WriteBatch, applied whole). Only entries <= `hard_state().commit` are committed; serve
+    only those. Reads raise the same errors as the writer's (`LogCompactedError`, `CorruptLogError`).
+
+    Args:
+        path: the writer's data directory.
+        secondary_dir: a private directory for this reader's RocksDB info log (created with mode 0700).
+    """
+
+    def __init__(self, path: str | os.PathLike[str], secondary_dir: str | os.PathLike[str]) -> None:
+        self.path = os.fspath(path)
+        self.secondary_dir = os.fspath(secondary_dir)
+        if not os.path.isdir(self.path):
+            raise StorageError(f"no log at {self.path}")
+        _make_private_dir(self.secondary_dir)
+        try:
+            self._open_db(rocksdict.AccessType.secondary(self.secondary_dir))
+            self._load_state()
+        except BaseException:
+            self.close()
+            raise
+
+    def catch_up(self) -> None:
+        """Replay what the writer has written since the last call and refresh first/last/commit."""
+        self._check_open()
+        with _rocks():
+            self._db.try_catch_up_with_primary()
+        self._load_state()
+
+    def __repr__(self) -> str:
+        state = "closed" if self._closed else f"[{self.first_index()}..{self._last_index}] {self._hs}"
+        return f"RocksLogReader({self.path!r}, {state})"
+
+
+def _make_private_dir(path: str) -> None:
+    """Create the data directory with mode 0700 (and tighten an existing one): the log is private."""
+    try:
+        os.makedirs(path, mode=DATA_DIR_MODE, exist_ok=True)
+        if os.stat(path).st_mode & 0o777 != DATA_DIR_MODE:
+            os.chmod(path, DATA_DIR_MODE)
+    except OSError as exc:
+        raise StorageError(f"cannot create the data directory {path}: {exc}") from exc
