@@ -23,9 +23,9 @@ from shmraft.client import (
 )
 from shmraft.client.client import (
     ATTEMPT_ANSWER_TIMEOUT_S,
-    EVENT_BYTES_MAX,
     PROBE_AFTER_S,
     REQUEST_BYTES_MAX,
+    REQUEST_EVENT_BYTES_MAX,
     split_requests,
 )
 from shmraft.wire.client import ErrorCode
@@ -85,7 +85,7 @@ def test_produce_many_splits_into_bounded_requests(cluster: FakeCluster, client:
     assert all(e - s <= 8192 for s, e in split_requests(events))
     assert list(split_requests([b"x" * (REQUEST_BYTES_MAX - 30)])) == [(0, 1)]
     with pytest.raises(TooLarge):
-        client.produce(b"x" * (EVENT_BYTES_MAX + 1))
+        client.produce(b"x" * (REQUEST_EVENT_BYTES_MAX + 1))
 
 
 def test_not_leader_redirects_to_the_named_leader(cluster: FakeCluster) -> None:
@@ -328,7 +328,7 @@ def test_send_many_resolves_offsets_across_request_boundaries(cluster: FakeClust
         empty = producer.send_many([])
         assert empty.done() and empty.result() == []
         with pytest.raises(TooLarge):
-            producer.send_many([b"ok", b"x" * (EVENT_BYTES_MAX + 1)])
+            producer.send_many([b"ok", b"x" * (REQUEST_EVENT_BYTES_MAX + 1)])
     offsets = [single.result(0), *many.result(0), *mixed.result(0), *(f.result(0) for f in after)]
     assert done == [many] and len(many) == 250 and many.exception(0) is None
     assert offsets == sorted(set(offsets)) and len(offsets) == 266

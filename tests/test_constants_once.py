@@ -27,11 +27,6 @@ ALLOWED: dict[str, tuple[frozenset[str], str]] = {
         frozenset({"workers/raft.py", "workers/sender.py"}),
         "each worker's own push timeout (50 and 100 ms); tuned per worker",
     ),
-    "EVENT_BYTES_MAX": (
-        frozenset({"node/batching.py", "client/client.py"}),
-        "TRANSITIONAL: two different limits (what fits a frame; what fits one request); client/ is another "
-        "engineer's now: rename the client's to REQUEST_EVENT_BYTES_MAX after the merge",
-    ),
     "RECV_BYTES": (
         frozenset({"net/serving.py", "workers/ingest.py"}),
         "TRANSITIONAL: workers/ingest.py is being split on another branch; import it from shmraft.net.serving",

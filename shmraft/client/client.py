@@ -45,7 +45,7 @@ from shmraft.client.leader import (
     member_address,
 )
 from shmraft.client.producer import Producer
-from shmraft.client.sizes import EVENT_BYTES_MAX, REQUEST_BYTES_MAX, as_bytes, split_requests
+from shmraft.client.sizes import REQUEST_BYTES_MAX, REQUEST_EVENT_BYTES_MAX, as_bytes, split_requests
 from shmraft.wire.client import (
     AUTH_TOKEN_MAX_BYTES,
     MESSAGE_BODY_MAX_BYTES,
@@ -59,11 +59,12 @@ from shmraft.wire.client import (
     encode_fetch,
     encode_produce,
 )
+from shmraft.wire.frame import U64_MAX
 
 # Names other modules and tests know from here; each is defined once, in the module imported from.
 __all__ = [
     "ATTEMPT_ANSWER_TIMEOUT_S",
-    "EVENT_BYTES_MAX",
+    "REQUEST_EVENT_BYTES_MAX",
     "PROBE_AFTER_S",
     "REQUEST_BYTES_MAX",
     "Client",
@@ -90,7 +91,6 @@ FETCH_BYTES_DEFAULT: Final = 1024 * 1024  # event bytes asked for by one FETCH
 FETCH_BYTES_MAX: Final = MESSAGE_BODY_MAX_BYTES // 2  # an answer must fit the 4 MiB body limit with its tables
 FETCH_POLL_WAIT_MS_DEFAULT: Final = 500  # long-poll wait of one FETCH when following
 _U32_MAX: Final = 2**32 - 1
-_U64_MAX: Final = 2**64 - 1
 
 
 class Record(NamedTuple):
@@ -143,7 +143,7 @@ class Client:
             raise ValueError(f"addresses: expected at most {ADDRESSES_MAX}, got {len(known)}")
         for a in known:
             parse_address(a)
-        if producer_id is not None and not 0 <= producer_id <= _U64_MAX:
+        if producer_id is not None and not 0 <= producer_id <= U64_MAX:
             raise ValueError(f"producer_id: expected a u64, got {producer_id}")
         if timeout_s <= 0 or connect_timeout_s <= 0:
             raise ValueError("timeout_s and connect_timeout_s must be positive")
@@ -444,7 +444,7 @@ class Client:
         (`poll_wait_ms` per FETCH) forever. Raises OffsetOutOfRange, or NoNodeReachable when no node
         answers for `timeout_s`.
         """
-        if not 0 <= from_offset <= _U64_MAX:
+        if not 0 <= from_offset <= U64_MAX:
             raise ValueError(f"from_offset: expected a u64, got {from_offset}")
         if not 1 <= max_bytes <= FETCH_BYTES_MAX:
             raise ValueError(f"max_bytes: expected 1..{FETCH_BYTES_MAX}, got {max_bytes}")

@@ -36,10 +36,10 @@ from shmraft.client.futures import BatchFuture, EventFuture, completed, run_call
 from shmraft.client.leader import ATTEMPT_ANSWER_TIMEOUT_S, FIND_LEADER_TIMEOUT_S, LeaderTracker
 from shmraft.client.machine import Outcome, ProducerMachine
 from shmraft.client.sizes import (
-    EVENT_BYTES_MAX,
     EVENT_OVERHEAD_BYTES,
     PRODUCE_HEAD_BYTES,
     REQUEST_BYTES_MAX,
+    REQUEST_EVENT_BYTES_MAX,
     REQUEST_EVENTS_MAX,
     as_bytes,
 )
@@ -151,7 +151,7 @@ class Producer:
 
         `callback(future)` runs once it is resolved (in the I/O thread). For many events, send_many() is cheaper.
         """
-        if type(event) is not bytes or len(event) > EVENT_BYTES_MAX:
+        if type(event) is not bytes or len(event) > REQUEST_EVENT_BYTES_MAX:
             event = as_bytes(event)
         n = len(event)
         wake = False
@@ -201,7 +201,7 @@ class Producer:
         if set(map(type, data)) != {bytes}:
             data = [as_bytes(e) for e in data]
         lens = list(map(len, data))
-        if max(lens) > EVENT_BYTES_MAX:
+        if max(lens) > REQUEST_EVENT_BYTES_MAX:
             as_bytes(data[lens.index(max(lens))])  # raises TooLarge
         total = sum(lens)
         future = BatchFuture(self._cv, len(data))

@@ -16,7 +16,7 @@ PRODUCE_HEAD_BYTES: Final = 24  # producer_id, first_sequence, timeout_ms, event
 EVENT_OVERHEAD_BYTES: Final = 4  # the u32 length of each event in a PRODUCE body
 REQUEST_EVENTS_MAX: Final = PRODUCE_EVENTS_MAX  # events in one PRODUCE request (8192)
 REQUEST_BYTES_MAX: Final = 1024 * 1024  # body bytes of one PRODUCE request, well below the 4 MiB server limit
-EVENT_BYTES_MAX: Final = REQUEST_BYTES_MAX - PRODUCE_HEAD_BYTES - EVENT_OVERHEAD_BYTES  # largest single event
+REQUEST_EVENT_BYTES_MAX: Final = REQUEST_BYTES_MAX - PRODUCE_HEAD_BYTES - EVENT_OVERHEAD_BYTES  # largest single event
 
 assert PRODUCE_HEAD_BYTES + EVENT_OVERHEAD_BYTES * REQUEST_EVENTS_MAX < REQUEST_BYTES_MAX < MESSAGE_BODY_MAX_BYTES
 
@@ -24,8 +24,8 @@ assert PRODUCE_HEAD_BYTES + EVENT_OVERHEAD_BYTES * REQUEST_EVENTS_MAX < REQUEST_
 def as_bytes(event: bytes | bytearray | memoryview | str) -> bytes:
     """Events are bytes; str is encoded as UTF-8. Refuses an event too large for one request."""
     data = event.encode() if isinstance(event, str) else bytes(event)
-    if len(data) > EVENT_BYTES_MAX:
-        raise TooLarge(f"event of {len(data)} bytes exceeds the {EVENT_BYTES_MAX}-byte limit of one request")
+    if len(data) > REQUEST_EVENT_BYTES_MAX:
+        raise TooLarge(f"event of {len(data)} bytes exceeds the {REQUEST_EVENT_BYTES_MAX}-byte limit of one request")
     return data
 
 
