@@ -141,7 +141,7 @@ class FetchServer:
             if total >= max_bytes:
                 break
         if offsets:
-            body = _fetched(
+            body = encode_fetched_batches(
                 req.correlation_id, next_offset, commit_offset, np.concatenate(offsets), np.concatenate(lengths), datas
             )
             self.write(conn, body)
@@ -149,7 +149,7 @@ class FetchServer:
             self.write(conn, cp.encode_fetched(req.correlation_id, next_offset, commit_offset, [], []))
 
 
-def _fetched(
+def encode_fetched_batches(
     cid: int, next_offset: int, commit_offset: int, offsets: np.ndarray, lengths: np.ndarray, datas: list[memoryview]
 ) -> bytes:
     """A FETCHED answer built from whole batches (no per-event objects)."""
