@@ -399,18 +399,14 @@ class PeerLinks:
             self._read(conn)
 
     def _tls_step(self, conn: _Conn) -> None:
-        try:
-            want = tls.handshake(conn.sock)  # type: ignore[arg-type]
-        except OSError as exc:
-            log.error(
-                "%s channel: TLS handshake with %s failed: %s", self.channel.name, self._who(conn), tls.describe(exc)
-            )
-            refused = isinstance(exc, ssl.SSLError) and not isinstance(exc, ssl.SSLEOFError | ssl.SSLZeroReturnError)
-            self.refusals += refused
-            self._close(conn, retry_ms=REFUSED_RETRY_MS if refused else 0.0)
+        step = tls.handshake_step(conn.sock)  # type: ignore[arg-type]
+        if step.failure:
+            log.error("%s channel: TLS handshake with %s failed: %s", self.channel.name, self._who(conn), step.failure)
+            self.refusals += step.refused
+            self._close(conn, retry_ms=REFUSED_RETRY_MS if step.refused else 0.0)
             return
-        if want:
-            conn.tls_want = want
+        if step.want:
+            conn.tls_want = step.want
             self._set_interest(conn)
             return
         self._transport_ready(conn)
