@@ -27,18 +27,6 @@ ALLOWED: dict[str, tuple[frozenset[str], str]] = {
         frozenset({"workers/raft.py", "workers/sender.py"}),
         "each worker's own push timeout (50 and 100 ms); tuned per worker",
     ),
-    "RECV_BYTES": (
-        frozenset({"net/serving.py", "workers/ingest.py"}),
-        "TRANSITIONAL: workers/ingest.py is being split on another branch; import it from shmraft.net.serving",
-    ),
-    "ACCEPT_BATCH_MAX": (
-        frozenset({"net/serving.py", "workers/ingest.py"}),
-        "TRANSITIONAL: workers/ingest.py is being split on another branch; import it from shmraft.net.serving",
-    ),
-    "ACCEPT_PAUSE_MS": (
-        frozenset({"net/serving.py", "workers/ingest.py"}),
-        "TRANSITIONAL: workers/ingest.py is being split on another branch; import it from shmraft.net.serving",
-    ),
 }
 
 

@@ -8,14 +8,13 @@ import numpy as np
 from shmraft.constants import BATCH_EVENTS_MAX
 from shmraft.ingest.tracker import PRODUCE_TIMEOUT_MAX_MS, TIMEOUT_MESSAGE, Answer, ProduceTracker
 from shmraft.node.batching import EVENT_BYTES_MAX
-from shmraft.node.dedup import DUPLICATE, DUPLICATE_TOO_OLD, OUT_OF_ORDER, event_offset
+from shmraft.node.dedup import Verdict, event_offset
 from shmraft.wire.client import ErrorCode
 
 NODE_ID = 1
 TERM = 3
 TIMEOUT_MS_DEFAULT = 5_000
 MS = 1_000_000  # ns
-REFUSED = 255  # the raft worker's verdict for a frame it could not propose
 
 
 def u64(*xs: int) -> np.ndarray:
@@ -103,7 +102,7 @@ def test_one_note_for_several_producers_resolves_each() -> None:
 def test_duplicate_verdict_answers_with_the_offset_the_event_already_has() -> None:
     t = tracker()
     submit(t, first=0, count=2)
-    assert t.on_verdicts(u64(7, 7), u64(0, 1), np.array([DUPLICATE] * 2, np.uint8), i64(64, 65)) == []
+    assert t.on_verdicts(u64(7, 7), u64(0, 1), np.array([Verdict.DUPLICATE] * 2, np.uint8), i64(64, 65)) == []
     [a] = t.committed(1, now_ns=0)
     assert a.offsets.tolist() == [64, 65]
 
@@ -111,7 +110,7 @@ def test_duplicate_verdict_answers_with_the_offset_the_event_already_has() -> No
 def test_retry_overlapping_an_append_mixes_duplicate_offsets_and_new_ones() -> None:
     t = tracker()
     submit(t, first=0, count=3)
-    t.on_verdicts(u64(7), u64(0), np.array([DUPLICATE], np.uint8), i64(event_offset(2, 5)))
+    t.on_verdicts(u64(7), u64(0), np.array([Verdict.DUPLICATE], np.uint8), i64(event_offset(2, 5)))
     appended(t, 7, [1, 2], index=4)
     [a] = t.committed(4, now_ns=0)
     assert a.offsets.tolist() == [event_offset(2, 5), event_offset(4, 0), event_offset(4, 1)]
@@ -120,7 +119,7 @@ def test_retry_overlapping_an_append_mixes_duplicate_offsets_and_new_ones() -> N
 def test_out_of_order_verdict_fails_the_request_naming_the_sequence() -> None:
     t = tracker()
     submit(t, first=5, count=2)
-    [a] = t.on_verdicts(u64(7, 7), u64(5, 6), np.array([OUT_OF_ORDER] * 2, np.uint8), i64(-1, -1))
+    [a] = t.on_verdicts(u64(7, 7), u64(5, 6), np.array([Verdict.OUT_OF_ORDER] * 2, np.uint8), i64(-1, -1))
     assert (a.code, a.size_bytes) == (ErrorCode.OUT_OF_ORDER_SEQUENCE, 20)
     assert a.message == "producer 7: sequence 5 does not follow the last one in the log"
     assert t.waiting == 0
@@ -129,7 +128,7 @@ def test_out_of_order_verdict_fails_the_request_naming_the_sequence() -> None:
 def test_duplicate_too_old_fails_the_request_malformed() -> None:
     t = tracker()
     submit(t, first=5, count=1)
-    [a] = t.on_verdicts(u64(7), u64(5), np.array([DUPLICATE_TOO_OLD], np.uint8), i64(-1))
+    [a] = t.on_verdicts(u64(7), u64(5), np.array([Verdict.DUPLICATE_TOO_OLD], np.uint8), i64(-1))
     assert a.code is ErrorCode.MALFORMED
     assert a.message == "producer 7: sequence 5 was committed long ago (offset forgotten)"
 
@@ -137,7 +136,7 @@ def test_duplicate_too_old_fails_the_request_malformed() -> None:
 def test_refused_frame_fails_the_request_not_leader() -> None:
     t = tracker()
     submit(t, first=0, count=2)
-    [a] = t.on_verdicts(u64(7, 7), u64(0, 1), np.array([REFUSED] * 2, np.uint8), i64(-1, -1))
+    [a] = t.on_verdicts(u64(7, 7), u64(0, 1), np.array([Verdict.NOT_PROPOSED] * 2, np.uint8), i64(-1, -1))
     assert a.code is ErrorCode.NOT_LEADER
     assert a.message == "leadership changed before the events were appended"
 
@@ -146,7 +145,7 @@ def test_verdicts_touch_only_the_requests_that_hold_the_sequences() -> None:
     t = tracker()
     submit(t, cid=1, first=0, count=2)
     submit(t, cid=2, first=2, count=2)
-    [a] = t.on_verdicts(u64(7), u64(3), np.array([OUT_OF_ORDER], np.uint8), i64(-1))
+    [a] = t.on_verdicts(u64(7), u64(3), np.array([Verdict.OUT_OF_ORDER], np.uint8), i64(-1))
     assert a.correlation_id == 2
     appended(t, 7, [0, 1], index=1)
     assert [a.correlation_id for a in t.committed(1, now_ns=0)] == [1]
@@ -227,6 +226,6 @@ def test_notes_for_unknown_producers_or_sequences_are_ignored() -> None:
     submit(t, first=10, count=2)
     appended(t, 99, [10, 11], index=1)  # another producer
     appended(t, 7, [0, 1], index=1)  # sequences outside the request
-    assert t.on_verdicts(u64(7), u64(50), np.array([OUT_OF_ORDER], np.uint8), i64(-1)) == []
+    assert t.on_verdicts(u64(7), u64(50), np.array([Verdict.OUT_OF_ORDER], np.uint8), i64(-1)) == []
     assert t.committed(10, now_ns=0) == []
     assert t.waiting == 1

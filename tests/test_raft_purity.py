@@ -49,10 +49,7 @@ SHMRAFT_ALLOWED = ("shmraft.raft", "shmraft.constants")
 # Builtins that do I/O or import by name at run time.
 FORBIDDEN_CALLS = {"open", "print", "input", "__import__", "exec", "eval", "breakpoint"}
 # Files in shmraft/raft/ that are not pure, each with the reason; the test fails if one no longer exists.
-TRANSITIONAL = {
-    "storage.py": "re-export of shmraft/storage/rocks.py for shmraft/workers/ingest.py, which is being split on "
-    "another branch; delete the file and this entry once ingest imports shmraft.storage.rocks",
-}
+TRANSITIONAL: dict[str, str] = {}
 
 
 def imported_modules(path: Path, package: str = "shmraft.raft") -> set[str]:

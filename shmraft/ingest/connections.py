@@ -20,7 +20,6 @@ required AUTH) and is disconnected; it is logged (rate-limited) and counted, and
 
 from __future__ import annotations
 
-import errno
 import itertools
 import logging
 import resource
@@ -37,17 +36,14 @@ from shmraft.config import NodeConfig
 from shmraft.ipc.state import StateBlock
 from shmraft.net import auth, tls
 from shmraft.net.ratelog import RateLimitedLog
+from shmraft.net.serving import ACCEPT_BATCH_MAX, ACCEPT_PAUSE_MS, FD_EXHAUSTED, RECV_BYTES
 from shmraft.wire import client as cp
 from shmraft.wire.errors import RemoteProtocolError
 
-RECV_BYTES: Final = 256 * 1024
 LISTEN_BACKLOG: Final = 512
 OUTBUF_MAX_BYTES: Final = 64 * 1024 * 1024  # answers queued for one slow reader before it is dropped
-ACCEPT_BATCH_MAX: Final = 64  # connections accepted per wake-up (a flood cannot starve the loop)
-ACCEPT_PAUSE_MS: Final = 100  # out of file descriptors: stop accepting this long instead of spinning
 FDS_RESERVED: Final = 128  # descriptors beyond client_connections_max (rings, RocksDB, listener, ...)
 TIMEOUT_SWEEP_INTERVAL_MS: Final = 250  # how often idle and slow-loris connections are looked for
-_FD_EXHAUSTED: Final = (errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM)
 
 
 @dataclass(eq=False)
@@ -190,7 +186,7 @@ class ClientConnections:
             except (BlockingIOError, InterruptedError):
                 return
             except OSError as exc:
-                if exc.errno not in _FD_EXHAUSTED:
+                if exc.errno not in FD_EXHAUSTED:
                     raise
                 # The pending connection stays in the backlog, so the listener stays readable: without a
                 # pause the loop would spin. Stop accepting for a moment; closing connections frees fds.

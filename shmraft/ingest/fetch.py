@@ -22,7 +22,7 @@ from shmraft.config import NodeConfig
 from shmraft.constants import BATCH_EVENTS_MAX
 from shmraft.ingest.connections import Connection
 from shmraft.ipc.state import StateBlock
-from shmraft.raft.storage import LogCompactedError, RocksLogReader, StorageError
+from shmraft.storage.rocks import LogCompactedError, RocksLogReader, StorageError
 from shmraft.wire import client as cp
 from shmraft.wire.frame import decode_batch
 

@@ -145,7 +145,7 @@ class ProduceTracker:
         for pid in np.unique(producer_ids).tolist():
             mask = producer_ids == pid
             v, seqs, offs = verdicts[mask], sequences[mask], offsets[mask]
-            dup = v == dd.DUPLICATE
+            dup = v == dd.Verdict.DUPLICATE
             if dup.any():
                 self._resolve(pid, seqs[dup], offs[dup])
             bad = ~dup
@@ -224,13 +224,13 @@ class ProduceTracker:
             if not hit.any():
                 continue
             v = int(verdicts[hit][0])
-            if v == dd.OUT_OF_ORDER:
+            if v == dd.Verdict.OUT_OF_ORDER:
                 code = ErrorCode.OUT_OF_ORDER_SEQUENCE
                 message = f"producer {pid}: sequence {int(seqs[hit][0])} does not follow the last one in the log"
-            elif v == dd.DUPLICATE_TOO_OLD:
+            elif v == dd.Verdict.DUPLICATE_TOO_OLD:
                 code = ErrorCode.MALFORMED
                 message = f"producer {pid}: sequence {int(seqs[hit][0])} was committed long ago (offset forgotten)"
-            else:
+            else:  # Verdict.NOT_PROPOSED: the raft worker could not propose the frame
                 code = ErrorCode.NOT_LEADER
                 message = "leadership changed before the events were appended"
             self._fail(p, code, message, out)

@@ -41,12 +41,6 @@ class Verdict(enum.IntEnum):
     NOT_PROPOSED = 255  # not classified: the raft worker did not propose the batch (not the leader, ...)
 
 
-# TRANSITIONAL: shmraft/workers/ingest.py reads these names (it is being split on another branch); once it
-# uses `Verdict`, delete them.
-DUPLICATE: Final = Verdict.DUPLICATE
-OUT_OF_ORDER: Final = Verdict.OUT_OF_ORDER
-DUPLICATE_TOO_OLD: Final = Verdict.DUPLICATE_TOO_OLD
-
 DEDUP_PRODUCERS_MAX_DEFAULT: Final = 100_000
 DEDUP_HORIZON_ENTRIES_DEFAULT: Final = 100_000
 DEDUP_SPANS_MAX_DEFAULT: Final = 64

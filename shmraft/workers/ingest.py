@@ -22,6 +22,7 @@ from shmraft.ingest.connections import ClientConnections, Connection
 from shmraft.ingest.fetch import FetchServer
 from shmraft.ingest.tracker import NS_PER_MS, Answer, ProduceTracker
 from shmraft.ipc.state import NodeStatus, Worker, latency_bucket
+from shmraft.node.layout import Ring
 from shmraft.node.records import NoteKind, decode_note
 from shmraft.raft.types import Role
 from shmraft.wire import client as cp
@@ -43,8 +44,8 @@ class IngestWorker(WorkerBase):
         self.conns = ClientConnections(
             self.sel, config, self.state, self.record, self.log, self._on_request, lambda: bool(self.backlog)
         )
-        self.to_batcher = self.layout.writer("r1")
-        self.notes = Inbox(self.layout.reader("r5"), "r5")
+        self.to_batcher = self.layout.writer(Ring.R1)
+        self.notes = Inbox(self.layout.reader(Ring.R5), Ring.R5)
         self.sel.register(self.notes, selectors.EVENT_READ, lambda _m: None)
         self.tracker = ProduceTracker(config.node_id, self.state.get("term"), config.produce_timeout_ms_default)
         self.fetches = FetchServer(config, self.state, self.log, self.conns.write)
