@@ -216,6 +216,10 @@ def _decode_meta(name: bytes, value: bytes, size: int) -> bytes:
     return payload
 
 
+DISK_FULL_SIGNS: Final = ("No space left on device", "os error 28", "Disk quota exceeded", "os error 122")
+OS_ERROR_SIGN: Final = "(os error "
+
+
 def _map_rocks_error(exc: Exception, index: int | None = None) -> StorageError:
     """Map rocksdict's bare exceptions (RocksDB status strings) to typed errors."""
     if isinstance(exc, StorageError):
@@ -227,8 +231,10 @@ def _map_rocks_error(exc: Exception, index: int | None = None) -> StorageError:
         return CorruptLogError(index, f"RocksDB: {msg}")
     if "lock" in msg.lower() and msg.startswith("IO error"):
         return StorageLockedError(f"the log database is in use by another process or instance: {msg}")
-    if msg.startswith("IO error"):
-        return StorageIOError(f"RocksDB: {msg}", disk_full="No space left on device" in msg)
+    disk_full = any(sign in msg for sign in DISK_FULL_SIGNS)
+    if msg.startswith("IO error") or disk_full or OS_ERROR_SIGN in msg:
+        # "(os error N)" is rocksdict's own file I/O (Rust std::io): a device failure too, never corruption
+        return StorageIOError(f"RocksDB: {msg}", disk_full=disk_full)
     return StorageError(f"RocksDB: {msg}")
 
 
