@@ -1,7 +1,7 @@
 """End-to-end benchmark of a real local 3-node shmraft cluster (all processes on this machine).
 
-Starts its own cluster (LocalCluster, unique cluster id, free ports, temporary data dir) once per fsync
-policy and measures, with 100-byte events:
+Starts its own cluster (shmraft.testing's ClusterDriver: unique cluster id, free ports, temporary data dir)
+once per fsync policy and measures, with 100-byte events:
 
 1. committed events/s with 1 and with 4 producer processes (multiprocessing, spawn), each a pipelined
    `Client.producer(window, batch_events, linger_ms)`; only acknowledged events count, over `--duration`
@@ -49,6 +49,7 @@ import tempfile
 import threading
 import time
 from array import array
+from collections.abc import Iterator
 from importlib.metadata import version
 from pathlib import Path
 from typing import Any
@@ -59,32 +60,18 @@ import numpy as np  # noqa: E402
 import psutil  # noqa: E402
 
 from shmraft.client import Client, ShmraftError  # noqa: E402
-from shmraft.config import NodeConfig, local_cluster  # noqa: E402
-from shmraft.ipc import segments  # noqa: E402
-from shmraft.ipc.state import StateBlockError, Worker  # noqa: E402
-from shmraft.node.layout import NodeLayout  # noqa: E402
-from shmraft.raft.types import Role  # noqa: E402
-from shmraft.supervisor.cluster import LocalCluster, free_port_base  # noqa: E402
+from shmraft.testing.cluster import ClusterDriver, new_cluster_id, remove_segments  # noqa: E402
+from shmraft.testing.wait import wait_for  # noqa: E402
 
 RESULTS_DIR = Path(__file__).resolve().parent / "results"
 EVENT_BYTES = 100
 EVENT = b"x" * EVENT_BYTES
 START_TIMEOUT_S = 60.0
 CLIENT_TIMEOUT_S = 30.0
+POLL_S = 0.01  # the benchmark's waits poll this often (its figures are timed by them)
 
 
 # --- small helpers ---------------------------------------------------------------------------------------------
-
-
-def wait_for(cond, timeout_s: float, what: str, interval_s: float = 0.01):
-    deadline = time.monotonic() + timeout_s
-    last = None
-    while time.monotonic() < deadline:
-        last = cond()
-        if last:
-            return last
-        time.sleep(interval_s)
-    raise TimeoutError(f"timed out after {timeout_s} s waiting for {what}; last seen: {last!r}")
 
 
 def percentiles_ms(samples_s) -> dict[str, float]:
@@ -122,123 +109,30 @@ def machine_busy_seconds() -> float:
     )
 
 
-def alive(pid: int) -> bool:
-    try:
-        return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
-    except psutil.Error:
-        return False
-
-
 # --- the cluster -----------------------------------------------------------------------------------------------
 
 CLUSTER_IDS: list[str] = []  # every cluster this run started, for the final leftover check
 
 
-class BenchCluster:
-    """A local cluster in its own temp dir; stop() leaves no process and no shared memory behind."""
-
-    def __init__(self, root: Path, fsync: str, nodes: int = 3) -> None:
-        self.cluster_id = f"cb{os.getpid()}x{random.randrange(10**6)}"
-        CLUSTER_IDS.append(self.cluster_id)
-        self.dir = root / f"cluster-{fsync}"
-        self.configs: list[NodeConfig] = local_cluster(
-            self.dir, count=nodes, port_base=free_port_base(nodes), cluster_id=self.cluster_id, fsync=fsync
-        )
-        self.cluster = LocalCluster(self.configs, log_dir=self.dir / "logs")
-        self.addresses = [c.me.client_address for c in self.configs]
-        self.seen_pids: set[int] = set()
-        self.fsync = fsync
-
-    def __enter__(self) -> BenchCluster:
-        try:
-            self.cluster.start()
-            self.wait_serving()
-        except BaseException:
-            self.stop()
-            raise
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.stop()
-
-    def config(self, node_id: int) -> NodeConfig:
-        return next(c for c in self.configs if c.node_id == node_id)
-
-    def state(self, node_id: int) -> dict[str, Any] | None:
-        try:
-            block = NodeLayout(self.config(node_id)).attach_state()
-        except StateBlockError:
-            return None
-        try:
-            n = block.node
-            out = {k: int(n[k]) for k in ("role", "term", "leader_id", "commit_index", "last_index", "status")}
-            out["pids"] = {w: int(block.workers[w]["pid"]) for w in Worker}
-        finally:
-            block.close()
-        self.seen_pids |= {p for p in out["pids"].values() if p}
-        return out
-
-    def leader(self, exclude: int = 0) -> int:
-        """The node that says it is leader in the highest term (0 if none); a killed node's block is stale,
-        so the caller excludes it."""
-        best = (0, -1)
-        for c in self.configs:
-            if c.node_id == exclude:
-                continue
-            s = self.state(c.node_id)
-            if s and s["role"] == Role.LEADER and s["term"] > best[1]:
-                best = (c.node_id, s["term"])
-        return best[0]
-
-    def wait_serving(self, timeout_s: float = START_TIMEOUT_S) -> int:
-        leader = wait_for(self.leader, timeout_s, "a leader")
-        with Client(self.addresses, timeout_s=timeout_s) as c:
+@contextlib.contextmanager
+def bench_cluster(root: Path, fsync: str, nodes: int = 3) -> Iterator[ClusterDriver]:
+    """A serving local cluster in root/cluster-<fsync> (a leader, and one event through the whole path);
+    stopped on exit, leaving no process and no shared memory behind."""
+    bench = ClusterDriver.create(root / f"cluster-{fsync}", nodes, new_cluster_id("cb"), fsync=fsync)
+    CLUSTER_IDS.append(bench.cluster_id)
+    with bench:
+        bench.start(leader_timeout_s=None)
+        wait_for(bench.leader, START_TIMEOUT_S, "a leader", POLL_S)
+        with Client(bench.addresses, timeout_s=START_TIMEOUT_S) as c:
             c.produce(b"warm-up")  # the whole path works (ingest, batcher, raft, sender, followers)
-        return leader
-
-    def worker_pids(self, node_id: int) -> dict[str, int]:
-        s = self.state(node_id)
-        return {w.name.lower(): p for w, p in s["pids"].items() if p} if s else {}
-
-    def node_pids(self, node_id: int) -> dict[str, int]:
-        """supervisor + workers of a node, by name."""
-        out = {"supervisor": self.cluster.procs[node_id].pid}
-        out.update(self.worker_pids(node_id))
-        return out
-
-    def kill_node(self, node_id: int) -> None:
-        self.seen_pids |= set(self.node_pids(node_id).values())
-        proc = self.cluster.procs[node_id]
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(proc.pid, signal.SIGKILL)
-        proc.wait()
-
-    def stop(self) -> None:
-        for proc in self.cluster.procs.values():
-            self.seen_pids.add(proc.pid)
-        for c in self.configs:
-            with contextlib.suppress(Exception):
-                self.state(c.node_id)
-        try:
-            self.cluster.stop()
-        finally:
-            for pid in self.seen_pids:
-                if alive(pid):
-                    with contextlib.suppress(ProcessLookupError):
-                        os.kill(pid, signal.SIGKILL)
-            for proc in self.cluster.procs.values():
-                with contextlib.suppress(Exception):
-                    proc.wait(5)
-            remove_segments(self.cluster_id)
+        yield bench
 
 
-def remove_segments(cluster_id: str) -> list[str]:
-    segs, sems = segments.list_names(segments.prefix_for(cluster_id))
-    for name in sems:
-        segments.unlink_semaphore(name)
-    for name in segs:
-        segments.unlink_ring(name)  # also plain segments (the state block): unlink_ring unlinks the name
-    return segs + sems
+def named_pids(bench: ClusterDriver, node_id: int) -> dict[str, int]:
+    """supervisor + workers of a node, by name."""
+    out = {"supervisor": bench.supervisor_pid(node_id) or 0}
+    out.update({w.name.lower(): p for w, p in bench.worker_pids(node_id).items() if p})
+    return out
 
 
 # --- producer processes (spawned) ----------------------------------------------------------------------------
@@ -363,12 +257,12 @@ def paced_producer(
 # --- measurements ---------------------------------------------------------------------------------------------
 
 
-def process_table(bench: BenchCluster, leader: int) -> dict[str, int]:
+def process_table(bench: ClusterDriver, leader: int) -> dict[str, int]:
     """name -> pid for every process of the cluster: leader/<worker>, f<id>/<worker>."""
     out: dict[str, int] = {}
     for c in bench.configs:
         tag = "leader" if c.node_id == leader else f"follower{c.node_id}"
-        for name, pid in bench.node_pids(c.node_id).items():
+        for name, pid in named_pids(bench, c.node_id).items():
             out[f"{tag}/{name}"] = pid
     return out
 
@@ -413,7 +307,7 @@ def stop_procs(procs) -> None:
 
 def measure_throughput(
     ctx,
-    bench: BenchCluster,
+    bench: ClusterDriver,
     producers: int,
     duration_s: float,
     window: int,
@@ -475,7 +369,7 @@ def measure_throughput(
     }
 
 
-def measure_one_in_flight(bench: BenchCluster, samples: int) -> dict:
+def measure_one_in_flight(bench: ClusterDriver, samples: int) -> dict:
     lat = array("d")
     with Client(bench.addresses, timeout_s=CLIENT_TIMEOUT_S) as c:
         for _ in range(min(100, samples)):
@@ -489,7 +383,7 @@ def measure_one_in_flight(bench: BenchCluster, samples: int) -> dict:
 
 def measure_paced(
     ctx,
-    bench: BenchCluster,
+    bench: ClusterDriver,
     rate: float,
     producers: int,
     duration_s: float,
@@ -573,7 +467,7 @@ def _median_max(xs: list[float]) -> dict:
 
 
 def measure_failover(
-    bench: BenchCluster,
+    bench: ClusterDriver,
     kills: int,
     rate: float,
     log,
@@ -600,15 +494,14 @@ def measure_failover(
     commits_ms: list[float] = []
     catchups_s: list[float] = []
     try:
-        wait_for(lambda: load.acks >= 20, 30, "the steady load to run")
+        wait_for(lambda: load.acks >= 20, 30, "the steady load to run", POLL_S)
         for k in range(kills):
-            leader = bench.leader() or wait_for(bench.leader, 30, "a leader")
+            leader = bench.leader() or wait_for(bench.leader, 30, "a leader", POLL_S)
             time.sleep(random.uniform(0.2, 0.5))  # a random phase against heartbeats and the load
-            pgid = bench.cluster.procs[leader].pid
-            bench.seen_pids |= set(bench.node_pids(leader).values())
+            bench.seen_pids |= set(bench.node_pids(leader))
             with load.lock:  # no produce() in flight: an answer already on its way cannot count as "next"
                 t_kill = time.monotonic()
-                os.killpg(pgid, signal.SIGKILL if mode == "kill" else signal.SIGSTOP)
+                bench.signal_node(leader, signal.SIGKILL if mode == "kill" else signal.SIGSTOP)
                 commit_at_kill = max(
                     (st["commit_index"] for c in bench.configs if (st := bench.state(c.node_id))), default=0
                 )
@@ -642,7 +535,7 @@ def measure_failover(
                         f"the client had no event acknowledged within {client_grace_s:g} s of "
                         f"the new leader committing (client errors {dict(load.errors)})"
                     )
-                bench.cluster.procs[leader].wait()
+                bench.local.procs[leader].wait()
             else:
                 bench.kill_node(leader)
             if t_ack is not None:
@@ -653,7 +546,7 @@ def measure_failover(
             commits_ms.append(round(1000 * (t_commit - t_kill), 1))
             # restart the killed node and wait until it has caught up with the commit index
             t_restart = time.monotonic()
-            bench.cluster.start_node(leader)
+            bench.start_node(leader)
 
             def caught_up(node=leader) -> bool:
                 s = bench.state(node)
@@ -700,8 +593,8 @@ def measure_failover(
 PROFILE_MODES = ("gil", "active")  # py-spy --gil: the thread holding the GIL; active: every non-idle thread
 
 
-def profile_targets(bench: BenchCluster, leader: int, procs) -> dict[str, int]:
-    pids = bench.worker_pids(leader)
+def profile_targets(bench: ClusterDriver, leader: int, procs) -> dict[str, int]:
+    pids = {w.name.lower(): p for w, p in bench.worker_pids(leader).items() if p}
     targets = {f"leader_{w}": pids[w] for w in ("raft", "ingest", "batcher", "sender") if w in pids}
     targets["producer1"] = procs[0].pid
     return targets
@@ -843,7 +736,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         for policy in policies:
             log(f"== fsync {policy}: starting a 3-node cluster in {root}")
-            with BenchCluster(root, policy) as bench:
+            with bench_cluster(root, policy) as bench:
                 tp: dict[str, dict] = {}
                 for n in counts:
                     log(f"   throughput, {n} producer(s), {duration:g} s ...")
