@@ -50,6 +50,7 @@ import threading
 import time
 from array import array
 from collections.abc import Iterator
+from dataclasses import dataclass
 from importlib.metadata import version
 from pathlib import Path
 from typing import Any
@@ -664,7 +665,21 @@ def summarise_profile(raw: Path, seconds: float, rate: int, top: int = 8) -> dic
 # --- main ------------------------------------------------------------------------------------------------------
 
 
-def main(argv: list[str] | None = None) -> int:
+@dataclass
+class Plan:
+    """What one run measures, from the command line (the defaults depend on --quick)."""
+
+    duration_s: float
+    samples: int
+    kills: int
+    freezes: int
+    policies: list[str]
+    counts: list[int]
+    profile: dict | None
+    settings: dict[str, Any]
+
+
+def parse_args(argv: list[str] | None) -> tuple[argparse.Namespace, Plan]:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--quick", action="store_true", help="CI size: ~1 min, fsync always only, 3 kills")
     ap.add_argument("--duration", type=float, help="seconds per throughput / half-rate run (default 10; quick 3)")
@@ -695,6 +710,12 @@ def main(argv: list[str] | None = None) -> int:
     freezes = args.freezes if args.freezes is not None else (1 if args.quick else 3)
     policies = (args.fsync or ("always" if args.quick else "always,never")).split(",")
     counts = [int(x) for x in args.producers.split(",")]
+    profile = None
+    if args.profile:
+        spy = shutil.which("py-spy") or str(Path(sys.executable).parent / "py-spy")
+        if not Path(spy).exists():
+            ap.error("--profile needs py-spy (pip install py-spy)")
+        profile = {"py_spy": spy, "seconds": args.profile_seconds, "rate": 100}
     settings = {
         "quick": args.quick,
         "duration_s": duration,
@@ -713,95 +734,104 @@ def main(argv: list[str] | None = None) -> int:
         "failover_load_events_per_s": args.failover_rate,
         "cluster": "3 nodes, 127.0.0.1, default config",
     }
+    return args, Plan(duration, samples, kills, freezes, policies, counts, profile, settings)
 
-    def log(msg: str) -> None:
-        print(msg, file=sys.stderr, flush=True)
 
-    def on_term(_s, _f):
+def log(msg: str) -> None:
+    print(msg, file=sys.stderr, flush=True)
+
+
+def stop_on_sigterm() -> None:
+    """SIGTERM and Ctrl-C both raise KeyboardInterrupt, so the run cleans up in its `finally`."""
+
+    def on_term(_s: int, _f: object) -> None:
         raise KeyboardInterrupt
 
     signal.signal(signal.SIGTERM, on_term)
     signal.signal(signal.SIGINT, signal.default_int_handler)  # even if started with SIGINT ignored (nohup, &)
+
+
+def measure_policy(ctx, bench: ClusterDriver, policy: str, args: argparse.Namespace, plan: Plan, results: dict) -> None:
+    """Every measurement on one cluster (one fsync policy): throughput, latency, and on the first policy the
+    profile and the failovers; into `results`."""
+    first = policy == plan.policies[0]
+    tp: dict[str, dict] = {}
+    for n in plan.counts:
+        log(f"   throughput, {n} producer(s), {plan.duration_s:g} s ...")
+        tp[str(n)] = measure_throughput(ctx, bench, n, plan.duration_s, args.window, args.batch_events, args.linger_ms)
+        log(f"     {tp[str(n)]['events_per_s']:,} events/s")
+    results["throughput"][policy] = tp
+    log(f"   latency, one in flight, {plan.samples} samples ...")
+    one = measure_one_in_flight(bench, plan.samples)
+    best = max(v["events_per_s"] for v in tp.values())
+    log(f"   latency, open loop at half of {best:,}/s ({args.paced_producers} producer(s)) ...")
+    half = measure_paced(
+        ctx,
+        bench,
+        best / 2,
+        args.paced_producers,
+        plan.duration_s,
+        args.window,
+        args.batch_events,
+        args.paced_linger_ms,
+    )
+    results["latency"][policy] = {"one_in_flight": one, "half_rate": half}
+    if not first:
+        return
+    profile = plan.profile
+    if profile:
+        log(f"   profiling: a separate {max(plan.counts)}-producer run under py-spy ...")
+        measure_throughput(
+            ctx,
+            bench,
+            max(plan.counts),
+            len(PROFILE_MODES) * (profile["seconds"] + 1.0),
+            args.window,
+            args.batch_events,
+            args.linger_ms,
+            warmup_s=1.0,
+            profile=profile,
+        )
+        results["profile"] = {
+            mode: {
+                name: summarise_profile(RESULTS_DIR / f"profile_{mode}_{name}.txt", profile["seconds"], profile["rate"])
+                for name in ("leader_raft", "leader_ingest", "leader_batcher", "leader_sender", "producer1")
+            }
+            for mode in PROFILE_MODES
+        }
+    if plan.kills:
+        log(f"   failover: {plan.kills} leader kills under a blocking client at {args.failover_rate:g} ev/s")
+        results["failover"] = measure_failover(bench, plan.kills, args.failover_rate, log)
+    if plan.freezes:
+        log(f"   failover: {plan.freezes} leader freezes (SIGSTOP: a vanished host), same load")
+        results["freeze"] = measure_failover(
+            bench, plan.freezes, args.failover_rate, log, mode="freeze", client_timeout_s=5.0
+        )
+
+
+def run_clusters(args: argparse.Namespace, plan: Plan) -> dict[str, Any]:
+    """One cluster per fsync policy in a temp dir, measured; the temp dir and every cluster's shared memory
+    are gone afterwards, also on error or Ctrl-C."""
     ctx = mp.get_context("spawn")
-    profile = None
-    if args.profile:
-        spy = shutil.which("py-spy") or str(Path(sys.executable).parent / "py-spy")
-        if not Path(spy).exists():
-            ap.error("--profile needs py-spy (pip install py-spy)")
-        profile = {"py_spy": spy, "seconds": args.profile_seconds, "rate": 100}
-    RESULTS_DIR.mkdir(parents=True, exist_ok=True)
     root = Path(tempfile.mkdtemp(prefix="shmraft-cluster-bench-", dir=args.tmp))
     results: dict[str, Any] = {"throughput": {}, "latency": {}, "failover": None, "freeze": None, "profile": None}
-    t_all = time.monotonic()
     try:
-        for policy in policies:
+        for policy in plan.policies:
             log(f"== fsync {policy}: starting a 3-node cluster in {root}")
             with bench_cluster(root, policy) as bench:
-                tp: dict[str, dict] = {}
-                for n in counts:
-                    log(f"   throughput, {n} producer(s), {duration:g} s ...")
-                    tp[str(n)] = measure_throughput(
-                        ctx, bench, n, duration, args.window, args.batch_events, args.linger_ms
-                    )
-                    log(f"     {tp[str(n)]['events_per_s']:,} events/s")
-                results["throughput"][policy] = tp
-                log(f"   latency, one in flight, {samples} samples ...")
-                one = measure_one_in_flight(bench, samples)
-                best = max(v["events_per_s"] for v in tp.values())
-                log(f"   latency, open loop at half of {best:,}/s ({args.paced_producers} producer(s)) ...")
-                half = measure_paced(
-                    ctx,
-                    bench,
-                    best / 2,
-                    args.paced_producers,
-                    duration,
-                    args.window,
-                    args.batch_events,
-                    args.paced_linger_ms,
-                )
-                results["latency"][policy] = {"one_in_flight": one, "half_rate": half}
-                if profile and policy == policies[0]:
-                    log(f"   profiling: a separate {max(counts)}-producer run under py-spy ...")
-                    measure_throughput(
-                        ctx,
-                        bench,
-                        max(counts),
-                        len(PROFILE_MODES) * (profile["seconds"] + 1.0),
-                        args.window,
-                        args.batch_events,
-                        args.linger_ms,
-                        warmup_s=1.0,
-                        profile=profile,
-                    )
-                    results["profile"] = {
-                        mode: {
-                            name: summarise_profile(
-                                RESULTS_DIR / f"profile_{mode}_{name}.txt", profile["seconds"], profile["rate"]
-                            )
-                            for name in ("leader_raft", "leader_ingest", "leader_batcher", "leader_sender", "producer1")
-                        }
-                        for mode in PROFILE_MODES
-                    }
-                if kills and policy == policies[0]:
-                    log(f"   failover: {kills} leader kills under a blocking client at {args.failover_rate:g} ev/s")
-                    results["failover"] = measure_failover(bench, kills, args.failover_rate, log)
-                if freezes and policy == policies[0]:
-                    log(f"   failover: {freezes} leader freezes (SIGSTOP: a vanished host), same load")
-                    results["freeze"] = measure_failover(
-                        bench, freezes, args.failover_rate, log, mode="freeze", client_timeout_s=5.0
-                    )
-    except KeyboardInterrupt:
-        log("interrupted: stopping everything")
-        return 130
+                measure_policy(ctx, bench, policy, args, plan, results)
     finally:
         shutil.rmtree(root, ignore_errors=True)
         for cid in CLUSTER_IDS:
             leftovers = remove_segments(cid)
             if leftovers:
                 log(f"warning: shared memory of cluster {cid} was left behind (now removed): {leftovers}")
-    total_s = time.monotonic() - t_all
+    return results
 
-    # --- the table -------------------------------------------------------------------------------------------
+
+def format_table(args: argparse.Namespace, plan: Plan, results: dict[str, Any], total_s: float) -> str:
+    """The human-readable report."""
+    policies, counts, profile = plan.policies, plan.counts, plan.profile
     lines = [
         f"shmraft cluster benchmark: 3 local nodes, {EVENT_BYTES}-byte events, {os.cpu_count()} cores, "
         f"Python {platform.python_version()}",
@@ -830,7 +860,6 @@ def main(argv: list[str] | None = None) -> int:
             f"sender at most {h['sender_behind_max_ms']} ms behind schedule)"
         )
     lines.append("")
-    head = policies[0]
     cpu_runs = [(policy, n, r["cpu_percent"]) for policy, tp in results["throughput"].items() for n, r in tp.items()]
     names = sorted({k for _, _, c in cpu_runs for k in c})
     lines.append("CPU during the throughput runs, % of one core (psutil user+system)")
@@ -903,10 +932,14 @@ def main(argv: list[str] | None = None) -> int:
                 for fn, share in p.get("self", [])[:6]:
                     lines.append(f"    {share:5.1f}%  {fn}")
     lines.append(f"\ntotal run time {total_s:.0f} s")
-    print("\n".join(lines))
+    return "\n".join(lines)
 
+
+def build_doc(plan: Plan, results: dict[str, Any], total_s: float) -> dict[str, Any]:
+    """The JSON report (also saved to results/cluster_bench.json)."""
+    head, counts, settings = plan.policies[0], plan.counts, plan.settings
     headline_cpu = results["throughput"][head][str(max(counts))]["cpu_percent"]
-    doc = {
+    return {
         "committed_events_per_s": {
             p: {n: r["events_per_s"] for n, r in tp.items()} for p, tp in results["throughput"].items()
         },
@@ -946,6 +979,21 @@ def main(argv: list[str] | None = None) -> int:
         },
         "run_time_s": round(total_s, 1),
     }
+
+
+def main(argv: list[str] | None = None) -> int:
+    args, plan = parse_args(argv)
+    stop_on_sigterm()
+    RESULTS_DIR.mkdir(parents=True, exist_ok=True)
+    t_all = time.monotonic()
+    try:
+        results = run_clusters(args, plan)
+    except KeyboardInterrupt:
+        log("interrupted: stopping everything")
+        return 130
+    total_s = time.monotonic() - t_all
+    print(format_table(args, plan, results, total_s))
+    doc = build_doc(plan, results, total_s)
     line = json.dumps(doc, separators=(",", ":"))
     if not args.no_save:
         (RESULTS_DIR / "cluster_bench.json").write_text(json.dumps(doc, indent=1) + "\n")
