@@ -98,7 +98,7 @@ def test_events_verified(tmp_path: Path) -> None:
 def test_leader_kills_lose_nothing(tmp_path: Path) -> None:
     # an open-loop rate keeps the verification (3 logs read back) short; the faults are the same
     rc, report, output = run_loadgen(
-        tmp_path, "kill", "--duration", "15", "--kill-leader-every", "5", "--rate", "20000", timeout_s=240
+        tmp_path, "kill", "--duration", "20", "--kill-leader-every", "5", "--rate", "20000", timeout_s=240
     )
     assert rc == 0, output[-3000:]
     assert report["lost"] == 0 and report["duplicates"] == 0 and report["divergent"] == 0

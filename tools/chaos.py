@@ -73,13 +73,16 @@ import numpy as np  # noqa: E402
 import psutil  # noqa: E402
 
 from shmraft.client import Client, ShmraftError  # noqa: E402
-from shmraft.config import Member, NodeConfig  # noqa: E402
+from shmraft.config import (  # noqa: E402
+    Member,
+    NodeConfig,
+    config_to_json,  # noqa: E402
+)
 from shmraft.faults import netns  # noqa: E402
 from shmraft.faults.proxy import FaultProxy, LinkFaults  # noqa: E402
 from shmraft.ipc import segments  # noqa: E402
 from shmraft.ipc.state import Worker  # noqa: E402
 from shmraft.supervisor.cluster import LocalCluster, free_port_base  # noqa: E402
-from shmraft.supervisor.node import config_to_json  # noqa: E402
 from shmraft.testing.cluster import ClusterDriver, alive  # noqa: E402
 from shmraft.testing.hogs import CpuHogs  # noqa: E402
 

@@ -57,6 +57,7 @@ from shmraft.testing.hogs import CpuHogs  # noqa: E402
 DEFAULT_ADDRESSES = "127.0.0.1:7101,127.0.0.1:7201,127.0.0.1:7301"
 CLIENT_TIMEOUT_S = 30.0
 START_TIMEOUT_S = 60.0
+FAULT_WHOLE_WAIT_S = 30.0  # a periodic fault waits this long for the cluster to be whole again, then is skipped
 
 # --- the latency histogram: bucket i holds latencies in (G^(i-1), G^i] microseconds ---------------------------
 HIST_GROWTH = 1.01
@@ -366,11 +367,23 @@ class Monitor(threading.Thread):
             self.join(5)
 
 
-def fault_loop(name: str, every: float, action, stop: threading.Event, log, until: float | None) -> threading.Thread:
+def fault_loop(
+    name: str, every: float, action, stop: threading.Event, log, until: float | None, nodes: ClusterDriver
+) -> threading.Thread:
+    """Every `every` seconds, once the cluster is whole again (a fault on a cluster still recovering from the
+    last one would test two faults at once: a leader killed while the previous one restarts leaves no quorum),
+    `action()`; never in the last second of the load."""
+
     def run() -> None:
         while not stop.wait(every):
+            why = nodes.wait_whole(FAULT_WHOLE_WAIT_S, stop)
+            if stop.is_set():
+                return
             if until is not None and time.monotonic() > until:
                 return  # not in the last second of the load: let the run end with the cluster settled
+            if why:
+                log(f"fault {name} skipped: the cluster is not whole after {FAULT_WHOLE_WAIT_S:.0f} s ({why})")
+                continue
             try:
                 action()
             except Exception as exc:  # a fault that failed is reported, the run goes on
@@ -409,7 +422,7 @@ class Faults:
         def start() -> None:
             if not self.stop_event.wait(max(0.0, t_start - time.monotonic())):
                 until = t_start + self.args.duration - 1.0 if self.args.events is None else None
-                fault_loop(fn.__name__, every, fn, self.stop_event, self.log, until)
+                fault_loop(fn.__name__, every, fn, self.stop_event, self.log, until, self.nodes)
 
         threading.Thread(target=start, daemon=True).start()
 

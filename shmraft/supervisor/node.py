@@ -27,11 +27,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Final
 
-from shmraft.config import (
-    NodeConfig,
-    config_from_json,  # noqa: F401  TRANSITIONAL: tools/loadgen.py imports it from here
-    config_to_json,
-)
+from shmraft.config import NodeConfig, config_to_json
 from shmraft.ipc.state import NodeStatus, Worker
 from shmraft.net.auth import check_node_files
 from shmraft.node.layout import NodeLayout

@@ -27,13 +27,12 @@ from typing import Any, Final
 import psutil
 
 from shmraft.client import Client
-from shmraft.config import NodeConfig, local_cluster
+from shmraft.config import NodeConfig, config_from_json, local_cluster
 from shmraft.ipc import segments
 from shmraft.ipc.state import NodeStatus, StateBlockError, Worker
 from shmraft.node.layout import NodeLayout
 from shmraft.raft.types import Role
 from shmraft.supervisor.cluster import LocalCluster, free_port_base
-from shmraft.supervisor.node import config_from_json
 from shmraft.testing.wait import WAIT_INTERVAL_S, WaitTimeout, wait_for
 
 LEADER_WAIT_S: Final = 30.0
