@@ -129,7 +129,7 @@ def test_duplicate_too_old_fails_the_request_malformed() -> None:
     t = tracker()
     submit(t, first=5, count=1)
     [a] = t.on_verdicts(u64(7), u64(5), np.array([Verdict.DUPLICATE_TOO_OLD], np.uint8), i64(-1))
-    assert a.code is ErrorCode.MALFORMED
+    assert a.code is ErrorCode.SEQUENCE_TOO_OLD
     assert a.message == "producer 7: sequence 5 was committed long ago (offset forgotten)"
 
 
