@@ -486,8 +486,21 @@ def test_consume_offset_out_of_range(cluster: FakeCluster, client: Client) -> No
     for node in cluster.nodes:
         node.min_offset = 1000
     with pytest.raises(OffsetOutOfRange) as info:
-        list(client.consume(0))
+        list(client.consume(0, reset="error"))
     assert info.value.code is ErrorCode.OFFSET_OUT_OF_RANGE
+    assert info.value.earliest_offset == 1000
+
+
+def test_consume_below_the_log_start_resets_to_earliest_by_default_or_latest(
+    cluster: FakeCluster, client: Client
+) -> None:
+    offsets = client.produce_many([f"e{i}".encode() for i in range(40)])
+    for node in cluster.nodes:
+        node.min_offset = offsets[20]
+    assert [r.offset for r in client.consume(0)] == offsets[20:]
+    assert list(client.consume(0, reset="latest")) == []
+    with pytest.raises(ValueError, match="reset"):
+        client.consume(0, reset="nearest")
 
 
 def test_single_fake_node_and_default_addresses() -> None:

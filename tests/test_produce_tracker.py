@@ -125,12 +125,12 @@ def test_out_of_order_verdict_fails_the_request_naming_the_sequence() -> None:
     assert t.waiting == 0
 
 
-def test_duplicate_too_old_fails_the_request_malformed() -> None:
+def test_duplicate_too_old_fails_the_request_sequence_too_old() -> None:
     t = tracker()
     submit(t, first=5, count=1)
     [a] = t.on_verdicts(u64(7), u64(5), np.array([Verdict.DUPLICATE_TOO_OLD], np.uint8), i64(-1))
-    assert a.code is ErrorCode.MALFORMED
-    assert a.message == "producer 7: sequence 5 was committed long ago (offset forgotten)"
+    assert a.code is ErrorCode.SEQUENCE_TOO_OLD
+    assert a.message.startswith("producer 7: sequence 5 is in the log already") and "forgotten" in a.message
 
 
 def test_refused_frame_fails_the_request_not_leader() -> None:

@@ -21,7 +21,7 @@ from collections.abc import Iterator
 from typing import Final, TextIO
 
 from shmraft.client import Client, NoNodeReachable, ShmraftError
-from shmraft.client.client import leader_address, member_address
+from shmraft.client.client import RESET_DEFAULT, RESETS, leader_address, member_address
 from shmraft.client.futures import BatchFuture
 
 ADDRESSES_ENV: Final = "SHMRAFT_ADDRESSES"  # default for --addresses when set
@@ -83,6 +83,13 @@ def _parser() -> argparse.ArgumentParser:
         default=0,
         metavar="OFFSET",
         help="first offset to read (default 0, the start of the log)",
+    )
+    c.add_argument(
+        "--reset",
+        choices=RESETS,
+        default=RESET_DEFAULT,
+        help="an offset below the log start (deleted by retention): read from the earliest event held "
+        "(default), from the commit offset (latest), or fail (error)",
     )
     c.add_argument("--follow", "-f", action="store_true", help="keep waiting for new events")
     c.add_argument("--json", action="store_true", help="one JSON object per line: offset, value [, encoding]")
@@ -182,7 +189,7 @@ def _consume(client: Client, args: argparse.Namespace, out: TextIO) -> int:
     if args.max == 0:
         return EXIT_OK
     count = 0
-    records = client.consume(args.from_offset, follow=args.follow)
+    records = client.consume(args.from_offset, follow=args.follow, reset=args.reset)
     try:
         for offset, value in records:
             if args.json:

@@ -8,6 +8,7 @@ producer id and the same sequences, so the server's deduplication keeps every ev
 
 from __future__ import annotations
 
+import logging
 import secrets
 import ssl
 import threading
@@ -28,6 +29,7 @@ from shmraft.client.errors import (
     ConnectionFailed,
     NoNodeReachable,
     OffsetOutOfRange,
+    SequenceTooOld,
     ShmraftError,
     Unauthorized,
     UnavailableError,
@@ -91,6 +93,9 @@ FETCH_BYTES_DEFAULT: Final = 1024 * 1024  # event bytes asked for by one FETCH
 FETCH_BYTES_MAX: Final = MESSAGE_BODY_MAX_BYTES // 2  # an answer must fit the 4 MiB body limit with its tables
 FETCH_POLL_WAIT_MS_DEFAULT: Final = 500  # long-poll wait of one FETCH when following
 _U32_MAX: Final = 2**32 - 1
+RESETS: Final = ("earliest", "latest", "error")  # what consume() does with an offset below the log start
+RESET_DEFAULT: Final = "earliest"
+_log = logging.getLogger("shmraft.client")
 
 
 class Record(NamedTuple):
@@ -311,6 +316,11 @@ class Client:
                     ) from None
                 self._next_sequence = batch.first_sequence + start
                 raise
+            except SequenceTooOld:
+                # In the log already (offsets forgotten): these sequences are used; the rest of the batch is not.
+                self._unacked = None
+                self._next_sequence = batch.first_sequence + end
+                raise
             except ShmraftError:
                 # Refused for good (too large, malformed, unauthorized): not in the log; reuse the sequences.
                 self._unacked = None
@@ -435,24 +445,35 @@ class Client:
         follow: bool = False,
         max_bytes: int = FETCH_BYTES_DEFAULT,
         poll_wait_ms: int = FETCH_POLL_WAIT_MS_DEFAULT,
+        reset: str = RESET_DEFAULT,
     ) -> Iterator[Record]:
         """Committed events at or after `from_offset`, in log order, as Records (offset, value).
 
         Reads from any node (the one this client talks to first) and fails over on connection errors and
         when a node does not answer within FETCH_ATTEMPT_TIMEOUT_S after the long-poll wait (a hung node).
         Without `follow` it stops at the commit offset the node reports; with `follow` it long-polls
-        (`poll_wait_ms` per FETCH) forever. Raises OffsetOutOfRange, or NoNodeReachable when no node
-        answers for `timeout_s`.
+        (`poll_wait_ms` per FETCH) forever.
+
+        `reset` (Kafka's auto.offset.reset) says what an offset below the earliest one the node holds (deleted
+        by retention) becomes: "earliest" (the default: read from the oldest event still held, skipping only
+        what was deleted), "latest" (skip to the commit offset: only events committed from now on) or
+        "error" (raise OffsetOutOfRange, which carries `earliest_offset` and `latest_offset`). An offset past
+        a node's log end is looked for on the other nodes (a lagging node) and raises OffsetOutOfRange if no
+        node has it within `timeout_s`. Raises NoNodeReachable when no node answers for `timeout_s`.
         """
+        if reset not in RESETS:
+            raise ValueError(f"reset: expected one of {', '.join(RESETS)}, got {reset!r}")
         if not 0 <= from_offset <= U64_MAX:
             raise ValueError(f"from_offset: expected a u64, got {from_offset}")
         if not 1 <= max_bytes <= FETCH_BYTES_MAX:
             raise ValueError(f"max_bytes: expected 1..{FETCH_BYTES_MAX}, got {max_bytes}")
         if not 0 <= poll_wait_ms <= _U32_MAX:
             raise ValueError(f"poll_wait_ms: expected 0..{_U32_MAX}, got {poll_wait_ms}")
-        return self._consume(from_offset, follow, max_bytes, poll_wait_ms)
+        return self._consume(from_offset, follow, max_bytes, poll_wait_ms, reset)
 
-    def _consume(self, next_offset: int, follow: bool, max_bytes: int, poll_wait_ms: int) -> Iterator[Record]:
+    def _consume(
+        self, next_offset: int, follow: bool, max_bytes: int, poll_wait_ms: int, reset: str
+    ) -> Iterator[Record]:
         conn: Connection | None = None
         backoff = Backoff()
         last_ok = time.monotonic()
@@ -463,6 +484,8 @@ class Client:
             while True:
                 stale_deadline = last_ok + self.timeout_s
                 if time.monotonic() > stale_deadline and conn is None:
+                    if isinstance(last_error, OffsetOutOfRange):
+                        raise last_error
                     if last_error is not None and last_error.code is not None:
                         raise UnavailableError(
                             f"no FETCH answered within {self.timeout_s:g} s: {last_error}", code=last_error.code
@@ -491,9 +514,23 @@ class Client:
                     continue
                 if isinstance(answer, Error):
                     if answer.code is ErrorCode.OFFSET_OUT_OF_RANGE:
-                        raise OffsetOutOfRange(
-                            f"offset {offset} out of range at {conn.address}: {answer.message}", code=answer.code
+                        error = OffsetOutOfRange(
+                            f"offset {offset} out of range at {conn.address}: {answer.message}",
+                            code=answer.code,
+                            earliest_offset=answer.earliest_offset,
+                            latest_offset=answer.latest_offset,
                         )
+                        if offset >= answer.earliest_offset:  # past this node's log end: it may lag; try another
+                            last_error = error
+                            conn.close()
+                            conn, prefer = None, None
+                            backoff.sleep(time.monotonic() + RETRY_BACKOFF_MAX_S)
+                            continue
+                        if reset == "error":
+                            raise error
+                        next_offset = answer.earliest_offset if reset == "earliest" else answer.latest_offset
+                        _log.warning("%s; reset to the %s offset %d", error, reset, next_offset)
+                        continue
                     if answer.code is ErrorCode.NOT_LEADER or answer.code.retriable:
                         last_error = error_from_server(answer.code, answer.message, answer.leader, conn.address)
                         prefer = answer.leader or None

@@ -14,8 +14,10 @@ go out), answers queued for a client that does not read (OUTBUF_MAX_BYTES), part
 While `hold_reads()` is true (the R1 ring is full) no connection is read. Out of file descriptors, accepts
 pause for ACCEPT_PAUSE_MS instead of spinning.
 
-Bad input: a client that breaks the protocol gets ERROR MALFORMED naming the field (UNAUTHORIZED before a
-required AUTH) and is disconnected; it is logged (rate-limited) and counted, and the process keeps running.
+Bad input: a client that breaks the protocol gets ERROR MALFORMED naming the field, with the request's
+correlation id whenever its header's magic was right (UNAUTHORIZED before a required AUTH; another protocol
+version gets MALFORMED naming both versions, in that version's layout) and is disconnected; it is logged
+(rate-limited) and counted, and the process keeps running.
 """
 
 from __future__ import annotations
@@ -116,10 +118,14 @@ class ClientConnections:
         self._flush(conn)
 
     def send_error_and_close(self, conn: Connection, cid: int, code: cp.ErrorCode, message: str) -> None:
+        self.send_and_close(conn, cp.encode_error(cid, code, message))
+
+    def send_and_close(self, conn: Connection, answer: bytes) -> None:
+        """Send what is queued and `answer`, then close (MALFORMED, UNAUTHORIZED, SHUTTING_DOWN)."""
         # One non-blocking send: the socket buffer almost always has room for the answer, and a client that
         # does not read (or thousands being dropped at once) must never stall the loop.
         try:
-            conn.sock.send(bytes(conn.out) + cp.encode_error(cid, code, message))
+            conn.sock.send(bytes(conn.out) + answer)
         except OSError:
             pass
         self.close(conn)
@@ -267,7 +273,7 @@ class ClientConnections:
                 )
                 self.send_error_and_close(
                     conn,
-                    0,
+                    conn.reader.pending_correlation_id,
                     cp.ErrorCode.MALFORMED,
                     f"request not completed within {self.config.client_request_timeout_ms} ms",
                 )
@@ -331,10 +337,13 @@ class ClientConnections:
             self.state.add("errors")
             self.record["errors"] += 1
             self.badlog.warning("bad client", "client %s broke the protocol (%s); disconnected", conn.addr, exc)
-            if conn.authed:
-                self.send_error_and_close(conn, 0, cp.ErrorCode.MALFORMED, str(exc))
+            cid = exc.correlation_id if isinstance(exc, cp.MessageError) else 0
+            if isinstance(exc, cp.MessageError) and exc.version:
+                self.send_and_close(conn, cp.encode_version_refused(cid, exc.version))
+            elif conn.authed:
+                self.send_error_and_close(conn, cid, cp.ErrorCode.MALFORMED, str(exc))
             else:
-                self.send_error_and_close(conn, 0, cp.ErrorCode.UNAUTHORIZED, f"expected AUTH first ({exc})")
+                self.send_error_and_close(conn, cid, cp.ErrorCode.UNAUTHORIZED, f"expected AUTH first ({exc})")
             return
         if not conn.reader.buffered_bytes:
             conn.partial_since_s = 0.0

@@ -1,11 +1,14 @@
-"""The fetch server: FETCH answers from the committed log (docs/PROTOCOL.md section 2), on any node.
+"""The fetch server: FETCH answers from the committed log (docs/PROTOCOL.md section 2.5), on any node.
 
 Committed batches are read from the raft worker's RocksDB log through a secondary instance
 (`RocksLogReader`), caught up when the commit index passes what it has seen, and reopened when the raft worker
 quarantined the log and started a new one (the state block's `quarantines` counter). An answer holds whole
-batches from the requested offset on, up to `min(max_bytes, fetch_bytes_max)` (at least one batch), built
-without a per-event object. A fetch at or past the commit index with `max_wait_ms > 0` waits (a long poll,
-at most FETCH_WAIT_MAX_MS) until events are committed there or its wait ends, and is then answered.
+batches from the requested offset on (the first from the requested position), until their event bytes reach
+`min(max_bytes, fetch_bytes_max)`: at least one batch with events whenever one is committed at or after the
+offset. Leaders' no-op entries are skipped, so an empty answer always means "nothing committed here yet".
+A FETCH below the earliest held offset, or past the node's log end, is answered OFFSET_OUT_OF_RANGE with the
+earliest offset and the commit offset. A FETCH with `max_wait_ms > 0` that would be answered empty waits
+(a long poll, at most FETCH_WAIT_MAX_MS) until an event is committed at or after its offset or its wait ends.
 """
 
 from __future__ import annotations
@@ -35,6 +38,7 @@ class _Parked:
     conn: Connection
     request: cp.Fetch
     deadline_s: float  # monotonic
+    commit_seen: int  # the commit index when it was last found empty: worth trying again once it moves
 
 
 class FetchServer:
@@ -56,28 +60,45 @@ class FetchServer:
         return {f.conn.id for f in self.parked}
 
     def fetch(self, conn: Connection, req: cp.Fetch, now_s: float) -> None:
-        """A new FETCH: answer it now, or park it if it asks to wait for events not yet committed."""
-        self._fetch(conn, req, now_s, first_try=True)
+        """A new FETCH: answer it now, or park it if it would be answered empty and asks to wait."""
+        wait_s = min(req.max_wait_ms, FETCH_WAIT_MAX_MS) / 1000
+        self._serve(_Parked(conn, req, now_s + wait_s, 0), now_s)
 
     def retry(self, now_s: float) -> None:
-        """Answer the parked fetches whose offset is now committed or whose wait has ended."""
+        """Try the parked fetches again where the commit index moved, and answer those whose wait has ended."""
         if not self.parked:
             return
         waiting = self.parked
         self.parked = []
+        commit = self.state.get("commit_index")
         for f in waiting:
             if f.conn.closed:
                 continue
-            commit = self.state.get("commit_index")
-            ready = f.request.from_offset // BATCH_EVENTS_MAX <= commit
-            if ready or now_s >= f.deadline_s:
-                self._fetch(f.conn, f.request, now_s, first_try=False)
+            if commit > f.commit_seen or now_s >= f.deadline_s:
+                self._serve(f, now_s)
             else:
                 self.parked.append(f)
 
     def close(self) -> None:
         if self.log_reader is not None:
             self.log_reader.close()
+
+    def _serve(self, f: _Parked, now_s: float) -> None:
+        commit = self.state.get("commit_index")
+        answer = self._answer(f.request, commit)
+        if answer is None and now_s < f.deadline_s:
+            f.commit_seen = commit
+            self.parked.append(f)
+            return
+        if answer is None:
+            answer = cp.encode_fetched(
+                f.request.correlation_id,
+                max(f.request.from_offset, commit_offset(commit)),
+                commit_offset(commit),
+                [],
+                [],
+            )
+        self.write(f.conn, answer)
 
     def _reader(self) -> RocksLogReader | None:
         quarantines = self.state.get("quarantines")
@@ -97,56 +118,89 @@ class FetchServer:
                 return None
         return self.log_reader
 
-    def _fetch(self, conn: Connection, req: cp.Fetch, now_s: float, first_try: bool) -> None:
-        """Answer a fetch if committed events exist at or after its offset; park it (long poll) if not."""
-        commit = self.state.get("commit_index")
-        index, position = divmod(req.from_offset, BATCH_EVENTS_MAX)
-        index = max(index, 1)
-        commit_offset = (commit + 1) * BATCH_EVENTS_MAX
+    def _answer(self, req: cp.Fetch, commit: int) -> bytes | None:
+        """The answer to `req` with the log committed up to `commit`: FETCHED with events, OFFSET_OUT_OF_RANGE,
+        or None when no event is committed at or after its offset (yet)."""
         reader = self._reader()
-        if index > commit or reader is None:
-            if first_try and req.max_wait_ms > 0:
-                wait_s = min(req.max_wait_ms, FETCH_WAIT_MAX_MS) / 1000
-                self.parked.append(_Parked(conn, req, now_s + wait_s))
-                return
-            self.write(conn, cp.encode_fetched(req.correlation_id, req.from_offset, commit_offset, [], []))
-            return
+        if reader is None:
+            return None
         if reader.last_index() < commit:
             reader.catch_up()
+        index, position = divmod(req.from_offset, BATCH_EVENTS_MAX)
+        if req.from_offset < earliest_offset(reader.first_index()) or index > max(reader.last_index(), commit) + 1:
+            reader.catch_up()  # the view may be behind the raft worker's retention or appends: look again
+            earliest = earliest_offset(reader.first_index())
+            end_index = max(reader.last_index(), commit) + 1
+            if req.from_offset < earliest or index > end_index:
+                where = (
+                    f"below the earliest held offset {earliest}"
+                    if req.from_offset < earliest
+                    else (f"past this node's log end {end_index * BATCH_EVENTS_MAX}")
+                )
+                return cp.encode_error(
+                    req.correlation_id,
+                    cp.ErrorCode.OFFSET_OUT_OF_RANGE,
+                    f"offset {req.from_offset} is {where} (commit offset {commit_offset(commit)})",
+                    earliest_offset=earliest,
+                    latest_offset=commit_offset(commit),
+                )
         max_bytes = max(1, min(req.max_bytes, self.config.fetch_bytes_max))
-        try:
-            entries = reader.entries(index, min(commit, reader.last_index()) + 1, max_bytes)
-        except LogCompactedError as exc:
-            message = f"offset {req.from_offset}: the oldest retained is {exc.first_index * BATCH_EVENTS_MAX}"
-            self.write(conn, cp.encode_error(req.correlation_id, cp.ErrorCode.OFFSET_OUT_OF_RANGE, message))
-            return
+        last = min(commit, reader.last_index())
+        lo = max(index, reader.first_index(), 1)
         offsets, lengths, datas = [], [], []
         total = 0
         next_offset = req.from_offset
-        for e in entries:
-            next_offset = (e.index + 1) * BATCH_EVENTS_MAX
-            if not e.data:
-                continue
-            b = decode_batch(e.data)
-            skip = position if e.index == index else 0
-            if skip >= b.header.event_count:
-                continue
-            n = b.header.event_count - skip
-            offs = e.index * BATCH_EVENTS_MAX + np.arange(skip, skip + n, dtype=np.uint64)
-            start = int(b.offsets[skip])
-            offsets.append(offs)
-            lengths.append(b.lengths[skip:])
-            datas.append(b.data[start:])
-            total += len(b.data) - start
-            if total >= max_bytes:
-                break
-        if offsets:
-            body = encode_fetched_batches(
-                req.correlation_id, next_offset, commit_offset, np.concatenate(offsets), np.concatenate(lengths), datas
+        try:
+            while lo <= last and total < max_bytes:
+                entries = reader.entries(lo, last + 1, max_bytes - total)
+                if not entries:
+                    break
+                for e in entries:
+                    next_offset = (e.index + 1) * BATCH_EVENTS_MAX
+                    if not e.data:  # a leader's no-op entry: no events, skipped
+                        continue
+                    b = decode_batch(e.data)
+                    skip = position if e.index == index else 0
+                    if skip >= b.header.event_count:
+                        continue
+                    n = b.header.event_count - skip
+                    start = int(b.offsets[skip])
+                    offsets.append(e.index * BATCH_EVENTS_MAX + np.arange(skip, skip + n, dtype=np.uint64))
+                    lengths.append(b.lengths[skip:])
+                    datas.append(b.data[start:])
+                    total += len(b.data) - start
+                    if total >= max_bytes:
+                        break
+                lo = next_offset // BATCH_EVENTS_MAX
+        except LogCompactedError as exc:  # retention passed the offset while this view caught up
+            return cp.encode_error(
+                req.correlation_id,
+                cp.ErrorCode.OFFSET_OUT_OF_RANGE,
+                f"offset {req.from_offset} is below the earliest held offset {earliest_offset(exc.first_index)}",
+                earliest_offset=earliest_offset(exc.first_index),
+                latest_offset=commit_offset(commit),
             )
-            self.write(conn, body)
-        else:
-            self.write(conn, cp.encode_fetched(req.correlation_id, next_offset, commit_offset, [], []))
+        if not offsets:
+            return None
+        return encode_fetched_batches(
+            req.correlation_id,
+            next_offset,
+            commit_offset(commit),
+            np.concatenate(offsets),
+            np.concatenate(lengths),
+            datas,
+        )
+
+
+def commit_offset(commit_index: int) -> int:
+    """The offset just past the last committed batch's 64 offsets: every event below it is committed."""
+    return (commit_index + 1) * BATCH_EVENTS_MAX
+
+
+def earliest_offset(first_index: int) -> int:
+    """The earliest offset a FETCH may name: 0 while the log still begins at index 1, else the first offset
+    of the first entry held (offsets below it were deleted by retention)."""
+    return 0 if first_index <= 1 else first_index * BATCH_EVENTS_MAX
 
 
 def encode_fetched_batches(

@@ -6,8 +6,9 @@ appended, or what the dedup window said of it (shmraft/node/dedup.py):
 
 - APPENDED and DUPLICATE give an event its offset; a request whose events all have one waits for the commit
   index to reach the highest log index among them, and is then answered PRODUCED with the offsets;
-- OUT_OF_ORDER fails the request OUT_OF_ORDER_SEQUENCE; DUPLICATE_TOO_OLD (committed long ago, offset
-  forgotten) fails it MALFORMED; any other verdict (a frame the raft worker could not propose) NOT_LEADER;
+- OUT_OF_ORDER fails the request OUT_OF_ORDER_SEQUENCE; DUPLICATE_TOO_OLD (in the log long ago, offset
+  forgotten) fails it SEQUENCE_TOO_OLD; any other verdict (a frame the raft worker could not propose)
+  NOT_LEADER;
 - a new term or another leader fails every waiting request NOT_LEADER, and so does `fail_all`;
 - a request past its timeout fails TIMEOUT (UNAVAILABLE where this node is no longer the leader).
 
@@ -228,8 +229,11 @@ class ProduceTracker:
                 code = ErrorCode.OUT_OF_ORDER_SEQUENCE
                 message = f"producer {pid}: sequence {int(seqs[hit][0])} does not follow the last one in the log"
             elif v == dd.Verdict.DUPLICATE_TOO_OLD:
-                code = ErrorCode.MALFORMED
-                message = f"producer {pid}: sequence {int(seqs[hit][0])} was committed long ago (offset forgotten)"
+                code = ErrorCode.SEQUENCE_TOO_OLD
+                message = (
+                    f"producer {pid}: sequence {int(seqs[hit][0])} is in the log already, older than the dedup "
+                    "window remembers (its offset is forgotten); do not resend it"
+                )
             else:  # Verdict.NOT_PROPOSED: the raft worker could not propose the frame
                 code = ErrorCode.NOT_LEADER
                 message = "leadership changed before the events were appended"

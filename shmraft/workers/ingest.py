@@ -20,13 +20,13 @@ from typing import Final
 
 from shmraft.ingest.connections import ClientConnections, Connection
 from shmraft.ingest.fetch import FetchServer
+from shmraft.ingest.limits import node_limits
 from shmraft.ingest.tracker import NS_PER_MS, Answer, ProduceTracker
 from shmraft.ipc.state import NodeStatus, Worker, latency_bucket
 from shmraft.node.layout import Ring
 from shmraft.node.records import NoteKind, decode_note
 from shmraft.raft.types import Role
 from shmraft.wire import client as cp
-from shmraft.wire.errors import RemoteProtocolError
 from shmraft.workers.base import Inbox, WorkerBase, selector_loop_once
 
 LOOP_WAIT_MS: Final = 50
@@ -50,6 +50,7 @@ class IngestWorker(WorkerBase):
         self.tracker = ProduceTracker(config.node_id, self.state.get("term"), config.produce_timeout_ms_default)
         self.fetches = FetchServer(config, self.state, self.log, self.conns.write)
         self.latency_buckets = self.state.node["commit_latency_buckets"]  # a view into the state block
+        self.limits = node_limits(config)
 
     # --- the loop ------------------------------------------------------------------------------------------
 
@@ -93,7 +94,9 @@ class IngestWorker(WorkerBase):
         elif isinstance(msg, cp.Metadata):
             self._metadata(conn, msg)
         else:
-            raise RemoteProtocolError("kind", "a request (PRODUCE, FETCH, METADATA)", type(msg).__name__)
+            raise cp.MessageError(
+                "kind", "a request (PRODUCE, FETCH, METADATA, AUTH)", type(msg).__name__, msg.correlation_id
+            )
 
     def _produce(self, conn: Connection, msg: cp.Produce) -> None:
         status = self.state.get("status")
@@ -140,6 +143,7 @@ class IngestWorker(WorkerBase):
                 self.state.get("commit_index"),
                 self.config.node_id,
                 members,
+                self.limits,
             ),
         )
 
@@ -193,7 +197,11 @@ class IngestWorker(WorkerBase):
             leader_id = self.state.get("leader_id")
             if leader_id and leader_id != self.config.node_id:
                 leader = self.config.member(leader_id).client_address
-        self.conns.write(conn, cp.encode_error(cid, code, message, leader))
+        answer = cp.encode_error(cid, code, message, leader)
+        if code.closes_connection:
+            self.conns.send_and_close(conn, answer)
+        else:
+            self.conns.write(conn, answer)
 
     def _record_latency(self, ns: int) -> None:
         """Commit latency of one PRODUCE (receipt to PRODUCED) into the state block's histogram (we are its
