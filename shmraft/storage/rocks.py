@@ -176,6 +176,18 @@ class StorageStats:
     compactions: int = 0
     entries_compacted: int = 0
     write_seconds: float = 0.0  # wall time spent in RocksDB writes (includes fsync)
+    entries_verified: int = 0  # entries checked by verify() (at open: the start-up check's work)
+
+
+@dataclass(frozen=True, slots=True)
+class TableFile:
+    """One live SST file of the entries column family: RocksDB's file number and size, and the index range
+    of the keys it holds (some may be range-deleted)."""
+
+    number: int
+    size_bytes: int
+    first_index: int
+    last_index: int
 
 
 # --- encoding helpers ------------------------------------------------------------------------------
@@ -419,17 +431,27 @@ class _LogView:
             self._diagnose_missing(expect, "iteration stopped before the last index")
         return out
 
-    def verify(self, progress: Callable[[], None] | None = None) -> int:
-        """Full scan: checksums, contiguity, non-decreasing terms, cum_bytes. Returns entries checked.
-        O(log size): at start-up and for fsck-style tools, not for the hot path. `progress` is called every
-        VERIFY_PROGRESS_ENTRIES entries (a worker's heartbeat, so a long scan is not taken for a stall)."""
+    def verify(self, progress: Callable[[], None] | None = None, lo: int | None = None, hi: int | None = None) -> int:
+        """Scan entries [lo, hi] (default: the whole log): checksums (RocksDB's block checksums and each
+        entry's CRC32), contiguity, non-decreasing terms, cum_bytes continuing from entry lo - 1. Returns
+        the entries checked. O(range): at start-up and for fsck-style tools, not for the hot path.
+        `progress` is called every VERIFY_PROGRESS_ENTRIES entries (a worker's heartbeat, so a long scan is
+        not taken for a stall)."""
         self._check_open()
-        index = self._snap_index + 1
-        prev_term, cum = self._snap_term, self._snap_cum
+        first = self._snap_index + 1
+        lo = first if lo is None else lo
+        hi = self._last_index if hi is None else hi
+        if lo < first or hi > self._last_index:
+            raise ValueError(f"verify [{lo}, {hi}] outside the log [{first}, {self._last_index}]")
+        if lo > hi:
+            return 0
+        prev_term, cum = (self._snap_term, self._snap_cum) if lo == first else self._term_cum(lo - 1)
+        index = lo
         ro = rocksdict.ReadOptions()
         ro.set_verify_checksums(True)
+        ro.set_iterate_upper_bound(index_key(hi + 1))
         try:
-            for key, value in self._db.items(read_opt=ro):
+            for key, value in self._db.items(from_key=index_key(lo), read_opt=ro):
                 got = int.from_bytes(key, "big")
                 if len(key) != INDEX_BYTES or got != index:
                     self._diagnose_missing(index, f"unexpected key {key!r}")
@@ -445,9 +467,42 @@ class _LogView:
                     progress()
         except Exception as exc:
             raise _map_rocks_error(exc, index) from exc
-        if index - 1 != self._last_index:
-            self._diagnose_missing(index, f"log ends at {index - 1}, expected {self._last_index}")
-        return index - 1 - self._snap_index
+        if index - 1 != hi:
+            self._diagnose_missing(index, f"the scan ends at {index - 1}, expected {hi}")
+        if hi == self._last_index and (prev_term, cum) != (self._last_term, self._last_cum):
+            raise CorruptLogError(hi, f"last entry's term/cum_bytes {prev_term}/{cum} disagree with the index")
+        checked = hi - lo + 1
+        self._stats.entries_verified += checked
+        return checked
+
+    def entry_fingerprint(self, index: int) -> tuple[int, int, int]:
+        """(term, cum_bytes, stored CRC32) of a held entry, checksum verified: what identifies it across
+        restarts (the CRC covers index, term, cum_bytes and data)."""
+        self._check_open()
+        if index <= self._snap_index or index > self._last_index:
+            raise LogOrderError(f"entry {index} is not held ([{self._snap_index + 1}, {self._last_index}])")
+        key = index_key(index)
+        with _rocks(index):
+            value = self._db.get(key, read_opt=self._ro)
+        if value is None:
+            raise CorruptLogError(index, "entry missing inside [first_index, last_index]")
+        term, cum, _ = _decode_entry(index, key, value)
+        return term, cum, _CRC.unpack_from(value, _ENTRY_HEAD.size)[0]
+
+    def table_files(self) -> list[TableFile]:
+        """The live SST files that hold log entries (RocksDB metadata only, no I/O on the files). SST files
+        are immutable, so a file checked once stays checked unless the disk damages it."""
+        self._check_open()
+        with _rocks():
+            files = self._db.live_files()
+        out = []
+        for f in files:
+            start, end = f["start_key"], f["end_key"]
+            if len(start) != INDEX_BYTES or len(end) != INDEX_BYTES:
+                continue  # the meta column family's file (read and checksummed whole at every open)
+            number = int(os.path.basename(f["name"]).split(".")[0])
+            out.append(TableFile(number, f["size"], int.from_bytes(start, "big"), int.from_bytes(end, "big")))
+        return out
 
     def close(self) -> None:
         """Close the database (idempotent). Buffered writes are flushed to the OS by RocksDB."""
@@ -768,6 +823,7 @@ class RocksLogReader(_LogView):
     def __init__(self, path: str | os.PathLike[str], secondary_dir: str | os.PathLike[str]) -> None:
         self.path = os.fspath(path)
         self.secondary_dir = os.fspath(secondary_dir)
+        self._stats = StorageStats()  # only entries_verified moves here
         if not os.path.isdir(self.path):
             raise StorageError(f"no log at {self.path}")
         _make_private_dir(self.secondary_dir)

@@ -78,7 +78,8 @@ class RaftWorker(WorkerBase):
         self._fault = StorageFault.OK
         self._fault_logged_ms = 0.0
         self._retry_at = 0.0  # monotonic time of the next attempt to reopen the storage; inf = never
-        self._verified = False  # the full check on open is done once per process (reopens after ENOSPC skip it)
+        self._verified = False  # the check on open is done once per process (reopens after ENOSPC skip it)
+        self._scan_all = False  # corruption met while running: the next open scans the whole log, not the tail
         self._open_storage()
         self.sel = selectors.DefaultSelector()
         self.links = PeerLinks(
@@ -117,6 +118,7 @@ class RaftWorker(WorkerBase):
                 retain_entries_max=c.retain_entries_max,
                 retain_bytes_max=c.retain_bytes_max,
                 verify=not self._verified,
+                full_scan=self._scan_all,
                 progress=self.beat,
             )
         except HardStateLostError as exc:
@@ -128,6 +130,7 @@ class RaftWorker(WorkerBase):
             self._set_fault(StorageFault.DISK_FULL if is_disk_full(exc) else StorageFault.IO_ERROR, str(exc))
             return False
         self._verified = True
+        self._scan_all = False
         if nl.quarantined is not None:
             self.state.add("quarantines")
             self.log.error(
@@ -140,18 +143,22 @@ class RaftWorker(WorkerBase):
         first = nl.first_index()
         applied = max(min(hs.commit, nl.last_index()), first - 1, nl.snapshot_index())
         self.storage = nl
-        self.core = RaftCore(
-            c.node_id,
-            [p.node_id for p in c.peers],
-            nl,
-            RaftConfig.from_node_config(c),
-            random.Random(int.from_bytes(os.urandom(8), "little")),
-            applied=applied,
-            recovery_term=nl.recovery_term,
-        )
-        self.dedup = dd.DedupTable(producers_max=c.dedup_producers_max)
-        self._decoded.clear()
-        self._rebuild_dedup()
+        try:  # reads below the verified mark meet damage the open check skipped: full check, as when running
+            self.core = RaftCore(
+                c.node_id,
+                [p.node_id for p in c.peers],
+                nl,
+                RaftConfig.from_node_config(c),
+                random.Random(int.from_bytes(os.urandom(8), "little")),
+                applied=applied,
+                recovery_term=nl.recovery_term,
+            )
+            self.dedup = dd.DedupTable(producers_max=c.dedup_producers_max)
+            self._decoded.clear()
+            self._rebuild_dedup()
+        except (StorageIOError, CorruptLogError) as exc:
+            self._storage_failed(exc)
+            return False
         if self._fault != StorageFault.OK:
             self.log.warning(
                 "storage usable again after %s: log [%d..%d], term %d, rejoining the cluster",
@@ -184,6 +191,7 @@ class RaftWorker(WorkerBase):
         self._decoded.clear()
         if fault == StorageFault.CORRUPT:
             self._verified = False  # the reopen must run the full check, which quarantines the log
+            self._scan_all = True
         self._retry_at = time.monotonic() + delay_ms / 1000
         self._set_fault(fault, f"{exc}{' (stepped down as leader)' if was_leader else ''}")
         self._publish_state()
@@ -266,6 +274,8 @@ class RaftWorker(WorkerBase):
                     self._refusals_counted = self.links.refusals
                 try:
                     last_tick = self._iterate(last_tick)
+                    if self.storage is not None:
+                        self.storage.persist_mark_if_due()  # the next start checks only what follows
                 except (StorageIOError, CorruptLogError) as exc:
                     self._storage_failed(exc)
                 self._flush_notes()
