@@ -130,7 +130,8 @@ class Client:
     raises `NodeNotServing` naming it: when it does not answer within `timeout_s` (connections and hung
     FETCHes are retried on it alone), or at once when it answers what would send an ordinary client elsewhere
     (NOT_LEADER, OFFSET_OUT_OF_RANGE past its log end, a retriable error). For verifiers that read "each node's
-    log"; metadata() and produce() ask that node only, too (produce() raises NodeNotServing on NOT_LEADER).
+    log"; metadata(), produce() and producers use that node only, too (produce() raises NodeNotServing on
+    NOT_LEADER, a Producer keeps retrying that node until its timeout).
     """
 
     def __init__(
