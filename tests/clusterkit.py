@@ -16,11 +16,11 @@ from collections import Counter
 from pathlib import Path
 from typing import Any
 
-from shmraft.client import Client, ShmraftError
+from shmraft.client import Client, NodeNotServing, ShmraftError
 from shmraft.config import local_cluster
 from shmraft.supervisor.cluster import LocalCluster, free_port_base
 from shmraft.testing.cluster import ClusterDriver
-from shmraft.testing.wait import wait_for
+from shmraft.testing.wait import WAIT_INTERVAL_S, wait_for
 
 __all__ = ["Harness", "Load", "free_port_base", "verify", "wait_for"]
 
@@ -64,7 +64,7 @@ class Harness(ClusterDriver):
         self.start_node(node_id)
 
     def read_log(self, node_id: int, timeout_s: float = 30.0, **client_options: Any) -> list[tuple[int, bytes]]:
-        """Every committed event that `node_id` serves, in order (consumed from that node only)."""
+        """Every committed event that `node_id` serves, in order, from that node only (NodeNotServing if not)."""
         return super().read_log(node_id, timeout_s, **{**self.client_options, **client_options})
 
 
@@ -114,19 +114,32 @@ class Load:
         self._thread.join(timeout=60)
 
 
-def verify(harness: Harness, acked: dict[bytes, int], node_ids: list[int] | None = None) -> list[tuple[int, bytes]]:
+VERIFY_TIMEOUT_S = 120.0  # how long verify() re-reads while nodes catch up
+READ_ATTEMPT_MIN_S = 1.0  # one node's read gets at least this long, even close to verify's deadline
+
+
+def verify(
+    harness: Harness,
+    acked: dict[bytes, int],
+    node_ids: list[int] | None = None,
+    timeout_s: float = VERIFY_TIMEOUT_S,
+) -> list[tuple[int, bytes]]:
     """Every acknowledged event is on every node exactly once, at its acknowledged offset, and all nodes hold
-    the same log. Returns the log."""
+    the same log, each read from that node and no other. Returns the log.
+
+    The logs are read again until every node reports the same commit index, serves its own log, and no commit
+    lands while they are read (a node catching up after a restart); a node that is still behind, stuck or not
+    serving at `timeout_s` fails the check with its name and what it said.
+    """
     nodes = node_ids or [c.node_id for c in harness.configs]
-
-    def settled_logs() -> dict[int, list[tuple[int, bytes]]] | None:
-        # The logs are read one node after another: a commit landing meanwhile (say an unacknowledged event
-        # committed by a new leader) would make them differ for no fault of the cluster, so read again.
-        commit = harness.wait_commit_equal()
-        logs = {n: harness.read_log(n) for n in nodes}
-        return logs if harness.wait_commit_equal() == commit else None
-
-    logs = wait_for(settled_logs, 120, "the logs read while no commit lands")
+    deadline = time.monotonic() + timeout_s
+    while True:
+        logs, problems = _read_logs(harness, nodes, deadline)
+        if not problems:
+            break
+        if time.monotonic() >= deadline:
+            raise AssertionError(f"the nodes' logs did not settle within {timeout_s:g} s: " + "; ".join(problems))
+        time.sleep(WAIT_INTERVAL_S)
     reference = max(logs.values(), key=len)
     for node, entries in logs.items():
         assert entries == reference, f"node {node}'s log differs from the longest ({len(entries)} vs {len(reference)})"
@@ -141,3 +154,27 @@ def verify(harness: Harness, acked: dict[bytes, int], node_ids: list[int] | None
     offsets = [o for o, _ in reference]
     assert offsets == sorted(offsets) and len(set(offsets)) == len(offsets)
     return reference
+
+
+def _read_logs(
+    harness: Harness, nodes: list[int], deadline: float
+) -> tuple[dict[int, list[tuple[int, bytes]]], list[str]]:
+    """Each node's log, read from that node only, and what keeps them from being settled (empty if nothing):
+    nodes at different commit indexes, a node that does not serve its own log, a commit landing meanwhile."""
+    commits = {n: harness.commit_indexes()[n] for n in nodes}
+    logs: dict[int, list[tuple[int, bytes]]] = {}
+    problems: list[str] = []
+    for n in nodes:
+        try:
+            logs[n] = harness.read_log(n, max(deadline - time.monotonic(), READ_ATTEMPT_MIN_S))
+        except NodeNotServing as exc:
+            problems.append(f"node {n}: {exc}")
+    if len(set(commits.values())) != 1 or None in commits.values():
+        top = max((c for c in commits.values() if c is not None), default=None)
+        behind = [n for n, c in commits.items() if c != top]
+        problems.append(f"node(s) {behind} behind: commit indexes {commits}")
+    elif {n: harness.commit_indexes()[n] for n in nodes} != commits:
+        problems.append("a commit landed while the logs were read")
+    if problems and logs:
+        problems.append("events served " + ", ".join(f"node {n}: {len(entries)}" for n, entries in logs.items()))
+    return logs, problems

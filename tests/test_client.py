@@ -15,6 +15,7 @@ from shmraft.client import (
     BufferFull,
     Client,
     CommitTimeout,
+    NodeNotServing,
     NoNodeReachable,
     OffsetOutOfRange,
     Producer,
@@ -511,3 +512,64 @@ def test_single_fake_node_and_default_addresses() -> None:
         assert Client().addresses == ["127.0.0.1:7101", "127.0.0.1:7201", "127.0.0.1:7301"]
     finally:
         node.stop()
+
+
+# --- a client bound to one node (only_node) ---------------------------------------------------------------
+
+
+def test_only_node_takes_exactly_one_address(cluster: FakeCluster) -> None:
+    with pytest.raises(ValueError, match="exactly one address"):
+        Client(cluster.addresses, only_node=True)
+
+
+def test_only_node_learns_no_member_and_reads_that_node_even_after_metadata(cluster: FakeCluster) -> None:
+    with Client(cluster.addresses, timeout_s=TIMEOUT_S) as cl:
+        offsets = cl.produce_many([b"a", b"b"])
+    cluster.node(2).min_offset = offsets[1]  # node 2's log starts later (retention): its answers are its own
+    follower = cluster.node(2).address
+    with Client([follower], timeout_s=TIMEOUT_S) as cl:
+        cl.metadata()  # learns the members and the leader (node 1), which consume() then prefers
+        assert [v for _, v in cl.consume(0)] == [b"a", b"b"]
+    with Client([follower], timeout_s=TIMEOUT_S, only_node=True) as cl:
+        answer = cl.metadata()
+        assert len(answer.members) == 3 and cl.addresses == [follower]
+        assert [v for _, v in cl.consume(0)] == [b"b"]
+        with pytest.raises(OffsetOutOfRange, match=follower):
+            list(cl.consume(0, reset="error"))
+
+
+def test_only_node_consume_from_a_hung_node_raises_naming_it_instead_of_moving(cluster: FakeCluster) -> None:
+    # An ordinary client reads the same events from another node (test_consume_fails_over_from_a_hung_node);
+    # one bound to the node must not, even though METADATA told it the other members.
+    address = cluster.node(1).address
+    with Client([address], timeout_s=TIMEOUT_S, only_node=True) as cl:
+        cl.produce_many([b"a", b"b"])
+        cl.metadata()
+        cluster.node(1).hang()
+        try:
+            with pytest.raises(NodeNotServing, match=f"node {address} ") as info:
+                list(cl.consume(0))
+        finally:
+            cluster.node(1).resume()
+    assert info.value.address == address and "no FETCH answered" in str(info.value)
+
+
+def test_only_node_consume_from_a_stopped_node_raises_naming_it(cluster: FakeCluster) -> None:
+    address = cluster.node(3).address
+    cluster.node(3).stop()
+    with Client([address], timeout_s=1.0, connect_timeout_s=0.2, only_node=True) as cl:
+        with pytest.raises(NodeNotServing, match=f"node {address} "):
+            list(cl.consume(0))
+        with pytest.raises(NodeNotServing, match=f"node {address} "):
+            cl.metadata()
+
+
+def test_only_node_produce_to_a_follower_raises_not_leader_without_moving(cluster: FakeCluster) -> None:
+    follower = cluster.node(2).address
+    with (
+        Client([follower], timeout_s=TIMEOUT_S, only_node=True) as cl,
+        pytest.raises(NodeNotServing, match="NOT_LEADER") as info,
+    ):
+        cl.produce(b"x")
+    assert info.value.code is ErrorCode.NOT_LEADER and info.value.address == follower
+    assert cluster.log.values() == []

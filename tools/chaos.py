@@ -842,11 +842,13 @@ def verify_logs(camp: Campaign, run_id: str, got: lg.Acked) -> tuple[dict[str, A
 
 
 def failed(v: dict[str, Any], recovered: bool) -> bool:
-    """Loss, a duplicate, divergence, an invented or misplaced event, an unreadable node, or no recovery."""
+    """Loss, a duplicate, divergence, a node behind, an invented or misplaced event, an unreadable node, or no
+    recovery."""
     return bool(
         v["lost"]
         or v["duplicated"]
         or v["divergent"]
+        or v["behind"]
         or v["invented"]
         or v["misplaced"]
         or v["read_errors"]

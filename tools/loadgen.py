@@ -14,9 +14,11 @@ Latency is an HDR-style histogram (log buckets, 1% wide) over every acknowledged
 producers. Faults act on the local cluster's processes (pids from the shared state blocks); each fault is
 reported with the client-seen unavailability (time from the fault to the next acknowledged event).
 
---verify reads every node's committed log separately from offset 0 and checks: every acknowledged event
-present exactly once and at its acknowledged offset, the same order on every node (each node's log a
-prefix of the longest), nothing that was never produced. Exit status 1 on loss, duplicate or divergence.
+--verify reads every node's committed log separately from offset 0, from that node and no other (a client
+with `only_node`), and checks: every acknowledged event present exactly once and at its acknowledged offset,
+the same order on every node (each node's log a prefix of the longest), nothing that was never produced, every
+node serving its own log and none behind the longest. Exit status 1 on loss, duplicate, divergence, a node
+that does not serve its log or is still behind at the end of the wait.
 
 --start-cluster runs its own cluster in a temp dir and removes it (processes, /dev/shm, files) at the end,
 also on error, SIGTERM or Ctrl-C. --cpu-hogs N runs N busy loops at normal priority beside the cluster from
@@ -56,6 +58,7 @@ from shmraft.testing.hogs import CpuHogs  # noqa: E402
 
 DEFAULT_ADDRESSES = "127.0.0.1:7101,127.0.0.1:7201,127.0.0.1:7301"
 CLIENT_TIMEOUT_S = 30.0
+READ_ATTEMPT_MIN_S = 2.0  # verify gives one node's read at least this long, even at the end of its wait
 START_TIMEOUT_S = 60.0
 FAULT_WHOLE_WAIT_S = 30.0  # a periodic fault waits this long for the cluster to be whole again, then is skipped
 
@@ -482,7 +485,12 @@ def verify(
     log,
     wait_s: float = 30.0,
 ) -> dict[str, Any]:
-    """Reads every node's committed log (from that node only) and checks it against what was produced."""
+    """Reads every node's committed log (from that node and no other) and checks it against what was produced.
+
+    Re-reads until every node serves its own log and all have the same length, up to `wait_s` (a restarted node
+    catches up); a node that still does not serve its log (`read_errors`, the node named with what it said) or
+    serves fewer events than the longest (`behind`) then counts against the run.
+    """
     deadline = time.monotonic() + wait_s
     if nodes is not None:  # until every node reports the same commit index (a restarted node catches up)
         nodes.commits_equal_within(wait_s)
@@ -491,7 +499,7 @@ def verify(
         read_errors: dict[str, str] = {}
         for a in addresses:
             try:
-                logs[a] = read_log_at(a, CLIENT_TIMEOUT_S)
+                logs[a] = read_log_at(a, min(CLIENT_TIMEOUT_S, max(deadline - time.monotonic(), READ_ATTEMPT_MIN_S)))
             except ShmraftError as exc:
                 read_errors[a] = f"{type(exc).__name__}: {exc}"
         lens = {len(v) for v in logs.values()}
@@ -505,6 +513,7 @@ def verify(
     lost_any: set[bytes] = set()
     dup_any: set[bytes] = set()
     divergent_nodes = 0
+    behind_nodes = 0
     invented: set[bytes] = set()
     misplaced = 0
     foreign = 0
@@ -520,6 +529,8 @@ def verify(
         ordered = all(offsets[i] < offsets[i + 1] for i in range(len(offsets) - 1))
         if diverge_at is not None or not ordered:
             divergent_nodes += 1
+        elif len(values) < len(longest_values):
+            behind_nodes += 1  # a prefix of the longest: this node lags (or is stuck) at the end of the wait
         lost_any |= lost
         dup_any |= dups
         misplaced = max(misplaced, misplaced_here)
@@ -542,6 +553,7 @@ def verify(
             "diverges_at": diverge_at,
             "offsets_increasing": ordered,
             "misplaced": misplaced_here,
+            "behind_by": len(longest_values) - len(values),
         }
     found = len({v for v in longest_values if v in acked})
     result = {
@@ -550,6 +562,7 @@ def verify(
         "lost": len(lost_any),
         "duplicated": len(dup_any),
         "divergent": divergent_nodes,
+        "behind": behind_nodes,
         "invented": len(invented),
         "misplaced": misplaced,
         "unacknowledged_in_log": sum(1 for v in set(longest_values) if v.startswith(prefix) and v not in acked),
@@ -763,7 +776,15 @@ def verify_into(
     report["verify"] = v
     report.update({k: v[k] for k in ("found", "lost", "divergent", "invented")})
     report["duplicates"] = v["duplicated"]
-    bad = v["lost"] or v["duplicated"] or v["divergent"] or v["invented"] or v["misplaced"] or v["read_errors"]
+    bad = (
+        v["lost"]
+        or v["duplicated"]
+        or v["divergent"]
+        or v["behind"]
+        or v["invented"]
+        or v["misplaced"]
+        or v["read_errors"]
+    )
     return 1 if bad else 0
 
 
@@ -792,15 +813,18 @@ def print_report(args: argparse.Namespace, report: dict[str, Any], status: int) 
         v = report["verify"]
         lines.append(
             f"  verify: acknowledged {v['acknowledged']:,}  found {v['found']:,}  lost {v['lost']}  "
-            f"duplicated {v['duplicated']}  divergent {v['divergent']}  invented {v['invented']}  "
+            f"duplicated {v['duplicated']}  divergent {v['divergent']}  behind {v['behind']}  "
+            f"invented {v['invented']}  "
             f"misplaced {v['misplaced']}  unacknowledged-but-committed {v['unacknowledged_in_log']}  "
             f"-> {'FAIL' if status else 'OK'}"
         )
         for a, n in v["per_node"].items():
             lines.append(
                 f"    {a}: {n['events']:,} events, lost {n['lost']}, duplicated {n['duplicated']}, "
-                f"diverges at {n['diverges_at']}"
+                f"diverges at {n['diverges_at']}, behind by {n['behind_by']:,}"
             )
+        for a, why in v["read_errors"].items():
+            lines.append(f"    {a}: NOT READ: {why}")
     print("\n".join(lines), flush=True)
     if args.json:
         print(json.dumps(report, separators=(",", ":")), flush=True)

@@ -27,6 +27,7 @@ from shmraft.client.connection import (
 from shmraft.client.errors import (
     CommitTimeout,
     ConnectionFailed,
+    NodeNotServing,
     NoNodeReachable,
     OffsetOutOfRange,
     SequenceTooOld,
@@ -123,6 +124,14 @@ class Client:
     `tls_ca`: the CA file of a cluster with TLS on (the nodes' certificates must chain to it and name the
     host dialled). `token` (bytes or str): sent with AUTH on every connection, for nodes that ask for one;
     a wrong token raises `Unauthorized`.
+
+    `only_node=True` binds the client to its one address (exactly one must be given): it learns no other member
+    and never goes to another node, whatever that node answers. consume() then reads that node's own log or
+    raises `NodeNotServing` naming it: when it does not answer within `timeout_s` (connections and hung
+    FETCHes are retried on it alone), or at once when it answers what would send an ordinary client elsewhere
+    (NOT_LEADER, OFFSET_OUT_OF_RANGE past its log end, a retriable error). For verifiers that read "each node's
+    log"; metadata(), produce() and producers use that node only, too (produce() raises NodeNotServing on
+    NOT_LEADER, a Producer keeps retrying that node until its timeout).
     """
 
     def __init__(
@@ -134,6 +143,7 @@ class Client:
         connect_timeout_s: float = CONNECT_TIMEOUT_S_DEFAULT,
         tls_ca: str | Path | None = None,
         token: bytes | str | None = None,
+        only_node: bool = False,
     ) -> None:
         if addresses is None:
             from shmraft.config import local_members
@@ -172,13 +182,18 @@ class Client:
         self._lock = threading.Lock()  # serialises produce calls and guards the produce connection
         self._conn: Connection | None = None
         # which node leads and which are suspected: shared with this client's producers
-        self.leaders = LeaderTracker(known, self._open, float(connect_timeout_s))
+        self.leaders = LeaderTracker(known, self._open, float(connect_timeout_s), only_node=only_node)
 
     # --- life cycle ------------------------------------------------------------------------------------
 
     @property
     def addresses(self) -> list[str]:
         return list(self.leaders.addresses)
+
+    @property
+    def only_node(self) -> bool:
+        """Whether this client is bound to its one node (see the class docstring)."""
+        return self.leaders.only_node
 
     @property
     def connect_timeout_s(self) -> float:
@@ -211,7 +226,7 @@ class Client:
     def __repr__(self) -> str:  # never the token
         return (
             f"Client({self.leaders.addresses!r}, producer_id={self.producer_id}, tls={self._tls is not None}, "
-            f"token={'set' if self._token else 'none'})"
+            f"token={'set' if self._token else 'none'}, only_node={self.only_node})"
         )
 
     def _open(self, address: str, connect_timeout_s: float) -> Connection:
@@ -257,6 +272,8 @@ class Client:
                     leaders.leader = leader
                 return answer
             errors.append(str(error_from_server(answer.code, answer.message, answer.leader, address)))
+        if leaders.only_node:
+            raise NodeNotServing(leaders.addresses[0], "; ".join(errors) or "no METADATA answer in time")
         if len(errors) == len(tried) and all(e.startswith("cannot connect") for e in errors):
             raise NoNodeReachable(tried, errors[-1] if errors else "")
         raise UnavailableError("no node answered METADATA: " + "; ".join(errors))
@@ -421,6 +438,8 @@ class Client:
                 continue
             last = error_from_server(answer.code, answer.message, answer.leader, conn.address)
             if answer.code is ErrorCode.NOT_LEADER:
+                if self.leaders.only_node:
+                    raise NodeNotServing(conn.address, str(last), code=answer.code) from last
                 self.leaders.find_leader(conn.address, answer.leader, deadline)
                 redirects += 1
                 if redirects > REDIRECTS_BEFORE_BACKOFF or self.leaders.leader is None:
@@ -460,6 +479,9 @@ class Client:
         "error" (raise OffsetOutOfRange, which carries `earliest_offset` and `latest_offset`). An offset past
         a node's log end is looked for on the other nodes (a lagging node) and raises OffsetOutOfRange if no
         node has it within `timeout_s`. Raises NoNodeReachable when no node answers for `timeout_s`.
+
+        On a client with `only_node`, every FETCH goes to that node and nothing else: what would make an
+        ordinary client move raises NodeNotServing instead (see the class docstring).
         """
         if reset not in RESETS:
             raise ValueError(f"reset: expected one of {', '.join(RESETS)}, got {reset!r}")
@@ -480,10 +502,17 @@ class Client:
         wait_ms = poll_wait_ms if follow else 0
         prefer: str | None = self._conn.address if self._conn is not None else self.leaders.leader
         last_error: ShmraftError | None = None
+        only = self.leaders.addresses[0] if self.leaders.only_node else None
         try:
             while True:
                 stale_deadline = last_ok + self.timeout_s
                 if time.monotonic() > stale_deadline and conn is None:
+                    if only is not None:
+                        raise NodeNotServing(
+                            only,
+                            f"no FETCH answered within {self.timeout_s:g} s (last: {last_error or 'no answer'})",
+                            code=last_error.code if last_error is not None else None,
+                        ) from last_error
                     if isinstance(last_error, OffsetOutOfRange):
                         raise last_error
                     if last_error is not None and last_error.code is not None:
@@ -494,9 +523,12 @@ class Client:
                 if conn is None or conn.closed:
                     try:
                         conn = self.leaders.connect(max(stale_deadline, time.monotonic() + 0.01), prefer)
-                    except NoNodeReachable:
+                    except NoNodeReachable as exc:
                         if time.monotonic() >= stale_deadline:
+                            if only is not None:
+                                raise NodeNotServing(only, f"no connection within {self.timeout_s:g} s: {exc}") from exc
                             raise
+                        last_error = exc
                         backoff.sleep(stale_deadline)
                         continue
                 offset = next_offset
@@ -521,6 +553,8 @@ class Client:
                             latest_offset=answer.latest_offset,
                         )
                         if offset >= answer.earliest_offset:  # past this node's log end: it may lag; try another
+                            if only is not None:
+                                raise NodeNotServing(conn.address, str(error), code=answer.code) from error
                             last_error = error
                             conn.close()
                             conn, prefer = None, None
@@ -533,6 +567,8 @@ class Client:
                         continue
                     if answer.code is ErrorCode.NOT_LEADER or answer.code.retriable:
                         last_error = error_from_server(answer.code, answer.message, answer.leader, conn.address)
+                        if only is not None:
+                            raise NodeNotServing(conn.address, str(last_error), code=answer.code) from last_error
                         prefer = answer.leader or None
                         conn.close()
                         conn = None

@@ -93,6 +93,18 @@ class SequenceTooOld(ShmraftError):
     once, but their offsets are forgotten. Do not resend them."""
 
 
+class NodeNotServing(ShmraftError):
+    """A client bound to one node (`Client(address, only_node=True)`) got no usable answer from it: it did not
+    answer within the timeout, or answered with what would have sent an ordinary client to another node
+    (NOT_LEADER, OFFSET_OUT_OF_RANGE past its log end, a retriable error). `address` is the node, `code` what
+    it answered (None when it did not answer); the server's typed error, if any, is the `__cause__`."""
+
+    def __init__(self, address: str, said: str, *, code: ErrorCode | None = None) -> None:
+        super().__init__(f"node {address} did not serve the request (no other node may): {said}", code=code)
+        self.address = address
+        self.said = said
+
+
 class Unauthorized(ShmraftError):
     """The server refused the request."""
 

@@ -107,9 +107,19 @@ class LeaderTracker:
     as far as the hints go (they are hints: a stale one costs a redirect, never a wrong answer)."""
 
     def __init__(
-        self, addresses: list[str], open_connection: Callable[[str, float], Connection], connect_timeout_s: float
+        self,
+        addresses: list[str],
+        open_connection: Callable[[str, float], Connection],
+        connect_timeout_s: float,
+        *,
+        only_node: bool = False,
     ) -> None:
+        if only_node and len(addresses) != 1:
+            raise ValueError(f"only_node: expected exactly one address, got {len(addresses)}")
         self.addresses = addresses
+        # bound to addresses[0]: no address is ever learnt, and every search (connect, METADATA, FETCH, a leader
+        # named in NOT_LEADER) ends at that node, so no answer ever comes from another node
+        self.only_node = only_node
         self.connect_timeout_s = connect_timeout_s
         self._open = open_connection
         self.leader: str | None = None  # last known leader address
@@ -120,6 +130,8 @@ class LeaderTracker:
     # --- hints ------------------------------------------------------------------------------------------
 
     def learn_address(self, address: str) -> None:
+        if self.only_node:
+            return
         if address not in self.addresses and len(self.addresses) < ADDRESSES_MAX:
             try:
                 parse_address(address)
@@ -128,7 +140,10 @@ class LeaderTracker:
             self.addresses.append(address)
 
     def candidates(self, prefer: str | None) -> list[str]:
-        """Every known address: `prefer` first, then from the rotation point on, nodes under suspicion last."""
+        """Every known address: `prefer` first, then from the rotation point on, nodes under suspicion last
+        (the one node, whatever `prefer` says, when bound to it)."""
+        if self.only_node:
+            return [self.addresses[0]]
         addrs = list(self.addresses)
         k = self._rotation % len(addrs)
         ordered = addrs[k:] + addrs[:k]

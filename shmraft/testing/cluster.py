@@ -315,7 +315,8 @@ class ClusterDriver:
     def read_log(
         self, node_id: int, timeout_s: float = READ_LOG_TIMEOUT_S, **client_options: Any
     ) -> list[tuple[int, bytes]]:
-        """Every committed event that `node_id` serves, in order (consumed from that node only)."""
+        """Every committed event that `node_id` serves, in order, read from that node and no other; raises
+        NodeNotServing (naming it) when it does not serve its own log within `timeout_s`."""
         return read_log_at(self.config(node_id).me.client_address, timeout_s, **client_options)
 
     def node_log(self, node_id: int) -> str:
@@ -411,6 +412,8 @@ class ClusterDriver:
 
 
 def read_log_at(address: str, timeout_s: float = READ_LOG_TIMEOUT_S, **client_options: Any) -> list[tuple[int, bytes]]:
-    """Every committed event the node at `address` serves, in order (consumed from that node only)."""
-    with Client([address], timeout_s=timeout_s, **client_options) as c:
+    """Every committed event the node at `address` serves, in order, read from that node and no other (a client
+    with `only_node`); raises NodeNotServing (naming it) when it does not serve its own log within `timeout_s`:
+    it does not answer, or answers that it is behind or out of service."""
+    with Client([address], timeout_s=timeout_s, only_node=True, **client_options) as c:
         return [(r.offset, bytes(r.value)) for r in c.consume(0)]
