@@ -22,7 +22,7 @@ from test_kafka_roundtrip import TEXT, api_versions, message_strategy, record_ba
 
 from shmraft.kafka import checksum, codec, errors, records
 from shmraft.kafka.codes import ApiKey, ErrorCode
-from shmraft.kafka.framing import REQUEST_BYTES_MAX, FrameReader, RequestHeader
+from shmraft.kafka.framing import KAFKA_REQUEST_BYTES_MAX, FrameReader, RequestHeader
 from shmraft.kafka.primitives import Reader, Writer
 from shmraft.kafka.schema import Kind, specs
 from shmraft.kafka.versions import APIS
@@ -383,7 +383,7 @@ def test_frame_reader_returns_whole_frames_fed_a_byte_at_a_time() -> None:
 
 def test_an_oversized_frame_is_refused_on_its_size_prefix() -> None:
     fr = FrameReader()
-    fr.feed(struct.pack(">i", REQUEST_BYTES_MAX + 1))
+    fr.feed(struct.pack(">i", KAFKA_REQUEST_BYTES_MAX + 1))
     with pytest.raises(errors.RequestOversized):
         fr.next_frame()
 

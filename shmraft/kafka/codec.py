@@ -3,12 +3,12 @@
 `decode_request(frame)` reads a request frame (from `FrameReader`, without its size prefix) into a
 `Request`: its header and its body, one of the `*Request` classes of messages.py, at the version the
 client sent. An API key or version not served raises `UnsupportedRequest` (Kafka closes the connection;
-clients never send one, since they choose from our ApiVersions answer) except for ApiVersions itself: an
-ApiVersions request of any version is decoded (its body left empty when the version is not served), and
-`encode_response` answers a version not served in v0 with UNSUPPORTED_VERSION and the full list, which is
-what clients expect (they retry with the highest version listed). `encode_response(request, body)` writes
-the answer, with its size prefix, at the request's version. The client-side pair (`encode_request`,
-`decode_response`) exists for tests and tools.
+clients never send one, since they choose from our ApiVersions answer), except for ApiVersions itself: an
+ApiVersions request of any version is decoded (its body left empty when the version is not served).
+`encode_response(request, body)` writes the answer, with its size prefix, at the request's version; an
+ApiVersions error (a version not served) is written in v0 with UNSUPPORTED_VERSION and the full list,
+which is what clients expect (they retry with the highest version listed). The client-side pair
+(`encode_request`, `decode_response`) exists for tests and tools.
 """
 
 from __future__ import annotations
@@ -79,9 +79,11 @@ def encode_response(request: Request | RequestHeader, body: Any) -> bytes:
     """The answer to `request`, size prefix included, at the request's version (see the module docstring)."""
     header = request.header if isinstance(request, Request) else request
     api = APIS[header.api_key]
-    version = header.api_version if api.supports(header.api_version) else API_VERSIONS_ERROR_VERSION
     if not isinstance(body, api.response):
         raise TypeError(f"{type(body).__name__} is not the answer to {api.key.name}")
+    version = header.api_version
+    if not api.supports(version) or (api.key == ApiKey.API_VERSIONS and body.error_code != ErrorCode.NONE):
+        version = API_VERSIONS_ERROR_VERSION  # an ApiVersions error is answered in v0, whatever was asked
     w = Writer()
     encode_response_header(w, header.correlation_id, api.response_header_version(version))
     encode_struct(body, w, version, api.flexible(version))

@@ -1,7 +1,7 @@
 """Kafka framing: a 4-byte big-endian size before every request and response, and the request header.
 
 `FrameReader` takes received bytes and yields whole frames (without their size prefix); a size above
-`REQUEST_BYTES_MAX` is refused as soon as its 4 bytes are in, before the body is buffered, and a size too
+`KAFKA_REQUEST_BYTES_MAX` is refused as soon as its 4 bytes are in, before the body is buffered, and a size too
 small for a request header is refused too. Request header versions: v0 (api_key, api_version,
 correlation_id), v1 (+ client_id, a nullable classic string), v2 (+ tagged fields); response header v0
 (correlation_id) and v1 (+ tagged fields).
@@ -21,7 +21,7 @@ SIZE_PREFIX: Final = struct.Struct(">i")
 SIZE_PREFIX_BYTES: Final = SIZE_PREFIX.size
 # The largest request accepted: the native port's limit. Clients' own defaults are below it (kafka-python's
 # max_request_size and librdkafka's message.max.bytes are 1 MB); Kafka's socket.request.max.bytes is 100 MiB.
-REQUEST_BYTES_MAX: Final = MESSAGE_BODY_MAX_BYTES
+KAFKA_REQUEST_BYTES_MAX: Final = MESSAGE_BODY_MAX_BYTES
 REQUEST_HEADER_FIXED: Final = struct.Struct(">hhi")  # api_key, api_version, correlation_id
 REQUEST_HEADER_BYTES_MIN: Final = REQUEST_HEADER_FIXED.size
 
@@ -82,7 +82,7 @@ def frame(parts: bytes) -> bytes:
 class FrameReader:
     """Received bytes in, whole request frames out (sans-I/O: the caller reads the socket)."""
 
-    def __init__(self, frame_bytes_max: int = REQUEST_BYTES_MAX) -> None:
+    def __init__(self, frame_bytes_max: int = KAFKA_REQUEST_BYTES_MAX) -> None:
         self.frame_bytes_max = frame_bytes_max
         self._buf = bytearray()
 

@@ -38,7 +38,7 @@ from shmraft.kafka.errors import (
     UnsupportedCompression,
     UnsupportedMagic,
 )
-from shmraft.kafka.framing import REQUEST_BYTES_MAX
+from shmraft.kafka.framing import KAFKA_REQUEST_BYTES_MAX
 from shmraft.kafka.primitives import Reader, encode_uvarint, zigzag
 
 MAGIC_V2: Final = 2
@@ -123,7 +123,9 @@ class RecordBatch:
 # --- decoding ---------------------------------------------------------------------------------------------------
 
 
-def decode_batches(data: bytes | memoryview, decompressed_bytes_max: int = REQUEST_BYTES_MAX) -> list[RecordBatch]:
+def decode_batches(
+    data: bytes | memoryview, decompressed_bytes_max: int = KAFKA_REQUEST_BYTES_MAX
+) -> list[RecordBatch]:
     """Every batch in a Produce partition's `records` (one or more batches back to back, nothing else)."""
     view = memoryview(data)
     out: list[RecordBatch] = []
@@ -135,7 +137,7 @@ def decode_batches(data: bytes | memoryview, decompressed_bytes_max: int = REQUE
 
 
 def decode_batch(
-    view: memoryview, pos: int = 0, decompressed_bytes_max: int = REQUEST_BYTES_MAX
+    view: memoryview, pos: int = 0, decompressed_bytes_max: int = KAFKA_REQUEST_BYTES_MAX
 ) -> tuple[RecordBatch, int]:
     """The batch at `pos`, and the position after it."""
     left = len(view) - pos

@@ -18,7 +18,7 @@ from shmraft.kafka.errors import KafkaEncodeError
 from shmraft.kafka.primitives import Reader, Writer
 
 VERSION_MAX: Final = 0x7FFF
-T = TypeVar("T")
+MessageT = TypeVar("MessageT")
 
 
 class Kind(enum.Enum):
@@ -113,7 +113,7 @@ def _read_one(kind: Kind | type, r: Reader, version: int, flexible: bool, nullab
     return decode_struct(kind, r, version, flexible, name)  # type: ignore[arg-type]
 
 
-def decode_struct(cls: type[T], r: Reader, version: int, flexible: bool, path: str = "") -> T:
+def decode_struct(cls: type[MessageT], r: Reader, version: int, flexible: bool, path: str = "") -> MessageT:
     """Read one message (or nested structure) of `cls` at `version` from `r`."""
     values: dict[str, Any] = {}
     for name, spec in specs(cls):
