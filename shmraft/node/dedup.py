@@ -259,7 +259,7 @@ class DedupTable:
         chunks = [offsets[a:b] for a, b in zip(starts, event_ends.tolist(), strict=True)]
         spans = list(zip(state.span_first_seq.tolist(), chunks, strict=True))
         span_ends = np.cumsum(state.span_counts, dtype=np.int64).tolist()
-        span_starts = [0, *span_ends[:-1]]
+        span_starts = [0, *span_ends[:-1]] if span_ends else []
         columns = (state.last_index.tolist(), state.producer_ids.tolist(), state.high_water.tolist())
         rows = sorted(zip(*columns, span_starts, span_ends, strict=True))
         table._producers = OrderedDict(

@@ -51,7 +51,7 @@ from typing import Final
 import numpy as np
 
 from shmraft.constants import BATCH_EVENTS_MAX
-from shmraft.node.dedup import TableState
+from shmraft.node.dedup import DedupTable, TableState
 
 SNAPSHOT_MAGIC: Final = 0x50414E53  # b"SNAP" read as a little-endian u32
 SNAPSHOT_VERSION: Final = 1
@@ -81,6 +81,12 @@ class Snapshot:
     horizon_entries: int
     spans_max: int
     configuration: bytes = b""  # the cluster configuration at C; empty until membership changes land
+
+
+def snapshot_of(table: DedupTable, term: int) -> Snapshot:
+    """The snapshot of a table at its commit index (built in one go; the raft worker builds it in steps)."""
+    state = table.committed_state()
+    return Snapshot(state.index, term, state, table.producers_max, table.horizon_entries, table.spans_max)
 
 
 def encode_snapshot(snap: Snapshot) -> bytes:
@@ -185,7 +191,7 @@ def _check_table(t: TableState, spans_max: int) -> None:
     def fail(what: str) -> None:
         raise SnapshotFormatError(f"snapshot table at index {t.index}: {what}")
 
-    if t.producer_ids.size > 1 and not (np.diff(t.producer_ids) > 0).all():
+    if not (t.producer_ids[1:] > t.producer_ids[:-1]).all():  # not np.diff: uint64 wraps
         fail("producer ids are not strictly increasing")
     if ((t.span_counts < 1) | (t.span_counts > spans_max)).any():
         fail(f"a producer has no spans or more than spans_max={spans_max}")

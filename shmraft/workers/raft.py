@@ -29,6 +29,7 @@ import os
 import random
 import selectors
 import time
+from collections.abc import Callable
 from typing import Final
 
 import numpy as np
@@ -253,28 +254,9 @@ class RaftWorker(WorkerBase):
     # --- start-up ------------------------------------------------------------------------------------------
 
     def _rebuild_dedup(self) -> None:
-        """The table is a function of the log and the saved snapshot: the snapshot's table, then the entries
-        after it replayed. A log without a snapshot (written by an older release) replays the last
-        `horizon` entries, as releases before snapshots did."""
-        nl = self.storage
-        assert nl is not None
-        limit = self.config.dedup_producers_max
-        snap: sn.Snapshot | None = nl.snapshot
-        last = nl.last_index()
-        if snap is not None:
-            self.dedup = dd.DedupTable.from_state(snap.table, limit, snap.horizon_entries, snap.spans_max)
-            lo = snap.index + 1
-        else:
-            self.dedup = dd.DedupTable(producers_max=limit)
-            lo = max(nl.first_index(), last - self.dedup.horizon_entries + 1, 1)
-        commit = nl.hard_state().commit
-        while lo <= last:
-            self.beat()  # a long replay is progress, not a stall
-            entries = nl.entries(lo, last + 1, DEDUP_REBUILD_READ_BYTES)
-            for e in entries:
-                self._record_dedup(e, commit)
-            lo = entries[-1].index + 1
-        self.dedup.committed(commit)
+        """The table from the saved snapshot and the entries after it (`rebuild_dedup`)."""
+        assert self.storage is not None
+        self.dedup = rebuild_dedup(self.storage, self.config.dedup_producers_max, self.beat)
 
     def _record_dedup(self, e: Entry, commit: int) -> None:
         if e.index <= self.dedup.last_index:
@@ -640,6 +622,35 @@ class RaftWorker(WorkerBase):
 
 
 _EMPTY = np.zeros(0, dtype=np.uint64)
+
+
+def rebuild_dedup(nl: NodeLog, producers_max: int, progress: Callable[[], None] | None = None) -> dd.DedupTable:
+    """The dedup table of a log, a function of the log and its saved snapshot: the snapshot's table, then the
+    entries after it replayed (at most what was written since the last snapshot). A log without a snapshot
+    (written by an older release) replays the last `horizon` entries, as releases before snapshots did.
+    `progress` is called between reads (the worker's heartbeat: a long replay is not a stall)."""
+    snap: sn.Snapshot | None = nl.snapshot
+    last = nl.last_index()
+    if snap is not None:
+        table = dd.DedupTable.from_state(snap.table, producers_max, snap.horizon_entries, snap.spans_max)
+        lo = snap.index + 1
+    else:
+        table = dd.DedupTable(producers_max=producers_max)
+        lo = max(nl.first_index(), last - table.horizon_entries + 1, 1)
+    commit = nl.hard_state().commit
+    while lo <= last:
+        if progress is not None:
+            progress()
+        entries = nl.entries(lo, last + 1, DEDUP_REBUILD_READ_BYTES)
+        for e in entries:
+            if e.data:
+                b = decode_batch(e.data)
+                table.record(e.index, b.producer_ids, b.sequences, commit)
+            else:
+                table.record(e.index, _EMPTY, _EMPTY, commit)
+        lo = entries[-1].index + 1
+    table.committed(commit)
+    return table
 
 
 def _decode_saved_snapshot(saved: SavedSnapshot) -> sn.Snapshot:
