@@ -269,7 +269,7 @@ class DedupTable:
         return table
 
 
-EXPORT_STEP_PRODUCERS: Final = 8192  # producers turned into columns per StateExport.step (a few ms)
+EXPORT_STEP_PRODUCERS: Final = 4096  # producers turned into columns per StateExport.step (about 10 ms)
 
 
 class StateExport:
@@ -281,26 +281,29 @@ class StateExport:
         self._states = states
         self._pids = sorted(states)
         self._done = 0
-        self._rows: list[tuple[int, int, int]] = []  # (high_water, last_index, span count) per producer
-        self._first_seq: list[int] = []
-        self._offsets: list[np.ndarray] = []
+        self._chunks: list[tuple[np.ndarray, ...]] = []  # per step: rows, first sequences, lengths, offsets
 
     def step(self, producers: int = EXPORT_STEP_PRODUCERS) -> bool:
         """Convert the next `producers` producers; True once all are done."""
         chunk = [self._states[pid] for pid in self._pids[self._done : self._done + producers]]
         self._done += len(chunk)
-        self._rows.extend((p.high_water, p.last_index, len(p.spans)) for p in chunk)
-        spans = [span for p in chunk for span in p.spans]
-        self._first_seq.extend(first for first, _ in spans)
-        self._offsets.extend(offsets for _, offsets in spans)
+        if chunk:
+            rows = np.array([(p.high_water, p.last_index, len(p.spans)) for p in chunk], dtype=np.int64)
+            spans = [span for p in chunk for span in p.spans]
+            offsets = [o for _, o in spans]
+            first_seq = np.fromiter((first for first, _ in spans), dtype=np.int64, count=len(spans))
+            lengths = np.fromiter(map(len, offsets), dtype=np.int64, count=len(offsets))
+            self._chunks.append((rows, first_seq, lengths, np.concatenate(offsets)))
         return self._done >= len(self._pids)
 
     def result(self) -> TableState:
         """The columns (call once `step` returned True)."""
         assert self._done >= len(self._pids), "StateExport.result() before the last step"
-        rows = np.array(self._rows, dtype=np.int64).reshape(-1, 3)
-        lengths = np.fromiter(map(len, self._offsets), dtype=np.int64, count=len(self._offsets))
-        flat = np.concatenate(self._offsets) if self._offsets else np.zeros(0, dtype=np.int64)
+        empty = np.zeros(0, dtype=np.int64)
+        rows = np.concatenate([c[0] for c in self._chunks]) if self._chunks else np.zeros((0, 3), np.int64)
+        first_seq, lengths, flat = (
+            np.concatenate([c[k] for c in self._chunks]) if self._chunks else empty for k in (1, 2, 3)
+        )
         starts = np.cumsum(lengths) - lengths
         return TableState(
             index=self.index,
@@ -308,7 +311,7 @@ class StateExport:
             high_water=rows[:, 0].copy(),
             last_index=rows[:, 1].copy(),
             span_counts=rows[:, 2].astype(np.uint16),
-            span_first_seq=np.array(self._first_seq, dtype=np.int64),
+            span_first_seq=first_seq,
             span_index=(flat[starts] // BATCH_EVENTS_MAX).astype(np.int64),
             span_lengths=lengths.astype(np.uint8),
             positions=(flat % BATCH_EVENTS_MAX).astype(np.uint8),
