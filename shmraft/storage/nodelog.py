@@ -15,7 +15,9 @@ quarantine of a corrupt database and the "recovering" mode (docs/DESIGN.md, "Sto
 3. compares the log's end with `LastIndexHint` (a truncated WAL loses synced entries without a RocksDB
    error) and reconciles RocksDB's term/vote with the `HardStateFile` copy (the file is written first,
    so it may be one write ahead; never behind);
-4. on corruption renames the log directory to ``log.corrupt-<time>`` (kept for the operator), creates an
+4. reads the saved snapshot (docs/DESIGN.md "Snapshots"): its length and CRC32, then the caller's
+   `decode_snapshot`; a damaged or undecodable snapshot is corruption like a damaged entry;
+5. on corruption renames the log directory to ``log.corrupt-<time>`` (kept for the operator), creates an
    empty log and, from the preserved term, enters recovering mode at recovery term = saved term + 1.
 
 Outcomes: a `NodeLog`; `StorageIOError` (disk full or another I/O error: retry later, nothing is
@@ -32,12 +34,13 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Final
+from typing import Any, Final
 
 from shmraft.raft.types import Entry, HardState
 from shmraft.storage.rocks import (
     CorruptLogError,
     RocksLogStorage,
+    SavedSnapshot,
     StorageError,
     StorageIOError,
     StorageLockedError,
@@ -107,6 +110,7 @@ class NodeLog:
         self.open_check = OpenCheck()  # set by open_node_log
         self.quarantined: Path | None = None  # set by open_node_log when it quarantined a corrupt log
         self.corruption = ""  # what was found corrupt, for the status and the log
+        self.snapshot: Any = None  # the saved snapshot as `decode_snapshot` returned it (None: none saved)
 
     # --- recovering mode ---------------------------------------------------------------------------------
     @property
@@ -152,6 +156,18 @@ class NodeLog:
 
     def compact(self, up_to_index: int) -> None:
         self.rocks.compact(up_to_index)
+
+    # --- the saved snapshot ------------------------------------------------------------------------------
+    def save_snapshot(self, snapshot: SavedSnapshot) -> None:
+        """Persist the snapshot (and the compaction it allows) in one write batch: rocks.save_snapshot."""
+        self.rocks.save_snapshot(snapshot)
+
+    def saved_snapshot_index(self) -> int | None:
+        return self.rocks.saved_snapshot_index()
+
+    def compaction_wanted(self) -> bool:
+        """The retention bounds wait for a newer snapshot."""
+        return self.rocks.compaction_wanted()
 
     # --- the verified mark -----------------------------------------------------------------------------------
     def persist_mark_if_due(self) -> None:
@@ -222,17 +238,30 @@ def open_node_log(
     verify: bool = True,
     full_scan: bool = False,
     progress: Callable[[], None] | None = None,
+    decode_snapshot: Callable[[SavedSnapshot], Any] | None = None,
 ) -> NodeLog:
     """Open, check and if need be quarantine a node's log (see the module docstring for the outcomes).
     `verify=False` skips the scan (a reopen after ENOSPC of a log this process verified already);
     `full_scan=True` ignores the verified mark (corruption was found while running: check everything);
-    `progress` is called now and then during the scan (the worker's heartbeat)."""
+    `progress` is called now and then during the scan (the worker's heartbeat); `decode_snapshot` turns the
+    saved snapshot into `NodeLog.snapshot` (a ValueError from it is corruption). Retention never deletes
+    past the saved snapshot (RocksLogStorage's ``retain_below_snapshot``)."""
     node_dir = Path(node_dir)
     log_dir = node_log_dir(node_dir)
-    kwargs = {"fsync": fsync, "retain_entries_max": retain_entries_max, "retain_bytes_max": retain_bytes_max}
+    kwargs = {
+        "fsync": fsync,
+        "retain_entries_max": retain_entries_max,
+        "retain_bytes_max": retain_bytes_max,
+        "retain_below_snapshot": True,
+    }
     hs_file = HardStateFile(node_dir)
     try:
         rocks, check, files = _open_checked(node_dir, log_dir, kwargs, verify, full_scan, progress)
+        try:
+            snapshot = _read_snapshot(rocks, decode_snapshot)
+        except BaseException:
+            rocks.close()
+            raise
     except CorruptLogError as exc:
         return _quarantine_and_recover(node_dir, log_dir, hs_file, kwargs, str(exc))
     try:
@@ -242,6 +271,7 @@ def open_node_log(
         raise
     nl = NodeLog(node_dir, rocks, saved)
     nl.open_check = check
+    nl.snapshot = snapshot
     if files is not None:
         try:
             nl.persist_mark(files)
@@ -308,6 +338,19 @@ def _open_checked(
         rocks.close()
         raise
     return rocks, check, files
+
+
+def _read_snapshot(rocks: RocksLogStorage, decode: Callable[[SavedSnapshot], Any] | None) -> Any:
+    """The saved snapshot, decoded; CorruptLogError if it is damaged or does not decode; None if none."""
+    try:
+        saved = rocks.load_snapshot()
+        return None if saved is None or decode is None else decode(saved)
+    except ValueError as exc:
+        raise CorruptLogError(None, f"the saved snapshot: {exc}") from exc
+    except StorageIOError as exc:
+        if exc.disk_full:
+            raise
+        raise CorruptLogError(None, f"reading the saved snapshot failed: {exc}") from exc
 
 
 def _check_since_mark(

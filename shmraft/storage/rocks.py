@@ -14,8 +14,11 @@ Layout (one RocksDB database per node, in a directory created with mode 0700):
   verify_checksums, `Options` paranoid_checks); a RocksDB "Corruption" status is mapped to
   `CorruptLogError`.
 * column family ``meta`` holds three small checksummed records: ``format`` (layout version), ``hard``
-  (term, vote, commit) and ``snap`` (snapshot index, snapshot term, cum_bytes at the snapshot index).
-  ``first_index == snapshot_index + 1`` always.
+  (term, vote, commit) and ``snap`` (the compaction point: index, term and cum_bytes of the last deleted
+  entry; `snapshot_index()`). ``first_index == snapshot_index + 1`` always. It may also hold the node's
+  saved snapshot (`save_snapshot`): ``snaphead`` (its index C, term, byte length and CRC32 of its data,
+  checksummed like the others) and ``snapdata`` (the opaque record, node/snapshot.py), written together.
+  ``snapshot_index() <= C <= commit`` always: the log holds every entry after the saved snapshot.
 
 Atomicity and crashes. Every mutation is one RocksDB WriteBatch: an append writes its entries, the range
 delete of a conflicting suffix and the hard state together; a compaction writes the range delete of the
@@ -42,10 +45,13 @@ data (``None`` = no bound), but only *committed* entries are ever deleted, so un
 the bounds. When a bound is exceeded after an append/commit advance, the oldest committed entries are
 deleted with one range delete down to 15/16 of the bound (hysteresis: not a range delete per append); this
 write is not synced by itself (losing it only means the entries come back). `compact(up_to_index)` does the
-same explicitly and requires ``up_to_index <= hard_state().commit``. The term of the last deleted entry is
-kept as ``snapshot_term()``, so log matching works at the boundary. Reading below `first_index()` raises
-`LogCompactedError(requested, first_index)`: the caller fetches from a newer offset, or a follower that
-needs the deleted entries must be re-seeded.
+same explicitly and requires ``up_to_index <= hard_state().commit``. With ``retain_below_snapshot=True`` (a
+node's log: storage/nodelog.py) nothing past the saved snapshot's index is ever deleted, so the state below
+the log start is never lost; the bounds then wait for the next snapshot (`compaction_wanted()` says so), and
+`save_snapshot` performs the compaction they ask for in the same write batch as the snapshot. The term of
+the last deleted entry is kept as ``snapshot_term()``, so log matching works at the boundary. Reading
+below `first_index()` raises `LogCompactedError(requested, first_index)`: the caller fetches from a newer
+offset, or a follower that needs the deleted entries must be re-seeded.
 
 Safety assertions (typed errors, never silent): appends must be contiguous (no hole), may not rewrite
 compacted entries or replace a committed entry with a different term; entry terms never decrease along the
@@ -95,12 +101,15 @@ _META_CF: Final = "meta"
 _KEY_FORMAT: Final = b"format"
 _KEY_HARD: Final = b"hard"
 _KEY_SNAP: Final = b"snap"
+_KEY_SNAPHEAD: Final = b"snaphead"
+_KEY_SNAPDATA: Final = b"snapdata"
 
 _ENTRY_HEAD = struct.Struct(">QQ")  # term, cum_bytes
 _CRC = struct.Struct(">I")
 _ENTRY_HEADER_BYTES: Final = _ENTRY_HEAD.size + _CRC.size  # 20
 _U64x3 = struct.Struct(">QQQ")
 _U32 = struct.Struct(">I")
+_SNAPHEAD = struct.Struct(">QQQI")  # index, term, data length, data CRC32
 
 
 # --- errors ------------------------------------------------------------------------------------------
@@ -177,6 +186,15 @@ class StorageStats:
     entries_compacted: int = 0
     write_seconds: float = 0.0  # wall time spent in RocksDB writes (includes fsync)
     entries_verified: int = 0  # entries checked by verify() (at open: the start-up check's work)
+
+
+@dataclass(frozen=True, slots=True)
+class SavedSnapshot:
+    """The node's saved snapshot: its index C, the term of entry C and the opaque record (node/snapshot.py)."""
+
+    index: int
+    term: int
+    data: bytes
 
 
 @dataclass(frozen=True, slots=True)
@@ -290,6 +308,7 @@ class _LogView:
 
     path: str
     _closed: bool = True
+    _saved: tuple[int, int, int, int] | None = None  # the saved snapshot's head: index, term, length, CRC32
 
     def _open_db(self, access_type: rocksdict.AccessType | None = None) -> None:
         """Open the database and the meta column family; set `_closed` False once the handle exists."""
@@ -317,6 +336,7 @@ class _LogView:
             if hard is not None or snap is not None or self._seek_last() is not None:
                 raise CorruptLogError(None, "log data present but the format record is missing")
             self._hs = HardState()
+            self._saved = None
             self._snap_index = self._snap_term = self._snap_cum = 0
             self._last_index = self._last_term = self._last_cum = 0
             return False
@@ -328,6 +348,7 @@ class _LogView:
         term, vote, commit = _U64x3.unpack(_decode_meta(_KEY_HARD, hard, _U64x3.size))
         self._hs = HardState(term=term, vote=vote, commit=commit)
         self._snap_index, self._snap_term, self._snap_cum = _U64x3.unpack(_decode_meta(_KEY_SNAP, snap, _U64x3.size))
+        self._load_snapshot_head()
         last = self._seek_last()
         if last is None:
             self._last_index, self._last_term, self._last_cum = self._snap_index, self._snap_term, self._snap_cum
@@ -346,7 +367,37 @@ class _LogView:
             raise CorruptLogError(self._last_index, f"last term {self._last_term} > hard-state term {term}")
         if self._hs.commit > self._last_index:
             raise CorruptLogError(None, f"commit {self._hs.commit} beyond last index {self._last_index}")
+        if self._saved is not None:
+            c, c_term = self._saved[0], self._saved[1]
+            if not self._snap_index <= c <= self._hs.commit:
+                where = f"[log start - 1, commit] = [{self._snap_index}, {self._hs.commit}]"
+                raise CorruptLogError(None, f"saved snapshot at {c} outside {where}")
+            if self.term_at(c) != c_term:
+                raise CorruptLogError(c, f"saved snapshot term {c_term} differs from the log's {self.term_at(c)}")
         return True
+
+    def _load_snapshot_head(self) -> None:
+        with _rocks():
+            head = self._meta.get(_KEY_SNAPHEAD, read_opt=self._ro)
+        self._saved = None if head is None else _SNAPHEAD.unpack(_decode_meta(_KEY_SNAPHEAD, head, _SNAPHEAD.size))
+
+    def saved_snapshot_index(self) -> int | None:
+        """The index C of the saved snapshot (None if none was ever saved: a log of an older release)."""
+        return None if self._saved is None else self._saved[0]
+
+    def load_snapshot(self) -> SavedSnapshot | None:
+        """The saved snapshot, its length and CRC32 checked against its head (CorruptLogError if not)."""
+        self._check_open()
+        if self._saved is None:
+            return None
+        index, term, size, crc = self._saved
+        with _rocks():
+            data = self._meta.get(_KEY_SNAPDATA, read_opt=self._ro)
+        if data is None:
+            raise CorruptLogError(None, f"the saved snapshot at {index} has a head but no data")
+        if len(data) != size or zlib.crc32(data) != crc:
+            raise CorruptLogError(None, f"the saved snapshot at {index} fails its length/checksum check")
+        return SavedSnapshot(index, term, data)
 
     def _seek_last(self) -> tuple[int, bytes, bytes] | None:
         with _rocks():
@@ -560,6 +611,7 @@ class RocksLogStorage(_LogView):
         fsync: `FsyncPolicy.ALWAYS` (default, safe) or `FsyncPolicy.NEVER` (unsafe, benchmarks).
         retain_entries_max: bound on entries kept (committed ones are deleted beyond it); None = unbounded.
         retain_bytes_max: bound on entry data bytes kept; None = unbounded.
+        retain_below_snapshot: never delete entries past the saved snapshot (none saved: delete nothing).
     """
 
     def __init__(
@@ -569,6 +621,7 @@ class RocksLogStorage(_LogView):
         fsync: FsyncPolicy | str = FsyncPolicy.ALWAYS,
         retain_entries_max: int | None = RETAIN_ENTRIES_MAX_DEFAULT,
         retain_bytes_max: int | None = RETAIN_BYTES_MAX_DEFAULT,
+        retain_below_snapshot: bool = False,
     ) -> None:
         _check_bound("retain_entries_max", retain_entries_max)
         _check_bound("retain_bytes_max", retain_bytes_max)
@@ -576,6 +629,7 @@ class RocksLogStorage(_LogView):
         self.fsync = FsyncPolicy(fsync)
         self.retain_entries_max = retain_entries_max
         self.retain_bytes_max = retain_bytes_max
+        self.retain_below_snapshot = retain_below_snapshot
         self._stats = StorageStats()
         self._closed = True
 
@@ -694,7 +748,41 @@ class RocksLogStorage(_LogView):
             raise LogOrderError(f"compact({up_to_index}) beyond the commit index {self._hs.commit}")
         if up_to_index <= self._snap_index:
             return
+        limit = self._compaction_limit()
+        if up_to_index > limit:
+            raise LogOrderError(f"compact({up_to_index}) beyond the saved snapshot (compaction stops at {limit})")
         self._compact(up_to_index, sync=True)
+
+    def save_snapshot(self, snapshot: SavedSnapshot) -> None:
+        """Persist the node's snapshot at index C (C <= commit; C never goes backwards) with the hard state,
+        and, in the same write batch, the compaction the retention bounds ask for up to C: after a crash at
+        any point the log and the snapshot agree (first_index - 1 <= C). Synced as appends are."""
+        self._check_open()
+        c = snapshot.index
+        if c > self._hs.commit:
+            raise LogOrderError(f"snapshot at {c} beyond the commit index {self._hs.commit}")
+        if self._saved is not None and c < self._saved[0]:
+            raise LogOrderError(f"snapshot at {c} is older than the saved one at {self._saved[0]}")
+        if c < self._snap_index:
+            raise LogOrderError(f"snapshot at {c} is below the log start {self.first_index()}")
+        if self.term_at(c) != snapshot.term:
+            raise LogOrderError(f"snapshot term {snapshot.term} differs from the log's term {self.term_at(c)} at {c}")
+        head = (c, snapshot.term, len(snapshot.data), zlib.crc32(snapshot.data))
+        wb = rocksdict.WriteBatch(raw_mode=True)
+        wb.put(_KEY_SNAPDATA, snapshot.data, self._meta_cf)
+        wb.put(_KEY_SNAPHEAD, _encode_meta(_SNAPHEAD.pack(*head)), self._meta_cf)
+        hs = self._hs  # the commit index covering C goes to disk with it (a commit-only advance is unsynced)
+        wb.put(_KEY_HARD, _encode_meta(_U64x3.pack(hs.term, hs.vote, hs.commit)), self._meta_cf)
+        target = min(self._bounds_target(), c)
+        compaction = self._add_compaction(wb, target) if target > self._snap_index else None
+        self._write(wb, sync=True)
+        self._saved = head
+        if compaction is not None:
+            self._compacted(*compaction)
+
+    def compaction_wanted(self) -> bool:
+        """Whether the retention bounds ask to delete entries past the saved snapshot (a snapshot is due)."""
+        return self.retain_below_snapshot and self._bounds_target() > self._compaction_limit()
 
     def sync(self) -> None:
         """Force everything written so far to stable storage (a barrier, useful with FsyncPolicy.NEVER)."""
@@ -757,9 +845,21 @@ class RocksLogStorage(_LogView):
 
     def _retain(self) -> None:
         """Enforce the retention bounds on committed entries (unsynced write, see module docstring)."""
+        target = min(self._bounds_target(), self._compaction_limit())
+        if target > self._snap_index:
+            self._compact(target, sync=False)
+
+    def _compaction_limit(self) -> int:
+        """The highest index compaction may reach: the commit index, and the saved snapshot's if required."""
+        if not self.retain_below_snapshot:
+            return self._hs.commit
+        return self._snap_index if self._saved is None else min(self._saved[0], self._hs.commit)
+
+    def _bounds_target(self) -> int:
+        """The index up to which the retention bounds ask to delete (<= commit; the compaction point if none)."""
         commit = self._hs.commit
         if commit <= self._snap_index:
-            return
+            return self._snap_index
         target = self._snap_index
         emax = self.retain_entries_max
         if emax is not None and self._last_index - self._snap_index > emax:
@@ -769,9 +869,7 @@ class RocksLogStorage(_LogView):
         if bmax is not None and self._last_cum - self._snap_cum > bmax:
             keep_bytes = bmax - bmax // RETAIN_HYSTERESIS_DIVISOR
             target = max(target, self._index_keeping_bytes(keep_bytes, commit))
-        target = min(target, commit)
-        if target > self._snap_index:
-            self._compact(target, sync=False)
+        return min(target, commit)
 
     def _index_keeping_bytes(self, keep_bytes: int, commit: int) -> int:
         """Smallest k in [snap, commit] with cum(last) - cum(k) <= keep_bytes (binary search on gets)."""
@@ -795,13 +893,21 @@ class RocksLogStorage(_LogView):
         return self._term_cum(index)[1]
 
     def _compact(self, up_to_index: int, *, sync: bool) -> None:
+        wb = rocksdict.WriteBatch(raw_mode=True)
+        compaction = self._add_compaction(wb, up_to_index)
+        self._write(wb, sync=sync)
+        self._compacted(*compaction)
+
+    def _add_compaction(self, wb: rocksdict.WriteBatch, up_to_index: int) -> tuple[int, int, int]:
+        """Put the range delete of entries <= up_to_index and the new compaction point into `wb`."""
         term, cum = (
             (self._last_term, self._last_cum) if up_to_index == self._last_index else self._term_cum(up_to_index)
         )
-        wb = rocksdict.WriteBatch(raw_mode=True)
         wb.delete_range(index_key(self._snap_index + 1), index_key(up_to_index + 1))
         wb.put(_KEY_SNAP, _encode_meta(_U64x3.pack(up_to_index, term, cum)), self._meta_cf)
-        self._write(wb, sync=sync)
+        return up_to_index, term, cum
+
+    def _compacted(self, up_to_index: int, term: int, cum: int) -> None:
         self._stats.compactions += 1
         self._stats.entries_compacted += up_to_index - self._snap_index
         self._snap_index, self._snap_term, self._snap_cum = up_to_index, term, cum

@@ -15,6 +15,12 @@ the persist-then-send order of the Ready is simply cut short), publishes the rea
 (`storage_fault`), refuses frames and ignores peers, and retries opening every `storage_retry_interval_ms`;
 on success it rebuilds core and dedup table from the log, exactly as after a restart. It never exits for
 these faults, so a full disk does not burn the supervisor's restart budget.
+
+Snapshots (docs/DESIGN.md "Snapshots"). Between loop iterations the worker saves the dedup table as it
+stands at the commit index (node/snapshot.py), every SNAPSHOT_INTERVAL_ENTRIES committed entries, every
+SNAPSHOT_INTERVAL_S, or when retention waits for one; the table's columns are built a slice at a time from a
+frozen view, and the rate is bounded by the measured cost. At start the table is the saved snapshot's plus
+the replay of the entries after it; retention never deletes past the saved snapshot.
 """
 
 from __future__ import annotations
@@ -23,6 +29,7 @@ import os
 import random
 import selectors
 import time
+from collections.abc import Callable
 from typing import Final
 
 import numpy as np
@@ -30,6 +37,7 @@ import numpy as np
 from shmraft.ipc.state import StorageFault, Worker
 from shmraft.net.links import PeerLinks, PeerSecurity
 from shmraft.node import dedup as dd
+from shmraft.node import snapshot as sn
 from shmraft.node.layout import Ring
 from shmraft.node.records import (
     Note,
@@ -47,7 +55,7 @@ from shmraft.raft.ready import Ready
 from shmraft.raft.types import Entry
 from shmraft.raft.types import Role as StateRole
 from shmraft.storage.nodelog import HardStateLostError, NodeLog, is_disk_full, open_node_log
-from shmraft.storage.rocks import CorruptLogError, StorageError, StorageIOError
+from shmraft.storage.rocks import CorruptLogError, LogOrderError, SavedSnapshot, StorageError, StorageIOError
 from shmraft.wire.errors import ProtocolError
 from shmraft.wire.frame import decode_batch, encode_batch_arrays, frame_event_count, restamp
 from shmraft.wire.raft_codec import decode_raft, encode_raft
@@ -59,6 +67,11 @@ RING_PUSH_TIMEOUT_MS: Final = 50
 DEDUP_REBUILD_READ_BYTES: Final = 8 * 1024 * 1024
 DECODED_CACHE_MAX: Final = 8192  # entries' producer tables kept between receipt and persist
 STORAGE_FAULT_LOG_INTERVAL_MS: Final = 10_000  # a persisting storage fault is logged again this often
+SNAPSHOT_INTERVAL_ENTRIES: Final = 10_000  # committed entries between snapshots: a restart replays fewer
+SNAPSHOT_INTERVAL_S: Final = 30.0  # ... or this long, if anything was committed since the last one
+SNAPSHOT_GAP_MIN_S: Final = 0.5  # never two snapshots closer than this
+SNAPSHOT_COST_FACTOR: Final = 20  # nor closer than 20 x the last one's cost: at most 5% of the worker's time
+SNAPSHOT_CHECK_INTERVAL_S: Final = 0.1  # whether a snapshot is due is asked at most this often
 
 
 class RaftWorker(WorkerBase):
@@ -80,6 +93,11 @@ class RaftWorker(WorkerBase):
         self._retry_at = 0.0  # monotonic time of the next attempt to reopen the storage; inf = never
         self._verified = False  # the check on open is done once per process (reopens after ENOSPC skip it)
         self._scan_all = False  # corruption met while running: the next open scans the whole log, not the tail
+        self._export: dd.StateExport | None = None  # a snapshot being built (between loop iterations)
+        self._export_term = 0  # the term of the entry it is taken at
+        self._export_seconds = 0.0  # time spent building it so far
+        self._snapshot_at = time.monotonic()  # when the last snapshot was saved (or the worker started)
+        self._snapshot_check_at = 0.0  # the next time to ask whether a snapshot is due
         self._open_storage()
         self.sel = selectors.DefaultSelector()
         self.links = PeerLinks(
@@ -120,6 +138,7 @@ class RaftWorker(WorkerBase):
                 verify=not self._verified,
                 full_scan=self._scan_all,
                 progress=self.beat,
+                decode_snapshot=_decode_saved_snapshot,
             )
         except HardStateLostError as exc:
             self._retry_at = float("inf")  # the operator must act (the message says how): no retry
@@ -153,8 +172,8 @@ class RaftWorker(WorkerBase):
                 applied=applied,
                 recovery_term=nl.recovery_term,
             )
-            self.dedup = dd.DedupTable(producers_max=c.dedup_producers_max)
             self._decoded.clear()
+            self._export = None
             self._rebuild_dedup()
         except (StorageIOError, CorruptLogError) as exc:
             self._storage_failed(exc)
@@ -235,16 +254,9 @@ class RaftWorker(WorkerBase):
     # --- start-up ------------------------------------------------------------------------------------------
 
     def _rebuild_dedup(self) -> None:
-        """The table is a function of the last `horizon` entries of the log: replay them."""
+        """The table from the saved snapshot and the entries after it (`rebuild_dedup`)."""
         assert self.storage is not None
-        last = self.storage.last_index()
-        lo = max(self.storage.first_index(), last - self.dedup.horizon_entries + 1, 1)
-        commit = self.storage.hard_state().commit
-        while lo <= last:
-            entries = self.storage.entries(lo, last + 1, DEDUP_REBUILD_READ_BYTES)
-            for e in entries:
-                self._record_dedup(e, commit)
-            lo = entries[-1].index + 1
+        self.dedup = rebuild_dedup(self.storage, self.config.dedup_producers_max, self.beat)
 
     def _record_dedup(self, e: Entry, commit: int) -> None:
         if e.index <= self.dedup.last_index:
@@ -259,6 +271,65 @@ class RaftWorker(WorkerBase):
             self.dedup.record(e.index, pids, seqs, commit)
         else:
             self.dedup.record(e.index, _EMPTY, _EMPTY, commit)
+
+    # --- snapshots -----------------------------------------------------------------------------------------
+
+    def _snapshot_step(self) -> None:
+        """Between loop iterations: start a snapshot when one is due, or build one more slice of the one in
+        progress, and save it once built (one RocksDB write with the compaction it allows)."""
+        nl = self.storage
+        if nl is None:
+            return
+        now = time.monotonic()
+        if self._export is None:
+            if now < self._snapshot_check_at:
+                return
+            self._snapshot_check_at = now + SNAPSHOT_CHECK_INTERVAL_S
+            at = min(self.dedup.commit_index, self.dedup.last_index)
+            saved = nl.saved_snapshot_index()
+            if at <= (saved or 0) or at > nl.hard_state().commit:  # nothing new, or its commit not yet persisted
+                return
+            due = (
+                saved is None
+                or at - saved >= SNAPSHOT_INTERVAL_ENTRIES
+                or now - self._snapshot_at >= SNAPSHOT_INTERVAL_S
+                or nl.compaction_wanted()
+            )
+            term = nl.term_at(at) if due else None
+            if term is None:  # not due (or below the log start: cannot happen, the log holds all after it)
+                return
+            self._export = self.dedup.committed_view()
+            self._export_term = term
+            self._export_seconds = time.monotonic() - now
+            return
+        export = self._export
+        if not export.step():
+            self._export_seconds += time.monotonic() - now
+            return
+        t = self.dedup
+        record = sn.Snapshot(
+            export.index, self._export_term, export.result(), t.producers_max, t.horizon_entries, t.spans_max
+        )
+        data = sn.encode_snapshot(record)
+        self._export = None
+        try:
+            nl.save_snapshot(SavedSnapshot(record.index, record.term, data))
+        except LogOrderError as exc:  # a bug, not a fault of the disk: keep serving, say it, try again later
+            self.log.error("snapshot at %d not saved: %s", record.index, exc)
+            return
+        done = time.monotonic()
+        cost = self._export_seconds + done - now
+        self._snapshot_at = done
+        self._snapshot_check_at = done + max(SNAPSHOT_GAP_MIN_S, SNAPSHOT_COST_FACTOR * cost)
+        self.state.set("first_index", nl.first_index())
+        self.log.debug(
+            "snapshot at %d saved: %d producers, %d bytes, %.1f ms; log now starts at %d",
+            record.index,
+            len(record.table.producer_ids),
+            len(data),
+            cost * 1000,
+            nl.first_index(),
+        )
 
     # --- the loop ------------------------------------------------------------------------------------------
 
@@ -276,6 +347,7 @@ class RaftWorker(WorkerBase):
                     last_tick = self._iterate(last_tick)
                     if self.storage is not None:
                         self.storage.persist_mark_if_due()  # the next start checks only what follows
+                        self._snapshot_step()
                 except (StorageIOError, CorruptLogError) as exc:
                     self._storage_failed(exc)
                 self._flush_notes()
@@ -550,3 +622,42 @@ class RaftWorker(WorkerBase):
 
 
 _EMPTY = np.zeros(0, dtype=np.uint64)
+
+
+def rebuild_dedup(nl: NodeLog, producers_max: int, progress: Callable[[], None] | None = None) -> dd.DedupTable:
+    """The dedup table of a log, a function of the log and its saved snapshot: the snapshot's table, then the
+    entries after it replayed (at most what was written since the last snapshot). A log without a snapshot
+    (written by an older release) replays the last `horizon` entries, as releases before snapshots did.
+    `progress` is called between reads (the worker's heartbeat: a long replay is not a stall)."""
+    snap: sn.Snapshot | None = nl.snapshot
+    last = nl.last_index()
+    if snap is not None:
+        table = dd.DedupTable.from_state(snap.table, producers_max, snap.horizon_entries, snap.spans_max)
+        lo = snap.index + 1
+    else:
+        table = dd.DedupTable(producers_max=producers_max)
+        lo = max(nl.first_index(), last - table.horizon_entries + 1, 1)
+    commit = nl.hard_state().commit
+    while lo <= last:
+        if progress is not None:
+            progress()
+        entries = nl.entries(lo, last + 1, DEDUP_REBUILD_READ_BYTES)
+        for e in entries:
+            if e.data:
+                b = decode_batch(e.data)
+                table.record(e.index, b.producer_ids, b.sequences, commit)
+            else:
+                table.record(e.index, _EMPTY, _EMPTY, commit)
+        lo = entries[-1].index + 1
+    table.committed(commit)
+    return table
+
+
+def _decode_saved_snapshot(saved: SavedSnapshot) -> sn.Snapshot:
+    """The saved record decoded and matched with its storage head (a mismatch is corruption)."""
+    snap = sn.decode_snapshot(saved.data)
+    if (snap.index, snap.term) != (saved.index, saved.term):
+        raise sn.SnapshotFormatError(
+            f"the record says index/term {snap.index}/{snap.term}, its storage head {saved.index}/{saved.term}"
+        )
+    return snap
