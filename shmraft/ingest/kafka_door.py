@@ -27,6 +27,7 @@ from typing import Any, Final
 import numpy as np
 
 from shmraft.config import NodeConfig
+from shmraft.constants import BATCH_EVENTS_MAX
 from shmraft.ingest.connections import Connection
 from shmraft.ingest.fetch import FetchResult, FetchServer
 from shmraft.ingest.tracker import Answer
@@ -225,7 +226,8 @@ class KafkaDoor:
         def encode(_cid: int, result: FetchResult | None) -> None:
             responses = list(others)
             if result is not None:
-                responses.insert(0, m.FetchTopicResponse(KAFKA_TOPIC, [_fetched_partition(result)]))
+                part = _fetched_partition(result, ask.fetch_offset)  # type: ignore[union-attr]
+                responses.insert(0, m.FetchTopicResponse(KAFKA_TOPIC, [part]))
             self._deliver_ordered(conn, req, m.FetchResponse(0, ErrorCode.NONE, 0, responses))
 
         if ask is None:
@@ -401,8 +403,13 @@ def now() -> float:
     return time.monotonic()
 
 
-def _fetched_partition(result: FetchResult) -> m.FetchPartitionData:
-    """The one partition's Fetch answer: one record batch per shmraft batch frame (docs/KAFKA.md section 2)."""
+def _fetched_partition(result: FetchResult, fetch_offset: int) -> m.FetchPartitionData:
+    """The one partition's Fetch answer: one record batch per shmraft batch frame (docs/KAFKA.md section 2).
+
+    The high watermark is the offset after the last committed event where the answer reaches it (the answer's
+    last event + 1, or `fetch_offset` when nothing is committed at or after it), else the commit offset: a
+    consumer that has read everything sits at the high watermark, which is how clients see the partition's end
+    (kcat -e, librdkafka's partition EOF), although offsets have gaps."""
     if result.out_of_range:
         return m.FetchPartitionData(
             KAFKA_PARTITION,
@@ -413,6 +420,7 @@ def _fetched_partition(result: FetchResult) -> m.FetchPartitionData:
             records=b"",
         )
     batches = []
+    high_watermark = fetch_offset if not result.spans else result.commit_offset
     for s in result.spans:
         b = s.batch
         starts = b.offsets[s.skip :].tolist()
@@ -420,11 +428,14 @@ def _fetched_partition(result: FetchResult) -> m.FetchPartitionData:
         ts_ms = b.header.timestamp_us // 1000
         records = [Record(i, bytes(b.data[x:y])) for i, (x, y) in enumerate(zip(starts, ends, strict=True))]
         batches.append(encode_batch(RecordBatch(s.first_offset, records, ts_ms, ts_ms, attributes=TIMESTAMP_TYPE_BIT)))
+    if result.spans and result.next_offset >= result.commit_offset:  # the answer reaches the last committed event
+        last = result.spans[-1]
+        high_watermark = last.index * BATCH_EVENTS_MAX + last.batch.header.event_count
     return m.FetchPartitionData(
         KAFKA_PARTITION,
         ErrorCode.NONE,
-        result.commit_offset,
-        result.commit_offset,
+        high_watermark,
+        high_watermark,
         result.earliest_offset,
         records=b"".join(batches),
     )
