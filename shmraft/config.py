@@ -27,7 +27,7 @@ from shmraft.constants import (
 )
 
 LOCAL_HOST = "127.0.0.1"
-LOCAL_PORT_BASE = 7000  # node N of the local cluster uses ports 7000 + 100*N + 1..4
+LOCAL_PORT_BASE = 7000  # node N of the local cluster uses ports 7000 + 100*N + 1..4 (+ 5: the Kafka door, if on)
 LOCAL_SECRET_NAME = "cluster.secret"  # a local cluster's secret, generated in its data dir when missing
 CLUSTER_SECRET_FILE_ENV = "SHMRAFT_CLUSTER_SECRET_FILE"  # the secret's path when the config names none
 SECRET_HINT = "make one with: head -c 32 /dev/urandom > FILE && chmod 600 FILE (the same file on every node)"
@@ -49,6 +49,7 @@ class Member:
     data_port: int  # the data channel: batches to followers, acks back (sender worker)
     raft_port: int  # the consensus channel: votes and heartbeats (raft worker)
     metrics_port: int  # Prometheus text metrics and status (supervisor)
+    kafka_port: int = 0  # the Kafka door (ingest worker, docs/KAFKA.md); 0 = off. No authentication: opt in
 
     @property
     def client_address(self) -> str:
@@ -152,6 +153,11 @@ class NodeConfig:
         _parse_peer_overrides(self.peer_connect_overrides)
         if self.storage_retry_interval_ms < 1:
             raise ConfigError(f"storage_retry_interval_ms: expected >= 1, got {self.storage_retry_interval_ms}")
+        if self.me.kafka_port and self.client_token_file:
+            raise ConfigError(
+                "kafka_port: expected 0 (off) on a node with a client_token_file: the Kafka door has no "
+                f"authentication and would bypass the token, got {self.me.kafka_port}"
+            )
         if self.election_timeout_ms <= self.heartbeat_interval_ms:
             raise ConfigError(
                 "election_timeout_ms: expected more than heartbeat_interval_ms, "
@@ -199,8 +205,11 @@ def _parse_peer_overrides(text: str) -> dict[tuple[int, str], tuple[str, int]]:
     return out
 
 
-def local_members(count: int = CLUSTER_SIZE_DEFAULT, port_base: int = LOCAL_PORT_BASE) -> tuple[Member, ...]:
-    """The members of the local cluster: node N listens on port_base + 100*N + 1..4 on 127.0.0.1."""
+def local_members(
+    count: int = CLUSTER_SIZE_DEFAULT, port_base: int = LOCAL_PORT_BASE, kafka: bool = False
+) -> tuple[Member, ...]:
+    """The members of the local cluster: node N listens on port_base + 100*N + 1..4 on 127.0.0.1, and on + 5
+    for Kafka clients when `kafka`."""
     return tuple(
         Member(
             n,
@@ -209,20 +218,26 @@ def local_members(count: int = CLUSTER_SIZE_DEFAULT, port_base: int = LOCAL_PORT
             port_base + 100 * n + 2,
             port_base + 100 * n + 3,
             port_base + 100 * n + 4,
+            port_base + 100 * n + 5 if kafka else 0,
         )
         for n in range(1, count + 1)
     )
 
 
 def local_cluster(
-    data_dir: Path, count: int = CLUSTER_SIZE_DEFAULT, port_base: int = LOCAL_PORT_BASE, **overrides: Any
+    data_dir: Path,
+    count: int = CLUSTER_SIZE_DEFAULT,
+    port_base: int = LOCAL_PORT_BASE,
+    kafka: bool = False,
+    **overrides: Any,
 ) -> list[NodeConfig]:
-    """One NodeConfig per node of a local cluster sharing `data_dir` (each node in data_dir/nodeN).
+    """One NodeConfig per node of a local cluster sharing `data_dir` (each node in data_dir/nodeN), with the
+    Kafka door on (port_base + 100*N + 5) when `kafka`.
 
     The cluster secret is $SHMRAFT_CLUSTER_SECRET_FILE when set, else data_dir/cluster.secret, which
     LocalCluster generates when it starts the first node.
     """
-    members = local_members(count, port_base)
+    members = local_members(count, port_base, kafka)
     if overrides.get("cluster_secret_file") is None:
         overrides["cluster_secret_file"] = os.environ.get(CLUSTER_SECRET_FILE_ENV) or str(
             Path(data_dir) / LOCAL_SECRET_NAME
@@ -255,6 +270,7 @@ def load(path: Path, data_dir: Path | None = None, node_id: int | None = None) -
                     int(m["data_port"]),
                     int(m["raft_port"]),
                     int(m["metrics_port"]),
+                    int(m.get("kafka_port", 0)),
                 )
             )
         except (KeyError, TypeError, ValueError) as exc:

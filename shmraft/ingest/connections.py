@@ -46,6 +46,7 @@ LISTEN_BACKLOG: Final = 512
 OUTBUF_MAX_BYTES: Final = 64 * 1024 * 1024  # answers queued for one slow reader before it is dropped
 FDS_RESERVED: Final = 128  # descriptors beyond client_connections_max (rings, RocksDB, listener, ...)
 TIMEOUT_SWEEP_INTERVAL_MS: Final = 250  # how often idle and slow-loris connections are looked for
+_CONN_IDS: Final = itertools.count(1)  # connection ids, unique in the process across listeners (native, Kafka)
 
 
 @dataclass(eq=False)
@@ -55,7 +56,7 @@ class Connection:
     id: int  # unique in this process; what the produce tracker knows a connection by
     sock: socket.socket
     addr: str
-    reader: cp.MessageReader
+    reader: cp.MessageReader  # or, on the Kafka port, a reader with the same face (shmraft/ingest/kafka_door.py)
     out: bytearray = field(default_factory=bytearray)
     inflight_bytes: int = 0  # bytes of PRODUCE requests not yet answered
     paused: bool = False
@@ -66,10 +67,15 @@ class Connection:
     partial_since_s: float = 0.0  # monotonic time a partial request started arriving; 0 = none buffered
     tls_want: int = 0  # during a TLS handshake: the selector event it waits for (0 = done, or no TLS)
     authed: bool = True  # False until AUTH with the right token, where the node asks for one
+    session: object = None  # what another protocol's door keeps per connection (the Kafka door's KafkaSession)
 
 
 class ClientConnections:
-    """Client connections on one selector: accept, TLS, framing, token check, limits, answers out."""
+    """Client connections on one selector: accept, TLS, framing, token check, limits, answers out.
+
+    The native protocol's listener. Another protocol on its own port (the Kafka door) subclasses it and
+    overrides the protocol hooks at the end (port, reader, the answers to bad input, overload and shutdown);
+    the limits, timeouts and back-pressure stay these."""
 
     def __init__(
         self,
@@ -90,15 +96,14 @@ class ClientConnections:
         self.on_request = on_request  # an authenticated request other than AUTH; may raise RemoteProtocolError
         self.hold_reads = hold_reads  # true while no connection may be read (the R1 ring is full)
         self.by_id: dict[int, Connection] = {}
-        self._ids = itertools.count(1)
         self.badlog = RateLimitedLog(log)  # bad clients: a clear line each, but never a flood
-        self.tls = tls.server_context(c.tls_cert_file, c.tls_key_file) if c.tls_enabled else None
-        self.token = auth.client_token(c)  # None: clients need not AUTH
+        self.tls = tls.server_context(c.tls_cert_file, c.tls_key_file) if c.tls_enabled and self.speaks_tls else None
+        self.token = auth.client_token(c) if self.asks_token else None  # None: clients need not AUTH
         self.accept_paused_until_s = 0.0  # out of descriptors: the listener is unregistered until then
         self.last_timeout_sweep_s = 0.0
         self.listener = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
         self.listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        self.listener.bind((c.bind_host, c.me.client_port))
+        self.listener.bind((c.bind_host, self.listen_port()))
         self.listener.listen(LISTEN_BACKLOG)
         self.listener.setblocking(False)
         self.sel.register(self.listener, selectors.EVENT_READ, self._accept)
@@ -118,7 +123,11 @@ class ClientConnections:
         self._flush(conn)
 
     def send_error_and_close(self, conn: Connection, cid: int, code: cp.ErrorCode, message: str) -> None:
-        self.send_and_close(conn, cp.encode_error(cid, code, message))
+        answer = self.error_answer(cid, code, message)
+        if answer is None:
+            self.close(conn)
+        else:
+            self.send_and_close(conn, answer)
 
     def send_and_close(self, conn: Connection, answer: bytes) -> None:
         """Send what is queued and `answer`, then close (MALFORMED, UNAUTHORIZED, SHUTTING_DOWN)."""
@@ -205,12 +214,11 @@ class ClientConnections:
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
             if self.tls is not None:
                 sock = tls.wrap(self.tls, sock, server_side=True)  # handshake driven by _on_event
-            limit = self.config.client_request_bytes_max if self.token is None else cp.AUTH_TOKEN_MAX_BYTES
             conn = Connection(
-                next(self._ids),
+                next(_CONN_IDS),
                 sock,
                 f"{addr[0]}:{addr[1]}",
-                cp.MessageReader(limit),
+                self.new_reader(),
                 last_recv_s=time.monotonic(),
                 tls_want=selectors.EVENT_READ if self.tls else 0,
                 authed=self.token is None,
@@ -231,8 +239,9 @@ class ClientConnections:
         )
         try:
             sock.setblocking(False)
-            if self.tls is None:  # a TLS client could not read a plain answer: just close
-                sock.send(cp.encode_error(0, cp.ErrorCode.UNAVAILABLE, f"too many connections (limit {limit})"))
+            answer = self.error_answer(0, cp.ErrorCode.UNAVAILABLE, f"too many connections (limit {limit})")
+            if self.tls is None and answer is not None:  # a TLS client could not read a plain answer: just close
+                sock.send(answer)
         except OSError:
             pass
         sock.close()
@@ -336,14 +345,10 @@ class ClientConnections:
         except RemoteProtocolError as exc:
             self.state.add("errors")
             self.record["errors"] += 1
-            self.badlog.warning("bad client", "client %s broke the protocol (%s); disconnected", conn.addr, exc)
-            cid = exc.correlation_id if isinstance(exc, cp.MessageError) else 0
-            if isinstance(exc, cp.MessageError) and exc.version:
-                self.send_and_close(conn, cp.encode_version_refused(cid, exc.version))
-            elif conn.authed:
-                self.send_error_and_close(conn, cid, cp.ErrorCode.MALFORMED, str(exc))
-            else:
-                self.send_error_and_close(conn, cid, cp.ErrorCode.UNAUTHORIZED, f"expected AUTH first ({exc})")
+            self.badlog.warning(
+                "bad client", "%s client %s broke the protocol (%s); disconnected", self.protocol, conn.addr, exc
+            )
+            self.refuse_bad_input(conn, exc)
             return
         if not conn.reader.buffered_bytes:
             conn.partial_since_s = 0.0
@@ -366,6 +371,35 @@ class ClientConnections:
         self.update_interest(conn)
 
     # --- the token check ---------------------------------------------------------------------------------------
+
+    # --- the protocol hooks (overridden by another protocol's listener) ----------------------------------------
+
+    protocol: str = "native"  # named in log lines
+    speaks_tls: bool = True  # TLS on this port where the node has it configured
+    asks_token: bool = True  # the client token (AUTH first) where the node has one
+
+    def listen_port(self) -> int:
+        return self.config.me.client_port
+
+    def new_reader(self) -> cp.MessageReader:
+        """A new connection's framer: `feed(bytes)`, `next_message()` (None until whole; raises
+        RemoteProtocolError), `buffered_bytes`, `pending_correlation_id`."""
+        limit = self.config.client_request_bytes_max if self.token is None else cp.AUTH_TOKEN_MAX_BYTES
+        return cp.MessageReader(limit)
+
+    def error_answer(self, cid: int, code: cp.ErrorCode, message: str) -> bytes | None:
+        """The answer sent before closing a connection for `code` (None: close without one)."""
+        return cp.encode_error(cid, code, message)
+
+    def refuse_bad_input(self, conn: Connection, exc: RemoteProtocolError) -> None:
+        """Answer a client that broke the protocol (already logged and counted), and close its connection."""
+        cid = exc.correlation_id if isinstance(exc, cp.MessageError) else 0
+        if isinstance(exc, cp.MessageError) and exc.version:
+            self.send_and_close(conn, cp.encode_version_refused(cid, exc.version))
+        elif conn.authed:
+            self.send_error_and_close(conn, cid, cp.ErrorCode.MALFORMED, str(exc))
+        else:
+            self.send_error_and_close(conn, cid, cp.ErrorCode.UNAUTHORIZED, f"expected AUTH first ({exc})")
 
     def _handle(self, conn: Connection, msg: cp.Message) -> None:
         if not conn.authed:

@@ -9,6 +9,9 @@ offset. Leaders' no-op entries are skipped, so an empty answer always means "not
 A FETCH below the earliest held offset, or past the node's log end, is answered OFFSET_OUT_OF_RANGE with the
 earliest offset and the commit offset. A FETCH with `max_wait_ms > 0` that would be answered empty waits
 (a long poll, at most FETCH_WAIT_MAX_MS) until an event is committed at or after its offset or its wait ends.
+
+The server is protocol-neutral: it finds the committed spans (`FetchResult`), and the encoder given with the
+request writes the answer: `encode_native` (FETCHED or ERROR) by default, the Kafka door's for Kafka Fetch.
 """
 
 from __future__ import annotations
@@ -27,10 +30,40 @@ from shmraft.ingest.connections import Connection
 from shmraft.ipc.state import StateBlock
 from shmraft.storage.rocks import LogCompactedError, RocksLogReader, StorageError
 from shmraft.wire import client as cp
-from shmraft.wire.frame import decode_batch
+from shmraft.wire.frame import Batch, decode_batch
 
 FETCH_WAIT_MAX_MS: Final = 30_000
 _FETCHED_HEAD: Final = struct.Struct("<QQI")  # next_offset, commit_offset, event_count (docs/PROTOCOL.md)
+
+
+@dataclass(frozen=True, slots=True)
+class FetchedSpan:
+    """The events of one committed log entry from position `skip` on."""
+
+    index: int
+    skip: int
+    batch: Batch
+
+    @property
+    def first_offset(self) -> int:
+        return self.index * BATCH_EVENTS_MAX + self.skip
+
+
+@dataclass(frozen=True, slots=True)
+class FetchResult:
+    """What a fetch found: spans of committed events (none: nothing committed at or after the offset yet), or
+    OFFSET_OUT_OF_RANGE (`out_of_range` says why)."""
+
+    next_offset: int
+    commit_offset: int
+    earliest_offset: int
+    spans: tuple[FetchedSpan, ...] = ()
+    out_of_range: str = ""
+
+
+# (correlation id, result) -> the answer's bytes, or None when the encoder delivered the answer itself (the Kafka
+# door does, to keep a connection's answers in request order)
+FetchEncoder = Callable[[int, FetchResult], bytes | None]
 
 
 @dataclass(eq=False, slots=True)
@@ -39,6 +72,7 @@ class _Parked:
     request: cp.Fetch
     deadline_s: float  # monotonic
     commit_seen: int  # the commit index when it was last found empty: worth trying again once it moves
+    encode: FetchEncoder
 
 
 class FetchServer:
@@ -59,10 +93,20 @@ class FetchServer:
         """Ids of the connections with a long poll parked (they are not idle)."""
         return {f.conn.id for f in self.parked}
 
-    def fetch(self, conn: Connection, req: cp.Fetch, now_s: float) -> None:
-        """A new FETCH: answer it now, or park it if it would be answered empty and asks to wait."""
+    def fetch(self, conn: Connection, req: cp.Fetch, now_s: float, encode: FetchEncoder | None = None) -> None:
+        """A new FETCH: answer it now, or park it if it would be answered empty and asks to wait. `encode`
+        writes the answer (default: the native FETCHED / ERROR)."""
         wait_s = min(req.max_wait_ms, FETCH_WAIT_MAX_MS) / 1000
-        self._serve(_Parked(conn, req, now_s + wait_s, 0), now_s)
+        self._serve(_Parked(conn, req, now_s + wait_s, 0, encode or encode_native), now_s)
+
+    def offsets(self) -> tuple[int, int] | None:
+        """(earliest offset, commit offset) of this node's committed log; None while the log is not readable."""
+        commit = self.state.get("commit_index")
+        reader = self._reader()
+        if reader is None:
+            return None
+        reader.catch_up()
+        return earliest_offset(reader.first_index()), commit_offset(commit)
 
     def retry(self, now_s: float) -> None:
         """Try the parked fetches again where the commit index moved, and answer those whose wait has ended."""
@@ -85,20 +129,14 @@ class FetchServer:
 
     def _serve(self, f: _Parked, now_s: float) -> None:
         commit = self.state.get("commit_index")
-        answer = self._answer(f.request, commit)
-        if answer is None and now_s < f.deadline_s:
+        result = self._collect(f.request, commit)
+        if not result.spans and not result.out_of_range and now_s < f.deadline_s:
             f.commit_seen = commit
             self.parked.append(f)
             return
-        if answer is None:
-            answer = cp.encode_fetched(
-                f.request.correlation_id,
-                max(f.request.from_offset, commit_offset(commit)),
-                commit_offset(commit),
-                [],
-                [],
-            )
-        self.write(f.conn, answer)
+        answer = f.encode(f.request.correlation_id, result)
+        if answer is not None:
+            self.write(f.conn, answer)
 
     def _reader(self) -> RocksLogReader | None:
         quarantines = self.state.get("quarantines")
@@ -118,12 +156,13 @@ class FetchServer:
                 return None
         return self.log_reader
 
-    def _answer(self, req: cp.Fetch, commit: int) -> bytes | None:
-        """The answer to `req` with the log committed up to `commit`: FETCHED with events, OFFSET_OUT_OF_RANGE,
-        or None when no event is committed at or after its offset (yet)."""
+    def _collect(self, req: cp.Fetch, commit: int) -> FetchResult:
+        """What `req` finds with the log committed up to `commit`: spans of events, OFFSET_OUT_OF_RANGE, or no
+        span when no event is committed at or after its offset (yet)."""
+        empty = FetchResult(max(req.from_offset, commit_offset(commit)), commit_offset(commit), 0)
         reader = self._reader()
         if reader is None:
-            return None
+            return empty
         if reader.last_index() < commit:
             reader.catch_up()
         index, position = divmod(req.from_offset, BATCH_EVENTS_MAX)
@@ -137,17 +176,16 @@ class FetchServer:
                     if req.from_offset < earliest
                     else (f"past this node's log end {end_index * BATCH_EVENTS_MAX}")
                 )
-                return cp.encode_error(
-                    req.correlation_id,
-                    cp.ErrorCode.OFFSET_OUT_OF_RANGE,
-                    f"offset {req.from_offset} is {where} (commit offset {commit_offset(commit)})",
-                    earliest_offset=earliest,
-                    latest_offset=commit_offset(commit),
+                return FetchResult(
+                    req.from_offset,
+                    commit_offset(commit),
+                    earliest,
+                    out_of_range=f"offset {req.from_offset} is {where} (commit offset {commit_offset(commit)})",
                 )
         max_bytes = max(1, min(req.max_bytes, self.config.fetch_bytes_max))
         last = min(commit, reader.last_index())
         lo = max(index, reader.first_index(), 1)
-        offsets, lengths, datas = [], [], []
+        spans: list[FetchedSpan] = []
         total = 0
         next_offset = req.from_offset
         try:
@@ -163,33 +201,46 @@ class FetchServer:
                     skip = position if e.index == index else 0
                     if skip >= b.header.event_count:
                         continue
-                    n = b.header.event_count - skip
-                    start = int(b.offsets[skip])
-                    offsets.append(e.index * BATCH_EVENTS_MAX + np.arange(skip, skip + n, dtype=np.uint64))
-                    lengths.append(b.lengths[skip:])
-                    datas.append(b.data[start:])
-                    total += len(b.data) - start
+                    spans.append(FetchedSpan(e.index, skip, b))
+                    total += len(b.data) - int(b.offsets[skip])
                     if total >= max_bytes:
                         break
                 lo = next_offset // BATCH_EVENTS_MAX
         except LogCompactedError as exc:  # retention passed the offset while this view caught up
-            return cp.encode_error(
-                req.correlation_id,
-                cp.ErrorCode.OFFSET_OUT_OF_RANGE,
-                f"offset {req.from_offset} is below the earliest held offset {earliest_offset(exc.first_index)}",
-                earliest_offset=earliest_offset(exc.first_index),
-                latest_offset=commit_offset(commit),
+            return FetchResult(
+                req.from_offset,
+                commit_offset(commit),
+                earliest_offset(exc.first_index),
+                out_of_range=(
+                    f"offset {req.from_offset} is below the earliest held offset {earliest_offset(exc.first_index)}"
+                ),
             )
-        if not offsets:
-            return None
-        return encode_fetched_batches(
-            req.correlation_id,
-            next_offset,
-            commit_offset(commit),
-            np.concatenate(offsets),
-            np.concatenate(lengths),
-            datas,
+        if not spans:
+            return empty
+        return FetchResult(next_offset, commit_offset(commit), earliest_offset(reader.first_index()), tuple(spans))
+
+
+def encode_native(cid: int, result: FetchResult) -> bytes:
+    """The native answer: FETCHED with the spans' events, or ERROR OFFSET_OUT_OF_RANGE."""
+    if result.out_of_range:
+        return cp.encode_error(
+            cid,
+            cp.ErrorCode.OFFSET_OUT_OF_RANGE,
+            result.out_of_range,
+            earliest_offset=result.earliest_offset,
+            latest_offset=result.commit_offset,
         )
+    if not result.spans:
+        return cp.encode_fetched(cid, result.next_offset, result.commit_offset, [], [])
+    offsets, lengths, datas = [], [], []
+    for s in result.spans:
+        b = s.batch
+        offsets.append(s.first_offset + np.arange(b.header.event_count - s.skip, dtype=np.uint64))
+        lengths.append(b.lengths[s.skip :])
+        datas.append(b.data[int(b.offsets[s.skip]) :])
+    return encode_fetched_batches(
+        cid, result.next_offset, result.commit_offset, np.concatenate(offsets), np.concatenate(lengths), datas
+    )
 
 
 def commit_offset(commit_index: int) -> int:

@@ -33,7 +33,9 @@ def free_port_base(count: int) -> int:
     for _ in range(PORT_BASE_TRIES):
         base = random.randrange(low, high, 1000)
         ports = [
-            p for m in local_members(count, base) for p in (m.client_port, m.data_port, m.raft_port, m.metrics_port)
+            p
+            for m in local_members(count, base, kafka=True)
+            for p in (m.client_port, m.data_port, m.raft_port, m.metrics_port, m.kafka_port)
         ]
         if all(_port_free(p) for p in ports):
             return base

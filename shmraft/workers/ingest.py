@@ -6,6 +6,9 @@ event was appended (or that it is a duplicate, with its offset, or refused), and
 once the commit index covers all its events. Elsewhere the answer is NOT_LEADER with the leader's address.
 FETCH: committed events from any node (shmraft/ingest/fetch.py). METADATA: from the shared state block.
 Connections, TLS, the client token, limits and bad input: shmraft/ingest/connections.py.
+The Kafka door (on where the member has a `kafka_port`): its connections (shmraft/ingest/kafka_listener.py)
+in the same selector loop, its requests mapped onto the same tracker, R1 writes and fetch server
+(shmraft/ingest/kafka_door.py): one commit path.
 
 When the R1 ring is full, bodies wait here in order and no connection is read until the batcher catches up.
 """
@@ -18,11 +21,16 @@ import time
 from collections import deque
 from typing import Final
 
+import numpy as np
+
 from shmraft.ingest.connections import ClientConnections, Connection
 from shmraft.ingest.fetch import FetchServer
+from shmraft.ingest.kafka_door import KafkaDoor
+from shmraft.ingest.kafka_listener import KafkaConnections
 from shmraft.ingest.limits import node_limits
 from shmraft.ingest.tracker import NS_PER_MS, Answer, ProduceTracker
 from shmraft.ipc.state import NodeStatus, Worker, latency_bucket
+from shmraft.kafka import checksum
 from shmraft.node.layout import Ring
 from shmraft.node.records import NoteKind, decode_note
 from shmraft.raft.types import Role
@@ -48,7 +56,18 @@ class IngestWorker(WorkerBase):
         self.notes = Inbox(self.layout.reader(Ring.R5), Ring.R5)
         self.sel.register(self.notes, selectors.EVENT_READ, lambda _m: None)
         self.tracker = ProduceTracker(config.node_id, self.state.get("term"), config.produce_timeout_ms_default)
-        self.fetches = FetchServer(config, self.state, self.log, self.conns.write)
+        self.fetches = FetchServer(config, self.state, self.log, self._write)
+        self.kafka: KafkaConnections | None = None
+        self.door: KafkaDoor | None = None
+        if config.me.kafka_port:
+            self.kafka = KafkaConnections(
+                self.sel, config, self.state, self.record, self.log, self._on_kafka_request, self.conns.hold_reads
+            )
+            self.door = KafkaDoor(
+                config, self.state, self.log, self.fetches, self._admit, self.kafka.write, self.kafka.close
+            )
+            if not checksum.ACCELERATED:
+                self.log.warning("the crc32c package is missing: Kafka record batches use pure-Python CRC-32C (slow)")
         self.latency_buckets = self.state.node["commit_latency_buckets"]  # a view into the state block
         self.limits = node_limits(config)
 
@@ -70,6 +89,8 @@ class IngestWorker(WorkerBase):
                     self._sweep(now_ns)
         finally:
             self.conns.shutdown(cp.ErrorCode.SHUTTING_DOWN, "node is stopping")
+            if self.kafka is not None:
+                self.kafka.shutdown(cp.ErrorCode.SHUTTING_DOWN, "node is stopping")
             self.notes.close()
             self.fetches.close()
 
@@ -81,8 +102,9 @@ class IngestWorker(WorkerBase):
         if not is_leader and self.tracker.waiting:
             self._deliver(self.tracker.fail_all(cp.ErrorCode.NOT_LEADER, "this node is no longer the leader"))
         self.fetches.retry(now)
-        self.conns.unpark()
-        self.conns.maintain(now, self.fetches.waiting_connections)
+        for conns in self._listeners():
+            conns.unpark()
+            conns.maintain(now, self.fetches.waiting_connections)
 
     # --- requests ------------------------------------------------------------------------------------------
 
@@ -97,6 +119,10 @@ class IngestWorker(WorkerBase):
             raise cp.MessageError(
                 "kind", "a request (PRODUCE, FETCH, METADATA, AUTH)", type(msg).__name__, msg.correlation_id
             )
+
+    def _on_kafka_request(self, conn: Connection, req: object) -> None:
+        assert self.door is not None
+        self.door.on_request(conn, req)  # type: ignore[arg-type]
 
     def _produce(self, conn: Connection, msg: cp.Produce) -> None:
         status = self.state.get("status")
@@ -113,24 +139,42 @@ class IngestWorker(WorkerBase):
                 f"node {self.config.node_id} is not the leader (leader: {leader or 'unknown'})",
             )
             return
-        size = len(msg.data)
-        refused = self.tracker.submit(
-            conn.id,
+        # The PRODUCE body is the batcher's event block as it stands (node/batching.py): no copy, no re-encode.
+        refused = self._admit(
+            conn,
             msg.correlation_id,
             msg.producer_id,
             msg.first_sequence,
             msg.lengths,
-            size,
+            msg.body,
+            len(msg.data),
             msg.timeout_ms,
-            time.monotonic_ns(),
         )
         if refused is not None:
             self._deliver([refused])
-            return
+
+    def _admit(
+        self,
+        conn: Connection,
+        cid: int,
+        producer_id: int,
+        first_sequence: int,
+        lengths: np.ndarray,
+        block: bytes | memoryview,
+        size: int,
+        timeout_ms: int,
+    ) -> Answer | None:
+        """The one produce path (native PRODUCE and Kafka Produce): the tracker, then the event block to the
+        batcher. Returns the tracker's refusal (not yet delivered), or None once admitted."""
+        refused = self.tracker.submit(
+            conn.id, cid, producer_id, first_sequence, lengths, size, timeout_ms, time.monotonic_ns()
+        )
+        if refused is not None:
+            return refused
         conn.inflight_bytes += size
-        # The PRODUCE body is the batcher's event block as it stands (node/batching.py): no copy, no re-encode.
-        self.backlog.append(msg.body)
+        self.backlog.append(block)
         self._drain_backlog()
+        return None
 
     def _metadata(self, conn: Connection, msg: cp.Metadata) -> None:
         members = [cp.Member(m.node_id, m.host, m.client_port) for m in self.config.members]
@@ -158,7 +202,8 @@ class IngestWorker(WorkerBase):
             self.record["records_out"] += pushed
             if pushed < len(batch):
                 return
-        self.conns.unpark()
+        for conns in self._listeners():
+            conns.unpark()
 
     def _on_note(self, rec: bytes) -> None:
         note = decode_note(rec)
@@ -176,20 +221,37 @@ class IngestWorker(WorkerBase):
 
     def _answer_committed(self) -> None:
         self._deliver(self.tracker.committed(self.state.get("commit_index"), time.monotonic_ns()))
-        self.conns.unpark()
+        for conns in self._listeners():
+            conns.unpark()
 
     def _deliver(self, answers: list[Answer]) -> None:
         """Write the tracker's answers to their connections (those still open), in order."""
         for a in answers:
             conn = self.conns.by_id.get(a.conn_id)
-            if conn is not None:
-                conn.inflight_bytes -= a.size_bytes
+            kafka_conn = self.kafka.by_id.get(a.conn_id) if self.kafka is not None else None
+            for c in (conn, kafka_conn):
+                if c is not None:
+                    c.inflight_bytes -= a.size_bytes
             if a.offsets is not None:
                 self._record_latency(a.latency_ns)  # counted before the producer can see it
-                if conn is not None:
-                    self.conns.write(conn, cp.encode_produced(a.correlation_id, a.offsets))
-            elif conn is not None:
+            if self.door is not None and conn is None:
+                self.door.on_answer(a)  # a Kafka Produce's chunk (ignored unless it is one)
+            elif conn is None:
+                pass  # the connection has closed
+            elif a.offsets is not None:
+                self.conns.write(conn, cp.encode_produced(a.correlation_id, a.offsets))
+            else:
                 self._error(conn, a.correlation_id, a.code, a.message)
+
+    def _write(self, conn: Connection, data: bytes) -> None:
+        """Queue an answer on a connection of either listener."""
+        if self.kafka is not None and conn.id in self.kafka.by_id:
+            self.kafka.write(conn, data)
+        else:
+            self.conns.write(conn, data)
+
+    def _listeners(self) -> list[ClientConnections]:
+        return [self.conns] if self.kafka is None else [self.conns, self.kafka]
 
     def _error(self, conn: Connection, cid: int, code: cp.ErrorCode, message: str) -> None:
         leader = ""
