@@ -1,7 +1,7 @@
 """End-to-end benchmark of a real local 3-node shmraft cluster (all processes on this machine).
 
-Starts its own cluster (LocalCluster, unique cluster id, free ports, temporary data dir) once per fsync
-policy and measures, with 100-byte events:
+Starts its own cluster (shmraft.testing's ClusterDriver: unique cluster id, free ports, temporary data dir)
+once per fsync policy and measures, with 100-byte events:
 
 1. committed events/s with 1 and with 4 producer processes (multiprocessing, spawn), each a pipelined
    `Client.producer(window, batch_events, linger_ms)`; only acknowledged events count, over `--duration`
@@ -49,6 +49,8 @@ import tempfile
 import threading
 import time
 from array import array
+from collections.abc import Iterator
+from dataclasses import dataclass
 from importlib.metadata import version
 from pathlib import Path
 from typing import Any
@@ -59,32 +61,18 @@ import numpy as np  # noqa: E402
 import psutil  # noqa: E402
 
 from shmraft.client import Client, ShmraftError  # noqa: E402
-from shmraft.config import NodeConfig, local_cluster  # noqa: E402
-from shmraft.ipc import segments  # noqa: E402
-from shmraft.ipc.state import StateBlockError, Worker  # noqa: E402
-from shmraft.node.layout import NodeLayout  # noqa: E402
-from shmraft.raft.types import Role  # noqa: E402
-from shmraft.supervisor.cluster import LocalCluster, free_port_base  # noqa: E402
+from shmraft.testing.cluster import ClusterDriver, new_cluster_id, remove_segments  # noqa: E402
+from shmraft.testing.wait import wait_for  # noqa: E402
 
 RESULTS_DIR = Path(__file__).resolve().parent / "results"
 EVENT_BYTES = 100
 EVENT = b"x" * EVENT_BYTES
 START_TIMEOUT_S = 60.0
 CLIENT_TIMEOUT_S = 30.0
+POLL_S = 0.01  # the benchmark's waits poll this often (its figures are timed by them)
 
 
 # --- small helpers ---------------------------------------------------------------------------------------------
-
-
-def wait_for(cond, timeout_s: float, what: str, interval_s: float = 0.01):
-    deadline = time.monotonic() + timeout_s
-    last = None
-    while time.monotonic() < deadline:
-        last = cond()
-        if last:
-            return last
-        time.sleep(interval_s)
-    raise TimeoutError(f"timed out after {timeout_s} s waiting for {what}; last seen: {last!r}")
 
 
 def percentiles_ms(samples_s) -> dict[str, float]:
@@ -122,123 +110,30 @@ def machine_busy_seconds() -> float:
     )
 
 
-def alive(pid: int) -> bool:
-    try:
-        return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
-    except psutil.Error:
-        return False
-
-
 # --- the cluster -----------------------------------------------------------------------------------------------
 
 CLUSTER_IDS: list[str] = []  # every cluster this run started, for the final leftover check
 
 
-class BenchCluster:
-    """A local cluster in its own temp dir; stop() leaves no process and no shared memory behind."""
-
-    def __init__(self, root: Path, fsync: str, nodes: int = 3) -> None:
-        self.cluster_id = f"cb{os.getpid()}x{random.randrange(10**6)}"
-        CLUSTER_IDS.append(self.cluster_id)
-        self.dir = root / f"cluster-{fsync}"
-        self.configs: list[NodeConfig] = local_cluster(
-            self.dir, count=nodes, port_base=free_port_base(nodes), cluster_id=self.cluster_id, fsync=fsync
-        )
-        self.cluster = LocalCluster(self.configs, log_dir=self.dir / "logs")
-        self.addresses = [c.me.client_address for c in self.configs]
-        self.seen_pids: set[int] = set()
-        self.fsync = fsync
-
-    def __enter__(self) -> BenchCluster:
-        try:
-            self.cluster.start()
-            self.wait_serving()
-        except BaseException:
-            self.stop()
-            raise
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.stop()
-
-    def config(self, node_id: int) -> NodeConfig:
-        return next(c for c in self.configs if c.node_id == node_id)
-
-    def state(self, node_id: int) -> dict[str, Any] | None:
-        try:
-            block = NodeLayout(self.config(node_id)).attach_state()
-        except StateBlockError:
-            return None
-        try:
-            n = block.node
-            out = {k: int(n[k]) for k in ("role", "term", "leader_id", "commit_index", "last_index", "status")}
-            out["pids"] = {w: int(block.workers[w]["pid"]) for w in Worker}
-        finally:
-            block.close()
-        self.seen_pids |= {p for p in out["pids"].values() if p}
-        return out
-
-    def leader(self, exclude: int = 0) -> int:
-        """The node that says it is leader in the highest term (0 if none); a killed node's block is stale,
-        so the caller excludes it."""
-        best = (0, -1)
-        for c in self.configs:
-            if c.node_id == exclude:
-                continue
-            s = self.state(c.node_id)
-            if s and s["role"] == Role.LEADER and s["term"] > best[1]:
-                best = (c.node_id, s["term"])
-        return best[0]
-
-    def wait_serving(self, timeout_s: float = START_TIMEOUT_S) -> int:
-        leader = wait_for(self.leader, timeout_s, "a leader")
-        with Client(self.addresses, timeout_s=timeout_s) as c:
+@contextlib.contextmanager
+def bench_cluster(root: Path, fsync: str, nodes: int = 3) -> Iterator[ClusterDriver]:
+    """A serving local cluster in root/cluster-<fsync> (a leader, and one event through the whole path);
+    stopped on exit, leaving no process and no shared memory behind."""
+    bench = ClusterDriver.create(root / f"cluster-{fsync}", nodes, new_cluster_id("cb"), fsync=fsync)
+    CLUSTER_IDS.append(bench.cluster_id)
+    with bench:
+        bench.start(leader_timeout_s=None)
+        wait_for(bench.leader, START_TIMEOUT_S, "a leader", POLL_S)
+        with Client(bench.addresses, timeout_s=START_TIMEOUT_S) as c:
             c.produce(b"warm-up")  # the whole path works (ingest, batcher, raft, sender, followers)
-        return leader
-
-    def worker_pids(self, node_id: int) -> dict[str, int]:
-        s = self.state(node_id)
-        return {w.name.lower(): p for w, p in s["pids"].items() if p} if s else {}
-
-    def node_pids(self, node_id: int) -> dict[str, int]:
-        """supervisor + workers of a node, by name."""
-        out = {"supervisor": self.cluster.procs[node_id].pid}
-        out.update(self.worker_pids(node_id))
-        return out
-
-    def kill_node(self, node_id: int) -> None:
-        self.seen_pids |= set(self.node_pids(node_id).values())
-        proc = self.cluster.procs[node_id]
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(proc.pid, signal.SIGKILL)
-        proc.wait()
-
-    def stop(self) -> None:
-        for proc in self.cluster.procs.values():
-            self.seen_pids.add(proc.pid)
-        for c in self.configs:
-            with contextlib.suppress(Exception):
-                self.state(c.node_id)
-        try:
-            self.cluster.stop()
-        finally:
-            for pid in self.seen_pids:
-                if alive(pid):
-                    with contextlib.suppress(ProcessLookupError):
-                        os.kill(pid, signal.SIGKILL)
-            for proc in self.cluster.procs.values():
-                with contextlib.suppress(Exception):
-                    proc.wait(5)
-            remove_segments(self.cluster_id)
+        yield bench
 
 
-def remove_segments(cluster_id: str) -> list[str]:
-    segs, sems = segments.list_names(segments.prefix_for(cluster_id))
-    for name in sems:
-        segments.unlink_semaphore(name)
-    for name in segs:
-        segments.unlink_ring(name)  # also plain segments (the state block): unlink_ring unlinks the name
-    return segs + sems
+def named_pids(bench: ClusterDriver, node_id: int) -> dict[str, int]:
+    """supervisor + workers of a node, by name."""
+    out = {"supervisor": bench.supervisor_pid(node_id) or 0}
+    out.update({w.name.lower(): p for w, p in bench.worker_pids(node_id).items() if p})
+    return out
 
 
 # --- producer processes (spawned) ----------------------------------------------------------------------------
@@ -363,12 +258,12 @@ def paced_producer(
 # --- measurements ---------------------------------------------------------------------------------------------
 
 
-def process_table(bench: BenchCluster, leader: int) -> dict[str, int]:
+def process_table(bench: ClusterDriver, leader: int) -> dict[str, int]:
     """name -> pid for every process of the cluster: leader/<worker>, f<id>/<worker>."""
     out: dict[str, int] = {}
     for c in bench.configs:
         tag = "leader" if c.node_id == leader else f"follower{c.node_id}"
-        for name, pid in bench.node_pids(c.node_id).items():
+        for name, pid in named_pids(bench, c.node_id).items():
             out[f"{tag}/{name}"] = pid
     return out
 
@@ -413,7 +308,7 @@ def stop_procs(procs) -> None:
 
 def measure_throughput(
     ctx,
-    bench: BenchCluster,
+    bench: ClusterDriver,
     producers: int,
     duration_s: float,
     window: int,
@@ -475,7 +370,7 @@ def measure_throughput(
     }
 
 
-def measure_one_in_flight(bench: BenchCluster, samples: int) -> dict:
+def measure_one_in_flight(bench: ClusterDriver, samples: int) -> dict:
     lat = array("d")
     with Client(bench.addresses, timeout_s=CLIENT_TIMEOUT_S) as c:
         for _ in range(min(100, samples)):
@@ -489,7 +384,7 @@ def measure_one_in_flight(bench: BenchCluster, samples: int) -> dict:
 
 def measure_paced(
     ctx,
-    bench: BenchCluster,
+    bench: ClusterDriver,
     rate: float,
     producers: int,
     duration_s: float,
@@ -573,7 +468,7 @@ def _median_max(xs: list[float]) -> dict:
 
 
 def measure_failover(
-    bench: BenchCluster,
+    bench: ClusterDriver,
     kills: int,
     rate: float,
     log,
@@ -600,15 +495,14 @@ def measure_failover(
     commits_ms: list[float] = []
     catchups_s: list[float] = []
     try:
-        wait_for(lambda: load.acks >= 20, 30, "the steady load to run")
+        wait_for(lambda: load.acks >= 20, 30, "the steady load to run", POLL_S)
         for k in range(kills):
-            leader = bench.leader() or wait_for(bench.leader, 30, "a leader")
+            leader = bench.leader() or wait_for(bench.leader, 30, "a leader", POLL_S)
             time.sleep(random.uniform(0.2, 0.5))  # a random phase against heartbeats and the load
-            pgid = bench.cluster.procs[leader].pid
-            bench.seen_pids |= set(bench.node_pids(leader).values())
+            bench.seen_pids |= set(bench.node_pids(leader))
             with load.lock:  # no produce() in flight: an answer already on its way cannot count as "next"
                 t_kill = time.monotonic()
-                os.killpg(pgid, signal.SIGKILL if mode == "kill" else signal.SIGSTOP)
+                bench.signal_node(leader, signal.SIGKILL if mode == "kill" else signal.SIGSTOP)
                 commit_at_kill = max(
                     (st["commit_index"] for c in bench.configs if (st := bench.state(c.node_id))), default=0
                 )
@@ -642,7 +536,7 @@ def measure_failover(
                         f"the client had no event acknowledged within {client_grace_s:g} s of "
                         f"the new leader committing (client errors {dict(load.errors)})"
                     )
-                bench.cluster.procs[leader].wait()
+                bench.local.procs[leader].wait()
             else:
                 bench.kill_node(leader)
             if t_ack is not None:
@@ -653,7 +547,7 @@ def measure_failover(
             commits_ms.append(round(1000 * (t_commit - t_kill), 1))
             # restart the killed node and wait until it has caught up with the commit index
             t_restart = time.monotonic()
-            bench.cluster.start_node(leader)
+            bench.start_node(leader)
 
             def caught_up(node=leader) -> bool:
                 s = bench.state(node)
@@ -700,8 +594,8 @@ def measure_failover(
 PROFILE_MODES = ("gil", "active")  # py-spy --gil: the thread holding the GIL; active: every non-idle thread
 
 
-def profile_targets(bench: BenchCluster, leader: int, procs) -> dict[str, int]:
-    pids = bench.worker_pids(leader)
+def profile_targets(bench: ClusterDriver, leader: int, procs) -> dict[str, int]:
+    pids = {w.name.lower(): p for w, p in bench.worker_pids(leader).items() if p}
     targets = {f"leader_{w}": pids[w] for w in ("raft", "ingest", "batcher", "sender") if w in pids}
     targets["producer1"] = procs[0].pid
     return targets
@@ -771,7 +665,21 @@ def summarise_profile(raw: Path, seconds: float, rate: int, top: int = 8) -> dic
 # --- main ------------------------------------------------------------------------------------------------------
 
 
-def main(argv: list[str] | None = None) -> int:
+@dataclass
+class Plan:
+    """What one run measures, from the command line (the defaults depend on --quick)."""
+
+    duration_s: float
+    samples: int
+    kills: int
+    freezes: int
+    policies: list[str]
+    counts: list[int]
+    profile: dict | None
+    settings: dict[str, Any]
+
+
+def parse_args(argv: list[str] | None) -> tuple[argparse.Namespace, Plan]:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--quick", action="store_true", help="CI size: ~1 min, fsync always only, 3 kills")
     ap.add_argument("--duration", type=float, help="seconds per throughput / half-rate run (default 10; quick 3)")
@@ -802,6 +710,12 @@ def main(argv: list[str] | None = None) -> int:
     freezes = args.freezes if args.freezes is not None else (1 if args.quick else 3)
     policies = (args.fsync or ("always" if args.quick else "always,never")).split(",")
     counts = [int(x) for x in args.producers.split(",")]
+    profile = None
+    if args.profile:
+        spy = shutil.which("py-spy") or str(Path(sys.executable).parent / "py-spy")
+        if not Path(spy).exists():
+            ap.error("--profile needs py-spy (pip install py-spy)")
+        profile = {"py_spy": spy, "seconds": args.profile_seconds, "rate": 100}
     settings = {
         "quick": args.quick,
         "duration_s": duration,
@@ -820,95 +734,104 @@ def main(argv: list[str] | None = None) -> int:
         "failover_load_events_per_s": args.failover_rate,
         "cluster": "3 nodes, 127.0.0.1, default config",
     }
+    return args, Plan(duration, samples, kills, freezes, policies, counts, profile, settings)
 
-    def log(msg: str) -> None:
-        print(msg, file=sys.stderr, flush=True)
 
-    def on_term(_s, _f):
+def log(msg: str) -> None:
+    print(msg, file=sys.stderr, flush=True)
+
+
+def stop_on_sigterm() -> None:
+    """SIGTERM and Ctrl-C both raise KeyboardInterrupt, so the run cleans up in its `finally`."""
+
+    def on_term(_s: int, _f: object) -> None:
         raise KeyboardInterrupt
 
     signal.signal(signal.SIGTERM, on_term)
     signal.signal(signal.SIGINT, signal.default_int_handler)  # even if started with SIGINT ignored (nohup, &)
+
+
+def measure_policy(ctx, bench: ClusterDriver, policy: str, args: argparse.Namespace, plan: Plan, results: dict) -> None:
+    """Every measurement on one cluster (one fsync policy): throughput, latency, and on the first policy the
+    profile and the failovers; into `results`."""
+    first = policy == plan.policies[0]
+    tp: dict[str, dict] = {}
+    for n in plan.counts:
+        log(f"   throughput, {n} producer(s), {plan.duration_s:g} s ...")
+        tp[str(n)] = measure_throughput(ctx, bench, n, plan.duration_s, args.window, args.batch_events, args.linger_ms)
+        log(f"     {tp[str(n)]['events_per_s']:,} events/s")
+    results["throughput"][policy] = tp
+    log(f"   latency, one in flight, {plan.samples} samples ...")
+    one = measure_one_in_flight(bench, plan.samples)
+    best = max(v["events_per_s"] for v in tp.values())
+    log(f"   latency, open loop at half of {best:,}/s ({args.paced_producers} producer(s)) ...")
+    half = measure_paced(
+        ctx,
+        bench,
+        best / 2,
+        args.paced_producers,
+        plan.duration_s,
+        args.window,
+        args.batch_events,
+        args.paced_linger_ms,
+    )
+    results["latency"][policy] = {"one_in_flight": one, "half_rate": half}
+    if not first:
+        return
+    profile = plan.profile
+    if profile:
+        log(f"   profiling: a separate {max(plan.counts)}-producer run under py-spy ...")
+        measure_throughput(
+            ctx,
+            bench,
+            max(plan.counts),
+            len(PROFILE_MODES) * (profile["seconds"] + 1.0),
+            args.window,
+            args.batch_events,
+            args.linger_ms,
+            warmup_s=1.0,
+            profile=profile,
+        )
+        results["profile"] = {
+            mode: {
+                name: summarise_profile(RESULTS_DIR / f"profile_{mode}_{name}.txt", profile["seconds"], profile["rate"])
+                for name in ("leader_raft", "leader_ingest", "leader_batcher", "leader_sender", "producer1")
+            }
+            for mode in PROFILE_MODES
+        }
+    if plan.kills:
+        log(f"   failover: {plan.kills} leader kills under a blocking client at {args.failover_rate:g} ev/s")
+        results["failover"] = measure_failover(bench, plan.kills, args.failover_rate, log)
+    if plan.freezes:
+        log(f"   failover: {plan.freezes} leader freezes (SIGSTOP: a vanished host), same load")
+        results["freeze"] = measure_failover(
+            bench, plan.freezes, args.failover_rate, log, mode="freeze", client_timeout_s=5.0
+        )
+
+
+def run_clusters(args: argparse.Namespace, plan: Plan) -> dict[str, Any]:
+    """One cluster per fsync policy in a temp dir, measured; the temp dir and every cluster's shared memory
+    are gone afterwards, also on error or Ctrl-C."""
     ctx = mp.get_context("spawn")
-    profile = None
-    if args.profile:
-        spy = shutil.which("py-spy") or str(Path(sys.executable).parent / "py-spy")
-        if not Path(spy).exists():
-            ap.error("--profile needs py-spy (pip install py-spy)")
-        profile = {"py_spy": spy, "seconds": args.profile_seconds, "rate": 100}
-    RESULTS_DIR.mkdir(parents=True, exist_ok=True)
     root = Path(tempfile.mkdtemp(prefix="shmraft-cluster-bench-", dir=args.tmp))
     results: dict[str, Any] = {"throughput": {}, "latency": {}, "failover": None, "freeze": None, "profile": None}
-    t_all = time.monotonic()
     try:
-        for policy in policies:
+        for policy in plan.policies:
             log(f"== fsync {policy}: starting a 3-node cluster in {root}")
-            with BenchCluster(root, policy) as bench:
-                tp: dict[str, dict] = {}
-                for n in counts:
-                    log(f"   throughput, {n} producer(s), {duration:g} s ...")
-                    tp[str(n)] = measure_throughput(
-                        ctx, bench, n, duration, args.window, args.batch_events, args.linger_ms
-                    )
-                    log(f"     {tp[str(n)]['events_per_s']:,} events/s")
-                results["throughput"][policy] = tp
-                log(f"   latency, one in flight, {samples} samples ...")
-                one = measure_one_in_flight(bench, samples)
-                best = max(v["events_per_s"] for v in tp.values())
-                log(f"   latency, open loop at half of {best:,}/s ({args.paced_producers} producer(s)) ...")
-                half = measure_paced(
-                    ctx,
-                    bench,
-                    best / 2,
-                    args.paced_producers,
-                    duration,
-                    args.window,
-                    args.batch_events,
-                    args.paced_linger_ms,
-                )
-                results["latency"][policy] = {"one_in_flight": one, "half_rate": half}
-                if profile and policy == policies[0]:
-                    log(f"   profiling: a separate {max(counts)}-producer run under py-spy ...")
-                    measure_throughput(
-                        ctx,
-                        bench,
-                        max(counts),
-                        len(PROFILE_MODES) * (profile["seconds"] + 1.0),
-                        args.window,
-                        args.batch_events,
-                        args.linger_ms,
-                        warmup_s=1.0,
-                        profile=profile,
-                    )
-                    results["profile"] = {
-                        mode: {
-                            name: summarise_profile(
-                                RESULTS_DIR / f"profile_{mode}_{name}.txt", profile["seconds"], profile["rate"]
-                            )
-                            for name in ("leader_raft", "leader_ingest", "leader_batcher", "leader_sender", "producer1")
-                        }
-                        for mode in PROFILE_MODES
-                    }
-                if kills and policy == policies[0]:
-                    log(f"   failover: {kills} leader kills under a blocking client at {args.failover_rate:g} ev/s")
-                    results["failover"] = measure_failover(bench, kills, args.failover_rate, log)
-                if freezes and policy == policies[0]:
-                    log(f"   failover: {freezes} leader freezes (SIGSTOP: a vanished host), same load")
-                    results["freeze"] = measure_failover(
-                        bench, freezes, args.failover_rate, log, mode="freeze", client_timeout_s=5.0
-                    )
-    except KeyboardInterrupt:
-        log("interrupted: stopping everything")
-        return 130
+            with bench_cluster(root, policy) as bench:
+                measure_policy(ctx, bench, policy, args, plan, results)
     finally:
         shutil.rmtree(root, ignore_errors=True)
         for cid in CLUSTER_IDS:
             leftovers = remove_segments(cid)
             if leftovers:
                 log(f"warning: shared memory of cluster {cid} was left behind (now removed): {leftovers}")
-    total_s = time.monotonic() - t_all
+    return results
 
-    # --- the table -------------------------------------------------------------------------------------------
+
+def format_table(args: argparse.Namespace, plan: Plan, results: dict[str, Any], total_s: float) -> str:
+    """The human-readable report."""
+    policies, counts, profile = plan.policies, plan.counts, plan.profile
     lines = [
         f"shmraft cluster benchmark: 3 local nodes, {EVENT_BYTES}-byte events, {os.cpu_count()} cores, "
         f"Python {platform.python_version()}",
@@ -937,7 +860,6 @@ def main(argv: list[str] | None = None) -> int:
             f"sender at most {h['sender_behind_max_ms']} ms behind schedule)"
         )
     lines.append("")
-    head = policies[0]
     cpu_runs = [(policy, n, r["cpu_percent"]) for policy, tp in results["throughput"].items() for n, r in tp.items()]
     names = sorted({k for _, _, c in cpu_runs for k in c})
     lines.append("CPU during the throughput runs, % of one core (psutil user+system)")
@@ -1010,10 +932,14 @@ def main(argv: list[str] | None = None) -> int:
                 for fn, share in p.get("self", [])[:6]:
                     lines.append(f"    {share:5.1f}%  {fn}")
     lines.append(f"\ntotal run time {total_s:.0f} s")
-    print("\n".join(lines))
+    return "\n".join(lines)
 
+
+def build_doc(plan: Plan, results: dict[str, Any], total_s: float) -> dict[str, Any]:
+    """The JSON report (also saved to results/cluster_bench.json)."""
+    head, counts, settings = plan.policies[0], plan.counts, plan.settings
     headline_cpu = results["throughput"][head][str(max(counts))]["cpu_percent"]
-    doc = {
+    return {
         "committed_events_per_s": {
             p: {n: r["events_per_s"] for n, r in tp.items()} for p, tp in results["throughput"].items()
         },
@@ -1053,6 +979,21 @@ def main(argv: list[str] | None = None) -> int:
         },
         "run_time_s": round(total_s, 1),
     }
+
+
+def main(argv: list[str] | None = None) -> int:
+    args, plan = parse_args(argv)
+    stop_on_sigterm()
+    RESULTS_DIR.mkdir(parents=True, exist_ok=True)
+    t_all = time.monotonic()
+    try:
+        results = run_clusters(args, plan)
+    except KeyboardInterrupt:
+        log("interrupted: stopping everything")
+        return 130
+    total_s = time.monotonic() - t_all
+    print(format_table(args, plan, results, total_s))
+    doc = build_doc(plan, results, total_s)
     line = json.dumps(doc, separators=(",", ":"))
     if not args.no_save:
         (RESULTS_DIR / "cluster_bench.json").write_text(json.dumps(doc, indent=1) + "\n")

@@ -52,6 +52,10 @@ from pathlib import Path
 from typing import Any
 
 HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE.parent))
+
+from shmraft.testing.wait import wait_for as poll  # noqa: E402
+
 RESULTS_DIR = HERE / "results"
 EVENT = b"x" * 100
 SYSTEMS = ("shmraft", "pysyncobj", "etcd", "nats")
@@ -97,17 +101,11 @@ def median_max(xs: list[float]) -> dict:
 
 
 def wait_for(cond: Callable[[], Any], timeout_s: float, what: str, interval_s: float = 0.02):
-    deadline = time.monotonic() + timeout_s
-    last = None
-    while time.monotonic() < deadline:
-        try:
-            last = cond()
-        except Exception as exc:  # noqa: BLE001 - polling a starting server
-            last = exc
-        if last is not None and last is not False and not isinstance(last, Exception):
-            return last
-        time.sleep(interval_s)
-    raise TimeoutError(f"timed out after {timeout_s:g} s waiting for {what}; last: {last!r}")
+    """Until cond() answers something other than None or False (0 is a node index); an exception is a
+    server still starting."""
+    return poll(
+        cond, timeout_s, what, interval_s, accept=lambda v: v is not None and v is not False, retry_on=(Exception,)
+    )
 
 
 def kill_child(p) -> None:
@@ -216,7 +214,7 @@ def run_shmraft(root: Path, args) -> dict:
         "client": f"shmraft Producer.send_many (window {args.shmraft_window} requests x {args.shmraft_batch} "
         "events, linger 1 ms), in the bench process; blocking Client.produce for latency/failover",
     }
-    with cb.BenchCluster(root, "always") as bench:
+    with cb.bench_cluster(root, "always") as bench:
         try:
             with Client(bench.addresses, timeout_s=30) as c:
                 prod = c.producer(

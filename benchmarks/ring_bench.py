@@ -25,6 +25,7 @@ import psutil
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from shmraft.ipc import ring, segments  # noqa: E402
+from shmraft.ipc.owner import SegmentOwner  # noqa: E402
 
 EVENT_BYTES = 100
 RING_CAPACITY_BYTES = 4 << 20
@@ -123,7 +124,7 @@ def _run_pair(ctx: Any, writer: tuple, reader: tuple, total: int) -> dict[str, f
 
 
 def bench_ring(ctx: Any, prefix: str, per_call: int, total: int) -> dict[str, float]:
-    with segments.SegmentOwner(prefix) as owner:
+    with SegmentOwner(prefix) as owner:
         name = owner.create_ring(f"b{per_call}", RING_CAPACITY_BYTES)
         return _run_pair(ctx, (_ring_writer, name, total, per_call), (_ring_reader, name), total)
 
@@ -144,7 +145,7 @@ def _idle_reader(name: str) -> None:
 
 def bench_idle(ctx: Any, prefix: str) -> float:
     """CPU % of one core used by a reader blocked on an empty ring, over IDLE_MEASURE_S."""
-    with segments.SegmentOwner(prefix) as owner:
+    with SegmentOwner(prefix) as owner:
         name = owner.create_ring("idle", 1 << 16)
         p = ctx.Process(target=_idle_reader, args=(name,))
         p.start()

@@ -1,4 +1,4 @@
-"""Group-commit benchmark of the RocksDB Raft log (shmraft.raft.storage.RocksLogStorage).
+"""Group-commit benchmark of the RocksDB Raft log (shmraft.storage.rocks.RocksLogStorage).
 
 For fsync policy always/never and 1, 16, 64 entries of ~6 KiB per append (one WriteBatch, one fsync each),
 appends for a fixed time and reports appends/s (= fsyncs/s under ALWAYS), entries/s, MB/s and append
@@ -27,8 +27,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from shmraft.raft.storage import FsyncPolicy, RocksLogStorage  # noqa: E402
 from shmraft.raft.types import Entry, HardState  # noqa: E402
+from shmraft.storage.rocks import FsyncPolicy, RocksLogStorage  # noqa: E402
 
 RETAIN_BYTES_MAX = 256 * 1024 * 1024  # keeps the benchmark's disk use bounded
 BATCH_SIZES = (1, 16, 64)

@@ -6,10 +6,11 @@ shmraft.constants (the brief's numbers) or are named here.
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import tomllib
-from dataclasses import dataclass, fields, replace
+from dataclasses import asdict, dataclass, fields, replace
 from pathlib import Path
 from typing import Any
 
@@ -21,12 +22,12 @@ from shmraft.constants import (
     CLUSTER_SIZE_MAX,
     ELECTION_TIMEOUT_MS,
     ELECTION_TIMEOUT_SPREAD_MS,
+    FSYNC_POLICIES,
     HEARTBEAT_INTERVAL_MS,
 )
 
 LOCAL_HOST = "127.0.0.1"
-LOCAL_PORT_BASE = 7000  # node N of the local cluster uses ports 7000 + 100*N + 1..4
-FSYNC_POLICIES = ("always", "never")
+LOCAL_PORT_BASE = 7000  # node N of the local cluster uses ports 7000 + 100*N + 1..4 (+ 5: the Kafka door, if on)
 LOCAL_SECRET_NAME = "cluster.secret"  # a local cluster's secret, generated in its data dir when missing
 CLUSTER_SECRET_FILE_ENV = "SHMRAFT_CLUSTER_SECRET_FILE"  # the secret's path when the config names none
 SECRET_HINT = "make one with: head -c 32 /dev/urandom > FILE && chmod 600 FILE (the same file on every node)"
@@ -48,6 +49,7 @@ class Member:
     data_port: int  # the data channel: batches to followers, acks back (sender worker)
     raft_port: int  # the consensus channel: votes and heartbeats (raft worker)
     metrics_port: int  # Prometheus text metrics and status (supervisor)
+    kafka_port: int = 0  # the Kafka door (ingest worker, docs/KAFKA.md); 0 = off. No authentication: opt in
 
     @property
     def client_address(self) -> str:
@@ -108,7 +110,7 @@ class NodeConfig:
     worker_restart_budget: int = 10  # restarts allowed per worker within the window below
     worker_restart_window_s: float = 60.0
     worker_restart_backoff_ms: int = 50  # first back-off; doubles per restart within the window
-    worker_stall_timeout_ms: int = 5000  # a worker whose heartbeat counter stops this long is restarted
+    worker_stall_timeout_ms: int = 5000  # a worker whose heartbeat stops this long while it could run is restarted
     # storage faults (raft worker): a log that failed (disk full, I/O error) is reopened this often
     storage_retry_interval_ms: int = 1000
     # dedup (raft worker)
@@ -151,6 +153,11 @@ class NodeConfig:
         _parse_peer_overrides(self.peer_connect_overrides)
         if self.storage_retry_interval_ms < 1:
             raise ConfigError(f"storage_retry_interval_ms: expected >= 1, got {self.storage_retry_interval_ms}")
+        if self.me.kafka_port and self.client_token_file:
+            raise ConfigError(
+                "kafka_port: expected 0 (off) on a node with a client_token_file: the Kafka door has no "
+                f"authentication and would bypass the token, got {self.me.kafka_port}"
+            )
         if self.election_timeout_ms <= self.heartbeat_interval_ms:
             raise ConfigError(
                 "election_timeout_ms: expected more than heartbeat_interval_ms, "
@@ -198,8 +205,11 @@ def _parse_peer_overrides(text: str) -> dict[tuple[int, str], tuple[str, int]]:
     return out
 
 
-def local_members(count: int = CLUSTER_SIZE_DEFAULT, port_base: int = LOCAL_PORT_BASE) -> tuple[Member, ...]:
-    """The members of the local cluster: node N listens on port_base + 100*N + 1..4 on 127.0.0.1."""
+def local_members(
+    count: int = CLUSTER_SIZE_DEFAULT, port_base: int = LOCAL_PORT_BASE, kafka: bool = False
+) -> tuple[Member, ...]:
+    """The members of the local cluster: node N listens on port_base + 100*N + 1..4 on 127.0.0.1, and on + 5
+    for Kafka clients when `kafka`."""
     return tuple(
         Member(
             n,
@@ -208,20 +218,26 @@ def local_members(count: int = CLUSTER_SIZE_DEFAULT, port_base: int = LOCAL_PORT
             port_base + 100 * n + 2,
             port_base + 100 * n + 3,
             port_base + 100 * n + 4,
+            port_base + 100 * n + 5 if kafka else 0,
         )
         for n in range(1, count + 1)
     )
 
 
 def local_cluster(
-    data_dir: Path, count: int = CLUSTER_SIZE_DEFAULT, port_base: int = LOCAL_PORT_BASE, **overrides: Any
+    data_dir: Path,
+    count: int = CLUSTER_SIZE_DEFAULT,
+    port_base: int = LOCAL_PORT_BASE,
+    kafka: bool = False,
+    **overrides: Any,
 ) -> list[NodeConfig]:
-    """One NodeConfig per node of a local cluster sharing `data_dir` (each node in data_dir/nodeN).
+    """One NodeConfig per node of a local cluster sharing `data_dir` (each node in data_dir/nodeN), with the
+    Kafka door on (port_base + 100*N + 5) when `kafka`.
 
     The cluster secret is $SHMRAFT_CLUSTER_SECRET_FILE when set, else data_dir/cluster.secret, which
     LocalCluster generates when it starts the first node.
     """
-    members = local_members(count, port_base)
+    members = local_members(count, port_base, kafka)
     if overrides.get("cluster_secret_file") is None:
         overrides["cluster_secret_file"] = os.environ.get(CLUSTER_SECRET_FILE_ENV) or str(
             Path(data_dir) / LOCAL_SECRET_NAME
@@ -254,6 +270,7 @@ def load(path: Path, data_dir: Path | None = None, node_id: int | None = None) -
                     int(m["data_port"]),
                     int(m["raft_port"]),
                     int(m["metrics_port"]),
+                    int(m.get("kafka_port", 0)),
                 )
             )
         except (KeyError, TypeError, ValueError) as exc:
@@ -297,3 +314,18 @@ __all__ = [
     "local_members",
     "with_overrides",
 ]
+
+
+def config_to_json(config: NodeConfig) -> str:
+    """The config as JSON: how the supervisor hands it to its workers (node.json) and tools to nodes."""
+    doc = asdict(config)
+    doc["data_dir"] = str(config.data_dir)
+    return json.dumps(doc)
+
+
+def config_from_json(text: str) -> NodeConfig:
+    """The inverse of `config_to_json`."""
+    doc = json.loads(text)
+    doc["members"] = tuple(Member(**m) for m in doc["members"])
+    doc["data_dir"] = Path(doc["data_dir"])
+    return NodeConfig(**doc)

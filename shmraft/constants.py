@@ -29,3 +29,10 @@ ELECTION_TIMEOUT_MS: Final = HEARTBEAT_INTERVAL_MS * ELECTION_TIMEOUT_HEARTBEATS
 ELECTION_TIMEOUT_SPREAD_MS: Final = 150  # per-node random extra, drawn from [0, spread)
 ELECTION_DEADLINE_MS: Final = 150  # an election on a healthy network completes well within this
 FAILOVER_TARGET_MS: Final = 600  # leader killed -> new leader committing
+
+# --- Raft log ------------------------------------------------------------------------------------
+APPEND_ENTRIES_MAX: Final = 4096  # entries in one AppendEntries, and so in one storage append (one WriteBatch)
+FSYNC_POLICIES: Final = ("always", "never")  # "never" is unsafe (benchmarks only): see shmraft/storage/rocks.py
+
+# --- files -----------------------------------------------------------------------------------------
+PRIVATE_FILE_MODE: Final = 0o600  # secrets and the hard-state copy: readable by the node's user only

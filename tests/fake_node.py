@@ -262,7 +262,13 @@ class FakeNode:
             return self._produce(msg)
         if isinstance(msg, Fetch):
             if msg.from_offset < self.min_offset:
-                return encode_error(cid, ErrorCode.OFFSET_OUT_OF_RANGE, f"oldest offset is {self.min_offset}")
+                return encode_error(
+                    cid,
+                    ErrorCode.OFFSET_OUT_OF_RANGE,
+                    f"oldest offset is {self.min_offset}",
+                    earliest_offset=self.min_offset,
+                    latest_offset=self.log.commit_offset,
+                )
             deadline = time.monotonic() + msg.max_wait_ms / 1000
             while not self._stopped.is_set():
                 next_offset, offsets, events = self.log.read(msg.from_offset, msg.max_bytes)

@@ -478,7 +478,8 @@ def test_bad_input_at_every_port_while_producing(tmp_path: Path, nofile_at_hard_
             if (m := re.search(r"127\.0\.0\.1:\d+", ln)) and (w := WORKER_COLUMN.search(ln))
         ]
         repeated = {a for a in addrs if addrs.count(a) > 1}
-        assert not repeated, f"several lines for one bad peer: {sorted(repeated)[:5]}"
+        repeated_lines = [ln for n, ln in lines if any(n == r[0] and r[2] in ln for r in repeated)]
+        assert not repeated, f"several lines for one bad peer: {sorted(repeated)[:5]}: {repeated_lines[:10]}"
         print(
             f"\nbad connections {bad_connections}, bad-peer log lines {len(lines)} in {logged_within_s:.0f} s, "
             f"most per process and kind {max(per_kind.values())}, summaries {len(suppressed)}, "

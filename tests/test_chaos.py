@@ -160,6 +160,30 @@ def test_plan_preview_runs_the_kinds_asked_for() -> None:
     assert bad.returncode != 0 and "--kinds" in bad.stderr and "bogus" in bad.stderr, bad.stderr
 
 
+def test_report_gives_per_kind_unavailability_and_time_to_whole() -> None:
+    def fault(kind: str, unavailability_ms: float | None, whole_after_ms: float | None) -> dict:
+        return {"kind": kind, "unavailability_ms": unavailability_ms, "whole_after_ms": whole_after_ms}
+
+    log = [
+        fault("kill-leader", 100.0, 7000.0),
+        fault("kill-leader", 300.0, 9000.0),
+        fault("kill-leader", 200.0, None),
+        fault("proxy-delay", None, 3.0),
+    ]
+    kinds = chaos.by_kind(log)
+    assert kinds["kill-leader"] == {
+        "count": 3,
+        "unavailability_ms": {"median": 200.0, "max": 300.0},
+        "whole_after_ms": {"median": 8000.0, "max": 9000.0},
+        "no_ack": 0,
+        "not_whole": 1,
+    }
+    assert kinds["proxy-delay"]["unavailability_ms"] == {"median": None, "max": None}
+    assert kinds["proxy-delay"]["no_ack"] == 1
+    assert chaos.parse_args(["--cpu-hogs", "2"]).cpu_hogs == 2
+    assert chaos.parse_args([]).cpu_hogs == 0
+
+
 # --- the test network (root only) -----------------------------------------------------------------------------
 
 needs_netns = pytest.mark.skipif(bool(NETNS_SKIP), reason=f"network namespaces unavailable: {NETNS_SKIP}")

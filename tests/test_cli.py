@@ -100,6 +100,27 @@ def test_consume_text_max_and_from(cluster: FakeCluster, capsys: pytest.CaptureF
     assert capsys.readouterr().out == f"{offsets[1]}\tb\n{offsets[2]}\tc\n"
 
 
+def test_consume_only_node_fails_naming_a_hung_node_instead_of_reading_another(
+    cluster: FakeCluster, capsys: pytest.CaptureFixture[str]
+) -> None:
+    with Client(cluster.addresses, timeout_s=3) as cl:
+        cl.produce_many([b"a", b"b"])
+    node = cluster.node(3)
+    only = ["--addresses", node.address, "--timeout", "1"]
+    assert main([*only, "consume", "--only-node"]) == 0
+    assert capsys.readouterr().out == "a\nb\n"
+    node.hang()  # like SIGSTOP: connections are accepted, nothing answers
+    try:
+        assert main([*only, "consume", "--only-node"]) == 1
+        captured = capsys.readouterr()
+    finally:
+        node.resume()
+    assert captured.out == ""
+    assert captured.err.startswith(f"shmraft: node {node.address} did not serve") and captured.err.count("\n") == 1
+    assert main(["--addresses", ",".join(cluster.addresses), "consume", "--only-node"]) == 2
+    assert "exactly one address" in capsys.readouterr().err
+
+
 def test_leader_text_and_json(cluster: FakeCluster, capsys: pytest.CaptureFixture[str]) -> None:
     cluster.set_leader(2)
     assert main(args(cluster, "leader")) == 0

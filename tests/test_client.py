@@ -15,6 +15,7 @@ from shmraft.client import (
     BufferFull,
     Client,
     CommitTimeout,
+    NodeNotServing,
     NoNodeReachable,
     OffsetOutOfRange,
     Producer,
@@ -23,9 +24,9 @@ from shmraft.client import (
 )
 from shmraft.client.client import (
     ATTEMPT_ANSWER_TIMEOUT_S,
-    EVENT_BYTES_MAX,
     PROBE_AFTER_S,
     REQUEST_BYTES_MAX,
+    REQUEST_EVENT_BYTES_MAX,
     split_requests,
 )
 from shmraft.wire.client import ErrorCode
@@ -85,7 +86,7 @@ def test_produce_many_splits_into_bounded_requests(cluster: FakeCluster, client:
     assert all(e - s <= 8192 for s, e in split_requests(events))
     assert list(split_requests([b"x" * (REQUEST_BYTES_MAX - 30)])) == [(0, 1)]
     with pytest.raises(TooLarge):
-        client.produce(b"x" * (EVENT_BYTES_MAX + 1))
+        client.produce(b"x" * (REQUEST_EVENT_BYTES_MAX + 1))
 
 
 def test_not_leader_redirects_to_the_named_leader(cluster: FakeCluster) -> None:
@@ -328,7 +329,7 @@ def test_send_many_resolves_offsets_across_request_boundaries(cluster: FakeClust
         empty = producer.send_many([])
         assert empty.done() and empty.result() == []
         with pytest.raises(TooLarge):
-            producer.send_many([b"ok", b"x" * (EVENT_BYTES_MAX + 1)])
+            producer.send_many([b"ok", b"x" * (REQUEST_EVENT_BYTES_MAX + 1)])
     offsets = [single.result(0), *many.result(0), *mixed.result(0), *(f.result(0) for f in after)]
     assert done == [many] and len(many) == 250 and many.exception(0) is None
     assert offsets == sorted(set(offsets)) and len(offsets) == 266
@@ -486,8 +487,21 @@ def test_consume_offset_out_of_range(cluster: FakeCluster, client: Client) -> No
     for node in cluster.nodes:
         node.min_offset = 1000
     with pytest.raises(OffsetOutOfRange) as info:
-        list(client.consume(0))
+        list(client.consume(0, reset="error"))
     assert info.value.code is ErrorCode.OFFSET_OUT_OF_RANGE
+    assert info.value.earliest_offset == 1000
+
+
+def test_consume_below_the_log_start_resets_to_earliest_by_default_or_latest(
+    cluster: FakeCluster, client: Client
+) -> None:
+    offsets = client.produce_many([f"e{i}".encode() for i in range(40)])
+    for node in cluster.nodes:
+        node.min_offset = offsets[20]
+    assert [r.offset for r in client.consume(0)] == offsets[20:]
+    assert list(client.consume(0, reset="latest")) == []
+    with pytest.raises(ValueError, match="reset"):
+        client.consume(0, reset="nearest")
 
 
 def test_single_fake_node_and_default_addresses() -> None:
@@ -498,3 +512,64 @@ def test_single_fake_node_and_default_addresses() -> None:
         assert Client().addresses == ["127.0.0.1:7101", "127.0.0.1:7201", "127.0.0.1:7301"]
     finally:
         node.stop()
+
+
+# --- a client bound to one node (only_node) ---------------------------------------------------------------
+
+
+def test_only_node_takes_exactly_one_address(cluster: FakeCluster) -> None:
+    with pytest.raises(ValueError, match="exactly one address"):
+        Client(cluster.addresses, only_node=True)
+
+
+def test_only_node_learns_no_member_and_reads_that_node_even_after_metadata(cluster: FakeCluster) -> None:
+    with Client(cluster.addresses, timeout_s=TIMEOUT_S) as cl:
+        offsets = cl.produce_many([b"a", b"b"])
+    cluster.node(2).min_offset = offsets[1]  # node 2's log starts later (retention): its answers are its own
+    follower = cluster.node(2).address
+    with Client([follower], timeout_s=TIMEOUT_S) as cl:
+        cl.metadata()  # learns the members and the leader (node 1), which consume() then prefers
+        assert [v for _, v in cl.consume(0)] == [b"a", b"b"]
+    with Client([follower], timeout_s=TIMEOUT_S, only_node=True) as cl:
+        answer = cl.metadata()
+        assert len(answer.members) == 3 and cl.addresses == [follower]
+        assert [v for _, v in cl.consume(0)] == [b"b"]
+        with pytest.raises(OffsetOutOfRange, match=follower):
+            list(cl.consume(0, reset="error"))
+
+
+def test_only_node_consume_from_a_hung_node_raises_naming_it_instead_of_moving(cluster: FakeCluster) -> None:
+    # An ordinary client reads the same events from another node (test_consume_fails_over_from_a_hung_node);
+    # one bound to the node must not, even though METADATA told it the other members.
+    address = cluster.node(1).address
+    with Client([address], timeout_s=TIMEOUT_S, only_node=True) as cl:
+        cl.produce_many([b"a", b"b"])
+        cl.metadata()
+        cluster.node(1).hang()
+        try:
+            with pytest.raises(NodeNotServing, match=f"node {address} ") as info:
+                list(cl.consume(0))
+        finally:
+            cluster.node(1).resume()
+    assert info.value.address == address and "no FETCH answered" in str(info.value)
+
+
+def test_only_node_consume_from_a_stopped_node_raises_naming_it(cluster: FakeCluster) -> None:
+    address = cluster.node(3).address
+    cluster.node(3).stop()
+    with Client([address], timeout_s=1.0, connect_timeout_s=0.2, only_node=True) as cl:
+        with pytest.raises(NodeNotServing, match=f"node {address} "):
+            list(cl.consume(0))
+        with pytest.raises(NodeNotServing, match=f"node {address} "):
+            cl.metadata()
+
+
+def test_only_node_produce_to_a_follower_raises_not_leader_without_moving(cluster: FakeCluster) -> None:
+    follower = cluster.node(2).address
+    with (
+        Client([follower], timeout_s=TIMEOUT_S, only_node=True) as cl,
+        pytest.raises(NodeNotServing, match="NOT_LEADER") as info,
+    ):
+        cl.produce(b"x")
+    assert info.value.code is ErrorCode.NOT_LEADER and info.value.address == follower
+    assert cluster.log.values() == []

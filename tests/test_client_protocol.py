@@ -73,7 +73,7 @@ def test_encoder_refuses_empty_or_oversized_requests() -> None:
         cp.encode_produce(1, 1, 0, 0, [b"x" * (cp.MESSAGE_BODY_MAX_BYTES + 1)])
 
 
-def _header(kind: int, body_len: int, magic: int = cp.CLIENT_MAGIC, version: int = 1) -> bytes:
+def _header(kind: int, body_len: int, magic: int = cp.CLIENT_MAGIC, version: int = cp.CLIENT_VERSION) -> bytes:
     return cp.HEADER.pack(magic, version, kind, body_len, 1)
 
 
@@ -89,7 +89,8 @@ def _header(kind: int, body_len: int, magic: int = cp.CLIENT_MAGIC, version: int
         (_header(1, 28) + struct.pack("<QQIII", 1, 1, 1, 1, 5), "PRODUCE.event bytes"),
         (_header(1, 24) + struct.pack("<QQII", 1, 1, 1, 2), "PRODUCE.lengths"),
         (_header(3, 1) + b"\x00", "METADATA.body"),
-        (_header(0xFF, 5) + struct.pack("<HH", 99, 0) + b"\x00", "ERROR.code"),
+        (_header(0xFF, 21) + struct.pack("<HH", 99, 0) + b"\x00" + bytes(16), "ERROR.code"),
+        (_header(0xFF, 5) + struct.pack("<HH", 1, 0) + b"\x00", "ERROR.offsets"),
     ],
 )
 def test_malformed_messages_are_refused_by_field(data: bytes, field: str) -> None:

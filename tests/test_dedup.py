@@ -6,14 +6,7 @@ import numpy as np
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from shmraft.node.dedup import (
-    ACCEPT,
-    DUPLICATE,
-    DUPLICATE_TOO_OLD,
-    OUT_OF_ORDER,
-    DedupTable,
-    event_offset,
-)
+from shmraft.node.dedup import DedupTable, Verdict, event_offset
 
 
 def arr(*xs: int) -> np.ndarray:
@@ -22,14 +15,14 @@ def arr(*xs: int) -> np.ndarray:
 
 def test_new_producer_is_accepted_from_any_first_sequence() -> None:
     verdict, _ = DedupTable().classify(arr(5, 5, 5), arr(10, 11, 12))
-    assert verdict.tolist() == [ACCEPT] * 3
+    assert verdict.tolist() == [Verdict.ACCEPT] * 3
 
 
 def test_retry_of_appended_events_is_a_duplicate_with_its_offset() -> None:
     t = DedupTable()
     t.record(7, arr(1, 2, 1), arr(0, 100, 1), commit_index=0)
     verdict, offsets = t.classify(arr(1, 1, 1), arr(0, 1, 2))
-    assert verdict.tolist() == [DUPLICATE, DUPLICATE, ACCEPT]
+    assert verdict.tolist() == [Verdict.DUPLICATE, Verdict.DUPLICATE, Verdict.ACCEPT]
     assert offsets[:2].tolist() == [event_offset(7, 0), event_offset(7, 2)]
 
 
@@ -37,7 +30,7 @@ def test_gap_in_sequences_is_out_of_order_from_the_gap_on() -> None:
     t = DedupTable()
     t.record(1, arr(1), arr(0), commit_index=0)
     verdict, _ = t.classify(arr(1, 1, 1), arr(1, 3, 4))
-    assert verdict.tolist() == [ACCEPT, OUT_OF_ORDER, OUT_OF_ORDER]
+    assert verdict.tolist() == [Verdict.ACCEPT, Verdict.OUT_OF_ORDER, Verdict.OUT_OF_ORDER]
 
 
 def test_duplicate_older_than_the_kept_spans_is_reported_too_old() -> None:
@@ -45,7 +38,7 @@ def test_duplicate_older_than_the_kept_spans_is_reported_too_old() -> None:
     for i in range(1, 5):
         t.record(i, arr(9), arr(i - 1), commit_index=i)
     verdict, _ = t.classify(arr(9, 9), arr(0, 3))
-    assert verdict.tolist() == [DUPLICATE_TOO_OLD, DUPLICATE]
+    assert verdict.tolist() == [Verdict.DUPLICATE_TOO_OLD, Verdict.DUPLICATE]
 
 
 def test_producers_are_forgotten_past_the_horizon_and_the_count_limit() -> None:
@@ -53,7 +46,7 @@ def test_producers_are_forgotten_past_the_horizon_and_the_count_limit() -> None:
     t.record(1, arr(1), arr(0), commit_index=1)
     t.record(2, arr(2), arr(0), commit_index=2)
     t.record(3, arr(3), arr(0), commit_index=3)  # three producers > max 2: producer 1 (oldest) goes
-    assert len(t) == 2 and t.classify(arr(1), arr(0))[0].tolist() == [ACCEPT]
+    assert len(t) == 2 and t.classify(arr(1), arr(0))[0].tolist() == [Verdict.ACCEPT]
     t.record(20, arr(3), arr(1), commit_index=20)  # producer 2's last event is now beyond the horizon
     assert len(t) == 1
 

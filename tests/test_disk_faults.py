@@ -24,7 +24,7 @@ from shmraft.faults.disk import (
     unmount_small_disk,
 )
 from shmraft.ipc.state import Worker
-from shmraft.raft.storage import RocksLogStorage
+from shmraft.storage.rocks import RocksLogStorage
 from shmraft.supervisor.status import node_status
 from shmraft.wire.frame import decode_batch
 

@@ -18,6 +18,7 @@ from shmraft.wire.frame import (
     decode_batch,
     decode_header,
     encode_batch,
+    frame_event_count,
     frame_size,
     restamp,
 )
@@ -61,7 +62,7 @@ def test_round_trip(events, compress, with_ids, batch_id, term, prev_index) -> N
     assert [bytes(e) for e in batch.events] == events
     assert batch.header.batch_id == batch_id
     assert (batch.header.term, batch.header.prev_index, batch.header.prev_term) == (term, prev_index, term)
-    assert batch.header.event_count == len(events)
+    assert batch.header.event_count == len(events) == frame_event_count(frame)
     assert frame_size(frame[:FRAME_HEADER_BYTES]) == len(frame)
     if with_ids:
         assert batch.producer_ids.tolist() == ids and batch.sequences.tolist() == seqs

@@ -26,6 +26,8 @@ import oracles  # noqa: E402
 from shmraft.wire import client as cp  # noqa: E402
 from shmraft.wire.errors import RemoteProtocolError  # noqa: E402
 
+limits = st.builds(cp.Limits, *[st.integers(0, 2**32 - 1)] * len(cp.LIMIT_FIELDS))
+
 U64 = st.integers(0, 2**64 - 1)
 U32 = st.integers(0, 2**32 - 1)
 SMALL_BODY_MAX = 96  # a small reader limit, so that "too large" is reached often
@@ -57,8 +59,8 @@ requests = st.one_of(
 answers = st.one_of(
     st.builds(cp.encode_produced, U64, st.lists(U64, max_size=20)),
     _fetched(),
-    st.builds(cp.encode_metadata_answer, U64, U64, U32, U64, U32, members),
-    st.builds(cp.encode_error, U64, st.sampled_from(list(cp.ErrorCode)), text, _utf8_at_most(60)),
+    st.builds(cp.encode_metadata_answer, U64, U64, U32, U64, U32, members, limits),
+    st.builds(cp.encode_error, U64, st.sampled_from(list(cp.ErrorCode)), text, _utf8_at_most(60), U64, U64),
     *([st.builds(cp.encode_authed, U64)] if hasattr(cp, "encode_authed") else []),
 )
 messages = st.one_of(requests, answers)
@@ -126,6 +128,7 @@ SAMPLES = {
         12, 3, 2, 99, 1, [cp.Member(1, "127.0.0.1", 7101), cp.Member(2, "host-b", 7201)]
     ),
     "error": cp.encode_error(13, cp.ErrorCode.NOT_LEADER, "not the leader", "127.0.0.1:7201"),
+    "offset_out_of_range": cp.encode_error(14, cp.ErrorCode.OFFSET_OUT_OF_RANGE, "below", "", 1280, 4096),
 }
 
 
@@ -165,7 +168,7 @@ def test_error_text_is_cut_at_a_character_boundary_and_still_decodes() -> None:
 @pytest.mark.parametrize(
     "body, field",
     [
-        (b"\x03\x00\x02\x00\xff\xfe\x00", "ERROR.message"),  # not UTF-8
+        (b"\x03\x00\x02\x00\xff\xfe\x00" + bytes(16), "ERROR.message"),  # not UTF-8
         (b"\x03\x00\x01\x04" + b"a" * 1025 + b"\x00", "ERROR.message length"),  # over ERROR_MESSAGE_MAX_BYTES
     ],
 )

@@ -24,11 +24,12 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tools" / "fuzz"
 
 import oracles  # noqa: E402
 
+from shmraft.constants import APPEND_ENTRIES_MAX  # noqa: E402
 from shmraft.raft import messages as rm  # noqa: E402
 from shmraft.raft.types import Entry  # noqa: E402
 from shmraft.wire import peer as wp  # noqa: E402
 from shmraft.wire.errors import RemoteProtocolError  # noqa: E402
-from shmraft.wire.raft_codec import APPEND_ENTRIES_MAX, decode_raft, encode_raft  # noqa: E402
+from shmraft.wire.raft_codec import decode_raft, encode_raft  # noqa: E402
 
 U64 = st.integers(0, 2**64 - 1)
 U32 = st.integers(0, 2**32 - 1)

@@ -13,9 +13,9 @@ import pytest
 
 from shmraft.net.auth import ROLE_ACCEPTOR, ROLE_CONNECTOR, Secret, handshake_mac
 from shmraft.net.links import PeerLinks, PeerSecurity
+from shmraft.raft.messages import Channel
 from shmraft.supervisor.cluster import free_port
 from shmraft.wire.peer import (
-    Channel,
     Hello,
     PeerKind,
     PeerReader,

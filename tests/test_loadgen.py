@@ -6,6 +6,7 @@ process of the run's cluster (found by its data dir under tmp_path) and removes 
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -17,6 +18,9 @@ import psutil
 import pytest
 
 from shmraft.ipc import segments
+from shmraft.supervisor.cluster import free_port
+from shmraft.testing.hogs import HOG_MARK, CpuHogs
+from shmraft.testing.wait import wait_for
 
 pytestmark = pytest.mark.slow
 
@@ -94,7 +98,7 @@ def test_events_verified(tmp_path: Path) -> None:
 def test_leader_kills_lose_nothing(tmp_path: Path) -> None:
     # an open-loop rate keeps the verification (3 logs read back) short; the faults are the same
     rc, report, output = run_loadgen(
-        tmp_path, "kill", "--duration", "15", "--kill-leader-every", "5", "--rate", "20000", timeout_s=240
+        tmp_path, "kill", "--duration", "20", "--kill-leader-every", "5", "--rate", "20000", timeout_s=240
     )
     assert rc == 0, output[-3000:]
     assert report["lost"] == 0 and report["duplicates"] == 0 and report["divergent"] == 0
@@ -105,3 +109,73 @@ def test_leader_kills_lose_nothing(tmp_path: Path) -> None:
         assert f["unavailability_ms"] is not None and f["unavailability_ms"] >= 0, f
         assert f["node"] in (1, 2, 3)
     assert report["leader_changes"] >= 2
+
+
+# --- --cpu-hogs: busy loops beside the cluster (shmraft/testing/hogs.py) -------------------------------------------
+
+
+def hog_children(pid: int) -> list[psutil.Process]:
+    """The CPU hogs among `pid`'s children."""
+    try:
+        children = psutil.Process(pid).children()
+    except psutil.NoSuchProcess:
+        return []
+    out = []
+    for c in children:
+        with contextlib.suppress(psutil.Error):
+            if HOG_MARK in " ".join(c.cmdline()):
+                out.append(c)
+    return out
+
+
+def gone(procs: list[psutil.Process]) -> bool:
+    return all(not p.is_running() or p.status() == psutil.STATUS_ZOMBIE for p in procs)
+
+
+def test_cpu_hogs_burn_cpu_at_normal_priority_and_are_gone_after_a_failure() -> None:
+    with pytest.raises(RuntimeError, match="the run failed"), CpuHogs(2) as hogs:
+        procs = [psutil.Process(pid) for pid in hogs.pids]
+        assert len(procs) == 2 and all(p.is_running() for p in procs)
+        assert all(p.nice() == os.getpriority(os.PRIO_PROCESS, 0) for p in procs)  # not niced down
+        wait_for(lambda: all(sum(p.cpu_times()[:2]) > 0.05 for p in procs), 20, "the hogs to use CPU")
+        raise RuntimeError("the run failed")
+    assert gone(procs)
+    assert hogs.pids == []
+
+
+def test_cpu_hogs_do_not_outlive_a_killed_run() -> None:
+    code = "import sys, time\nfrom shmraft.testing.hogs import CpuHogs\nCpuHogs(1).start()\nprint('up', flush=True)\n"
+    code += "time.sleep(120)\n"
+    run = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, cwd=ROOT)
+    try:
+        assert run.stdout is not None and run.stdout.readline().strip() == b"up"
+        hogs = hog_children(run.pid)
+        assert len(hogs) == 1
+        run.kill()  # no cleanup code runs: the hog notices that its parent is gone
+        run.wait()
+        wait_for(lambda: gone(hogs), 20, "the orphaned hog to exit")
+    finally:
+        run.kill()
+        run.wait()
+        for h in hog_children(run.pid):
+            h.kill()
+
+
+def test_loadgen_cpu_hogs_run_beside_the_load_and_stop_when_interrupted(tmp_path: Path) -> None:
+    # Nothing listens at this address, so the warm-up waits for its 60 s timeout: the hogs are up by then,
+    # and SIGTERM (what Ctrl-C does too) must stop them with the run.
+    cmd = [sys.executable, str(LOADGEN), "--addresses", f"127.0.0.1:{free_port()}", "--data-dir", str(tmp_path)]
+    cmd += ["--cpu-hogs", "2", "--duration", "1"]
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True, cwd=ROOT)
+    try:
+        hogs = wait_for(lambda: hog_children(proc.pid), 30, "two hogs", accept=lambda h: len(h) == 2)
+        assert all(h.nice() == os.getpriority(os.PRIO_PROCESS, 0) for h in hogs)
+        proc.send_signal(signal.SIGTERM)
+        _, err = proc.communicate(timeout=30)
+        assert proc.returncode == 130, err.decode()[-2000:]
+        assert b"interrupted" in err
+        assert gone(hogs), [h.pid for h in hogs]
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()

@@ -4,13 +4,21 @@ from __future__ import annotations
 
 import json
 import re
+from dataclasses import asdict
 from pathlib import Path
 
 import pytest
 
+from shmraft.config import LOCAL_PORT_BASE, local_cluster, local_members
+from shmraft.ingest.fetch import FETCH_WAIT_MAX_MS, commit_offset, earliest_offset
+from shmraft.ingest.limits import node_limits
+from shmraft.ingest.tracker import PRODUCE_TIMEOUT_MAX_MS, SEQUENCE_END
 from shmraft.net.auth import ROLE_ACCEPTOR, ROLE_CONNECTOR, Secret, handshake_mac
+from shmraft.node.batching import EVENT_BYTES_MAX
+from shmraft.node.dedup import DEDUP_HORIZON_ENTRIES_DEFAULT, DEDUP_SPANS_MAX_DEFAULT
+from shmraft.wire import client as cp
 from shmraft.wire import errors
-from shmraft.wire.client import MessageReader
+from shmraft.wire.client import MessageReader, encode_version_refused
 from shmraft.wire.frame import decode_batch, encode_batch
 from shmraft.wire.peer import (
     PeerKind,
@@ -58,7 +66,9 @@ def test_document_has_the_required_examples() -> None:
     assert {e[2]["message"] for e in CLIENT_EXAMPLES} >= {
         "Produce",
         "Produced",
+        "Fetch",
         "Fetched",
+        "VersionRefused",
         "MetadataAnswer",
         "Error",
         "Auth",
@@ -125,6 +135,9 @@ def test_client_example_decodes_to_stated_values(index: int) -> None:
     lines, abbreviated, expected = CLIENT_EXAMPLES[index]
     assert not abbreviated
     data = _joined(lines)
+    if expected["message"] == "VersionRefused":  # another version's layout: the node's exact bytes
+        assert data == encode_version_refused(expected["correlation_id"], expected["version"])
+        return
     reader = MessageReader()
     reader.feed(data)
     msg = reader.next_message()
@@ -145,6 +158,8 @@ def test_client_example_decodes_to_stated_values(index: int) -> None:
             assert msg.message == want
         elif key == "token":
             assert msg.token == want.encode()
+        elif key == "limits":
+            assert asdict(msg.limits) == want
         else:
             assert getattr(msg, key) == want, key
 
@@ -224,3 +239,67 @@ def test_peer_example_decodes_to_stated_values(index: int) -> None:
         assert [[e.index, e.term, e.data.decode()] for e in msg.entries] == entries
     for key, value in want.items():
         assert getattr(msg, key) == value, key
+
+
+# --- section 2's statements -------------------------------------------------------------------------------
+
+SECTION_2 = DOC.read_text().split("## 2. The client protocol")[1].split("## 3. ")[0]
+
+
+def _table_rows(text: str, first_header: str) -> list[list[str]]:
+    """The rows of the markdown table whose header row starts with `first_header`, as cells."""
+    lines = text.splitlines()
+    start = next(i for i, line in enumerate(lines) if line.startswith(f"| {first_header} "))
+    rows = []
+    for line in lines[start + 2 :]:
+        if not line.startswith("|"):
+            break
+        rows.append([c.strip() for c in line.strip().strip("|").split("|")])
+    return rows
+
+
+def test_the_stated_version_is_the_codes() -> None:
+    assert f"| `version`        | `{cp.CLIENT_VERSION}` |" in SECTION_2
+    assert f"A request of version {cp.CLIENT_VERSION_REFUSED} is answered" in SECTION_2
+    assert f"client protocol version {cp.CLIENT_VERSION_REFUSED} is not\nserved" in SECTION_2
+
+
+def test_every_error_code_is_defined_with_its_retry_and_close_rules() -> None:
+    rows = _table_rows(SECTION_2, "code")
+    assert [(int(r[0]), r[1]) for r in rows] == [(c.value, c.name) for c in cp.ErrorCode]
+    for r in rows:
+        code = cp.ErrorCode(int(r[0]))
+        assert r[3].startswith("yes") == code.retriable, code.name
+        assert r[4] == ("yes" if code.closes_connection else "no"), code.name
+
+
+def test_the_limits_are_stated_in_wire_order_with_the_node_defaults() -> None:
+    rows = _table_rows(SECTION_2.split("### 2.4 Limits")[1], "field")
+    assert [r[0].strip("`") for r in rows] == list(cp.LIMIT_FIELDS)
+    limits = node_limits(local_cluster(Path("/nonexistent"))[0])
+    meta = next(e for e in CLIENT_EXAMPLES if e[2]["message"] == "MetadataAnswer")[2]
+    assert meta["limits"] == asdict(limits)  # the example shows a default node's limits
+    assert f"({limits.event_bytes_max}:" in SECTION_2 and f"({cp.PRODUCE_EVENTS_MAX})" in SECTION_2
+    assert f"({DEDUP_HORIZON_ENTRIES_DEFAULT})" in SECTION_2 and f"({DEDUP_SPANS_MAX_DEFAULT})" in SECTION_2
+    assert limits.event_bytes_max == EVENT_BYTES_MAX
+
+
+def test_the_stated_ports_are_the_local_clusters() -> None:
+    for m in local_members():
+        n = m.node_id
+        base = LOCAL_PORT_BASE + 100 * n
+        assert (m.client_port, m.data_port, m.raft_port, m.metrics_port) == (base + 1, base + 2, base + 3, base + 4)
+    assert f"node N listens on {LOCAL_PORT_BASE} + 100 N + 1 for clients, + 2 for the data channel, + 3 for the" in (
+        SECTION_2
+    )
+
+
+def test_the_stated_waits_and_timeouts_are_the_codes() -> None:
+    assert f"(at most {FETCH_WAIT_MAX_MS} ms)" in SECTION_2
+    assert f"at most {PRODUCE_TIMEOUT_MAX_MS})" in SECTION_2
+    assert f"stay below 2^{SEQUENCE_END.bit_length() - 1}" in SECTION_2
+
+
+def test_commit_offset_and_earliest_offset_are_as_stated() -> None:
+    assert commit_offset(5) == 384  # the FETCHED example: commit index 5
+    assert earliest_offset(1) == 0 and earliest_offset(20) == 1280  # the OFFSET_OUT_OF_RANGE example

@@ -190,7 +190,7 @@ def test_proposals_between_readies_share_one_append_per_follower():
 def test_messages_are_labelled_bulk_data_or_control():
     e = entries(1, [1])
     assert AppendEntries(1, 2, 1, 0, 0, e, 0).channel == Channel.DATA
-    assert AppendEntries(1, 2, 1, 0, 0, (), 0).channel == Channel.CONTROL
+    assert AppendEntries(1, 2, 1, 0, 0, (), 0).channel == Channel.CONSENSUS
     for m in (
         AppendResponse(2, 1, 1, 1, True),
         Heartbeat(1, 2, 1, 0),
@@ -199,7 +199,7 @@ def test_messages_are_labelled_bulk_data_or_control():
         VoteResponse(2, 1, 1, True),
         TimeoutNow(1, 2, 1),
     ):
-        assert m.channel == Channel.CONTROL
+        assert m.channel == Channel.CONSENSUS
 
 
 def _replicating_leader(config: RaftConfig):

@@ -18,6 +18,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from shmraft.ipc import ring, segments
+from shmraft.ipc.owner import SegmentOwner
 
 RUN_ID = f"tr{os.getpid()}"
 _counter = itertools.count()
@@ -39,7 +40,7 @@ def no_shm_leftovers():
 @pytest.fixture
 def make_ring():
     """make_ring(capacity) -> (name, writer, reader); everything closed and unlinked afterwards."""
-    owner = segments.SegmentOwner(segments.prefix_for(RUN_ID, 0))
+    owner = SegmentOwner(segments.prefix_for(RUN_ID, 0))
     handles: list[ring._RingHandle] = []
 
     def make(capacity: int = 4096, record_max_bytes: int | None = None):
@@ -230,7 +231,7 @@ def test_max_bytes_and_progress(make_ring):
 
 def test_owner_cleans_up_and_inspector(make_ring):
     prefix = segments.prefix_for(RUN_ID, "own")
-    with segments.SegmentOwner(prefix) as owner:
+    with SegmentOwner(prefix) as owner:
         name = owner.create_ring("x", 8192)
         with ring.RingInspector(name) as insp:
             assert insp.capacity_bytes == 8192 and insp.fill_bytes() == 0 and not insp.closed

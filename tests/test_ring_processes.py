@@ -25,6 +25,7 @@ if __name__ == "__main__":
     sys.path.insert(0, str(ROOT))
 
 from shmraft.ipc import ring, segments  # noqa: E402
+from shmraft.ipc.owner import SegmentOwner  # noqa: E402
 
 RUN_ID = f"tp{os.getpid()}"
 RECORD_MIN_BYTES = 9
@@ -155,7 +156,7 @@ def role_hold(name: str, role: str) -> int:
 
 def role_owner(prefix: str, mode: str) -> int:
     """Create rings as their owner; `sleep`: wait to be killed; `clean`: use them and exit cleanly."""
-    with segments.SegmentOwner(prefix) as owner:
+    with SegmentOwner(prefix) as owner:
         names = [owner.create_ring(r, 1 << 16) for r in ("r1", "r2")]
         if mode == "sleep":
             print("created", flush=True)
@@ -234,7 +235,7 @@ def children():
 
 @pytest.fixture
 def owner():
-    with segments.SegmentOwner(segments.prefix_for(RUN_ID, 0)) as o:
+    with SegmentOwner(segments.prefix_for(RUN_ID, 0)) as o:
         yield o
 
 
@@ -369,7 +370,7 @@ def test_stale_segments_of_a_sigkilled_owner_are_cleaned(children):
     prefix = segments.prefix_for(RUN_ID, "stale")
     p = children.start("owner", prefix, "sleep", stdout=subprocess.PIPE)
     assert p.stdout is not None and p.stdout.readline().strip() == b"created"
-    with segments.SegmentOwner(prefix, clean_stale=False) as live:  # a live owner's rings survive cleanup
+    with SegmentOwner(prefix, clean_stale=False) as live:  # a live owner's rings survive cleanup
         live_name = live.create_ring("live", 1 << 16)
         assert segments.cleanup_stale(prefix) == []
         p.send_signal(signal.SIGKILL)

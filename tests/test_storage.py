@@ -11,8 +11,9 @@ from pathlib import Path
 import pytest
 import rocksdict
 
-from shmraft.raft.storage import (
-    APPEND_ENTRIES_MAX,
+from shmraft.constants import APPEND_ENTRIES_MAX
+from shmraft.raft.types import Entry, HardState, LogStorage
+from shmraft.storage.rocks import (
     ENTRY_DATA_MAX_BYTES,
     VERIFY_PROGRESS_ENTRIES,
     CorruptLogError,
@@ -24,11 +25,12 @@ from shmraft.raft.storage import (
     RocksLogStorage,
     StorageClosedError,
     StorageError,
+    StorageIOError,
     StorageLimitError,
     StorageLockedError,
+    _map_rocks_error,
     index_key,
 )
-from shmraft.raft.types import Entry, HardState, LogStorage
 
 
 def data_for(index: int, term: int, size: int = 64) -> bytes:
@@ -408,3 +410,21 @@ def test_reader_follows_the_writer(tmp_path: Path) -> None:
 def test_reader_without_log_is_a_clear_error(tmp_path: Path) -> None:
     with pytest.raises(StorageError, match="no log"):
         RocksLogReader(tmp_path / "missing", tmp_path / "reader")
+
+
+@pytest.mark.parametrize(
+    "message",
+    [
+        "IO error: No space left on device: While appending to file: /x/000004.log",
+        "No space left on device (os error 28)",  # rocksdict's own file I/O (Rust std::io)
+        "Disk quota exceeded (os error 122)",
+    ],
+)
+def test_a_full_disk_is_an_io_error_to_retry_never_corruption(message: str) -> None:
+    err = _map_rocks_error(Exception(message))
+    assert isinstance(err, StorageIOError) and err.disk_full, (type(err), message)
+
+
+def test_another_os_error_of_rocksdict_is_an_io_error_not_corruption() -> None:
+    err = _map_rocks_error(Exception("Permission denied (os error 13)"))
+    assert isinstance(err, StorageIOError) and not err.disk_full

@@ -24,8 +24,8 @@ from pathlib import Path
 import pytest
 from clusterkit import wait_for
 
-from shmraft.raft.storage import CorruptLogError, RocksLogStorage
 from shmraft.raft.types import HardState
+from shmraft.storage.rocks import CorruptLogError, RocksLogStorage
 
 pytestmark = pytest.mark.slow
 
@@ -39,7 +39,7 @@ OPS_TIMEOUT_S = 30.0
 # The child: `python -c CHILD <path> <mode> <seed>`. data_for() must match the parent's.
 CHILD = r"""
 import random, sys
-from shmraft.raft.storage import CorruptLogError, RocksLogStorage
+from shmraft.storage.rocks import CorruptLogError, RocksLogStorage
 from shmraft.raft.types import Entry, HardState
 
 ENTRY_BYTES = 6 * 1024
@@ -261,7 +261,7 @@ def test_sigkill_during_suffix_truncation_is_atomic(tmp_path: Path, spawn) -> No
 # A child that appends 40 synced entries and kills itself: the data then lives only in the WAL.
 WAL_CHILD = r"""
 import os, signal, sys
-from shmraft.raft.storage import CorruptLogError, RocksLogStorage
+from shmraft.storage.rocks import CorruptLogError, RocksLogStorage
 from shmraft.raft.types import Entry, HardState
 s = RocksLogStorage(sys.argv[1])
 for i in range(1, 41):

@@ -1,5 +1,5 @@
 """Storage faults below the cluster: damaged RocksDB files are detected on open and quarantined, the term/vote
-copy survives them, a full disk is a retryable error that leaves a consistent log (shmraft/raft/nodelog.py,
+copy survives them, a full disk is a retryable error that leaves a consistent log (shmraft/storage/nodelog.py,
 sidecar.py, shmraft/faults/disk.py). Real RocksDB, real files, a real tmpfs for ENOSPC (root only)."""
 
 from __future__ import annotations
@@ -23,10 +23,10 @@ from shmraft.faults.disk import (
     node_log_dir,
     unmount_small_disk,
 )
-from shmraft.raft.nodelog import HardStateLostError, open_node_log, reset_for_recovery
-from shmraft.raft.sidecar import HardStateFile, SavedHardState
-from shmraft.raft.storage import RocksLogStorage, StorageIOError
 from shmraft.raft.types import Entry, HardState
+from shmraft.storage.nodelog import HardStateLostError, open_node_log, reset_for_recovery
+from shmraft.storage.rocks import RocksLogStorage, StorageIOError
+from shmraft.storage.sidecar import HardStateFile, SavedHardState
 
 TERM = 4
 VOTE = 2
@@ -41,7 +41,7 @@ def _data(i: int) -> bytes:
 _BUILDER = """
 import os, sys
 from pathlib import Path
-from shmraft.raft.nodelog import open_node_log
+from shmraft.storage.nodelog import open_node_log
 from shmraft.raft.types import Entry, HardState
 node_dir, flush_at, term, vote, n, size = Path(sys.argv[1]), int(sys.argv[2]), *map(int, sys.argv[3:])
 nl = open_node_log(node_dir)

@@ -49,13 +49,11 @@ import argparse
 import contextlib
 import importlib
 import json
-import multiprocessing as mp
 import os
 import random
 import re
 import secrets
 import shutil
-import signal
 import subprocess
 import sys
 import tempfile
@@ -75,14 +73,18 @@ import numpy as np  # noqa: E402
 import psutil  # noqa: E402
 
 from shmraft.client import Client, ShmraftError  # noqa: E402
-from shmraft.config import Member, NodeConfig  # noqa: E402
+from shmraft.config import (  # noqa: E402
+    Member,
+    NodeConfig,
+    config_to_json,  # noqa: E402
+)
 from shmraft.faults import netns  # noqa: E402
 from shmraft.faults.proxy import FaultProxy, LinkFaults  # noqa: E402
 from shmraft.ipc import segments  # noqa: E402
-from shmraft.ipc.state import NodeStatus, StateBlockError, Worker  # noqa: E402
-from shmraft.node.layout import NodeLayout  # noqa: E402
-from shmraft.supervisor.cluster import LocalCluster  # noqa: E402
-from shmraft.supervisor.node import config_to_json  # noqa: E402
+from shmraft.ipc.state import Worker  # noqa: E402
+from shmraft.supervisor.cluster import LocalCluster, free_port_base  # noqa: E402
+from shmraft.testing.cluster import ClusterDriver, alive  # noqa: E402
+from shmraft.testing.hogs import CpuHogs  # noqa: E402
 
 NODES: Final = 3
 PORT_BASE_NETNS: Final = 7000  # every namespace has its own address, so the usual ports do
@@ -178,13 +180,6 @@ def plan(seed: int, duration_s: float, kinds: list[Kind], hold_s: float | None =
         rounds += 1
 
 
-def _alive(pid: int) -> bool:
-    try:
-        return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
-    except psutil.Error:
-        return False
-
-
 def _load_disk_module() -> Any | None:
     """shmraft/faults/disk.py when it is there (written separately); None otherwise."""
     try:
@@ -276,12 +271,9 @@ class Campaign:
         self.mounted: list[Path] = []
         self.filler: Path | None = None
         self.root: Path | None = None
-        self.cluster: NetnsCluster | None = None
-        self.nodes: lg.Nodes | None = None
+        self.nodes: ClusterDriver | None = None
         self.configs: list[NodeConfig] = []
         self.cluster_id = f"{CLUSTER_ID_PREFIX}{os.getpid()}"
-        self.paused_nodes: set[int] = set()
-        self.paused_pids: set[int] = set()
         self.stop = threading.Event()
         self.t0 = time.monotonic()
         self.records: list[dict[str, Any]] = []
@@ -323,7 +315,7 @@ class Campaign:
                 for n in range(1, NODES + 1)
             )
         else:
-            base = lg.free_port_base(NODES)
+            base = free_port_base(NODES)
             members = tuple(
                 Member(n, "127.0.0.1", *(base + 100 * n + k for k in range(1, 5))) for n in range(1, NODES + 1)
             )
@@ -358,9 +350,9 @@ class Campaign:
         if self.disk is None:
             self.log(f"chaos: no disk faults ({self.disk_reason})")
         self.proxy.start()
-        self.cluster = NetnsCluster(self.configs, self.root / "logs", self.net)
-        self.nodes = lg.Nodes(self.configs, self.cluster)
-        self.cluster.start()
+        cluster = NetnsCluster(self.configs, self.root / "logs", self.net)
+        self.nodes = ClusterDriver(self.configs, self.cluster_id, cluster)
+        self.nodes.start(leader_timeout_s=None)  # the warm-up waits for the whole path
 
     def _proxy_routes(self, members: tuple[Member, ...]) -> dict[int, str]:
         """One proxy link per (source, destination, channel); the source's traffic is routed into it."""
@@ -395,57 +387,25 @@ class Campaign:
         return time.monotonic() - self.t0
 
     def state(self, node_id: int) -> dict[str, Any] | None:
-        try:
-            block = NodeLayout(self.configs[node_id - 1]).attach_state()
-        except (StateBlockError, OSError, ValueError):
-            return None
-        try:
-            n = block.node
-            out = {k: int(n[k]) for k in ("status", "role", "term", "leader_id", "commit_index")}
-            out["pids"] = {w: int(block.workers[w]["pid"]) for w in Worker}
-        finally:
-            block.close()
         assert self.nodes is not None
-        self.nodes.seen_pids |= {p for p in out["pids"].values() if p}
-        return out
-
-    def node_up(self, node_id: int) -> bool:
-        assert self.cluster is not None
-        proc = self.cluster.procs.get(node_id)
-        if proc is None or proc.poll() is not None:
-            return False
-        s = self.state(node_id)
-        return bool(s) and s["status"] == NodeStatus.SERVING and all(p and _alive(p) for p in s["pids"].values())
+        return self.nodes.state(node_id)
 
     def leader(self) -> int:
         assert self.nodes is not None
-        return self.nodes.leader()[0]
-
-    def health(self) -> str:
-        """Empty when the cluster is whole (rule 3); else what is missing."""
-        down = [n for n in range(1, NODES + 1) if not self.node_up(n)]
-        if down:
-            return f"nodes not up: {down}"
-        leader = self.leader()
-        if not leader:
-            return "no leader"
-        lost = [n for n in range(1, NODES + 1) if (self.state(n) or {}).get("leader_id") != leader]
-        return f"nodes not following leader {leader}: {lost}" if lost else ""
+        return self.nodes.leader()
 
     def wait_health(self, timeout_s: float) -> str:
-        deadline = time.monotonic() + timeout_s
-        why = self.health()
-        while why and time.monotonic() < deadline and not self.stop.is_set():
-            time.sleep(0.1)
-            why = self.health()
-        return why
+        """Until the cluster is whole (rule 3), `timeout_s` passes or the run stops; empty when whole, else
+        what is missing."""
+        assert self.nodes is not None
+        return self.nodes.wait_whole(timeout_s, self.stop)
 
     def pick(self, candidates: list[int], pick: float) -> int:
         return sorted(candidates)[int(pick * len(candidates))] if candidates else 0
 
     def followers(self) -> list[int]:
-        leader = self.leader()
-        return [n for n in range(1, NODES + 1) if n != leader]
+        assert self.nodes is not None
+        return self.nodes.followers()
 
     # --- faults -----------------------------------------------------------------------------------------------
 
@@ -472,9 +432,11 @@ class Campaign:
         rec["detail"] = detail
         rec["end_s"] = round(self.now_s(), 2)
         t_healed = time.monotonic()
-        # how long after the heal every node is back and following one leader (None: not within the wait)
+        # how long after the heal every node is back and following one leader (None: not within the wait); the
+        # end of the run does not cut this wait short (a fault healed near the end was reported as never whole)
+        assert self.nodes is not None
         rec["whole_after_ms"] = (
-            None if self.wait_health(HEALTH_WAIT_S) else round((time.monotonic() - t_healed) * 1000.0, 1)
+            None if self.nodes.wait_whole(HEALTH_WAIT_S) else round((time.monotonic() - t_healed) * 1000.0, 1)
         )
         f = monitor.add_fault(p.kind, int(rec.get("node", 0)), rec.pop("t_in_force", t))
         rec["monitor"] = f
@@ -485,7 +447,7 @@ class Campaign:
         assert self.nodes is not None
         self.nodes.start_node(node)
         deadline = time.monotonic() + RESTART_WAIT_S
-        while not self.node_up(node) and time.monotonic() < deadline:
+        while not self.nodes.node_up(node) and time.monotonic() < deadline:
             time.sleep(0.05)
 
     def f_kill_leader(self, p: Planned, rec: dict) -> str:
@@ -517,7 +479,7 @@ class Campaign:
         while time.monotonic() < deadline and not self.stop.is_set():
             s = self.state(node)
             new = s["pids"][worker] if s else 0
-            if new and new != old and _alive(new):
+            if new and new != old and alive(new):
                 break
             time.sleep(0.05)
         back = f"restarted as pid {new}" if new != old else "NOT restarted in time"
@@ -528,28 +490,21 @@ class Campaign:
         node = self.pick(list(range(1, NODES + 1)), p.pick)
         role = "leader" if node == self.leader() else "follower"
         rec["node"] = node
-        self.paused_nodes.add(node)
-        self.nodes.signal_node(node, signal.SIGSTOP)
+        self.nodes.pause_node(node)
         self.hold(p.hold_s, rec)
-        self.nodes.signal_node(node, signal.SIGCONT)
-        self.paused_nodes.discard(node)
+        self.nodes.resume_node(node)
         return f"SIGSTOP node {node} ({role}) for {p.hold_s:.2f} s"
 
     def f_pause_worker(self, p: Planned, rec: dict) -> str:
+        assert self.nodes is not None
         worker = Worker[p.params["worker"].upper()]
         node = self.pick(list(range(1, NODES + 1)), p.pick)
         rec["node"] = node
-        s = self.state(node)
-        pid = s["pids"][worker] if s else 0
+        pid = self.nodes.pause_worker(node, worker)
         if not pid:
             return f"no {worker.name.lower()} worker on node {node}"
-        self.paused_pids.add(pid)
-        with contextlib.suppress(ProcessLookupError):
-            os.kill(pid, signal.SIGSTOP)
         self.hold(p.hold_s, rec)
-        with contextlib.suppress(ProcessLookupError):
-            os.kill(pid, signal.SIGCONT)
-        self.paused_pids.discard(pid)
+        self.nodes.resume_worker(pid)
         return f"SIGSTOP {worker.name.lower()} worker pid {pid} of node {node} for {p.hold_s:.2f} s"
 
     def f_partition_isolate(self, p: Planned, rec: dict) -> str:
@@ -671,17 +626,10 @@ class Campaign:
             with contextlib.suppress(Exception):
                 self.disk.free_disk(self.filler)
             self.filler = None
-        for pid in list(self.paused_pids):
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(pid, signal.SIGCONT)
-        self.paused_pids.clear()
         if self.nodes is not None:
-            for n in list(self.paused_nodes):
-                self.nodes.signal_node(n, signal.SIGCONT)
-        self.paused_nodes.clear()
-        if self.cluster is not None and self.nodes is not None:
+            self.nodes.resume_all()
             for n in range(1, NODES + 1):
-                proc = self.cluster.procs.get(n)
+                proc = self.nodes.local.procs.get(n)
                 if proc is None or proc.poll() is not None:
                     self.log(f"chaos: node {n} is down at the final heal: restarting it")
                     self.nodes.start_node(n)
@@ -697,33 +645,11 @@ class Campaign:
 
     def _stop_cluster(self) -> None:
         self.stop.set()
-        with contextlib.suppress(Exception):
-            self.heal_all_signals()
-        if self.cluster is None or self.nodes is None:
+        if self.nodes is None:
             return
-        for n in range(1, NODES + 1):
-            with contextlib.suppress(Exception):
-                self.state(n)
-        for proc in self.cluster.procs.values():
-            self.nodes.seen_pids.add(proc.pid)
-        try:
-            self.cluster.stop()
-        finally:
-            for pid in self.nodes.seen_pids:
-                if _alive(pid):
-                    with contextlib.suppress(ProcessLookupError):
-                        os.kill(pid, signal.SIGKILL)
-            left = lg.remove_segments(self.cluster_id)
-            if left:
-                self.log(f"chaos: removed leftover shared memory: {len(left)} names")
-
-    def heal_all_signals(self) -> None:
-        for pid in list(self.paused_pids):
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(pid, signal.SIGCONT)
-        if self.nodes is not None:
-            for n in list(self.paused_nodes):
-                self.nodes.signal_node(n, signal.SIGCONT)
+        left = self.nodes.stop()
+        if left.segments:
+            self.log(f"chaos: removed leftover shared memory: {len(left.segments)} names")
 
     def _unmount(self) -> None:
         if self.disk is None:
@@ -749,7 +675,7 @@ class Campaign:
             self.log(f"chaos: kept {self.root} (--keep)")
 
 
-# --- the run ----------------------------------------------------------------------------------------------------
+# --- the run, phase by phase ------------------------------------------------------------------------------------
 
 
 def probe_until_committed(addresses: list[str], run_id: str, timeout_s: float) -> float | None:
@@ -766,27 +692,6 @@ def probe_until_committed(addresses: list[str], run_id: str, timeout_s: float) -
         except ShmraftError:
             time.sleep(0.2)
     return None
-
-
-def gather(
-    outdir: Path, producers: int, run_id: str, size: int
-) -> tuple[dict[bytes, int], list[int], Counter, np.ndarray, np.ndarray]:
-    """The producers' results (files written by loadgen.producer_main): acked value -> offset, and more."""
-    acked: dict[bytes, int] = {}
-    generated: list[int] = []
-    errors: Counter[str] = Counter()
-    dues, acks = [], []
-    for k in range(producers):
-        meta = json.loads((outdir / f"p{k}.json").read_text())
-        errors.update(meta["errors"])
-        generated.append(int(meta["generated"]))
-        prefix = f"{run_id}:{k}:".encode()
-        with np.load(outdir / f"p{k}.npz") as z:
-            dues.append(z["due"])
-            acks.append(z["ack"])
-            for s, o in zip(z["seqs"].tolist(), z["offsets"].tolist(), strict=True):
-                acked[lg.make_value(prefix, s, size)] = o
-    return acked, generated, errors, np.concatenate(dues), np.concatenate(acks)
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -814,12 +719,20 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         default=None,
         help="hold every fault this long instead of the seeded 0.5-4 s (long partitions, pauses)",
     )
+    ap.add_argument(
+        "--cpu-hogs",
+        type=int,
+        default=0,
+        help="run N busy-loop processes at normal priority beside the cluster for the whole run (CPU contention)",
+    )
     ap.add_argument("--plan", action="store_true", help="print the schedule for --seed/--duration and exit")
     args = ap.parse_args(argv)
     if args.seed is None:
         args.seed = secrets.randbelow(2**31)
     if args.duration <= 0 or args.producers < 1 or args.rate <= 0:
         ap.error("--duration, --producers and --rate must be positive")
+    if args.cpu_hogs < 0:
+        ap.error("--cpu-hogs must be 0 or more")
     return args
 
 
@@ -839,153 +752,145 @@ def available_kinds(net: bool, disk: bool, proxy: bool = True) -> list[Kind]:
     return [k for k in KINDS if have[k.needs]]
 
 
+def log(msg: str) -> None:
+    print(msg, file=sys.stderr, flush=True)
+
+
+def print_plan(args: argparse.Namespace) -> None:
+    """--plan: the schedule as if every kind were available (root, namespaces, the proxy); a run without
+    them plans fewer kinds."""
+    for p in plan(args.seed, args.duration, select_kinds(list(KINDS), args.kinds), args.hold_s):
+        print(f"  {p.at_s:7.2f} s  {p.kind:26} hold {p.hold_s:.2f} s  pick {p.pick:.3f}  {p.params}")
+
+
+def plan_faults(args: argparse.Namespace, camp: Campaign) -> list[Planned]:
+    """The schedule over the kinds this run can inject."""
+    kinds = select_kinds(
+        available_kinds(camp.net is not None, camp.disk is not None, camp.routed_via_proxy), args.kinds
+    )
+    schedule = plan(args.seed, args.duration, kinds, args.hold_s)
+    log(
+        f"chaos: {len(schedule)} faults planned over {args.duration:g} s: {len(kinds)} kinds "
+        f"({', '.join(k.name for k in kinds)})"
+    )
+    return schedule
+
+
+def load_options(args: argparse.Namespace, run_id: str, addresses: list[str]) -> dict[str, Any]:
+    """The steady open-loop load (loadgen's producers), running until it is stopped."""
+    return {
+        "run_id": run_id,
+        "addresses": addresses,
+        "size": args.size,
+        "batch": 32,
+        "window": 8,
+        "linger_ms": 1.0,
+        "rate": args.rate,
+        "producers": args.producers,
+        "duration": 10 * args.duration + 3600,
+        "quota": None,
+        "client_timeout": CLIENT_TIMEOUT_S,
+    }
+
+
+def run_schedule(camp: Campaign, schedule: list[Planned], pool: lg.ProducerPool, monitor: lg.Monitor) -> None:
+    """Every planned fault in turn (rule 2), then the rest of --duration."""
+    t_start = pool.t_start
+    while time.monotonic() < t_start:
+        time.sleep(0.05)
+    last_end = 0.0
+    for p in schedule:
+        start = max(t_start + p.at_s, last_end + FAULT_GAP_S)
+        while time.monotonic() < start:
+            time.sleep(min(0.1, start - time.monotonic()))
+            if not pool.any_alive():
+                raise RuntimeError("every producer process has exited (tracebacks above)")
+        try:
+            camp.records.append(camp.run_fault(p, monitor))
+        except Exception as exc:  # a fault that could not be injected is reported; the run goes on
+            camp.fault_errors.append(f"{p.kind}: {type(exc).__name__}: {exc}")
+            log(f"chaos: fault {p.kind} failed: {type(exc).__name__}: {exc}")
+            camp.heal_all()
+        last_end = time.monotonic()
+    while time.monotonic() < t_start + camp.args.duration:
+        time.sleep(0.1)
+
+
+def heal_and_recover(camp: Campaign, run_id: str, t_start: float) -> float | None:
+    """Rule 4: heal everything, then seconds until a probe event is acknowledged (None: not recovered)."""
+    camp.heal_all()
+    t_heal = time.monotonic()
+    log(f"chaos: everything healed at {t_heal - t_start:.1f} s; waiting for a commit")
+    rec_s = probe_until_committed(camp.addresses, run_id, RECOVERY_TIMEOUT_S)
+    log(
+        f"chaos: committing again {rec_s * 1000:.0f} ms after the heal"
+        if rec_s is not None
+        else f"chaos: NOT RECOVERED: no commit in {RECOVERY_TIMEOUT_S:.0f} s after the heal"
+    )
+    return rec_s
+
+
+def verify_logs(camp: Campaign, run_id: str, got: lg.Acked) -> tuple[dict[str, Any], str]:
+    """Every node's log checked as loadgen --verify does, once the cluster is whole; returns the verdict and
+    what kept the cluster from being whole (empty if it was)."""
+    why = camp.wait_health(RECOVERY_TIMEOUT_S)
+    if why:
+        log(f"chaos: the cluster is not whole after healing: {why}")
+    log(f"chaos: verifying {len(camp.addresses)} node logs ({len(got.values):,} acknowledged events) ...")
+    v = lg.verify(run_id, camp.addresses, got.values, got.generated, camp.nodes, log, wait_s=RECOVERY_TIMEOUT_S)
+    return v, why
+
+
+def failed(v: dict[str, Any], recovered: bool) -> bool:
+    """Loss, a duplicate, divergence, a node behind, an invented or misplaced event, an unreadable node, or no
+    recovery."""
+    return bool(
+        v["lost"]
+        or v["duplicated"]
+        or v["divergent"]
+        or v["behind"]
+        or v["invented"]
+        or v["misplaced"]
+        or v["read_errors"]
+        or not recovered
+    )
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     t_begin = time.monotonic()
-
-    def log(msg: str) -> None:
-        print(msg, file=sys.stderr, flush=True)
-
     print(f"chaos: seed {args.seed} (rerun the same schedule with --seed {args.seed})", flush=True)
     if args.plan:
-        # As if every kind were available (root, namespaces, the proxy); a run without them plans fewer kinds.
-        for p in plan(args.seed, args.duration, select_kinds(list(KINDS), args.kinds), args.hold_s):
-            print(f"  {p.at_s:7.2f} s  {p.kind:26} hold {p.hold_s:.2f} s  pick {p.pick:.3f}  {p.params}")
+        print_plan(args)
         return 0
-
-    def on_term(_s: int, _f: object) -> None:
-        raise KeyboardInterrupt
-
-    signal.signal(signal.SIGTERM, on_term)
-    signal.signal(signal.SIGINT, signal.default_int_handler)
+    lg.stop_on_sigterm()
     camp = Campaign(args, log)
+    hogs = CpuHogs(args.cpu_hogs)
     run_id = secrets.token_hex(4)
-    ctx = mp.get_context("spawn")
-    procs: list = []
+    pool: lg.ProducerPool | None = None
     monitor: lg.Monitor | None = None
-    outdir: Path | None = None
     try:
         camp.setup()
-        kinds = select_kinds(
-            available_kinds(camp.net is not None, camp.disk is not None, camp.routed_via_proxy), args.kinds
-        )
-        schedule = plan(args.seed, args.duration, kinds, args.hold_s)
-        log(
-            f"chaos: {len(schedule)} faults planned over {args.duration:g} s: {len(kinds)} kinds "
-            f"({', '.join(k.name for k in kinds)})"
-        )
-        t_w = time.monotonic()
-        with Client(camp.addresses, timeout_s=START_TIMEOUT_S) as c:
-            c.produce(f"{run_id}:w:0:".encode())
-        log(f"chaos: cluster {camp.cluster_id} serving ({time.monotonic() - t_w:.1f} s); run {run_id}")
-
-        # --- load ---------------------------------------------------------------------------------------------
-        outdir = Path(tempfile.mkdtemp(prefix=f"{TEMP_PREFIX}{os.getpid()}-out-", dir=args.tmp))
-        opts = {
-            "run_id": run_id,
-            "addresses": camp.addresses,
-            "size": args.size,
-            "batch": 32,
-            "window": 8,
-            "linger_ms": 1.0,
-            "rate": args.rate,
-            "producers": args.producers,
-            "duration": 10 * args.duration + 3600,
-            "quota": None,
-            "client_timeout": CLIENT_TIMEOUT_S,
-        }
-        stats_raw = ctx.RawArray("d", args.producers * lg.ST_FIELDS)
-        hist_raw = ctx.RawArray("q", args.producers * lg.HIST_BUCKETS)
-        stats = np.frombuffer(stats_raw, dtype=np.float64)
-        stop_load = ctx.Event()
-        t_start = time.monotonic() + 2.0 + 0.5 * args.producers
-        procs = [
-            ctx.Process(
-                target=lg.producer_main,
-                args=(k, opts, t_start, stop_load, stats_raw, hist_raw, str(outdir)),
-                daemon=True,
-            )
-            for k in range(args.producers)
-        ]
-        for p in procs:
-            p.start()
-        camp.t0 = t_start
-        monitor = lg.Monitor(camp.nodes, camp.addresses, stats, args.producers, t_start)
+        schedule = plan_faults(args, camp)
+        hogs.start()
+        took_s = lg.warm_up(camp.addresses, run_id)
+        log(f"chaos: cluster {camp.cluster_id} serving ({took_s:.1f} s); run {run_id}")
+        pool = lg.ProducerPool(load_options(args, run_id, camp.addresses), args.tmp, f"{TEMP_PREFIX}{os.getpid()}-out-")
+        pool.start()
+        camp.t0 = pool.t_start
+        monitor = lg.Monitor(camp.nodes, camp.addresses, pool.t_start)
         monitor.start()
-        while time.monotonic() < t_start:
-            time.sleep(0.05)
-
-        # --- faults -------------------------------------------------------------------------------------------
-        last_end = 0.0
-        for p in schedule:
-            start = max(t_start + p.at_s, last_end + FAULT_GAP_S)
-            while time.monotonic() < start:
-                time.sleep(min(0.1, start - time.monotonic()))
-                if not any(pr.is_alive() for pr in procs):
-                    raise RuntimeError("every producer process has exited (tracebacks above)")
-            try:
-                camp.records.append(camp.run_fault(p, monitor))
-            except Exception as exc:  # a fault that could not be injected is reported; the run goes on
-                camp.fault_errors.append(f"{p.kind}: {type(exc).__name__}: {exc}")
-                log(f"chaos: fault {p.kind} failed: {type(exc).__name__}: {exc}")
-                camp.heal_all()
-            last_end = time.monotonic()
-        while time.monotonic() < t_start + args.duration:
-            time.sleep(0.1)
-
-        # --- heal, recover, verify ----------------------------------------------------------------------------
-        camp.heal_all()
-        t_heal = time.monotonic()
-        log(f"chaos: everything healed at {t_heal - t_start:.1f} s; waiting for a commit")
-        rec_s = probe_until_committed(camp.addresses, run_id, RECOVERY_TIMEOUT_S)
-        recovered = rec_s is not None
-        log(
-            f"chaos: committing again {rec_s * 1000:.0f} ms after the heal"
-            if rec_s is not None
-            else f"chaos: NOT RECOVERED: no commit in {RECOVERY_TIMEOUT_S:.0f} s after the heal"
-        )
-        stop_load.set()
-        for p in procs:
-            p.join(PRODUCER_DRAIN_S)
-        bad = [p.exitcode for p in procs if p.exitcode != 0]
-        if bad:
-            raise RuntimeError(f"producer process(es) failed with exit codes {bad} (tracebacks above)")
-        monitor.stop_flag.set()
-        monitor.join(5)
-        acked, generated, errors, due_all, ack_all = gather(outdir, args.producers, run_id, args.size)
-        why = camp.wait_health(RECOVERY_TIMEOUT_S)
-        if why:
-            log(f"chaos: the cluster is not whole after healing: {why}")
-        log(f"chaos: verifying {len(camp.addresses)} node logs ({len(acked):,} acknowledged events) ...")
-        v = lg.verify(run_id, camp.addresses, acked, generated, camp.nodes, log, wait_s=RECOVERY_TIMEOUT_S)
-        report = build_report(
-            args,
-            camp,
-            monitor,
-            v,
-            acked,
-            errors,
-            due_all,
-            ack_all,
-            t_start,
-            recovered,
-            rec_s,
-            time.monotonic() - t_begin,
-            bool(why),
-        )
+        run_schedule(camp, schedule, pool, monitor)
+        rec_s = heal_and_recover(camp, run_id, pool.t_start)
+        pool.join(PRODUCER_DRAIN_S)
+        monitor.finish()
+        got = pool.results(run_id, want_values=True)
+        v, why = verify_logs(camp, run_id, got)
+        report = build_report(args, camp, monitor, v, got, pool.t_start, rec_s, time.monotonic() - t_begin, bool(why))
         print_report(report, camp)
-        failed = (
-            v["lost"]
-            or v["duplicated"]
-            or v["divergent"]
-            or v["invented"]
-            or v["misplaced"]
-            or v["read_errors"]
-            or not recovered
-        )
         if args.json:
             print(json.dumps(report, separators=(",", ":")), flush=True)
-        return 1 if failed else 0
+        return 1 if failed(v, rec_s is not None) else 0
     except KeyboardInterrupt:
         log("chaos: interrupted; cleaning up")
         return 130
@@ -993,13 +898,33 @@ def main(argv: list[str] | None = None) -> int:
         camp.stop.set()
         if monitor is not None:
             monitor.stop_flag.set()
-        for p in procs:
-            if p.is_alive():
-                p.kill()
-            p.join(5)
-        if outdir is not None:
-            shutil.rmtree(outdir, ignore_errors=True)
+        if pool is not None:
+            pool.close()
+        hogs.stop()
         camp.teardown()
+
+
+def _median_max(xs: list[float]) -> dict[str, float | None]:
+    return {"median": round(float(np.median(xs)), 1), "max": round(max(xs), 1)} if xs else {"median": None, "max": None}
+
+
+def by_kind(fault_log: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    """Per fault kind: how many, the client-seen unavailability and the time until the cluster was whole
+    again after the heal (median and max over the faults of that kind that have the figure; a fault with no
+    later acknowledgement or not whole within the wait is counted in `no_ack` / `not_whole`)."""
+    out: dict[str, dict[str, Any]] = {}
+    for kind in sorted({f["kind"] for f in fault_log}):
+        fs = [f for f in fault_log if f["kind"] == kind]
+        unavail = [f["unavailability_ms"] for f in fs if f["unavailability_ms"] is not None]
+        whole = [f["whole_after_ms"] for f in fs if f.get("whole_after_ms") is not None]
+        out[kind] = {
+            "count": len(fs),
+            "unavailability_ms": _median_max(unavail),
+            "whole_after_ms": _median_max(whole),
+            "no_ack": len(fs) - len(unavail),
+            "not_whole": len(fs) - len(whole),
+        }
+    return out
 
 
 def build_report(
@@ -1007,20 +932,14 @@ def build_report(
     camp: Campaign,
     monitor: lg.Monitor,
     v: dict[str, Any],
-    acked: dict[bytes, int],
-    errors: Counter,
-    due_all: np.ndarray,
-    ack_all: np.ndarray,
+    got: lg.Acked,
     t_start: float,
-    recovered: bool,
     rec_s: float | None,
     elapsed_s: float,
     not_whole: bool,
 ) -> dict[str, Any]:
-    for f, t in zip(monitor.faults, monitor.fault_times, strict=True):
-        later = ack_all[due_all >= t]  # the first ack of an event sent after the fault
-        f["unavailability_ms"] = round((float(later.min()) - t) * 1000.0, 1) if later.size else None
-    acks = np.sort(ack_all[ack_all >= t_start])
+    lg.fill_unavailability(monitor.faults, monitor.fault_times, got.due, got.ack)
+    acks = np.sort(got.ack[got.ack >= t_start])
     gaps = np.diff(acks) if acks.size > 1 else np.zeros(0)
     faults = Counter(r["kind"] for r in camp.records)
     fault_log = []
@@ -1036,48 +955,58 @@ def build_report(
         "faults": dict(sorted(faults.items())),
         "fault_errors": camp.fault_errors,
         "unhealthy_starts": camp.unhealthy_starts,
-        "acknowledged": len(acked),
+        "acknowledged": len(got.values),
         "lost": v["lost"],
         "duplicates": v["duplicated"],
         "divergent": v["divergent"],
         "invented": v["invented"],
         "misplaced": v["misplaced"],
         "read_errors": v["read_errors"],
-        "recovered": recovered,
+        "recovered": rec_s is not None,
         "recovery_ms": round(rec_s * 1000.0, 1) if rec_s is not None else None,
         "whole_after_heal": not not_whole,
         "unavailability": {
             "longest_ack_gap_ms": round(float(gaps.max()) * 1000.0, 1) if gaps.size else None,
             "time_in_gaps_over_1s_s": round(float(gaps[gaps > 1.0].sum()), 2),
         },
-        "client_errors": dict(errors),
+        "by_kind": by_kind(fault_log),
+        "client_errors": dict(got.errors),
         "leader_changes": monitor.leader_changes,
         "leaders_seen": monitor.leaders_seen,
         "duration_s": args.duration,
         "elapsed_s": round(elapsed_s, 1),
-        "settings": {"producers": args.producers, "rate": args.rate, "size": args.size},
+        "settings": {"producers": args.producers, "rate": args.rate, "size": args.size, "cpu_hogs": args.cpu_hogs},
         "fault_log": fault_log,
     }
 
 
 def print_report(report: dict[str, Any], camp: Campaign) -> None:
+    hogs = report["settings"]["cpu_hogs"]
     lines = [
         f"chaos run, seed {report['seed']}: network namespaces {'yes' if report['netns'] else 'NO'}, "
         f"disk faults {'yes' if report['disk_faults'] else 'no'}"
+        + (f", {hogs} CPU hog(s) beside the cluster" if hogs else "")
     ]
-    by_kind: dict[str, list[str]] = {}
+    by_kind_starts: dict[str, list[str]] = {}
     for f in report["fault_log"]:
         u = f["unavailability_ms"]
         w = f.get("whole_after_ms")
-        by_kind.setdefault(f["kind"], []).append(
+        by_kind_starts.setdefault(f["kind"], []).append(
             f"{f['start_s']:.1f}s"
             + (f" ({u:.0f} ms" if u is not None else " (-")
             + (f", whole {w:.0f} ms after the heal)" if w is not None else ", NOT whole after the heal)")
         )
     lines.append("  faults by kind (start time, client-seen unavailability: fault to first ack of a later event;")
     lines.append("  the cluster whole again: every node up and following one leader):")
-    for kind in sorted(by_kind):
-        lines.append(f"    {kind:26} {len(by_kind[kind]):3}  " + ", ".join(by_kind[kind]))
+    for kind in sorted(by_kind_starts):
+        lines.append(f"    {kind:26} {len(by_kind_starts[kind]):3}  " + ", ".join(by_kind_starts[kind]))
+    lines.append(f"  {'per kind':26}   n  {'unavailability ms median / max':>32}  {'whole after ms median / max':>29}")
+    for kind, k in report["by_kind"].items():
+        u, w = k["unavailability_ms"], k["whole_after_ms"]
+        lines.append(
+            f"    {kind:26} {k['count']:3}  {_fmt(u['median']):>15} / {_fmt(u['max']):>14}  "
+            f"{_fmt(w['median']):>13} / {_fmt(w['max']):>13}"
+        )
     if report["fault_errors"]:
         lines.append(f"  faults that failed: {report['fault_errors']}")
     u = report["unavailability"]
@@ -1095,6 +1024,10 @@ def print_report(report: dict[str, Any], camp: Campaign) -> None:
         f"elapsed {report['elapsed_s']} s"
     )
     print("\n".join(lines), flush=True)
+
+
+def _fmt(ms: float | None) -> str:
+    return "-" if ms is None else f"{ms:,.0f}"
 
 
 if __name__ == "__main__":

@@ -14,12 +14,16 @@ Latency is an HDR-style histogram (log buckets, 1% wide) over every acknowledged
 producers. Faults act on the local cluster's processes (pids from the shared state blocks); each fault is
 reported with the client-seen unavailability (time from the fault to the next acknowledged event).
 
---verify reads every node's committed log separately from offset 0 and checks: every acknowledged event
-present exactly once and at its acknowledged offset, the same order on every node (each node's log a
-prefix of the longest), nothing that was never produced. Exit status 1 on loss, duplicate or divergence.
+--verify reads every node's committed log separately from offset 0, from that node and no other (a client
+with `only_node`), and checks: every acknowledged event present exactly once and at its acknowledged offset,
+the same order on every node (each node's log a prefix of the longest), nothing that was never produced, every
+node serving its own log and none behind the longest. Exit status 1 on loss, duplicate, divergence, a node
+that does not serve its log or is still behind at the end of the wait.
 
 --start-cluster runs its own cluster in a temp dir and removes it (processes, /dev/shm, files) at the end,
-also on error, SIGTERM or Ctrl-C. The last stdout line is one JSON object with --json.
+also on error, SIGTERM or Ctrl-C. --cpu-hogs N runs N busy loops at normal priority beside the cluster from
+before the load to the end of the run (CPU contention, as on a machine that does other work). The last
+stdout line is one JSON object with --json.
 """
 
 from __future__ import annotations
@@ -29,37 +33,34 @@ import contextlib
 import json
 import math
 import multiprocessing as mp
-import os
 import random
 import secrets
 import shutil
 import signal
-import subprocess
 import sys
 import tempfile
 import threading
 import time
 from array import array
 from collections import Counter
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import numpy as np  # noqa: E402
-import psutil  # noqa: E402
 
 from shmraft.client import Client, ShmraftError  # noqa: E402
-from shmraft.config import NodeConfig, local_cluster  # noqa: E402
-from shmraft.ipc import segments  # noqa: E402
-from shmraft.ipc.state import StateBlockError, Worker  # noqa: E402
-from shmraft.node.layout import NodeLayout  # noqa: E402
-from shmraft.raft.types import Role  # noqa: E402
-from shmraft.supervisor.cluster import free_port_base  # noqa: E402
+from shmraft.ipc.state import Worker  # noqa: E402
+from shmraft.testing.cluster import ClusterDriver, new_cluster_id, read_log_at  # noqa: E402
+from shmraft.testing.hogs import CpuHogs  # noqa: E402
 
 DEFAULT_ADDRESSES = "127.0.0.1:7101,127.0.0.1:7201,127.0.0.1:7301"
 CLIENT_TIMEOUT_S = 30.0
+READ_ATTEMPT_MIN_S = 2.0  # verify gives one node's read at least this long, even at the end of its wait
 START_TIMEOUT_S = 60.0
+FAULT_WHOLE_WAIT_S = 30.0  # a periodic fault waits this long for the cluster to be whole again, then is skipped
 
 # --- the latency histogram: bucket i holds latencies in (G^(i-1), G^i] microseconds ---------------------------
 HIST_GROWTH = 1.01
@@ -194,154 +195,127 @@ def producer_main(k: int, opts: dict, t_start: float, stop, stats, hist, outdir:
         (Path(outdir) / f"p{k}.json").write_text(json.dumps({"errors": dict(errors), "generated": seq}))
 
 
-# --- the cluster: processes and state -----------------------------------------------------------------------
+# --- the producer pool ----------------------------------------------------------------------------------------
 
 
-def remove_segments(cluster_id: str) -> list[str]:
-    segs, sems = segments.list_names(segments.prefix_for(cluster_id))
-    for name in sems:
-        segments.unlink_semaphore(name)
-    for name in segs:
-        segments.unlink_ring(name)
-    return segs + sems
+@dataclass
+class Acked:
+    """What the producers' result files say: acknowledged value -> offset (with `want_values`), events
+    generated per producer, errors, and per acknowledged chunk when it was due and acknowledged."""
+
+    values: dict[bytes, int]
+    generated: list[int]
+    errors: Counter[str]
+    due: np.ndarray
+    ack: np.ndarray
 
 
-class Nodes:
-    """The local cluster's processes: state blocks, leader, kill/restart/signal a node or a worker."""
+class ProducerPool:
+    """The producer processes (spawned `producer_main`s), their shared stats and histograms, and their result
+    files in a temp dir that `close()` removes with any process still running."""
 
-    def __init__(self, configs: list[NodeConfig], cluster=None, log_dir: Path | None = None) -> None:
-        self.configs = configs
-        self.cluster = cluster  # a LocalCluster we started, or None (restart detached)
-        self.log_dir = log_dir
-        self.seen_pids: set[int] = set()
-        self.detached: list[subprocess.Popen] = []
-        self.down: set[int] = set()  # killed and not yet restarted: their state blocks are stale
+    def __init__(self, opts: dict, tmp: str | None, out_prefix: str, start_margin_s: float = 2.0) -> None:
+        self.opts = opts
+        self.n = int(opts["producers"])
+        ctx = mp.get_context("spawn")
+        self._stats_raw = ctx.RawArray("d", self.n * ST_FIELDS)
+        self._hist_raw = ctx.RawArray("q", self.n * HIST_BUCKETS)
+        self.stats = np.frombuffer(self._stats_raw, dtype=np.float64)
+        self.hist = np.frombuffer(self._hist_raw, dtype=np.int64)
+        self.stop_event = ctx.Event()
+        self.outdir = Path(tempfile.mkdtemp(prefix=out_prefix, dir=tmp))
+        self.t_start = time.monotonic() + start_margin_s + 0.5 * self.n  # spawning one with numpy takes ~0.5-1 s
+        self.procs = [
+            ctx.Process(
+                target=producer_main,
+                args=(k, opts, self.t_start, self.stop_event, self._stats_raw, self._hist_raw, str(self.outdir)),
+                daemon=True,
+            )
+            for k in range(self.n)
+        ]
 
-    def config(self, node_id: int) -> NodeConfig:
-        return next(c for c in self.configs if c.node_id == node_id)
+    def start(self) -> ProducerPool:
+        for p in self.procs:
+            p.start()
+        return self
 
-    def state(self, node_id: int) -> dict[str, Any] | None:
-        try:
-            block = NodeLayout(self.config(node_id)).attach_state()
-        except (StateBlockError, OSError, ValueError):
-            return None
-        try:
-            n = block.node
-            out = {k: int(n[k]) for k in ("role", "term", "leader_id", "commit_index")}
-            out["pids"] = {w: int(block.workers[w]["pid"]) for w in Worker}
-        finally:
-            block.close()
-        self.seen_pids |= {p for p in out["pids"].values() if p}
-        return out
+    def any_alive(self) -> bool:
+        return any(p.is_alive() for p in self.procs)
 
-    def leader(self) -> tuple[int, int]:
-        """(node, term) of the node that says it leads in the highest term; (0, 0) if none."""
-        best = (0, 0)
-        for c in self.configs:
-            if c.node_id in self.down:
-                continue
-            s = self.state(c.node_id)
-            if s and s["role"] == Role.LEADER and s["term"] >= best[1]:
-                best = (c.node_id, s["term"])
-        return best
+    def join(self, timeout_s: float) -> None:
+        """Ask the producers to finish (they close their pipelines) and wait; raise if one failed."""
+        self.stop_event.set()
+        for p in self.procs:
+            p.join(timeout_s)
+        self.check_exits()
 
-    def followers(self) -> list[int]:
-        leader = self.leader()[0]
-        return [c.node_id for c in self.configs if c.node_id != leader and c.node_id not in self.down]
+    def check_exits(self) -> None:
+        bad = [p.exitcode for p in self.procs if p.exitcode != 0]
+        if bad:
+            raise RuntimeError(f"producer process(es) failed with exit codes {bad} (tracebacks above)")
 
-    def pgid(self, node_id: int) -> int | None:
-        if self.cluster is not None and node_id in self.cluster.procs:
-            return self.cluster.procs[node_id].pid
-        s = self.state(node_id)
-        pid = s["pids"][Worker.RAFT] if s else 0
-        try:
-            return os.getpgid(pid) if pid else None
-        except ProcessLookupError:
-            return None
+    @property
+    def per_producer(self) -> np.ndarray:
+        """One row of ST_* fields per producer (live)."""
+        return self.stats.reshape(self.n, ST_FIELDS)
 
-    def signal_node(self, node_id: int, sig: int) -> None:
-        pgid = self.pgid(node_id)
-        if pgid is not None:
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(pgid, sig)
+    def histogram(self) -> np.ndarray:
+        """The merged latency histogram of every producer."""
+        return self.hist.reshape(self.n, HIST_BUCKETS).sum(axis=0)
 
-    def kill_node(self, node_id: int) -> None:
-        s = self.state(node_id)
-        self.down.add(node_id)
-        if self.cluster is not None:
-            if node_id in self.cluster.procs:
-                self.seen_pids.add(self.cluster.procs[node_id].pid)
-            self.cluster.kill_node(node_id)
-            return
-        pgid = self.pgid(node_id)
-        if pgid is not None:
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(pgid, signal.SIGKILL)
-            deadline = time.monotonic() + 5
-            pids = [p for p in (s["pids"].values() if s else []) if p] + [pgid]
-            while time.monotonic() < deadline and any(_alive(p) for p in pids):
-                time.sleep(0.01)
+    def latency_ms(self) -> dict[str, Any]:
+        return hist_percentiles_ms(self.histogram(), float(self.per_producer[:, ST_MAX_LAT].max()))
 
-    def start_node(self, node_id: int) -> None:
-        if self.cluster is not None:
-            self.cluster.start_node(node_id)
-        else:
-            config = self.config(node_id)
-            path = config.node_dir / "node.json"
-            log_dir = Path(config.data_dir) / "logs"
-            log_dir.mkdir(parents=True, exist_ok=True)
-            with open(log_dir / f"node{node_id}.log", "ab") as out:
-                self.detached.append(
-                    subprocess.Popen(
-                        [sys.executable, "-m", "shmraft.cli.supervisor", "node", "--config-json", str(path)],
-                        stdout=out,
-                        stderr=subprocess.STDOUT,
-                        stdin=subprocess.DEVNULL,
-                        start_new_session=True,
-                    )
-                )
-        self.down.discard(node_id)
+    def results(self, run_id: str, want_values: bool) -> Acked:
+        """The producers' result files (after `join`)."""
+        values: dict[bytes, int] = {}
+        generated: list[int] = []
+        errors: Counter[str] = Counter()
+        dues, acks = [], []
+        for k in range(self.n):
+            meta = json.loads((self.outdir / f"p{k}.json").read_text())
+            errors.update(meta["errors"])
+            generated.append(int(meta["generated"]))
+            prefix = f"{run_id}:{k}:".encode()
+            with np.load(self.outdir / f"p{k}.npz") as z:
+                dues.append(z["due"])
+                acks.append(z["ack"])
+                if want_values:
+                    for s, o in zip(z["seqs"].tolist(), z["offsets"].tolist(), strict=True):
+                        values[make_value(prefix, s, self.opts["size"])] = o
+        return Acked(values, generated, errors, np.concatenate(dues), np.concatenate(acks))
 
-    def kill_worker(self, node_id: int, worker: Worker) -> int:
-        s = self.state(node_id)
-        pid = s["pids"][worker] if s else 0
-        if pid:
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(pid, signal.SIGKILL)
-        return pid
+    def close(self) -> None:
+        for p in self.procs:
+            if p.is_alive():
+                p.kill()
+            if p.pid is not None:
+                p.join(5)
+        shutil.rmtree(self.outdir, ignore_errors=True)
 
 
-def _alive(pid: int) -> bool:
-    try:
-        return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
-    except psutil.Error:
-        return False
-
-
-def load_local_configs(data_dir: Path) -> list[NodeConfig]:
-    from shmraft.supervisor.node import config_from_json
-
-    paths = sorted(data_dir.glob("node*/node.json"))
-    if not paths:
-        raise SystemExit(f"loadgen: no node*/node.json in {data_dir}: is `shmraft-supervisor up` running there?")
-    return [config_from_json(p.read_text()) for p in paths]
+def fill_unavailability(faults: list[dict], fault_times: list[float], due: np.ndarray, ack: np.ndarray) -> None:
+    """Per fault: `unavailability_ms`, the client-seen unavailability (from the fault to the first
+    acknowledgement of an event sent after it), and `first_ack_after_ms` (to the first acknowledgement of any
+    event, which may be an answer already on its way)."""
+    for f, t in zip(faults, fault_times, strict=True):
+        later = ack[due >= t]
+        f["unavailability_ms"] = round((float(later.min()) - t) * 1000.0, 1) if later.size else None
+        after = ack[ack > t]
+        f["first_ack_after_ms"] = round((float(after.min()) - t) * 1000.0, 1) if after.size else None
 
 
 # --- faults and the leader monitor -----------------------------------------------------------------------------
 
 
 class Monitor(threading.Thread):
-    """Polls the leader (state blocks, or METADATA without them) and fills in each fault's unavailability:
-    the time from the fault to the next event acknowledged to any producer."""
+    """Polls the leader (state blocks, or METADATA without them) and records the faults, whose
+    unavailability `fill_unavailability` computes from the producers' acknowledgements afterwards."""
 
-    def __init__(
-        self, nodes: Nodes | None, addresses: list[str], stats: np.ndarray, n_producers: int, t0: float
-    ) -> None:
+    def __init__(self, nodes: ClusterDriver | None, addresses: list[str], t0: float) -> None:
         super().__init__(daemon=True, name="monitor")
         self.nodes = nodes
         self.addresses = addresses
-        self.stats = stats
-        self.n = n_producers
         self.t0 = t0
         self.stop_flag = threading.Event()
         self.lock = threading.Lock()
@@ -367,7 +341,7 @@ class Monitor(threading.Thread):
 
     def current_leader(self) -> tuple[int, int]:
         if self.nodes is not None:
-            return self.nodes.leader()
+            return self.nodes.leader_and_term()
         try:
             if self._client is None:
                 self._client = Client(self.addresses, timeout_s=1.0)
@@ -390,12 +364,29 @@ class Monitor(threading.Thread):
         if self._client is not None:
             self._client.close()
 
+    def finish(self) -> None:
+        self.stop_flag.set()
+        if self.is_alive():
+            self.join(5)
 
-def fault_loop(name: str, every: float, action, stop: threading.Event, log, until: float | None) -> threading.Thread:
+
+def fault_loop(
+    name: str, every: float, action, stop: threading.Event, log, until: float | None, nodes: ClusterDriver
+) -> threading.Thread:
+    """Every `every` seconds, once the cluster is whole again (a fault on a cluster still recovering from the
+    last one would test two faults at once: a leader killed while the previous one restarts leaves no quorum),
+    `action()`; never in the last second of the load."""
+
     def run() -> None:
         while not stop.wait(every):
+            why = nodes.wait_whole(FAULT_WHOLE_WAIT_S, stop)
+            if stop.is_set():
+                return
             if until is not None and time.monotonic() > until:
                 return  # not in the last second of the load: let the run end with the cluster settled
+            if why:
+                log(f"fault {name} skipped: the cluster is not whole after {FAULT_WHOLE_WAIT_S:.0f} s ({why})")
+                continue
             try:
                 action()
             except Exception as exc:  # a fault that failed is reported, the run goes on
@@ -406,12 +397,83 @@ def fault_loop(name: str, every: float, action, stop: threading.Event, log, unti
     return t
 
 
+class Faults:
+    """The periodic faults of --kill-leader-every, --kill-worker and --pause-follower, each reported to the
+    monitor; `stop` ends them (and resumes a paused follower)."""
+
+    def __init__(self, args: argparse.Namespace, nodes: ClusterDriver, monitor: Monitor, log) -> None:
+        self.args = args
+        self.nodes = nodes
+        self.monitor = monitor
+        self.log = log
+        self.stop_event = threading.Event()
+
+    @staticmethod
+    def wanted(args: argparse.Namespace) -> bool:
+        return bool(args.kill_leader_every or args.kill_worker or args.pause_follower)
+
+    def start(self, t_start: float) -> None:
+        """Start each asked-for fault loop; the periods count from the producers' common start."""
+        if self.args.kill_leader_every:
+            self._delayed(self.kill_leader, self.args.kill_leader_every, t_start)
+        if self.args.kill_worker:
+            self._delayed(self.kill_worker, self.args.fault_every, t_start)
+        if self.args.pause_follower:
+            self._delayed(self.pause_follower, self.args.fault_every, t_start)
+
+    def _delayed(self, fn, every: float, t_start: float) -> None:
+        def start() -> None:
+            if not self.stop_event.wait(max(0.0, t_start - time.monotonic())):
+                until = t_start + self.args.duration - 1.0 if self.args.events is None else None
+                fault_loop(fn.__name__, every, fn, self.stop_event, self.log, until, self.nodes)
+
+        threading.Thread(target=start, daemon=True).start()
+
+    def kill_leader(self) -> None:
+        leader = self.nodes.leader()
+        if not leader:
+            self.log("fault: no leader to kill")
+            return
+        t = time.monotonic()
+        self.nodes.kill_node(leader)
+        f = self.monitor.add_fault("kill-leader", leader, t)
+        self.log(f"fault at {f['time_s']:.1f} s: SIGKILL leader node {leader}; restarting it")
+        self.nodes.start_node(leader)
+
+    def kill_worker(self) -> None:
+        kind, _, where = self.args.kill_worker.partition("@")
+        worker = Worker[kind.upper()]
+        if where == "follower":
+            candidates = self.nodes.followers()
+            target = random.choice(candidates) if candidates else 0
+        else:
+            target = self.nodes.leader()
+        if not target:
+            self.log("fault: no target node for kill-worker")
+            return
+        t = time.monotonic()
+        pid = self.nodes.kill_worker(target, worker)
+        f = self.monitor.add_fault(f"kill-worker:{kind.lower()}@{where or 'leader'}", target, t, pid=pid)
+        self.log(f"fault at {f['time_s']:.1f} s: SIGKILL {kind.lower()} worker (pid {pid}) of node {target}")
+
+    def pause_follower(self) -> None:
+        candidates = self.nodes.followers()
+        if not candidates:
+            return
+        target = random.choice(candidates)
+        t = time.monotonic()
+        self.nodes.pause_node(target)
+        f = self.monitor.add_fault("pause-follower", target, t, paused_s=self.args.pause_follower)
+        self.log(f"fault at {f['time_s']:.1f} s: SIGSTOP follower node {target} for {self.args.pause_follower:g} s")
+        self.stop_event.wait(self.args.pause_follower)
+        self.nodes.resume_node(target)
+
+    def stop(self) -> None:
+        self.stop_event.set()
+        self.nodes.resume_all()
+
+
 # --- verification -----------------------------------------------------------------------------------------------
-
-
-def read_log(address: str, timeout_s: float = CLIENT_TIMEOUT_S) -> list[tuple[int, bytes]]:
-    with Client([address], timeout_s=timeout_s) as c:
-        return [(r.offset, bytes(r.value)) for r in c.consume(0)]
 
 
 def verify(
@@ -419,24 +481,25 @@ def verify(
     addresses: list[str],
     acked: dict[bytes, int],
     generated: list[int],
-    nodes: Nodes | None,
+    nodes: ClusterDriver | None,
     log,
     wait_s: float = 30.0,
 ) -> dict[str, Any]:
-    """Reads every node's committed log (from that node only) and checks it against what was produced."""
+    """Reads every node's committed log (from that node and no other) and checks it against what was produced.
+
+    Re-reads until every node serves its own log and all have the same length, up to `wait_s` (a restarted node
+    catches up); a node that still does not serve its log (`read_errors`, the node named with what it said) or
+    serves fewer events than the longest (`behind`) then counts against the run.
+    """
     deadline = time.monotonic() + wait_s
     if nodes is not None:  # until every node reports the same commit index (a restarted node catches up)
-        while time.monotonic() < deadline:
-            commits = [nodes.state(c.node_id) for c in nodes.configs]
-            if all(commits) and len({s["commit_index"] for s in commits}) == 1:
-                break
-            time.sleep(0.1)
+        nodes.commits_equal_within(wait_s)
     while True:
         logs: dict[str, list[tuple[int, bytes]]] = {}
         read_errors: dict[str, str] = {}
         for a in addresses:
             try:
-                logs[a] = read_log(a)
+                logs[a] = read_log_at(a, min(CLIENT_TIMEOUT_S, max(deadline - time.monotonic(), READ_ATTEMPT_MIN_S)))
             except ShmraftError as exc:
                 read_errors[a] = f"{type(exc).__name__}: {exc}"
         lens = {len(v) for v in logs.values()}
@@ -450,6 +513,7 @@ def verify(
     lost_any: set[bytes] = set()
     dup_any: set[bytes] = set()
     divergent_nodes = 0
+    behind_nodes = 0
     invented: set[bytes] = set()
     misplaced = 0
     foreign = 0
@@ -465,6 +529,8 @@ def verify(
         ordered = all(offsets[i] < offsets[i + 1] for i in range(len(offsets) - 1))
         if diverge_at is not None or not ordered:
             divergent_nodes += 1
+        elif len(values) < len(longest_values):
+            behind_nodes += 1  # a prefix of the longest: this node lags (or is stuck) at the end of the wait
         lost_any |= lost
         dup_any |= dups
         misplaced = max(misplaced, misplaced_here)
@@ -487,6 +553,7 @@ def verify(
             "diverges_at": diverge_at,
             "offsets_increasing": ordered,
             "misplaced": misplaced_here,
+            "behind_by": len(longest_values) - len(values),
         }
     found = len({v for v in longest_values if v in acked})
     result = {
@@ -495,6 +562,7 @@ def verify(
         "lost": len(lost_any),
         "duplicated": len(dup_any),
         "divergent": divergent_nodes,
+        "behind": behind_nodes,
         "invented": len(invented),
         "misplaced": misplaced,
         "unacknowledged_in_log": sum(1 for v in set(longest_values) if v.startswith(prefix) and v not in acked),
@@ -513,7 +581,7 @@ def verify(
     return result
 
 
-# --- main ---------------------------------------------------------------------------------------------------------
+# --- the run, phase by phase ------------------------------------------------------------------------------------
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -538,6 +606,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     ap.add_argument("--kill-worker", default=None, help="KIND[@leader|@follower]: SIGKILL that worker")
     ap.add_argument("--pause-follower", type=float, default=0.0, help="SIGSTOP a follower node this many s")
     ap.add_argument("--fault-every", type=float, default=5.0, help="period of --kill-worker / --pause-follower")
+    ap.add_argument(
+        "--cpu-hogs",
+        type=int,
+        default=0,
+        help="run N busy-loop processes at normal priority beside the cluster for the whole run (CPU contention)",
+    )
     ap.add_argument("--verify", action="store_true", help="check every node's log afterwards")
     ap.add_argument("--json", action="store_true", help="the report as one JSON line, last")
     ap.add_argument("--client-timeout", type=float, default=CLIENT_TIMEOUT_S)
@@ -546,6 +620,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         args.duration = 10.0
     if args.producers < 1 or args.batch < 1 or args.window < 1:
         ap.error("--producers, --batch and --window must be positive")
+    if args.cpu_hogs < 0:
+        ap.error("--cpu-hogs must be 0 or more")
     if args.kill_worker:
         kind, _, where = args.kill_worker.partition("@")
         if kind.upper() not in Worker.__members__ or where not in ("", "leader", "follower"):
@@ -556,324 +632,252 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     return args
 
 
-def main(argv: list[str] | None = None) -> int:
-    args = parse_args(argv)
+def log(msg: str) -> None:
+    print(msg, file=sys.stderr, flush=True)
 
-    def log(msg: str) -> None:
-        print(msg, file=sys.stderr, flush=True)
 
-    def on_term(_s, _f):
+def stop_on_sigterm() -> None:
+    """SIGTERM and Ctrl-C both raise KeyboardInterrupt, so the run cleans up in its `finally`."""
+
+    def on_term(_s: int, _f: object) -> None:
         raise KeyboardInterrupt
 
     signal.signal(signal.SIGTERM, on_term)
-    signal.signal(signal.SIGINT, signal.default_int_handler)
-    faults_wanted = bool(args.kill_leader_every or args.kill_worker or args.pause_follower)
-    run_id = secrets.token_hex(4)
-    ctx = mp.get_context("spawn")
-    root: Path | None = None
-    cluster = None
-    cluster_id = None
-    nodes: Nodes | None = None
-    procs: list = []
-    paused: set[int] = set()
-    stop_faults = threading.Event()
-    monitor: Monitor | None = None
-    outdir: Path | None = None
-    try:
-        if args.start_cluster:
-            from shmraft.supervisor.cluster import LocalCluster
+    signal.signal(signal.SIGINT, signal.default_int_handler)  # even if started with SIGINT ignored (nohup, &)
 
-            root = Path(tempfile.mkdtemp(prefix="shmraft-loadgen-", dir=args.tmp))
-            cluster_id = args.cluster_id or f"lg{os.getpid()}x{random.randrange(10**6)}"
-            overrides = {"fsync": args.fsync} if args.fsync else {}
-            configs = local_cluster(
-                root, count=args.nodes, port_base=free_port_base(args.nodes), cluster_id=cluster_id, **overrides
+
+def plan_load(args: argparse.Namespace, run_id: str, addresses: list[str]) -> dict[str, Any]:
+    """The producers' options: who sends what, how fast and for how long."""
+    quota = None
+    if args.events is not None:
+        base, extra = divmod(args.events, args.producers)
+        quota = [base + (1 if k < extra else 0) for k in range(args.producers)]
+    return {
+        "run_id": run_id,
+        "addresses": addresses,
+        "size": args.size,
+        "batch": args.batch,
+        "window": args.window,
+        "linger_ms": args.linger_ms,
+        "rate": args.rate,
+        "producers": args.producers,
+        "duration": args.duration if args.events is None else None,
+        "quota": quota,
+        "client_timeout": args.client_timeout,
+    }
+
+
+def open_cluster(args: argparse.Namespace) -> tuple[ClusterDriver | None, list[str]]:
+    """The cluster to load: a new one (--start-cluster; started by `start_cluster`), or the one at
+    --addresses, with its state blocks when its data dir is here (needed for faults)."""
+    if args.start_cluster:
+        overrides = {"fsync": args.fsync} if args.fsync else {}
+        cluster_id = args.cluster_id or new_cluster_id("lg")
+        driver = ClusterDriver.in_temp_dir("shmraft-loadgen-", args.tmp, args.nodes, cluster_id, **overrides)
+        return driver, driver.addresses
+    addresses = [a.strip() for a in (args.addresses or DEFAULT_ADDRESSES).split(",") if a.strip()]
+    data_dir = Path(args.data_dir).resolve()
+    if Faults.wanted(args) or (data_dir / "node1" / "node.json").exists():
+        try:
+            return ClusterDriver.attach(data_dir), addresses
+        except FileNotFoundError as exc:
+            if Faults.wanted(args):
+                raise SystemExit(f"loadgen: {exc}") from None
+    return None, addresses
+
+
+def start_cluster(nodes: ClusterDriver | None) -> None:
+    """Start the nodes of a cluster made here (the warm-up then waits for the whole path)."""
+    if nodes is not None and nodes.owned:
+        log(f"loadgen: starting a {len(nodes.configs)}-node cluster {nodes.cluster_id} in {nodes.root}")
+        nodes.start(leader_timeout_s=None)
+
+
+def warm_up(addresses: list[str], run_id: str, timeout_s: float = START_TIMEOUT_S) -> float:
+    """One event through the whole path (the run id's warm-up event is a produced event); seconds it took."""
+    t = time.monotonic()
+    with Client(addresses, timeout_s=timeout_s) as c:
+        c.produce(f"{run_id}:w:0:".encode())
+    return time.monotonic() - t
+
+
+def drive_load(args: argparse.Namespace, pool: ProducerPool, monitor: Monitor, faults: Faults | None) -> None:
+    """Progress lines until the producers are done; the faults stop when the load's duration is over."""
+    expect_long = (args.duration or 0) > 3
+    t_start = pool.t_start
+    last_print = time.monotonic()
+    last_acked = 0.0
+    while pool.any_alive():
+        time.sleep(0.2)
+        now = time.monotonic()
+        if faults is not None and args.duration and now > t_start + args.duration:
+            faults.stop()  # no faults while the producers drain
+        if now - last_print >= 1.0 and now > t_start and (expect_long or now - t_start > 3):
+            st = pool.per_producer
+            acked = float(st[:, ST_ACKED].sum())
+            pct = pool.latency_ms()
+            log(
+                f"[{now - t_start:6.1f} s] {(acked - last_acked) / (now - last_print):>9,.0f} ev/s  "
+                f"committed {acked:>11,.0f}  errors {st[:, ST_ERRORS].sum():,.0f}  "
+                f"p50 {pct['p50'] or 0:.1f} ms  p99 {pct['p99'] or 0:.1f} ms  "
+                f"leader changes {monitor.leader_changes}"
             )
-            cluster = LocalCluster(configs, log_dir=root / "logs")
-            nodes = Nodes(configs, cluster)
-            log(f"loadgen: starting a {args.nodes}-node cluster {cluster_id} in {root}")
-            cluster.start()
-            addresses = [c.me.client_address for c in configs]
-        else:
-            addresses = [a.strip() for a in (args.addresses or DEFAULT_ADDRESSES).split(",") if a.strip()]
-            data_dir = Path(args.data_dir).resolve()
-            if faults_wanted or (data_dir / "node1" / "node.json").exists():
-                try:
-                    nodes = Nodes(load_local_configs(data_dir))
-                except SystemExit:
-                    if faults_wanted:
-                        raise
-        # warm-up: the whole path works (and the run id's warm-up event is a produced event)
-        t_w = time.monotonic()
-        with Client(addresses, timeout_s=START_TIMEOUT_S) as c:
-            c.produce(f"{run_id}:w:0:".encode())
-        log(f"loadgen: cluster serving ({time.monotonic() - t_w:.1f} s); run {run_id}, {args.producers} producer(s)")
+            last_print, last_acked = now, acked
+    if faults is not None:
+        faults.stop()
+    pool.check_exits()
+    time.sleep(0.1)  # let the monitor see acks after the last fault, then stop it
+    monitor.finish()
 
-        quota = None
-        if args.events is not None:
-            base, extra = divmod(args.events, args.producers)
-            quota = [base + (1 if k < extra else 0) for k in range(args.producers)]
-        opts = {
-            "run_id": run_id,
-            "addresses": addresses,
-            "size": args.size,
+
+def build_report(
+    args: argparse.Namespace, run_id: str, addresses: list[str], pool: ProducerPool, monitor: Monitor, got: Acked
+) -> dict[str, Any]:
+    """The run's figures (the JSON report, before verification)."""
+    fill_unavailability(monitor.faults, monitor.fault_times, got.due, got.ack)
+    st = pool.per_producer
+    acked_total = int(st[:, ST_ACKED].sum())
+    last_ack = float(st[:, ST_LAST_ACK].max())
+    elapsed = max(1e-9, (last_ack if last_ack > pool.t_start else time.monotonic()) - pool.t_start)
+    return {
+        "run_id": run_id,
+        "committed_events_per_s": round(acked_total / elapsed),
+        "latency_ms": pool.latency_ms(),
+        "acknowledged": acked_total,
+        "produced": sum(got.generated),
+        "failed_events": int(st[:, ST_ERRORS].sum()),
+        "errors": dict(got.errors),
+        "retries": None,  # the Producer resends internally and does not count it (see the report notes)
+        "leader_changes": monitor.leader_changes,
+        "leaders_seen": monitor.leaders_seen,
+        "faults": monitor.faults,
+        "elapsed_s": round(elapsed, 3),
+        "settings": {
+            "producers": args.producers,
             "batch": args.batch,
             "window": args.window,
-            "linger_ms": args.linger_ms,
-            "rate": args.rate,
-            "producers": args.producers,
-            "duration": args.duration if args.events is None else None,
-            "quota": quota,
-            "client_timeout": args.client_timeout,
-        }
-        stats_raw = ctx.RawArray("d", args.producers * ST_FIELDS)
-        hist_raw = ctx.RawArray("q", args.producers * HIST_BUCKETS)
-        stats = np.frombuffer(stats_raw, dtype=np.float64)
-        hist = np.frombuffer(hist_raw, dtype=np.int64)
-        stop = ctx.Event()
-        outdir = Path(tempfile.mkdtemp(prefix="shmraft-loadgen-out-", dir=args.tmp))
-        t_start = time.monotonic() + 2.0 + 0.5 * args.producers  # spawning a process with numpy takes ~0.5-1 s
-        procs = [
-            ctx.Process(
-                target=producer_main, args=(k, opts, t_start, stop, stats_raw, hist_raw, str(outdir)), daemon=True
+            "size": args.size,
+            "rate": args.rate or None,
+            "duration_s": args.duration,
+            "events": args.events,
+            "addresses": addresses,
+            "started_cluster": bool(args.start_cluster),
+            "cpu_hogs": args.cpu_hogs,
+        },
+    }
+
+
+def verify_into(
+    report: dict[str, Any], run_id: str, addresses: list[str], got: Acked, nodes: ClusterDriver | None
+) -> int:
+    """--verify: every node's log checked, the verdict added to `report`; exit status 1 on any fault."""
+    log(f"loadgen: verifying {len(addresses)} node logs ...")
+    v = verify(run_id, addresses, got.values, got.generated, nodes, log)
+    report["verify"] = v
+    report.update({k: v[k] for k in ("found", "lost", "divergent", "invented")})
+    report["duplicates"] = v["duplicated"]
+    bad = (
+        v["lost"]
+        or v["duplicated"]
+        or v["divergent"]
+        or v["behind"]
+        or v["invented"]
+        or v["misplaced"]
+        or v["read_errors"]
+    )
+    return 1 if bad else 0
+
+
+def print_report(args: argparse.Namespace, report: dict[str, Any], status: int) -> None:
+    lat = report["latency_ms"]
+    lines = [
+        f"loadgen run {report['run_id']}: {args.producers} producer(s), batch {args.batch}, window {args.window}, "
+        f"{args.size}-byte events, " + (f"open loop {args.rate:g} ev/s" if args.rate else "flat out"),
+        f"  committed {report['acknowledged']:,} events in {report['elapsed_s']:.2f} s = "
+        f"{report['committed_events_per_s']:,} ev/s; failed {report['failed_events']:,}; "
+        f"errors {report['errors'] or 'none'}",
+        "  commit latency ms: "
+        + "  ".join(f"{k} {lat[k]}" for k in ("p50", "p90", "p99", "p999", "max"))
+        + f"  (n={lat['n']:,})",
+        f"  leader changes seen: {report['leader_changes']}",
+    ]
+    if args.cpu_hogs:
+        lines.append(f"  beside {args.cpu_hogs} CPU hog(s) (busy loops at normal priority)")
+    for f in report["faults"]:
+        lines.append(
+            f"  fault {f['kind']} node {f['node']} at {f['time_s']:.2f} s: first ack of an event sent "
+            f"after it {f['unavailability_ms']} ms later (first ack of any event {f['first_ack_after_ms']}"
+            " ms)"
+        )
+    if "verify" in report:
+        v = report["verify"]
+        lines.append(
+            f"  verify: acknowledged {v['acknowledged']:,}  found {v['found']:,}  lost {v['lost']}  "
+            f"duplicated {v['duplicated']}  divergent {v['divergent']}  behind {v['behind']}  "
+            f"invented {v['invented']}  "
+            f"misplaced {v['misplaced']}  unacknowledged-but-committed {v['unacknowledged_in_log']}  "
+            f"-> {'FAIL' if status else 'OK'}"
+        )
+        for a, n in v["per_node"].items():
+            lines.append(
+                f"    {a}: {n['events']:,} events, lost {n['lost']}, duplicated {n['duplicated']}, "
+                f"diverges at {n['diverges_at']}, behind by {n['behind_by']:,}"
             )
-            for k in range(args.producers)
-        ]
-        for p in procs:
-            p.start()
-        monitor = Monitor(nodes, addresses, stats, args.producers, t_start)
+        for a, why in v["read_errors"].items():
+            lines.append(f"    {a}: NOT READ: {why}")
+    print("\n".join(lines), flush=True)
+    if args.json:
+        print(json.dumps(report, separators=(",", ":")), flush=True)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    stop_on_sigterm()
+    run_id = secrets.token_hex(4)
+    nodes: ClusterDriver | None = None
+    hogs = CpuHogs(args.cpu_hogs)
+    pool: ProducerPool | None = None
+    monitor: Monitor | None = None
+    faults: Faults | None = None
+    try:
+        nodes, addresses = open_cluster(args)
+        start_cluster(nodes)
+        hogs.start()
+        took_s = warm_up(addresses, run_id)
+        log(f"loadgen: cluster serving ({took_s:.1f} s); run {run_id}, {args.producers} producer(s)")
+        pool = ProducerPool(plan_load(args, run_id, addresses), args.tmp, "shmraft-loadgen-out-")
+        pool.start()
+        monitor = Monitor(nodes, addresses, pool.t_start)
         monitor.start()
-
-        if faults_wanted:
+        if Faults.wanted(args):
             assert nodes is not None
-
-            def kill_leader() -> None:
-                leader = nodes.leader()[0]
-                if not leader:
-                    log("fault: no leader to kill")
-                    return
-                t = time.monotonic()
-                nodes.kill_node(leader)
-                f = monitor.add_fault("kill-leader", leader, t)
-                log(f"fault at {f['time_s']:.1f} s: SIGKILL leader node {leader}; restarting it")
-                nodes.start_node(leader)
-
-            def kill_worker() -> None:
-                kind, _, where = args.kill_worker.partition("@")
-                worker = Worker[kind.upper()]
-                if where == "follower":
-                    candidates = nodes.followers()
-                    target = random.choice(candidates) if candidates else 0
-                else:
-                    target = nodes.leader()[0]
-                if not target:
-                    log("fault: no target node for kill-worker")
-                    return
-                t = time.monotonic()
-                pid = nodes.kill_worker(target, worker)
-                f = monitor.add_fault(f"kill-worker:{kind.lower()}@{where or 'leader'}", target, t, pid=pid)
-                log(f"fault at {f['time_s']:.1f} s: SIGKILL {kind.lower()} worker (pid {pid}) of node {target}")
-
-            def pause_follower() -> None:
-                candidates = nodes.followers()
-                if not candidates:
-                    return
-                target = random.choice(candidates)
-                t = time.monotonic()
-                paused.add(target)
-                nodes.signal_node(target, signal.SIGSTOP)
-                f = monitor.add_fault("pause-follower", target, t, paused_s=args.pause_follower)
-                log(f"fault at {f['time_s']:.1f} s: SIGSTOP follower node {target} for {args.pause_follower:g} s")
-                stop_faults.wait(args.pause_follower)
-                nodes.signal_node(target, signal.SIGCONT)
-                paused.discard(target)
-
-            def delayed(fn, every):
-                # the periods count from the common start of the producers
-                def start() -> None:
-                    if not stop_faults.wait(max(0.0, t_start - time.monotonic())):
-                        until = t_start + args.duration - 1.0 if args.events is None else None
-                        fault_loop(fn.__name__, every, fn, stop_faults, log, until)
-
-                threading.Thread(target=start, daemon=True).start()
-
-            if args.kill_leader_every:
-                delayed(kill_leader, args.kill_leader_every)
-            if args.kill_worker:
-                delayed(kill_worker, args.fault_every)
-            if args.pause_follower:
-                delayed(pause_follower, args.fault_every)
-
-        # --- progress until the producers are done ---------------------------------------------------------
-        expect_long = (args.duration or 0) > 3
-        last_print = time.monotonic()
-        last_acked = 0.0
-        while any(p.is_alive() for p in procs):
-            time.sleep(0.2)
-            now = time.monotonic()
-            if args.duration and now > t_start + args.duration:
-                stop_faults.set()  # no faults while the producers drain
-            if now - last_print >= 1.0 and now > t_start and (expect_long or now - t_start > 3):
-                st = stats.reshape(args.producers, ST_FIELDS)
-                acked = float(st[:, ST_ACKED].sum())
-                pct = hist_percentiles_ms(
-                    hist.reshape(args.producers, HIST_BUCKETS).sum(axis=0), float(st[:, ST_MAX_LAT].max())
-                )
-                log(
-                    f"[{now - t_start:6.1f} s] {(acked - last_acked) / (now - last_print):>9,.0f} ev/s  "
-                    f"committed {acked:>11,.0f}  errors {st[:, ST_ERRORS].sum():,.0f}  "
-                    f"p50 {pct['p50'] or 0:.1f} ms  p99 {pct['p99'] or 0:.1f} ms  "
-                    f"leader changes {monitor.leader_changes}"
-                )
-                last_print, last_acked = now, acked
-        stop_faults.set()
-        bad = [p.exitcode for p in procs if p.exitcode != 0]
-        if bad:
-            raise RuntimeError(f"producer process(es) failed with exit codes {bad} (tracebacks above)")
-        for t in [*paused]:
-            nodes.signal_node(t, signal.SIGCONT)
-        # let the monitor see acks after the last fault, then stop it
-        time.sleep(0.1)
-        monitor.stop_flag.set()
-        monitor.join(5)
-
-        # --- gather ---------------------------------------------------------------------------------------
-        st = stats.reshape(args.producers, ST_FIELDS)
-        counts = hist.reshape(args.producers, HIST_BUCKETS).sum(axis=0)
-        errors: Counter[str] = Counter()
-        acked_map: dict[bytes, int] = {}
-        generated: list[int] = []
-        dues, acks = [], []
-        for k in range(args.producers):
-            meta = json.loads((outdir / f"p{k}.json").read_text())
-            errors.update(meta["errors"])
-            generated.append(int(meta["generated"]))
-            with np.load(outdir / f"p{k}.npz") as z:
-                dues.append(z["due"])
-                acks.append(z["ack"])
-            if args.verify:
-                with np.load(outdir / f"p{k}.npz") as z:
-                    prefix = f"{run_id}:{k}:".encode()
-                    for s, o in zip(z["seqs"].tolist(), z["offsets"].tolist(), strict=True):
-                        acked_map[make_value(prefix, s, args.size)] = o
-        due_all, ack_all = np.concatenate(dues), np.concatenate(acks)
-        for f, t in zip(monitor.faults, monitor.fault_times, strict=True):
-            # client-seen unavailability: from the fault to the first acknowledgement of an event sent after it
-            later = ack_all[due_all >= t]
-            if later.size:
-                f["unavailability_ms"] = round((float(later.min()) - t) * 1000.0, 1)
-            # the first acknowledgement of any event after the fault (may be an answer already on its way)
-            after = ack_all[ack_all > t]
-            if after.size:
-                f["first_ack_after_ms"] = round((float(after.min()) - t) * 1000.0, 1)
-        acked_total = int(st[:, ST_ACKED].sum())
-        last_ack = float(st[:, ST_LAST_ACK].max())
-        elapsed = max(1e-9, (last_ack if last_ack > t_start else time.monotonic()) - t_start)
-        report: dict[str, Any] = {
-            "run_id": run_id,
-            "committed_events_per_s": round(acked_total / elapsed),
-            "latency_ms": hist_percentiles_ms(counts, float(st[:, ST_MAX_LAT].max())),
-            "acknowledged": acked_total,
-            "produced": sum(generated),
-            "failed_events": int(st[:, ST_ERRORS].sum()),
-            "errors": dict(errors),
-            "retries": None,  # the Producer resends internally and does not count it (see the report notes)
-            "leader_changes": monitor.leader_changes,
-            "leaders_seen": monitor.leaders_seen,
-            "faults": monitor.faults,
-            "elapsed_s": round(elapsed, 3),
-            "settings": {
-                "producers": args.producers,
-                "batch": args.batch,
-                "window": args.window,
-                "size": args.size,
-                "rate": args.rate or None,
-                "duration_s": args.duration,
-                "events": args.events,
-                "addresses": addresses,
-                "started_cluster": bool(cluster),
-            },
-        }
+            faults = Faults(args, nodes, monitor, log)
+            faults.start(pool.t_start)
+        drive_load(args, pool, monitor, faults)
+        got = pool.results(run_id, want_values=args.verify)
+        report = build_report(args, run_id, addresses, pool, monitor, got)
         status = 0
         if args.verify:
-            log(f"loadgen: verifying {len(addresses)} node logs ...")
-            v = verify(run_id, addresses, acked_map, generated, nodes, log)
-            report["verify"] = v
-            report.update({k: v[k] for k in ("found", "lost", "divergent", "invented")})
-            report["duplicates"] = v["duplicated"]
-            if v["lost"] or v["duplicated"] or v["divergent"] or v["invented"] or v["misplaced"] or v["read_errors"]:
-                status = 1
+            status = verify_into(report, run_id, addresses, got, nodes)
         else:
             report.update({"lost": None, "duplicates": None, "divergent": None})
-
-        lat = report["latency_ms"]
-        lines = [
-            f"loadgen run {run_id}: {args.producers} producer(s), batch {args.batch}, window {args.window}, "
-            f"{args.size}-byte events, " + (f"open loop {args.rate:g} ev/s" if args.rate else "flat out"),
-            f"  committed {acked_total:,} events in {elapsed:.2f} s = {report['committed_events_per_s']:,} ev/s; "
-            f"failed {report['failed_events']:,}; errors {dict(errors) or 'none'}",
-            "  commit latency ms: "
-            + "  ".join(f"{k} {lat[k]}" for k in ("p50", "p90", "p99", "p999", "max"))
-            + f"  (n={lat['n']:,})",
-            f"  leader changes seen: {monitor.leader_changes}",
-        ]
-        for f in monitor.faults:
-            lines.append(
-                f"  fault {f['kind']} node {f['node']} at {f['time_s']:.2f} s: first ack of an event sent "
-                f"after it {f['unavailability_ms']} ms later (first ack of any event {f['first_ack_after_ms']}"
-                " ms)"
-            )
-        if args.verify:
-            v = report["verify"]
-            lines.append(
-                f"  verify: acknowledged {v['acknowledged']:,}  found {v['found']:,}  lost {v['lost']}  "
-                f"duplicated {v['duplicated']}  divergent {v['divergent']}  invented {v['invented']}  "
-                f"misplaced {v['misplaced']}  unacknowledged-but-committed {v['unacknowledged_in_log']}  "
-                f"-> {'FAIL' if status else 'OK'}"
-            )
-            for a, n in v["per_node"].items():
-                lines.append(
-                    f"    {a}: {n['events']:,} events, lost {n['lost']}, duplicated {n['duplicated']}, "
-                    f"diverges at {n['diverges_at']}"
-                )
-        print("\n".join(lines), flush=True)
-        if args.json:
-            print(json.dumps(report, separators=(",", ":")), flush=True)
+        print_report(args, report, status)
         return status
     except KeyboardInterrupt:
         log("loadgen: interrupted; stopping everything")
         return 130
     finally:
-        stop_faults.set()
+        if faults is not None:
+            faults.stop()
         if monitor is not None:
             monitor.stop_flag.set()
-        for p in procs:
-            if p.is_alive():
-                p.kill()
-            p.join(5)
-        if outdir is not None:
-            shutil.rmtree(outdir, ignore_errors=True)
+        if pool is not None:
+            pool.close()
+        hogs.stop()
         if nodes is not None:
-            for t in list(paused):
-                nodes.signal_node(t, signal.SIGCONT)
-        if cluster is not None:
-            for c in cluster.configs:
-                with contextlib.suppress(Exception):
-                    nodes.state(c.node_id)
-            for proc in cluster.procs.values():
-                nodes.seen_pids.add(proc.pid)
-            try:
-                cluster.stop()
-            finally:
-                for pid in nodes.seen_pids:
-                    if _alive(pid):
-                        with contextlib.suppress(ProcessLookupError):
-                            os.kill(pid, signal.SIGKILL)
-                left = remove_segments(cluster_id)
-                if left:
-                    log(f"loadgen: removed leftover shared memory: {left}")
-                if root is not None:
-                    shutil.rmtree(root, ignore_errors=True)
+            left = nodes.stop()
+            if left.segments:
+                log(f"loadgen: removed leftover shared memory: {left.segments}")
 
 
 if __name__ == "__main__":

@@ -4,6 +4,7 @@
     some-command | shmraft produce       # one event per line of stdin (pipelined)
     shmraft consume --from 0 --json      # every committed event, then exit
     shmraft consume --from 0 --follow    # and keep waiting for new ones
+    shmraft --addresses HOST:PORT consume --only-node   # that node's own log, or fail naming it
     shmraft leader                       # leader id and address, term, commit index
 
 Exit status: 0 on success, 1 when the cluster failed the request, 2 for bad arguments, 130 on Ctrl-C.
@@ -21,7 +22,7 @@ from collections.abc import Iterator
 from typing import Final, TextIO
 
 from shmraft.client import Client, NoNodeReachable, ShmraftError
-from shmraft.client.client import leader_address, member_address
+from shmraft.client.client import RESET_DEFAULT, RESETS, leader_address, member_address
 from shmraft.client.futures import BatchFuture
 
 ADDRESSES_ENV: Final = "SHMRAFT_ADDRESSES"  # default for --addresses when set
@@ -84,7 +85,20 @@ def _parser() -> argparse.ArgumentParser:
         metavar="OFFSET",
         help="first offset to read (default 0, the start of the log)",
     )
+    c.add_argument(
+        "--reset",
+        choices=RESETS,
+        default=RESET_DEFAULT,
+        help="an offset below the log start (deleted by retention): read from the earliest event held "
+        "(default), from the commit offset (latest), or fail (error)",
+    )
     c.add_argument("--follow", "-f", action="store_true", help="keep waiting for new events")
+    c.add_argument(
+        "--only-node",
+        action="store_true",
+        help="read the log of the one node in --addresses and no other: fail, naming it, if it does not serve "
+        "(does not answer, lags behind --from, is not in service), instead of reading another node's log",
+    )
     c.add_argument("--json", action="store_true", help="one JSON object per line: offset, value [, encoding]")
     c.add_argument("--max", type=int, default=None, metavar="N", help="stop after N events")
     c.add_argument("--offsets", action="store_true", help="text output: print 'OFFSET<TAB>VALUE'")
@@ -182,7 +196,7 @@ def _consume(client: Client, args: argparse.Namespace, out: TextIO) -> int:
     if args.max == 0:
         return EXIT_OK
     count = 0
-    records = client.consume(args.from_offset, follow=args.follow)
+    records = client.consume(args.from_offset, follow=args.follow, reset=args.reset)
     try:
         for offset, value in records:
             if args.json:
@@ -231,6 +245,7 @@ def main(argv: list[str] | None = None) -> int:
     timeout = getattr(args, "timeout", None)
     token_file = getattr(args, "token_file", None) or os.environ.get(TOKEN_FILE_ENV) or None
     tls_ca = getattr(args, "tls_ca", None) or os.environ.get(TLS_CA_ENV) or None
+    only_node = args.command == "consume" and args.only_node
     try:
         token = None
         if token_file is not None:
@@ -238,7 +253,11 @@ def main(argv: list[str] | None = None) -> int:
 
             token = read_token(token_file, "--token-file").reveal()
         client = Client(
-            addresses, tls_ca=tls_ca, token=token, **({"timeout_s": timeout} if timeout is not None else {})
+            addresses,
+            tls_ca=tls_ca,
+            token=token,
+            only_node=only_node,
+            **({"timeout_s": timeout} if timeout is not None else {}),
         )
     except ValueError as exc:  # includes ConfigError: a bad token or CA file
         print(f"shmraft: {exc}", file=sys.stderr)

@@ -34,7 +34,9 @@ def _configs(args: argparse.Namespace) -> list[NodeConfig]:
             one = with_overrides(one, **overrides)
         return [one]
     data_dir = Path(args.data_dir or DEFAULT_DATA_DIR).resolve()
-    return local_cluster(data_dir, count=args.nodes, port_base=args.port_base, cluster_id=args.cluster_id, **overrides)
+    return local_cluster(
+        data_dir, count=args.nodes, port_base=args.port_base, cluster_id=args.cluster_id, kafka=True, **overrides
+    )
 
 
 def _up(args: argparse.Namespace) -> int:
@@ -59,7 +61,8 @@ def _up(args: argparse.Namespace) -> int:
     print(f"shmraft: local cluster of {len(configs)} nodes, data in {data_dir}", flush=True)
     for c in configs:
         print(
-            f"  node {c.node_id}: clients {c.me.client_address}  data :{c.me.data_port}  consensus :{c.me.raft_port}",
+            f"  node {c.node_id}: clients {c.me.client_address}  kafka :{c.me.kafka_port}  data :{c.me.data_port}  "
+            f"consensus :{c.me.raft_port}",
             flush=True,
         )
     print(f"  logs in {data_dir / 'logs'}; try: shmraft produce hello && shmraft consume --from 0", flush=True)
@@ -74,7 +77,8 @@ def _up(args: argparse.Namespace) -> int:
 
 
 def _node(args: argparse.Namespace) -> int:
-    from shmraft.supervisor.node import NodeSupervisor, config_from_json
+    from shmraft.config import config_from_json
+    from shmraft.supervisor.node import NodeSupervisor
 
     config = config_from_json(Path(args.config_json).read_text())
     return NodeSupervisor(config).run()
@@ -82,7 +86,7 @@ def _node(args: argparse.Namespace) -> int:
 
 def _recover_node(args: argparse.Namespace) -> int:
     """The operator step of docs/DESIGN.md "Storage faults" (the node must be stopped)."""
-    from shmraft.raft.nodelog import reset_for_recovery
+    from shmraft.storage.nodelog import reset_for_recovery
 
     if args.node is None:
         print("shmraft-supervisor: recover-node: --node is required", file=sys.stderr)

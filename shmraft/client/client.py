@@ -8,14 +8,16 @@ producer id and the same sequences, so the server's deduplication keeps every ev
 
 from __future__ import annotations
 
+import logging
 import secrets
 import ssl
 import threading
 import time
 from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Final, NamedTuple
+from typing import Any, Final, NamedTuple
 
+from shmraft.client.backoff import RETRY_BACKOFF_MAX_S, RETRY_BACKOFF_MIN_S, Backoff
 from shmraft.client.connection import (
     CONNECT_TIMEOUT_S_DEFAULT,
     AnswerTimeout,
@@ -25,19 +27,31 @@ from shmraft.client.connection import (
 from shmraft.client.errors import (
     CommitTimeout,
     ConnectionFailed,
+    NodeNotServing,
     NoNodeReachable,
     OffsetOutOfRange,
+    SequenceTooOld,
     ShmraftError,
-    TooLarge,
     Unauthorized,
     UnavailableError,
     error_from_server,
 )
-from shmraft.constants import CLUSTER_SIZE_MAX, ELECTION_TIMEOUT_MS
+from shmraft.client.leader import (
+    ADDRESSES_MAX,
+    ATTEMPT_ANSWER_TIMEOUT_S,
+    METADATA_TIMEOUT_S,
+    PROBE_AFTER_S,
+    REDIRECTS_BEFORE_BACKOFF,
+    LeaderTracker,
+    Silence,
+    leader_address,
+    member_address,
+)
+from shmraft.client.producer import Producer
+from shmraft.client.sizes import REQUEST_BYTES_MAX, REQUEST_EVENT_BYTES_MAX, as_bytes, split_requests
 from shmraft.wire.client import (
     AUTH_TOKEN_MAX_BYTES,
     MESSAGE_BODY_MAX_BYTES,
-    PRODUCE_EVENTS_MAX,
     Error,
     ErrorCode,
     Fetched,
@@ -46,12 +60,23 @@ from shmraft.wire.client import (
     MetadataAnswer,
     Produced,
     encode_fetch,
-    encode_metadata,
     encode_produce,
 )
+from shmraft.wire.frame import U64_MAX
 
-if TYPE_CHECKING:
-    from shmraft.client.producer import Producer
+# Names other modules and tests know from here; each is defined once, in the module imported from.
+__all__ = [
+    "ATTEMPT_ANSWER_TIMEOUT_S",
+    "REQUEST_EVENT_BYTES_MAX",
+    "PROBE_AFTER_S",
+    "REQUEST_BYTES_MAX",
+    "Client",
+    "LeaderMoved",
+    "Record",
+    "leader_address",
+    "member_address",
+    "split_requests",
+]
 
 
 class LeaderMoved(ShmraftError):
@@ -60,42 +85,18 @@ class LeaderMoved(ShmraftError):
 
 
 TIMEOUT_S_DEFAULT: Final = 10.0  # how long produce() and friends keep trying before they give up
-RETRY_BACKOFF_MIN_S: Final = 0.020  # first pause after a failed attempt
-RETRY_BACKOFF_MAX_S: Final = 0.500  # the pause doubles up to this
-REDIRECTS_BEFORE_BACKOFF: Final = 2  # NOT_LEADER redirects followed at once before pausing (elections)
 ANSWER_GRACE_S: Final = 1.0  # wait this long past the server-side timeout for the server's own answer
-METADATA_TIMEOUT_S: Final = 1.0  # one METADATA question to one node
-# One attempt (a PRODUCE, or the requests in flight of a Producer) waits this long for an answer before the
-# node is suspected to be hung (a stopped process or a vanished host keeps its sockets open, so nothing
-# fails): about twice the election timeout, so that by then the other nodes have elected a new leader.
-ATTEMPT_ANSWER_TIMEOUT_S: Final = 1.0
-# Meanwhile, once a leader has been silent for an election timeout, the other nodes are asked who leads every
-# PROBE_INTERVAL_S (one METADATA each, PROBE_METADATA_TIMEOUT_S at most): when they name another leader the
-# client goes there at once, so a vanished leader costs about the election (~0.5-0.6 s), not the full 1 s.
-# A leader that is only slow is still named by the others, and is waited for up to ATTEMPT_ANSWER_TIMEOUT_S.
-PROBE_AFTER_S: Final = ELECTION_TIMEOUT_MS / 1000
-PROBE_INTERVAL_S: Final = 0.05
-PROBE_METADATA_TIMEOUT_S: Final = 0.2
 # Any node can answer a FETCH from its own log, so one that has not answered this long after its long-poll
 # wait is treated as hung and the FETCH goes to another node (a hung node would otherwise hold the consumer
 # for the whole timeout_s).
 FETCH_ATTEMPT_TIMEOUT_S: Final = 2.0
-SUSPECT_S: Final = 5.0  # a node that did not answer in time is tried last for this long (unless named leader)
-ADDRESSES_MAX: Final = 2 * CLUSTER_SIZE_MAX  # addresses given plus members learnt from METADATA
-PRODUCE_HEAD_BYTES: Final = 24  # producer_id, first_sequence, timeout_ms, event_count
-EVENT_OVERHEAD_BYTES: Final = 4  # the u32 length of each event in a PRODUCE body
-REQUEST_EVENTS_MAX: Final = PRODUCE_EVENTS_MAX  # events in one PRODUCE request (8192)
-REQUEST_BYTES_MAX: Final = 1024 * 1024  # body bytes of one PRODUCE request, well below the 4 MiB server limit
-EVENT_BYTES_MAX: Final = REQUEST_BYTES_MAX - PRODUCE_HEAD_BYTES - EVENT_OVERHEAD_BYTES  # largest single event
 FETCH_BYTES_DEFAULT: Final = 1024 * 1024  # event bytes asked for by one FETCH
 FETCH_BYTES_MAX: Final = MESSAGE_BODY_MAX_BYTES // 2  # an answer must fit the 4 MiB body limit with its tables
 FETCH_POLL_WAIT_MS_DEFAULT: Final = 500  # long-poll wait of one FETCH when following
 _U32_MAX: Final = 2**32 - 1
-_U64_MAX: Final = 2**64 - 1
-
-assert ATTEMPT_ANSWER_TIMEOUT_S >= 2 * ELECTION_TIMEOUT_MS / 1000
-assert PROBE_AFTER_S + PROBE_METADATA_TIMEOUT_S < ATTEMPT_ANSWER_TIMEOUT_S
-assert PRODUCE_HEAD_BYTES + EVENT_OVERHEAD_BYTES * REQUEST_EVENTS_MAX < REQUEST_BYTES_MAX < MESSAGE_BODY_MAX_BYTES
+RESETS: Final = ("earliest", "latest", "error")  # what consume() does with an offset below the log start
+RESET_DEFAULT: Final = "earliest"
+_log = logging.getLogger("shmraft.client")
 
 
 class Record(NamedTuple):
@@ -105,64 +106,12 @@ class Record(NamedTuple):
     value: bytes
 
 
-def as_bytes(event: bytes | bytearray | memoryview | str) -> bytes:
-    """Events are bytes; str is encoded as UTF-8. Refuses an event too large for one request."""
-    data = event.encode() if isinstance(event, str) else bytes(event)
-    if len(data) > EVENT_BYTES_MAX:
-        raise TooLarge(f"event of {len(data)} bytes exceeds the {EVENT_BYTES_MAX}-byte limit of one request")
-    return data
-
-
-def split_requests(
-    events: list[bytes], max_events: int = REQUEST_EVENTS_MAX, max_bytes: int = REQUEST_BYTES_MAX
-) -> Iterator[tuple[int, int]]:
-    """(start, end) ranges of `events` such that each range fits one PRODUCE request."""
-    start, size = 0, PRODUCE_HEAD_BYTES
-    for i, event in enumerate(events):
-        cost = len(event) + EVENT_OVERHEAD_BYTES
-        if i > start and (i - start >= max_events or size + cost > max_bytes):
-            yield start, i
-            start, size = i, PRODUCE_HEAD_BYTES
-        size += cost
-    if start < len(events):
-        yield start, len(events)
-
-
-class Backoff:
-    """A bounded, doubling pause between attempts that never sleeps past a deadline."""
-
-    def __init__(self, first_s: float = RETRY_BACKOFF_MIN_S, max_s: float = RETRY_BACKOFF_MAX_S) -> None:
-        self.first_s, self.max_s, self.delay_s = first_s, max_s, first_s
-
-    def next_delay(self) -> float:
-        delay, self.delay_s = self.delay_s, min(self.delay_s * 2, self.max_s)
-        return delay
-
-    def sleep(self, deadline: float) -> None:
-        time.sleep(max(0.0, min(self.next_delay(), deadline - time.monotonic())))
-
-    def reset(self) -> None:
-        self.delay_s = self.first_s
-
-
 class _Unacked(NamedTuple):
     """Events handed to the log under (producer_id, first_sequence..) and not yet acknowledged."""
 
     producer_id: int
     first_sequence: int
     events: list[bytes]
-
-
-def member_address(member: Member) -> str:
-    return f"{member.host}:{member.port}"
-
-
-def leader_address(answer: MetadataAnswer) -> str | None:
-    """The client address of the leader a METADATA answer names, None when it names none."""
-    for m in answer.members:
-        if m.node_id == answer.leader_id and answer.leader_id != 0:
-            return member_address(m)
-    return None
 
 
 class Client:
@@ -175,6 +124,14 @@ class Client:
     `tls_ca`: the CA file of a cluster with TLS on (the nodes' certificates must chain to it and name the
     host dialled). `token` (bytes or str): sent with AUTH on every connection, for nodes that ask for one;
     a wrong token raises `Unauthorized`.
+
+    `only_node=True` binds the client to its one address (exactly one must be given): it learns no other member
+    and never goes to another node, whatever that node answers. consume() then reads that node's own log or
+    raises `NodeNotServing` naming it: when it does not answer within `timeout_s` (connections and hung
+    FETCHes are retried on it alone), or at once when it answers what would send an ordinary client elsewhere
+    (NOT_LEADER, OFFSET_OUT_OF_RANGE past its log end, a retriable error). For verifiers that read "each node's
+    log"; metadata(), produce() and producers use that node only, too (produce() raises NodeNotServing on
+    NOT_LEADER, a Producer keeps retrying that node until its timeout).
     """
 
     def __init__(
@@ -186,6 +143,7 @@ class Client:
         connect_timeout_s: float = CONNECT_TIMEOUT_S_DEFAULT,
         tls_ca: str | Path | None = None,
         token: bytes | str | None = None,
+        only_node: bool = False,
     ) -> None:
         if addresses is None:
             from shmraft.config import local_members
@@ -193,14 +151,14 @@ class Client:
             addresses = [m.client_address for m in local_members()]
         elif isinstance(addresses, str):
             addresses = [a for a in addresses.split(",") if a.strip()]
-        self._addresses = [a.strip() for a in addresses]
-        if not self._addresses:
+        known = [a.strip() for a in addresses]
+        if not known:
             raise ValueError("addresses: expected at least one host:port")
-        if len(self._addresses) > ADDRESSES_MAX:
-            raise ValueError(f"addresses: expected at most {ADDRESSES_MAX}, got {len(self._addresses)}")
-        for a in self._addresses:
+        if len(known) > ADDRESSES_MAX:
+            raise ValueError(f"addresses: expected at most {ADDRESSES_MAX}, got {len(known)}")
+        for a in known:
             parse_address(a)
-        if producer_id is not None and not 0 <= producer_id <= _U64_MAX:
+        if producer_id is not None and not 0 <= producer_id <= U64_MAX:
             raise ValueError(f"producer_id: expected a u64, got {producer_id}")
         if timeout_s <= 0 or connect_timeout_s <= 0:
             raise ValueError("timeout_s and connect_timeout_s must be positive")
@@ -219,21 +177,40 @@ class Client:
             raise ValueError(f"token: expected 1..{AUTH_TOKEN_MAX_BYTES} bytes, got {len(token)}")
         self._token = token
         self.timeout_s = float(timeout_s)
-        self.connect_timeout_s = float(connect_timeout_s)
         self._next_sequence = 0
         self._unacked: _Unacked | None = None  # a produce call that gave up; resent first by the next one
         self._lock = threading.Lock()  # serialises produce calls and guards the produce connection
         self._conn: Connection | None = None
-        self._leader: str | None = None  # last known leader address (a hint, shared with producers)
-        self._rotation = 0  # where the next search over addresses starts, moved past failed nodes
-        self._suspects: dict[str, float] = {}  # address -> until when it is tried last (it did not answer)
-        self._suspects_lock = threading.Lock()  # produce() and producers' I/O threads share the hints
+        # which node leads and which are suspected: shared with this client's producers
+        self.leaders = LeaderTracker(known, self._open, float(connect_timeout_s), only_node=only_node)
 
     # --- life cycle ------------------------------------------------------------------------------------
 
     @property
     def addresses(self) -> list[str]:
-        return list(self._addresses)
+        return list(self.leaders.addresses)
+
+    @property
+    def only_node(self) -> bool:
+        """Whether this client is bound to its one node (see the class docstring)."""
+        return self.leaders.only_node
+
+    @property
+    def connect_timeout_s(self) -> float:
+        return self.leaders.connect_timeout_s
+
+    @connect_timeout_s.setter
+    def connect_timeout_s(self, value: float) -> None:
+        self.leaders.connect_timeout_s = value
+
+    @property
+    def _leader(self) -> str | None:
+        """The last known leader address (a hint)."""
+        return self.leaders.leader
+
+    def _connect(self, deadline: float, prefer: str | None = None) -> Connection:
+        """A connection to the first node that accepts one (kept for callers of the old name)."""
+        return self.leaders.connect(deadline, prefer)
 
     @property
     def next_sequence(self) -> int:
@@ -248,8 +225,8 @@ class Client:
 
     def __repr__(self) -> str:  # never the token
         return (
-            f"Client({self._addresses!r}, producer_id={self.producer_id}, tls={self._tls is not None}, "
-            f"token={'set' if self._token else 'none'})"
+            f"Client({self.leaders.addresses!r}, producer_id={self.producer_id}, tls={self._tls is not None}, "
+            f"token={'set' if self._token else 'none'}, only_node={self.only_node})"
         )
 
     def _open(self, address: str, connect_timeout_s: float) -> Connection:
@@ -264,137 +241,7 @@ class Client:
 
     def producer(self, **kwargs: Any) -> Producer:
         """A pipelined Producer on this cluster; see `shmraft.client.Producer` for the options."""
-        from shmraft.client.producer import Producer
-
         return Producer(self, **kwargs)
-
-    # --- addresses and leader discovery (also used by Producer) ------------------------------------------
-
-    def _learn_address(self, address: str) -> None:
-        if address not in self._addresses and len(self._addresses) < ADDRESSES_MAX:
-            try:
-                parse_address(address)
-            except ValueError:
-                return
-            self._addresses.append(address)
-
-    def _candidates(self, prefer: str | None) -> list[str]:
-        """Every known address: `prefer` first, then from the rotation point on, nodes under suspicion last."""
-        addrs = list(self._addresses)
-        k = self._rotation % len(addrs)
-        ordered = addrs[k:] + addrs[:k]
-        suspects = self._current_suspects()
-        if suspects:
-            ordered = [a for a in ordered if a not in suspects] + [a for a in ordered if a in suspects]
-        if prefer:
-            ordered = [prefer] + [a for a in ordered if a != prefer]
-        return ordered
-
-    def _current_suspects(self) -> set[str]:
-        now = time.monotonic()
-        with self._suspects_lock:
-            for address in [a for a, until in self._suspects.items() if until <= now]:
-                del self._suspects[address]
-            return set(self._suspects)
-
-    def _suspect(self, address: str) -> None:
-        """`address` did not answer in time (hung or vanished): forget it as leader, try it last for a while."""
-        with self._suspects_lock:
-            self._suspects[address] = time.monotonic() + SUSPECT_S
-        self._node_failed(address)
-
-    def _answered(self, address: str) -> None:
-        """`address` answered: it is not under suspicion any more."""
-        if self._suspects:
-            with self._suspects_lock:
-                self._suspects.pop(address, None)
-
-    def _node_failed(self, address: str) -> None:
-        """Forget `address` as leader and start the next search after it."""
-        if self._leader == address:
-            self._leader = None
-        if address in self._addresses:
-            self._rotation = self._addresses.index(address) + 1
-
-    def _connect(self, deadline: float, prefer: str | None = None) -> Connection:
-        """A connection to the first node that accepts one, `prefer` first; NoNodeReachable if none does."""
-        tried: list[str] = []
-        last = ""
-        for address in self._candidates(prefer):
-            remaining = deadline - time.monotonic()
-            if remaining <= 0 and tried:
-                break
-            tried.append(address)
-            try:
-                return self._open(address, max(min(self.connect_timeout_s, remaining), 0.01))
-            except ConnectionFailed as exc:
-                last = str(exc)
-                self._node_failed(address)
-        raise NoNodeReachable(tried, last)
-
-    def _ask_metadata(self, address: str, timeout_s: float) -> MetadataAnswer | Error:
-        with self._open(address, min(self.connect_timeout_s, timeout_s)) as conn:
-            answer = conn.request(encode_metadata, timeout_s)
-        if not isinstance(answer, MetadataAnswer | Error):
-            raise ConnectionFailed(f"unexpected {type(answer).__name__} from {address} to METADATA")
-        if isinstance(answer, Error) and answer.code is ErrorCode.UNAUTHORIZED:
-            raise error_from_server(answer.code, answer.message, answer.leader, address)
-        if isinstance(answer, MetadataAnswer):
-            for m in answer.members:
-                self._learn_address(member_address(m))
-        return answer
-
-    def _find_leader(self, not_leader: str, hint: str, deadline: float) -> str | None:
-        """After NOT_LEADER from `not_leader`: the leader named in the error, else the one METADATA names."""
-        if hint and hint != not_leader:
-            self._learn_address(hint)
-            self._leader = hint
-            return hint
-        self._node_failed(not_leader)
-        return self._rediscover(not_leader, deadline)
-
-    def _rediscover(self, excluded: str, deadline: float) -> str | None:
-        """Ask every node but `excluded` (a follower, or a leader that stopped answering) for METADATA.
-
-        The leader named with the highest term wins; at equal terms one other than `excluded` is preferred
-        (a hung leader's own view is stale, and it is not asked at all). Sets and returns the client's
-        leader hint; None when no node names a leader by `deadline` (an election is still going on).
-        """
-        self._leader = self._survey(excluded, deadline, METADATA_TIMEOUT_S)
-        return self._leader
-
-    def _leader_elsewhere(self, silent: str) -> str | None:
-        """`silent` leads but has left a request unanswered for PROBE_AFTER_S: if the other nodes now name
-        another leader, make it the client's leader and return it; else None (keep waiting for `silent`)."""
-        survey_s = PROBE_METADATA_TIMEOUT_S * (len(self._addresses) - 1)
-        leader = self._survey(silent, time.monotonic() + survey_s, PROBE_METADATA_TIMEOUT_S)
-        if leader is None or leader == silent:
-            return None
-        self._suspect(silent)
-        self._leader = leader
-        return leader
-
-    def _survey(self, excluded: str, deadline: float, per_node_s: float) -> str | None:
-        """The leader the nodes other than `excluded` name, highest term first (see _rediscover)."""
-        best: tuple[tuple[int, bool], str] | None = None
-        for address in self._candidates(None):
-            remaining = deadline - time.monotonic()
-            if remaining <= 0:
-                break
-            if address == excluded:
-                continue
-            try:
-                answer = self._ask_metadata(address, min(per_node_s, remaining))
-            except Unauthorized:
-                raise
-            except ShmraftError:
-                continue
-            self._answered(address)
-            if isinstance(answer, MetadataAnswer) and (leader := leader_address(answer)) is not None:
-                key = (answer.term, leader != excluded)
-                if best is None or key > best[0]:
-                    best = (key, leader)
-        return best[1] if best is not None else None
 
     # --- metadata ---------------------------------------------------------------------------------------
 
@@ -404,16 +251,17 @@ class Client:
         tried: list[str] = []
         errors: list[str] = []
         conn = self._conn
-        prefer = conn.address if conn is not None and not conn.closed else self._leader
-        if prefer in self._current_suspects():
+        leaders = self.leaders
+        prefer = conn.address if conn is not None and not conn.closed else leaders.leader
+        if prefer in leaders.current_suspects():
             prefer = None
-        for address in self._candidates(prefer):
+        for address in leaders.candidates(prefer):
             remaining = deadline - time.monotonic()
             if remaining <= 0:
                 break
             tried.append(address)
             try:
-                answer = self._ask_metadata(address, min(METADATA_TIMEOUT_S, remaining))
+                answer = leaders.ask_metadata(address, min(METADATA_TIMEOUT_S, remaining))
             except Unauthorized:
                 raise  # every node has the same token: asking the others would not help
             except ShmraftError as exc:
@@ -421,9 +269,11 @@ class Client:
                 continue
             if isinstance(answer, MetadataAnswer):
                 if (leader := leader_address(answer)) is not None:
-                    self._leader = leader
+                    leaders.leader = leader
                 return answer
             errors.append(str(error_from_server(answer.code, answer.message, answer.leader, address)))
+        if leaders.only_node:
+            raise NodeNotServing(leaders.addresses[0], "; ".join(errors) or "no METADATA answer in time")
         if len(errors) == len(tried) and all(e.startswith("cannot connect") for e in errors):
             raise NoNodeReachable(tried, errors[-1] if errors else "")
         raise UnavailableError("no node answered METADATA: " + "; ".join(errors))
@@ -483,6 +333,11 @@ class Client:
                     ) from None
                 self._next_sequence = batch.first_sequence + start
                 raise
+            except SequenceTooOld:
+                # In the log already (offsets forgotten): these sequences are used; the rest of the batch is not.
+                self._unacked = None
+                self._next_sequence = batch.first_sequence + end
+                raise
             except ShmraftError:
                 # Refused for good (too large, malformed, unauthorized): not in the log; reuse the sequences.
                 self._unacked = None
@@ -493,12 +348,13 @@ class Client:
 
     def _leader_connection(self, deadline: float) -> Connection:
         conn = self._conn
-        if conn is not None and not conn.closed and (self._leader is None or conn.address == self._leader):
+        leader = self.leaders.leader
+        if conn is not None and not conn.closed and (leader is None or conn.address == leader):
             return conn
         if conn is not None:
             conn.close()
         self._conn = None
-        self._conn = self._connect(deadline, self._leader)
+        self._conn = self.leaders.connect(deadline, leader)
         return self._conn
 
     def _attempt(self, conn: Connection, encode: Callable[[int], bytes], timeout_s: float) -> Message:
@@ -506,21 +362,20 @@ class Client:
         silence, ask the other nodes who leads now and raise LeaderMoved if they name another node."""
         cid = conn.send_request(encode, timeout_s)
         started = time.monotonic()
-        end = started + timeout_s
-        probe_at = started + PROBE_AFTER_S
+        silence = Silence(started, timeout_s)
         while True:
             now = time.monotonic()
             try:
-                return conn.wait_answer(cid, max(min(end, probe_at) - now, 0.0))
+                return conn.wait_answer(cid, max(min(silence.hung_at(), silence.probe_due()) - now, 0.0))
             except AnswerTimeout:
-                if time.monotonic() >= end:
+                if time.monotonic() >= silence.hung_at():
                     raise
-            if (leader := self._leader_elsewhere(conn.address)) is not None:
+            if (leader := self.leaders.leader_elsewhere(conn.address)) is not None:
                 raise LeaderMoved(
                     f"{conn.address} silent for {time.monotonic() - started:.2f} s; "
                     f"the other nodes name {leader} as leader"
                 )
-            probe_at = time.monotonic() + PROBE_INTERVAL_S
+            silence.probed(time.monotonic())
 
     def _produce_request(
         self, producer_id: int, first_sequence: int, events: list[bytes], deadline: float
@@ -559,16 +414,16 @@ class Client:
                 last = exc
                 conn.close()
                 self._conn = None
-                self._suspect(conn.address)
-                if self._rediscover(conn.address, deadline) is None:
+                self.leaders.suspect(conn.address)
+                if self.leaders.rediscover(conn.address, deadline) is None:
                     backoff.sleep(deadline)
                 continue
             except ConnectionFailed as exc:
                 last = exc
-                self._node_failed(conn.address)
+                self.leaders.node_failed(conn.address)
                 backoff.sleep(deadline)
                 continue
-            self._answered(conn.address)
+            self.leaders.answered(conn.address)
             if isinstance(answer, Produced):
                 if answer.offsets.size != len(events):
                     conn.close()
@@ -583,9 +438,11 @@ class Client:
                 continue
             last = error_from_server(answer.code, answer.message, answer.leader, conn.address)
             if answer.code is ErrorCode.NOT_LEADER:
-                self._find_leader(conn.address, answer.leader, deadline)
+                if self.leaders.only_node:
+                    raise NodeNotServing(conn.address, str(last), code=answer.code) from last
+                self.leaders.find_leader(conn.address, answer.leader, deadline)
                 redirects += 1
-                if redirects > REDIRECTS_BEFORE_BACKOFF or self._leader is None:
+                if redirects > REDIRECTS_BEFORE_BACKOFF or self.leaders.leader is None:
                     backoff.sleep(deadline)
                 continue
             if not answer.code.retriable:
@@ -607,45 +464,71 @@ class Client:
         follow: bool = False,
         max_bytes: int = FETCH_BYTES_DEFAULT,
         poll_wait_ms: int = FETCH_POLL_WAIT_MS_DEFAULT,
+        reset: str = RESET_DEFAULT,
     ) -> Iterator[Record]:
         """Committed events at or after `from_offset`, in log order, as Records (offset, value).
 
         Reads from any node (the one this client talks to first) and fails over on connection errors and
         when a node does not answer within FETCH_ATTEMPT_TIMEOUT_S after the long-poll wait (a hung node).
         Without `follow` it stops at the commit offset the node reports; with `follow` it long-polls
-        (`poll_wait_ms` per FETCH) forever. Raises OffsetOutOfRange, or NoNodeReachable when no node
-        answers for `timeout_s`.
+        (`poll_wait_ms` per FETCH) forever.
+
+        `reset` (Kafka's auto.offset.reset) says what an offset below the earliest one the node holds (deleted
+        by retention) becomes: "earliest" (the default: read from the oldest event still held, skipping only
+        what was deleted), "latest" (skip to the commit offset: only events committed from now on) or
+        "error" (raise OffsetOutOfRange, which carries `earliest_offset` and `latest_offset`). An offset past
+        a node's log end is looked for on the other nodes (a lagging node) and raises OffsetOutOfRange if no
+        node has it within `timeout_s`. Raises NoNodeReachable when no node answers for `timeout_s`.
+
+        On a client with `only_node`, every FETCH goes to that node and nothing else: what would make an
+        ordinary client move raises NodeNotServing instead (see the class docstring).
         """
-        if not 0 <= from_offset <= _U64_MAX:
+        if reset not in RESETS:
+            raise ValueError(f"reset: expected one of {', '.join(RESETS)}, got {reset!r}")
+        if not 0 <= from_offset <= U64_MAX:
             raise ValueError(f"from_offset: expected a u64, got {from_offset}")
         if not 1 <= max_bytes <= FETCH_BYTES_MAX:
             raise ValueError(f"max_bytes: expected 1..{FETCH_BYTES_MAX}, got {max_bytes}")
         if not 0 <= poll_wait_ms <= _U32_MAX:
             raise ValueError(f"poll_wait_ms: expected 0..{_U32_MAX}, got {poll_wait_ms}")
-        return self._consume(from_offset, follow, max_bytes, poll_wait_ms)
+        return self._consume(from_offset, follow, max_bytes, poll_wait_ms, reset)
 
-    def _consume(self, next_offset: int, follow: bool, max_bytes: int, poll_wait_ms: int) -> Iterator[Record]:
+    def _consume(
+        self, next_offset: int, follow: bool, max_bytes: int, poll_wait_ms: int, reset: str
+    ) -> Iterator[Record]:
         conn: Connection | None = None
         backoff = Backoff()
         last_ok = time.monotonic()
         wait_ms = poll_wait_ms if follow else 0
-        prefer: str | None = self._conn.address if self._conn is not None else self._leader
+        prefer: str | None = self._conn.address if self._conn is not None else self.leaders.leader
         last_error: ShmraftError | None = None
+        only = self.leaders.addresses[0] if self.leaders.only_node else None
         try:
             while True:
                 stale_deadline = last_ok + self.timeout_s
                 if time.monotonic() > stale_deadline and conn is None:
+                    if only is not None:
+                        raise NodeNotServing(
+                            only,
+                            f"no FETCH answered within {self.timeout_s:g} s (last: {last_error or 'no answer'})",
+                            code=last_error.code if last_error is not None else None,
+                        ) from last_error
+                    if isinstance(last_error, OffsetOutOfRange):
+                        raise last_error
                     if last_error is not None and last_error.code is not None:
                         raise UnavailableError(
                             f"no FETCH answered within {self.timeout_s:g} s: {last_error}", code=last_error.code
                         )
-                    raise NoNodeReachable(self._candidates(None), "no FETCH answered")
+                    raise NoNodeReachable(self.leaders.candidates(None), "no FETCH answered")
                 if conn is None or conn.closed:
                     try:
-                        conn = self._connect(max(stale_deadline, time.monotonic() + 0.01), prefer)
-                    except NoNodeReachable:
+                        conn = self.leaders.connect(max(stale_deadline, time.monotonic() + 0.01), prefer)
+                    except NoNodeReachable as exc:
                         if time.monotonic() >= stale_deadline:
+                            if only is not None:
+                                raise NodeNotServing(only, f"no connection within {self.timeout_s:g} s: {exc}") from exc
                             raise
+                        last_error = exc
                         backoff.sleep(stale_deadline)
                         continue
                 offset = next_offset
@@ -657,17 +540,35 @@ class Client:
                     )
                 except (AnswerTimeout, ConnectionFailed) as exc:
                     last_error = exc
-                    self._node_failed(conn.address)
+                    self.leaders.node_failed(conn.address)
                     conn.close()
                     conn, prefer = None, None
                     continue
                 if isinstance(answer, Error):
                     if answer.code is ErrorCode.OFFSET_OUT_OF_RANGE:
-                        raise OffsetOutOfRange(
-                            f"offset {offset} out of range at {conn.address}: {answer.message}", code=answer.code
+                        error = OffsetOutOfRange(
+                            f"offset {offset} out of range at {conn.address}: {answer.message}",
+                            code=answer.code,
+                            earliest_offset=answer.earliest_offset,
+                            latest_offset=answer.latest_offset,
                         )
+                        if offset >= answer.earliest_offset:  # past this node's log end: it may lag; try another
+                            if only is not None:
+                                raise NodeNotServing(conn.address, str(error), code=answer.code) from error
+                            last_error = error
+                            conn.close()
+                            conn, prefer = None, None
+                            backoff.sleep(time.monotonic() + RETRY_BACKOFF_MAX_S)
+                            continue
+                        if reset == "error":
+                            raise error
+                        next_offset = answer.earliest_offset if reset == "earliest" else answer.latest_offset
+                        _log.warning("%s; reset to the %s offset %d", error, reset, next_offset)
+                        continue
                     if answer.code is ErrorCode.NOT_LEADER or answer.code.retriable:
                         last_error = error_from_server(answer.code, answer.message, answer.leader, conn.address)
+                        if only is not None:
+                            raise NodeNotServing(conn.address, str(last_error), code=answer.code) from last_error
                         prefer = answer.leader or None
                         conn.close()
                         conn = None

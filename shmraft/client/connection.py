@@ -160,6 +160,21 @@ class Connection:
             out.append(msg)
         return out
 
+    def read_available(self) -> bytes:
+        """The raw bytes that have arrived, without waiting (b"" if none yet), for a caller that parses them
+        itself (the Producer's state machine). ConnectionFailed if the link broke or the node closed it.
+        Nothing is left in this connection's own reader: the node sends nothing unasked after AUTHED."""
+        try:
+            self._sock.settimeout(0.0)
+            data = self._sock.recv(RECV_CHUNK_BYTES)
+        except (BlockingIOError, InterruptedError, ssl.SSLWantReadError):
+            return b""
+        except OSError as exc:
+            raise self._fail("lost connection to", exc) from exc
+        if not data:
+            raise self._fail("connection closed by")
+        return data
+
     def request(self, encode: Callable[[int], bytes], timeout_s: float) -> Message:
         """Send `encode(correlation_id)` and wait for the answer carrying that id; skip stale answers."""
         cid = self.send_request(encode, timeout_s)

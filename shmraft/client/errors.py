@@ -77,7 +77,32 @@ class TooLarge(ShmraftError):
 
 
 class OffsetOutOfRange(ShmraftError):
-    """A fetch asked for an offset the node does not hold (below the oldest retained event)."""
+    """A fetch asked for an offset the node does not hold: below `earliest_offset` (deleted by retention) or
+    past the node's log end. `latest_offset` is the node's commit offset (where "latest" starts)."""
+
+    def __init__(
+        self, message: str, *, code: ErrorCode | None = None, earliest_offset: int = 0, latest_offset: int = 0
+    ) -> None:
+        super().__init__(message, code=code)
+        self.earliest_offset = earliest_offset
+        self.latest_offset = latest_offset
+
+
+class SequenceTooOld(ShmraftError):
+    """A retry of events the log holds already, older than the dedup window remembers: they are committed,
+    once, but their offsets are forgotten. Do not resend them."""
+
+
+class NodeNotServing(ShmraftError):
+    """A client bound to one node (`Client(address, only_node=True)`) got no usable answer from it: it did not
+    answer within the timeout, or answered with what would have sent an ordinary client to another node
+    (NOT_LEADER, OFFSET_OUT_OF_RANGE past its log end, a retriable error). `address` is the node, `code` what
+    it answered (None when it did not answer); the server's typed error, if any, is the `__cause__`."""
+
+    def __init__(self, address: str, said: str, *, code: ErrorCode | None = None) -> None:
+        super().__init__(f"node {address} did not serve the request (no other node may): {said}", code=code)
+        self.address = address
+        self.said = said
 
 
 class Unauthorized(ShmraftError):
@@ -102,6 +127,7 @@ _BY_CODE: dict[ErrorCode, type[ShmraftError]] = {
     ErrorCode.OUT_OF_ORDER_SEQUENCE: OutOfOrderSequence,
     ErrorCode.OFFSET_OUT_OF_RANGE: OffsetOutOfRange,
     ErrorCode.UNAUTHORIZED: Unauthorized,
+    ErrorCode.SEQUENCE_TOO_OLD: SequenceTooOld,
 }
 
 
@@ -112,4 +138,6 @@ def error_from_server(code: ErrorCode, message: str, leader: str = "", address: 
     cls = _BY_CODE.get(code, ShmraftError)
     if cls is CommitTimeout:
         return CommitTimeout(text, code=code)
+    if cls is OffsetOutOfRange:
+        return OffsetOutOfRange(text, code=code)
     return cls(text, code=code, leader=leader)

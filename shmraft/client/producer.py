@@ -1,21 +1,13 @@
-"""The pipelined producer: batches events into requests and keeps a window of them in flight on one connection.
+"""The pipelined producer: the thread-safe front (send, send_many, flush, close) and its I/O thread.
 
 `send()` returns a future that resolves with the event's offset once committed; `send_many()` takes a list
 and returns one future of all their offsets (one lock acquisition and one future per call: the cheap way to
-produce many events). One background thread does all I/O: it cuts batches (at `batch_events`, `batch_bytes`
-or after `linger_ms`; while the window is full the open batch keeps growing instead), gives each batch the
-next sequences of this producer, keeps up to `window` requests in flight (answers may come in any order; the
-correlation id says which request an answer is for), and after a failover, reconnect or retriable error
-resends every unacknowledged request in sequence order with the same sequences, so the server's
-deduplication keeps each event once. When the connection's node sends no answer for
-ATTEMPT_ANSWER_TIMEOUT_S while requests are in flight (a hung leader keeps its sockets open), it is
-suspected and the other nodes are asked who leads now; from PROBE_AFTER_S of silence on, the other nodes are
-asked every PROBE_INTERVAL_S, and the producer moves as soon as they name another leader.
-
-A producer's sequences must have no gaps. When the producer gives up on a request (its deadline passed,
-or the server refused it for good), every request after it that was already sent is failed too (with
-CommitTimeout: they may be in the log), and the requests never sent continue under a fresh producer id
-starting at sequence 0, so nothing waits forever behind a gap.
+produce many events). The front gathers events into the open batch and cuts it into a request (at
+`batch_events`, `batch_bytes` or after `linger_ms`; while the window is full the open batch keeps growing
+instead). Everything after the cut (sequences, the window, answers in any order, idempotent resends through
+failovers, probing a silent leader, giving up) is the sans-I/O `ProducerMachine` (machine.py); the I/O
+thread here only moves bytes between it and the socket, tells it the time, and hands its questions about
+the leader to the client's `LeaderTracker` (leader.py).
 """
 
 from __future__ import annotations
@@ -27,23 +19,9 @@ import selectors
 import socket
 import threading
 import time
-from collections import deque
 from collections.abc import Callable, Iterable
-from typing import TYPE_CHECKING, Any, Final
+from typing import Any, Final, Protocol
 
-from shmraft.client.client import (
-    ATTEMPT_ANSWER_TIMEOUT_S,
-    EVENT_BYTES_MAX,
-    EVENT_OVERHEAD_BYTES,
-    PROBE_AFTER_S,
-    PROBE_INTERVAL_S,
-    PRODUCE_HEAD_BYTES,
-    REDIRECTS_BEFORE_BACKOFF,
-    REQUEST_BYTES_MAX,
-    REQUEST_EVENTS_MAX,
-    Backoff,
-    as_bytes,
-)
 from shmraft.client.connection import Connection
 from shmraft.client.errors import (
     BufferFull,
@@ -53,13 +31,18 @@ from shmraft.client.errors import (
     ProducerClosed,
     ShmraftError,
     Unauthorized,
-    error_from_server,
 )
 from shmraft.client.futures import BatchFuture, EventFuture, completed, run_callbacks
-from shmraft.wire.client import Error, ErrorCode, Message, Produced, encode_produce
-
-if TYPE_CHECKING:
-    from shmraft.client.client import Client
+from shmraft.client.leader import ATTEMPT_ANSWER_TIMEOUT_S, FIND_LEADER_TIMEOUT_S, LeaderTracker
+from shmraft.client.machine import Outcome, ProducerMachine
+from shmraft.client.sizes import (
+    EVENT_OVERHEAD_BYTES,
+    PRODUCE_HEAD_BYTES,
+    REQUEST_BYTES_MAX,
+    REQUEST_EVENT_BYTES_MAX,
+    REQUEST_EVENTS_MAX,
+    as_bytes,
+)
 
 WINDOW_DEFAULT: Final = 8  # requests in flight on the connection
 WINDOW_MAX: Final = 256
@@ -69,8 +52,6 @@ LINGER_MS_DEFAULT: Final = 1.0  # the longest an event waits in the producer for
 LINGER_MS_MAX: Final = 10_000.0
 BUFFER_EVENTS_DEFAULT: Final = 100_000  # events accepted by send() and not yet resolved
 BUFFER_BYTES_DEFAULT: Final = 64 * 1024 * 1024
-IDLE_WAKE_S: Final = 1.0  # the I/O thread looks around at least this often, even with nothing to do
-FIND_LEADER_TIMEOUT_S: Final = 2.0  # METADATA questions after a NOT_LEADER without a leader address
 JOIN_TIMEOUT_S: Final = 5.0  # close() waits this long for the I/O thread once everything is resolved
 
 
@@ -79,28 +60,12 @@ JOIN_TIMEOUT_S: Final = 5.0  # close() waits this long for the I/O thread once e
 _Part = list[Any]
 
 
-class _Request:
-    """A batch with its producer id and sequences; `sends` counts how often it went out."""
+class ProducerHost(Protocol):
+    """What a Producer needs of its Client (so that this file does not import client.py)."""
 
-    __slots__ = ("order", "producer_id", "first_sequence", "events", "parts", "nbytes", "deadline", "sends", "cid")
-
-    def __init__(
-        self,
-        order: int,
-        producer_id: int,
-        first_sequence: int,
-        events: list[bytes],
-        parts: list[_Part],
-        nbytes: int,
-        deadline: float,
-    ) -> None:
-        self.order, self.producer_id, self.first_sequence = order, producer_id, first_sequence
-        self.events, self.parts, self.nbytes, self.deadline = events, parts, nbytes, deadline
-        self.sends = 0
-        self.cid = 0
-
-
-_Outcome = tuple[_Request, list[int] | BaseException]  # a request and its offsets or its error
+    leaders: LeaderTracker
+    timeout_s: float
+    connect_timeout_s: float
 
 
 class Producer:
@@ -116,7 +81,7 @@ class Producer:
 
     def __init__(
         self,
-        client: Client,
+        client: ProducerHost,
         *,
         window: int = WINDOW_DEFAULT,
         batch_events: int = BATCH_EVENTS_DEFAULT,
@@ -143,9 +108,13 @@ class Producer:
         self._linger_s = linger_ms / 1000
         self._buffer_events = buffer_events
         self._buffer_bytes = buffer_bytes
-        self._producer_id = secrets.randbits(64) if producer_id is None else producer_id
-        self._next_sequence = 0
-        self._order = itertools.count()
+        # the requests after the cut, and all their I/O decisions (guarded by the lock below)
+        self._machine = ProducerMachine(
+            window=window,
+            producer_id=secrets.randbits(64) if producer_id is None else producer_id,
+            attempt_timeout_s=ATTEMPT_ANSWER_TIMEOUT_S,
+        )
+        self._attempt_timeout_s = ATTEMPT_ANSWER_TIMEOUT_S  # read here, so a test can set this module's value
         # One plain lock guards the state below; send() takes it directly (cheaper than the Condition's
         # Python-level __enter__). The Condition on it is shared by flush(), blocked senders and every future.
         self._lock = threading.Lock()
@@ -156,8 +125,6 @@ class Producer:
         self._open_bytes = PRODUCE_HEAD_BYTES
         self._open_since = 0.0
         self._group: BatchFuture | None = None  # the future shared by send() calls into the open batch's last part
-        self._queue: deque[_Request] = deque()  # cut, not in flight, in order
-        self._sent: dict[int, _Request] = {}  # in flight on the current connection, by correlation id
         self._buffered_events = 0  # accepted by send() and not yet resolved
         self._buffered_bytes = 0
         self._closing = False
@@ -166,7 +133,7 @@ class Producer:
         self._wake_r.setblocking(False)
         self._wake_w.setblocking(False)
         self._thread = threading.Thread(
-            target=self._run, name=f"shmraft-producer-{self._producer_id:016x}", daemon=True
+            target=self._run, name=f"shmraft-producer-{self._machine.producer_id:016x}", daemon=True
         )
         self._thread.start()
 
@@ -175,7 +142,7 @@ class Producer:
     @property
     def producer_id(self) -> int:
         """The current producer id (a fresh one is drawn after the producer gives up on a request)."""
-        return self._producer_id
+        return self._machine.producer_id
 
     def send(
         self, event: bytes | bytearray | memoryview | str, callback: Callable[[EventFuture], object] | None = None
@@ -184,7 +151,7 @@ class Producer:
 
         `callback(future)` runs once it is resolved (in the I/O thread). For many events, send_many() is cheaper.
         """
-        if type(event) is not bytes or len(event) > EVENT_BYTES_MAX:
+        if type(event) is not bytes or len(event) > REQUEST_EVENT_BYTES_MAX:
             event = as_bytes(event)
         n = len(event)
         wake = False
@@ -234,7 +201,7 @@ class Producer:
         if set(map(type, data)) != {bytes}:
             data = [as_bytes(e) for e in data]
         lens = list(map(len, data))
-        if max(lens) > EVENT_BYTES_MAX:
+        if max(lens) > REQUEST_EVENT_BYTES_MAX:
             as_bytes(data[lens.index(max(lens))])  # raises TooLarge
         total = sum(lens)
         future = BatchFuture(self._cv, len(data))
@@ -369,70 +336,7 @@ class Producer:
         events, parts = self._open, self._open_parts
         nbytes = self._open_bytes - PRODUCE_HEAD_BYTES - EVENT_OVERHEAD_BYTES * len(events)
         self._open, self._open_parts, self._open_bytes = [], [], PRODUCE_HEAD_BYTES
-        self._queue.append(
-            _Request(
-                next(self._order),
-                self._producer_id,
-                self._next_sequence,
-                events,
-                parts,
-                nbytes,
-                self._open_since + self._client.timeout_s,
-            )
-        )
-        self._next_sequence += len(events)
-
-    def _requeue_sent(self) -> None:
-        """Put every in-flight request back at the head of the queue, in order (after a reset)."""
-        reqs = sorted(self._sent.values(), key=lambda r: r.order)
-        self._sent.clear()
-        self._queue.extendleft(reversed(reqs))
-
-    def _give_up(self, culprit: _Request, error: BaseException, fail_sent_after: bool, out: list[_Outcome]) -> None:
-        """Fail `culprit`; requests after it continue under a fresh producer id (sent ones fail if asked to)."""
-        self._requeue_sent()
-        reqs = list(self._queue)
-        self._queue.clear()
-        self._producer_id = secrets.randbits(64)
-        self._next_sequence = 0
-        for r in reqs:
-            if r is culprit:
-                out.append((r, error))
-            elif r.order < culprit.order:
-                self._queue.append(r)  # before the gap: keeps its producer id and sequences
-            elif fail_sent_after and r.sends > 0:
-                out.append(
-                    (
-                        r,
-                        CommitTimeout(
-                            "abandoned after an earlier request of this producer timed out; it may have been committed"
-                        ),
-                    )
-                )
-            else:
-                r.order, r.producer_id, r.first_sequence, r.sends = (
-                    next(self._order),
-                    self._producer_id,
-                    self._next_sequence,
-                    0,
-                )
-                self._next_sequence += len(r.events)
-                self._queue.append(r)
-        self._queue = deque(sorted(self._queue, key=lambda r: r.order))
-
-    def _expire(self, now: float, out: list[_Outcome]) -> bool:
-        """Give up on the oldest request whose deadline passed; True if one was (the connection must reset)."""
-        # deadlines follow the order of cutting, so the in-flight requests and the queue's head suffice
-        expired = [r for r in (*self._sent.values(), *itertools.islice(self._queue, 1)) if r.deadline <= now]
-        if not expired:
-            return False
-        culprit = min(expired, key=lambda r: r.order)
-        error = CommitTimeout(
-            f"{len(culprit.events)} events not confirmed committed within "
-            f"{self._client.timeout_s:g} s (they may have been)"
-        )
-        self._give_up(culprit, error, True, out)
-        return True
+        self._machine.submit(events, parts, nbytes, self._open_since, self._client.timeout_s)
 
     # --- the I/O thread ----------------------------------------------------------------------------------
 
@@ -442,7 +346,7 @@ class Producer:
         except (BlockingIOError, OSError):
             pass  # a wake-up is already pending (or we are closing)
 
-    def _complete(self, outcomes: list[_Outcome]) -> None:
+    def _complete(self, outcomes: list[Outcome]) -> None:
         """Resolve the futures of answered or failed requests under one lock, release their buffer space,
         wake the waiters, then run callbacks outside the lock."""
         if not outcomes:
@@ -461,165 +365,83 @@ class Producer:
             self._cv.notify_all()
         run_callbacks(callbacks)
 
-    def _on_answer(self, msg: Message, address: str, out: list[_Outcome]) -> tuple[ErrorCode, str] | None:
-        """Apply one answer; None if the pipeline goes on, else (code, leader) and the connection must reset."""
-        with self._cv:
-            req = self._sent.get(msg.correlation_id)
-            if req is None:
-                return None  # an answer to a send before a reset; that request was resent
-            if isinstance(msg, Produced):
-                if msg.offsets.size != len(req.events):
-                    return ErrorCode.MALFORMED, ""  # a bad answer: resend on a new connection
-                del self._sent[msg.correlation_id]
-                out.append((req, msg.offsets.tolist()))
-                return None
-            if not isinstance(msg, Error):
-                return ErrorCode.MALFORMED, ""
-            if msg.code.retriable:
-                return msg.code, msg.leader
-            self._give_up(req, error_from_server(msg.code, msg.message, msg.leader, address), False, out)
-            return msg.code, ""
-
     def _run(self) -> None:
+        """The I/O thread: feed the machine the time and the bytes received, do what its steps say."""
         sel = selectors.DefaultSelector()
         sel.register(self._wake_r, selectors.EVENT_READ)
+        machine = self._machine
+        leaders = self._client.leaders
         conn: Connection | None = None
-        backoff = Backoff()
-        retry_at = 0.0
-        redirects = 0
-        heard_at = 0.0  # since when the requests in flight wait without any answer on the connection
-        probe_at = 0.0  # the next time the other nodes may be asked who leads (while the connection is silent)
-
-        def drop(delay: bool) -> None:
-            nonlocal conn, retry_at
-            if conn is not None:
-                sel.unregister(conn)
-                conn.close()
-                conn = None
-            with self._cv:
-                self._requeue_sent()
-            retry_at = time.monotonic() + (backoff.next_delay() if delay else 0.0)
-
-        def suspect_and_rediscover() -> None:
-            """The connection's node left requests unanswered too long: ask the other nodes who leads now."""
-            nonlocal retry_at
-            assert conn is not None
-            address = conn.address
-            drop(delay=False)
-            self._client._suspect(address)
-            if self._client._rediscover(address, time.monotonic() + FIND_LEADER_TIMEOUT_S) is None:
-                retry_at = time.monotonic() + backoff.next_delay()
-
         try:
             while True:
-                outcomes: list[_Outcome] = []
-                to_send: list[_Request] = []
                 with self._cv:
                     now = time.monotonic()
-                    window_full = len(self._sent) + len(self._queue) >= self._window
-                    if self._open and (self._closing or (not window_full and now >= self._open_since + self._linger_s)):
+                    linger_open = bool(self._open) and not machine.window_full
+                    if self._open and (self._closing or (linger_open and now >= self._open_since + self._linger_s)):
                         self._cut()
-                    expired = self._expire(now, outcomes)
-                    hung = conn is not None and bool(self._sent) and now >= heard_at + ATTEMPT_ANSWER_TIMEOUT_S
-                    probe_due = max(heard_at + PROBE_AFTER_S, probe_at)
-                    probe = conn is not None and bool(self._sent) and not hung and now >= probe_due
-                    if self._closing and not (self._open or self._queue or self._sent or outcomes):
-                        break
-                    if conn is not None and not expired and not hung:
-                        if self._queue and not self._sent:
-                            heard_at = now
-                        while self._queue and len(self._sent) < self._window:
-                            req = self._queue.popleft()
-                            req.cid = conn.next_correlation_id()
-                            req.sends += 1
-                            self._sent[req.cid] = req
-                            to_send.append(req)
-                    need_conn = conn is None and bool(self._queue)
-                    wait = IDLE_WAKE_S
-                    if self._open and not (len(self._sent) + len(self._queue) >= self._window):
-                        wait = min(wait, self._open_since + self._linger_s - now)
-                    for r in itertools.islice(itertools.chain(self._sent.values(), self._queue), 1):
-                        wait = min(wait, r.deadline - now)
-                    if self._sent:
-                        wait = min(wait, heard_at + ATTEMPT_ANSWER_TIMEOUT_S - now, probe_due - now)
-                    if need_conn:
-                        wait = min(wait, retry_at - now)
-                self._complete(outcomes)
-                if conn is not None and (expired or hung):
-                    suspect_and_rediscover()
+                        linger_open = False
+                    if self._closing:
+                        machine.close()
+                    step = machine.poll(now)
+                    wake_at = step.wake_at
+                    if linger_open:
+                        wake_at = min(wake_at, self._open_since + self._linger_s)
+                self._complete(step.outcomes)
+                if step.close and conn is not None:
+                    sel.unregister(conn)
+                    conn.close()
+                    conn = None
+                if step.finished:
+                    break
+                if step.ask is not None:
+                    found = leaders.answer(step.ask, time.monotonic() + FIND_LEADER_TIMEOUT_S)
+                    with self._cv:
+                        machine.leader_answer(found, time.monotonic())
                     continue
-                if conn is not None and probe:
-                    if self._client._leader_elsewhere(conn.address) is not None:
-                        drop(delay=False)  # resent to the leader the others name, with the same sequences
-                        continue
-                    probe_at = time.monotonic() + PROBE_INTERVAL_S
-                if need_conn and now >= retry_at:
+                if step.connect:
                     try:
-                        conn = self._client._connect(now + self._client.connect_timeout_s, self._client._leader)
+                        conn = leaders.connect(now + self._client.connect_timeout_s, leaders.leader)
                     except NoNodeReachable:
-                        retry_at = time.monotonic() + backoff.next_delay()
+                        with self._cv:
+                            machine.connect_failed(time.monotonic())
                         continue
                     sel.register(conn, selectors.EVENT_READ)
+                    with self._cv:
+                        machine.connected(conn.address, time.monotonic())
                     continue
-                if conn is not None and to_send:
+                if step.send and conn is not None:
                     try:
-                        for req in to_send:
-                            timeout_ms = max(1, int((req.deadline - time.monotonic()) * 1000))
-                            conn.send(
-                                encode_produce(req.cid, req.producer_id, req.first_sequence, timeout_ms, req.events),
-                                ATTEMPT_ANSWER_TIMEOUT_S,
-                            )
+                        for data in step.send:
+                            conn.send(data, self._attempt_timeout_s)
                     except ConnectionFailed:
-                        self._client._node_failed(conn.address)
-                        drop(delay=True)
+                        with self._cv:
+                            machine.connection_lost(time.monotonic())
                         continue
-                for key, _ in sel.select(max(wait, 0.0)):
+                for key, _ in sel.select(max(wake_at - now, 0.0)):
                     if key.fileobj is self._wake_r:
                         try:
                             while self._wake_r.recv(4096):
                                 pass
                         except (BlockingIOError, OSError):
                             pass
-                        continue
-                    if conn is None:
-                        continue
-                    try:
-                        messages = conn.receive_available()
-                    except ConnectionFailed:
-                        self._client._node_failed(conn.address)
-                        drop(delay=True)
-                        continue
-                    if messages:
-                        heard_at = time.monotonic()
-                    answered: list[_Outcome] = []
-                    actions = [self._on_answer(msg, conn.address, answered) for msg in messages]
-                    self._complete(answered)
-                    for action in actions:
-                        if action is None:
-                            redirects = 0
-                            backoff.reset()
+                    elif conn is not None:
+                        try:
+                            data = conn.read_available()
+                        except ConnectionFailed:
+                            with self._cv:
+                                machine.connection_lost(time.monotonic())
                             continue
-                        code, leader = action
-                        if code is ErrorCode.NOT_LEADER:
-                            address = conn.address
-                            drop(delay=False)
-                            found = self._client._find_leader(address, leader, time.monotonic() + FIND_LEADER_TIMEOUT_S)
-                            redirects += 1
-                            if found is None or redirects > REDIRECTS_BEFORE_BACKOFF:
-                                retry_at = time.monotonic() + backoff.next_delay()
-                        else:
-                            drop(delay=True)
-                        break
+                        if data:
+                            with self._cv:
+                                machine.receive(data, time.monotonic())
         except BaseException as exc:  # a bug: fail everything rather than hang the callers
             with self._cv:
                 self._fatal = exc
                 if self._open:
                     self._cut()
-                self._requeue_sent()
                 # a refused token ends the producer with that error; anything else is a bug, said as such
                 error = exc if isinstance(exc, Unauthorized) else ShmraftError(f"producer I/O thread failed: {exc!r}")
-                outcomes = [(r, error) for r in self._queue]
-                self._queue.clear()
+                outcomes = machine.fail_all(error)
             self._complete(outcomes)
             if not isinstance(exc, Unauthorized):
                 raise

@@ -20,7 +20,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Final
 
-from shmraft.raft.nodelog import node_log_dir as _node_log_dir
+from shmraft.storage.nodelog import node_log_dir as _node_log_dir
 
 FILL_CHUNK_BYTES: Final = 1024 * 1024  # the filler grows by this much, then by smaller writes to the last byte
 FILL_TAIL_CHUNK_BYTES: Final = 4096

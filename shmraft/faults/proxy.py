@@ -38,7 +38,7 @@ from typing import Final
 # retransmission back-off, which no real path imposes on a node that drops dead connections
 from shmraft.net.links import tune_peer_socket as _tune
 
-RECV_BYTES: Final = 64 * 1024
+FORWARD_CHUNK_BYTES: Final = 64 * 1024
 BUFFER_BYTES_MAX_DEFAULT: Final = 1024 * 1024  # per direction of a connection
 CONNECTIONS_PER_LINK_MAX: Final = 64
 LOSS_STALL_MS: Final = 200.0  # Linux's minimum retransmission timeout
@@ -316,7 +316,7 @@ class FaultProxy:
 
     def _read(self, pair: _Pair, d: _Direction) -> None:
         try:
-            data = d.src.recv(min(RECV_BYTES, max(1, self.buffer_bytes_max - d.queued_bytes)))
+            data = d.src.recv(min(FORWARD_CHUNK_BYTES, max(1, self.buffer_bytes_max - d.queued_bytes)))
         except (BlockingIOError, InterruptedError):
             return
         except OSError:

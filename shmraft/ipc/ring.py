@@ -154,7 +154,7 @@ def check_capacity(capacity_bytes: int) -> None:
 
 def create_ring(name: str, capacity_bytes: int, record_max_bytes: int | None = None) -> None:
     """Create a ring's segment (O_CREX, 0600) and its two semaphores. The caller owns them
-    (`destroy_ring`, or `segments.SegmentOwner`). Raises segments.SegmentExists if the name is taken."""
+    (`destroy_ring`, or `owner.SegmentOwner`). Raises segments.SegmentExists if the name is taken."""
     check_capacity(capacity_bytes)
     limit = record_max_for(capacity_bytes)
     if record_max_bytes is None:

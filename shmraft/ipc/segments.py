@@ -9,8 +9,8 @@ kind's magic (written last, so that a segment with a magic is fully initialised)
 word 2 the creator's pid, word 3 the creator's start time (ms since the epoch, from psutil, so that a
 reused pid is not mistaken for the creator), word 4 a signature saying "this header is ours". That is
 what lets `cleanup_stale()` find segments whose creator is dead (a crashed run) and remove them, together
-with their semaphores. The owner (the supervisor) creates and unlinks; `SegmentOwner` is its context
-manager, and a clean shutdown leaves nothing in /dev/shm.
+with their semaphores. The owner (the supervisor) creates and unlinks (`SegmentOwner`, in owner.py, is a
+context manager for it), and a clean shutdown leaves nothing in /dev/shm.
 """
 
 from __future__ import annotations
@@ -20,7 +20,6 @@ import os
 import re
 import struct
 from pathlib import Path
-from types import TracebackType
 from typing import Final
 
 import numpy as np
@@ -34,7 +33,7 @@ SEM_SUFFIXES: Final = (".data", ".space")
 DEV_SHM: Final = Path("/dev/shm")
 SEGMENT_SIGNATURE: Final = 0x3147_4553_524D_4853  # "SHMRSEG1" little-endian
 HEADER_WORDS: Final = 8  # the common header: one 64-byte cache line
-HEADER_BYTES: Final = HEADER_WORDS * 8
+SEGMENT_HEADER_BYTES: Final = HEADER_WORDS * 8
 H_MAGIC, H_VERSION, H_CREATOR_PID, H_CREATOR_START_MS, H_SIGNATURE = 0, 1, 2, 3, 4
 START_TIME_TOLERANCE_MS: Final = 1000  # psutil start times of one process agree to the clock tick
 
@@ -106,7 +105,7 @@ def create_segment(name: str, size_bytes: int) -> mmap.mmap:
     The caller initialises its fields and then calls `seal()`. Raises SegmentExists if the name is taken.
     """
     check_name(name)
-    assert size_bytes >= HEADER_BYTES, size_bytes
+    assert size_bytes >= SEGMENT_HEADER_BYTES, size_bytes
     try:
         shm = posix_ipc.SharedMemory(name, posix_ipc.O_CREX, mode=SEGMENT_MODE, size=size_bytes)
     except posix_ipc.ExistentialError:
@@ -142,8 +141,8 @@ def open_segment(name: str) -> tuple[mmap.mmap, int]:
         raise SegmentMissing(name, "no such shared-memory segment") from None
     try:
         size = shm.size
-        if size < HEADER_BYTES:
-            raise SegmentError(name, f"size: expected >= {HEADER_BYTES} bytes, got {size}")
+        if size < SEGMENT_HEADER_BYTES:
+            raise SegmentError(name, f"size: expected >= {SEGMENT_HEADER_BYTES} bytes, got {size}")
         mem = mmap.mmap(shm.fd, size)
     finally:
         os.close(shm.fd)
@@ -217,10 +216,10 @@ def read_header(name: str) -> np.ndarray | None:
     """The common header words of a segment, read from /dev/shm without mapping; None if not ours (yet)."""
     try:
         with open(DEV_SHM / name[1:], "rb") as f:
-            raw = f.read(HEADER_BYTES)
+            raw = f.read(SEGMENT_HEADER_BYTES)
     except OSError:
         return None
-    if len(raw) < HEADER_BYTES:
+    if len(raw) < SEGMENT_HEADER_BYTES:
         return None  # being created (size set after open) or not a shmraft segment
     words = np.array(struct.unpack(f"<{HEADER_WORDS}Q", raw), dtype=np.uint64)
     return words if int(words[H_SIGNATURE]) == SEGMENT_SIGNATURE else None
@@ -251,47 +250,3 @@ def cleanup_stale(prefix: str) -> list[str]:
         if base not in live_segments and unlink_semaphore(sem):
             removed.append(sem)
     return removed
-
-
-class SegmentOwner:
-    """Context manager of the process that owns a run's segments (the supervisor, or a test).
-
-    On enter it removes stale segments of crashed runs under `prefix`; on exit (also on an exception) it
-    unlinks every ring it created, so that a clean shutdown leaves nothing in /dev/shm.
-    """
-
-    def __init__(self, prefix: str, clean_stale: bool = True) -> None:
-        check_name(prefix.rstrip("-") + "-x")
-        self.prefix = prefix
-        self.clean_stale = clean_stale
-        self.names: list[str] = []
-        self.stale_removed: list[str] = []
-
-    def __enter__(self) -> SegmentOwner:
-        if self.clean_stale:
-            self.stale_removed = cleanup_stale(self.prefix)
-        return self
-
-    def create_ring(self, ring: str, capacity_bytes: int, record_max_bytes: int | None = None) -> str:
-        """Create the ring `<prefix><ring>` and own it; returns its name."""
-        from shmraft.ipc.ring import create_ring  # ring builds on this module
-
-        name = self.prefix + ring
-        create_ring(name, capacity_bytes, record_max_bytes)
-        self.names.append(name)
-        return name
-
-    def adopt(self, name: str) -> None:
-        """Own a ring created elsewhere (it will be unlinked on exit)."""
-        self.names.append(name)
-
-    def close(self) -> list[str]:
-        removed: list[str] = []
-        while self.names:
-            removed += unlink_ring(self.names.pop())
-        return removed
-
-    def __exit__(
-        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
-    ) -> None:
-        self.close()

@@ -112,7 +112,7 @@ WORKER_DTYPE: Final = np.dtype(
     ]
 )
 WORKERS_MAX: Final = 8
-NODE_OFFSET: Final = segments.HEADER_BYTES  # after the common segment header (creator pid, magic, ...)
+NODE_OFFSET: Final = segments.SEGMENT_HEADER_BYTES  # after the common segment header (creator pid, magic, ...)
 SIZE_BYTES: Final = NODE_OFFSET + NODE_DTYPE.itemsize + WORKER_DTYPE.itemsize * WORKERS_MAX
 
 

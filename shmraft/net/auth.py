@@ -22,17 +22,16 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Final, NoReturn
 
 from shmraft.config import LOCAL_SECRET_NAME, SECRET_HINT, ConfigError
+from shmraft.constants import PRIVATE_FILE_MODE
+from shmraft.wire.client import AUTH_TOKEN_MAX_BYTES
+from shmraft.wire.peer import NONCE_BYTES
 
 if TYPE_CHECKING:
     from shmraft.config import NodeConfig
 
-NONCE_BYTES: Final = 32
-MAC_BYTES: Final = 32  # HMAC-SHA256
 SECRET_MIN_BYTES: Final = 16  # shorter is guessable; `head -c 32 /dev/urandom` gives 32
 SECRET_MAX_BYTES: Final = 4096
-TOKEN_MAX_BYTES: Final = 1024  # a client token; bounded so an AUTH request stays small
 GENERATED_SECRET_BYTES: Final = 32
-FILE_MODE: Final = 0o600
 MAKE_ONE_HINT: Final = SECRET_HINT
 
 ROLE_ACCEPTOR: Final = 1  # the proof in CHALLENGE: the accepting node knows the secret
@@ -106,9 +105,11 @@ def read_cluster_secret(path: Path | str) -> Secret:
 def read_token(path: Path | str, what: str = "client_token_file") -> Secret:
     """A client token: the file's content without surrounding whitespace (1..1024 bytes, mode 0600 or stricter)."""
     path = Path(path)
-    value = _read_private_file(path, what, TOKEN_MAX_BYTES + 64).strip()
-    if not 1 <= len(value) <= TOKEN_MAX_BYTES:
-        raise ConfigError(f"{what} {str(path)!r}: expected a token of 1..{TOKEN_MAX_BYTES} bytes, got {len(value)}")
+    value = _read_private_file(path, what, AUTH_TOKEN_MAX_BYTES + 64).strip()
+    if not 1 <= len(value) <= AUTH_TOKEN_MAX_BYTES:
+        raise ConfigError(
+            f"{what} {str(path)!r}: expected a token of 1..{AUTH_TOKEN_MAX_BYTES} bytes, got {len(value)}"
+        )
     return Secret(value, str(path))
 
 
@@ -120,11 +121,11 @@ def ensure_local_secret(path: Path | str) -> bool:
     """
     path = Path(path)
     try:
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, FILE_MODE)
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, PRIVATE_FILE_MODE)
     except FileExistsError:
         return False
     try:
-        os.fchmod(fd, FILE_MODE)
+        os.fchmod(fd, PRIVATE_FILE_MODE)
         os.write(fd, secrets.token_bytes(GENERATED_SECRET_BYTES))
         os.fsync(fd)
     finally:

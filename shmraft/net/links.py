@@ -35,11 +35,12 @@ from shmraft.config import PEER_HANDSHAKE_TIMEOUT_MS, PEER_INBOUND_CONNECTIONS_M
 from shmraft.net import auth, tls
 from shmraft.net.auth import ROLE_ACCEPTOR, ROLE_CONNECTOR, Secret, handshake_mac, mac_matches, new_nonce
 from shmraft.net.ratelog import RateLimitedLog
+from shmraft.net.serving import ACCEPT_BATCH_MAX, ACCEPT_PAUSE_MS, FD_EXHAUSTED, RECV_BYTES
+from shmraft.raft.messages import Channel
 from shmraft.wire.errors import RemoteProtocolError
 from shmraft.wire.peer import (
     HANDSHAKE_BODY_MAX_BYTES,
     Challenge,
-    Channel,
     Hello,
     PeerKind,
     PeerReader,
@@ -61,7 +62,6 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("shmraft.net")
 
-RECV_BYTES: Final = 256 * 1024
 OUTBUF_MAX_BYTES_DEFAULT: Final = 64 * 1024 * 1024
 BODY_MAX_BYTES_DEFAULT: Final = 1 << 20
 RECONNECT_BACKOFF_MIN_MS: Final = 20
@@ -74,9 +74,6 @@ REFUSED_RETRY_MS: Final = 5000  # after a refusal (either way) a misconfiguratio
 INBOUND_MAX: Final = PEER_INBOUND_CONNECTIONS_MAX  # default of `inbound_max`
 HELLO_TIMEOUT_MS: Final = PEER_HANDSHAKE_TIMEOUT_MS  # default of `handshake_timeout_ms`
 LIMIT_LOG_INTERVAL_S: Final = 1.0  # "inbound limit reached" is logged at most this often
-ACCEPT_BATCH_MAX: Final = 64  # connections accepted per wake-up
-ACCEPT_PAUSE_MS: Final = 100  # out of file descriptors: stop accepting this long instead of spinning
-_FD_EXHAUSTED: Final = (errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM)
 
 
 class _State(enum.Enum):
@@ -301,7 +298,7 @@ class PeerLinks:
         except (BlockingIOError, InterruptedError):
             return False
         except OSError as exc:
-            if exc.errno not in _FD_EXHAUSTED:
+            if exc.errno not in FD_EXHAUSTED:
                 raise
             # the connection stays in the backlog and the listener readable: pause rather than spin
             self.badlog.error(
@@ -402,18 +399,14 @@ class PeerLinks:
             self._read(conn)
 
     def _tls_step(self, conn: _Conn) -> None:
-        try:
-            want = tls.handshake(conn.sock)  # type: ignore[arg-type]
-        except OSError as exc:
-            log.error(
-                "%s channel: TLS handshake with %s failed: %s", self.channel.name, self._who(conn), tls.describe(exc)
-            )
-            refused = isinstance(exc, ssl.SSLError) and not isinstance(exc, ssl.SSLEOFError | ssl.SSLZeroReturnError)
-            self.refusals += refused
-            self._close(conn, retry_ms=REFUSED_RETRY_MS if refused else 0.0)
+        step = tls.handshake_step(conn.sock)  # type: ignore[arg-type]
+        if step.failure:
+            log.error("%s channel: TLS handshake with %s failed: %s", self.channel.name, self._who(conn), step.failure)
+            self.refusals += step.refused
+            self._close(conn, retry_ms=REFUSED_RETRY_MS if step.refused else 0.0)
             return
-        if want:
-            conn.tls_want = want
+        if step.want:
+            conn.tls_want = step.want
             self._set_interest(conn)
             return
         self._transport_ready(conn)

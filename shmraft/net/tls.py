@@ -9,9 +9,12 @@ Contexts:
 - `client_context(ca)`: the client library and CLI: the node's certificate must chain to `ca` and name
   the host dialled.
 
-Selector loops use `handshake`, `recv` and `send`, which turn SSLWantReadError/SSLWantWriteError into
+Selector loops use `handshake_step`, `recv` and `send`, which turn SSLWantReadError/SSLWantWriteError into
 "not now" answers instead of exceptions, and `recv` also drains what OpenSSL has already decrypted
-(`pending()`), which a selector cannot see. Plain sockets go through the same three functions unchanged.
+(`pending()`), which a selector cannot see. Plain sockets go through `recv` and `send` unchanged.
+`handshake_step` is the one TLS handshake step of every server and peer loop (the ingest worker's client
+connections, shmraft/net/links.py): it also says why a handshake failed, and whether the other side refused
+(a certificate, a protocol) or the connection merely broke.
 """
 
 from __future__ import annotations
@@ -19,6 +22,7 @@ from __future__ import annotations
 import selectors
 import socket
 import ssl
+from dataclasses import dataclass
 from pathlib import Path
 
 from shmraft.config import ConfigError
@@ -79,18 +83,36 @@ def wrap(
     )
 
 
-def handshake(sock: ssl.SSLSocket) -> int:
-    """One step of the TLS handshake: 0 when done, else the selector event it waits for.
+@dataclass(frozen=True, slots=True)
+class HandshakeStep:
+    """Where a TLS handshake stands after one step: waiting (`want`), done, or failed (`failure`)."""
 
-    Raises ssl.SSLError (a bad certificate, not TLS at all) or OSError (the connection broke).
-    """
+    want: int = 0  # the selector event the handshake waits for; 0 when done or failed
+    failure: str = ""  # why it failed, for a log line ("" = not failed)
+    refused: bool = False  # failed because TLS said no (a certificate, not TLS at all), not a broken connection
+
+    @property
+    def done(self) -> bool:
+        return not self.want and not self.failure
+
+
+_DONE = HandshakeStep()
+_WANT_READ = HandshakeStep(want=selectors.EVENT_READ)
+_WANT_WRITE = HandshakeStep(want=selectors.EVENT_WRITE)
+
+
+def handshake_step(sock: ssl.SSLSocket) -> HandshakeStep:
+    """One step of the TLS handshake on a non-blocking socket. Never raises: a failure is in the answer."""
     try:
         sock.do_handshake()
     except ssl.SSLWantReadError:
-        return selectors.EVENT_READ
+        return _WANT_READ
     except ssl.SSLWantWriteError:
-        return selectors.EVENT_WRITE
-    return 0
+        return _WANT_WRITE
+    except OSError as exc:
+        refused = isinstance(exc, ssl.SSLError) and not isinstance(exc, ssl.SSLEOFError | ssl.SSLZeroReturnError)
+        return HandshakeStep(failure=describe(exc), refused=refused)
+    return _DONE
 
 
 def recv(sock: socket.socket, max_bytes: int) -> bytes | None:

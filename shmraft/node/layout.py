@@ -1,11 +1,12 @@
 """Where a node's shared memory lives: the names and sizes of its rings and state block.
 
 The supervisor creates them (after removing any left by a crashed run of the same node) and removes them
-on exit; workers attach by name. R1..R5 are described in docs/DESIGN.md section 1.
+on exit; workers attach by name. R1..R5 (`Ring`) are described in docs/DESIGN.md section 1.
 """
 
 from __future__ import annotations
 
+import enum
 from typing import Final
 
 from shmraft.config import NodeConfig
@@ -13,7 +14,17 @@ from shmraft.ipc import segments
 from shmraft.ipc.ring import RingReader, RingWriter, create_ring, destroy_ring
 from shmraft.ipc.state import StateBlock
 
-RINGS: Final = ("r1", "r2", "r3", "r4", "r5")
+
+class Ring(enum.StrEnum):
+    """A node's five rings, by writer -> reader; the value is the last part of the segment's name."""
+
+    R1 = "r1"  # ingest -> batcher: event blocks (one client request each)
+    R2 = "r2"  # batcher -> raft: batch frames, Raft fields unset
+    R3 = "r3"  # raft -> sender: peer messages for the data channel
+    R4 = "r4"  # sender -> raft: peer messages received on the data channel
+    R5 = "r5"  # raft -> ingest: notes (appended, verdicts, commit index, leader changes)
+
+
 STATE: Final = "state"
 
 
@@ -24,7 +35,7 @@ class NodeLayout:
         self.config = config
         self.prefix = segments.prefix_for(config.cluster_id, config.node_id)
 
-    def name(self, part: str) -> str:
+    def name(self, part: Ring | str) -> str:
         return segments.name_for(self.config.cluster_id, self.config.node_id, part)
 
     def cleanup_stale(self) -> list[str]:
@@ -34,7 +45,7 @@ class NodeLayout:
         """Create the rings and the state block; returns the state block (owned by the caller)."""
         created: list[str] = []
         try:
-            for ring in RINGS:
+            for ring in Ring:
                 create_ring(self.name(ring), self.config.ring_capacity_bytes)
                 created.append(ring)
             return StateBlock.create(self.name(STATE), self.config.node_id)
@@ -44,15 +55,15 @@ class NodeLayout:
             raise
 
     def destroy_all(self) -> None:
-        for ring in RINGS:
+        for ring in Ring:
             destroy_ring(self.name(ring))
         segments.unlink_segment(self.name(STATE))
 
     def attach_state(self) -> StateBlock:
         return StateBlock.attach(self.name(STATE))
 
-    def reader(self, ring: str) -> RingReader:
+    def reader(self, ring: Ring) -> RingReader:
         return RingReader(self.name(ring), self.config.ring_capacity_bytes)
 
-    def writer(self, ring: str) -> RingWriter:
+    def writer(self, ring: Ring) -> RingWriter:
         return RingWriter(self.name(ring), self.config.ring_capacity_bytes)

@@ -41,7 +41,7 @@ def decode_peer_record(rec: bytes | memoryview) -> tuple[int, PeerRecordKind, me
 
 class NoteKind(enum.IntEnum):
     APPENDED = 1  # arrays: producer ids, sequences, offsets of events just appended (one note per loop)
-    VERDICTS = 2  # arrays: producer ids, sequences, verdicts (dedup.*), offsets (for duplicates)
+    VERDICTS = 2  # arrays: producer ids, sequences, verdicts (dedup.Verdict), offsets (for duplicates)
     COMMIT = 3  # a = commit index
     LEADER = 4  # a = term, b = leader id (0 = unknown); sent when either changes
 

@@ -1,6 +1,6 @@
 """An in-memory LogStorage with the crash semantics of the RocksDB storage, for the simulator and tests.
 
-Fsync policies, as in shmraft.raft.storage:
+Fsync policies, as in shmraft.storage.rocks:
 
 * ``always``: every append, and every hard-state change of term or vote, is durable when the call returns.
   A commit-only hard-state change is not synced (as etcd and the RocksDB storage do): a power loss may
@@ -15,10 +15,9 @@ Fsync policies, as in shmraft.raft.storage:
 
 from __future__ import annotations
 
+from shmraft.constants import FSYNC_POLICIES
 from shmraft.raft.errors import InvariantError
 from shmraft.raft.types import Entry, HardState
-
-FSYNC_POLICIES = ("always", "never")
 
 
 class MemStorage:

@@ -2,7 +2,7 @@
 
 Every message names its sender `src`, its destination `dst` and the sender's `term`. Each one says which
 connection it belongs on through `channel`: DATA for AppendEntries carrying entries (bulk, pipelined,
-ordered per connection), CONTROL for everything else (small: votes, heartbeats, acknowledgements, empty
+ordered per connection), CONSENSUS for everything else (small: votes, heartbeats, acknowledgements, empty
 probes), so a node can keep consensus traffic off the bulk connection. The core tolerates loss, duplication
 and reordering of any message, within and across channels.
 """
@@ -16,10 +16,11 @@ from shmraft.raft.types import Entry
 
 
 class Channel(enum.IntEnum):
-    """Which peer connection a message should travel on."""
+    """Which peer connection a message travels on. The values are on the wire: the channel byte of the peer
+    HELLO (docs/PROTOCOL.md section 3, shmraft/wire/peer.py), which binds a connection to its channel."""
 
-    CONTROL = 0
     DATA = 1
+    CONSENSUS = 2
 
 
 @dataclass(frozen=True, slots=True)
@@ -36,7 +37,7 @@ class AppendEntries:
 
     @property
     def channel(self) -> Channel:
-        return Channel.DATA if self.entries else Channel.CONTROL
+        return Channel.DATA if self.entries else Channel.CONSENSUS
 
 
 @dataclass(frozen=True, slots=True)
@@ -55,7 +56,7 @@ class AppendResponse:
 
     @property
     def channel(self) -> Channel:
-        return Channel.CONTROL
+        return Channel.CONSENSUS
 
 
 @dataclass(frozen=True, slots=True)
@@ -69,7 +70,7 @@ class Heartbeat:
 
     @property
     def channel(self) -> Channel:
-        return Channel.CONTROL
+        return Channel.CONSENSUS
 
 
 @dataclass(frozen=True, slots=True)
@@ -82,7 +83,7 @@ class HeartbeatResponse:
 
     @property
     def channel(self) -> Channel:
-        return Channel.CONTROL
+        return Channel.CONSENSUS
 
 
 @dataclass(frozen=True, slots=True)
@@ -100,7 +101,7 @@ class RequestVote:
 
     @property
     def channel(self) -> Channel:
-        return Channel.CONTROL
+        return Channel.CONSENSUS
 
 
 @dataclass(frozen=True, slots=True)
@@ -115,7 +116,7 @@ class VoteResponse:
 
     @property
     def channel(self) -> Channel:
-        return Channel.CONTROL
+        return Channel.CONSENSUS
 
 
 @dataclass(frozen=True, slots=True)
@@ -128,7 +129,7 @@ class TimeoutNow:
 
     @property
     def channel(self) -> Channel:
-        return Channel.CONTROL
+        return Channel.CONSENSUS
 
 
 Message = AppendEntries | AppendResponse | Heartbeat | HeartbeatResponse | RequestVote | VoteResponse | TimeoutNow

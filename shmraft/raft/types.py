@@ -1,7 +1,7 @@
 """Plain data shared by the Raft core, its log storage and the simulator.
 
 Nothing here does I/O. The core (shmraft.raft.core) consumes and produces these values; the storage
-(shmraft.raft.storage) persists them; the worker processes move them over sockets.
+(shmraft.storage.rocks) persists them; the worker processes move them over sockets.
 """
 
 from __future__ import annotations

@@ -37,7 +37,7 @@ FAULT_KINDS = (
 )
 FAULT_WEIGHTS = (2, 1, 2, 2, 2, 1, 1, 1, 2, 2, 2, 3)
 SWARM_KIND_PROBABILITY = 0.6  # each kind is enabled in a seed with this probability (at least one is)
-TICK_MS = 10  # each node calls tick(TICK_MS) once per (drifted) tick period
+SIM_TICK_MS = 10  # each node calls tick(SIM_TICK_MS) once per (drifted) tick period
 
 
 @dataclass(slots=True)
@@ -65,7 +65,7 @@ def make_plan(rng: random.Random, node_ids: list[int], fault_ms: int, faults: bo
     """Draw one seed's faults. With faults=False: a healthy network, no drift, no events."""
     if not faults:
         return FaultPlan(
-            NetworkParams(), {i: TICK_MS * 1000 for i in node_ids}, 200, 1000, 0.0, rng.choice((5, 10)) * 1000
+            NetworkParams(), {i: SIM_TICK_MS * 1000 for i in node_ids}, 200, 1000, 0.0, rng.choice((5, 10)) * 1000
         )
     net = NetworkParams(
         drop_probability=rng.choice((0.0, 0.01, 0.05, 0.15)),
@@ -76,7 +76,7 @@ def make_plan(rng: random.Random, node_ids: list[int], fault_ms: int, faults: bo
         long_delay_max_us=rng.choice((20_000, 100_000)),
     )
     drift = rng.random() < 0.5
-    ticks = {i: int(TICK_MS * 1000 * (rng.uniform(0.8, 1.25) if drift else 1.0)) for i in node_ids}
+    ticks = {i: int(SIM_TICK_MS * 1000 * (rng.uniform(0.8, 1.25) if drift else 1.0)) for i in node_ids}
     plan = FaultPlan(
         net,
         ticks,

@@ -35,7 +35,7 @@ class SimNode:
         self.config = config
         self.seed = seed
         self.storage = MemStorage(fsync)
-        self.tick_period_us = tick_period_us  # virtual time between tick(TICK_MS) calls: clock drift
+        self.tick_period_us = tick_period_us  # virtual time between tick(SIM_TICK_MS) calls: clock drift
         self.incarnation = 0
         self.up = False
         self.core: RaftCore | None = None
@@ -84,7 +84,7 @@ class SimNode:
         self.storage.crash(power_loss=power_loss)
 
     def lose_log(self) -> None:
-        """While down, the log is found corrupt and quarantined, as shmraft/raft/nodelog.py does: the node
+        """While down, the log is found corrupt and quarantined, as shmraft/storage/nodelog.py does: the node
         keeps only its term (from the separate hard-state copy), raised by one with no vote, and restarts
         empty in recovering mode. What it had committed is legitimately gone from it."""
         assert not self.up

@@ -8,7 +8,7 @@ is checked after every event (shmraft.sim.checker). A seed decides everything, s
 exactly; the trace (options.trace) is the same text on every replay.
 
 A crash may also lose the node's log (`log_loss`: a corrupt disk whose log is quarantined; one node at a
-time), after which the node restarts empty in recovering mode, as the real node does (shmraft/raft/nodelog.py).
+time), after which the node restarts empty in recovering mode, as the real node does (shmraft/storage/nodelog.py).
 
 Each node runs the raft worker's own Ready driver (shmraft.raft.driver) over simulated I/O. Besides the
 consequences checked by shmraft.sim.checker, every promise a node makes (vote, acknowledgement, leader
@@ -31,7 +31,7 @@ from shmraft.raft.errors import InvariantError, ProposalError
 from shmraft.raft.messages import AppendEntries, Message, RequestVote, TimeoutNow
 from shmraft.raft.types import Role
 from shmraft.sim.checker import Checker
-from shmraft.sim.faults import TICK_MS, FaultEvent, make_plan
+from shmraft.sim.faults import SIM_TICK_MS, FaultEvent, make_plan
 from shmraft.sim.network import HELD_EPOCH, REPLAY_EPOCH, SimNetwork
 from shmraft.sim.node import SimNode
 from shmraft.sim.promises import PromiseChecker
@@ -124,7 +124,7 @@ class Simulation:
             i: SimNode(i, [p for p in self.ids if p != i], self.config, opts.fsync, seed, self.plan.tick_period_us[i])
             for i in self.ids
         }
-        self.faults["clock_drift"] = sum(1 for p in self.plan.tick_period_us.values() if p != TICK_MS * 1000)
+        self.faults["clock_drift"] = sum(1 for p in self.plan.tick_period_us.values() if p != SIM_TICK_MS * 1000)
         self.checker = Checker()
         self.coverage: Counter[str] = Counter()
         self.promises = PromiseChecker(self.checker, self.nodes, self.coverage)
@@ -504,7 +504,7 @@ class Simulation:
                     node = nodes[a]
                     if not node.up or node.incarnation != b:
                         continue
-                    node.local_ms += TICK_MS
+                    node.local_ms += SIM_TICK_MS
                     node.driver.tick()  # type: ignore[union-attr]
                     self._drain(node)
                     self._at(t + node.tick_period_us, EV_TICK, a, b)

@@ -17,9 +17,8 @@ import time
 from pathlib import Path
 from typing import Final
 
-from shmraft.config import NodeConfig, local_members
+from shmraft.config import NodeConfig, config_to_json, local_members
 from shmraft.net.auth import ensure_local_secret, is_local_secret
-from shmraft.supervisor.node import config_to_json
 from shmraft.supervisor.status import cluster_status, format_table
 
 NODE_STOP_GRACE_S: Final = 10.0
@@ -34,7 +33,9 @@ def free_port_base(count: int) -> int:
     for _ in range(PORT_BASE_TRIES):
         base = random.randrange(low, high, 1000)
         ports = [
-            p for m in local_members(count, base) for p in (m.client_port, m.data_port, m.raft_port, m.metrics_port)
+            p
+            for m in local_members(count, base, kafka=True)
+            for p in (m.client_port, m.data_port, m.raft_port, m.metrics_port, m.kafka_port)
         ]
         if all(_port_free(p) for p in ports):
             return base

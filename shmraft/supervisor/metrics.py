@@ -28,7 +28,7 @@ from shmraft.config import NodeConfig
 from shmraft.ipc.ring import RingInspector
 from shmraft.ipc.state import LATENCY_BOUNDS_MS, NodeStatus, StateBlock, StorageFault, Worker
 from shmraft.net.ratelog import RateLimitedLog
-from shmraft.node.layout import RINGS, NodeLayout
+from shmraft.node.layout import NodeLayout, Ring
 from shmraft.raft.types import Role
 
 log = logging.getLogger("shmraft.supervisor")
@@ -115,7 +115,7 @@ def _storage_fault_name(value: int) -> str:
 
 def ring_figures(layout: NodeLayout) -> dict[str, dict[str, Any]]:
     rings: dict[str, dict[str, Any]] = {}
-    for ring in RINGS:
+    for ring in Ring:
         try:
             with RingInspector(layout.name(ring)) as insp:
                 st = insp.stats()

@@ -4,8 +4,9 @@ One process per node. It creates the state block and the rings (removing stale o
 first), starts the workers in dependency order (raft, sender, batcher, ingest), and then watches them:
 
 - a worker that exits is restarted after a back-off that doubles with each restart in the window;
-- a worker whose heartbeat counter in the state block has not moved for `worker_stall_timeout_ms` is
-  killed (SIGKILL) and restarted;
+- a worker whose heartbeat counter in the state block has not moved while it could have run for
+  `worker_stall_timeout_ms` is killed (SIGKILL) and restarted; time it spent waiting for a CPU, and gaps
+  the supervisor itself did not see, do not count (supervisor/stall.py), so a busy machine is not a stall;
 - a worker restarted more than `worker_restart_budget` times within `worker_restart_window_s` exhausts
   the budget: the node stops serving (status FAILED, every worker stopped) and says why.
 
@@ -17,22 +18,21 @@ The supervisor also serves Prometheus metrics (supervisor/metrics.py) on `metric
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import signal
 import subprocess
 import sys
 import time
-from dataclasses import asdict, dataclass, field
-from pathlib import Path
+from dataclasses import dataclass, field
 from typing import Final
 
-from shmraft.config import NodeConfig
+from shmraft.config import NodeConfig, config_to_json
 from shmraft.ipc.state import NodeStatus, Worker
 from shmraft.net.auth import check_node_files
 from shmraft.node.layout import NodeLayout
 from shmraft.supervisor.metrics import MetricsServer
+from shmraft.supervisor.stall import StallClock, sample_process
 
 log = logging.getLogger("shmraft.supervisor")
 
@@ -48,23 +48,7 @@ class _Child:
     restarts: list[float] = field(default_factory=list)  # monotonic times of recent restarts
     next_start: float = 0.0
     started: float = 0.0
-    last_beat: int = -1
-    last_beat_change: float = 0.0
-
-
-def config_to_json(config: NodeConfig) -> str:
-    doc = asdict(config)
-    doc["data_dir"] = str(config.data_dir)
-    return json.dumps(doc)
-
-
-def config_from_json(text: str) -> NodeConfig:
-    from shmraft.config import Member
-
-    doc = json.loads(text)
-    doc["members"] = tuple(Member(**m) for m in doc["members"])
-    doc["data_dir"] = Path(doc["data_dir"])
-    return NodeConfig(**doc)
+    stall: StallClock = field(default_factory=StallClock)
 
 
 class NodeSupervisor:
@@ -134,8 +118,7 @@ class NodeSupervisor:
         child.proc = subprocess.Popen(cmd, start_new_session=False)
         now = time.monotonic()
         child.started = now
-        child.last_beat = -1
-        child.last_beat_change = now
+        child.stall.reset()
         record = self.state.workers[child.kind]
         record["pid"] = child.proc.pid
         record["started_unix_ms"] = int(time.time() * 1000)
@@ -151,17 +134,13 @@ class NodeSupervisor:
                 continue
             code = proc.poll()
             beat = int(self.state.workers[child.kind]["heartbeat"])
-            if beat != child.last_beat:
-                child.last_beat, child.last_beat_change = beat, now
-            stalled = (
-                now - child.started > STARTUP_GRACE_S
-                and (now - child.last_beat_change) * 1000 > self.config.worker_stall_timeout_ms
-            )
+            could_run_s = child.stall.observe(now, beat, sample_process(proc.pid))
+            stalled = now - child.started > STARTUP_GRACE_S and could_run_s * 1000 > self.config.worker_stall_timeout_ms
             if code is None and not stalled:
                 continue
             if stalled and code is None:
                 log.error(
-                    "node %d: %s worker (pid %d) made no progress for %d ms: killing it",
+                    "node %d: %s worker (pid %d) made no progress for %d ms while it could run: killing it",
                     self.config.node_id,
                     child.kind.name.lower(),
                     proc.pid,

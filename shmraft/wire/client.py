@@ -11,7 +11,7 @@ from __future__ import annotations
 import enum
 import struct
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from typing import Final
 
 import numpy as np
@@ -19,20 +19,24 @@ import numpy as np
 from shmraft.wire.errors import LocalProtocolError, RemoteProtocolError
 
 CLIENT_MAGIC: Final = 0x5253  # bytes 53 52, "SR"
-CLIENT_VERSION: Final = 1
+CLIENT_VERSION: Final = 2  # version 1 had no limits in METADATA_ANSWER and no offsets in ERROR
+CLIENT_VERSION_REFUSED: Final = 1  # answered in its own layout (MALFORMED naming both versions), then closed
 HEADER: Final = struct.Struct("<HBBIQ")  # magic, version, kind, body_len, correlation_id
 HEADER_BYTES: Final = HEADER.size
 MESSAGE_BODY_MAX_BYTES: Final = 4 * 1024 * 1024  # the largest body accepted from a peer or client
 PRODUCE_EVENTS_MAX: Final = 8192  # events in one produce request
 ERROR_MESSAGE_MAX_BYTES: Final = 1024
-AUTH_TOKEN_MAX_BYTES: Final = 1024  # the token of an AUTH request
+AUTH_TOKEN_MAX_BYTES: Final = 1024  # the token of an AUTH request; bounded so it stays small
 
 _PRODUCE: Final = struct.Struct("<QQII")  # producer_id, first_sequence, timeout_ms, event_count
 _FETCH: Final = struct.Struct("<QII")  # from_offset, max_bytes, max_wait_ms
 _FETCHED: Final = struct.Struct("<QQI")  # next_offset, commit_offset, event_count
-_METADATA_HEAD: Final = struct.Struct("<QIQIH")  # term, leader_id, commit_index, node_id, member_count
+_METADATA_HEAD: Final = struct.Struct("<QIQI")  # term, leader_id, commit_index, node_id
+_LIMITS: Final = struct.Struct("<8I")  # Limits, field by field
+_MEMBER_COUNT: Final = struct.Struct("<H")
 _MEMBER: Final = struct.Struct("<IH")  # node id, port; then u8 host length + host
 _ERROR_HEAD: Final = struct.Struct("<HH")  # code, message length; then message, u8 len + leader address
+_ERROR_TAIL: Final = struct.Struct("<QQ")  # earliest_offset, latest_offset (version 2)
 _U32: Final = np.dtype("<u4")
 _U64: Final = np.dtype("<u8")
 
@@ -61,8 +65,9 @@ class ErrorCode(enum.IntEnum):
     UNAVAILABLE = 5  # no quorum / no leader
     SHUTTING_DOWN = 6
     OUT_OF_ORDER_SEQUENCE = 7  # a gap in a producer's sequences: resend the missing ones first
-    OFFSET_OUT_OF_RANGE = 8  # fetch below the oldest retained event
+    OFFSET_OUT_OF_RANGE = 8  # fetch below the earliest held offset or past the node's log end (offsets given)
     UNAUTHORIZED = 9  # no AUTH, or a wrong token, where the node asks for one; the connection is closed
+    SEQUENCE_TOO_OLD = 10  # a retry older than the dedup window: the events are in the log, offsets forgotten
 
     @property
     def retriable(self) -> bool:
@@ -73,6 +78,11 @@ class ErrorCode(enum.IntEnum):
             ErrorCode.SHUTTING_DOWN,
             ErrorCode.OUT_OF_ORDER_SEQUENCE,
         )
+
+    @property
+    def closes_connection(self) -> bool:
+        """Whether the node closes the connection after this answer (docs/PROTOCOL.md section 2.2)."""
+        return self in (ErrorCode.MALFORMED, ErrorCode.UNAUTHORIZED, ErrorCode.SHUTTING_DOWN)
 
 
 # --- messages ---------------------------------------------------------------------------------------------
@@ -134,6 +144,20 @@ class Metadata:
 
 
 @dataclass(frozen=True, slots=True)
+class Limits:
+    """The answering node's limits, as METADATA_ANSWER states them (0: not stated, as by a test double)."""
+
+    event_bytes_max: int = 0  # the largest event a PRODUCE may carry
+    request_bytes_max: int = 0  # the largest request body
+    produce_events_max: int = 0  # events in one PRODUCE
+    inflight_bytes_max: int = 0  # event bytes produced and not yet answered, per connection
+    fetch_bytes_max: int = 0  # the node's cap on a FETCH's max_bytes
+    dedup_horizon_entries: int = 0  # a producer silent for this many log entries is forgotten
+    dedup_spans_max: int = 0  # PRODUCE requests per producer whose offsets a retry can still get
+    dedup_producers_max: int = 0  # producers remembered at once (the least recent is forgotten first)
+
+
+@dataclass(frozen=True, slots=True)
 class MetadataAnswer:
     correlation_id: int
     term: int
@@ -141,6 +165,7 @@ class MetadataAnswer:
     commit_index: int
     node_id: int  # the node that answered
     members: list[Member]
+    limits: Limits = Limits()
 
 
 @dataclass(frozen=True, slots=True)
@@ -162,7 +187,11 @@ class Error:
     code: ErrorCode
     message: str
     leader: str = ""  # "host:port" with NOT_LEADER when known
+    earliest_offset: int = 0  # with OFFSET_OUT_OF_RANGE: the earliest offset the node holds
+    latest_offset: int = 0  # with OFFSET_OUT_OF_RANGE: the node's commit offset
 
+
+LIMIT_FIELDS: Final = tuple(f.name for f in fields(Limits))
 
 Message = Produce | Produced | Fetch | Fetched | Metadata | MetadataAnswer | Auth | Authed | Error
 
@@ -170,10 +199,10 @@ Message = Produce | Produced | Fetch | Fetched | Metadata | MetadataAnswer | Aut
 # --- encoding ---------------------------------------------------------------------------------------------
 
 
-def _frame(kind: Kind, correlation_id: int, body: bytes) -> bytes:
+def _frame(kind: Kind, correlation_id: int, body: bytes, version: int = CLIENT_VERSION) -> bytes:
     if len(body) > MESSAGE_BODY_MAX_BYTES:
         raise LocalProtocolError("body", f"at most {MESSAGE_BODY_MAX_BYTES} bytes", len(body))
-    return HEADER.pack(CLIENT_MAGIC, CLIENT_VERSION, kind, len(body), correlation_id) + body
+    return HEADER.pack(CLIENT_MAGIC, version, kind, len(body), correlation_id) + body
 
 
 def _events_block(events: Sequence[bytes | bytearray | memoryview]) -> list[bytes | bytearray | memoryview]:
@@ -222,9 +251,19 @@ def encode_metadata(correlation_id: int) -> bytes:
 
 
 def encode_metadata_answer(
-    correlation_id: int, term: int, leader_id: int, commit_index: int, node_id: int, members: Sequence[Member]
+    correlation_id: int,
+    term: int,
+    leader_id: int,
+    commit_index: int,
+    node_id: int,
+    members: Sequence[Member],
+    limits: Limits = Limits(),
 ) -> bytes:
-    parts = [_METADATA_HEAD.pack(term, leader_id, commit_index, node_id, len(members))]
+    parts = [
+        _METADATA_HEAD.pack(term, leader_id, commit_index, node_id),
+        _LIMITS.pack(*(getattr(limits, f) for f in LIMIT_FIELDS)),
+        _MEMBER_COUNT.pack(len(members)),
+    ]
     for m in members:
         host = m.host.encode()
         parts.append(_MEMBER.pack(m.node_id, m.port) + bytes([len(host)]) + host)
@@ -241,11 +280,52 @@ def encode_authed(correlation_id: int) -> bytes:
     return _frame(Kind.AUTHED, correlation_id, b"")
 
 
-def encode_error(correlation_id: int, code: ErrorCode, message: str, leader: str = "") -> bytes:
+def encode_error(
+    correlation_id: int,
+    code: ErrorCode,
+    message: str,
+    leader: str = "",
+    earliest_offset: int = 0,
+    latest_offset: int = 0,
+) -> bytes:
     text = _cut(message, ERROR_MESSAGE_MAX_BYTES)
     addr = _cut(leader, 255)
     body = _ERROR_HEAD.pack(code, len(text)) + text + bytes([len(addr)]) + addr
-    return _frame(Kind.ERROR, correlation_id, body)
+    return _frame(Kind.ERROR, correlation_id, body + _ERROR_TAIL.pack(earliest_offset, latest_offset))
+
+
+def encode_version_refused(correlation_id: int, version: int) -> bytes:
+    """The answer to a request of another protocol version: MALFORMED naming both versions, laid out as
+    version 1's ERROR (no offsets) when the request was version 1, so that a version-1 client can read it."""
+    message = f"client protocol version {version} is not served: this node speaks version {CLIENT_VERSION}"
+    if version != CLIENT_VERSION_REFUSED:
+        return encode_error(correlation_id, ErrorCode.MALFORMED, message)
+    text = _cut(message, ERROR_MESSAGE_MAX_BYTES)
+    body = _ERROR_HEAD.pack(ErrorCode.MALFORMED, len(text)) + text + b"\x00"
+    return _frame(Kind.ERROR, correlation_id, body, version=CLIENT_VERSION_REFUSED)
+
+
+def encode_message(m: Message) -> bytes:
+    """The one encoding of a decoded message (what a decoder's output must re-encode to)."""
+    if isinstance(m, Produce):
+        return encode_produce(m.correlation_id, m.producer_id, m.first_sequence, m.timeout_ms, m.events)
+    if isinstance(m, Produced):
+        return encode_produced(m.correlation_id, m.offsets)
+    if isinstance(m, Fetch):
+        return encode_fetch(m.correlation_id, m.from_offset, m.max_bytes, m.max_wait_ms)
+    if isinstance(m, Fetched):
+        return encode_fetched(m.correlation_id, m.next_offset, m.commit_offset, m.offsets, m.events)
+    if isinstance(m, Metadata):
+        return encode_metadata(m.correlation_id)
+    if isinstance(m, MetadataAnswer):
+        return encode_metadata_answer(
+            m.correlation_id, m.term, m.leader_id, m.commit_index, m.node_id, m.members, m.limits
+        )
+    if isinstance(m, Auth):
+        return encode_auth(m.correlation_id, m.token)
+    if isinstance(m, Authed):
+        return encode_authed(m.correlation_id)
+    return encode_error(m.correlation_id, m.code, m.message, m.leader, m.earliest_offset, m.latest_offset)
 
 
 def _cut(text: str, limit_bytes: int) -> bytes:
@@ -254,6 +334,16 @@ def _cut(text: str, limit_bytes: int) -> bytes:
 
 
 # --- decoding ---------------------------------------------------------------------------------------------
+
+
+class MessageError(RemoteProtocolError):
+    """A received message breaks the protocol. `correlation_id` is the header's (0 when the magic was wrong,
+    so nothing of the header can be trusted); `version` is set when the header named another version."""
+
+    def __init__(self, field: str, expected: str, got: object, correlation_id: int = 0, version: int = 0) -> None:
+        super().__init__(field, expected, got)
+        self.correlation_id = correlation_id
+        self.version = version
 
 
 class _Body:
@@ -340,24 +430,27 @@ def decode_message(kind_byte: int, correlation_id: int, body: memoryview) -> Mes
     elif kind is Kind.AUTHED:
         msg = Authed(correlation_id)
     elif kind is Kind.METADATA_ANSWER:
-        term, leader_id, commit_index, node_id, count = b.unpack(_METADATA_HEAD, "head")
+        term, leader_id, commit_index, node_id = b.unpack(_METADATA_HEAD, "head")
+        limits = Limits(*b.unpack(_LIMITS, "limits"))
+        (count,) = b.unpack(_MEMBER_COUNT, "member_count")
         members = []
         for _ in range(count):
             member_id, port = b.unpack(_MEMBER, "member")
             host = b.text(b.take(1, "host length")[0], "host")
             members.append(Member(member_id, host, port))
-        msg = MetadataAnswer(correlation_id, term, leader_id, commit_index, node_id, members)
+        msg = MetadataAnswer(correlation_id, term, leader_id, commit_index, node_id, members, limits)
     else:  # Kind.ERROR
         code, length = b.unpack(_ERROR_HEAD, "head")
         if length > ERROR_MESSAGE_MAX_BYTES:
             raise RemoteProtocolError("ERROR.message length", f"at most {ERROR_MESSAGE_MAX_BYTES}", length)
         text = b.text(length, "message")
         leader = b.text(b.take(1, "leader length")[0], "leader")
+        earliest, latest = b.unpack(_ERROR_TAIL, "offsets")
         try:
             code = ErrorCode(code)
         except ValueError:
             raise RemoteProtocolError("ERROR.code", "a known error code", code) from None
-        msg = Error(correlation_id, code, text, leader)
+        msg = Error(correlation_id, code, text, leader, earliest, latest)
     b.done()
     return msg
 
@@ -383,20 +476,34 @@ class MessageReader:
     def buffered_bytes(self) -> int:
         return len(self._buf)
 
+    @property
+    def pending_correlation_id(self) -> int:
+        """The correlation id of a request partly received (0 unless its header is whole, with the magic)."""
+        if len(self._buf) < HEADER_BYTES:
+            return 0
+        magic, _version, _kind, _body_len, correlation_id = HEADER.unpack_from(self._buf, 0)
+        return correlation_id if magic == CLIENT_MAGIC else 0
+
     def next_message(self) -> Message | None:
-        """Return the next whole message, None if more bytes are needed; raise RemoteProtocolError."""
+        """Return the next whole message, None if more bytes are needed; raise MessageError (a
+        RemoteProtocolError that carries the correlation id once the header's magic was right)."""
         if len(self._buf) < HEADER_BYTES:
             return None
         magic, version, kind, body_len, correlation_id = HEADER.unpack_from(self._buf, 0)
         if magic != CLIENT_MAGIC:
-            raise RemoteProtocolError("magic", f"0x{CLIENT_MAGIC:04X}", f"0x{magic:04X}")
+            raise MessageError("magic", f"0x{CLIENT_MAGIC:04X}", f"0x{magic:04X}")
         if version != CLIENT_VERSION:
-            raise RemoteProtocolError("version", str(CLIENT_VERSION), version)
+            raise MessageError("version", str(CLIENT_VERSION), version, correlation_id, version)
         if body_len > self._max_body_bytes:
-            raise RemoteProtocolError("body_len", f"at most {self._max_body_bytes}", body_len)
+            raise MessageError("body_len", f"at most {self._max_body_bytes}", body_len, correlation_id)
         end = HEADER_BYTES + body_len
         if len(self._buf) < end:
             return None
         body = bytes(self._buf[HEADER_BYTES:end])
         del self._buf[:end]
-        return decode_message(kind, correlation_id, memoryview(body))
+        try:
+            return decode_message(kind, correlation_id, memoryview(body))
+        except MessageError:
+            raise
+        except RemoteProtocolError as exc:
+            raise MessageError(exc.field, exc.expected, exc.got, correlation_id) from None

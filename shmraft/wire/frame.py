@@ -53,6 +53,8 @@ _FOOTER: Final = struct.Struct("<Q")
 _FOOTER_BYTES: Final = _FOOTER.pack(FRAME_END_MARKER)
 _RAFT_FIELDS: Final = struct.Struct("<QII")  # prev_index, term, prev_term at offset 32
 _RAFT_FIELDS_OFFSET: Final = 32
+_EVENT_COUNT: Final = struct.Struct("<H")  # event_count alone, at offset 6 (inside _HEAD_A)
+_EVENT_COUNT_OFFSET: Final = struct.calcsize("<IBB")
 assert _HEAD_A.size + _CRC.size + _HEAD_B.size == FRAME_HEADER_BYTES
 assert _FOOTER.size == FRAME_FOOTER_BYTES
 
@@ -226,6 +228,11 @@ def encode_batch_arrays(
     head_b = _HEAD_B.pack(batch_id, timestamp_us, prev_index, term, prev_term)
     crc = _crc(head_a, head_b, payload)
     return b"".join((head_a, _CRC.pack(crc), head_b, payload, _FOOTER_BYTES))
+
+
+def frame_event_count(frame: bytes | bytearray | memoryview) -> int:
+    """The header's event_count, read in place without checks: for frames checked when they entered the log."""
+    return _EVENT_COUNT.unpack_from(frame, _EVENT_COUNT_OFFSET)[0]
 
 
 def frame_size(header: bytes | bytearray | memoryview) -> int:

@@ -29,6 +29,7 @@ import zlib
 from dataclasses import dataclass
 from typing import Final
 
+from shmraft.raft.messages import Channel
 from shmraft.wire.errors import LocalProtocolError, RemoteProtocolError
 
 PEER_MAGIC: Final = 0x5052  # bytes 52 50, "RP"
@@ -41,7 +42,7 @@ HANDSHAKE_BODY_MAX_BYTES: Final = 512  # any body before the handshake completes
 CLUSTER_ID_MAX_BYTES: Final = 64
 REFUSED_REASON_MAX_BYTES: Final = 480
 NONCE_BYTES: Final = 32
-MAC_BYTES: Final = 32
+MAC_BYTES: Final = 32  # HMAC-SHA256
 _HELLO_TAIL: Final = struct.Struct("<IIB")  # from node_id, to node_id, channel; then the nonce
 _CHALLENGE: Final = struct.Struct(f"<I{NONCE_BYTES}s{MAC_BYTES}s")  # node_id, nonce, mac
 
@@ -53,11 +54,6 @@ class PeerKind(enum.IntEnum):
     CHALLENGE = 4
     PROOF = 5
     WELCOME = 6
-
-
-class Channel(enum.IntEnum):
-    DATA = 1
-    CONSENSUS = 2
 
 
 @dataclass(frozen=True, slots=True)

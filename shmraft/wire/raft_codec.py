@@ -12,6 +12,7 @@ from typing import Final
 
 import numpy as np
 
+from shmraft.constants import APPEND_ENTRIES_MAX
 from shmraft.raft.messages import (
     AppendEntries,
     AppendResponse,
@@ -25,7 +26,6 @@ from shmraft.raft.messages import (
 from shmraft.raft.types import Entry
 from shmraft.wire.errors import RemoteProtocolError
 
-APPEND_ENTRIES_MAX: Final = 4096  # entries in one AppendEntries body
 ENTRY_BYTES_MAX: Final = 64 * 1024  # one entry's data (a frame is at most 32,824 bytes)
 
 _COMMON: Final = struct.Struct("<BIIQ")  # kind, src, dst, term

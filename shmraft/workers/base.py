@@ -20,13 +20,13 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Final
 
-from shmraft.config import NodeConfig
+from shmraft.config import NodeConfig, config_from_json
 from shmraft.ipc.ring import RingReader
 from shmraft.ipc.state import StateBlock, Worker
 from shmraft.node.layout import NodeLayout
 
-INBOX_POP_RECORDS_MAX: Final = 1024
-INBOX_POP_BYTES_MAX: Final = 4 * 1024 * 1024
+RING_POP_RECORDS_MAX: Final = 1024  # records a worker takes from a ring at once
+RING_POP_BYTES_MAX: Final = 4 * 1024 * 1024  # bytes a worker takes from a ring at once
 INBOX_WAIT_MS: Final = 100  # the pump thread re-checks its stop flag this often
 INBOX_BACKLOG_RECORDS_MAX: Final = 8192
 
@@ -53,7 +53,7 @@ class Inbox:
             with self._space:
                 while self._count >= INBOX_BACKLOG_RECORDS_MAX and not self._stop:
                     self._space.wait(INBOX_WAIT_MS / 1000)
-            records = self.reader.pop_many(INBOX_POP_RECORDS_MAX, INBOX_POP_BYTES_MAX, INBOX_WAIT_MS, release=True)
+            records = self.reader.pop_many(RING_POP_RECORDS_MAX, RING_POP_BYTES_MAX, INBOX_WAIT_MS, release=True)
             if records:
                 with self._space:
                     self._queue.append(records)
@@ -122,6 +122,4 @@ def selector_loop_once(sel: selectors.BaseSelector, timeout_s: float) -> None:
 
 
 def load_config(path: str | Path) -> NodeConfig:
-    from shmraft.supervisor.node import config_from_json
-
     return config_from_json(Path(path).read_text())

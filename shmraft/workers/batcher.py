@@ -14,10 +14,9 @@ from typing import Final
 
 from shmraft.ipc.state import Worker
 from shmraft.node.batching import BatchCutter
-from shmraft.workers.base import WorkerBase
+from shmraft.node.layout import Ring
+from shmraft.workers.base import RING_POP_BYTES_MAX, RING_POP_RECORDS_MAX, WorkerBase
 
-POP_RECORDS_MAX: Final = 1024
-POP_BYTES_MAX: Final = 4 * 1024 * 1024
 IDLE_WAIT_MS: Final = 100  # heartbeat cadence while nothing arrives
 PUSH_TIMEOUT_MS: Final = 100
 
@@ -27,8 +26,8 @@ class BatcherWorker(WorkerBase):
 
     def __init__(self, config) -> None:
         super().__init__(config)
-        self.blocks = self.layout.reader("r1")
-        self.frames = self.layout.writer("r2")
+        self.blocks = self.layout.reader(Ring.R1)
+        self.frames = self.layout.writer(Ring.R2)
         self.cutter = BatchCutter(
             config.batch_events_max,
             config.batch_payload_max_bytes,
@@ -46,7 +45,7 @@ class BatcherWorker(WorkerBase):
                 wait_ms = max(0.0, (self._oldest + self.linger_s - time.monotonic()) * 1000)
             else:
                 wait_ms = IDLE_WAIT_MS
-            for body in self.blocks.pop_many(POP_RECORDS_MAX, POP_BYTES_MAX, wait_ms, release=True):
+            for body in self.blocks.pop_many(RING_POP_RECORDS_MAX, RING_POP_BYTES_MAX, wait_ms, release=True):
                 if not self.cutter.pending_events:
                     self._oldest = time.monotonic()
                 self.cutter.add(body)

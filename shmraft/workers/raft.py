@@ -17,6 +17,12 @@ the persist-then-send order of the Ready is simply cut short), publishes the rea
 (`storage_fault`), refuses frames and ignores peers, and retries opening every `storage_retry_interval_ms`;
 on success it rebuilds core and dedup table from the log, exactly as after a restart. It never exits for
 these faults, so a full disk does not burn the supervisor's restart budget.
+
+Snapshots (docs/DESIGN.md "Snapshots"). Between loop iterations the worker saves the dedup table as it
+stands at the commit index (node/snapshot.py), every SNAPSHOT_INTERVAL_ENTRIES committed entries, every
+SNAPSHOT_INTERVAL_S, or when retention waits for one; the table's columns are built a slice at a time from a
+frozen view, and the rate is bounded by the measured cost. At start the table is the saved snapshot's plus
+the replay of the entries after it; retention never deletes past the saved snapshot.
 """
 
 from __future__ import annotations
@@ -25,6 +31,7 @@ import os
 import random
 import selectors
 import time
+from collections.abc import Callable
 from typing import Final
 
 import numpy as np
@@ -32,6 +39,8 @@ import numpy as np
 from shmraft.ipc.state import StorageFault, Worker
 from shmraft.net.links import PeerLinks, PeerSecurity
 from shmraft.node import dedup as dd
+from shmraft.node import snapshot as sn
+from shmraft.node.layout import Ring
 from shmraft.node.records import (
     Note,
     NoteKind,
@@ -44,16 +53,14 @@ from shmraft.raft.config import RaftConfig
 from shmraft.raft.core import RaftCore
 from shmraft.raft.driver import ReadyDriver
 from shmraft.raft.errors import ProposalError
-from shmraft.raft.messages import Channel as MsgChannel
-from shmraft.raft.messages import Message
-from shmraft.raft.nodelog import HardStateLostError, NodeLog, is_disk_full, open_node_log
+from shmraft.raft.messages import Channel, Message
 from shmraft.raft.ready import Ready
-from shmraft.raft.storage import CorruptLogError, StorageError, StorageIOError
 from shmraft.raft.types import Entry, HardState
 from shmraft.raft.types import Role as StateRole
+from shmraft.storage.nodelog import HardStateLostError, NodeLog, is_disk_full, open_node_log
+from shmraft.storage.rocks import CorruptLogError, LogOrderError, SavedSnapshot, StorageError, StorageIOError
 from shmraft.wire.errors import ProtocolError
-from shmraft.wire.frame import decode_batch, encode_batch_arrays, restamp
-from shmraft.wire.peer import Channel
+from shmraft.wire.frame import decode_batch, encode_batch_arrays, frame_event_count, restamp
 from shmraft.wire.raft_codec import decode_raft, encode_raft
 from shmraft.workers.base import Inbox, WorkerBase, selector_loop_once
 
@@ -63,6 +70,11 @@ RING_PUSH_TIMEOUT_MS: Final = 50
 DEDUP_REBUILD_READ_BYTES: Final = 8 * 1024 * 1024
 DECODED_CACHE_MAX: Final = 8192  # entries' producer tables kept between receipt and persist
 STORAGE_FAULT_LOG_INTERVAL_MS: Final = 10_000  # a persisting storage fault is logged again this often
+SNAPSHOT_INTERVAL_ENTRIES: Final = 10_000  # committed entries between snapshots: a restart replays fewer
+SNAPSHOT_INTERVAL_S: Final = 30.0  # ... or this long, if anything was committed since the last one
+SNAPSHOT_GAP_MIN_S: Final = 0.5  # never two snapshots closer than this
+SNAPSHOT_COST_FACTOR: Final = 20  # nor closer than 20 x the last one's cost: at most 5% of the worker's time
+SNAPSHOT_CHECK_INTERVAL_S: Final = 0.1  # whether a snapshot is due is asked at most this often
 
 
 class RaftWorker(WorkerBase):
@@ -83,7 +95,13 @@ class RaftWorker(WorkerBase):
         self._fault = StorageFault.OK
         self._fault_logged_ms = 0.0
         self._retry_at = 0.0  # monotonic time of the next attempt to reopen the storage; inf = never
-        self._verified = False  # the full check on open is done once per process (reopens after ENOSPC skip it)
+        self._verified = False  # the check on open is done once per process (reopens after ENOSPC skip it)
+        self._scan_all = False  # corruption met while running: the next open scans the whole log, not the tail
+        self._export: dd.StateExport | None = None  # a snapshot being built (between loop iterations)
+        self._export_term = 0  # the term of the entry it is taken at
+        self._export_seconds = 0.0  # time spent building it so far
+        self._snapshot_at = time.monotonic()  # when the last snapshot was saved (or the worker started)
+        self._snapshot_check_at = 0.0  # the next time to ask whether a snapshot is due
         self._open_storage()
         self.sel = selectors.DefaultSelector()
         self.links = PeerLinks(
@@ -100,10 +118,10 @@ class RaftWorker(WorkerBase):
             inbound_max=c.peer_inbound_connections_max,
             handshake_timeout_ms=c.peer_handshake_timeout_ms,
         )
-        self.frames_in = Inbox(self.layout.reader("r2"), "r2")
-        self.peer_in = Inbox(self.layout.reader("r4"), "r4")
-        self.to_sender = self.layout.writer("r3")
-        self.to_ingest = self.layout.writer("r5")
+        self.frames_in = Inbox(self.layout.reader(Ring.R2), Ring.R2)
+        self.peer_in = Inbox(self.layout.reader(Ring.R4), Ring.R4)
+        self.to_sender = self.layout.writer(Ring.R3)
+        self.to_ingest = self.layout.writer(Ring.R5)
         self.sel.register(self.frames_in, selectors.EVENT_READ, lambda _m: None)
         self.sel.register(self.peer_in, selectors.EVENT_READ, lambda _m: None)
         self._refusals_counted = 0
@@ -122,7 +140,9 @@ class RaftWorker(WorkerBase):
                 retain_entries_max=c.retain_entries_max,
                 retain_bytes_max=c.retain_bytes_max,
                 verify=not self._verified,
+                full_scan=self._scan_all,
                 progress=self.beat,
+                decode_snapshot=_decode_saved_snapshot,
             )
         except HardStateLostError as exc:
             self._retry_at = float("inf")  # the operator must act (the message says how): no retry
@@ -133,6 +153,7 @@ class RaftWorker(WorkerBase):
             self._set_fault(StorageFault.DISK_FULL if is_disk_full(exc) else StorageFault.IO_ERROR, str(exc))
             return False
         self._verified = True
+        self._scan_all = False
         if nl.quarantined is not None:
             self.state.add("quarantines")
             self.log.error(
@@ -145,19 +166,23 @@ class RaftWorker(WorkerBase):
         first = nl.first_index()
         applied = max(min(hs.commit, nl.last_index()), first - 1, nl.snapshot_index())
         self.storage = nl
-        self.core = RaftCore(
-            c.node_id,
-            [p.node_id for p in c.peers],
-            nl,
-            RaftConfig.from_node_config(c),
-            random.Random(int.from_bytes(os.urandom(8), "little")),
-            applied=applied,
-            recovery_term=nl.recovery_term,
-        )
-        self.driver = ReadyDriver(self.core, self._send, self._persist, _monotonic_ms)
-        self.dedup = dd.DedupTable(producers_max=c.dedup_producers_max)
-        self._decoded.clear()
-        self._rebuild_dedup()
+        try:  # reads below the verified mark meet damage the open check skipped: full check, as when running
+            self.core = RaftCore(
+                c.node_id,
+                [p.node_id for p in c.peers],
+                nl,
+                RaftConfig.from_node_config(c),
+                random.Random(int.from_bytes(os.urandom(8), "little")),
+                applied=applied,
+                recovery_term=nl.recovery_term,
+            )
+            self.driver = ReadyDriver(self.core, self._send, self._persist, _monotonic_ms)
+            self._decoded.clear()
+            self._export = None
+            self._rebuild_dedup()
+        except (StorageIOError, CorruptLogError) as exc:
+            self._storage_failed(exc)
+            return False
         if self._fault != StorageFault.OK:
             self.log.warning(
                 "storage usable again after %s: log [%d..%d], term %d, rejoining the cluster",
@@ -191,6 +216,7 @@ class RaftWorker(WorkerBase):
         self._decoded.clear()
         if fault == StorageFault.CORRUPT:
             self._verified = False  # the reopen must run the full check, which quarantines the log
+            self._scan_all = True
         self._retry_at = time.monotonic() + delay_ms / 1000
         self._set_fault(fault, f"{exc}{' (stepped down as leader)' if was_leader else ''}")
         self._publish_state()
@@ -234,16 +260,9 @@ class RaftWorker(WorkerBase):
     # --- start-up ------------------------------------------------------------------------------------------
 
     def _rebuild_dedup(self) -> None:
-        """The table is a function of the last `horizon` entries of the log: replay them."""
+        """The table from the saved snapshot and the entries after it (`rebuild_dedup`)."""
         assert self.storage is not None
-        last = self.storage.last_index()
-        lo = max(self.storage.first_index(), last - self.dedup.horizon_entries + 1, 1)
-        commit = self.storage.hard_state().commit
-        while lo <= last:
-            entries = self.storage.entries(lo, last + 1, DEDUP_REBUILD_READ_BYTES)
-            for e in entries:
-                self._record_dedup(e, commit)
-            lo = entries[-1].index + 1
+        self.dedup = rebuild_dedup(self.storage, self.config.dedup_producers_max, self.beat)
 
     def _record_dedup(self, e: Entry, commit: int) -> None:
         if e.index <= self.dedup.last_index:
@@ -259,6 +278,65 @@ class RaftWorker(WorkerBase):
         else:
             self.dedup.record(e.index, _EMPTY, _EMPTY, commit)
 
+    # --- snapshots -----------------------------------------------------------------------------------------
+
+    def _snapshot_step(self) -> None:
+        """Between loop iterations: start a snapshot when one is due, or build one more slice of the one in
+        progress, and save it once built (one RocksDB write with the compaction it allows)."""
+        nl = self.storage
+        if nl is None:
+            return
+        now = time.monotonic()
+        if self._export is None:
+            if now < self._snapshot_check_at:
+                return
+            self._snapshot_check_at = now + SNAPSHOT_CHECK_INTERVAL_S
+            at = min(self.dedup.commit_index, self.dedup.last_index)
+            saved = nl.saved_snapshot_index()
+            if at <= (saved or 0) or at > nl.hard_state().commit:  # nothing new, or its commit not yet persisted
+                return
+            due = (
+                saved is None
+                or at - saved >= SNAPSHOT_INTERVAL_ENTRIES
+                or now - self._snapshot_at >= SNAPSHOT_INTERVAL_S
+                or nl.compaction_wanted()
+            )
+            term = nl.term_at(at) if due else None
+            if term is None:  # not due (or below the log start: cannot happen, the log holds all after it)
+                return
+            self._export = self.dedup.committed_view()
+            self._export_term = term
+            self._export_seconds = time.monotonic() - now
+            return
+        export = self._export
+        if not export.step():
+            self._export_seconds += time.monotonic() - now
+            return
+        t = self.dedup
+        record = sn.Snapshot(
+            export.index, self._export_term, export.result(), t.producers_max, t.horizon_entries, t.spans_max
+        )
+        data = sn.encode_snapshot(record)
+        self._export = None
+        try:
+            nl.save_snapshot(SavedSnapshot(record.index, record.term, data))
+        except LogOrderError as exc:  # a bug, not a fault of the disk: keep serving, say it, try again later
+            self.log.error("snapshot at %d not saved: %s", record.index, exc)
+            return
+        done = time.monotonic()
+        cost = self._export_seconds + done - now
+        self._snapshot_at = done
+        self._snapshot_check_at = done + max(SNAPSHOT_GAP_MIN_S, SNAPSHOT_COST_FACTOR * cost)
+        self.state.set("first_index", nl.first_index())
+        self.log.debug(
+            "snapshot at %d saved: %d producers, %d bytes, %.1f ms; log now starts at %d",
+            record.index,
+            len(record.table.producer_ids),
+            len(data),
+            cost * 1000,
+            nl.first_index(),
+        )
+
     # --- the loop ------------------------------------------------------------------------------------------
 
     def run(self) -> None:
@@ -272,6 +350,9 @@ class RaftWorker(WorkerBase):
                     self._refusals_counted = self.links.refusals
                 try:
                     self._iterate()
+                    if self.storage is not None:
+                        self.storage.persist_mark_if_due()  # the next start checks only what follows
+                        self._snapshot_step()
                 except (StorageIOError, CorruptLogError) as exc:
                     self._storage_failed(exc)
                 self._flush_notes()
@@ -375,7 +456,7 @@ class RaftWorker(WorkerBase):
         all_pids = np.concatenate([b.producer_ids for b in batches])
         all_seqs = np.concatenate([b.sequences for b in batches])
         verdict, known = self.dedup.classify(all_pids, all_seqs)
-        refused = verdict != dd.ACCEPT
+        refused = verdict != dd.Verdict.ACCEPT
         if refused.any():
             self._notes.append(
                 encode_note(
@@ -388,7 +469,7 @@ class RaftWorker(WorkerBase):
                     )
                 )
             )
-            self.state.add("dedup_hits", int((verdict == dd.DUPLICATE).sum()))
+            self.state.add("dedup_hits", int((verdict == dd.Verdict.DUPLICATE).sum()))
         note_pids, note_seqs, note_offsets = [], [], []
         start = 0
         for i, (raw, b) in enumerate(zip(frames, batches, strict=True)):
@@ -449,7 +530,7 @@ class RaftWorker(WorkerBase):
                         NoteKind.VERDICTS,
                         producer_ids=b.producer_ids,
                         sequences=b.sequences,
-                        verdicts=np.full(n, 255, np.uint8),
+                        verdicts=np.full(n, dd.Verdict.NOT_PROPOSED, np.uint8),
                         offsets=np.full(n, -1, np.int64),
                     )
                 )
@@ -491,7 +572,7 @@ class RaftWorker(WorkerBase):
         records = []
         for m in messages:
             body = encode_raft(m)
-            if m.channel == MsgChannel.DATA:
+            if m.channel == Channel.DATA:
                 records.append(encode_peer_record(m.dst, PeerRecordKind.MESSAGE, body))
             else:
                 self.links.send(m.dst, body)
@@ -505,7 +586,7 @@ class RaftWorker(WorkerBase):
         size = 0
         for e in entries:
             if e.data:
-                events += int.from_bytes(e.data[6:8], "little")
+                events += frame_event_count(e.data)
                 size += len(e.data)
         self.state.add("events_committed", events)
         self.state.add("batches_committed", len(entries))
@@ -545,3 +626,42 @@ _EMPTY = np.zeros(0, dtype=np.uint64)
 def _monotonic_ms() -> float:
     """The driver's clock."""
     return time.monotonic() * 1000
+
+
+def rebuild_dedup(nl: NodeLog, producers_max: int, progress: Callable[[], None] | None = None) -> dd.DedupTable:
+    """The dedup table of a log, a function of the log and its saved snapshot: the snapshot's table, then the
+    entries after it replayed (at most what was written since the last snapshot). A log without a snapshot
+    (written by an older release) replays the last `horizon` entries, as releases before snapshots did.
+    `progress` is called between reads (the worker's heartbeat: a long replay is not a stall)."""
+    snap: sn.Snapshot | None = nl.snapshot
+    last = nl.last_index()
+    if snap is not None:
+        table = dd.DedupTable.from_state(snap.table, producers_max, snap.horizon_entries, snap.spans_max)
+        lo = snap.index + 1
+    else:
+        table = dd.DedupTable(producers_max=producers_max)
+        lo = max(nl.first_index(), last - table.horizon_entries + 1, 1)
+    commit = nl.hard_state().commit
+    while lo <= last:
+        if progress is not None:
+            progress()
+        entries = nl.entries(lo, last + 1, DEDUP_REBUILD_READ_BYTES)
+        for e in entries:
+            if e.data:
+                b = decode_batch(e.data)
+                table.record(e.index, b.producer_ids, b.sequences, commit)
+            else:
+                table.record(e.index, _EMPTY, _EMPTY, commit)
+        lo = entries[-1].index + 1
+    table.committed(commit)
+    return table
+
+
+def _decode_saved_snapshot(saved: SavedSnapshot) -> sn.Snapshot:
+    """The saved record decoded and matched with its storage head (a mismatch is corruption)."""
+    snap = sn.decode_snapshot(saved.data)
+    if (snap.index, snap.term) != (saved.index, saved.term):
+        raise sn.SnapshotFormatError(
+            f"the record says index/term {snap.index}/{snap.term}, its storage head {saved.index}/{saved.term}"
+        )
+    return snap

@@ -14,8 +14,9 @@ from typing import Final
 
 from shmraft.ipc.state import Worker
 from shmraft.net.links import PeerLinks, PeerSecurity
+from shmraft.node.layout import Ring
 from shmraft.node.records import PeerRecordKind, decode_peer_record, encode_peer_record
-from shmraft.wire.peer import Channel
+from shmraft.raft.messages import Channel
 from shmraft.workers.base import Inbox, WorkerBase, selector_loop_once
 
 LOOP_WAIT_MS: Final = 50
@@ -30,7 +31,7 @@ class SenderWorker(WorkerBase):
         super().__init__(config)
         c = config
         self.sel = selectors.DefaultSelector()
-        self.to_raft = self.layout.writer("r4")
+        self.to_raft = self.layout.writer(Ring.R4)
         self.pending: list[bytes] = []
         self.links = PeerLinks(
             self.sel,
@@ -47,7 +48,7 @@ class SenderWorker(WorkerBase):
             inbound_max=c.peer_inbound_connections_max,
             handshake_timeout_ms=c.peer_handshake_timeout_ms,
         )
-        self.outbox = Inbox(self.layout.reader("r3"), "r3")
+        self.outbox = Inbox(self.layout.reader(Ring.R3), Ring.R3)
         self.sel.register(self.outbox, selectors.EVENT_READ, lambda _m: None)
 
     def _on_message(self, peer_id: int, body: memoryview) -> None:

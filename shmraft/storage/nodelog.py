@@ -5,12 +5,19 @@ quarantine of a corrupt database and the "recovering" mode (docs/DESIGN.md, "Sto
 
 1. refuses obviously broken directories (RocksDB files but no CURRENT: RocksDB would silently create a new,
    empty database over them);
-2. opens RocksDB with paranoid checks (MANIFEST, CURRENT and WAL damage fail the open) and runs a full
-   `verify()`: every entry's CRC32 and RocksDB block checksum, index continuity, terms, byte totals;
+2. opens RocksDB with paranoid checks (MANIFEST, CURRENT and WAL damage fail the open) and checks what
+   was written since the last verified point (`VerifiedMarkFile`): the entries after the mark and every SST
+   file the mark does not list, with `verify()` (every entry's CRC32 and RocksDB block checksum, index
+   continuity, terms, byte totals), after checking that the mark's entry is still there, unchanged. No
+   usable mark (none, damaged, beyond the log, pointing at a different entry) means a full scan, as does
+   `full_scan=True` (corruption found while running). The rest relies on the checks on read. A new mark
+   is written after the check and, by `NodeLog.persist_mark_if_due`, as the log grows;
 3. compares the log's end with `LastIndexHint` (a truncated WAL loses synced entries without a RocksDB
    error) and reconciles RocksDB's term/vote with the `HardStateFile` copy (the file is written first,
    so it may be one write ahead; never behind);
-4. on corruption renames the log directory to ``log.corrupt-<time>`` (kept for the operator), creates an
+4. reads the saved snapshot (docs/DESIGN.md "Snapshots"): its length and CRC32, then the caller's
+   `decode_snapshot`; a damaged or undecodable snapshot is corruption like a damaged entry;
+5. on corruption renames the log directory to ``log.corrupt-<time>`` (kept for the operator), creates an
    empty log and, from the preserved term, enters recovering mode at recovery term = saved term + 1.
 
 Outcomes: a `NodeLog`; `StorageIOError` (disk full or another I/O error: retry later, nothing is
@@ -25,24 +32,34 @@ import logging
 import os
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Final
+from typing import Any, Final
 
-from shmraft.raft.sidecar import HardStateFile, LastIndexHint, SavedHardState, SidecarError
-from shmraft.raft.storage import (
+from shmraft.raft.types import Entry, HardState
+from shmraft.storage.rocks import (
     CorruptLogError,
     RocksLogStorage,
+    SavedSnapshot,
     StorageError,
     StorageIOError,
     StorageLockedError,
 )
-from shmraft.raft.types import Entry, HardState
+from shmraft.storage.sidecar import (
+    HardStateFile,
+    LastIndexHint,
+    SavedHardState,
+    SidecarError,
+    VerifiedMark,
+    VerifiedMarkFile,
+)
 
 LOG_DIR_NAME: Final = "log"
 QUARANTINE_INFIX: Final = ".corrupt-"
 RECOVER_COMMAND: Final = "shmraft-supervisor recover-node"
+VERIFIED_MARK_INTERVAL_S: Final = 5.0  # the verified mark is advanced at most this often while running
 
-log = logging.getLogger("shmraft.raft.nodelog")
+log = logging.getLogger("shmraft.storage.nodelog")
 
 
 class HardStateLostError(StorageError):
@@ -64,6 +81,17 @@ def is_disk_full(exc: BaseException) -> bool:
     return cause is not None and is_disk_full(cause)
 
 
+@dataclass(slots=True)
+class OpenCheck:
+    """What the start-up check did: for the log line, the tests and benchmarks/restart_bench.py."""
+
+    entries_verified: int = 0  # entries scanned (the check's cost; the whole log on a full scan)
+    full_scan: bool = True
+    reason: str = ""  # why the scan was full ("" when it resumed from the mark)
+    files_checked: int = 0  # SST files written since the mark, scanned whole
+    seconds: float = 0.0
+
+
 class NodeLog:
     """`LogStorage` over RocksDB that also keeps the sidecar files: the term/vote copy is written (fsync,
     atomic) before RocksDB whenever term or vote change, the last-index hint after every write.
@@ -76,8 +104,13 @@ class NodeLog:
         self.saved = saved
         self._hs_file = HardStateFile(self.node_dir)
         self._hint = LastIndexHint(self.node_dir)
+        self._mark_file = VerifiedMarkFile(self.node_dir)
+        self._mark: VerifiedMark | None = None  # the last mark written or found valid
+        self._mark_due = time.monotonic() + VERIFIED_MARK_INTERVAL_S
+        self.open_check = OpenCheck()  # set by open_node_log
         self.quarantined: Path | None = None  # set by open_node_log when it quarantined a corrupt log
         self.corruption = ""  # what was found corrupt, for the status and the log
+        self.snapshot: Any = None  # the saved snapshot as `decode_snapshot` returned it (None: none saved)
 
     # --- recovering mode ---------------------------------------------------------------------------------
     @property
@@ -124,6 +157,49 @@ class NodeLog:
     def compact(self, up_to_index: int) -> None:
         self.rocks.compact(up_to_index)
 
+    # --- the saved snapshot ------------------------------------------------------------------------------
+    def save_snapshot(self, snapshot: SavedSnapshot) -> None:
+        """Persist the snapshot (and the compaction it allows) in one write batch: rocks.save_snapshot."""
+        self.rocks.save_snapshot(snapshot)
+
+    def saved_snapshot_index(self) -> int | None:
+        return self.rocks.saved_snapshot_index()
+
+    def compaction_wanted(self) -> bool:
+        """The retention bounds wait for a newer snapshot."""
+        return self.rocks.compaction_wanted()
+
+    # --- the verified mark -----------------------------------------------------------------------------------
+    def persist_mark_if_due(self) -> None:
+        """Advance the verified mark if VERIFIED_MARK_INTERVAL_S has passed (one clock read otherwise): the
+        raft worker calls this once per loop, so the next start checks only what was written since."""
+        now = time.monotonic()
+        if now >= self._mark_due:
+            self._mark_due = now + VERIFIED_MARK_INTERVAL_S
+            self.persist_mark()
+
+    def persist_mark(self, files: frozenset[tuple[int, int]] | None = None) -> VerifiedMark | None:
+        """Record that entries up to min(commit, last) and the SST files live now (or `files`) are known
+        good: the entries were checked at open or written, synced and committed by this node since (so never
+        rewritten), the files are immutable. A failure to write is logged, not raised (the mark only saves
+        time; an older one stays true). Returns the mark written, None if there was nothing to mark."""
+        rocks = self.rocks
+        index = min(rocks.hard_state().commit, rocks.last_index())
+        if index <= rocks.snapshot_index():
+            return None
+        if files is None:
+            files = frozenset((f.number, f.size_bytes) for f in rocks.table_files())
+        mark = VerifiedMark(index, *rocks.entry_fingerprint(index), files)
+        if mark == self._mark:
+            return mark
+        try:
+            self._mark_file.write(mark)
+        except OSError as exc:
+            log.warning("cannot write %s (the next start checks more of the log): %s", self._mark_file.path, exc)
+            return None
+        self._mark = mark
+        return mark
+
     def close(self) -> None:
         """Close RocksDB and the hint file; errors of a failed device are swallowed (nothing to save)."""
         self._hint.close()
@@ -160,17 +236,32 @@ def open_node_log(
     retain_entries_max: int | None = None,
     retain_bytes_max: int | None = None,
     verify: bool = True,
+    full_scan: bool = False,
     progress: Callable[[], None] | None = None,
+    decode_snapshot: Callable[[SavedSnapshot], Any] | None = None,
 ) -> NodeLog:
     """Open, check and if need be quarantine a node's log (see the module docstring for the outcomes).
-    `verify=False` skips the full scan (a reopen after ENOSPC of a log this process verified already);
-    `progress` is called now and then during the scan (the worker's heartbeat)."""
+    `verify=False` skips the scan (a reopen after ENOSPC of a log this process verified already);
+    `full_scan=True` ignores the verified mark (corruption was found while running: check everything);
+    `progress` is called now and then during the scan (the worker's heartbeat); `decode_snapshot` turns the
+    saved snapshot into `NodeLog.snapshot` (a ValueError from it is corruption). Retention never deletes
+    past the saved snapshot (RocksLogStorage's ``retain_below_snapshot``)."""
     node_dir = Path(node_dir)
     log_dir = node_log_dir(node_dir)
-    kwargs = {"fsync": fsync, "retain_entries_max": retain_entries_max, "retain_bytes_max": retain_bytes_max}
+    kwargs = {
+        "fsync": fsync,
+        "retain_entries_max": retain_entries_max,
+        "retain_bytes_max": retain_bytes_max,
+        "retain_below_snapshot": True,
+    }
     hs_file = HardStateFile(node_dir)
     try:
-        rocks = _open_checked(node_dir, log_dir, kwargs, verify, progress)
+        rocks, check, files = _open_checked(node_dir, log_dir, kwargs, verify, full_scan, progress)
+        try:
+            snapshot = _read_snapshot(rocks, decode_snapshot)
+        except BaseException:
+            rocks.close()
+            raise
     except CorruptLogError as exc:
         return _quarantine_and_recover(node_dir, log_dir, hs_file, kwargs, str(exc))
     try:
@@ -178,13 +269,28 @@ def open_node_log(
     except BaseException:
         rocks.close()
         raise
-    return NodeLog(node_dir, rocks, saved)
+    nl = NodeLog(node_dir, rocks, saved)
+    nl.open_check = check
+    nl.snapshot = snapshot
+    if files is not None:
+        try:
+            nl.persist_mark(files)
+        except StorageError as exc:  # the log was just checked; a read failing now is for the worker to meet
+            log.warning("no verified mark written: %s", exc)
+    return nl
 
 
 def _open_checked(
-    node_dir: Path, log_dir: Path, kwargs: dict, verify: bool, progress: Callable[[], None] | None = None
-) -> RocksLogStorage:
-    """RocksDB opened and fully verified; CorruptLogError naming what failed; StorageIOError to retry."""
+    node_dir: Path,
+    log_dir: Path,
+    kwargs: dict,
+    verify: bool,
+    full_scan: bool,
+    progress: Callable[[], None] | None = None,
+) -> tuple[RocksLogStorage, OpenCheck, frozenset[tuple[int, int]] | None]:
+    """RocksDB opened and checked (see `_check_since_mark`): the storage, what the check did and the SST
+    files known good now (None when not verified); CorruptLogError naming what failed; StorageIOError to
+    retry."""
     if log_dir.is_dir() and not (log_dir / "CURRENT").exists():
         names = os.listdir(log_dir)
         if any(n.startswith("MANIFEST-") or n.endswith((".sst", ".log")) and n != "LOG" for n in names):
@@ -197,7 +303,9 @@ def _open_checked(
         raise CorruptLogError(None, str(exc)) from exc
     try:
         t0 = time.monotonic()
-        checked = rocks.verify(progress) if verify else -1
+        check, files = OpenCheck(0, False, "not verified"), None
+        if verify:
+            check, files = _check_since_mark(VerifiedMarkFile(node_dir), rocks, full_scan, progress)
         hint = LastIndexHint(node_dir)
         try:
             recorded = hint.read()
@@ -210,13 +318,16 @@ def _open_checked(
                 f"the log ends at {rocks.last_index()} but index "
                 f"{recorded} had been durably written (truncated WAL or lost files)",
             )
+        check.seconds = time.monotonic() - t0
         log.info(
-            "log at %s verified: %d entries [%d..%d] in %.2f s",
+            "log at %s checked: %d entries of [%d..%d] (%s; %d SST files written since the mark) in %.2f s",
             log_dir,
-            checked,
+            check.entries_verified,
             rocks.first_index(),
             rocks.last_index(),
-            time.monotonic() - t0,
+            f"full scan: {check.reason}" if check.full_scan else "since the verified mark",
+            check.files_checked,
+            check.seconds,
         )
     except StorageIOError as exc:
         rocks.close()
@@ -226,7 +337,76 @@ def _open_checked(
     except BaseException:
         rocks.close()
         raise
-    return rocks
+    return rocks, check, files
+
+
+def _read_snapshot(rocks: RocksLogStorage, decode: Callable[[SavedSnapshot], Any] | None) -> Any:
+    """The saved snapshot, decoded; CorruptLogError if it is damaged or does not decode; None if none."""
+    try:
+        saved = rocks.load_snapshot()
+        return None if saved is None or decode is None else decode(saved)
+    except ValueError as exc:
+        raise CorruptLogError(None, f"the saved snapshot: {exc}") from exc
+    except StorageIOError as exc:
+        if exc.disk_full:
+            raise
+        raise CorruptLogError(None, f"reading the saved snapshot failed: {exc}") from exc
+
+
+def _check_since_mark(
+    mark_file: VerifiedMarkFile, rocks: RocksLogStorage, full_scan: bool, progress: Callable[[], None] | None
+) -> tuple[OpenCheck, frozenset[tuple[int, int]]]:
+    """Scan the entries after the verified mark and every SST file it does not list (the whole log without
+    a usable mark); returns what was done and the SST files known good afterwards (those live both before
+    and after the scan: every one of them was listed by the mark or scanned). CorruptLogError on damage."""
+    before = rocks.table_files()
+    mark, reason = (None, "requested") if full_scan else _usable_mark(mark_file, rocks)
+    if mark is None:
+        check = OpenCheck(rocks.verify(progress), True, reason)
+    else:
+        first, last = rocks.first_index(), rocks.last_index()
+        new = [f for f in before if (f.number, f.size_bytes) not in mark.files]
+        ranges = [(mark.index + 1, last)]
+        ranges += [(max(f.first_index, first), min(f.last_index, mark.index)) for f in new]
+        check = OpenCheck(0, False, "", len(new))
+        for lo, hi in _merged(ranges):
+            check.entries_verified += rocks.verify(progress, lo, hi)
+    after = {(f.number, f.size_bytes) for f in rocks.table_files()}
+    return check, frozenset((f.number, f.size_bytes) for f in before) & after
+
+
+def _usable_mark(mark_file: VerifiedMarkFile, rocks: RocksLogStorage) -> tuple[VerifiedMark | None, str]:
+    """The verified mark if it still describes this log, else None and why the whole log must be scanned.
+    A damaged entry at the mark is corruption (CorruptLogError), not a reason to scan."""
+    try:
+        mark = mark_file.read()
+    except SidecarError as exc:
+        log.warning("ignoring the verified mark: %s", exc)
+        return None, f"unreadable mark ({exc})"
+    if mark is None:
+        return None, "no verified mark"
+    if mark.index > rocks.last_index():
+        return None, f"the mark ({mark.index}) is beyond the log's end ({rocks.last_index()})"
+    if mark.index <= rocks.snapshot_index():
+        return None, f"the mark ({mark.index}) is below the log's start ({rocks.first_index()})"
+    held = rocks.entry_fingerprint(mark.index)
+    if held != (mark.term, mark.cum_bytes, mark.entry_crc):
+        return None, (
+            f"entry {mark.index} is not the marked one (term/cum_bytes/crc {held[0]}/{held[1]}/{held[2]:#010x}, "
+            f"marked {mark.term}/{mark.cum_bytes}/{mark.entry_crc:#010x})"
+        )
+    return mark, ""
+
+
+def _merged(ranges: list[tuple[int, int]]) -> list[tuple[int, int]]:
+    """Inclusive index ranges sorted and merged (empty ones dropped)."""
+    out: list[tuple[int, int]] = []
+    for lo, hi in sorted(r for r in ranges if r[0] <= r[1]):
+        if out and lo <= out[-1][1] + 1:
+            out[-1] = (out[-1][0], max(out[-1][1], hi))
+        else:
+            out.append((lo, hi))
+    return out
 
 
 def _reconcile(hs_file: HardStateFile, rocks: RocksLogStorage) -> SavedHardState:
@@ -275,6 +455,7 @@ def _quarantine_and_recover(node_dir: Path, log_dir: Path, hs_file: HardStateFil
         "CORRUPT LOG: %s; moved to %s (kept for the operator); starting empty in recovering mode", what, quarantined
     )
     LastIndexHint(node_dir).remove()
+    VerifiedMarkFile(node_dir).remove()
     term = saved.term + 1
     recovering = SavedHardState(term, 0, True, term)
     _write_saved(hs_file, recovering)
@@ -312,6 +493,7 @@ def reset_for_recovery(node_dir: Path, min_term: int) -> Path | None:
     log_dir = node_log_dir(node_dir)
     moved = quarantine(log_dir) if log_dir.exists() else None
     LastIndexHint(node_dir).remove()
+    VerifiedMarkFile(node_dir).remove()
     _write_saved(HardStateFile(node_dir), SavedHardState(min_term, 0, True, min_term))
     return moved
 

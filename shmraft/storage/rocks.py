@@ -14,8 +14,11 @@ Layout (one RocksDB database per node, in a directory created with mode 0700):
   verify_checksums, `Options` paranoid_checks); a RocksDB "Corruption" status is mapped to
   `CorruptLogError`.
 * column family ``meta`` holds three small checksummed records: ``format`` (layout version), ``hard``
-  (term, vote, commit) and ``snap`` (snapshot index, snapshot term, cum_bytes at the snapshot index).
-  ``first_index == snapshot_index + 1`` always.
+  (term, vote, commit) and ``snap`` (the compaction point: index, term and cum_bytes of the last deleted
+  entry; `snapshot_index()`). ``first_index == snapshot_index + 1`` always. It may also hold the node's
+  saved snapshot (`save_snapshot`): ``snaphead`` (its index C, term, byte length and CRC32 of its data,
+  checksummed like the others) and ``snapdata`` (the opaque record, node/snapshot.py), written together.
+  ``snapshot_index() <= C <= commit`` always: the log holds every entry after the saved snapshot.
 
 Atomicity and crashes. Every mutation is one RocksDB WriteBatch: an append writes its entries, the range
 delete of a conflicting suffix and the hard state together; a compaction writes the range delete of the
@@ -42,10 +45,13 @@ data (``None`` = no bound), but only *committed* entries are ever deleted, so un
 the bounds. When a bound is exceeded after an append/commit advance, the oldest committed entries are
 deleted with one range delete down to 15/16 of the bound (hysteresis: not a range delete per append); this
 write is not synced by itself (losing it only means the entries come back). `compact(up_to_index)` does the
-same explicitly and requires ``up_to_index <= hard_state().commit``. The term of the last deleted entry is
-kept as ``snapshot_term()``, so log matching works at the boundary. Reading below `first_index()` raises
-`LogCompactedError(requested, first_index)`: the caller fetches from a newer offset, or a follower that
-needs the deleted entries must be re-seeded.
+same explicitly and requires ``up_to_index <= hard_state().commit``. With ``retain_below_snapshot=True`` (a
+node's log: storage/nodelog.py) nothing past the saved snapshot's index is ever deleted, so the state below
+the log start is never lost; the bounds then wait for the next snapshot (`compaction_wanted()` says so), and
+`save_snapshot` performs the compaction they ask for in the same write batch as the snapshot. The term of
+the last deleted entry is kept as ``snapshot_term()``, so log matching works at the boundary. Reading
+below `first_index()` raises `LogCompactedError(requested, first_index)`: the caller fetches from a newer
+offset, or a follower that needs the deleted entries must be re-seeded.
 
 Safety assertions (typed errors, never silent): appends must be contiguous (no hole), may not rewrite
 compacted entries or replace a committed entry with a different term; entry terms never decrease along the
@@ -72,13 +78,12 @@ from typing import Final, NoReturn, Self
 
 import rocksdict
 
-from shmraft.constants import BATCH_PAYLOAD_MAX_BYTES, FRAME_FOOTER_BYTES, FRAME_HEADER_BYTES
+from shmraft.constants import APPEND_ENTRIES_MAX, BATCH_PAYLOAD_MAX_BYTES, FRAME_FOOTER_BYTES, FRAME_HEADER_BYTES
 from shmraft.raft.types import Entry, HardState
 
 # --- limits and defaults (units in the names) --------------------------------------------------------
 FORMAT_VERSION: Final = 1
 ENTRY_DATA_MAX_BYTES: Final = BATCH_PAYLOAD_MAX_BYTES + FRAME_HEADER_BYTES + FRAME_FOOTER_BYTES
-APPEND_ENTRIES_MAX: Final = 4096  # entries in one append (one WriteBatch)
 APPEND_BYTES_MAX: Final = 64 * 1024 * 1024  # entry data in one append; bounds the batch's memory
 RETAIN_ENTRIES_MAX_DEFAULT: Final = 1_000_000
 RETAIN_BYTES_MAX_DEFAULT: Final = 4 * 1024 * 1024 * 1024
@@ -96,12 +101,15 @@ _META_CF: Final = "meta"
 _KEY_FORMAT: Final = b"format"
 _KEY_HARD: Final = b"hard"
 _KEY_SNAP: Final = b"snap"
+_KEY_SNAPHEAD: Final = b"snaphead"
+_KEY_SNAPDATA: Final = b"snapdata"
 
 _ENTRY_HEAD = struct.Struct(">QQ")  # term, cum_bytes
 _CRC = struct.Struct(">I")
 _ENTRY_HEADER_BYTES: Final = _ENTRY_HEAD.size + _CRC.size  # 20
 _U64x3 = struct.Struct(">QQQ")
 _U32 = struct.Struct(">I")
+_SNAPHEAD = struct.Struct(">QQQI")  # index, term, data length, data CRC32
 
 
 # --- errors ------------------------------------------------------------------------------------------
@@ -177,6 +185,27 @@ class StorageStats:
     compactions: int = 0
     entries_compacted: int = 0
     write_seconds: float = 0.0  # wall time spent in RocksDB writes (includes fsync)
+    entries_verified: int = 0  # entries checked by verify() (at open: the start-up check's work)
+
+
+@dataclass(frozen=True, slots=True)
+class SavedSnapshot:
+    """The node's saved snapshot: its index C, the term of entry C and the opaque record (node/snapshot.py)."""
+
+    index: int
+    term: int
+    data: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class TableFile:
+    """One live SST file of the entries column family: RocksDB's file number and size, and the index range
+    of the keys it holds (some may be range-deleted)."""
+
+    number: int
+    size_bytes: int
+    first_index: int
+    last_index: int
 
 
 # --- encoding helpers ------------------------------------------------------------------------------
@@ -217,6 +246,10 @@ def _decode_meta(name: bytes, value: bytes, size: int) -> bytes:
     return payload
 
 
+DISK_FULL_SIGNS: Final = ("No space left on device", "os error 28", "Disk quota exceeded", "os error 122")
+OS_ERROR_SIGN: Final = "(os error "
+
+
 def _map_rocks_error(exc: Exception, index: int | None = None) -> StorageError:
     """Map rocksdict's bare exceptions (RocksDB status strings) to typed errors."""
     if isinstance(exc, StorageError):
@@ -228,8 +261,10 @@ def _map_rocks_error(exc: Exception, index: int | None = None) -> StorageError:
         return CorruptLogError(index, f"RocksDB: {msg}")
     if "lock" in msg.lower() and msg.startswith("IO error"):
         return StorageLockedError(f"the log database is in use by another process or instance: {msg}")
-    if msg.startswith("IO error"):
-        return StorageIOError(f"RocksDB: {msg}", disk_full="No space left on device" in msg)
+    disk_full = any(sign in msg for sign in DISK_FULL_SIGNS)
+    if msg.startswith("IO error") or disk_full or OS_ERROR_SIGN in msg:
+        # "(os error N)" is rocksdict's own file I/O (Rust std::io): a device failure too, never corruption
+        return StorageIOError(f"RocksDB: {msg}", disk_full=disk_full)
     return StorageError(f"RocksDB: {msg}")
 
 
@@ -273,6 +308,7 @@ class _LogView:
 
     path: str
     _closed: bool = True
+    _saved: tuple[int, int, int, int] | None = None  # the saved snapshot's head: index, term, length, CRC32
 
     def _open_db(self, access_type: rocksdict.AccessType | None = None) -> None:
         """Open the database and the meta column family; set `_closed` False once the handle exists."""
@@ -300,6 +336,7 @@ class _LogView:
             if hard is not None or snap is not None or self._seek_last() is not None:
                 raise CorruptLogError(None, "log data present but the format record is missing")
             self._hs = HardState()
+            self._saved = None
             self._snap_index = self._snap_term = self._snap_cum = 0
             self._last_index = self._last_term = self._last_cum = 0
             return False
@@ -311,6 +348,7 @@ class _LogView:
         term, vote, commit = _U64x3.unpack(_decode_meta(_KEY_HARD, hard, _U64x3.size))
         self._hs = HardState(term=term, vote=vote, commit=commit)
         self._snap_index, self._snap_term, self._snap_cum = _U64x3.unpack(_decode_meta(_KEY_SNAP, snap, _U64x3.size))
+        self._load_snapshot_head()
         last = self._seek_last()
         if last is None:
             self._last_index, self._last_term, self._last_cum = self._snap_index, self._snap_term, self._snap_cum
@@ -329,7 +367,37 @@ class _LogView:
             raise CorruptLogError(self._last_index, f"last term {self._last_term} > hard-state term {term}")
         if self._hs.commit > self._last_index:
             raise CorruptLogError(None, f"commit {self._hs.commit} beyond last index {self._last_index}")
+        if self._saved is not None:
+            c, c_term = self._saved[0], self._saved[1]
+            if not self._snap_index <= c <= self._hs.commit:
+                where = f"[log start - 1, commit] = [{self._snap_index}, {self._hs.commit}]"
+                raise CorruptLogError(None, f"saved snapshot at {c} outside {where}")
+            if self.term_at(c) != c_term:
+                raise CorruptLogError(c, f"saved snapshot term {c_term} differs from the log's {self.term_at(c)}")
         return True
+
+    def _load_snapshot_head(self) -> None:
+        with _rocks():
+            head = self._meta.get(_KEY_SNAPHEAD, read_opt=self._ro)
+        self._saved = None if head is None else _SNAPHEAD.unpack(_decode_meta(_KEY_SNAPHEAD, head, _SNAPHEAD.size))
+
+    def saved_snapshot_index(self) -> int | None:
+        """The index C of the saved snapshot (None if none was ever saved: a log of an older release)."""
+        return None if self._saved is None else self._saved[0]
+
+    def load_snapshot(self) -> SavedSnapshot | None:
+        """The saved snapshot, its length and CRC32 checked against its head (CorruptLogError if not)."""
+        self._check_open()
+        if self._saved is None:
+            return None
+        index, term, size, crc = self._saved
+        with _rocks():
+            data = self._meta.get(_KEY_SNAPDATA, read_opt=self._ro)
+        if data is None:
+            raise CorruptLogError(None, f"the saved snapshot at {index} has a head but no data")
+        if len(data) != size or zlib.crc32(data) != crc:
+            raise CorruptLogError(None, f"the saved snapshot at {index} fails its length/checksum check")
+        return SavedSnapshot(index, term, data)
 
     def _seek_last(self) -> tuple[int, bytes, bytes] | None:
         with _rocks():
@@ -414,17 +482,27 @@ class _LogView:
             self._diagnose_missing(expect, "iteration stopped before the last index")
         return out
 
-    def verify(self, progress: Callable[[], None] | None = None) -> int:
-        """Full scan: checksums, contiguity, non-decreasing terms, cum_bytes. Returns entries checked.
-        O(log size): at start-up and for fsck-style tools, not for the hot path. `progress` is called every
-        VERIFY_PROGRESS_ENTRIES entries (a worker's heartbeat, so a long scan is not taken for a stall)."""
+    def verify(self, progress: Callable[[], None] | None = None, lo: int | None = None, hi: int | None = None) -> int:
+        """Scan entries [lo, hi] (default: the whole log): checksums (RocksDB's block checksums and each
+        entry's CRC32), contiguity, non-decreasing terms, cum_bytes continuing from entry lo - 1. Returns
+        the entries checked. O(range): at start-up and for fsck-style tools, not for the hot path.
+        `progress` is called every VERIFY_PROGRESS_ENTRIES entries (a worker's heartbeat, so a long scan is
+        not taken for a stall)."""
         self._check_open()
-        index = self._snap_index + 1
-        prev_term, cum = self._snap_term, self._snap_cum
+        first = self._snap_index + 1
+        lo = first if lo is None else lo
+        hi = self._last_index if hi is None else hi
+        if lo < first or hi > self._last_index:
+            raise ValueError(f"verify [{lo}, {hi}] outside the log [{first}, {self._last_index}]")
+        if lo > hi:
+            return 0
+        prev_term, cum = (self._snap_term, self._snap_cum) if lo == first else self._term_cum(lo - 1)
+        index = lo
         ro = rocksdict.ReadOptions()
         ro.set_verify_checksums(True)
+        ro.set_iterate_upper_bound(index_key(hi + 1))
         try:
-            for key, value in self._db.items(read_opt=ro):
+            for key, value in self._db.items(from_key=index_key(lo), read_opt=ro):
                 got = int.from_bytes(key, "big")
                 if len(key) != INDEX_BYTES or got != index:
                     self._diagnose_missing(index, f"unexpected key {key!r}")
@@ -440,9 +518,42 @@ class _LogView:
                     progress()
         except Exception as exc:
             raise _map_rocks_error(exc, index) from exc
-        if index - 1 != self._last_index:
-            self._diagnose_missing(index, f"log ends at {index - 1}, expected {self._last_index}")
-        return index - 1 - self._snap_index
+        if index - 1 != hi:
+            self._diagnose_missing(index, f"the scan ends at {index - 1}, expected {hi}")
+        if hi == self._last_index and (prev_term, cum) != (self._last_term, self._last_cum):
+            raise CorruptLogError(hi, f"last entry's term/cum_bytes {prev_term}/{cum} disagree with the index")
+        checked = hi - lo + 1
+        self._stats.entries_verified += checked
+        return checked
+
+    def entry_fingerprint(self, index: int) -> tuple[int, int, int]:
+        """(term, cum_bytes, stored CRC32) of a held entry, checksum verified: what identifies it across
+        restarts (the CRC covers index, term, cum_bytes and data)."""
+        self._check_open()
+        if index <= self._snap_index or index > self._last_index:
+            raise LogOrderError(f"entry {index} is not held ([{self._snap_index + 1}, {self._last_index}])")
+        key = index_key(index)
+        with _rocks(index):
+            value = self._db.get(key, read_opt=self._ro)
+        if value is None:
+            raise CorruptLogError(index, "entry missing inside [first_index, last_index]")
+        term, cum, _ = _decode_entry(index, key, value)
+        return term, cum, _CRC.unpack_from(value, _ENTRY_HEAD.size)[0]
+
+    def table_files(self) -> list[TableFile]:
+        """The live SST files that hold log entries (RocksDB metadata only, no I/O on the files). SST files
+        are immutable, so a file checked once stays checked unless the disk damages it."""
+        self._check_open()
+        with _rocks():
+            files = self._db.live_files()
+        out = []
+        for f in files:
+            start, end = f["start_key"], f["end_key"]
+            if len(start) != INDEX_BYTES or len(end) != INDEX_BYTES:
+                continue  # the meta column family's file (read and checksummed whole at every open)
+            number = int(os.path.basename(f["name"]).split(".")[0])
+            out.append(TableFile(number, f["size"], int.from_bytes(start, "big"), int.from_bytes(end, "big")))
+        return out
 
     def close(self) -> None:
         """Close the database (idempotent). Buffered writes are flushed to the OS by RocksDB."""
@@ -500,6 +611,7 @@ class RocksLogStorage(_LogView):
         fsync: `FsyncPolicy.ALWAYS` (default, safe) or `FsyncPolicy.NEVER` (unsafe, benchmarks).
         retain_entries_max: bound on entries kept (committed ones are deleted beyond it); None = unbounded.
         retain_bytes_max: bound on entry data bytes kept; None = unbounded.
+        retain_below_snapshot: never delete entries past the saved snapshot (none saved: delete nothing).
     """
 
     def __init__(
@@ -509,6 +621,7 @@ class RocksLogStorage(_LogView):
         fsync: FsyncPolicy | str = FsyncPolicy.ALWAYS,
         retain_entries_max: int | None = RETAIN_ENTRIES_MAX_DEFAULT,
         retain_bytes_max: int | None = RETAIN_BYTES_MAX_DEFAULT,
+        retain_below_snapshot: bool = False,
     ) -> None:
         _check_bound("retain_entries_max", retain_entries_max)
         _check_bound("retain_bytes_max", retain_bytes_max)
@@ -516,6 +629,7 @@ class RocksLogStorage(_LogView):
         self.fsync = FsyncPolicy(fsync)
         self.retain_entries_max = retain_entries_max
         self.retain_bytes_max = retain_bytes_max
+        self.retain_below_snapshot = retain_below_snapshot
         self._stats = StorageStats()
         self._closed = True
 
@@ -634,7 +748,41 @@ class RocksLogStorage(_LogView):
             raise LogOrderError(f"compact({up_to_index}) beyond the commit index {self._hs.commit}")
         if up_to_index <= self._snap_index:
             return
+        limit = self._compaction_limit()
+        if up_to_index > limit:
+            raise LogOrderError(f"compact({up_to_index}) beyond the saved snapshot (compaction stops at {limit})")
         self._compact(up_to_index, sync=True)
+
+    def save_snapshot(self, snapshot: SavedSnapshot) -> None:
+        """Persist the node's snapshot at index C (C <= commit; C never goes backwards) with the hard state,
+        and, in the same write batch, the compaction the retention bounds ask for up to C: after a crash at
+        any point the log and the snapshot agree (first_index - 1 <= C). Synced as appends are."""
+        self._check_open()
+        c = snapshot.index
+        if c > self._hs.commit:
+            raise LogOrderError(f"snapshot at {c} beyond the commit index {self._hs.commit}")
+        if self._saved is not None and c < self._saved[0]:
+            raise LogOrderError(f"snapshot at {c} is older than the saved one at {self._saved[0]}")
+        if c < self._snap_index:
+            raise LogOrderError(f"snapshot at {c} is below the log start {self.first_index()}")
+        if self.term_at(c) != snapshot.term:
+            raise LogOrderError(f"snapshot term {snapshot.term} differs from the log's term {self.term_at(c)} at {c}")
+        head = (c, snapshot.term, len(snapshot.data), zlib.crc32(snapshot.data))
+        wb = rocksdict.WriteBatch(raw_mode=True)
+        wb.put(_KEY_SNAPDATA, snapshot.data, self._meta_cf)
+        wb.put(_KEY_SNAPHEAD, _encode_meta(_SNAPHEAD.pack(*head)), self._meta_cf)
+        hs = self._hs  # the commit index covering C goes to disk with it (a commit-only advance is unsynced)
+        wb.put(_KEY_HARD, _encode_meta(_U64x3.pack(hs.term, hs.vote, hs.commit)), self._meta_cf)
+        target = min(self._bounds_target(), c)
+        compaction = self._add_compaction(wb, target) if target > self._snap_index else None
+        self._write(wb, sync=True)
+        self._saved = head
+        if compaction is not None:
+            self._compacted(*compaction)
+
+    def compaction_wanted(self) -> bool:
+        """Whether the retention bounds ask to delete entries past the saved snapshot (a snapshot is due)."""
+        return self.retain_below_snapshot and self._bounds_target() > self._compaction_limit()
 
     def sync(self) -> None:
         """Force everything written so far to stable storage (a barrier, useful with FsyncPolicy.NEVER)."""
@@ -697,9 +845,21 @@ class RocksLogStorage(_LogView):
 
     def _retain(self) -> None:
         """Enforce the retention bounds on committed entries (unsynced write, see module docstring)."""
+        target = min(self._bounds_target(), self._compaction_limit())
+        if target > self._snap_index:
+            self._compact(target, sync=False)
+
+    def _compaction_limit(self) -> int:
+        """The highest index compaction may reach: the commit index, and the saved snapshot's if required."""
+        if not self.retain_below_snapshot:
+            return self._hs.commit
+        return self._snap_index if self._saved is None else min(self._saved[0], self._hs.commit)
+
+    def _bounds_target(self) -> int:
+        """The index up to which the retention bounds ask to delete (<= commit; the compaction point if none)."""
         commit = self._hs.commit
         if commit <= self._snap_index:
-            return
+            return self._snap_index
         target = self._snap_index
         emax = self.retain_entries_max
         if emax is not None and self._last_index - self._snap_index > emax:
@@ -709,9 +869,7 @@ class RocksLogStorage(_LogView):
         if bmax is not None and self._last_cum - self._snap_cum > bmax:
             keep_bytes = bmax - bmax // RETAIN_HYSTERESIS_DIVISOR
             target = max(target, self._index_keeping_bytes(keep_bytes, commit))
-        target = min(target, commit)
-        if target > self._snap_index:
-            self._compact(target, sync=False)
+        return min(target, commit)
 
     def _index_keeping_bytes(self, keep_bytes: int, commit: int) -> int:
         """Smallest k in [snap, commit] with cum(last) - cum(k) <= keep_bytes (binary search on gets)."""
@@ -735,13 +893,21 @@ class RocksLogStorage(_LogView):
         return self._term_cum(index)[1]
 
     def _compact(self, up_to_index: int, *, sync: bool) -> None:
+        wb = rocksdict.WriteBatch(raw_mode=True)
+        compaction = self._add_compaction(wb, up_to_index)
+        self._write(wb, sync=sync)
+        self._compacted(*compaction)
+
+    def _add_compaction(self, wb: rocksdict.WriteBatch, up_to_index: int) -> tuple[int, int, int]:
+        """Put the range delete of entries <= up_to_index and the new compaction point into `wb`."""
         term, cum = (
             (self._last_term, self._last_cum) if up_to_index == self._last_index else self._term_cum(up_to_index)
         )
-        wb = rocksdict.WriteBatch(raw_mode=True)
         wb.delete_range(index_key(self._snap_index + 1), index_key(up_to_index + 1))
         wb.put(_KEY_SNAP, _encode_meta(_U64x3.pack(up_to_index, term, cum)), self._meta_cf)
-        self._write(wb, sync=sync)
+        return up_to_index, term, cum
+
+    def _compacted(self, up_to_index: int, term: int, cum: int) -> None:
         self._stats.compactions += 1
         self._stats.entries_compacted += up_to_index - self._snap_index
         self._snap_index, self._snap_term, self._snap_cum = up_to_index, term, cum
@@ -763,6 +929,7 @@ class RocksLogReader(_LogView):
     def __init__(self, path: str | os.PathLike[str], secondary_dir: str | os.PathLike[str]) -> None:
         self.path = os.fspath(path)
         self.secondary_dir = os.fspath(secondary_dir)
+        self._stats = StorageStats()  # only entries_verified moves here
         if not os.path.isdir(self.path):
             raise StorageError(f"no log at {self.path}")
         _make_private_dir(self.secondary_dir)

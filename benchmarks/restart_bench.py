@@ -1,0 +1,256 @@
+"""Restart time against log size: the raft worker's start-up steps that grow with the log, before and after the
+verified mark (docs/DESIGN.md "Storage faults"), in the same run.
+
+For each log size it builds a node log of that many entries (each one batch frame of 64 events of 100 B,
+encoded as the batcher does, about 7.7 KB), committed, with the verified mark persisted `--tail-entries`
+before the end (what the running worker leaves behind at worst: one VERIFIED_MARK_INTERVAL_S of full load,
+plus whatever memtable is flushed after the mark), then closes it. It then times, `--repeats` times each:
+
+* open:  `open_node_log` (RocksDB open, the start-up check, the hint and hard-state checks), with
+  ``full_scan=True`` ("before": the whole log is scanned, as every start did) and from the mark ("after";
+  the mark file is restored before each run, so each run resumes from the same point);
+* dedup: rebuilding the dedup table as the worker does after the open: "before" replays the last
+  DEDUP_HORIZON_ENTRIES_DEFAULT entries (what every start did before snapshots, and still does for a log
+  without one); "after" loads the saved snapshot (docs/DESIGN.md "Snapshots"), written as the worker writes
+  it, `--snapshot-tail` entries before the end (the worst case: SNAPSHOT_INTERVAL_ENTRIES), and replays only
+  the entries after it. A node serves once both are done.
+
+It also measures the snapshot itself for a table of `--snapshot-producers` producers (3 runs of offsets
+each): building it in the raft loop (the frozen view, the longest single step, the whole), encoding,
+saving (one synced RocksDB write), and at start loading, decoding and installing it.
+
+The page cache is warm (the log was just written; a restarted process finds it so); `--drop-caches` (root)
+drops it before each open for the cold figures after a reboot.
+
+    python benchmarks/restart_bench.py --quick            # 10 K and 100 K entries (about 1 GB of disk)
+    python benchmarks/restart_bench.py                    # 10 K, 555 K (the 4 GiB retention) and 1 M entries
+
+Prints a table, then one JSON line with the figures and the machine (CPUs, Python, rocksdict).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import shutil
+import statistics
+import sys
+import tempfile
+import time
+from importlib.metadata import version
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from shmraft.node.dedup import DedupTable  # noqa: E402
+from shmraft.node.snapshot import Snapshot, decode_snapshot, encode_snapshot, snapshot_of  # noqa: E402
+from shmraft.raft.types import Entry, HardState  # noqa: E402
+from shmraft.storage.nodelog import VERIFIED_MARK_INTERVAL_S, open_node_log  # noqa: E402
+from shmraft.storage.rocks import SavedSnapshot  # noqa: E402
+from shmraft.storage.sidecar import VERIFIED_MARK_FILE  # noqa: E402
+from shmraft.wire.frame import decode_batch, encode_batch  # noqa: E402
+from shmraft.workers.raft import SNAPSHOT_INTERVAL_ENTRIES, _decode_saved_snapshot, rebuild_dedup  # noqa: E402
+
+EVENTS_PER_ENTRY = 64
+EVENT_BYTES = 100
+PRODUCERS = 16
+ENTRIES_PER_APPEND = 4096
+FULL_LOAD_BYTES_PER_S = 35_000_000  # the measured cluster rate of 100-byte events (issue 12)
+SIZES_FULL = (10_000, 555_000, 1_000_000)  # 555 K entries of 7.7 KB: the 4 GiB default retention
+SIZES_QUICK = (10_000, 100_000)
+TERM = 1
+
+
+def _frame(index: int) -> bytes:
+    events = [index.to_bytes(8, "big") * (EVENT_BYTES // 8) + bytes(EVENT_BYTES % 8)] * EVENTS_PER_ENTRY
+    pid = 1 + index % PRODUCERS
+    first_seq = (index // PRODUCERS) * EVENTS_PER_ENTRY
+    return encode_batch(
+        events,
+        batch_id=index,
+        term=TERM,
+        producer_ids=np.full(EVENTS_PER_ENTRY, pid, dtype=np.uint64),
+        sequences=np.arange(first_seq, first_seq + EVENTS_PER_ENTRY, dtype=np.uint64),
+    )
+
+
+def build(node_dir: Path, entries: int, tail: int, snapshot_tail: int) -> int:
+    """A committed log of `entries` frames with the verified mark `tail` entries and the saved snapshot
+    `snapshot_tail` entries before the end; returns its data bytes."""
+    nl = open_node_log(node_dir, fsync="never", retain_entries_max=None, retain_bytes_max=None)
+    nbytes = 0
+    snap_at = max(1, entries - snapshot_tail)
+    table = DedupTable()
+    try:
+        nl.set_hard_state(HardState(TERM, 1, 0))
+        mark_at = entries - tail
+        index = 1
+        while index <= entries:
+            hi = min(entries, index + ENTRIES_PER_APPEND - 1)
+            for cut in (mark_at, snap_at):
+                if index <= cut < hi:
+                    hi = cut
+            batch = [Entry(i, TERM, _frame(i)) for i in range(index, hi + 1)]
+            nbytes += sum(len(e.data) for e in batch)
+            nl.append(batch, HardState(TERM, 1, hi))
+            for e in batch:  # the table as the worker holds it (only the horizon before the snapshot counts)
+                if e.index > snap_at - table.horizon_entries:
+                    b = decode_batch(e.data)
+                    table.record(e.index, b.producer_ids, b.sequences, e.index)
+            if hi == mark_at:
+                nl.persist_mark()
+            if hi == snap_at:
+                nl.save_snapshot(SavedSnapshot(hi, TERM, encode_snapshot(snapshot_of(table, TERM))))
+            index = hi + 1
+        nl.rocks.sync()
+    finally:
+        nl.close()
+    return nbytes
+
+
+def snapshot_cost(producers: int, node_dir: Path) -> dict:
+    """Seconds to build, encode, save, load, decode and install the snapshot of a table of `producers`."""
+    table = DedupTable()
+    per_entry = EVENTS_PER_ENTRY
+    index = 0
+    for _round in range(3):
+        for base in range(0, producers, per_entry):
+            index += 1
+            pids = np.arange(base + 1, min(base + per_entry, producers) + 1, dtype=np.uint64)
+            table.record(index, pids, np.full(pids.size, _round, dtype=np.uint64), index)
+    out: dict = {"producers": producers}
+    t0 = time.perf_counter()
+    export = table.committed_view()
+    out["view_s"] = time.perf_counter() - t0
+    longest = 0.0
+    done = False
+    while not done:
+        t = time.perf_counter()
+        done = export.step()
+        longest = max(longest, time.perf_counter() - t)
+    t = time.perf_counter()
+    state = export.result()
+    longest = max(longest, time.perf_counter() - t)
+    out["build_s"] = time.perf_counter() - t0
+    out["longest_step_s"] = max(longest, out["view_s"])
+    t = time.perf_counter()
+    data = encode_snapshot(Snapshot(state.index, TERM, state, table.producers_max, table.horizon_entries, 64))
+    out["encode_s"] = time.perf_counter() - t
+    out["bytes"] = len(data)
+    nl = open_node_log(node_dir, retain_entries_max=None, retain_bytes_max=None)
+    try:
+        for lo in range(1, index + 1, ENTRIES_PER_APPEND):
+            hi = min(index, lo + ENTRIES_PER_APPEND - 1)
+            nl.append([Entry(i, TERM, b"") for i in range(lo, hi + 1)], HardState(TERM, 1, hi))
+        t = time.perf_counter()
+        nl.save_snapshot(SavedSnapshot(index, TERM, data))
+        out["save_s"] = time.perf_counter() - t
+    finally:
+        nl.close()
+    t = time.perf_counter()
+    nl = open_node_log(node_dir, retain_entries_max=None, retain_bytes_max=None)
+    try:
+        t1 = time.perf_counter()
+        snap = decode_snapshot(nl.rocks.load_snapshot().data)
+        t2 = time.perf_counter()
+        DedupTable.from_state(snap.table)
+        out["load_s"], out["decode_s"], out["install_s"] = t1 - t, t2 - t1, time.perf_counter() - t2
+    finally:
+        nl.close()
+    return {k: round(v, 4) if isinstance(v, float) else v for k, v in out.items()}
+
+
+def drop_caches() -> None:
+    os.sync()
+    Path("/proc/sys/vm/drop_caches").write_text("3\n")
+
+
+def time_restart(node_dir: Path, mark: bytes, *, full: bool, cold: bool) -> tuple[float, float, int]:
+    """(open seconds, dedup seconds, entries verified) of one restart; `full`: as before the verified mark and
+    snapshots (whole scan, replay of the horizon), else as now (from the mark, from the snapshot)."""
+    (node_dir / VERIFIED_MARK_FILE).write_bytes(mark)
+    if cold:
+        drop_caches()
+    t0 = time.perf_counter()
+    nl = open_node_log(
+        node_dir,
+        full_scan=full,
+        retain_entries_max=None,
+        retain_bytes_max=None,
+        decode_snapshot=None if full else _decode_saved_snapshot,
+    )
+    t1 = time.perf_counter()
+    try:
+        assert nl.quarantined is None, nl.corruption
+        assert full or nl.snapshot is not None
+        rebuild_dedup(nl, DedupTable().producers_max)
+        t2 = time.perf_counter()
+        return t1 - t0, t2 - t1, nl.open_check.entries_verified
+    finally:
+        nl.close()
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--quick", action="store_true", help=f"sizes {SIZES_QUICK} instead of {SIZES_FULL}")
+    ap.add_argument("--entries", type=lambda s: tuple(int(x) for x in s.split(",")), help="sizes, e.g. 10000,50000")
+    default_tail = int(VERIFIED_MARK_INTERVAL_S * FULL_LOAD_BYTES_PER_S / len(_frame(1)))
+    ap.add_argument("--tail-entries", type=int, default=default_tail, help="entries written after the mark")
+    ap.add_argument("--repeats", type=int, default=None, help="runs per case, median reported (3; 1 with --quick)")
+    ap.add_argument(
+        "--snapshot-tail", type=int, default=SNAPSHOT_INTERVAL_ENTRIES, help="entries written after the snapshot"
+    )
+    ap.add_argument("--snapshot-producers", type=int, default=100_000, help="producers in the snapshot-cost table")
+    ap.add_argument("--drop-caches", action="store_true", help="cold page cache before each open (root)")
+    ap.add_argument("--dir", default=None, help="where to build the logs (default: a temporary directory)")
+    args = ap.parse_args()
+    sizes = args.entries or (SIZES_QUICK if args.quick else SIZES_FULL)
+    if args.repeats is None:
+        args.repeats = 1 if args.quick else 3
+    root = Path(tempfile.mkdtemp(prefix="restart-bench-", dir=args.dir))
+    rows = []
+    try:
+        for n in sizes:
+            node_dir = root / f"n{n}"
+            tail = min(n // 2, args.tail_entries)  # a small log: the mark halfway
+            t0 = time.perf_counter()
+            nbytes = build(node_dir, n, tail, min(n // 2, args.snapshot_tail))
+            build_s = time.perf_counter() - t0
+            mark = (node_dir / VERIFIED_MARK_FILE).read_bytes()
+            row = {"entries": n, "bytes": nbytes, "tail_entries": tail, "build_s": round(build_s, 1)}
+            row["snapshot_tail_entries"] = min(n // 2, args.snapshot_tail)
+            for case, full in (("before", True), ("after", False)):
+                runs = [time_restart(node_dir, mark, full=full, cold=args.drop_caches) for _ in range(args.repeats)]
+                row[f"{case}_open_s"] = round(statistics.median(r[0] for r in runs), 3)
+                row[f"{case}_dedup_s"] = round(statistics.median(r[1] for r in runs), 3)
+                row[f"{case}_verified"] = runs[-1][2]
+            rows.append(row)
+            print(
+                f"{n:>9} entries {nbytes / 1e9:6.2f} GB | before: open {row['before_open_s']:6.3f} s "
+                f"({row['before_verified']} checked) | after: open {row['after_open_s']:6.3f} s "
+                f"({row['after_verified']} checked) | dedup: before {row['before_dedup_s']:6.3f} s, after "
+                f"{row['after_dedup_s']:6.3f} s | serving after {row['after_open_s'] + row['after_dedup_s']:6.3f} s",
+                flush=True,
+            )
+            shutil.rmtree(node_dir, ignore_errors=True)
+        cost = snapshot_cost(args.snapshot_producers, root / "snapcost")
+        print(f"snapshot of {cost['producers']} producers: {cost}", flush=True)
+    finally:
+        shutil.rmtree(root, ignore_errors=True)
+    machine = {
+        "cpus": os.cpu_count(),
+        "python": platform.python_version(),
+        "rocksdict": version("rocksdict"),
+        "platform": platform.platform(),
+        "page_cache": "cold" if args.drop_caches else "warm",
+        "repeats": args.repeats,
+    }
+    print(json.dumps({"restart": rows, "snapshot": cost, "machine": machine}))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,277 @@
+"""Which node leads, and when to stop waiting for it: the client's leader discovery and probing in one place.
+
+A `LeaderTracker` (one per Client, shared with its Producers) keeps the known addresses (given, plus the
+members METADATA names), the last known leader (a hint), where the next search over the addresses starts
+(moved past failed nodes) and the nodes under suspicion (they did not answer in time: tried last for
+SUSPECT_S). It connects to the leader (or the first node that accepts), asks METADATA, follows NOT_LEADER,
+and surveys the other nodes when the leader is silent.
+
+Timing, the same for the blocking `produce()` and the pipelined Producer (`Silence` says when):
+
+- one attempt (a PRODUCE, or the requests in flight of a Producer) waits ATTEMPT_ANSWER_TIMEOUT_S for an
+  answer before the node is suspected to be hung (a stopped process or a vanished host keeps its sockets
+  open, so nothing fails): about twice the election timeout, so that by then the others have a new leader;
+- meanwhile, once the leader has been silent for an election timeout (PROBE_AFTER_S), the other nodes are
+  asked who leads every PROBE_INTERVAL_S (one METADATA each, PROBE_METADATA_TIMEOUT_S at most): when they
+  name another leader the client goes there at once, so a vanished leader costs about the election
+  (~0.5-0.6 s), not the full 1 s. A leader that is only slow is still named by the others, and is waited
+  for up to ATTEMPT_ANSWER_TIMEOUT_S.
+"""
+
+from __future__ import annotations
+
+import enum
+import threading
+import time
+from collections.abc import Callable
+from typing import Final, NamedTuple
+
+from shmraft.client.connection import Connection, parse_address
+from shmraft.client.errors import ConnectionFailed, NoNodeReachable, ShmraftError, Unauthorized, error_from_server
+from shmraft.constants import CLUSTER_SIZE_MAX, ELECTION_TIMEOUT_MS
+from shmraft.wire.client import Error, ErrorCode, Member, MetadataAnswer, encode_metadata
+
+REDIRECTS_BEFORE_BACKOFF: Final = 2  # NOT_LEADER redirects followed at once before pausing (elections)
+METADATA_TIMEOUT_S: Final = 1.0  # one METADATA question to one node
+FIND_LEADER_TIMEOUT_S: Final = 2.0  # the Producer's METADATA questions after a NOT_LEADER or a hung leader
+ATTEMPT_ANSWER_TIMEOUT_S: Final = 1.0
+PROBE_AFTER_S: Final = ELECTION_TIMEOUT_MS / 1000
+PROBE_INTERVAL_S: Final = 0.05
+PROBE_METADATA_TIMEOUT_S: Final = 0.2
+SUSPECT_S: Final = 5.0  # a node that did not answer in time is tried last for this long (unless named leader)
+ADDRESSES_MAX: Final = 2 * CLUSTER_SIZE_MAX  # addresses given plus members learnt from METADATA
+
+assert ATTEMPT_ANSWER_TIMEOUT_S >= 2 * ELECTION_TIMEOUT_MS / 1000
+assert PROBE_AFTER_S + PROBE_METADATA_TIMEOUT_S < ATTEMPT_ANSWER_TIMEOUT_S
+
+
+def member_address(member: Member) -> str:
+    return f"{member.host}:{member.port}"
+
+
+def leader_address(answer: MetadataAnswer) -> str | None:
+    """The client address of the leader a METADATA answer names, None when it names none."""
+    for m in answer.members:
+        if m.node_id == answer.leader_id and answer.leader_id != 0:
+            return member_address(m)
+    return None
+
+
+class AskKind(enum.Enum):
+    """A question the Producer's state machine has for the LeaderTracker (it does no I/O itself)."""
+
+    NODE_FAILED = "node_failed"  # the connection to `address` broke: forget it as leader (no answer)
+    PROBE = "probe"  # `address` is silent: do the others name another leader? (see leader_elsewhere)
+    REDISCOVER = "rediscover"  # `address` stayed silent too long: suspect it, who leads now?
+    FIND_LEADER = "find_leader"  # `address` answered NOT_LEADER naming `hint` (or no one): who leads?
+
+
+class Ask(NamedTuple):
+    kind: AskKind
+    address: str
+    hint: str = ""
+
+
+class Silence:
+    """How long a node that owes answers has been silent: when to probe the others, when it counts as hung.
+
+    Pure (times are given): `heard(now)` on every answer (or when a wait starts), `probed(now)` after each
+    probe that found no other leader. The first probe is due PROBE_AFTER_S after the last answer, then one
+    every PROBE_INTERVAL_S; the node is hung `attempt_s` after the last answer.
+    """
+
+    __slots__ = ("heard_at", "probe_at", "attempt_s")
+
+    def __init__(self, now: float = 0.0, attempt_s: float = ATTEMPT_ANSWER_TIMEOUT_S) -> None:
+        self.heard_at = now
+        self.probe_at = now
+        self.attempt_s = attempt_s
+
+    def heard(self, now: float) -> None:
+        self.heard_at = now
+
+    def probed(self, now: float) -> None:
+        self.probe_at = now + PROBE_INTERVAL_S
+
+    def probe_due(self) -> float:
+        """When the other nodes may next be asked who leads."""
+        return max(self.heard_at + PROBE_AFTER_S, self.probe_at)
+
+    def hung_at(self) -> float:
+        """When the node is taken for hung (suspected, its connection dropped)."""
+        return self.heard_at + self.attempt_s
+
+
+class LeaderTracker:
+    """The known addresses, the leader hint and the suspects of one Client; safe to share between threads
+    as far as the hints go (they are hints: a stale one costs a redirect, never a wrong answer)."""
+
+    def __init__(
+        self,
+        addresses: list[str],
+        open_connection: Callable[[str, float], Connection],
+        connect_timeout_s: float,
+        *,
+        only_node: bool = False,
+    ) -> None:
+        if only_node and len(addresses) != 1:
+            raise ValueError(f"only_node: expected exactly one address, got {len(addresses)}")
+        self.addresses = addresses
+        # bound to addresses[0]: no address is ever learnt, and every search (connect, METADATA, FETCH, a leader
+        # named in NOT_LEADER) ends at that node, so no answer ever comes from another node
+        self.only_node = only_node
+        self.connect_timeout_s = connect_timeout_s
+        self._open = open_connection
+        self.leader: str | None = None  # last known leader address
+        self._rotation = 0  # where the next search over addresses starts, moved past failed nodes
+        self._suspects: dict[str, float] = {}  # address -> until when it is tried last (it did not answer)
+        self._suspects_lock = threading.Lock()  # produce() and producers' I/O threads share the hints
+
+    # --- hints ------------------------------------------------------------------------------------------
+
+    def learn_address(self, address: str) -> None:
+        if self.only_node:
+            return
+        if address not in self.addresses and len(self.addresses) < ADDRESSES_MAX:
+            try:
+                parse_address(address)
+            except ValueError:
+                return
+            self.addresses.append(address)
+
+    def candidates(self, prefer: str | None) -> list[str]:
+        """Every known address: `prefer` first, then from the rotation point on, nodes under suspicion last
+        (the one node, whatever `prefer` says, when bound to it)."""
+        if self.only_node:
+            return [self.addresses[0]]
+        addrs = list(self.addresses)
+        k = self._rotation % len(addrs)
+        ordered = addrs[k:] + addrs[:k]
+        suspects = self.current_suspects()
+        if suspects:
+            ordered = [a for a in ordered if a not in suspects] + [a for a in ordered if a in suspects]
+        if prefer:
+            ordered = [prefer] + [a for a in ordered if a != prefer]
+        return ordered
+
+    def current_suspects(self) -> set[str]:
+        now = time.monotonic()
+        with self._suspects_lock:
+            for address in [a for a, until in self._suspects.items() if until <= now]:
+                del self._suspects[address]
+            return set(self._suspects)
+
+    def suspect(self, address: str) -> None:
+        """`address` did not answer in time (hung or vanished): forget it as leader, try it last for a while."""
+        with self._suspects_lock:
+            self._suspects[address] = time.monotonic() + SUSPECT_S
+        self.node_failed(address)
+
+    def answered(self, address: str) -> None:
+        """`address` answered: it is not under suspicion any more."""
+        if self._suspects:
+            with self._suspects_lock:
+                self._suspects.pop(address, None)
+
+    def node_failed(self, address: str) -> None:
+        """Forget `address` as leader and start the next search after it."""
+        if self.leader == address:
+            self.leader = None
+        if address in self.addresses:
+            self._rotation = self.addresses.index(address) + 1
+
+    def answer(self, ask: Ask, deadline: float) -> str | None:
+        """Answer the Producer's question (blocking, METADATA to the other nodes until `deadline`): the
+        leader found, or None (no leader named yet; for PROBE, none other than the silent one)."""
+        if ask.kind is AskKind.NODE_FAILED:
+            self.node_failed(ask.address)
+            return None
+        if ask.kind is AskKind.PROBE:
+            return self.leader_elsewhere(ask.address)
+        if ask.kind is AskKind.REDISCOVER:
+            self.suspect(ask.address)
+            return self.rediscover(ask.address, deadline)
+        return self.find_leader(ask.address, ask.hint, deadline)
+
+    # --- asking the nodes ---------------------------------------------------------------------------------
+
+    def connect(self, deadline: float, prefer: str | None = None) -> Connection:
+        """A connection to the first node that accepts one, `prefer` first; NoNodeReachable if none does."""
+        tried: list[str] = []
+        last = ""
+        for address in self.candidates(prefer):
+            remaining = deadline - time.monotonic()
+            if remaining <= 0 and tried:
+                break
+            tried.append(address)
+            try:
+                return self._open(address, max(min(self.connect_timeout_s, remaining), 0.01))
+            except ConnectionFailed as exc:
+                last = str(exc)
+                self.node_failed(address)
+        raise NoNodeReachable(tried, last)
+
+    def ask_metadata(self, address: str, timeout_s: float) -> MetadataAnswer | Error:
+        """One METADATA question on a connection of its own; learns the members' addresses."""
+        with self._open(address, min(self.connect_timeout_s, timeout_s)) as conn:
+            answer = conn.request(encode_metadata, timeout_s)
+        if not isinstance(answer, MetadataAnswer | Error):
+            raise ConnectionFailed(f"unexpected {type(answer).__name__} from {address} to METADATA")
+        if isinstance(answer, Error) and answer.code is ErrorCode.UNAUTHORIZED:
+            raise error_from_server(answer.code, answer.message, answer.leader, address)
+        if isinstance(answer, MetadataAnswer):
+            for m in answer.members:
+                self.learn_address(member_address(m))
+        return answer
+
+    def find_leader(self, not_leader: str, hint: str, deadline: float) -> str | None:
+        """After NOT_LEADER from `not_leader`: the leader named in the error, else the one METADATA names."""
+        if hint and hint != not_leader:
+            self.learn_address(hint)
+            self.leader = hint
+            return hint
+        self.node_failed(not_leader)
+        return self.rediscover(not_leader, deadline)
+
+    def rediscover(self, excluded: str, deadline: float) -> str | None:
+        """Ask every node but `excluded` (a follower, or a leader that stopped answering) for METADATA.
+
+        The leader named with the highest term wins; at equal terms one other than `excluded` is preferred
+        (a hung leader's own view is stale, and it is not asked at all). Sets and returns the leader hint;
+        None when no node names a leader by `deadline` (an election is still going on).
+        """
+        self.leader = self._survey(excluded, deadline, METADATA_TIMEOUT_S)
+        return self.leader
+
+    def leader_elsewhere(self, silent: str) -> str | None:
+        """`silent` leads but has left a request unanswered for PROBE_AFTER_S: if the other nodes now name
+        another leader, make it the leader hint and return it; else None (keep waiting for `silent`)."""
+        survey_s = PROBE_METADATA_TIMEOUT_S * (len(self.addresses) - 1)
+        leader = self._survey(silent, time.monotonic() + survey_s, PROBE_METADATA_TIMEOUT_S)
+        if leader is None or leader == silent:
+            return None
+        self.suspect(silent)
+        self.leader = leader
+        return leader
+
+    def _survey(self, excluded: str, deadline: float, per_node_s: float) -> str | None:
+        """The leader the nodes other than `excluded` name, highest term first (see rediscover)."""
+        best: tuple[tuple[int, bool], str] | None = None
+        for address in self.candidates(None):
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                break
+            if address == excluded:
+                continue
+            try:
+                answer = self.ask_metadata(address, min(per_node_s, remaining))
+            except Unauthorized:
+                raise
+            except ShmraftError:
+                continue
+            self.answered(address)
+            if isinstance(answer, MetadataAnswer) and (leader := leader_address(answer)) is not None:
+                key = (answer.term, leader != excluded)
+                if best is None or key > best[0]:
+                    best = (key, leader)
+        return best[1] if best is not None else None
