@@ -1,7 +1,7 @@
 """No import cycle between the modules of a package: every `import`/`from` line counts, also the ones inside
 functions and under TYPE_CHECKING (a cycle hidden there is still two files that cannot be read apart).
 
-PACKAGE is `shmraft.client` for now; set it to `shmraft` to check the whole package."""
+PACKAGE is the whole `shmraft` package: no two of its modules import each other in a cycle."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ from pathlib import Path
 
 import shmraft
 
-PACKAGE = "shmraft.client"  # the package whose modules must not import each other in a cycle
+PACKAGE = "shmraft"  # the package whose modules must not import each other in a cycle
 
 ROOT = Path(shmraft.__file__).parent.parent
 
