@@ -15,10 +15,13 @@ from pathlib import Path
 
 import pytest
 from clusterkit import Harness, verify
+from fake_node import FakeCluster
 
 from shmraft.aio import AsyncClient, AsyncProducer
+from shmraft.client.leader import ATTEMPT_ANSWER_TIMEOUT_S, PROBE_AFTER_S
 
 DEADLINE_S = 120.0  # each test's whole asyncio part; generous for a loaded 2-core machine
+FAKE_TIMEOUT_S = 8.0  # the client's timeout_s against fake nodes: a hang fails fast
 
 
 @pytest.fixture
@@ -29,6 +32,15 @@ def harness(tmp_path: Path) -> Iterator[Harness]:
         yield h
     finally:
         h.stop()
+
+
+@pytest.fixture
+def fakes() -> Iterator[FakeCluster]:
+    c = FakeCluster(3)
+    try:
+        yield c
+    finally:
+        c.stop()
 
 
 def _client(harness: Harness) -> AsyncClient:
@@ -127,3 +139,52 @@ def test_consume_with_follow_sees_events_produced_after_it_started(harness: Harn
     offsets, seen = asyncio.run(asyncio.wait_for(main(), DEADLINE_S))
     values = [b"before-%d" % i for i in range(10)] + [b"after-%d" % i for i in range(100)]
     assert seen == list(zip(offsets, values, strict=True)), f"after {time.monotonic() - started:.1f} s"
+
+
+# --- the failover decisions, against fake nodes (real TCP, faults on cue) -------------------------------------
+
+
+def test_producer_through_lost_answers_redirects_and_a_stopped_leader_keeps_every_event_once_in_order(
+    fakes: FakeCluster,
+) -> None:
+    n = 6000
+    events = [b"f%d" % i for i in range(n)]
+
+    async def main() -> tuple[list[int], int]:
+        client = AsyncClient(fakes.addresses, timeout_s=FAKE_TIMEOUT_S, connect_timeout_s=0.5)
+        async with client, client.producer(window=6, batch_events=50, linger_ms=0.5) as producer:
+            futures = []
+            for i, e in enumerate(events):
+                futures.append(await producer.send(e))
+                if i == n // 4:
+                    fakes.node(1).drop_next(3)  # answers lost after append
+                elif i == n // 2:
+                    fakes.set_leader(2)  # the leader moves; in-flight requests get NOT_LEADER
+                    fakes.node(1).kill_connections()
+                elif i == 3 * n // 4:
+                    fakes.set_leader(3, hint=False)
+                    fakes.node(2).stop()
+                if i % 500 == 0:
+                    await asyncio.sleep(0.005)  # let requests be in flight when the faults hit
+            offsets = await asyncio.gather(*futures)
+            return offsets, producer.producer_id
+
+    offsets, producer_id = asyncio.run(asyncio.wait_for(main(), DEADLINE_S))
+    assert fakes.log.values() == events  # every event exactly once, in send order
+    assert [seq for pid, seq in fakes.log.event_ids() if pid == producer_id] == list(range(n))
+    assert offsets == sorted(set(offsets))
+
+
+def test_producer_leaves_a_silent_leader_once_the_others_name_a_new_one(fakes: FakeCluster) -> None:
+    async def main() -> float:
+        async with AsyncClient(fakes.addresses, timeout_s=FAKE_TIMEOUT_S) as client:
+            await client.produce(b"a")
+            fakes.node(1).hang()
+            fakes.set_leader(2, among=[2, 3])
+            started = time.monotonic()
+            await client.produce(b"b")
+            return time.monotonic() - started
+
+    took = asyncio.run(asyncio.wait_for(main(), DEADLINE_S))
+    assert PROBE_AFTER_S <= took < ATTEMPT_ANSWER_TIMEOUT_S, took
+    assert fakes.log.values() == [b"a", b"b"]
