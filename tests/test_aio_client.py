@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
+import shutil
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -16,8 +18,10 @@ from pathlib import Path
 import pytest
 from clusterkit import Harness, verify
 from fake_node import FakeCluster
+from test_security import make_ca, make_cert
 
 from shmraft.aio import AsyncClient, AsyncProducer
+from shmraft.client import Unauthorized
 from shmraft.client.leader import ATTEMPT_ANSWER_TIMEOUT_S, PROBE_AFTER_S
 
 DEADLINE_S = 120.0  # each test's whole asyncio part; generous for a loaded 2-core machine
@@ -188,3 +192,44 @@ def test_producer_leaves_a_silent_leader_once_the_others_name_a_new_one(fakes: F
     took = asyncio.run(asyncio.wait_for(main(), DEADLINE_S))
     assert PROBE_AFTER_S <= took < ATTEMPT_ANSWER_TIMEOUT_S, took
     assert fakes.log.values() == [b"a", b"b"]
+
+
+def test_tls_and_token_as_the_blocking_client(tmp_path: Path) -> None:
+    if shutil.which("openssl") is None:
+        pytest.skip("the openssl command line is needed to make the test CA")
+    pki = tmp_path / "pki"
+    pki.mkdir()
+    ca = make_ca(pki, "ca")
+    cert, key = make_cert(pki, ca, "node")
+    token = b"aio-" + os.urandom(8).hex().encode()
+    token_file = pki / "client.token"
+    token_file.write_bytes(token + b"\n")
+    token_file.chmod(0o600)
+    (tmp_path / "data").mkdir(mode=0o700)
+    h = Harness(
+        tmp_path / "data",
+        tls_cert_file=str(cert),
+        tls_key_file=str(key),
+        tls_ca_file=str(ca[0]),
+        client_token_file=str(token_file),
+    )
+
+    async def main() -> tuple[list[int], list[tuple[int, bytes]]]:
+        async with AsyncClient(h.addresses, tls_ca=str(ca[0]), token=token, timeout_s=20.0) as client:
+            offsets = await client.produce_many([b"tls-%d" % i for i in range(100)])
+            read = [(o, v) async for o, v in client.consume(offsets[0])]
+        wrong = AsyncClient(h.addresses, tls_ca=str(ca[0]), token=b"wrong-token", timeout_s=5.0)
+        with pytest.raises(Unauthorized):
+            await wrong.metadata()
+        async with wrong.producer() as producer:
+            future = await producer.send(b"never")
+            with pytest.raises(Unauthorized):
+                await asyncio.wait_for(future, 30)
+        return offsets, read
+
+    try:
+        h.start()
+        offsets, read = asyncio.run(asyncio.wait_for(main(), DEADLINE_S))
+    finally:
+        h.stop()
+    assert read == [(o, b"tls-%d" % i) for i, o in enumerate(offsets)]

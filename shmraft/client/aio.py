@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import secrets
 import socket
 import ssl
@@ -29,6 +30,7 @@ from typing import Any, Final
 
 from shmraft.client.backoff import RETRY_BACKOFF_MAX_S, RETRY_BACKOFF_MIN_S, Backoff
 from shmraft.client.client import (
+    _U32_MAX,
     FETCH_ATTEMPT_TIMEOUT_S,
     FETCH_BYTES_DEFAULT,
     FETCH_BYTES_MAX,
@@ -100,7 +102,7 @@ from shmraft.wire.errors import RemoteProtocolError
 from shmraft.wire.frame import U64_MAX
 
 CLOSE_TIMEOUT_S: Final = 5.0  # close() waits this long for the producer task once everything is resolved
-_U32_MAX: Final = 2**32 - 1
+_log = logging.getLogger("shmraft.client")
 
 __all__ = ["AsyncClient", "AsyncConnection", "AsyncProducer", "CLOSE_TIMEOUT_S", "Record"]
 
@@ -870,6 +872,7 @@ class AsyncClient:
                         if reset == "error":
                             raise error
                         next_offset = answer.earliest_offset if reset == "earliest" else answer.latest_offset
+                        _log.warning("%s; reset to the %s offset %d", error, reset, next_offset)
                         continue
                     if answer.code is ErrorCode.NOT_LEADER or answer.code.retriable:
                         last_error = error_from_server(answer.code, answer.message, answer.leader, conn.address)
