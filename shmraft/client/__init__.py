@@ -9,8 +9,12 @@ with Client() as client:                      # the local cluster; or Client(["h
     with client.producer(window=8) as producer:
         futures = [producer.send(e) for e in events]   # each resolves with its offset
         batch = producer.send_many(events)             # one future, resolves with the list of offsets
+
+async with AsyncClient() as client:          # the same from asyncio (shmraft.aio)
+    offset = await client.produce(b"hello")
 """
 
+from shmraft.client.aio import AsyncClient, AsyncProducer
 from shmraft.client.client import Client, Record
 from shmraft.client.errors import (
     BufferFull,
@@ -34,6 +38,8 @@ from shmraft.client.futures import BatchFuture, EventFuture
 from shmraft.client.producer import Producer
 
 __all__ = [
+    "AsyncClient",
+    "AsyncProducer",
     "BatchFuture",
     "BufferFull",
     "Client",

@@ -1,0 +1,235 @@
+"""The asyncio client against a real 3-node cluster: produce and consume back, a pipelined producer through a
+leader SIGKILL (every acknowledged event on every node once, in order), and consume with follow.
+
+The coroutines run with asyncio.run inside plain tests; the cluster's blocking calls (kill, restart, waits)
+run in a worker thread of the test so that the client's event loop keeps going meanwhile.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import shutil
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from clusterkit import Harness, verify
+from fake_node import FakeCluster
+from test_security import make_ca, make_cert
+
+from shmraft.aio import AsyncClient, AsyncProducer
+from shmraft.client import Unauthorized
+from shmraft.client.leader import ATTEMPT_ANSWER_TIMEOUT_S, PROBE_AFTER_S
+
+DEADLINE_S = 120.0  # each test's whole asyncio part; generous for a loaded 2-core machine
+FAKE_TIMEOUT_S = 8.0  # the client's timeout_s against fake nodes: a hang fails fast
+
+
+@pytest.fixture
+def harness(tmp_path: Path) -> Iterator[Harness]:
+    h = Harness(tmp_path)
+    try:
+        h.start()
+        yield h
+    finally:
+        h.stop()
+
+
+@pytest.fixture
+def fakes() -> Iterator[FakeCluster]:
+    c = FakeCluster(3)
+    try:
+        yield c
+    finally:
+        c.stop()
+
+
+def _client(harness: Harness) -> AsyncClient:
+    return AsyncClient(harness.addresses, timeout_s=20.0, **harness.client_options)
+
+
+def test_produce_and_consume_back_10k_events(harness: Harness) -> None:
+    values = [b"aio-%05d" % i for i in range(10_000)]
+
+    async def main() -> tuple[list[int], list[tuple[int, bytes]], int]:
+        async with _client(harness) as client:
+            offsets = [await client.produce(values[0])]
+            offsets += await client.produce_many(values[1:5000])
+            async with client.producer(window=8) as producer:
+                futures = [await producer.send(v) for v in values[5000:]]
+                offsets += await asyncio.gather(*futures)
+            read = [(o, v) async for o, v in client.consume(0)]
+            meta = await client.metadata()
+            return offsets, read, meta.leader_id
+
+    offsets, read, leader_id = asyncio.run(asyncio.wait_for(main(), DEADLINE_S))
+    assert offsets == sorted(offsets) and len(set(offsets)) == len(values)
+    assert read == list(zip(offsets, values, strict=True))
+    assert leader_id == harness.wait_leader()
+    verify(harness, dict(zip(values, offsets, strict=True)))
+
+
+def test_pipelined_producer_through_a_leader_sigkill_keeps_every_acked_event_once_in_order(harness: Harness) -> None:
+    total = 30_000
+    values = [b"kill-%06d" % i for i in range(total)]
+    acked: dict[bytes, int] = {}
+    errors: list[BaseException] = []
+
+    handed = 0  # events handed to the producer so far
+
+    async def send_all(producer: AsyncProducer) -> None:
+        nonlocal handed
+        futures = []
+        for start in range(0, total, 50):
+            chunk = values[start : start + 50]
+            futures.append((chunk, await producer.send_many(chunk)))
+            handed += len(chunk)
+            await asyncio.sleep(0.005)  # spread the load over a few seconds, so the kill lands mid-stream
+        for chunk, future in futures:
+            try:
+                acked.update(zip(chunk, await future, strict=True))
+            except Exception as exc:  # an outcome to report, not to hide
+                errors.append(exc)
+
+    async def main() -> tuple[int, int, int, int]:
+        async with _client(harness) as client, client.producer(window=8, linger_ms=2.0) as producer:
+            sender = asyncio.create_task(send_all(producer))
+            while handed - producer._buffered_events < 3000:
+                await asyncio.sleep(0.01)  # 3000 events acknowledged before the kill
+            old = await asyncio.to_thread(harness.wait_leader)
+            await asyncio.to_thread(harness.kill_node, old)
+            unresolved_at_kill = total - (handed - producer._buffered_events)
+            new = await asyncio.to_thread(harness.wait_leader, 60, old)
+            await asyncio.to_thread(harness.restart_node, old)
+            await sender
+            return old, new, unresolved_at_kill, producer.producer_id
+
+    old, new, unresolved_at_kill, _ = asyncio.run(asyncio.wait_for(main(), DEADLINE_S))
+    assert new != old
+    assert unresolved_at_kill > total // 4, "the kill must land while most events are still to be acknowledged"
+    assert not errors, f"{len(errors)} send_many calls failed, first: {errors[0]!r}"
+    assert len(acked) == total
+    log = verify(harness, acked)
+    assert [v for _, v in log] == values  # one producer, in order, each once
+
+
+def test_consume_with_follow_sees_events_produced_after_it_started(harness: Harness) -> None:
+    async def main() -> tuple[list[int], list[tuple[int, bytes]]]:
+        async with _client(harness) as client:
+            before = await client.produce_many([b"before-%d" % i for i in range(10)])
+            seen: list[tuple[int, bytes]] = []
+            following = asyncio.Event()
+
+            async def follow() -> None:
+                async with contextlib.aclosing(client.consume(0, follow=True, poll_wait_ms=200)) as records:
+                    async for offset, value in records:
+                        seen.append((offset, value))
+                        following.set()
+                        if value == b"after-99":
+                            return
+
+            reader = asyncio.create_task(follow())
+            await asyncio.wait_for(following.wait(), 30)
+            after: list[int] = []
+            for i in range(0, 100, 10):
+                after += await client.produce_many([b"after-%d" % j for j in range(i, i + 10)])
+            await asyncio.wait_for(reader, 30)
+            return before + after, seen
+
+    started = time.monotonic()
+    offsets, seen = asyncio.run(asyncio.wait_for(main(), DEADLINE_S))
+    values = [b"before-%d" % i for i in range(10)] + [b"after-%d" % i for i in range(100)]
+    assert seen == list(zip(offsets, values, strict=True)), f"after {time.monotonic() - started:.1f} s"
+
+
+# --- the failover decisions, against fake nodes (real TCP, faults on cue) -------------------------------------
+
+
+def test_producer_through_lost_answers_redirects_and_a_stopped_leader_keeps_every_event_once_in_order(
+    fakes: FakeCluster,
+) -> None:
+    n = 6000
+    events = [b"f%d" % i for i in range(n)]
+
+    async def main() -> tuple[list[int], int]:
+        client = AsyncClient(fakes.addresses, timeout_s=FAKE_TIMEOUT_S, connect_timeout_s=0.5)
+        async with client, client.producer(window=6, batch_events=50, linger_ms=0.5) as producer:
+            futures = []
+            for i, e in enumerate(events):
+                futures.append(await producer.send(e))
+                if i == n // 4:
+                    fakes.node(1).drop_next(3)  # answers lost after append
+                elif i == n // 2:
+                    fakes.set_leader(2)  # the leader moves; in-flight requests get NOT_LEADER
+                    fakes.node(1).kill_connections()
+                elif i == 3 * n // 4:
+                    fakes.set_leader(3, hint=False)
+                    fakes.node(2).stop()
+                if i % 500 == 0:
+                    await asyncio.sleep(0.005)  # let requests be in flight when the faults hit
+            offsets = await asyncio.gather(*futures)
+            return offsets, producer.producer_id
+
+    offsets, producer_id = asyncio.run(asyncio.wait_for(main(), DEADLINE_S))
+    assert fakes.log.values() == events  # every event exactly once, in send order
+    assert [seq for pid, seq in fakes.log.event_ids() if pid == producer_id] == list(range(n))
+    assert offsets == sorted(set(offsets))
+
+
+def test_producer_leaves_a_silent_leader_once_the_others_name_a_new_one(fakes: FakeCluster) -> None:
+    async def main() -> float:
+        async with AsyncClient(fakes.addresses, timeout_s=FAKE_TIMEOUT_S) as client:
+            await client.produce(b"a")
+            fakes.node(1).hang()
+            fakes.set_leader(2, among=[2, 3])
+            started = time.monotonic()
+            await client.produce(b"b")
+            return time.monotonic() - started
+
+    took = asyncio.run(asyncio.wait_for(main(), DEADLINE_S))
+    assert PROBE_AFTER_S <= took < ATTEMPT_ANSWER_TIMEOUT_S, took
+    assert fakes.log.values() == [b"a", b"b"]
+
+
+def test_tls_and_token_as_the_blocking_client(tmp_path: Path) -> None:
+    if shutil.which("openssl") is None:
+        pytest.skip("the openssl command line is needed to make the test CA")
+    pki = tmp_path / "pki"
+    pki.mkdir()
+    ca = make_ca(pki, "ca")
+    cert, key = make_cert(pki, ca, "node")
+    token = b"aio-" + os.urandom(8).hex().encode()
+    token_file = pki / "client.token"
+    token_file.write_bytes(token + b"\n")
+    token_file.chmod(0o600)
+    (tmp_path / "data").mkdir(mode=0o700)
+    h = Harness(
+        tmp_path / "data",
+        tls_cert_file=str(cert),
+        tls_key_file=str(key),
+        tls_ca_file=str(ca[0]),
+        client_token_file=str(token_file),
+    )
+
+    async def main() -> tuple[list[int], list[tuple[int, bytes]]]:
+        async with AsyncClient(h.addresses, tls_ca=str(ca[0]), token=token, timeout_s=20.0) as client:
+            offsets = await client.produce_many([b"tls-%d" % i for i in range(100)])
+            read = [(o, v) async for o, v in client.consume(offsets[0])]
+        wrong = AsyncClient(h.addresses, tls_ca=str(ca[0]), token=b"wrong-token", timeout_s=5.0)
+        with pytest.raises(Unauthorized):
+            await wrong.metadata()
+        async with wrong.producer() as producer:
+            future = await producer.send(b"never")
+            with pytest.raises(Unauthorized):
+                await asyncio.wait_for(future, 30)
+        return offsets, read
+
+    try:
+        h.start()
+        offsets, read = asyncio.run(asyncio.wait_for(main(), DEADLINE_S))
+    finally:
+        h.stop()
+    assert read == [(o, b"tls-%d" % i) for i, o in enumerate(offsets)]
