@@ -39,8 +39,15 @@ from shmraft.client.client import (
     RESETS,
     TIMEOUT_S_DEFAULT,
     Record,
+    check_client_options,
 )
-from shmraft.client.connection import CONNECT_TIMEOUT_S_DEFAULT, RECV_CHUNK_BYTES, AnswerTimeout, parse_address
+from shmraft.client.connection import (
+    CONNECT_TIMEOUT_S_DEFAULT,
+    RECV_CHUNK_BYTES,
+    AnswerTimeout,
+    auth_failure,
+    parse_address,
+)
 from shmraft.client.errors import (
     BufferFull,
     CommitTimeout,
@@ -55,7 +62,6 @@ from shmraft.client.errors import (
     error_from_server,
 )
 from shmraft.client.leader import (
-    ADDRESSES_MAX,
     ATTEMPT_ANSWER_TIMEOUT_S,
     FIND_LEADER_TIMEOUT_S,
     METADATA_TIMEOUT_S,
@@ -73,21 +79,16 @@ from shmraft.client.producer import (
     BUFFER_BYTES_DEFAULT,
     BUFFER_EVENTS_DEFAULT,
     LINGER_MS_DEFAULT,
-    LINGER_MS_MAX,
     WINDOW_DEFAULT,
-    WINDOW_MAX,
+    check_producer_options,
 )
 from shmraft.client.sizes import (
     EVENT_OVERHEAD_BYTES,
     PRODUCE_HEAD_BYTES,
-    REQUEST_BYTES_MAX,
-    REQUEST_EVENTS_MAX,
     as_bytes,
 )
 from shmraft.wire.client import (
-    AUTH_TOKEN_MAX_BYTES,
     MESSAGE_BODY_MAX_BYTES,
-    Authed,
     Error,
     ErrorCode,
     Fetched,
@@ -153,12 +154,10 @@ class AsyncConnection:
         except AnswerTimeout:
             self.close()
             raise ConnectionFailed(f"no answer to AUTH from {self.address} within {timeout_s:.3f} s") from None
-        if isinstance(answer, Authed):
-            return
-        self.close()
-        if isinstance(answer, Error):
-            raise error_from_server(answer.code, answer.message, answer.leader, self.address)
-        raise ConnectionFailed(f"unexpected {type(answer).__name__} from {self.address} to AUTH")
+        failure = auth_failure(answer, self.address)
+        if failure is not None:
+            self.close()
+            raise failure
 
     def __repr__(self) -> str:
         return f"AsyncConnection({self.address!r}{', closed' if self.closed else ''})"
@@ -376,16 +375,7 @@ class AsyncProducer:
         buffer_bytes: int = BUFFER_BYTES_DEFAULT,
         producer_id: int | None = None,
     ) -> None:
-        if not 1 <= window <= WINDOW_MAX:
-            raise ValueError(f"window: expected 1..{WINDOW_MAX}, got {window}")
-        if not 1 <= batch_events <= REQUEST_EVENTS_MAX:
-            raise ValueError(f"batch_events: expected 1..{REQUEST_EVENTS_MAX}, got {batch_events}")
-        if not 1 <= batch_bytes <= REQUEST_BYTES_MAX:
-            raise ValueError(f"batch_bytes: expected 1..{REQUEST_BYTES_MAX}, got {batch_bytes}")
-        if not 0 <= linger_ms <= LINGER_MS_MAX:
-            raise ValueError(f"linger_ms: expected 0..{LINGER_MS_MAX}, got {linger_ms}")
-        if buffer_events < 1 or buffer_bytes < 1:
-            raise ValueError("buffer_events and buffer_bytes must be positive")
+        check_producer_options(window, batch_events, batch_bytes, linger_ms, buffer_events, buffer_bytes)
         self._client = client
         self._batch_events, self._batch_bytes = batch_events, batch_bytes
         self._linger_s = linger_ms / 1000
@@ -662,35 +652,7 @@ class AsyncClient:
         token: bytes | str | None = None,
         only_node: bool = False,
     ) -> None:
-        if addresses is None:
-            from shmraft.config import local_members
-
-            addresses = [m.client_address for m in local_members()]
-        elif isinstance(addresses, str):
-            addresses = [a for a in addresses.split(",") if a.strip()]
-        known = [a.strip() for a in addresses]
-        if not known:
-            raise ValueError("addresses: expected at least one host:port")
-        if len(known) > ADDRESSES_MAX:
-            raise ValueError(f"addresses: expected at most {ADDRESSES_MAX}, got {len(known)}")
-        for a in known:
-            parse_address(a)
-        if producer_id is not None and not 0 <= producer_id <= U64_MAX:
-            raise ValueError(f"producer_id: expected a u64, got {producer_id}")
-        if timeout_s <= 0 or connect_timeout_s <= 0:
-            raise ValueError("timeout_s and connect_timeout_s must be positive")
-        tls: ssl.SSLContext | None = None
-        if tls_ca is not None:
-            from shmraft.net.tls import client_context
-
-            try:
-                tls = client_context(tls_ca)
-            except ValueError as exc:
-                raise ValueError(f"tls_ca: {exc}") from None
-        if isinstance(token, str):
-            token = token.encode()
-        if token is not None and not 1 <= len(token) <= AUTH_TOKEN_MAX_BYTES:
-            raise ValueError(f"token: expected 1..{AUTH_TOKEN_MAX_BYTES} bytes, got {len(token)}")
+        known, tls, token = check_client_options(addresses, producer_id, timeout_s, connect_timeout_s, tls_ca, token)
         self.producer_id: int | None = producer_id
         self.timeout_s = float(timeout_s)
         self.connect_timeout_s = float(connect_timeout_s)

@@ -114,6 +114,49 @@ class _Unacked(NamedTuple):
     events: list[bytes]
 
 
+def check_client_options(
+    addresses: Iterable[str] | str | None,
+    producer_id: int | None,
+    timeout_s: float,
+    connect_timeout_s: float,
+    tls_ca: str | Path | None,
+    token: bytes | str | None,
+) -> tuple[list[str], ssl.SSLContext | None, bytes | None]:
+    """The options every client takes (blocking and asyncio), checked: (addresses, TLS context, token bytes).
+    No addresses means the local cluster; a string is comma-separated. Each bad option raises ValueError
+    naming it."""
+    if addresses is None:
+        from shmraft.config import local_members
+
+        addresses = [m.client_address for m in local_members()]
+    elif isinstance(addresses, str):
+        addresses = [a for a in addresses.split(",") if a.strip()]
+    known = [a.strip() for a in addresses]
+    if not known:
+        raise ValueError("addresses: expected at least one host:port")
+    if len(known) > ADDRESSES_MAX:
+        raise ValueError(f"addresses: expected at most {ADDRESSES_MAX}, got {len(known)}")
+    for a in known:
+        parse_address(a)
+    if producer_id is not None and not 0 <= producer_id <= U64_MAX:
+        raise ValueError(f"producer_id: expected a u64, got {producer_id}")
+    if timeout_s <= 0 or connect_timeout_s <= 0:
+        raise ValueError("timeout_s and connect_timeout_s must be positive")
+    tls: ssl.SSLContext | None = None
+    if tls_ca is not None:
+        from shmraft.net.tls import client_context
+
+        try:
+            tls = client_context(tls_ca)
+        except ValueError as exc:  # ConfigError: the CA file cannot be read
+            raise ValueError(f"tls_ca: {exc}") from None
+    if isinstance(token, str):
+        token = token.encode()
+    if token is not None and not 1 <= len(token) <= AUTH_TOKEN_MAX_BYTES:
+        raise ValueError(f"token: expected 1..{AUTH_TOKEN_MAX_BYTES} bytes, got {len(token)}")
+    return known, tls, token
+
+
 class Client:
     """A connection to a shmraft cluster: produce (blocking), consume, metadata. Safe to share between threads.
 
@@ -145,37 +188,10 @@ class Client:
         token: bytes | str | None = None,
         only_node: bool = False,
     ) -> None:
-        if addresses is None:
-            from shmraft.config import local_members
-
-            addresses = [m.client_address for m in local_members()]
-        elif isinstance(addresses, str):
-            addresses = [a for a in addresses.split(",") if a.strip()]
-        known = [a.strip() for a in addresses]
-        if not known:
-            raise ValueError("addresses: expected at least one host:port")
-        if len(known) > ADDRESSES_MAX:
-            raise ValueError(f"addresses: expected at most {ADDRESSES_MAX}, got {len(known)}")
-        for a in known:
-            parse_address(a)
-        if producer_id is not None and not 0 <= producer_id <= U64_MAX:
-            raise ValueError(f"producer_id: expected a u64, got {producer_id}")
-        if timeout_s <= 0 or connect_timeout_s <= 0:
-            raise ValueError("timeout_s and connect_timeout_s must be positive")
+        known, self._tls, self._token = check_client_options(
+            addresses, producer_id, timeout_s, connect_timeout_s, tls_ca, token
+        )
         self.producer_id: int = secrets.randbits(64) if producer_id is None else producer_id
-        self._tls: ssl.SSLContext | None = None
-        if tls_ca is not None:
-            from shmraft.net.tls import client_context
-
-            try:
-                self._tls = client_context(tls_ca)
-            except ValueError as exc:  # ConfigError: the CA file cannot be read
-                raise ValueError(f"tls_ca: {exc}") from None
-        if isinstance(token, str):
-            token = token.encode()
-        if token is not None and not 1 <= len(token) <= AUTH_TOKEN_MAX_BYTES:
-            raise ValueError(f"token: expected 1..{AUTH_TOKEN_MAX_BYTES} bytes, got {len(token)}")
-        self._token = token
         self.timeout_s = float(timeout_s)
         self._next_sequence = 0
         self._unacked: _Unacked | None = None  # a produce call that gave up; resent first by the next one

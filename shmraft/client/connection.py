@@ -39,6 +39,15 @@ def parse_address(address: str) -> tuple[str, int]:
     return host.strip("[]"), int(port)
 
 
+def auth_failure(answer: object, address: str) -> ShmraftError | None:
+    """What a node's answer to AUTH means: None for AUTHED, else the error to raise (the caller closes first)."""
+    if isinstance(answer, Authed):
+        return None
+    if isinstance(answer, Error):
+        return error_from_server(answer.code, answer.message, answer.leader, address)
+    return ConnectionFailed(f"unexpected {type(answer).__name__} from {address} to AUTH")
+
+
 class Connection:
     """A blocking connection to one node, with its own correlation ids and receive buffer."""
 
@@ -80,12 +89,10 @@ class Connection:
         except AnswerTimeout:
             self.close()
             raise ConnectionFailed(f"no answer to AUTH from {self.address} within {timeout_s:.3f} s") from None
-        if isinstance(answer, Authed):
-            return
-        self.close()
-        if isinstance(answer, Error):
-            raise error_from_server(answer.code, answer.message, answer.leader, self.address)
-        raise ConnectionFailed(f"unexpected {type(answer).__name__} from {self.address} to AUTH")
+        failure = auth_failure(answer, self.address)
+        if failure is not None:
+            self.close()
+            raise failure
 
     def __repr__(self) -> str:
         return f"Connection({self.address!r}{', closed' if self.closed else ''})"

@@ -60,6 +60,22 @@ JOIN_TIMEOUT_S: Final = 5.0  # close() waits this long for the I/O thread once e
 _Part = list[Any]
 
 
+def check_producer_options(
+    window: int, batch_events: int, batch_bytes: int, linger_ms: float, buffer_events: int, buffer_bytes: int
+) -> None:
+    """The options every pipelined producer takes (blocking and asyncio), checked: ValueError naming the bad one."""
+    if not 1 <= window <= WINDOW_MAX:
+        raise ValueError(f"window: expected 1..{WINDOW_MAX}, got {window}")
+    if not 1 <= batch_events <= REQUEST_EVENTS_MAX:
+        raise ValueError(f"batch_events: expected 1..{REQUEST_EVENTS_MAX}, got {batch_events}")
+    if not 1 <= batch_bytes <= REQUEST_BYTES_MAX:
+        raise ValueError(f"batch_bytes: expected 1..{REQUEST_BYTES_MAX}, got {batch_bytes}")
+    if not 0 <= linger_ms <= LINGER_MS_MAX:
+        raise ValueError(f"linger_ms: expected 0..{LINGER_MS_MAX}, got {linger_ms}")
+    if buffer_events < 1 or buffer_bytes < 1:
+        raise ValueError("buffer_events and buffer_bytes must be positive")
+
+
 class ProducerHost(Protocol):
     """What a Producer needs of its Client (so that this file does not import client.py)."""
 
@@ -91,16 +107,7 @@ class Producer:
         buffer_bytes: int = BUFFER_BYTES_DEFAULT,
         producer_id: int | None = None,
     ) -> None:
-        if not 1 <= window <= WINDOW_MAX:
-            raise ValueError(f"window: expected 1..{WINDOW_MAX}, got {window}")
-        if not 1 <= batch_events <= REQUEST_EVENTS_MAX:
-            raise ValueError(f"batch_events: expected 1..{REQUEST_EVENTS_MAX}, got {batch_events}")
-        if not 1 <= batch_bytes <= REQUEST_BYTES_MAX:
-            raise ValueError(f"batch_bytes: expected 1..{REQUEST_BYTES_MAX}, got {batch_bytes}")
-        if not 0 <= linger_ms <= LINGER_MS_MAX:
-            raise ValueError(f"linger_ms: expected 0..{LINGER_MS_MAX}, got {linger_ms}")
-        if buffer_events < 1 or buffer_bytes < 1:
-            raise ValueError("buffer_events and buffer_bytes must be positive")
+        check_producer_options(window, batch_events, batch_bytes, linger_ms, buffer_events, buffer_bytes)
         self._client = client
         self._window = window
         self._batch_events = batch_events
