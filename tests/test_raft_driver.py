@@ -9,7 +9,7 @@ from shmraft.raft.driver import ReadyDriver
 from shmraft.raft.errors import InvariantError
 from shmraft.raft.messages import AppendEntries, AppendResponse, Heartbeat, Message
 from shmraft.raft.ready import Ready
-from shmraft.raft.types import Entry, HardState
+from shmraft.raft.types import Entry, HardState, Snapshot
 from shmraft.sim.harness import core_with_log
 
 
@@ -25,7 +25,7 @@ class Recorder:
         for m in messages:
             self.events.append(("send", type(m).__name__, m.dst))
 
-    def persist(self, entries: list[Entry], hard_state: HardState | None) -> bool:
+    def persist(self, entries: list[Entry], hard_state: HardState | None, snapshot: Snapshot | None = None) -> bool:
         self.events.append(("persist", [e.index for e in entries], hard_state))
         return self.sync
 
@@ -110,7 +110,7 @@ def test_a_real_follower_core_acknowledges_only_after_the_driver_reports_durabil
     sent: list[Message] = []
     writes: list[tuple[list[Entry], HardState | None]] = []
 
-    def persist(entries: list[Entry], hard_state: HardState | None) -> bool:
+    def persist(entries: list[Entry], hard_state: HardState | None, snapshot: Snapshot | None = None) -> bool:
         writes.append((entries, hard_state))
         return False
 

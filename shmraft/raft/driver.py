@@ -18,13 +18,13 @@ from typing import TYPE_CHECKING
 from shmraft.raft.errors import InvariantError
 from shmraft.raft.messages import Message
 from shmraft.raft.ready import Ready
-from shmraft.raft.types import Entry, HardState
+from shmraft.raft.types import Entry, HardState, Snapshot
 
 if TYPE_CHECKING:
     from shmraft.raft.core import RaftCore
 
 SendFn = Callable[[list[Message]], None]
-PersistFn = Callable[[list[Entry], HardState | None], bool]
+PersistFn = Callable[[list[Entry], HardState | None, Snapshot | None], bool]  # entries, hard state, snapshot
 ClockFn = Callable[[], float]  # milliseconds, any origin, never going back
 
 
@@ -77,7 +77,7 @@ class ReadyDriver:
         # entries handed out earlier
         write = _Write(rd.entries, after, not rd.must_persist)
         self._pending.append(write)
-        if rd.must_persist and self._persist(rd.entries, rd.hard_state):
+        if rd.must_persist and self._persist(rd.entries, rd.hard_state, rd.snapshot):
             write.durable = True
         self._release()
 

@@ -132,7 +132,55 @@ class TimeoutNow:
         return Channel.CONSENSUS
 
 
-Message = AppendEntries | AppendResponse | Heartbeat | HeartbeatResponse | RequestVote | VoteResponse | TimeoutNow
+@dataclass(frozen=True, slots=True)
+class InstallSnapshot:
+    """Leader -> follower: bytes [offset, offset + len(data)) of the leader's snapshot at (index, snap_term),
+    which is `total` bytes long with CRC32 `crc`. Sent when the follower needs an entry below the leader's log
+    start; chunks are bounded (RaftConfig) and travel on the DATA channel so they never delay heartbeats."""
+
+    src: int
+    dst: int
+    term: int
+    index: int
+    snap_term: int
+    total: int
+    crc: int
+    offset: int
+    data: bytes
+
+    @property
+    def channel(self) -> Channel:
+        return Channel.DATA
+
+
+@dataclass(frozen=True, slots=True)
+class SnapshotResponse:
+    """Follower -> leader: the follower holds bytes [0, received) of the snapshot at `index` and wants the chunk
+    at `received` next (0 after a restart or a failed checksum: the leader resends from 0). Once the snapshot is
+    installed and durable the follower answers AppendResponse(success, index) instead."""
+
+    src: int
+    dst: int
+    term: int
+    index: int
+    received: int
+
+    @property
+    def channel(self) -> Channel:
+        return Channel.CONSENSUS
+
+
+Message = (
+    AppendEntries
+    | AppendResponse
+    | Heartbeat
+    | HeartbeatResponse
+    | RequestVote
+    | VoteResponse
+    | TimeoutNow
+    | InstallSnapshot
+    | SnapshotResponse
+)
 MESSAGE_TYPES: tuple[type, ...] = (
     AppendEntries,
     AppendResponse,
@@ -141,4 +189,6 @@ MESSAGE_TYPES: tuple[type, ...] = (
     RequestVote,
     VoteResponse,
     TimeoutNow,
+    InstallSnapshot,
+    SnapshotResponse,
 )

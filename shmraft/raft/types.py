@@ -21,6 +21,16 @@ class Entry:
 
 
 @dataclass(frozen=True, slots=True)
+class Snapshot:
+    """The state a node needs to continue from log index `index` without entries 1..index: `term` is the term of
+    entry `index`, `data` the state machine's record there (opaque to the core; in shmraft node/snapshot.py)."""
+
+    index: int
+    term: int
+    data: bytes
+
+
+@dataclass(frozen=True, slots=True)
 class HardState:
     """What Raft must persist before answering a message: current term, vote in that term, commit index."""
 
@@ -64,6 +74,18 @@ class LogStorage(Protocol):
 
     def compact(self, up_to_index: int) -> None:
         """Delete committed entries <= up_to_index (retention)."""
+        ...
+
+    def snapshot(self) -> Snapshot | None:
+        """The newest saved snapshot (None if none): what a leader sends a follower that needs an entry below
+        first_index(). Its index is at least snapshot_index(), so the log holds every entry after it."""
+        ...
+
+    def install_snapshot(self, snapshot: Snapshot, hard_state: HardState) -> None:
+        """Replace the whole log by `snapshot` in one atomic, durable write: afterwards snapshot_index() and
+        last_index() are snapshot.index, snapshot_term() is snapshot.term, snapshot() returns it and
+        hard_state() is `hard_state` (whose commit is at least snapshot.index). A crash leaves the old state
+        or the new one, never a mix."""
         ...
 
     def close(self) -> None: ...

@@ -19,7 +19,7 @@ from shmraft.raft.errors import InvariantError
 from shmraft.raft.memstorage import MemStorage
 from shmraft.raft.messages import Message
 from shmraft.raft.ready import Ready
-from shmraft.raft.types import Entry, HardState, RandomSource, Role
+from shmraft.raft.types import Entry, HardState, RandomSource, Role, Snapshot
 
 DELIVERY_STEPS_MAX = 200_000  # a runaway message storm is a bug: stop instead of spinning
 
@@ -58,7 +58,7 @@ class Cluster:
         driver = self.drivers.get(i)
         if driver is None or driver.core is not self.cores[i]:
 
-            def persist(entries: list[Entry], hard_state: HardState | None) -> bool:
+            def persist(entries: list[Entry], hard_state: HardState | None, snapshot: Snapshot | None = None) -> bool:
                 if i in self.hold_persist:
                     self.held[i].append((entries, hard_state))
                     return False

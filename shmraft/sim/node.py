@@ -18,7 +18,7 @@ from shmraft.raft.core import RaftCore
 from shmraft.raft.driver import ReadyDriver
 from shmraft.raft.memstorage import MemStorage
 from shmraft.raft.messages import Message
-from shmraft.raft.types import Entry, HardState
+from shmraft.raft.types import Entry, HardState, Snapshot
 
 SendFn = Callable[["SimNode", list[Message]], None]
 ScheduleFn = Callable[["SimNode"], None]  # the disk took a write: schedule its completion
@@ -59,7 +59,7 @@ class SimNode:
         self.writes.clear()
         self.started_at_us = now_us
 
-        def persist(entries: list[Entry], hard_state: HardState | None) -> bool:
+        def persist(entries: list[Entry], hard_state: HardState | None, snapshot: Snapshot | None = None) -> bool:
             self.writes.append((entries, hard_state))
             schedule(self)
             return False  # durable later, when the simulator calls complete()

@@ -55,7 +55,7 @@ from shmraft.raft.driver import ReadyDriver
 from shmraft.raft.errors import ProposalError
 from shmraft.raft.messages import Channel, Message
 from shmraft.raft.ready import Ready
-from shmraft.raft.types import Entry, HardState
+from shmraft.raft.types import Entry, HardState, Snapshot
 from shmraft.raft.types import Role as StateRole
 from shmraft.storage.nodelog import HardStateLostError, NodeLog, is_disk_full, open_node_log
 from shmraft.storage.rocks import CorruptLogError, LogOrderError, SavedSnapshot, StorageError, StorageIOError
@@ -549,7 +549,7 @@ class RaftWorker(WorkerBase):
         self.state.set("last_index", self.core.last_index)
         self.state.set("first_index", self.core.first_index)
 
-    def _persist(self, entries: list[Entry], hard_state: HardState | None) -> bool:
+    def _persist(self, entries: list[Entry], hard_state: HardState | None, snapshot: Snapshot | None = None) -> bool:
         """The driver's write: entries and hard state in one synchronous RocksDB write (durable on return),
         keeping the dedup table in step with the log."""
         if entries:
