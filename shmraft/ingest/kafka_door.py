@@ -39,6 +39,7 @@ from shmraft.kafka.errors import KafkaRemoteError, UnsupportedRequest
 from shmraft.kafka.records import TIMESTAMP_TYPE_BIT, Record, RecordBatch, decode_batches, encode_batch
 from shmraft.kafka.versions import supported_ranges
 from shmraft.node.batching import BLOCK_HEAD
+from shmraft.node.dedup import KAFKA_PRODUCER_BIT, KAFKA_SEQUENCE_BASE, KAFKA_SEQUENCE_MODULUS
 from shmraft.raft.types import Role
 from shmraft.wire import client as cp
 
@@ -47,7 +48,6 @@ KAFKA_PARTITION: Final = 0  # its one partition
 ACKS_ALL: Final = -1
 ACKS_LEADER: Final = 1  # answered as acks=all: never a weaker guarantee (docs/KAFKA.md section 5)
 ACKS_NONE: Final = 0
-IDEMPOTENT_PRODUCER_BIT: Final = 1 << 63  # shmraft producer ids of Kafka idempotent producers
 KAFKA_PRODUCER_ID_BITS: Final = 47  # InitProducerId's random ids
 PRODUCER_EPOCH_BITS: Final = 16
 NATIVE_PRODUCER_ID_BITS: Final = 63  # non-idempotent Kafka connections: random ids with bit 63 clear
@@ -319,8 +319,8 @@ class KafkaDoor:
                     served.error_code = ErrorCode.OUT_OF_ORDER_SEQUENCE_NUMBER
                     served.error_message = "record batches of one request must follow on (one producer, sequences)"
                     return None
-                sequence += len(b.records)
-            pid = IDEMPOTENT_PRODUCER_BIT | first.producer_id << PRODUCER_EPOCH_BITS | (first.producer_epoch & 0xFFFF)
+                sequence = (sequence + len(b.records)) % KAFKA_SEQUENCE_MODULUS  # int32 wraps to 0
+            pid = KAFKA_PRODUCER_BIT | first.producer_id << PRODUCER_EPOCH_BITS | (first.producer_epoch & 0xFFFF)
             return pid, first.base_sequence, values, True
         session: KafkaSession = conn.session  # type: ignore[assignment]
         if session.producer_id < 0:
@@ -331,19 +331,29 @@ class KafkaDoor:
         return session.producer_id, first_sequence, values, False
 
     def _submit(
-        self, conn: Connection, pending: _Produce, timeout_ms: int, pid: int, seq: int, values: list[bytes], _i: bool
+        self,
+        conn: Connection,
+        pending: _Produce,
+        timeout_ms: int,
+        pid: int,
+        seq: int,
+        values: list[bytes],
+        idempotent: bool,
     ) -> None:
-        """The events as native event blocks of at most PRODUCE_EVENTS_MAX, each admitted like a native PRODUCE."""
-        for start in range(0, len(values), cp.PRODUCE_EVENTS_MAX):
-            chunk = values[start : start + cp.PRODUCE_EVENTS_MAX]
+        """The events as native event blocks of at most PRODUCE_EVENTS_MAX, each admitted like a native PRODUCE.
+
+        An idempotent producer's Kafka sequence s goes out as KAFKA_SEQUENCE_BASE + s, and a block never crosses
+        the int32 wrap (2^31-1 to 0), so every sequence stays in the band the dedup table compares modulo 2^31
+        (shmraft/node/dedup.py)."""
+        for _start, chunk_seq, chunk in _chunks(values, seq, idempotent):
             lengths = np.fromiter(map(len, chunk), dtype="<u4", count=len(chunk))
             size = int(lengths.sum())
-            block = b"".join([BLOCK_HEAD.pack(pid, seq + start, max(timeout_ms, 0), len(chunk)), lengths.tobytes()])
+            block = b"".join([BLOCK_HEAD.pack(pid, chunk_seq, max(timeout_ms, 0), len(chunk)), lengths.tobytes()])
             block += b"".join(chunk)
             tid = next(self._tracker_ids)
             pending.chunks_left += 1
             self.waiting[(conn.id, tid)] = pending
-            refused = self.admit(conn, tid, pid, seq + start, lengths, block, size, max(timeout_ms, 0))
+            refused = self.admit(conn, tid, pid, chunk_seq, lengths, block, size, max(timeout_ms, 0))
             if refused is not None:
                 self.on_answer(refused)
 
@@ -401,6 +411,24 @@ class KafkaDoor:
 
 def now() -> float:
     return time.monotonic()
+
+
+def _chunks(values: list[bytes], seq: int, idempotent: bool) -> list[tuple[int, int, list[bytes]]]:
+    """(index of the first value, its shmraft sequence, values) per event block: at most PRODUCE_EVENTS_MAX
+    values each; for an idempotent Kafka producer (`seq` is its int32 base sequence) the sequences are in the
+    Kafka band and a block ends at the wrap."""
+    out = []
+    start = 0
+    while start < len(values):
+        n = min(cp.PRODUCE_EVENTS_MAX, len(values) - start)
+        if idempotent:
+            kafka_seq = (seq + start) % KAFKA_SEQUENCE_MODULUS
+            n = min(n, KAFKA_SEQUENCE_MODULUS - kafka_seq)
+            out.append((start, KAFKA_SEQUENCE_BASE + kafka_seq, values[start : start + n]))
+        else:
+            out.append((start, seq + start, values[start : start + n]))
+        start += n
+    return out
 
 
 def _fetched_partition(result: FetchResult, fetch_offset: int) -> m.FetchPartitionData:

@@ -15,6 +15,17 @@ retry exactly as the old one would have. It is bounded two ways:
 Sequences of one producer must arrive in order: sequence s is accepted only right after s-1 (or as the
 first event of an unknown producer). A gap is OUT_OF_ORDER: the producer must first resend what is missing.
 
+Kafka's idempotent producers number their records with an int32 that wraps from 2^31-1 to 0. The Kafka door
+(ingest/kafka_door.py) sends them as producer ids with bit 63 set (`KAFKA_PRODUCER_BIT`) and sequences in the
+band `KAFKA_SEQUENCE_BASE + s` (s < 2^31, split at the wrap so that every raw sequence is in the band). For
+such a producer and sequence the table compares modulo 2^31 (`_unwrap`): a band sequence stands for the
+number nearest to the producer's next expected one (within 2^30 either way) that is equal to it modulo 2^31,
+so 0 follows 2^31-1 and a retry from before the wrap is still a duplicate. The table keeps that unwrapped
+number (an int64: 2^62 + laps * 2^31 + s), so the rule stays a function of the log. A native producer's
+sequences (any u64 id, sequences from 0, below 2^63) are compared exactly as before unless it picks an id
+with bit 63 set and sequences in the band [2^62, 2^62 + 2^31), which the client library never does
+(docs/KAFKA.md section 4).
+
 Truncation of the uncommitted suffix (a follower replacing entries of an old leader) is undone exactly:
 every entry above the commit index keeps the previous state of each producer it touched. The same undo
 records give the table as it stood at the commit index without replaying the log (`committed_state`), which
@@ -47,11 +58,29 @@ DEDUP_PRODUCERS_MAX_DEFAULT: Final = 100_000
 DEDUP_HORIZON_ENTRIES_DEFAULT: Final = 100_000
 DEDUP_SPANS_MAX_DEFAULT: Final = 64
 NO_OFFSET: Final = -1
+KAFKA_PRODUCER_BIT: Final = 1 << 63  # producer ids of Kafka idempotent producers (ingest/kafka_door.py)
+KAFKA_SEQUENCE_BASE: Final = 1 << 62  # Kafka sequence s is sent as KAFKA_SEQUENCE_BASE + s
+KAFKA_SEQUENCE_MODULUS: Final = 1 << 31  # Kafka's int32 sequence wraps from 2^31-1 to 0
+_KAFKA_HALF: Final = KAFKA_SEQUENCE_MODULUS // 2  # how far from the expected sequence a Kafka one may stand
 
 
 def event_offset(index: int, position: int) -> int:
     """An event's offset in the total order (docs/PROTOCOL.md section 2)."""
     return index * BATCH_EVENTS_MAX + position
+
+
+def _unwrap(pid: int, seqs: np.ndarray, high_water: int) -> np.ndarray:
+    """The sequences (int64) as the table compares them: a Kafka producer's band sequences (module docstring)
+    become the number nearest to `high_water + 1` that is equal to them modulo 2^31; others are unchanged."""
+    nxt = high_water + 1
+    if not pid & KAFKA_PRODUCER_BIT or nxt < KAFKA_SEQUENCE_BASE:
+        return seqs
+    band = (seqs >= KAFKA_SEQUENCE_BASE) & (seqs < KAFKA_SEQUENCE_BASE + KAFKA_SEQUENCE_MODULUS)
+    if not band.any():
+        return seqs
+    delta = (seqs - nxt) % KAFKA_SEQUENCE_MODULUS
+    delta = np.where(delta >= _KAFKA_HALF, delta - KAFKA_SEQUENCE_MODULUS, delta)
+    return np.where(band, nxt + delta, seqs)
 
 
 @dataclass(slots=True)
@@ -138,6 +167,7 @@ class DedupTable:
             mask = np.flatnonzero(producer_ids == pid)
             seqs = sequences[mask].astype(np.int64)
             state = self._producers.get(pid)
+            seqs = _unwrap(pid, seqs, int(seqs[0]) - 1 if state is None else state.high_water)
             if state is None:
                 expected = np.arange(seqs[0], seqs[0] + seqs.size)
                 new = np.zeros(seqs.size, dtype=bool)
@@ -178,6 +208,7 @@ class DedupTable:
             seqs = sequences[mask].astype(np.int64)
             offs = event_offset(index, 0) + positions[mask]
             prior = self._producers.pop(pid, None)
+            seqs = _unwrap(pid, seqs, int(seqs[0]) - 1 if prior is None else prior.high_water)
             undo[pid] = prior  # never mutated again (copy on write): undo records and frozen views share it
             state = _Producer(int(seqs[0]) - 1, index) if prior is None else prior.copy()
             assert state.high_water < seqs[0], f"producer {pid}: sequence {seqs[0]} after {state.high_water}"
