@@ -325,7 +325,7 @@ class KafkaDoor:
         session: KafkaSession = conn.session  # type: ignore[assignment]
         if session.producer_id < 0:
             session.producer_id = int.from_bytes(os.urandom(8), "big") >> (64 - NATIVE_PRODUCER_ID_BITS)
-            session.next_sequence = 0
+            session.next_sequence = KAFKA_SEQUENCE_BASE  # the door's band: the batcher keeps its blocks aligned
         first_sequence = session.next_sequence
         session.next_sequence += len(values)
         return session.producer_id, first_sequence, values, False

@@ -4,6 +4,13 @@ Pure code, used by the batcher worker. An event block is the body of a client PR
 (docs/PROTOCOL.md section 2: producer id, first sequence, timeout, count, lengths, bytes) forwarded by
 ingest unchanged. Work is per frame and per block, never per event: cut points come from a cumulative
 sum of sizes and `searchsorted`.
+
+One rule keeps the offsets a Kafka producer computes exact (docs/KAFKA.md section 2): a Kafka client takes
+record i's offset to be `base_offset + i`, which holds while a block lands at consecutive positions, or is cut
+only by the 64-event limit (`index*64 + 64 + k` is `(index+1)*64 + k`). So a Kafka door block (first sequence
+in `KAFKA_SEQUENCE_BASE`'s band or above, node/dedup.py) that the payload limit would cut in a frame already
+holding events starts a frame of its own instead, when from there on only the 64-event limit would cut it
+(`_aligned_fit`). Native blocks are packed as before (a native PRODUCED answer lists every event's offset).
 """
 
 from __future__ import annotations
@@ -16,6 +23,7 @@ from typing import Final
 import numpy as np
 
 from shmraft.constants import BATCH_EVENTS_MAX, BATCH_PAYLOAD_MAX_BYTES
+from shmraft.node.dedup import KAFKA_SEQUENCE_BASE
 from shmraft.wire.frame import encode_batch_arrays
 
 BLOCK_HEAD: Final = struct.Struct("<QQII")  # producer_id, first_sequence, timeout_ms, event_count
@@ -49,6 +57,15 @@ def parse_block(body: bytes | memoryview) -> _Block:
     assert count >= 1 and int(ends[-1]) == len(data), "event block sizes disagree"
     frame_sizes = ends + PER_EVENT_TABLE_BYTES * np.arange(1, count + 1, dtype=np.int64)
     return _Block(producer_id, first_sequence, lengths, ends - lengths, data, frame_sizes)
+
+
+def _aligned_fit(frame_sizes: np.ndarray, i: int, events_max: int, payload_max_bytes: int) -> bool:
+    """Whether events i.. of a block, cut into runs of `events_max` from an empty frame, fit `payload_max_bytes`
+    run by run (`frame_sizes`: cumulative frame bytes of events 0..k). Work per run, not per event."""
+    starts = np.arange(i, frame_sizes.size, events_max)
+    ends = np.minimum(starts + events_max, frame_sizes.size) - 1
+    before = np.where(starts > 0, frame_sizes[starts - 1], 0)
+    return bool(((frame_sizes[ends] - before) <= payload_max_bytes).all())
 
 
 class BatchCutter:
@@ -87,6 +104,12 @@ class BatchCutter:
             frames.append(self._cut_one())
         return frames
 
+    def _keep_aligned(self, block: _Block, i: int) -> bool:
+        """A Kafka door block whose events i.. would be cut only by the event limit from an empty frame on."""
+        if block.first_sequence < KAFKA_SEQUENCE_BASE or self.events_max != BATCH_EVENTS_MAX:
+            return False
+        return _aligned_fit(block.frame_sizes, i, self.events_max, self.payload_max_bytes)
+
     def _cut_one(self) -> bytes:
         lengths: list[np.ndarray] = []
         data: list[memoryview] = []
@@ -105,6 +128,8 @@ class BatchCutter:
             if take == 0:
                 break  # the next event does not fit in this frame
             j = i + take
+            if events and j < block.lengths.size and take < limit - i and self._keep_aligned(block, i):
+                break  # the payload limit would cut a Kafka block mid-way: it starts the next frame (docstring)
             lengths.append(block.lengths[i:j])
             end = int(block.starts[j - 1] + block.lengths[j - 1])
             data.append(block.data[int(block.starts[i]) : end])

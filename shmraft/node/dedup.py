@@ -59,7 +59,7 @@ DEDUP_HORIZON_ENTRIES_DEFAULT: Final = 100_000
 DEDUP_SPANS_MAX_DEFAULT: Final = 64
 NO_OFFSET: Final = -1
 KAFKA_PRODUCER_BIT: Final = 1 << 63  # producer ids of Kafka idempotent producers (ingest/kafka_door.py)
-KAFKA_SEQUENCE_BASE: Final = 1 << 62  # Kafka sequence s is sent as KAFKA_SEQUENCE_BASE + s
+KAFKA_SEQUENCE_BASE: Final = 1 << 62  # Kafka sequence s is sent as KAFKA_SEQUENCE_BASE + s (node/batching.py too)
 KAFKA_SEQUENCE_MODULUS: Final = 1 << 31  # Kafka's int32 sequence wraps from 2^31-1 to 0
 _KAFKA_HALF: Final = KAFKA_SEQUENCE_MODULUS // 2  # how far from the expected sequence a Kafka one may stand
 
