@@ -1,6 +1,6 @@
 """Bad input at every port of a running 3-node cluster while a producer runs (issue 6, "bad input").
 
-The leader and one follower get, on their client, data, raft and metrics ports: garbage, truncated messages,
+The leader and one follower get, on their client, data, raft, metrics and Kafka ports: garbage, truncated messages,
 oversized declared lengths, wrong magic, bad CRCs, well-formed requests with wrong field values, slow-loris
 connections (a byte now and then, never a whole request or handshake) and thousands of idle connections,
 part of them while the follower's ingest worker is short of file descriptors (its RLIMIT_NOFILE lowered
@@ -10,6 +10,10 @@ with prlimit, so accept() fails with EMFILE). Then:
 - no worker was restarted (the supervisors' restart counters) and no traceback was logged;
 - slow-loris and idle connections were closed by the nodes, and connections past a limit refused;
 - every acknowledged event is on every node exactly once, in the same order (clusterkit.verify);
+- on the Kafka port, what Kafka clients expect: an ApiVersions of a version not served gets the v0 answer
+  with UNSUPPORTED_VERSION and the versions served; a bad record batch gets CORRUPT_MESSAGE on its partition
+  and the connection goes on; garbage, a size over the limit or below a header, a truncated frame, an API or
+  version not served close the connection without an answer (Kafka's way; the line names the field);
 - the logs hold a clear line per bad peer, rate-limited: far fewer lines than bad connections, at most one
   per connection, and "suppressed" summaries.
 """
@@ -34,7 +38,14 @@ import psutil
 import pytest
 from clusterkit import Harness, Load, verify, wait_for
 
+from shmraft.ingest.kafka_door import KAFKA_TOPIC
 from shmraft.ipc.state import Worker
+from shmraft.kafka import codec as kcodec
+from shmraft.kafka import messages as km
+from shmraft.kafka.codes import ApiKey
+from shmraft.kafka.codes import ErrorCode as KafkaError
+from shmraft.kafka.framing import RequestHeader
+from shmraft.kafka.records import Record, RecordBatch, encode_batch
 from shmraft.net import links, ratelog
 from shmraft.wire import client as cp
 from shmraft.wire import peer as wp
@@ -67,6 +78,7 @@ IDLE_CLOSED_WITHIN_S = 45.0  # idle timeout, plus SYN retries (1, 3, 7, 15 s) of
 _RL = (ratelog.LINES_PER_INTERVAL_DEFAULT, ratelog.INTERVAL_S_DEFAULT)
 LINE_KINDS = [
     ("bad peer", re.compile(r"broke the peer protocol"), *_RL),
+    ("bad kafka client", re.compile(r"kafka client \S+ broke the protocol"), *_RL),  # the Kafka port's own limiter
     ("bad client", re.compile(r"broke the protocol"), *_RL),
     ("handshake timeout", re.compile(r"handshake not done"), *_RL),
     ("handshake closed", re.compile(r"closed the connection during the handshake"), *_RL),
@@ -151,9 +163,57 @@ def metrics_payloads() -> dict[str, bytes]:
     }
 
 
-def throw(address: tuple[str, int], payload: bytes, read_s: float = 1.0) -> bytes:
-    """Connect, send, read what comes back until the node closes or `read_s` passes; never raises."""
+KAFKA_CID = 77
+KAFKA_CLOSE_WITHIN_S = 10.0  # a Kafka connection with bad input is closed by the node within this
+KAFKA_CLOSED = ("kafka_garbage", "kafka_oversized", "kafka_small", "kafka_truncated", "kafka_unknown_api")
+KAFKA_CLOSED += ("kafka_unsupported_version",)
+
+
+def _kafka(key: int, version: int, body: object) -> bytes:
+    return kcodec.encode_request(RequestHeader(key, version, KAFKA_CID, "attacker"), body)
+
+
+def kafka_payloads() -> dict[str, bytes]:
+    """Bad input on the Kafka port (a size prefix is a big-endian int32, as in Kafka)."""
+    batch = bytearray(encode_batch(RecordBatch(0, [Record(0, b"attacker-kafka-event")])))
+    batch[-1] ^= 0xFF  # a record batch whose CRC-32C does not match
+    produce = km.ProduceRequest(
+        None, -1, 5000, [km.ProduceTopicData(KAFKA_TOPIC, [km.ProducePartitionData(0, bytes(batch))])]
+    )
+    metadata = _kafka(ApiKey.METADATA, 8, km.MetadataRequest([km.MetadataRequestTopic(KAFKA_TOPIC)]))
+    return {
+        "kafka_garbage": struct.pack(">i", 3000) + RNG.randbytes(3000),
+        "kafka_oversized": struct.pack(">i", 2**31 - 1) + b"\x00" * 64,
+        "kafka_small": struct.pack(">i", 3) + b"\x00" * 3,  # below a request header
+        # a whole frame whose request body ends inside its last fields (Metadata v8's three booleans)
+        "kafka_truncated": struct.pack(">i", len(metadata) - 7) + metadata[4:-3],
+        "kafka_unknown_api": struct.pack(">ihhih", 10, 999, 0, KAFKA_CID, -1),
+        "kafka_unsupported_version": struct.pack(">ihhih", 10, ApiKey.PRODUCE, 99, KAFKA_CID, -1),
+        # header v2 (as ApiVersions v3+: tagged fields after client_id), then a body of a version not known
+        "kafka_api_versions_too_new": struct.pack(">ihhihb", 11, ApiKey.API_VERSIONS, 99, KAFKA_CID, -1, 0),
+        "kafka_bad_crc": _kafka(ApiKey.PRODUCE, 8, produce),
+    }
+
+
+def kafka_answers(data: bytes, key: int, version: int) -> list[object]:
+    """The Kafka answers in `data` (read as answers to `key` at `version`), or the error that stopped reading."""
+    out: list[object] = []
+    pos = 0
+    try:
+        while pos + 4 <= len(data):
+            (size,) = struct.unpack_from(">i", data, pos)
+            out.append(kcodec.decode_response(key, version, data[pos + 4 : pos + 4 + size]))
+            pos += 4 + size
+    except Exception as exc:  # noqa: BLE001 - reported by the assertion that uses the result
+        out.append(exc)
+    return out
+
+
+def throw_seen(address: tuple[str, int], payload: bytes, read_s: float = 1.0) -> tuple[bytes, bool]:
+    """Connect, send, read what comes back until the node closes or `read_s` passes; never raises. Also says
+    whether the node closed the connection (False: still open after `read_s`)."""
     got = b""
+    closed = False
     try:
         with socket.create_connection(address, timeout=2.0) as s:
             try:
@@ -165,11 +225,14 @@ def throw(address: tuple[str, int], payload: bytes, read_s: float = 1.0) -> byte
             while time.monotonic() < deadline:
                 chunk = s.recv(65536)
                 if not chunk:
+                    closed = True
                     break
                 got += chunk
-    except OSError:
+    except TimeoutError:
         pass
-    return got
+    except OSError:
+        closed = True  # reset by the node
+    return got, closed
 
 
 # --- slow-loris and idle connections -----------------------------------------------------------------------------
@@ -309,6 +372,7 @@ def _ports(h: Harness, node: int) -> dict[str, tuple[str, int]]:
         "data": (m.host, m.data_port),
         "raft": (m.host, m.raft_port),
         "metrics": (m.host, m.metrics_port),
+        "kafka": (m.host, m.kafka_port),
     }
 
 
@@ -324,10 +388,42 @@ def _burst(h: Harness, targets: list[int]) -> list[bytes]:
                 jobs += [(ports[port], payload, "peer")] * CONNECTIONS_PER_KIND
         for payload in metrics_payloads().values():
             jobs += [(ports["metrics"], payload, "metrics")] * CONNECTIONS_PER_KIND
+        for name, payload in kafka_payloads().items():
+            jobs += [(ports["kafka"], payload, name)] * CONNECTIONS_PER_KIND
     RNG.shuffle(jobs)
     with ThreadPoolExecutor(max_workers=48) as pool:
-        answers = list(pool.map(lambda j: (j[2], throw(j[0], j[1])), jobs))
+        answers = list(pool.map(lambda j: (j[2], throw_seen(j[0], j[1], _read_s(j[2]))), jobs))
     return [(name, a) for name, a in answers if name not in ("peer", "metrics")], len(jobs)
+
+
+def _read_s(kind: str) -> float:
+    """How long a burst connection waits for the node: Kafka's bad input closes without an answer, so the test
+    waits for the close itself (a loaded 2-core machine may take a while)."""
+    return KAFKA_CLOSE_WITHIN_S if kind in KAFKA_CLOSED else 1.0
+
+
+def check_kafka_answers(answers: list[tuple[str, tuple[bytes, bool]]]) -> None:
+    """What Kafka clients expect from the Kafka port's bad input (the module docstring)."""
+    got: dict[str, list[tuple[bytes, bool]]] = {}
+    for name, seen in answers:
+        if name.startswith("kafka_"):
+            got.setdefault(name, []).append(seen)
+    for name in KAFKA_CLOSED:  # no answer, and closed by the node
+        assert got[name] and all(a == (b"", True) for a in got[name]), (name, got[name][:3])
+    for name in ("kafka_api_versions_too_new", "kafka_bad_crc"):  # answered, and the connection goes on
+        assert all(not closed for _, closed in got[name]), (name, got[name][:3])
+    for data, _ in got["kafka_api_versions_too_new"]:
+        ((cid, body),) = kafka_answers(data, ApiKey.API_VERSIONS, 0)
+        assert cid == KAFKA_CID and body.error_code == KafkaError.UNSUPPORTED_VERSION, body
+        assert {r.api_key for r in body.api_keys} >= {ApiKey.PRODUCE, ApiKey.FETCH, ApiKey.METADATA}
+    corrupt = []
+    for data, _ in got["kafka_bad_crc"]:  # the leader checks the CRC-32C; a follower refuses any Produce first
+        ((cid, body),) = kafka_answers(data, ApiKey.PRODUCE, 8)
+        part = body.responses[0].partition_responses[0]
+        assert cid == KAFKA_CID and part.error_code in (KafkaError.CORRUPT_MESSAGE, KafkaError.NOT_LEADER_OR_FOLLOWER)
+        if part.error_code == KafkaError.CORRUPT_MESSAGE:
+            corrupt.append(part)
+    assert corrupt and all("crc" in (p.error_message or "").lower() for p in corrupt), corrupt[:3]
 
 
 def _decode_answers(data: bytes) -> list[cp.Message]:
@@ -353,6 +449,7 @@ def test_bad_input_at_every_port_while_producing(tmp_path: Path, nofile_at_hard_
         client_connections_max=CLIENT_CONNECTIONS_MAX,
         client_request_timeout_ms=CLIENT_REQUEST_TIMEOUT_MS,
         client_idle_timeout_ms=CLIENT_IDLE_TIMEOUT_MS,
+        kafka=True,
     )
     started = time.monotonic()  # any rate-limit window of a bad-peer line starts after this
     try:
@@ -368,9 +465,11 @@ def test_bad_input_at_every_port_while_producing(tmp_path: Path, nofile_at_hard_
                 # 1. a burst of every kind of bad input at every port
                 answers, n = _burst(h, targets)
                 bad_connections += n
+                check_kafka_answers(answers)
                 by_kind: dict[str, list] = {}
-                for name, data in answers:
-                    by_kind.setdefault(name, []).append(_decode_answers(data))
+                for name, (data, _closed) in answers:
+                    if not name.startswith("kafka_"):
+                        by_kind.setdefault(name, []).append(_decode_answers(data))
                 for kind in (
                     "garbage",
                     "wrong_magic",
@@ -395,6 +494,8 @@ def test_bad_input_at_every_port_while_producing(tmp_path: Path, nofile_at_hard_
                             return cp.encode_produce(1, 999_003, 0, 100, [b"slow" * 50])
                         if addr == ports["metrics"]:
                             return b"GET /metrics HTTP/1.1\r\nHost: x\r\n" + b"X-Slow: y\r\n" * 100
+                        if addr == ports["kafka"]:
+                            return _kafka(ApiKey.METADATA, 8, km.MetadataRequest([km.MetadataRequestTopic("s" * 200)]))
                     return _hello(h.cluster_id, 2, 1, wp.Channel.DATA) * 2
 
                 addresses = [a for node in targets for a in _ports(h, node).values()]
@@ -403,8 +504,9 @@ def test_bad_input_at_every_port_while_producing(tmp_path: Path, nofile_at_hard_
                 never = {f"{a[1]}": [t for t in ts if t == float("inf")] for a, ts in closed.items()}
                 assert not any(never.values()), f"slow-loris connections never closed, by port: {never}"
                 for node in targets:
-                    client_closed = closed[_ports(h, node)["client"]]
-                    assert min(client_closed) >= CLIENT_REQUEST_TIMEOUT_MS / 1000 * 0.9, client_closed
+                    for port in ("client", "kafka"):  # closed by the slow-request timeout, not before
+                        client_closed = closed[_ports(h, node)[port]]
+                        assert min(client_closed) >= CLIENT_REQUEST_TIMEOUT_MS / 1000 * 0.9, (port, client_closed)
 
                 # 3. thousands of idle connections, past every limit, with the follower's ingest out of fds
                 ingest_pid = h.worker_pids(follower)[Worker.INGEST]
