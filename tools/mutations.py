@@ -108,7 +108,7 @@ CATALOGUE: tuple[Mutation, ...] = (
         "higher_term_no_step_down",
         "election",
         CORE,
-        "                leader = m.src if isinstance(m, AppendEntries | Heartbeat) else 0\n"
+        "                leader = m.src if isinstance(m, AppendEntries | Heartbeat | InstallSnapshot) else 0\n"
         "                self._become_follower(m.term, leader)",
         "                self._term, self._vote = m.term, 0",
         "a node adopts a higher term but keeps its role (a leader does not step down, 5.1)",
