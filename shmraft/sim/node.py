@@ -19,6 +19,7 @@ from shmraft.raft.driver import ReadyDriver
 from shmraft.raft.memstorage import MemStorage
 from shmraft.raft.messages import Message
 from shmraft.raft.types import Entry, HardState, Snapshot
+from shmraft.sim.statemachine import ToyStateMachine
 
 SendFn = Callable[["SimNode", list[Message]], None]
 ScheduleFn = Callable[["SimNode"], None]  # the disk took a write: schedule its completion
@@ -42,17 +43,31 @@ class SimNode:
         self.driver: ReadyDriver | None = None
         self.local_ms = 0  # this incarnation's clock, advanced by the simulator's tick events
         self.persist_free_at_us = 0  # the disk is busy until then (writes complete in order)
-        self.writes: deque[tuple[list[Entry], HardState | None]] = deque()  # started, not yet durable
+        # started, not yet durable: (entries, hard state, snapshot to install)
+        self.writes: deque[tuple[list[Entry], HardState | None, Snapshot | None]] = deque()
         self.commit_before_crash = 0
         self.term_at_crash = 0
         self.started_at_us = 0
         self.recovery_term = 0  # > 0: the log was lost; the node restarts recovering (the persisted flag)
         self.lost_log_term = 0  # the simulator's own view of recovering mode (shmraft.sim.promises)
         self.log_lost_ever = False
+        self.sm = ToyStateMachine()  # the applied state; rebuilt at each start from the saved snapshot
+        self.abandoned_seen = 0  # the core's snapshots_abandoned counter already counted in coverage
 
     def start(self, now_us: int, send: SendFn, schedule: ScheduleFn) -> RaftCore:
         rng = random.Random(f"core-{self.seed}-{self.id}-{self.incarnation}")
-        self.core = RaftCore(self.id, self.peers, self.storage, self.config, rng, recovery_term=self.recovery_term)
+        self.sm = ToyStateMachine()
+        snap = self.storage.snapshot()
+        applied = None
+        if snap is not None:
+            self.sm.restore(snap)
+            applied = snap.index
+        else:
+            self.sm.applied = self.storage.snapshot_index()  # compacted without a snapshot: never in the sim
+        self.core = RaftCore(
+            self.id, self.peers, self.storage, self.config, rng, applied=applied, recovery_term=self.recovery_term
+        )
+        self.abandoned_seen = 0
         self.up = True
         self.local_ms = 0
         self.persist_free_at_us = 0
@@ -60,7 +75,7 @@ class SimNode:
         self.started_at_us = now_us
 
         def persist(entries: list[Entry], hard_state: HardState | None, snapshot: Snapshot | None = None) -> bool:
-            self.writes.append((entries, hard_state))
+            self.writes.append((entries, hard_state, snapshot))
             schedule(self)
             return False  # durable later, when the simulator calls complete()
 
@@ -96,12 +111,30 @@ class SimNode:
         self.log_lost_ever = True
         self.commit_before_crash = 0
 
+    def take_snapshot(self, retention_entries: int) -> bool:
+        """Save the state machine's snapshot at its applied index and compact the log up to `retention_entries`
+        before it, if that index is committed and durable here. Returns whether a snapshot was saved."""
+        storage, sm = self.storage, self.sm
+        index = sm.applied
+        saved = storage.snapshot()
+        if index < 1 or (saved is not None and index <= saved.index) or index <= storage.snapshot_index():
+            return False
+        if index > storage.hard_state().commit or index > storage.last_index():
+            return False
+        term = storage.term_at(index)
+        assert term is not None
+        storage.save_snapshot(Snapshot(index, term, sm.encode()), compact_to=index - retention_entries)
+        return True
+
     def complete(self) -> None:
         """The fsync of the oldest write finished: write it to storage, then let the driver release what
         waited for it (acknowledgements, votes, the core's `persisted`)."""
         assert self.driver is not None
-        entries, hard_state = self.writes.popleft()
-        if entries:
+        entries, hard_state, snapshot = self.writes.popleft()
+        if snapshot is not None:
+            assert hard_state is not None
+            self.storage.install_snapshot(snapshot, hard_state)
+        elif entries:
             self.storage.append(entries, hard_state)
         elif hard_state is not None:
             self.storage.set_hard_state(hard_state)
