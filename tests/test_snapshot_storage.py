@@ -15,9 +15,16 @@ import pytest
 
 from shmraft.node.dedup import DedupTable
 from shmraft.node.snapshot import encode_snapshot, snapshot_of
-from shmraft.raft.types import Entry, HardState
+from shmraft.raft.types import Entry, HardState, Snapshot
 from shmraft.storage.nodelog import node_log_dir, open_node_log
-from shmraft.storage.rocks import LogOrderError, RocksLogStorage, SavedSnapshot
+from shmraft.storage.rocks import (
+    HardStateError,
+    LogCompactedError,
+    LogOrderError,
+    RocksLogReader,
+    RocksLogStorage,
+    SavedSnapshot,
+)
 from shmraft.wire.frame import decode_batch, encode_batch
 from shmraft.workers.raft import _decode_saved_snapshot, rebuild_dedup
 
@@ -121,7 +128,11 @@ def test_table_rebuilt_at_start_equals_the_never_restarted_one_past_retention(tm
         nl.close()
     nl = open_log(tmp_path)
     try:
-        assert nl.quarantined is None and nl.snapshot is not None and nl.snapshot.index >= 900 - SNAPSHOT_EVERY
+        assert (
+            nl.quarantined is None
+            and nl.snapshot_record is not None
+            and nl.snapshot_record.index >= 900 - SNAPSHOT_EVERY
+        )
         rebuilt = rebuild_dedup(nl, PRODUCERS_MAX)
     finally:
         nl.close()
@@ -234,3 +245,172 @@ def test_a_kill_at_any_point_leaves_snapshot_and_log_consistent(tmp_path: Path, 
             nl.close()
         assert state(rebuilt) == state(reference(frames, last))
     assert c is not None and nl.first_index() > 1 and last > RETAIN
+
+
+# --- installing a leader's snapshot (a follower behind the leader's log start) -------------------------------
+
+
+def leader_snapshot(frames: list[bytes], index: int) -> Snapshot:
+    """The snapshot a leader that holds `frames` would send at `index` (its table's record)."""
+    return Snapshot(index, TERM, encode_snapshot(snapshot_of(reference(frames, index), TERM)))
+
+
+@pytest.mark.parametrize("at", ["inside the follower's uncommitted suffix", "past the follower's log end"])
+def test_install_replaces_the_log_and_the_node_restarts_from_it(tmp_path: Path, at: str) -> None:
+    frames = workload(400)
+    nl = open_log(tmp_path)
+    try:
+        nl.append([Entry(i, TERM, frames[i - 1]) for i in range(1, 101)], HardState(TERM, 1, 90))
+        c = 95 if at.startswith("inside") else 300
+        snap = leader_snapshot(frames, c)
+        nl.install_snapshot(snap, HardState(TERM + 1, 2, c))
+        assert (nl.first_index(), nl.last_index(), nl.snapshot_index(), nl.snapshot_term()) == (c + 1, c, c, TERM)
+        assert nl.hard_state() == HardState(TERM + 1, 2, c) and nl.snapshot() == snap
+        assert nl.saved_snapshot_index() == c and nl.term_at(c) == TERM and nl.term_at(c - 1) is None
+        with pytest.raises(LogCompactedError):
+            nl.entries(c - 5, c + 1, 1 << 20)
+        assert nl.rocks.stats().snapshots_installed == 1
+        nl.append([Entry(i, TERM, frames[i - 1]) for i in range(c + 1, c + 51)], HardState(TERM + 1, 2, c + 50))
+    finally:
+        nl.close()
+    nl = open_log(tmp_path)  # the last-index hint was lowered with the log: no false "lost entries"
+    try:
+        assert nl.quarantined is None, nl.corruption
+        assert nl.open_check.full_scan and nl.open_check.entries_verified == 50  # the new log, whole
+        assert (nl.first_index(), nl.last_index(), nl.snapshot_record.index) == (c + 1, c + 50, c)
+        assert nl.saved.term == TERM + 1 and nl.saved.vote == 2  # the term/vote copy moved with it
+        rebuilt = rebuild_dedup(nl, PRODUCERS_MAX)
+    finally:
+        nl.close()
+    assert state(rebuilt) == state(reference(frames, c + 50))
+
+
+def test_install_at_or_below_the_commit_index_is_refused_and_changes_nothing(tmp_path: Path) -> None:
+    frames = workload(200)
+    nl = open_log(tmp_path)
+    try:
+        nl.append([Entry(i, TERM, frames[i - 1]) for i in range(1, 101)], HardState(TERM, 1, 90))
+        before = (nl.first_index(), nl.last_index(), nl.hard_state(), nl.saved.term, nl.saved.vote)
+        for c in (90, 40):
+            with pytest.raises(LogOrderError, match="not above the commit index 90"):
+                nl.install_snapshot(leader_snapshot(frames, c), HardState(TERM + 1, 2, c))
+        with pytest.raises(HardStateError, match="commit 120 is not the snapshot's index 150"):
+            nl.install_snapshot(leader_snapshot(frames, 150), HardState(TERM + 1, 2, 120))
+        with pytest.raises(HardStateError, match="term goes backwards"):
+            nl.install_snapshot(leader_snapshot(frames, 150), HardState(TERM - 1, 2, 150))
+        with pytest.raises(LogOrderError, match="snapshot term 5 outside"):
+            nl.install_snapshot(Snapshot(150, 5, b"x"), HardState(TERM, 1, 150))
+        assert (nl.first_index(), nl.last_index(), nl.hard_state(), nl.saved.term, nl.saved.vote) == before
+        assert nl.snapshot() is None
+    finally:
+        nl.close()
+
+
+def test_a_reader_process_sees_the_installed_log(tmp_path: Path) -> None:
+    frames = workload(300)
+    nl = open_log(tmp_path)
+    try:
+        nl.append([Entry(i, TERM, frames[i - 1]) for i in range(1, 51)], HardState(TERM, 1, 50))
+        with RocksLogReader(node_log_dir(tmp_path), tmp_path / "reader") as reader:
+            assert reader.last_index() == 50
+            nl.install_snapshot(leader_snapshot(frames, 200), HardState(TERM, 1, 200))
+            nl.append([Entry(i, TERM, frames[i - 1]) for i in range(201, 211)], HardState(TERM, 1, 210))
+            reader.catch_up()
+            assert (reader.first_index(), reader.last_index(), reader.hard_state().commit) == (201, 210, 210)
+            assert [e.index for e in reader.entries(201, 211, 1 << 20)] == list(range(201, 211))
+            with pytest.raises(LogCompactedError) as info:
+                reader.entries(10, 20, 1 << 20)
+            assert info.value.first_index == 201
+    finally:
+        nl.close()
+
+
+INSTALL_CHILD = r"""
+import sys
+sys.path.insert(0, sys.argv[2])
+from test_snapshot_storage import Entry, HardState, TERM, leader_snapshot, open_log, workload
+from pathlib import Path
+node_dir, n = Path(sys.argv[1]), int(sys.argv[3])
+frames = workload(n)
+nl = open_log(node_dir)
+print("R", nl.last_index(), flush=True)
+round_ = 0
+while nl.last_index() + 60 < n:
+    lo = nl.last_index() + 1
+    for i in range(lo, lo + 40, 4):  # commit lags 6 behind: an uncommitted suffix to replace
+        commit = max(i + 3 - 6, nl.hard_state().commit)
+        nl.append([Entry(k, TERM, frames[k - 1]) for k in range(i, i + 4)], HardState(TERM, 1, commit))
+    c = nl.hard_state().commit + 2 if round_ % 2 else nl.last_index() + 15
+    snap = leader_snapshot(frames, c)
+    print("B", c, flush=True)
+    nl.install_snapshot(snap, HardState(TERM, 1, c))
+    print("D", c, flush=True)
+    round_ += 1
+"""
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("kill_after_s", [[0.2, 0.35, 0.5, 0.8, 0.27, 0.61]])
+def test_a_kill_at_any_point_of_installs_leaves_the_old_or_the_new_state(tmp_path: Path, kill_after_s) -> None:
+    """Children append (with an uncommitted suffix) and install snapshots, some inside the suffix (the log
+    gets shorter), some past the end, and are SIGKILLed mid-flight; after every kill the log opens clean
+    (no false "lost entries" from the last-index hint, no quarantine), holds at least every install
+    reported done, agrees with its snapshot, and the table rebuilt from it is the leader's."""
+    total = 4000
+    frames = workload(total)
+    done_max = 0
+    for delay in kill_after_s:
+        child = subprocess.Popen(
+            [sys.executable, "-c", INSTALL_CHILD, str(tmp_path), str(Path(__file__).parent), str(total)],
+            stdout=subprocess.PIPE,
+            text=True,
+            cwd=REPO_ROOT,
+        )
+        try:
+            assert child.stdout.readline().startswith("R")
+            try:
+                child.wait(delay)
+            except subprocess.TimeoutExpired:
+                child.send_signal(signal.SIGKILL)
+            child.wait(10)
+            lines = child.stdout.read().splitlines()
+        finally:
+            if child.poll() is None:
+                child.kill()
+            child.stdout.close()
+        done = [int(line.split()[1]) for line in lines if line.startswith("D ")]
+        done_max = max([done_max, *done])
+        nl = open_log(tmp_path)
+        try:
+            assert nl.quarantined is None, nl.corruption
+            c = nl.saved_snapshot_index()
+            assert c is not None and c >= done_max  # an install reported done is never undone
+            assert nl.first_index() - 1 <= c <= nl.hard_state().commit <= nl.last_index()
+            assert nl.snapshot_record.index == c
+            last = nl.last_index()
+            rebuilt = rebuild_dedup(nl, PRODUCERS_MAX)
+        finally:
+            nl.close()
+        assert state(rebuilt) == state(reference(frames, last))
+    assert done_max > 0
+
+
+def test_a_crash_between_the_install_and_the_hint_update_is_not_taken_for_lost_entries(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The log gets shorter (a snapshot inside the follower's uncommitted suffix); a kill right after the
+    RocksDB write, before the hint is rewritten, must not read as "synced entries lost" at the next start."""
+    frames = workload(200)
+    nl = open_log(tmp_path)
+    try:
+        nl.append([Entry(i, TERM, frames[i - 1]) for i in range(1, 101)], HardState(TERM, 1, 60))
+        monkeypatch.setattr(nl, "_write_hint", lambda: None)  # the process dies here
+        nl.install_snapshot(leader_snapshot(frames, 70), HardState(TERM, 1, 70))
+    finally:
+        nl.close()
+    nl = open_log(tmp_path)
+    try:
+        assert nl.quarantined is None, nl.corruption
+        assert (nl.first_index(), nl.last_index(), nl.snapshot_record.index) == (71, 70, 70)
+    finally:
+        nl.close()

@@ -633,7 +633,7 @@ def rebuild_dedup(nl: NodeLog, producers_max: int, progress: Callable[[], None] 
     entries after it replayed (at most what was written since the last snapshot). A log without a snapshot
     (written by an older release) replays the last `horizon` entries, as releases before snapshots did.
     `progress` is called between reads (the worker's heartbeat: a long replay is not a stall)."""
-    snap: sn.Snapshot | None = nl.snapshot
+    snap: sn.Snapshot | None = nl.snapshot_record
     last = nl.last_index()
     if snap is not None:
         table = dd.DedupTable.from_state(snap.table, producers_max, snap.horizon_entries, snap.spans_max)
