@@ -13,7 +13,7 @@ from typing import Final
 
 import numpy as np
 
-from shmraft.constants import APPEND_ENTRIES_MAX
+from shmraft.constants import APPEND_ENTRIES_MAX, SNAPSHOT_CHUNK_BYTES_MAX
 from shmraft.raft.messages import (
     AppendEntries,
     AppendResponse,
@@ -30,7 +30,6 @@ from shmraft.raft.types import Entry
 from shmraft.wire.errors import LocalProtocolError, RemoteProtocolError
 
 ENTRY_BYTES_MAX: Final = 64 * 1024  # one entry's data (a frame is at most 32,824 bytes)
-SNAPSHOT_CHUNK_BYTES_MAX: Final = 4 * 1024 * 1024  # one InstallSnapshot chunk (the peer body limit is 8 MiB)
 SNAPSHOT_TOTAL_BYTES_MAX: Final = 1 << 30  # a whole snapshot (a dedup table is tens of MB at most)
 
 _COMMON: Final = struct.Struct("<BIIQ")  # kind, src, dst, term
