@@ -26,17 +26,21 @@ class Recorder:
             self.events.append(("send", type(m).__name__, m.dst))
 
     def persist(self, entries: list[Entry], hard_state: HardState | None, snapshot: Snapshot | None = None) -> bool:
-        self.events.append(("persist", [e.index for e in entries], hard_state))
+        self.events.append(("persist", [e.index for e in entries], hard_state, *([snapshot] if snapshot else [])))
         return self.sync
 
 
 class FakeCore:
     def __init__(self) -> None:
         self.persisted_calls: list[tuple[int, int]] = []
+        self.snapshot_calls: list[tuple[int, int]] = []
         self.ticks: list[int] = []
 
     def persisted(self, index: int, term: int) -> None:
         self.persisted_calls.append((index, term))
+
+    def snapshot_persisted(self, index: int, term: int) -> None:
+        self.snapshot_calls.append((index, term))
 
     def tick(self, elapsed_ms: int) -> None:
         self.ticks.append(elapsed_ms)
@@ -125,3 +129,52 @@ def test_a_real_follower_core_acknowledges_only_after_the_driver_reports_durabil
     acks = [m for m in sent if isinstance(m, AppendResponse)]
     assert len(acks) == 1 and acks[0].index == 3 and acks[0].success
     assert core.status()["stable_index"] == 3
+
+
+SNAP = Snapshot(7, 2, b"state")
+
+
+def test_a_snapshot_write_is_reported_to_the_core_and_acknowledged_only_once_durable():
+    driver, io, core = make(sync=False)
+    driver.handle(Ready(hard_state=HardState(2, 0, 7), snapshot=SNAP, messages_after_persist=[ACK]))
+    assert ("persist", [], HardState(2, 0, 7), SNAP) in io.events
+    assert not [e for e in io.events if e[0] == "send"] and core.snapshot_calls == []
+    driver.durable()
+    assert core.snapshot_calls == [(7, 2)] and io.events[-1] == ("send", "AppendResponse", 2)
+    assert core.persisted_calls == []  # no entries in a snapshot's Ready
+
+
+def test_a_synchronous_snapshot_write_reports_at_once_and_in_order_after_earlier_writes():
+    driver, io, core = make(sync=False)
+    driver.handle(ready([Entry(3, 1, b"x")], HardState(1, 0, 0)))
+    driver.handle(Ready(hard_state=HardState(2, 0, 7), snapshot=SNAP, messages_after_persist=[ACK]))
+    driver.durable()  # the entries' write
+    assert core.persisted_calls == [(3, 1)] and core.snapshot_calls == []
+    driver.durable()
+    assert core.snapshot_calls == [(7, 2)]
+    sync_driver, _, sync_core = make(sync=True)
+    sync_driver.handle(Ready(hard_state=HardState(2, 0, 7), snapshot=SNAP))
+    assert sync_core.snapshot_calls == [(7, 2)]
+
+
+def test_a_real_follower_core_counts_an_installed_snapshot_durable_only_when_the_driver_says_so():
+    import zlib
+
+    from shmraft.raft.messages import InstallSnapshot
+
+    core, storage = core_with_log(2, [1, 3], [1], HardState(term=2))
+    writes: list[Snapshot | None] = []
+
+    def persist(entries: list[Entry], hard_state: HardState | None, snapshot: Snapshot | None = None) -> bool:
+        writes.append(snapshot)
+        if snapshot is not None and hard_state is not None:
+            storage.install_snapshot(snapshot, hard_state)
+        return False
+
+    sent: list[Message] = []
+    driver = ReadyDriver(core, sent.extend, persist, lambda: 0.0)
+    core.step(InstallSnapshot(1, 2, 2, 7, 2, 5, zlib.crc32(b"state"), 0, b"state"))
+    driver.handle(core.ready())
+    assert writes == [SNAP] and sent == [] and core.status()["stable_index"] == 0
+    driver.durable()
+    assert core.status()["stable_index"] == 7 and [type(m).__name__ for m in sent] == ["AppendResponse"]

@@ -6,7 +6,7 @@ import pytest
 
 from shmraft.raft.errors import InvariantError
 from shmraft.raft.memstorage import MemStorage
-from shmraft.raft.types import Entry, HardState
+from shmraft.raft.types import Entry, HardState, Snapshot
 
 
 def ents(first: int, terms: list[int], size: int = 4) -> list[Entry]:
@@ -89,3 +89,52 @@ def test_power_loss_with_fsync_never_returns_to_the_last_sync():
     s.append(ents(2, [1, 1]), HardState(term=2, vote=3, commit=2))
     s.crash(power_loss=True)
     assert s.last_index() == 1 and s.hard_state() == HardState(term=1, vote=1)
+
+
+def test_save_snapshot_compacts_atomically_and_stays_at_or_above_the_log_start():
+    s = MemStorage()
+    s.append(ents(1, [1, 1, 2, 2, 2]), HardState(term=2, commit=4))
+    s.save_snapshot(Snapshot(4, 2, b"state@4"), compact_to=2)
+    assert s.snapshot() == Snapshot(4, 2, b"state@4") and (s.snapshot_index(), s.first_index()) == (2, 3)
+    with pytest.raises(InvariantError):
+        s.save_snapshot(Snapshot(5, 2, b"x"))  # beyond commit
+    with pytest.raises(InvariantError):
+        s.save_snapshot(Snapshot(3, 1, b"x"))  # wrong term
+    s.compact(3)  # below the snapshot: it stays
+    assert s.snapshot() is not None
+    s.compact(4)
+    assert s.snapshot() is not None and s.snapshot().index >= s.snapshot_index()
+
+
+def test_compaction_past_the_saved_snapshot_without_one_drops_it():
+    s = MemStorage()
+    s.append(ents(1, [1, 1, 1]), HardState(term=1, commit=3))
+    s.save_snapshot(Snapshot(1, 1, b"s"))
+    s.compact(2)
+    assert s.snapshot() is None
+
+
+@pytest.mark.parametrize("fsync", ["always", "never"])
+def test_install_snapshot_replaces_the_log_atomically_under_power_loss(fsync):
+    s = MemStorage(fsync)
+    s.append(ents(1, [1, 1, 1]), HardState(term=1, commit=1))
+    s.sync()
+    s.install_snapshot(Snapshot(10, 3, b"leader-state"), HardState(term=3, vote=0, commit=10))
+    assert (s.first_index(), s.last_index(), s.snapshot_index(), s.snapshot_term()) == (11, 10, 10, 3)
+    assert s.term_at(10) == 3 and s.term_at(3) is None and s.hard_state().commit == 10
+    s.crash(power_loss=True)
+    if fsync == "always":  # durable on return
+        assert s.snapshot() == Snapshot(10, 3, b"leader-state") and s.last_index() == 10
+        assert s.hard_state() == HardState(3, 0, 10)
+    else:  # not synced: the old state, whole
+        assert s.snapshot() is None and s.last_index() == 3 and s.hard_state() == HardState(1, 0, 1)
+        assert [s.term_at(i) for i in (1, 2, 3)] == [1, 1, 1]
+
+
+def test_install_snapshot_refuses_a_commit_below_its_index_or_an_index_below_the_commit():
+    s = MemStorage()
+    s.append(ents(1, [1, 1, 1]), HardState(term=1, commit=3))
+    with pytest.raises(InvariantError):
+        s.install_snapshot(Snapshot(10, 1, b""), HardState(term=1, commit=5))
+    with pytest.raises(InvariantError):
+        s.install_snapshot(Snapshot(2, 1, b""), HardState(term=1, commit=3))

@@ -56,6 +56,11 @@ class RaftConfig:
     max_entry_bytes: int = BATCH_PAYLOAD_MAX_BYTES + FRAME_HEADER_BYTES + FRAME_FOOTER_BYTES
     # committed entries handed out by one Ready (the rest follow in the next Ready)
     max_committed_bytes_per_ready: int = 8 * 1024 * 1024
+    # InstallSnapshot: the leader sends its snapshot in chunks of at most this many bytes (and at most
+    # max_inflight_bytes of them unacknowledged); a follower refuses a snapshot larger than max_snapshot_bytes
+    # (it buffers the whole snapshot in memory before installing it)
+    snapshot_chunk_bytes: int = 1024 * 1024
+    max_snapshot_bytes: int = 1024 * 1024 * 1024
     test_only_mutation: str = ""  # "" in production; see TEST_ONLY_MUTATIONS
 
     def __post_init__(self) -> None:
@@ -70,6 +75,8 @@ class RaftConfig:
             "max_uncommitted_bytes",
             "max_entry_bytes",
             "max_committed_bytes_per_ready",
+            "snapshot_chunk_bytes",
+            "max_snapshot_bytes",
         )
         for name in positive:
             if getattr(self, name) <= 0:

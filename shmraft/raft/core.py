@@ -1,14 +1,17 @@
 """The Raft consensus algorithm as a pure, deterministic state machine (sans-I/O, in the style of etcd raft).
 
 Inputs: `tick(elapsed_ms)`, `step(message)`, `propose(data)`, `persisted(index, term)`,
-`transfer_leadership(to)`, `peer_disconnected(peer)`. Output: `ready()` collects messages to send (each with
-its destination and channel), entries and hard state to persist, committed entries and role changes; see
-shmraft.raft.ready.Ready for the order in which the driver must act on them.
+`snapshot_persisted(index, term)`, `transfer_leadership(to)`, `peer_disconnected(peer)`. Output: `ready()`
+collects messages to send (each with its destination and channel), entries and hard state (or a snapshot) to
+persist, committed entries and role changes; see shmraft.raft.ready.Ready for the order in which the driver
+must act on them.
 
 Time is only what tick() says and randomness only what the injected random source gives, so a simulator
 can replay any run exactly. The algorithm follows the Raft paper and Ongaro's thesis: pre-vote (9.6),
 check-quorum (6.2), leadership transfer (3.10), a leader's own log counting only once durable (10.2.1),
-the commit rule of 5.4.2 (figure 8), and fast back-off with a term hint (5.3). Safety invariants are
+the commit rule of 5.4.2 (figure 8), fast back-off with a term hint (5.3), and InstallSnapshot (5.1) for a
+follower that needs entries below the leader's log start (chunked, flow-controlled, resumable; see
+docs/DESIGN.md "InstallSnapshot (the core)"). Safety invariants are
 asserted where they could break (InvariantError), TigerBeetle style.
 
 Recovering mode (`recovery_term` > 0): a node whose log was lost (quarantined as corrupt) restarts with an
@@ -24,6 +27,7 @@ answer makes that leader step down: one election, without it, follows. See docs/
 
 from __future__ import annotations
 
+import zlib
 from collections import deque
 from collections.abc import Iterable
 
@@ -42,15 +46,17 @@ from shmraft.raft.messages import (
     AppendResponse,
     Heartbeat,
     HeartbeatResponse,
+    InstallSnapshot,
     Message,
     RequestVote,
+    SnapshotResponse,
     TimeoutNow,
     VoteResponse,
 )
 from shmraft.raft.progress import Progress, ProgressState
 from shmraft.raft.quorum import majority, quorum_index, vote_result
 from shmraft.raft.ready import Ready
-from shmraft.raft.types import Entry, HardState, LogStorage, RandomSource, Role, SoftState
+from shmraft.raft.types import Entry, HardState, LogStorage, RandomSource, Role, Snapshot, SoftState
 
 NOOP: bytes = b""  # the entry a new leader appends to commit earlier terms' entries (5.4.2)
 
@@ -114,6 +120,18 @@ class RaftCore:
         self._prev_hard = hs
         self._prev_soft = SoftState(self._role, self._leader, self._term)
         self.dropped_messages = 0  # messages from unknown nodes, counted not raised
+        # InstallSnapshot. Leader: the snapshot being sent (with its CRC32), shared by every transfer that
+        # started while it was the newest; dropped when no transfer uses it. Follower: the chunks received so
+        # far of one snapshot, keyed by (index, term, total, crc), and a snapshot installed but not yet in a
+        # Ready. Counters for status and metrics.
+        self._snap_cache: tuple[Snapshot, int] | None = None
+        self._snap_buf: bytearray | None = None
+        self._snap_buf_key: tuple[int, int, int, int] = (0, 0, 0, 0)
+        self._snap_to_persist: Snapshot | None = None
+        self.snapshots_sent = 0  # leader: transfers completed (the follower then held the snapshot's index)
+        self.snapshots_installed = 0  # follower: snapshots installed
+        self.snapshots_refused = 0  # follower: snapshots larger than max_snapshot_bytes, ignored
+        self.snapshots_abandoned = 0  # leader: transfers in progress when this node stopped leading
         if recovery_term < 0 or recovery_term > self._term:
             raise ValueError(f"recovery_term: expected 0..{self._term} (the stored term), got {recovery_term}")
         self._recovery_term = recovery_term
@@ -194,8 +212,14 @@ class RaftCore:
             "last_index": self._log.last_index(),
             "stable_index": self._log.stable_last(),
             "recovering": self.recovering,
+            "snapshots_sent": self.snapshots_sent,
+            "snapshots_installed": self.snapshots_installed,
         }
+        if self._snap_buf is not None:
+            index, _, total, _ = self._snap_buf_key
+            out["snapshot_receiving"] = {"index": index, "received_bytes": len(self._snap_buf), "total_bytes": total}
         if self._role == Role.LEADER:
+            last = self._log.last_index()
             out["progress"] = {
                 p: {
                     "match": pr.match,
@@ -204,11 +228,22 @@ class RaftCore:
                     "inflight_entries": pr.inflight_entries,
                     "inflight_bytes": pr.inflight_bytes,
                     "silent_ms": pr.silent_ms,
+                    "entries_behind": last - pr.match,
+                    "snapshot_index": pr.snap.index if pr.snap is not None else 0,
+                    "snapshot_sent_bytes": pr.snap_sent if pr.snap is not None else 0,
+                    "snapshot_acked_bytes": pr.snap_acked if pr.snap is not None else 0,
+                    "snapshot_total_bytes": len(pr.snap.data) if pr.snap is not None else 0,
+                    "snapshot_missing": pr.state == ProgressState.SNAPSHOT and pr.snap is None,
                 }
                 for p, pr in self._progress.items()
             }
             out["transfer_target"] = self._transfer_target
         return out
+
+    @property
+    def snapshot_receiving(self) -> bool:
+        """A follower holds part of a snapshot (chunks received, not yet complete)."""
+        return self._snap_buf is not None
 
     # --- inputs -------------------------------------------------------------------------------------------
     def tick(self, elapsed_ms: int) -> None:
@@ -257,6 +292,11 @@ class RaftCore:
                 self._maybe_commit()
             self._maybe_end_recovery()
 
+    def snapshot_persisted(self, index: int, term: int) -> None:
+        """The driver made the snapshot of a Ready (Ready.snapshot at (index, term)) durable."""
+        if self._log.snapshot_stable(index, term):
+            self._maybe_end_recovery()
+
     def transfer_leadership(self, to: int | None = None) -> int:
         """Hand leadership to `to` (default: the most caught-up follower), e.g. before a clean shutdown.
         Proposals are refused until it completes or one election timeout passes. Returns the target."""
@@ -283,8 +323,14 @@ class RaftCore:
         resends to that peer from its known match, since whatever was in flight may be lost."""
         if self._role == Role.LEADER:
             pr = self._progress.get(peer)
-            if pr is not None and pr.state != ProgressState.RESEED:
+            if pr is None:
+                return
+            if pr.state == ProgressState.REPLICATE:
                 pr.become_probe()
+            elif pr.state == ProgressState.PROBE:
+                pr.probe_sent = False  # resend the probe where it was (a new leader's next is not match + 1)
+            else:
+                pr.resume_snapshot()  # resend from the acknowledged offset
             return
         if self._role == Role.FOLLOWER and peer == self._leader and peer != 0:
             self._leader = 0
@@ -312,10 +358,10 @@ class RaftCore:
             elif isinstance(m, VoteResponse) and m.pre_vote and m.granted:
                 pass  # a granted pre-vote carries the term we would campaign in
             else:
-                leader = m.src if isinstance(m, AppendEntries | Heartbeat) else 0
+                leader = m.src if isinstance(m, AppendEntries | Heartbeat | InstallSnapshot) else 0
                 self._become_follower(m.term, leader)
         elif m.term < self._term:
-            if isinstance(m, AppendEntries | Heartbeat):
+            if isinstance(m, AppendEntries | Heartbeat | InstallSnapshot):
                 # tell a stale leader about the newer term so that it steps down
                 self._send(AppendResponse(self.id, m.src, self._term, 0, False))
             elif isinstance(m, RequestVote) and m.pre_vote:
@@ -335,6 +381,8 @@ class RaftCore:
         """Whether ready() would return something to do."""
         if self._msgs or self._msgs_after_persist or self._log.in_progress < self._log.last_index():
             return True
+        if self._snap_to_persist is not None:
+            return True
         if self._applied < self._commit:
             return True
         if self._role == Role.LEADER and self._leader_has_sends():
@@ -353,13 +401,17 @@ class RaftCore:
         if soft != self._prev_soft:
             rd.soft_state = self._prev_soft = soft
         hard = HardState(self._term, self._vote, self._commit)
-        if hard != self._prev_hard:
+        if hard != self._prev_hard or self._snap_to_persist is not None:
             rd.hard_state = self._prev_hard = hard
-        rd.entries = self._log.take_unpersisted()
         if self._msgs:
             rd.messages, self._msgs = self._msgs, []
         if self._msgs_after_persist:
             rd.messages_after_persist, self._msgs_after_persist = self._msgs_after_persist, []
+        if self._snap_to_persist is not None:
+            # a Ready with a snapshot carries no entries and nothing to apply: the next Ready does
+            rd.snapshot, self._snap_to_persist = self._snap_to_persist, None
+            return rd
+        rd.entries = self._log.take_unpersisted()
         if self._applied < self._commit:
             lo = max(self._applied + 1, self._log.first_index())
             rd.committed_entries = self._log.entries(lo, self._commit + 1, self.config.max_committed_bytes_per_ready)
@@ -380,9 +432,12 @@ class RaftCore:
         if term > self._term:
             self._term = term
             self._vote = 0
+        if self._role == Role.LEADER:
+            self.snapshots_abandoned += sum(1 for pr in self._progress.values() if pr.snap is not None)
         self._role = Role.FOLLOWER
         self._leader = leader
         self._progress = {}
+        self._snap_cache = None
         self._votes = {}
         self._transfer_target = 0
         self._uncommitted.clear()
@@ -440,6 +495,7 @@ class RaftCore:
         self._transfer_target = 0
         last = self._log.last_index()
         self._progress = {p: Progress(last + 1) for p in self.peers}
+        self._snap_cache = None
         self._leader_term_start = last + 1
         self._uncommitted.clear()
         self._uncommitted_bytes = 0
@@ -499,6 +555,10 @@ class RaftCore:
             self._election_elapsed_ms = 0
             self._leader = m.src
             self._handle_append(m)
+        elif isinstance(m, InstallSnapshot):
+            self._election_elapsed_ms = 0
+            self._leader = m.src
+            self._handle_snapshot(m)
         elif isinstance(m, Heartbeat):
             self._election_elapsed_ms = 0
             self._leader = m.src
@@ -509,7 +569,7 @@ class RaftCore:
         # responses meant for a leader or candidate we no longer are: ignored
 
     def _step_candidate(self, m: Message) -> None:
-        if isinstance(m, AppendEntries | Heartbeat):
+        if isinstance(m, AppendEntries | Heartbeat | InstallSnapshot):
             self._become_follower(self._term, m.src)  # a leader of our term exists (5.2)
             self._step_follower(m)
         elif isinstance(m, VoteResponse):
@@ -546,6 +606,63 @@ class RaftCore:
         hint_index = self._log.find_conflict_by_term(min(m.prev_index, self._log.last_index()), m.prev_term)
         hint_term = self._log.term(hint_index) or 0
         self._send(AppendResponse(self.id, m.src, self._term, m.prev_index, False, hint_index, hint_term))
+
+    def _handle_snapshot(self, m: InstallSnapshot) -> None:
+        """Follower side of InstallSnapshot (thesis 5.1, chunked): answer at once when the snapshot is not
+        needed, otherwise buffer the chunk if it is the next one, and install the snapshot once complete and
+        checksummed. The installing Ready's write (Ready.snapshot) replaces the whole log atomically; the
+        acknowledgement leaves only once it is durable."""
+        if m.index <= self._commit:
+            # we hold (and have committed) everything up to the snapshot: never move commit backwards
+            self._send(AppendResponse(self.id, m.src, self._term, self._commit, True))
+            return
+        if self._log.term(m.index) == m.snap_term:
+            # our log holds the snapshot's last entry: it matches the leader's up to there (log matching), so
+            # keep it, and the suffix after it, which the leader's next appends check as usual
+            self._snap_buf = None
+            self._commit_to(m.index)
+            self._send(AppendResponse(self.id, m.src, self._term, m.index, True))
+            return
+        if m.total > self.config.max_snapshot_bytes:
+            self.snapshots_refused += 1  # cannot be buffered here: ignored (the operator sees it in status)
+            return
+        if m.offset < 0 or m.total < 0 or m.offset + len(m.data) > m.total or m.index < 1:
+            self.dropped_messages += 1  # inconsistent chunk: ignored
+            return
+        key = (m.index, m.snap_term, m.total, m.crc)
+        if self._snap_buf is None or self._snap_buf_key != key:
+            if self._snap_buf is not None and m.index < self._snap_buf_key[0]:
+                return  # a chunk of an older snapshot than the one being received: stale, ignored
+            self._snap_buf = bytearray()
+            self._snap_buf_key = key
+        buf = self._snap_buf
+        if m.offset != len(buf):
+            # a gap (a chunk was lost, or our partial copy was): ask for what we miss. A chunk we already hold
+            # is answered only at offset 0 (a new transfer: tell the leader how much we hold); answering every
+            # duplicate would look like a gap to the leader and make it resend
+            if m.offset > len(buf) or m.offset == 0:
+                self._send(SnapshotResponse(self.id, m.src, self._term, m.index, len(buf)))
+            return
+        buf += m.data
+        if len(buf) < m.total:
+            self._send(SnapshotResponse(self.id, m.src, self._term, m.index, len(buf)))
+            return
+        self._snap_buf = None
+        if zlib.crc32(buf) != m.crc:
+            self._send(SnapshotResponse(self.id, m.src, self._term, m.index, 0))  # damaged: start again
+            return
+        self._install_snapshot(Snapshot(m.index, m.snap_term, bytes(buf)))
+        self._send(AppendResponse(self.id, m.src, self._term, m.index, True))
+
+    def _install_snapshot(self, snap: Snapshot) -> None:
+        """Replace the log by `snap` (index above our commit): commit and applied move to its index."""
+        if snap.index <= self._commit:
+            raise InvariantError(f"snapshot at {snap.index} installed at or below commit {self._commit}")
+        self._log.restore(snap.index, snap.term)
+        self._commit = max(self._commit, snap.index)
+        self._applied = snap.index
+        self._snap_to_persist = snap
+        self.snapshots_installed += 1
 
     def _commit_to(self, index: int) -> None:
         if index <= self._commit:
@@ -590,6 +707,12 @@ class RaftCore:
                 stalled = pr.match < pr.next - 1 and pr.match == pr.match_at_heartbeat
                 if pr.state == ProgressState.REPLICATE and stalled:
                     pr.become_probe()  # no acknowledgement for a whole interval: assume a loss, resend
+                elif pr.state == ProgressState.SNAPSHOT:
+                    if pr.snap is None:
+                        self._begin_snapshot(pr)  # none to send before: perhaps one was saved since
+                    elif not pr.snap_progressed:
+                        pr.resume_snapshot()  # no chunk acknowledged for a whole interval: resend
+                    pr.snap_progressed = False
                 pr.match_at_heartbeat = pr.match
                 self._send_heartbeat(p, pr)
 
@@ -608,10 +731,15 @@ class RaftCore:
         elif isinstance(m, HeartbeatResponse):
             if pr.state == ProgressState.PROBE:
                 pr.probe_sent = False  # resume probing: the previous probe or its answer may be lost
-        elif isinstance(m, AppendEntries | Heartbeat):
+        elif isinstance(m, SnapshotResponse):
+            self._handle_snapshot_response(m, pr)
+        elif isinstance(m, AppendEntries | Heartbeat | InstallSnapshot):
             raise InvariantError(f"two leaders in term {self._term}: {self.id} and {m.src}")
 
     def _handle_append_response(self, m: AppendResponse, pr: Progress) -> None:
+        if pr.state == ProgressState.SNAPSHOT:
+            self._snapshot_append_response(m, pr)
+            return
         if not m.success:
             if m.hint_term > 0:
                 next_hint = self._log.find_conflict_by_term(m.hint_index, m.hint_term) + 1
@@ -632,6 +760,65 @@ class RaftCore:
             if self._transfer_target == m.src and pr.match == self._log.last_index():
                 self._send(TimeoutNow(self.id, m.src, self._term))
 
+    def _snapshot_append_response(self, m: AppendResponse, pr: Progress) -> None:
+        """An append answer from a follower we send a snapshot to. A success at or past the snapshot's index
+        (the follower installed it, or held it already) ends the transfer; rejections are answers to appends
+        sent before and are ignored (the snapshot will settle where the follower's log stands)."""
+        if not m.success:
+            return
+        if m.index > self._log.last_index():
+            raise InvariantError(
+                f"follower {m.src} acknowledged {m.index} beyond leader's last {self._log.last_index()}"
+            )
+        moved = pr.acked(m.index)
+        # the follower now holds what our appends can continue from: the snapshot's index, or our log start
+        target = self._log.first_index() - 1
+        if pr.snap is not None:
+            target = min(target, pr.snap.index)
+        if m.index >= target:
+            if pr.snap is not None:
+                self.snapshots_sent += 1
+            pr.become_replicate()
+            self._drop_snapshot_cache_if_unused()
+        if moved:
+            self._maybe_commit()
+
+    def _handle_snapshot_response(self, m: SnapshotResponse, pr: Progress) -> None:
+        """The follower holds bytes [0, received) of the snapshot at m.index (Progress.snapshot_answer)."""
+        snap = pr.snap
+        if snap is None or m.index != snap.index or not 0 <= m.received <= len(snap.data):
+            return
+        pr.snapshot_answer(m.received)
+
+    def _begin_snapshot(self, pr: Progress) -> None:
+        """The follower needs entries we no longer hold: send it our snapshot (or wait for one)."""
+        cached = self._snapshot_to_send()
+        if cached is None:
+            pr.become_snapshot(None, 0)
+            self._drop_snapshot_cache_if_unused()
+            return
+        pr.become_snapshot(cached[0], cached[1])
+
+    def _snapshot_to_send(self) -> tuple[Snapshot, int] | None:
+        """The newest saved snapshot that covers our log start, and its CRC32; fetched from storage once and
+        shared by the transfers that start while it is the newest."""
+        first = self._log.first_index()
+        cached = self._snap_cache
+        if cached is not None and cached[0].index >= first - 1:
+            return cached
+        snap = self._log.storage.snapshot()
+        if snap is None or snap.index < first - 1 or snap.index > self._commit:
+            return None  # a log of an older release (no snapshot), or one that does not fit our log
+        held = self._log.term(snap.index)
+        if held is not None and held != snap.term:
+            raise InvariantError(f"saved snapshot at {snap.index} has term {snap.term}, the log {held}")
+        self._snap_cache = (snap, zlib.crc32(snap.data))
+        return self._snap_cache
+
+    def _drop_snapshot_cache_if_unused(self) -> None:
+        if self._snap_cache is not None and not any(pr.snap is not None for pr in self._progress.values()):
+            self._snap_cache = None
+
     def _maybe_commit(self) -> None:
         """Commit the highest index stored on a majority, if it belongs to this leader's term (5.4.2)."""
         matches = [pr.match for pr in self._progress.values()]
@@ -651,7 +838,40 @@ class RaftCore:
         for pr in self._progress.values():
             if self._window_open(pr, last) or pr.commit_sent < min(pr.match, self._commit):
                 return True
+            if self._snapshot_window_open(pr):
+                return True
         return False
+
+    def _snapshot_window_open(self, pr: Progress) -> bool:
+        """Whether a snapshot chunk may be sent now: bytes left to send within max_inflight_bytes of
+        unacknowledged ones, or an empty "are you done?" chunk wanted."""
+        snap = pr.snap
+        if pr.state != ProgressState.SNAPSHOT or snap is None:
+            return False
+        if pr.snap_ping:
+            return True
+        return pr.snap_sent < len(snap.data) and pr.snap_sent - pr.snap_acked < self.config.max_inflight_bytes
+
+    def _send_snapshot_chunk(self, peer: int, pr: Progress) -> bool:
+        """Send the next chunk of the follower's snapshot if its window allows; returns whether one was sent."""
+        if not self._snapshot_window_open(pr):
+            return False
+        snap = pr.snap
+        assert snap is not None
+        total = len(snap.data)
+        offset = pr.snap_sent
+        if offset >= total:
+            pr.snap_ping = False
+            data = b""
+        else:
+            room = self.config.max_inflight_bytes - (offset - pr.snap_acked)
+            size = min(self.config.snapshot_chunk_bytes, total - offset, room)
+            data = snap.data[offset : offset + size]
+            pr.snap_sent = offset + size
+        self._msgs.append(
+            InstallSnapshot(self.id, peer, self._term, snap.index, snap.term, total, pr.snap_crc, offset, data)
+        )
+        return True
 
     def _window_open(self, pr: Progress, last: int) -> bool:
         """Whether the follower's state and flow-control window allow sending it an append now."""
@@ -671,6 +891,8 @@ class RaftCore:
             sent = False
             while self._send_append(peer, pr, last):
                 sent = True
+            while self._send_snapshot_chunk(peer, pr):
+                sent = True
             if not sent and pr.commit_sent < min(pr.match, self._commit):
                 self._send_heartbeat(peer, pr)
 
@@ -687,7 +909,7 @@ class RaftCore:
         prev_index = pr.next - 1
         prev_term = self._log.term(prev_index)
         if prev_term is None or pr.next < self._log.first_index():
-            pr.state = ProgressState.RESEED  # the follower needs entries we no longer hold
+            self._begin_snapshot(pr)  # the follower needs entries we no longer hold
             return False
         count = min(last - prev_index, cfg.max_append_entries, room_entries)
         entries = self._log.entries(pr.next, pr.next + count, min(cfg.max_append_bytes, room_bytes)) if count else []

@@ -3,10 +3,11 @@ the I/O injected, so that the raft worker (RocksDB, sockets, synchronous fsync) 
 a simulated network, an asynchronous disk) run the same ordering code.
 
 The order is where an early acknowledgement would live: a Ready's `messages` leave at once; its entries and
-hard state are handed to `persist`; its `messages_after_persist` leave, and the core hears `persisted`, only
-once that write, and every write started before it, is durable. `persist` returns True when the write is
-durable on return (the worker's fsync) or False when the I/O will call `durable()` later, once per write, in
-the order the writes were started (the simulator's disk). Pure: no clock, socket or thread of its own.
+hard state (or its snapshot) are handed to `persist`; its `messages_after_persist` leave, and the core hears
+`persisted` (a snapshot's write: `snapshot_persisted`), only once that write, and every write started before
+it, is durable. `persist` returns True when the write is durable on return (the worker's fsync) or False when
+the I/O will call `durable()` later, once per write, in the order the writes were started (the simulator's
+disk). Pure: no clock, socket or thread of its own.
 """
 
 from __future__ import annotations
@@ -31,10 +32,11 @@ ClockFn = Callable[[], float]  # milliseconds, any origin, never going back
 class _Write:
     """A Ready waiting for its write (or an earlier Ready's) to become durable."""
 
-    __slots__ = ("entries", "after", "durable")
+    __slots__ = ("entries", "snapshot", "after", "durable")
 
-    def __init__(self, entries: list[Entry], after: list[Message], durable: bool) -> None:
+    def __init__(self, entries: list[Entry], snapshot: Snapshot | None, after: list[Message], durable: bool) -> None:
         self.entries = entries
+        self.snapshot = snapshot
         self.after = after
         self.durable = durable
 
@@ -75,7 +77,7 @@ class ReadyDriver:
             return
         # even with nothing to write, acknowledgements wait for the earlier Readies' writes: they may cover
         # entries handed out earlier
-        write = _Write(rd.entries, after, not rd.must_persist)
+        write = _Write(rd.entries, rd.snapshot, after, not rd.must_persist)
         self._pending.append(write)
         if rd.must_persist and self._persist(rd.entries, rd.hard_state, rd.snapshot):
             write.durable = True
@@ -95,6 +97,8 @@ class ReadyDriver:
         pending = self._pending
         while pending and pending[0].durable:
             write = pending.popleft()
+            if write.snapshot is not None:  # the installed snapshot is durable: the log view may count it
+                self.core.snapshot_persisted(write.snapshot.index, write.snapshot.term)
             if write.after:
                 self._send(write.after)
             if write.entries:

@@ -5,6 +5,10 @@ Entries with index < `offset` are read from storage (which the driver only chang
 order, so its content there equals this view); entries from `offset` on live in `self.unstable`, including
 any that replace a stored suffix that the driver has not overwritten yet. `in_progress` is the last index
 already handed to the driver for persisting. Per-entry costs are O(1); nothing scans the whole log.
+
+An installed snapshot (InstallSnapshot) replaces the whole log at once: `restore` makes this view start after
+the snapshot (`floor_index`, whose term is `floor_term`) before storage knows it; until the driver reports the
+snapshot durable (`snapshot_stable`), nothing of this view counts as durable (`stable_last` is 0).
 """
 
 from __future__ import annotations
@@ -16,7 +20,16 @@ from shmraft.raft.types import Entry, LogStorage
 class RaftLog:
     """Read access to stable entries through storage, write access only to the unstable tail."""
 
-    __slots__ = ("storage", "unstable", "offset", "in_progress", "stable_last_term")
+    __slots__ = (
+        "storage",
+        "unstable",
+        "offset",
+        "in_progress",
+        "stable_last_term",
+        "floor_index",
+        "floor_term",
+        "snapshot_pending",
+    )
 
     def __init__(self, storage: LogStorage) -> None:
         self.storage = storage
@@ -28,10 +41,13 @@ class RaftLog:
         if term is None:
             raise InvariantError(f"storage holds no term for its last index {last}")
         self.stable_last_term = term
+        self.floor_index = 0  # an installed snapshot's index: nothing at or below it is read from storage
+        self.floor_term = 0
+        self.snapshot_pending: tuple[int, int] | None = None  # (index, term) of a snapshot not yet durable
 
     # --- reading ---------------------------------------------------------------------------------------
     def first_index(self) -> int:
-        return self.storage.first_index()
+        return max(self.storage.first_index(), self.floor_index + 1)
 
     def last_index(self) -> int:
         return self.offset + len(self.unstable) - 1
@@ -40,8 +56,9 @@ class RaftLog:
         return self.unstable[-1].term if self.unstable else self.stable_last_term
 
     def stable_last(self) -> int:
-        """Last index reported durable by the driver (and still part of this log)."""
-        return self.offset - 1
+        """Last index reported durable by the driver (and still part of this log); 0 while an installed
+        snapshot is not yet durable (storage still holds the log it replaces)."""
+        return 0 if self.snapshot_pending is not None else self.offset - 1
 
     def term(self, index: int) -> int | None:
         """Term at index; None if beyond the last entry or compacted away."""
@@ -50,6 +67,8 @@ class RaftLog:
             return self.unstable[pos].term if pos < len(self.unstable) else None
         if index == self.offset - 1:
             return self.stable_last_term
+        if index <= self.floor_index:
+            return self.floor_term if index == self.floor_index else None
         if index == 0:
             return 0
         return self.storage.term_at(index)
@@ -57,6 +76,7 @@ class RaftLog:
     def entries(self, lo: int, hi: int, max_bytes: int) -> list[Entry]:
         """Entries [lo, hi) clamped to the log, at least one if any, stopping before max_bytes is exceeded."""
         hi = min(hi, self.last_index() + 1)
+        lo = max(lo, self.first_index())
         if lo >= hi:
             return []
         out: list[Entry] = []
@@ -117,9 +137,9 @@ class RaftLog:
             raise InvariantError(f"append would leave a hole: first index {first}, last index {end - 1}")
         if first <= self.offset:
             # replaces (part of) the stored log: the driver overwrites it from `first` with the next Ready
+            term = self.term(first - 1) if first > 1 else 0
             self.unstable = list(entries)
             self.offset = first
-            term = self.storage.term_at(first - 1) if first > 1 else 0
             if term is None:
                 raise InvariantError(f"truncation at {first} below the first stored index")
             self.stable_last_term = term
@@ -154,6 +174,24 @@ class RaftLog:
             if e.index > last or self.term(e.index) != e.term:
                 return e.index
         return 0
+
+    def restore(self, index: int, term: int) -> None:
+        """Replace the whole log by a snapshot at (index, term): the log is then empty, starting after it.
+        Storage is replaced by the driver (Ready.snapshot); until `snapshot_stable`, nothing counts durable."""
+        self.unstable = []
+        self.offset = index + 1
+        self.in_progress = index
+        self.stable_last_term = term
+        self.floor_index = index
+        self.floor_term = term
+        self.snapshot_pending = (index, term)
+
+    def snapshot_stable(self, index: int, term: int) -> bool:
+        """The driver made the snapshot (index, term) durable; False if it is not the one pending."""
+        if self.snapshot_pending != (index, term):
+            return False
+        self.snapshot_pending = None
+        return True
 
     def take_unpersisted(self) -> list[Entry]:
         """Entries not yet handed to the driver; marks them handed out."""

@@ -11,13 +11,20 @@ Fsync policies, as in shmraft.storage.rocks:
 
 `crash(power_loss=False)` models a process kill (the OS keeps what was written: nothing is lost);
 `crash(power_loss=True)` a machine crash (unsynced writes are lost).
+
+Snapshots: `save_snapshot(snapshot, compact_to)` saves the state machine's snapshot at a committed index and
+compacts up to `compact_to` (at most the snapshot's index) in one atomic write, as the RocksDB storage's
+`save_snapshot` does, so `snapshot().index >= snapshot_index()` holds whenever a snapshot is saved; plain
+`compact` (no snapshot) drops a saved snapshot it would pass. `install_snapshot` replaces the whole log by a
+leader's snapshot in one atomic write. Both are durable at once under `always` and at the next `sync()`
+under `never`; a power loss returns to the old state or the new one, never a mix.
 """
 
 from __future__ import annotations
 
 from shmraft.constants import FSYNC_POLICIES
 from shmraft.raft.errors import InvariantError
-from shmraft.raft.types import Entry, HardState
+from shmraft.raft.types import Entry, HardState, Snapshot
 
 
 class MemStorage:
@@ -36,6 +43,8 @@ class MemStorage:
         self._durable_entries: list[Entry] = self._entries
         self._durable_hard = HardState()
         self._durable_snap = (0, 0)
+        self._snapshot: Snapshot | None = None
+        self._durable_snapshot: Snapshot | None = None
         self.closed = False
 
     # --- LogStorage: reading -----------------------------------------------------------------------------
@@ -107,8 +116,51 @@ class MemStorage:
         assert term is not None
         del self._entries[: up_to_index - self._snap_index]
         self._snap_index, self._snap_term = up_to_index, term
+        if self._snapshot is not None and self._snapshot.index < up_to_index:
+            self._snapshot = None  # it no longer covers the log start: nothing to send a lagging follower
         if self.fsync == "always":
             self._durable_snap = (self._snap_index, self._snap_term)
+            self._durable_snapshot = self._snapshot
+
+    def snapshot(self) -> Snapshot | None:
+        return self._snapshot
+
+    def save_snapshot(self, snapshot: Snapshot, compact_to: int = 0) -> None:
+        """Save `snapshot` (of a committed index this log holds) and compact up to min(compact_to, its index),
+        atomically; the hard state written so far becomes durable with it (one write batch)."""
+        if snapshot.index > self._hard.commit:
+            raise InvariantError(f"snapshot at {snapshot.index} beyond commit {self._hard.commit}")
+        if snapshot.index < self._snap_index:
+            raise InvariantError(f"snapshot at {snapshot.index} below the log start {self._snap_index + 1}")
+        if self.term_at(snapshot.index) != snapshot.term:
+            raise InvariantError(
+                f"snapshot at {snapshot.index} of term {snapshot.term}: log has {self.term_at(snapshot.index)}"
+            )
+        up_to = min(compact_to, snapshot.index)
+        if up_to > self._snap_index:
+            term = self.term_at(up_to)
+            assert term is not None
+            del self._entries[: up_to - self._snap_index]
+            self._snap_index, self._snap_term = up_to, term
+        self._snapshot = snapshot
+        if self.fsync == "always":
+            self._durable_snap = (self._snap_index, self._snap_term)
+            self._durable_snapshot = snapshot
+            self._durable_hard = self._hard
+
+    def install_snapshot(self, snapshot: Snapshot, hard_state: HardState) -> None:
+        if hard_state.commit < snapshot.index:
+            raise InvariantError(f"install at {snapshot.index} with commit {hard_state.commit} below it")
+        if snapshot.index < self._hard.commit:
+            raise InvariantError(f"install at {snapshot.index} below commit {self._hard.commit}")
+        self._entries.clear()  # in place: under "always" the durable list is this one
+        self._snap_index, self._snap_term = snapshot.index, snapshot.term
+        self._snapshot = snapshot
+        self._set_hard(hard_state)
+        if self.fsync == "always":
+            self._durable_snap = (self._snap_index, self._snap_term)
+            self._durable_snapshot = snapshot
+            self._durable_hard = self._hard
 
     def close(self) -> None:
         self.closed = True
@@ -119,6 +171,7 @@ class MemStorage:
         self._durable_entries = self._entries if self.fsync == "always" else list(self._entries)
         self._durable_hard = self._hard
         self._durable_snap = (self._snap_index, self._snap_term)
+        self._durable_snapshot = self._snapshot
 
     def crash(self, power_loss: bool = False) -> None:
         """The process died (power_loss=False: nothing is lost) or the machine did (unsynced writes lost)."""
@@ -129,6 +182,7 @@ class MemStorage:
             self._entries = list(self._durable_entries)
         self._hard = self._durable_hard
         self._snap_index, self._snap_term = self._durable_snap
+        self._snapshot = self._durable_snapshot
         if self._hard.commit > self.last_index():
             self._hard = HardState(self._hard.term, self._hard.vote, self.last_index())
 

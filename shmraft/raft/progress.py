@@ -5,14 +5,18 @@ from __future__ import annotations
 import enum
 from collections import deque
 
+from shmraft.raft.types import Snapshot
+
 
 class ProgressState(enum.IntEnum):
     """PROBE: one append at a time until the follower's match is found. REPLICATE: optimistic pipelining
-    within the inflight window. RESEED: the follower needs entries the leader no longer holds."""
+    within the inflight window. SNAPSHOT: the follower needs entries the leader no longer holds; the leader
+    sends it its snapshot (InstallSnapshot), or, when its storage has none (a log of an older release), waits
+    for one (shown as `snapshot_missing` in status)."""
 
     PROBE = 0
     REPLICATE = 1
-    RESEED = 2
+    SNAPSHOT = 2
 
 
 class Progress:
@@ -29,6 +33,13 @@ class Progress:
         "match_at_heartbeat",
         "commit_sent",
         "fallback_armed",
+        "snap",
+        "snap_crc",
+        "snap_sent",
+        "snap_acked",
+        "snap_ping",
+        "snap_progressed",
+        "snap_rewind_armed",
     )
 
     def __init__(self, next_index: int) -> None:
@@ -43,6 +54,17 @@ class Progress:
         self.match_at_heartbeat = 0
         self.commit_sent = 0
         self.fallback_armed = True  # may a rejection in REPLICATE trigger a resend (re-armed every tick)
+        # SNAPSHOT: the snapshot being sent (None: none to send yet), its CRC32, the bytes sent and the bytes
+        # the follower said it holds; `snap_ping` asks for an empty chunk at the end (all bytes acknowledged,
+        # or an empty snapshot: "are you done?"); `snap_progressed`: an acknowledgement moved since the last
+        # heartbeat (if not, the transfer resumes from the acknowledged offset)
+        self.snap: Snapshot | None = None
+        self.snap_crc = 0
+        self.snap_sent = 0
+        self.snap_acked = 0
+        self.snap_ping = False
+        self.snap_progressed = False
+        self.snap_rewind_armed = True  # may a "received" below what was sent rewind the transfer (once per gap)
 
     @property
     def inflight_entries(self) -> int:
@@ -56,6 +78,7 @@ class Progress:
         self.probe_sent = False
         self.inflight.clear()
         self.inflight_bytes = 0
+        self.snap = None
 
     def become_replicate(self) -> None:
         self.state = ProgressState.REPLICATE
@@ -63,6 +86,44 @@ class Progress:
         self.probe_sent = False
         self.inflight.clear()
         self.inflight_bytes = 0
+        self.snap = None
+
+    def become_snapshot(self, snap: Snapshot | None, crc: int) -> None:
+        """Start sending `snap` from its first byte (None: the leader has no snapshot to send yet)."""
+        self.state = ProgressState.SNAPSHOT
+        self.probe_sent = False
+        self.inflight.clear()
+        self.inflight_bytes = 0
+        self.snap = snap
+        self.snap_crc = crc
+        self.snap_sent = 0
+        self.snap_acked = 0
+        self.snap_ping = snap is not None and not snap.data
+        self.snap_progressed = True
+        self.snap_rewind_armed = True
+
+    def resume_snapshot(self) -> None:
+        """Nothing was acknowledged for a while (or the connection dropped): resend from the acknowledged
+        offset, or, when every byte is acknowledged, ask again with an empty chunk."""
+        if self.snap is None:
+            return
+        self.snap_sent = self.snap_acked
+        self.snap_ping = self.snap_acked >= len(self.snap.data)
+        self.snap_rewind_armed = True
+
+    def snapshot_answer(self, received: int) -> None:
+        """The follower holds bytes [0, received) of the snapshot. More than acknowledged before is progress;
+        less than what was sent reports a gap (a lost chunk, or the follower lost its partial copy): resend
+        from there, once per gap (the answers to the rest of the window in flight report the same gap)."""
+        if received > self.snap_acked:
+            self.snap_acked = received
+            self.snap_sent = max(self.snap_sent, received)
+            self.snap_progressed = True
+            self.snap_rewind_armed = True
+        elif received < self.snap_sent and self.snap_rewind_armed:
+            self.snap_rewind_armed = False
+            self.snap_acked = self.snap_sent = received
+            self.snap_ping = False
 
     def sent(self, last_index: int, nbytes: int) -> None:
         """Record an append carrying entries up to last_index (REPLICATE: advance next optimistically)."""

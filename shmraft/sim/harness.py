@@ -40,7 +40,8 @@ class Cluster:
         self.blocked: set[tuple[int, int]] = set()
         self.down: set[int] = set()
         self.hold_persist: set[int] = set()
-        self.held: dict[int, list[tuple[list[Entry], HardState | None]]] = {i: [] for i in self.ids}
+        self.held: dict[int, list[tuple[list[Entry], HardState | None, Snapshot | None]]] = {i: [] for i in self.ids}
+        self.installed: dict[int, list[Snapshot]] = {i: [] for i in self.ids}  # snapshots each node installed
         self.drivers: dict[int, ReadyDriver] = {}
         self.record = record
         self.sent: list[Message] = []
@@ -60,9 +61,9 @@ class Cluster:
 
             def persist(entries: list[Entry], hard_state: HardState | None, snapshot: Snapshot | None = None) -> bool:
                 if i in self.hold_persist:
-                    self.held[i].append((entries, hard_state))
+                    self.held[i].append((entries, hard_state, snapshot))
                     return False
-                self._write(i, entries, hard_state)
+                self._write(i, entries, hard_state, snapshot)
                 return True
 
             self.held[i] = []
@@ -77,12 +78,17 @@ class Cluster:
             rd = core.ready()
             if not rd:
                 raise InvariantError(f"node {i}: has_ready() was true but ready() is empty")
+            if rd.snapshot is not None:
+                self.installed[i].append(rd.snapshot)
             driver.handle(rd)
             self.applied[i].extend(rd.committed_entries)
 
-    def _write(self, i: int, entries: list[Entry], hard_state: HardState | None) -> None:
+    def _write(self, i: int, entries: list[Entry], hard_state: HardState | None, snapshot: Snapshot | None) -> None:
         storage = self.storages[i]
-        if entries:
+        if snapshot is not None:
+            assert hard_state is not None
+            storage.install_snapshot(snapshot, hard_state)
+        elif entries:
             storage.append(entries, hard_state)
         elif hard_state is not None:
             storage.set_hard_state(hard_state)
@@ -91,8 +97,8 @@ class Cluster:
         """Persist what node i held back, in order."""
         self.hold_persist.discard(i)
         held, self.held[i] = self.held[i], []
-        for entries, hard_state in held:
-            self._write(i, entries, hard_state)
+        for entries, hard_state, snapshot in held:
+            self._write(i, entries, hard_state, snapshot)
             self._driver(i).durable()
         self.process(i)
 
@@ -177,8 +183,16 @@ class Cluster:
         return max(leaders, key=lambda i: self.cores[i].term) if leaders else 0
 
     def log(self, i: int) -> list[tuple[int, int, bytes]]:
+        """Node i's log from its first held entry (entries below it are compacted or in a snapshot)."""
         core = self.cores[i]
         return [(e.index, e.term, e.data) for e in core.log_entries(1, core.last_index + 1, 1 << 62)]
+
+    def compact(self, i: int, up_to: int, data: bytes = b"") -> None:
+        """Node i saves a snapshot at its committed index `up_to` (state `data`) and compacts its log there."""
+        storage = self.storages[i]
+        term = storage.term_at(up_to)
+        assert term is not None
+        storage.save_snapshot(Snapshot(up_to, term, data), compact_to=up_to)
 
 
 def core_with_log(
@@ -201,7 +215,11 @@ def core_with_log(
 
 def persist(core: RaftCore, storage: MemStorage, rd: Ready) -> None:
     """Do what a driver does with a Ready's durable part, at once."""
-    if rd.entries:
+    if rd.snapshot is not None:
+        assert rd.hard_state is not None
+        storage.install_snapshot(rd.snapshot, rd.hard_state)
+        core.snapshot_persisted(rd.snapshot.index, rd.snapshot.term)
+    elif rd.entries:
         storage.append(rd.entries, rd.hard_state)
         core.persisted(rd.entries[-1].index, rd.entries[-1].term)
     elif rd.hard_state is not None:

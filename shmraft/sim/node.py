@@ -42,7 +42,8 @@ class SimNode:
         self.driver: ReadyDriver | None = None
         self.local_ms = 0  # this incarnation's clock, advanced by the simulator's tick events
         self.persist_free_at_us = 0  # the disk is busy until then (writes complete in order)
-        self.writes: deque[tuple[list[Entry], HardState | None]] = deque()  # started, not yet durable
+        # started, not yet durable: (entries, hard state, snapshot to install)
+        self.writes: deque[tuple[list[Entry], HardState | None, Snapshot | None]] = deque()
         self.commit_before_crash = 0
         self.term_at_crash = 0
         self.started_at_us = 0
@@ -60,7 +61,7 @@ class SimNode:
         self.started_at_us = now_us
 
         def persist(entries: list[Entry], hard_state: HardState | None, snapshot: Snapshot | None = None) -> bool:
-            self.writes.append((entries, hard_state))
+            self.writes.append((entries, hard_state, snapshot))
             schedule(self)
             return False  # durable later, when the simulator calls complete()
 
@@ -100,8 +101,11 @@ class SimNode:
         """The fsync of the oldest write finished: write it to storage, then let the driver release what
         waited for it (acknowledgements, votes, the core's `persisted`)."""
         assert self.driver is not None
-        entries, hard_state = self.writes.popleft()
-        if entries:
+        entries, hard_state, snapshot = self.writes.popleft()
+        if snapshot is not None:
+            assert hard_state is not None
+            self.storage.install_snapshot(snapshot, hard_state)
+        elif entries:
             self.storage.append(entries, hard_state)
         elif hard_state is not None:
             self.storage.set_hard_state(hard_state)

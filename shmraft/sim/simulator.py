@@ -358,7 +358,7 @@ class Simulation:
             return
         if victim.writes:
             self.coverage["crashes_inside_persist"] += 1
-            if victim.core is not None and victim.core.role == Role.LEADER and any(e for e, _ in victim.writes):
+            if victim.core is not None and victim.core.role == Role.LEADER and any(e for e, _, _ in victim.writes):
                 self.coverage["leader_lost_unsynced_entries"] += 1
         self.faults["power_loss" if power_loss else "process_kill"] += 1
         self._log(f"n{victim.id} CRASH power_loss={power_loss}")
