@@ -113,22 +113,16 @@ def test_every_node_serves_metrics_that_match_what_was_produced(tmp_path: Path) 
             assert value(m, "shmraft_errors_total", leader, kind=kind) == 0
         assert value(m, "shmraft_snapshots_sent_total", leader) == 0  # nobody was behind the log start
         assert value(m, "shmraft_snapshots_installed_total", leader) == 0
+
+        def follower_view(n: int) -> float | None:
+            """The leader's entries_behind for follower n in REPLICATE (None until published)."""
+            samples = scrape(h, leader).get("shmraft_follower_entries_behind", {})
+            key = tuple(sorted({"node": str(leader), "follower": str(n), "state": "replicate"}.items()))
+            return samples.get(key)
+
         for n in nodes:
             if n != leader:  # the leader's view of each follower, published every 200 ms
-                wait_for(
-                    lambda n=n: (
-                        value(
-                            scrape(h, leader),
-                            "shmraft_follower_entries_behind",
-                            leader,
-                            follower=str(n),
-                            state="replicate",
-                        )
-                        == 0
-                    ),
-                    20,
-                    f"the leader to see follower {n} caught up",
-                )
+                wait_for(lambda n=n: follower_view(n) == 0, 20, f"the leader to see follower {n} caught up")
 
         for n in nodes:  # followers catch up; every node has the full set of families
             wait_for(

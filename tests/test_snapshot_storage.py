@@ -13,8 +13,14 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from shmraft.config import local_cluster, with_overrides
+from shmraft.constants import SNAPSHOT_CHUNK_BYTES_MAX
+from shmraft.ipc.ring import record_max_for
 from shmraft.node.dedup import DedupTable
+from shmraft.node.records import PEER_RECORD_HEADER_BYTES
 from shmraft.node.snapshot import encode_snapshot, snapshot_of
+from shmraft.raft.config import RaftConfig
+from shmraft.raft.messages import InstallSnapshot
 from shmraft.raft.types import Entry, HardState, Snapshot
 from shmraft.storage.nodelog import node_log_dir, open_node_log
 from shmraft.storage.rocks import (
@@ -26,7 +32,8 @@ from shmraft.storage.rocks import (
     SavedSnapshot,
 )
 from shmraft.wire.frame import decode_batch, encode_batch
-from shmraft.workers.raft import _decode_saved_snapshot, rebuild_dedup
+from shmraft.wire.raft_codec import encode_raft
+from shmraft.workers.raft import _decode_saved_snapshot, rebuild_dedup, snapshot_chunk_bytes_for
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 TERM = 1
@@ -414,3 +421,17 @@ def test_a_crash_between_the_install_and_the_hint_update_is_not_taken_for_lost_e
         assert (nl.first_index(), nl.last_index(), nl.snapshot_record.index) == (71, 70, 70)
     finally:
         nl.close()
+
+
+def test_the_snapshot_chunk_fits_a_ring_record_and_a_peer_message(tmp_path: Path) -> None:
+    base = local_cluster(tmp_path, count=3)[0]
+    assert snapshot_chunk_bytes_for(base) == RaftConfig().snapshot_chunk_bytes  # 1 MiB fits the defaults
+    assert snapshot_chunk_bytes_for(with_overrides(base, snapshot_chunk_bytes=64)) == 64
+    small_ring = with_overrides(base, ring_capacity_bytes=1 << 20, snapshot_chunk_bytes=SNAPSHOT_CHUNK_BYTES_MAX)
+    size = snapshot_chunk_bytes_for(small_ring)
+    body = len(encode_raft(InstallSnapshot(1, 2, 3, 4, 5, size, 0, 0, bytes(size))))
+    assert body + PEER_RECORD_HEADER_BYTES == record_max_for(1 << 20)  # exactly one ring record at most
+    small_peer = with_overrides(base, peer_message_bytes_max=256 * 1024)
+    assert len(encode_raft(InstallSnapshot(1, 2, 3, 4, 5, 1, 0, 0, bytes(snapshot_chunk_bytes_for(small_peer))))) == (
+        256 * 1024
+    )

@@ -738,7 +738,7 @@ def snapshot_chunk_bytes_for(config) -> int:
     a chunk's message fits a data-channel ring record (raft -> sender) and a peer message."""
     ring_room = record_max_for(config.ring_capacity_bytes) - PEER_RECORD_HEADER_BYTES - INSTALL_SNAPSHOT_OVERHEAD_BYTES
     peer_room = config.peer_message_bytes_max - INSTALL_SNAPSHOT_OVERHEAD_BYTES
-    wanted = config.snapshot_chunk_bytes or RaftConfig.snapshot_chunk_bytes
+    wanted = config.snapshot_chunk_bytes or RaftConfig().snapshot_chunk_bytes
     return max(1, min(wanted, SNAPSHOT_CHUNK_BYTES_MAX, ring_room, peer_room))
 
 
