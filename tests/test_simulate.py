@@ -123,6 +123,9 @@ def test_directed_scenario_holds_its_rule_on_the_unmutated_core(name):
         ("heartbeat_commit_unclamped", "heartbeat_past_match"),
         ("timeout_now_while_recovering", "transfer_to_recovering"),
         ("match_from_reject_hint", "rejection_hint_is_not_a_match"),
+        ("snapshot_older_than_commit", "snapshot_stale_chunk_late"),
+        ("snapshot_without_state", "snapshot_in_partition"),
+        ("snapshot_truncates_matching", "snapshot_matching_log"),
     ],
 )
 def test_mutation_harness_patches_a_copy_and_the_scenario_catches_it(mutation, scenario):

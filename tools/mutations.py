@@ -22,7 +22,7 @@ class Mutation:
     """One slip: `old` in `path` becomes `new` (and each pair of `also`). `rule` names the rule it breaks."""
 
     name: str
-    area: str  # election, replication, commit, persistence, recovery, transfer, dedup
+    area: str  # election, replication, commit, persistence, recovery, snapshot, transfer, dedup
     path: str
     old: str
     new: str
@@ -108,7 +108,7 @@ CATALOGUE: tuple[Mutation, ...] = (
         "higher_term_no_step_down",
         "election",
         CORE,
-        "                leader = m.src if isinstance(m, AppendEntries | Heartbeat) else 0\n"
+        "                leader = m.src if isinstance(m, AppendEntries | Heartbeat | InstallSnapshot) else 0\n"
         "                self._become_follower(m.term, leader)",
         "                self._term, self._vote = m.term, 0",
         "a node adopts a higher term but keeps its role (a leader does not step down, 5.1)",
@@ -337,6 +337,45 @@ CATALOGUE: tuple[Mutation, ...] = (
         "                if self._recovery_term:\n                    self._leader = 0",
         "                if False:\n                    self._leader = 0",
         "a recovering node campaigns when its election timer fires",
+    ),
+    # --- snapshot --------------------------------------------------------------------------------------------
+    Mutation(
+        "snapshot_older_than_commit",
+        "snapshot",
+        CORE,
+        "        if m.index <= self._commit:\n"
+        "            # we hold (and have committed) everything up to the snapshot: never move commit backwards\n"
+        "            self._send(AppendResponse(self.id, m.src, self._term, self._commit, True))\n"
+        "            return\n",
+        "",
+        "a follower installs a snapshot whose index is below its commit (taking the snapshot's index as its "
+        "commit): commit and applied state move backwards",
+        also=(
+            (
+                "        if snap.index <= self._commit:\n"
+                '            raise InvariantError(f"snapshot at {snap.index} installed at or below commit '
+                '{self._commit}")\n',
+                "",
+            ),
+            ("self._commit = max(self._commit, snap.index)", "self._commit = snap.index"),
+        ),
+    ),
+    Mutation(
+        "snapshot_without_state",
+        "snapshot",
+        CORE,
+        "self._install_snapshot(Snapshot(m.index, m.snap_term, bytes(buf)))",
+        'self._install_snapshot(Snapshot(m.index, m.snap_term, b""))',
+        "a follower installs the snapshot's index and term without its state (the dedup table is lost)",
+    ),
+    Mutation(
+        "snapshot_truncates_matching",
+        "snapshot",
+        CORE,
+        "        if self._log.term(m.index) == m.snap_term:\n",
+        "        if False:\n",
+        "a follower whose log holds the snapshot's last entry installs it anyway, discarding the log above it "
+        "(entries it may have acknowledged)",
     ),
     # --- transfer --------------------------------------------------------------------------------------------
     Mutation(

@@ -6,7 +6,10 @@
 * Leader completeness: a new leader holds the highest entry known committed, with its term.
 * State machine safety: committed entries never change; each node applies them in order, without gaps.
 * Commit monotonicity: a node's commit index never goes back while it runs, and what a node had committed
-  is still in its log after a restart.
+  is still in its log (or in its snapshot) after a restart.
+* Snapshots: an installed snapshot is of a committed entry (index, term) at or above what the node applied;
+  the state machine's state is the same on every node at the same applied index (`on_state`), so a snapshot
+  that loses state, or an install that loses entries, shows.
 * After the network heals: every committed (and client-acknowledged) entry is in every node's log.
 
 Each check costs O(1) per entry or per event, so it can run after every step.
@@ -40,6 +43,7 @@ class Checker:
     elections: int = 0
     truncations: int = 0  # appends that replaced a suffix of a node's log (conflict resolution at work)
     nodes: dict[int, NodeView] = field(default_factory=dict)
+    states: dict[int, bytes] = field(default_factory=dict)  # applied index -> state machine state there
 
     def violation(self, now_us: int, text: str) -> None:
         self.violations.append(f"t={now_us / 1000:.3f}ms {text}")
@@ -49,7 +53,7 @@ class Checker:
         if commit_before_crash:
             c = min(commit_before_crash, self.max_committed)
             want = self.committed.get(c)
-            if want is not None and core.term_at(c) != want[0]:
+            if want is not None and c >= core.first_index - 1 and core.term_at(c) != want[0]:
                 self.violation(
                     now_us,
                     f"node {node} lost committed entry {c} across a restart "
@@ -72,6 +76,21 @@ class Checker:
                     f"leader {node} of term {soft.term} lacks committed entry {c} "
                     f"(has term {core.term_at(c)}, committed term {self.committed[c][0]})",
                 )
+        snap = rd.snapshot
+        if snap is not None:
+            known = self.committed.get(snap.index)
+            if snap.index < view.applied or snap.index < view.commit:
+                self.violation(
+                    now_us,
+                    f"node {node} installs a snapshot at {snap.index} below its applied {view.applied} / commit "
+                    f"{view.commit}",
+                )
+            if known is not None and known[0] != snap.term:
+                self.violation(
+                    now_us, f"node {node} installs a snapshot at {snap.index} of term {snap.term}, committed {known[0]}"
+                )
+            view.applied = snap.index
+            view.last = snap.index
         if rd.entries:
             registry = self.registry
             prev_term = core.term_at(rd.entries[0].index - 1)
@@ -110,6 +129,14 @@ class Checker:
                 self.violation(
                     now_us, f"node {node} committed a different entry at {e.index}: term {e.term} vs term {known[0]}"
                 )
+
+    def on_state(self, node: int, applied: int, state: bytes, now_us: int) -> None:
+        """Node `node`'s state machine stands at `applied` with `state`: every node's state there is the same."""
+        known = self.states.setdefault(applied, state)
+        if known != state:
+            self.violation(
+                now_us, f"node {node} state machine at {applied} differs: {state[:60]!r} vs {known[:60]!r} elsewhere"
+            )
 
     def check_converged(self, cores: dict[int, RaftCore], acked: list[tuple[int, int, bytes]], now_us: int) -> None:
         """After the heal: every committed and every acknowledged entry is in every node's log."""

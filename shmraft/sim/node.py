@@ -19,6 +19,7 @@ from shmraft.raft.driver import ReadyDriver
 from shmraft.raft.memstorage import MemStorage
 from shmraft.raft.messages import Message
 from shmraft.raft.types import Entry, HardState, Snapshot
+from shmraft.sim.statemachine import ToyStateMachine
 
 SendFn = Callable[["SimNode", list[Message]], None]
 ScheduleFn = Callable[["SimNode"], None]  # the disk took a write: schedule its completion
@@ -50,10 +51,23 @@ class SimNode:
         self.recovery_term = 0  # > 0: the log was lost; the node restarts recovering (the persisted flag)
         self.lost_log_term = 0  # the simulator's own view of recovering mode (shmraft.sim.promises)
         self.log_lost_ever = False
+        self.sm = ToyStateMachine()  # the applied state; rebuilt at each start from the saved snapshot
+        self.abandoned_seen = 0  # the core's snapshots_abandoned counter already counted in coverage
 
     def start(self, now_us: int, send: SendFn, schedule: ScheduleFn) -> RaftCore:
         rng = random.Random(f"core-{self.seed}-{self.id}-{self.incarnation}")
-        self.core = RaftCore(self.id, self.peers, self.storage, self.config, rng, recovery_term=self.recovery_term)
+        self.sm = ToyStateMachine()
+        snap = self.storage.snapshot()
+        applied = None
+        if snap is not None:
+            self.sm.restore(snap)
+            applied = snap.index
+        else:
+            self.sm.applied = self.storage.snapshot_index()  # compacted without a snapshot: never in the sim
+        self.core = RaftCore(
+            self.id, self.peers, self.storage, self.config, rng, applied=applied, recovery_term=self.recovery_term
+        )
+        self.abandoned_seen = 0
         self.up = True
         self.local_ms = 0
         self.persist_free_at_us = 0
@@ -96,6 +110,21 @@ class SimNode:
         self.lost_log_term = term
         self.log_lost_ever = True
         self.commit_before_crash = 0
+
+    def take_snapshot(self, retention_entries: int) -> bool:
+        """Save the state machine's snapshot at its applied index and compact the log up to `retention_entries`
+        before it, if that index is committed and durable here. Returns whether a snapshot was saved."""
+        storage, sm = self.storage, self.sm
+        index = sm.applied
+        saved = storage.snapshot()
+        if index < 1 or (saved is not None and index <= saved.index) or index <= storage.snapshot_index():
+            return False
+        if index > storage.hard_state().commit or index > storage.last_index():
+            return False
+        term = storage.term_at(index)
+        assert term is not None
+        storage.save_snapshot(Snapshot(index, term, sm.encode()), compact_to=index - retention_entries)
+        return True
 
     def complete(self) -> None:
         """The fsync of the oldest write finished: write it to storage, then let the driver release what

@@ -157,13 +157,25 @@ class PromiseChecker:
         assert core is not None
         if rd.entries:
             self._check_rewrite(node, rd.entries, core.term, now_us)
+        if rd.snapshot is not None:
+            rec = self.acks[node.id]
+            if rec.term == core.term and rec.max_index > rd.snapshot.index:
+                self.checker.violation(
+                    now_us,
+                    f"node {node.id} installs a snapshot at {rd.snapshot.index}, discarding entries up to "
+                    f"{rec.max_index} it acknowledged in term {core.term}",
+                )
         hs = rd.hard_state
         if hs is None or hs.commit <= prev_commit:
             return
         c = hs.commit
         if core.role == Role.LEADER:
             t = core.term_at(c)
-            holders = sum(1 for n in self.nodes.values() if n.storage.term_at(c) == t or n.log_lost_ever)
+            holders = sum(
+                1
+                for n in self.nodes.values()
+                if n.storage.term_at(c) == t or n.storage.snapshot_index() > c or n.log_lost_ever
+            )
             if self.enabled and holders < self.quorum:
                 self.checker.violation(
                     now_us,

@@ -11,7 +11,7 @@ applied at that index on every node. The simulator runs them all beside its rand
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from shmraft.raft.config import RaftConfig
 from shmraft.raft.memstorage import MemStorage
@@ -19,12 +19,13 @@ from shmraft.raft.messages import (
     AppendEntries,
     AppendResponse,
     Heartbeat,
+    InstallSnapshot,
     Message,
     RequestVote,
     TimeoutNow,
     VoteResponse,
 )
-from shmraft.raft.types import Entry, HardState, Role
+from shmraft.raft.types import Entry, HardState, Role, Snapshot
 from shmraft.sim.harness import Cluster
 from shmraft.sim.simulator import describe_exception
 
@@ -451,6 +452,211 @@ def heartbeat_past_match(mutation: str = "") -> ScenarioResult:
     return result
 
 
+def _snapshot_cluster(mutation: str, entries: int = 8) -> tuple[Cluster, int]:
+    """Node 1 leads 3 nodes; node 3 misses `entries` committed entries; nodes 1 and 2 save a snapshot at the
+    commit index (its state: b"state@<index>") and compact there. Small chunks: a transfer takes several."""
+    c = Cluster(3, config=RaftConfig(snapshot_chunk_bytes=4, test_only_mutation=mutation))
+    c.elect(1)
+    c.isolate(3)
+    for k in range(entries):
+        c.propose(1, b"e%d" % k)
+        c.deliver_all()
+    c.run(100)
+    index = c.cores[1].commit_index
+    for i in (1, 2):
+        c.compact(i, index, b"state@%d" % index)
+    c.heal()
+    return c, index
+
+
+def _check_snapshot_state(c: Cluster, result: ScenarioResult, index: int) -> None:
+    """Every snapshot a node installed is the leader's (index, term and state), and node 3 caught up."""
+    want = c.storages[1].snapshot()
+    for i in c.ids:
+        for snap in c.installed[i]:
+            if want is not None and snap.index == want.index and snap != want:
+                result.violations.append(f"{result.name}: S{i} installed {snap!r}, the leader saved {want!r}")
+    if c.cores[3].commit_index < index:
+        result.violations.append(f"{result.name}: S3 never caught up (commit {c.cores[3].commit_index} < {index})")
+
+
+def snapshot_in_partition(mutation: str = "") -> ScenarioResult:
+    """Rule: a transfer cut by a partition resumes (from what the follower holds) once the link heals; the
+    follower installs exactly the leader's snapshot, state included."""
+    result = ScenarioResult("snapshot_in_partition")
+    c, index = _snapshot_cluster(mutation)
+    sent: list[Message] = []
+
+    def cut_after_three(m: Message) -> bool:
+        if isinstance(m, InstallSnapshot):
+            sent.append(m)
+            return len(sent) > 3
+        return False
+
+    for _ in range(3):
+        c.cores[1].tick(c.config.heartbeat_interval_ms)
+        c.process(1)
+        c.deliver_all(drop=cut_after_three)
+    c.blocked |= {(1, 3), (3, 1)}
+    c.run(200)
+    c.heal()
+    c.run(500)
+    _check_snapshot_state(c, result, index)
+    _check_applied(c, result)
+    return result
+
+
+def snapshot_crash_mid_install(mutation: str = "") -> ScenarioResult:
+    """Rule: a crash while the install is being written leaves the old log (nothing acknowledged); the leader
+    sends the snapshot again and the follower installs it."""
+    result = ScenarioResult("snapshot_crash_mid_install")
+    c, index = _snapshot_cluster(mutation)
+    c.hold_persist.add(3)
+    c.run(300)
+    if not c.held[3]:
+        raise AssertionError(f"setup: S3 wrote nothing: {c.cores[3].status()}")
+    acked = [m for m in c.sent if isinstance(m, AppendResponse) and m.src == 3 and m.success and m.index >= index]
+    if acked:
+        result.violations.append(f"{result.name}: S3 acknowledged {acked[0].index} before the install was durable")
+    c.crash(3)
+    c.hold_persist.discard(3)
+    c.restart(3)
+    if c.storages[3].snapshot() is not None:
+        result.violations.append(f"{result.name}: a write that never completed left a snapshot on S3")
+    c.run(500)
+    _check_snapshot_state(c, result, index)
+    _check_applied(c, result)
+    return result
+
+
+def snapshot_crash_mid_transfer(mutation: str = "") -> ScenarioResult:
+    """Rule: a follower that crashes with half a snapshot restarts without it (answers received=0) and the
+    leader starts the transfer again from the beginning."""
+    result = ScenarioResult("snapshot_crash_mid_transfer")
+    c, index = _snapshot_cluster(mutation)
+    got: list[Message] = []
+
+    def half(m: Message) -> bool:
+        if isinstance(m, InstallSnapshot):
+            got.append(m)
+            return len(got) > 2
+        return False
+
+    c.cores[1].tick(c.config.heartbeat_interval_ms)
+    c.process(1)
+    c.deliver_all(drop=half)
+    c.crash(3)
+    c.cores[1].peer_disconnected(3)
+    c.run(100)
+    c.restart(3)
+    c.run(500)
+    _check_snapshot_state(c, result, index)
+    _check_applied(c, result)
+    return result
+
+
+def snapshot_leader_change_mid_transfer(mutation: str = "") -> ScenarioResult:
+    """Rule: a leader that loses leadership mid-transfer abandons it; the new leader starts its own (the
+    follower resumes the same snapshot, or drops its partial copy for another), never installing a mix."""
+    result = ScenarioResult("snapshot_leader_change_mid_transfer")
+    c, index = _snapshot_cluster(mutation)
+    # node 2 saved its own snapshot at the same index (different bytes): node 3 must not mix the two
+    c.storages[2].save_snapshot(Snapshot(index, c.cores[2].term_at(index) or 0, b"state@%d-2" % index))
+    got: list[Message] = []
+
+    def half(m: Message) -> bool:
+        if isinstance(m, InstallSnapshot):
+            got.append(m)
+            return len(got) > 2
+        return False
+
+    c.cores[1].tick(c.config.heartbeat_interval_ms)
+    c.process(1)
+    c.deliver_all(drop=half)
+    c.crash(1)
+    for i in (2, 3):
+        c.cores[i].peer_disconnected(1)
+    c.elect(2)
+    c.run(500)
+    mixed = [s for s in c.installed[3] if s.data not in (b"state@%d" % index, b"state@%d-2" % index)]
+    if mixed:
+        result.violations.append(f"{result.name}: S3 installed a mix of two snapshots: {mixed[0]!r}")
+    if c.storages[3].snapshot() != c.storages[2].snapshot():
+        result.violations.append(f"{result.name}: S3 holds {c.storages[3].snapshot()!r}, not the new leader's")
+    c.restart(1)
+    c.run(300)
+    _check_applied(c, result)
+    return result
+
+
+def snapshot_stale_chunk_late(mutation: str = "") -> ScenarioResult:
+    """Rule: a follower never installs a snapshot at or below its commit index: a copy of an old snapshot
+    chunk delivered late (after the follower installed it, moved on and compacted) is answered, not installed;
+    commit and applied state never move backwards."""
+    result = ScenarioResult("snapshot_stale_chunk_late")
+    c, index = _snapshot_cluster(mutation)
+    c.run(500)
+    whole = [m for m in c.sent if isinstance(m, InstallSnapshot) and m.dst == 3]
+    for k in range(4):
+        c.propose(1, b"after%d" % k)
+        c.deliver_all()
+    c.run(200)
+    commit = c.cores[3].commit_index
+    c.compact(3, commit, b"state@%d" % commit)
+    c.crash(3)  # restarted from its compacted log: the old snapshot's index is below its log start
+    c.restart(3)
+    c.run(100)
+    commit = c.cores[3].commit_index
+    before = len(c.installed[3])
+    c.queue.extend(whole)  # the old transfer again, late (duplicated by the network)
+    c.deliver_all()
+    if c.cores[3].commit_index < commit or len(c.installed[3]) != before:
+        result.violations.append(
+            f"{result.name}: S3 installed an old snapshot at {index} with commit {commit} "
+            f"(commit now {c.cores[3].commit_index})"
+        )
+    c.run(300)
+    _check_applied(c, result)
+    return result
+
+
+def snapshot_matching_log(mutation: str = "") -> ScenarioResult:
+    """Rule: a follower whose log already holds the snapshot's last entry (same index and term) keeps its log,
+    and the suffix it acknowledged after it, instead of installing the snapshot.
+
+    S3 receives and acknowledges entries up to 9, but its acknowledgements are lost and it learns commit 2
+    only; S1 commits with S2, compacts at 8 and, its appends to S3 unanswered for a while, goes back to S3's
+    known match (the no-op), which is below its log start: it sends its snapshot at 8."""
+    result = ScenarioResult("snapshot_matching_log")
+    c = Cluster(3, config=RaftConfig(test_only_mutation=mutation))
+    c.elect(1)
+    c.deliver_all()
+
+    def lose_acks_of_3(m: Message) -> bool:
+        if m.dst == 3 and isinstance(m, AppendEntries | Heartbeat) and m.commit > 2:
+            c.cores[3].step(replace(m, commit=2))  # S3 hears the entries, not the commit
+            c.process(3)
+            return True
+        return isinstance(m, AppendResponse) and m.src == 3
+
+    for k in range(8):
+        c.propose(1, b"e%d" % k)
+        c.deliver_all(drop=lose_acks_of_3)
+    s3_last = c.cores[3].last_index
+    index = c.cores[1].commit_index - 1
+    c.compact(1, index, b"state@%d" % index)
+    if c.cores[3].term_at(index) != c.cores[1].term_at(index) or c.cores[3].commit_index >= index:
+        raise AssertionError(f"setup: S3 log {c.log(3)} commit {c.cores[3].commit_index}")
+    c.run(300, step_ms=10)
+    if c.cores[3].last_index < s3_last or c.installed[3]:
+        result.violations.append(
+            f"{result.name}: S3 installed the snapshot at {index} over its matching log (last was {s3_last}, "
+            f"now {c.cores[3].last_index})"
+        )
+    _check_applied(c, result)
+    return result
+
+
 SCENARIOS: dict[str, Callable[[str], ScenarioResult]] = {
     "figure_8": figure_8,
     "stale_suffix_append": stale_suffix_append,
@@ -460,6 +666,12 @@ SCENARIOS: dict[str, Callable[[str], ScenarioResult]] = {
     "transfer_to_recovering": transfer_to_recovering,
     "heartbeat_past_match": heartbeat_past_match,
     "rejection_hint_is_not_a_match": rejection_hint_is_not_a_match,
+    "snapshot_in_partition": snapshot_in_partition,
+    "snapshot_crash_mid_install": snapshot_crash_mid_install,
+    "snapshot_crash_mid_transfer": snapshot_crash_mid_transfer,
+    "snapshot_leader_change_mid_transfer": snapshot_leader_change_mid_transfer,
+    "snapshot_stale_chunk_late": snapshot_stale_chunk_late,
+    "snapshot_matching_log": snapshot_matching_log,
 }
 
 

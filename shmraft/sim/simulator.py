@@ -28,7 +28,7 @@ from dataclasses import dataclass, field
 
 from shmraft.raft.config import RaftConfig
 from shmraft.raft.errors import InvariantError, ProposalError
-from shmraft.raft.messages import AppendEntries, Message, RequestVote, TimeoutNow
+from shmraft.raft.messages import AppendEntries, InstallSnapshot, Message, RequestVote, TimeoutNow
 from shmraft.raft.types import Role
 from shmraft.sim.checker import Checker
 from shmraft.sim.faults import SIM_TICK_MS, FaultEvent, make_plan
@@ -62,7 +62,21 @@ COVERAGE_KEYS = (
     "recovery_completed",
     "timeout_now_sent",
     "transfer_elections",
+    "snapshots_saved",
+    "snapshot_chunks_sent",
+    "snapshot_sent_in_partition",
+    "snapshots_installed",
+    "stale_snapshot_delivered",
+    "crash_mid_transfer",
+    "crash_inside_install",
+    "snapshot_transfer_abandoned",
 )
+# compaction: each node, at each tick, saves its state machine's snapshot at its applied index with this
+# probability (drawn per seed) and compacts its log up to a retention (drawn per seed) before it; small, so that
+# followers that lag or restart need InstallSnapshot in most seeds
+SNAPSHOT_PROBABILITIES = (0.01, 0.05, 0.2)
+RETENTION_ENTRIES = (0, 4, 16, 64)
+SNAPSHOT_CHUNK_BYTES = (8, 32, 4096)  # the toy state is tens of bytes: small chunks make transfers multi-chunk
 
 
 @dataclass(slots=True)
@@ -74,6 +88,7 @@ class SimOptions:
     faults: bool = True
     mutation: str = ""  # test-only core mutation (RaftConfig.test_only_mutation)
     log_loss_probability: float = LOG_LOSS_PROBABILITY  # of a crash also losing the node's log (a corrupt disk)
+    snapshots: bool = True  # compaction with snapshots (so InstallSnapshot) at random committed points
     trace: bool = False
 
 
@@ -119,7 +134,16 @@ class Simulation:
         self.disk_rng = random.Random(f"disk-{seed}")
         self.fault_rng = random.Random(f"fault-{seed}")
         self.loss_rng = random.Random(f"log-loss-{seed}")  # its own stream: the other draws stay as they were
-        self.config = RaftConfig(test_only_mutation=opts.mutation, **self.plan.raft_limits)
+        # its own stream, so that the plan and the other draws stay what they were without snapshots
+        self.snap_rng = random.Random(f"snapshots-{seed}")
+        self.snapshot_probability = self.snap_rng.choice(SNAPSHOT_PROBABILITIES) if opts.snapshots else 0.0
+        self.retention_entries = self.snap_rng.choice(RETENTION_ENTRIES)
+        chunk = self.snap_rng.choice(SNAPSHOT_CHUNK_BYTES)
+        self.config = RaftConfig(
+            test_only_mutation=opts.mutation,
+            snapshot_chunk_bytes=chunk,
+            **self.plan.raft_limits,
+        )
         self.nodes = {
             i: SimNode(i, [p for p in self.ids if p != i], self.config, opts.fsync, seed, self.plan.tick_period_us[i])
             for i in self.ids
@@ -174,6 +198,10 @@ class Simulation:
             promises.on_send(node, m, self.now)
             if isinstance(m, TimeoutNow):
                 self.coverage["timeout_now_sent"] += 1
+            elif isinstance(m, InstallSnapshot):
+                self.coverage["snapshot_chunks_sent"] += 1
+                if (m.src, m.dst) in self.net.blocked or self.net.held_times(m.src, m.dst, self.now) is not None:
+                    self.coverage["snapshot_sent_in_partition"] += 1
             self._send(m)
 
     def _schedule_write(self, node: SimNode) -> None:
@@ -216,6 +244,16 @@ class Simulation:
             if rd.committed_entries:
                 last = rd.committed_entries[-1]
                 self.first_commit_us.setdefault(last.term, self.now)
+            if rd.snapshot is not None:
+                self.coverage["snapshots_installed"] += 1
+                node.sm.restore(rd.snapshot)
+            for e in rd.committed_entries:
+                node.sm.apply(e)
+            if rd.snapshot is not None or rd.committed_entries:
+                checker.on_state(node.id, node.sm.applied, node.sm.encode(), self.now)
+            if core.snapshots_abandoned > node.abandoned_seen:
+                self.coverage["snapshot_transfer_abandoned"] += core.snapshots_abandoned - node.abandoned_seen
+                node.abandoned_seen = core.snapshots_abandoned
             driver.handle(rd)
             for e in rd.committed_entries:
                 p = self.pending.pop((node.id, e.index), None)
@@ -356,6 +394,14 @@ class Simulation:
     def _crash(self, victim: SimNode, power_loss: bool, downtime_us: int) -> None:
         if not victim.up:
             return
+        if any(snap is not None for _, _, snap in victim.writes):
+            self.coverage["crash_inside_install"] += 1
+        core = victim.core
+        if core is not None and (
+            core.snapshot_receiving
+            or (core.role == Role.LEADER and any(p["snapshot_index"] for p in core.status()["progress"].values()))  # type: ignore[union-attr]
+        ):
+            self.coverage["crash_mid_transfer"] += 1
         if victim.writes:
             self.coverage["crashes_inside_persist"] += 1
             if victim.core is not None and victim.core.role == Role.LEADER and any(e for e, _, _ in victim.writes):
@@ -493,6 +539,8 @@ class Simulation:
                     core = node.core
                     if m.term < core.term:  # type: ignore[union-attr]
                         self.coverage["stale_delivered"] += 1
+                    if isinstance(m, InstallSnapshot) and (m.term < core.term or m.index <= core.commit_index):  # type: ignore[union-attr]
+                        self.coverage["stale_snapshot_delivered"] += 1
                     if isinstance(m, RequestVote):
                         self.promises.on_vote_request(node, m, self.now)
                     else:
@@ -507,6 +555,9 @@ class Simulation:
                     node.local_ms += SIM_TICK_MS
                     node.driver.tick()  # type: ignore[union-attr]
                     self._drain(node)
+                    take = self.snapshot_probability and self.snap_rng.random() < self.snapshot_probability
+                    if take and node.take_snapshot(self.retention_entries):
+                        self.coverage["snapshots_saved"] += 1
                     self._at(t + node.tick_period_us, EV_TICK, a, b)
                 elif kind == EV_PERSIST:
                     node = nodes[a]
