@@ -5,10 +5,12 @@ that never restarted, also once retention deleted entries inside the dedup horiz
 
 from __future__ import annotations
 
+import logging
 import signal
 import subprocess
 import sys
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -21,7 +23,7 @@ from shmraft.node.records import PEER_RECORD_HEADER_BYTES
 from shmraft.node.snapshot import encode_snapshot, snapshot_of
 from shmraft.raft.config import RaftConfig
 from shmraft.raft.messages import InstallSnapshot
-from shmraft.raft.types import Entry, HardState, Snapshot
+from shmraft.raft.types import Entry, HardState, Role, Snapshot
 from shmraft.storage.nodelog import node_log_dir, open_node_log
 from shmraft.storage.rocks import (
     HardStateError,
@@ -33,7 +35,13 @@ from shmraft.storage.rocks import (
 )
 from shmraft.wire.frame import decode_batch, encode_batch
 from shmraft.wire.raft_codec import encode_raft
-from shmraft.workers.raft import _decode_saved_snapshot, rebuild_dedup, snapshot_chunk_bytes_for
+from shmraft.workers.raft import (
+    RaftWorker,
+    SnapshotRefused,
+    _decode_saved_snapshot,
+    rebuild_dedup,
+    snapshot_chunk_bytes_for,
+)
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 TERM = 1
@@ -435,3 +443,50 @@ def test_the_snapshot_chunk_fits_a_ring_record_and_a_peer_message(tmp_path: Path
     assert len(encode_raft(InstallSnapshot(1, 2, 3, 4, 5, 1, 0, 0, bytes(snapshot_chunk_bytes_for(small_peer))))) == (
         256 * 1024
     )
+
+
+class _State:
+    """The state block's counters, as the worker writes them (a dict instead of shared memory)."""
+
+    def __init__(self) -> None:
+        self.fields: dict[str, int] = {}
+
+    def add(self, name: str, delta: int = 1) -> None:
+        self.fields[name] = self.fields.get(name, 0) + delta
+
+    def set(self, name: str, value: int) -> None:
+        self.fields[name] = value
+
+
+def _worker_on(nl) -> RaftWorker:
+    """A raft worker's install path over a real log, without processes, sockets or shared memory."""
+    w = RaftWorker.__new__(RaftWorker)
+    w.config = SimpleNamespace(dedup_producers_max=PRODUCERS_MAX)
+    w.storage, w.state, w.log = nl, _State(), logging.getLogger("test")
+    w.dedup, w._decoded, w._export, w._notes = DedupTable(producers_max=PRODUCERS_MAX), {}, None, []
+    return w
+
+
+def test_the_worker_installs_a_leaders_snapshot_and_refuses_one_it_cannot_read(tmp_path: Path) -> None:
+    frames = workload(300)
+    nl = open_log(tmp_path)
+    try:
+        nl.append([Entry(i, TERM, frames[i - 1]) for i in range(1, 21)], HardState(TERM, 1, 20))
+        w = _worker_on(nl)
+        newer = bytearray(leader_snapshot(frames, 200).data)
+        newer[4] = 2  # a format version this node does not read (the CRC is the record's own: still refused)
+        with pytest.raises(SnapshotRefused, match="version 2 is not supported"):
+            w._persist([], HardState(TERM, 1, 200), Snapshot(200, TERM, bytes(newer)))
+        assert (nl.first_index(), nl.last_index(), nl.hard_state().commit) == (1, 20, 20)  # nothing written
+        assert "snapshots_installed" not in w.state.fields
+
+        assert w._persist([], HardState(TERM, 1, 200), leader_snapshot(frames, 200)) is True
+        assert (nl.first_index(), nl.last_index(), nl.snapshot_record.index) == (201, 200, 200)
+        assert state(w.dedup) == state(reference(frames, 200)) and w.dedup.last_index == 200
+        assert w.state.fields["snapshots_installed"] == 1 and w.state.fields["commit_index"] == 200
+        for i in range(201, 211):  # appends continue from it, the table in step
+            w.core = SimpleNamespace(role=Role.FOLLOWER, commit_index=i)
+            w._persist([Entry(i, TERM, frames[i - 1])], HardState(TERM, 1, i))
+        assert state(w.dedup) == state(reference(frames, 210))
+    finally:
+        nl.close()
