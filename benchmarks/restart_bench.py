@@ -186,7 +186,7 @@ def time_restart(node_dir: Path, mark: bytes, *, full: bool, cold: bool) -> tupl
     t1 = time.perf_counter()
     try:
         assert nl.quarantined is None, nl.corruption
-        assert full or nl.snapshot is not None
+        assert full or nl.snapshot_record is not None
         rebuild_dedup(nl, DedupTable().producers_max)
         t2 = time.perf_counter()
         return t1 - t0, t2 - t1, nl.open_check.entries_verified

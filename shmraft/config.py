@@ -24,6 +24,7 @@ from shmraft.constants import (
     ELECTION_TIMEOUT_SPREAD_MS,
     FSYNC_POLICIES,
     HEARTBEAT_INTERVAL_MS,
+    SNAPSHOT_CHUNK_BYTES_MAX,
 )
 
 LOCAL_HOST = "127.0.0.1"
@@ -115,6 +116,9 @@ class NodeConfig:
     storage_retry_interval_ms: int = 1000
     # dedup (raft worker)
     dedup_producers_max: int = 100_000
+    # InstallSnapshot chunk size (raft worker as leader); None = the Raft default (1 MiB). Either way it is
+    # lowered to what fits a data-channel ring record and a peer message (workers/raft.py)
+    snapshot_chunk_bytes: int | None = None
 
     def __post_init__(self) -> None:
         ids = [m.node_id for m in self.members]
@@ -151,6 +155,10 @@ class NodeConfig:
             if getattr(self, key) < 1:
                 raise ConfigError(f"{key}: expected at least 1, got {getattr(self, key)}")
         _parse_peer_overrides(self.peer_connect_overrides)
+        if self.snapshot_chunk_bytes is not None and not 1 <= self.snapshot_chunk_bytes <= SNAPSHOT_CHUNK_BYTES_MAX:
+            raise ConfigError(
+                f"snapshot_chunk_bytes: expected 1..{SNAPSHOT_CHUNK_BYTES_MAX}, got {self.snapshot_chunk_bytes}"
+            )
         if self.storage_retry_interval_ms < 1:
             raise ConfigError(f"storage_retry_interval_ms: expected >= 1, got {self.storage_retry_interval_ms}")
         if self.me.kafka_port and self.client_token_file:

@@ -36,3 +36,4 @@ FSYNC_POLICIES: Final = ("always", "never")  # "never" is unsafe (benchmarks onl
 
 # --- files -----------------------------------------------------------------------------------------
 PRIVATE_FILE_MODE: Final = 0o600  # secrets and the hard-state copy: readable by the node's user only
+SNAPSHOT_CHUNK_BYTES_MAX: Final = 4 * 1024 * 1024  # one InstallSnapshot chunk (the peer body limit is 8 MiB)

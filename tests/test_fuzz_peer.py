@@ -29,7 +29,7 @@ from shmraft.raft import messages as rm  # noqa: E402
 from shmraft.raft.types import Entry  # noqa: E402
 from shmraft.wire import peer as wp  # noqa: E402
 from shmraft.wire.errors import RemoteProtocolError  # noqa: E402
-from shmraft.wire.raft_codec import decode_raft, encode_raft  # noqa: E402
+from shmraft.wire.raft_codec import SNAPSHOT_TOTAL_BYTES_MAX, decode_raft, encode_raft  # noqa: E402
 
 U64 = st.integers(0, 2**64 - 1)
 U32 = st.integers(0, 2**32 - 1)
@@ -48,6 +48,14 @@ def append_entries(draw: st.DrawFn) -> rm.AppendEntries:
     return rm.AppendEntries(draw(U32), draw(U32), draw(U64), prev_index, draw(U64), entries, draw(U64))
 
 
+@st.composite
+def install_snapshots(draw: st.DrawFn) -> rm.InstallSnapshot:
+    data = draw(st.binary(max_size=60))
+    total = draw(st.integers(len(data), SNAPSHOT_TOTAL_BYTES_MAX))
+    offset = draw(st.integers(0, total - len(data)))
+    return rm.InstallSnapshot(draw(U32), draw(U32), draw(U64), draw(U64), draw(U64), total, draw(U32), offset, data)
+
+
 raft_messages = st.one_of(
     append_entries(),
     st.builds(rm.AppendResponse, U32, U32, U64, U64, st.booleans(), U64, U64),
@@ -56,6 +64,8 @@ raft_messages = st.one_of(
     st.builds(rm.RequestVote, U32, U32, U64, U64, U64, st.booleans(), st.booleans()),
     st.builds(rm.VoteResponse, U32, U32, U64, st.booleans(), st.booleans()),
     st.builds(rm.TimeoutNow, U32, U32, U64),
+    install_snapshots(),
+    st.builds(rm.SnapshotResponse, U32, U32, U64, U64, U64),
 )
 cluster_ids = st.text(string.ascii_letters + string.digits + "_", min_size=1, max_size=wp.CLUSTER_ID_MAX_BYTES)
 nonces = st.binary(min_size=getattr(wp, "NONCE_BYTES", 32), max_size=getattr(wp, "NONCE_BYTES", 32))
@@ -144,6 +154,10 @@ SAMPLES = {
         wp.PeerKind.RAFT,
         encode_raft(rm.AppendEntries(1, 2, 7, 40, 6, (Entry(41, 7, b"frame-one"), Entry(42, 7, b"frame-two")), 39)),
     ),
+    "raft_snapshot_chunk": wp.encode_peer(
+        wp.PeerKind.RAFT, encode_raft(rm.InstallSnapshot(1, 2, 7, 40, 6, 100, 0xDEADBEEF, 20, b"snapshot-bytes"))
+    ),
+    "raft_snapshot_response": wp.encode_peer(wp.PeerKind.RAFT, encode_raft(rm.SnapshotResponse(2, 1, 7, 40, 34))),
     "refused": wp.encode_refused("cluster id: expected 'a', got 'b'"),
 }
 
@@ -219,7 +233,7 @@ def test_raft_messages_round_trip(msg: rm.Message) -> None:
 
 
 @FAST
-@given(kind=st.integers(0, 9), head=st.binary(min_size=16, max_size=16), rest=st.binary(max_size=200))
+@given(kind=st.integers(0, 11), head=st.binary(min_size=16, max_size=16), rest=st.binary(max_size=200))
 def test_any_raft_body_decodes_faithfully_or_is_refused(kind: int, head: bytes, rest: bytes) -> None:
     oracles.check_raft_body(bytes([kind]) + head + rest)
 

@@ -12,9 +12,32 @@ from prometheus_client.parser import text_string_to_metric_families
 from shmraft.ipc.state import LATENCY_BOUNDS_MS, LATENCY_BUCKETS, NODE_DTYPE, Worker, latency_bucket
 from shmraft.node.layout import Ring
 from shmraft.supervisor.metrics import latency_quantile
-from shmraft.supervisor.status import cluster_status, format_table
+from shmraft.supervisor.status import cluster_status, follower_lines, format_table
 
 # --- units -------------------------------------------------------------------------------------------------
+
+
+def test_status_lines_show_a_follower_catching_up_through_a_snapshot() -> None:
+    base = {"match": 0, "snapshot_index": 0, "snapshot_sent_bytes": 0, "snapshot_acked_bytes": 0}
+    followers = [
+        {**base, "node_id": 2, "state": "REPLICATE", "entries_behind": 0, "snapshot_total_bytes": 0},
+        {
+            **base,
+            "node_id": 3,
+            "state": "SNAPSHOT",
+            "entries_behind": 150_000,
+            "snapshot_index": 140_000,
+            "snapshot_sent_bytes": 3000,
+            "snapshot_acked_bytes": 2000,
+            "snapshot_total_bytes": 8000,
+        },
+        {**base, "node_id": 4, "state": "RESEED", "entries_behind": 9, "snapshot_total_bytes": 0},
+    ]
+    assert follower_lines(followers) == [
+        "follower 3: SNAPSHOT, 150000 entries behind, snapshot at 140000: 3000 bytes sent, 2000 of 8000 "
+        "acknowledged (25%)",
+        "follower 4: RESEED, 9 entries behind, waiting for the leader's next snapshot",
+    ]
 
 
 def test_latency_buckets_are_log_spaced_from_a_quarter_ms_to_4096_ms() -> None:
@@ -88,6 +111,18 @@ def test_every_node_serves_metrics_that_match_what_was_produced(tmp_path: Path) 
         assert value(m, "shmraft_fsync_seconds_total", leader) > 0
         for kind in ("client_protocol", "peer_protocol", "peer_refused", "dedup_hit"):
             assert value(m, "shmraft_errors_total", leader, kind=kind) == 0
+        assert value(m, "shmraft_snapshots_sent_total", leader) == 0  # nobody was behind the log start
+        assert value(m, "shmraft_snapshots_installed_total", leader) == 0
+
+        def follower_view(n: int) -> float | None:
+            """The leader's entries_behind for follower n in REPLICATE (None until published)."""
+            samples = scrape(h, leader).get("shmraft_follower_entries_behind", {})
+            key = tuple(sorted({"node": str(leader), "follower": str(n), "state": "replicate"}.items()))
+            return samples.get(key)
+
+        for n in nodes:
+            if n != leader:  # the leader's view of each follower, published every 200 ms
+                wait_for(lambda n=n: follower_view(n) == 0, 20, f"the leader to see follower {n} caught up")
 
         for n in nodes:  # followers catch up; every node has the full set of families
             wait_for(

@@ -21,6 +21,9 @@ from shmraft.wire import errors
 from shmraft.wire.client import MessageReader, encode_version_refused
 from shmraft.wire.frame import decode_batch, encode_batch
 from shmraft.wire.peer import (
+    PEER_HEADER,
+    PEER_MAGIC,
+    PEER_VERSION,
     PeerKind,
     PeerReader,
     decode_challenge,
@@ -175,6 +178,8 @@ def test_document_has_peer_examples() -> None:
         "RequestVote",
         "AppendEntries",
         "AppendResponse",
+        "InstallSnapshot",
+        "SnapshotResponse",
     }
 
 
@@ -237,6 +242,9 @@ def test_peer_example_decodes_to_stated_values(index: int) -> None:
     entries = want.pop("entries", None)
     if entries is not None:
         assert [[e.index, e.term, e.data.decode()] for e in msg.entries] == entries
+    data = want.pop("data", None)
+    if data is not None:
+        assert msg.data.hex() == data
     for key, value in want.items():
         assert getattr(msg, key) == value, key
 
@@ -256,6 +264,16 @@ def _table_rows(text: str, first_header: str) -> list[list[str]]:
             break
         rows.append([c.strip() for c in line.strip().strip("|").split("|")])
     return rows
+
+
+def test_the_stated_peer_version_and_its_refusal_are_the_codes() -> None:
+    section_3 = DOC.read_text().split("## 3. The peer protocol")[1].split("## 4. ")[0]
+    assert f"| `version`  | `{PEER_VERSION}` (version {PEER_VERSION - 1} had" in section_3
+    with pytest.raises(errors.RemoteProtocolError) as info:
+        reader = PeerReader()
+        reader.feed(PEER_HEADER.pack(PEER_MAGIC, PEER_VERSION - 1, PeerKind.WELCOME, 0, 0))
+        reader.next()
+    assert f"`{info.value}`" in section_3
 
 
 def test_the_stated_version_is_the_codes() -> None:

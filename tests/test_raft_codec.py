@@ -13,16 +13,24 @@ from shmraft.raft.messages import (
     AppendResponse,
     Heartbeat,
     HeartbeatResponse,
+    InstallSnapshot,
     RequestVote,
+    SnapshotResponse,
     TimeoutNow,
     VoteResponse,
 )
 from shmraft.raft.types import Entry
-from shmraft.wire.errors import RemoteProtocolError
-from shmraft.wire.raft_codec import decode_raft, encode_raft
+from shmraft.wire.errors import LocalProtocolError, RemoteProtocolError
+from shmraft.wire.raft_codec import (
+    SNAPSHOT_CHUNK_BYTES_MAX,
+    SNAPSHOT_TOTAL_BYTES_MAX,
+    decode_raft,
+    encode_raft,
+)
 
 ids = st.integers(1, 7)
 u64 = st.integers(0, 2**64 - 1)
+u32 = st.integers(0, 2**32 - 1)
 
 
 @st.composite
@@ -34,6 +42,14 @@ def appends(draw) -> AppendEntries:
     return AppendEntries(draw(ids), draw(ids), draw(u64), prev, draw(u64), entries, draw(u64))
 
 
+@st.composite
+def snapshot_chunks(draw) -> InstallSnapshot:
+    data = draw(st.binary(max_size=300))
+    total = draw(st.integers(len(data), SNAPSHOT_TOTAL_BYTES_MAX))
+    offset = draw(st.integers(0, total - len(data)))
+    return InstallSnapshot(draw(ids), draw(ids), draw(u64), draw(u64), draw(u64), total, draw(u32), offset, data)
+
+
 messages = st.one_of(
     appends(),
     st.builds(AppendResponse, ids, ids, u64, u64, st.booleans(), u64, u64),
@@ -42,6 +58,8 @@ messages = st.one_of(
     st.builds(RequestVote, ids, ids, u64, u64, u64, st.booleans(), st.booleans()),
     st.builds(VoteResponse, ids, ids, u64, st.booleans(), st.booleans()),
     st.builds(TimeoutNow, ids, ids, u64),
+    snapshot_chunks(),
+    st.builds(SnapshotResponse, ids, ids, u64, u64, u64),
 )
 
 
@@ -58,11 +76,23 @@ def test_wrong_destination_is_refused() -> None:
     assert info.value.field == "Heartbeat.dst"
 
 
+def _chunk_head(*, total: int = 100, offset: int = 0, length: int = 0) -> bytes:
+    """The fixed part of an InstallSnapshot body (kind 8) from node 1 to node 2, term 3, snapshot (40, 2)."""
+    return struct.pack("<BIIQ", 8, 1, 2, 3) + struct.pack("<QQQIQI", 40, 2, total, 0x1234, offset, length)
+
+
 @pytest.mark.parametrize(
     "body, field",
     [
         (b"\x01\x00", "raft message"),
-        (struct.pack("<BIIQ", 9, 1, 2, 3), "raft kind"),
+        (struct.pack("<BIIQ", 10, 1, 2, 3), "raft kind"),
+        (struct.pack("<BIIQ", 9, 1, 2, 3) + b"\x00" * 15, "SnapshotResponse.body"),
+        (_chunk_head()[:30], "InstallSnapshot.head"),
+        (_chunk_head(total=SNAPSHOT_TOTAL_BYTES_MAX + 1), "InstallSnapshot.total"),
+        (_chunk_head(length=SNAPSHOT_CHUNK_BYTES_MAX + 1), "InstallSnapshot.length"),
+        (_chunk_head(length=4) + b"abc", "InstallSnapshot.data"),
+        (_chunk_head(length=3) + b"abcd", "InstallSnapshot.data"),
+        (_chunk_head(total=10, offset=8, length=3) + b"abc", "InstallSnapshot.offset"),
         (struct.pack("<BIIQ", 3, 1, 2, 3), "Heartbeat.body"),
         (struct.pack("<BIIQ", 1, 1, 2, 3) + struct.pack("<QQQI", 0, 0, 0, 99999), "AppendEntries.count"),
         (struct.pack("<BIIQ", 1, 1, 2, 3) + struct.pack("<QQQI", 0, 0, 0, 2), "AppendEntries.tables"),
@@ -85,3 +115,16 @@ def test_garbage_is_refused_or_decodes(blob: bytes) -> None:
         decode_raft(blob)
     except RemoteProtocolError:
         pass
+
+
+def test_a_snapshot_chunk_at_the_limit_round_trips_and_one_byte_more_is_not_sent() -> None:
+    m = InstallSnapshot(1, 2, 3, 40, 2, SNAPSHOT_CHUNK_BYTES_MAX, 7, 0, bytes(SNAPSHOT_CHUNK_BYTES_MAX))
+    assert decode_raft(encode_raft(m)) == m
+    with pytest.raises(LocalProtocolError) as info:
+        encode_raft(InstallSnapshot(1, 2, 3, 40, 2, 2**30, 7, 0, bytes(SNAPSHOT_CHUNK_BYTES_MAX + 1)))
+    assert info.value.field == "InstallSnapshot.data"
+
+
+def test_the_last_chunk_may_end_exactly_at_the_total() -> None:
+    m = InstallSnapshot(1, 2, 3, 40, 2, 10, 7, 7, b"xyz")
+    assert decode_raft(encode_raft(m)) == m

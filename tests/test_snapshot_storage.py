@@ -5,21 +5,43 @@ that never restarted, also once retention deleted entries inside the dedup horiz
 
 from __future__ import annotations
 
+import logging
 import signal
 import subprocess
 import sys
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
 
+from shmraft.config import local_cluster, with_overrides
+from shmraft.constants import SNAPSHOT_CHUNK_BYTES_MAX
+from shmraft.ipc.ring import record_max_for
 from shmraft.node.dedup import DedupTable
+from shmraft.node.records import PEER_RECORD_HEADER_BYTES
 from shmraft.node.snapshot import encode_snapshot, snapshot_of
-from shmraft.raft.types import Entry, HardState
+from shmraft.raft.config import RaftConfig
+from shmraft.raft.messages import InstallSnapshot
+from shmraft.raft.types import Entry, HardState, Role, Snapshot
 from shmraft.storage.nodelog import node_log_dir, open_node_log
-from shmraft.storage.rocks import LogOrderError, RocksLogStorage, SavedSnapshot
+from shmraft.storage.rocks import (
+    HardStateError,
+    LogCompactedError,
+    LogOrderError,
+    RocksLogReader,
+    RocksLogStorage,
+    SavedSnapshot,
+)
 from shmraft.wire.frame import decode_batch, encode_batch
-from shmraft.workers.raft import _decode_saved_snapshot, rebuild_dedup
+from shmraft.wire.raft_codec import encode_raft
+from shmraft.workers.raft import (
+    RaftWorker,
+    SnapshotRefused,
+    _decode_saved_snapshot,
+    rebuild_dedup,
+    snapshot_chunk_bytes_for,
+)
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 TERM = 1
@@ -121,7 +143,11 @@ def test_table_rebuilt_at_start_equals_the_never_restarted_one_past_retention(tm
         nl.close()
     nl = open_log(tmp_path)
     try:
-        assert nl.quarantined is None and nl.snapshot is not None and nl.snapshot.index >= 900 - SNAPSHOT_EVERY
+        assert (
+            nl.quarantined is None
+            and nl.snapshot_record is not None
+            and nl.snapshot_record.index >= 900 - SNAPSHOT_EVERY
+        )
         rebuilt = rebuild_dedup(nl, PRODUCERS_MAX)
     finally:
         nl.close()
@@ -234,3 +260,233 @@ def test_a_kill_at_any_point_leaves_snapshot_and_log_consistent(tmp_path: Path, 
             nl.close()
         assert state(rebuilt) == state(reference(frames, last))
     assert c is not None and nl.first_index() > 1 and last > RETAIN
+
+
+# --- installing a leader's snapshot (a follower behind the leader's log start) -------------------------------
+
+
+def leader_snapshot(frames: list[bytes], index: int) -> Snapshot:
+    """The snapshot a leader that holds `frames` would send at `index` (its table's record)."""
+    return Snapshot(index, TERM, encode_snapshot(snapshot_of(reference(frames, index), TERM)))
+
+
+@pytest.mark.parametrize("at", ["inside the follower's uncommitted suffix", "past the follower's log end"])
+def test_install_replaces_the_log_and_the_node_restarts_from_it(tmp_path: Path, at: str) -> None:
+    frames = workload(400)
+    nl = open_log(tmp_path)
+    try:
+        nl.append([Entry(i, TERM, frames[i - 1]) for i in range(1, 101)], HardState(TERM, 1, 90))
+        c = 95 if at.startswith("inside") else 300
+        snap = leader_snapshot(frames, c)
+        nl.install_snapshot(snap, HardState(TERM + 1, 2, c))
+        assert (nl.first_index(), nl.last_index(), nl.snapshot_index(), nl.snapshot_term()) == (c + 1, c, c, TERM)
+        assert nl.hard_state() == HardState(TERM + 1, 2, c) and nl.snapshot() == snap
+        assert nl.saved_snapshot_index() == c and nl.term_at(c) == TERM and nl.term_at(c - 1) is None
+        with pytest.raises(LogCompactedError):
+            nl.entries(c - 5, c + 1, 1 << 20)
+        assert nl.rocks.stats().snapshots_installed == 1
+        nl.append([Entry(i, TERM, frames[i - 1]) for i in range(c + 1, c + 51)], HardState(TERM + 1, 2, c + 50))
+    finally:
+        nl.close()
+    nl = open_log(tmp_path)  # the last-index hint was lowered with the log: no false "lost entries"
+    try:
+        assert nl.quarantined is None, nl.corruption
+        assert nl.open_check.full_scan and nl.open_check.entries_verified == 50  # the new log, whole
+        assert (nl.first_index(), nl.last_index(), nl.snapshot_record.index) == (c + 1, c + 50, c)
+        assert nl.saved.term == TERM + 1 and nl.saved.vote == 2  # the term/vote copy moved with it
+        rebuilt = rebuild_dedup(nl, PRODUCERS_MAX)
+    finally:
+        nl.close()
+    assert state(rebuilt) == state(reference(frames, c + 50))
+
+
+def test_install_at_or_below_the_commit_index_is_refused_and_changes_nothing(tmp_path: Path) -> None:
+    frames = workload(200)
+    nl = open_log(tmp_path)
+    try:
+        nl.append([Entry(i, TERM, frames[i - 1]) for i in range(1, 101)], HardState(TERM, 1, 90))
+        before = (nl.first_index(), nl.last_index(), nl.hard_state(), nl.saved.term, nl.saved.vote)
+        for c in (90, 40):
+            with pytest.raises(LogOrderError, match="not above the commit index 90"):
+                nl.install_snapshot(leader_snapshot(frames, c), HardState(TERM + 1, 2, c))
+        with pytest.raises(HardStateError, match="commit 120 is not the snapshot's index 150"):
+            nl.install_snapshot(leader_snapshot(frames, 150), HardState(TERM + 1, 2, 120))
+        with pytest.raises(HardStateError, match="term goes backwards"):
+            nl.install_snapshot(leader_snapshot(frames, 150), HardState(TERM - 1, 2, 150))
+        with pytest.raises(LogOrderError, match="snapshot term 5 outside"):
+            nl.install_snapshot(Snapshot(150, 5, b"x"), HardState(TERM, 1, 150))
+        assert (nl.first_index(), nl.last_index(), nl.hard_state(), nl.saved.term, nl.saved.vote) == before
+        assert nl.snapshot() is None
+    finally:
+        nl.close()
+
+
+def test_a_reader_process_sees_the_installed_log(tmp_path: Path) -> None:
+    frames = workload(300)
+    nl = open_log(tmp_path)
+    try:
+        nl.append([Entry(i, TERM, frames[i - 1]) for i in range(1, 51)], HardState(TERM, 1, 50))
+        with RocksLogReader(node_log_dir(tmp_path), tmp_path / "reader") as reader:
+            assert reader.last_index() == 50
+            nl.install_snapshot(leader_snapshot(frames, 200), HardState(TERM, 1, 200))
+            nl.append([Entry(i, TERM, frames[i - 1]) for i in range(201, 211)], HardState(TERM, 1, 210))
+            reader.catch_up()
+            assert (reader.first_index(), reader.last_index(), reader.hard_state().commit) == (201, 210, 210)
+            assert [e.index for e in reader.entries(201, 211, 1 << 20)] == list(range(201, 211))
+            with pytest.raises(LogCompactedError) as info:
+                reader.entries(10, 20, 1 << 20)
+            assert info.value.first_index == 201
+    finally:
+        nl.close()
+
+
+INSTALL_CHILD = r"""
+import sys
+sys.path.insert(0, sys.argv[2])
+from test_snapshot_storage import Entry, HardState, TERM, leader_snapshot, open_log, workload
+from pathlib import Path
+node_dir, n = Path(sys.argv[1]), int(sys.argv[3])
+frames = workload(n)
+nl = open_log(node_dir)
+print("R", nl.last_index(), flush=True)
+round_ = 0
+while nl.last_index() + 60 < n:
+    lo = nl.last_index() + 1
+    for i in range(lo, lo + 40, 4):  # commit lags 6 behind: an uncommitted suffix to replace
+        commit = max(i + 3 - 6, nl.hard_state().commit)
+        nl.append([Entry(k, TERM, frames[k - 1]) for k in range(i, i + 4)], HardState(TERM, 1, commit))
+    c = nl.hard_state().commit + 2 if round_ % 2 else nl.last_index() + 15
+    snap = leader_snapshot(frames, c)
+    print("B", c, flush=True)
+    nl.install_snapshot(snap, HardState(TERM, 1, c))
+    print("D", c, flush=True)
+    round_ += 1
+"""
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("kill_after_s", [[0.2, 0.35, 0.5, 0.8, 0.27, 0.61]])
+def test_a_kill_at_any_point_of_installs_leaves_the_old_or_the_new_state(tmp_path: Path, kill_after_s) -> None:
+    """Children append (with an uncommitted suffix) and install snapshots, some inside the suffix (the log
+    gets shorter), some past the end, and are SIGKILLed mid-flight; after every kill the log opens clean
+    (no false "lost entries" from the last-index hint, no quarantine), holds at least every install
+    reported done, agrees with its snapshot, and the table rebuilt from it is the leader's."""
+    total = 4000
+    frames = workload(total)
+    done_max = 0
+    for delay in kill_after_s:
+        child = subprocess.Popen(
+            [sys.executable, "-c", INSTALL_CHILD, str(tmp_path), str(Path(__file__).parent), str(total)],
+            stdout=subprocess.PIPE,
+            text=True,
+            cwd=REPO_ROOT,
+        )
+        try:
+            assert child.stdout.readline().startswith("R")
+            try:
+                child.wait(delay)
+            except subprocess.TimeoutExpired:
+                child.send_signal(signal.SIGKILL)
+            child.wait(10)
+            lines = child.stdout.read().splitlines()
+        finally:
+            if child.poll() is None:
+                child.kill()
+            child.stdout.close()
+        done = [int(line.split()[1]) for line in lines if line.startswith("D ")]
+        done_max = max([done_max, *done])
+        nl = open_log(tmp_path)
+        try:
+            assert nl.quarantined is None, nl.corruption
+            c = nl.saved_snapshot_index()
+            assert c is not None and c >= done_max  # an install reported done is never undone
+            assert nl.first_index() - 1 <= c <= nl.hard_state().commit <= nl.last_index()
+            assert nl.snapshot_record.index == c
+            last = nl.last_index()
+            rebuilt = rebuild_dedup(nl, PRODUCERS_MAX)
+        finally:
+            nl.close()
+        assert state(rebuilt) == state(reference(frames, last))
+    assert done_max > 0
+
+
+def test_a_crash_between_the_install_and_the_hint_update_is_not_taken_for_lost_entries(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The log gets shorter (a snapshot inside the follower's uncommitted suffix); a kill right after the
+    RocksDB write, before the hint is rewritten, must not read as "synced entries lost" at the next start."""
+    frames = workload(200)
+    nl = open_log(tmp_path)
+    try:
+        nl.append([Entry(i, TERM, frames[i - 1]) for i in range(1, 101)], HardState(TERM, 1, 60))
+        monkeypatch.setattr(nl, "_write_hint", lambda: None)  # the process dies here
+        nl.install_snapshot(leader_snapshot(frames, 70), HardState(TERM, 1, 70))
+    finally:
+        nl.close()
+    nl = open_log(tmp_path)
+    try:
+        assert nl.quarantined is None, nl.corruption
+        assert (nl.first_index(), nl.last_index(), nl.snapshot_record.index) == (71, 70, 70)
+    finally:
+        nl.close()
+
+
+def test_the_snapshot_chunk_fits_a_ring_record_and_a_peer_message(tmp_path: Path) -> None:
+    base = local_cluster(tmp_path, count=3)[0]
+    assert snapshot_chunk_bytes_for(base) == RaftConfig().snapshot_chunk_bytes  # 1 MiB fits the defaults
+    assert snapshot_chunk_bytes_for(with_overrides(base, snapshot_chunk_bytes=64)) == 64
+    small_ring = with_overrides(base, ring_capacity_bytes=1 << 20, snapshot_chunk_bytes=SNAPSHOT_CHUNK_BYTES_MAX)
+    size = snapshot_chunk_bytes_for(small_ring)
+    body = len(encode_raft(InstallSnapshot(1, 2, 3, 4, 5, size, 0, 0, bytes(size))))
+    assert body + PEER_RECORD_HEADER_BYTES == record_max_for(1 << 20)  # exactly one ring record at most
+    small_peer = with_overrides(base, peer_message_bytes_max=256 * 1024)
+    assert len(encode_raft(InstallSnapshot(1, 2, 3, 4, 5, 1, 0, 0, bytes(snapshot_chunk_bytes_for(small_peer))))) == (
+        256 * 1024
+    )
+
+
+class _State:
+    """The state block's counters, as the worker writes them (a dict instead of shared memory)."""
+
+    def __init__(self) -> None:
+        self.fields: dict[str, int] = {}
+
+    def add(self, name: str, delta: int = 1) -> None:
+        self.fields[name] = self.fields.get(name, 0) + delta
+
+    def set(self, name: str, value: int) -> None:
+        self.fields[name] = value
+
+
+def _worker_on(nl) -> RaftWorker:
+    """A raft worker's install path over a real log, without processes, sockets or shared memory."""
+    w = RaftWorker.__new__(RaftWorker)
+    w.config = SimpleNamespace(dedup_producers_max=PRODUCERS_MAX)
+    w.storage, w.state, w.log = nl, _State(), logging.getLogger("test")
+    w.dedup, w._decoded, w._export, w._notes = DedupTable(producers_max=PRODUCERS_MAX), {}, None, []
+    return w
+
+
+def test_the_worker_installs_a_leaders_snapshot_and_refuses_one_it_cannot_read(tmp_path: Path) -> None:
+    frames = workload(300)
+    nl = open_log(tmp_path)
+    try:
+        nl.append([Entry(i, TERM, frames[i - 1]) for i in range(1, 21)], HardState(TERM, 1, 20))
+        w = _worker_on(nl)
+        newer = bytearray(leader_snapshot(frames, 200).data)
+        newer[4] = 2  # a format version this node does not read (the CRC is the record's own: still refused)
+        with pytest.raises(SnapshotRefused, match="version 2 is not supported"):
+            w._persist([], HardState(TERM, 1, 200), Snapshot(200, TERM, bytes(newer)))
+        assert (nl.first_index(), nl.last_index(), nl.hard_state().commit) == (1, 20, 20)  # nothing written
+        assert "snapshots_installed" not in w.state.fields
+
+        assert w._persist([], HardState(TERM, 1, 200), leader_snapshot(frames, 200)) is True
+        assert (nl.first_index(), nl.last_index(), nl.snapshot_record.index) == (201, 200, 200)
+        assert state(w.dedup) == state(reference(frames, 200)) and w.dedup.last_index == 200
+        assert w.state.fields["snapshots_installed"] == 1 and w.state.fields["commit_index"] == 200
+        for i in range(201, 211):  # appends continue from it, the table in step
+            w.core = SimpleNamespace(role=Role.FOLLOWER, commit_index=i)
+            w._persist([Entry(i, TERM, frames[i - 1])], HardState(TERM, 1, i))
+        assert state(w.dedup) == state(reference(frames, 210))
+    finally:
+        nl.close()

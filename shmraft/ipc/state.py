@@ -16,10 +16,11 @@ from typing import Final
 
 import numpy as np
 
+from shmraft.constants import CLUSTER_SIZE_MAX
 from shmraft.ipc import segments
 
 STATE_MAGIC: Final = 0x5348_4D52_4146_5453  # "SHMRAFTS"
-STATE_VERSION: Final = 3  # 2: commit latency histogram, errors by kind; 3: storage faults, recovering
+STATE_VERSION: Final = 4  # 2: latency histogram, errors by kind; 3: storage faults, recovering; 4: peers, snapshots
 
 
 class NodeStatus(enum.IntEnum):
@@ -82,7 +83,10 @@ NODE_DTYPE: Final = np.dtype(
         ("recovering", "<u8"),
         ("storage_errors", "<u8"),
         ("quarantines", "<u8"),
-        ("reserved", "<u8", (5,)),
+        # InstallSnapshot (writer: raft): transfers this node completed as leader, snapshots it installed
+        ("snapshots_sent", "<u8"),
+        ("snapshots_installed", "<u8"),
+        ("reserved", "<u8", (3,)),
         # PRODUCE receipt to PRODUCED answer, per request (writer: ingest): per-bucket counts, not cumulative;
         # bucket i < LATENCY_BUCKETS - 1 holds latencies <= LATENCY_BOUNDS_MS[i], the last one the rest
         ("commit_latency_buckets", "<u8", (16,)),
@@ -112,8 +116,37 @@ WORKER_DTYPE: Final = np.dtype(
     ]
 )
 WORKERS_MAX: Final = 8
+
+
+class PeerState(enum.IntEnum):
+    """How the leader replicates to a follower (field `state` of a peer record; the core's ProgressState
+    plus one): RESEED is shown while the follower needs entries the leader no longer holds (SNAPSHOT: a
+    snapshot is being sent; a leader with no snapshot to send yet shows RESEED until it has one)."""
+
+    PROBE = 0
+    REPLICATE = 1
+    SNAPSHOT = 2
+    RESEED = 3
+
+
+# the leader's view of each follower (writer: raft, about every PEERS_PUBLISH_INTERVAL_MS; node_id 0 = unused,
+# all unused when this node is not the leader)
+PEER_DTYPE: Final = np.dtype(
+    [
+        ("node_id", "<u8"),
+        ("state", "<u8"),  # PeerState
+        ("match", "<u8"),
+        ("entries_behind", "<u8"),
+        ("snapshot_index", "<u8"),
+        ("snapshot_sent_bytes", "<u8"),
+        ("snapshot_acked_bytes", "<u8"),
+        ("snapshot_total_bytes", "<u8"),
+    ]
+)
+PEERS_MAX: Final = CLUSTER_SIZE_MAX - 1
 NODE_OFFSET: Final = segments.SEGMENT_HEADER_BYTES  # after the common segment header (creator pid, magic, ...)
-SIZE_BYTES: Final = NODE_OFFSET + NODE_DTYPE.itemsize + WORKER_DTYPE.itemsize * WORKERS_MAX
+PEERS_OFFSET: Final = NODE_OFFSET + NODE_DTYPE.itemsize + WORKER_DTYPE.itemsize * WORKERS_MAX
+SIZE_BYTES: Final = PEERS_OFFSET + PEER_DTYPE.itemsize * PEERS_MAX
 
 
 class StateBlockError(RuntimeError):
@@ -121,7 +154,8 @@ class StateBlockError(RuntimeError):
 
 
 class StateBlock:
-    """A mapped state block. `node` is a 0-d structured array; `workers[Worker.X]` a worker's record."""
+    """A mapped state block. `node` is a 0-d structured array; `workers[Worker.X]` a worker's record;
+    `peers` the leader's records of its followers."""
 
     def __init__(self, name: str, mem: mmap.mmap, owner: bool) -> None:
         self.name = name
@@ -131,6 +165,7 @@ class StateBlock:
         self.workers = np.ndarray(
             (WORKERS_MAX,), dtype=WORKER_DTYPE, buffer=mem, offset=NODE_OFFSET + NODE_DTYPE.itemsize
         )
+        self.peers = np.ndarray((PEERS_MAX,), dtype=PEER_DTYPE, buffer=mem, offset=PEERS_OFFSET)
 
     @classmethod
     def create(cls, name: str, node_id: int) -> StateBlock:
@@ -174,7 +209,7 @@ class StateBlock:
 
     def close(self) -> None:
         if self._mem is not None:
-            del self.node, self.workers
+            del self.node, self.workers, self.peers
             self._mem.close()
             self._mem = None  # type: ignore[assignment]
 

@@ -29,6 +29,9 @@ class PeerRecordKind(enum.IntEnum):
     DISCONNECTED = 1
 
 
+PEER_RECORD_HEADER_BYTES: Final = _PEER.size  # before the message body in a data-channel ring record
+
+
 def encode_peer_record(peer_id: int, kind: PeerRecordKind, body: bytes | memoryview = b"") -> bytes:
     return _PEER.pack(peer_id, kind) + bytes(body)
 

@@ -36,7 +36,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Final
 
-from shmraft.raft.types import Entry, HardState
+from shmraft.raft.types import Entry, HardState, Snapshot
 from shmraft.storage.rocks import (
     CorruptLogError,
     RocksLogStorage,
@@ -110,7 +110,7 @@ class NodeLog:
         self.open_check = OpenCheck()  # set by open_node_log
         self.quarantined: Path | None = None  # set by open_node_log when it quarantined a corrupt log
         self.corruption = ""  # what was found corrupt, for the status and the log
-        self.snapshot: Any = None  # the saved snapshot as `decode_snapshot` returned it (None: none saved)
+        self.snapshot_record: Any = None  # the saved snapshot as `decode_snapshot` returned it (None: none saved)
 
     # --- recovering mode ---------------------------------------------------------------------------------
     @property
@@ -164,6 +164,29 @@ class NodeLog:
 
     def saved_snapshot_index(self) -> int | None:
         return self.rocks.saved_snapshot_index()
+
+    def snapshot(self) -> Snapshot | None:
+        """LogStorage.snapshot: the saved snapshot's bytes, for a follower behind the log start."""
+        return self.rocks.snapshot()
+
+    def install_snapshot(self, snapshot: Snapshot, hard_state: HardState) -> None:
+        """Replace the log by a leader's snapshot (rocks.install_snapshot, one synced write), keeping the
+        sidecars true at every point of a crash: the term/vote copy is written first (as for any change of
+        term or vote); the last-index hint is lowered to the smaller of the old and new last index before
+        the write and set to the new one after it (never ahead of the log, whichever state a crash leaves);
+        the verified mark, which names an entry of the old log, is removed first (the next start scans the
+        new log whole: it holds only what was appended since the install). The caller sets `snapshot_record`
+        (the decoded record) once this returns."""
+        self.rocks.check_install(snapshot, hard_state)  # refused before any sidecar changes
+        self._save_vote(hard_state)
+        try:
+            self._hint.write(min(self.rocks.last_index(), snapshot.index))
+            self._mark_file.remove()
+        except OSError as exc:
+            raise StorageIOError(f"cannot update the sidecar files: {exc}", disk_full=is_disk_full(exc)) from exc
+        self._mark = None
+        self.rocks.install_snapshot(snapshot, hard_state)
+        self._write_hint()
 
     def compaction_wanted(self) -> bool:
         """The retention bounds wait for a newer snapshot."""
@@ -244,7 +267,7 @@ def open_node_log(
     `verify=False` skips the scan (a reopen after ENOSPC of a log this process verified already);
     `full_scan=True` ignores the verified mark (corruption was found while running: check everything);
     `progress` is called now and then during the scan (the worker's heartbeat); `decode_snapshot` turns the
-    saved snapshot into `NodeLog.snapshot` (a ValueError from it is corruption). Retention never deletes
+    saved snapshot into `NodeLog.snapshot_record` (a ValueError from it is corruption). Retention never deletes
     past the saved snapshot (RocksLogStorage's ``retain_below_snapshot``)."""
     node_dir = Path(node_dir)
     log_dir = node_log_dir(node_dir)
@@ -271,7 +294,7 @@ def open_node_log(
         raise
     nl = NodeLog(node_dir, rocks, saved)
     nl.open_check = check
-    nl.snapshot = snapshot
+    nl.snapshot_record = snapshot
     if files is not None:
         try:
             nl.persist_mark(files)

@@ -53,6 +53,13 @@ the last deleted entry is kept as ``snapshot_term()``, so log matching works at 
 below `first_index()` raises `LogCompactedError(requested, first_index)`: the caller fetches from a newer
 offset, or a follower that needs the deleted entries must be re-seeded.
 
+Installing a leader's snapshot (`install_snapshot`, a follower behind the leader's log start) is one synced
+WriteBatch too: a range delete of every entry, the ``snap`` record at the snapshot's index and term, the
+``snaphead``/``snapdata`` records and the hard state, so a crash leaves the old log or the new one. The new
+``snap`` record's cum_bytes is the old log's last cum_bytes (cum_bytes is a node-local running total, used
+for "bytes kept" and the verified mark's fingerprint, never compared across nodes): it keeps growing along
+the node's history, so an entry written after the install never has the fingerprint of one before it.
+
 Safety assertions (typed errors, never silent): appends must be contiguous (no hole), may not rewrite
 compacted entries or replace a committed entry with a different term; entry terms never decrease along the
 log and never exceed the hard-state term; the hard-state term never decreases, a vote cast in a term never
@@ -79,7 +86,7 @@ from typing import Final, NoReturn, Self
 import rocksdict
 
 from shmraft.constants import APPEND_ENTRIES_MAX, BATCH_PAYLOAD_MAX_BYTES, FRAME_FOOTER_BYTES, FRAME_HEADER_BYTES
-from shmraft.raft.types import Entry, HardState
+from shmraft.raft.types import Entry, HardState, Snapshot
 
 # --- limits and defaults (units in the names) --------------------------------------------------------
 FORMAT_VERSION: Final = 1
@@ -97,6 +104,7 @@ DATA_DIR_MODE: Final = 0o700
 VERIFY_PROGRESS_ENTRIES: Final = 4096  # verify() reports progress this often (about 25 MB of full frames)
 
 INDEX_BYTES: Final = 8
+_KEY_PAST_ALL: Final = b"\xff" * (INDEX_BYTES + 1)  # sorts after every 8-byte index key: "delete every entry"
 _META_CF: Final = "meta"
 _KEY_FORMAT: Final = b"format"
 _KEY_HARD: Final = b"hard"
@@ -186,6 +194,7 @@ class StorageStats:
     entries_compacted: int = 0
     write_seconds: float = 0.0  # wall time spent in RocksDB writes (includes fsync)
     entries_verified: int = 0  # entries checked by verify() (at open: the start-up check's work)
+    snapshots_installed: int = 0  # install_snapshot calls (the log replaced by a leader's snapshot)
 
 
 @dataclass(frozen=True, slots=True)
@@ -398,6 +407,12 @@ class _LogView:
         if len(data) != size or zlib.crc32(data) != crc:
             raise CorruptLogError(None, f"the saved snapshot at {index} fails its length/checksum check")
         return SavedSnapshot(index, term, data)
+
+    def snapshot(self) -> Snapshot | None:
+        """The saved snapshot as the Raft core sees it (LogStorage.snapshot): what a leader sends a follower
+        that needs an entry below first_index(); None if none was saved. Checked like `load_snapshot`."""
+        saved = self.load_snapshot()
+        return None if saved is None else Snapshot(saved.index, saved.term, saved.data)
 
     def _seek_last(self) -> tuple[int, bytes, bytes] | None:
         with _rocks():
@@ -779,6 +794,47 @@ class RocksLogStorage(_LogView):
         self._saved = head
         if compaction is not None:
             self._compacted(*compaction)
+
+    def install_snapshot(self, snapshot: Snapshot, hard_state: HardState) -> None:
+        """Replace the whole log by a leader's snapshot in one synced WriteBatch (LogStorage.install_snapshot):
+        every entry deleted, the compaction point, the saved snapshot and the hard state set. Afterwards
+        first_index() is snapshot.index + 1, last_index() and the commit index are snapshot.index. Refuses
+        (LogOrderError, nothing written) a snapshot at or below the commit index: the committed prefix is
+        never replaced, and the commit index never moves backwards. HardStateError for a hard state that
+        breaks the usual rules (term backwards, a changed vote) or whose commit is not snapshot.index."""
+        self.check_install(snapshot, hard_state)
+        c, c_term = snapshot.index, snapshot.term
+        hs = hard_state
+        head = (c, c_term, len(snapshot.data), zlib.crc32(snapshot.data))
+        cum = self._last_cum  # node-local and growing: see the module docstring
+        wb = rocksdict.WriteBatch(raw_mode=True)
+        wb.delete_range(index_key(0), _KEY_PAST_ALL)
+        wb.put(_KEY_SNAP, _encode_meta(_U64x3.pack(c, c_term, cum)), self._meta_cf)
+        wb.put(_KEY_SNAPDATA, bytes(snapshot.data), self._meta_cf)
+        wb.put(_KEY_SNAPHEAD, _encode_meta(_SNAPHEAD.pack(*head)), self._meta_cf)
+        wb.put(_KEY_HARD, _encode_meta(_U64x3.pack(hs.term, hs.vote, hs.commit)), self._meta_cf)
+        self._write(wb, sync=True)
+        if self._last_index > self._snap_index:
+            self._stats.entries_compacted += self._last_index - self._snap_index
+        self._stats.snapshots_installed += 1
+        self._snap_index, self._snap_term, self._snap_cum = c, c_term, cum
+        self._last_index, self._last_term, self._last_cum = c, c_term, cum
+        self._hs = hs
+        self._saved = head
+
+    def check_install(self, snapshot: Snapshot, hard_state: HardState) -> None:
+        """Raise what `install_snapshot` would refuse (LogOrderError, HardStateError); nothing is written."""
+        self._check_open()
+        c, c_term = snapshot.index, snapshot.term
+        if c <= self._hs.commit:
+            raise LogOrderError(f"snapshot at {c} is not above the commit index {self._hs.commit}")
+        if hard_state.commit != c:
+            raise HardStateError(f"the hard state's commit {hard_state.commit} is not the snapshot's index {c}")
+        self._check_hard_state(hard_state, c)
+        if c_term > hard_state.term or c_term < self._snap_term:
+            raise LogOrderError(
+                f"snapshot term {c_term} outside [{self._snap_term}, hard-state term {hard_state.term}]"
+            )
 
     def compaction_wanted(self) -> bool:
         """Whether the retention bounds ask to delete entries past the saved snapshot (a snapshot is due)."""

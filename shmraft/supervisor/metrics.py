@@ -26,7 +26,7 @@ from prometheus_client.registry import Collector
 
 from shmraft.config import NodeConfig
 from shmraft.ipc.ring import RingInspector
-from shmraft.ipc.state import LATENCY_BOUNDS_MS, NodeStatus, StateBlock, StorageFault, Worker
+from shmraft.ipc.state import LATENCY_BOUNDS_MS, NodeStatus, PeerState, StateBlock, StorageFault, Worker
 from shmraft.net.ratelog import RateLimitedLog
 from shmraft.node.layout import NodeLayout, Ring
 from shmraft.raft.types import Role
@@ -42,6 +42,8 @@ _COUNTERS = (
     ("elections", "elections", "Elections this node started (became candidate)"),
     ("leader_changes", "leader_changes", "Times this node saw a new leader"),
     ("fsyncs", "fsyncs", "RocksDB log writes with fsync (group commits)"),
+    ("snapshots_sent", "snapshots_sent", "Snapshots this node sent in full to a follower behind its log start"),
+    ("snapshots_installed", "snapshots_installed", "Leader's snapshots this node installed (its log replaced)"),
 )
 # errors by kind: label value -> state block field
 ERROR_KINDS = {
@@ -95,6 +97,7 @@ def node_figures(state: StateBlock) -> dict[str, Any]:
         "storage_fault_since_unix_ms": int(node["storage_fault_since_unix_ms"]),
         "recovering": bool(node["recovering"]),
         "quarantines": int(node["quarantines"]),
+        "followers": follower_figures(state),
         "commit_latency": {
             "count": count,
             "sum_us": int(node["commit_latency_us_sum"]),
@@ -104,6 +107,36 @@ def node_figures(state: StateBlock) -> dict[str, Any]:
         },
     }
     return out
+
+
+def follower_figures(state: StateBlock) -> list[dict[str, Any]]:
+    """The leader's view of its followers (empty on a follower): replication state, entries behind, and
+    the snapshot transfer in progress (bytes sent, acknowledged, total) for one in SNAPSHOT/RESEED."""
+    out = []
+    for rec in state.peers:
+        node_id = int(rec["node_id"])
+        if node_id == 0:
+            continue
+        out.append(
+            {
+                "node_id": node_id,
+                "state": _peer_state_name(int(rec["state"])),
+                "match": int(rec["match"]),
+                "entries_behind": int(rec["entries_behind"]),
+                "snapshot_index": int(rec["snapshot_index"]),
+                "snapshot_sent_bytes": int(rec["snapshot_sent_bytes"]),
+                "snapshot_acked_bytes": int(rec["snapshot_acked_bytes"]),
+                "snapshot_total_bytes": int(rec["snapshot_total_bytes"]),
+            }
+        )
+    return out
+
+
+def _peer_state_name(value: int) -> str:
+    try:
+        return PeerState(value).name
+    except ValueError:
+        return f"UNKNOWN_{value}"
 
 
 def _storage_fault_name(value: int) -> str:
@@ -232,6 +265,22 @@ class NodeCollector(Collector):
         c = CounterMetricFamily("shmraft_quarantines", "Corrupt logs moved aside (log.corrupt-<time>)", labels=["node"])
         c.add_metric([node], f["quarantines"])
         out.append(c)
+        behind = GaugeMetricFamily(
+            "shmraft_follower_entries_behind",
+            "Leader only: entries a follower lacks (last index - its match)",
+            labels=["node", "follower", "state"],
+        )
+        snap = GaugeMetricFamily(
+            "shmraft_follower_snapshot_bytes",
+            "Leader only: the snapshot transfer to a follower (bytes sent, acknowledged, total)",
+            labels=["node", "follower", "what"],
+        )
+        for fol in f["followers"]:
+            who = str(fol["node_id"])
+            behind.add_metric([node, who, fol["state"].lower()], fol["entries_behind"])
+            for what in ("sent", "acked", "total"):
+                snap.add_metric([node, who, what], fol[f"snapshot_{what}_bytes"])
+        out += [behind, snap]
 
         lat = f["commit_latency"]
         h = HistogramMetricFamily(

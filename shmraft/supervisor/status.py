@@ -73,6 +73,9 @@ def node_status(config: NodeConfig) -> dict[str, Any]:
             recovering=f["recovering"],
             storage_fault_since_unix_ms=f["storage_fault_since_unix_ms"],
             quarantines=f["quarantines"],
+            snapshots_sent=f["snapshots_sent"],
+            snapshots_installed=f["snapshots_installed"],
+            followers=f["followers"],
             commit_latency_ms={
                 "count": lat["count"],
                 "p50": lat["p50_ms"],
@@ -129,8 +132,31 @@ def format_table(report: dict[str, Any], rates: dict[int, float] | None = None) 
             f"{n['node_id']:<5}{_shown_status(n):<9}{n['role']:<14}{n['term']:>6}{n['commit_index']:>10}"
             f"{n['events_committed']:>12}{rate:>10.0f}{_ms(n['commit_latency_ms']['p99']):>9}  {ws}"
         )
+        lines += [f"     {line}" for line in follower_lines(n.get("followers", []))]
     lines.append(f"leader: {report['leader'] or 'none'}   healthy: {report['healthy']}")
     return "\n".join(lines)
+
+
+def follower_lines(followers: list[dict[str, Any]]) -> list[str]:
+    """One line per follower the leader is not simply replicating to: catching up through a snapshot
+    (bytes sent and acknowledged of the total), waiting for one (RESEED), or being probed; with entries behind."""
+    out = []
+    for fol in followers:
+        state = fol["state"]
+        if state == "REPLICATE":
+            continue
+        line = f"follower {fol['node_id']}: {state}, {fol['entries_behind']} entries behind"
+        if state == "SNAPSHOT":
+            total = fol["snapshot_total_bytes"]
+            pct = 100 * fol["snapshot_acked_bytes"] / total if total else 0.0
+            line += (
+                f", snapshot at {fol['snapshot_index']}: {fol['snapshot_sent_bytes']} bytes sent, "
+                f"{fol['snapshot_acked_bytes']} of {total} acknowledged ({pct:.0f}%)"
+            )
+        elif state == "RESEED":
+            line += ", waiting for the leader's next snapshot"
+        out.append(line)
+    return out
 
 
 def _shown_status(n: dict[str, Any]) -> str:

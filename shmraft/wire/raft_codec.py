@@ -2,7 +2,8 @@
 
 Each body starts with a kind byte and the common fields (src u32, dst u32, term u64); the rest is fixed per
 kind, except AppendEntries, which carries its entries as a terms table, a lengths table and the entry
-bytes (one batch frame each) back to back. Entries are consecutive: entry i has index prev_index + 1 + i.
+bytes (one batch frame each) back to back, and InstallSnapshot, which carries one chunk of a snapshot after
+its fixed fields. Entries are consecutive: entry i has index prev_index + 1 + i.
 """
 
 from __future__ import annotations
@@ -12,21 +13,24 @@ from typing import Final
 
 import numpy as np
 
-from shmraft.constants import APPEND_ENTRIES_MAX
+from shmraft.constants import APPEND_ENTRIES_MAX, SNAPSHOT_CHUNK_BYTES_MAX
 from shmraft.raft.messages import (
     AppendEntries,
     AppendResponse,
     Heartbeat,
     HeartbeatResponse,
+    InstallSnapshot,
     Message,
     RequestVote,
+    SnapshotResponse,
     TimeoutNow,
     VoteResponse,
 )
 from shmraft.raft.types import Entry
-from shmraft.wire.errors import RemoteProtocolError
+from shmraft.wire.errors import LocalProtocolError, RemoteProtocolError
 
 ENTRY_BYTES_MAX: Final = 64 * 1024  # one entry's data (a frame is at most 32,824 bytes)
+SNAPSHOT_TOTAL_BYTES_MAX: Final = 1 << 30  # a whole snapshot (a dedup table is tens of MB at most)
 
 _COMMON: Final = struct.Struct("<BIIQ")  # kind, src, dst, term
 _APPEND: Final = struct.Struct("<QQQI")  # prev_index, prev_term, commit, count
@@ -34,6 +38,9 @@ _APPEND_RESP: Final = struct.Struct("<QBQQ")  # index, success, hint_index, hint
 _HEARTBEAT: Final = struct.Struct("<Q")  # commit
 _VOTE: Final = struct.Struct("<QQBB")  # last_index, last_term, pre_vote, transfer
 _VOTE_RESP: Final = struct.Struct("<BB")  # granted, pre_vote
+_SNAP: Final = struct.Struct("<QQQIQI")  # index, snap_term, total, crc, offset, chunk length
+_SNAP_RESP: Final = struct.Struct("<QQ")  # index, received
+INSTALL_SNAPSHOT_OVERHEAD_BYTES: Final = _COMMON.size + _SNAP.size  # a chunk's body = this + the chunk
 _U64: Final = np.dtype("<u8")
 _U32: Final = np.dtype("<u4")
 
@@ -45,6 +52,8 @@ _KIND: Final = {
     RequestVote: 5,
     VoteResponse: 6,
     TimeoutNow: 7,
+    InstallSnapshot: 8,
+    SnapshotResponse: 9,
 }
 _NAMES: Final = {v: k.__name__ for k, v in _KIND.items()}
 
@@ -73,6 +82,12 @@ def encode_raft(m: Message) -> bytes:
         return head + _VOTE.pack(m.last_index, m.last_term, m.pre_vote, m.transfer)
     if isinstance(m, VoteResponse):
         return head + _VOTE_RESP.pack(m.granted, m.pre_vote)
+    if isinstance(m, InstallSnapshot):
+        if len(m.data) > SNAPSHOT_CHUNK_BYTES_MAX:  # the receiver would refuse it: a bug of the sender's
+            raise LocalProtocolError("InstallSnapshot.data", f"at most {SNAPSHOT_CHUNK_BYTES_MAX} bytes", len(m.data))
+        return b"".join([head, _SNAP.pack(m.index, m.snap_term, m.total, m.crc, m.offset, len(m.data)), m.data])
+    if isinstance(m, SnapshotResponse):
+        return head + _SNAP_RESP.pack(m.index, m.received)
     return head  # HeartbeatResponse, TimeoutNow
 
 
@@ -84,13 +99,23 @@ def decode_raft(body: memoryview | bytes, *, expect_dst: int | None = None) -> M
     kind, src, dst, term = _COMMON.unpack_from(view, 0)
     name = _NAMES.get(kind)
     if name is None:
-        raise RemoteProtocolError("raft kind", "1..7", kind)
+        raise RemoteProtocolError("raft kind", f"1..{len(_NAMES)}", kind)
     if expect_dst is not None and dst != expect_dst:
         raise RemoteProtocolError(f"{name}.dst", str(expect_dst), dst)
     rest = view[_COMMON.size :]
     if kind == 1:
         return _decode_append(rest, src, dst, term)
-    sizes = {2: _APPEND_RESP.size, 3: _HEARTBEAT.size, 4: 0, 5: _VOTE.size, 6: _VOTE_RESP.size, 7: 0}
+    if kind == 8:
+        return _decode_snapshot_chunk(rest, src, dst, term)
+    sizes = {
+        2: _APPEND_RESP.size,
+        3: _HEARTBEAT.size,
+        4: 0,
+        5: _VOTE.size,
+        6: _VOTE_RESP.size,
+        7: 0,
+        9: _SNAP_RESP.size,
+    }
     if len(rest) != sizes[kind]:
         raise RemoteProtocolError(f"{name}.body", f"{sizes[kind]} bytes after the common fields", len(rest))
     if kind == 2:
@@ -108,6 +133,9 @@ def decode_raft(body: memoryview | bytes, *, expect_dst: int | None = None) -> M
     if kind == 6:
         granted, pre_vote = _VOTE_RESP.unpack(rest)
         return VoteResponse(src, dst, term, _flag(granted, name, "granted"), _flag(pre_vote, name, "pre_vote"))
+    if kind == 9:
+        index, received = _SNAP_RESP.unpack(rest)
+        return SnapshotResponse(src, dst, term, index, received)
     return TimeoutNow(src, dst, term)
 
 
@@ -139,3 +167,20 @@ def _decode_append(rest: memoryview, src: int, dst: int, term: int) -> AppendEnt
     starts = [0, *ends[:-1]]
     entries = tuple(Entry(prev_index + 1 + i, terms[i], bytes(data[starts[i] : ends[i]])) for i in range(n))
     return AppendEntries(src, dst, term, prev_index, prev_term, entries, commit)
+
+
+def _decode_snapshot_chunk(rest: memoryview, src: int, dst: int, term: int) -> InstallSnapshot:
+    """One chunk: bounded (SNAPSHOT_CHUNK_BYTES_MAX, SNAPSHOT_TOTAL_BYTES_MAX) and inside [0, total)."""
+    if len(rest) < _SNAP.size:
+        raise RemoteProtocolError("InstallSnapshot.head", f"{_SNAP.size} bytes", len(rest))
+    index, snap_term, total, crc, offset, length = _SNAP.unpack_from(rest, 0)
+    if total > SNAPSHOT_TOTAL_BYTES_MAX:
+        raise RemoteProtocolError("InstallSnapshot.total", f"at most {SNAPSHOT_TOTAL_BYTES_MAX}", total)
+    if length > SNAPSHOT_CHUNK_BYTES_MAX:
+        raise RemoteProtocolError("InstallSnapshot.length", f"at most {SNAPSHOT_CHUNK_BYTES_MAX}", length)
+    if length != len(rest) - _SNAP.size:
+        raise RemoteProtocolError("InstallSnapshot.data", f"{length} bytes", len(rest) - _SNAP.size)
+    if offset + length > total:
+        raise RemoteProtocolError("InstallSnapshot.offset", f"offset + length <= total {total}", offset + length)
+    data = bytes(rest[_SNAP.size :])
+    return InstallSnapshot(src, dst, term, index, snap_term, total, crc, offset, data)

@@ -23,6 +23,15 @@ stands at the commit index (node/snapshot.py), every SNAPSHOT_INTERVAL_ENTRIES c
 SNAPSHOT_INTERVAL_S, or when retention waits for one; the table's columns are built a slice at a time from a
 frozen view, and the rate is bounded by the measured cost. At start the table is the saved snapshot's plus
 the replay of the entries after it; retention never deletes past the saved snapshot.
+
+InstallSnapshot. As leader the core reads `storage.snapshot()` (the saved snapshot) and sends it in chunks on
+the data channel (through R3 and the sender, like appends; `snapshot_chunk_bytes_for` keeps a chunk within
+a ring record and a peer message). As follower, a Ready with a snapshot is persisted by `_install_snapshot`:
+the record is decoded and its dedup table built first (a record this node cannot read is refused: logged,
+counted, nothing written, and the core rebuilt from the unchanged log so no acknowledgement leaves), then
+one synced RocksDB write replaces the log (NodeLog.install_snapshot), then the table replaces the worker's.
+The leader's view of each follower (state, entries behind, snapshot bytes sent/acknowledged/total) is
+published in the state block's peer records for `status` and the metrics.
 """
 
 from __future__ import annotations
@@ -36,12 +45,15 @@ from typing import Final
 
 import numpy as np
 
-from shmraft.ipc.state import StorageFault, Worker
+from shmraft.constants import SNAPSHOT_CHUNK_BYTES_MAX
+from shmraft.ipc.ring import record_max_for
+from shmraft.ipc.state import PEERS_MAX, PeerState, StorageFault, Worker
 from shmraft.net.links import PeerLinks, PeerSecurity
 from shmraft.node import dedup as dd
 from shmraft.node import snapshot as sn
 from shmraft.node.layout import Ring
 from shmraft.node.records import (
+    PEER_RECORD_HEADER_BYTES,
     Note,
     NoteKind,
     PeerRecordKind,
@@ -61,7 +73,7 @@ from shmraft.storage.nodelog import HardStateLostError, NodeLog, is_disk_full, o
 from shmraft.storage.rocks import CorruptLogError, LogOrderError, SavedSnapshot, StorageError, StorageIOError
 from shmraft.wire.errors import ProtocolError
 from shmraft.wire.frame import decode_batch, encode_batch_arrays, frame_event_count, restamp
-from shmraft.wire.raft_codec import decode_raft, encode_raft
+from shmraft.wire.raft_codec import INSTALL_SNAPSHOT_OVERHEAD_BYTES, decode_raft, encode_raft
 from shmraft.workers.base import Inbox, WorkerBase, selector_loop_once
 
 TICK_MS: Final = 5  # the loop wakes at least this often to advance the core's clock
@@ -75,6 +87,7 @@ SNAPSHOT_INTERVAL_S: Final = 30.0  # ... or this long, if anything was committed
 SNAPSHOT_GAP_MIN_S: Final = 0.5  # never two snapshots closer than this
 SNAPSHOT_COST_FACTOR: Final = 20  # nor closer than 20 x the last one's cost: at most 5% of the worker's time
 SNAPSHOT_CHECK_INTERVAL_S: Final = 0.1  # whether a snapshot is due is asked at most this often
+PEERS_PUBLISH_INTERVAL_S: Final = 0.2  # the leader's view of its followers goes to the state block this often
 
 
 class RaftWorker(WorkerBase):
@@ -102,6 +115,8 @@ class RaftWorker(WorkerBase):
         self._export_seconds = 0.0  # time spent building it so far
         self._snapshot_at = time.monotonic()  # when the last snapshot was saved (or the worker started)
         self._snapshot_check_at = 0.0  # the next time to ask whether a snapshot is due
+        self._peers_at = 0.0  # the next time to publish the leader's view of its followers
+        self._sent_seen = 0  # core.snapshots_sent already added to the state block (per core instance)
         self._open_storage()
         self.sel = selectors.DefaultSelector()
         self.links = PeerLinks(
@@ -171,12 +186,13 @@ class RaftWorker(WorkerBase):
                 c.node_id,
                 [p.node_id for p in c.peers],
                 nl,
-                RaftConfig.from_node_config(c),
+                RaftConfig.from_node_config(c, snapshot_chunk_bytes=snapshot_chunk_bytes_for(c)),
                 random.Random(int.from_bytes(os.urandom(8), "little")),
                 applied=applied,
                 recovery_term=nl.recovery_term,
             )
             self.driver = ReadyDriver(self.core, self._send, self._persist, _monotonic_ms)
+            self._sent_seen = 0
             self._decoded.clear()
             self._export = None
             self._rebuild_dedup()
@@ -389,9 +405,10 @@ class RaftWorker(WorkerBase):
         if self.core is None or self.driver is None:
             return
         self.driver.tick()
-        while self.core.has_ready():
+        while self.core is not None and self.core.has_ready():
             self._handle_ready(self.core.ready())
         self._check_recovery()
+        self._publish_peers()
 
     def _hand_over(self) -> None:
         """On a clean stop, a leader hands leadership to the most caught-up follower (bounded wait)."""
@@ -540,7 +557,11 @@ class RaftWorker(WorkerBase):
 
     def _handle_ready(self, rd: Ready) -> None:
         """Sends, persist and acknowledgements in the driver's order; then what this node does with it."""
-        self.driver.handle(rd)
+        try:
+            self.driver.handle(rd)
+        except SnapshotRefused as exc:
+            self._snapshot_refused(exc)
+            return
         if rd.committed_entries:
             self._on_committed(rd.committed_entries)
         if rd.soft_state is not None:
@@ -551,7 +572,11 @@ class RaftWorker(WorkerBase):
 
     def _persist(self, entries: list[Entry], hard_state: HardState | None, snapshot: Snapshot | None = None) -> bool:
         """The driver's write: entries and hard state in one synchronous RocksDB write (durable on return),
-        keeping the dedup table in step with the log."""
+        keeping the dedup table in step with the log; or the install of a leader's snapshot."""
+        if snapshot is not None:
+            assert hard_state is not None and not entries, "a Ready with a snapshot has a hard state, no entries"
+            self._install_snapshot(snapshot, hard_state)
+            return True
         if entries:
             first = entries[0].index
             if first <= self.dedup.last_index and self.core.role != StateRole.LEADER:
@@ -567,6 +592,83 @@ class RaftWorker(WorkerBase):
         if len(self._decoded) > DECODED_CACHE_MAX:
             self._decoded.clear()
         return True
+
+    def _install_snapshot(self, snapshot: Snapshot, hard_state: HardState) -> None:
+        """Replace log and dedup table by a leader's snapshot. The record is decoded and the table built
+        before anything is written, so a record this node cannot use (SnapshotRefused) changes nothing."""
+        try:
+            record = _decode_saved_snapshot(SavedSnapshot(snapshot.index, snapshot.term, snapshot.data))
+            table = dd.DedupTable.from_state(
+                record.table, self.config.dedup_producers_max, record.horizon_entries, record.spans_max
+            )
+        except ValueError as exc:  # SnapshotFormatError, or a table this node's limits cannot hold
+            raise SnapshotRefused(snapshot.index, str(exc)) from exc
+        t0 = time.perf_counter_ns()
+        self.storage.install_snapshot(snapshot, hard_state)
+        self.state.add("fsyncs")
+        self.state.add("fsync_ns", time.perf_counter_ns() - t0)
+        self.storage.snapshot_record = record
+        self.dedup = table
+        self._decoded.clear()
+        self._export = None  # a snapshot being built is of the replaced table
+        self.state.add("snapshots_installed")
+        self.state.set("commit_index", snapshot.index)
+        self.state.set("first_index", self.storage.first_index())
+        self.state.set("last_index", snapshot.index)
+        self._notes.append(encode_note(Note(NoteKind.COMMIT, snapshot.index)))
+        self.log.warning(
+            "installed the leader's snapshot at %d (term %d, %d bytes, %d producers): the log now starts at %d",
+            snapshot.index,
+            snapshot.term,
+            len(snapshot.data),
+            len(record.table.producer_ids),
+            snapshot.index + 1,
+        )
+
+    def _snapshot_refused(self, exc: SnapshotRefused) -> None:
+        """A leader's snapshot this node cannot read (a newer format, or damage past the CRC): nothing was
+        written; the core, which took the snapshot as installed, is rebuilt from the unchanged log, so the
+        leader hears no acknowledgement and keeps the follower in SNAPSHOT (status shows it). Not a worker
+        crash: restarting would not make the record readable, and the node keeps serving reads."""
+        self.state.add("peer_errors")
+        self.log.error("REFUSED the leader's snapshot: %s; not installed, the log is unchanged", exc)
+        nl = self.storage
+        if nl is None:
+            return
+        self.storage = None  # _open_storage does not reopen an open log: hand it the one we have
+        self.core = self.driver = None
+        nl.close()
+        self._open_storage()
+
+    def _publish_peers(self) -> None:
+        """The leader's view of each follower and the snapshot counters, into the state block (throttled)."""
+        now = time.monotonic()
+        if now < self._peers_at or self.core is None:
+            return
+        self._peers_at = now + PEERS_PUBLISH_INTERVAL_S
+        st = self.core.status()
+        sent = int(st.get("snapshots_sent", 0))
+        if sent > self._sent_seen:
+            self.state.add("snapshots_sent", sent - self._sent_seen)
+            self._sent_seen = sent
+        peers = self.state.peers
+        progress = sorted(st.get("progress", {}).items())[:PEERS_MAX]
+        for i in range(PEERS_MAX):
+            if i >= len(progress):
+                peers[i] = 0
+                continue
+            node_id, pr = progress[i]
+            state = _peer_state(pr)
+            peers[i] = (
+                node_id,
+                int(state),
+                pr.get("match", 0),
+                max(0, pr.get("entries_behind", 0)),
+                pr.get("snapshot_index", 0),
+                pr.get("snapshot_sent_bytes", 0),
+                pr.get("snapshot_acked_bytes", 0),
+                pr.get("snapshot_total_bytes", 0),
+            )
 
     def _send(self, messages: list[Message]) -> None:
         records = []
@@ -623,6 +725,31 @@ class RaftWorker(WorkerBase):
 _EMPTY = np.zeros(0, dtype=np.uint64)
 
 
+class SnapshotRefused(Exception):
+    """A leader's snapshot record this node cannot use (decode or table limits): not installed."""
+
+    def __init__(self, index: int, detail: str) -> None:
+        super().__init__(f"snapshot at {index}: {detail}")
+        self.index = index
+
+
+def snapshot_chunk_bytes_for(config) -> int:
+    """The InstallSnapshot chunk size for this node: the configured one (or the Raft default), lowered so that
+    a chunk's message fits a data-channel ring record (raft -> sender) and a peer message."""
+    ring_room = record_max_for(config.ring_capacity_bytes) - PEER_RECORD_HEADER_BYTES - INSTALL_SNAPSHOT_OVERHEAD_BYTES
+    peer_room = config.peer_message_bytes_max - INSTALL_SNAPSHOT_OVERHEAD_BYTES
+    wanted = config.snapshot_chunk_bytes or RaftConfig().snapshot_chunk_bytes
+    return max(1, min(wanted, SNAPSHOT_CHUNK_BYTES_MAX, ring_room, peer_room))
+
+
+def _peer_state(pr: dict) -> PeerState:
+    """A follower's PeerState from the core's progress entry (RESEED: it needs a snapshot the leader lacks)."""
+    state = PeerState[str(pr.get("state", "probe")).upper()]  # the core names ProgressState in lower case
+    if state == PeerState.SNAPSHOT and pr.get("snapshot_missing"):
+        return PeerState.RESEED
+    return state
+
+
 def _monotonic_ms() -> float:
     """The driver's clock."""
     return time.monotonic() * 1000
@@ -633,7 +760,7 @@ def rebuild_dedup(nl: NodeLog, producers_max: int, progress: Callable[[], None] 
     entries after it replayed (at most what was written since the last snapshot). A log without a snapshot
     (written by an older release) replays the last `horizon` entries, as releases before snapshots did.
     `progress` is called between reads (the worker's heartbeat: a long replay is not a stall)."""
-    snap: sn.Snapshot | None = nl.snapshot
+    snap: sn.Snapshot | None = nl.snapshot_record
     last = nl.last_index()
     if snap is not None:
         table = dd.DedupTable.from_state(snap.table, producers_max, snap.horizon_entries, snap.spans_max)
