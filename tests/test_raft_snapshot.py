@@ -205,6 +205,32 @@ def test_5_1_transfer_resumes_after_loss_from_the_acknowledged_offset():
     assert c.cores[1].snapshots_sent == 1
 
 
+def test_5_1_a_stalled_transfer_resends_one_chunk_at_a_time_until_acknowledgements_move():
+    c, index = lagging_cluster()
+    begin_transfer(c)
+    c.sent.clear()
+
+    def lose_chunks(m: Message) -> bool:
+        return isinstance(m, InstallSnapshot)  # a link that carries nothing of the snapshot for a while
+
+    intervals = 4
+    for _ in range(intervals):
+        c.cores[1].tick(c.config.heartbeat_interval_ms)
+        c.process(1)
+        c.deliver_all(drop=lose_chunks)
+    resent = chunks(c.sent)
+    # after the first whole window, each interval without progress resends one chunk from the acknowledged
+    # offset, not the whole window again
+    first_window = INFLIGHT_BYTES // CHUNK_BYTES
+    stalled = [m for m in resent if m.offset == 0]
+    assert 1 <= len(stalled) <= intervals, [m.offset for m in resent]
+    assert len(resent) <= first_window + intervals, [m.offset for m in resent]
+    assert c.cores[1].role == Role.LEADER
+    c.run(500)  # acknowledgements move again: the window opens and the transfer completes
+    assert c.storages[3].snapshot_index() == index
+    assert c.cores[1].status()["progress"][3]["state"] == "replicate"
+
+
 def test_5_1_transfer_resumes_after_peer_disconnected():
     c, index = lagging_cluster()
     begin_transfer(c)

@@ -3,16 +3,13 @@ index (found by tests/test_snapshot_live.py's mid-transfer kill: about one run i
 behind for good). Each node saves snapshots at its own points, so the next leader's snapshot may be older than
 the dead leader's; the partial copy of the dead leader's is worth nothing once a leader of a higher term speaks.
 
-The core (shmraft/raft/core.py `_handle_snapshot`) ignores a chunk whose index is below the partial copy's
-("a chunk of an older snapshot than the one being received: stale") without looking at the term; the new
-leader resends from its acknowledged offset forever and the follower never answers. Marked xfail (strict) until
-the core replaces the partial copy when a leader of a higher term sends another snapshot."""
+The core (shmraft/raft/core.py `_handle_snapshot`) once ignored a chunk whose index was below the partial
+copy's without looking at the term; the new leader resent from its acknowledged offset forever and the follower
+never answered. Now a leader of a later term replaces the partial copy, whatever its index."""
 
 from __future__ import annotations
 
 import zlib
-
-import pytest
 
 from shmraft.raft.messages import InstallSnapshot
 from shmraft.sim.harness import core_with_log
@@ -21,7 +18,6 @@ DEAD_LEADER_SNAPSHOT = bytes(range(200))
 NEXT_LEADER_SNAPSHOT = bytes(range(150))
 
 
-@pytest.mark.xfail(strict=True, reason="core: a partial snapshot of a dead leader blocks an older one of the next")
 def test_the_next_leaders_older_snapshot_replaces_a_dead_leaders_partial_one() -> None:
     follower, _ = core_with_log(3, [1, 2], [1, 1])
     a, b = DEAD_LEADER_SNAPSHOT, NEXT_LEADER_SNAPSHOT

@@ -127,6 +127,7 @@ class RaftCore:
         self._snap_cache: tuple[Snapshot, int] | None = None
         self._snap_buf: bytearray | None = None
         self._snap_buf_key: tuple[int, int, int, int] = (0, 0, 0, 0)
+        self._snap_buf_term = 0  # the term in which the partial copy was started
         self._snap_to_persist: Snapshot | None = None
         self.snapshots_sent = 0  # leader: transfers completed (the follower then held the snapshot's index)
         self.snapshots_installed = 0  # follower: snapshots installed
@@ -631,10 +632,14 @@ class RaftCore:
             return
         key = (m.index, m.snap_term, m.total, m.crc)
         if self._snap_buf is None or self._snap_buf_key != key:
-            if self._snap_buf is not None and m.index < self._snap_buf_key[0]:
-                return  # a chunk of an older snapshot than the one being received: stale, ignored
+            if self._snap_buf is not None and m.index < self._snap_buf_key[0] and self._snap_buf_term == self._term:
+                # a chunk of an older snapshot than the one this leader is sending: stale, ignored. A leader
+                # of a later term replaces a partial copy whatever its index: each node saves snapshots at
+                # its own points, and a dead leader's half is worth nothing now
+                return
             self._snap_buf = bytearray()
             self._snap_buf_key = key
+            self._snap_buf_term = self._term
         buf = self._snap_buf
         if m.offset != len(buf):
             # a gap (a chunk was lost, or our partial copy was): ask for what we miss. A chunk we already hold
@@ -711,7 +716,7 @@ class RaftCore:
                     if pr.snap is None:
                         self._begin_snapshot(pr)  # none to send before: perhaps one was saved since
                     elif not pr.snap_progressed:
-                        pr.resume_snapshot()  # no chunk acknowledged for a whole interval: resend
+                        pr.resume_snapshot(stalled=True)  # no chunk acknowledged for a whole interval: resend
                     pr.snap_progressed = False
                 pr.match_at_heartbeat = pr.match
                 self._send_heartbeat(p, pr)
@@ -850,7 +855,8 @@ class RaftCore:
             return False
         if pr.snap_ping:
             return True
-        return pr.snap_sent < len(snap.data) and pr.snap_sent - pr.snap_acked < self.config.max_inflight_bytes
+        window = self.config.snapshot_chunk_bytes if pr.snap_stalled else self.config.max_inflight_bytes
+        return pr.snap_sent < len(snap.data) and pr.snap_sent - pr.snap_acked < window
 
     def _send_snapshot_chunk(self, peer: int, pr: Progress) -> bool:
         """Send the next chunk of the follower's snapshot if its window allows; returns whether one was sent."""
@@ -864,7 +870,8 @@ class RaftCore:
             pr.snap_ping = False
             data = b""
         else:
-            room = self.config.max_inflight_bytes - (offset - pr.snap_acked)
+            window = self.config.snapshot_chunk_bytes if pr.snap_stalled else self.config.max_inflight_bytes
+            room = window - (offset - pr.snap_acked)
             size = min(self.config.snapshot_chunk_bytes, total - offset, room)
             data = snap.data[offset : offset + size]
             pr.snap_sent = offset + size

@@ -40,6 +40,7 @@ class Progress:
         "snap_ping",
         "snap_progressed",
         "snap_rewind_armed",
+        "snap_stalled",
     )
 
     def __init__(self, next_index: int) -> None:
@@ -65,6 +66,9 @@ class Progress:
         self.snap_ping = False
         self.snap_progressed = False
         self.snap_rewind_armed = True  # may a "received" below what was sent rewind the transfer (once per gap)
+        # nothing acknowledged for a heartbeat interval: send one chunk at a time until an acknowledgement
+        # moves again, so that a slow link is not flooded with resends of the whole window
+        self.snap_stalled = False
 
     @property
     def inflight_entries(self) -> int:
@@ -101,12 +105,15 @@ class Progress:
         self.snap_ping = snap is not None and not snap.data
         self.snap_progressed = True
         self.snap_rewind_armed = True
+        self.snap_stalled = False
 
-    def resume_snapshot(self) -> None:
-        """Nothing was acknowledged for a while (or the connection dropped): resend from the acknowledged
-        offset, or, when every byte is acknowledged, ask again with an empty chunk."""
+    def resume_snapshot(self, stalled: bool = False) -> None:
+        """Nothing was acknowledged for a while (`stalled`: then one chunk at a time until progress) or the
+        connection dropped: resend from the acknowledged offset, or, when every byte is acknowledged, ask
+        again with an empty chunk."""
         if self.snap is None:
             return
+        self.snap_stalled = self.snap_stalled or stalled
         self.snap_sent = self.snap_acked
         self.snap_ping = self.snap_acked >= len(self.snap.data)
         self.snap_rewind_armed = True
@@ -120,6 +127,7 @@ class Progress:
             self.snap_sent = max(self.snap_sent, received)
             self.snap_progressed = True
             self.snap_rewind_armed = True
+            self.snap_stalled = False
         elif received < self.snap_sent and self.snap_rewind_armed:
             self.snap_rewind_armed = False
             self.snap_acked = self.snap_sent = received
