@@ -5,7 +5,8 @@ Committed batches are read from the raft worker's RocksDB log through a secondar
 quarantined the log and started a new one (the state block's `quarantines` counter). An answer holds whole
 batches from the requested offset on (the first from the requested position), until their event bytes reach
 `min(max_bytes, fetch_bytes_max)`: at least one batch with events whenever one is committed at or after the
-offset. Leaders' no-op entries are skipped, so an empty answer always means "nothing committed here yet".
+offset. Leaders' no-op entries and control entries (wire/control.py) are skipped, so an empty answer always
+means "nothing committed here yet".
 A FETCH below the earliest held offset, or past the node's log end, is answered OFFSET_OUT_OF_RANGE with the
 earliest offset and the commit offset. A FETCH with `max_wait_ms > 0` that would be answered empty waits
 (a long poll, at most FETCH_WAIT_MAX_MS) until an event is committed at or after its offset or its wait ends.
@@ -30,6 +31,7 @@ from shmraft.ingest.connections import Connection
 from shmraft.ipc.state import StateBlock
 from shmraft.storage.rocks import LogCompactedError, RocksLogReader, StorageError
 from shmraft.wire import client as cp
+from shmraft.wire.control import is_control
 from shmraft.wire.frame import Batch, decode_batch
 
 FETCH_WAIT_MAX_MS: Final = 30_000
@@ -195,7 +197,7 @@ class FetchServer:
                     break
                 for e in entries:
                     next_offset = (e.index + 1) * BATCH_EVENTS_MAX
-                    if not e.data:  # a leader's no-op entry: no events, skipped
+                    if not e.data or is_control(e.data):  # a no-op or a control entry: no events, skipped
                         continue
                     b = decode_batch(e.data)
                     skip = position if e.index == index else 0

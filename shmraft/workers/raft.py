@@ -71,6 +71,7 @@ from shmraft.raft.types import Entry, HardState, Snapshot
 from shmraft.raft.types import Role as StateRole
 from shmraft.storage.nodelog import HardStateLostError, NodeLog, is_disk_full, open_node_log
 from shmraft.storage.rocks import CorruptLogError, LogOrderError, SavedSnapshot, StorageError, StorageIOError
+from shmraft.wire.control import decode_control, is_control
 from shmraft.wire.errors import ProtocolError
 from shmraft.wire.frame import decode_batch, encode_batch_arrays, frame_event_count, restamp
 from shmraft.wire.raft_codec import INSTALL_SNAPSHOT_OVERHEAD_BYTES, decode_raft, encode_raft
@@ -283,7 +284,7 @@ class RaftWorker(WorkerBase):
     def _record_dedup(self, e: Entry, commit: int) -> None:
         if e.index <= self.dedup.last_index:
             return
-        if e.data:
+        if e.data and not is_control(e.data):
             cached = self._decoded.pop(e.index, None)
             if cached is not None and cached[0] == e.term:
                 pids, seqs = cached[1], cached[2]
@@ -455,9 +456,13 @@ class RaftWorker(WorkerBase):
             if m.src != peer_id:
                 raise ProtocolError("src", f"node {peer_id} (the connection's)", m.src)
             for e in getattr(m, "entries", ()):
-                if e.data:
-                    b = decode_batch(e.data)  # never persist a frame that does not validate
-                    self._decoded[e.index] = (e.term, b.producer_ids, b.sequences)
+                if not e.data:
+                    continue
+                if is_control(e.data):
+                    decode_control(e.data)  # never persist a control entry that does not validate
+                    continue
+                b = decode_batch(e.data)  # never persist a frame that does not validate
+                self._decoded[e.index] = (e.term, b.producer_ids, b.sequences)
         except ProtocolError as exc:
             self.state.add("peer_errors")
             self.log.warning("message from node %d refused: %s", peer_id, exc)
@@ -687,7 +692,7 @@ class RaftWorker(WorkerBase):
         events = 0
         size = 0
         for e in entries:
-            if e.data:
+            if e.data and not is_control(e.data):
                 events += frame_event_count(e.data)
                 size += len(e.data)
         self.state.add("events_committed", events)
@@ -774,7 +779,7 @@ def rebuild_dedup(nl: NodeLog, producers_max: int, progress: Callable[[], None] 
             progress()
         entries = nl.entries(lo, last + 1, DEDUP_REBUILD_READ_BYTES)
         for e in entries:
-            if e.data:
+            if e.data and not is_control(e.data):
                 b = decode_batch(e.data)
                 table.record(e.index, b.producer_ids, b.sequences, commit)
             else:
