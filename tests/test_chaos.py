@@ -292,3 +292,98 @@ def test_stale_network_of_a_dead_process_is_removed() -> None:
 def test_without_root_the_reason_is_given(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(os, "geteuid", lambda: 1000)
     assert "not root" in netns.unavailable_reason()
+
+
+# --- wipe-follower and follower-past-retention (issue 12 item 3) -------------------------------------------------
+
+
+def install_snapshot_available() -> bool:
+    """Whether the Raft core sends and installs snapshots (its status counts `snapshots_installed` once the
+    InstallSnapshot branches are merged). Assertions guarded by this need InstallSnapshot."""
+    from shmraft.sim.harness import core_with_log
+
+    core, _ = core_with_log(1, [1, 2, 3], [1])
+    return "snapshots_installed" in core.status()
+
+
+def test_new_kinds_selectable_and_defaults() -> None:
+    """wipe-follower is a default kind; follower-past-retention (it needs InstallSnapshot) only when named."""
+    defaults = {k.name for k in chaos.select_kinds(list(chaos.KINDS), None)}
+    assert "wipe-follower" in defaults and "follower-past-retention" not in defaults
+    named = chaos.select_kinds(list(chaos.KINDS), "wipe-follower,follower-past-retention")
+    assert [k.name for k in named] == ["wipe-follower", "follower-past-retention"]
+    assert chaos.Campaign(chaos.parse_args(["--kinds", "follower-past-retention"]), print).small_retention
+    assert not chaos.Campaign(chaos.parse_args(["--kinds", "wipe-follower"]), print).small_retention
+
+
+def test_report_counts_followers_not_caught_up() -> None:
+    log = [
+        {"kind": "wipe-follower", "unavailability_ms": 10.0, "whole_after_ms": 5.0, "caught_up_after_ms": 4000.0},
+        {"kind": "wipe-follower", "unavailability_ms": 20.0, "whole_after_ms": 5.0, "caught_up_after_ms": None},
+        {"kind": "kill-follower", "unavailability_ms": 20.0, "whole_after_ms": 5.0},
+    ]
+    kinds = chaos.by_kind(log)
+    assert kinds["wipe-follower"]["caught_up_after_ms"] == {"median": 4000.0, "max": 4000.0}
+    assert kinds["wipe-follower"]["not_caught_up"] == 1
+    assert "not_caught_up" not in kinds["kill-follower"]
+    clean = {k: 0 for k in ("lost", "duplicated", "divergent", "behind", "invented", "misplaced")} | {"read_errors": {}}
+    assert not chaos.failed(clean, True, [])
+    assert chaos.failed(clean, True, ["wipe-follower: node 2 not caught up to commit 10 within 30 s"])
+
+
+def test_verify_with_retention_compares_from_the_latest_log_start(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Nodes that compacted at different points: compared from the latest first offset; an acknowledged event
+    below it is not looked for, one above it that is missing is lost. Without `retention` a late start is loss."""
+    import loadgen as lg
+
+    run = "r1"
+    ev = [f"{run}:0:{i}:".encode() for i in range(6)]
+    acked = {v: i for i, v in enumerate(ev)}
+    logs = {"a": list(enumerate(ev))[2:], "b": list(enumerate(ev))[4:], "c": list(enumerate(ev))[3:]}
+    monkeypatch.setattr(lg, "read_log_at", lambda a, timeout_s: logs[a])
+    v = lg.verify(run, ["a", "b", "c"], acked, [6], None, print, wait_s=0.1, retention=True)
+    assert (v["lost"], v["divergent"], v["below_log_start"], v["acknowledged"]) == (0, 0, 4, 6)
+    v = lg.verify(run, ["a", "b", "c"], acked, [6], None, print, wait_s=0.1)
+    assert v["lost"] == 4
+    logs["b"] = [(4, ev[4])]  # event 5 missing on b: lost even with retention
+    v = lg.verify(run, ["a", "b", "c"], acked, [6], None, print, wait_s=0.1, retention=True)
+    assert v["lost"] == 1
+
+
+@pytest.mark.slow
+def test_wipe_follower_rebuilds_and_catches_up(tmp_path: Path) -> None:
+    """A short run of wipe-follower: the wiped follower is rebuilt (rebuild-node), catches up by appends (the
+    default retention is never reached here) and every node's log holds every acknowledged event."""
+    proc, report, context = _run_campaign(
+        ["--duration", "10", "--seed", "3", "--kinds", "wipe-follower", "--no-disk"], tmp_path
+    )
+    assert report["faults"] == {"wipe-follower": 1}, context
+    k = report["by_kind"]["wipe-follower"]
+    assert k["not_caught_up"] == 0 and k["caught_up_after_ms"]["median"] is not None, context
+    assert report["lost"] == 0 and report["duplicates"] == 0 and report["divergent"] == 0, context
+    assert not report["read_errors"] and not report["fault_errors"], context
+    assert proc.returncode == 0, context
+    assert _chaos_leftovers(proc.pid) == {"mounts": [], "shm": [], "netns": []}
+
+
+@pytest.mark.slow
+def test_follower_past_retention_is_reported_not_hung(tmp_path: Path) -> None:
+    """A short run of follower-past-retention. Always: the run ends, the fault was injected (the leader compacted
+    past the stopped follower) and nothing readable is lost, duplicated or divergent. Then either the follower
+    caught up through the snapshot (NEEDS InstallSnapshot) or, without InstallSnapshot, the campaign reports
+    it as not caught up and exits non-zero instead of hanging."""
+    proc, report, context = _run_campaign(
+        ["--duration", "10", "--seed", "3", "--kinds", "follower-past-retention", "--no-disk"], tmp_path
+    )
+    assert report["faults"] == {"follower-past-retention": 1}, context
+    detail = report["fault_log"][0]["detail"]
+    assert "down until the leader's log started at" in detail, context
+    assert report["lost"] == 0 and report["duplicates"] == 0 and report["divergent"] == 0, context
+    k = report["by_kind"]["follower-past-retention"]
+    if install_snapshot_available():  # NEEDS InstallSnapshot
+        assert k["not_caught_up"] == 0 and not report["fault_errors"] and not report["read_errors"], context
+        assert proc.returncode == 0, context
+    else:  # the follower stays in RESEED: reported as a failure
+        assert k["not_caught_up"] == 1 and any("not caught up" in e for e in report["fault_errors"]), context
+        assert proc.returncode == 1, context
+    assert _chaos_leftovers(proc.pid) == {"mounts": [], "shm": [], "netns": []}
