@@ -459,13 +459,21 @@ class Campaign:
         rec["whole_after_ms"] = (
             None if self.nodes.wait_whole(HEALTH_WAIT_S) else round((time.monotonic() - t_healed) * 1000.0, 1)
         )
+        t_restart = rec.pop("t_restart", None)
+        if t_restart is not None:  # a node was restarted: whole again counted from its supervisor's start
+            rec["whole_after_restart_ms"] = (
+                None if rec["whole_after_ms"] is None else round((time.monotonic() - t_restart) * 1000.0, 1)
+            )
         f = monitor.add_fault(p.kind, int(rec.get("node", 0)), rec.pop("t_in_force", t))
         rec["monitor"] = f
         self.log(f"[{rec['start_s']:7.2f} s] {p.kind}: {detail} (healed at {rec['end_s']:.2f} s)")
         return rec
 
-    def _restart_node(self, node: int) -> None:
+    def _restart_node(self, node: int, rec: dict | None = None) -> None:
+        """Start the node's supervisor (noting when in `rec`) and wait until it is up (RESTART_WAIT_S at most)."""
         assert self.nodes is not None
+        if rec is not None:
+            rec["t_restart"] = time.monotonic()
         self.nodes.start_node(node)
         deadline = time.monotonic() + RESTART_WAIT_S
         while not self.nodes.node_up(node) and time.monotonic() < deadline:
@@ -484,7 +492,7 @@ class Campaign:
         rec["node"] = node
         self.nodes.kill_node(node)
         self.hold(p.hold_s, rec)
-        self._restart_node(node)
+        self._restart_node(node, rec)
         return f"SIGKILL node {node} ({role}), restarted after {p.hold_s:.2f} s"
 
     def f_kill_worker(self, p: Planned, rec: dict) -> str:
@@ -657,7 +665,7 @@ class Campaign:
         rec["recovery_term"] = plan.recovery_term
         self.hold(p.hold_s, rec)
         target = self._leader_commit()
-        self._restart_node(node)
+        self._restart_node(node, rec)
         outcome = self._catch_up(node, target, rec)
         return f"node {node} (follower) wiped, rebuilt at term {plan.recovery_term}, restarted: {outcome}"
 
@@ -1048,6 +1056,9 @@ def by_kind(fault_log: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
         whole = [f["whole_after_ms"] for f in fs if f.get("whole_after_ms") is not None]
         caught = [f for f in fs if "caught_up_after_ms" in f]
         extra: dict[str, Any] = {}
+        restarted = [f["whole_after_restart_ms"] for f in fs if f.get("whole_after_restart_ms") is not None]
+        if restarted:  # kinds that restart a node: whole again counted from its supervisor's start
+            extra["whole_after_restart_ms"] = _median_max(restarted)
         if caught:  # wipe-follower, follower-past-retention: the restarted node back at the leader's commit
             ms = [f["caught_up_after_ms"] for f in caught if f["caught_up_after_ms"] is not None]
             extra = {"caught_up_after_ms": _median_max(ms), "not_caught_up": len(caught) - len(ms)}
@@ -1149,6 +1160,12 @@ def print_report(report: dict[str, Any], camp: Campaign) -> None:
         lines.append(
             f"    {kind:26} {k['count']:3}  {_fmt(u['median']):>15} / {_fmt(u['max']):>14}  "
             f"{_fmt(w['median']):>13} / {_fmt(w['max']):>13}"
+            + (
+                f"  (from the restart: {_fmt(k['whole_after_restart_ms']['median'])} / "
+                f"{_fmt(k['whole_after_restart_ms']['max'])})"
+                if "whole_after_restart_ms" in k
+                else ""
+            )
         )
     if report["fault_errors"]:
         lines.append(f"  faults that failed: {report['fault_errors']}")

@@ -42,7 +42,7 @@ MONITOR_INTERVAL_S: Final = 0.05
 STARTUP_GRACE_S: Final = 10.0  # a new worker is not judged stalled before this
 FIRST_WORKERS: Final = (Worker.RAFT, Worker.SENDER)  # the replication path: started first, the others once
 # these have beaten once (at most FIRST_WAIT_S later)
-FIRST_WAIT_S: Final = 3.0
+FIRST_WAIT_S: Final = 1.5  # bounds what the batcher and ingest can lose when the machine is swamped
 
 
 @dataclass
