@@ -19,7 +19,7 @@ from shmraft.cli.supervisor import main as supervisor_main
 from shmraft.config import local_cluster
 from shmraft.storage.sidecar import HardStateFile
 from shmraft.supervisor.cluster import free_port_base
-from shmraft.supervisor.rebuild import RebuildError, rebuild_node
+from shmraft.supervisor.rebuild import RebuildError, log_is_locked, rebuild_node
 from shmraft.supervisor.status import node_status
 
 WAIT_S = 60.0
@@ -71,6 +71,8 @@ def test_wiped_follower_is_rebuilt_and_catches_up(tmp_path: Path, capsys: pytest
             assert supervisor_main(cli_args(h, tmp_path, node)) == 2
             assert "is running" in capsys.readouterr().err
             h.kill_node(node)
+            log_dir = node_dir / "log"  # a killed worker's lock goes with its process, a moment after the signal
+            wait_for(lambda: not log_is_locked(log_dir), WAIT_S, f"node {node}'s log lock released")
             assert supervisor_main(cli_args(h, tmp_path, node)) == 2
             assert "still holds a log" in capsys.readouterr().err
             assert supervisor_main(cli_args(h, tmp_path, 9)) == 2

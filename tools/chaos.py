@@ -647,7 +647,8 @@ class Campaign:
     def f_wipe_follower(self, p: Planned, rec: dict) -> str:
         """A follower's disk replaced by an empty one: killed, its data directory emptied (the directory stays: it
         may be a mount point), `rebuild-node`, restarted; then caught up (`_catch_up`)."""
-        from shmraft.supervisor.rebuild import rebuild_node
+        from shmraft.storage.nodelog import node_log_dir
+        from shmraft.supervisor.rebuild import log_is_locked, rebuild_node
 
         assert self.nodes is not None
         node = self.pick(self.followers(), p.pick)
@@ -656,6 +657,10 @@ class Campaign:
         rec["node"] = node
         self.nodes.kill_node(node)
         node_dir = self.configs[node - 1].node_dir
+        log_dir = node_log_dir(node_dir)  # a killed worker's lock goes with its process, a moment after the signal
+        deadline = time.monotonic() + RESTART_WAIT_S
+        while log_is_locked(log_dir) and time.monotonic() < deadline:
+            time.sleep(0.05)
         for child in list(node_dir.iterdir()) if node_dir.exists() else []:
             if child.is_dir() and not child.is_symlink():
                 shutil.rmtree(child)

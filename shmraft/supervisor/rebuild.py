@@ -23,6 +23,7 @@ from __future__ import annotations
 import errno
 import fcntl
 import os
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Final
@@ -33,6 +34,7 @@ from shmraft.net.auth import read_token
 from shmraft.storage.nodelog import node_log_dir, reset_for_recovery
 
 ASK_TIMEOUT_S: Final = 3.0  # per member: a live member answers METADATA in milliseconds
+ASK_RETRY_S: Final = 0.1  # between attempts at a member that refused the connection (it may be starting)
 ROCKSDB_LOCK_NAME: Final = "LOCK"  # RocksDB's lock file in the log directory (held while a node runs)
 
 
@@ -60,18 +62,27 @@ def _client_options(config: NodeConfig) -> dict[str, object]:
     return opts
 
 
-def ask_term(config: NodeConfig, member_id: int, timeout_s: float = ASK_TIMEOUT_S) -> int:
-    """The current term member `member_id` reports over its client port (METADATA, from that node only).
+def ask_term(config: NodeConfig, member_id: int, timeout_s: float = ASK_TIMEOUT_S, retry: bool = True) -> int:
+    """The current term member `member_id` reports over its client port (METADATA, from that node only), asked
+    again until `timeout_s` passes when `retry` (a member that is starting refuses connections for a moment).
     Raises ShmraftError when it does not answer, RebuildError when another node answers at its address."""
     member = next(m for m in config.members if m.node_id == member_id)
-    with Client(
-        [member.client_address],
-        timeout_s=timeout_s,
-        connect_timeout_s=timeout_s,
-        only_node=True,
-        **_client_options(config),  # type: ignore[arg-type]
-    ) as c:
-        meta = c.metadata()
+    deadline = time.monotonic() + timeout_s
+    while True:
+        try:
+            with Client(
+                [member.client_address],
+                timeout_s=timeout_s,
+                connect_timeout_s=timeout_s,
+                only_node=True,
+                **_client_options(config),  # type: ignore[arg-type]
+            ) as c:
+                meta = c.metadata()
+            break
+        except ShmraftError:
+            if not retry or time.monotonic() + ASK_RETRY_S >= deadline:
+                raise
+            time.sleep(ASK_RETRY_S)
     if meta.node_id != member_id:
         raise RebuildError(
             f"{member.client_address} answered as node {meta.node_id}, expected node {member_id}: "
@@ -123,7 +134,7 @@ def rebuild_node(
     if log_is_locked(log_dir):
         raise RebuildError(f"node {node_id} is running (its log {log_dir} is locked): stop it first")
     try:
-        ask_term(config, node_id, ASK_TIMEOUT_S)
+        ask_term(config, node_id, ASK_TIMEOUT_S, retry=False)
     except ShmraftError:
         pass  # not answering: as expected of a stopped node
     else:
