@@ -296,8 +296,8 @@ class Campaign:
         self.unhealthy_starts = 0
         self.operator_repairs = 0
         self.run_id = ""  # set by main: the filler events of follower-past-retention carry it
-        wanted = set((args.kinds or "").split(","))
-        self.small_retention = "follower-past-retention" in wanted
+        # the run's retention is small when follower-past-retention is among its kinds (named, or a default one)
+        self.small_retention = any(k.name == "follower-past-retention" for k in select_kinds(list(KINDS), args.kinds))
 
     # --- setup ------------------------------------------------------------------------------------------------
 
