@@ -161,6 +161,17 @@ def test_disconnect_is_reported_and_the_link_reconnects(pair) -> None:
     run_until(sel, [a, b], lambda: (2, b"again") in got[1])
 
 
+def test_a_peer_that_comes_back_is_connected_at_once_not_after_the_back_off(pair) -> None:
+    """While a peer was down the back-off grew; once the peer proves itself on an inbound connection (it restarted),
+    our outbound connection to it is made at once (a restarted follower hears its leader sooner)."""
+    sel, a, b, _, _, _, _ = pair
+    a._retry_at_ms[2] = float("inf")  # a back-off that would never end by itself
+    a._backoff_ms[2] = 1000.0
+    run_until(sel, [a, b], lambda: b.connected(1), what="b's connection to a")
+    run_until(sel, [a, b], lambda: a.connected(2), what="a's connection to b, once b came in")
+    assert 2 not in a._backoff_ms
+
+
 @pytest.mark.parametrize(
     "hello, reason",
     [

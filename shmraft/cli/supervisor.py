@@ -3,6 +3,7 @@
 shmraft-supervisor up                          a local 3-node cluster on 127.0.0.1, data in ./shmraft-data
 shmraft-supervisor up --config conf/X.toml     one node of a cluster spread over hosts
 shmraft-supervisor status [--json]             health of every node and worker (exit 1 if unhealthy)
+shmraft-supervisor rebuild-node --node N [--min-term T] [--force]   a node whose disk was lost or wiped
 shmraft-supervisor recover-node --node N --min-term T   operator step after a lost log AND term/vote copy
 """
 
@@ -103,6 +104,36 @@ def _recover_node(args: argparse.Namespace) -> int:
     return 0
 
 
+def _rebuild_node(args: argparse.Namespace) -> int:
+    """README "Replace a dead disk": prepare a stopped node's empty (or, with --force, discarded) data
+    directory so that it starts recovering above every member's term (shmraft/supervisor/rebuild.py)."""
+    from shmraft.supervisor.rebuild import RebuildError, rebuild_node
+
+    if args.node is None:
+        print("shmraft-supervisor: rebuild-node: --node is required", file=sys.stderr)
+        return 2
+    configs = _configs(args)
+    if args.config:  # the one config names every member; the node rebuilt is --node
+        configs = [configs[0]]
+    try:
+        plan = rebuild_node(configs, args.node, min_term=args.min_term, force=args.force)
+    except RebuildError as exc:
+        print(f"shmraft-supervisor: rebuild-node: {exc}", file=sys.stderr)
+        return 2
+    asked = ", ".join(f"node {n}: term {t}" for n, t in sorted(plan.terms.items())) or "no member answered"
+    print(f"node {args.node}: terms reported ({asked})", flush=True)
+    for n, why in sorted(plan.unreachable.items()):
+        print(f"node {args.node}: node {n} gave no term ({why}); --min-term {args.min_term} used", flush=True)
+    if plan.moved_log is not None:
+        print(f"node {args.node}: the old log was moved to {plan.moved_log}", flush=True)
+    print(
+        f"node {args.node}: ready to start in recovering mode at term {plan.recovery_term}: it re-fetches the log "
+        "from the leader and votes only once it holds a committed entry of that term or later",
+        flush=True,
+    )
+    return 0
+
+
 def _status(args: argparse.Namespace) -> int:
     from shmraft.supervisor.status import cluster_status, format_table
 
@@ -155,6 +186,21 @@ def main(argv: list[str] | None = None) -> int:
         required=True,
         help="a term above every term the other nodes report (shmraft-supervisor status)",
     )
+    rebuild = sub.add_parser(
+        "rebuild-node",
+        help="(operator) prepare a stopped node whose data directory was lost or wiped to rejoin: asks the "
+        "other members for their term, then the node starts recovering above it (README: Replace a dead disk)",
+    )
+    common(rebuild)
+    rebuild.add_argument(
+        "--min-term",
+        type=int,
+        default=None,
+        help="required when a member does not answer: a term above every term any member reports",
+    )
+    rebuild.add_argument(
+        "--force", action="store_true", help="discard a log still in the data directory (it is moved aside)"
+    )
     args = parser.parse_args(argv)
     logging.basicConfig(
         level=logging.INFO, stream=sys.stderr, format="%(asctime)s supervisor %(levelname)s %(message)s"
@@ -164,6 +210,8 @@ def main(argv: list[str] | None = None) -> int:
             return _up(args)
         if args.command == "recover-node":
             return _recover_node(args)
+        if args.command == "rebuild-node":
+            return _rebuild_node(args)
         if args.command == "node":
             return _node(args)
         return _status(args)

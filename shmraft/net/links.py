@@ -624,6 +624,11 @@ class PeerLinks:
             self._who(conn),
             " (TLS)" if isinstance(conn.sock, ssl.SSLSocket) else "",
         )
+        if not conn.outbound and conn.peer_id not in self._out:
+            # the peer is back (it just proved itself): connect to it now rather than at the end of a back-off
+            # grown while it was down (up to RECONNECT_BACKOFF_MAX_MS of a restarted follower's time)
+            self._retry_at_ms.pop(conn.peer_id, None)
+            self._backoff_ms.pop(conn.peer_id, None)
 
     def _refusal(self, hello: Hello) -> str:
         if hello.cluster_id != self.cluster_id:

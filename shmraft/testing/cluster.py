@@ -38,7 +38,7 @@ from shmraft.testing.wait import WAIT_INTERVAL_S, WaitTimeout, wait_for
 LEADER_WAIT_S: Final = 30.0
 READ_LOG_TIMEOUT_S: Final = 30.0
 KILL_WAIT_S: Final = 5.0  # a detached node's processes gone after SIGKILL
-STATE_FIELDS: Final = ("role", "term", "leader_id", "commit_index", "last_index", "status")
+STATE_FIELDS: Final = ("role", "term", "leader_id", "commit_index", "first_index", "last_index", "status")
 
 
 def new_cluster_id(prefix: str) -> str:
@@ -203,8 +203,8 @@ class ClusterDriver:
         return [c.me.client_address for c in self.configs]
 
     def state(self, node_id: int) -> dict[str, Any] | None:
-        """The node's state block: role, term, leader_id, commit_index, last_index, status, `pids` (worker ->
-        pid) and `workers` (worker -> (pid, restarts)); None when there is no block (yet)."""
+        """The node's state block: role, term, leader_id, commit_index, first_index, last_index, status, `pids`
+        (worker -> pid) and `workers` (worker -> (pid, restarts)); None when there is no block (yet)."""
         try:
             block = NodeLayout(self.config(node_id)).attach_state()
         except (StateBlockError, OSError, ValueError):
