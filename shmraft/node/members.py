@@ -26,12 +26,13 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Final
 
 from shmraft.config import Member
+from shmraft.wire.client import MEMBER_ADDRESS_MAX_BYTES
 
 if TYPE_CHECKING:
     from shmraft.config import NodeConfig
 
 ADDRESS_VERSION: Final = 1
-ADDRESS_BYTES_MAX: Final = 512  # one member's address; a host name is at most 253 bytes
+ADDRESS_BYTES_MAX: Final = MEMBER_ADDRESS_MAX_BYTES  # one member's address (a host name is at most 253 bytes)
 MEMBERS_FILE: Final = "members.json"
 MEMBERS_FILE_VERSION: Final = 1
 ROLE_VOTER: Final = "voter"
