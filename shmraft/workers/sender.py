@@ -14,6 +14,7 @@ from typing import Final
 
 from shmraft.ipc.state import Worker
 from shmraft.net.links import PeerLinks, PeerSecurity
+from shmraft.node import members as mb
 from shmraft.node.layout import Ring
 from shmraft.node.records import PeerRecordKind, decode_peer_record, encode_peer_record
 from shmraft.raft.messages import Channel
@@ -33,13 +34,14 @@ class SenderWorker(WorkerBase):
         self.sel = selectors.DefaultSelector()
         self.to_raft = self.layout.writer(Ring.R4)
         self.pending: list[bytes] = []
+        self._epoch = self.state.get("members_epoch")
         self.links = PeerLinks(
             self.sel,
             cluster_id=c.cluster_id,
             node_id=c.node_id,
             channel=Channel.DATA,
             bind=(c.bind_host, c.me.data_port),
-            peers={p.node_id: c.peer_address(p.node_id, "data") for p in c.peers},
+            peers=mb.peer_addresses(c, mb.current_view(c), "data"),
             on_message=self._on_message,
             on_disconnect=self._on_disconnect,
             outbuf_max_bytes=PEER_QUEUE_MAX_BYTES,
@@ -57,11 +59,19 @@ class SenderWorker(WorkerBase):
     def _on_disconnect(self, peer_id: int) -> None:
         self.pending.append(encode_peer_record(peer_id, PeerRecordKind.DISCONNECTED))
 
+    def _follow_members(self) -> None:
+        """The raft worker published another configuration: connect to new members, drop removed ones."""
+        epoch = self.state.get("members_epoch")
+        if epoch != self._epoch:
+            self._epoch = epoch
+            self.links.set_peers(mb.peer_addresses(self.config, mb.current_view(self.config), "data"))
+
     def run(self) -> None:
         try:
             while not self.stopping:
                 self.beat()
                 selector_loop_once(self.sel, LOOP_WAIT_MS / 1000)
+                self._follow_members()
                 self.links.maintain()
                 for rec in self.outbox.take():
                     peer_id, _kind, body = decode_peer_record(rec)
