@@ -334,8 +334,8 @@ CATALOGUE: tuple[Mutation, ...] = (
         "recovering_campaigns",
         "recovery",
         CORE,
-        "                if self._recovery_term:\n                    self._leader = 0",
-        "                if False:\n                    self._leader = 0",
+        "if self._recovery_term or self.id not in self._voters:",
+        "if self.id not in self._voters:",
         "a recovering node campaigns when its election timer fires",
     ),
     # --- snapshot --------------------------------------------------------------------------------------------
@@ -364,8 +364,8 @@ CATALOGUE: tuple[Mutation, ...] = (
         "snapshot_without_state",
         "snapshot",
         CORE,
-        "self._install_snapshot(Snapshot(m.index, m.snap_term, bytes(buf)))",
-        'self._install_snapshot(Snapshot(m.index, m.snap_term, b""))',
+        "self._install_snapshot(Snapshot(m.index, m.snap_term, bytes(buf), m.config))",
+        'self._install_snapshot(Snapshot(m.index, m.snap_term, b"", m.config))',
         "a follower installs the snapshot's index and term without its state (the dedup table is lost)",
     ),
     Mutation(
@@ -398,8 +398,8 @@ CATALOGUE: tuple[Mutation, ...] = (
         "timeout_now_while_recovering",
         "transfer",
         CORE,
-        "elif isinstance(m, TimeoutNow) and not self._recovery_term:",
-        "elif isinstance(m, TimeoutNow):",
+        "elif isinstance(m, TimeoutNow) and not self._recovery_term and self.id in self._voters:",
+        "elif isinstance(m, TimeoutNow) and self.id in self._voters:",
         "a recovering node campaigns on TimeoutNow",
     ),
 )
