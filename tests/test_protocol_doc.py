@@ -257,6 +257,9 @@ def test_peer_example_decodes_to_stated_values(index: int) -> None:
     data = want.pop("data", None)
     if data is not None:
         assert msg.data.hex() == data
+    config = want.pop("config", None)
+    if config is not None:
+        assert msg.config.hex() == config
     for key, value in want.items():
         assert getattr(msg, key) == value, key
 

@@ -16,6 +16,7 @@ from typing import Final
 
 import numpy as np
 
+from shmraft.raft.membership import MEMBERS_MAX  # members in one MEMBERS_ANSWER: a configuration's bound
 from shmraft.wire.errors import LocalProtocolError, RemoteProtocolError
 
 CLIENT_MAGIC: Final = 0x5253  # bytes 53 52, "SR"
@@ -43,7 +44,6 @@ _CHANGE_HEAD: Final = struct.Struct("<BIIQH")  # op, node id, timeout_ms, unix_m
 _CHANGED: Final = struct.Struct("<Q")  # the log index of the committed change
 MEMBER_ADDRESS_MAX_BYTES: Final = 512  # one member's address (node/members.py ADDRESS_BYTES_MAX)
 CHANGE_MAC_BYTES: Final = 32  # HMAC-SHA256 of MEMBER_CHANGE with the cluster secret
-MEMBERS_MAX: Final = 64  # members in one MEMBERS_ANSWER (a cluster holds at most CLUSTER_SIZE_MAX voters)
 BEHIND_UNKNOWN: Final = 2**64 - 1  # entries_behind when the answering node is not the leader
 _U32: Final = np.dtype("<u4")
 _U64: Final = np.dtype("<u8")
