@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 from clusterkit import Harness, Load, verify, wait_for
 
-from shmraft.client import Client, admin
+from shmraft.client import Client, ShmraftError, admin
 from shmraft.client.connection import Connection
 from shmraft.client.errors import (
     AddressInUse,
@@ -70,17 +70,14 @@ def _grow(h: Harness, node_id: int) -> None:
 
 
 def _wait_voters(h: Harness, voters: list[int], learners: list[int] | None = None) -> admin.Membership:
-    def settled() -> admin.Membership | None:
-        try:
-            view = _members(h)
-        except Exception:  # noqa: BLE001 - a node restarting; ask again
-            return None
+    """Until the leader's configuration in effect is committed with exactly these voters (and learners)."""
+
+    def settled(view: admin.Membership) -> bool:
         got_v = sorted(m.node_id for m in view.members if m.role == "voter")
         got_l = sorted(m.node_id for m in view.members if m.role == "learner")
-        ok = got_v == sorted(voters) and (learners is None or got_l == sorted(learners)) and not view.change_pending
-        return view if ok else None
+        return got_v == sorted(voters) and (learners is None or got_l == sorted(learners)) and not view.change_pending
 
-    return wait_for(settled, 60, f"voters {voters}")
+    return wait_for(lambda: _members(h), 60, f"voters {voters}", accept=settled, retry_on=(ShmraftError,))
 
 
 def test_grow_to_four_under_load_then_remove_a_follower(harness: Harness) -> None:

@@ -117,9 +117,12 @@ def _membership(answer: cp.MembersAnswer, address: str) -> Membership:
 def list_members(
     addresses: list[str], *, tls: ssl.SSLContext | None = None, token: bytes | None = None, from_leader: bool = True
 ) -> Membership:
-    """The configuration in effect, from the leader when one is known (its view has how far behind each member
-    is), else from the first node that answers. NoNodeReachable when none answers."""
+    """The configuration in effect as the leader sees it (its view has how far behind each member is): the
+    nodes are asked in turn until one names a leader, which is then asked. A node that knows no leader (an
+    election, or a removed node that never heard of its removal) is passed over; when no node names one, the
+    answer with the newest configuration is returned. NoNodeReachable when none answers."""
     last = ""
+    views: list[Membership] = []
     for address in addresses:
         try:
             answer = _ask(address, tls, token)
@@ -127,14 +130,28 @@ def list_members(
             last = str(exc)
             continue
         view = _membership(answer, address)
-        leader = view.get(answer.leader_id) if from_leader and answer.leader_id else None
-        if leader is not None and leader.member is not None and leader.member.client_address != address:
+        views.append(view)
+        if not answer.leader_id or not from_leader:
+            continue
+        if answer.leader_id == answer_node(view, address):
+            return view
+        leader = view.get(answer.leader_id)
+        if leader is not None and leader.member is not None:
             try:
                 return _membership(_ask(leader.member.client_address, tls, token), leader.member.client_address)
             except (ConnectionFailed, AnswerTimeout):
                 pass
-        return view
+    if views:
+        return max(views, key=lambda v: v.config_index)
     raise NoNodeReachable(addresses, last)
+
+
+def answer_node(view: Membership, address: str) -> int:
+    """The id of the member listening at `address` (0 when none does)."""
+    for m in view.members:
+        if m.member is not None and m.member.client_address == address:
+            return m.node_id
+    return 0
 
 
 def signed_change(
