@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 from clusterkit import Harness, Load, verify, wait_for
+from test_snapshot_live import check_held_logs
 
 from shmraft.client import Client, ShmraftError, admin
 from shmraft.client.connection import Connection
@@ -182,3 +183,31 @@ def test_refusals(harness: Harness) -> None:
     _change(h, cp.ChangeOp.REMOVE, followers[1])
     with pytest.raises(NoQuorum):  # the last voter cannot go
         _change(h, cp.ChangeOp.REMOVE, leader)
+
+
+def test_replace_a_dead_node_the_new_one_catches_up_through_a_snapshot(tmp_path: Path) -> None:
+    """Kill a follower for good, remove it, add a new node with an empty disk on other ports: the leader has
+    compacted its log, so the new node catches up through InstallSnapshot (with the configuration in it), is
+    promoted, and the cluster goes on; every member's log holds what was acknowledged."""
+    h = Harness(tmp_path, nodes=3, retain_entries_max=100, snapshot_chunk_bytes=4096).start()
+    try:
+        with Load(h, tag="replace") as load:
+            load.wait_acked(2000, 90)
+            dead = h.followers()[0]
+            h.kill_node(dead)
+            _change(h, cp.ChangeOp.REMOVE, dead)
+            h.forget_node(dead)
+            wait_for(lambda: min(h.state(n)["first_index"] for n in h.node_ids) > 1, 60, "the log compacted")
+            _grow(h, 5)
+            _wait_voters(h, [n for n in (1, 2, 3) if n != dead] + [5])
+            assert h.state(5)["last_index"] > 0
+            load.wait_acked(len(load.acked) + 500, 60)
+        block = NodeLayout(h.config(5)).attach_state()
+        try:
+            assert block.get("snapshots_installed") >= 1, "the new node caught up through a snapshot"
+            assert block.get("removed") == 0 and block.get("config_index") > 0
+        finally:
+            block.close()
+        check_held_logs(h, load.acked)  # with retention each member holds a suffix of the log
+    finally:
+        h.stop()

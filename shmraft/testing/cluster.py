@@ -38,7 +38,18 @@ from shmraft.testing.wait import WAIT_INTERVAL_S, WaitTimeout, wait_for
 LEADER_WAIT_S: Final = 30.0
 READ_LOG_TIMEOUT_S: Final = 30.0
 KILL_WAIT_S: Final = 5.0  # a detached node's processes gone after SIGKILL
-STATE_FIELDS: Final = ("role", "term", "leader_id", "commit_index", "last_index", "status")
+STATE_FIELDS: Final = (
+    "role",
+    "term",
+    "leader_id",
+    "commit_index",
+    "last_index",
+    "first_index",
+    "status",
+    "removed",
+    "config_index",
+    "snapshots_installed",
+)
 
 
 def new_cluster_id(prefix: str) -> str:
@@ -209,7 +220,13 @@ class ClusterDriver:
 
     def forget_node(self, node_id: int) -> None:
         """Stop tracking a node removed from the cluster (after stopping it): reads, health and `addresses` leave
-        it out. Its processes, if any, are still killed by `stop()` (their pids are remembered)."""
+        it out. Its processes, if any, are still killed by `stop()` (their pids are remembered); a node that is
+        not running (killed) has its shared memory removed now."""
+        config = next((c for c in self.configs if c.node_id == node_id), None)
+        proc = self.local.procs.get(node_id)
+        if config is not None and (proc is None or proc.poll() is not None):
+            with contextlib.suppress(Exception):
+                NodeLayout(config).destroy_all()
         self.configs = [c for c in self.configs if c.node_id != node_id]
         self.local.configs = self.configs
         self.down.discard(node_id)
