@@ -5,6 +5,7 @@ was acknowledged against every member's own log."""
 
 from __future__ import annotations
 
+import json
 import time
 from dataclasses import replace
 from pathlib import Path
@@ -13,6 +14,7 @@ import pytest
 from clusterkit import Harness, Load, verify, wait_for
 from test_snapshot_live import check_held_logs
 
+from shmraft.cli import supervisor as supervisor_cli
 from shmraft.client import Client, ShmraftError, admin
 from shmraft.client.connection import Connection
 from shmraft.client.errors import (
@@ -211,3 +213,26 @@ def test_replace_a_dead_node_the_new_one_catches_up_through_a_snapshot(tmp_path:
         check_held_logs(h, load.acked)  # with retention each member holds a suffix of the log
     finally:
         h.stop()
+
+
+def test_operator_commands(harness: Harness, capsys) -> None:
+    """`shmraft-supervisor members` (table and JSON), `members add --no-promote`, `promote`, `remove`, each
+    returning once committed, and a clear error for an unknown node."""
+    h = harness
+    c = h.configs[0]
+    port_base = c.me.client_port - 101  # the local layout: node N on port_base + 100 N + 1..5
+    common = ["--data-dir", str(c.data_dir), "--port-base", str(port_base), "--cluster-id", h.cluster_id]
+    assert supervisor_cli.main(["members", "--json", *common]) == 0
+    doc = json.loads(capsys.readouterr().out)
+    assert [m["id"] for m in doc["members"]] == [1, 2, 3] and doc["leader_id"] == h.wait_leader()
+    assert supervisor_cli.main(["members", "add", "--node", "4", "--no-promote", *common]) == 0
+    assert "node 4 added as a learner" in capsys.readouterr().out
+    assert supervisor_cli.main(["members", *common]) == 0
+    table = capsys.readouterr().out
+    assert "learner" in table and f"127.0.0.1:{port_base + 401}" in table
+    assert supervisor_cli.main(["members", "remove", "--node", "4", *common]) == 0
+    assert supervisor_cli.main(["members", "remove", "--node", "9", *common]) == 1
+    assert "MemberUnknown" in capsys.readouterr().err
+    assert supervisor_cli.main(["status", "--json", *common]) in (0, 1)
+    status = json.loads(capsys.readouterr().out)
+    assert status["nodes"][0]["membership"]["voters"] == [1, 2, 3]
