@@ -91,3 +91,13 @@ def test_members_file_and_peer_addresses(tmp_path) -> None:
     assert view.learners() == [4] and view.get(2).role == ROLE_VOTER
     assert peer_addresses(c1, view, "raft") == {2: ("127.0.0.1", 1234), 3: ("127.0.0.1", 9303), 4: ("127.0.0.1", 9403)}
     assert peer_addresses(c1, view, "data")[4] == ("127.0.0.1", 9402)
+
+
+def test_the_five_host_example_loads(monkeypatch) -> None:
+    from pathlib import Path
+
+    from shmraft.config import load
+
+    config = load(Path(__file__).resolve().parent.parent / "conf" / "five-hosts.toml")
+    assert [m.node_id for m in config.members] == [1, 2, 3, 4, 5]
+    assert static_view(config).voters() == [1, 2, 3, 4, 5]

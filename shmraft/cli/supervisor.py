@@ -126,8 +126,10 @@ def _status(args: argparse.Namespace) -> int:
 
 def _contact(args: argparse.Namespace) -> tuple[list[str], NodeConfig]:
     """The client addresses to ask (--seed first, then the configured members) and a config for the secret."""
-    configs = _configs(args)
-    base = configs[0]
+    if args.config:  # --node names the node to change or start, which the file may not list: load it as it is
+        base = load(Path(args.config), data_dir=Path(args.data_dir) if args.data_dir else None)
+    else:
+        base = _configs(args)[0]
     addresses = [m.client_address for m in base.members]
     if getattr(args, "seed", None):
         addresses.insert(0, args.seed)
@@ -164,9 +166,7 @@ def _members(args: argparse.Namespace) -> int:
                 f"configuration at log index {view.config_index}, leader {view.leader_id or 'unknown'}"
                 f"{'  (a change is in progress)' if view.change_pending else ''}"
             )
-            print(
-                f"{'node':<6}{'role':<9}{'address':<24}{'data raft metrics kafka':<34}{'match':>10}{'behind':>10}"
-            )
+            print(f"{'node':<6}{'role':<9}{'address':<24}{'data raft metrics kafka':<34}{'match':>10}{'behind':>10}")
             for m in view.members:
                 addr = m.member.client_address if m.member else "?"
                 ports = (
