@@ -643,10 +643,8 @@ class RaftCore:
             for p in self.peers:
                 if p not in self._progress:
                     self._progress[p] = Progress(last + 1)
-            for p in [p for p in self._progress if p not in conf]:
-                if self._progress.pop(p).snap is not None:
-                    self.snapshots_abandoned += 1
-                    self._drop_snapshot_cache_if_unused()
+            # a removed member keeps its progress (never counted) until it holds its removal, so that it
+            # learns it was removed and stops campaigning (thesis 4.2.3); see _forget_removed
             if self._transfer_target and self._transfer_target not in self._voters:
                 self._transfer_target = 0
         elif self._role != Role.FOLLOWER and self.id not in self._voters:
@@ -954,6 +952,7 @@ class RaftCore:
                 self._transfer_target = 0  # the target did not take over in time: abort, accept proposals
         if self._heartbeat_elapsed_ms >= self.config.heartbeat_interval_ms:
             self._heartbeat_elapsed_ms = 0
+            self._forget_removed()
             for p, pr in self._progress.items():
                 stalled = pr.match < pr.next - 1 and pr.match == pr.match_at_heartbeat
                 if pr.state == ProgressState.REPLICATE and stalled:
@@ -966,6 +965,19 @@ class RaftCore:
                     pr.snap_progressed = False
                 pr.match_at_heartbeat = pr.match
                 self._send_heartbeat(p, pr)
+
+    def _forget_removed(self) -> None:
+        """Stop replicating to removed members that hold the configuration removing them (or were not heard
+        for an election timeout: they may be gone for good)."""
+        conf = self.membership
+        timeout = self.config.election_timeout_ms
+        for p in [p for p, pr in self._progress.items() if p not in conf]:
+            pr = self._progress[p]
+            if pr.match >= self._conf_index or pr.silent_ms >= timeout:
+                del self._progress[p]
+                if pr.snap is not None:
+                    self.snapshots_abandoned += 1
+                    self._drop_snapshot_cache_if_unused()
 
     def _send_heartbeat(self, peer: int, pr: Progress) -> None:
         commit = min(pr.match, self._commit)
