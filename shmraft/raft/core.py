@@ -879,7 +879,7 @@ class RaftCore:
             # a gap (a chunk was lost, or our partial copy was): ask for what we miss. A chunk we already hold
             # is answered only at offset 0 (a new transfer: tell the leader how much we hold); answering every
             # duplicate would look like a gap to the leader and make it resend
-            if m.offset > len(buf) or m.offset == 0:
+            if m.offset > len(buf) or m.offset == 0 or not m.data:  # an empty chunk asks: always answered
                 self._send(SnapshotResponse(self.id, m.src, self._term, m.index, len(buf)))
             return
         buf += m.data
@@ -1144,9 +1144,9 @@ class RaftCore:
         assert snap is not None
         total = len(snap.data)
         offset = pr.snap_sent
-        if offset >= total:
+        if offset >= total or pr.snap_ping:
             pr.snap_ping = False
-            data = b""
+            data = b""  # "how much do you hold?"
         else:
             window = self.config.snapshot_chunk_bytes if pr.snap_stalled else self.config.max_inflight_bytes
             room = window - (offset - pr.snap_acked)
