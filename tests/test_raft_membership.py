@@ -318,6 +318,30 @@ def test_4_2_2_the_removed_leader_does_not_count_its_own_log():
     assert c.cores[1].commit_index < index  # only node 1 durably holds it: no majority of {2, 3}
 
 
+def test_4_2_2_a_server_whose_removal_is_uncommitted_still_campaigns():
+    """Thesis 4.2.2: a server outside its latest configuration still starts elections while that entry is not
+    committed (without counting its own vote): here node 1 alone holds its removal, node 3 is down, and nodes 2
+    and 4 cannot elect one of theirs without node 1 (3 of voters 1..4), whose log is ahead of theirs."""
+    c = Cluster(4)
+    c.elect(1)
+    c.deliver_all()
+    c.crash(3)
+    c.isolate(1)
+    index = c.change(1, ConfChange.remove(1))
+    c.crash(1)
+    c.restart(1)
+    assert c.cores[1].removed and c.cores[1].last_index == index and c.cores[1].commit_index < index
+    c.heal()
+    c.run(5000)
+    leader = c.leader()
+    assert leader in (2, 4), leader
+    assert c.cores[leader].commit_index >= index and c.cores[leader].membership.voters() == (2, 3, 4)
+    assert c.cores[1].role == Role.FOLLOWER and c.cores[1].commit_index >= index
+    before = len(c.sent)
+    c.run(3000)
+    assert not any(m.src == 1 and isinstance(m, RequestVote) for m in c.sent[before:])  # committed: it stops
+
+
 # --- 4.2.3: disruptive servers ------------------------------------------------------------------------------
 
 
@@ -335,8 +359,9 @@ def test_4_2_3_a_removed_server_that_holds_its_removal_never_campaigns():
 
 
 def test_4_2_3_a_removed_server_cut_off_before_its_removal_does_not_disrupt():
-    """Node 3 misses its removal and keeps pre-voting: the members hear their leader (lease), ignore it, and
-    neither the term nor the leader changes."""
+    """Node 3 misses its removal and pre-votes: the members hear their leader (lease) and ignore it, neither the
+    term nor the leader changes, and the leader answers with the entries it missed, so that it learns it was
+    removed and stops."""
     c = Cluster(3)
     c.elect(1)
     c.deliver_all()
@@ -351,7 +376,11 @@ def test_4_2_3_a_removed_server_cut_off_before_its_removal_does_not_disrupt():
     c.run(5000)
     assert any(m.src == 3 and isinstance(m, RequestVote) for m in c.sent[before:])  # it does try
     assert c.leader() == 1 and c.cores[1].term == term and c.cores[2].term == term
-    assert not c.cores[3].removed  # it never learned (the operator stops it)
+    # the leader answered its pre-vote with the entries it missed: it learned its removal, and stopped
+    assert c.cores[3].removed and c.cores[1].removed_told >= 1
+    before = len(c.sent)
+    c.run(3000)
+    assert not any(m.src == 3 and isinstance(m, RequestVote) for m in c.sent[before:])
 
 
 # --- 4.3: the configuration in snapshots and at restart -----------------------------------------------------

@@ -334,8 +334,8 @@ CATALOGUE: tuple[Mutation, ...] = (
         "recovering_campaigns",
         "recovery",
         CORE,
-        "if self._recovery_term or self.id not in self._voters:",
-        "if self.id not in self._voters:",
+        "if self._recovery_term or not self._may_campaign():",
+        "if not self._may_campaign():",
         "a recovering node campaigns when its election timer fires",
     ),
     # --- snapshot --------------------------------------------------------------------------------------------
@@ -398,8 +398,8 @@ CATALOGUE: tuple[Mutation, ...] = (
         "timeout_now_while_recovering",
         "transfer",
         CORE,
-        "elif isinstance(m, TimeoutNow) and not self._recovery_term and self.id in self._voters:",
-        "elif isinstance(m, TimeoutNow) and self.id in self._voters:",
+        "elif isinstance(m, TimeoutNow) and not self._recovery_term and self._may_campaign():",
+        "elif isinstance(m, TimeoutNow) and self._may_campaign():",
         "a recovering node campaigns on TimeoutNow",
     ),
     # --- membership (thesis chapter 4, single-server changes) -----------------------------------------------

@@ -178,6 +178,7 @@ class RaftCore:
         self._recovery_term = recovery_term
         self.conf_changes_proposed = 0  # leader: membership changes appended
         self.removed_steps_down = 0  # leader: stepped down after committing its own removal
+        self.removed_told = 0  # leader: heartbeats telling a removed node's pre-vote the commit index
         self._use_config()
         self._prev_conf = self.membership
         self._reset_election_timer()
@@ -348,9 +349,9 @@ class RaftCore:
         else:
             self._election_elapsed_ms += elapsed_ms
             if self._election_elapsed_ms >= self._randomized_timeout_ms:
-                if self._recovery_term or self.id not in self._voters:
+                if self._recovery_term or not self._may_campaign():
                     # no leader heard: forget it, but never campaign while recovering, nor as a learner or a
-                    # node outside the configuration (thesis 4.2.3: a removed server must not disrupt)
+                    # node whose removal is committed (thesis 4.2.3: a removed server must not disrupt)
                     self._leader = 0
                     self._reset_election_timer()
                 else:
@@ -480,6 +481,8 @@ class RaftCore:
         # messages from nodes outside our configuration are processed (thesis 4.1: a new server accepts the
         # leader that adds it before it holds the entry; a voter may answer a candidate whose promotion it does
         # not know yet); a leader ignores answers from non-members, a candidate counts only its voters' votes
+        if isinstance(m, RequestVote) and m.pre_vote and self._role == Role.LEADER and m.src not in self.membership:
+            self._tell_removed(m)
         if m.term > self._term:
             if isinstance(m, RequestVote):
                 in_lease = (
@@ -610,6 +613,16 @@ class RaftCore:
         if changed:
             self._use_config()
 
+    def _may_campaign(self) -> bool:
+        """A voter campaigns; so does a voter whose removal is not committed yet (thesis 4.2.2: it may still be
+        needed, e.g. the only node holding that entry after the leader that appended it crashed), without
+        counting its own vote. A learner, or a node whose removal is committed, never does."""
+        if self.id in self._voters:
+            return True
+        if self.id in self.membership or self._conf_index <= self._commit:
+            return False
+        return self.membership_at_or_below(self._conf_index - 1).is_voter(self.id)
+
     def membership_at_or_below(self, index: int) -> ClusterConfig:
         """The newest configuration known at or below `index` (the oldest known if none)."""
         found = self._configs[0][1]
@@ -647,7 +660,7 @@ class RaftCore:
             # learns it was removed and stops campaigning (thesis 4.2.3); see _forget_removed
             if self._transfer_target and self._transfer_target not in self._voters:
                 self._transfer_target = 0
-        elif self._role != Role.FOLLOWER and self.id not in self._voters:
+        elif self._role != Role.FOLLOWER and not self._may_campaign():
             self._become_follower(self._term, 0)  # a (pre-)candidate no longer voting stops campaigning
 
     # --- role changes -------------------------------------------------------------------------------------
@@ -684,7 +697,7 @@ class RaftCore:
             self._votes = {self.id: True}
             self._progress = {}
             self._reset_election_timer()
-            if self._quorum == 1:
+            if self._quorum == 1 and self.id in self._voters:
                 self._start_election(transfer=False)
                 return
             self._request_votes(self._term + 1, pre_vote=True, transfer=False)
@@ -699,7 +712,7 @@ class RaftCore:
         self._votes = {self.id: True}
         self._progress = {}
         self._reset_election_timer()
-        if self._quorum == 1:
+        if self._quorum == 1 and self.id in self._voters:
             self._become_leader()
             return
         self._request_votes(self._term, pre_vote=False, transfer=transfer)
@@ -796,7 +809,7 @@ class RaftCore:
             self._leader = m.src
             self._commit_to(min(m.commit, self._log.last_index()))
             self._send(HeartbeatResponse(self.id, m.src, self._term))
-        elif isinstance(m, TimeoutNow) and not self._recovery_term and self.id in self._voters:
+        elif isinstance(m, TimeoutNow) and not self._recovery_term and self._may_campaign():
             self._campaign(transfer=True)
         # responses meant for a leader or candidate we no longer are: ignored
 
@@ -965,6 +978,23 @@ class RaftCore:
                     pr.snap_progressed = False
                 pr.match_at_heartbeat = pr.match
                 self._send_heartbeat(p, pr)
+
+    def _tell_removed(self, m: RequestVote) -> None:
+        """A node outside our configuration pre-votes: it missed its removal, or that it is committed (thesis
+        4.2.3). Its log matches ours up to (last_index, last_term) when we hold that entry (log matching), so
+        send it the entries after it (one bounded append; the next pre-vote gets the next one) and the commit
+        they cover: once it holds its committed removal it stops campaigning. Not when its term is above ours
+        (our older term would make it answer with its own and depose us), nor when we no longer hold them."""
+        if m.term > self._term + 1 or self._log.term(m.last_index) != m.last_term:
+            return
+        if m.last_index + 1 < self._log.first_index():
+            return
+        cfg = self.config
+        hi = min(self._log.last_index(), m.last_index + cfg.max_append_entries)
+        entries = tuple(self._log.entries(m.last_index + 1, hi + 1, cfg.max_append_bytes))
+        commit = min(self._commit, m.last_index + len(entries))
+        self._msgs.append(AppendEntries(self.id, m.src, self._term, m.last_index, m.last_term, entries, commit))
+        self.removed_told += 1
 
     def _forget_removed(self) -> None:
         """Stop replicating to removed members that hold the configuration removing them (or were not heard
