@@ -178,6 +178,7 @@ class RaftCore:
         self._recovery_term = recovery_term
         self.conf_changes_proposed = 0  # leader: membership changes appended
         self.removed_steps_down = 0  # leader: stepped down after committing its own removal
+        self.removed_told = 0  # leader: heartbeats telling a removed node's pre-vote the commit index
         self._use_config()
         self._prev_conf = self.membership
         self._reset_election_timer()
@@ -348,9 +349,9 @@ class RaftCore:
         else:
             self._election_elapsed_ms += elapsed_ms
             if self._election_elapsed_ms >= self._randomized_timeout_ms:
-                if self._recovery_term or self.id not in self._voters:
+                if self._recovery_term or not self._may_campaign():
                     # no leader heard: forget it, but never campaign while recovering, nor as a learner or a
-                    # node outside the configuration (thesis 4.2.3: a removed server must not disrupt)
+                    # node whose removal is committed (thesis 4.2.3: a removed server must not disrupt)
                     self._leader = 0
                     self._reset_election_timer()
                 else:
@@ -480,6 +481,8 @@ class RaftCore:
         # messages from nodes outside our configuration are processed (thesis 4.1: a new server accepts the
         # leader that adds it before it holds the entry; a voter may answer a candidate whose promotion it does
         # not know yet); a leader ignores answers from non-members, a candidate counts only its voters' votes
+        if isinstance(m, RequestVote) and m.pre_vote and self._role == Role.LEADER and m.src not in self.membership:
+            self._tell_removed(m)
         if m.term > self._term:
             if isinstance(m, RequestVote):
                 in_lease = (
@@ -610,6 +613,16 @@ class RaftCore:
         if changed:
             self._use_config()
 
+    def _may_campaign(self) -> bool:
+        """A voter campaigns; so does a voter whose removal is not committed yet (thesis 4.2.2: it may still be
+        needed, e.g. the only node holding that entry after the leader that appended it crashed), without
+        counting its own vote. A learner, or a node whose removal is committed, never does."""
+        if self.id in self._voters:
+            return True
+        if self.id in self.membership or self._conf_index <= self._commit:
+            return False
+        return self.membership_at_or_below(self._conf_index - 1).is_voter(self.id)
+
     def membership_at_or_below(self, index: int) -> ClusterConfig:
         """The newest configuration known at or below `index` (the oldest known if none)."""
         found = self._configs[0][1]
@@ -643,13 +656,11 @@ class RaftCore:
             for p in self.peers:
                 if p not in self._progress:
                     self._progress[p] = Progress(last + 1)
-            for p in [p for p in self._progress if p not in conf]:
-                if self._progress.pop(p).snap is not None:
-                    self.snapshots_abandoned += 1
-                    self._drop_snapshot_cache_if_unused()
+            # a removed member keeps its progress (never counted) until it holds its removal, so that it
+            # learns it was removed and stops campaigning (thesis 4.2.3); see _forget_removed
             if self._transfer_target and self._transfer_target not in self._voters:
                 self._transfer_target = 0
-        elif self._role != Role.FOLLOWER and self.id not in self._voters:
+        elif self._role != Role.FOLLOWER and not self._may_campaign():
             self._become_follower(self._term, 0)  # a (pre-)candidate no longer voting stops campaigning
 
     # --- role changes -------------------------------------------------------------------------------------
@@ -686,7 +697,7 @@ class RaftCore:
             self._votes = {self.id: True}
             self._progress = {}
             self._reset_election_timer()
-            if self._quorum == 1:
+            if self._quorum == 1 and self.id in self._voters:
                 self._start_election(transfer=False)
                 return
             self._request_votes(self._term + 1, pre_vote=True, transfer=False)
@@ -701,7 +712,7 @@ class RaftCore:
         self._votes = {self.id: True}
         self._progress = {}
         self._reset_election_timer()
-        if self._quorum == 1:
+        if self._quorum == 1 and self.id in self._voters:
             self._become_leader()
             return
         self._request_votes(self._term, pre_vote=False, transfer=transfer)
@@ -798,7 +809,7 @@ class RaftCore:
             self._leader = m.src
             self._commit_to(min(m.commit, self._log.last_index()))
             self._send(HeartbeatResponse(self.id, m.src, self._term))
-        elif isinstance(m, TimeoutNow) and not self._recovery_term and self.id in self._voters:
+        elif isinstance(m, TimeoutNow) and not self._recovery_term and self._may_campaign():
             self._campaign(transfer=True)
         # responses meant for a leader or candidate we no longer are: ignored
 
@@ -881,7 +892,7 @@ class RaftCore:
             # a gap (a chunk was lost, or our partial copy was): ask for what we miss. A chunk we already hold
             # is answered only at offset 0 (a new transfer: tell the leader how much we hold); answering every
             # duplicate would look like a gap to the leader and make it resend
-            if m.offset > len(buf) or m.offset == 0:
+            if m.offset > len(buf) or m.offset == 0 or not m.data:  # an empty chunk asks: always answered
                 self._send(SnapshotResponse(self.id, m.src, self._term, m.index, len(buf)))
             return
         buf += m.data
@@ -954,6 +965,7 @@ class RaftCore:
                 self._transfer_target = 0  # the target did not take over in time: abort, accept proposals
         if self._heartbeat_elapsed_ms >= self.config.heartbeat_interval_ms:
             self._heartbeat_elapsed_ms = 0
+            self._forget_removed()
             for p, pr in self._progress.items():
                 stalled = pr.match < pr.next - 1 and pr.match == pr.match_at_heartbeat
                 if pr.state == ProgressState.REPLICATE and stalled:
@@ -966,6 +978,36 @@ class RaftCore:
                     pr.snap_progressed = False
                 pr.match_at_heartbeat = pr.match
                 self._send_heartbeat(p, pr)
+
+    def _tell_removed(self, m: RequestVote) -> None:
+        """A node outside our configuration pre-votes: it missed its removal, or that it is committed (thesis
+        4.2.3). Its log matches ours up to (last_index, last_term) when we hold that entry (log matching), so
+        send it the entries after it (one bounded append; the next pre-vote gets the next one) and the commit
+        they cover: once it holds its committed removal it stops campaigning. Not when its term is above ours
+        (our older term would make it answer with its own and depose us), nor when we no longer hold them."""
+        if m.term > self._term + 1 or self._log.term(m.last_index) != m.last_term:
+            return
+        if m.last_index + 1 < self._log.first_index():
+            return
+        cfg = self.config
+        hi = min(self._log.last_index(), m.last_index + cfg.max_append_entries)
+        entries = tuple(self._log.entries(m.last_index + 1, hi + 1, cfg.max_append_bytes))
+        commit = min(self._commit, m.last_index + len(entries))
+        self._msgs.append(AppendEntries(self.id, m.src, self._term, m.last_index, m.last_term, entries, commit))
+        self.removed_told += 1
+
+    def _forget_removed(self) -> None:
+        """Stop replicating to removed members that hold the configuration removing them (or were not heard
+        for an election timeout: they may be gone for good)."""
+        conf = self.membership
+        timeout = self.config.election_timeout_ms
+        for p in [p for p, pr in self._progress.items() if p not in conf]:
+            pr = self._progress[p]
+            if pr.match >= self._conf_index or pr.silent_ms >= timeout:
+                del self._progress[p]
+                if pr.snap is not None:
+                    self.snapshots_abandoned += 1
+                    self._drop_snapshot_cache_if_unused()
 
     def _send_heartbeat(self, peer: int, pr: Progress) -> None:
         commit = min(pr.match, self._commit)
@@ -1132,9 +1174,9 @@ class RaftCore:
         assert snap is not None
         total = len(snap.data)
         offset = pr.snap_sent
-        if offset >= total:
+        if offset >= total or pr.snap_ping:
             pr.snap_ping = False
-            data = b""
+            data = b""  # "how much do you hold?"
         else:
             window = self.config.snapshot_chunk_bytes if pr.snap_stalled else self.config.max_inflight_bytes
             room = window - (offset - pr.snap_acked)
