@@ -94,6 +94,7 @@ def test_grow_to_four_under_load_then_remove_a_follower(harness: Harness) -> Non
         victim = next(n for n in h.followers() if n != 4)
         _change(h, cp.ChangeOp.REMOVE, victim)
         _wait_voters(h, [n for n in (1, 2, 3, 4) if n != victim])
+        wait_for(lambda: h.state(victim)["removed"] == 1, 30, f"node {victim} to know it was removed")
         h.local.stop_node(victim)
         h.forget_node(victim)
         load.wait_acked(len(load.acked) + 300, 60)

@@ -231,3 +231,37 @@ def read_members_file(node_dir: Path) -> MembersView | None:
 def current_view(config: NodeConfig) -> MembersView:
     """The configuration in effect as the other workers see it: the members file, else the config file's."""
     return read_members_file(config.node_dir) or static_view(config)
+
+
+FORMER_MEMBER_LINGER_S: Final = 30.0  # links to a removed member are kept this long (it learns its removal)
+
+
+class FormerMembers:
+    """Members removed from the configuration, kept as link peers for FORMER_MEMBER_LINGER_S: the leader keeps
+    replicating to a removed member until it holds the entry that removed it, and answers its pre-votes with
+    what it missed (raft/core.py), so that it learns it was removed and goes quiet; without a link it would
+    never hear it. Its messages cannot disrupt: the core counts no vote of a non-member."""
+
+    def __init__(self) -> None:
+        self._until: dict[int, tuple[Member, float]] = {}
+
+    def update(self, old: MembersView, new: MembersView, now_s: float) -> None:
+        """Note the members `old` had and `new` has not; forget those that came back."""
+        kept = set(new.ids())
+        for v in old.members:
+            if v.member.node_id not in kept:
+                self._until[v.member.node_id] = (v.member, now_s + FORMER_MEMBER_LINGER_S)
+        for node_id in kept:
+            self._until.pop(node_id, None)
+
+    def expire(self, now_s: float) -> bool:
+        """Drop those whose time is up; True when any was dropped (the links must be set again)."""
+        gone = [i for i, (_, until) in self._until.items() if until <= now_s]
+        for i in gone:
+            del self._until[i]
+        return bool(gone)
+
+    def view(self, current: MembersView) -> MembersView:
+        """`current` plus the lingering former members (as learners), for `peer_addresses`."""
+        extra = tuple(MemberView(m, ROLE_LEARNER) for m, _ in self._until.values())
+        return MembersView(current.index, current.members + extra)

@@ -140,6 +140,7 @@ class RaftWorker(WorkerBase):
         # membership changes asked through ingest (R6) and proposed here: log index -> (request id, term)
         self._pending_changes: dict[int, tuple[int, int]] = {}
         self._view = mb.static_view(config)  # the configuration in effect, as published (members file)
+        self._former = mb.FormerMembers()  # removed members still linked for a while (they learn their removal)
         self.links: PeerLinks | None = None
         self._open_storage()
         self.sel = selectors.DefaultSelector()
@@ -398,6 +399,8 @@ class RaftWorker(WorkerBase):
             while not self.stopping:
                 self.beat()
                 selector_loop_once(self.sel, TICK_MS / 1000)
+                if self._former.expire(time.monotonic()):
+                    self._set_link_peers()
                 self.links.maintain()
                 if self.links.refusals != self._refusals_counted:  # strangers refused (metrics)
                     self.state.add("peer_refusals", self.links.refusals - self._refusals_counted)
@@ -715,9 +718,13 @@ class RaftWorker(WorkerBase):
                     view.learners(),
                     "; this node is NOT a member (removed, or not yet added): it stays quiet" if removed else "",
                 )
+        self._former.update(self._view, view, time.monotonic())
         self._view = view
+        self._set_link_peers()
+
+    def _set_link_peers(self) -> None:
         if self.links is not None:
-            self.links.set_peers(mb.peer_addresses(self.config, view, "raft"))
+            self.links.set_peers(mb.peer_addresses(self.config, self._former.view(self._view), "raft"))
 
     def _on_change_request(self, req: ChangeRequest) -> None:
         """A MEMBER_CHANGE from ingest: propose it (the core checks the rules) or say at once why not."""

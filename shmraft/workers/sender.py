@@ -10,6 +10,7 @@ never holds up the others; when a queue overflows the connection is re-made and 
 from __future__ import annotations
 
 import selectors
+import time
 from typing import Final
 
 from shmraft.ipc.state import Worker
@@ -35,13 +36,15 @@ class SenderWorker(WorkerBase):
         self.to_raft = self.layout.writer(Ring.R4)
         self.pending: list[bytes] = []
         self._epoch = self.state.get("members_epoch")
+        self._view = mb.current_view(c)
+        self._former = mb.FormerMembers()  # removed members still linked for a while (they learn their removal)
         self.links = PeerLinks(
             self.sel,
             cluster_id=c.cluster_id,
             node_id=c.node_id,
             channel=Channel.DATA,
             bind=(c.bind_host, c.me.data_port),
-            peers=mb.peer_addresses(c, mb.current_view(c), "data"),
+            peers=mb.peer_addresses(c, self._view, "data"),
             on_message=self._on_message,
             on_disconnect=self._on_disconnect,
             outbuf_max_bytes=PEER_QUEUE_MAX_BYTES,
@@ -62,9 +65,20 @@ class SenderWorker(WorkerBase):
     def _follow_members(self) -> None:
         """The raft worker published another configuration: connect to new members, drop removed ones."""
         epoch = self.state.get("members_epoch")
+        now = time.monotonic()
+        changed = self._former.expire(now)
         if epoch != self._epoch:
             self._epoch = epoch
-            self.links.set_peers(mb.peer_addresses(self.config, mb.current_view(self.config), "data"))
+            try:
+                view = mb.current_view(self.config)
+            except (OSError, mb.AddressError) as exc:
+                self.log.error("members file unreadable (%s); keeping the previous configuration", exc)
+                return
+            self._former.update(self._view, view, now)
+            self._view = view
+            changed = True
+        if changed:
+            self.links.set_peers(mb.peer_addresses(self.config, self._former.view(self._view), "data"))
 
     def run(self) -> None:
         try:
