@@ -34,7 +34,7 @@ from shmraft.storage.rocks import (
     SavedSnapshot,
 )
 from shmraft.wire.frame import decode_batch, encode_batch
-from shmraft.wire.raft_codec import encode_raft
+from shmraft.wire.raft_codec import SNAPSHOT_CONFIG_BYTES_MAX, encode_raft
 from shmraft.workers.raft import (
     RaftWorker,
     SnapshotRefused,
@@ -437,12 +437,12 @@ def test_the_snapshot_chunk_fits_a_ring_record_and_a_peer_message(tmp_path: Path
     assert snapshot_chunk_bytes_for(with_overrides(base, snapshot_chunk_bytes=64)) == 64
     small_ring = with_overrides(base, ring_capacity_bytes=1 << 20, snapshot_chunk_bytes=SNAPSHOT_CHUNK_BYTES_MAX)
     size = snapshot_chunk_bytes_for(small_ring)
-    body = len(encode_raft(InstallSnapshot(1, 2, 3, 4, 5, size, 0, 0, bytes(size))))
+    config = bytes(SNAPSHOT_CONFIG_BYTES_MAX)  # the largest configuration a chunk may carry
+    body = len(encode_raft(InstallSnapshot(1, 2, 3, 4, 5, size, 0, 0, bytes(size), config)))
     assert body + PEER_RECORD_HEADER_BYTES == record_max_for(1 << 20)  # exactly one ring record at most
     small_peer = with_overrides(base, peer_message_bytes_max=256 * 1024)
-    assert len(encode_raft(InstallSnapshot(1, 2, 3, 4, 5, 1, 0, 0, bytes(snapshot_chunk_bytes_for(small_peer))))) == (
-        256 * 1024
-    )
+    chunk = bytes(snapshot_chunk_bytes_for(small_peer))
+    assert len(encode_raft(InstallSnapshot(1, 2, 3, 4, 5, 1, 0, 0, chunk, config))) == 256 * 1024
 
 
 class _State:

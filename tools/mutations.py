@@ -334,8 +334,8 @@ CATALOGUE: tuple[Mutation, ...] = (
         "recovering_campaigns",
         "recovery",
         CORE,
-        "                if self._recovery_term:\n                    self._leader = 0",
-        "                if False:\n                    self._leader = 0",
+        "if self._recovery_term or not self._may_campaign():",
+        "if not self._may_campaign():",
         "a recovering node campaigns when its election timer fires",
     ),
     # --- snapshot --------------------------------------------------------------------------------------------
@@ -364,8 +364,8 @@ CATALOGUE: tuple[Mutation, ...] = (
         "snapshot_without_state",
         "snapshot",
         CORE,
-        "self._install_snapshot(Snapshot(m.index, m.snap_term, bytes(buf)))",
-        'self._install_snapshot(Snapshot(m.index, m.snap_term, b""))',
+        "self._install_snapshot(Snapshot(m.index, m.snap_term, bytes(buf), m.config))",
+        'self._install_snapshot(Snapshot(m.index, m.snap_term, b"", m.config))',
         "a follower installs the snapshot's index and term without its state (the dedup table is lost)",
     ),
     Mutation(
@@ -398,8 +398,77 @@ CATALOGUE: tuple[Mutation, ...] = (
         "timeout_now_while_recovering",
         "transfer",
         CORE,
-        "elif isinstance(m, TimeoutNow) and not self._recovery_term:",
-        "elif isinstance(m, TimeoutNow):",
+        "elif isinstance(m, TimeoutNow) and not self._recovery_term and self._may_campaign():",
+        "elif isinstance(m, TimeoutNow) and self._may_campaign():",
         "a recovering node campaigns on TimeoutNow",
+    ),
+    # --- membership (thesis chapter 4, single-server changes) -----------------------------------------------
+    Mutation(
+        "conf_on_commit",
+        "membership",
+        CORE,
+        "        index, conf = self._configs[-1]  # in effect once appended, committed or not (thesis 4.1)\n",
+        "        index, conf = next((c for c in reversed(self._configs) if c[0] <= self._commit), self._configs[0])\n",
+        "a configuration takes effect when committed instead of when appended (single-server changes, 4.1)",
+        also=(("        self._commit = index\n", "        self._commit = index\n        self._use_config()\n"),),
+    ),
+    Mutation(
+        "two_changes_in_flight",
+        "membership",
+        CORE,
+        "        if latest_index > self._commit:\n",
+        "        if False:\n",
+        "a membership change is accepted while the previous configuration entry is uncommitted (4.1)",
+    ),
+    Mutation(
+        "learner_counts_for_commit",
+        "membership",
+        CORE,
+        "        counted = self._counted\n        matches = ",
+        "        counted = set(self._progress) | {self.id}\n        matches = ",
+        "the leader counts every node it replicates to for commits, learners included",
+    ),
+    Mutation(
+        "learner_vote_counts",
+        "membership",
+        CORE,
+        "            if m.src not in self._counted:\n"
+        "                return  # not a voter of our configuration (thesis 4.1): its answer does not count\n",
+        "",
+        "a candidate asks and counts the votes of learners as if they were voters",
+        also=(
+            ("votes = {p: g for p, g in self._votes.items() if p in self._counted}", "votes = dict(self._votes)"),
+            (
+                "            if p not in self._counted:\n"
+                "                continue  # a learner's vote would not count\n",
+                "",
+            ),
+        ),
+    ),
+    Mutation(
+        "removed_leader_keeps_leading",
+        "membership",
+        CORE,
+        "if self._role != Role.LEADER or self.id in self._voters or self._conf_index > self._commit:",
+        "if True:",
+        "a leader whose removal is committed keeps leading (4.2.2)",
+    ),
+    Mutation(
+        "snapshot_config_ignored",
+        "membership",
+        CORE,
+        "base = decode_membership(snap.config) if snap.config else self.membership_at_or_below(snap.index)",
+        "base = self.membership_at_or_below(snap.index)",
+        "an installed snapshot does not set the follower's configuration (it keeps the one it had)",
+    ),
+    Mutation(
+        "truncated_config_kept",
+        "membership",
+        CORE,
+        "        while len(configs) > 1 and configs[-1][0] >= first:\n"
+        "            configs.pop()\n"
+        "            changed = True\n",
+        "",
+        "a configuration entry replaced by a new leader's entry stays in effect (4.1)",
     ),
 )

@@ -117,6 +117,30 @@ class ProducerClosed(ShmraftError):
     """The Producer was closed; no more events are accepted."""
 
 
+class MembershipError(ShmraftError):
+    """A membership change was refused (nothing changed); the subclass says why."""
+
+
+class MemberUnknown(MembershipError):
+    """PROMOTE or REMOVE of a node that is not a member (or PROMOTE of a voter)."""
+
+
+class ChangeInProgress(MembershipError):
+    """Another membership change is not committed yet: one at a time. Retry once it is."""
+
+
+class NoQuorum(MembershipError):
+    """The change would leave no voter, or more voters or members than a cluster may hold."""
+
+
+class AddressInUse(MembershipError):
+    """ADD of a node id that is a member already, or at an address a member listens on."""
+
+
+class NotCaughtUp(MembershipError):
+    """PROMOTE of a learner still too far behind the leader; retry once it has caught up."""
+
+
 _BY_CODE: dict[ErrorCode, type[ShmraftError]] = {
     ErrorCode.NOT_LEADER: NotLeaderError,
     ErrorCode.TOO_LARGE: TooLarge,
@@ -128,6 +152,11 @@ _BY_CODE: dict[ErrorCode, type[ShmraftError]] = {
     ErrorCode.OFFSET_OUT_OF_RANGE: OffsetOutOfRange,
     ErrorCode.UNAUTHORIZED: Unauthorized,
     ErrorCode.SEQUENCE_TOO_OLD: SequenceTooOld,
+    ErrorCode.MEMBER_UNKNOWN: MemberUnknown,
+    ErrorCode.CHANGE_IN_PROGRESS: ChangeInProgress,
+    ErrorCode.NO_QUORUM: NoQuorum,
+    ErrorCode.ADDRESS_IN_USE: AddressInUse,
+    ErrorCode.NOT_CAUGHT_UP: NotCaughtUp,
 }
 
 

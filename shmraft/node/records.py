@@ -6,7 +6,10 @@ both need no extra encoding. This module encodes the other three:
 - R3 (raft -> sender) and R4 (sender -> raft): a peer message with its peer id, or a "peer disconnected"
   notice;
 - R5 (raft -> ingest): what ingest needs to answer producers: which events an appended entry holds, which
-  events were refused or found to be duplicates, the commit index, and a change of term or leader.
+  events were refused or found to be duplicates, the commit index, and a change of term or leader; and the
+  outcome of a membership change request;
+- R6 (ingest -> raft): membership change requests from the client port (MEMBER_CHANGE), each with an id
+  that the outcome note (NoteKind.CHANGE_RESULT) carries back.
 """
 
 from __future__ import annotations
@@ -20,6 +23,7 @@ import numpy as np
 
 _PEER: Final = struct.Struct("<IB")  # peer id, kind
 _NOTE_HEAD: Final = struct.Struct("<BQQI")  # kind, a, b, count
+_CHANGE: Final = struct.Struct("<QBI")  # request id, op (wire.client.ChangeOp), node id; then the address
 _U64: Final = np.dtype("<u8")
 _I64: Final = np.dtype("<i8")
 
@@ -47,6 +51,27 @@ class NoteKind(enum.IntEnum):
     VERDICTS = 2  # arrays: producer ids, sequences, verdicts (dedup.Verdict), offsets (for duplicates)
     COMMIT = 3  # a = commit index
     LEADER = 4  # a = term, b = leader id (0 = unknown); sent when either changes
+    CHANGE_RESULT = 5  # a = request id, b = log index where committed (0: refused); code and text (below)
+
+
+@dataclass(frozen=True, slots=True)
+class ChangeRequest:
+    """A membership change asked on the client port, for the raft worker (R6)."""
+
+    request_id: int
+    op: int  # wire.client.ChangeOp
+    node_id: int
+    address: bytes  # ADD_LEARNER: the new member's address bytes
+
+
+def encode_change_request(req: ChangeRequest) -> bytes:
+    return _CHANGE.pack(req.request_id, req.op, req.node_id) + bytes(req.address)
+
+
+def decode_change_request(rec: bytes | memoryview) -> ChangeRequest:
+    view = memoryview(rec)
+    request_id, op, node_id = _CHANGE.unpack_from(view, 0)
+    return ChangeRequest(request_id, op, node_id, bytes(view[_CHANGE.size :]))
 
 
 @dataclass(frozen=True, slots=True)
@@ -58,6 +83,8 @@ class Note:
     sequences: np.ndarray | None = None
     verdicts: np.ndarray | None = None
     offsets: np.ndarray | None = None
+    code: int = 0  # CHANGE_RESULT: 0 committed, else a wire.client.ErrorCode
+    text: str = ""  # CHANGE_RESULT: why it was refused
 
 
 def encode_note(note: Note) -> bytes:
@@ -70,6 +97,8 @@ def encode_note(note: Note) -> bytes:
         parts.append(np.asarray(note.verdicts, np.uint8).tobytes())
     if note.offsets is not None:
         parts.append(np.asarray(note.offsets, _I64).tobytes())
+    if note.kind is NoteKind.CHANGE_RESULT:
+        return _NOTE_HEAD.pack(note.kind, note.a, note.b, note.code) + note.text.encode()
     return _NOTE_HEAD.pack(note.kind, note.a, note.b, count) + b"".join(parts)
 
 
@@ -86,4 +115,6 @@ def decode_note(rec: bytes | memoryview) -> Note:
             offsets = np.frombuffer(view, _I64, n, pos + 17 * n)
             return Note(kind, a, b, pids, seqs, verdicts, offsets)
         return Note(kind, a, b, pids, seqs, None, np.frombuffer(view, _I64, n, pos + 16 * n))
+    if kind is NoteKind.CHANGE_RESULT:
+        return Note(kind, a, b, code=n, text=bytes(view[pos:]).decode("utf-8", "replace"))
     return Note(kind, a, b)

@@ -36,7 +36,7 @@ class RaftConfigError(ValueError):
 
 @dataclass(frozen=True, slots=True)
 class RaftConfig:
-    """Everything the core needs besides its id, peers, storage and random source."""
+    """Everything the core needs besides its id, bootstrap configuration, storage and random source."""
 
     heartbeat_interval_ms: int = HEARTBEAT_INTERVAL_MS
     election_timeout_ms: int = ELECTION_TIMEOUT_MS  # a follower that heard nothing this long (+ spread) campaigns
@@ -61,6 +61,9 @@ class RaftConfig:
     # (it buffers the whole snapshot in memory before installing it)
     snapshot_chunk_bytes: int = 1024 * 1024
     max_snapshot_bytes: int = 1024 * 1024 * 1024
+    # membership: a learner is promoted to voter only when at most this many entries behind the leader's last
+    # index (and replicating), so that it does not stall commits while it catches up (thesis 4.2.1)
+    promote_max_lag_entries: int = 1024
     test_only_mutation: str = ""  # "" in production; see TEST_ONLY_MUTATIONS
 
     def __post_init__(self) -> None:
@@ -78,6 +81,8 @@ class RaftConfig:
             "snapshot_chunk_bytes",
             "max_snapshot_bytes",
         )
+        if self.promote_max_lag_entries < 0:
+            raise RaftConfigError(f"promote_max_lag_entries: expected >= 0, got {self.promote_max_lag_entries}")
         for name in positive:
             if getattr(self, name) <= 0:
                 raise RaftConfigError(f"{name}: expected > 0, got {getattr(self, name)}")

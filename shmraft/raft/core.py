@@ -29,7 +29,7 @@ from __future__ import annotations
 
 import zlib
 from collections import deque
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 
 from shmraft.constants import CLUSTER_SIZE_MAX
 from shmraft.raft.config import RaftConfig
@@ -41,6 +41,17 @@ from shmraft.raft.errors import (
     TransferInProgressError,
 )
 from shmraft.raft.log import RaftLog
+from shmraft.raft.membership import (
+    ChangeInProgressError,
+    ClusterConfig,
+    ConfChange,
+    ConfChangeKind,
+    NotCaughtUpError,
+    apply_change,
+    decode_membership,
+    membership_entry,
+    membership_of_entry,
+)
 from shmraft.raft.messages import (
     AppendEntries,
     AppendResponse,
@@ -54,9 +65,16 @@ from shmraft.raft.messages import (
     VoteResponse,
 )
 from shmraft.raft.progress import Progress, ProgressState
-from shmraft.raft.quorum import majority, quorum_index, vote_result
+from shmraft.raft.quorum import quorum_index, vote_result
 from shmraft.raft.ready import Ready
 from shmraft.raft.types import Entry, HardState, LogStorage, RandomSource, Role, Snapshot, SoftState
+from shmraft.wire.control import ControlKind, is_control
+
+
+def _is_membership(data: bytes) -> bool:
+    """Whether entry data is a MEMBERSHIP control entry (by magic and kind: the cheap test of every entry)."""
+    return is_control(data) and len(data) >= 8 and int.from_bytes(data[6:8], "little") == ControlKind.MEMBERSHIP
+
 
 NOOP: bytes = b""  # the entry a new leader appends to commit earlier terms' entries (5.4.2)
 
@@ -67,7 +85,7 @@ class RaftCore:
     def __init__(
         self,
         node_id: int,
-        peers: Iterable[int],
+        peers: Iterable[int] | ClusterConfig,
         storage: LogStorage,
         config: RaftConfig,
         rng: RandomSource,
@@ -77,24 +95,46 @@ class RaftCore:
     ) -> None:
         """Restart from `storage` (read only here; the driver writes it from Readies).
 
-        `peers` are the ids of the other voters. `applied` is the last index the driver's state machine has
+        `peers` is the bootstrap configuration: a ClusterConfig, or (the fixed-cluster form) the ids of the
+        other voters, meaning all of them and this node are voters with empty addresses. It is used only when
+        neither the log nor the saved snapshot holds a configuration; otherwise the configuration in effect is
+        the latest MEMBERSHIP entry of the log (read from the saved snapshot's index on: bounded by the
+        snapshot interval), else the snapshot's (`Snapshot.config`). A node joining a running cluster must
+        name itself a LEARNER (or not at all) in its bootstrap configuration: as a voter alone it could elect
+        itself. `applied` is the last index the driver's state machine has
         already applied; committed entries after it are handed out again (default: all held entries).
         `recovery_term` > 0 starts in recovering mode (see the module docstring); it must not exceed the
         stored term, which the driver raised to it when it replaced the lost log."""
-        peer_ids = tuple(sorted(set(peers)))
-        if node_id < 1 or any(p < 1 for p in peer_ids):
-            raise ValueError(f"node ids start at 1, got {node_id} and peers {peer_ids}")
-        if node_id in peer_ids:
-            raise ValueError(f"peers must not include this node ({node_id})")
-        if len(peer_ids) + 1 > CLUSTER_SIZE_MAX:
-            raise ValueError(f"at most {CLUSTER_SIZE_MAX} voters, got {len(peer_ids) + 1}")
+        if node_id < 1:
+            raise ValueError(f"node ids start at 1, got {node_id}")
+        if isinstance(peers, ClusterConfig):
+            bootstrap = peers
+            bootstrap.check()
+        else:
+            peer_ids = tuple(sorted(set(peers)))
+            if any(p < 1 for p in peer_ids):
+                raise ValueError(f"node ids start at 1, got {node_id} and peers {peer_ids}")
+            if node_id in peer_ids:
+                raise ValueError(f"peers must not include this node ({node_id})")
+            if len(peer_ids) + 1 > CLUSTER_SIZE_MAX:
+                raise ValueError(f"at most {CLUSTER_SIZE_MAX} voters, got {len(peer_ids) + 1}")
+            bootstrap = ClusterConfig.voters_of((node_id, *peer_ids))
         self.id = node_id
-        self.peers = peer_ids
         self.config = config
         self._rng = rng
-        self._quorum = majority(len(peer_ids) + 1)
+        self._bootstrap = bootstrap
         self._mutation = config.test_only_mutation
         self._log = RaftLog(storage)
+        # membership: (index, configuration) of the configurations of the log, oldest first, the last one in
+        # effect; the first is the base (the snapshot's or the bootstrap one, at the snapshot's index or 0)
+        self._configs: list[tuple[int, ClusterConfig]] = self._load_configs(storage, bootstrap)
+        self.peers: tuple[int, ...] = ()  # the other members (voters and learners): whom a leader replicates to
+        self._conf: ClusterConfig | None = None  # the configuration in effect (set by _use_config)
+        self._conf_index = 0  # the index of its entry (0: bootstrap; the snapshot's index: from a snapshot)
+        self._voters: frozenset[int] = frozenset()
+        self._counted: frozenset[int] = frozenset()  # whose logs count for commits and votes for elections
+        self._quorum = 1
+        self._log.on_append = self._on_append
         hs = storage.hard_state()
         self._term = hs.term
         self._vote = hs.vote
@@ -136,6 +176,11 @@ class RaftCore:
         if recovery_term < 0 or recovery_term > self._term:
             raise ValueError(f"recovery_term: expected 0..{self._term} (the stored term), got {recovery_term}")
         self._recovery_term = recovery_term
+        self.conf_changes_proposed = 0  # leader: membership changes appended
+        self.removed_steps_down = 0  # leader: stepped down after committing its own removal
+        self.removed_told = 0  # leader: heartbeats telling a removed node's pre-vote the commit index
+        self._use_config()
+        self._prev_conf = self.membership
         self._reset_election_timer()
         self._maybe_end_recovery()
 
@@ -192,6 +237,47 @@ class RaftCore:
     def recovery_term(self) -> int:
         return self._recovery_term
 
+    @property
+    def membership(self) -> ClusterConfig:
+        """The configuration in effect: the latest in this node's log, committed or not (thesis 4.1)."""
+        assert self._conf is not None
+        return self._conf
+
+    @property
+    def membership_index(self) -> int:
+        """Index of the entry of the configuration in effect (0: the bootstrap one)."""
+        return self._conf_index
+
+    @property
+    def conf_change_pending(self) -> bool:
+        """The latest configuration entry is not committed yet (a leader refuses another change until it is)."""
+        return self._configs[-1][0] > self._commit
+
+    @property
+    def removed(self) -> bool:
+        """This node is not a member of the configuration in effect (it was removed, or has not yet received
+        the entry that adds it). It never campaigns; the driver may stop it."""
+        return self.id not in self.membership
+
+    @property
+    def is_voter(self) -> bool:
+        return self.id in self._voters
+
+    def membership_at(self, index: int) -> ClusterConfig:
+        """The configuration in effect at log index `index` (the latest entry at or below it), for the
+        snapshot saved at `index` (Snapshot.config = encode_membership(core.membership_at(index))). Answers
+        for first_index - 1 <= index <= last_index; ValueError outside what this node still knows."""
+        if index > self._log.last_index() or index < self._configs[0][0]:
+            raise ValueError(
+                f"index: expected {self._configs[0][0]}..{self._log.last_index()} (configurations known), got {index}"
+            )
+        found = self._configs[0][1]
+        for at, conf in self._configs:
+            if at > index:
+                break
+            found = conf
+        return found
+
     def term_at(self, index: int) -> int | None:
         """Term of the entry at index in this node's log (unstable tail included)."""
         return self._log.term(index)
@@ -215,6 +301,10 @@ class RaftCore:
             "recovering": self.recovering,
             "snapshots_sent": self.snapshots_sent,
             "snapshots_installed": self.snapshots_installed,
+            "members": self.membership.to_dict(),
+            "membership_index": self._conf_index,
+            "conf_change_pending": self.conf_change_pending,
+            "removed": self.removed,
         }
         if self._snap_buf is not None:
             index, _, total, _ = self._snap_buf_key
@@ -239,6 +329,9 @@ class RaftCore:
                 for p, pr in self._progress.items()
             }
             out["transfer_target"] = self._transfer_target
+            out["learners_behind"] = {
+                p: last - self._progress[p].match for p in self.membership.learners() if p in self._progress
+            }
         return out
 
     @property
@@ -256,8 +349,10 @@ class RaftCore:
         else:
             self._election_elapsed_ms += elapsed_ms
             if self._election_elapsed_ms >= self._randomized_timeout_ms:
-                if self._recovery_term:
-                    self._leader = 0  # no leader heard: forget it, but never campaign while recovering
+                if self._recovery_term or not self._may_campaign():
+                    # no leader heard: forget it, but never campaign while recovering, nor as a learner or a
+                    # node whose removal is committed (thesis 4.2.3: a removed server must not disrupt)
+                    self._leader = 0
                     self._reset_election_timer()
                 else:
                     self._campaign(transfer=False)
@@ -270,6 +365,44 @@ class RaftCore:
             raise NotLeaderError(self._leader)
         if self._transfer_target:
             raise TransferInProgressError(f"transferring leadership to {self._transfer_target}")
+        if _is_membership(data):
+            raise ValueError("data: a MEMBERSHIP control entry is proposed with propose_conf_change, not propose")
+        return self._append_proposal(data)
+
+    def propose_conf_change(self, change: ConfChange) -> int:
+        """Append the configuration `change` leads to on the leader; returns the entry's index. It is in effect
+        at once (on every node as soon as appended: thesis 4.1) and committed like any entry (same rule as
+        `propose` for telling whether it was). Refused (nothing appended) with: NotLeaderError;
+        TransferInProgressError; ChangeInProgressError while the latest configuration entry is uncommitted or
+        this leader has not committed an entry of its term yet; UnknownMemberError, AlreadyMemberError,
+        AddressInUseError, TooManyVotersError, WouldLoseQuorumError, InvalidChangeError (apply_change);
+        NotCaughtUpError for a PROMOTE of a learner more than promote_max_lag_entries behind;
+        BackpressureError. Removing the leader itself is allowed: it keeps leading, without counting itself,
+        until the entry is committed, then hands over and steps down (thesis 4.2.2)."""
+        if self._role != Role.LEADER:
+            raise NotLeaderError(self._leader)
+        if self._transfer_target:
+            raise TransferInProgressError(f"transferring leadership to {self._transfer_target}")
+        latest_index, latest = self._configs[-1]
+        if latest_index > self._commit:
+            raise ChangeInProgressError(f"the configuration entry at {latest_index} is not committed yet")
+        if self._commit < self._leader_term_start:
+            raise ChangeInProgressError(
+                f"this leader has not committed an entry of its term {self._term} yet (commit {self._commit})"
+            )
+        new = apply_change(latest, change)
+        if change.kind == ConfChangeKind.PROMOTE:
+            pr = self._progress.get(change.node_id)
+            bound = self.config.promote_max_lag_entries
+            behind = self._log.last_index() - (pr.match if pr is not None else 0)
+            if pr is None or pr.state != ProgressState.REPLICATE or behind > bound:
+                raise NotCaughtUpError(change.node_id, behind, bound)
+        index = self._append_proposal(membership_entry(new))
+        self.conf_changes_proposed += 1
+        return index
+
+    def _append_proposal(self, data: bytes) -> int:
+        """Append one proposed entry on the leader (flow-control limits checked)."""
         size = len(data)
         if size > self.config.max_entry_bytes:
             raise EntryTooLargeError(f"entry of {size} bytes exceeds max_entry_bytes {self.config.max_entry_bytes}")
@@ -282,8 +415,7 @@ class RaftCore:
         self._log.append((Entry(index, self._term, data),))
         self._uncommitted.append((index, size))
         self._uncommitted_bytes += size
-        if self._quorum == 1:
-            self._maybe_commit()
+        self._maybe_commit()  # a one-voter cluster commits at once; otherwise nothing moves here
         return index
 
     def persisted(self, up_to_index: int, term: int) -> None:
@@ -303,12 +435,13 @@ class RaftCore:
         Proposals are refused until it completes or one election timeout passes. Returns the target."""
         if self._role != Role.LEADER:
             raise NotLeaderError(self._leader)
-        if not self.peers:
+        voters = [p for p in self.peers if p in self._voters]
+        if not voters:
             raise ValueError("no other voter to transfer leadership to")
         if to is None:
-            to = max(self.peers, key=lambda p: (self._progress[p].match, -p))
-        if to not in self._progress:
-            raise ValueError(f"transfer target {to} is not a peer")
+            to = max(voters, key=lambda p: (self._progress[p].match, -p))
+        if to not in self._progress or to not in self._voters:
+            raise ValueError(f"transfer target {to} is not a voting peer")
         if self._transfer_target == to:
             return to
         self._transfer_target = to
@@ -342,9 +475,14 @@ class RaftCore:
         """Process one message from a peer."""
         if m.dst != self.id:
             raise ValueError(f"message for node {m.dst} stepped into node {self.id}")
-        if m.src not in self.peers:
+        if m.src < 1 or m.src == self.id:
             self.dropped_messages += 1
             return
+        # messages from nodes outside our configuration are processed (thesis 4.1: a new server accepts the
+        # leader that adds it before it holds the entry; a voter may answer a candidate whose promotion it does
+        # not know yet); a leader ignores answers from non-members, a candidate counts only its voters' votes
+        if isinstance(m, RequestVote) and m.pre_vote and self._role == Role.LEADER and m.src not in self.membership:
+            self._tell_removed(m)
         if m.term > self._term:
             if isinstance(m, RequestVote):
                 in_lease = (
@@ -386,6 +524,8 @@ class RaftCore:
             return True
         if self._applied < self._commit:
             return True
+        if self.membership != self._prev_conf:
+            return True
         if self._role == Role.LEADER and self._leader_has_sends():
             return True
         return (
@@ -404,6 +544,9 @@ class RaftCore:
         hard = HardState(self._term, self._vote, self._commit)
         if hard != self._prev_hard or self._snap_to_persist is not None:
             rd.hard_state = self._prev_hard = hard
+        if self.membership != self._prev_conf:
+            rd.membership = self._prev_conf = self.membership
+        self._prune_configs()
         if self._msgs:
             rd.messages, self._msgs = self._msgs, []
         if self._msgs_after_persist:
@@ -419,6 +562,106 @@ class RaftCore:
             if rd.committed_entries:
                 self._applied = rd.committed_entries[-1].index
         return rd
+
+    # --- membership ---------------------------------------------------------------------------------------
+    def _load_configs(self, storage: LogStorage, bootstrap: ClusterConfig) -> list[tuple[int, ClusterConfig]]:
+        """The configurations known at start: the saved snapshot's (else the bootstrap one), then every
+        MEMBERSHIP entry of the log after it. The scan reads the log from the snapshot's index on (from its
+        start when no snapshot carries a configuration): bounded by how often snapshots are saved."""
+        snap = storage.snapshot()
+        first = storage.first_index()
+        if snap is not None and snap.config:
+            configs = [(snap.index, decode_membership(snap.config))]
+            lo = max(snap.index + 1, first)
+        else:
+            configs = [(first - 1, bootstrap)]
+            lo = first
+        last = storage.last_index()
+        while lo <= last:
+            chunk = storage.entries(lo, last + 1, self.config.max_committed_bytes_per_ready)
+            if not chunk:
+                raise InvariantError(f"storage returned no entry at {lo} (last index {last})")
+            for e in chunk:
+                conf = self._membership_of(e)
+                if conf is not None:
+                    configs.append((e.index, conf))
+            lo = chunk[-1].index + 1
+        return configs
+
+    @staticmethod
+    def _membership_of(e: Entry) -> ClusterConfig | None:
+        try:
+            return membership_of_entry(e.data)
+        except ValueError as exc:  # the driver validates entries from peers: this is a damaged log
+            raise InvariantError(f"entry {e.index}: a damaged configuration entry ({exc})") from exc
+
+    def _on_append(self, entries: Sequence[Entry]) -> None:
+        """Every append to the log (RaftLog.on_append): a truncation drops the configurations it removes, new
+        configuration entries take effect at once (thesis 4.1)."""
+        first = entries[0].index
+        configs = self._configs
+        changed = False
+        while len(configs) > 1 and configs[-1][0] >= first:
+            configs.pop()
+            changed = True
+        for e in entries:
+            if _is_membership(e.data):
+                conf = self._membership_of(e)
+                assert conf is not None
+                configs.append((e.index, conf))
+                changed = True
+        if changed:
+            self._use_config()
+
+    def _may_campaign(self) -> bool:
+        """A voter campaigns; so does a voter whose removal is not committed yet (thesis 4.2.2: it may still be
+        needed, e.g. the only node holding that entry after the leader that appended it crashed), without
+        counting its own vote. A learner, or a node whose removal is committed, never does."""
+        if self.id in self._voters:
+            return True
+        if self.id in self.membership or self._conf_index <= self._commit:
+            return False
+        return self.membership_at_or_below(self._conf_index - 1).is_voter(self.id)
+
+    def membership_at_or_below(self, index: int) -> ClusterConfig:
+        """The newest configuration known at or below `index` (the oldest known if none)."""
+        found = self._configs[0][1]
+        for at, conf in self._configs:
+            if at > index:
+                break
+            found = conf
+        return found
+
+    def _prune_configs(self) -> None:
+        """Forget configurations superseded at or below the log's start (membership_at never asks for them)."""
+        configs = self._configs
+        floor = self._log.first_index() - 1
+        while len(configs) > 1 and configs[1][0] <= floor:
+            configs.pop(0)
+
+    def _use_config(self) -> None:
+        """Put the configuration in effect (the latest in the log) to use: peers, voters, quorum; a leader
+        starts replicating to new members and forgets removed ones."""
+        index, conf = self._configs[-1]  # in effect once appended, committed or not (thesis 4.1)
+        self._conf_index = index
+        if conf is self._conf:
+            return
+        self._conf = conf
+        self.peers = tuple(i for i in conf.ids() if i != self.id)
+        self._voters = frozenset(conf.voters())
+        self._counted = self._voters  # learners' logs and votes never count
+        self._quorum = conf.quorum
+        if self._role == Role.LEADER:
+            last = self._log.last_index()
+            for p in self.peers:
+                if p not in self._progress:
+                    self._progress[p] = Progress(last + 1)
+            # a removed member keeps its progress (never counted) until it holds its removal, so that it
+            # learns it was removed and stops campaigning (thesis 4.2.3); see _forget_removed
+            if self._transfer_target and self._transfer_target not in self._voters:
+                self._transfer_target = 0
+        elif self._role != Role.FOLLOWER and not self._may_campaign():
+            self._become_follower(self._term, 0)  # a (pre-)candidate no longer voting stops campaigning
 
     # --- role changes -------------------------------------------------------------------------------------
     def _reset_election_timer(self) -> None:
@@ -454,7 +697,7 @@ class RaftCore:
             self._votes = {self.id: True}
             self._progress = {}
             self._reset_election_timer()
-            if self._quorum == 1:
+            if self._quorum == 1 and self.id in self._voters:
                 self._start_election(transfer=False)
                 return
             self._request_votes(self._term + 1, pre_vote=True, transfer=False)
@@ -469,7 +712,7 @@ class RaftCore:
         self._votes = {self.id: True}
         self._progress = {}
         self._reset_election_timer()
-        if self._quorum == 1:
+        if self._quorum == 1 and self.id in self._voters:
             self._become_leader()
             return
         self._request_votes(self._term, pre_vote=False, transfer=transfer)
@@ -477,6 +720,8 @@ class RaftCore:
     def _request_votes(self, term: int, pre_vote: bool, transfer: bool) -> None:
         last_index, last_term = self._log.last_index(), self._log.last_term()
         for p in self.peers:
+            if p not in self._counted:
+                continue  # a learner's vote would not count
             self._send(RequestVote(self.id, p, term, last_index, last_term, pre_vote, transfer))
 
     def _win_round(self) -> None:
@@ -502,8 +747,7 @@ class RaftCore:
         self._uncommitted_bytes = 0
         self._log.append((Entry(last + 1, self._term, NOOP),))
         self._uncommitted.append((last + 1, 0))
-        if self._quorum == 1:
-            self._maybe_commit()
+        self._maybe_commit()
 
     # --- message handling ------------------------------------------------------------------------------
     def _send(self, m: Message) -> None:
@@ -565,7 +809,7 @@ class RaftCore:
             self._leader = m.src
             self._commit_to(min(m.commit, self._log.last_index()))
             self._send(HeartbeatResponse(self.id, m.src, self._term))
-        elif isinstance(m, TimeoutNow) and not self._recovery_term:
+        elif isinstance(m, TimeoutNow) and not self._recovery_term and self._may_campaign():
             self._campaign(transfer=True)
         # responses meant for a leader or candidate we no longer are: ignored
 
@@ -579,8 +823,11 @@ class RaftCore:
                 return
             if pre and m.granted and m.term != self._term + 1:
                 return  # a stale grant from an earlier round
+            if m.src not in self._counted:
+                return  # not a voter of our configuration (thesis 4.1): its answer does not count
             self._votes.setdefault(m.src, m.granted)
-            result = vote_result(self._votes, len(self.peers) + 1)
+            votes = {p: g for p, g in self._votes.items() if p in self._counted}
+            result = vote_result(votes, len(self._voters))
             if result is True:
                 self._win_round()
             elif result is False:
@@ -645,7 +892,7 @@ class RaftCore:
             # a gap (a chunk was lost, or our partial copy was): ask for what we miss. A chunk we already hold
             # is answered only at offset 0 (a new transfer: tell the leader how much we hold); answering every
             # duplicate would look like a gap to the leader and make it resend
-            if m.offset > len(buf) or m.offset == 0:
+            if m.offset > len(buf) or m.offset == 0 or not m.data:  # an empty chunk asks: always answered
                 self._send(SnapshotResponse(self.id, m.src, self._term, m.index, len(buf)))
             return
         buf += m.data
@@ -656,7 +903,14 @@ class RaftCore:
         if zlib.crc32(buf) != m.crc:
             self._send(SnapshotResponse(self.id, m.src, self._term, m.index, 0))  # damaged: start again
             return
-        self._install_snapshot(Snapshot(m.index, m.snap_term, bytes(buf)))
+        if m.config:
+            try:
+                decode_membership(m.config)
+            except ValueError:
+                self.dropped_messages += 1  # a damaged configuration: the transfer starts again
+                self._send(SnapshotResponse(self.id, m.src, self._term, m.index, 0))
+                return
+        self._install_snapshot(Snapshot(m.index, m.snap_term, bytes(buf), m.config))
         self._send(AppendResponse(self.id, m.src, self._term, m.index, True))
 
     def _install_snapshot(self, snap: Snapshot) -> None:
@@ -664,10 +918,13 @@ class RaftCore:
         if snap.index <= self._commit:
             raise InvariantError(f"snapshot at {snap.index} installed at or below commit {self._commit}")
         self._log.restore(snap.index, snap.term)
+        base = decode_membership(snap.config) if snap.config else self.membership_at_or_below(snap.index)
+        self._configs = [(snap.index, base)]
         self._commit = max(self._commit, snap.index)
         self._applied = snap.index
         self._snap_to_persist = snap
         self.snapshots_installed += 1
+        self._use_config()
 
     def _commit_to(self, index: int) -> None:
         if index <= self._commit:
@@ -689,11 +946,11 @@ class RaftCore:
     # --- leader -------------------------------------------------------------------------------------------
     def _tick_leader(self, elapsed_ms: int) -> None:
         timeout = self.config.election_timeout_ms
-        active = 1
-        for pr in self._progress.values():
+        active = 1 if self.id in self._voters else 0
+        for p, pr in self._progress.items():
             pr.fallback_armed = True
             pr.silent_ms += elapsed_ms
-            if pr.silent_ms < timeout:
+            if pr.silent_ms < timeout and p in self._voters:
                 active += 1
         if self.config.check_quorum and active < self._quorum:
             self._become_follower(self._term, 0)  # no majority heard for an election timeout: step down (6.2)
@@ -708,6 +965,7 @@ class RaftCore:
                 self._transfer_target = 0  # the target did not take over in time: abort, accept proposals
         if self._heartbeat_elapsed_ms >= self.config.heartbeat_interval_ms:
             self._heartbeat_elapsed_ms = 0
+            self._forget_removed()
             for p, pr in self._progress.items():
                 stalled = pr.match < pr.next - 1 and pr.match == pr.match_at_heartbeat
                 if pr.state == ProgressState.REPLICATE and stalled:
@@ -720,6 +978,36 @@ class RaftCore:
                     pr.snap_progressed = False
                 pr.match_at_heartbeat = pr.match
                 self._send_heartbeat(p, pr)
+
+    def _tell_removed(self, m: RequestVote) -> None:
+        """A node outside our configuration pre-votes: it missed its removal, or that it is committed (thesis
+        4.2.3). Its log matches ours up to (last_index, last_term) when we hold that entry (log matching), so
+        send it the entries after it (one bounded append; the next pre-vote gets the next one) and the commit
+        they cover: once it holds its committed removal it stops campaigning. Not when its term is above ours
+        (our older term would make it answer with its own and depose us), nor when we no longer hold them."""
+        if m.term > self._term + 1 or self._log.term(m.last_index) != m.last_term:
+            return
+        if m.last_index + 1 < self._log.first_index():
+            return
+        cfg = self.config
+        hi = min(self._log.last_index(), m.last_index + cfg.max_append_entries)
+        entries = tuple(self._log.entries(m.last_index + 1, hi + 1, cfg.max_append_bytes))
+        commit = min(self._commit, m.last_index + len(entries))
+        self._msgs.append(AppendEntries(self.id, m.src, self._term, m.last_index, m.last_term, entries, commit))
+        self.removed_told += 1
+
+    def _forget_removed(self) -> None:
+        """Stop replicating to removed members that hold the configuration removing them (or were not heard
+        for an election timeout: they may be gone for good)."""
+        conf = self.membership
+        timeout = self.config.election_timeout_ms
+        for p in [p for p, pr in self._progress.items() if p not in conf]:
+            pr = self._progress[p]
+            if pr.match >= self._conf_index or pr.silent_ms >= timeout:
+                del self._progress[p]
+                if pr.snap is not None:
+                    self.snapshots_abandoned += 1
+                    self._drop_snapshot_cache_if_unused()
 
     def _send_heartbeat(self, peer: int, pr: Progress) -> None:
         commit = min(pr.match, self._commit)
@@ -826,8 +1114,12 @@ class RaftCore:
 
     def _maybe_commit(self) -> None:
         """Commit the highest index stored on a majority, if it belongs to this leader's term (5.4.2)."""
-        matches = [pr.match for pr in self._progress.values()]
-        matches.append(self._log.stable_last())  # our own log counts once durable (thesis 10.2.1)
+        counted = self._counted
+        matches = [pr.match for p, pr in self._progress.items() if p in counted]
+        if self.id in counted:
+            matches.append(self._log.stable_last())  # our own log counts once durable (thesis 10.2.1)
+        if len(matches) < self._quorum:
+            return
         index = quorum_index(matches, self._quorum)
         if index <= self._commit:
             return
@@ -837,6 +1129,22 @@ class RaftCore:
         uncommitted = self._uncommitted
         while uncommitted and uncommitted[0][0] <= index:
             self._uncommitted_bytes -= uncommitted.popleft()[1]
+        self._maybe_step_down_removed()
+
+    def _maybe_step_down_removed(self) -> None:
+        """A leader whose removal is committed hands leadership to the most caught-up voter (TimeoutNow, when
+        one holds our whole log) and steps down (thesis 4.2.2): the new configuration elects a leader in about
+        a round trip instead of an election timeout."""
+        if self._role != Role.LEADER or self.id in self._voters or self._conf_index > self._commit:
+            return
+        last = self._log.last_index()
+        caught_up = [p for p, pr in self._progress.items() if p in self._voters and pr.match == last]
+        if caught_up:
+            self._msgs.append(TimeoutNow(self.id, min(caught_up), self._term))
+        for p, pr in self._progress.items():
+            self._send_heartbeat(p, pr)  # tell the others the commit (their no-op leader will too)
+        self.removed_steps_down += 1
+        self._become_follower(self._term, 0)
 
     def _leader_has_sends(self) -> bool:
         last = self._log.last_index()
@@ -866,9 +1174,9 @@ class RaftCore:
         assert snap is not None
         total = len(snap.data)
         offset = pr.snap_sent
-        if offset >= total:
+        if offset >= total or pr.snap_ping:
             pr.snap_ping = False
-            data = b""
+            data = b""  # "how much do you hold?"
         else:
             window = self.config.snapshot_chunk_bytes if pr.snap_stalled else self.config.max_inflight_bytes
             room = window - (offset - pr.snap_acked)
@@ -876,7 +1184,9 @@ class RaftCore:
             data = snap.data[offset : offset + size]
             pr.snap_sent = offset + size
         self._msgs.append(
-            InstallSnapshot(self.id, peer, self._term, snap.index, snap.term, total, pr.snap_crc, offset, data)
+            InstallSnapshot(
+                self.id, peer, self._term, snap.index, snap.term, total, pr.snap_crc, offset, data, snap.config
+            )
         )
         return True
 

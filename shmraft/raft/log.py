@@ -13,6 +13,8 @@ snapshot durable (`snapshot_stable`), nothing of this view counts as durable (`s
 
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
+
 from shmraft.raft.errors import InvariantError
 from shmraft.raft.types import Entry, LogStorage
 
@@ -29,6 +31,7 @@ class RaftLog:
         "floor_index",
         "floor_term",
         "snapshot_pending",
+        "on_append",
     )
 
     def __init__(self, storage: LogStorage) -> None:
@@ -44,6 +47,9 @@ class RaftLog:
         self.floor_index = 0  # an installed snapshot's index: nothing at or below it is read from storage
         self.floor_term = 0
         self.snapshot_pending: tuple[int, int] | None = None  # (index, term) of a snapshot not yet durable
+        # called with the entries of every append, after it replaced any suffix from entries[0].index: the
+        # core follows the configuration entries of its log this way (membership changes)
+        self.on_append: Callable[[Sequence[Entry]], None] | None = None
 
     # --- reading ---------------------------------------------------------------------------------------
     def first_index(self) -> int:
@@ -132,6 +138,8 @@ class RaftLog:
         end = self.offset + len(self.unstable)
         if first == end:
             self.unstable.extend(entries)
+            if self.on_append is not None:
+                self.on_append(entries)
             return
         if first > end:
             raise InvariantError(f"append would leave a hole: first index {first}, last index {end - 1}")
@@ -147,6 +155,8 @@ class RaftLog:
             del self.unstable[first - self.offset :]
             self.unstable.extend(entries)
         self.in_progress = min(self.in_progress, first - 1)
+        if self.on_append is not None:
+            self.on_append(entries)
 
     def maybe_append(
         self, prev_index: int, prev_term: int, entries: tuple[Entry, ...], commit: int, ignore_prev_term: bool = False

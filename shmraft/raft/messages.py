@@ -136,7 +136,10 @@ class TimeoutNow:
 class InstallSnapshot:
     """Leader -> follower: bytes [offset, offset + len(data)) of the leader's snapshot at (index, snap_term),
     which is `total` bytes long with CRC32 `crc`. Sent when the follower needs an entry below the leader's log
-    start; chunks are bounded (RaftConfig) and travel on the DATA channel so they never delay heartbeats."""
+    start; chunks are bounded (RaftConfig) and travel on the DATA channel so they never delay heartbeats.
+    `config` is the snapshot's configuration (Snapshot.config: encode_membership bytes, b"" = none), repeated
+    in every chunk (a few hundred bytes at most) so that the chunk that completes the transfer carries it; it
+    is not covered by `crc` (the peer link checks its frames)."""
 
     src: int
     dst: int
@@ -147,6 +150,7 @@ class InstallSnapshot:
     crc: int
     offset: int
     data: bytes
+    config: bytes = b""
 
     @property
     def channel(self) -> Channel:

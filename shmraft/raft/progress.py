@@ -108,14 +108,19 @@ class Progress:
         self.snap_stalled = False
 
     def resume_snapshot(self, stalled: bool = False) -> None:
-        """Nothing was acknowledged for a while (`stalled`: then one chunk at a time until progress) or the
-        connection dropped: resend from the acknowledged offset, or, when every byte is acknowledged, ask
-        again with an empty chunk."""
+        """Nothing was acknowledged for a while (`stalled`: then one chunk at a time until progress): ask with
+        an empty chunk at what was sent, which the follower always answers with what it holds (resending from
+        the acknowledged offset could resend only chunks the follower holds, whose answers were lost: it stays
+        silent on duplicates, and the transfer would stall for good). The connection dropped: resend from the
+        acknowledged offset, or, when every byte is acknowledged, ask again with an empty chunk."""
         if self.snap is None:
             return
         self.snap_stalled = self.snap_stalled or stalled
-        self.snap_sent = self.snap_acked
-        self.snap_ping = self.snap_acked >= len(self.snap.data)
+        if stalled:
+            self.snap_ping = True
+        else:
+            self.snap_sent = self.snap_acked
+            self.snap_ping = self.snap_acked >= len(self.snap.data)
         self.snap_rewind_armed = True
 
     def snapshot_answer(self, received: int) -> None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from shmraft.raft.membership import ClusterConfig
 from shmraft.raft.messages import Message
 from shmraft.raft.types import Entry, HardState, Snapshot, SoftState
 
@@ -27,6 +28,9 @@ class Ready:
     run at once; otherwise `messages_after_persist` wait for the earlier Readies' writes (they may
     acknowledge entries handed out earlier).
     `soft_state` is the new (role, leader, term) when it changed, for display and client redirection.
+    `membership` is the configuration now in effect when it changed since the previous Ready (an entry appended
+    or truncated away, a snapshot installed): the driver connects to new members and drops removed ones. It is
+    in effect already (appended, not committed: thesis 4.1); the starting one is `RaftCore.membership`.
     """
 
     soft_state: SoftState | None = None
@@ -36,6 +40,7 @@ class Ready:
     messages_after_persist: list[Message] = field(default_factory=list)
     committed_entries: list[Entry] = field(default_factory=list)
     snapshot: Snapshot | None = None
+    membership: ClusterConfig | None = None
 
     @property
     def must_persist(self) -> bool:
@@ -50,4 +55,5 @@ class Ready:
             or self.messages_after_persist
             or self.committed_entries
             or self.snapshot
+            or self.membership
         )

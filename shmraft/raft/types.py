@@ -23,11 +23,16 @@ class Entry:
 @dataclass(frozen=True, slots=True)
 class Snapshot:
     """The state a node needs to continue from log index `index` without entries 1..index: `term` is the term of
-    entry `index`, `data` the state machine's record there (opaque to the core; in shmraft node/snapshot.py)."""
+    entry `index`, `data` the state machine's record there (opaque to the core; in shmraft node/snapshot.py),
+    `config` the cluster configuration in effect at `index` as `shmraft.raft.membership.encode_membership`
+    bytes (RaftCore.membership_at(index) gives it when saving). b"" = none recorded (a snapshot of an older
+    release, or a cluster that never changed members): the node then keeps the newest configuration it knows
+    at or below `index` (its bootstrap configuration if none), which is only right for a fixed cluster."""
 
     index: int
     term: int
     data: bytes
+    config: bytes = b""
 
 
 @dataclass(frozen=True, slots=True)

@@ -10,7 +10,12 @@
 * Snapshots: an installed snapshot is of a committed entry (index, term) at or above what the node applied;
   the state machine's state is the same on every node at the same applied index (`on_state`), so a snapshot
   that loses state, or an install that loses entries, shows.
-* After the network heals: every committed (and client-acknowledged) entry is in every node's log.
+* After the network heals: every committed (and client-acknowledged) entry is in every member's log.
+* Membership (thesis 4.1): each node's configuration is followed here from its own log (`configs`, rebuilt from
+  the entries and snapshots each Ready writes, not taken from the core): a leader holds at most one
+  configuration entry above its commit index, and leads only while a voter of its committed configuration (a
+  removed leader steps down once its removal commits). The commit and vote majorities are checked against the
+  configuration in effect (shmraft.sim.promises).
 
 Each check costs O(1) per entry or per event, so it can run after every step.
 """
@@ -20,8 +25,9 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from shmraft.raft.core import RaftCore
+from shmraft.raft.membership import ClusterConfig, decode_membership, membership_of_entry
 from shmraft.raft.ready import Ready
-from shmraft.raft.types import Role
+from shmraft.raft.types import LogStorage, Role
 
 
 @dataclass(slots=True)
@@ -44,6 +50,23 @@ class Checker:
     truncations: int = 0  # appends that replaced a suffix of a node's log (conflict resolution at work)
     nodes: dict[int, NodeView] = field(default_factory=dict)
     states: dict[int, bytes] = field(default_factory=dict)  # applied index -> state machine state there
+    # per node: (index, configuration) of the configurations in its log, oldest first (the first one the base)
+    configs: dict[int, list[tuple[int, ClusterConfig]]] = field(default_factory=dict)
+    conf_entries_truncated: int = 0  # configuration entries replaced by a leader's entries
+    configs_from_snapshots: int = 0  # installed snapshots that carried a configuration
+
+    def config_of(self, node: int) -> ClusterConfig:
+        """The configuration in effect on `node`: the latest in its log."""
+        return self.configs[node][-1][1]
+
+    def committed_config_of(self, node: int, commit: int) -> tuple[int, ClusterConfig]:
+        """The latest configuration at or below `commit` in `node`'s log, with its index."""
+        found = self.configs[node][0]
+        for item in self.configs[node]:
+            if item[0] > commit:
+                break
+            found = item
+        return found
 
     def violation(self, now_us: int, text: str) -> None:
         self.violations.append(f"t={now_us / 1000:.3f}ms {text}")
@@ -60,6 +83,22 @@ class Checker:
                     f"(term {core.term_at(c)} instead of {want[0]})",
                 )
         self.nodes[node] = NodeView(commit=core.commit_index, applied=core.applied_index, last=core.last_index)
+
+    def scan_configs(self, node: int, storage: LogStorage, bootstrap: ClusterConfig) -> None:
+        """Rebuild `node`'s configurations from its storage at a start (its snapshot's, else the bootstrap one,
+        then every configuration entry of its log)."""
+        snap = storage.snapshot()
+        if snap is not None and snap.config:
+            configs = [(snap.index, decode_membership(snap.config))]
+        else:
+            configs = [(storage.first_index() - 1, bootstrap)]
+        lo = max(configs[0][0] + 1, storage.first_index())
+        if lo <= storage.last_index():
+            for e in storage.entries(lo, storage.last_index() + 1, 1 << 62):
+                conf = membership_of_entry(e.data)
+                if conf is not None:
+                    configs.append((e.index, conf))
+        self.configs[node] = configs
 
     def on_ready(self, node: int, core: RaftCore, rd: Ready, now_us: int) -> None:
         view = self.nodes[node]
@@ -91,6 +130,13 @@ class Checker:
                 )
             view.applied = snap.index
             view.last = snap.index
+            configs = self.configs[node]
+            if snap.config:
+                self.configs_from_snapshots += 1
+                base = decode_membership(snap.config)
+            else:
+                base = self.committed_config_of(node, snap.index)[1]
+            self.configs[node] = [(snap.index, base)]
         if rd.entries:
             registry = self.registry
             prev_term = core.term_at(rd.entries[0].index - 1)
@@ -111,6 +157,15 @@ class Checker:
                         now_us, f"log matching: node {node} holds a different entry (index {e.index}, term {e.term})"
                     )
                 prev_term = e.term
+            configs = self.configs[node]
+            first = rd.entries[0].index
+            while len(configs) > 1 and configs[-1][0] >= first:
+                configs.pop()
+                self.conf_entries_truncated += 1
+            for e in rd.entries:
+                conf = membership_of_entry(e.data)
+                if conf is not None:
+                    configs.append((e.index, conf))
         hs = rd.hard_state
         if hs is not None:
             if hs.commit < view.commit:
@@ -129,6 +184,22 @@ class Checker:
                 self.violation(
                     now_us, f"node {node} committed a different entry at {e.index}: term {e.term} vs term {known[0]}"
                 )
+
+    def check_membership(self, node: int, core: RaftCore, now_us: int) -> None:
+        """After each Ready of `node`: one change at a time on a leader; no leader outside its committed
+        configuration."""
+        if core.role != Role.LEADER:
+            return
+        configs = self.configs[node]
+        commit = core.commit_index
+        above = sum(1 for index, _ in configs if index > commit)
+        if above > 1:
+            self.violation(now_us, f"leader {node} holds {above} uncommitted configuration entries (one at a time)")
+        index, latest = configs[-1]
+        if not latest.is_voter(node) and index <= commit:
+            self.violation(
+                now_us, f"leader {node} keeps leading after its removal (configuration entry {index}) committed"
+            )
 
     def on_state(self, node: int, applied: int, state: bytes, now_us: int) -> None:
         """Node `node`'s state machine stands at `applied` with `state`: every node's state there is the same."""

@@ -21,6 +21,7 @@ from shmraft.sim.network import NetworkParams
 # replay: old messages from the recent history are delivered again, typically after terms changed.
 # quick_restart: a crash with a downtime of a few ms: the node returns inside the term it crashed in.
 # crash_in_persist: a node crashes (power loss) between a Ready's persist request and its completion.
+# membership: the leader changes the configuration (add a learner, promote, remove a follower or itself).
 FAULT_KINDS = (
     "partition",
     "asymmetric_partition",
@@ -34,8 +35,9 @@ FAULT_KINDS = (
     "replay",
     "quick_restart",
     "crash_in_persist",
+    "membership",
 )
-FAULT_WEIGHTS = (2, 1, 2, 2, 2, 1, 1, 1, 2, 2, 2, 3)
+FAULT_WEIGHTS = (2, 1, 2, 2, 2, 1, 1, 1, 2, 2, 2, 3, 3)
 SWARM_KIND_PROBABILITY = 0.6  # each kind is enabled in a seed with this probability (at least one is)
 SIM_TICK_MS = 10  # each node calls tick(SIM_TICK_MS) once per (drifted) tick period
 

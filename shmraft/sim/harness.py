@@ -16,6 +16,7 @@ from shmraft.raft.config import RaftConfig
 from shmraft.raft.core import RaftCore
 from shmraft.raft.driver import ReadyDriver
 from shmraft.raft.errors import InvariantError
+from shmraft.raft.membership import ClusterConfig, ConfChange, Member, MemberRole, encode_membership
 from shmraft.raft.memstorage import MemStorage
 from shmraft.raft.messages import Message
 from shmraft.raft.ready import Ready
@@ -46,13 +47,37 @@ class Cluster:
         self.record = record
         self.sent: list[Message] = []
         self._incarnation = dict.fromkeys(self.ids, 0)
+        # each node's bootstrap configuration (membership changes): all first nodes as voters; a node added
+        # later gets the configuration it joins with (itself a learner)
+        self.bootstraps: dict[int, ClusterConfig] = dict.fromkeys(self.ids, ClusterConfig.voters_of(self.ids))
         for i in self.ids:
             self._start(i)
 
     def _start(self, i: int, recovery_term: int = 0) -> None:
         rng = random.Random(f"{self.seed}-{i}-{self._incarnation[i]}")
-        peers = [p for p in self.ids if p != i]
-        self.cores[i] = RaftCore(i, peers, self.storages[i], self.config, rng, recovery_term=recovery_term)
+        self.cores[i] = RaftCore(i, self.bootstraps[i], self.storages[i], self.config, rng, recovery_term=recovery_term)
+
+    def add_node(self, i: int, joins: ClusterConfig | None = None) -> None:
+        """Start a new, empty node `i` (not yet a member: add it with `change`). It boots with `joins` (default:
+        the configuration the current leader, else node 1, has in effect) plus itself as a learner."""
+        if i in self.storages:
+            raise ValueError(f"node {i} exists")
+        base = joins or self.cores[self.leader() or self.ids[0]].membership
+        members = [m for m in base.members if m.id != i] + [Member(i, MemberRole.LEARNER)]
+        self.ids.append(i)
+        self.storages[i] = MemStorage(self.storages[self.ids[0]].fsync)
+        self.applied[i] = []
+        self.held[i] = []
+        self.installed[i] = []
+        self._incarnation[i] = 0
+        self.bootstraps[i] = ClusterConfig.of(members)
+        self._start(i)
+
+    def change(self, leader: int, change: ConfChange) -> int:
+        """Propose a membership change on `leader`; returns the entry's index (delivered by the next delivery)."""
+        index = self.cores[leader].propose_conf_change(change)
+        self.process(leader)
+        return index
 
     def _driver(self, i: int) -> ReadyDriver:
         """Node i's driver, renewed whenever its core was replaced (a restart, or a test's own core)."""
@@ -117,8 +142,8 @@ class Cluster:
             if steps > DELIVERY_STEPS_MAX:
                 raise RuntimeError("message storm: the network never went quiet")
             m = self.queue.popleft()
-            if m.dst in self.down or m.src in self.down or (m.src, m.dst) in self.blocked:
-                continue
+            if m.dst in self.down or m.src in self.down or (m.src, m.dst) in self.blocked or m.dst not in self.cores:
+                continue  # a dead node, a cut link, or a member that was never started
             if drop is not None and drop(m):
                 continue
             self.cores[m.dst].step(m)
@@ -187,12 +212,14 @@ class Cluster:
         core = self.cores[i]
         return [(e.index, e.term, e.data) for e in core.log_entries(1, core.last_index + 1, 1 << 62)]
 
-    def compact(self, i: int, up_to: int, data: bytes = b"") -> None:
-        """Node i saves a snapshot at its committed index `up_to` (state `data`) and compacts its log there."""
+    def compact(self, i: int, up_to: int, data: bytes = b"", with_config: bool = False) -> None:
+        """Node i saves a snapshot at its committed index `up_to` (state `data`, and with `with_config` the
+        configuration in effect there) and compacts its log there."""
         storage = self.storages[i]
         term = storage.term_at(up_to)
         assert term is not None
-        storage.save_snapshot(Snapshot(up_to, term, data), compact_to=up_to)
+        config = encode_membership(self.cores[i].membership_at(up_to)) if with_config else b""
+        storage.save_snapshot(Snapshot(up_to, term, data, config), compact_to=up_to)
 
 
 def core_with_log(

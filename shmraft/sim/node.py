@@ -16,6 +16,7 @@ from collections.abc import Callable
 from shmraft.raft.config import RaftConfig
 from shmraft.raft.core import RaftCore
 from shmraft.raft.driver import ReadyDriver
+from shmraft.raft.membership import ClusterConfig, encode_membership
 from shmraft.raft.memstorage import MemStorage
 from shmraft.raft.messages import Message
 from shmraft.raft.types import Entry, HardState, Snapshot
@@ -29,10 +30,11 @@ class SimNode:
     """Node state that survives (storage) and that does not (core, driver, disk queue) a crash."""
 
     def __init__(
-        self, node_id: int, peers: list[int], config: RaftConfig, fsync: str, seed: int, tick_period_us: int
+        self, node_id: int, bootstrap: ClusterConfig, config: RaftConfig, fsync: str, seed: int, tick_period_us: int
     ) -> None:
         self.id = node_id
-        self.peers = peers
+        self.bootstrap = bootstrap  # the configuration the node starts with when its log and snapshot hold none
+        self.joined = False  # started once (a spare node joins when a membership change adds it)
         self.config = config
         self.seed = seed
         self.storage = MemStorage(fsync)
@@ -53,6 +55,7 @@ class SimNode:
         self.log_lost_ever = False
         self.sm = ToyStateMachine()  # the applied state; rebuilt at each start from the saved snapshot
         self.abandoned_seen = 0  # the core's snapshots_abandoned counter already counted in coverage
+        self.steps_down_seen = 0  # the core's removed_steps_down counter already counted in coverage
 
     def start(self, now_us: int, send: SendFn, schedule: ScheduleFn) -> RaftCore:
         rng = random.Random(f"core-{self.seed}-{self.id}-{self.incarnation}")
@@ -65,8 +68,9 @@ class SimNode:
         else:
             self.sm.applied = self.storage.snapshot_index()  # compacted without a snapshot: never in the sim
         self.core = RaftCore(
-            self.id, self.peers, self.storage, self.config, rng, applied=applied, recovery_term=self.recovery_term
+            self.id, self.bootstrap, self.storage, self.config, rng, applied=applied, recovery_term=self.recovery_term
         )
+        self.joined = True
         self.abandoned_seen = 0
         self.up = True
         self.local_ms = 0
@@ -123,7 +127,9 @@ class SimNode:
             return False
         term = storage.term_at(index)
         assert term is not None
-        storage.save_snapshot(Snapshot(index, term, sm.encode()), compact_to=index - retention_entries)
+        assert self.core is not None
+        config = encode_membership(self.core.membership_at(index))  # the configuration is part of the snapshot
+        storage.save_snapshot(Snapshot(index, term, sm.encode(), config), compact_to=index - retention_entries)
         return True
 
     def complete(self) -> None:

@@ -7,7 +7,9 @@ is written is durable), and keep their records outside the nodes so that they su
 
 * one vote per voter per term, across incarnations (a candidate's vote for itself included);
 * a vote grant, a vote request and an append acknowledgement cover only durable state;
-* a leader commits an index only once a majority durably holds its entry (own self-count included);
+* a leader commits an index only once a majority of the voters of its configuration in effect (followed by
+  the Checker from the log, not taken from the core) durably holds its entry (own self-count included);
+* a leader won its term with the votes of a majority of the voters of its configuration in effect;
 * a node never replaces an entry it acknowledged in its current term;
 * a follower's commit index never covers an entry that differs from its leader's;
 * a node whose log was lost never votes, pre-votes or campaigns until it durably holds a committed entry
@@ -43,7 +45,6 @@ class PromiseChecker:
     def __init__(self, checker: Checker, nodes: dict[int, SimNode], coverage: Counter[str]) -> None:
         self.checker = checker
         self.nodes = nodes
-        self.quorum = len(nodes) // 2 + 1  # computed here, not with the code under test
         self.coverage = coverage
         self.votes: dict[tuple[int, int], int] = {}  # (voter, term) -> candidate, kept across crashes
         self.acks: dict[int, AckRecord] = {i: AckRecord() for i in nodes}
@@ -169,18 +170,21 @@ class PromiseChecker:
         if hs is None or hs.commit <= prev_commit:
             return
         c = hs.commit
-        if core.role == Role.LEADER:
+        if core.role == Role.LEADER or self.checker.leaders.get(core.term) == node.id:
+            # (the leader of this term, also when it stepped down in the step that committed: its own removal)
             t = core.term_at(c)
+            voters = self.checker.config_of(node.id).voters()
+            quorum = len(voters) // 2 + 1  # computed here, not with the code under test
             holders = sum(
                 1
-                for n in self.nodes.values()
-                if n.storage.term_at(c) == t or n.storage.snapshot_index() > c or n.log_lost_ever
+                for v in voters
+                if (n := self.nodes[v]).storage.term_at(c) == t or n.storage.snapshot_index() > c or n.log_lost_ever
             )
-            if self.enabled and holders < self.quorum:
+            if self.enabled and holders < quorum:
                 self.checker.violation(
                     now_us,
-                    f"leader {node.id} commits {c} (term {t}) durably held by {holders} nodes, "
-                    f"fewer than a majority ({self.quorum})",
+                    f"leader {node.id} commits {c} (term {t}) durably held by {holders} of its voters {voters}, "
+                    f"fewer than a majority ({quorum})",
                 )
             return
         leader = self.nodes.get(core.leader)
@@ -219,8 +223,12 @@ class PromiseChecker:
 
     def on_leader(self, node: SimNode, term: int, now_us: int) -> None:
         """`node` won `term`: a majority (itself included) must have voted for it in that term."""
-        votes = sum(1 for v in self.nodes if self.votes.get((v, term)) == node.id)
-        if votes < self.quorum:
+        voters = self.checker.config_of(node.id).voters()
+        quorum = len(voters) // 2 + 1
+        votes = sum(1 for v in voters if self.votes.get((v, term)) == node.id)
+        if votes < quorum:
             self.checker.violation(
-                now_us, f"node {node.id} leads term {term} with {votes} recorded votes, fewer than {self.quorum}"
+                now_us,
+                f"node {node.id} leads term {term} with {votes} recorded votes of its voters {voters}, "
+                f"fewer than {quorum}",
             )

@@ -14,6 +14,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 
 from shmraft.raft.config import RaftConfig
+from shmraft.raft.errors import ProposalError
+from shmraft.raft.membership import ChangeInProgressError, ConfChange, NotCaughtUpError
 from shmraft.raft.memstorage import MemStorage
 from shmraft.raft.messages import (
     AppendEntries,
@@ -657,6 +659,227 @@ def snapshot_matching_log(mutation: str = "") -> ScenarioResult:
     return result
 
 
+# --- membership changes (thesis chapter 4, single-server changes) ----------------------------------------------
+
+
+def _members_cluster(mutation: str, n: int = 3) -> Cluster:
+    c = Cluster(n, config=RaftConfig(test_only_mutation=mutation, promote_max_lag_entries=4))
+    c.elect(1)
+    c.propose(1, b"first")
+    c.deliver_all()
+    return c
+
+
+def _add_learner(c: Cluster, node: int, leader: int = 1) -> int:
+    c.add_node(node)
+    index = c.change(leader, ConfChange.add_learner(node, b"n%d" % node))
+    c.deliver_all()
+    c.run(200)
+    return index
+
+
+def membership_removed_leader_steps_down(mutation: str = "") -> ScenarioResult:
+    """Rule (thesis 4.2.2): a leader that removes itself keeps leading, without counting itself, until the
+    removal is committed, then steps down (handing over with TimeoutNow when a voter holds its whole log); with
+    the handover lost, the new configuration elects a leader within about an election timeout, and the removed
+    node never campaigns again."""
+    result = ScenarioResult("membership_removed_leader_steps_down")
+    c = _members_cluster(mutation, 4)
+    index = c.change(1, ConfChange.remove(1))
+    c.deliver_all(drop=lambda m: isinstance(m, TimeoutNow))  # no handover: the others must elect by timeout
+    if c.cores[1].commit_index < index:
+        result.violations.append(f"{result.name}: the removal at {index} was not committed")
+    if c.cores[1].role == Role.LEADER:
+        result.violations.append(f"{result.name}: S1 still leads after its removal committed")
+    waited_ms = 0
+    limit_ms = 2 * _timeout(c)
+    while not c.leader() and waited_ms <= limit_ms:
+        c.tick(10)
+        waited_ms += 10
+    leader = c.leader()
+    if leader in (0, 1):
+        result.violations.append(f"{result.name}: no new leader among S2..S4 within {limit_ms} ms (got {leader})")
+    c.run(3000)
+    if c.leader() in (0, 1) or c.cores[1].role != Role.FOLLOWER or not c.cores[1].removed:
+        result.violations.append(f"{result.name}: S1 came back ({c.cores[1].status()['role']}) or no leader")
+    result.detail["election_ms_after_removal"] = waited_ms
+    _check_applied(c, result)
+    return result
+
+
+def membership_removed_node_does_not_disrupt(mutation: str = "") -> ScenarioResult:
+    """Rule (thesis 4.2.3): a node removed while cut off never learns it; it keeps timing out and pre-voting,
+    and once the links return the members, hearing their leader, ignore it: the term and the leader stay."""
+    result = ScenarioResult("membership_removed_node_does_not_disrupt")
+    c = _members_cluster(mutation)
+    c.isolate(3)
+    index = c.change(1, ConfChange.remove(3))
+    c.deliver_all()
+    c.run(2000)  # S3 times out alone, again and again
+    if c.cores[1].commit_index < index:
+        result.violations.append(f"{result.name}: the removal of S3 was not committed by S1 and S2")
+    c.heal()
+    term = c.cores[1].term
+    before = len(c.sent)
+    c.run(5000)
+    asked = sum(1 for m in c.sent[before:] if isinstance(m, RequestVote) and m.src == 3)
+    if c.leader() != 1 or c.cores[1].term != term or c.cores[2].term != term:
+        result.violations.append(
+            f"{result.name}: S3 disrupted the cluster: leader {c.leader()}, terms {c.cores[1].term}/{c.cores[2].term}"
+            f" (was S1 in term {term})"
+        )
+    result.detail["requests_from_removed"] = asked
+    _check_applied(c, result)
+    return result
+
+
+def membership_learner_promoted_when_caught_up(mutation: str = "") -> ScenarioResult:
+    """Rule (thesis 4.2.1): a learner receives the log but is never counted for a commit; it is promoted only
+    once within promote_max_lag_entries of the leader's log."""
+    result = ScenarioResult("membership_learner_promoted_when_caught_up")
+    c = _members_cluster(mutation)
+    _add_learner(c, 4)
+    c.crash(4)
+    for k in range(8):
+        c.propose(1, b"e%d" % k)
+    c.deliver_all()
+    try:
+        c.cores[1].propose_conf_change(ConfChange.promote(4))
+        result.violations.append(f"{result.name}: S4 promoted while 8 entries behind (bound 4)")
+    except NotCaughtUpError:
+        pass
+    c.restart(4)
+    c.run(300)
+    c.crash(2)
+    c.crash(3)
+    index = c.propose(1, b"needs a voter")
+    c.run(300)
+    if c.cores[1].commit_index >= index:
+        result.violations.append(f"{result.name}: S1 committed {index} with only itself and learner S4")
+    c.restart(2)
+    c.restart(3)
+    c.run(500)
+    leader = c.leader()  # S1 stepped down while it heard no voter (check-quorum): maybe another leads now
+    try:
+        promoted = c.change(leader, ConfChange.promote(4))
+        c.run(300)
+        if c.cores[leader].commit_index < promoted or not c.cores[4].is_voter:
+            result.violations.append(f"{result.name}: the promotion of the caught-up S4 did not complete")
+    except ProposalError as exc:
+        result.violations.append(f"{result.name}: promoting the caught-up S4 refused: {exc}")
+    _check_applied(c, result)
+    return result
+
+
+def membership_learner_vote_does_not_count(mutation: str = "") -> ScenarioResult:
+    """Rule (thesis 4.1, learners): a candidate counts only the votes of its configuration's voters: with the
+    leader dead and one voter cut off, the last voter cannot win with a learner's vote."""
+    result = ScenarioResult("membership_learner_vote_does_not_count")
+    c = _members_cluster(mutation)
+    _add_learner(c, 4)
+    c.crash(1)
+    c.isolate(3)
+    c.run(3000)
+    if c.leader() == 2:
+        result.violations.append(f"{result.name}: S2 leads term {c.cores[2].term} with the vote of learner S4")
+    c.heal()
+    c.restart(1)
+    c.run(3000)
+    _check_applied(c, result)
+    return result
+
+
+def membership_one_change_at_a_time(mutation: str = "") -> ScenarioResult:
+    """Rule (thesis 4.1): a change is refused while the latest configuration entry is uncommitted."""
+    result = ScenarioResult("membership_one_change_at_a_time")
+    c = _members_cluster(mutation)
+    c.add_node(4)
+    c.add_node(5)
+    c.blocked |= {(2, 1), (3, 1)}
+    c.change(1, ConfChange.add_learner(4, b"n4"))
+    try:
+        c.change(1, ConfChange.add_learner(5, b"n5"))
+        result.violations.append(f"{result.name}: a second change was accepted while the first is uncommitted")
+    except ChangeInProgressError:
+        pass
+    c.heal()
+    c.run(500)
+    _check_applied(c, result)
+    return result
+
+
+def membership_new_config_on_append(mutation: str = "") -> ScenarioResult:
+    """Rule (thesis 4.1): a configuration is in effect once appended: the promotion of S4 (voters 1..4, three
+    needed) is not committed by S1 and S2 alone, as it would be under the configuration it replaces."""
+    result = ScenarioResult("membership_new_config_on_append")
+    c = _members_cluster(mutation)
+    _add_learner(c, 4)
+    c.blocked |= {(3, 1), (4, 1)}
+    index = c.change(1, ConfChange.promote(4))
+    c.propose(1, b"after")
+    c.deliver_all()
+    c.run(100)
+    if c.cores[1].commit_index >= index:
+        result.violations.append(f"{result.name}: S1 committed {index} with S2 only, out of voters 1..4")
+    c.heal()
+    c.run(500)
+    _check_applied(c, result)
+    return result
+
+
+def membership_truncated_config(mutation: str = "") -> ScenarioResult:
+    """Rule (thesis 4.1): a configuration entry replaced by a new leader's entry no longer applies: the
+    follower goes back to the configuration before it."""
+    result = ScenarioResult("membership_truncated_config")
+    c = _members_cluster(mutation, 5)
+    c.blocked |= {(1, 3), (1, 4), (1, 5)}
+    c.add_node(6)
+    c.change(1, ConfChange.add_learner(6, b"n6"))
+    c.deliver_all()
+    if 6 not in c.cores[2].membership:
+        result.violations.append(f"{result.name}: setup: S2 did not take the appended configuration")
+    c.crash(1)
+    c.heal()
+    for i in (3, 4, 5):
+        c.cores[i].peer_disconnected(1)
+    c.elect(3, drop=lambda m: m.src == 2 or m.dst == 2)  # S3 wins with S4 and S5
+    c.propose(3, b"replaces")
+    c.run(500)
+    if 6 in c.cores[2].membership:
+        result.violations.append(f"{result.name}: S2 keeps learner S6 from a replaced entry")
+    _check_applied(c, result)
+    return result
+
+
+def membership_config_in_snapshot(mutation: str = "") -> ScenarioResult:
+    """Rule (thesis 4.3 / 5.1): a snapshot carries the configuration at its index, and installing it sets the
+    follower's: S4, promoted while down, learns it is a voter from the leader's snapshot."""
+    result = ScenarioResult("membership_config_in_snapshot")
+    c = _members_cluster(mutation)
+    _add_learner(c, 4)
+    c.change(1, ConfChange.promote(4))
+    c.deliver_all()
+    c.crash(4)
+    for k in range(6):
+        c.propose(1, b"e%d" % k)
+    c.deliver_all()
+    c.run(200)
+    index = c.cores[1].commit_index
+    for i in (1, 2, 3):
+        c.compact(i, index, b"state", with_config=True)
+    c.storages[4].crash(power_loss=False)
+    c.storages[4] = MemStorage()  # S4's disk is replaced: it catches up through the snapshot alone
+    c.restart(4)
+    c.run(500)
+    if not c.cores[4].is_voter or c.cores[4].membership != c.cores[1].membership:
+        result.violations.append(
+            f"{result.name}: S4 installed the snapshot at {index} but holds configuration "
+            f"{c.cores[4].membership.to_dict()}, the leader {c.cores[1].membership.to_dict()}"
+        )
+    _check_applied(c, result)
+    return result
+
+
 SCENARIOS: dict[str, Callable[[str], ScenarioResult]] = {
     "figure_8": figure_8,
     "stale_suffix_append": stale_suffix_append,
@@ -672,6 +895,14 @@ SCENARIOS: dict[str, Callable[[str], ScenarioResult]] = {
     "snapshot_leader_change_mid_transfer": snapshot_leader_change_mid_transfer,
     "snapshot_stale_chunk_late": snapshot_stale_chunk_late,
     "snapshot_matching_log": snapshot_matching_log,
+    "membership_removed_leader_steps_down": membership_removed_leader_steps_down,
+    "membership_removed_node_does_not_disrupt": membership_removed_node_does_not_disrupt,
+    "membership_learner_promoted_when_caught_up": membership_learner_promoted_when_caught_up,
+    "membership_learner_vote_does_not_count": membership_learner_vote_does_not_count,
+    "membership_one_change_at_a_time": membership_one_change_at_a_time,
+    "membership_new_config_on_append": membership_new_config_on_append,
+    "membership_truncated_config": membership_truncated_config,
+    "membership_config_in_snapshot": membership_config_in_snapshot,
 }
 
 

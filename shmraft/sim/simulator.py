@@ -7,6 +7,12 @@ and every node commits it too; then every committed and acknowledged entry must 
 is checked after every event (shmraft.sim.checker). A seed decides everything, so a failure replays
 exactly; the trace (options.trace) is the same text on every replay.
 
+Membership changes are a fault kind (`membership`): the leader adds a spare node as a learner (started then,
+with an empty disk, as an operator's join does), promotes a learner (refused while it lags), removes a follower
+or itself, each change refused while another is uncommitted; a removed node keeps running. Liveness and
+convergence are judged on the members of the final configuration; the checker follows each node's
+configuration from its log and judges every commit and election by the configuration in effect.
+
 A crash may also lose the node's log (`log_loss`: a corrupt disk whose log is quarantined; one node at a
 time), after which the node restarts empty in recovering mode, as the real node does (shmraft/storage/nodelog.py).
 
@@ -28,6 +34,15 @@ from dataclasses import dataclass, field
 
 from shmraft.raft.config import RaftConfig
 from shmraft.raft.errors import InvariantError, ProposalError
+from shmraft.raft.membership import (
+    MEMBERS_MAX,
+    ChangeInProgressError,
+    ClusterConfig,
+    ConfChange,
+    Member,
+    MemberRole,
+    NotCaughtUpError,
+)
 from shmraft.raft.messages import AppendEntries, InstallSnapshot, Message, RequestVote, TimeoutNow
 from shmraft.raft.types import Role
 from shmraft.sim.checker import Checker
@@ -35,6 +50,7 @@ from shmraft.sim.faults import SIM_TICK_MS, FaultEvent, make_plan
 from shmraft.sim.network import HELD_EPOCH, REPLAY_EPOCH, SimNetwork
 from shmraft.sim.node import SimNode
 from shmraft.sim.promises import PromiseChecker
+from shmraft.wire.control import is_control
 
 (EV_TICK, EV_DELIVER, EV_PERSIST, EV_PROPOSE, EV_FAULT, EV_UNBLOCK, EV_RESTART, EV_HINT, EV_HEAL, EV_SYNC, EV_CRASH) = (
     range(11)
@@ -70,7 +86,23 @@ COVERAGE_KEYS = (
     "crash_mid_transfer",
     "crash_inside_install",
     "snapshot_transfer_abandoned",
+    "learners_added",
+    "learners_promoted",
+    "members_removed",
+    "leaders_removed",
+    "removed_leader_stepped_down",
+    "conf_changes_committed",
+    "conf_change_refused_in_progress",
+    "promote_refused_lagging",
+    "conf_entry_truncated",
+    "config_from_snapshot",
+    "removed_node_running",
+    "removed_node_campaigned",
+    "change_interrupted_by_crash",
 )
+SPARE_NODES = 3  # ids above the initial cluster that membership changes may add (fresh ids, empty disks)
+VOTERS_MIN = 3  # membership faults never remove a voter below this many (a lost log needs two others)
+MEMBERSHIP_RETRY_US = (100_000, 500_000)  # a refused or follow-up change is tried again after this long
 # compaction: each node, at each tick, saves its state machine's snapshot at its applied index with this
 # probability (drawn per seed) and compacts its log up to a retention (drawn per seed) before it; small, so that
 # followers that lag or restart need InstallSnapshot in most seeds
@@ -127,8 +159,9 @@ class Simulation:
         self.options = opts = options or SimOptions()
         plan_rng = random.Random(f"plan-{seed}")
         n = opts.nodes or plan_rng.choice(CLUSTER_SIZES)
-        self.ids = list(range(1, n + 1))
+        self.ids = list(range(1, n + 1))  # the nodes started so far (spares join with membership changes)
         self.plan = make_plan(plan_rng, self.ids, opts.fault_ms, opts.faults)
+        self.spare_ids = list(range(n + 1, n + 1 + SPARE_NODES))
         self.faults: Counter[str] = Counter()
         self.net = SimNetwork(self.plan.network, random.Random(f"net-{seed}"), self.faults)
         self.disk_rng = random.Random(f"disk-{seed}")
@@ -144,10 +177,13 @@ class Simulation:
             snapshot_chunk_bytes=chunk,
             **self.plan.raft_limits,
         )
+        initial = ClusterConfig.of(Member(i, MemberRole.VOTER, b"sim-%d" % i) for i in self.ids)
+        tick_us = SIM_TICK_MS * 1000
         self.nodes = {
-            i: SimNode(i, [p for p in self.ids if p != i], self.config, opts.fsync, seed, self.plan.tick_period_us[i])
-            for i in self.ids
+            i: SimNode(i, initial, self.config, opts.fsync, seed, self.plan.tick_period_us.get(i, tick_us))
+            for i in self.ids + self.spare_ids
         }
+        self.removed_ids: set[int] = set()
         self.faults["clock_drift"] = sum(1 for p in self.plan.tick_period_us.values() if p != SIM_TICK_MS * 1000)
         self.checker = Checker()
         self.coverage: Counter[str] = Counter()
@@ -196,6 +232,8 @@ class Simulation:
         promises = self.promises
         for m in msgs:
             promises.on_send(node, m, self.now)
+            if isinstance(m, RequestVote) and m.src in self.removed_ids:
+                self.coverage["removed_node_campaigned"] += 1
             if isinstance(m, TimeoutNow):
                 self.coverage["timeout_now_sent"] += 1
             elif isinstance(m, InstallSnapshot):
@@ -229,6 +267,10 @@ class Simulation:
                 raise InvariantError(f"node {node.id}: has_ready() was true but ready() is empty")
             prev_commit = checker.nodes[node.id].commit
             checker.on_ready(node.id, core, rd, self.now)
+            checker.check_membership(node.id, core, self.now)
+            if core.removed_steps_down > node.steps_down_seen:
+                self.coverage["removed_leader_stepped_down"] += core.removed_steps_down - node.steps_down_seen
+                node.steps_down_seen = core.removed_steps_down
             self.promises.on_ready(node, rd, prev_commit, self.now)
             if rd.soft_state is not None:
                 s = rd.soft_state
@@ -274,7 +316,9 @@ class Simulation:
         return best
 
     def _start(self, node: SimNode) -> None:
+        self.checker.scan_configs(node.id, node.storage, node.bootstrap)
         core = node.start(self.now, self._send_from, self._schedule_write)
+        node.steps_down_seen = 0
         if node.incarnation and core.term == node.term_at_crash:
             self.coverage["restart_same_term"] += 1
         self.checker.started(node.id, core, self.now, node.commit_before_crash)
@@ -353,11 +397,14 @@ class Simulation:
             self._hint(a, b)
             self._hint(b, a)
             return
+        elif kind == "membership":
+            self._membership(leader)
+            return
         elif kind == "transfer_leadership":
             if leader is None:
                 return
             assert leader.core is not None
-            target = rng.choice([None, *leader.core.peers])
+            target = rng.choice([None, *(p for p in leader.core.peers if leader.core.membership.is_voter(p))])
             self.faults[kind] += 1
             self._log(f"n{leader.id} TRANSFER to {target}")
             leader.core.transfer_leadership(target)
@@ -369,6 +416,92 @@ class Simulation:
         self._log(f"BLOCK {sorted(links)} for {ev.duration_us / 1000:.0f}ms")
         self._set_blocked(links, +1)
         self._at(self.now + ev.duration_us, EV_UNBLOCK, links)
+
+    def _membership(self, leader: SimNode | None) -> None:
+        """One membership change on the leader, drawn among those its configuration allows; a refused change
+        (another one in progress, a lagging learner) is tried again a little later."""
+        if leader is None or leader.core is None:
+            return
+        rng = self.fault_rng
+        core = leader.core
+        conf = core.membership
+        voters, learners = conf.voters(), conf.learners()
+        spares = [i for i in self.spare_ids if not self.nodes[i].joined]
+        choices: list[tuple[str, int]] = []
+        if spares and len(conf.members) < MEMBERS_MAX:
+            choices.append(("add_learner", 3))
+        if learners:
+            choices += [("promote", 4), ("remove_learner", 1)]
+        if len(voters) > VOTERS_MIN:
+            choices += [("remove_follower", 2), ("remove_leader", 2)]
+        if not choices:
+            return
+        action = rng.choices([c for c, _ in choices], [w for _, w in choices])[0]
+        if action == "add_learner":
+            target = spares[0]
+            change = ConfChange.add_learner(target, b"sim-%d" % target)
+        elif action == "promote":
+            target = rng.choice(learners)
+            change = ConfChange.promote(target)
+        elif action == "remove_learner":
+            target = rng.choice(learners)
+            change = ConfChange.remove(target)
+        elif action == "remove_follower":
+            target = rng.choice([v for v in voters if v != leader.id])
+            change = ConfChange.remove(target)
+        else:
+            target = leader.id
+            change = ConfChange.remove(target)
+        self.faults["membership"] += 1
+        if action == "remove_follower" and rng.random() < 0.5:
+            # the usual reason to remove a node: it is unreachable. Cut off, it misses its removal and
+            # campaigns on its own; once the links return its requests must not disturb the members
+            links = [(a, b) for a in self.ids for b in self.ids if a != b and target in (a, b)]
+            self._set_blocked(links, +1)
+            self._at(self.now + rng.randint(200_000, 1_500_000), EV_UNBLOCK, links)
+        try:
+            index = core.propose_conf_change(change)
+        except (ChangeInProgressError, NotCaughtUpError) as exc:
+            key = (
+                "conf_change_refused_in_progress"
+                if isinstance(exc, ChangeInProgressError)
+                else "promote_refused_lagging"
+            )
+            self.coverage[key] += 1
+            self._log(f"n{leader.id} MEMBERSHIP {action} {target} refused: {exc}")
+            self._membership_later()
+            return
+        except ProposalError as exc:
+            self._log(f"n{leader.id} MEMBERSHIP {action} {target} refused: {exc}")
+            return
+        self._log(f"n{leader.id} MEMBERSHIP {action} {target} at {index}")
+        if action == "add_learner":
+            self.coverage["learners_added"] += 1
+            node = self.nodes[target]
+            node.bootstrap = ClusterConfig.of([*conf.members, Member(target, MemberRole.LEARNER, b"sim-%d" % target)])
+            self.ids.append(target)
+            self._start(node)
+            self._membership_later()  # typically a promotion once it caught up: a replacement in steps
+        elif action == "promote":
+            self.coverage["learners_promoted"] += 1
+        else:
+            self.coverage["members_removed"] += 1
+            self.removed_ids.add(target)
+            if action == "remove_leader":
+                self.coverage["leaders_removed"] += 1
+        self._drain(leader)
+        interrupt = rng.random()
+        if interrupt < 0.15:  # the change interrupted by a crash of its leader, before it commits
+            at = self.now + rng.randint(0, 3_000)
+            self._at(at, EV_CRASH, leader.id, (leader.incarnation, rng.randint(20_000, 500_000), rng.random() < 0.5))
+        elif interrupt < 0.3:  # ... or by a partition that cuts its leader off
+            links = [(a, b) for a in self.ids for b in self.ids if a != b and leader.id in (a, b)]
+            self._set_blocked(links, +1)
+            self._at(self.now + rng.randint(20_000, 1_500_000), EV_UNBLOCK, links)
+
+    def _membership_later(self) -> None:
+        at = self.now + self.fault_rng.randint(*MEMBERSHIP_RETRY_US)
+        self._at(at, EV_FAULT, FaultEvent(at, "membership", 0))
 
     def _crash_soon(self, kind: str, ev: FaultEvent, leader: SimNode | None) -> None:
         """quick_restart: a crash with a downtime of a few ms (the node returns inside its term).
@@ -402,6 +535,8 @@ class Simulation:
             or (core.role == Role.LEADER and any(p["snapshot_index"] for p in core.status()["progress"].values()))  # type: ignore[union-attr]
         ):
             self.coverage["crash_mid_transfer"] += 1
+        if core is not None and core.role == Role.LEADER and core.conf_change_pending:
+            self.coverage["change_interrupted_by_crash"] += 1
         if victim.writes:
             self.coverage["crashes_inside_persist"] += 1
             if victim.core is not None and victim.core.role == Role.LEADER and any(e for e, _, _ in victim.writes):
@@ -426,8 +561,8 @@ class Simulation:
             self._log(f"n{victim.id} LOG LOST (corrupt, quarantined): restarts recovering")
             victim.lose_log()
             self.promises.log_lost(victim.id)
-        for p in victim.peers:  # the peers' connections reset: a driver hint, if the link works
-            if (victim.id, p) not in self.net.blocked:
+        for p in self.ids:  # the peers' connections reset: a driver hint, if the link works
+            if p != victim.id and (victim.id, p) not in self.net.blocked:
                 self._at(self.now + 1000, EV_HINT, p, victim.id)
         self._at(self.now + downtime_us, EV_RESTART, victim.id, victim.incarnation)
 
@@ -443,7 +578,7 @@ class Simulation:
         self.blocks.clear()
         self.net.heal()
         for node in self.nodes.values():
-            if not node.up:
+            if not node.up and node.joined:
                 self.faults["restart"] += 1
                 self._start(node)
         self._at(self.now, EV_PROPOSE, True)
@@ -485,18 +620,29 @@ class Simulation:
         index, term, data = self.probe
         if self.checker.committed.get(index) != (term, data):
             return False
-        return all(n.up and n.core is not None and n.core.applied_index >= index for n in self.nodes.values())
+        return all(
+            (n := self.nodes[i]).up and n.core is not None and n.core.applied_index >= index for i in self._members()
+        )
+
+    def _members(self) -> tuple[int, ...]:
+        """The members of the final configuration: the one in the probe's proposer's log (no change is proposed
+        after the fault phase, so once the probe is committed this is the committed configuration)."""
+        return self.checker.config_of(self.probe_node).ids()
 
     def _finish(self) -> None:
         self.done_at = self.now
-        cores = {i: n.core for i, n in self.nodes.items() if n.core is not None}
+        members = self._members()
+        for i in self.ids:
+            if i not in members and self.nodes[i].up:
+                self.coverage["removed_node_running"] += 1
+        cores = {i: n.core for i, n in self.nodes.items() if n.core is not None and i in members}
         self.checker.check_converged(cores, self.acked, self.now)  # type: ignore[arg-type]
 
     # --- the loop -------------------------------------------------------------------------------------------
     def run(self) -> SeedResult:
         opts = self.options
-        for node in self.nodes.values():
-            self._start(node)
+        for i in self.ids:  # the spares start when a membership change adds them
+            self._start(self.nodes[i])
         for ev in self.plan.events:
             self._at(ev.at_us, EV_FAULT, ev)
         self._at(0, EV_PROPOSE, False)
@@ -597,6 +743,11 @@ class Simulation:
         except Exception as exc:  # a crash of the code under test is a finding of this seed, not of the run
             checker.violation(self.now, f"exception: {describe_exception(exc)}")
         self.coverage["truncations"] += checker.truncations
+        self.coverage["conf_entry_truncated"] += checker.conf_entries_truncated
+        self.coverage["config_from_snapshot"] += checker.configs_from_snapshots
+        self.coverage["conf_changes_committed"] += sum(
+            1 for term_data in checker.committed.values() if is_control(term_data[1])
+        )
         return SeedResult(
             seed=self.seed,
             nodes=len(self.ids),

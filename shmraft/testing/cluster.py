@@ -20,14 +20,14 @@ import subprocess
 import tempfile
 import threading
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Final
 
 import psutil
 
 from shmraft.client import Client
-from shmraft.config import NodeConfig, config_from_json, local_cluster
+from shmraft.config import NodeConfig, config_from_json, local_cluster, local_members
 from shmraft.ipc import segments
 from shmraft.ipc.state import NodeStatus, StateBlockError, Worker
 from shmraft.node.layout import NodeLayout
@@ -38,7 +38,18 @@ from shmraft.testing.wait import WAIT_INTERVAL_S, WaitTimeout, wait_for
 LEADER_WAIT_S: Final = 30.0
 READ_LOG_TIMEOUT_S: Final = 30.0
 KILL_WAIT_S: Final = 5.0  # a detached node's processes gone after SIGKILL
-STATE_FIELDS: Final = ("role", "term", "leader_id", "commit_index", "first_index", "last_index", "status")
+STATE_FIELDS: Final = (
+    "role",
+    "term",
+    "leader_id",
+    "commit_index",
+    "last_index",
+    "first_index",
+    "status",
+    "removed",
+    "config_index",
+    "snapshots_installed",
+)
 
 
 def new_cluster_id(prefix: str) -> str:
@@ -189,6 +200,36 @@ class ClusterDriver:
         self.stop()
 
     # --- what the nodes say -----------------------------------------------------------------------------------
+
+    # --- membership -----------------------------------------------------------------------------------------
+
+    def new_node_config(self, node_id: int) -> NodeConfig:
+        """The config of a node to join this cluster: its own free ports (the local layout: client, data, raft,
+        metrics, Kafka), the same data dir, secret and tunables, `join` set (it starts as a learner with an
+        empty log); it knows the current members from the configs this driver holds. Added to the driver (and
+        its LocalCluster), not started: add it as a learner (shmraft.client.admin), then `start_node`."""
+        base = free_port_base(1)
+        new = local_members(1, base, kafka=True)[0]
+        member = replace(new, node_id=node_id)
+        template = self.configs[0]
+        members = tuple(c.me for c in self.configs if c.node_id != node_id) + (member,)
+        config = replace(template, node_id=node_id, members=members, join=True)
+        self.configs = [c for c in self.configs if c.node_id != node_id] + [config]
+        self.local.configs = self.configs
+        return config
+
+    def forget_node(self, node_id: int) -> None:
+        """Stop tracking a node removed from the cluster (after stopping it): reads, health and `addresses` leave
+        it out. Its processes, if any, are still killed by `stop()` (their pids are remembered); a node that is
+        not running (killed) has its shared memory removed now."""
+        config = next((c for c in self.configs if c.node_id == node_id), None)
+        proc = self.local.procs.get(node_id)
+        if config is not None and (proc is None or proc.poll() is not None):
+            with contextlib.suppress(Exception):
+                NodeLayout(config).destroy_all()
+        self.configs = [c for c in self.configs if c.node_id != node_id]
+        self.local.configs = self.configs
+        self.down.discard(node_id)
 
     def config(self, node_id: int) -> NodeConfig:
         return next(c for c in self.configs if c.node_id == node_id)

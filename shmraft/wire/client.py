@@ -16,6 +16,7 @@ from typing import Final
 
 import numpy as np
 
+from shmraft.raft.membership import MEMBERS_MAX  # members in one MEMBERS_ANSWER: a configuration's bound
 from shmraft.wire.errors import LocalProtocolError, RemoteProtocolError
 
 CLIENT_MAGIC: Final = 0x5253  # bytes 53 52, "SR"
@@ -37,6 +38,13 @@ _MEMBER_COUNT: Final = struct.Struct("<H")
 _MEMBER: Final = struct.Struct("<IH")  # node id, port; then u8 host length + host
 _ERROR_HEAD: Final = struct.Struct("<HH")  # code, message length; then message, u8 len + leader address
 _ERROR_TAIL: Final = struct.Struct("<QQ")  # earliest_offset, latest_offset (version 2)
+_MEMBERS_HEAD: Final = struct.Struct("<QIQBH")  # config_index, leader_id, last_index, flags, member count
+_MEMBER_INFO: Final = struct.Struct("<IBQQH")  # node id, role, match index, entries behind, address length
+_CHANGE_HEAD: Final = struct.Struct("<BIIQH")  # op, node id, timeout_ms, unix_ms, address length
+_CHANGED: Final = struct.Struct("<Q")  # the log index of the committed change
+MEMBER_ADDRESS_MAX_BYTES: Final = 512  # one member's address (node/members.py ADDRESS_BYTES_MAX)
+CHANGE_MAC_BYTES: Final = 32  # HMAC-SHA256 of MEMBER_CHANGE with the cluster secret
+BEHIND_UNKNOWN: Final = 2**64 - 1  # entries_behind when the answering node is not the leader
 _U32: Final = np.dtype("<u4")
 _U64: Final = np.dtype("<u8")
 
@@ -52,7 +60,15 @@ class Kind(enum.IntEnum):
     FETCHED = 0x82
     METADATA_ANSWER = 0x83
     AUTHED = 0x84
+    MEMBERS = 0x10  # the configuration in effect, with how far behind each member is (any node)
+    MEMBER_CHANGE = 0x11  # add a learner, promote a learner, remove a member (the leader; signed)
+    MEMBERS_ANSWER = 0x90
+    MEMBER_CHANGED = 0x91
     ERROR = 0xFF
+
+
+# the kinds a node serves only in client protocol version 3 and later (docs/PROTOCOL.md 2.1)
+VERSION_3_KINDS: Final = frozenset({Kind.MEMBERS, Kind.MEMBER_CHANGE, Kind.MEMBERS_ANSWER, Kind.MEMBER_CHANGED})
 
 
 class ErrorCode(enum.IntEnum):
@@ -68,6 +84,12 @@ class ErrorCode(enum.IntEnum):
     OFFSET_OUT_OF_RANGE = 8  # fetch below the earliest held offset or past the node's log end (offsets given)
     UNAUTHORIZED = 9  # no AUTH, or a wrong token, where the node asks for one; the connection is closed
     SEQUENCE_TOO_OLD = 10  # a retry older than the dedup window: the events are in the log, offsets forgotten
+    # membership changes (MEMBER_CHANGE; docs/PROTOCOL.md 2.7)
+    MEMBER_UNKNOWN = 20  # promote or remove a node that is not a member (or promote a voter)
+    CHANGE_IN_PROGRESS = 21  # another change is not yet committed: retry once it is
+    NO_QUORUM = 22  # the change would leave no voter, or more than CLUSTER_SIZE_MAX voters
+    ADDRESS_IN_USE = 23  # add a node whose id is a member already, or whose address collides with a member's
+    NOT_CAUGHT_UP = 24  # promote a learner still too far behind the leader: retry when it has caught up
 
     @property
     def retriable(self) -> bool:
@@ -77,6 +99,8 @@ class ErrorCode(enum.IntEnum):
             ErrorCode.UNAVAILABLE,
             ErrorCode.SHUTTING_DOWN,
             ErrorCode.OUT_OF_ORDER_SEQUENCE,
+            ErrorCode.CHANGE_IN_PROGRESS,
+            ErrorCode.NOT_CAUGHT_UP,
         )
 
     @property
@@ -191,9 +215,93 @@ class Error:
     latest_offset: int = 0  # with OFFSET_OUT_OF_RANGE: the node's commit offset
 
 
+class ChangeOp(enum.IntEnum):
+    """What a MEMBER_CHANGE asks (the core's ConfChange kinds)."""
+
+    ADD_LEARNER = 1  # a new node, as a non-voting learner, at the request's address
+    PROMOTE = 2  # a learner becomes a voter
+    REMOVE = 3  # a voter or learner leaves (the leader too: it steps down once the change commits)
+
+
+class MemberRole(enum.IntEnum):
+    """A member's role in MEMBERS_ANSWER (the same values as the core's raft/membership.py MemberRole)."""
+
+    VOTER = 1
+    LEARNER = 2
+
+
+class MembersFlag(enum.IntFlag):
+    CHANGE_PENDING = 1  # the configuration in effect is not yet committed (a change is in progress)
+    REMOVED = 2  # the answering node is not a member of the configuration in effect
+
+
+@dataclass(frozen=True, slots=True)
+class Members:
+    correlation_id: int
+
+
+@dataclass(frozen=True, slots=True)
+class MemberInfo:
+    node_id: int
+    role: MemberRole
+    match_index: int  # the leader's view: the last entry known on the member (0 when not the leader)
+    entries_behind: int  # the leader's last index minus match_index; BEHIND_UNKNOWN when not the leader
+    address: bytes  # the member's address bytes (node/members.py: canonical JSON)
+
+
+@dataclass(frozen=True, slots=True)
+class MembersAnswer:
+    correlation_id: int
+    config_index: int  # the log index of the configuration in effect (0: the config files' own)
+    leader_id: int  # 0 when unknown
+    last_index: int  # the answering node's last log index
+    flags: MembersFlag
+    members: list[MemberInfo]
+
+
+@dataclass(frozen=True, slots=True)
+class MemberChange:
+    """A membership change, signed with the cluster secret (`mac` over `signed_bytes`, net/auth.py)."""
+
+    correlation_id: int
+    op: ChangeOp
+    node_id: int
+    timeout_ms: int  # 0 = the node's default
+    unix_ms: int  # when the operator signed it: a node refuses one outside its clock window
+    address: bytes  # ADD_LEARNER: the new member's address bytes; empty otherwise
+    mac: bytes = field(repr=False, default=b"")
+
+    @property
+    def signed_bytes(self) -> bytes:
+        """What the MAC covers: the body without the MAC."""
+        return _CHANGE_HEAD.pack(self.op, self.node_id, self.timeout_ms, self.unix_ms, len(self.address)) + bytes(
+            self.address
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class MemberChanged:
+    correlation_id: int
+    index: int  # the log index at which the change is committed
+
+
 LIMIT_FIELDS: Final = tuple(f.name for f in fields(Limits))
 
-Message = Produce | Produced | Fetch | Fetched | Metadata | MetadataAnswer | Auth | Authed | Error
+Message = (
+    Produce
+    | Produced
+    | Fetch
+    | Fetched
+    | Metadata
+    | MetadataAnswer
+    | Auth
+    | Authed
+    | Members
+    | MembersAnswer
+    | MemberChange
+    | MemberChanged
+    | Error
+)
 
 
 # --- encoding ---------------------------------------------------------------------------------------------
@@ -305,6 +413,44 @@ def encode_version_refused(correlation_id: int, version: int) -> bytes:
     return _frame(Kind.ERROR, correlation_id, body, version=CLIENT_VERSION_REFUSED)
 
 
+def encode_members(correlation_id: int) -> bytes:
+    return _frame(Kind.MEMBERS, correlation_id, b"")
+
+
+def encode_members_answer(
+    correlation_id: int,
+    config_index: int,
+    leader_id: int,
+    last_index: int,
+    flags: int,
+    members: Sequence[MemberInfo],
+) -> bytes:
+    if len(members) > MEMBERS_MAX:
+        raise LocalProtocolError("MEMBERS_ANSWER.member_count", f"at most {MEMBERS_MAX}", len(members))
+    parts = [_MEMBERS_HEAD.pack(config_index, leader_id, last_index, flags, len(members))]
+    for m in members:
+        if len(m.address) > MEMBER_ADDRESS_MAX_BYTES:
+            raise LocalProtocolError(
+                "MEMBERS_ANSWER.address", f"at most {MEMBER_ADDRESS_MAX_BYTES} bytes", len(m.address)
+            )
+        parts.append(_MEMBER_INFO.pack(m.node_id, m.role, m.match_index, m.entries_behind, len(m.address)))
+        parts.append(bytes(m.address))
+    return _frame(Kind.MEMBERS_ANSWER, correlation_id, b"".join(parts))
+
+
+def encode_member_change(m: MemberChange) -> bytes:
+    """A signed MEMBER_CHANGE (`m.mac` computed by the caller over `m.signed_bytes`)."""
+    if len(m.address) > MEMBER_ADDRESS_MAX_BYTES:
+        raise LocalProtocolError("MEMBER_CHANGE.address", f"at most {MEMBER_ADDRESS_MAX_BYTES} bytes", len(m.address))
+    if len(m.mac) != CHANGE_MAC_BYTES:
+        raise LocalProtocolError("MEMBER_CHANGE.mac", f"{CHANGE_MAC_BYTES} bytes", len(m.mac))
+    return _frame(Kind.MEMBER_CHANGE, m.correlation_id, m.signed_bytes + bytes(m.mac))
+
+
+def encode_member_changed(correlation_id: int, index: int) -> bytes:
+    return _frame(Kind.MEMBER_CHANGED, correlation_id, _CHANGED.pack(index))
+
+
 def encode_message(m: Message) -> bytes:
     """The one encoding of a decoded message (what a decoder's output must re-encode to)."""
     if isinstance(m, Produce):
@@ -325,6 +471,14 @@ def encode_message(m: Message) -> bytes:
         return encode_auth(m.correlation_id, m.token)
     if isinstance(m, Authed):
         return encode_authed(m.correlation_id)
+    if isinstance(m, Members):
+        return encode_members(m.correlation_id)
+    if isinstance(m, MembersAnswer):
+        return encode_members_answer(m.correlation_id, m.config_index, m.leader_id, m.last_index, m.flags, m.members)
+    if isinstance(m, MemberChange):
+        return encode_member_change(m)
+    if isinstance(m, MemberChanged):
+        return encode_member_changed(m.correlation_id, m.index)
     return encode_error(m.correlation_id, m.code, m.message, m.leader, m.earliest_offset, m.latest_offset)
 
 
@@ -439,6 +593,37 @@ def decode_message(kind_byte: int, correlation_id: int, body: memoryview) -> Mes
             host = b.text(b.take(1, "host length")[0], "host")
             members.append(Member(member_id, host, port))
         msg = MetadataAnswer(correlation_id, term, leader_id, commit_index, node_id, members, limits)
+    elif kind is Kind.MEMBERS:
+        msg = Members(correlation_id)
+    elif kind is Kind.MEMBERS_ANSWER:
+        config_index, leader_id, last_index, flags, count = b.unpack(_MEMBERS_HEAD, "head")
+        if count > MEMBERS_MAX:
+            raise RemoteProtocolError("MEMBERS_ANSWER.member_count", f"at most {MEMBERS_MAX}", count)
+        if flags & ~int(MembersFlag.CHANGE_PENDING | MembersFlag.REMOVED):
+            raise RemoteProtocolError("MEMBERS_ANSWER.flags", "bits 0 and 1 only", flags)
+        infos = []
+        for _ in range(count):
+            node_id, role, match, behind, alen = b.unpack(_MEMBER_INFO, "member")
+            infos.append(MemberInfo(node_id, _member_role(role), match, behind, _address(b, alen, kind)))
+        msg = MembersAnswer(correlation_id, config_index, leader_id, last_index, MembersFlag(flags), infos)
+    elif kind is Kind.MEMBER_CHANGE:
+        op, node_id, timeout_ms, unix_ms, alen = b.unpack(_CHANGE_HEAD, "head")
+        try:
+            op = ChangeOp(op)
+        except ValueError:
+            raise RemoteProtocolError("MEMBER_CHANGE.op", "1 (ADD_LEARNER), 2 (PROMOTE) or 3 (REMOVE)", op) from None
+        if node_id < 1:
+            raise RemoteProtocolError("MEMBER_CHANGE.node_id", "at least 1", node_id)
+        address = _address(b, alen, kind)
+        if (op is ChangeOp.ADD_LEARNER) != bool(address):
+            raise RemoteProtocolError(
+                "MEMBER_CHANGE.address", "an address with ADD_LEARNER only", f"{alen} bytes with {op.name}"
+            )
+        mac = bytes(b.take(CHANGE_MAC_BYTES, "mac"))
+        msg = MemberChange(correlation_id, op, node_id, timeout_ms, unix_ms, address, mac)
+    elif kind is Kind.MEMBER_CHANGED:
+        (index,) = b.unpack(_CHANGED, "index")
+        msg = MemberChanged(correlation_id, index)
     else:  # Kind.ERROR
         code, length = b.unpack(_ERROR_HEAD, "head")
         if length > ERROR_MESSAGE_MAX_BYTES:
@@ -453,6 +638,19 @@ def decode_message(kind_byte: int, correlation_id: int, body: memoryview) -> Mes
         msg = Error(correlation_id, code, text, leader, earliest, latest)
     b.done()
     return msg
+
+
+def _member_role(value: int) -> MemberRole:
+    try:
+        return MemberRole(value)
+    except ValueError:
+        raise RemoteProtocolError("MEMBERS_ANSWER.role", "1 (voter) or 2 (learner)", value) from None
+
+
+def _address(b: _Body, length: int, kind: Kind) -> bytes:
+    if length > MEMBER_ADDRESS_MAX_BYTES:
+        raise RemoteProtocolError(f"{kind.name}.address length", f"at most {MEMBER_ADDRESS_MAX_BYTES}", length)
+    return bytes(b.take(length, "address"))
 
 
 class MessageReader:

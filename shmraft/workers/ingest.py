@@ -31,8 +31,10 @@ from shmraft.ingest.limits import node_limits
 from shmraft.ingest.tracker import NS_PER_MS, Answer, ProduceTracker
 from shmraft.ipc.state import NodeStatus, Worker, latency_bucket
 from shmraft.kafka import checksum
+from shmraft.net import auth
+from shmraft.node import members as mb
 from shmraft.node.layout import Ring
-from shmraft.node.records import NoteKind, decode_note
+from shmraft.node.records import ChangeRequest, NoteKind, decode_note, encode_change_request
 from shmraft.raft.types import Role
 from shmraft.wire import client as cp
 from shmraft.workers.base import Inbox, WorkerBase, selector_loop_once
@@ -40,6 +42,9 @@ from shmraft.workers.base import Inbox, WorkerBase, selector_loop_once
 LOOP_WAIT_MS: Final = 50
 R1_PUSH_TIMEOUT_MS: Final = 0
 R1_PUSH_RECORDS_MAX: Final = 256  # bodies offered to R1 per push
+MEMBER_CHANGE_TIMEOUT_MS_DEFAULT: Final = 10_000  # a MEMBER_CHANGE with timeout_ms 0 waits this long
+MEMBER_CHANGE_TIMEOUT_MS_MAX: Final = 120_000
+R6_PUSH_TIMEOUT_MS: Final = 50
 
 
 class IngestWorker(WorkerBase):
@@ -68,6 +73,13 @@ class IngestWorker(WorkerBase):
             )
             if not checksum.ACCELERATED:
                 self.log.warning("the crc32c package is missing: Kafka record batches use pure-Python CRC-32C (slow)")
+        self.to_raft = self.layout.writer(Ring.R6)
+        self.secret = auth.cluster_secret(config)  # MEMBER_CHANGE must be signed with it
+        # MEMBER_CHANGE requests handed to the raft worker: request id -> (connection id, correlation id, deadline)
+        self.changes: dict[int, tuple[int, int, int]] = {}
+        self._change_ids = itertools.count(time.time_ns())  # unique across restarts of this worker
+        self._view_epoch = -1
+        self._view = mb.static_view(config)
         self.latency_buckets = self.state.node["commit_latency_buckets"]  # a view into the state block
         self.limits = node_limits(config)
 
@@ -102,6 +114,17 @@ class IngestWorker(WorkerBase):
         if not is_leader and self.tracker.waiting:
             self._deliver(self.tracker.fail_all(cp.ErrorCode.NOT_LEADER, "this node is no longer the leader"))
         self.fetches.retry(now)
+        for rid, (conn_id, cid, deadline) in list(self.changes.items()):
+            if now_ns >= deadline:
+                del self.changes[rid]
+                conn = self.conns.by_id.get(conn_id)
+                if conn is not None:
+                    self._error(
+                        conn,
+                        cid,
+                        cp.ErrorCode.TIMEOUT,
+                        "the change is not known to be committed; it may still be: list the members",
+                    )
         for conns in self._listeners():
             conns.unpark()
             conns.maintain(now, self.fetches.waiting_connections)
@@ -115,9 +138,16 @@ class IngestWorker(WorkerBase):
             self.fetches.fetch(conn, msg, time.monotonic())
         elif isinstance(msg, cp.Metadata):
             self._metadata(conn, msg)
+        elif isinstance(msg, cp.Members):
+            self._members(conn, msg)
+        elif isinstance(msg, cp.MemberChange):
+            self._member_change(conn, msg)
         else:
             raise cp.MessageError(
-                "kind", "a request (PRODUCE, FETCH, METADATA, AUTH)", type(msg).__name__, msg.correlation_id
+                "kind",
+                "a request (PRODUCE, FETCH, METADATA, AUTH, MEMBERS, MEMBER_CHANGE)",
+                type(msg).__name__,
+                msg.correlation_id,
             )
 
     def _on_kafka_request(self, conn: Connection, req: object) -> None:
@@ -176,8 +206,19 @@ class IngestWorker(WorkerBase):
         self._drain_backlog()
         return None
 
+    def view(self) -> mb.MembersView:
+        """The configuration in effect (the raft worker's members file), re-read when its epoch moves."""
+        epoch = self.state.get("members_epoch")
+        if epoch != self._view_epoch:
+            try:
+                self._view = mb.current_view(self.config)
+                self._view_epoch = epoch
+            except (OSError, mb.AddressError) as exc:
+                self.log.error("members file unreadable (%s); keeping the previous configuration", exc)
+        return self._view
+
     def _metadata(self, conn: Connection, msg: cp.Metadata) -> None:
-        members = [cp.Member(m.node_id, m.host, m.client_port) for m in self.config.members]
+        members = [cp.Member(v.member.node_id, v.member.host, v.member.client_port) for v in self.view().members]
         self.conns.write(
             conn,
             cp.encode_metadata_answer(
@@ -190,6 +231,82 @@ class IngestWorker(WorkerBase):
                 self.limits,
             ),
         )
+
+    def _members(self, conn: Connection, msg: cp.Members) -> None:
+        """MEMBERS: the configuration in effect; how far behind each member is when this node leads."""
+        view = self.view()
+        leading = self.state.get("role") == Role.LEADER
+        last = self.state.get("last_index")
+        progress = {int(p["node_id"]): p for p in self.state.peers if p["node_id"]}
+        infos = []
+        for v in view.members:
+            node_id = v.member.node_id
+            role = cp.MemberRole.VOTER if v.role == mb.ROLE_VOTER else cp.MemberRole.LEARNER
+            if node_id == self.config.node_id:
+                match, behind = last, 0 if leading else cp.BEHIND_UNKNOWN
+            elif leading and node_id in progress:
+                match, behind = int(progress[node_id]["match"]), int(progress[node_id]["entries_behind"])
+            else:
+                match, behind = 0, cp.BEHIND_UNKNOWN
+            infos.append(cp.MemberInfo(node_id, role, match, behind, mb.encode_address(v.member)))
+        flags = cp.MembersFlag(0)
+        if self.state.get("config_index") > self.state.get("commit_index"):
+            flags |= cp.MembersFlag.CHANGE_PENDING
+        if self.state.get("removed"):
+            flags |= cp.MembersFlag.REMOVED
+        answer = cp.encode_members_answer(
+            msg.correlation_id, self.state.get("config_index"), self.state.get("leader_id"), last, flags, infos
+        )
+        self.conns.write(conn, answer)
+
+    def _member_change(self, conn: Connection, msg: cp.MemberChange) -> None:
+        """MEMBER_CHANGE: signed with the cluster secret, else refused and the connection closed; then to the
+        raft worker (R6), answered when its outcome note comes back (or TIMEOUT)."""
+        why = auth.member_change_refusal(
+            self.secret, self.config.cluster_id, msg.signed_bytes, msg.mac, msg.unix_ms, int(time.time() * 1000)
+        )
+        if why:
+            self.log.warning("client %s: MEMBER_CHANGE refused: %s; disconnected", conn.addr, why)
+            self.conns.send_error_and_close(conn, msg.correlation_id, cp.ErrorCode.UNAUTHORIZED, f"unauthorized: {why}")
+            return
+        status = self.state.get("status")
+        if status != NodeStatus.SERVING:
+            self._error(
+                conn,
+                msg.correlation_id,
+                cp.ErrorCode.UNAVAILABLE,
+                f"node {self.config.node_id} is {NodeStatus(status).name}",
+            )
+            return
+        if self.state.get("role") != Role.LEADER:
+            leader = self.state.get("leader_id")
+            self._error(
+                conn,
+                msg.correlation_id,
+                cp.ErrorCode.NOT_LEADER,
+                f"node {self.config.node_id} is not the leader (leader: {leader or 'unknown'})",
+            )
+            return
+        rid = next(self._change_ids)
+        rec = encode_change_request(ChangeRequest(rid, int(msg.op), msg.node_id, msg.address))
+        if not self.to_raft.push_many([rec], R6_PUSH_TIMEOUT_MS):
+            self._error(conn, msg.correlation_id, cp.ErrorCode.UNAVAILABLE, "the raft worker is not taking requests")
+            return
+        timeout_ms = min(msg.timeout_ms or MEMBER_CHANGE_TIMEOUT_MS_DEFAULT, MEMBER_CHANGE_TIMEOUT_MS_MAX)
+        self.changes[rid] = (conn.id, msg.correlation_id, time.monotonic_ns() + timeout_ms * NS_PER_MS)
+        self.log.info("client %s: %s of node %d handed to the raft worker", conn.addr, msg.op.name, msg.node_id)
+
+    def _on_change_result(self, request_id: int, index: int, code: int, text: str) -> None:
+        pending = self.changes.pop(request_id, None)
+        if pending is None:
+            return  # timed out already, or asked of an earlier incarnation of this worker
+        conn = self.conns.by_id.get(pending[0])
+        if conn is None:
+            return
+        if code == 0:
+            self.conns.write(conn, cp.encode_member_changed(pending[1], index))
+        else:
+            self._error(conn, pending[1], cp.ErrorCode(code), text)
 
     # --- R1 and R5 -----------------------------------------------------------------------------------------
 
@@ -216,6 +333,8 @@ class IngestWorker(WorkerBase):
             self.fetches.retry(time.monotonic())
         elif note.kind is NoteKind.LEADER:
             self._deliver(self.tracker.on_leader(note.a, note.b))
+        elif note.kind is NoteKind.CHANGE_RESULT:
+            self._on_change_result(note.a, note.b, note.code, note.text)
 
     # --- answers out ---------------------------------------------------------------------------------------
 
@@ -257,8 +376,9 @@ class IngestWorker(WorkerBase):
         leader = ""
         if code is cp.ErrorCode.NOT_LEADER:
             leader_id = self.state.get("leader_id")
-            if leader_id and leader_id != self.config.node_id:
-                leader = self.config.member(leader_id).client_address
+            known = self.view().get(leader_id) if leader_id and leader_id != self.config.node_id else None
+            if known is not None:
+                leader = known.member.client_address
         answer = cp.encode_error(cid, code, message, leader)
         if code.closes_connection:
             self.conns.send_and_close(conn, answer)

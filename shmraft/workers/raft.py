@@ -50,13 +50,16 @@ from shmraft.ipc.ring import record_max_for
 from shmraft.ipc.state import PEERS_MAX, PeerState, StorageFault, Worker
 from shmraft.net.links import PeerLinks, PeerSecurity
 from shmraft.node import dedup as dd
+from shmraft.node import members as mb
 from shmraft.node import snapshot as sn
 from shmraft.node.layout import Ring
 from shmraft.node.records import (
     PEER_RECORD_HEADER_BYTES,
+    ChangeRequest,
     Note,
     NoteKind,
     PeerRecordKind,
+    decode_change_request,
     decode_peer_record,
     encode_note,
     encode_peer_record,
@@ -64,13 +67,29 @@ from shmraft.node.records import (
 from shmraft.raft.config import RaftConfig
 from shmraft.raft.core import RaftCore
 from shmraft.raft.driver import ReadyDriver
-from shmraft.raft.errors import ProposalError
+from shmraft.raft.errors import NotLeaderError, ProposalError
+from shmraft.raft.membership import (
+    AddressInUseError,
+    AlreadyMemberError,
+    ChangeInProgressError,
+    ClusterConfig,
+    ConfChange,
+    ConfChangeError,
+    MemberRole,
+    NotCaughtUpError,
+    TooManyVotersError,
+    UnknownMemberError,
+    WouldLoseQuorumError,
+    encode_membership,
+)
+from shmraft.raft.membership import Member as RaftMember
 from shmraft.raft.messages import Channel, Message
 from shmraft.raft.ready import Ready
 from shmraft.raft.types import Entry, HardState, Snapshot
 from shmraft.raft.types import Role as StateRole
 from shmraft.storage.nodelog import HardStateLostError, NodeLog, is_disk_full, open_node_log
 from shmraft.storage.rocks import CorruptLogError, LogOrderError, SavedSnapshot, StorageError, StorageIOError
+from shmraft.wire import client as cp
 from shmraft.wire.control import decode_control, is_control
 from shmraft.wire.errors import ProtocolError
 from shmraft.wire.frame import decode_batch, encode_batch_arrays, frame_event_count, restamp
@@ -118,6 +137,11 @@ class RaftWorker(WorkerBase):
         self._snapshot_check_at = 0.0  # the next time to ask whether a snapshot is due
         self._peers_at = 0.0  # the next time to publish the leader's view of its followers
         self._sent_seen = 0  # core.snapshots_sent already added to the state block (per core instance)
+        # membership changes asked through ingest (R6) and proposed here: log index -> (request id, term)
+        self._pending_changes: dict[int, tuple[int, int]] = {}
+        self._view = mb.static_view(config)  # the configuration in effect, as published (members file)
+        self._former = mb.FormerMembers()  # removed members still linked for a while (they learn their removal)
+        self.links: PeerLinks | None = None
         self._open_storage()
         self.sel = selectors.DefaultSelector()
         self.links = PeerLinks(
@@ -126,7 +150,7 @@ class RaftWorker(WorkerBase):
             node_id=c.node_id,
             channel=Channel.CONSENSUS,
             bind=(c.bind_host, c.me.raft_port),
-            peers={p.node_id: c.peer_address(p.node_id, "raft") for p in c.peers},
+            peers=mb.peer_addresses(c, self._view, "raft"),
             on_message=self._on_control,
             on_disconnect=self._peer_disconnected,
             body_max_bytes=c.peer_message_bytes_max,
@@ -138,6 +162,8 @@ class RaftWorker(WorkerBase):
         self.peer_in = Inbox(self.layout.reader(Ring.R4), Ring.R4)
         self.to_sender = self.layout.writer(Ring.R3)
         self.to_ingest = self.layout.writer(Ring.R5)
+        self.changes_in = Inbox(self.layout.reader(Ring.R6), Ring.R6)
+        self.sel.register(self.changes_in, selectors.EVENT_READ, lambda _m: None)
         self.sel.register(self.frames_in, selectors.EVENT_READ, lambda _m: None)
         self.sel.register(self.peer_in, selectors.EVENT_READ, lambda _m: None)
         self._refusals_counted = 0
@@ -185,7 +211,7 @@ class RaftWorker(WorkerBase):
         try:  # reads below the verified mark meet damage the open check skipped: full check, as when running
             self.core = RaftCore(
                 c.node_id,
-                [p.node_id for p in c.peers],
+                bootstrap_config(c),
                 nl,
                 RaftConfig.from_node_config(c, snapshot_chunk_bytes=snapshot_chunk_bytes_for(c)),
                 random.Random(int.from_bytes(os.urandom(8), "little")),
@@ -200,6 +226,7 @@ class RaftWorker(WorkerBase):
         except (StorageIOError, CorruptLogError) as exc:
             self._storage_failed(exc)
             return False
+        self._publish_membership()
         if self._fault != StorageFault.OK:
             self.log.warning(
                 "storage usable again after %s: log [%d..%d], term %d, rejoining the cluster",
@@ -330,8 +357,18 @@ class RaftWorker(WorkerBase):
             self._export_seconds += time.monotonic() - now
             return
         t = self.dedup
+        try:
+            configuration = encode_membership(self.core.membership_at(export.index)) if self.core else b""
+        except ValueError:  # older than what the core still knows: cannot happen below the commit index
+            configuration = b""
         record = sn.Snapshot(
-            export.index, self._export_term, export.result(), t.producers_max, t.horizon_entries, t.spans_max
+            export.index,
+            self._export_term,
+            export.result(),
+            t.producers_max,
+            t.horizon_entries,
+            t.spans_max,
+            configuration,
         )
         data = sn.encode_snapshot(record)
         self._export = None
@@ -340,6 +377,7 @@ class RaftWorker(WorkerBase):
         except LogOrderError as exc:  # a bug, not a fault of the disk: keep serving, say it, try again later
             self.log.error("snapshot at %d not saved: %s", record.index, exc)
             return
+        nl.snapshot_record = record  # NodeLog.snapshot() takes the configuration from it
         done = time.monotonic()
         cost = self._export_seconds + done - now
         self._snapshot_at = done
@@ -361,6 +399,8 @@ class RaftWorker(WorkerBase):
             while not self.stopping:
                 self.beat()
                 selector_loop_once(self.sel, TICK_MS / 1000)
+                if self._former.expire(time.monotonic()):
+                    self._set_link_peers()
                 self.links.maintain()
                 if self.links.refusals != self._refusals_counted:  # strangers refused (metrics)
                     self.state.add("peer_refusals", self.links.refusals - self._refusals_counted)
@@ -381,6 +421,7 @@ class RaftWorker(WorkerBase):
         finally:
             self.frames_in.close()
             self.peer_in.close()
+            self.changes_in.close()
             self.links.close()
             if self.storage is not None:
                 self.storage.close()
@@ -389,6 +430,9 @@ class RaftWorker(WorkerBase):
         """One loop iteration after the sockets: peer records, proposals, tick, Readies."""
         if self.core is None:  # storage unusable: refuse everything, retry opening when due
             self.peer_in.take()
+            for rec in self.changes_in.take():
+                req = decode_change_request(rec)
+                self._change_result(req.request_id, 0, cp.ErrorCode.UNAVAILABLE, "the node's storage is failing")
             frames = self.frames_in.take()
             if frames:
                 self._refuse_frames(frames)
@@ -403,6 +447,8 @@ class RaftWorker(WorkerBase):
         frames = self.frames_in.take()
         if frames:
             self._propose(frames)
+        for rec in self.changes_in.take():
+            self._on_change_request(decode_change_request(rec))
         if self.core is None or self.driver is None:
             return
         self.driver.tick()
@@ -567,9 +613,13 @@ class RaftWorker(WorkerBase):
         except SnapshotRefused as exc:
             self._snapshot_refused(exc)
             return
+        if rd.membership is not None:
+            self._publish_membership()
         if rd.committed_entries:
             self._on_committed(rd.committed_entries)
         if rd.soft_state is not None:
+            if rd.soft_state.role != StateRole.LEADER:
+                self._fail_pending_changes("leadership was lost before the change was committed")
             self._publish_state()
             self._notes.append(encode_note(Note(NoteKind.LEADER, rd.soft_state.term, rd.soft_state.leader)))
         self.state.set("last_index", self.core.last_index)
@@ -645,6 +695,86 @@ class RaftWorker(WorkerBase):
         nl.close()
         self._open_storage()
 
+    # --- membership ----------------------------------------------------------------------------------------
+
+    def _publish_membership(self) -> None:
+        """The configuration in effect changed (or the core was built): the members file for the other workers
+        (sender, ingest, status), then `members_epoch` in the state block, then our own consensus links."""
+        core = self.core
+        if core is None:
+            return
+        view = view_of(core.membership, core.membership_index, self.config, self.log)
+        removed = int(core.removed)
+        if view != self._view or removed != self.state.get("removed") or not self.state.get("members_epoch"):
+            mb.write_members_file(self.config.node_dir, view)
+            self.state.set("config_index", view.index)
+            self.state.set("removed", removed)
+            self.state.add("members_epoch")
+            if view.ids() != self._view.ids() or removed:
+                self.log.warning(
+                    "configuration at %d: voters %s, learners %s%s",
+                    view.index,
+                    view.voters(),
+                    view.learners(),
+                    "; this node is NOT a member (removed, or not yet added): it stays quiet" if removed else "",
+                )
+        self._former.update(self._view, view, time.monotonic())
+        self._view = view
+        self._set_link_peers()
+
+    def _set_link_peers(self) -> None:
+        if self.links is not None:
+            self.links.set_peers(mb.peer_addresses(self.config, self._former.view(self._view), "raft"))
+
+    def _on_change_request(self, req: ChangeRequest) -> None:
+        """A MEMBER_CHANGE from ingest: propose it (the core checks the rules) or say at once why not."""
+        core = self.core
+        if core is None:
+            self._change_result(req.request_id, 0, cp.ErrorCode.UNAVAILABLE, "the node's storage is failing")
+            return
+        if core.role != StateRole.LEADER:
+            self._change_result(
+                req.request_id, 0, cp.ErrorCode.NOT_LEADER, f"node {self.config.node_id} is not the leader"
+            )
+            return
+        op = cp.ChangeOp(req.op)
+        if op is cp.ChangeOp.ADD_LEARNER:
+            try:
+                new = mb.decode_address(req.node_id, req.address)
+            except mb.AddressError as exc:
+                self._change_result(req.request_id, 0, cp.ErrorCode.MALFORMED, str(exc))
+                return
+            clash = mb.address_collision(new, [v.member for v in self._view.members])
+            if clash and new.node_id not in self._view.ids():
+                self._change_result(req.request_id, 0, cp.ErrorCode.ADDRESS_IN_USE, clash)
+                return
+            change = ConfChange.add_learner(req.node_id, req.address)
+        elif op is cp.ChangeOp.PROMOTE:
+            change = ConfChange.promote(req.node_id)
+        else:
+            change = ConfChange.remove(req.node_id)
+        try:
+            index = core.propose_conf_change(change)
+        except ConfChangeError as exc:
+            self._change_result(req.request_id, 0, _change_error_code(exc, op), str(exc))
+            return
+        except NotLeaderError as exc:
+            self._change_result(req.request_id, 0, cp.ErrorCode.NOT_LEADER, str(exc))
+            return
+        except ProposalError as exc:  # a leadership transfer in progress, and the like: retry shortly
+            self._change_result(req.request_id, 0, cp.ErrorCode.UNAVAILABLE, str(exc))
+            return
+        self._pending_changes[index] = (req.request_id, core.term)
+        self.log.warning("membership change proposed at %d: %s node %d", index, op.name, req.node_id)
+
+    def _change_result(self, request_id: int, index: int, code: int, text: str) -> None:
+        self._notes.append(encode_note(Note(NoteKind.CHANGE_RESULT, request_id, index, code=int(code), text=text)))
+
+    def _fail_pending_changes(self, why: str) -> None:
+        for request_id, _term in self._pending_changes.values():
+            self._change_result(request_id, 0, cp.ErrorCode.TIMEOUT, f"{why}; it may still commit: list the members")
+        self._pending_changes.clear()
+
     def _publish_peers(self) -> None:
         """The leader's view of each follower and the snapshot counters, into the state block (throttled)."""
         now = time.monotonic()
@@ -699,6 +829,15 @@ class RaftWorker(WorkerBase):
         self.state.add("batches_committed", len(entries))
         self.state.add("bytes_committed", size)
         commit = entries[-1].index
+        if self._pending_changes:
+            for e in entries:
+                pending = self._pending_changes.pop(e.index, None)
+                if pending is None:
+                    continue
+                if e.term == pending[1]:
+                    self._change_result(pending[0], e.index, 0, "")
+                else:
+                    self._change_result(pending[0], 0, cp.ErrorCode.TIMEOUT, "the change was replaced by a new leader")
         self.state.set("commit_index", commit)
         self.dedup.committed(commit)
         self._notes.append(encode_note(Note(NoteKind.COMMIT, commit)))
@@ -745,6 +884,52 @@ def snapshot_chunk_bytes_for(config) -> int:
     peer_room = config.peer_message_bytes_max - INSTALL_SNAPSHOT_OVERHEAD_BYTES
     wanted = config.snapshot_chunk_bytes or RaftConfig().snapshot_chunk_bytes
     return max(1, min(wanted, SNAPSHOT_CHUNK_BYTES_MAX, ring_room, peer_room))
+
+
+def bootstrap_config(config) -> ClusterConfig:
+    """The configuration of the config file, with each member's address bytes: used by the core only while
+    neither the log nor the snapshot holds one. A joining node names itself a learner (`config.join`)."""
+    return ClusterConfig.of(
+        RaftMember(
+            v.member.node_id,
+            MemberRole.VOTER if v.role == mb.ROLE_VOTER else MemberRole.LEARNER,
+            mb.encode_address(v.member),
+        )
+        for v in mb.static_view(config).members
+    )
+
+
+def view_of(conf: ClusterConfig, index: int, config, log) -> mb.MembersView:
+    """The node layer's view of a core configuration. A member whose address bytes this node cannot read
+    (a newer format) keeps the address of the config file when it has one, else is left out of the links."""
+    members = []
+    for m in conf.members:
+        try:
+            member = mb.decode_address(m.id, m.address)
+        except mb.AddressError as exc:
+            known = [x for x in config.members if x.node_id == m.id]
+            if not known:
+                log.error("member %d: %s; not connected", m.id, exc)
+                continue
+            member = known[0]
+        role = mb.ROLE_VOTER if m.role == MemberRole.VOTER else mb.ROLE_LEARNER
+        members.append(mb.MemberView(member, role))
+    return mb.MembersView(index, tuple(members))
+
+
+def _change_error_code(exc: ConfChangeError, op: cp.ChangeOp) -> cp.ErrorCode:
+    """The client error code of a core refusal (docs/PROTOCOL.md 2.2)."""
+    if isinstance(exc, ChangeInProgressError):
+        return cp.ErrorCode.CHANGE_IN_PROGRESS
+    if isinstance(exc, NotCaughtUpError):
+        return cp.ErrorCode.NOT_CAUGHT_UP
+    if isinstance(exc, WouldLoseQuorumError | TooManyVotersError):
+        return cp.ErrorCode.NO_QUORUM
+    if isinstance(exc, AddressInUseError) or (isinstance(exc, AlreadyMemberError) and op is cp.ChangeOp.ADD_LEARNER):
+        return cp.ErrorCode.ADDRESS_IN_USE
+    if isinstance(exc, UnknownMemberError | AlreadyMemberError):
+        return cp.ErrorCode.MEMBER_UNKNOWN
+    return cp.ErrorCode.MALFORMED  # InvalidChangeError: an id or address the configuration cannot hold
 
 
 def _peer_state(pr: dict) -> PeerState:
