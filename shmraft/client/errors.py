@@ -109,6 +109,18 @@ class Unauthorized(ShmraftError):
     """The server refused the request."""
 
 
+class UnknownGroup(ShmraftError):
+    """The consumer group has no committed position."""
+
+
+class TooManyGroups(ShmraftError):
+    """The cluster holds the most consumer groups it may (METADATA's groups_max): no new group is accepted."""
+
+
+class GroupNameTooLong(ShmraftError):
+    """A group name longer than the node accepts (METADATA's group_name_bytes_max)."""
+
+
 class BufferFull(ShmraftError):
     """A Producer's buffer stayed full until the timeout: the cluster is not keeping up or not reachable."""
 
@@ -128,6 +140,9 @@ _BY_CODE: dict[ErrorCode, type[ShmraftError]] = {
     ErrorCode.OFFSET_OUT_OF_RANGE: OffsetOutOfRange,
     ErrorCode.UNAUTHORIZED: Unauthorized,
     ErrorCode.SEQUENCE_TOO_OLD: SequenceTooOld,
+    ErrorCode.UNKNOWN_GROUP: UnknownGroup,
+    ErrorCode.TOO_MANY_GROUPS: TooManyGroups,
+    ErrorCode.GROUP_NAME_TOO_LONG: GroupNameTooLong,
 }
 
 

@@ -6,7 +6,10 @@ both need no extra encoding. This module encodes the other three:
 - R3 (raft -> sender) and R4 (sender -> raft): a peer message with its peer id, or a "peer disconnected"
   notice;
 - R5 (raft -> ingest): what ingest needs to answer producers: which events an appended entry holds, which
-  events were refused or found to be duplicates, the commit index, and a change of term or leader.
+  events were refused or found to be duplicates, the commit index, and a change of term or leader; and the
+  result of a consumer-group request (GROUP_RESULT, with its payload);
+- R6 (ingest -> raft): consumer-group requests (commit a position, read one group, list them), each with a
+  token that the GROUP_RESULT note carries back.
 """
 
 from __future__ import annotations
@@ -47,6 +50,7 @@ class NoteKind(enum.IntEnum):
     VERDICTS = 2  # arrays: producer ids, sequences, verdicts (dedup.Verdict), offsets (for duplicates)
     COMMIT = 3  # a = commit index
     LEADER = 4  # a = term, b = leader id (0 = unknown); sent when either changes
+    GROUP_RESULT = 5  # a = request token, b = status (0 or a wire.client ErrorCode); payload: the answer's data
 
 
 @dataclass(frozen=True, slots=True)
@@ -58,9 +62,12 @@ class Note:
     sequences: np.ndarray | None = None
     verdicts: np.ndarray | None = None
     offsets: np.ndarray | None = None
+    payload: bytes = b""  # GROUP_RESULT only
 
 
 def encode_note(note: Note) -> bytes:
+    if note.kind is NoteKind.GROUP_RESULT:
+        return _NOTE_HEAD.pack(note.kind, note.a, note.b, len(note.payload)) + note.payload
     parts = []
     count = 0
     if note.producer_ids is not None:
@@ -86,4 +93,35 @@ def decode_note(rec: bytes | memoryview) -> Note:
             offsets = np.frombuffer(view, _I64, n, pos + 17 * n)
             return Note(kind, a, b, pids, seqs, verdicts, offsets)
         return Note(kind, a, b, pids, seqs, None, np.frombuffer(view, _I64, n, pos + 16 * n))
+    if kind is NoteKind.GROUP_RESULT:
+        return Note(kind, a, b, payload=bytes(view[pos : pos + n]))
     return Note(kind, a, b)
+
+
+class GroupRequestKind(enum.IntEnum):
+    """What a consumer-group request on R6 asks of the raft worker."""
+
+    COMMIT = 1  # propose a GROUP_OFFSETS control entry; answered once applied
+    FETCH = 2  # one group's position from the applied table
+    LIST = 3  # every group's position from the applied table
+
+
+_GROUP_REQ: Final = struct.Struct("<BQB")  # kind, token, flags; then the body (a GROUP_OFFSETS body, or a name)
+
+
+@dataclass(frozen=True, slots=True)
+class GroupRequest:
+    kind: GroupRequestKind
+    token: int
+    flags: int
+    body: bytes  # COMMIT: a GROUP_OFFSETS control body; FETCH: the group name (UTF-8); LIST: empty
+
+
+def encode_group_request(req: GroupRequest) -> bytes:
+    return _GROUP_REQ.pack(req.kind, req.token, req.flags) + req.body
+
+
+def decode_group_request(rec: bytes | memoryview) -> GroupRequest:
+    view = memoryview(rec)
+    kind, token, flags = _GROUP_REQ.unpack_from(view, 0)
+    return GroupRequest(GroupRequestKind(kind), token, flags, bytes(view[_GROUP_REQ.size :]))
