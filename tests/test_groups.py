@@ -20,6 +20,7 @@ from shmraft.node.records import (
     NoteKind,
     decode_group_request,
     decode_note,
+    decode_result,
     encode_group_request,
 )
 from shmraft.node.snapshot import decode_snapshot, encode_snapshot, snapshot_of
@@ -29,7 +30,7 @@ from shmraft.storage.rocks import SavedSnapshot
 from shmraft.wire.client import GROUP_FETCH_LEADER_ONLY, ErrorCode
 from shmraft.wire.control import ControlKind, decode_control, encode_control, is_control
 from shmraft.wire.frame import decode_batch, encode_batch
-from shmraft.workers.raft_groups import GroupService, decode_result, rebuild_groups
+from shmraft.workers.raft_groups import GroupService, rebuild_groups
 
 names = st.text(st.characters(codec="utf-8", exclude_categories=("Cs",)), min_size=1, max_size=20)
 commits = st.builds(

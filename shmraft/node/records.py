@@ -21,6 +21,8 @@ from typing import Final
 
 import numpy as np
 
+from shmraft.node import groups as gr
+
 _PEER: Final = struct.Struct("<IB")  # peer id, kind
 _NOTE_HEAD: Final = struct.Struct("<BQQI")  # kind, a, b, count
 _U64: Final = np.dtype("<u8")
@@ -125,3 +127,31 @@ def decode_group_request(rec: bytes | memoryview) -> GroupRequest:
     view = memoryview(rec)
     kind, token, flags = _GROUP_REQ.unpack_from(view, 0)
     return GroupRequest(GroupRequestKind(kind), token, flags, bytes(view[_GROUP_REQ.size :]))
+
+
+RESULT_HEAD: Final = struct.Struct("<QQQB")  # applied index, log index of the commit (COMMIT), end offset, flags
+
+RESULT_FLAG_LEADER: Final = 0x01  # answered by a leader with a commit in its term
+
+
+@dataclass(frozen=True, slots=True)
+class GroupResult:
+    """A GROUP_RESULT payload, decoded."""
+
+    applied_index: int  # the answering node's table is applied up to here
+    entry_index: int  # COMMIT: the log index of the commit's entry
+    end_offset: int  # just past the last committed event the answering node has applied (lag = end - position)
+    leader: bool  # answered by a leader with a commit in its term
+    table: gr.GroupTable | None  # FETCH: the one group; LIST: every group
+
+
+def encode_result(applied_index: int, entry_index: int, end_offset: int, leader: bool, section: bytes = b"") -> bytes:
+    """A GROUP_RESULT payload: the head, then (FETCH, LIST) a groups section (node/groups.py)."""
+    return RESULT_HEAD.pack(applied_index, entry_index, end_offset, RESULT_FLAG_LEADER if leader else 0) + section
+
+
+def decode_result(payload: bytes) -> GroupResult:
+    applied, entry, end, flags = RESULT_HEAD.unpack_from(payload, 0)
+    rest = payload[RESULT_HEAD.size :]
+    table = gr.GroupTable.decode(rest, applied) if rest else None
+    return GroupResult(applied, entry, end, bool(flags & RESULT_FLAG_LEADER), table)

@@ -34,11 +34,10 @@ from shmraft.ipc.state import NodeStatus, Worker, latency_bucket
 from shmraft.kafka import checksum
 from shmraft.node import groups as gr
 from shmraft.node.layout import Ring
-from shmraft.node.records import GroupRequestKind, NoteKind, decode_note
+from shmraft.node.records import GroupRequestKind, NoteKind, decode_note, decode_result
 from shmraft.raft.types import Role
 from shmraft.wire import client as cp
 from shmraft.workers.base import Inbox, WorkerBase, selector_loop_once
-from shmraft.workers.raft_groups import decode_result
 
 LOOP_WAIT_MS: Final = 50
 R1_PUSH_TIMEOUT_MS: Final = 0
@@ -71,6 +70,7 @@ class IngestWorker(WorkerBase):
             self.door = KafkaDoor(
                 config, self.state, self.log, self.fetches, self._admit, self.kafka.write, self.kafka.close
             )
+            self.door.submit_group = self.submit_group  # OffsetCommit / OffsetFetch: the native group path
             if not checksum.ACCELERATED:
                 self.log.warning("the crc32c package is missing: Kafka record batches use pure-Python CRC-32C (slow)")
         self.latency_buckets = self.state.node["commit_latency_buckets"]  # a view into the state block

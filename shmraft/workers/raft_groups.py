@@ -16,9 +16,7 @@ committed entries (`on_committed`), a leader's snapshot installed (`install`), t
 
 from __future__ import annotations
 
-import struct
 from collections.abc import Callable
-from dataclasses import dataclass
 from typing import Final
 
 from shmraft.constants import BATCH_EVENTS_MAX
@@ -30,6 +28,7 @@ from shmraft.node.records import (
     NoteKind,
     decode_group_request,
     encode_note,
+    encode_result,
 )
 from shmraft.raft.errors import ProposalError
 from shmraft.raft.types import Entry
@@ -39,32 +38,6 @@ from shmraft.wire.frame import frame_event_count
 
 GROUP_PENDING_MAX: Final = 4096  # commits proposed and not yet applied; more are refused UNAVAILABLE
 GROUP_REBUILD_READ_BYTES: Final = 8 * 1024 * 1024
-RESULT_HEAD: Final = struct.Struct("<QQQB")  # applied index, log index of the commit (COMMIT), end offset, flags
-
-RESULT_FLAG_LEADER: Final = 0x01  # answered by a leader with a commit in its term
-
-
-@dataclass(frozen=True, slots=True)
-class GroupResult:
-    """A GROUP_RESULT payload, decoded."""
-
-    applied_index: int  # the answering node's table is applied up to here
-    entry_index: int  # COMMIT: the log index of the commit's entry
-    end_offset: int  # just past the last committed event the answering node has applied (lag = end - position)
-    leader: bool  # answered by a leader with a commit in its term
-    table: gr.GroupTable | None  # FETCH: the one group; LIST: every group
-
-
-def encode_result(applied_index: int, entry_index: int, end_offset: int, leader: bool, section: bytes = b"") -> bytes:
-    """A GROUP_RESULT payload: the head, then (FETCH, LIST) a groups section (node/groups.py)."""
-    return RESULT_HEAD.pack(applied_index, entry_index, end_offset, RESULT_FLAG_LEADER if leader else 0) + section
-
-
-def decode_result(payload: bytes) -> GroupResult:
-    applied, entry, end, flags = RESULT_HEAD.unpack_from(payload, 0)
-    rest = payload[RESULT_HEAD.size :]
-    table = gr.GroupTable.decode(rest, applied) if rest else None
-    return GroupResult(applied, entry, end, bool(flags & RESULT_FLAG_LEADER), table)
 
 
 class GroupService:
