@@ -1,4 +1,4 @@
-"""Committed group offsets through the Kafka door with real clients (kafka-python, confluent-kafka/librdkafka):
+"""Committed group offsets through the Kafka door with real clients (kafka-python, confluent-kafka, aiokafka):
 FindCoordinator names the leader, OffsetCommit / OffsetFetch are the native consumer-group positions (kept in
 the replicated log). A consumer that commits, closes and is restarted resumes at the committed position; the
 positions survive a leader SIGKILL and every node's own table agrees; a follower answers NOT_COORDINATOR.
@@ -7,6 +7,7 @@ Every test checks each node's own log against what was acknowledged (`clusterkit
 
 from __future__ import annotations
 
+import asyncio
 import socket
 import time
 from pathlib import Path
@@ -85,7 +86,35 @@ def confluent_consume(h: Harness, group: str, count: int) -> list[int]:
         c.close()
 
 
-def test_kafka_python_and_confluent_commit_and_resume_and_a_follower_is_not_coordinator(tmp_path: Path) -> None:
+def aiokafka_consume(h: Harness, group: str, count: int) -> list[int]:
+    """aiokafka with `group_id` and assign(): from the committed position; commits after `count` records."""
+    from aiokafka import AIOKafkaConsumer, TopicPartition
+
+    async def run() -> list[int]:
+        c = AIOKafkaConsumer(
+            bootstrap_servers=bootstrap(h), group_id=group, enable_auto_commit=False, auto_offset_reset="earliest"
+        )
+        await c.start()
+        try:
+            tp = TopicPartition(KAFKA_TOPIC, 0)
+            c.assign([tp])
+            got: list[int] = []
+            deadline = time.monotonic() + CLIENT_DEADLINE_S
+            while len(got) < count and time.monotonic() < deadline:
+                batch = await c.getmany(tp, timeout_ms=500, max_records=count - len(got))
+                got += [r.offset for recs in batch.values() for r in recs]
+            await c.commit()
+            assert await c.committed(tp) == got[-1] + 1
+            return got
+        finally:
+            await c.stop()
+
+    return asyncio.run(run())
+
+
+def test_three_clients_commit_and_resume_and_a_follower_is_not_coordinator(
+    tmp_path: Path,
+) -> None:
     h = Harness(tmp_path, kafka=True).start()
     try:
         acked = produce(h)
@@ -96,6 +125,9 @@ def test_kafka_python_and_confluent_commit_and_resume_and_a_follower_is_not_coor
         c1 = confluent_consume(h, "ck", FIRST_PART)
         c2 = confluent_consume(h, "ck", EVENTS - FIRST_PART)
         assert c1 + c2 == log
+        a1 = aiokafka_consume(h, "aio", FIRST_PART)
+        a2 = aiokafka_consume(h, "aio", EVENTS - FIRST_PART)
+        assert a1 + a2 == log
         with h.client() as c:  # the same table the native client reads
             assert c.committed("kp").offset == log[-1] + 1 and c.committed("ck").offset == log[-1] + 1
 
