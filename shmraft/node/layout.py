@@ -16,7 +16,7 @@ from shmraft.ipc.state import StateBlock
 
 
 class Ring(enum.StrEnum):
-    """A node's five rings, by writer -> reader; the value is the last part of the segment's name."""
+    """A node's six rings, by writer -> reader; the value is the last part of the segment's name."""
 
     R1 = "r1"  # ingest -> batcher: event blocks (one client request each)
     R2 = "r2"  # batcher -> raft: batch frames, Raft fields unset
