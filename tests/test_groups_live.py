@@ -7,6 +7,7 @@ Every test also checks each node's own log against what was acknowledged (`clust
 
 from __future__ import annotations
 
+import asyncio
 import json
 from pathlib import Path
 
@@ -125,5 +126,45 @@ def test_a_follower_restarted_after_compaction_still_has_the_positions(tmp_path:
         table = capsys.readouterr().out
         assert table.startswith("GROUP") and "while-down" in table
         check_held_logs(h, load.acked)
+    finally:
+        h.stop()
+
+
+def test_the_asyncio_client_commits_resumes_and_follows_a_leader_kill(tmp_path: Path) -> None:
+    from shmraft.aio import AsyncClient
+
+    h = Harness(tmp_path).start()
+    try:
+        with h.client() as c:
+            offsets = c.produce_many([b"a-%d" % i for i in range(EVENTS)])
+
+        async def first_run() -> list[int]:
+            async with AsyncClient(h.addresses, timeout_s=20) as ac:
+                got: list[int] = []
+                records = ac.consume(group="aio", auto_commit_events=25)
+                async for r in records:
+                    got.append(r.offset)
+                    if len(got) == FIRST_RUN:
+                        break
+                await records.aclose()
+                await ac.commit("aio", got[-1] + 1)
+                assert (await ac.committed("aio")).offset == got[-1] + 1
+                assert await ac.committed("nobody") is None
+                return got
+
+        first = asyncio.run(first_run())
+        leader = h.wait_leader()
+        h.kill_node(leader)
+
+        async def second_run() -> tuple[list[int], list[str]]:
+            async with AsyncClient(h.addresses, timeout_s=20) as ac:
+                got = [r.offset async for r in ac.consume(group="aio")]
+                return got, [g.group for g in await ac.groups()]
+
+        second, names = asyncio.run(second_run())
+        assert first + second == offsets and names == ["aio"]
+        wait_tables_agree(h, {"aio": offsets[-1] + 1}, [n for n in h.node_ids if n != leader])
+        h.start_node(leader)
+        wait_tables_agree(h, {"aio": offsets[-1] + 1}, h.node_ids)
     finally:
         h.stop()
