@@ -172,6 +172,10 @@ def test_client_example_decodes_to_stated_values(index: int) -> None:
             assert msg.token == want.encode()
         elif key == "limits":
             assert asdict(msg.limits) == want
+        elif key == "metadata":
+            assert msg.metadata == want.encode()
+        elif key == "groups":
+            assert [[g.group, g.offset, g.commit_unix_ms, g.index] for g in msg.groups] == want
         else:
             assert getattr(msg, key) == want, key
     if expected["message"] == "MemberChange":  # the MAC is the one the stated secret and cluster id give
@@ -292,7 +296,9 @@ def test_the_stated_peer_version_and_its_refusal_are_the_codes() -> None:
 
 
 def test_the_stated_version_is_the_codes() -> None:
-    assert f"| `version`        | `{cp.CLIENT_VERSION}` |" in SECTION_2
+    assert f"| `version`        | `{cp.CLIENT_VERSION}` (a node also serves `2`: section 2.1) |" in SECTION_2
+    assert cp.CLIENT_VERSIONS_SERVED == (2, 3) and "A node serves versions 2 and 3" in SECTION_2
+    assert f"this node speaks versions {' and '.join(map(str, cp.CLIENT_VERSIONS_SERVED))}" in SECTION_2
     assert f"A request of version {cp.CLIENT_VERSION_REFUSED} is answered" in SECTION_2
     assert f"client protocol version {cp.CLIENT_VERSION_REFUSED} is not\nserved" in SECTION_2
 
@@ -336,3 +342,9 @@ def test_the_stated_waits_and_timeouts_are_the_codes() -> None:
 def test_commit_offset_and_earliest_offset_are_as_stated() -> None:
     assert commit_offset(5) == 384  # the FETCHED example: commit index 5
     assert earliest_offset(1) == 0 and earliest_offset(20) == 1280  # the OFFSET_OUT_OF_RANGE example
+
+
+def test_every_consumer_group_kind_has_an_example() -> None:
+    shown = {e[2]["message"] for e in CLIENT_EXAMPLES}
+    group_messages = {"GroupCommit", "GroupCommitted", "GroupFetch", "GroupPosition", "Groups", "GroupsAnswer"}
+    assert group_messages <= shown, group_messages - shown

@@ -42,6 +42,7 @@ from shmraft.workers.raft import (
     rebuild_dedup,
     snapshot_chunk_bytes_for,
 )
+from shmraft.workers.raft_groups import GroupService
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 TERM = 1
@@ -464,6 +465,7 @@ def _worker_on(nl) -> RaftWorker:
     w.config = SimpleNamespace(dedup_producers_max=PRODUCERS_MAX)
     w.storage, w.state, w.log = nl, _State(), logging.getLogger("test")
     w.dedup, w._decoded, w._export, w._notes = DedupTable(producers_max=PRODUCERS_MAX), {}, None, []
+    w.groups = GroupService(w.log)
     return w
 
 
@@ -474,8 +476,8 @@ def test_the_worker_installs_a_leaders_snapshot_and_refuses_one_it_cannot_read(t
         nl.append([Entry(i, TERM, frames[i - 1]) for i in range(1, 21)], HardState(TERM, 1, 20))
         w = _worker_on(nl)
         newer = bytearray(leader_snapshot(frames, 200).data)
-        newer[4] = 2  # a format version this node does not read (the CRC is the record's own: still refused)
-        with pytest.raises(SnapshotRefused, match="version 2 is not supported"):
+        newer[4] = 7  # a format version this node does not read (the CRC is the record's own: still refused)
+        with pytest.raises(SnapshotRefused, match="version 7 is not supported"):
             w._persist([], HardState(TERM, 1, 200), Snapshot(200, TERM, bytes(newer)))
         assert (nl.first_index(), nl.last_index(), nl.hard_state().commit) == (1, 20, 20)  # nothing written
         assert "snapshots_installed" not in w.state.fields
@@ -484,6 +486,7 @@ def test_the_worker_installs_a_leaders_snapshot_and_refuses_one_it_cannot_read(t
         assert (nl.first_index(), nl.last_index(), nl.snapshot_record.index) == (201, 200, 200)
         assert state(w.dedup) == state(reference(frames, 200)) and w.dedup.last_index == 200
         assert w.state.fields["snapshots_installed"] == 1 and w.state.fields["commit_index"] == 200
+        assert w.groups.table.index == 200 and len(w.groups.table) == 0  # the snapshot's (empty) groups
         for i in range(201, 211):  # appends continue from it, the table in step
             w.core = SimpleNamespace(role=Role.FOLLOWER, commit_index=i)
             w._persist([Entry(i, TERM, frames[i - 1])], HardState(TERM, 1, i))

@@ -1,7 +1,7 @@
 """Membership for operators: list the members, and add, promote or remove one, each returning once committed.
 
 `list_members` asks any reachable node, then the leader it names (only the leader knows how far behind each
-member is). `change_member` signs the MEMBER_CHANGE with the cluster secret (docs/PROTOCOL.md 2.7), sends it
+member is). `change_member` signs the MEMBER_CHANGE with the cluster secret (docs/PROTOCOL.md 2.8), sends it
 to the leader (following NOT_LEADER), and returns the log index at which the change is committed; a refusal
 raises the typed error of its code (client/errors.py: MemberUnknown, ChangeInProgress, NoQuorum,
 AddressInUse, NotCaughtUp, Unauthorized), and TIMEOUT raises CommitTimeout (the change may still commit).

@@ -109,6 +109,18 @@ class Unauthorized(ShmraftError):
     """The server refused the request."""
 
 
+class UnknownGroup(ShmraftError):
+    """The consumer group has no committed position."""
+
+
+class TooManyGroups(ShmraftError):
+    """The cluster holds the most consumer groups it may (METADATA's groups_max): no new group is accepted."""
+
+
+class GroupNameTooLong(ShmraftError):
+    """A group name longer than the node accepts (METADATA's group_name_bytes_max)."""
+
+
 class BufferFull(ShmraftError):
     """A Producer's buffer stayed full until the timeout: the cluster is not keeping up or not reachable."""
 
@@ -157,6 +169,9 @@ _BY_CODE: dict[ErrorCode, type[ShmraftError]] = {
     ErrorCode.NO_QUORUM: NoQuorum,
     ErrorCode.ADDRESS_IN_USE: AddressInUse,
     ErrorCode.NOT_CAUGHT_UP: NotCaughtUp,
+    ErrorCode.UNKNOWN_GROUP: UnknownGroup,
+    ErrorCode.TOO_MANY_GROUPS: TooManyGroups,
+    ErrorCode.GROUP_NAME_TOO_LONG: GroupNameTooLong,
 }
 
 

@@ -22,8 +22,8 @@ class Ring(enum.StrEnum):
     R2 = "r2"  # batcher -> raft: batch frames, Raft fields unset
     R3 = "r3"  # raft -> sender: peer messages for the data channel
     R4 = "r4"  # sender -> raft: peer messages received on the data channel
-    R5 = "r5"  # raft -> ingest: notes (appended, verdicts, commit index, leader changes, change outcomes)
-    R6 = "r6"  # ingest -> raft: membership change requests (MEMBER_CHANGE from the client port)
+    R5 = "r5"  # raft -> ingest: notes (appended, verdicts, commit index, leader changes, request outcomes)
+    R6 = "r6"  # ingest -> raft: control requests (membership changes; consumer-group commits and reads)
 
 
 STATE: Final = "state"

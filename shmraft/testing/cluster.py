@@ -16,6 +16,7 @@ import os
 import random
 import shutil
 import signal
+import socket
 import subprocess
 import tempfile
 import threading
@@ -161,6 +162,7 @@ class ClusterDriver:
             self.local.start()
             if leader_timeout_s is not None:
                 self.wait_leader(leader_timeout_s)
+                self.wait_listening(leader_timeout_s)
         except BaseException:
             self.stop()
             raise
@@ -275,6 +277,22 @@ class ClusterDriver:
     def leader(self, exclude: int = 0) -> int:
         """The leader per `leader_and_term`; 0 if none."""
         return self.leader_and_term(exclude)[0]
+
+    def wait_listening(self, timeout_s: float = LEADER_WAIT_S) -> None:
+        """Until every running node's ingest worker accepts connections on its client port (a node's supervisor
+        starts ingest after its raft and sender workers, so a leader may exist before its port is open)."""
+
+        def listening(address: str) -> bool:
+            host, _, port = address.rpartition(":")
+            try:
+                with socket.create_connection((host, int(port)), timeout=1.0):
+                    return True
+            except OSError:
+                return False
+
+        for c in self.configs:
+            if c.node_id not in self.down:
+                wait_for(lambda a=c.me.client_address: listening(a), timeout_s, f"node {c.node_id}'s client port")
 
     def wait_leader(self, timeout_s: float = LEADER_WAIT_S, exclude: int = 0) -> int:
         what = f"a leader other than {exclude}" if exclude else "a leader"

@@ -25,6 +25,7 @@ import numpy as np
 
 from shmraft.ingest.connections import ClientConnections, Connection
 from shmraft.ingest.fetch import FetchServer
+from shmraft.ingest.groups import GroupRequests
 from shmraft.ingest.kafka_door import KafkaDoor
 from shmraft.ingest.kafka_listener import KafkaConnections
 from shmraft.ingest.limits import node_limits
@@ -32,9 +33,17 @@ from shmraft.ingest.tracker import NS_PER_MS, Answer, ProduceTracker
 from shmraft.ipc.state import NodeStatus, Worker, latency_bucket
 from shmraft.kafka import checksum
 from shmraft.net import auth
+from shmraft.node import groups as gr
 from shmraft.node import members as mb
 from shmraft.node.layout import Ring
-from shmraft.node.records import ChangeRequest, NoteKind, decode_note, encode_change_request
+from shmraft.node.records import (
+    ChangeRequest,
+    GroupRequestKind,
+    NoteKind,
+    decode_note,
+    decode_result,
+    encode_change_request,
+)
 from shmraft.raft.types import Role
 from shmraft.wire import client as cp
 from shmraft.workers.base import Inbox, WorkerBase, selector_loop_once
@@ -58,6 +67,8 @@ class IngestWorker(WorkerBase):
             self.sel, config, self.state, self.record, self.log, self._on_request, lambda: bool(self.backlog)
         )
         self.to_batcher = self.layout.writer(Ring.R1)
+        self.to_raft = self.layout.writer(Ring.R6)  # control requests: membership changes, consumer groups
+        self.groups = GroupRequests()
         self.notes = Inbox(self.layout.reader(Ring.R5), Ring.R5)
         self.sel.register(self.notes, selectors.EVENT_READ, lambda _m: None)
         self.tracker = ProduceTracker(config.node_id, self.state.get("term"), config.produce_timeout_ms_default)
@@ -71,9 +82,9 @@ class IngestWorker(WorkerBase):
             self.door = KafkaDoor(
                 config, self.state, self.log, self.fetches, self._admit, self.kafka.write, self.kafka.close
             )
+            self.door.submit_group = self.submit_group  # OffsetCommit / OffsetFetch: the native group path
             if not checksum.ACCELERATED:
                 self.log.warning("the crc32c package is missing: Kafka record batches use pure-Python CRC-32C (slow)")
-        self.to_raft = self.layout.writer(Ring.R6)
         self.secret = auth.cluster_secret(config)  # MEMBER_CHANGE must be signed with it
         # MEMBER_CHANGE requests handed to the raft worker: request id -> (connection id, correlation id, deadline)
         self.changes: dict[int, tuple[int, int, int]] = {}
@@ -111,6 +122,7 @@ class IngestWorker(WorkerBase):
         now = now_ns / 1e9  # the same monotonic clock, in seconds
         is_leader = self.state.get("role") == Role.LEADER
         self._deliver(self.tracker.expire(now_ns, is_leader))
+        self.groups.expire(now_ns, is_leader)
         if not is_leader and self.tracker.waiting:
             self._deliver(self.tracker.fail_all(cp.ErrorCode.NOT_LEADER, "this node is no longer the leader"))
         self.fetches.retry(now)
@@ -142,10 +154,12 @@ class IngestWorker(WorkerBase):
             self._members(conn, msg)
         elif isinstance(msg, cp.MemberChange):
             self._member_change(conn, msg)
+        elif isinstance(msg, (cp.GroupCommit, cp.GroupFetch, cp.Groups)):
+            self._group_request(conn, msg)
         else:
             raise cp.MessageError(
                 "kind",
-                "a request (PRODUCE, FETCH, METADATA, AUTH, MEMBERS, MEMBER_CHANGE)",
+                "a request (PRODUCE, FETCH, METADATA, AUTH, MEMBERS, MEMBER_CHANGE, GROUP_COMMIT, GROUP_FETCH, GROUPS)",
                 type(msg).__name__,
                 msg.correlation_id,
             )
@@ -229,6 +243,7 @@ class IngestWorker(WorkerBase):
                 self.config.node_id,
                 members,
                 self.limits,
+                conn.reader.version,
             ),
         )
 
@@ -308,6 +323,85 @@ class IngestWorker(WorkerBase):
         else:
             self._error(conn, pending[1], cp.ErrorCode(code), text)
 
+    # --- consumer groups (ingest/groups.py; the raft worker's side: workers/raft_groups.py) -------------------
+
+    def submit_group(
+        self, kind: GroupRequestKind, flags: int, body: bytes, reply, timeout_ms: int = 0
+    ) -> cp.ErrorCode | None:
+        """Send a group request to the raft worker (R6); `reply(status, payload)` is called once. Returns an
+        error code instead when it cannot be sent (the caller answers it; `reply` is never called)."""
+        record = self.groups.submit(kind, flags, body, reply, timeout_ms, time.monotonic_ns())
+        if record is None:
+            return cp.ErrorCode.UNAVAILABLE
+        if self.to_raft.push_many([record], 0) != 1:
+            self.groups.withdraw(record)
+            return cp.ErrorCode.UNAVAILABLE
+        return None
+
+    def _group_request(self, conn: Connection, msg: cp.GroupCommit | cp.GroupFetch | cp.Groups) -> None:
+        """Native GROUP_COMMIT, GROUP_FETCH, GROUPS: checked here, answered from the raft worker's result."""
+        cid = msg.correlation_id
+        group = getattr(msg, "group", None)
+        if group is not None and len(group.encode()) > gr.GROUP_NAME_BYTES_MAX:
+            self._error(
+                conn,
+                cid,
+                cp.ErrorCode.GROUP_NAME_TOO_LONG,
+                f"group name: expected at most {gr.GROUP_NAME_BYTES_MAX} bytes, got {len(group.encode())}",
+            )
+            return
+        if isinstance(msg, cp.GroupCommit):
+            if self.state.get("role") != Role.LEADER:
+                self._error(conn, cid, cp.ErrorCode.NOT_LEADER, f"node {self.config.node_id} is not the leader")
+                return
+            if len(msg.metadata) > gr.GROUP_METADATA_BYTES_MAX:
+                self._error(
+                    conn, cid, cp.ErrorCode.TOO_LARGE, f"metadata: expected at most {gr.GROUP_METADATA_BYTES_MAX} bytes"
+                )
+                return
+            body = gr.encode_commit(gr.GroupCommit(msg.group, msg.offset, int(time.time() * 1000), msg.metadata))
+            kind, flags, timeout_ms = GroupRequestKind.COMMIT, 0, msg.timeout_ms
+        elif isinstance(msg, cp.GroupFetch):
+            kind, flags, timeout_ms, body = GroupRequestKind.FETCH, msg.flags, 0, msg.group.encode()
+        else:
+            kind, flags, timeout_ms, body = GroupRequestKind.LIST, msg.flags, 0, b""
+        conn_id = conn.id
+
+        def reply(status: int, payload: bytes) -> None:
+            c = self.conns.by_id.get(conn_id)
+            if c is None:
+                return
+            if status:
+                code = cp.ErrorCode(status)
+                text = {
+                    cp.ErrorCode.UNKNOWN_GROUP: f"group {group!r} has no committed position",
+                    cp.ErrorCode.TOO_MANY_GROUPS: f"{gr.GROUPS_MAX} groups exist already: no new group is accepted",
+                    cp.ErrorCode.NOT_LEADER: "not the leader (or not yet committed in its term)",
+                }.get(code, code.name.lower())
+                self._error(c, cid, code, text)
+                return
+            r = decode_result(payload)
+            table = r.table
+            if kind is GroupRequestKind.COMMIT:
+                self.conns.write(c, cp.encode_group_committed(cid, r.entry_index))
+            elif kind is GroupRequestKind.FETCH:
+                row = table.get(group) if table is not None else None
+                assert row is not None
+                self.conns.write(
+                    c,
+                    cp.encode_group_position(
+                        cid, row.offset, row.commit_unix_ms, row.index, r.applied_index, r.end_offset, row.metadata
+                    ),
+                )
+            else:
+                rows = [] if table is None else table.rows()
+                groups = [cp.GroupRow(n, r.offset, r.commit_unix_ms, r.index) for n, r in sorted(rows.items())]
+                self.conns.write(c, cp.encode_groups_answer(cid, r.applied_index, r.end_offset, groups))
+
+        refused = self.submit_group(kind, flags, body, reply, timeout_ms)
+        if refused is not None:
+            self._error(conn, cid, refused, "too many group requests waiting; retry")
+
     # --- R1 and R5 -----------------------------------------------------------------------------------------
 
     def _drain_backlog(self) -> None:
@@ -333,8 +427,12 @@ class IngestWorker(WorkerBase):
             self.fetches.retry(time.monotonic())
         elif note.kind is NoteKind.LEADER:
             self._deliver(self.tracker.on_leader(note.a, note.b))
+            if not (note.a == self.tracker.known_term and note.b == self.config.node_id):
+                self.groups.on_leadership_lost()
         elif note.kind is NoteKind.CHANGE_RESULT:
             self._on_change_result(note.a, note.b, note.code, note.text)
+        elif note.kind is NoteKind.GROUP_RESULT:
+            self.groups.on_result(note.a, note.b, note.payload)
 
     # --- answers out ---------------------------------------------------------------------------------------
 

@@ -59,10 +59,12 @@ from shmraft.node.records import (
     Note,
     NoteKind,
     PeerRecordKind,
+    RequestKind,
     decode_change_request,
     decode_peer_record,
     encode_note,
     encode_peer_record,
+    request_kind,
 )
 from shmraft.raft.config import RaftConfig
 from shmraft.raft.core import RaftCore
@@ -95,6 +97,7 @@ from shmraft.wire.errors import ProtocolError
 from shmraft.wire.frame import decode_batch, encode_batch_arrays, frame_event_count, restamp
 from shmraft.wire.raft_codec import INSTALL_SNAPSHOT_OVERHEAD_BYTES, decode_raft, encode_raft
 from shmraft.workers.base import Inbox, WorkerBase, selector_loop_once
+from shmraft.workers.raft_groups import GroupService, rebuild_groups
 
 TICK_MS: Final = 5  # the loop wakes at least this often to advance the core's clock
 FRAMES_PER_LOOP_MAX: Final = 512  # frames proposed per loop before the Ready is acted on
@@ -122,6 +125,8 @@ class RaftWorker(WorkerBase):
         self.core: RaftCore | None = None
         self.driver: ReadyDriver | None = None
         self.dedup = dd.DedupTable(producers_max=c.dedup_producers_max)
+        self.groups = GroupService(self.log)  # consumer groups' positions (workers/raft_groups.py)
+        self._export_groups = None  # the groups table at the index of the snapshot being built
         # producer tables of entries received and validated, until they are persisted (bounded: cleared
         # when it grows past DECODED_CACHE_MAX, e.g. after appends that were rejected)
         self._decoded: dict[int, tuple[int, np.ndarray, np.ndarray]] = {}
@@ -162,8 +167,8 @@ class RaftWorker(WorkerBase):
         self.peer_in = Inbox(self.layout.reader(Ring.R4), Ring.R4)
         self.to_sender = self.layout.writer(Ring.R3)
         self.to_ingest = self.layout.writer(Ring.R5)
-        self.changes_in = Inbox(self.layout.reader(Ring.R6), Ring.R6)
-        self.sel.register(self.changes_in, selectors.EVENT_READ, lambda _m: None)
+        self.requests_in = Inbox(self.layout.reader(Ring.R6), Ring.R6)  # control requests (membership, groups)
+        self.sel.register(self.requests_in, selectors.EVENT_READ, lambda _m: None)
         self.sel.register(self.frames_in, selectors.EVENT_READ, lambda _m: None)
         self.sel.register(self.peer_in, selectors.EVENT_READ, lambda _m: None)
         self._refusals_counted = 0
@@ -307,6 +312,8 @@ class RaftWorker(WorkerBase):
         """The table from the saved snapshot and the entries after it (`rebuild_dedup`)."""
         assert self.storage is not None
         self.dedup = rebuild_dedup(self.storage, self.config.dedup_producers_max, self.beat)
+        groups, end_offset = rebuild_groups(self.storage, self.beat)
+        self.groups.install(groups, groups.index, end_offset)
 
     def _record_dedup(self, e: Entry, commit: int) -> None:
         if e.index <= self.dedup.last_index:
@@ -348,7 +355,11 @@ class RaftWorker(WorkerBase):
             term = nl.term_at(at) if due else None
             if term is None:  # not due (or below the log start: cannot happen, the log holds all after it)
                 return
+            if self.groups.table.index != at:  # applied in step with the dedup table's commit: try again later
+                self.log.debug("snapshot at %d waits: groups applied to %d", at, self.groups.table.index)
+                return
             self._export = self.dedup.committed_view()
+            self._export_groups = self.groups.table.copy()
             self._export_term = term
             self._export_seconds = time.monotonic() - now
             return
@@ -369,6 +380,7 @@ class RaftWorker(WorkerBase):
             t.horizon_entries,
             t.spans_max,
             configuration,
+            groups=self._export_groups,
         )
         data = sn.encode_snapshot(record)
         self._export = None
@@ -421,7 +433,7 @@ class RaftWorker(WorkerBase):
         finally:
             self.frames_in.close()
             self.peer_in.close()
-            self.changes_in.close()
+            self.requests_in.close()
             self.links.close()
             if self.storage is not None:
                 self.storage.close()
@@ -430,9 +442,7 @@ class RaftWorker(WorkerBase):
         """One loop iteration after the sockets: peer records, proposals, tick, Readies."""
         if self.core is None:  # storage unusable: refuse everything, retry opening when due
             self.peer_in.take()
-            for rec in self.changes_in.take():
-                req = decode_change_request(rec)
-                self._change_result(req.request_id, 0, cp.ErrorCode.UNAVAILABLE, "the node's storage is failing")
+            self._control_requests()
             frames = self.frames_in.take()
             if frames:
                 self._refuse_frames(frames)
@@ -447,8 +457,7 @@ class RaftWorker(WorkerBase):
         frames = self.frames_in.take()
         if frames:
             self._propose(frames)
-        for rec in self.changes_in.take():
-            self._on_change_request(decode_change_request(rec))
+        self._control_requests()
         if self.core is None or self.driver is None:
             return
         self.driver.tick()
@@ -617,9 +626,11 @@ class RaftWorker(WorkerBase):
             self._publish_membership()
         if rd.committed_entries:
             self._on_committed(rd.committed_entries)
+            self.groups.on_committed(rd.committed_entries, self._notes)
         if rd.soft_state is not None:
             if rd.soft_state.role != StateRole.LEADER:
                 self._fail_pending_changes("leadership was lost before the change was committed")
+            self.groups.leadership_changed()
             self._publish_state()
             self._notes.append(encode_note(Note(NoteKind.LEADER, rd.soft_state.term, rd.soft_state.leader)))
         self.state.set("last_index", self.core.last_index)
@@ -664,6 +675,7 @@ class RaftWorker(WorkerBase):
         self.state.add("fsync_ns", time.perf_counter_ns() - t0)
         self.storage.snapshot_record = record
         self.dedup = table
+        self.groups.install(record.groups.copy() if record.groups is not None else None, snapshot.index, 0)
         self._decoded.clear()
         self._export = None  # a snapshot being built is of the replaced table
         self.state.add("snapshots_installed")
@@ -774,6 +786,39 @@ class RaftWorker(WorkerBase):
         for request_id, _term in self._pending_changes.values():
             self._change_result(request_id, 0, cp.ErrorCode.TIMEOUT, f"{why}; it may still commit: list the members")
         self._pending_changes.clear()
+
+    # --- control requests from ingest (R6) -------------------------------------------------------------------
+
+    def _control_requests(self) -> None:
+        """R6 records, each kind in arrival order: membership changes (refused while the storage fails) and
+        consumer-group requests."""
+        records = self.requests_in.take()
+        if not records:
+            return
+        groups = []
+        for rec in records:
+            if request_kind(rec) is RequestKind.MEMBER_CHANGE:
+                req = decode_change_request(rec)
+                if self.core is None:
+                    self._change_result(req.request_id, 0, cp.ErrorCode.UNAVAILABLE, "the node's storage is failing")
+                else:
+                    self._on_change_request(req)
+            else:
+                groups.append(rec)
+        if groups:
+            self._group_requests(groups)
+
+    # --- consumer groups (workers/raft_groups.py) ------------------------------------------------------------
+
+    def _group_requests(self, records: list[bytes]) -> None:
+        """Consumer-group requests from ingest (R6): commits proposed on the leader, reads answered here."""
+        core = self.core
+        leading = core is not None and core.role == StateRole.LEADER and not core.transfer_target
+        propose = core.propose if leading else None
+        # read-your-commit: a leader answers reads once it has committed an entry of its own term, so its
+        # table holds every commit an earlier leader acknowledged
+        ready = leading and self.storage is not None and self.storage.term_at(core.commit_index) == core.term
+        self.groups.on_requests(records, propose, ready, self._notes)
 
     def _publish_peers(self) -> None:
         """The leader's view of each follower and the snapshot counters, into the state block (throttled)."""
