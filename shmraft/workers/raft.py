@@ -76,6 +76,7 @@ from shmraft.wire.errors import ProtocolError
 from shmraft.wire.frame import decode_batch, encode_batch_arrays, frame_event_count, restamp
 from shmraft.wire.raft_codec import INSTALL_SNAPSHOT_OVERHEAD_BYTES, decode_raft, encode_raft
 from shmraft.workers.base import Inbox, WorkerBase, selector_loop_once
+from shmraft.workers.looptime import LoopTimer
 
 TICK_MS: Final = 5  # the loop wakes at least this often to advance the core's clock
 FRAMES_PER_LOOP_MAX: Final = 512  # frames proposed per loop before the Ready is acted on
@@ -118,6 +119,7 @@ class RaftWorker(WorkerBase):
         self._snapshot_check_at = 0.0  # the next time to ask whether a snapshot is due
         self._peers_at = 0.0  # the next time to publish the leader's view of its followers
         self._sent_seen = 0  # core.snapshots_sent already added to the state block (per core instance)
+        self._timer = LoopTimer()  # where each loop iteration's time goes; slow ones are logged
         self._open_storage()
         self.sel = selectors.DefaultSelector()
         self.links = PeerLinks(
@@ -358,9 +360,12 @@ class RaftWorker(WorkerBase):
 
     def run(self) -> None:
         try:
+            timer = self._timer
             while not self.stopping:
                 self.beat()
+                timer.begin(time.monotonic(), TICK_MS / 1000)
                 selector_loop_once(self.sel, TICK_MS / 1000)
+                timer.mark("wait+sockets", time.monotonic())
                 self.links.maintain()
                 if self.links.refusals != self._refusals_counted:  # strangers refused (metrics)
                     self.state.add("peer_refusals", self.links.refusals - self._refusals_counted)
@@ -370,9 +375,12 @@ class RaftWorker(WorkerBase):
                     if self.storage is not None:
                         self.storage.persist_mark_if_due()  # the next start checks only what follows
                         self._snapshot_step()
+                        timer.mark("snapshot", time.monotonic())
                 except (StorageIOError, CorruptLogError) as exc:
                     self._storage_failed(exc)
                 self._flush_notes()
+                if (line := timer.end(time.monotonic())) is not None:
+                    self.log.info("%s", line)
             if self.core is not None:
                 try:
                     self._hand_over()
@@ -398,16 +406,20 @@ class RaftWorker(WorkerBase):
             if self._fault != StorageFault.OK:
                 self._set_fault(self._fault, "still failing")  # rate-limited reminder
             return
+        timer = self._timer
         for rec in self.peer_in.take():
             self._on_data_record(rec)
+        timer.mark("peer records", time.monotonic())
         frames = self.frames_in.take()
         if frames:
             self._propose(frames)
+            timer.mark(f"propose {len(frames)} frames", time.monotonic())
         if self.core is None or self.driver is None:
             return
         self.driver.tick()
         while self.core is not None and self.core.has_ready():
             self._handle_ready(self.core.ready())
+        timer.mark("ready+persist", time.monotonic())
         self._check_recovery()
         self._publish_peers()
 
@@ -716,6 +728,14 @@ class RaftWorker(WorkerBase):
         self.state.set("commit_index", self.core.commit_index)
         if self.core.role == StateRole.CANDIDATE and prev_role != StateRole.CANDIDATE:
             self.state.add("elections")
+        if self.core.role != prev_role or self.core.leader != prev_leader:  # timestamps for timing analysis
+            self.log.info(
+                "role %s -> %s, term %d, leader %d",
+                StateRole(prev_role).name,
+                self.core.role.name,
+                self.core.term,
+                self.core.leader,
+            )
         if self.core.leader and self.core.leader != prev_leader:
             self.state.add("leader_changes")
 
