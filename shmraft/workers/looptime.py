@@ -9,6 +9,7 @@ how many were slow. The raft worker uses it to say whether a late heartbeat or v
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Final
 
 SLOW_LOOP_MS: Final = 100  # an iteration (or a wake) this much slower than asked is worth a log line
@@ -82,3 +83,38 @@ class LoopTimer:
         self._worst_ms = 0.0
         self._worst = ""
         return line
+
+
+class StallDiscountingClock:
+    """The raft worker's clock for the core's timers (the ReadyDriver's `clock_ms`): monotonic milliseconds,
+    except that one step between two readings counts for at most `step_max_ms`.
+
+    Why: the core's timers measure a peer's silence (a follower's election timeout, the leader's check-quorum).
+    When this process itself did not run for a while (descheduled on a busy machine, or one long fsync), it
+    could neither hear its peers nor send heartbeats; the answers that did arrive wait in the socket and are
+    stepped just before the tick, which then credited the whole stall after them: a leader whose loop stalled
+    600 ms stepped down although both followers had answered, a follower that stalled campaigned although the
+    leader's heartbeat was in its buffer. The driver reads the clock once per loop iteration, which runs every
+    TICK_MS when nothing stalls, so the cap changes nothing then; under stalls the timers run slower by what
+    this process missed. Timers decide only liveness in this Raft (no lease reads), never safety.
+    """
+
+    __slots__ = ("_raw_ms", "step_max_ms", "_last_raw_ms", "_now_ms", "discounted_ms")
+
+    def __init__(self, raw_ms: Callable[[], float], step_max_ms: float) -> None:
+        if step_max_ms <= 0:
+            raise ValueError(f"step_max_ms: expected > 0, got {step_max_ms}")
+        self._raw_ms = raw_ms
+        self.step_max_ms = step_max_ms
+        self._last_raw_ms = raw_ms()
+        self._now_ms = self._last_raw_ms
+        self.discounted_ms = 0.0  # stall time not credited to the timers, in all (for logs and tests)
+
+    def __call__(self) -> float:
+        raw = self._raw_ms()
+        step = max(raw - self._last_raw_ms, 0.0)
+        self._last_raw_ms = raw
+        credited = min(step, self.step_max_ms)
+        self.discounted_ms += step - credited
+        self._now_ms += credited
+        return self._now_ms

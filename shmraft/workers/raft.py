@@ -45,7 +45,7 @@ from typing import Final
 
 import numpy as np
 
-from shmraft.constants import SNAPSHOT_CHUNK_BYTES_MAX
+from shmraft.constants import HEARTBEAT_INTERVAL_MS, SNAPSHOT_CHUNK_BYTES_MAX
 from shmraft.ipc.ring import record_max_for
 from shmraft.ipc.state import PEERS_MAX, PeerState, StorageFault, Worker
 from shmraft.net.links import PeerLinks, PeerSecurity
@@ -76,9 +76,12 @@ from shmraft.wire.errors import ProtocolError
 from shmraft.wire.frame import decode_batch, encode_batch_arrays, frame_event_count, restamp
 from shmraft.wire.raft_codec import INSTALL_SNAPSHOT_OVERHEAD_BYTES, decode_raft, encode_raft
 from shmraft.workers.base import Inbox, WorkerBase, selector_loop_once
-from shmraft.workers.looptime import LoopTimer
+from shmraft.workers.looptime import LoopTimer, StallDiscountingClock
 
 TICK_MS: Final = 5  # the loop wakes at least this often to advance the core's clock
+# one loop iteration advances the core's timers by at most this (StallDiscountingClock): a stall of this
+# process (descheduled, a long fsync) is not taken for its peers' silence
+TIMER_STEP_MAX_MS: Final = HEARTBEAT_INTERVAL_MS
 FRAMES_PER_LOOP_MAX: Final = 512  # frames proposed per loop before the Ready is acted on
 RING_PUSH_TIMEOUT_MS: Final = 50
 DEDUP_REBUILD_READ_BYTES: Final = 8 * 1024 * 1024
@@ -194,7 +197,8 @@ class RaftWorker(WorkerBase):
                 applied=applied,
                 recovery_term=nl.recovery_term,
             )
-            self.driver = ReadyDriver(self.core, self._send, self._persist, _monotonic_ms)
+            clock = StallDiscountingClock(_monotonic_ms, TIMER_STEP_MAX_MS)
+            self.driver = ReadyDriver(self.core, self._send, self._persist, clock)
             self._sent_seen = 0
             self._decoded.clear()
             self._export = None
@@ -453,10 +457,23 @@ class RaftWorker(WorkerBase):
         if self.core is not None:
             self.core.peer_disconnected(peer_id)
 
+    def _data_disconnected(self, peer_id: int) -> None:
+        """The sender lost its data connection to `peer_id`. A leader resends to it (the core is told). A
+        follower tells the core (which then pre-votes at once if `peer_id` led) only when our consensus link to
+        that peer is down too: a leader whose sender worker died (and is being restarted) still runs its core
+        and sends heartbeats on the consensus channel, and an election would only cost a leader change. When
+        the whole node is gone the consensus link drops as well and says so itself; meanwhile the election
+        timeout still covers a leader that went silent."""
+        if self.core is None:
+            return
+        if self.core.role != StateRole.LEADER and self.links.connected(peer_id):
+            return
+        self.core.peer_disconnected(peer_id)
+
     def _on_data_record(self, rec: bytes) -> None:
         peer_id, kind, body = decode_peer_record(rec)
         if kind is PeerRecordKind.DISCONNECTED:
-            self._peer_disconnected(peer_id)
+            self._data_disconnected(peer_id)
         else:
             self._step(peer_id, body)
 
@@ -598,10 +615,12 @@ class RaftWorker(WorkerBase):
             first = entries[0].index
             if first <= self.dedup.last_index and self.core.role != StateRole.LEADER:
                 self.dedup.truncate(first)
+            self._timer.mark("ready", time.monotonic())
             t0 = time.perf_counter_ns()
             self.storage.append(entries, hard_state)
             self.state.add("fsyncs")
             self.state.add("fsync_ns", time.perf_counter_ns() - t0)
+            self._timer.mark(f"write+fsync {len(entries)} entries", time.monotonic())
             for e in entries:
                 self._record_dedup(e, self.core.commit_index)
         elif hard_state is not None:
