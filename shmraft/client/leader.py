@@ -12,7 +12,7 @@ Timing, the same for the blocking `produce()` and the pipelined Producer (`Silen
   answer before the node is suspected to be hung (a stopped process or a vanished host keeps its sockets
   open, so nothing fails): about twice the election timeout, so that by then the others have a new leader;
 - meanwhile, once the leader has been silent for an election timeout (PROBE_AFTER_S), the other nodes are
-  asked who leads every PROBE_INTERVAL_S (one METADATA each, PROBE_METADATA_TIMEOUT_S at most): when they
+  asked who leads every PROBE_INTERVAL_S (one METADATA each, its adaptive ProbeTimeouts time at most): when they
   name another leader the client goes there at once, so a vanished leader costs about the election
   (~0.5-0.6 s), not the full 1 s. A leader that is only slow is still named by the others, and is waited
   for up to ATTEMPT_ANSWER_TIMEOUT_S.
