@@ -115,6 +115,7 @@ FILL_WAIT_S: Final = 60.0  # ... until the leader's log starts past the follower
 RECOVERY_TIMEOUT_S: Final = 60.0
 START_TIMEOUT_S: Final = 60.0
 PRODUCER_DRAIN_S: Final = CLIENT_TIMEOUT_S + 30.0
+LONGEST_GAPS_REPORTED: Final = 5  # the report's longest gaps between acknowledgements, each with its context
 
 
 @dataclass(frozen=True)
@@ -1049,6 +1050,31 @@ def _median_max(xs: list[float]) -> dict[str, float | None]:
     return {"median": round(float(np.median(xs)), 1), "max": round(max(xs), 1)} if xs else {"median": None, "max": None}
 
 
+def longest_gaps(
+    acks_s: np.ndarray, fault_log: list[dict[str, Any]], leaders_seen: list[tuple[float, int, int]], n: int
+) -> list[dict[str, Any]]:
+    """The `n` longest gaps between acknowledgements (times in seconds from the load's start, sorted), each
+    with what was going on: the fault in force when it began (or the last one healed before it, and how long
+    before), and the leaders the monitor saw take over during it. So a gap no fault explains stands out."""
+    if acks_s.size < 2:
+        return []
+    gaps = np.diff(acks_s)
+    out = []
+    for i in np.argsort(gaps)[::-1][:n].tolist():
+        start, end = float(acks_s[i]), float(acks_s[i + 1])
+        g: dict[str, Any] = {"start_s": round(start, 3), "gap_ms": round((end - start) * 1000.0, 1)}
+        before = [f for f in fault_log if f["start_s"] <= end]
+        if before:
+            f = max(before, key=lambda f: f["start_s"])
+            g["fault"] = f"{f['kind']} node {f.get('node', 0)}"
+            g["fault_start_s"] = f["start_s"]
+            healed = f.get("end_s")
+            g["after_heal_ms"] = None if healed is None or healed >= start else round((start - healed) * 1000.0, 1)
+        g["leaders"] = [[t, leader, term] for t, leader, term in leaders_seen if start <= t <= end]
+        out.append(g)
+    return out
+
+
 def by_kind(fault_log: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
     """Per fault kind: how many, the client-seen unavailability and the time until the cluster was whole
     again after the heal (median and max over the faults of that kind that have the figure; a fault with no
@@ -1118,6 +1144,7 @@ def build_report(
         "unavailability": {
             "longest_ack_gap_ms": round(float(gaps.max()) * 1000.0, 1) if gaps.size else None,
             "time_in_gaps_over_1s_s": round(float(gaps[gaps > 1.0].sum()), 2),
+            "longest_gaps": longest_gaps(acks - t_start, fault_log, monitor.leaders_seen, LONGEST_GAPS_REPORTED),
         },
         "by_kind": by_kind(fault_log),
         "client_errors": dict(got.errors),
@@ -1178,6 +1205,15 @@ def print_report(report: dict[str, Any], camp: Campaign) -> None:
         f"  longest gap between acknowledgements {u['longest_ack_gap_ms']} ms; time in gaps over 1 s "
         f"{u['time_in_gaps_over_1s_s']} s; leader changes {report['leader_changes']}"
     )
+    for g in u.get("longest_gaps", []):
+        ctx = "no fault before it" if "fault" not in g else f"{g['fault']} from {g['fault_start_s']:.2f} s"
+        if g.get("after_heal_ms") is not None:
+            ctx += f", healed {g['after_heal_ms']:.0f} ms before the gap"
+        elif "fault" in g:
+            ctx += ", in force"
+        took = "; ".join(f"node {n} leads term {t} at {s:.2f} s" for s, n, t in g["leaders"])
+        took = f"; {took}" if took else ""
+        lines.append(f"    gap {g['gap_ms']:7,.0f} ms from {g['start_s']:7.2f} s: {ctx}{took}")
     lines.append(
         f"  acknowledged {report['acknowledged']:,}  lost {report['lost']}  "
         f"duplicates {report['duplicates']}  "

@@ -182,6 +182,7 @@ def producer_main(k: int, opts: dict, t_start: float, stop, stats, hist, outdir:
         prod.close(timeout_s=opts["client_timeout"] + 10)
     except ShmraftError as exc:
         errors[f"close:{type(exc).__name__}"] += 1
+    errors.update({f"leader:{k}": v for k, v in client.leaders.counts.items()})  # probes, rediscovers (not errors)
     client.close()
     with lock:
         np.savez(

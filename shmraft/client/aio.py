@@ -69,7 +69,6 @@ from shmraft.client.leader import (
     ATTEMPT_ANSWER_TIMEOUT_S,
     FIND_LEADER_TIMEOUT_S,
     METADATA_TIMEOUT_S,
-    PROBE_METADATA_TIMEOUT_S,
     Ask,
     AskKind,
     LeaderTracker,
@@ -296,10 +295,12 @@ class _Leaders:
             hints.node_failed(ask.address)
             return None
         if ask.kind is AskKind.PROBE:
-            survey_s = PROBE_METADATA_TIMEOUT_S * (len(hints.addresses) - 1)
-            leader = await self._survey(ask.address, time.monotonic() + survey_s, PROBE_METADATA_TIMEOUT_S)
+            hints.counts["probe"] += 1
+            survey_s = hints.probe_survey_s(ask.address)
+            leader = await self._survey(ask.address, time.monotonic() + survey_s, None)
             if leader is None or leader == ask.address:
                 return None
+            hints.counts["probe_moved"] += 1
             hints.suspect(ask.address)
             hints.leader = leader
             return leader
@@ -317,8 +318,9 @@ class _Leaders:
         self.hints.leader = await self._survey(excluded, deadline, METADATA_TIMEOUT_S)
         return self.hints.leader
 
-    async def _survey(self, excluded: str, deadline: float, per_node_s: float) -> str | None:
-        """The leader the nodes other than `excluded` name, highest term first (LeaderTracker._survey)."""
+    async def _survey(self, excluded: str, deadline: float, per_node_s: float | None) -> str | None:
+        """The leader the nodes other than `excluded` name, highest term first (LeaderTracker._survey; None:
+        a probe, each node given its adaptive probe timeout)."""
         best: tuple[tuple[int, bool], str] | None = None
         for address in self.hints.candidates(None):
             remaining = deadline - time.monotonic()
@@ -326,12 +328,19 @@ class _Leaders:
                 break
             if address == excluded:
                 continue
+            probe = per_node_s is None
+            asked_at = time.monotonic()
             try:
-                answer = await self.ask_metadata(address, min(per_node_s, remaining))
+                timeout_s = self.hints.probe_timeouts.timeout_s(address) if probe else per_node_s
+                answer = await self.ask_metadata(address, min(timeout_s, remaining))
             except Unauthorized:
                 raise
             except ShmraftError:
+                if probe:
+                    self.hints.probe_answered(address, None)
                 continue
+            if probe:
+                self.hints.probe_answered(address, time.monotonic() - asked_at)
             self.hints.answered(address)
             if isinstance(answer, MetadataAnswer) and (leader := leader_address(answer)) is not None:
                 key = (answer.term, leader != excluded)

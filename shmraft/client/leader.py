@@ -12,7 +12,7 @@ Timing, the same for the blocking `produce()` and the pipelined Producer (`Silen
   answer before the node is suspected to be hung (a stopped process or a vanished host keeps its sockets
   open, so nothing fails): about twice the election timeout, so that by then the others have a new leader;
 - meanwhile, once the leader has been silent for an election timeout (PROBE_AFTER_S), the other nodes are
-  asked who leads every PROBE_INTERVAL_S (one METADATA each, PROBE_METADATA_TIMEOUT_S at most): when they
+  asked who leads every PROBE_INTERVAL_S (one METADATA each, its adaptive ProbeTimeouts time at most): when they
   name another leader the client goes there at once, so a vanished leader costs about the election
   (~0.5-0.6 s), not the full 1 s. A leader that is only slow is still named by the others, and is waited
   for up to ATTEMPT_ANSWER_TIMEOUT_S.
@@ -23,6 +23,7 @@ from __future__ import annotations
 import enum
 import threading
 import time
+from collections import Counter
 from collections.abc import Callable
 from typing import Final, NamedTuple
 
@@ -37,12 +38,16 @@ FIND_LEADER_TIMEOUT_S: Final = 2.0  # the Producer's METADATA questions after a 
 ATTEMPT_ANSWER_TIMEOUT_S: Final = 1.0
 PROBE_AFTER_S: Final = ELECTION_TIMEOUT_MS / 1000
 PROBE_INTERVAL_S: Final = 0.05
-PROBE_METADATA_TIMEOUT_S: Final = 0.2
+PROBE_METADATA_TIMEOUT_S: Final = 0.2  # a probe's METADATA to one node while that node answers quickly (floor)
+PROBE_METADATA_TIMEOUT_MAX_S: Final = 0.5  # ... and at most this, for a node that answers slowly (ceiling)
+PROBE_TIMEOUT_ANSWER_FACTOR: Final = 4.0  # a probe waits this many times the node's smoothed answer time
+ANSWER_TIME_WEIGHT: Final = 0.25  # the weight of a new answer time in the smoothed one (an EWMA, as TCP's SRTT)
 SUSPECT_S: Final = 5.0  # a node that did not answer in time is tried last for this long (unless named leader)
 ADDRESSES_MAX: Final = 2 * CLUSTER_SIZE_MAX  # addresses given plus members learnt from METADATA
 
 assert ATTEMPT_ANSWER_TIMEOUT_S >= 2 * ELECTION_TIMEOUT_MS / 1000
-assert PROBE_AFTER_S + PROBE_METADATA_TIMEOUT_S < ATTEMPT_ANSWER_TIMEOUT_S
+assert PROBE_AFTER_S + PROBE_METADATA_TIMEOUT_MAX_S < ATTEMPT_ANSWER_TIMEOUT_S
+assert PROBE_METADATA_TIMEOUT_S <= PROBE_METADATA_TIMEOUT_MAX_S
 
 
 def member_address(member: Member) -> str:
@@ -102,6 +107,46 @@ class Silence:
         return self.heard_at + self.attempt_s
 
 
+class ProbeTimeouts:
+    """How long a probe waits for one node's METADATA answer: adaptive, so that a node that is merely slow (a
+    busy machine: its answers take 300 ms instead of 3) is not given up on, while a quick node that stops
+    answering is still detected at once.
+
+    Pure (answer times are given). Per node: a smoothed answer time (weight ANSWER_TIME_WEIGHT per answer); the
+    timeout is PROBE_TIMEOUT_ANSWER_FACTOR times it, within [floor_s, ceiling_s]. A node that let a probe
+    time out gets twice its last timeout next time (still at most ceiling_s); its next answer brings it back
+    to the smoothed figure. A node never heard from gets floor_s.
+    """
+
+    __slots__ = ("floor_s", "ceiling_s", "_smoothed_s", "_backoff_s")
+
+    def __init__(
+        self, floor_s: float = PROBE_METADATA_TIMEOUT_S, ceiling_s: float = PROBE_METADATA_TIMEOUT_MAX_S
+    ) -> None:
+        if not 0 < floor_s <= ceiling_s:
+            raise ValueError(f"floor_s, ceiling_s: expected 0 < floor <= ceiling, got {floor_s}, {ceiling_s}")
+        self.floor_s = floor_s
+        self.ceiling_s = ceiling_s
+        self._smoothed_s: dict[str, float] = {}  # address -> smoothed METADATA answer time
+        self._backoff_s: dict[str, float] = {}  # address -> the timeout after probes that timed out
+
+    def answered(self, address: str, seconds: float) -> None:
+        """`address` answered a METADATA question in `seconds`."""
+        old = self._smoothed_s.get(address)
+        self._smoothed_s[address] = seconds if old is None else old + ANSWER_TIME_WEIGHT * (seconds - old)
+        self._backoff_s.pop(address, None)
+
+    def timed_out(self, address: str) -> None:
+        """`address` let a probe time out (or failed it): wait twice as long next time, up to the ceiling."""
+        self._backoff_s[address] = min(2 * self.timeout_s(address), self.ceiling_s)
+
+    def timeout_s(self, address: str) -> float:
+        """The time a probe gives `address` now."""
+        smoothed = self._smoothed_s.get(address, 0.0)
+        adaptive = min(max(PROBE_TIMEOUT_ANSWER_FACTOR * smoothed, self.floor_s), self.ceiling_s)
+        return max(adaptive, self._backoff_s.get(address, 0.0))
+
+
 class LeaderTracker:
     """The known addresses, the leader hint and the suspects of one Client; safe to share between threads
     as far as the hints go (they are hints: a stale one costs a redirect, never a wrong answer)."""
@@ -126,6 +171,9 @@ class LeaderTracker:
         self._rotation = 0  # where the next search over addresses starts, moved past failed nodes
         self._suspects: dict[str, float] = {}  # address -> until when it is tried last (it did not answer)
         self._suspects_lock = threading.Lock()  # produce() and producers' I/O threads share the hints
+        self.probe_timeouts = ProbeTimeouts()  # per node, how long a probe waits for its METADATA answer
+        # what the failover did, for reports (probe, probe_moved, probe_no_answer, rediscover, find_leader)
+        self.counts: Counter[str] = Counter()
 
     # --- hints ------------------------------------------------------------------------------------------
 
@@ -189,8 +237,10 @@ class LeaderTracker:
         if ask.kind is AskKind.PROBE:
             return self.leader_elsewhere(ask.address)
         if ask.kind is AskKind.REDISCOVER:
+            self.counts["rediscover"] += 1
             self.suspect(ask.address)
             return self.rediscover(ask.address, deadline)
+        self.counts["find_leader"] += 1
         return self.find_leader(ask.address, ask.hint, deadline)
 
     # --- asking the nodes ---------------------------------------------------------------------------------
@@ -246,16 +296,31 @@ class LeaderTracker:
     def leader_elsewhere(self, silent: str) -> str | None:
         """`silent` leads but has left a request unanswered for PROBE_AFTER_S: if the other nodes now name
         another leader, make it the leader hint and return it; else None (keep waiting for `silent`)."""
-        survey_s = PROBE_METADATA_TIMEOUT_S * (len(self.addresses) - 1)
-        leader = self._survey(silent, time.monotonic() + survey_s, PROBE_METADATA_TIMEOUT_S)
+        self.counts["probe"] += 1
+        survey_s = self.probe_survey_s(silent)
+        leader = self._survey(silent, time.monotonic() + survey_s, None)
         if leader is None or leader == silent:
             return None
+        self.counts["probe_moved"] += 1
         self.suspect(silent)
         self.leader = leader
         return leader
 
-    def _survey(self, excluded: str, deadline: float, per_node_s: float) -> str | None:
-        """The leader the nodes other than `excluded` name, highest term first (see rediscover)."""
+    def probe_survey_s(self, silent: str) -> float:
+        """The most a probe of every node but `silent` may take: the sum of their probe timeouts."""
+        return sum(self.probe_timeouts.timeout_s(a) for a in self.addresses if a != silent)
+
+    def probe_answered(self, address: str, seconds: float | None) -> None:
+        """A probe's METADATA to `address` was answered in `seconds` (None: it failed or timed out)."""
+        if seconds is None:
+            self.counts["probe_no_answer"] += 1
+            self.probe_timeouts.timed_out(address)
+        else:
+            self.probe_timeouts.answered(address, seconds)
+
+    def _survey(self, excluded: str, deadline: float, per_node_s: float | None) -> str | None:
+        """The leader the nodes other than `excluded` name, highest term first (see rediscover). Each node is
+        given `per_node_s`, or with None (a probe) its adaptive probe timeout, whose answer times it feeds."""
         best: tuple[tuple[int, bool], str] | None = None
         for address in self.candidates(None):
             remaining = deadline - time.monotonic()
@@ -263,12 +328,19 @@ class LeaderTracker:
                 break
             if address == excluded:
                 continue
+            probe = per_node_s is None
+            asked_at = time.monotonic()
             try:
-                answer = self.ask_metadata(address, min(per_node_s, remaining))
+                timeout_s = self.probe_timeouts.timeout_s(address) if probe else per_node_s
+                answer = self.ask_metadata(address, min(timeout_s, remaining))
             except Unauthorized:
                 raise
             except ShmraftError:
+                if probe:
+                    self.probe_answered(address, None)
                 continue
+            if probe:
+                self.probe_answered(address, time.monotonic() - asked_at)
             self.answered(address)
             if isinstance(answer, MetadataAnswer) and (leader := leader_address(answer)) is not None:
                 key = (answer.term, leader != excluded)

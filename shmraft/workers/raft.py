@@ -45,7 +45,7 @@ from typing import Final
 
 import numpy as np
 
-from shmraft.constants import SNAPSHOT_CHUNK_BYTES_MAX
+from shmraft.constants import HEARTBEAT_INTERVAL_MS, SNAPSHOT_CHUNK_BYTES_MAX
 from shmraft.ipc.ring import record_max_for
 from shmraft.ipc.state import PEERS_MAX, PeerState, StorageFault, Worker
 from shmraft.net.links import PeerLinks, PeerSecurity
@@ -97,9 +97,13 @@ from shmraft.wire.errors import ProtocolError
 from shmraft.wire.frame import decode_batch, encode_batch_arrays, frame_event_count, restamp
 from shmraft.wire.raft_codec import INSTALL_SNAPSHOT_OVERHEAD_BYTES, decode_raft, encode_raft
 from shmraft.workers.base import Inbox, WorkerBase, selector_loop_once
+from shmraft.workers.looptime import LoopTimer, StallDiscountingClock
 from shmraft.workers.raft_groups import GroupService, rebuild_groups
 
 TICK_MS: Final = 5  # the loop wakes at least this often to advance the core's clock
+# one loop iteration advances the core's timers by at most this (StallDiscountingClock): a stall of this
+# process (descheduled, a long fsync) is not taken for its peers' silence
+TIMER_STEP_MAX_MS: Final = HEARTBEAT_INTERVAL_MS
 FRAMES_PER_LOOP_MAX: Final = 512  # frames proposed per loop before the Ready is acted on
 RING_PUSH_TIMEOUT_MS: Final = 50
 DEDUP_REBUILD_READ_BYTES: Final = 8 * 1024 * 1024
@@ -147,6 +151,7 @@ class RaftWorker(WorkerBase):
         self._view = mb.static_view(config)  # the configuration in effect, as published (members file)
         self._former = mb.FormerMembers()  # removed members still linked for a while (they learn their removal)
         self.links: PeerLinks | None = None
+        self._timer = LoopTimer()  # where each loop iteration's time goes; slow ones are logged
         self._open_storage()
         self.sel = selectors.DefaultSelector()
         self.links = PeerLinks(
@@ -223,7 +228,8 @@ class RaftWorker(WorkerBase):
                 applied=applied,
                 recovery_term=nl.recovery_term,
             )
-            self.driver = ReadyDriver(self.core, self._send, self._persist, _monotonic_ms)
+            clock = StallDiscountingClock(_monotonic_ms, TIMER_STEP_MAX_MS)
+            self.driver = ReadyDriver(self.core, self._send, self._persist, clock)
             self._sent_seen = 0
             self._decoded.clear()
             self._export = None
@@ -408,11 +414,14 @@ class RaftWorker(WorkerBase):
 
     def run(self) -> None:
         try:
+            timer = self._timer
             while not self.stopping:
                 self.beat()
+                timer.begin(time.monotonic(), TICK_MS / 1000)
                 selector_loop_once(self.sel, TICK_MS / 1000)
                 if self._former.expire(time.monotonic()):
                     self._set_link_peers()
+                timer.mark("wait+sockets", time.monotonic())
                 self.links.maintain()
                 if self.links.refusals != self._refusals_counted:  # strangers refused (metrics)
                     self.state.add("peer_refusals", self.links.refusals - self._refusals_counted)
@@ -422,9 +431,12 @@ class RaftWorker(WorkerBase):
                     if self.storage is not None:
                         self.storage.persist_mark_if_due()  # the next start checks only what follows
                         self._snapshot_step()
+                        timer.mark("snapshot", time.monotonic())
                 except (StorageIOError, CorruptLogError) as exc:
                     self._storage_failed(exc)
                 self._flush_notes()
+                if (line := timer.end(time.monotonic())) is not None:
+                    self.log.info("%s", line)
             if self.core is not None:
                 try:
                     self._hand_over()
@@ -452,17 +464,21 @@ class RaftWorker(WorkerBase):
             if self._fault != StorageFault.OK:
                 self._set_fault(self._fault, "still failing")  # rate-limited reminder
             return
+        timer = self._timer
         for rec in self.peer_in.take():
             self._on_data_record(rec)
+        timer.mark("peer records", time.monotonic())
         frames = self.frames_in.take()
         if frames:
             self._propose(frames)
+            timer.mark(f"propose {len(frames)} frames", time.monotonic())
         self._control_requests()
         if self.core is None or self.driver is None:
             return
         self.driver.tick()
         while self.core is not None and self.core.has_ready():
             self._handle_ready(self.core.ready())
+        timer.mark("ready+persist", time.monotonic())
         self._check_recovery()
         self._publish_peers()
 
@@ -496,10 +512,23 @@ class RaftWorker(WorkerBase):
         if self.core is not None:
             self.core.peer_disconnected(peer_id)
 
+    def _data_disconnected(self, peer_id: int) -> None:
+        """The sender lost its data connection to `peer_id`. A leader resends to it (the core is told). A
+        follower tells the core (which then pre-votes at once if `peer_id` led) only when our consensus link to
+        that peer is down too: a leader whose sender worker died (and is being restarted) still runs its core
+        and sends heartbeats on the consensus channel, and an election would only cost a leader change. When
+        the whole node is gone the consensus link drops as well and says so itself; meanwhile the election
+        timeout still covers a leader that went silent."""
+        if self.core is None:
+            return
+        if self.core.role != StateRole.LEADER and self.links.connected(peer_id):
+            return
+        self.core.peer_disconnected(peer_id)
+
     def _on_data_record(self, rec: bytes) -> None:
         peer_id, kind, body = decode_peer_record(rec)
         if kind is PeerRecordKind.DISCONNECTED:
-            self._peer_disconnected(peer_id)
+            self._data_disconnected(peer_id)
         else:
             self._step(peer_id, body)
 
@@ -647,10 +676,12 @@ class RaftWorker(WorkerBase):
             first = entries[0].index
             if first <= self.dedup.last_index and self.core.role != StateRole.LEADER:
                 self.dedup.truncate(first)
+            self._timer.mark("ready", time.monotonic())
             t0 = time.perf_counter_ns()
             self.storage.append(entries, hard_state)
             self.state.add("fsyncs")
             self.state.add("fsync_ns", time.perf_counter_ns() - t0)
+            self._timer.mark(f"write+fsync {len(entries)} entries", time.monotonic())
             for e in entries:
                 self._record_dedup(e, self.core.commit_index)
         elif hard_state is not None:
@@ -900,6 +931,14 @@ class RaftWorker(WorkerBase):
         self.state.set("commit_index", self.core.commit_index)
         if self.core.role == StateRole.CANDIDATE and prev_role != StateRole.CANDIDATE:
             self.state.add("elections")
+        if self.core.role != prev_role or self.core.leader != prev_leader:  # timestamps for timing analysis
+            self.log.info(
+                "role %s -> %s, term %d, leader %d",
+                StateRole(prev_role).name,
+                self.core.role.name,
+                self.core.term,
+                self.core.leader,
+            )
         if self.core.leader and self.core.leader != prev_leader:
             self.state.add("leader_changes")
 
