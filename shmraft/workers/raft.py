@@ -48,6 +48,7 @@ import numpy as np
 from shmraft.constants import SNAPSHOT_CHUNK_BYTES_MAX
 from shmraft.ipc.ring import record_max_for
 from shmraft.ipc.state import PEERS_MAX, PeerState, StorageFault, Worker
+from shmraft.ipc.trace import RaftTrace
 from shmraft.net.links import PeerLinks, PeerSecurity
 from shmraft.node import dedup as dd
 from shmraft.node import snapshot as sn
@@ -138,6 +139,7 @@ class RaftWorker(WorkerBase):
         self.peer_in = Inbox(self.layout.reader(Ring.R4), Ring.R4)
         self.to_sender = self.layout.writer(Ring.R3)
         self.to_ingest = self.layout.writer(Ring.R5)
+        self.trace = RaftTrace(self.state.trace, config.trace_sample_every)
         self.sel.register(self.frames_in, selectors.EVENT_READ, lambda _m: None)
         self.sel.register(self.peer_in, selectors.EVENT_READ, lambda _m: None)
         self._refusals_counted = 0
@@ -455,6 +457,7 @@ class RaftWorker(WorkerBase):
             m = decode_raft(body, expect_dst=self.config.node_id)
             if m.src != peer_id:
                 raise ProtocolError("src", f"node {peer_id} (the connection's)", m.src)
+            self.trace.stepped(m)
             for e in getattr(m, "entries", ()):
                 if not e.data:
                     continue
@@ -474,6 +477,7 @@ class RaftWorker(WorkerBase):
         if self.core.role != StateRole.LEADER or self.core.transfer_target:
             self._refuse_frames(frames)
             return
+        self.trace.frames_taken()
         batches = [decode_batch(raw) for raw in frames]
         all_pids = np.concatenate([b.producer_ids for b in batches])
         all_seqs = np.concatenate([b.sequences for b in batches])
@@ -523,6 +527,7 @@ class RaftWorker(WorkerBase):
                 self._refuse_frames(frames[i:])
                 break
             assert index == prev_index + 1, (index, prev_index)
+            self.trace.proposed(b.header.batch_id, index)
             self.dedup.record(index, pids, seqs, self.core.commit_index)
             note_pids.append(pids)
             note_seqs.append(seqs)
@@ -587,7 +592,9 @@ class RaftWorker(WorkerBase):
             if first <= self.dedup.last_index and self.core.role != StateRole.LEADER:
                 self.dedup.truncate(first)
             t0 = time.perf_counter_ns()
+            self.trace.persisting(entries)
             self.storage.append(entries, hard_state)
+            self.trace.persisted(entries)
             self.state.add("fsyncs")
             self.state.add("fsync_ns", time.perf_counter_ns() - t0)
             for e in entries:
@@ -684,9 +691,11 @@ class RaftWorker(WorkerBase):
             else:
                 self.links.send(m.dst, body)
         if records:
+            self.trace.before_r3(messages)
             pushed = self.to_sender.push_many(records, RING_PUSH_TIMEOUT_MS)
             if pushed < len(records):  # Raft resends what is lost; a stalled sender must not stall consensus
                 self.log.warning("data ring to sender full: %d messages dropped", len(records) - pushed)
+        self.trace.sent(messages)
 
     def _on_committed(self, entries: list[Entry]) -> None:
         events = 0
@@ -702,6 +711,7 @@ class RaftWorker(WorkerBase):
         self.state.set("commit_index", commit)
         self.dedup.committed(commit)
         self._notes.append(encode_note(Note(NoteKind.COMMIT, commit)))
+        self.trace.committed(commit)
 
     def _publish_state(self) -> None:
         if self.core is None:
@@ -722,6 +732,7 @@ class RaftWorker(WorkerBase):
     def _flush_notes(self) -> None:
         if self._notes:
             notes, self._notes = self._notes, []
+            self.trace.before_r5()
             pushed = self.to_ingest.push_many(notes, RING_PUSH_TIMEOUT_MS)
             if pushed < len(notes):
                 self.log.warning("note ring to ingest full: %d notes dropped", len(notes) - pushed)

@@ -13,6 +13,7 @@ import selectors
 from typing import Final
 
 from shmraft.ipc.state import Worker
+from shmraft.ipc.trace import SenderTrace
 from shmraft.net.links import PeerLinks, PeerSecurity
 from shmraft.node.layout import Ring
 from shmraft.node.records import PeerRecordKind, decode_peer_record, encode_peer_record
@@ -33,6 +34,7 @@ class SenderWorker(WorkerBase):
         self.sel = selectors.DefaultSelector()
         self.to_raft = self.layout.writer(Ring.R4)
         self.pending: list[bytes] = []
+        self.trace = SenderTrace(self.state.trace, config.trace_sample_every)
         self.links = PeerLinks(
             self.sel,
             cluster_id=c.cluster_id,
@@ -53,6 +55,7 @@ class SenderWorker(WorkerBase):
 
     def _on_message(self, peer_id: int, body: memoryview) -> None:
         self.pending.append(encode_peer_record(peer_id, PeerRecordKind.MESSAGE, body))
+        self.trace.received()
 
     def _on_disconnect(self, peer_id: int) -> None:
         self.pending.append(encode_peer_record(peer_id, PeerRecordKind.DISCONNECTED))
@@ -65,10 +68,13 @@ class SenderWorker(WorkerBase):
                 self.links.maintain()
                 for rec in self.outbox.take():
                     peer_id, _kind, body = decode_peer_record(rec)
+                    self.trace.popped()
                     self.links.send(peer_id, body)
+                    self.trace.sent()
                     self.record["records_out"] += 1
                 if self.pending:
                     recs, self.pending = self.pending, []
+                    self.trace.before_r4()
                     pushed = self.to_raft.push_many(recs, RING_PUSH_TIMEOUT_MS)
                     self.record["records_in"] += pushed
                     if pushed < len(recs):
