@@ -167,8 +167,8 @@ def format_waterfall(report: Mapping[str, Any], label: str = "p50") -> str:
     """The table: per stage its p50 and p99 (µs), mean, samples, and a bar placed along the `label` waterfall."""
     lines = []
     leader = report.get("leader_stages")
-    if leader is None:
-        return "no trace samples yet (shmraft-supervisor trace --all on, then produce)"
+    if leader is None or not leader["summary"]["samples"]:
+        return "no trace samples yet (shmraft-supervisor trace --all on, or wait for one request in N)"
     rows = leader["stages"]
     total = next(r for r in rows if r["stage"] == "total")
     span = total.get(f"{label}_critical_sum_us") or total.get(f"{label}_us") or 1.0
