@@ -619,12 +619,6 @@ class RingReader(_RingHandle):
         self._data_wait = Doorbell(self._ctl, C_READER_WAITING, self._data_sem, spin_iterations, wait_timeout_ms)
         self._writer_bell = Doorbell(self._ctl, C_WRITER_WAITING, self._space_sem)
 
-    def set_spin_iterations(self, spin_iterations: int) -> None:
-        """Readiness checks before sleeping on the data semaphore (a pump thread that shares its process's GIL
-        with a socket loop should not spin: see workers/base.py `Inbox`)."""
-        assert spin_iterations >= 0, spin_iterations
-        self._data_wait.spin_iterations = spin_iterations
-
     def _released_cursor(self) -> tuple[int, int]:
         """(read_pos, records consumed of the entry there) as published by the last release()."""
         ctl = self._ctl

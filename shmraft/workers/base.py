@@ -29,9 +29,6 @@ RING_POP_RECORDS_MAX: Final = 1024  # records a worker takes from a ring at once
 RING_POP_BYTES_MAX: Final = 4 * 1024 * 1024  # bytes a worker takes from a ring at once
 INBOX_WAIT_MS: Final = 100  # the pump thread re-checks its stop flag this often
 INBOX_BACKLOG_RECORDS_MAX: Final = 8192
-# the pump thread sleeps at once instead of spinning: after it signals the socket loop, its spin would hold the GIL
-# the woken loop needs, costing a second wake-up (and, on a busy machine, a preempted spinner) per hand-off
-INBOX_SPIN_ITERATIONS: Final = 0
 
 
 class Inbox:
@@ -39,7 +36,6 @@ class Inbox:
 
     def __init__(self, reader: RingReader, name: str) -> None:
         self.reader = reader
-        self.reader.set_spin_iterations(INBOX_SPIN_ITERATIONS)
         self.name = name
         self._efd = os.eventfd(0, os.EFD_NONBLOCK | os.EFD_CLOEXEC)
         self._queue: deque[list[bytes]] = deque()
