@@ -75,6 +75,8 @@ class NodeConfig:
     batch_linger_ms: float = BATCH_LINGER_MS
     batch_payload_max_bytes: int = BATCH_PAYLOAD_MAX_BYTES
     batch_compress: bool = False
+    # per-stage trace (ipc/trace.py): one PRODUCE in N (and one AppendEntries in N on a follower); 0 = off
+    trace_sample_every: int = 100
     # Raft timing (raft worker)
     heartbeat_interval_ms: int = HEARTBEAT_INTERVAL_MS
     election_timeout_ms: int = ELECTION_TIMEOUT_MS
@@ -162,6 +164,8 @@ class NodeConfig:
             raise ConfigError(
                 f"snapshot_chunk_bytes: expected 1..{SNAPSHOT_CHUNK_BYTES_MAX}, got {self.snapshot_chunk_bytes}"
             )
+        if self.trace_sample_every < 0:
+            raise ConfigError(f"trace_sample_every: expected >= 0 (0 = off), got {self.trace_sample_every}")
         if self.storage_retry_interval_ms < 1:
             raise ConfigError(f"storage_retry_interval_ms: expected >= 1, got {self.storage_retry_interval_ms}")
         if self.me.kafka_port and self.client_token_file:

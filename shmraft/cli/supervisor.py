@@ -3,6 +3,7 @@
 shmraft-supervisor up                          a local 3-node cluster on 127.0.0.1, data in ./shmraft-data
 shmraft-supervisor up --config conf/X.toml     one node of a cluster spread over hosts
 shmraft-supervisor status [--json]             health of every node and worker (exit 1 if unhealthy)
+shmraft-supervisor trace [--all on|off] [--json]   where sampled requests spent their time, stage by stage
 shmraft-supervisor rebuild-node --node N [--min-term T] [--force]   a node whose disk was lost or wiped
 shmraft-supervisor recover-node --node N --min-term T   operator step after a lost log AND term/vote copy
 shmraft-supervisor members [--json]            the members (voters, learners, how far behind)
@@ -298,6 +299,21 @@ def _promote_when_caught_up(addresses: list[str], node_id: int, kw: dict) -> int
             time.sleep(admin.RETRY_PAUSE_S * 5)
 
 
+def _trace(args: argparse.Namespace) -> int:
+    """The per-stage waterfall of the local nodes (shmraft/supervisor/waterfall.py, docs/DESIGN.md "Trace")."""
+    from shmraft.supervisor.waterfall import collect_report, format_waterfall
+
+    configs = _configs(args)
+    if args.config:
+        from shmraft.config import with_overrides
+
+        configs = [with_overrides(configs[0], node_id=m.node_id) for m in configs[0].members]
+    sample_all = None if args.all is None else args.all == "on"
+    report = collect_report(configs, sample_all=sample_all, every=args.every)
+    print(json.dumps(report) if args.json else format_waterfall(report))
+    return 0 if report.get("nodes_read") else 1
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="shmraft-supervisor", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -321,6 +337,11 @@ def main(argv: list[str] | None = None) -> int:
     status = sub.add_parser("status", help="health of every node and worker")
     common(status)
     status.add_argument("--json", action="store_true")
+    trace = sub.add_parser("trace", help="where sampled requests spent their time: a per-stage waterfall")
+    common(trace)
+    trace.add_argument("--json", action="store_true")
+    trace.add_argument("--all", choices=["on", "off"], help="sample every request (on) or one in N again (off)")
+    trace.add_argument("--every", type=int, help="sample one request in N (0: back to the config's value)")
     recover = sub.add_parser(
         "recover-node",
         help="(operator) restart a node whose log AND term/vote copy are "
@@ -381,6 +402,8 @@ def main(argv: list[str] | None = None) -> int:
             return _members(args)
         if args.command == "join":
             return _join(args)
+        if args.command == "trace":
+            return _trace(args)
         return _status(args)
     except ConfigError as exc:
         print(f"shmraft-supervisor: {exc}", file=sys.stderr)

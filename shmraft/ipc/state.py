@@ -18,10 +18,11 @@ import numpy as np
 
 from shmraft.constants import CLUSTER_SIZE_MAX
 from shmraft.ipc import segments
+from shmraft.ipc.trace import TRACE_BYTES, TraceArea
 
 STATE_MAGIC: Final = 0x5348_4D52_4146_5453  # "SHMRAFTS"
-STATE_VERSION: Final = 5  # 2: latency histogram, errors by kind; 3: storage faults, recovering; 4: peers, snapshots;
-# 5: membership (members_epoch, config_index, removed)
+STATE_VERSION: Final = 6  # 2: latency histogram, errors by kind; 3: storage faults, recovering; 4: peers, snapshots;
+# 5: membership (members_epoch, config_index, removed); 6: the trace area (ipc/trace.py) after the peers
 
 
 class NodeStatus(enum.IntEnum):
@@ -152,7 +153,8 @@ PEER_DTYPE: Final = np.dtype(
 PEERS_MAX: Final = CLUSTER_SIZE_MAX - 1
 NODE_OFFSET: Final = segments.SEGMENT_HEADER_BYTES  # after the common segment header (creator pid, magic, ...)
 PEERS_OFFSET: Final = NODE_OFFSET + NODE_DTYPE.itemsize + WORKER_DTYPE.itemsize * WORKERS_MAX
-SIZE_BYTES: Final = PEERS_OFFSET + PEER_DTYPE.itemsize * PEERS_MAX
+TRACE_OFFSET: Final = PEERS_OFFSET + PEER_DTYPE.itemsize * PEERS_MAX
+SIZE_BYTES: Final = TRACE_OFFSET + TRACE_BYTES
 
 
 class StateBlockError(RuntimeError):
@@ -172,6 +174,7 @@ class StateBlock:
             (WORKERS_MAX,), dtype=WORKER_DTYPE, buffer=mem, offset=NODE_OFFSET + NODE_DTYPE.itemsize
         )
         self.peers = np.ndarray((PEERS_MAX,), dtype=PEER_DTYPE, buffer=mem, offset=PEERS_OFFSET)
+        self.trace = TraceArea(mem, TRACE_OFFSET)  # sampled requests' hand-offs and stage histograms
 
     @classmethod
     def create(cls, name: str, node_id: int) -> StateBlock:
@@ -216,6 +219,7 @@ class StateBlock:
     def close(self) -> None:
         if self._mem is not None:
             del self.node, self.workers, self.peers
+            self.trace.close()
             self._mem.close()
             self._mem = None  # type: ignore[assignment]
 

@@ -30,6 +30,7 @@ from shmraft.ipc.state import LATENCY_BOUNDS_MS, NodeStatus, PeerState, StateBlo
 from shmraft.net.ratelog import RateLimitedLog
 from shmraft.node.layout import NodeLayout, Ring
 from shmraft.raft.types import Role
+from shmraft.supervisor.waterfall import stage_histograms
 
 log = logging.getLogger("shmraft.supervisor")
 
@@ -78,6 +79,18 @@ def latency_quantile(buckets: Sequence[int], q: float) -> float | None:
     inside = counts[i]
     frac = (rank - below) / inside if inside > 0 else 1.0
     return round(lo + (hi - lo) * min(max(frac, 0.0), 1.0), 3)
+
+
+def trace_metrics(node: str, state: StateBlock) -> list[Metric]:
+    """The trace's per-stage histograms (supervisor/waterfall.py), one series per role and stage with samples."""
+    h = HistogramMetricFamily(
+        "shmraft_trace_stage_seconds",
+        "Sampled requests: time in each hand-off stage (docs/DESIGN.md Trace); role leader or follower",
+        labels=["node", "role", "stage"],
+    )
+    for role, stage, buckets, sum_s in stage_histograms(state.trace):
+        h.add_metric([node, role, stage], buckets, sum_s)
+    return [h]
 
 
 def node_figures(state: StateBlock) -> dict[str, Any]:
@@ -295,6 +308,7 @@ class NodeCollector(Collector):
             buckets.append(("+Inf" if bound_ms == float("inf") else repr(bound_ms / 1000), cum))
         h.add_metric([node], buckets, lat["sum_us"] / 1e6)
         out.append(h)
+        out += trace_metrics(node, self.state)
 
         fill = GaugeMetricFamily(
             "shmraft_ring_fill_bytes", "Bytes published and not yet released in a ring", labels=["node", "ring"]

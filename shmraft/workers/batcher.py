@@ -13,6 +13,7 @@ import time
 from typing import Final
 
 from shmraft.ipc.state import Worker
+from shmraft.ipc.trace import BatcherTrace
 from shmraft.node.batching import BatchCutter
 from shmraft.node.layout import Ring
 from shmraft.workers.base import RING_POP_BYTES_MAX, RING_POP_RECORDS_MAX, WorkerBase
@@ -36,6 +37,7 @@ class BatcherWorker(WorkerBase):
         )
         self.linger_s = config.batch_linger_ms / 1000
         self._oldest = 0.0
+        self.trace = BatcherTrace(self.state.trace, config.trace_sample_every)
 
     def run(self) -> None:
         out: list[bytes] = []
@@ -45,7 +47,9 @@ class BatcherWorker(WorkerBase):
                 wait_ms = max(0.0, (self._oldest + self.linger_s - time.monotonic()) * 1000)
             else:
                 wait_ms = IDLE_WAIT_MS
-            for body in self.blocks.pop_many(RING_POP_RECORDS_MAX, RING_POP_BYTES_MAX, wait_ms, release=True):
+            bodies = self.blocks.pop_many(RING_POP_RECORDS_MAX, RING_POP_BYTES_MAX, wait_ms, release=True)
+            self.trace.popped(bodies, self.cutter.pending_events)
+            for body in bodies:
                 if not self.cutter.pending_events:
                     self._oldest = time.monotonic()
                 self.cutter.add(body)
@@ -55,6 +59,7 @@ class BatcherWorker(WorkerBase):
                 lingered = time.monotonic() - self._oldest >= self.linger_s
                 if lingered or self.frames.fill_bytes() == 0:
                     out += self.cutter.cut(flush=True)
+            self.trace.cut(out)
             if out:
                 while out and not self.stopping:
                     pushed = self.frames.push_many(out, PUSH_TIMEOUT_MS)  # back-pressure: wait for the raft worker

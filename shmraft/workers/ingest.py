@@ -31,6 +31,7 @@ from shmraft.ingest.kafka_listener import KafkaConnections
 from shmraft.ingest.limits import node_limits
 from shmraft.ingest.tracker import NS_PER_MS, Answer, ProduceTracker
 from shmraft.ipc.state import NodeStatus, Worker, latency_bucket
+from shmraft.ipc.trace import IngestTrace
 from shmraft.kafka import checksum
 from shmraft.net import auth
 from shmraft.node import groups as gr
@@ -92,6 +93,7 @@ class IngestWorker(WorkerBase):
         self._view_epoch = -1
         self._view = mb.static_view(config)
         self.latency_buckets = self.state.node["commit_latency_buckets"]  # a view into the state block
+        self.trace = IngestTrace(self.state.trace, config.trace_sample_every)
         self.limits = node_limits(config)
 
     # --- the loop ------------------------------------------------------------------------------------------
@@ -210,12 +212,15 @@ class IngestWorker(WorkerBase):
     ) -> Answer | None:
         """The one produce path (native PRODUCE and Kafka Produce): the tracker, then the event block to the
         batcher. Returns the tracker's refusal (not yet delivered), or None once admitted."""
+        sampled = self.trace.sample()
         refused = self.tracker.submit(
             conn.id, cid, producer_id, first_sequence, lengths, size, timeout_ms, time.monotonic_ns()
         )
         if refused is not None:
             return refused
         conn.inflight_bytes += size
+        if sampled:
+            self.trace.admitted(producer_id, first_sequence, conn.id, cid, queued=bool(self.backlog))
         self.backlog.append(block)
         self._drain_backlog()
         return None
@@ -423,6 +428,7 @@ class IngestWorker(WorkerBase):
         elif note.kind is NoteKind.VERDICTS:
             self._deliver(self.tracker.on_verdicts(note.producer_ids, note.sequences, note.verdicts, note.offsets))
         elif note.kind is NoteKind.COMMIT:
+            self.trace.commit_seen(note.a)
             self._answer_committed()
             self.fetches.retry(time.monotonic())
         elif note.kind is NoteKind.LEADER:
@@ -459,6 +465,7 @@ class IngestWorker(WorkerBase):
                 self.conns.write(conn, cp.encode_produced(a.correlation_id, a.offsets))
             else:
                 self._error(conn, a.correlation_id, a.code, a.message)
+            self.trace.answered(a.conn_id, a.correlation_id, a.offsets is not None)
 
     def _write(self, conn: Connection, data: bytes) -> None:
         """Queue an answer on a connection of either listener."""

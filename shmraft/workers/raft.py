@@ -48,6 +48,7 @@ import numpy as np
 from shmraft.constants import HEARTBEAT_INTERVAL_MS, SNAPSHOT_CHUNK_BYTES_MAX
 from shmraft.ipc.ring import record_max_for
 from shmraft.ipc.state import PEERS_MAX, PeerState, StorageFault, Worker
+from shmraft.ipc.trace import RaftTrace
 from shmraft.net.links import PeerLinks, PeerSecurity
 from shmraft.node import dedup as dd
 from shmraft.node import members as mb
@@ -174,6 +175,7 @@ class RaftWorker(WorkerBase):
         self.to_ingest = self.layout.writer(Ring.R5)
         self.requests_in = Inbox(self.layout.reader(Ring.R6), Ring.R6)  # control requests (membership, groups)
         self.sel.register(self.requests_in, selectors.EVENT_READ, lambda _m: None)
+        self.trace = RaftTrace(self.state.trace, config.trace_sample_every)
         self.sel.register(self.frames_in, selectors.EVENT_READ, lambda _m: None)
         self.sel.register(self.peer_in, selectors.EVENT_READ, lambda _m: None)
         self._refusals_counted = 0
@@ -539,6 +541,7 @@ class RaftWorker(WorkerBase):
             m = decode_raft(body, expect_dst=self.config.node_id)
             if m.src != peer_id:
                 raise ProtocolError("src", f"node {peer_id} (the connection's)", m.src)
+            self.trace.stepped(m)
             for e in getattr(m, "entries", ()):
                 if not e.data:
                     continue
@@ -558,6 +561,7 @@ class RaftWorker(WorkerBase):
         if self.core.role != StateRole.LEADER or self.core.transfer_target:
             self._refuse_frames(frames)
             return
+        self.trace.frames_taken()
         batches = [decode_batch(raw) for raw in frames]
         all_pids = np.concatenate([b.producer_ids for b in batches])
         all_seqs = np.concatenate([b.sequences for b in batches])
@@ -607,6 +611,7 @@ class RaftWorker(WorkerBase):
                 self._refuse_frames(frames[i:])
                 break
             assert index == prev_index + 1, (index, prev_index)
+            self.trace.proposed(b.header.batch_id, index)
             self.dedup.record(index, pids, seqs, self.core.commit_index)
             note_pids.append(pids)
             note_seqs.append(seqs)
@@ -678,7 +683,9 @@ class RaftWorker(WorkerBase):
                 self.dedup.truncate(first)
             self._timer.mark("ready", time.monotonic())
             t0 = time.perf_counter_ns()
+            self.trace.persisting(entries)
             self.storage.append(entries, hard_state)
+            self.trace.persisted(entries)
             self.state.add("fsyncs")
             self.state.add("fsync_ns", time.perf_counter_ns() - t0)
             self._timer.mark(f"write+fsync {len(entries)} entries", time.monotonic())
@@ -890,9 +897,11 @@ class RaftWorker(WorkerBase):
             else:
                 self.links.send(m.dst, body)
         if records:
+            self.trace.before_r3(messages)
             pushed = self.to_sender.push_many(records, RING_PUSH_TIMEOUT_MS)
             if pushed < len(records):  # Raft resends what is lost; a stalled sender must not stall consensus
                 self.log.warning("data ring to sender full: %d messages dropped", len(records) - pushed)
+        self.trace.sent(messages)
 
     def _on_committed(self, entries: list[Entry]) -> None:
         events = 0
@@ -917,6 +926,7 @@ class RaftWorker(WorkerBase):
         self.state.set("commit_index", commit)
         self.dedup.committed(commit)
         self._notes.append(encode_note(Note(NoteKind.COMMIT, commit)))
+        self.trace.committed(commit)
 
     def _publish_state(self) -> None:
         if self.core is None:
@@ -945,6 +955,7 @@ class RaftWorker(WorkerBase):
     def _flush_notes(self) -> None:
         if self._notes:
             notes, self._notes = self._notes, []
+            self.trace.before_r5()
             pushed = self.to_ingest.push_many(notes, RING_PUSH_TIMEOUT_MS)
             if pushed < len(notes):
                 self.log.warning("note ring to ingest full: %d notes dropped", len(notes) - pushed)

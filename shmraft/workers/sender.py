@@ -14,6 +14,7 @@ import time
 from typing import Final
 
 from shmraft.ipc.state import Worker
+from shmraft.ipc.trace import SenderTrace
 from shmraft.net.links import PeerLinks, PeerSecurity
 from shmraft.node import members as mb
 from shmraft.node.layout import Ring
@@ -38,6 +39,7 @@ class SenderWorker(WorkerBase):
         self._epoch = self.state.get("members_epoch")
         self._view = mb.current_view(c)
         self._former = mb.FormerMembers()  # removed members still linked for a while (they learn their removal)
+        self.trace = SenderTrace(self.state.trace, config.trace_sample_every)
         self.links = PeerLinks(
             self.sel,
             cluster_id=c.cluster_id,
@@ -58,6 +60,7 @@ class SenderWorker(WorkerBase):
 
     def _on_message(self, peer_id: int, body: memoryview) -> None:
         self.pending.append(encode_peer_record(peer_id, PeerRecordKind.MESSAGE, body))
+        self.trace.received()
 
     def _on_disconnect(self, peer_id: int) -> None:
         self.pending.append(encode_peer_record(peer_id, PeerRecordKind.DISCONNECTED))
@@ -89,10 +92,13 @@ class SenderWorker(WorkerBase):
                 self.links.maintain()
                 for rec in self.outbox.take():
                     peer_id, _kind, body = decode_peer_record(rec)
+                    self.trace.popped()
                     self.links.send(peer_id, body)
+                    self.trace.sent()
                     self.record["records_out"] += 1
                 if self.pending:
                     recs, self.pending = self.pending, []
+                    self.trace.before_r4()
                     pushed = self.to_raft.push_many(recs, RING_PUSH_TIMEOUT_MS)
                     self.record["records_in"] += pushed
                     if pushed < len(recs):
