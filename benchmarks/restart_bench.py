@@ -19,11 +19,17 @@ It also measures the snapshot itself for a table of `--snapshot-producers` produ
 each): building it in the raft loop (the frozen view, the longest single step, the whole), encoding,
 saving (one synced RocksDB write), and at start loading, decoding and installing it.
 
+With `--node-start` it also starts a real one-node cluster (supervisor, four worker processes) on each log
+and times, from the supervisor's start, until the node answers METADATA from its client port as the leader:
+what a restart costs whole (Python start-up and imports, worker spawn, the open and the dedup rebuild above,
+and a single node's election timeout), `--repeats` times (the median).
+
 The page cache is warm (the log was just written; a restarted process finds it so); `--drop-caches` (root)
 drops it before each open for the cold figures after a reboot.
 
     python benchmarks/restart_bench.py --quick            # 10 K and 100 K entries (about 1 GB of disk)
     python benchmarks/restart_bench.py                    # 10 K, 555 K (the 4 GiB retention) and 1 M entries
+    python benchmarks/restart_bench.py --quick --node-start   # and a whole node's start on each log
 
 Prints a table, then one JSON line with the figures and the machine (CPUs, Python, rocksdict).
 """
@@ -46,12 +52,15 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from shmraft.client import Client, ShmraftError  # noqa: E402
 from shmraft.node.dedup import DedupTable  # noqa: E402
 from shmraft.node.snapshot import Snapshot, decode_snapshot, encode_snapshot, snapshot_of  # noqa: E402
 from shmraft.raft.types import Entry, HardState  # noqa: E402
 from shmraft.storage.nodelog import VERIFIED_MARK_INTERVAL_S, open_node_log  # noqa: E402
 from shmraft.storage.rocks import SavedSnapshot  # noqa: E402
 from shmraft.storage.sidecar import VERIFIED_MARK_FILE  # noqa: E402
+from shmraft.testing.cluster import ClusterDriver  # noqa: E402
+from shmraft.testing.wait import wait_for  # noqa: E402
 from shmraft.wire.frame import decode_batch, encode_batch  # noqa: E402
 from shmraft.workers.raft import SNAPSHOT_INTERVAL_ENTRIES, _decode_saved_snapshot, rebuild_dedup  # noqa: E402
 
@@ -63,6 +72,8 @@ FULL_LOAD_BYTES_PER_S = 35_000_000  # the measured cluster rate of 100-byte even
 SIZES_FULL = (10_000, 555_000, 1_000_000)  # 555 K entries of 7.7 KB: the 4 GiB default retention
 SIZES_QUICK = (10_000, 100_000)
 TERM = 1
+NODE_START_WAIT_S = 300.0  # a whole node's start on the largest log, with room for a busy machine
+METADATA_TIMEOUT_S = 1.0
 
 
 def _frame(index: int) -> bytes:
@@ -194,6 +205,27 @@ def time_restart(node_dir: Path, mark: bytes, *, full: bool, cold: bool) -> tupl
         nl.close()
 
 
+def time_node_start(data_dir: Path) -> float:
+    """Seconds from starting a one-node cluster on the log in data_dir/node1 until it answers METADATA as leader."""
+    d = ClusterDriver.create(data_dir, nodes=1, id_prefix="rb")
+    address = d.addresses[0]
+
+    def serving() -> bool:
+        try:
+            with Client([address], only_node=True, timeout_s=METADATA_TIMEOUT_S) as c:
+                return c.metadata().leader_id == 1
+        except ShmraftError:
+            return False
+
+    t0 = time.perf_counter()
+    try:
+        d.start(leader_timeout_s=None)
+        wait_for(serving, NODE_START_WAIT_S, "the node to answer as leader", 0.01)
+        return time.perf_counter() - t0
+    finally:
+        d.stop()
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--quick", action="store_true", help=f"sizes {SIZES_QUICK} instead of {SIZES_FULL}")
@@ -207,15 +239,21 @@ def main() -> None:
     ap.add_argument("--snapshot-producers", type=int, default=100_000, help="producers in the snapshot-cost table")
     ap.add_argument("--drop-caches", action="store_true", help="cold page cache before each open (root)")
     ap.add_argument("--dir", default=None, help="where to build the logs (default: a temporary directory)")
+    ap.add_argument("--node-start", action="store_true", help="also time a whole node's start on each log")
     args = ap.parse_args()
     sizes = args.entries or (SIZES_QUICK if args.quick else SIZES_FULL)
     if args.repeats is None:
         args.repeats = 1 if args.quick else 3
+    print(
+        f"machine: {os.cpu_count()} CPUs, Python {platform.python_version()}, rocksdict {version('rocksdict')}, "
+        f"{platform.platform()}, load {[round(x, 2) for x in os.getloadavg()]}",
+        flush=True,
+    )
     root = Path(tempfile.mkdtemp(prefix="restart-bench-", dir=args.dir))
     rows = []
     try:
         for n in sizes:
-            node_dir = root / f"n{n}"
+            node_dir = root / f"n{n}" / "node1"  # where a one-node local cluster in root/n<N> keeps its log
             tail = min(n // 2, args.tail_entries)  # a small log: the mark halfway
             t0 = time.perf_counter()
             nbytes = build(node_dir, n, tail, min(n // 2, args.snapshot_tail))
@@ -228,15 +266,20 @@ def main() -> None:
                 row[f"{case}_open_s"] = round(statistics.median(r[0] for r in runs), 3)
                 row[f"{case}_dedup_s"] = round(statistics.median(r[1] for r in runs), 3)
                 row[f"{case}_verified"] = runs[-1][2]
+            if args.node_start:
+                (node_dir / VERIFIED_MARK_FILE).write_bytes(mark)
+                starts = [time_node_start(node_dir.parent) for _ in range(args.repeats)]
+                row["node_start_s"] = round(statistics.median(starts), 3)
             rows.append(row)
             print(
                 f"{n:>9} entries {nbytes / 1e9:6.2f} GB | before: open {row['before_open_s']:6.3f} s "
                 f"({row['before_verified']} checked) | after: open {row['after_open_s']:6.3f} s "
                 f"({row['after_verified']} checked) | dedup: before {row['before_dedup_s']:6.3f} s, after "
-                f"{row['after_dedup_s']:6.3f} s | serving after {row['after_open_s'] + row['after_dedup_s']:6.3f} s",
+                f"{row['after_dedup_s']:6.3f} s | serving after {row['after_open_s'] + row['after_dedup_s']:6.3f} s"
+                + (f" | whole node: leader after {row['node_start_s']:6.3f} s" if args.node_start else ""),
                 flush=True,
             )
-            shutil.rmtree(node_dir, ignore_errors=True)
+            shutil.rmtree(node_dir.parent, ignore_errors=True)
         cost = snapshot_cost(args.snapshot_producers, root / "snapcost")
         print(f"snapshot of {cost['producers']} producers: {cost}", flush=True)
     finally:

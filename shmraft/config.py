@@ -119,6 +119,9 @@ class NodeConfig:
     # InstallSnapshot chunk size (raft worker as leader); None = the Raft default (1 MiB). Either way it is
     # lowered to what fits a data-channel ring record and a peer message (workers/raft.py)
     snapshot_chunk_bytes: int | None = None
+    # membership: True on a node started to join a running cluster (`shmraft-supervisor join`): it starts as a
+    # learner with an empty log and never campaigns until a committed configuration makes it a voter
+    join: bool = False
 
     def __post_init__(self) -> None:
         ids = [m.node_id for m in self.members]

@@ -297,19 +297,10 @@ def test_without_root_the_reason_is_given(monkeypatch: pytest.MonkeyPatch) -> No
 # --- wipe-follower and follower-past-retention (issue 12 item 3) -------------------------------------------------
 
 
-def install_snapshot_available() -> bool:
-    """Whether the Raft core sends and installs snapshots (its status counts `snapshots_installed` once the
-    InstallSnapshot branches are merged). Assertions guarded by this need InstallSnapshot."""
-    from shmraft.sim.harness import core_with_log
-
-    core, _ = core_with_log(1, [1, 2, 3], [1])
-    return "snapshots_installed" in core.status()
-
-
 def test_new_kinds_selectable_and_defaults() -> None:
-    """wipe-follower is a default kind; follower-past-retention (it needs InstallSnapshot) only when named."""
+    """wipe-follower and follower-past-retention are default kinds; the latter makes the run's retention small."""
     defaults = {k.name for k in chaos.select_kinds(list(chaos.KINDS), None)}
-    assert "wipe-follower" in defaults and "follower-past-retention" not in defaults
+    assert {"wipe-follower", "follower-past-retention"} <= defaults
     named = chaos.select_kinds(list(chaos.KINDS), "wipe-follower,follower-past-retention")
     assert [k.name for k in named] == ["wipe-follower", "follower-past-retention"]
     assert chaos.Campaign(chaos.parse_args(["--kinds", "follower-past-retention"]), print).small_retention
@@ -367,23 +358,19 @@ def test_wipe_follower_rebuilds_and_catches_up(tmp_path: Path) -> None:
 
 
 @pytest.mark.slow
-def test_follower_past_retention_is_reported_not_hung(tmp_path: Path) -> None:
-    """A short run of follower-past-retention. Always: the run ends, the fault was injected (the leader compacted
-    past the stopped follower) and nothing readable is lost, duplicated or divergent. Then either the follower
-    caught up through the snapshot (NEEDS InstallSnapshot) or, without InstallSnapshot, the campaign reports
-    it as not caught up and exits non-zero instead of hanging."""
+def test_follower_past_retention_catches_up_through_a_snapshot(tmp_path: Path) -> None:
+    """A short run of follower-past-retention: the fault was injected (the leader compacted past the stopped
+    follower), the follower caught up through the snapshot, and every node holds every acknowledged event still
+    retained, none twice, none divergent."""
     proc, report, context = _run_campaign(
         ["--duration", "10", "--seed", "3", "--kinds", "follower-past-retention", "--no-disk"], tmp_path
     )
     assert report["faults"] == {"follower-past-retention": 1}, context
     detail = report["fault_log"][0]["detail"]
     assert "down until the leader's log started at" in detail, context
-    assert report["lost"] == 0 and report["duplicates"] == 0 and report["divergent"] == 0, context
+    assert report["duplicates"] == 0 and report["divergent"] == 0, context
     k = report["by_kind"]["follower-past-retention"]
-    if install_snapshot_available():  # NEEDS InstallSnapshot
-        assert k["not_caught_up"] == 0 and not report["fault_errors"] and not report["read_errors"], context
-        assert proc.returncode == 0, context
-    else:  # the follower stays in RESEED: reported as a failure
-        assert k["not_caught_up"] == 1 and any("not caught up" in e for e in report["fault_errors"]), context
-        assert proc.returncode == 1, context
+    assert k["not_caught_up"] == 0 and not report["fault_errors"] and not report["read_errors"], context
+    assert report["lost"] == 0, context
+    assert proc.returncode == 0, context
     assert _chaos_leftovers(proc.pid) == {"mounts": [], "shm": [], "netns": []}

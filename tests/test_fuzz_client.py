@@ -49,12 +49,27 @@ def _fetched(draw: st.DrawFn) -> bytes:
 
 
 members = st.lists(st.builds(cp.Member, U32, _utf8_at_most(40), st.integers(0, 65535)), max_size=5)
+group_names = st.text(min_size=1, max_size=30).filter(lambda t: 1 <= len(t.encode()) <= 255)
+I64_NONNEG = st.integers(0, 2**63 - 1)
+U8 = st.integers(0, 255)
+group_rows = st.lists(st.builds(cp.GroupRow, group_names, I64_NONNEG, U64, U64), max_size=6)
+group_requests = [
+    st.builds(cp.encode_group_commit, U64, group_names, I64_NONNEG, U32, st.binary(max_size=40)),
+    st.builds(cp.encode_group_fetch, U64, group_names, U8),
+    st.builds(cp.encode_groups, U64, U8),
+]
+group_answers = [
+    st.builds(cp.encode_group_committed, U64, U64),
+    st.builds(cp.encode_group_position, U64, I64_NONNEG, U64, U64, U64, U64, st.binary(max_size=40)),
+    st.builds(cp.encode_groups_answer, U64, U64, U64, group_rows),
+]
 
 requests = st.one_of(
     st.builds(cp.encode_produce, U64, U64, U64, U32, events),
     st.builds(cp.encode_fetch, U64, U64, U32, U32),
     st.builds(cp.encode_metadata, U64),
     *([st.builds(cp.encode_auth, U64, st.binary(min_size=1, max_size=64))] if hasattr(cp, "encode_auth") else []),
+    *group_requests,
 )
 answers = st.one_of(
     st.builds(cp.encode_produced, U64, st.lists(U64, max_size=20)),
@@ -62,6 +77,7 @@ answers = st.one_of(
     st.builds(cp.encode_metadata_answer, U64, U64, U32, U64, U32, members, limits),
     st.builds(cp.encode_error, U64, st.sampled_from(list(cp.ErrorCode)), text, _utf8_at_most(60), U64, U64),
     *([st.builds(cp.encode_authed, U64)] if hasattr(cp, "encode_authed") else []),
+    *group_answers,
 )
 messages = st.one_of(requests, answers)
 chunk_sizes = st.lists(st.integers(1, 64), max_size=6)

@@ -161,6 +161,17 @@ def test_disconnect_is_reported_and_the_link_reconnects(pair) -> None:
     run_until(sel, [a, b], lambda: (2, b"again") in got[1])
 
 
+def test_a_peer_that_comes_back_is_connected_at_once_not_after_the_back_off(pair) -> None:
+    """While a peer was down the back-off grew; once the peer proves itself on an inbound connection (it restarted),
+    our outbound connection to it is made at once (a restarted follower hears its leader sooner)."""
+    sel, a, b, _, _, _, _ = pair
+    a._retry_at_ms[2] = float("inf")  # a back-off that would never end by itself
+    a._backoff_ms[2] = 1000.0
+    run_until(sel, [a, b], lambda: b.connected(1), what="b's connection to a")
+    run_until(sel, [a, b], lambda: a.connected(2), what="a's connection to b, once b came in")
+    assert 2 not in a._backoff_ms
+
+
 @pytest.mark.parametrize(
     "hello, reason",
     [
@@ -287,3 +298,25 @@ def test_inbound_connections_are_bounded_and_strangers_cannot_lock_members_out(p
     assert len(a._inbound) <= 2
     for s in silent:
         s.close()
+
+
+def test_members_added_and_removed_at_run_time(pair) -> None:
+    """set_peers: a member added at run time is connected and may connect to us; a removed one's connections
+    close both ways without a disconnect notice, its sends are refused, and its new HELLOs are refused."""
+    sel, a, b, got, gone, p1, make = pair
+    run_until(sel, [a, b], lambda: a.connected(2) and b.connected(1))
+    p3 = free_port()
+    c = make(3, p3, 1, p1)
+    a.set_peers({2: ("127.0.0.1", b.listener.getsockname()[1]), 3: ("127.0.0.1", p3)})
+    assert a.send(3, b"hello 3")
+    run_until(sel, [a, b, c], lambda: (1, b"hello 3") in got.get(3, []) and c.connected(1), what="node 3 joined")
+    assert c.send(1, b"from 3")
+    run_until(sel, [a, b, c], lambda: (3, b"from 3") in got[1])
+    a.set_peers({3: ("127.0.0.1", p3)})  # node 2 removed
+    run_until(sel, [a, b, c], lambda: not a.connected(2) and 2 not in a.authenticated_inbound(), what="2 dropped")
+    assert not a.send(2, b"to a removed node")
+    assert 2 not in gone[1], "a removed member is not reported as a failed one"
+    refusals = a.refusals
+    run_until(sel, [a, b, c], lambda: a.refusals > refusals, timeout_s=10.0, what="node 2's reconnect refused")
+    assert not b.connected(1)
+    assert c.connected(1), "the other member is unaffected"

@@ -13,6 +13,7 @@ from collections.abc import Iterator
 import pytest
 from clusterkit import Harness, wait_for
 
+from shmraft.node.groups import GROUP_NAME_BYTES_MAX
 from shmraft.wire import client as cp
 
 RETAIN_ENTRIES = 20
@@ -222,3 +223,53 @@ def test_long_poll_waits_for_an_event_at_or_after_from_offset(node: Harness, raw
     ans = raw.answer()
     assert isinstance(ans, cp.Fetched) and [bytes(e) for e in ans.events] == [b"awaited"]
     assert time.monotonic() - started < 5.0  # answered by the commit, not by the end of the wait
+
+
+# --- consumer groups (section 2.6), version 3 ----------------------------------------------------------------
+
+
+def test_group_commit_fetch_and_list_round_trip(raw: Raw) -> None:
+    committed = raw.ask(cp.encode_group_commit(301, "conf-g", 4096, 5000, b"meta"))
+    assert isinstance(committed, cp.GroupCommitted) and committed.correlation_id == 301 and committed.index > 0
+    pos = raw.ask(cp.encode_group_fetch(302, "conf-g"))
+    assert isinstance(pos, cp.GroupPosition) and (pos.offset, pos.index, pos.metadata) == (
+        4096,
+        committed.index,
+        b"meta",
+    )
+    assert pos.applied_index >= committed.index
+    listed = raw.ask(cp.encode_groups(303))
+    assert isinstance(listed, cp.GroupsAnswer) and ("conf-g", 4096) in [(g.group, g.offset) for g in listed.groups]
+
+
+def test_unknown_group_and_too_long_name_keep_the_connection(raw: Raw) -> None:
+    unknown = raw.ask(cp.encode_group_fetch(311, "conf-nobody"))
+    assert (
+        isinstance(unknown, cp.Error) and unknown.code is cp.ErrorCode.UNKNOWN_GROUP and unknown.correlation_id == 311
+    )
+    long_name = "x" * (GROUP_NAME_BYTES_MAX + 1)
+    too_long = raw.ask(cp.encode_group_commit(312, long_name, 1))
+    assert isinstance(too_long, cp.Error) and too_long.code is cp.ErrorCode.GROUP_NAME_TOO_LONG
+    assert isinstance(raw.ask(cp.encode_metadata(313)), cp.MetadataAnswer)  # still open
+
+
+def test_a_group_kind_in_a_version_2_request_is_malformed_and_version_2_is_answered_in_version_2(raw: Raw) -> None:
+    meta = cp.encode_metadata(321)
+    raw.send(meta[:2] + bytes([2]) + meta[3:])
+    answer = raw.sock.recv(1 << 16)
+    assert answer[2] == 2  # the answer's header names version 2, and its limits are version 2's eight
+    r = cp.MessageReader()
+    r.feed(answer)
+    got = r.next_message()
+    assert isinstance(got, cp.MetadataAnswer) and got.limits.groups_max == 0 and got.limits.dedup_producers_max > 0
+    fetch = cp.encode_group_fetch(322, "g")
+    answer = raw.ask(fetch[:2] + bytes([2]) + fetch[3:])
+    assert isinstance(answer, cp.Error) and answer.code is cp.ErrorCode.MALFORMED and answer.correlation_id == 322
+    assert "version" in answer.message and raw.closed_by_node()
+
+
+def test_an_empty_group_name_is_malformed(raw: Raw) -> None:
+    body = b"\x01\x00"  # flags, name length 0
+    answer = raw.ask(cp.HEADER.pack(cp.CLIENT_MAGIC, cp.CLIENT_VERSION, cp.Kind.GROUP_FETCH, len(body), 331) + body)
+    assert isinstance(answer, cp.Error) and answer.code is cp.ErrorCode.MALFORMED and "group length" in answer.message
+    assert raw.closed_by_node()

@@ -13,7 +13,7 @@ from shmraft.config import LOCAL_PORT_BASE, local_cluster, local_members
 from shmraft.ingest.fetch import FETCH_WAIT_MAX_MS, commit_offset, earliest_offset
 from shmraft.ingest.limits import node_limits
 from shmraft.ingest.tracker import PRODUCE_TIMEOUT_MAX_MS, SEQUENCE_END
-from shmraft.net.auth import ROLE_ACCEPTOR, ROLE_CONNECTOR, Secret, handshake_mac
+from shmraft.net.auth import ROLE_ACCEPTOR, ROLE_CONNECTOR, Secret, handshake_mac, member_change_mac
 from shmraft.node.batching import EVENT_BYTES_MAX
 from shmraft.node.dedup import DEDUP_HORIZON_ENTRIES_DEFAULT, DEDUP_SPANS_MAX_DEFAULT
 from shmraft.wire import client as cp
@@ -76,6 +76,10 @@ def test_document_has_the_required_examples() -> None:
         "Error",
         "Auth",
         "Authed",
+        "Members",
+        "MembersAnswer",
+        "MemberChange",
+        "MemberChanged",
     }
     flags = [exp.get("flags") for _, _, exp in FRAME_EXAMPLES]
     assert 0 in flags and 1 in flags  # plain and zstd
@@ -147,9 +151,14 @@ def test_client_example_decodes_to_stated_values(index: int) -> None:
     assert reader.buffered_bytes == 0 and reader.next_message() is None
     assert type(msg).__name__ == expected["message"]
     for key, want in expected.items():
-        if key == "message":
+        if key in ("message", "secret", "cluster_id"):
             continue
-        if key == "events":
+        if expected["message"] == "MembersAnswer" and key == "members":
+            got = [[m.node_id, m.role.name, m.match_index, m.entries_behind, m.address.decode()] for m in msg.members]
+            assert got == want
+        elif key == "address":
+            assert msg.address == want.encode()
+        elif key == "events":
             assert [bytes(e).decode() for e in msg.events] == want
         elif key == "offsets":
             assert msg.offsets.tolist() == want
@@ -163,8 +172,15 @@ def test_client_example_decodes_to_stated_values(index: int) -> None:
             assert msg.token == want.encode()
         elif key == "limits":
             assert asdict(msg.limits) == want
+        elif key == "metadata":
+            assert msg.metadata == want.encode()
+        elif key == "groups":
+            assert [[g.group, g.offset, g.commit_unix_ms, g.index] for g in msg.groups] == want
         else:
             assert getattr(msg, key) == want, key
+    if expected["message"] == "MemberChange":  # the MAC is the one the stated secret and cluster id give
+        secret = Secret(expected["secret"].encode(), "doc")
+        assert msg.mac == member_change_mac(secret, expected["cluster_id"], msg.signed_bytes)
 
 
 def test_document_has_peer_examples() -> None:
@@ -245,6 +261,9 @@ def test_peer_example_decodes_to_stated_values(index: int) -> None:
     data = want.pop("data", None)
     if data is not None:
         assert msg.data.hex() == data
+    config = want.pop("config", None)
+    if config is not None:
+        assert msg.config.hex() == config
     for key, value in want.items():
         assert getattr(msg, key) == value, key
 
@@ -277,7 +296,9 @@ def test_the_stated_peer_version_and_its_refusal_are_the_codes() -> None:
 
 
 def test_the_stated_version_is_the_codes() -> None:
-    assert f"| `version`        | `{cp.CLIENT_VERSION}` |" in SECTION_2
+    assert f"| `version`        | `{cp.CLIENT_VERSION}` (a node also serves `2`: section 2.1) |" in SECTION_2
+    assert cp.CLIENT_VERSIONS_SERVED == (2, 3) and "A node serves versions 2 and 3" in SECTION_2
+    assert f"this node speaks versions {' and '.join(map(str, cp.CLIENT_VERSIONS_SERVED))}" in SECTION_2
     assert f"A request of version {cp.CLIENT_VERSION_REFUSED} is answered" in SECTION_2
     assert f"client protocol version {cp.CLIENT_VERSION_REFUSED} is not\nserved" in SECTION_2
 
@@ -321,3 +342,9 @@ def test_the_stated_waits_and_timeouts_are_the_codes() -> None:
 def test_commit_offset_and_earliest_offset_are_as_stated() -> None:
     assert commit_offset(5) == 384  # the FETCHED example: commit index 5
     assert earliest_offset(1) == 0 and earliest_offset(20) == 1280  # the OFFSET_OUT_OF_RANGE example
+
+
+def test_every_consumer_group_kind_has_an_example() -> None:
+    shown = {e[2]["message"] for e in CLIENT_EXAMPLES}
+    group_messages = {"GroupCommit", "GroupCommitted", "GroupFetch", "GroupPosition", "Groups", "GroupsAnswer"}
+    assert group_messages <= shown, group_messages - shown

@@ -23,6 +23,7 @@ from shmraft.raft.types import Entry
 from shmraft.wire.errors import LocalProtocolError, RemoteProtocolError
 from shmraft.wire.raft_codec import (
     SNAPSHOT_CHUNK_BYTES_MAX,
+    SNAPSHOT_CONFIG_BYTES_MAX,
     SNAPSHOT_TOTAL_BYTES_MAX,
     decode_raft,
     encode_raft,
@@ -47,7 +48,10 @@ def snapshot_chunks(draw) -> InstallSnapshot:
     data = draw(st.binary(max_size=300))
     total = draw(st.integers(len(data), SNAPSHOT_TOTAL_BYTES_MAX))
     offset = draw(st.integers(0, total - len(data)))
-    return InstallSnapshot(draw(ids), draw(ids), draw(u64), draw(u64), draw(u64), total, draw(u32), offset, data)
+    config = draw(st.binary(max_size=100))
+    return InstallSnapshot(
+        draw(ids), draw(ids), draw(u64), draw(u64), draw(u64), total, draw(u32), offset, data, config
+    )
 
 
 messages = st.one_of(
@@ -76,9 +80,10 @@ def test_wrong_destination_is_refused() -> None:
     assert info.value.field == "Heartbeat.dst"
 
 
-def _chunk_head(*, total: int = 100, offset: int = 0, length: int = 0) -> bytes:
+def _chunk_head(*, total: int = 100, offset: int = 0, length: int = 0, config_length: int = 0) -> bytes:
     """The fixed part of an InstallSnapshot body (kind 8) from node 1 to node 2, term 3, snapshot (40, 2)."""
-    return struct.pack("<BIIQ", 8, 1, 2, 3) + struct.pack("<QQQIQI", 40, 2, total, 0x1234, offset, length)
+    head = struct.pack("<QQQIQII", 40, 2, total, 0x1234, offset, length, config_length)
+    return struct.pack("<BIIQ", 8, 1, 2, 3) + head
 
 
 @pytest.mark.parametrize(
@@ -93,6 +98,8 @@ def _chunk_head(*, total: int = 100, offset: int = 0, length: int = 0) -> bytes:
         (_chunk_head(length=4) + b"abc", "InstallSnapshot.data"),
         (_chunk_head(length=3) + b"abcd", "InstallSnapshot.data"),
         (_chunk_head(total=10, offset=8, length=3) + b"abc", "InstallSnapshot.offset"),
+        (_chunk_head(length=3, config_length=2) + b"abc" + b"x", "InstallSnapshot.data"),
+        (_chunk_head(length=3, config_length=SNAPSHOT_CONFIG_BYTES_MAX + 1) + b"abc", "InstallSnapshot.config_length"),
         (struct.pack("<BIIQ", 3, 1, 2, 3), "Heartbeat.body"),
         (struct.pack("<BIIQ", 1, 1, 2, 3) + struct.pack("<QQQI", 0, 0, 0, 99999), "AppendEntries.count"),
         (struct.pack("<BIIQ", 1, 1, 2, 3) + struct.pack("<QQQI", 0, 0, 0, 2), "AppendEntries.tables"),
@@ -123,6 +130,14 @@ def test_a_snapshot_chunk_at_the_limit_round_trips_and_one_byte_more_is_not_sent
     with pytest.raises(LocalProtocolError) as info:
         encode_raft(InstallSnapshot(1, 2, 3, 40, 2, 2**30, 7, 0, bytes(SNAPSHOT_CHUNK_BYTES_MAX + 1)))
     assert info.value.field == "InstallSnapshot.data"
+
+
+def test_the_configuration_travels_with_every_chunk_and_is_bounded() -> None:
+    m = InstallSnapshot(1, 2, 3, 40, 2, 10, 7, 0, b"xyz", b"\x01\x00\x01\x00cfg")
+    assert decode_raft(encode_raft(m)).config == m.config
+    with pytest.raises(LocalProtocolError) as info:
+        encode_raft(InstallSnapshot(1, 2, 3, 40, 2, 10, 7, 0, b"xyz", bytes(SNAPSHOT_CONFIG_BYTES_MAX + 1)))
+    assert info.value.field == "InstallSnapshot.config"
 
 
 def test_the_last_chunk_may_end_exactly_at_the_total() -> None:

@@ -13,6 +13,7 @@ from hypothesis import strategies as st
 from test_dedup import _state, logs
 
 from shmraft.node.dedup import DedupTable, Verdict
+from shmraft.node.groups import GroupCommit, GroupTable
 from shmraft.node.snapshot import (
     SNAPSHOT_HEADER_BYTES,
     SnapshotFormatError,
@@ -93,10 +94,56 @@ def test_header_layout() -> None:
     data = _sample()
     assert data[:4] == b"SNAP"
     magic, version, flags, index, term = struct.unpack_from("<IHHQQ", data)
-    assert (version, flags, index, term) == (1, 0, 1, 2)
+    assert (version, flags, index, term) == (2, 0, 1, 2)
     p, s, e, k = struct.unpack_from("<IIII", data, 40)
     assert (p, s, e, k) == (2, 2, 3, 0)
-    assert len(data) == SNAPSHOT_HEADER_BYTES + 26 * p + 17 * s + e + k + 4
+    end = SNAPSHOT_HEADER_BYTES + 26 * p + 17 * s + e + k
+    (g,) = struct.unpack_from("<I", data, end)
+    assert g == 4 and data[end + 4 : end + 8] == b"\0\0\0\0"  # an empty groups section: count 0
+    assert len(data) == end + 4 + g + 4
+
+
+def _as_version_1(data: bytes) -> bytes:
+    """A version-2 record rewritten as version 1 wrote it: no groups section, version 1."""
+    p, s, e, k = struct.unpack_from("<IIII", data, 40)
+    end = SNAPSHOT_HEADER_BYTES + 26 * p + 17 * s + e + k
+    b = bytearray(data[:end] + b"\0\0\0\0")
+    b[4:6] = struct.pack("<H", 1)
+    return _recrc(b)
+
+
+def _with_groups() -> tuple[DedupTable, GroupTable]:
+    t = DedupTable()
+    t.record(1, np.array([5], np.uint64), np.array([0], np.uint64), commit_index=1)
+    t.record(2, np.zeros(0, np.uint64), np.zeros(0, np.uint64), commit_index=2)
+    g = GroupTable()
+    g.apply(1, GroupCommit("orders", 640, 1_700_000_000_000, b"meta"))
+    g.apply(2, GroupCommit("billing-é", 64, 1_700_000_000_001))
+    t.committed(2)
+    return t, g
+
+
+def test_groups_round_trip_and_version_1_reads_as_no_groups() -> None:
+    t, g = _with_groups()
+    data = encode_snapshot(snapshot_of(t, 3, g))
+    snap = decode_snapshot(data)
+    assert snap.groups == g and snap.groups.get("orders").metadata == b"meta"
+    assert encode_snapshot(snapshot_of(t, 3, snap.groups)) == data  # deterministic
+    old = decode_snapshot(_as_version_1(encode_snapshot(snapshot_of(t, 3))))
+    assert old.groups is None and old.table.same_as(snap.table)
+
+
+def test_groups_at_another_index_are_refused_and_a_bad_section_is_named() -> None:
+    t, g = _with_groups()
+    g.advance(3)
+    with pytest.raises(ValueError, match="groups are at index 3"):
+        encode_snapshot(snapshot_of(t, 3, g))
+    t, g = _with_groups()
+    b = bytearray(encode_snapshot(snapshot_of(t, 3, g)))
+    at = b.index(b"billing")
+    b[at - 1] = 0  # the first name's length byte: 0 is outside 1..GROUP_NAME_BYTES_MAX
+    with pytest.raises(SnapshotFormatError, match="groups section: .*group name length"):
+        decode_snapshot(_recrc(b))
 
 
 def _recrc(b: bytearray) -> bytes:

@@ -34,7 +34,7 @@ from shmraft.storage.rocks import (
     SavedSnapshot,
 )
 from shmraft.wire.frame import decode_batch, encode_batch
-from shmraft.wire.raft_codec import encode_raft
+from shmraft.wire.raft_codec import SNAPSHOT_CONFIG_BYTES_MAX, encode_raft
 from shmraft.workers.raft import (
     RaftWorker,
     SnapshotRefused,
@@ -42,6 +42,7 @@ from shmraft.workers.raft import (
     rebuild_dedup,
     snapshot_chunk_bytes_for,
 )
+from shmraft.workers.raft_groups import GroupService
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 TERM = 1
@@ -437,12 +438,12 @@ def test_the_snapshot_chunk_fits_a_ring_record_and_a_peer_message(tmp_path: Path
     assert snapshot_chunk_bytes_for(with_overrides(base, snapshot_chunk_bytes=64)) == 64
     small_ring = with_overrides(base, ring_capacity_bytes=1 << 20, snapshot_chunk_bytes=SNAPSHOT_CHUNK_BYTES_MAX)
     size = snapshot_chunk_bytes_for(small_ring)
-    body = len(encode_raft(InstallSnapshot(1, 2, 3, 4, 5, size, 0, 0, bytes(size))))
+    config = bytes(SNAPSHOT_CONFIG_BYTES_MAX)  # the largest configuration a chunk may carry
+    body = len(encode_raft(InstallSnapshot(1, 2, 3, 4, 5, size, 0, 0, bytes(size), config)))
     assert body + PEER_RECORD_HEADER_BYTES == record_max_for(1 << 20)  # exactly one ring record at most
     small_peer = with_overrides(base, peer_message_bytes_max=256 * 1024)
-    assert len(encode_raft(InstallSnapshot(1, 2, 3, 4, 5, 1, 0, 0, bytes(snapshot_chunk_bytes_for(small_peer))))) == (
-        256 * 1024
-    )
+    chunk = bytes(snapshot_chunk_bytes_for(small_peer))
+    assert len(encode_raft(InstallSnapshot(1, 2, 3, 4, 5, 1, 0, 0, chunk, config))) == 256 * 1024
 
 
 class _State:
@@ -464,6 +465,7 @@ def _worker_on(nl) -> RaftWorker:
     w.config = SimpleNamespace(dedup_producers_max=PRODUCERS_MAX)
     w.storage, w.state, w.log = nl, _State(), logging.getLogger("test")
     w.dedup, w._decoded, w._export, w._notes = DedupTable(producers_max=PRODUCERS_MAX), {}, None, []
+    w.groups = GroupService(w.log)
     return w
 
 
@@ -474,8 +476,8 @@ def test_the_worker_installs_a_leaders_snapshot_and_refuses_one_it_cannot_read(t
         nl.append([Entry(i, TERM, frames[i - 1]) for i in range(1, 21)], HardState(TERM, 1, 20))
         w = _worker_on(nl)
         newer = bytearray(leader_snapshot(frames, 200).data)
-        newer[4] = 2  # a format version this node does not read (the CRC is the record's own: still refused)
-        with pytest.raises(SnapshotRefused, match="version 2 is not supported"):
+        newer[4] = 7  # a format version this node does not read (the CRC is the record's own: still refused)
+        with pytest.raises(SnapshotRefused, match="version 7 is not supported"):
             w._persist([], HardState(TERM, 1, 200), Snapshot(200, TERM, bytes(newer)))
         assert (nl.first_index(), nl.last_index(), nl.hard_state().commit) == (1, 20, 20)  # nothing written
         assert "snapshots_installed" not in w.state.fields
@@ -484,6 +486,7 @@ def test_the_worker_installs_a_leaders_snapshot_and_refuses_one_it_cannot_read(t
         assert (nl.first_index(), nl.last_index(), nl.snapshot_record.index) == (201, 200, 200)
         assert state(w.dedup) == state(reference(frames, 200)) and w.dedup.last_index == 200
         assert w.state.fields["snapshots_installed"] == 1 and w.state.fields["commit_index"] == 200
+        assert w.groups.table.index == 200 and len(w.groups.table) == 0  # the snapshot's (empty) groups
         for i in range(201, 211):  # appends continue from it, the table in step
             w.core = SimpleNamespace(role=Role.FOLLOWER, commit_index=i)
             w._persist([Entry(i, TERM, frames[i - 1])], HardState(TERM, 1, i))

@@ -178,3 +178,53 @@ def test_a_starved_worker_is_not_killed_and_a_stopped_one_is(harness: Harness) -
         assert harness.restarts(follower, Worker.BATCHER) >= 1
         load.wait_acked(len(load.acked) + 300, 60)
     verify(harness, load.acked)
+
+
+class _Beats:
+    """A state block's worker records whose heartbeats move by `step[kind]` at each read."""
+
+    def __init__(self, step: dict[Worker, int]) -> None:
+        self.step = step
+        self.reads: dict[Worker, int] = dict.fromkeys(Worker, 0)
+        self.workers = self
+
+    def __getitem__(self, kind: Worker) -> dict[str, int]:
+        self.reads[kind] += 1
+        return {"heartbeat": self.reads[kind] * self.step.get(kind, 0)}
+
+
+class _Proc:
+    def __init__(self, code: int | None) -> None:
+        self.code = code
+
+    def poll(self) -> int | None:
+        return self.code
+
+
+def _supervisor(step: dict[Worker, int], exited: set[Worker]):
+    from shmraft.supervisor.node import NodeSupervisor, _Child
+
+    sup = NodeSupervisor.__new__(NodeSupervisor)
+    sup.state = _Beats(step)
+    sup.children = {k: _Child(k, proc=_Proc(1 if k in exited else None)) for k in Worker}
+    sup._stopping = False
+    return sup
+
+
+def test_first_workers_are_waited_for_until_they_beat_or_exit(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The raft worker and the sender start first; the others wait for their first beats (or their exit), at most
+    FIRST_WAIT_S: a worker that never beats delays the others by that bound, no more."""
+    import shmraft.supervisor.node as node
+
+    assert node.FIRST_WORKERS == (Worker.RAFT, Worker.SENDER)
+    sup = _supervisor({Worker.RAFT: 1, Worker.SENDER: 1}, set())
+    sup._wait_first_beats()
+    assert sup.state.reads[Worker.RAFT] == sup.state.reads[Worker.SENDER] == 2  # the first look: both beat
+    sup = _supervisor({Worker.RAFT: 1}, {Worker.SENDER})  # the sender died at once: not waited for
+    sup._wait_first_beats()
+    assert sup.state.reads[Worker.RAFT] == 2
+    monkeypatch.setattr(node, "FIRST_WAIT_S", 0.2)
+    sup = _supervisor({Worker.RAFT: 1}, set())  # the sender never beats
+    t = time.monotonic()
+    sup._wait_first_beats()
+    assert time.monotonic() - t >= 0.2 and sup.state.reads[Worker.SENDER] > 2

@@ -19,7 +19,12 @@ one side, clients still reach everyone), partition-leader-majority (a follower a
 proxy-delay, proxy-loss (stalls and resets, see proxy.py), proxy-slow (bandwidth limit), proxy-blackhole
 (both ways between two nodes) on the links of one node or pair; disk-full (the node on the small disk:
 its free space filled, then freed) and corrupt-minority (a follower killed, its RocksDB files damaged,
-restarted) from shmraft/faults/disk.py.
+restarted) from shmraft/faults/disk.py; wipe-follower (a follower killed, everything in its data directory
+deleted, `rebuild-node` (shmraft/supervisor/rebuild.py), restarted) and follower-past-retention (a follower
+killed while filler events make the leader compact past its log end, then restarted; the run's retention is
+then RETAIN_BYTES_SMALL). These two also wait, up to CATCH_UP_WAIT_S, until the restarted node has caught up
+with the leader's commit index at its restart (and left recovering mode): `caught_up_after_ms`, or a reported
+failure (`not_caught_up`) when it does not; a follower past retention catches up through InstallSnapshot.
 
 Schedule rules (the plan is a pure function of --seed and --duration; targets named by role, "the leader",
 "a follower", are resolved when the fault starts, with a seeded pick among the candidates):
@@ -101,6 +106,12 @@ FAULT_GAP_S: Final = 1.0  # between one fault's heal and the next fault
 FAULT_HOLD_MAX_S: Final = 4.0
 HEALTH_WAIT_S: Final = 15.0
 RESTART_WAIT_S: Final = 20.0  # a killed worker or node back up
+CATCH_UP_WAIT_S: Final = 30.0  # a wiped or past-retention follower back at the leader's commit index
+RETAIN_BYTES_SMALL: Final = 4 * 1024 * 1024  # the run's retention with follower-past-retention: ~25 s of the
+# default load, so the other kinds (a few seconds down) stay within it
+FILL_EVENT_BYTES: Final = 1000  # follower-past-retention's filler events ...
+FILL_EVENTS_PER_CALL: Final = 256  # ... produced this many at a time ...
+FILL_WAIT_S: Final = 60.0  # ... until the leader's log starts past the follower's end, at most this long
 RECOVERY_TIMEOUT_S: Final = 60.0
 START_TIMEOUT_S: Final = 60.0
 PRODUCER_DRAIN_S: Final = CLIENT_TIMEOUT_S + 30.0
@@ -111,6 +122,7 @@ class Kind:
     name: str
     hold_s: tuple[float, float]  # seeded uniform hold time
     needs: str = ""  # "netns", "disk" or "proxy": left out when that is unavailable
+    default: bool = True  # among the kinds of a run without --kinds
 
 
 KINDS: Final = (
@@ -132,6 +144,8 @@ KINDS: Final = (
     Kind("proxy-blackhole", (2.0, FAULT_HOLD_MAX_S), "proxy"),
     Kind("disk-full", (2.0, FAULT_HOLD_MAX_S), "disk"),
     Kind("corrupt-minority", (0.5, 1.5), "disk"),
+    Kind("wipe-follower", (0.5, 1.5)),
+    Kind("follower-past-retention", (0.0, 0.0)),  # caught up through InstallSnapshot
 )
 
 
@@ -280,6 +294,9 @@ class Campaign:
         self.fault_errors: list[str] = []
         self.unhealthy_starts = 0
         self.operator_repairs = 0
+        self.run_id = ""  # set by main: the filler events of follower-past-retention carry it
+        # the run's retention is small when follower-past-retention is among its kinds (named, or a default one)
+        self.small_retention = any(k.name == "follower-past-retention" for k in select_kinds(list(KINDS), args.kinds))
 
     # --- setup ------------------------------------------------------------------------------------------------
 
@@ -332,9 +349,12 @@ class Campaign:
                 bind_host=m.host,
                 peer_connect_overrides=overrides[m.node_id],
                 cluster_secret_file=secret,
+                **({"retain_bytes_max": RETAIN_BYTES_SMALL} if self.small_retention else {}),
             )
             for m in members
         ]
+        if self.small_retention:
+            self.log(f"chaos: retention {RETAIN_BYTES_SMALL >> 20} MiB of entries per node (follower-past-retention)")
         if self.disk is not None:
             self.disk_node = random.Random(self.args.seed).randint(1, NODES)
             node_dir = self.configs[self.disk_node - 1].node_dir
@@ -438,13 +458,21 @@ class Campaign:
         rec["whole_after_ms"] = (
             None if self.nodes.wait_whole(HEALTH_WAIT_S) else round((time.monotonic() - t_healed) * 1000.0, 1)
         )
+        t_restart = rec.pop("t_restart", None)
+        if t_restart is not None:  # a node was restarted: whole again counted from its supervisor's start
+            rec["whole_after_restart_ms"] = (
+                None if rec["whole_after_ms"] is None else round((time.monotonic() - t_restart) * 1000.0, 1)
+            )
         f = monitor.add_fault(p.kind, int(rec.get("node", 0)), rec.pop("t_in_force", t))
         rec["monitor"] = f
         self.log(f"[{rec['start_s']:7.2f} s] {p.kind}: {detail} (healed at {rec['end_s']:.2f} s)")
         return rec
 
-    def _restart_node(self, node: int) -> None:
+    def _restart_node(self, node: int, rec: dict | None = None) -> None:
+        """Start the node's supervisor (noting when in `rec`) and wait until it is up (RESTART_WAIT_S at most)."""
         assert self.nodes is not None
+        if rec is not None:
+            rec["t_restart"] = time.monotonic()
         self.nodes.start_node(node)
         deadline = time.monotonic() + RESTART_WAIT_S
         while not self.nodes.node_up(node) and time.monotonic() < deadline:
@@ -463,7 +491,7 @@ class Campaign:
         rec["node"] = node
         self.nodes.kill_node(node)
         self.hold(p.hold_s, rec)
-        self._restart_node(node)
+        self._restart_node(node, rec)
         return f"SIGKILL node {node} ({role}), restarted after {p.hold_s:.2f} s"
 
     def f_kill_worker(self, p: Planned, rec: dict) -> str:
@@ -615,6 +643,108 @@ class Campaign:
         rec["rejoined"] = not why
         return f"node {node} (follower) killed, {what}, restarted: {outcome}"
 
+    def f_wipe_follower(self, p: Planned, rec: dict) -> str:
+        """A follower's disk replaced by an empty one: killed, its data directory emptied (the directory stays: it
+        may be a mount point), `rebuild-node`, restarted; then caught up (`_catch_up`)."""
+        from shmraft.storage.nodelog import node_log_dir
+        from shmraft.supervisor.rebuild import log_is_locked, rebuild_node
+
+        assert self.nodes is not None
+        node = self.pick(self.followers(), p.pick)
+        if not node:
+            return "no follower to wipe"
+        rec["node"] = node
+        self.nodes.kill_node(node)
+        node_dir = self.configs[node - 1].node_dir
+        log_dir = node_log_dir(node_dir)  # a killed worker's lock goes with its process, a moment after the signal
+        deadline = time.monotonic() + RESTART_WAIT_S
+        while log_is_locked(log_dir) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        for child in list(node_dir.iterdir()) if node_dir.exists() else []:
+            if child.is_dir() and not child.is_symlink():
+                shutil.rmtree(child)
+            else:
+                child.unlink()
+        plan = rebuild_node(self.configs, node)
+        rec["recovery_term"] = plan.recovery_term
+        self.hold(p.hold_s, rec)
+        target = self._leader_commit()
+        self._restart_node(node, rec)
+        outcome = self._catch_up(node, target, rec)
+        return f"node {node} (follower) wiped, rebuilt at term {plan.recovery_term}, restarted: {outcome}"
+
+    def f_follower_past_retention(self, p: Planned, rec: dict) -> str:
+        """A follower down while the leader compacts past its log end (filler events speed that up); restarted,
+        it needs the leader's snapshot (InstallSnapshot) to catch up."""
+        assert self.nodes is not None
+        node = self.pick(self.followers(), p.pick)
+        if not node:
+            return "no follower to stop"
+        rec["node"] = node
+        end = (self.state(node) or {}).get("last_index", 0)
+        self.nodes.kill_node(node)
+        rec["t_in_force"] = time.monotonic()
+        filled, leader_start = self._fill_past(end)
+        rec["filler_events"] = filled
+        if leader_start <= end + 1:
+            raise RuntimeError(
+                f"the leader did not compact past node {node}'s log end {end} in {FILL_WAIT_S:.0f} s "
+                f"(its log starts at {leader_start}; {filled} filler events)"
+            )
+        target = self._leader_commit()
+        self._restart_node(node)
+        outcome = self._catch_up(node, target, rec)
+        return (
+            f"node {node} (follower, log end {end}) down until the leader's log started at {leader_start} "
+            f"({filled} filler events), restarted: {outcome}"
+        )
+
+    def _leader_commit(self) -> int:
+        leader = self.leader()
+        return int((self.state(leader) or {}).get("commit_index", 0)) if leader else 0
+
+    def _fill_past(self, end: int) -> tuple[int, int]:
+        """Filler events (`<run>:w:fill...`, which verification accepts like the warm-up) until the leader's log
+        starts after `end`, or FILL_WAIT_S; returns (events produced, the leader's first index then)."""
+        deadline = time.monotonic() + FILL_WAIT_S
+        filled = 0
+        pad = b"x" * FILL_EVENT_BYTES
+        first = 0
+        with Client(self.addresses, timeout_s=CLIENT_TIMEOUT_S) as c:
+            while time.monotonic() < deadline and not self.stop.is_set():
+                leader = self.leader()
+                first = int((self.state(leader) or {}).get("first_index", 0)) if leader else 0
+                if first > end + 1:
+                    break
+                batch = [f"{self.run_id}:w:fill{filled + i}:".encode() + pad for i in range(FILL_EVENTS_PER_CALL)]
+                try:
+                    c.produce_many(batch)
+                except ShmraftError:
+                    time.sleep(0.1)
+                    continue
+                filled += len(batch)
+        return filled, first
+
+    def _catch_up(self, node: int, target: int, rec: dict) -> str:
+        """Until the restarted `node` is out of recovering mode with its commit index at `target` (the leader's
+        when it was restarted), at most CATCH_UP_WAIT_S: `caught_up_after_ms`, else a failure in `fault_errors`."""
+        from shmraft.supervisor.status import node_status
+
+        t = time.monotonic()
+        deadline = t + CATCH_UP_WAIT_S
+        st: dict[str, Any] = {}
+        while time.monotonic() < deadline and not self.stop.is_set():
+            st = node_status(self.configs[node - 1])
+            if st.get("recovering") is False and (st.get("commit_index") or 0) >= target:
+                rec["caught_up_after_ms"] = round((time.monotonic() - t) * 1000.0, 1)
+                return f"caught up to {target} in {rec['caught_up_after_ms']:.0f} ms"
+            time.sleep(0.1)
+        rec["caught_up_after_ms"] = None
+        seen = {k: st.get(k) for k in ("commit_index", "recovering", "status")}
+        msg = f"node {node} not caught up to commit {target} within {CATCH_UP_WAIT_S:.0f} s ({seen})"
+        self.fault_errors.append(f"{rec['kind']}: {msg}")
+        return msg
+
     # --- healing and cleanup ----------------------------------------------------------------------------------
 
     def heal_all(self) -> None:
@@ -739,7 +869,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 def select_kinds(kinds: list[Kind], wanted_csv: str | None) -> list[Kind]:
     """`kinds` narrowed to the comma-separated names of --kinds (all of them without it)."""
     if not wanted_csv:
-        return kinds
+        return [k for k in kinds if k.default]
     wanted = set(wanted_csv.split(","))
     unknown = wanted - {k.name for k in KINDS}
     if unknown:
@@ -837,15 +967,25 @@ def verify_logs(camp: Campaign, run_id: str, got: lg.Acked) -> tuple[dict[str, A
     if why:
         log(f"chaos: the cluster is not whole after healing: {why}")
     log(f"chaos: verifying {len(camp.addresses)} node logs ({len(got.values):,} acknowledged events) ...")
-    v = lg.verify(run_id, camp.addresses, got.values, got.generated, camp.nodes, log, wait_s=RECOVERY_TIMEOUT_S)
+    v = lg.verify(
+        run_id,
+        camp.addresses,
+        got.values,
+        got.generated,
+        camp.nodes,
+        log,
+        wait_s=RECOVERY_TIMEOUT_S,
+        retention=camp.small_retention,
+    )
     return v, why
 
 
-def failed(v: dict[str, Any], recovered: bool) -> bool:
-    """Loss, a duplicate, divergence, a node behind, an invented or misplaced event, an unreadable node, or no
-    recovery."""
+def failed(v: dict[str, Any], recovered: bool, fault_errors: list[str] | None = None) -> bool:
+    """Loss, a duplicate, divergence, a node behind, an invented or misplaced event, an unreadable node, no
+    recovery, or a fault that failed (e.g. a rebuilt follower that never caught up)."""
     return bool(
-        v["lost"]
+        fault_errors
+        or v["lost"]
         or v["duplicated"]
         or v["divergent"]
         or v["behind"]
@@ -867,6 +1007,7 @@ def main(argv: list[str] | None = None) -> int:
     camp = Campaign(args, log)
     hogs = CpuHogs(args.cpu_hogs)
     run_id = secrets.token_hex(4)
+    camp.run_id = run_id
     pool: lg.ProducerPool | None = None
     monitor: lg.Monitor | None = None
     try:
@@ -890,7 +1031,7 @@ def main(argv: list[str] | None = None) -> int:
         print_report(report, camp)
         if args.json:
             print(json.dumps(report, separators=(",", ":")), flush=True)
-        return 1 if failed(v, rec_s is not None) else 0
+        return 1 if failed(v, rec_s is not None, camp.fault_errors) else 0
     except KeyboardInterrupt:
         log("chaos: interrupted; cleaning up")
         return 130
@@ -917,12 +1058,21 @@ def by_kind(fault_log: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
         fs = [f for f in fault_log if f["kind"] == kind]
         unavail = [f["unavailability_ms"] for f in fs if f["unavailability_ms"] is not None]
         whole = [f["whole_after_ms"] for f in fs if f.get("whole_after_ms") is not None]
+        caught = [f for f in fs if "caught_up_after_ms" in f]
+        extra: dict[str, Any] = {}
+        restarted = [f["whole_after_restart_ms"] for f in fs if f.get("whole_after_restart_ms") is not None]
+        if restarted:  # kinds that restart a node: whole again counted from its supervisor's start
+            extra["whole_after_restart_ms"] = _median_max(restarted)
+        if caught:  # wipe-follower, follower-past-retention: the restarted node back at the leader's commit
+            ms = [f["caught_up_after_ms"] for f in caught if f["caught_up_after_ms"] is not None]
+            extra = {"caught_up_after_ms": _median_max(ms), "not_caught_up": len(caught) - len(ms)}
         out[kind] = {
             "count": len(fs),
             "unavailability_ms": _median_max(unavail),
             "whole_after_ms": _median_max(whole),
             "no_ack": len(fs) - len(unavail),
             "not_whole": len(fs) - len(whole),
+            **extra,
         }
     return out
 
@@ -994,7 +1144,15 @@ def print_report(report: dict[str, Any], camp: Campaign) -> None:
         by_kind_starts.setdefault(f["kind"], []).append(
             f"{f['start_s']:.1f}s"
             + (f" ({u:.0f} ms" if u is not None else " (-")
-            + (f", whole {w:.0f} ms after the heal)" if w is not None else ", NOT whole after the heal)")
+            + (f", whole {w:.0f} ms after the heal" if w is not None else ", NOT whole after the heal")
+            + (
+                ""
+                if "caught_up_after_ms" not in f
+                else f", caught up {f['caught_up_after_ms']:.0f} ms after its restart)"
+                if f["caught_up_after_ms"] is not None
+                else ", NOT caught up)"
+            )
+            + ("" if "caught_up_after_ms" in f else ")")
         )
     lines.append("  faults by kind (start time, client-seen unavailability: fault to first ack of a later event;")
     lines.append("  the cluster whole again: every node up and following one leader):")
@@ -1006,6 +1164,12 @@ def print_report(report: dict[str, Any], camp: Campaign) -> None:
         lines.append(
             f"    {kind:26} {k['count']:3}  {_fmt(u['median']):>15} / {_fmt(u['max']):>14}  "
             f"{_fmt(w['median']):>13} / {_fmt(w['max']):>13}"
+            + (
+                f"  (from the restart: {_fmt(k['whole_after_restart_ms']['median'])} / "
+                f"{_fmt(k['whole_after_restart_ms']['max'])})"
+                if "whole_after_restart_ms" in k
+                else ""
+            )
         )
     if report["fault_errors"]:
         lines.append(f"  faults that failed: {report['fault_errors']}")

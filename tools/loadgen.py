@@ -484,12 +484,18 @@ def verify(
     nodes: ClusterDriver | None,
     log,
     wait_s: float = 30.0,
+    retention: bool = False,
 ) -> dict[str, Any]:
     """Reads every node's committed log (from that node and no other) and checks it against what was produced.
 
     Re-reads until every node serves its own log and all have the same length, up to `wait_s` (a restarted node
     catches up); a node that still does not serve its log (`read_errors`, the node named with what it said) or
     serves fewer events than the longest (`behind`) then counts against the run.
+
+    `retention=True` (a cluster with small retention bounds): each node serves only what it still holds, from
+    its own log start, so the logs are compared from the latest of their first offsets and only acknowledged
+    events at or after it are looked for (`below_log_start` counts the others). Off, a log that starts late is
+    a loss like any other.
     """
     deadline = time.monotonic() + wait_s
     if nodes is not None:  # until every node reports the same commit index (a restarted node catches up)
@@ -507,6 +513,14 @@ def verify(
             break
         time.sleep(0.5)
     prefix = f"{run_id}:".encode()
+    below_start = 0
+    acknowledged = len(acked)
+    if retention and logs:
+        start = max((entries[0][0] for entries in logs.values() if entries), default=0)
+        logs = {a: [(o, v) for o, v in entries if o >= start] for a, entries in logs.items()}
+        kept = {v: o for v, o in acked.items() if o >= start}
+        below_start = len(acked) - len(kept)
+        acked = kept
     longest = max(logs.values(), key=len) if logs else []
     longest_values = [v for _, v in longest]
     per_node: dict[str, dict[str, Any]] = {}
@@ -557,7 +571,7 @@ def verify(
         }
     found = len({v for v in longest_values if v in acked})
     result = {
-        "acknowledged": len(acked),
+        "acknowledged": acknowledged,
         "found": found,
         "lost": len(lost_any),
         "duplicated": len(dup_any),
@@ -565,6 +579,7 @@ def verify(
         "behind": behind_nodes,
         "invented": len(invented),
         "misplaced": misplaced,
+        "below_log_start": below_start,
         "unacknowledged_in_log": sum(1 for v in set(longest_values) if v.startswith(prefix) and v not in acked),
         "foreign_events": foreign,
         "nodes_read": len(logs),

@@ -5,6 +5,8 @@
     shmraft consume --from 0 --json      # every committed event, then exit
     shmraft consume --from 0 --follow    # and keep waiting for new ones
     shmraft --addresses HOST:PORT consume --only-node   # that node's own log, or fail naming it
+    shmraft consume --group billing -f   # from the group's committed position, committing as it goes
+    shmraft groups                       # consumer groups: position, lag, when committed (--json)
     shmraft leader                       # leader id and address, term, commit index
 
 Exit status: 0 on success, 1 when the cluster failed the request, 2 for bad arguments, 130 on Ctrl-C.
@@ -94,6 +96,13 @@ def _parser() -> argparse.ArgumentParser:
     )
     c.add_argument("--follow", "-f", action="store_true", help="keep waiting for new events")
     c.add_argument(
+        "--group",
+        default=None,
+        metavar="NAME",
+        help="consume as consumer group NAME: start at its committed position (none yet: at the log start, or "
+        "with --reset latest at the end) and commit the position as events are printed (ignores --from)",
+    )
+    c.add_argument(
         "--only-node",
         action="store_true",
         help="read the log of the one node in --addresses and no other: fail, naming it, if it does not serve "
@@ -102,6 +111,8 @@ def _parser() -> argparse.ArgumentParser:
     c.add_argument("--json", action="store_true", help="one JSON object per line: offset, value [, encoding]")
     c.add_argument("--max", type=int, default=None, metavar="N", help="stop after N events")
     c.add_argument("--offsets", action="store_true", help="text output: print 'OFFSET<TAB>VALUE'")
+    g = sub.add_parser("groups", parents=[common], help="list consumer groups: position, lag, when committed")
+    g.add_argument("--json", action="store_true", help="print one JSON object per group")
     ld = sub.add_parser("leader", parents=[common], help="show the leader, term and commit index")
     ld.add_argument("--json", action="store_true", help="print one JSON object")
     return parser
@@ -196,7 +207,8 @@ def _consume(client: Client, args: argparse.Namespace, out: TextIO) -> int:
     if args.max == 0:
         return EXIT_OK
     count = 0
-    records = client.consume(args.from_offset, follow=args.follow, reset=args.reset)
+    records = client.consume(args.from_offset, follow=args.follow, reset=args.reset, group=args.group)
+    last = None
     try:
         for offset, value in records:
             if args.json:
@@ -205,11 +217,33 @@ def _consume(client: Client, args: argparse.Namespace, out: TextIO) -> int:
                 text = value.decode("utf-8", "backslashreplace")
                 line = f"{offset}\t{text}" if args.offsets else text
             print(line, file=out, flush=args.follow)
+            last = offset
             count += 1
             if args.max is not None and count >= args.max:
                 break
     finally:
         records.close()  # type: ignore[attr-defined]
+    if args.group is not None and last is not None:  # the last record printed counts as consumed too
+        client.commit(args.group, last + 1)
+    return EXIT_OK
+
+
+def _groups(client: Client, args: argparse.Namespace, out: TextIO) -> int:
+    import datetime
+
+    rows = client.groups()
+    if args.json:
+        for g in rows:
+            print(json.dumps({**g._asdict(), "metadata": g.metadata.decode("utf-8", "backslashreplace")}), file=out)
+        return EXIT_OK
+    if not rows:
+        print("no consumer groups", file=out)
+        return EXIT_OK
+    width = max(5, *(len(g.group) for g in rows))
+    print(f"{'GROUP':<{width}}  {'OFFSET':>12}  {'LAG':>10}  COMMITTED (UTC)          INDEX", file=out)
+    for g in rows:
+        when = datetime.datetime.fromtimestamp(g.commit_unix_ms / 1000, datetime.UTC).strftime("%Y-%m-%d %H:%M:%S.%f")
+        print(f"{g.group:<{width}}  {g.offset:>12}  {g.lag:>10}  {when[:-3]}  {g.index}", file=out)
     return EXIT_OK
 
 
@@ -267,6 +301,8 @@ def main(argv: list[str] | None = None) -> int:
         with client:
             if args.command == "leader":
                 return _leader(client, args, out)
+            if args.command == "groups":
+                return _groups(client, args, out)
             client.metadata()  # fail fast, with a clear message, when no node is up; learns the leader
             if args.command == "produce":
                 return _produce_args(client, args.events, out) if args.events else _produce_stdin(client, out)

@@ -3,7 +3,12 @@
 shmraft-supervisor up                          a local 3-node cluster on 127.0.0.1, data in ./shmraft-data
 shmraft-supervisor up --config conf/X.toml     one node of a cluster spread over hosts
 shmraft-supervisor status [--json]             health of every node and worker (exit 1 if unhealthy)
+shmraft-supervisor rebuild-node --node N [--min-term T] [--force]   a node whose disk was lost or wiped
 shmraft-supervisor recover-node --node N --min-term T   operator step after a lost log AND term/vote copy
+shmraft-supervisor members [--json]            the members (voters, learners, how far behind)
+shmraft-supervisor members add --node N --host H --ports C,D,R,M[,K] [--no-promote]
+shmraft-supervisor members promote --node N | members remove --node N
+shmraft-supervisor join --node N --seed HOST:PORT [--host H --ports ...]   start a new node that joins
 """
 
 from __future__ import annotations
@@ -103,6 +108,36 @@ def _recover_node(args: argparse.Namespace) -> int:
     return 0
 
 
+def _rebuild_node(args: argparse.Namespace) -> int:
+    """README "Replace a dead disk": prepare a stopped node's empty (or, with --force, discarded) data
+    directory so that it starts recovering above every member's term (shmraft/supervisor/rebuild.py)."""
+    from shmraft.supervisor.rebuild import RebuildError, rebuild_node
+
+    if args.node is None:
+        print("shmraft-supervisor: rebuild-node: --node is required", file=sys.stderr)
+        return 2
+    configs = _configs(args)
+    if args.config:  # the one config names every member; the node rebuilt is --node
+        configs = [configs[0]]
+    try:
+        plan = rebuild_node(configs, args.node, min_term=args.min_term, force=args.force)
+    except RebuildError as exc:
+        print(f"shmraft-supervisor: rebuild-node: {exc}", file=sys.stderr)
+        return 2
+    asked = ", ".join(f"node {n}: term {t}" for n, t in sorted(plan.terms.items())) or "no member answered"
+    print(f"node {args.node}: terms reported ({asked})", flush=True)
+    for n, why in sorted(plan.unreachable.items()):
+        print(f"node {args.node}: node {n} gave no term ({why}); --min-term {args.min_term} used", flush=True)
+    if plan.moved_log is not None:
+        print(f"node {args.node}: the old log was moved to {plan.moved_log}", flush=True)
+    print(
+        f"node {args.node}: ready to start in recovering mode at term {plan.recovery_term}: it re-fetches the log "
+        "from the leader and votes only once it holds a committed entry of that term or later",
+        flush=True,
+    )
+    return 0
+
+
 def _status(args: argparse.Namespace) -> int:
     from shmraft.supervisor.status import cluster_status, format_table
 
@@ -118,6 +153,149 @@ def _status(args: argparse.Namespace) -> int:
     else:
         print(format_table(report))
     return 0 if report["healthy"] else 1
+
+
+def _contact(args: argparse.Namespace) -> tuple[list[str], NodeConfig]:
+    """The client addresses to ask (--seed first, then the configured members) and a config for the secret."""
+    if args.config:  # --node names the node to change or start, which the file may not list: load it as it is
+        base = load(Path(args.config), data_dir=Path(args.data_dir) if args.data_dir else None)
+    else:
+        base = _configs(args)[0]
+    addresses = [m.client_address for m in base.members]
+    if getattr(args, "seed", None):
+        addresses.insert(0, args.seed)
+    return addresses, base
+
+
+def _new_member(args: argparse.Namespace, base: NodeConfig):
+    """The member to add: --host/--ports, or node N of the local layout (port-base + 100 N + 1..5)."""
+    from shmraft.client.admin import member_from_args
+    from shmraft.config import local_members
+
+    if args.ports:
+        return member_from_args(args.node, args.host or base.me.host, args.ports)
+    if args.config:
+        raise ConfigError("--ports: expected CLIENT,DATA,RAFT,METRICS[,KAFKA] for a node of a multi-host cluster")
+    return local_members(args.node, args.port_base, kafka=True)[args.node - 1]
+
+
+def _members(args: argparse.Namespace) -> int:
+    """List, add, promote or remove members; each change returns once committed (exit 1 with the reason)."""
+    from shmraft.client import admin
+    from shmraft.client.errors import ShmraftError
+    from shmraft.net.auth import cluster_secret
+    from shmraft.wire import client as cp
+
+    addresses, base = _contact(args)
+    try:
+        if args.action in (None, "list"):
+            view = admin.list_members(addresses)
+            if args.json:
+                print(admin.dumps(view))
+                return 0
+            print(
+                f"configuration at log index {view.config_index}, leader {view.leader_id or 'unknown'}"
+                f"{'  (a change is in progress)' if view.change_pending else ''}"
+            )
+            print(f"{'node':<6}{'role':<9}{'address':<24}{'data raft metrics kafka':<34}{'match':>10}{'behind':>10}")
+            for m in view.members:
+                addr = m.member.client_address if m.member else "?"
+                ports = (
+                    f"{m.member.data_port} {m.member.raft_port} {m.member.metrics_port} {m.member.kafka_port}"
+                    if m.member
+                    else ""
+                )
+                behind = "-" if m.entries_behind is None else str(m.entries_behind)
+                print(f"{m.node_id:<6}{m.role:<9}{addr:<24}{ports:<34}{m.match_index:>10}{behind:>10}")
+            return 0
+        if args.node is None:
+            print(f"shmraft-supervisor: members {args.action}: --node is required", file=sys.stderr)
+            return 2
+        secret = cluster_secret(base)
+        kw = {"secret": secret, "cluster_id": base.cluster_id, "timeout_s": args.timeout}
+        if args.action == "add":
+            member = _new_member(args, base)
+            index = admin.add_member(addresses, member, promote=not args.no_promote, **kw)
+            what = "added as a learner" if args.no_promote else "added and promoted to voter"
+        elif args.action == "promote":
+            index = admin.change_member(addresses, cp.ChangeOp.PROMOTE, args.node, **kw)
+            what = "promoted to voter"
+        else:
+            index = admin.change_member(addresses, cp.ChangeOp.REMOVE, args.node, **kw)
+            what = "removed"
+    except (ShmraftError, ValueError) as exc:
+        print(f"shmraft-supervisor: members {args.action or 'list'}: {type(exc).__name__}: {exc}", file=sys.stderr)
+        return 1
+    print(f"node {args.node} {what} (committed at log index {index})")
+    return 0
+
+
+def _join(args: argparse.Namespace) -> int:
+    """Start a new node that joins a running cluster: learn the members from --seed, add this node as a
+    learner, run it (empty log: it catches up through a snapshot and the log), promote it once caught up."""
+    import threading
+    from dataclasses import replace
+
+    from shmraft.client import admin
+    from shmraft.client.errors import ShmraftError
+    from shmraft.net.auth import cluster_secret
+    from shmraft.supervisor.node import NodeSupervisor
+    from shmraft.wire import client as cp
+
+    if args.node is None:
+        print("shmraft-supervisor: join: --node is required", file=sys.stderr)
+        return 2
+    addresses, base = _contact(args)
+    try:
+        me = _new_member(args, base)
+        view = admin.list_members(addresses)
+    except (ShmraftError, ValueError) as exc:
+        print(f"shmraft-supervisor: join: {type(exc).__name__}: {exc}", file=sys.stderr)
+        return 1
+    members = tuple(m.member for m in view.members if m.member is not None and m.node_id != me.node_id) + (me,)
+    config = replace(base, node_id=me.node_id, members=members, join=True)
+    secret = cluster_secret(config)
+    kw = {"secret": secret, "cluster_id": config.cluster_id, "timeout_s": args.timeout}
+    if view.get(me.node_id) is None:
+        try:
+            admin.change_member(addresses, cp.ChangeOp.ADD_LEARNER, me.node_id, member=me, **kw)
+        except ShmraftError as exc:
+            print(f"shmraft-supervisor: join: {type(exc).__name__}: {exc}", file=sys.stderr)
+            return 1
+    print(
+        f"node {me.node_id} joins cluster {config.cluster_id!r} as a learner; clients on {me.client_address}",
+        flush=True,
+    )
+
+    def promote() -> None:
+        try:
+            admin.add_member(addresses, me, promote=True, **kw) if False else _promote_when_caught_up(
+                addresses, me.node_id, kw
+            )
+            print(f"node {me.node_id} promoted to voter", flush=True)
+        except ShmraftError as exc:
+            print(f"shmraft-supervisor: join: not promoted: {exc}", file=sys.stderr, flush=True)
+
+    if not args.no_promote:
+        threading.Thread(target=promote, daemon=True).start()
+    return NodeSupervisor(config).run()
+
+
+def _promote_when_caught_up(addresses: list[str], node_id: int, kw: dict) -> int:
+    import time
+
+    from shmraft.client import admin
+    from shmraft.client.errors import NotCaughtUp
+    from shmraft.wire import client as cp
+
+    deadline = time.monotonic() + admin.PROMOTE_WAIT_S_DEFAULT
+    while True:
+        try:
+            return admin.change_member(addresses, cp.ChangeOp.PROMOTE, node_id, **kw)
+        except NotCaughtUp:
+            if time.monotonic() >= deadline:
+                raise
+            time.sleep(admin.RETRY_PAUSE_S * 5)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -155,6 +333,37 @@ def main(argv: list[str] | None = None) -> int:
         required=True,
         help="a term above every term the other nodes report (shmraft-supervisor status)",
     )
+    rebuild = sub.add_parser(
+        "rebuild-node",
+        help="(operator) prepare a stopped node whose data directory was lost or wiped to rejoin: asks the "
+        "other members for their term, then the node starts recovering above it (README: Replace a dead disk)",
+    )
+    common(rebuild)
+    rebuild.add_argument(
+        "--min-term",
+        type=int,
+        default=None,
+        help="required when a member does not answer: a term above every term any member reports",
+    )
+    rebuild.add_argument(
+        "--force", action="store_true", help="discard a log still in the data directory (it is moved aside)"
+    )
+    members = sub.add_parser("members", help="list, add, promote or remove members (each returns once committed)")
+    common(members)
+    members.add_argument("action", nargs="?", choices=["list", "add", "promote", "remove"], default="list")
+    members.add_argument("--json", action="store_true")
+    members.add_argument("--seed", help="a node's client address to ask first (host:port)")
+    members.add_argument("--host", help="add: the new node's host (default: the first member's)")
+    members.add_argument("--ports", help="add: CLIENT,DATA,RAFT,METRICS[,KAFKA] (default: the local layout of --node)")
+    members.add_argument("--no-promote", action="store_true", help="add: leave the node a learner")
+    members.add_argument("--timeout", type=float, default=30.0, help="seconds to wait for each change to commit")
+    join = sub.add_parser("join", help="start a new node that joins a running cluster (as a learner, then promoted)")
+    common(join)
+    join.add_argument("--seed", help="any member's client address (host:port)")
+    join.add_argument("--host", help="this node's host (default: the first member's)")
+    join.add_argument("--ports", help="CLIENT,DATA,RAFT,METRICS[,KAFKA] (default: the local layout of --node)")
+    join.add_argument("--no-promote", action="store_true", help="stay a learner")
+    join.add_argument("--timeout", type=float, default=30.0, help="seconds to wait for the add to commit")
     args = parser.parse_args(argv)
     logging.basicConfig(
         level=logging.INFO, stream=sys.stderr, format="%(asctime)s supervisor %(levelname)s %(message)s"
@@ -164,8 +373,14 @@ def main(argv: list[str] | None = None) -> int:
             return _up(args)
         if args.command == "recover-node":
             return _recover_node(args)
+        if args.command == "rebuild-node":
+            return _rebuild_node(args)
         if args.command == "node":
             return _node(args)
+        if args.command == "members":
+            return _members(args)
+        if args.command == "join":
+            return _join(args)
         return _status(args)
     except ConfigError as exc:
         print(f"shmraft-supervisor: {exc}", file=sys.stderr)

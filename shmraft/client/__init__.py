@@ -15,11 +15,12 @@ async with AsyncClient() as client:          # the same from asyncio (shmraft.ai
 """
 
 from shmraft.client.aio import AsyncClient, AsyncProducer
-from shmraft.client.client import Client, Record
+from shmraft.client.client import Client, GroupInfo, Record
 from shmraft.client.errors import (
     BufferFull,
     CommitTimeout,
     ConnectionFailed,
+    GroupNameTooLong,
     MalformedRequest,
     NodeNotServing,
     NoNodeReachable,
@@ -31,8 +32,10 @@ from shmraft.client.errors import (
     ShmraftError,
     ShuttingDown,
     TooLarge,
+    TooManyGroups,
     Unauthorized,
     UnavailableError,
+    UnknownGroup,
 )
 from shmraft.client.futures import BatchFuture, EventFuture
 from shmraft.client.producer import Producer
@@ -46,6 +49,8 @@ __all__ = [
     "CommitTimeout",
     "ConnectionFailed",
     "EventFuture",
+    "GroupInfo",
+    "GroupNameTooLong",
     "MalformedRequest",
     "NoNodeReachable",
     "NodeNotServing",
@@ -59,6 +64,8 @@ __all__ = [
     "ShmraftError",
     "ShuttingDown",
     "TooLarge",
+    "TooManyGroups",
     "Unauthorized",
     "UnavailableError",
+    "UnknownGroup",
 ]

@@ -31,6 +31,8 @@ from typing import Any, Final
 from shmraft.client.backoff import RETRY_BACKOFF_MAX_S, RETRY_BACKOFF_MIN_S, Backoff
 from shmraft.client.client import (
     _U32_MAX,
+    AUTO_COMMIT_EVENTS_DEFAULT,
+    AUTO_COMMIT_INTERVAL_MS_DEFAULT,
     FETCH_ATTEMPT_TIMEOUT_S,
     FETCH_BYTES_DEFAULT,
     FETCH_BYTES_MAX,
@@ -38,6 +40,7 @@ from shmraft.client.client import (
     RESET_DEFAULT,
     RESETS,
     TIMEOUT_S_DEFAULT,
+    GroupInfo,
     Record,
     check_client_options,
 )
@@ -59,6 +62,7 @@ from shmraft.client.errors import (
     ShmraftError,
     Unauthorized,
     UnavailableError,
+    UnknownGroup,
     error_from_server,
 )
 from shmraft.client.leader import (
@@ -88,15 +92,22 @@ from shmraft.client.sizes import (
     as_bytes,
 )
 from shmraft.wire.client import (
+    GROUP_FETCH_LEADER_ONLY,
     MESSAGE_BODY_MAX_BYTES,
     Error,
     ErrorCode,
     Fetched,
+    GroupCommitted,
+    GroupPosition,
+    GroupsAnswer,
     Message,
     MessageReader,
     MetadataAnswer,
     encode_auth,
     encode_fetch,
+    encode_group_commit,
+    encode_group_fetch,
+    encode_groups,
     encode_metadata,
 )
 from shmraft.wire.errors import RemoteProtocolError
@@ -732,6 +743,109 @@ class AsyncClient:
             raise NoNodeReachable(tried, errors[-1] if errors else "")
         raise UnavailableError("no node answered METADATA: " + "; ".join(errors))
 
+    # --- consumer groups (as the blocking Client's) --------------------------------------------------------
+
+    async def _ask_leader(self, encode: Callable[[int], bytes], expect: type, what: str) -> Message:
+        """One request to the leader on a connection of its own, followed through NOT_LEADER and retriable
+        errors until `timeout_s`; the answer of type `expect`, or the typed error of a non-retriable ERROR."""
+        deadline = time.monotonic() + self.timeout_s
+        hints = self._leaders.hints
+        backoff = Backoff()
+        last: ShmraftError | None = None
+
+        async def pause() -> None:
+            await asyncio.sleep(max(0.0, min(backoff.next_delay(), deadline - time.monotonic())))
+
+        while deadline - time.monotonic() > 0:
+            try:
+                async with await self._leaders.connect(deadline, hints.leader) as conn:
+                    answer = await conn.request(encode, min(ATTEMPT_ANSWER_TIMEOUT_S, self.timeout_s))
+            except (AnswerTimeout, ConnectionFailed) as exc:  # NoNodeReachable included
+                last = exc
+                await pause()
+                continue
+            if isinstance(answer, expect):
+                return answer
+            if not isinstance(answer, Error):
+                raise ConnectionFailed(f"unexpected {type(answer).__name__} from {conn.address} to {what}")
+            last = error_from_server(answer.code, answer.message, answer.leader, conn.address)
+            if answer.code is ErrorCode.NOT_LEADER:
+                if hints.only_node:
+                    raise NodeNotServing(conn.address, str(last), code=answer.code) from last
+                await self._leaders.answer(Ask(AskKind.FIND_LEADER, conn.address, answer.leader), deadline)
+                await pause()
+                continue
+            if not answer.code.retriable:
+                raise last
+            await pause()
+        if isinstance(last, NoNodeReachable):
+            raise last
+        raise CommitTimeout(f"{what} not answered within {self.timeout_s:g} s; last error: {last}")
+
+    async def commit(self, group: str, offset: int, metadata: bytes = b"") -> int:
+        """Client.commit: `offset` (the next offset the group reads) as `group`'s position, once committed."""
+        timeout_ms = max(1, min(int(self.timeout_s * 1000), _U32_MAX))
+        answer = await self._ask_leader(
+            lambda cid: encode_group_commit(cid, group, offset, timeout_ms, metadata), GroupCommitted, "GROUP_COMMIT"
+        )
+        return answer.index
+
+    async def committed(self, group: str, *, leader_only: bool = True) -> GroupInfo | None:
+        """Client.committed: `group`'s committed position (None without one)."""
+        flags = GROUP_FETCH_LEADER_ONLY if leader_only else 0
+        try:
+            a = await self._ask_leader(lambda cid: encode_group_fetch(cid, group, flags), GroupPosition, "GROUP_FETCH")
+        except UnknownGroup:
+            return None
+        return GroupInfo(group, a.offset, a.commit_unix_ms, a.index, max(0, a.end_offset - a.offset), a.metadata)
+
+    async def groups(self, *, leader_only: bool = True) -> list[GroupInfo]:
+        """Client.groups: every group's position and lag, by name."""
+        flags = GROUP_FETCH_LEADER_ONLY if leader_only else 0
+        a = await self._ask_leader(lambda cid: encode_groups(cid, flags), GroupsAnswer, "GROUPS")
+        return [
+            GroupInfo(g.group, g.offset, g.commit_unix_ms, g.index, max(0, a.end_offset - g.offset)) for g in a.groups
+        ]
+
+    async def _consume_group(
+        self,
+        group: str,
+        follow: bool,
+        max_bytes: int,
+        poll_wait_ms: int,
+        reset: str,
+        auto_commit_events: int,
+        auto_commit_interval_ms: int,
+    ) -> AsyncIterator[Record]:
+        """consume(group=...): Client._consume_group with asyncio (the same commit rules)."""
+        info = await self.committed(group)
+        if info is not None:
+            start = info.offset
+        elif reset == "latest":
+            start = (await self.metadata()).commit_index * 64 + 64
+        else:
+            start = 0
+        position = committed_at = start
+        since = 0
+        last_commit = time.monotonic()
+        records = self._consume(start, follow, max_bytes, poll_wait_ms, reset)
+        try:
+            async for record in records:
+                yield record  # handled by the caller once it asks for the next one
+                position = record.offset + 1
+                since += 1
+                due_by_time = (time.monotonic() - last_commit) * 1000 >= auto_commit_interval_ms
+                if auto_commit_events and (since >= auto_commit_events or due_by_time):
+                    await self.commit(group, position)
+                    committed_at, since, last_commit = position, 0, time.monotonic()
+        finally:
+            await records.aclose()  # type: ignore[attr-defined]
+            if auto_commit_events and position != committed_at:
+                try:
+                    await self.commit(group, position)
+                except ShmraftError as exc:
+                    _log.warning("group %s: final commit of %d failed: %s", group, position, exc)
+
     # --- consume -------------------------------------------------------------------------------------------
 
     def consume(
@@ -742,11 +856,15 @@ class AsyncClient:
         max_bytes: int = FETCH_BYTES_DEFAULT,
         poll_wait_ms: int = FETCH_POLL_WAIT_MS_DEFAULT,
         reset: str = RESET_DEFAULT,
+        group: str | None = None,
+        auto_commit_events: int = AUTO_COMMIT_EVENTS_DEFAULT,
+        auto_commit_interval_ms: int = AUTO_COMMIT_INTERVAL_MS_DEFAULT,
     ) -> AsyncIterator[Record]:
         """Committed events at or after `from_offset`, in log order, as Records: `async for offset, value in ...`.
 
         As the blocking Client.consume: any node, failover on connection errors and hung nodes, stop at the
-        commit offset unless `follow` (then long-poll forever), `reset` for offsets deleted by retention.
+        commit offset unless `follow` (then long-poll forever), `reset` for offsets deleted by retention; with
+        `group`, from the group's committed position, committing as it goes (close it with `aclose()`).
         """
         if reset not in RESETS:
             raise ValueError(f"reset: expected one of {', '.join(RESETS)}, got {reset!r}")
@@ -756,6 +874,12 @@ class AsyncClient:
             raise ValueError(f"max_bytes: expected 1..{FETCH_BYTES_MAX}, got {max_bytes}")
         if not 0 <= poll_wait_ms <= _U32_MAX:
             raise ValueError(f"poll_wait_ms: expected 0..{_U32_MAX}, got {poll_wait_ms}")
+        if group is not None:
+            if auto_commit_events < 0 or auto_commit_interval_ms < 0:
+                raise ValueError("auto_commit_events and auto_commit_interval_ms: expected >= 0")
+            return self._consume_group(
+                group, follow, max_bytes, poll_wait_ms, reset, auto_commit_events, auto_commit_interval_ms
+            )
         return self._consume(from_offset, follow, max_bytes, poll_wait_ms, reset)
 
     async def _consume(

@@ -34,6 +34,7 @@ from shmraft.client.errors import (
     ShmraftError,
     Unauthorized,
     UnavailableError,
+    UnknownGroup,
     error_from_server,
 )
 from shmraft.client.leader import (
@@ -51,15 +52,22 @@ from shmraft.client.producer import Producer
 from shmraft.client.sizes import REQUEST_BYTES_MAX, REQUEST_EVENT_BYTES_MAX, as_bytes, split_requests
 from shmraft.wire.client import (
     AUTH_TOKEN_MAX_BYTES,
+    GROUP_FETCH_LEADER_ONLY,
     MESSAGE_BODY_MAX_BYTES,
     Error,
     ErrorCode,
     Fetched,
+    GroupCommitted,
+    GroupPosition,
+    GroupsAnswer,
     Member,
     Message,
     MetadataAnswer,
     Produced,
     encode_fetch,
+    encode_group_commit,
+    encode_group_fetch,
+    encode_groups,
     encode_produce,
 )
 from shmraft.wire.frame import U64_MAX
@@ -104,6 +112,21 @@ class Record(NamedTuple):
 
     offset: int
     value: bytes
+
+
+class GroupInfo(NamedTuple):
+    """A consumer group's committed position, as the leader's applied table holds it."""
+
+    group: str
+    offset: int  # the next offset the group reads (Kafka's convention)
+    commit_unix_ms: int  # when the leader proposed the commit
+    index: int  # the log index of the commit's control entry
+    lag: int  # offsets from `offset` to just past the last committed event (not dense: at most that many events)
+    metadata: bytes = b""
+
+
+AUTO_COMMIT_EVENTS_DEFAULT: Final = 10_000  # consume(group=...) commits after this many records (~2.5 ms each) ...
+AUTO_COMMIT_INTERVAL_MS_DEFAULT: Final = 5000  # ... or this long since its last commit (Kafka's default)
 
 
 class _Unacked(NamedTuple):
@@ -471,6 +494,122 @@ class Client:
             f"(they may have been; retry with the same client); last error: {last}"
         )
 
+    # --- consumer groups --------------------------------------------------------------------------------
+
+    def _ask_leader(self, encode: Callable[[int], bytes], expect: type, what: str) -> Message:
+        """One request to the leader, followed through NOT_LEADER and retriable errors until `timeout_s`;
+        the answer of type `expect`, or the typed error of a non-retriable ERROR. Shares the produce
+        connection, so it takes the produce lock."""
+        with self._lock:
+            return self._ask_leader_locked(encode, expect, what)
+
+    def _ask_leader_locked(self, encode: Callable[[int], bytes], expect: type, what: str) -> Message:
+        deadline = time.monotonic() + self.timeout_s
+        backoff = Backoff()
+        last: ShmraftError | None = None
+        while deadline - time.monotonic() > 0:
+            try:
+                conn = self._leader_connection(deadline)
+                answer = self._attempt(conn, encode, ATTEMPT_ANSWER_TIMEOUT_S)
+            except NoNodeReachable as exc:
+                last = exc
+                backoff.sleep(deadline)
+                continue
+            except (LeaderMoved, AnswerTimeout, ConnectionFailed) as exc:
+                last = exc
+                if self._conn is not None:
+                    self._conn.close()
+                self._conn = None
+                backoff.sleep(deadline)
+                continue
+            self.leaders.answered(conn.address)
+            if isinstance(answer, expect):
+                return answer
+            if not isinstance(answer, Error):
+                conn.close()
+                raise ConnectionFailed(f"unexpected {type(answer).__name__} from {conn.address} to {what}")
+            last = error_from_server(answer.code, answer.message, answer.leader, conn.address)
+            if answer.code is ErrorCode.NOT_LEADER:
+                if self.leaders.only_node:
+                    raise NodeNotServing(conn.address, str(last), code=answer.code) from last
+                self.leaders.find_leader(conn.address, answer.leader, deadline)
+                backoff.sleep(deadline)
+                continue
+            if not answer.code.retriable:
+                raise last
+            backoff.sleep(deadline)
+        if isinstance(last, NoNodeReachable):
+            raise last
+        raise CommitTimeout(f"{what} not answered within {self.timeout_s:g} s; last error: {last}")
+
+    def commit(self, group: str, offset: int, metadata: bytes = b"") -> int:
+        """Commit `offset` (the next offset the group will read) as `group`'s position; returns once it is
+        committed on a majority with fsync and applied by the leader (the log index of its entry). A retry after
+        a failover commits the same position again, which is harmless."""
+        timeout_ms = max(1, min(int(self.timeout_s * 1000), _U32_MAX))
+        answer = self._ask_leader(
+            lambda cid: encode_group_commit(cid, group, offset, timeout_ms, metadata), GroupCommitted, "GROUP_COMMIT"
+        )
+        return answer.index
+
+    def committed(self, group: str, *, leader_only: bool = True) -> GroupInfo | None:
+        """`group`'s committed position as the leader holds it (every commit acknowledged before this call is
+        seen), or None when the group has none. `leader_only=False` (with `only_node`) reads that node's own
+        applied table, which a follower may hold a little behind the leader's."""
+        flags = GROUP_FETCH_LEADER_ONLY if leader_only else 0
+        try:
+            a = self._ask_leader(lambda cid: encode_group_fetch(cid, group, flags), GroupPosition, "GROUP_FETCH")
+        except UnknownGroup:
+            return None
+        return GroupInfo(group, a.offset, a.commit_unix_ms, a.index, max(0, a.end_offset - a.offset), a.metadata)
+
+    def groups(self, *, leader_only: bool = True) -> list[GroupInfo]:
+        """Every consumer group's committed position and lag, as the leader holds them, by name
+        (`leader_only=False`: as the node answering holds them; see committed())."""
+        flags = GROUP_FETCH_LEADER_ONLY if leader_only else 0
+        a = self._ask_leader(lambda cid: encode_groups(cid, flags), GroupsAnswer, "GROUPS")
+        return [
+            GroupInfo(g.group, g.offset, g.commit_unix_ms, g.index, max(0, a.end_offset - g.offset)) for g in a.groups
+        ]
+
+    def _consume_group(
+        self,
+        group: str,
+        follow: bool,
+        max_bytes: int,
+        poll_wait_ms: int,
+        reset: str,
+        auto_commit_events: int,
+        auto_commit_interval_ms: int,
+    ) -> Iterator[Record]:
+        """consume(group=...): from the group's committed position, committing as it goes (see consume)."""
+        info = self.committed(group)
+        if info is not None:
+            start = info.offset
+        elif reset == "latest":
+            start = (self.metadata().commit_index + 1) * 64
+        else:
+            start = 0
+        position = start  # the next offset to read once every yielded record is processed
+        committed_at = start
+        since = 0
+        last_commit = time.monotonic()
+        try:
+            for record in self._consume(start, follow, max_bytes, poll_wait_ms, reset):
+                yield record  # the caller processes it before asking for the next: then it counts as consumed
+                position = record.offset + 1
+                since += 1
+                due_by_time = (time.monotonic() - last_commit) * 1000 >= auto_commit_interval_ms
+                if auto_commit_events and (since >= auto_commit_events or due_by_time):
+                    self.commit(group, position)
+                    committed_at, since, last_commit = position, 0, time.monotonic()
+        finally:
+            if auto_commit_events and position != committed_at:
+                try:
+                    self.commit(group, position)
+                except ShmraftError as exc:
+                    _log.warning("group %s: final commit of %d failed: %s", group, position, exc)
+
     # --- consume ----------------------------------------------------------------------------------------
 
     def consume(
@@ -481,8 +620,19 @@ class Client:
         max_bytes: int = FETCH_BYTES_DEFAULT,
         poll_wait_ms: int = FETCH_POLL_WAIT_MS_DEFAULT,
         reset: str = RESET_DEFAULT,
+        group: str | None = None,
+        auto_commit_events: int = AUTO_COMMIT_EVENTS_DEFAULT,
+        auto_commit_interval_ms: int = AUTO_COMMIT_INTERVAL_MS_DEFAULT,
     ) -> Iterator[Record]:
         """Committed events at or after `from_offset`, in log order, as Records (offset, value).
+
+        With `group`, a consumer group's consumer: it starts at the group's committed position (ignoring
+        `from_offset`; without one, at the log start, or with `reset="latest"` at the commit offset) and
+        commits `offset + 1` of the last record the caller has finished with (a record counts as finished when
+        the next one is asked for) every `auto_commit_events` records or `auto_commit_interval_ms`, whichever
+        comes first, and when the iteration ends or is closed (Kafka's enable.auto.commit;
+        `auto_commit_events=0` commits nothing: call commit() yourself). Delivery is at-least-once: a consumer
+        that dies between processing and its next commit gets those records again from a restarted consumer.
 
         Reads from any node (the one this client talks to first) and fails over on connection errors and
         when a node does not answer within FETCH_ATTEMPT_TIMEOUT_S after the long-poll wait (a hung node).
@@ -507,6 +657,12 @@ class Client:
             raise ValueError(f"max_bytes: expected 1..{FETCH_BYTES_MAX}, got {max_bytes}")
         if not 0 <= poll_wait_ms <= _U32_MAX:
             raise ValueError(f"poll_wait_ms: expected 0..{_U32_MAX}, got {poll_wait_ms}")
+        if group is not None:
+            if auto_commit_events < 0 or auto_commit_interval_ms < 0:
+                raise ValueError("auto_commit_events and auto_commit_interval_ms: expected >= 0")
+            return self._consume_group(
+                group, follow, max_bytes, poll_wait_ms, reset, auto_commit_events, auto_commit_interval_ms
+            )
         return self._consume(from_offset, follow, max_bytes, poll_wait_ms, reset)
 
     def _consume(

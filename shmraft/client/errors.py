@@ -109,12 +109,48 @@ class Unauthorized(ShmraftError):
     """The server refused the request."""
 
 
+class UnknownGroup(ShmraftError):
+    """The consumer group has no committed position."""
+
+
+class TooManyGroups(ShmraftError):
+    """The cluster holds the most consumer groups it may (METADATA's groups_max): no new group is accepted."""
+
+
+class GroupNameTooLong(ShmraftError):
+    """A group name longer than the node accepts (METADATA's group_name_bytes_max)."""
+
+
 class BufferFull(ShmraftError):
     """A Producer's buffer stayed full until the timeout: the cluster is not keeping up or not reachable."""
 
 
 class ProducerClosed(ShmraftError):
     """The Producer was closed; no more events are accepted."""
+
+
+class MembershipError(ShmraftError):
+    """A membership change was refused (nothing changed); the subclass says why."""
+
+
+class MemberUnknown(MembershipError):
+    """PROMOTE or REMOVE of a node that is not a member (or PROMOTE of a voter)."""
+
+
+class ChangeInProgress(MembershipError):
+    """Another membership change is not committed yet: one at a time. Retry once it is."""
+
+
+class NoQuorum(MembershipError):
+    """The change would leave no voter, or more voters or members than a cluster may hold."""
+
+
+class AddressInUse(MembershipError):
+    """ADD of a node id that is a member already, or at an address a member listens on."""
+
+
+class NotCaughtUp(MembershipError):
+    """PROMOTE of a learner still too far behind the leader; retry once it has caught up."""
 
 
 _BY_CODE: dict[ErrorCode, type[ShmraftError]] = {
@@ -128,6 +164,14 @@ _BY_CODE: dict[ErrorCode, type[ShmraftError]] = {
     ErrorCode.OFFSET_OUT_OF_RANGE: OffsetOutOfRange,
     ErrorCode.UNAUTHORIZED: Unauthorized,
     ErrorCode.SEQUENCE_TOO_OLD: SequenceTooOld,
+    ErrorCode.MEMBER_UNKNOWN: MemberUnknown,
+    ErrorCode.CHANGE_IN_PROGRESS: ChangeInProgress,
+    ErrorCode.NO_QUORUM: NoQuorum,
+    ErrorCode.ADDRESS_IN_USE: AddressInUse,
+    ErrorCode.NOT_CAUGHT_UP: NotCaughtUp,
+    ErrorCode.UNKNOWN_GROUP: UnknownGroup,
+    ErrorCode.TOO_MANY_GROUPS: TooManyGroups,
+    ErrorCode.GROUP_NAME_TOO_LONG: GroupNameTooLong,
 }
 
 

@@ -70,6 +70,18 @@ class Connection:
     session: object = None  # what another protocol's door keeps per connection (the Kafka door's KafkaSession)
 
 
+_NATIVE_MAGIC: Final = cp.CLIENT_MAGIC.to_bytes(2, "little")
+
+
+def in_request_version(conn: Connection, data: bytes) -> bytes:
+    """A native answer framed in the version of the connection's requests (every version served shares the
+    header; the answers a node sends differ only where the encoder was told the version, e.g. METADATA)."""
+    version = getattr(conn.reader, "version", cp.CLIENT_VERSION)
+    if version == cp.CLIENT_VERSION or data[:2] != _NATIVE_MAGIC or len(data) < cp.HEADER_BYTES:
+        return data
+    return data[:2] + bytes([version]) + data[3:]
+
+
 class ClientConnections:
     """Client connections on one selector: accept, TLS, framing, token check, limits, answers out.
 
@@ -115,6 +127,7 @@ class ClientConnections:
         """Queue `data` on the connection and send what the socket takes now (nothing once it is closed)."""
         if conn.closed:
             return
+        data = in_request_version(conn, data)
         if len(conn.out) + len(data) > OUTBUF_MAX_BYTES:
             self.log.warning("client %s does not read its answers; disconnected", conn.addr)
             self.close(conn)
@@ -134,7 +147,7 @@ class ClientConnections:
         # One non-blocking send: the socket buffer almost always has room for the answer, and a client that
         # does not read (or thousands being dropped at once) must never stall the loop.
         try:
-            conn.sock.send(bytes(conn.out) + answer)
+            conn.sock.send(bytes(conn.out) + in_request_version(conn, answer))
         except OSError:
             pass
         self.close(conn)

@@ -8,9 +8,11 @@ partition (0). Kafka offsets are shmraft offsets (`index * 64 + position`, gaps 
 is the event; idempotent producers map onto shmraft's (producer id, sequence) dedup.
 
 Answers on a connection go out in request order (Kafka's rule; kafka-python checks it), whatever order the
-tracker and the long polls finish in. Group offsets (FindCoordinator, OffsetCommit, OffsetFetch) are not
-served and not advertised until the log has a replicated place for them; group membership and transactions
-are not served either. A request for one of them closes the connection, as Kafka does for unknown APIs.
+tracker and the long polls finish in. Group offsets: FindCoordinator names the leader; OffsetCommit and
+OffsetFetch are the native consumer-group requests (GROUP_COMMIT, GROUP_FETCH: the raft worker's table of
+positions kept in the log, through the ingest worker's `submit_group`), answered NOT_COORDINATOR off the
+leader. Group membership (JoinGroup, SyncGroup, Heartbeat, LeaveGroup) and transactions are not served and
+not advertised: a request for one of them closes the connection, as Kafka does for unknown APIs.
 """
 
 from __future__ import annotations
@@ -38,8 +40,10 @@ from shmraft.kafka.codes import ApiKey, ErrorCode
 from shmraft.kafka.errors import KafkaRemoteError, UnsupportedRequest
 from shmraft.kafka.records import TIMESTAMP_TYPE_BIT, Record, RecordBatch, decode_batches, encode_batch
 from shmraft.kafka.versions import supported_ranges
+from shmraft.node import groups as gr
 from shmraft.node.batching import BLOCK_HEAD
 from shmraft.node.dedup import KAFKA_PRODUCER_BIT, KAFKA_SEQUENCE_BASE, KAFKA_SEQUENCE_MODULUS
+from shmraft.node.records import GroupRequestKind, decode_result
 from shmraft.raft.types import Role
 from shmraft.wire import client as cp
 
@@ -51,8 +55,14 @@ ACKS_NONE: Final = 0
 KAFKA_PRODUCER_ID_BITS: Final = 47  # InitProducerId's random ids
 PRODUCER_EPOCH_BITS: Final = 16
 NATIVE_PRODUCER_ID_BITS: Final = 63  # non-idempotent Kafka connections: random ids with bit 63 clear
-# Served by the codec but not advertised: no replicated place for group offsets yet (docs/KAFKA.md section 7).
-NOT_ADVERTISED: Final = frozenset({ApiKey.FIND_COORDINATOR, ApiKey.OFFSET_COMMIT, ApiKey.OFFSET_FETCH})
+NOT_ADVERTISED: Final = frozenset[ApiKey]()  # every API the codec serves is advertised (docs/KAFKA.md section 7)
+# Group requests' results (wire.client codes from the raft worker) as Kafka errors (docs/KAFKA.md section 7).
+KAFKA_GROUP_ERROR_OF: Final = {
+    cp.ErrorCode.NOT_LEADER: ErrorCode.NOT_COORDINATOR,
+    cp.ErrorCode.TIMEOUT: ErrorCode.REQUEST_TIMED_OUT,
+    cp.ErrorCode.UNAVAILABLE: ErrorCode.COORDINATOR_NOT_AVAILABLE,
+    cp.ErrorCode.TOO_MANY_GROUPS: ErrorCode.INVALID_GROUP_ID,
+}
 RECORD_VALUES_ONLY: Final = "shmraft stores record values only: send key=None and no headers"
 
 # The tracker's answers as Kafka errors (docs/KAFKA.md section 4).
@@ -71,6 +81,9 @@ KAFKA_ERROR_OF: Final = {
 # admit(conn, tracker correlation id, producer id, first sequence, lengths, event block, event bytes, timeout_ms):
 # the worker's one produce path; returns the tracker's immediate refusal, or None once admitted.
 Admit = Callable[[Connection, int, int, int, np.ndarray, bytes, int, int], Answer | None]
+# submit_group(kind, flags, body, reply(status, payload), timeout_ms): the worker's group path (ingest/groups.py);
+# returns an error code when the request cannot be sent (then reply is never called).
+SubmitGroup = Callable[[GroupRequestKind, int, bytes, Callable[[int, bytes], None], int], cp.ErrorCode | None]
 
 
 @dataclass(eq=False, slots=True)
@@ -123,6 +136,7 @@ class KafkaDoor:
         self.waiting: dict[tuple[int, int], _Produce] = {}
         self._tracker_ids = itertools.count(1)
         self.api_versions = [r for r in supported_ranges() if r.api_key not in NOT_ADVERTISED]
+        self.submit_group: SubmitGroup | None = None  # set by the ingest worker; None: groups unavailable
 
     # --- requests in -------------------------------------------------------------------------------------------
 
@@ -144,8 +158,126 @@ class KafkaDoor:
             self._answer(conn, req, self._list_offsets(req.body))
         elif key == ApiKey.INIT_PRODUCER_ID:
             self._answer(conn, req, self._init_producer_id(req.body))
-        else:  # the group-offset APIs: decoded by the codec, not advertised, not served
+        elif key == ApiKey.FIND_COORDINATOR:
+            self._answer(conn, req, self._find_coordinator(req.body))
+        elif key == ApiKey.OFFSET_COMMIT:
+            self._offset_commit(conn, req)
+        elif key == ApiKey.OFFSET_FETCH:
+            self._offset_fetch(conn, req)
+        else:  # decoded by the codec but not served (cannot happen: the codec refuses unknown keys first)
             raise UnsupportedRequest(key, req.version, req.header.correlation_id)
+
+    # --- group offsets (docs/KAFKA.md section 7) ---------------------------------------------------------------
+
+    def _find_coordinator(self, body: m.FindCoordinatorRequest) -> m.FindCoordinatorResponse:
+        """The coordinator of every group is the current leader (its Kafka port); none during an election."""
+        leader = self.state.get("leader_id")
+        member = next((x for x in self.config.members if x.node_id == leader and x.kafka_port), None)
+        if body.key_type != m.COORDINATOR_KEY_GROUP:
+            return m.FindCoordinatorResponse(
+                0, ErrorCode.COORDINATOR_NOT_AVAILABLE, "transactions are not served", -1, "", -1
+            )
+        if member is None or self.submit_group is None:
+            return m.FindCoordinatorResponse(0, ErrorCode.COORDINATOR_NOT_AVAILABLE, "no leader", -1, "", -1)
+        return m.FindCoordinatorResponse(0, ErrorCode.NONE, None, member.node_id, member.host, member.kafka_port)
+
+    def _group_refusal(self, group: str) -> ErrorCode | None:
+        """Why this node cannot serve `group`'s offsets now (None: it can)."""
+        if self.submit_group is None or self.state.get("status") != NodeStatus.SERVING:
+            return ErrorCode.COORDINATOR_NOT_AVAILABLE
+        if self.state.get("role") != Role.LEADER:
+            return ErrorCode.NOT_COORDINATOR
+        try:
+            gr.check_group_name(group)
+        except gr.GroupNameError:
+            return ErrorCode.INVALID_GROUP_ID
+        return None
+
+    def _offset_commit(self, conn: Connection, req: codec.Request) -> None:
+        """The one partition's offset as a GROUP_COMMIT; the others UNKNOWN_TOPIC_OR_PARTITION."""
+        body: m.OffsetCommitRequest = req.body
+        conn.session.order.append(req.header.correlation_id)  # type: ignore[union-attr]
+        refusal = self._group_refusal(body.group_id)
+        topics: list[m.OffsetCommitResponseTopic] = []
+        served: m.OffsetCommitResponsePartition | None = None
+        ask: m.OffsetCommitRequestPartition | None = None
+        for t in body.topics:
+            parts = []
+            for p in t.partitions:
+                r = m.OffsetCommitResponsePartition(p.partition_index, ErrorCode.NONE)
+                if t.name != KAFKA_TOPIC or p.partition_index != KAFKA_PARTITION or served is not None:
+                    r.error_code = ErrorCode.UNKNOWN_TOPIC_OR_PARTITION
+                elif refusal is not None:
+                    r.error_code = refusal
+                elif p.committed_offset < 0:
+                    r.error_code = ErrorCode.INVALID_REQUEST
+                elif len((p.committed_metadata or "").encode()) > gr.GROUP_METADATA_BYTES_MAX:
+                    r.error_code = ErrorCode.OFFSET_METADATA_TOO_LARGE
+                else:
+                    served, ask = r, p
+                parts.append(r)
+            topics.append(m.OffsetCommitResponseTopic(t.name, parts))
+        answer = m.OffsetCommitResponse(0, topics)
+        if served is None or ask is None or self.submit_group is None:
+            self._deliver_ordered(conn, req, answer)
+            return
+        part = served
+
+        def reply(status: int, _payload: bytes) -> None:
+            if status:
+                part.error_code = KAFKA_GROUP_ERROR_OF.get(cp.ErrorCode(status), ErrorCode.COORDINATOR_NOT_AVAILABLE)
+            self._deliver_ordered(conn, req, answer)
+
+        commit = gr.GroupCommit(
+            body.group_id, ask.committed_offset, int(time.time() * 1000), (ask.committed_metadata or "").encode()
+        )
+        refused = self.submit_group(GroupRequestKind.COMMIT, 0, gr.encode_commit(commit), reply, 0)
+        if refused is not None:
+            reply(int(refused), b"")
+
+    def _offset_fetch(self, conn: Connection, req: codec.Request) -> None:
+        """The one partition's committed offset from the leader's table (-1: none); others unknown."""
+        body: m.OffsetFetchRequest = req.body
+        conn.session.order.append(req.header.correlation_id)  # type: ignore[union-attr]
+        refusal = self._group_refusal(body.group_id)
+        wanted = body.topics if body.topics is not None else [m.OffsetFetchRequestTopic(KAFKA_TOPIC, [KAFKA_PARTITION])]
+        topics: list[m.OffsetFetchResponseTopic] = []
+        served: list[m.OffsetFetchResponsePartition] = []
+        for t in wanted:
+            parts = []
+            for index in t.partition_indexes:
+                r = m.OffsetFetchResponsePartition(index, -1, m.NO_LEADER_EPOCH, "", ErrorCode.NONE)
+                if t.name != KAFKA_TOPIC or index != KAFKA_PARTITION:
+                    r.error_code = ErrorCode.UNKNOWN_TOPIC_OR_PARTITION
+                elif refusal is not None:
+                    r.error_code = refusal
+                else:
+                    served.append(r)
+                parts.append(r)
+            topics.append(m.OffsetFetchResponseTopic(t.name, parts))
+        answer = m.OffsetFetchResponse(0, topics, refusal or ErrorCode.NONE)
+        if refusal is not None or self.submit_group is None:
+            self._deliver_ordered(conn, req, answer)
+            return
+        group = body.group_id
+
+        def reply(status: int, payload: bytes) -> None:
+            code = cp.ErrorCode(status) if status else None
+            row = None
+            if code is None:
+                table = decode_result(payload).table
+                row = table.get(group) if table is not None else None
+            for r in served:
+                if row is not None:
+                    r.committed_offset, r.metadata = row.offset, row.metadata.decode("utf-8", "replace")
+                elif code is not None and code is not cp.ErrorCode.UNKNOWN_GROUP:  # unknown: -1, no error
+                    r.error_code = KAFKA_GROUP_ERROR_OF.get(code, ErrorCode.COORDINATOR_NOT_AVAILABLE)
+                    answer.error_code = r.error_code
+            self._deliver_ordered(conn, req, answer)
+
+        refused = self.submit_group(GroupRequestKind.FETCH, cp.GROUP_FETCH_LEADER_ONLY, group.encode(), reply, 0)
+        if refused is not None:
+            reply(int(refused), b"")
 
     # --- Metadata, InitProducerId, ListOffsets -----------------------------------------------------------------
 

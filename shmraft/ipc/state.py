@@ -20,7 +20,8 @@ from shmraft.constants import CLUSTER_SIZE_MAX
 from shmraft.ipc import segments
 
 STATE_MAGIC: Final = 0x5348_4D52_4146_5453  # "SHMRAFTS"
-STATE_VERSION: Final = 4  # 2: latency histogram, errors by kind; 3: storage faults, recovering; 4: peers, snapshots
+STATE_VERSION: Final = 5  # 2: latency histogram, errors by kind; 3: storage faults, recovering; 4: peers, snapshots;
+# 5: membership (members_epoch, config_index, removed)
 
 
 class NodeStatus(enum.IntEnum):
@@ -86,7 +87,12 @@ NODE_DTYPE: Final = np.dtype(
         # InstallSnapshot (writer: raft): transfers this node completed as leader, snapshots it installed
         ("snapshots_sent", "<u8"),
         ("snapshots_installed", "<u8"),
-        ("reserved", "<u8", (3,)),
+        # membership (writer: raft): bumped after each write of the members file (node/members.py), which the
+        # other workers re-read when it moves; the log index of the configuration in effect; 1 when this node
+        # is not a member of it (removed, or a joining node not yet added)
+        ("members_epoch", "<u8"),
+        ("config_index", "<u8"),
+        ("removed", "<u8"),
         # PRODUCE receipt to PRODUCED answer, per request (writer: ingest): per-bucket counts, not cumulative;
         # bucket i < LATENCY_BUCKETS - 1 holds latencies <= LATENCY_BOUNDS_MS[i], the last one the rest
         ("commit_latency_buckets", "<u8", (16,)),

@@ -196,3 +196,27 @@ def handshake_mac(
 
 def mac_matches(expected: bytes, got: bytes | memoryview) -> bool:
     return hmac.compare_digest(expected, bytes(got))
+
+
+_CHANGE_LABEL: Final = b"shmraft-member-change-v1\x00"
+MEMBER_CHANGE_WINDOW_MS: Final = 300_000  # a MEMBER_CHANGE signed further than this from the node's clock is refused
+
+
+def member_change_mac(secret: Secret, cluster_id: str, signed: bytes) -> bytes:
+    """HMAC-SHA256 proving that a MEMBER_CHANGE comes from someone holding the cluster secret: over a label, the
+    cluster id and the request body without its MAC (op, node id, timeout, signing time, address)."""
+    cid = cluster_id.encode()
+    return hmac.new(secret.reveal(), _CHANGE_LABEL + bytes([len(cid)]) + cid + signed, hashlib.sha256).digest()
+
+
+def member_change_refusal(secret: Secret, cluster_id: str, signed: bytes, mac: bytes, unix_ms: int, now_ms: int) -> str:
+    """Why a MEMBER_CHANGE is refused as unauthorized (empty when it is not): a MAC that does not match the cluster
+    secret, or a signing time outside MEMBER_CHANGE_WINDOW_MS of this node's clock (a replay of an old one)."""
+    if not mac_matches(member_change_mac(secret, cluster_id, signed), mac):
+        return "the request is not signed with this cluster's secret (cluster_secret_file)"
+    if abs(now_ms - unix_ms) > MEMBER_CHANGE_WINDOW_MS:
+        return (
+            f"signed at unix ms {unix_ms}, {abs(now_ms - unix_ms)} ms from this node's clock "
+            f"(at most {MEMBER_CHANGE_WINDOW_MS}): a replay, or clocks out of step"
+        )
+    return ""

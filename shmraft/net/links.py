@@ -175,6 +175,8 @@ class PeerLinks:
         False when there is no usable connection (the caller's protocol retries)."""
         conn = self._out.get(peer_id)
         if conn is None:
+            if peer_id not in self.peers:
+                return False  # not (or no longer) a member
             self._connect(peer_id)
             conn = self._out.get(peer_id)
             if conn is None:
@@ -207,6 +209,28 @@ class PeerLinks:
     def queued_bytes(self, peer_id: int) -> int:
         conn = self._out.get(peer_id)
         return len(conn.out) + len(conn.held) if conn else 0
+
+    def set_peers(self, peers: dict[int, tuple[str, int]]) -> None:
+        """The members changed (a membership change took effect): connect to new ones at the next `maintain`,
+        close every connection to and from removed ones (without `on_disconnect`: they are gone, not failed),
+        and re-make the connection to a member whose address changed. Removed members' HELLOs are refused."""
+        old, self.peers = self.peers, dict(peers)
+        for peer_id, addr in old.items():
+            if self.peers.get(peer_id) == addr:
+                continue
+            conn = self._out.get(peer_id)
+            if conn is not None:
+                self._close(conn, notify=False)
+            self._retry_at_ms.pop(peer_id, None)
+            self._backoff_ms.pop(peer_id, None)
+            if peer_id not in self.peers:
+                for c in [c for c in self._inbound if c.peer_id == peer_id]:
+                    self._close(c, notify=False)
+                log.info("%s channel: node %d is no longer a member: connections closed", self.channel.name, peer_id)
+        for peer_id in self.peers.keys() - old.keys():
+            log.info(
+                "%s channel: node %d joined the members at %s:%d", self.channel.name, peer_id, *self.peers[peer_id]
+            )
 
     def maintain(self) -> None:
         """Called each loop: (re)connect to peers whose back-off has passed; drop unauthenticated laggards."""
@@ -624,6 +648,11 @@ class PeerLinks:
             self._who(conn),
             " (TLS)" if isinstance(conn.sock, ssl.SSLSocket) else "",
         )
+        if not conn.outbound and conn.peer_id not in self._out:
+            # the peer is back (it just proved itself): connect to it now rather than at the end of a back-off
+            # grown while it was down (up to RECONNECT_BACKOFF_MAX_MS of a restarted follower's time)
+            self._retry_at_ms.pop(conn.peer_id, None)
+            self._backoff_ms.pop(conn.peer_id, None)
 
     def _refusal(self, hello: Hello) -> str:
         if hello.cluster_id != self.cluster_id:
@@ -664,7 +693,8 @@ class PeerLinks:
         if conn.outbound:
             if self._out.get(conn.peer_id) is conn:
                 del self._out[conn.peer_id]
-                self._schedule_retry(conn.peer_id, retry_ms)
+                if conn.peer_id in self.peers:
+                    self._schedule_retry(conn.peer_id, retry_ms)
         else:
             self._inbound.discard(conn)
         if notify and conn.peer_id and was_ready:

@@ -1,7 +1,7 @@
 """Where a node's shared memory lives: the names and sizes of its rings and state block.
 
 The supervisor creates them (after removing any left by a crashed run of the same node) and removes them
-on exit; workers attach by name. R1..R5 (`Ring`) are described in docs/DESIGN.md section 1.
+on exit; workers attach by name. R1..R6 (`Ring`) are described in docs/DESIGN.md section 1.
 """
 
 from __future__ import annotations
@@ -16,13 +16,14 @@ from shmraft.ipc.state import StateBlock
 
 
 class Ring(enum.StrEnum):
-    """A node's five rings, by writer -> reader; the value is the last part of the segment's name."""
+    """A node's six rings, by writer -> reader; the value is the last part of the segment's name."""
 
     R1 = "r1"  # ingest -> batcher: event blocks (one client request each)
     R2 = "r2"  # batcher -> raft: batch frames, Raft fields unset
     R3 = "r3"  # raft -> sender: peer messages for the data channel
     R4 = "r4"  # sender -> raft: peer messages received on the data channel
-    R5 = "r5"  # raft -> ingest: notes (appended, verdicts, commit index, leader changes)
+    R5 = "r5"  # raft -> ingest: notes (appended, verdicts, commit index, leader changes, request outcomes)
+    R6 = "r6"  # ingest -> raft: control requests (membership changes; consumer-group commits and reads)
 
 
 STATE: Final = "state"

@@ -34,8 +34,13 @@ Layout (little-endian; P producers, S spans, E events, K configuration bytes)::
             2*P  spans per producer (u16, 1..spans_max)
               S  events per span (u8, 1..64)
               E  position of each event in its batch (u8, 0..63): offset = span index * 64 + position
-              K  configuration (opaque; empty in version 1)
+              K  configuration (opaque; empty until membership changes land)
+              4  G: the groups section's length (u32; version 2 only)
+              G  consumer groups' committed positions (node/groups.py `GroupTable.encode`; version 2 only)
              4  CRC32 of every byte before it
+
+Version 2 adds the groups section; version 1 records (written before consumer groups) are still read, as a
+snapshot with no groups. Every other field is unchanged.
 
 A record that is not exactly this raises `SnapshotFormatError` naming what is wrong; an unknown version is
 refused by number before anything else is read.
@@ -52,13 +57,16 @@ import numpy as np
 
 from shmraft.constants import BATCH_EVENTS_MAX
 from shmraft.node.dedup import DedupTable, TableState
+from shmraft.node.groups import GroupTable
 
 SNAPSHOT_MAGIC: Final = 0x50414E53  # b"SNAP" read as a little-endian u32
-SNAPSHOT_VERSION: Final = 1
+SNAPSHOT_VERSION: Final = 2  # version 2 adds the groups section
+SNAPSHOT_VERSIONS_READ: Final = (1, 2)  # version 1: no groups
 SNAPSHOT_HEADER_BYTES: Final = 56
 
 _HEAD: Final = struct.Struct("<IHHQQQIIIIII")
 _CRC: Final = struct.Struct("<I")
+_GROUPS_LEN: Final = struct.Struct("<I")
 _I64: Final = np.dtype("<i8")
 _U64: Final = np.dtype("<u8")
 _U16: Final = np.dtype("<u2")
@@ -81,12 +89,13 @@ class Snapshot:
     horizon_entries: int
     spans_max: int
     configuration: bytes = b""  # the cluster configuration at C; empty until membership changes land
+    groups: GroupTable | None = None  # consumer groups' positions at C (None: none; a version-1 record)
 
 
-def snapshot_of(table: DedupTable, term: int) -> Snapshot:
+def snapshot_of(table: DedupTable, term: int, groups: GroupTable | None = None) -> Snapshot:
     """The snapshot of a table at its commit index (built in one go; the raft worker builds it in steps)."""
     state = table.committed_state()
-    return Snapshot(state.index, term, state, table.producers_max, table.horizon_entries, table.spans_max)
+    return Snapshot(state.index, term, state, table.producers_max, table.horizon_entries, table.spans_max, b"", groups)
 
 
 def encode_snapshot(snap: Snapshot) -> bytes:
@@ -94,6 +103,8 @@ def encode_snapshot(snap: Snapshot) -> bytes:
     t = snap.table
     if t.index != snap.index:
         raise ValueError(f"the table is at index {t.index}, the snapshot at {snap.index}")
+    if snap.groups is not None and snap.groups.index != snap.index:
+        raise ValueError(f"the groups are at index {snap.groups.index}, the snapshot at {snap.index}")
     if not 1 <= snap.spans_max <= np.iinfo(np.uint16).max:
         raise ValueError(f"spans_max {snap.spans_max} does not fit the format's u16 span counts")
     p, s, e = t.producer_ids.size, t.span_index.size, t.positions.size
@@ -123,6 +134,8 @@ def encode_snapshot(snap: Snapshot) -> bytes:
         t.positions.astype(_U8).tobytes(),
         bytes(snap.configuration),
     ]
+    groups = snap.groups.encode() if snap.groups is not None else GroupTable().encode()
+    parts += [_GROUPS_LEN.pack(len(groups)), groups]
     crc = 0
     for part in parts:
         crc = zlib.crc32(part, crc)
@@ -143,15 +156,23 @@ def snapshot_version(data: bytes | memoryview) -> int:
 def decode_snapshot(data: bytes | memoryview) -> Snapshot:
     """Check and decode a record: magic, version, size, CRC32, then the columns' structure."""
     version = snapshot_version(data)
-    if version != SNAPSHOT_VERSION:
-        raise SnapshotFormatError(f"snapshot format version {version} is not supported (this node reads version 1)")
+    if version not in SNAPSHOT_VERSIONS_READ:
+        raise SnapshotFormatError(
+            f"snapshot format version {version} is not supported (this node reads versions {SNAPSHOT_VERSIONS_READ})"
+        )
     if len(data) < SNAPSHOT_HEADER_BYTES + _CRC.size:
         raise SnapshotFormatError(f"snapshot record of {len(data)} bytes is shorter than its header")
     _, _, flags, index, term, horizon, producers_max, spans_max, p, s, e, k = _HEAD.unpack_from(data)
     expected = SNAPSHOT_HEADER_BYTES + 26 * p + 16 * s + s + e + k + _CRC.size
+    mv = memoryview(data)
+    g = 0
+    if version >= 2:  # the groups section's length follows the configuration
+        if len(data) < expected + _GROUPS_LEN.size:
+            raise SnapshotFormatError(f"snapshot record has {len(data)} bytes; its header says at least {expected + 4}")
+        (g,) = _GROUPS_LEN.unpack_from(mv, expected - _CRC.size)
+        expected += _GROUPS_LEN.size + g
     if len(data) != expected:
         raise SnapshotFormatError(f"snapshot record has {len(data)} bytes; its header says {expected}")
-    mv = memoryview(data)
     (stored,) = _CRC.unpack_from(mv, len(mv) - _CRC.size)
     actual = zlib.crc32(mv[: len(mv) - _CRC.size])
     if stored != actual:
@@ -170,6 +191,13 @@ def decode_snapshot(data: bytes | memoryview) -> Snapshot:
     first_seq, span_index = take(_I64, s), take(_I64, s)
     span_counts, span_lengths, positions = take(_U16, p), take(_U8, s), take(_U8, e)
     configuration = bytes(mv[pos : pos + k])
+    groups = None
+    if version >= 2:
+        start = pos + k + _GROUPS_LEN.size
+        try:
+            groups = GroupTable.decode(mv[start : start + g], index)
+        except ValueError as exc:
+            raise SnapshotFormatError(f"snapshot groups section: {exc}") from None
     table = TableState(
         index=index,
         producer_ids=pids,
@@ -182,7 +210,7 @@ def decode_snapshot(data: bytes | memoryview) -> Snapshot:
         positions=positions,
     )
     _check_table(table, spans_max)
-    return Snapshot(index, term, table, producers_max, horizon, spans_max, configuration)
+    return Snapshot(index, term, table, producers_max, horizon, spans_max, configuration, groups)
 
 
 def _check_table(t: TableState, spans_max: int) -> None:

@@ -27,6 +27,7 @@ the node must not start on its own; the message says what the operator must do).
 
 from __future__ import annotations
 
+import dataclasses
 import errno
 import logging
 import os
@@ -166,8 +167,15 @@ class NodeLog:
         return self.rocks.saved_snapshot_index()
 
     def snapshot(self) -> Snapshot | None:
-        """LogStorage.snapshot: the saved snapshot's bytes, for a follower behind the log start."""
-        return self.rocks.snapshot()
+        """LogStorage.snapshot: the saved snapshot's bytes, for a follower behind the log start, with the cluster
+        configuration at its index (`Snapshot.config`) taken from the decoded record (`snapshot_record`, whose
+        `configuration` field holds it; empty when the record is not of that snapshot)."""
+        snap = self.rocks.snapshot()
+        rec = self.snapshot_record
+        if snap is None or rec is None or getattr(rec, "index", None) != snap.index:
+            return snap
+        config = bytes(getattr(rec, "configuration", b""))
+        return dataclasses.replace(snap, config=config) if config else snap
 
     def install_snapshot(self, snapshot: Snapshot, hard_state: HardState) -> None:
         """Replace the log by a leader's snapshot (rocks.install_snapshot, one synced write), keeping the

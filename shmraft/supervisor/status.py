@@ -12,6 +12,7 @@ import psutil
 
 from shmraft.config import NodeConfig
 from shmraft.ipc.state import NodeStatus, StateBlockError, Worker
+from shmraft.node import members as mb
 from shmraft.node.layout import NodeLayout
 from shmraft.supervisor.metrics import node_figures, ring_figures
 
@@ -76,6 +77,7 @@ def node_status(config: NodeConfig) -> dict[str, Any]:
             snapshots_sent=f["snapshots_sent"],
             snapshots_installed=f["snapshots_installed"],
             followers=f["followers"],
+            membership=_membership(config, state),
             commit_latency_ms={
                 "count": lat["count"],
                 "p50": lat["p50_ms"],
@@ -132,9 +134,35 @@ def format_table(report: dict[str, Any], rates: dict[int, float] | None = None) 
             f"{n['node_id']:<5}{_shown_status(n):<9}{n['role']:<14}{n['term']:>6}{n['commit_index']:>10}"
             f"{n['events_committed']:>12}{rate:>10.0f}{_ms(n['commit_latency_ms']['p99']):>9}  {ws}"
         )
+        lines.append(f"     {membership_line(n)}")
         lines += [f"     {line}" for line in follower_lines(n.get("followers", []))]
     lines.append(f"leader: {report['leader'] or 'none'}   healthy: {report['healthy']}")
     return "\n".join(lines)
+
+
+def _membership(config: NodeConfig, state: Any) -> dict[str, Any]:
+    """The configuration in effect on the node (its members file) and whether it was removed from it."""
+    try:
+        view = mb.current_view(config)
+    except (OSError, mb.AddressError) as exc:
+        return {"error": str(exc)}
+    return {
+        "config_index": int(state.get("config_index")),
+        "voters": view.voters(),
+        "learners": view.learners(),
+        "removed": bool(state.get("removed")),
+    }
+
+
+def membership_line(n: dict[str, Any]) -> str:
+    """One line: the members as the node sees them, and REMOVED when it is not one of them any more."""
+    m = n.get("membership") or {}
+    if "voters" not in m:
+        return f"membership: {m.get('error', 'unknown')}"
+    removed = "  REMOVED: this node is not a member (it stays quiet; stop it)" if m["removed"] else ""
+    behind = {f["node_id"]: f["entries_behind"] for f in n.get("followers", [])}  # the leader's view only
+    learners = [f"{i} ({behind[i]} behind)" if i in behind else str(i) for i in m["learners"]]
+    return f"members at {m['config_index']}: voters {m['voters']}  learners [{', '.join(learners)}]{removed}"
 
 
 def follower_lines(followers: list[dict[str, Any]]) -> list[str]:

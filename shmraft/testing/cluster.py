@@ -16,18 +16,19 @@ import os
 import random
 import shutil
 import signal
+import socket
 import subprocess
 import tempfile
 import threading
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Final
 
 import psutil
 
 from shmraft.client import Client
-from shmraft.config import NodeConfig, config_from_json, local_cluster
+from shmraft.config import NodeConfig, config_from_json, local_cluster, local_members
 from shmraft.ipc import segments
 from shmraft.ipc.state import NodeStatus, StateBlockError, Worker
 from shmraft.node.layout import NodeLayout
@@ -38,7 +39,18 @@ from shmraft.testing.wait import WAIT_INTERVAL_S, WaitTimeout, wait_for
 LEADER_WAIT_S: Final = 30.0
 READ_LOG_TIMEOUT_S: Final = 30.0
 KILL_WAIT_S: Final = 5.0  # a detached node's processes gone after SIGKILL
-STATE_FIELDS: Final = ("role", "term", "leader_id", "commit_index", "last_index", "status")
+STATE_FIELDS: Final = (
+    "role",
+    "term",
+    "leader_id",
+    "commit_index",
+    "last_index",
+    "first_index",
+    "status",
+    "removed",
+    "config_index",
+    "snapshots_installed",
+)
 
 
 def new_cluster_id(prefix: str) -> str:
@@ -150,6 +162,7 @@ class ClusterDriver:
             self.local.start()
             if leader_timeout_s is not None:
                 self.wait_leader(leader_timeout_s)
+                self.wait_listening(leader_timeout_s)
         except BaseException:
             self.stop()
             raise
@@ -190,6 +203,36 @@ class ClusterDriver:
 
     # --- what the nodes say -----------------------------------------------------------------------------------
 
+    # --- membership -----------------------------------------------------------------------------------------
+
+    def new_node_config(self, node_id: int) -> NodeConfig:
+        """The config of a node to join this cluster: its own free ports (the local layout: client, data, raft,
+        metrics, Kafka), the same data dir, secret and tunables, `join` set (it starts as a learner with an
+        empty log); it knows the current members from the configs this driver holds. Added to the driver (and
+        its LocalCluster), not started: add it as a learner (shmraft.client.admin), then `start_node`."""
+        base = free_port_base(1)
+        new = local_members(1, base, kafka=True)[0]
+        member = replace(new, node_id=node_id)
+        template = self.configs[0]
+        members = tuple(c.me for c in self.configs if c.node_id != node_id) + (member,)
+        config = replace(template, node_id=node_id, members=members, join=True)
+        self.configs = [c for c in self.configs if c.node_id != node_id] + [config]
+        self.local.configs = self.configs
+        return config
+
+    def forget_node(self, node_id: int) -> None:
+        """Stop tracking a node removed from the cluster (after stopping it): reads, health and `addresses` leave
+        it out. Its processes, if any, are still killed by `stop()` (their pids are remembered); a node that is
+        not running (killed) has its shared memory removed now."""
+        config = next((c for c in self.configs if c.node_id == node_id), None)
+        proc = self.local.procs.get(node_id)
+        if config is not None and (proc is None or proc.poll() is not None):
+            with contextlib.suppress(Exception):
+                NodeLayout(config).destroy_all()
+        self.configs = [c for c in self.configs if c.node_id != node_id]
+        self.local.configs = self.configs
+        self.down.discard(node_id)
+
     def config(self, node_id: int) -> NodeConfig:
         return next(c for c in self.configs if c.node_id == node_id)
 
@@ -203,8 +246,8 @@ class ClusterDriver:
         return [c.me.client_address for c in self.configs]
 
     def state(self, node_id: int) -> dict[str, Any] | None:
-        """The node's state block: role, term, leader_id, commit_index, last_index, status, `pids` (worker ->
-        pid) and `workers` (worker -> (pid, restarts)); None when there is no block (yet)."""
+        """The node's state block: role, term, leader_id, commit_index, first_index, last_index, status, `pids`
+        (worker -> pid) and `workers` (worker -> (pid, restarts)); None when there is no block (yet)."""
         try:
             block = NodeLayout(self.config(node_id)).attach_state()
         except (StateBlockError, OSError, ValueError):
@@ -234,6 +277,22 @@ class ClusterDriver:
     def leader(self, exclude: int = 0) -> int:
         """The leader per `leader_and_term`; 0 if none."""
         return self.leader_and_term(exclude)[0]
+
+    def wait_listening(self, timeout_s: float = LEADER_WAIT_S) -> None:
+        """Until every running node's ingest worker accepts connections on its client port (a node's supervisor
+        starts ingest after its raft and sender workers, so a leader may exist before its port is open)."""
+
+        def listening(address: str) -> bool:
+            host, _, port = address.rpartition(":")
+            try:
+                with socket.create_connection((host, int(port)), timeout=1.0):
+                    return True
+            except OSError:
+                return False
+
+        for c in self.configs:
+            if c.node_id not in self.down:
+                wait_for(lambda a=c.me.client_address: listening(a), timeout_s, f"node {c.node_id}'s client port")
 
     def wait_leader(self, timeout_s: float = LEADER_WAIT_S, exclude: int = 0) -> int:
         what = f"a leader other than {exclude}" if exclude else "a leader"

@@ -16,10 +16,13 @@ from typing import Final
 
 import numpy as np
 
+from shmraft.raft.membership import MEMBERS_MAX  # members in one MEMBERS_ANSWER: a configuration's bound
 from shmraft.wire.errors import LocalProtocolError, RemoteProtocolError
 
 CLIENT_MAGIC: Final = 0x5253  # bytes 53 52, "SR"
-CLIENT_VERSION: Final = 2  # version 1 had no limits in METADATA_ANSWER and no offsets in ERROR
+CLIENT_VERSION: Final = 3  # what this release sends; version 3 adds membership and consumer-group kinds
+CLIENT_VERSIONS_SERVED: Final = (2, 3)  # a node answers each request in the request's own version
+CLIENT_VERSION_3: Final = 3  # the first version with the membership and consumer-group kinds (VERSION_3_KINDS)
 CLIENT_VERSION_REFUSED: Final = 1  # answered in its own layout (MALFORMED naming both versions), then closed
 HEADER: Final = struct.Struct("<HBBIQ")  # magic, version, kind, body_len, correlation_id
 HEADER_BYTES: Final = HEADER.size
@@ -32,13 +35,26 @@ _PRODUCE: Final = struct.Struct("<QQII")  # producer_id, first_sequence, timeout
 _FETCH: Final = struct.Struct("<QII")  # from_offset, max_bytes, max_wait_ms
 _FETCHED: Final = struct.Struct("<QQI")  # next_offset, commit_offset, event_count
 _METADATA_HEAD: Final = struct.Struct("<QIQI")  # term, leader_id, commit_index, node_id
-_LIMITS: Final = struct.Struct("<8I")  # Limits, field by field
+_LIMITS: Final = struct.Struct("<10I")  # Limits, field by field (version 3)
+_LIMITS_V2: Final = struct.Struct("<8I")  # version 2: the first eight
 _MEMBER_COUNT: Final = struct.Struct("<H")
 _MEMBER: Final = struct.Struct("<IH")  # node id, port; then u8 host length + host
 _ERROR_HEAD: Final = struct.Struct("<HH")  # code, message length; then message, u8 len + leader address
 _ERROR_TAIL: Final = struct.Struct("<QQ")  # earliest_offset, latest_offset (version 2)
+_MEMBERS_HEAD: Final = struct.Struct("<QIQBH")  # config_index, leader_id, last_index, flags, member count
+_MEMBER_INFO: Final = struct.Struct("<IBQQH")  # node id, role, match index, entries behind, address length
+_CHANGE_HEAD: Final = struct.Struct("<BIIQH")  # op, node id, timeout_ms, unix_ms, address length
+_CHANGED: Final = struct.Struct("<Q")  # the log index of the committed change
+MEMBER_ADDRESS_MAX_BYTES: Final = 512  # one member's address (node/members.py ADDRESS_BYTES_MAX)
+CHANGE_MAC_BYTES: Final = 32  # HMAC-SHA256 of MEMBER_CHANGE with the cluster secret
+BEHIND_UNKNOWN: Final = 2**64 - 1  # entries_behind when the answering node is not the leader
 _U32: Final = np.dtype("<u4")
 _U64: Final = np.dtype("<u8")
+_GROUP_COMMIT: Final = struct.Struct("<qIH")  # offset, timeout_ms, metadata length (after the name)
+_GROUP_POSITION: Final = struct.Struct("<qQQQQH")  # offset, commit ms, index, applied, end offset, meta len
+_GROUPS_HEAD: Final = struct.Struct("<QQI")  # applied index, end offset, count
+_GROUPS_ROW: Final = struct.Struct("<qQQ")  # offset, commit ms, index (after the name)
+GROUP_FETCH_LEADER_ONLY: Final = 0x01  # GROUP_FETCH / GROUPS flags: only the leader answers (read-your-commit)
 
 
 class Kind(enum.IntEnum):
@@ -48,11 +64,29 @@ class Kind(enum.IntEnum):
     FETCH = 0x02
     METADATA = 0x03
     AUTH = 0x04  # the first request on a connection to a node that asks for a client token
+    GROUP_COMMIT = 0x20  # version 3: commit a consumer group's position
+    GROUP_FETCH = 0x21  # version 3: a group's committed position
+    GROUPS = 0x22  # version 3: every group's position
+    GROUP_COMMITTED = 0xA0
+    GROUP_POSITION = 0xA1
+    GROUPS_ANSWER = 0xA2
     PRODUCED = 0x81
     FETCHED = 0x82
     METADATA_ANSWER = 0x83
     AUTHED = 0x84
+    MEMBERS = 0x10  # the configuration in effect, with how far behind each member is (any node)
+    MEMBER_CHANGE = 0x11  # add a learner, promote a learner, remove a member (the leader; signed)
+    MEMBERS_ANSWER = 0x90
+    MEMBER_CHANGED = 0x91
     ERROR = 0xFF
+
+
+# the kinds a node serves only in client protocol version 3 and later (docs/PROTOCOL.md 2.1)
+MEMBER_KINDS: Final = frozenset({Kind.MEMBERS, Kind.MEMBER_CHANGE, Kind.MEMBERS_ANSWER, Kind.MEMBER_CHANGED})
+GROUP_KINDS: Final = frozenset(
+    {Kind.GROUP_COMMIT, Kind.GROUP_FETCH, Kind.GROUPS, Kind.GROUP_COMMITTED, Kind.GROUP_POSITION, Kind.GROUPS_ANSWER}
+)
+VERSION_3_KINDS: Final = MEMBER_KINDS | GROUP_KINDS
 
 
 class ErrorCode(enum.IntEnum):
@@ -68,6 +102,16 @@ class ErrorCode(enum.IntEnum):
     OFFSET_OUT_OF_RANGE = 8  # fetch below the earliest held offset or past the node's log end (offsets given)
     UNAUTHORIZED = 9  # no AUTH, or a wrong token, where the node asks for one; the connection is closed
     SEQUENCE_TOO_OLD = 10  # a retry older than the dedup window: the events are in the log, offsets forgotten
+    # membership changes (MEMBER_CHANGE; docs/PROTOCOL.md 2.8)
+    MEMBER_UNKNOWN = 20  # promote or remove a node that is not a member (or promote a voter)
+    CHANGE_IN_PROGRESS = 21  # another change is not yet committed: retry once it is
+    NO_QUORUM = 22  # the change would leave no voter, or more than CLUSTER_SIZE_MAX voters
+    ADDRESS_IN_USE = 23  # add a node whose id is a member already, or whose address collides with a member's
+    NOT_CAUGHT_UP = 24  # promote a learner still too far behind the leader: retry when it has caught up
+    # consumer groups (GROUP_COMMIT / GROUP_FETCH; docs/PROTOCOL.md 2.6)
+    UNKNOWN_GROUP = 30  # GROUP_FETCH of a group with no committed position
+    TOO_MANY_GROUPS = 31  # GROUP_COMMIT of a new group when GROUPS_MAX groups exist
+    GROUP_NAME_TOO_LONG = 32  # a group name longer than GROUP_NAME_BYTES_MAX bytes
 
     @property
     def retriable(self) -> bool:
@@ -77,6 +121,8 @@ class ErrorCode(enum.IntEnum):
             ErrorCode.UNAVAILABLE,
             ErrorCode.SHUTTING_DOWN,
             ErrorCode.OUT_OF_ORDER_SEQUENCE,
+            ErrorCode.CHANGE_IN_PROGRESS,
+            ErrorCode.NOT_CAUGHT_UP,
         )
 
     @property
@@ -155,6 +201,8 @@ class Limits:
     dedup_horizon_entries: int = 0  # a producer silent for this many log entries is forgotten
     dedup_spans_max: int = 0  # PRODUCE requests per producer whose offsets a retry can still get
     dedup_producers_max: int = 0  # producers remembered at once (the least recent is forgotten first)
+    groups_max: int = 0  # consumer groups the cluster remembers (version 3)
+    group_name_bytes_max: int = 0  # the longest group name, in UTF-8 bytes (version 3)
 
 
 @dataclass(frozen=True, slots=True)
@@ -191,9 +239,156 @@ class Error:
     latest_offset: int = 0  # with OFFSET_OUT_OF_RANGE: the node's commit offset
 
 
+class ChangeOp(enum.IntEnum):
+    """What a MEMBER_CHANGE asks (the core's ConfChange kinds)."""
+
+    ADD_LEARNER = 1  # a new node, as a non-voting learner, at the request's address
+    PROMOTE = 2  # a learner becomes a voter
+    REMOVE = 3  # a voter or learner leaves (the leader too: it steps down once the change commits)
+
+
+class MemberRole(enum.IntEnum):
+    """A member's role in MEMBERS_ANSWER (the same values as the core's raft/membership.py MemberRole)."""
+
+    VOTER = 1
+    LEARNER = 2
+
+
+class MembersFlag(enum.IntFlag):
+    CHANGE_PENDING = 1  # the configuration in effect is not yet committed (a change is in progress)
+    REMOVED = 2  # the answering node is not a member of the configuration in effect
+
+
+@dataclass(frozen=True, slots=True)
+class Members:
+    correlation_id: int
+
+
+@dataclass(frozen=True, slots=True)
+class MemberInfo:
+    node_id: int
+    role: MemberRole
+    match_index: int  # the leader's view: the last entry known on the member (0 when not the leader)
+    entries_behind: int  # the leader's last index minus match_index; BEHIND_UNKNOWN when not the leader
+    address: bytes  # the member's address bytes (node/members.py: canonical JSON)
+
+
+@dataclass(frozen=True, slots=True)
+class MembersAnswer:
+    correlation_id: int
+    config_index: int  # the log index of the configuration in effect (0: the config files' own)
+    leader_id: int  # 0 when unknown
+    last_index: int  # the answering node's last log index
+    flags: MembersFlag
+    members: list[MemberInfo]
+
+
+@dataclass(frozen=True, slots=True)
+class MemberChange:
+    """A membership change, signed with the cluster secret (`mac` over `signed_bytes`, net/auth.py)."""
+
+    correlation_id: int
+    op: ChangeOp
+    node_id: int
+    timeout_ms: int  # 0 = the node's default
+    unix_ms: int  # when the operator signed it: a node refuses one outside its clock window
+    address: bytes  # ADD_LEARNER: the new member's address bytes; empty otherwise
+    mac: bytes = field(repr=False, default=b"")
+
+    @property
+    def signed_bytes(self) -> bytes:
+        """What the MAC covers: the body without the MAC."""
+        return _CHANGE_HEAD.pack(self.op, self.node_id, self.timeout_ms, self.unix_ms, len(self.address)) + bytes(
+            self.address
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class MemberChanged:
+    correlation_id: int
+    index: int  # the log index at which the change is committed
+
+
+@dataclass(frozen=True, slots=True)
+class GroupCommit:
+    """Commit `offset` (the next offset the group will read) as the group's position."""
+
+    correlation_id: int
+    group: str
+    offset: int
+    timeout_ms: int = 0
+    metadata: bytes = b""
+
+
+@dataclass(frozen=True, slots=True)
+class GroupCommitted:
+    correlation_id: int
+    index: int  # the log index of the control entry that holds the commit
+
+
+@dataclass(frozen=True, slots=True)
+class GroupFetch:
+    correlation_id: int
+    group: str
+    flags: int = GROUP_FETCH_LEADER_ONLY
+
+
+@dataclass(frozen=True, slots=True)
+class GroupPosition:
+    correlation_id: int
+    offset: int
+    commit_unix_ms: int
+    index: int  # the log index of the commit's entry
+    applied_index: int  # the answering node's table is applied up to here
+    end_offset: int  # just past the last committed event the answering node applied (lag = end - offset)
+    metadata: bytes = b""
+
+
+@dataclass(frozen=True, slots=True)
+class Groups:
+    correlation_id: int
+    flags: int = GROUP_FETCH_LEADER_ONLY
+
+
+@dataclass(frozen=True, slots=True)
+class GroupRow:
+    group: str
+    offset: int
+    commit_unix_ms: int
+    index: int
+
+
+@dataclass(frozen=True, slots=True)
+class GroupsAnswer:
+    correlation_id: int
+    applied_index: int
+    end_offset: int  # as in GroupPosition
+    groups: list[GroupRow]
+
+
 LIMIT_FIELDS: Final = tuple(f.name for f in fields(Limits))
 
-Message = Produce | Produced | Fetch | Fetched | Metadata | MetadataAnswer | Auth | Authed | Error
+Message = (
+    Produce
+    | Produced
+    | Fetch
+    | Fetched
+    | Metadata
+    | MetadataAnswer
+    | Auth
+    | Authed
+    | Members
+    | MembersAnswer
+    | MemberChange
+    | MemberChanged
+    | Error
+    | GroupCommit
+    | GroupCommitted
+    | GroupFetch
+    | GroupPosition
+    | Groups
+    | GroupsAnswer
+)
 
 
 # --- encoding ---------------------------------------------------------------------------------------------
@@ -258,16 +453,18 @@ def encode_metadata_answer(
     node_id: int,
     members: Sequence[Member],
     limits: Limits = Limits(),
+    version: int = CLIENT_VERSION,
 ) -> bytes:
+    st = _LIMITS if version >= CLIENT_VERSION_3 else _LIMITS_V2
     parts = [
         _METADATA_HEAD.pack(term, leader_id, commit_index, node_id),
-        _LIMITS.pack(*(getattr(limits, f) for f in LIMIT_FIELDS)),
+        st.pack(*(getattr(limits, f) for f in LIMIT_FIELDS[: st.size // 4])),
         _MEMBER_COUNT.pack(len(members)),
     ]
     for m in members:
         host = m.host.encode()
         parts.append(_MEMBER.pack(m.node_id, m.port) + bytes([len(host)]) + host)
-    return _frame(Kind.METADATA_ANSWER, correlation_id, b"".join(parts))
+    return _frame(Kind.METADATA_ANSWER, correlation_id, b"".join(parts), version)
 
 
 def encode_auth(correlation_id: int, token: bytes) -> bytes:
@@ -297,7 +494,8 @@ def encode_error(
 def encode_version_refused(correlation_id: int, version: int) -> bytes:
     """The answer to a request of another protocol version: MALFORMED naming both versions, laid out as
     version 1's ERROR (no offsets) when the request was version 1, so that a version-1 client can read it."""
-    message = f"client protocol version {version} is not served: this node speaks version {CLIENT_VERSION}"
+    served = " and ".join(map(str, CLIENT_VERSIONS_SERVED))
+    message = f"client protocol version {version} is not served: this node speaks versions {served}"
     if version != CLIENT_VERSION_REFUSED:
         return encode_error(correlation_id, ErrorCode.MALFORMED, message)
     text = _cut(message, ERROR_MESSAGE_MAX_BYTES)
@@ -305,8 +503,101 @@ def encode_version_refused(correlation_id: int, version: int) -> bytes:
     return _frame(Kind.ERROR, correlation_id, body, version=CLIENT_VERSION_REFUSED)
 
 
-def encode_message(m: Message) -> bytes:
-    """The one encoding of a decoded message (what a decoder's output must re-encode to)."""
+def encode_members(correlation_id: int) -> bytes:
+    return _frame(Kind.MEMBERS, correlation_id, b"")
+
+
+def encode_members_answer(
+    correlation_id: int,
+    config_index: int,
+    leader_id: int,
+    last_index: int,
+    flags: int,
+    members: Sequence[MemberInfo],
+) -> bytes:
+    if len(members) > MEMBERS_MAX:
+        raise LocalProtocolError("MEMBERS_ANSWER.member_count", f"at most {MEMBERS_MAX}", len(members))
+    parts = [_MEMBERS_HEAD.pack(config_index, leader_id, last_index, flags, len(members))]
+    for m in members:
+        if len(m.address) > MEMBER_ADDRESS_MAX_BYTES:
+            raise LocalProtocolError(
+                "MEMBERS_ANSWER.address", f"at most {MEMBER_ADDRESS_MAX_BYTES} bytes", len(m.address)
+            )
+        parts.append(_MEMBER_INFO.pack(m.node_id, m.role, m.match_index, m.entries_behind, len(m.address)))
+        parts.append(bytes(m.address))
+    return _frame(Kind.MEMBERS_ANSWER, correlation_id, b"".join(parts))
+
+
+def encode_member_change(m: MemberChange) -> bytes:
+    """A signed MEMBER_CHANGE (`m.mac` computed by the caller over `m.signed_bytes`)."""
+    if len(m.address) > MEMBER_ADDRESS_MAX_BYTES:
+        raise LocalProtocolError("MEMBER_CHANGE.address", f"at most {MEMBER_ADDRESS_MAX_BYTES} bytes", len(m.address))
+    if len(m.mac) != CHANGE_MAC_BYTES:
+        raise LocalProtocolError("MEMBER_CHANGE.mac", f"{CHANGE_MAC_BYTES} bytes", len(m.mac))
+    return _frame(Kind.MEMBER_CHANGE, m.correlation_id, m.signed_bytes + bytes(m.mac))
+
+
+def encode_member_changed(correlation_id: int, index: int) -> bytes:
+    return _frame(Kind.MEMBER_CHANGED, correlation_id, _CHANGED.pack(index))
+
+
+def _name(group: str, field: str) -> bytes:
+    raw = group.encode()
+    if not 1 <= len(raw) <= 255:
+        raise LocalProtocolError(field, "1..255 bytes of UTF-8", len(raw))
+    return bytes([len(raw)]) + raw
+
+
+def encode_group_commit(
+    correlation_id: int, group: str, offset: int, timeout_ms: int = 0, metadata: bytes = b""
+) -> bytes:
+    if offset < 0:
+        raise LocalProtocolError("GROUP_COMMIT.offset", ">= 0", offset)
+    if len(metadata) > 0xFFFF:
+        raise LocalProtocolError("GROUP_COMMIT.metadata", "at most 65535 bytes", len(metadata))
+    body = _name(group, "GROUP_COMMIT.group") + _GROUP_COMMIT.pack(offset, timeout_ms, len(metadata)) + metadata
+    return _frame(Kind.GROUP_COMMIT, correlation_id, body)
+
+
+def encode_group_committed(correlation_id: int, index: int) -> bytes:
+    return _frame(Kind.GROUP_COMMITTED, correlation_id, struct.pack("<Q", index))
+
+
+def encode_group_fetch(correlation_id: int, group: str, flags: int = GROUP_FETCH_LEADER_ONLY) -> bytes:
+    return _frame(Kind.GROUP_FETCH, correlation_id, bytes([flags]) + _name(group, "GROUP_FETCH.group"))
+
+
+def encode_group_position(
+    correlation_id: int,
+    offset: int,
+    commit_unix_ms: int,
+    index: int,
+    applied_index: int,
+    end_offset: int,
+    metadata: bytes = b"",
+) -> bytes:
+    head = _GROUP_POSITION.pack(offset, commit_unix_ms, index, applied_index, end_offset, len(metadata))
+    return _frame(Kind.GROUP_POSITION, correlation_id, head + metadata)
+
+
+def encode_groups(correlation_id: int, flags: int = GROUP_FETCH_LEADER_ONLY) -> bytes:
+    return _frame(Kind.GROUPS, correlation_id, bytes([flags]))
+
+
+def encode_groups_answer(correlation_id: int, applied_index: int, end_offset: int, groups: Sequence[GroupRow]) -> bytes:
+    parts = [_GROUPS_HEAD.pack(applied_index, end_offset, len(groups))]
+    for g in groups:
+        parts += [_name(g.group, "GROUPS_ANSWER.group"), _GROUPS_ROW.pack(g.offset, g.commit_unix_ms, g.index)]
+    return _frame(Kind.GROUPS_ANSWER, correlation_id, b"".join(parts))
+
+
+def encode_message(m: Message, version: int = CLIENT_VERSION) -> bytes:
+    """The one encoding of a decoded message in `version` (what a decoder's output must re-encode to)."""
+    data = _encode_message(m, version)
+    return data if version == CLIENT_VERSION else data[:2] + bytes([version]) + data[3:]
+
+
+def _encode_message(m: Message, version: int) -> bytes:
     if isinstance(m, Produce):
         return encode_produce(m.correlation_id, m.producer_id, m.first_sequence, m.timeout_ms, m.events)
     if isinstance(m, Produced):
@@ -319,12 +610,35 @@ def encode_message(m: Message) -> bytes:
         return encode_metadata(m.correlation_id)
     if isinstance(m, MetadataAnswer):
         return encode_metadata_answer(
-            m.correlation_id, m.term, m.leader_id, m.commit_index, m.node_id, m.members, m.limits
+            m.correlation_id, m.term, m.leader_id, m.commit_index, m.node_id, m.members, m.limits, version
         )
     if isinstance(m, Auth):
         return encode_auth(m.correlation_id, m.token)
     if isinstance(m, Authed):
         return encode_authed(m.correlation_id)
+    if isinstance(m, Members):
+        return encode_members(m.correlation_id)
+    if isinstance(m, MembersAnswer):
+        return encode_members_answer(m.correlation_id, m.config_index, m.leader_id, m.last_index, m.flags, m.members)
+    if isinstance(m, MemberChange):
+        return encode_member_change(m)
+    if isinstance(m, MemberChanged):
+        return encode_member_changed(m.correlation_id, m.index)
+
+    if isinstance(m, GroupCommit):
+        return encode_group_commit(m.correlation_id, m.group, m.offset, m.timeout_ms, m.metadata)
+    if isinstance(m, GroupCommitted):
+        return encode_group_committed(m.correlation_id, m.index)
+    if isinstance(m, GroupFetch):
+        return encode_group_fetch(m.correlation_id, m.group, m.flags)
+    if isinstance(m, GroupPosition):
+        return encode_group_position(
+            m.correlation_id, m.offset, m.commit_unix_ms, m.index, m.applied_index, m.end_offset, m.metadata
+        )
+    if isinstance(m, Groups):
+        return encode_groups(m.correlation_id, m.flags)
+    if isinstance(m, GroupsAnswer):
+        return encode_groups_answer(m.correlation_id, m.applied_index, m.end_offset, m.groups)
     return encode_error(m.correlation_id, m.code, m.message, m.leader, m.earliest_offset, m.latest_offset)
 
 
@@ -398,8 +712,9 @@ class _Body:
             raise RemoteProtocolError(f"{self.kind.name}.body", f"{self.pos} bytes", len(self.view))
 
 
-def decode_message(kind_byte: int, correlation_id: int, body: memoryview) -> Message:
-    """Decode one body whose header has been checked. Raises RemoteProtocolError naming the field."""
+def decode_message(kind_byte: int, correlation_id: int, body: memoryview, version: int = CLIENT_VERSION) -> Message:
+    """Decode one body whose header has been checked (`version`: the header's). Raises RemoteProtocolError
+    naming the field."""
     try:
         kind = Kind(kind_byte)
     except ValueError:
@@ -429,9 +744,33 @@ def decode_message(kind_byte: int, correlation_id: int, body: memoryview) -> Mes
         msg = Auth(correlation_id, bytes(b.take(len(body), "token")))
     elif kind is Kind.AUTHED:
         msg = Authed(correlation_id)
+    elif kind is Kind.GROUP_COMMIT:
+        group = b.text(_name_len(b), "group")
+        offset, timeout_ms, meta_len = b.unpack(_GROUP_COMMIT, "head")
+        if offset < 0:
+            raise RemoteProtocolError("GROUP_COMMIT.offset", ">= 0", offset)
+        msg = GroupCommit(correlation_id, group, offset, timeout_ms, bytes(b.take(meta_len, "metadata")))
+    elif kind is Kind.GROUP_COMMITTED:
+        msg = GroupCommitted(correlation_id, *b.unpack(struct.Struct("<Q"), "index"))
+    elif kind is Kind.GROUP_FETCH:
+        flags = b.take(1, "flags")[0]
+        msg = GroupFetch(correlation_id, b.text(_name_len(b), "group"), flags)
+    elif kind is Kind.GROUP_POSITION:
+        offset, when, index, applied, end_offset, meta_len = b.unpack(_GROUP_POSITION, "head")
+        meta = bytes(b.take(meta_len, "metadata"))
+        msg = GroupPosition(correlation_id, offset, when, index, applied, end_offset, meta)
+    elif kind is Kind.GROUPS:
+        msg = Groups(correlation_id, b.take(1, "flags")[0])
+    elif kind is Kind.GROUPS_ANSWER:
+        applied, end_offset, count = b.unpack(_GROUPS_HEAD, "head")
+        rows = []
+        for _ in range(count):
+            name = b.text(_name_len(b), "group")
+            rows.append(GroupRow(name, *b.unpack(_GROUPS_ROW, "group row")))
+        msg = GroupsAnswer(correlation_id, applied, end_offset, rows)
     elif kind is Kind.METADATA_ANSWER:
         term, leader_id, commit_index, node_id = b.unpack(_METADATA_HEAD, "head")
-        limits = Limits(*b.unpack(_LIMITS, "limits"))
+        limits = Limits(*b.unpack(_LIMITS if version >= CLIENT_VERSION_3 else _LIMITS_V2, "limits"))
         (count,) = b.unpack(_MEMBER_COUNT, "member_count")
         members = []
         for _ in range(count):
@@ -439,6 +778,37 @@ def decode_message(kind_byte: int, correlation_id: int, body: memoryview) -> Mes
             host = b.text(b.take(1, "host length")[0], "host")
             members.append(Member(member_id, host, port))
         msg = MetadataAnswer(correlation_id, term, leader_id, commit_index, node_id, members, limits)
+    elif kind is Kind.MEMBERS:
+        msg = Members(correlation_id)
+    elif kind is Kind.MEMBERS_ANSWER:
+        config_index, leader_id, last_index, flags, count = b.unpack(_MEMBERS_HEAD, "head")
+        if count > MEMBERS_MAX:
+            raise RemoteProtocolError("MEMBERS_ANSWER.member_count", f"at most {MEMBERS_MAX}", count)
+        if flags & ~int(MembersFlag.CHANGE_PENDING | MembersFlag.REMOVED):
+            raise RemoteProtocolError("MEMBERS_ANSWER.flags", "bits 0 and 1 only", flags)
+        infos = []
+        for _ in range(count):
+            node_id, role, match, behind, alen = b.unpack(_MEMBER_INFO, "member")
+            infos.append(MemberInfo(node_id, _member_role(role), match, behind, _address(b, alen, kind)))
+        msg = MembersAnswer(correlation_id, config_index, leader_id, last_index, MembersFlag(flags), infos)
+    elif kind is Kind.MEMBER_CHANGE:
+        op, node_id, timeout_ms, unix_ms, alen = b.unpack(_CHANGE_HEAD, "head")
+        try:
+            op = ChangeOp(op)
+        except ValueError:
+            raise RemoteProtocolError("MEMBER_CHANGE.op", "1 (ADD_LEARNER), 2 (PROMOTE) or 3 (REMOVE)", op) from None
+        if node_id < 1:
+            raise RemoteProtocolError("MEMBER_CHANGE.node_id", "at least 1", node_id)
+        address = _address(b, alen, kind)
+        if (op is ChangeOp.ADD_LEARNER) != bool(address):
+            raise RemoteProtocolError(
+                "MEMBER_CHANGE.address", "an address with ADD_LEARNER only", f"{alen} bytes with {op.name}"
+            )
+        mac = bytes(b.take(CHANGE_MAC_BYTES, "mac"))
+        msg = MemberChange(correlation_id, op, node_id, timeout_ms, unix_ms, address, mac)
+    elif kind is Kind.MEMBER_CHANGED:
+        (index,) = b.unpack(_CHANGED, "index")
+        msg = MemberChanged(correlation_id, index)
     else:  # Kind.ERROR
         code, length = b.unpack(_ERROR_HEAD, "head")
         if length > ERROR_MESSAGE_MAX_BYTES:
@@ -455,6 +825,26 @@ def decode_message(kind_byte: int, correlation_id: int, body: memoryview) -> Mes
     return msg
 
 
+def _member_role(value: int) -> MemberRole:
+    try:
+        return MemberRole(value)
+    except ValueError:
+        raise RemoteProtocolError("MEMBERS_ANSWER.role", "1 (voter) or 2 (learner)", value) from None
+
+
+def _address(b: _Body, length: int, kind: Kind) -> bytes:
+    if length > MEMBER_ADDRESS_MAX_BYTES:
+        raise RemoteProtocolError(f"{kind.name}.address length", f"at most {MEMBER_ADDRESS_MAX_BYTES}", length)
+    return bytes(b.take(length, "address"))
+
+
+def _name_len(b: _Body) -> int:
+    n = b.take(1, "group length")[0]
+    if n == 0:
+        raise RemoteProtocolError(f"{b.kind.name}.group length", "1..255", 0)
+    return n
+
+
 class MessageReader:
     """Accumulates received bytes and yields whole messages; refuses bad headers before buffering bodies.
 
@@ -464,6 +854,7 @@ class MessageReader:
     def __init__(self, max_body_bytes: int = MESSAGE_BODY_MAX_BYTES) -> None:
         self._buf = bytearray()
         self._max_body_bytes = max_body_bytes
+        self.version = CLIENT_VERSION  # the version of the last message read (a node answers in it)
 
     def feed(self, data: bytes | bytearray | memoryview) -> None:
         self._buf += data
@@ -492,8 +883,15 @@ class MessageReader:
         magic, version, kind, body_len, correlation_id = HEADER.unpack_from(self._buf, 0)
         if magic != CLIENT_MAGIC:
             raise MessageError("magic", f"0x{CLIENT_MAGIC:04X}", f"0x{magic:04X}")
-        if version != CLIENT_VERSION:
-            raise MessageError("version", str(CLIENT_VERSION), version, correlation_id, version)
+        if version not in CLIENT_VERSIONS_SERVED:
+            raise MessageError("version", f"one of {CLIENT_VERSIONS_SERVED}", version, correlation_id, version)
+        if version < CLIENT_VERSION_3 and kind in VERSION_3_KINDS:
+            raise MessageError(
+                "version",
+                f"{CLIENT_VERSION_3} for kind 0x{kind:02X} (membership, consumer groups)",
+                version,
+                correlation_id,
+            )
         if body_len > self._max_body_bytes:
             raise MessageError("body_len", f"at most {self._max_body_bytes}", body_len, correlation_id)
         end = HEADER_BYTES + body_len
@@ -501,8 +899,9 @@ class MessageReader:
             return None
         body = bytes(self._buf[HEADER_BYTES:end])
         del self._buf[:end]
+        self.version = version
         try:
-            return decode_message(kind, correlation_id, memoryview(body))
+            return decode_message(kind, correlation_id, memoryview(body), version)
         except MessageError:
             raise
         except RemoteProtocolError as exc:

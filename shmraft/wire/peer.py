@@ -33,8 +33,9 @@ from shmraft.raft.messages import Channel
 from shmraft.wire.errors import LocalProtocolError, RemoteProtocolError
 
 PEER_MAGIC: Final = 0x5052  # bytes 52 50, "RP"
-# 4: InstallSnapshot/SnapshotResponse; 3: the CRC covers the header too; 2: authentication; 1: unauthenticated
-PEER_VERSION: Final = 4
+# 5: InstallSnapshot carries the snapshot's configuration; 4: InstallSnapshot/SnapshotResponse;
+# 3: the CRC covers the header too; 2: authentication; 1: unauthenticated
+PEER_VERSION: Final = 5
 PEER_HEADER: Final = struct.Struct("<HBBII")  # magic, version, kind, body_len, crc32 of header bytes 0..7 + body
 _CRC_COVERED: Final = struct.Struct("<HBBI")  # the header bytes the CRC covers: all but the CRC itself
 PEER_HEADER_BYTES: Final = PEER_HEADER.size

@@ -14,6 +14,7 @@ from typing import Final
 import numpy as np
 
 from shmraft.constants import APPEND_ENTRIES_MAX, SNAPSHOT_CHUNK_BYTES_MAX
+from shmraft.raft.membership import MEMBER_ADDRESS_BYTES_MAX, MEMBERS_MAX
 from shmraft.raft.messages import (
     AppendEntries,
     AppendResponse,
@@ -32,15 +33,22 @@ from shmraft.wire.errors import LocalProtocolError, RemoteProtocolError
 ENTRY_BYTES_MAX: Final = 64 * 1024  # one entry's data (a frame is at most 32,824 bytes)
 SNAPSHOT_TOTAL_BYTES_MAX: Final = 1 << 30  # a whole snapshot (a dedup table is tens of MB at most)
 
+_MEMBERSHIP_HEAD_BYTES: Final = 4  # raft/membership.py: body version u16, member count u16
+_MEMBER_HEAD_BYTES: Final = 7  # per member: id u32, role u8, address length u16
 _COMMON: Final = struct.Struct("<BIIQ")  # kind, src, dst, term
 _APPEND: Final = struct.Struct("<QQQI")  # prev_index, prev_term, commit, count
 _APPEND_RESP: Final = struct.Struct("<QBQQ")  # index, success, hint_index, hint_term
 _HEARTBEAT: Final = struct.Struct("<Q")  # commit
 _VOTE: Final = struct.Struct("<QQBB")  # last_index, last_term, pre_vote, transfer
 _VOTE_RESP: Final = struct.Struct("<BB")  # granted, pre_vote
-_SNAP: Final = struct.Struct("<QQQIQI")  # index, snap_term, total, crc, offset, chunk length
+_SNAP: Final = struct.Struct("<QQQIQII")  # index, snap_term, total, crc, offset, chunk length, config length
 _SNAP_RESP: Final = struct.Struct("<QQ")  # index, received
-INSTALL_SNAPSHOT_OVERHEAD_BYTES: Final = _COMMON.size + _SNAP.size  # a chunk's body = this + the chunk
+# the snapshot's configuration (raft/membership.py body, repeated in every chunk): at most this many bytes
+SNAPSHOT_CONFIG_BYTES_MAX: Final = _MEMBERSHIP_HEAD_BYTES + MEMBERS_MAX * (
+    _MEMBER_HEAD_BYTES + MEMBER_ADDRESS_BYTES_MAX
+)
+# a chunk's body is at most this + the chunk
+INSTALL_SNAPSHOT_OVERHEAD_BYTES: Final = _COMMON.size + _SNAP.size + SNAPSHOT_CONFIG_BYTES_MAX
 _U64: Final = np.dtype("<u8")
 _U32: Final = np.dtype("<u4")
 
@@ -85,7 +93,12 @@ def encode_raft(m: Message) -> bytes:
     if isinstance(m, InstallSnapshot):
         if len(m.data) > SNAPSHOT_CHUNK_BYTES_MAX:  # the receiver would refuse it: a bug of the sender's
             raise LocalProtocolError("InstallSnapshot.data", f"at most {SNAPSHOT_CHUNK_BYTES_MAX} bytes", len(m.data))
-        return b"".join([head, _SNAP.pack(m.index, m.snap_term, m.total, m.crc, m.offset, len(m.data)), m.data])
+        if len(m.config) > SNAPSHOT_CONFIG_BYTES_MAX:
+            raise LocalProtocolError(
+                "InstallSnapshot.config", f"at most {SNAPSHOT_CONFIG_BYTES_MAX} bytes", len(m.config)
+            )
+        fixed = _SNAP.pack(m.index, m.snap_term, m.total, m.crc, m.offset, len(m.data), len(m.config))
+        return b"".join([head, fixed, m.data, m.config])
     if isinstance(m, SnapshotResponse):
         return head + _SNAP_RESP.pack(m.index, m.received)
     return head  # HeartbeatResponse, TimeoutNow
@@ -173,14 +186,21 @@ def _decode_snapshot_chunk(rest: memoryview, src: int, dst: int, term: int) -> I
     """One chunk: bounded (SNAPSHOT_CHUNK_BYTES_MAX, SNAPSHOT_TOTAL_BYTES_MAX) and inside [0, total)."""
     if len(rest) < _SNAP.size:
         raise RemoteProtocolError("InstallSnapshot.head", f"{_SNAP.size} bytes", len(rest))
-    index, snap_term, total, crc, offset, length = _SNAP.unpack_from(rest, 0)
+    index, snap_term, total, crc, offset, length, config_length = _SNAP.unpack_from(rest, 0)
     if total > SNAPSHOT_TOTAL_BYTES_MAX:
         raise RemoteProtocolError("InstallSnapshot.total", f"at most {SNAPSHOT_TOTAL_BYTES_MAX}", total)
     if length > SNAPSHOT_CHUNK_BYTES_MAX:
         raise RemoteProtocolError("InstallSnapshot.length", f"at most {SNAPSHOT_CHUNK_BYTES_MAX}", length)
-    if length != len(rest) - _SNAP.size:
-        raise RemoteProtocolError("InstallSnapshot.data", f"{length} bytes", len(rest) - _SNAP.size)
+    if config_length > SNAPSHOT_CONFIG_BYTES_MAX:
+        raise RemoteProtocolError(
+            "InstallSnapshot.config_length", f"at most {SNAPSHOT_CONFIG_BYTES_MAX}", config_length
+        )
+    if length + config_length != len(rest) - _SNAP.size:
+        raise RemoteProtocolError(
+            "InstallSnapshot.data", f"{length} + {config_length} bytes (chunk + config)", len(rest) - _SNAP.size
+        )
     if offset + length > total:
         raise RemoteProtocolError("InstallSnapshot.offset", f"offset + length <= total {total}", offset + length)
-    data = bytes(rest[_SNAP.size :])
-    return InstallSnapshot(src, dst, term, index, snap_term, total, crc, offset, data)
+    data = bytes(rest[_SNAP.size : _SNAP.size + length])
+    config = bytes(rest[_SNAP.size + length :])
+    return InstallSnapshot(src, dst, term, index, snap_term, total, crc, offset, data, config)

@@ -50,32 +50,54 @@ from shmraft.ipc.ring import record_max_for
 from shmraft.ipc.state import PEERS_MAX, PeerState, StorageFault, Worker
 from shmraft.net.links import PeerLinks, PeerSecurity
 from shmraft.node import dedup as dd
+from shmraft.node import members as mb
 from shmraft.node import snapshot as sn
 from shmraft.node.layout import Ring
 from shmraft.node.records import (
     PEER_RECORD_HEADER_BYTES,
+    ChangeRequest,
     Note,
     NoteKind,
     PeerRecordKind,
+    RequestKind,
+    decode_change_request,
     decode_peer_record,
     encode_note,
     encode_peer_record,
+    request_kind,
 )
 from shmraft.raft.config import RaftConfig
 from shmraft.raft.core import RaftCore
 from shmraft.raft.driver import ReadyDriver
-from shmraft.raft.errors import ProposalError
+from shmraft.raft.errors import NotLeaderError, ProposalError
+from shmraft.raft.membership import (
+    AddressInUseError,
+    AlreadyMemberError,
+    ChangeInProgressError,
+    ClusterConfig,
+    ConfChange,
+    ConfChangeError,
+    MemberRole,
+    NotCaughtUpError,
+    TooManyVotersError,
+    UnknownMemberError,
+    WouldLoseQuorumError,
+    encode_membership,
+)
+from shmraft.raft.membership import Member as RaftMember
 from shmraft.raft.messages import Channel, Message
 from shmraft.raft.ready import Ready
 from shmraft.raft.types import Entry, HardState, Snapshot
 from shmraft.raft.types import Role as StateRole
 from shmraft.storage.nodelog import HardStateLostError, NodeLog, is_disk_full, open_node_log
 from shmraft.storage.rocks import CorruptLogError, LogOrderError, SavedSnapshot, StorageError, StorageIOError
+from shmraft.wire import client as cp
 from shmraft.wire.control import decode_control, is_control
 from shmraft.wire.errors import ProtocolError
 from shmraft.wire.frame import decode_batch, encode_batch_arrays, frame_event_count, restamp
 from shmraft.wire.raft_codec import INSTALL_SNAPSHOT_OVERHEAD_BYTES, decode_raft, encode_raft
 from shmraft.workers.base import Inbox, WorkerBase, selector_loop_once
+from shmraft.workers.raft_groups import GroupService, rebuild_groups
 
 TICK_MS: Final = 5  # the loop wakes at least this often to advance the core's clock
 FRAMES_PER_LOOP_MAX: Final = 512  # frames proposed per loop before the Ready is acted on
@@ -103,6 +125,8 @@ class RaftWorker(WorkerBase):
         self.core: RaftCore | None = None
         self.driver: ReadyDriver | None = None
         self.dedup = dd.DedupTable(producers_max=c.dedup_producers_max)
+        self.groups = GroupService(self.log)  # consumer groups' positions (workers/raft_groups.py)
+        self._export_groups = None  # the groups table at the index of the snapshot being built
         # producer tables of entries received and validated, until they are persisted (bounded: cleared
         # when it grows past DECODED_CACHE_MAX, e.g. after appends that were rejected)
         self._decoded: dict[int, tuple[int, np.ndarray, np.ndarray]] = {}
@@ -118,6 +142,11 @@ class RaftWorker(WorkerBase):
         self._snapshot_check_at = 0.0  # the next time to ask whether a snapshot is due
         self._peers_at = 0.0  # the next time to publish the leader's view of its followers
         self._sent_seen = 0  # core.snapshots_sent already added to the state block (per core instance)
+        # membership changes asked through ingest (R6) and proposed here: log index -> (request id, term)
+        self._pending_changes: dict[int, tuple[int, int]] = {}
+        self._view = mb.static_view(config)  # the configuration in effect, as published (members file)
+        self._former = mb.FormerMembers()  # removed members still linked for a while (they learn their removal)
+        self.links: PeerLinks | None = None
         self._open_storage()
         self.sel = selectors.DefaultSelector()
         self.links = PeerLinks(
@@ -126,7 +155,7 @@ class RaftWorker(WorkerBase):
             node_id=c.node_id,
             channel=Channel.CONSENSUS,
             bind=(c.bind_host, c.me.raft_port),
-            peers={p.node_id: c.peer_address(p.node_id, "raft") for p in c.peers},
+            peers=mb.peer_addresses(c, self._view, "raft"),
             on_message=self._on_control,
             on_disconnect=self._peer_disconnected,
             body_max_bytes=c.peer_message_bytes_max,
@@ -138,6 +167,8 @@ class RaftWorker(WorkerBase):
         self.peer_in = Inbox(self.layout.reader(Ring.R4), Ring.R4)
         self.to_sender = self.layout.writer(Ring.R3)
         self.to_ingest = self.layout.writer(Ring.R5)
+        self.requests_in = Inbox(self.layout.reader(Ring.R6), Ring.R6)  # control requests (membership, groups)
+        self.sel.register(self.requests_in, selectors.EVENT_READ, lambda _m: None)
         self.sel.register(self.frames_in, selectors.EVENT_READ, lambda _m: None)
         self.sel.register(self.peer_in, selectors.EVENT_READ, lambda _m: None)
         self._refusals_counted = 0
@@ -185,7 +216,7 @@ class RaftWorker(WorkerBase):
         try:  # reads below the verified mark meet damage the open check skipped: full check, as when running
             self.core = RaftCore(
                 c.node_id,
-                [p.node_id for p in c.peers],
+                bootstrap_config(c),
                 nl,
                 RaftConfig.from_node_config(c, snapshot_chunk_bytes=snapshot_chunk_bytes_for(c)),
                 random.Random(int.from_bytes(os.urandom(8), "little")),
@@ -200,6 +231,7 @@ class RaftWorker(WorkerBase):
         except (StorageIOError, CorruptLogError) as exc:
             self._storage_failed(exc)
             return False
+        self._publish_membership()
         if self._fault != StorageFault.OK:
             self.log.warning(
                 "storage usable again after %s: log [%d..%d], term %d, rejoining the cluster",
@@ -280,6 +312,8 @@ class RaftWorker(WorkerBase):
         """The table from the saved snapshot and the entries after it (`rebuild_dedup`)."""
         assert self.storage is not None
         self.dedup = rebuild_dedup(self.storage, self.config.dedup_producers_max, self.beat)
+        groups, end_offset = rebuild_groups(self.storage, self.beat)
+        self.groups.install(groups, groups.index, end_offset)
 
     def _record_dedup(self, e: Entry, commit: int) -> None:
         if e.index <= self.dedup.last_index:
@@ -321,7 +355,11 @@ class RaftWorker(WorkerBase):
             term = nl.term_at(at) if due else None
             if term is None:  # not due (or below the log start: cannot happen, the log holds all after it)
                 return
+            if self.groups.table.index != at:  # applied in step with the dedup table's commit: try again later
+                self.log.debug("snapshot at %d waits: groups applied to %d", at, self.groups.table.index)
+                return
             self._export = self.dedup.committed_view()
+            self._export_groups = self.groups.table.copy()
             self._export_term = term
             self._export_seconds = time.monotonic() - now
             return
@@ -330,8 +368,19 @@ class RaftWorker(WorkerBase):
             self._export_seconds += time.monotonic() - now
             return
         t = self.dedup
+        try:
+            configuration = encode_membership(self.core.membership_at(export.index)) if self.core else b""
+        except ValueError:  # older than what the core still knows: cannot happen below the commit index
+            configuration = b""
         record = sn.Snapshot(
-            export.index, self._export_term, export.result(), t.producers_max, t.horizon_entries, t.spans_max
+            export.index,
+            self._export_term,
+            export.result(),
+            t.producers_max,
+            t.horizon_entries,
+            t.spans_max,
+            configuration,
+            groups=self._export_groups,
         )
         data = sn.encode_snapshot(record)
         self._export = None
@@ -340,6 +389,7 @@ class RaftWorker(WorkerBase):
         except LogOrderError as exc:  # a bug, not a fault of the disk: keep serving, say it, try again later
             self.log.error("snapshot at %d not saved: %s", record.index, exc)
             return
+        nl.snapshot_record = record  # NodeLog.snapshot() takes the configuration from it
         done = time.monotonic()
         cost = self._export_seconds + done - now
         self._snapshot_at = done
@@ -361,6 +411,8 @@ class RaftWorker(WorkerBase):
             while not self.stopping:
                 self.beat()
                 selector_loop_once(self.sel, TICK_MS / 1000)
+                if self._former.expire(time.monotonic()):
+                    self._set_link_peers()
                 self.links.maintain()
                 if self.links.refusals != self._refusals_counted:  # strangers refused (metrics)
                     self.state.add("peer_refusals", self.links.refusals - self._refusals_counted)
@@ -381,6 +433,7 @@ class RaftWorker(WorkerBase):
         finally:
             self.frames_in.close()
             self.peer_in.close()
+            self.requests_in.close()
             self.links.close()
             if self.storage is not None:
                 self.storage.close()
@@ -389,6 +442,7 @@ class RaftWorker(WorkerBase):
         """One loop iteration after the sockets: peer records, proposals, tick, Readies."""
         if self.core is None:  # storage unusable: refuse everything, retry opening when due
             self.peer_in.take()
+            self._control_requests()
             frames = self.frames_in.take()
             if frames:
                 self._refuse_frames(frames)
@@ -403,6 +457,7 @@ class RaftWorker(WorkerBase):
         frames = self.frames_in.take()
         if frames:
             self._propose(frames)
+        self._control_requests()
         if self.core is None or self.driver is None:
             return
         self.driver.tick()
@@ -567,9 +622,15 @@ class RaftWorker(WorkerBase):
         except SnapshotRefused as exc:
             self._snapshot_refused(exc)
             return
+        if rd.membership is not None:
+            self._publish_membership()
         if rd.committed_entries:
             self._on_committed(rd.committed_entries)
+            self.groups.on_committed(rd.committed_entries, self._notes)
         if rd.soft_state is not None:
+            if rd.soft_state.role != StateRole.LEADER:
+                self._fail_pending_changes("leadership was lost before the change was committed")
+            self.groups.leadership_changed()
             self._publish_state()
             self._notes.append(encode_note(Note(NoteKind.LEADER, rd.soft_state.term, rd.soft_state.leader)))
         self.state.set("last_index", self.core.last_index)
@@ -614,6 +675,7 @@ class RaftWorker(WorkerBase):
         self.state.add("fsync_ns", time.perf_counter_ns() - t0)
         self.storage.snapshot_record = record
         self.dedup = table
+        self.groups.install(record.groups.copy() if record.groups is not None else None, snapshot.index, 0)
         self._decoded.clear()
         self._export = None  # a snapshot being built is of the replaced table
         self.state.add("snapshots_installed")
@@ -644,6 +706,119 @@ class RaftWorker(WorkerBase):
         self.core = self.driver = None
         nl.close()
         self._open_storage()
+
+    # --- membership ----------------------------------------------------------------------------------------
+
+    def _publish_membership(self) -> None:
+        """The configuration in effect changed (or the core was built): the members file for the other workers
+        (sender, ingest, status), then `members_epoch` in the state block, then our own consensus links."""
+        core = self.core
+        if core is None:
+            return
+        view = view_of(core.membership, core.membership_index, self.config, self.log)
+        removed = int(core.removed)
+        if view != self._view or removed != self.state.get("removed") or not self.state.get("members_epoch"):
+            mb.write_members_file(self.config.node_dir, view)
+            self.state.set("config_index", view.index)
+            self.state.set("removed", removed)
+            self.state.add("members_epoch")
+            if view.ids() != self._view.ids() or removed:
+                self.log.warning(
+                    "configuration at %d: voters %s, learners %s%s",
+                    view.index,
+                    view.voters(),
+                    view.learners(),
+                    "; this node is NOT a member (removed, or not yet added): it stays quiet" if removed else "",
+                )
+        self._former.update(self._view, view, time.monotonic())
+        self._view = view
+        self._set_link_peers()
+
+    def _set_link_peers(self) -> None:
+        if self.links is not None:
+            self.links.set_peers(mb.peer_addresses(self.config, self._former.view(self._view), "raft"))
+
+    def _on_change_request(self, req: ChangeRequest) -> None:
+        """A MEMBER_CHANGE from ingest: propose it (the core checks the rules) or say at once why not."""
+        core = self.core
+        if core is None:
+            self._change_result(req.request_id, 0, cp.ErrorCode.UNAVAILABLE, "the node's storage is failing")
+            return
+        if core.role != StateRole.LEADER:
+            self._change_result(
+                req.request_id, 0, cp.ErrorCode.NOT_LEADER, f"node {self.config.node_id} is not the leader"
+            )
+            return
+        op = cp.ChangeOp(req.op)
+        if op is cp.ChangeOp.ADD_LEARNER:
+            try:
+                new = mb.decode_address(req.node_id, req.address)
+            except mb.AddressError as exc:
+                self._change_result(req.request_id, 0, cp.ErrorCode.MALFORMED, str(exc))
+                return
+            clash = mb.address_collision(new, [v.member for v in self._view.members])
+            if clash and new.node_id not in self._view.ids():
+                self._change_result(req.request_id, 0, cp.ErrorCode.ADDRESS_IN_USE, clash)
+                return
+            change = ConfChange.add_learner(req.node_id, req.address)
+        elif op is cp.ChangeOp.PROMOTE:
+            change = ConfChange.promote(req.node_id)
+        else:
+            change = ConfChange.remove(req.node_id)
+        try:
+            index = core.propose_conf_change(change)
+        except ConfChangeError as exc:
+            self._change_result(req.request_id, 0, _change_error_code(exc, op), str(exc))
+            return
+        except NotLeaderError as exc:
+            self._change_result(req.request_id, 0, cp.ErrorCode.NOT_LEADER, str(exc))
+            return
+        except ProposalError as exc:  # a leadership transfer in progress, and the like: retry shortly
+            self._change_result(req.request_id, 0, cp.ErrorCode.UNAVAILABLE, str(exc))
+            return
+        self._pending_changes[index] = (req.request_id, core.term)
+        self.log.warning("membership change proposed at %d: %s node %d", index, op.name, req.node_id)
+
+    def _change_result(self, request_id: int, index: int, code: int, text: str) -> None:
+        self._notes.append(encode_note(Note(NoteKind.CHANGE_RESULT, request_id, index, code=int(code), text=text)))
+
+    def _fail_pending_changes(self, why: str) -> None:
+        for request_id, _term in self._pending_changes.values():
+            self._change_result(request_id, 0, cp.ErrorCode.TIMEOUT, f"{why}; it may still commit: list the members")
+        self._pending_changes.clear()
+
+    # --- control requests from ingest (R6) -------------------------------------------------------------------
+
+    def _control_requests(self) -> None:
+        """R6 records, each kind in arrival order: membership changes (refused while the storage fails) and
+        consumer-group requests."""
+        records = self.requests_in.take()
+        if not records:
+            return
+        groups = []
+        for rec in records:
+            if request_kind(rec) is RequestKind.MEMBER_CHANGE:
+                req = decode_change_request(rec)
+                if self.core is None:
+                    self._change_result(req.request_id, 0, cp.ErrorCode.UNAVAILABLE, "the node's storage is failing")
+                else:
+                    self._on_change_request(req)
+            else:
+                groups.append(rec)
+        if groups:
+            self._group_requests(groups)
+
+    # --- consumer groups (workers/raft_groups.py) ------------------------------------------------------------
+
+    def _group_requests(self, records: list[bytes]) -> None:
+        """Consumer-group requests from ingest (R6): commits proposed on the leader, reads answered here."""
+        core = self.core
+        leading = core is not None and core.role == StateRole.LEADER and not core.transfer_target
+        propose = core.propose if leading else None
+        # read-your-commit: a leader answers reads once it has committed an entry of its own term, so its
+        # table holds every commit an earlier leader acknowledged
+        ready = leading and self.storage is not None and self.storage.term_at(core.commit_index) == core.term
+        self.groups.on_requests(records, propose, ready, self._notes)
 
     def _publish_peers(self) -> None:
         """The leader's view of each follower and the snapshot counters, into the state block (throttled)."""
@@ -699,6 +874,15 @@ class RaftWorker(WorkerBase):
         self.state.add("batches_committed", len(entries))
         self.state.add("bytes_committed", size)
         commit = entries[-1].index
+        if self._pending_changes:
+            for e in entries:
+                pending = self._pending_changes.pop(e.index, None)
+                if pending is None:
+                    continue
+                if e.term == pending[1]:
+                    self._change_result(pending[0], e.index, 0, "")
+                else:
+                    self._change_result(pending[0], 0, cp.ErrorCode.TIMEOUT, "the change was replaced by a new leader")
         self.state.set("commit_index", commit)
         self.dedup.committed(commit)
         self._notes.append(encode_note(Note(NoteKind.COMMIT, commit)))
@@ -745,6 +929,52 @@ def snapshot_chunk_bytes_for(config) -> int:
     peer_room = config.peer_message_bytes_max - INSTALL_SNAPSHOT_OVERHEAD_BYTES
     wanted = config.snapshot_chunk_bytes or RaftConfig().snapshot_chunk_bytes
     return max(1, min(wanted, SNAPSHOT_CHUNK_BYTES_MAX, ring_room, peer_room))
+
+
+def bootstrap_config(config) -> ClusterConfig:
+    """The configuration of the config file, with each member's address bytes: used by the core only while
+    neither the log nor the snapshot holds one. A joining node names itself a learner (`config.join`)."""
+    return ClusterConfig.of(
+        RaftMember(
+            v.member.node_id,
+            MemberRole.VOTER if v.role == mb.ROLE_VOTER else MemberRole.LEARNER,
+            mb.encode_address(v.member),
+        )
+        for v in mb.static_view(config).members
+    )
+
+
+def view_of(conf: ClusterConfig, index: int, config, log) -> mb.MembersView:
+    """The node layer's view of a core configuration. A member whose address bytes this node cannot read
+    (a newer format) keeps the address of the config file when it has one, else is left out of the links."""
+    members = []
+    for m in conf.members:
+        try:
+            member = mb.decode_address(m.id, m.address)
+        except mb.AddressError as exc:
+            known = [x for x in config.members if x.node_id == m.id]
+            if not known:
+                log.error("member %d: %s; not connected", m.id, exc)
+                continue
+            member = known[0]
+        role = mb.ROLE_VOTER if m.role == MemberRole.VOTER else mb.ROLE_LEARNER
+        members.append(mb.MemberView(member, role))
+    return mb.MembersView(index, tuple(members))
+
+
+def _change_error_code(exc: ConfChangeError, op: cp.ChangeOp) -> cp.ErrorCode:
+    """The client error code of a core refusal (docs/PROTOCOL.md 2.2)."""
+    if isinstance(exc, ChangeInProgressError):
+        return cp.ErrorCode.CHANGE_IN_PROGRESS
+    if isinstance(exc, NotCaughtUpError):
+        return cp.ErrorCode.NOT_CAUGHT_UP
+    if isinstance(exc, WouldLoseQuorumError | TooManyVotersError):
+        return cp.ErrorCode.NO_QUORUM
+    if isinstance(exc, AddressInUseError) or (isinstance(exc, AlreadyMemberError) and op is cp.ChangeOp.ADD_LEARNER):
+        return cp.ErrorCode.ADDRESS_IN_USE
+    if isinstance(exc, UnknownMemberError | AlreadyMemberError):
+        return cp.ErrorCode.MEMBER_UNKNOWN
+    return cp.ErrorCode.MALFORMED  # InvalidChangeError: an id or address the configuration cannot hold
 
 
 def _peer_state(pr: dict) -> PeerState:

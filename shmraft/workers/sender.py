@@ -10,10 +10,12 @@ never holds up the others; when a queue overflows the connection is re-made and 
 from __future__ import annotations
 
 import selectors
+import time
 from typing import Final
 
 from shmraft.ipc.state import Worker
 from shmraft.net.links import PeerLinks, PeerSecurity
+from shmraft.node import members as mb
 from shmraft.node.layout import Ring
 from shmraft.node.records import PeerRecordKind, decode_peer_record, encode_peer_record
 from shmraft.raft.messages import Channel
@@ -33,13 +35,16 @@ class SenderWorker(WorkerBase):
         self.sel = selectors.DefaultSelector()
         self.to_raft = self.layout.writer(Ring.R4)
         self.pending: list[bytes] = []
+        self._epoch = self.state.get("members_epoch")
+        self._view = mb.current_view(c)
+        self._former = mb.FormerMembers()  # removed members still linked for a while (they learn their removal)
         self.links = PeerLinks(
             self.sel,
             cluster_id=c.cluster_id,
             node_id=c.node_id,
             channel=Channel.DATA,
             bind=(c.bind_host, c.me.data_port),
-            peers={p.node_id: c.peer_address(p.node_id, "data") for p in c.peers},
+            peers=mb.peer_addresses(c, self._view, "data"),
             on_message=self._on_message,
             on_disconnect=self._on_disconnect,
             outbuf_max_bytes=PEER_QUEUE_MAX_BYTES,
@@ -57,11 +62,30 @@ class SenderWorker(WorkerBase):
     def _on_disconnect(self, peer_id: int) -> None:
         self.pending.append(encode_peer_record(peer_id, PeerRecordKind.DISCONNECTED))
 
+    def _follow_members(self) -> None:
+        """The raft worker published another configuration: connect to new members, drop removed ones."""
+        epoch = self.state.get("members_epoch")
+        now = time.monotonic()
+        changed = self._former.expire(now)
+        if epoch != self._epoch:
+            self._epoch = epoch
+            try:
+                view = mb.current_view(self.config)
+            except (OSError, mb.AddressError) as exc:
+                self.log.error("members file unreadable (%s); keeping the previous configuration", exc)
+                return
+            self._former.update(self._view, view, now)
+            self._view = view
+            changed = True
+        if changed:
+            self.links.set_peers(mb.peer_addresses(self.config, self._former.view(self._view), "data"))
+
     def run(self) -> None:
         try:
             while not self.stopping:
                 self.beat()
                 selector_loop_once(self.sel, LOOP_WAIT_MS / 1000)
+                self._follow_members()
                 self.links.maintain()
                 for rec in self.outbox.take():
                     peer_id, _kind, body = decode_peer_record(rec)

@@ -55,10 +55,10 @@ def sizes_from(data: bytes, count: int = 8) -> tuple[list[int], bytes]:
 # --- the client protocol ------------------------------------------------------------------------------------
 
 
-def encode_client(m: cp.Message) -> bytes:
-    """The one encoding of a decoded client message (the codec's encoders are the specification)."""
+def encode_client(m: cp.Message, version: int = cp.CLIENT_VERSION) -> bytes:
+    """The one encoding of a decoded client message in `version` (the codec's encoders are the specification)."""
     try:
-        return cp.encode_message(m)
+        return cp.encode_message(m, version)
     except (AttributeError, TypeError, ValueError) as exc:
         raise OracleFailure(f"decoder returned a {type(m).__name__} the codec cannot encode: {exc}") from exc
 
@@ -104,7 +104,7 @@ def check_client_stream(
 
     def drain(out: list[bytes]) -> None:
         while (msg := reader.next_message()) is not None:
-            out.append(encode_client(msg))
+            out.append(encode_client(msg, reader.version))
 
     outcome = _stream(
         reader.feed, drain, lambda: reader.buffered_bytes, data, sizes, cp.HEADER_BYTES + max_body_bytes - 1
