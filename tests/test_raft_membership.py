@@ -6,6 +6,8 @@ commits an entry of its term), 4.2.1 catching up new servers (learners), 4.2.2 r
 from __future__ import annotations
 
 import random
+import re
+from pathlib import Path
 
 import pytest
 
@@ -476,3 +478,14 @@ def test_membership_limits():
 def test_bootstrap_from_peer_ids_is_all_voters():
     core = RaftCore(2, [1, 3], MemStorage(), RaftConfig(), random.Random(1))
     assert core.membership == ClusterConfig.voters_of([1, 2, 3]) and core.peers == (1, 3) and not core.removed
+
+
+def test_the_documented_example_is_the_codes():
+    doc = Path(__file__).resolve().parent.parent / "docs" / "PROTOCOL.md"
+    (block,) = re.findall(r"```membership-hex\n(.*?)```", doc.read_text(), re.S)
+    data = bytes.fromhex(block.replace("\n", " "))
+    conf = ClusterConfig.of(
+        [Member(i, MemberRole.VOTER, b"n%d" % i) for i in (1, 2, 3)] + [Member(4, MemberRole.LEARNER, b"n4")]
+    )
+    assert membership_of_entry(data) == conf
+    assert membership_entry(conf) == data

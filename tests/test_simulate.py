@@ -126,6 +126,10 @@ def test_directed_scenario_holds_its_rule_on_the_unmutated_core(name):
         ("snapshot_older_than_commit", "snapshot_stale_chunk_late"),
         ("snapshot_without_state", "snapshot_in_partition"),
         ("snapshot_truncates_matching", "snapshot_matching_log"),
+        ("two_changes_in_flight", "membership_one_change_at_a_time"),
+        ("removed_leader_keeps_leading", "membership_removed_leader_steps_down"),
+        ("learner_vote_counts", "membership_learner_vote_does_not_count"),
+        ("conf_on_commit", "membership_new_config_on_append"),
     ],
 )
 def test_mutation_harness_patches_a_copy_and_the_scenario_catches_it(mutation, scenario):
