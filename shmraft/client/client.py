@@ -758,18 +758,21 @@ class Client:
                         continue
                     raise error_from_server(answer.code, answer.message, answer.leader, conn.address)
                 if isinstance(answer, Frames):
-                    records = [Record(o, bytes(e)) for o, e in frame_events(answer, conn.address)]
+                    pairs: Iterable[tuple[int, memoryview]] = frame_events(answer, conn.address)  # checked lazily
                 elif isinstance(answer, Fetched):
-                    records = [Record(o, bytes(e)) for o, e in zip(answer.offsets.tolist(), answer.events, strict=True)]
+                    pairs = zip(answer.offsets.tolist(), answer.events, strict=True)
                 else:
                     conn.close()
                     conn = None
                     continue
                 last_ok = time.monotonic()
-                yield from records
+                yielded = 0  # a frame's events go out once it is checked: those of good frames before a bad one
+                for off, event in pairs:
+                    yield Record(off, bytes(event))
+                    yielded += 1
                 last_ok = time.monotonic()  # the caller's time between records is not the cluster's fault
                 next_offset = max(next_offset, answer.next_offset)
-                empty = not records
+                empty = yielded == 0
                 if not follow and (empty or next_offset >= answer.commit_offset):
                     return
                 if not empty:
