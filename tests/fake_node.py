@@ -30,10 +30,12 @@ from shmraft.wire.client import (
     Produce,
     encode_error,
     encode_fetched,
+    encode_frames,
     encode_metadata_answer,
     encode_produced,
 )
 from shmraft.wire.errors import RemoteProtocolError
+from shmraft.wire.frame import encode_batch
 
 BATCH_EVENTS = 64  # events per fake raft entry (offsets are index*64 + position)
 POLL_SLICE_S = 0.05  # how often blocked server threads look at the stop flag
@@ -130,6 +132,7 @@ class FakeNode:
         self.leader_hint = True  # whether NOT_LEADER carries the leader's address
         self.members: list[FakeNode] = [self]
         self.min_offset = 0  # fetches below this answer OFFSET_OUT_OF_RANGE
+        self.corrupt_frame_index = 0  # FETCH_FRAMES: flip a payload byte of the frame of this log index (0: none)
         self.reverse_answers = False  # answer requests that arrived in one read in reverse order
         self.reversed_batches = 0
         self.produce_requests = 0
@@ -274,6 +277,8 @@ class FakeNode:
                 next_offset, offsets, events = self.log.read(msg.from_offset, msg.max_bytes)
                 remaining = deadline - time.monotonic()
                 if events or remaining <= 0:
+                    if msg.frames:
+                        return self._frames(cid, msg.from_offset, next_offset, offsets, events)
                     return encode_fetched(cid, next_offset, self.log.commit_offset, offsets, events)
                 self.log.wait_beyond(msg.from_offset, min(remaining, POLL_SLICE_S))
             return None
@@ -281,6 +286,25 @@ class FakeNode:
             members = [Member(m.node_id, "127.0.0.1", m.port) for m in self.members]
             return encode_metadata_answer(cid, self.term, self.leader_id, self.log.index, self.node_id, members)
         return encode_error(cid, ErrorCode.MALFORMED, f"unexpected {type(msg).__name__}")
+
+    def _frames(self, cid: int, from_offset: int, next_offset: int, offsets: list[int], events: list[bytes]) -> bytes:
+        """FRAMES: the entries read, each encoded as a stored frame (prev_index stamped, as the Raft worker does)."""
+        entries: dict[int, list[bytes]] = {}
+        if offsets and offsets[0] // BATCH_EVENTS == from_offset // BATCH_EVENTS:  # the whole first entry
+            _, before, before_events = self.log.read(from_offset - from_offset % BATCH_EVENTS, 2**62)
+            kept = [(o, e) for o, e in zip(before, before_events, strict=True) if o < offsets[0]]
+            offsets = [o for o, _ in kept] + offsets
+            events = [e for _, e in kept] + events
+        for o, e in zip(offsets, events, strict=True):
+            entries.setdefault(o // BATCH_EVENTS, []).append(e)
+        skip = from_offset % BATCH_EVENTS if entries and min(entries) == from_offset // BATCH_EVENTS else 0
+        frames = []
+        for index, evs in sorted(entries.items()):
+            frame = bytearray(encode_batch(evs, batch_id=index, prev_index=index - 1, term=self.term))
+            if index == self.corrupt_frame_index:
+                frame[-9] ^= 0x01  # the last payload byte: only the CRC can tell
+            frames.append(bytes(frame))
+        return encode_frames(cid, next_offset, self.log.commit_offset, skip, sorted(entries), frames)
 
     def _produce(self, msg: Produce) -> bytes | None:
         cid = msg.correlation_id

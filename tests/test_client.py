@@ -15,6 +15,7 @@ from shmraft.client import (
     BufferFull,
     Client,
     CommitTimeout,
+    IntegrityError,
     NodeNotServing,
     NoNodeReachable,
     OffsetOutOfRange,
@@ -440,6 +441,31 @@ def test_consume_without_follow_stops_at_the_commit_offset(cluster: FakeCluster,
     assert records == [Record(o, b"%d" % i) for i, o in enumerate(offsets)]
     assert [v for _, v in client.consume(offsets[50])] == [b"%d" % i for i in range(50, 100)]
     assert list(client.consume(offsets[-1] + 1)) == []
+
+
+@pytest.mark.parametrize("verify", [True, False])
+def test_consume_reads_the_same_records_from_checked_frames_or_plain_fetches(
+    cluster: FakeCluster, client: Client, verify: bool
+) -> None:
+    offsets = client.produce_many([b"%d" % i for i in range(150)])  # more than one 64-offset entry
+    want = [Record(o, b"%d" % i) for i, o in enumerate(offsets)]
+    assert list(client.consume(0, max_bytes=50, verify=verify)) == want
+    assert list(client.consume(offsets[70], verify=verify)) == want[70:]  # from inside an entry: first_skip
+
+
+def test_consume_raises_integrity_error_naming_the_corrupted_frame_after_the_good_ones(
+    cluster: FakeCluster, client: Client
+) -> None:
+    offsets = client.produce_many([b"%d" % i for i in range(150)])
+    bad_index = offsets[100] // 64
+    for n in cluster.nodes:
+        n.corrupt_frame_index = bad_index
+    got = []
+    with pytest.raises(IntegrityError) as info:
+        got.extend(client.consume(0))
+    assert info.value.offset == bad_index * 64 and info.value.index == bad_index
+    assert [r.offset for r in got] == [o for o in offsets if o < bad_index * 64]
+    assert [v for _, v in client.consume(0, verify=False)][-1] == b"149"  # the plain FETCH cannot tell
 
 
 def test_consume_follow_sees_events_produced_meanwhile(cluster: FakeCluster, client: Client) -> None:

@@ -23,8 +23,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tools" / "fuzz"
 
 import oracles  # noqa: E402
 
+from shmraft.client.errors import IntegrityError  # noqa: E402
+from shmraft.client.frames import frame_events  # noqa: E402
 from shmraft.wire import client as cp  # noqa: E402
 from shmraft.wire.errors import RemoteProtocolError  # noqa: E402
+from shmraft.wire.frame import encode_batch  # noqa: E402
 
 limits = st.builds(cp.Limits, *[st.integers(0, 2**32 - 1)] * len(cp.LIMIT_FIELDS))
 
@@ -48,6 +51,15 @@ def _fetched(draw: st.DrawFn) -> bytes:
     return cp.encode_fetched(draw(U64), draw(U64), draw(U64), offsets, evs)
 
 
+@st.composite
+def _frames(draw: st.DrawFn) -> bytes:
+    """A FRAMES answer (its frames are any bytes: the message layer does not look inside them)."""
+    blobs = draw(st.lists(st.binary(max_size=60), max_size=5))
+    indexes = draw(st.lists(U64, min_size=len(blobs), max_size=len(blobs)))
+    skip = draw(st.integers(0, 63)) if blobs else 0
+    return cp.encode_frames(draw(U64), draw(U64), draw(U64), skip, indexes, blobs)
+
+
 members = st.lists(st.builds(cp.Member, U32, _utf8_at_most(40), st.integers(0, 65535)), max_size=5)
 group_names = st.text(min_size=1, max_size=30).filter(lambda t: 1 <= len(t.encode()) <= 255)
 I64_NONNEG = st.integers(0, 2**63 - 1)
@@ -67,6 +79,7 @@ group_answers = [
 requests = st.one_of(
     st.builds(cp.encode_produce, U64, U64, U64, U32, events),
     st.builds(cp.encode_fetch, U64, U64, U32, U32),
+    st.builds(cp.encode_fetch_frames, U64, U64, U32, U32),
     st.builds(cp.encode_metadata, U64),
     *([st.builds(cp.encode_auth, U64, st.binary(min_size=1, max_size=64))] if hasattr(cp, "encode_auth") else []),
     *group_requests,
@@ -74,6 +87,7 @@ requests = st.one_of(
 answers = st.one_of(
     st.builds(cp.encode_produced, U64, st.lists(U64, max_size=20)),
     _fetched(),
+    _frames(),
     st.builds(cp.encode_metadata_answer, U64, U64, U32, U64, U32, members, limits),
     st.builds(cp.encode_error, U64, st.sampled_from(list(cp.ErrorCode)), text, _utf8_at_most(60), U64, U64),
     *([st.builds(cp.encode_authed, U64)] if hasattr(cp, "encode_authed") else []),
@@ -140,6 +154,8 @@ SAMPLES = {
     "metadata": cp.encode_metadata(9),
     "produced": cp.encode_produced(10, [64, 65, 66]),
     "fetched": cp.encode_fetched(11, 130, 192, [128, 129], [b"x", b"yz"]),
+    "fetch_frames": cp.encode_fetch_frames(15, 130, 4096, 0),
+    "frames": cp.encode_frames(16, 192, 192, 2, [2], [b"frame bytes"]),
     "metadata_answer": cp.encode_metadata_answer(
         12, 3, 2, 99, 1, [cp.Member(1, "127.0.0.1", 7101), cp.Member(2, "host-b", 7201)]
     ),
@@ -194,3 +210,98 @@ def test_undecodable_error_text_is_refused_by_name(body: bytes, field: str) -> N
     with pytest.raises(RemoteProtocolError) as info:
         reader.next_message()
     assert info.value.field == field
+
+
+# --- FRAMES end to end: stored frames checked by the consumer (shmraft/client/frames.py) -------------------
+
+
+def _stored_frames(batches: list[list[bytes]], first_index: int) -> tuple[list[int], list[bytes]]:
+    """Frames as the log stores them: log index i stamped with prev_index i - 1 (the Raft worker's restamp)."""
+    indexes = list(range(first_index, first_index + len(batches)))
+    frames = [
+        encode_batch(evs, batch_id=i, prev_index=i - 1, term=1, compress=i % 2 == 0)
+        for i, evs in zip(indexes, batches, strict=True)
+    ]
+    return indexes, frames
+
+
+def _decoded(data: bytes) -> cp.Frames:
+    reader = cp.MessageReader()
+    reader.feed(data)
+    msg = reader.next_message()
+    assert isinstance(msg, cp.Frames)
+    return msg
+
+
+frame_batches = st.lists(st.lists(st.binary(max_size=30), min_size=1, max_size=8), min_size=1, max_size=4)
+
+
+@FAST
+@given(batches=frame_batches, first_index=st.integers(1, 2**40), data=st.data())
+def test_frames_yield_exactly_the_stored_events_from_the_requested_offset(
+    batches: list[list[bytes]], first_index: int, data: st.DataObject
+) -> None:
+    indexes, frames = _stored_frames(batches, first_index)
+    skip = data.draw(st.integers(0, len(batches[0]) - 1))
+    answer = _decoded(cp.encode_frames(5, 0, 0, skip, indexes, frames))
+    want = [(i * 64 + k, ev) for i, evs in zip(indexes, batches, strict=True) for k, ev in enumerate(evs)][skip:]
+    assert [(o, bytes(e)) for o, e in frame_events(answer, "n1")] == want
+
+
+@FAST
+@given(batches=frame_batches, data=st.data())
+def test_any_corrupted_frame_byte_raises_integrity_error_naming_that_frame(
+    batches: list[list[bytes]], data: st.DataObject
+) -> None:
+    indexes, frames = _stored_frames(batches, 10)
+    bad = data.draw(st.integers(0, len(frames) - 1))
+    pos = data.draw(st.integers(0, len(frames[bad]) - 1))
+    corrupted = bytearray(frames[bad])
+    corrupted[pos] ^= data.draw(st.integers(1, 255))
+    frames[bad] = bytes(corrupted)
+    answer = _decoded(cp.encode_frames(5, 0, 0, 0, indexes, frames))
+    seen = []
+    with pytest.raises(IntegrityError) as info:
+        seen.extend(o for o, _ in frame_events(answer, "n1"))
+    assert (info.value.offset, info.value.index, info.value.address) == (indexes[bad] * 64, indexes[bad], "n1")
+    assert seen == [i * 64 + k for i, evs in zip(indexes[:bad], batches, strict=False) for k in range(len(evs))]
+
+
+def test_a_frame_sent_under_another_log_index_raises_integrity_error() -> None:
+    indexes, frames = _stored_frames([[b"a", b"b"]], 7)
+    answer = _decoded(cp.encode_frames(5, 0, 0, 0, [8], frames))
+    with pytest.raises(IntegrityError, match="prev_index 6") as info:
+        list(frame_events(answer, "n1"))
+    assert info.value.offset == 8 * 64
+
+
+def test_first_skip_past_the_first_frame_raises_integrity_error() -> None:
+    indexes, frames = _stored_frames([[b"a", b"b"]], 7)
+    with pytest.raises(IntegrityError, match="first_skip 2"):
+        list(frame_events(_decoded(cp.encode_frames(5, 0, 0, 2, indexes, frames)), "n1"))
+
+
+@pytest.mark.parametrize(
+    ("body", "field"),
+    [
+        (cp._FRAMES_HEAD.pack(0, 0, 0, 1), "FRAMES.first_skip"),  # a skip without frames
+        (cp._FRAMES_HEAD.pack(0, 0, 1, 64), "FRAMES.first_skip"),
+        (cp._FRAMES_HEAD.pack(0, 0, 2**32 - 1, 0), "FRAMES.frame_count"),
+        (cp._FRAMES_HEAD.pack(0, 0, 1, 0) + cp._FRAME_ENTRY.pack(1, 100) + b"short", "FRAMES.frame"),
+    ],
+)
+def test_bad_frames_answers_are_refused_by_name(body: bytes, field: str) -> None:
+    reader = cp.MessageReader()
+    reader.feed(cp.HEADER.pack(cp.CLIENT_MAGIC, cp.CLIENT_VERSION, cp.Kind.FRAMES, len(body), 3) + body)
+    with pytest.raises(RemoteProtocolError) as info:
+        reader.next_message()
+    assert info.value.field == field
+
+
+@pytest.mark.parametrize("kind", [cp.Kind.FETCH_FRAMES, cp.Kind.FRAMES])
+def test_frame_kinds_are_refused_in_version_2(kind: cp.Kind) -> None:
+    reader = cp.MessageReader()
+    reader.feed(cp.HEADER.pack(cp.CLIENT_MAGIC, 2, kind, 0, 3))
+    with pytest.raises(RemoteProtocolError) as info:
+        reader.next_message()
+    assert info.value.field == "version"

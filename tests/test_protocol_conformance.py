@@ -7,7 +7,9 @@ start moves; each test names the rule it checks and speaks only the bytes the do
 from __future__ import annotations
 
 import socket
+import struct
 import time
+import zlib
 from collections.abc import Iterator
 
 import pytest
@@ -15,6 +17,7 @@ from clusterkit import Harness, wait_for
 
 from shmraft.node.groups import GROUP_NAME_BYTES_MAX
 from shmraft.wire import client as cp
+from shmraft.wire.frame import decode_batch
 
 RETAIN_ENTRIES = 20
 ANSWER_TIMEOUT_S = 10.0
@@ -273,3 +276,89 @@ def test_an_empty_group_name_is_malformed(raw: Raw) -> None:
     answer = raw.ask(cp.HEADER.pack(cp.CLIENT_MAGIC, cp.CLIENT_VERSION, cp.Kind.GROUP_FETCH, len(body), 331) + body)
     assert isinstance(answer, cp.Error) and answer.code is cp.ErrorCode.MALFORMED and "group length" in answer.message
     assert raw.closed_by_node()
+
+
+# --- FETCH_FRAMES / FRAMES (section 2.5, version 3): raw bytes in, the answer parsed by hand ------------------
+
+
+def _raw_fetch_frames(cid: int, from_offset: int, max_bytes: int, version: int = 3) -> bytes:
+    body = struct.pack("<QII", from_offset, max_bytes, 0)
+    return struct.pack("<HBBIQ", 0x5253, version, 0x05, len(body), cid) + body
+
+
+def _frames_by_hand(raw: Raw) -> tuple[int, int, int, list[tuple[int, bytes]], bytes]:
+    """(next_offset, commit_offset, first_skip, [(index, frame)], the header) of one FRAMES, read from the
+    socket byte by byte as section 2.1's table lays it out."""
+    head = _recv_exactly(raw.sock, 16)
+    magic, version, kind, body_len, _cid = struct.unpack("<HBBIQ", head)
+    assert (magic, version, kind) == (0x5253, 3, 0x85), head.hex()
+    body = _recv_exactly(raw.sock, body_len)
+    next_offset, commit_offset, count, first_skip = struct.unpack_from("<QQIH", body, 0)
+    pos, frames = 22, []
+    for _ in range(count):
+        index, size = struct.unpack_from("<QI", body, pos)
+        frames.append((index, body[pos + 12 : pos + 12 + size]))
+        pos += 12 + size
+    assert pos == body_len
+    return next_offset, commit_offset, first_skip, frames, head
+
+
+def _recv_exactly(sock: socket.socket, n: int) -> bytes:
+    out = b""
+    while len(out) < n:
+        data = sock.recv(n - len(out))
+        assert data, "the node closed the connection mid-answer"
+        out += data
+    return out
+
+
+def test_fetch_frames_answers_the_stored_frames_with_their_crc_index_and_first_skip(raw: Raw) -> None:
+    events = [b"frame-a", b"frame-b", b"frame-c"]
+    produced = _produce(raw, 401, 4401, 0, events)
+    assert isinstance(produced, cp.Produced), produced
+    second = produced.offsets.tolist()[1]
+    raw.send(_raw_fetch_frames(402, second, 1 << 20))
+    next_offset, commit_offset, first_skip, frames, _ = _frames_by_hand(raw)
+    assert frames and frames[0][0] == second // 64 and first_skip == second % 64
+    assert commit_offset >= next_offset > second
+    records = []
+    for i, (index, frame) in enumerate(frames):
+        batch = decode_batch(frame)  # section 1.4: CRC32, footer, tables
+        assert zlib.crc32(frame[16 : 48 + batch.header.payload_len], zlib.crc32(frame[:12])) == batch.header.crc32
+        assert batch.header.prev_index + 1 == index  # stamped by the Raft worker, under the CRC
+        skip = first_skip if i == 0 else 0
+        records += [(index * 64 + k, bytes(e)) for k, e in enumerate(batch.events)][skip:]
+    want = dict(zip(produced.offsets.tolist(), events, strict=True))
+    assert [(o, e) for o, e in records if o in want] == [(o, want[o]) for o in sorted(want) if o >= second]
+    fetched = raw.ask(cp.encode_fetch(403, second, 1 << 20))  # FETCH reads the same events, re-encoded
+    assert isinstance(fetched, cp.Fetched)
+    same = [(o, bytes(e)) for o, e in zip(fetched.offsets.tolist(), fetched.events, strict=True) if o < next_offset]
+    assert same == [r for r in records if r[0] < fetched.next_offset]
+
+
+def test_fetch_frames_max_bytes_counts_whole_frames_and_returns_at_least_one(raw: Raw) -> None:
+    firsts = []
+    for i in range(3):  # three PRODUCEs answered one by one: three log entries
+        ans = _produce(raw, 410 + i, 4410, i, [f"one-{i}".encode()])
+        assert isinstance(ans, cp.Produced), ans
+        firsts.append(int(ans.offsets[0]))
+    raw.send(_raw_fetch_frames(414, firsts[0], 0))
+    _, _, _, frames, _ = _frames_by_hand(raw)
+    assert len(frames) == 1 and frames[0][0] == firsts[0] // 64
+    size = len(frames[0][1])
+    raw.send(_raw_fetch_frames(415, firsts[0], size + 1))  # the first frame leaves the total below: one more
+    _, _, _, frames, _ = _frames_by_hand(raw)
+    assert [i for i, _ in frames] == [firsts[0] // 64, firsts[1] // 64]
+
+
+def test_fetch_frames_in_a_version_2_request_is_malformed_and_closes(raw: Raw) -> None:
+    answer = raw.ask(_raw_fetch_frames(421, 0, 1024, version=2))
+    assert isinstance(answer, cp.Error) and answer.code is cp.ErrorCode.MALFORMED and answer.correlation_id == 421
+    assert "version" in answer.message and raw.closed_by_node()
+
+
+def test_fetch_frames_past_the_end_is_offset_out_of_range_and_keeps_the_connection(raw: Raw) -> None:
+    answer = raw.ask(_raw_fetch_frames(431, 2**50, 1024))
+    assert isinstance(answer, cp.Error) and answer.code is cp.ErrorCode.OFFSET_OUT_OF_RANGE
+    assert answer.correlation_id == 431 and answer.latest_offset > 0
+    assert isinstance(raw.ask(cp.encode_metadata(432)), cp.MetadataAnswer)

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 
+from shmraft.client.frames import frame_events
 from shmraft.config import LOCAL_PORT_BASE, local_cluster, local_members
 from shmraft.ingest.fetch import FETCH_WAIT_MAX_MS, commit_offset, earliest_offset
 from shmraft.ingest.limits import node_limits
@@ -80,6 +81,7 @@ def test_document_has_the_required_examples() -> None:
         "MembersAnswer",
         "MemberChange",
         "MemberChanged",
+        "Frames",
     }
     flags = [exp.get("flags") for _, _, exp in FRAME_EXAMPLES]
     assert 0 in flags and 1 in flags  # plain and zstd
@@ -174,6 +176,12 @@ def test_client_example_decodes_to_stated_values(index: int) -> None:
             assert asdict(msg.limits) == want
         elif key == "metadata":
             assert msg.metadata == want.encode()
+        elif key == "indexes":
+            assert msg.indexes.tolist() == want
+        elif key == "crc32":  # the frames as stored: each one's CRC as the document states it
+            assert [f"{decode_batch(f).header.crc32:08x}" for f in msg.frames] == want
+        elif key == "records":  # what the library yields: the checked frames' events from from_offset on
+            assert [[o, bytes(e).decode()] for o, e in frame_events(msg, "doc")] == want
         elif key == "groups":
             assert [[g.group, g.offset, g.commit_unix_ms, g.index] for g in msg.groups] == want
         else:

@@ -65,6 +65,7 @@ from shmraft.client.errors import (
     UnknownGroup,
     error_from_server,
 )
+from shmraft.client.frames import frame_events
 from shmraft.client.leader import (
     ATTEMPT_ANSWER_TIMEOUT_S,
     FIND_LEADER_TIMEOUT_S,
@@ -96,6 +97,7 @@ from shmraft.wire.client import (
     Error,
     ErrorCode,
     Fetched,
+    Frames,
     GroupCommitted,
     GroupPosition,
     GroupsAnswer,
@@ -104,6 +106,7 @@ from shmraft.wire.client import (
     MetadataAnswer,
     encode_auth,
     encode_fetch,
+    encode_fetch_frames,
     encode_group_commit,
     encode_group_fetch,
     encode_groups,
@@ -825,6 +828,7 @@ class AsyncClient:
         reset: str,
         auto_commit_events: int,
         auto_commit_interval_ms: int,
+        verify: bool = True,
     ) -> AsyncIterator[Record]:
         """consume(group=...): Client._consume_group with asyncio (the same commit rules)."""
         info = await self.committed(group)
@@ -837,7 +841,7 @@ class AsyncClient:
         position = committed_at = start
         since = 0
         last_commit = time.monotonic()
-        records = self._consume(start, follow, max_bytes, poll_wait_ms, reset)
+        records = self._consume(start, follow, max_bytes, poll_wait_ms, reset, verify)
         try:
             async for record in records:
                 yield record  # handled by the caller once it asks for the next one
@@ -868,12 +872,14 @@ class AsyncClient:
         group: str | None = None,
         auto_commit_events: int = AUTO_COMMIT_EVENTS_DEFAULT,
         auto_commit_interval_ms: int = AUTO_COMMIT_INTERVAL_MS_DEFAULT,
+        verify: bool = True,
     ) -> AsyncIterator[Record]:
         """Committed events at or after `from_offset`, in log order, as Records: `async for offset, value in ...`.
 
         As the blocking Client.consume: any node, failover on connection errors and hung nodes, stop at the
         commit offset unless `follow` (then long-poll forever), `reset` for offsets deleted by retention; with
-        `group`, from the group's committed position, committing as it goes (close it with `aclose()`).
+        `group`, from the group's committed position, committing as it goes (close it with `aclose()`);
+        `verify` checks every stored frame end to end (FETCH_FRAMES, IntegrityError on a failed frame).
         """
         if reset not in RESETS:
             raise ValueError(f"reset: expected one of {', '.join(RESETS)}, got {reset!r}")
@@ -887,12 +893,12 @@ class AsyncClient:
             if auto_commit_events < 0 or auto_commit_interval_ms < 0:
                 raise ValueError("auto_commit_events and auto_commit_interval_ms: expected >= 0")
             return self._consume_group(
-                group, follow, max_bytes, poll_wait_ms, reset, auto_commit_events, auto_commit_interval_ms
+                group, follow, max_bytes, poll_wait_ms, reset, auto_commit_events, auto_commit_interval_ms, verify
             )
-        return self._consume(from_offset, follow, max_bytes, poll_wait_ms, reset)
+        return self._consume(from_offset, follow, max_bytes, poll_wait_ms, reset, verify)
 
     async def _consume(
-        self, next_offset: int, follow: bool, max_bytes: int, poll_wait_ms: int, reset: str
+        self, next_offset: int, follow: bool, max_bytes: int, poll_wait_ms: int, reset: str, verify: bool = True
     ) -> AsyncIterator[Record]:
         """Client._consume with asyncio: the same decisions, the same bounds."""
         leaders, hints = self._leaders, self._leaders.hints
@@ -900,6 +906,7 @@ class AsyncClient:
         backoff = Backoff()
         last_ok = time.monotonic()
         wait_ms = poll_wait_ms if follow else 0
+        fetch_request = encode_fetch_frames if verify else encode_fetch  # frames: checked end to end
         prefer: str | None = hints.leader
         last_error: ShmraftError | None = None
         only = hints.addresses[0] if hints.only_node else None
@@ -939,7 +946,7 @@ class AsyncClient:
                 started = time.monotonic()
                 try:
                     answer = await conn.request(
-                        lambda cid, o=offset: encode_fetch(cid, o, max_bytes, wait_ms),
+                        lambda cid, o=offset: fetch_request(cid, o, max_bytes, wait_ms),
                         wait_ms / 1000 + min(self.timeout_s, FETCH_ATTEMPT_TIMEOUT_S),
                     )
                 except (AnswerTimeout, ConnectionFailed) as exc:
@@ -979,15 +986,21 @@ class AsyncClient:
                         await pause(time.monotonic() + RETRY_BACKOFF_MAX_S)
                         continue
                     raise error_from_server(answer.code, answer.message, answer.leader, conn.address)
-                if not isinstance(answer, Fetched):
+                if isinstance(answer, Frames):
+                    pairs: Iterable[tuple[int, memoryview]] = frame_events(answer, conn.address)  # checked lazily
+                elif isinstance(answer, Fetched):
+                    pairs = zip(answer.offsets.tolist(), answer.events, strict=True)
+                else:
                     conn.close()
                     conn = None
                     continue
-                for off, event in zip(answer.offsets.tolist(), answer.events, strict=True):
+                yielded = 0  # a frame's events go out once it is checked: those of good frames before a bad one
+                for off, event in pairs:
                     yield Record(off, bytes(event))
+                    yielded += 1
                 last_ok = time.monotonic()  # the caller's time between records is not the cluster's fault
                 next_offset = max(next_offset, answer.next_offset)
-                empty = not answer.events
+                empty = yielded == 0
                 if not follow and (empty or next_offset >= answer.commit_offset):
                     return
                 if not empty:

@@ -37,6 +37,7 @@ from shmraft.client.errors import (
     UnknownGroup,
     error_from_server,
 )
+from shmraft.client.frames import frame_events
 from shmraft.client.leader import (
     ADDRESSES_MAX,
     ATTEMPT_ANSWER_TIMEOUT_S,
@@ -57,6 +58,7 @@ from shmraft.wire.client import (
     Error,
     ErrorCode,
     Fetched,
+    Frames,
     GroupCommitted,
     GroupPosition,
     GroupsAnswer,
@@ -65,6 +67,7 @@ from shmraft.wire.client import (
     MetadataAnswer,
     Produced,
     encode_fetch,
+    encode_fetch_frames,
     encode_group_commit,
     encode_group_fetch,
     encode_groups,
@@ -581,6 +584,7 @@ class Client:
         reset: str,
         auto_commit_events: int,
         auto_commit_interval_ms: int,
+        verify: bool = True,
     ) -> Iterator[Record]:
         """consume(group=...): from the group's committed position, committing as it goes (see consume)."""
         info = self.committed(group)
@@ -595,7 +599,7 @@ class Client:
         since = 0
         last_commit = time.monotonic()
         try:
-            for record in self._consume(start, follow, max_bytes, poll_wait_ms, reset):
+            for record in self._consume(start, follow, max_bytes, poll_wait_ms, reset, verify):
                 yield record  # the caller processes it before asking for the next: then it counts as consumed
                 position = record.offset + 1
                 since += 1
@@ -623,6 +627,7 @@ class Client:
         group: str | None = None,
         auto_commit_events: int = AUTO_COMMIT_EVENTS_DEFAULT,
         auto_commit_interval_ms: int = AUTO_COMMIT_INTERVAL_MS_DEFAULT,
+        verify: bool = True,
     ) -> Iterator[Record]:
         """Committed events at or after `from_offset`, in log order, as Records (offset, value).
 
@@ -646,6 +651,10 @@ class Client:
         a node's log end is looked for on the other nodes (a lagging node) and raises OffsetOutOfRange if no
         node has it within `timeout_s`. Raises NoNodeReachable when no node answers for `timeout_s`.
 
+        With `verify` (the default) it asks for the stored batch frames (FETCH_FRAMES, protocol version 3) and
+        checks each frame's CRC32 and log index before yielding its events, raising IntegrityError naming the
+        frame's offset when one fails; `verify=False` uses the plain FETCH (events re-encoded by the node).
+
         On a client with `only_node`, every FETCH goes to that node and nothing else: what would make an
         ordinary client move raises NodeNotServing instead (see the class docstring).
         """
@@ -661,17 +670,18 @@ class Client:
             if auto_commit_events < 0 or auto_commit_interval_ms < 0:
                 raise ValueError("auto_commit_events and auto_commit_interval_ms: expected >= 0")
             return self._consume_group(
-                group, follow, max_bytes, poll_wait_ms, reset, auto_commit_events, auto_commit_interval_ms
+                group, follow, max_bytes, poll_wait_ms, reset, auto_commit_events, auto_commit_interval_ms, verify
             )
-        return self._consume(from_offset, follow, max_bytes, poll_wait_ms, reset)
+        return self._consume(from_offset, follow, max_bytes, poll_wait_ms, reset, verify)
 
     def _consume(
-        self, next_offset: int, follow: bool, max_bytes: int, poll_wait_ms: int, reset: str
+        self, next_offset: int, follow: bool, max_bytes: int, poll_wait_ms: int, reset: str, verify: bool = True
     ) -> Iterator[Record]:
         conn: Connection | None = None
         backoff = Backoff()
         last_ok = time.monotonic()
         wait_ms = poll_wait_ms if follow else 0
+        fetch_request = encode_fetch_frames if verify else encode_fetch  # frames: checked end to end
         prefer: str | None = self._conn.address if self._conn is not None else self.leaders.leader
         last_error: ShmraftError | None = None
         only = self.leaders.addresses[0] if self.leaders.only_node else None
@@ -707,7 +717,7 @@ class Client:
                 started = time.monotonic()
                 try:
                     answer = conn.request(
-                        lambda cid, o=offset: encode_fetch(cid, o, max_bytes, wait_ms),
+                        lambda cid, o=offset: fetch_request(cid, o, max_bytes, wait_ms),
                         wait_ms / 1000 + min(self.timeout_s, FETCH_ATTEMPT_TIMEOUT_S),
                     )
                 except (AnswerTimeout, ConnectionFailed) as exc:
@@ -747,16 +757,22 @@ class Client:
                         backoff.sleep(time.monotonic() + RETRY_BACKOFF_MAX_S)
                         continue
                     raise error_from_server(answer.code, answer.message, answer.leader, conn.address)
-                if not isinstance(answer, Fetched):
+                if isinstance(answer, Frames):
+                    pairs: Iterable[tuple[int, memoryview]] = frame_events(answer, conn.address)  # checked lazily
+                elif isinstance(answer, Fetched):
+                    pairs = zip(answer.offsets.tolist(), answer.events, strict=True)
+                else:
                     conn.close()
                     conn = None
                     continue
                 last_ok = time.monotonic()
-                for off, event in zip(answer.offsets.tolist(), answer.events, strict=True):
+                yielded = 0  # a frame's events go out once it is checked: those of good frames before a bad one
+                for off, event in pairs:
                     yield Record(off, bytes(event))
+                    yielded += 1
                 last_ok = time.monotonic()  # the caller's time between records is not the cluster's fault
                 next_offset = max(next_offset, answer.next_offset)
-                empty = not answer.events
+                empty = yielded == 0
                 if not follow and (empty or next_offset >= answer.commit_offset):
                     return
                 if not empty:

@@ -88,6 +88,19 @@ class OffsetOutOfRange(ShmraftError):
         self.latest_offset = latest_offset
 
 
+class IntegrityError(ShmraftError):
+    """A fetched batch frame failed its end-to-end check (its CRC32, footer or tables, or a log index that is
+    not the one its header was stamped with): the bytes received are not what the log holds. `offset` is the
+    first offset of the frame (its log index times 64), `index` its log index, `address` the node that sent it;
+    no event of that frame was yielded. Not retriable on the same node; the caller may read from another."""
+
+    def __init__(self, message: str, *, offset: int, index: int, address: str) -> None:
+        super().__init__(message)
+        self.offset = offset
+        self.index = index
+        self.address = address
+
+
 class SequenceTooOld(ShmraftError):
     """A retry of events the log holds already, older than the dedup window remembers: they are committed,
     once, but their offsets are forgotten. Do not resend them."""

@@ -12,7 +12,11 @@ earliest offset and the commit offset. A FETCH with `max_wait_ms > 0` that would
 (a long poll, at most FETCH_WAIT_MAX_MS) until an event is committed at or after its offset or its wait ends.
 
 The server is protocol-neutral: it finds the committed spans (`FetchResult`), and the encoder given with the
-request writes the answer: `encode_native` (FETCHED or ERROR) by default, the Kafka door's for Kafka Fetch.
+request writes the answer: `encode_native` (FETCHED or ERROR) by default, `encode_frames_answer` (FRAMES or ERROR)
+for a FETCH_FRAMES, the Kafka door's for Kafka Fetch. A FETCH_FRAMES is served without decoding the frames: they
+go out as the log stores them (the consumer checks their CRCs), their whole stored size counted against
+`max_bytes`; a frame whose event count reads as impossible is sent rather than skipped, so that the consumer's
+check, not this server, reports it.
 """
 
 from __future__ import annotations
@@ -32,7 +36,7 @@ from shmraft.ipc.state import StateBlock
 from shmraft.storage.rocks import LogCompactedError, RocksLogReader, StorageError
 from shmraft.wire import client as cp
 from shmraft.wire.control import is_control
-from shmraft.wire.frame import Batch, decode_batch
+from shmraft.wire.frame import Batch, decode_batch, frame_event_count
 
 FETCH_WAIT_MAX_MS: Final = 30_000
 _FETCHED_HEAD: Final = struct.Struct("<QQI")  # next_offset, commit_offset, event_count (docs/PROTOCOL.md)
@@ -40,11 +44,13 @@ _FETCHED_HEAD: Final = struct.Struct("<QQI")  # next_offset, commit_offset, even
 
 @dataclass(frozen=True, slots=True)
 class FetchedSpan:
-    """The events of one committed log entry from position `skip` on."""
+    """The events of one committed log entry from position `skip` on: the decoded `batch` (FETCH), or the
+    stored `frame` undecoded (FETCH_FRAMES, `batch` None)."""
 
     index: int
     skip: int
-    batch: Batch
+    batch: Batch | None
+    frame: bytes | memoryview = b""
 
     @property
     def first_offset(self) -> int:
@@ -99,7 +105,8 @@ class FetchServer:
         """A new FETCH: answer it now, or park it if it would be answered empty and asks to wait. `encode`
         writes the answer (default: the native FETCHED / ERROR)."""
         wait_s = min(req.max_wait_ms, FETCH_WAIT_MAX_MS) / 1000
-        self._serve(_Parked(conn, req, now_s + wait_s, 0, encode or encode_native), now_s)
+        default = encode_frames_answer if req.frames else encode_native
+        self._serve(_Parked(conn, req, now_s + wait_s, 0, encode or default), now_s)
 
     def offsets(self) -> tuple[int, int] | None:
         """(earliest offset, commit offset) of this node's committed log; None while the log is not readable."""
@@ -199,6 +206,16 @@ class FetchServer:
                     next_offset = (e.index + 1) * BATCH_EVENTS_MAX
                     if not e.data or is_control(e.data):  # a no-op or a control entry: no events, skipped
                         continue
+                    if req.frames:  # as stored, undecoded: the consumer checks the CRC
+                        skip = position if e.index == index else 0
+                        count = frame_event_count(e.data)
+                        if 1 <= count <= BATCH_EVENTS_MAX and skip >= count:
+                            continue
+                        spans.append(FetchedSpan(e.index, skip, None, e.data))
+                        total += len(e.data)
+                        if total >= max_bytes:
+                            break
+                        continue
                     b = decode_batch(e.data)
                     skip = position if e.index == index else 0
                     if skip >= b.header.event_count:
@@ -237,11 +254,23 @@ def encode_native(cid: int, result: FetchResult) -> bytes:
     offsets, lengths, datas = [], [], []
     for s in result.spans:
         b = s.batch
+        assert b is not None  # a FETCH (not FETCH_FRAMES) decodes every span
         offsets.append(s.first_offset + np.arange(b.header.event_count - s.skip, dtype=np.uint64))
         lengths.append(b.lengths[s.skip :])
         datas.append(b.data[int(b.offsets[s.skip]) :])
     return encode_fetched_batches(
         cid, result.next_offset, result.commit_offset, np.concatenate(offsets), np.concatenate(lengths), datas
+    )
+
+
+def encode_frames_answer(cid: int, result: FetchResult) -> bytes:
+    """The FETCH_FRAMES answer: FRAMES with the stored frames as they are, or ERROR OFFSET_OUT_OF_RANGE."""
+    if result.out_of_range:
+        return encode_native(cid, result)
+    spans = result.spans
+    first_skip = spans[0].skip if spans else 0
+    return cp.encode_frames(
+        cid, result.next_offset, result.commit_offset, first_skip, [s.index for s in spans], [s.frame for s in spans]
     )
 
 

@@ -16,6 +16,7 @@ from typing import Final
 
 import numpy as np
 
+from shmraft.constants import BATCH_EVENTS_MAX
 from shmraft.raft.membership import MEMBERS_MAX  # members in one MEMBERS_ANSWER: a configuration's bound
 from shmraft.wire.errors import LocalProtocolError, RemoteProtocolError
 
@@ -34,6 +35,8 @@ AUTH_TOKEN_MAX_BYTES: Final = 1024  # the token of an AUTH request; bounded so i
 _PRODUCE: Final = struct.Struct("<QQII")  # producer_id, first_sequence, timeout_ms, event_count
 _FETCH: Final = struct.Struct("<QII")  # from_offset, max_bytes, max_wait_ms
 _FETCHED: Final = struct.Struct("<QQI")  # next_offset, commit_offset, event_count
+_FRAMES_HEAD: Final = struct.Struct("<QQIH")  # next_offset, commit_offset, frame_count, first_skip (version 3)
+_FRAME_ENTRY: Final = struct.Struct("<QI")  # one frame's log index and size in bytes; then the frame itself
 _METADATA_HEAD: Final = struct.Struct("<QIQI")  # term, leader_id, commit_index, node_id
 _LIMITS: Final = struct.Struct("<10I")  # Limits, field by field (version 3)
 _LIMITS_V2: Final = struct.Struct("<8I")  # version 2: the first eight
@@ -64,6 +67,7 @@ class Kind(enum.IntEnum):
     FETCH = 0x02
     METADATA = 0x03
     AUTH = 0x04  # the first request on a connection to a node that asks for a client token
+    FETCH_FRAMES = 0x05  # version 3: FETCH answered with the stored batch frames themselves (FRAMES)
     GROUP_COMMIT = 0x20  # version 3: commit a consumer group's position
     GROUP_FETCH = 0x21  # version 3: a group's committed position
     GROUPS = 0x22  # version 3: every group's position
@@ -74,6 +78,7 @@ class Kind(enum.IntEnum):
     FETCHED = 0x82
     METADATA_ANSWER = 0x83
     AUTHED = 0x84
+    FRAMES = 0x85  # version 3: the answer to FETCH_FRAMES
     MEMBERS = 0x10  # the configuration in effect, with how far behind each member is (any node)
     MEMBER_CHANGE = 0x11  # add a learner, promote a learner, remove a member (the leader; signed)
     MEMBERS_ANSWER = 0x90
@@ -86,7 +91,8 @@ MEMBER_KINDS: Final = frozenset({Kind.MEMBERS, Kind.MEMBER_CHANGE, Kind.MEMBERS_
 GROUP_KINDS: Final = frozenset(
     {Kind.GROUP_COMMIT, Kind.GROUP_FETCH, Kind.GROUPS, Kind.GROUP_COMMITTED, Kind.GROUP_POSITION, Kind.GROUPS_ANSWER}
 )
-VERSION_3_KINDS: Final = MEMBER_KINDS | GROUP_KINDS
+FRAME_KINDS: Final = frozenset({Kind.FETCH_FRAMES, Kind.FRAMES})
+VERSION_3_KINDS: Final = MEMBER_KINDS | GROUP_KINDS | FRAME_KINDS
 
 
 class ErrorCode(enum.IntEnum):
@@ -162,10 +168,13 @@ class Produced:
 
 @dataclass(frozen=True, slots=True)
 class Fetch:
+    """A FETCH, or with `frames` a FETCH_FRAMES (the same body; answered FRAMES instead of FETCHED)."""
+
     correlation_id: int
     from_offset: int
     max_bytes: int
     max_wait_ms: int
+    frames: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -175,6 +184,20 @@ class Fetched:
     commit_offset: int  # offset just past the last committed event on the answering node
     offsets: np.ndarray  # uint64
     events: list[memoryview]
+
+
+@dataclass(frozen=True, slots=True)
+class Frames:
+    """A FRAMES answer: committed batch frames exactly as the log stores them (docs/PROTOCOL.md section 1),
+    each with its log index; events of frame i have offsets `indexes[i] * 64 + k`. The first frame's first
+    `first_skip` events lie before the requested offset (the consumer skips them)."""
+
+    correlation_id: int
+    next_offset: int
+    commit_offset: int
+    first_skip: int
+    indexes: np.ndarray  # uint64 log index per frame
+    frames: list[memoryview]
 
 
 @dataclass(frozen=True, slots=True)
@@ -373,6 +396,7 @@ Message = (
     | Produced
     | Fetch
     | Fetched
+    | Frames
     | Metadata
     | MetadataAnswer
     | Auth
@@ -439,6 +463,32 @@ def encode_fetched(
         raise LocalProtocolError("offsets", f"{len(events)} offsets", arr.size)
     head = _FETCHED.pack(next_offset, commit_offset, len(events))
     return _frame(Kind.FETCHED, correlation_id, b"".join([head, arr.tobytes(), *_events_block(events)]))
+
+
+def encode_fetch_frames(correlation_id: int, from_offset: int, max_bytes: int, max_wait_ms: int = 0) -> bytes:
+    """FETCH_FRAMES: FETCH's body, answered with the stored frames (version 3)."""
+    return _frame(Kind.FETCH_FRAMES, correlation_id, _FETCH.pack(from_offset, max_bytes, max_wait_ms))
+
+
+def encode_frames(
+    correlation_id: int,
+    next_offset: int,
+    commit_offset: int,
+    first_skip: int,
+    indexes: Sequence[int] | np.ndarray,
+    frames: Sequence[bytes | bytearray | memoryview],
+) -> bytes:
+    """A FRAMES answer; the frames are copied once, into the message, never re-encoded."""
+    if len(indexes) != len(frames):
+        raise LocalProtocolError("FRAMES.indexes", f"{len(frames)} indexes", len(indexes))
+    if not 0 <= first_skip < BATCH_EVENTS_MAX or (first_skip and not frames):
+        raise LocalProtocolError("FRAMES.first_skip", f"0..{BATCH_EVENTS_MAX - 1}, 0 without frames", first_skip)
+    parts: list[bytes | bytearray | memoryview] = [
+        _FRAMES_HEAD.pack(next_offset, commit_offset, len(frames), first_skip)
+    ]
+    for index, frame in zip(indexes, frames, strict=True):
+        parts += [_FRAME_ENTRY.pack(int(index), len(frame)), frame]
+    return _frame(Kind.FRAMES, correlation_id, b"".join(parts))
 
 
 def encode_metadata(correlation_id: int) -> bytes:
@@ -603,7 +653,10 @@ def _encode_message(m: Message, version: int) -> bytes:
     if isinstance(m, Produced):
         return encode_produced(m.correlation_id, m.offsets)
     if isinstance(m, Fetch):
-        return encode_fetch(m.correlation_id, m.from_offset, m.max_bytes, m.max_wait_ms)
+        encode = encode_fetch_frames if m.frames else encode_fetch
+        return encode(m.correlation_id, m.from_offset, m.max_bytes, m.max_wait_ms)
+    if isinstance(m, Frames):
+        return encode_frames(m.correlation_id, m.next_offset, m.commit_offset, m.first_skip, m.indexes, m.frames)
     if isinstance(m, Fetched):
         return encode_fetched(m.correlation_id, m.next_offset, m.commit_offset, m.offsets, m.events)
     if isinstance(m, Metadata):
@@ -730,8 +783,20 @@ def decode_message(kind_byte: int, correlation_id: int, body: memoryview, versio
     elif kind is Kind.PRODUCED:
         (count,) = b.unpack(struct.Struct("<I"), "event_count")
         msg = Produced(correlation_id, b.array(_U64, count, "offsets"))
-    elif kind is Kind.FETCH:
-        msg = Fetch(correlation_id, *b.unpack(_FETCH, "head"))
+    elif kind is Kind.FETCH or kind is Kind.FETCH_FRAMES:
+        msg = Fetch(correlation_id, *b.unpack(_FETCH, "head"), frames=kind is Kind.FETCH_FRAMES)
+    elif kind is Kind.FRAMES:
+        next_offset, commit_offset, count, first_skip = b.unpack(_FRAMES_HEAD, "head")
+        if first_skip >= BATCH_EVENTS_MAX or (first_skip and not count):
+            raise RemoteProtocolError("FRAMES.first_skip", f"0..{BATCH_EVENTS_MAX - 1}, 0 without frames", first_skip)
+        indexes = np.empty(count, dtype=_U64) if count <= len(body) // _FRAME_ENTRY.size else None
+        if indexes is None:  # each frame takes at least its entry: refuse a count the body cannot hold
+            raise RemoteProtocolError("FRAMES.frame_count", f"at most {len(body) // _FRAME_ENTRY.size}", count)
+        frames = []
+        for i in range(count):
+            indexes[i], size = b.unpack(_FRAME_ENTRY, "frame entry")
+            frames.append(b.take(size, "frame"))
+        msg = Frames(correlation_id, next_offset, commit_offset, first_skip, indexes, frames)
     elif kind is Kind.FETCHED:
         next_offset, commit_offset, count = b.unpack(_FETCHED, "head")
         offsets = b.array(_U64, count, "offsets")
