@@ -79,7 +79,7 @@ class NodeSupervisor:
         signal.signal(signal.SIGTERM, self._on_signal)
         signal.signal(signal.SIGINT, self._on_signal)
         self.layout.cleanup_stale()
-        self.zygote.start()  # imports the workers' modules while the shared memory is made
+        self.zygote.start(str(config_path))  # imports the workers' modules while the shared memory is made
         self.state = self.layout.create_all()
         metrics = None
         try:
@@ -129,6 +129,14 @@ class NodeSupervisor:
         kind = child.kind.name.lower()
         child.proc = self.zygote.spawn(kind, str(self.config_path))
         if child.proc is None:  # no fork server: a fresh interpreter, as slow as the imports
+            if self.zygote.error:
+                log.warning(
+                    "node %d: %s worker not forked (%s): starting it fresh",
+                    self.config.node_id,
+                    kind,
+                    self.zygote.error,
+                )
+                self.zygote.error = ""
             cmd = [sys.executable, "-m", "shmraft.workers.main", kind, str(self.config_path)]
             child.proc = subprocess.Popen(cmd, start_new_session=False)
         now = time.monotonic()

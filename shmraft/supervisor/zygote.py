@@ -36,8 +36,12 @@ ZYGOTE_READY_TIMEOUT_S: Final = 10.0  # the zygote's imports; past this a start 
 ZYGOTE_REPLY_TIMEOUT_S: Final = 2.0  # one fork request
 ZYGOTE_LINE_BYTES_MAX: Final = 4096
 PR_SET_CHILD_SUBREAPER: Final = 36  # linux/prctl.h
+PR_SET_NAME: Final = 15  # linux/prctl.h
 WORKER_KINDS: Final = ("raft", "sender", "batcher", "ingest")
 _READY: Final = b"ready\n"
+# numpy's OpenBLAS starts a thread pool when imported, which would make the zygote unsafe to fork; the workers
+# do no linear algebra, so the zygote (and its forks) run it single-threaded.
+SINGLE_THREAD_ENV: Final = {"OPENBLAS_NUM_THREADS": "1", "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
 
 
 def _import_workers() -> None:
@@ -78,6 +82,7 @@ def _fork_worker(kind: str, config_path: str, close_fds: tuple[int, ...]) -> int
                 os.close(wfd)
                 for fd in close_fds:
                     os.close(fd)
+                _set_comm(f"shmraft-{kind}")
                 signal.signal(signal.SIGTERM, signal.SIG_DFL)
                 signal.signal(signal.SIGINT, signal.default_int_handler)
                 code = 1
@@ -144,6 +149,14 @@ def _handle(line: bytes, close_fds: tuple[int, ...]) -> bytes:
         return str(_fork_worker(parts[0], parts[1], close_fds)).encode()
     except OSError as exc:
         return f"error: fork: {exc}".encode()
+
+
+def _set_comm(name: str) -> None:
+    """The process name `ps -o comm` and `top` show (Linux; 15 bytes): the command line is the zygote's."""
+    try:
+        ctypes.CDLL(None).prctl(PR_SET_NAME, name.encode()[:15], 0, 0, 0)
+    except (OSError, AttributeError):
+        pass
 
 
 def set_child_subreaper() -> bool:
@@ -217,18 +230,22 @@ class Zygote:
         self._rep_r = -1
         self._ready = False
         self._started_s = 0.0
+        self.error = ""  # why the last spawn failed (the supervisor logs it once)
 
-    def start(self) -> bool:
-        """Start the fork server (returns at once; it imports in the background). False where unsupported."""
+    def start(self, config_path: str) -> bool:
+        """Start the fork server (returns at once; it imports in the background). False where unsupported.
+        `config_path` is only shown in its command line (and its forks'), so `ps` tells which node they serve."""
         if not set_child_subreaper():
+            self.error = "no child subreaper (not Linux?)"
             return False
         req_r, self._req_w = os.pipe()
         self._rep_r, rep_w = os.pipe()
         os.set_inheritable(req_r, True)
         os.set_inheritable(rep_w, True)
-        cmd = [sys.executable, "-m", "shmraft.supervisor.zygote", str(req_r), str(rep_w)]
+        cmd = [sys.executable, "-m", "shmraft.supervisor.zygote", str(req_r), str(rep_w), config_path]
         try:
-            self._proc = subprocess.Popen(cmd, pass_fds=(req_r, rep_w), stdin=subprocess.DEVNULL)
+            env = {**os.environ, **SINGLE_THREAD_ENV}
+            self._proc = subprocess.Popen(cmd, pass_fds=(req_r, rep_w), stdin=subprocess.DEVNULL, env=env)
         except OSError:
             self._proc = None
         os.close(req_r)
@@ -262,16 +279,19 @@ class Zygote:
         if not self._ready:
             wait_s = max(0.0, ZYGOTE_READY_TIMEOUT_S - (time.monotonic() - self._started_s))
             if self._read_line(wait_s) != _READY:
+                self.error = f"fork server not ready in {ZYGOTE_READY_TIMEOUT_S:.0f} s"
                 self.close()
                 return None
             self._ready = True
         try:
             os.write(self._req_w, f"{kind} {config_path}\n".encode())
-        except OSError:
+        except OSError as exc:
+            self.error = f"fork server gone: {exc}"
             self.close()
             return None
         line = self._read_line(ZYGOTE_REPLY_TIMEOUT_S)
         if line is None or not line.strip().isdigit():
+            self.error = "fork server did not answer" if line is None else line.decode(errors="replace").strip()
             if line is None:
                 self.close()
             return None
@@ -296,8 +316,8 @@ class Zygote:
 
 
 def _main() -> int:
-    if len(sys.argv) != 3:
-        print("usage: python -m shmraft.supervisor.zygote REQUEST_FD REPLY_FD", file=sys.stderr)
+    if len(sys.argv) != 4:
+        print("usage: python -m shmraft.supervisor.zygote REQUEST_FD REPLY_FD CONFIG_PATH", file=sys.stderr)
         return 2
     return serve(int(sys.argv[1]), int(sys.argv[2]))
 
