@@ -34,6 +34,7 @@ from shmraft.net.auth import check_node_files
 from shmraft.node.layout import NodeLayout
 from shmraft.supervisor.metrics import MetricsServer
 from shmraft.supervisor.stall import StallClock, sample_process
+from shmraft.supervisor.zygote import ForkedProcess, Zygote
 
 log = logging.getLogger("shmraft.supervisor")
 
@@ -48,7 +49,7 @@ FIRST_WAIT_S: Final = 1.5  # bounds what the batcher and ingest can lose when th
 @dataclass
 class _Child:
     kind: Worker
-    proc: subprocess.Popen | None = None
+    proc: subprocess.Popen | ForkedProcess | None = None
     restarts: list[float] = field(default_factory=list)  # monotonic times of recent restarts
     next_start: float = 0.0
     started: float = 0.0
@@ -64,6 +65,7 @@ class NodeSupervisor:
         self.children = {kind: _Child(kind) for kind in Worker}
         self._stopping = False
         self.failed_reason = ""
+        self.zygote = Zygote()
 
     def run(self) -> int:
         check_node_files(self.config)  # a missing or unsafe secret/TLS file stops the node here, named
@@ -77,6 +79,7 @@ class NodeSupervisor:
         signal.signal(signal.SIGTERM, self._on_signal)
         signal.signal(signal.SIGINT, self._on_signal)
         self.layout.cleanup_stale()
+        self.zygote.start(str(config_path))  # imports the workers' modules while the shared memory is made
         self.state = self.layout.create_all()
         metrics = None
         try:
@@ -95,6 +98,7 @@ class NodeSupervisor:
         finally:
             if metrics is not None:
                 metrics.close()  # before the segments go: no scrape reads them after this
+            self.zygote.close()
             self._stop_all()
             self.layout.destroy_all()
         if self.failed_reason:
@@ -122,8 +126,19 @@ class NodeSupervisor:
         self._stopping = True
 
     def _start(self, child: _Child) -> None:
-        cmd = [sys.executable, "-m", "shmraft.workers.main", child.kind.name.lower(), str(self.config_path)]
-        child.proc = subprocess.Popen(cmd, start_new_session=False)
+        kind = child.kind.name.lower()
+        child.proc = self.zygote.spawn(kind, str(self.config_path))
+        if child.proc is None:  # no fork server: a fresh interpreter, as slow as the imports
+            if self.zygote.error:
+                log.warning(
+                    "node %d: %s worker not forked (%s): starting it fresh",
+                    self.config.node_id,
+                    kind,
+                    self.zygote.error,
+                )
+                self.zygote.error = ""
+            cmd = [sys.executable, "-m", "shmraft.workers.main", kind, str(self.config_path)]
+            child.proc = subprocess.Popen(cmd, start_new_session=False)
         now = time.monotonic()
         child.started = now
         child.stall.reset()
