@@ -242,3 +242,47 @@ def test_operator_commands(harness: Harness, capsys) -> None:
     assert supervisor_cli.main(["status", "--json", *common]) in (0, 1)
     status = json.loads(capsys.readouterr().out)
     assert status["nodes"][0]["membership"]["voters"] == [1, 2, 3]
+
+
+@pytest.mark.slow
+def test_kafka_clients_follow_membership_changes(tmp_path: Path) -> None:
+    """The Kafka door's Metadata lists the configuration in effect: after node 4 joins, kafka-python asked at
+    node 1 sees broker 4 and produces through the cluster; after a follower is removed, it is gone from the
+    brokers. What kafka-python had acknowledged is on every member's log at its offset."""
+    from kafka import KafkaProducer
+    from kafka.admin import KafkaAdminClient
+
+    from shmraft.ingest.kafka_door import KAFKA_TOPIC
+
+    def brokers(node_id: int) -> list[int]:
+        admin_client = KafkaAdminClient(bootstrap_servers=[f"127.0.0.1:{h.config(node_id).me.kafka_port}"])
+        try:
+            return sorted(b["broker_id"] for b in admin_client.describe_cluster()["brokers"])
+        finally:
+            admin_client.close()
+
+    h = Harness(tmp_path, nodes=3, kafka=True).start()
+    try:
+        assert brokers(1) == [1, 2, 3]
+        _grow(h, 4)
+        _wait_voters(h, [1, 2, 3, 4])
+        wait_for(lambda: brokers(1), 30, "node 1's Kafka Metadata to list node 4", accept=lambda b: b == [1, 2, 3, 4])
+        p = KafkaProducer(
+            bootstrap_servers=[f"127.0.0.1:{h.config(4).me.kafka_port}"], acks="all", enable_idempotence=True
+        )
+        try:
+            futures = [(v, p.send(KAFKA_TOPIC, v)) for v in (f"kafka-{i}".encode() for i in range(200))]
+            p.flush(60)
+            acked = {v: f.get(60).offset for v, f in futures}
+        finally:
+            p.close()
+        victim = next(n for n in h.followers() if n != 4)
+        _change(h, cp.ChangeOp.REMOVE, victim)
+        _wait_voters(h, [n for n in (1, 2, 3, 4) if n != victim])
+        h.local.stop_node(victim)
+        h.forget_node(victim)
+        keep = [n for n in (1, 2, 3, 4) if n != victim]
+        wait_for(lambda: brokers(4), 30, f"node 4's Metadata to drop node {victim}", accept=lambda b: b == keep)
+        verify(h, acked)
+    finally:
+        h.stop()
