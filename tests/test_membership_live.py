@@ -5,6 +5,8 @@ was acknowledged against every member's own log."""
 
 from __future__ import annotations
 
+import contextlib
+import io
 import json
 import time
 from dataclasses import replace
@@ -72,6 +74,18 @@ def _grow(h: Harness, node_id: int) -> None:
             time.sleep(0.2)
 
 
+def _status_nodes(h: Harness) -> dict[int, dict]:
+    """`shmraft-supervisor status --json` of the local cluster of the first three nodes' layout: node id ->
+    its status entry."""
+    c = next(c for c in h.configs if c.node_id == 1)
+    port_base = c.me.client_port - 101  # the local layout: node N on port_base + 100 N + 1..5
+    argv = ["status", "--json", "--data-dir", str(c.data_dir), "--port-base", str(port_base)]
+    out = io.StringIO()
+    with contextlib.redirect_stdout(out):
+        supervisor_cli.main([*argv, "--cluster-id", h.cluster_id])
+    return {n["node_id"]: n for n in json.loads(out.getvalue())["nodes"]}
+
+
 def _wait_voters(h: Harness, voters: list[int], learners: list[int] | None = None) -> admin.Membership:
     """Until the leader's configuration in effect is committed with exactly these voters (and learners)."""
 
@@ -90,6 +104,12 @@ def test_grow_to_four_under_load_then_remove_a_follower(harness: Harness) -> Non
         _grow(h, 4)
         view = _wait_voters(h, [1, 2, 3, 4])
         assert view.get(4).member.client_port == h.config(4).me.client_port
+        wait_for(  # status lists the node added since the config file, with its own state block
+            lambda: _status_nodes(h).get(4, {}),
+            30,
+            "status to list node 4 serving",
+            accept=lambda n: n.get("status") == "SERVING" and 4 in n["membership"]["voters"],
+        )
         load.wait_acked(len(load.acked) + 300, 60)
         victim = next(n for n in h.followers() if n != 4)
         _change(h, cp.ChangeOp.REMOVE, victim)
