@@ -306,3 +306,56 @@ def test_kafka_clients_follow_membership_changes(tmp_path: Path) -> None:
         verify(h, acked)
     finally:
         h.stop()
+
+
+@pytest.mark.slow
+def test_grow_three_to_five_under_load_and_shrink_back_to_three(harness: Harness) -> None:
+    """3 -> 5 one node at a time (each a learner that catches up, then promoted) with a producer running, then
+    back to 3 by removing the leader and an original follower: the three left (two of them new) keep
+    committing, and every one of them holds exactly what was acknowledged, read from its own log."""
+    h = harness
+    with Load(h, tag="grow5") as load:
+        load.wait_acked(300, 60)
+        _grow(h, 4)
+        _grow(h, 5)
+        _wait_voters(h, [1, 2, 3, 4, 5])
+        load.wait_acked(len(load.acked) + 300, 60)
+        leader = h.wait_leader()
+        follower = next(n for n in h.followers() if n not in (4, 5))
+        for gone in (follower, leader):  # a follower first, then the leader, which steps down once committed
+            _change(h, cp.ChangeOp.REMOVE, gone)
+            h.local.stop_node(gone)
+            h.forget_node(gone)
+        left = [n for n in (1, 2, 3, 4, 5) if n not in (follower, leader)]
+        _wait_voters(h, left)
+        assert h.wait_leader() in left
+        load.wait_acked(len(load.acked) + 300, 60)
+    assert not load.errors.get("MembershipError")
+    assert sorted(h.node_ids) == sorted(left)
+    verify(h, load.acked)  # each of the three left, read from its own log
+
+
+@pytest.mark.slow
+def test_five_nodes_losing_two_keep_committing(tmp_path: Path) -> None:
+    """A five-node cluster with a producer running loses its leader and a follower (SIGKILL): the other three
+    elect a leader and keep acknowledging; the two come back and catch up; every node's own log holds exactly
+    what was acknowledged."""
+    h = Harness(tmp_path, nodes=5).start()
+    try:
+        with Load(h, tag="five") as load:
+            load.wait_acked(300, 60)
+            leader = h.wait_leader()
+            dead = [leader, h.followers()[0]]
+            for n in dead:
+                h.kill_node(n)
+            alive = [n for n in h.node_ids if n not in dead]
+            assert h.wait_leader() in alive
+            load.wait_acked(len(load.acked) + 500, 60)
+        verify(h, load.acked, node_ids=alive)  # the three left, each from its own log
+        for n in dead:
+            h.start_node(n)
+        with Load(h, tag="five-back") as again:
+            again.wait_acked(200, 60)
+        verify(h, {**load.acked, **again.acked})  # the two came back and caught up
+    finally:
+        h.stop()
