@@ -104,16 +104,16 @@ def test_the_five_host_example_loads(monkeypatch) -> None:
 
 
 def test_former_members_linger_then_go(tmp_path) -> None:
-    from shmraft.node.members import FORMER_MEMBER_LINGER_S, FormerMembers
+    from shmraft.node.members import FormerMembers
 
     c1 = local_cluster(tmp_path, count=3, port_base=9000)[0]
     full = static_view(c1)
     without_3 = MembersView(5, tuple(v for v in full.members if v.member.node_id != 3))
-    former = FormerMembers()
+    former = FormerMembers(linger_s=30.0)
     former.update(full, without_3, now_s=100.0)
     assert former.view(without_3).ids() == [1, 2, 3] and former.view(without_3).learners() == [3]
-    assert not former.expire(100.0 + FORMER_MEMBER_LINGER_S - 1)
-    assert former.expire(100.0 + FORMER_MEMBER_LINGER_S)
+    assert not former.expire(100.0 + former.linger_s - 1)
+    assert former.expire(100.0 + former.linger_s)
     assert former.view(without_3).ids() == [1, 2]
     former.update(full, without_3, now_s=200.0)
     former.update(without_3, full, now_s=201.0)  # added back: no longer a former member

@@ -359,3 +359,43 @@ def test_five_nodes_losing_two_keep_committing(tmp_path: Path) -> None:
         verify(h, {**load.acked, **again.acked})  # the two came back and caught up
     finally:
         h.stop()
+
+
+@pytest.mark.slow
+def test_a_node_removed_while_down_learns_it_when_it_comes_back(tmp_path: Path) -> None:
+    """A follower is killed, then removed; the others forget it (its links linger only 1 s here). When it comes
+    back it still thinks it is a member and pre-votes: the leader admits it (it proves the cluster secret),
+    answers with what it missed (the entry removing it), and the node says REMOVED in its status, without
+    moving the others' terms. Every member's own log holds what was acknowledged."""
+    from shmraft.supervisor.status import node_status
+
+    h = Harness(tmp_path, nodes=3, former_member_linger_ms=1000).start()
+    try:
+        with Load(h, tag="down-removed", pause_s=0.02) as load:
+            load.wait_acked(200, 60)
+            gone = h.followers()[0]
+            h.kill_node(gone)
+            _change(h, cp.ChangeOp.REMOVE, gone)
+            rest = [n for n in h.node_ids if n != gone]
+            _wait_voters(h, rest)
+            leader = h.wait_leader()
+            wait_for(  # the leader stopped replicating to it: only the lingering link could have told it
+                lambda: [f["node_id"] for f in node_status(h.config(leader)).get("followers", [])],
+                30,
+                f"the leader to forget node {gone}",
+                accept=lambda ids: gone not in ids,
+            )
+            load.wait_acked(len(load.acked) + 100, 60)
+            terms = {n: h.state(n)["term"] for n in rest}
+            h.start_node(gone)
+            wait_for(lambda: (h.state(gone) or {}).get("removed"), 60, f"node {gone} to learn it was removed")
+            load.wait_acked(len(load.acked) + 100, 60)
+        status = node_status(h.config(gone))
+        assert status["membership"]["removed"] and gone not in status["membership"]["voters"]
+        assert status["role"] != "LEADER"
+        assert {n: h.state(n)["term"] for n in rest} == terms, "the removed node disturbed the others' terms"
+        h.local.stop_node(gone)
+        h.forget_node(gone)
+        verify(h, load.acked)
+    finally:
+        h.stop()
