@@ -34,6 +34,7 @@ CLUSTER_SECRET_FILE_ENV = "SHMRAFT_CLUSTER_SECRET_FILE"  # the secret's path whe
 SECRET_HINT = "make one with: head -c 32 /dev/urandom > FILE && chmod 600 FILE (the same file on every node)"
 PEER_INBOUND_CONNECTIONS_MAX = 64  # inbound peer connections held at once (members, plus strangers refused)
 PEER_HANDSHAKE_TIMEOUT_MS = 2000  # a peer connection not authenticated within this is dropped
+FORMER_MEMBER_LINGER_MS = 30_000  # links to a removed member are kept this long (node/members.py FormerMembers)
 
 
 class ConfigError(ValueError):
@@ -124,6 +125,9 @@ class NodeConfig:
     # membership: True on a node started to join a running cluster (`shmraft-supervisor join`): it starts as a
     # learner with an empty log and never campaigns until a committed configuration makes it a voter
     join: bool = False
+    # a removed member stays a link peer this long (it learns its removal from the leader's replication); later
+    # it is still admitted when it proves the cluster secret, and answered on its own connection (net/links.py)
+    former_member_linger_ms: int = FORMER_MEMBER_LINGER_MS
 
     def __post_init__(self) -> None:
         ids = [m.node_id for m in self.members]
@@ -153,6 +157,7 @@ class NodeConfig:
         for key in (
             "peer_inbound_connections_max",
             "peer_handshake_timeout_ms",
+            "former_member_linger_ms",
             "client_connections_max",
             "client_request_bytes_max",
             "client_inflight_bytes_max",

@@ -320,3 +320,23 @@ def test_members_added_and_removed_at_run_time(pair) -> None:
     run_until(sel, [a, b, c], lambda: a.refusals > refusals, timeout_s=10.0, what="node 2's reconnect refused")
     assert not b.connected(1)
     assert c.connected(1), "the other member is unaffected"
+
+
+def test_a_non_member_with_the_secret_is_admitted_and_answered_on_its_own_connection(pair) -> None:
+    """admit_non_members (the raft and sender workers): a node that is no member (removed while it was down)
+    but proves the cluster secret gets in, its messages are delivered, and an answer to it goes back on its
+    own connection; without the secret it is refused; a member-only link still refuses it."""
+    sel, a, b, got, _, p1, make = pair
+    a.close()
+    keen = make(1, free_port(), 2, b.listener.getsockname()[1], admit_non_members=True)
+    removed = make(5, free_port(), 1, keen.listener.getsockname()[1])  # thinks it still is a member
+    assert removed.send(1, b"pre-vote")
+    run_until(sel, [keen, b, removed], lambda: (5, b"pre-vote") in got[1], what="the non-member's message")
+    assert 5 not in keen.peers and 5 in keen.authenticated_inbound()
+    assert keen.send(5, b"you were removed")  # no outbound link to it: its own connection carries the answer
+    run_until(sel, [keen, b, removed], lambda: (1, b"you were removed") in got.get(5, []), what="the answer")
+    stranger = make(6, free_port(), 1, keen.listener.getsockname()[1], secret=Secret(b"w" * 32, "wrong"))
+    stranger.send(1, b"let me in")
+    run_until(sel, [keen, stranger], lambda: stranger.refusals > 0, timeout_s=10.0, what="the wrong secret found")
+    assert (6, b"let me in") not in got[1] and 6 not in keen.authenticated_inbound()
+    assert not b.send(5, b"member-only link"), "a link without admit_non_members has no way to a non-member"

@@ -104,17 +104,37 @@ def test_the_five_host_example_loads(monkeypatch) -> None:
 
 
 def test_former_members_linger_then_go(tmp_path) -> None:
-    from shmraft.node.members import FORMER_MEMBER_LINGER_S, FormerMembers
+    from shmraft.node.members import FormerMembers
 
     c1 = local_cluster(tmp_path, count=3, port_base=9000)[0]
     full = static_view(c1)
     without_3 = MembersView(5, tuple(v for v in full.members if v.member.node_id != 3))
-    former = FormerMembers()
+    former = FormerMembers(linger_s=30.0)
     former.update(full, without_3, now_s=100.0)
     assert former.view(without_3).ids() == [1, 2, 3] and former.view(without_3).learners() == [3]
-    assert not former.expire(100.0 + FORMER_MEMBER_LINGER_S - 1)
-    assert former.expire(100.0 + FORMER_MEMBER_LINGER_S)
+    assert not former.expire(100.0 + former.linger_s - 1)
+    assert former.expire(100.0 + former.linger_s)
     assert former.view(without_3).ids() == [1, 2]
     former.update(full, without_3, now_s=200.0)
     former.update(without_3, full, now_s=201.0)  # added back: no longer a former member
     assert former.view(full).ids() == [1, 2, 3] and not former.expire(1e9)
+
+
+def test_status_lists_the_members_added_since_the_config_file(tmp_path) -> None:
+    """`shmraft-supervisor status` of a local cluster: the configured nodes plus every member of the newest
+    members file (a node added with `members add` or `join`), each with its own ports; a configured node
+    removed since stays listed."""
+    from shmraft.supervisor.status import with_members_in_effect
+
+    configs = local_cluster(tmp_path, count=3, port_base=22000)
+    assert with_members_in_effect(configs) == configs  # no members file yet
+    old = MembersView(0, tuple(MemberView(c.me, ROLE_VOTER) for c in configs))
+    new = MembersView(
+        9, (MemberView(configs[0].me, ROLE_VOTER), MemberView(configs[2].me, ROLE_VOTER), MemberView(M, ROLE_LEARNER))
+    )
+    write_members_file(configs[0].node_dir, new)  # node 1 saw node 2 removed and node 4 added
+    write_members_file(configs[1].node_dir, old)  # node 2 (removed, down) never learnt it
+    listed = with_members_in_effect(configs)
+    assert [c.node_id for c in listed] == [1, 2, 3, 4]
+    four = listed[-1]
+    assert four.me == M and four.node_dir == tmp_path / "node4" and four.cluster_id == configs[0].cluster_id

@@ -5,6 +5,8 @@ was acknowledged against every member's own log."""
 
 from __future__ import annotations
 
+import contextlib
+import io
 import json
 import time
 from dataclasses import replace
@@ -72,6 +74,18 @@ def _grow(h: Harness, node_id: int) -> None:
             time.sleep(0.2)
 
 
+def _status_nodes(h: Harness) -> dict[int, dict]:
+    """`shmraft-supervisor status --json` of the local cluster of the first three nodes' layout: node id ->
+    its status entry."""
+    c = next(c for c in h.configs if c.node_id == 1)
+    port_base = c.me.client_port - 101  # the local layout: node N on port_base + 100 N + 1..5
+    argv = ["status", "--json", "--data-dir", str(c.data_dir), "--port-base", str(port_base)]
+    out = io.StringIO()
+    with contextlib.redirect_stdout(out):
+        supervisor_cli.main([*argv, "--cluster-id", h.cluster_id])
+    return {n["node_id"]: n for n in json.loads(out.getvalue())["nodes"]}
+
+
 def _wait_voters(h: Harness, voters: list[int], learners: list[int] | None = None) -> admin.Membership:
     """Until the leader's configuration in effect is committed with exactly these voters (and learners)."""
 
@@ -90,6 +104,12 @@ def test_grow_to_four_under_load_then_remove_a_follower(harness: Harness) -> Non
         _grow(h, 4)
         view = _wait_voters(h, [1, 2, 3, 4])
         assert view.get(4).member.client_port == h.config(4).me.client_port
+        wait_for(  # status lists the node added since the config file, with its own state block
+            lambda: _status_nodes(h).get(4, {}),
+            30,
+            "status to list node 4 serving",
+            accept=lambda n: n.get("status") == "SERVING" and 4 in n["membership"]["voters"],
+        )
         load.wait_acked(len(load.acked) + 300, 60)
         victim = next(n for n in h.followers() if n != 4)
         _change(h, cp.ChangeOp.REMOVE, victim)
@@ -242,3 +262,140 @@ def test_operator_commands(harness: Harness, capsys) -> None:
     assert supervisor_cli.main(["status", "--json", *common]) in (0, 1)
     status = json.loads(capsys.readouterr().out)
     assert status["nodes"][0]["membership"]["voters"] == [1, 2, 3]
+
+
+@pytest.mark.slow
+def test_kafka_clients_follow_membership_changes(tmp_path: Path) -> None:
+    """The Kafka door's Metadata lists the configuration in effect: after node 4 joins, kafka-python asked at
+    node 1 sees broker 4 and produces through the cluster; after a follower is removed, it is gone from the
+    brokers. What kafka-python had acknowledged is on every member's log at its offset."""
+    from kafka import KafkaProducer
+    from kafka.admin import KafkaAdminClient
+
+    from shmraft.ingest.kafka_door import KAFKA_TOPIC
+
+    def brokers(node_id: int) -> list[int]:
+        admin_client = KafkaAdminClient(bootstrap_servers=[f"127.0.0.1:{h.config(node_id).me.kafka_port}"])
+        try:
+            return sorted(b["broker_id"] for b in admin_client.describe_cluster()["brokers"])
+        finally:
+            admin_client.close()
+
+    h = Harness(tmp_path, nodes=3, kafka=True).start()
+    try:
+        assert brokers(1) == [1, 2, 3]
+        _grow(h, 4)
+        _wait_voters(h, [1, 2, 3, 4])
+        wait_for(lambda: brokers(1), 30, "node 1's Kafka Metadata to list node 4", accept=lambda b: b == [1, 2, 3, 4])
+        p = KafkaProducer(
+            bootstrap_servers=[f"127.0.0.1:{h.config(4).me.kafka_port}"], acks="all", enable_idempotence=True
+        )
+        try:
+            futures = [(v, p.send(KAFKA_TOPIC, v)) for v in (f"kafka-{i}".encode() for i in range(200))]
+            p.flush(60)
+            acked = {v: f.get(60).offset for v, f in futures}
+        finally:
+            p.close()
+        victim = next(n for n in h.followers() if n != 4)
+        _change(h, cp.ChangeOp.REMOVE, victim)
+        _wait_voters(h, [n for n in (1, 2, 3, 4) if n != victim])
+        h.local.stop_node(victim)
+        h.forget_node(victim)
+        keep = [n for n in (1, 2, 3, 4) if n != victim]
+        wait_for(lambda: brokers(4), 30, f"node 4's Metadata to drop node {victim}", accept=lambda b: b == keep)
+        verify(h, acked)
+    finally:
+        h.stop()
+
+
+@pytest.mark.slow
+def test_grow_three_to_five_under_load_and_shrink_back_to_three(harness: Harness) -> None:
+    """3 -> 5 one node at a time (each a learner that catches up, then promoted) with a producer running, then
+    back to 3 by removing the leader and an original follower: the three left (two of them new) keep
+    committing, and every one of them holds exactly what was acknowledged, read from its own log."""
+    h = harness
+    with Load(h, tag="grow5") as load:
+        load.wait_acked(300, 60)
+        _grow(h, 4)
+        _grow(h, 5)
+        _wait_voters(h, [1, 2, 3, 4, 5])
+        load.wait_acked(len(load.acked) + 300, 60)
+        leader = h.wait_leader()
+        follower = next(n for n in h.followers() if n not in (4, 5))
+        for gone in (follower, leader):  # a follower first, then the leader, which steps down once committed
+            _change(h, cp.ChangeOp.REMOVE, gone)
+            h.local.stop_node(gone)
+            h.forget_node(gone)
+        left = [n for n in (1, 2, 3, 4, 5) if n not in (follower, leader)]
+        _wait_voters(h, left)
+        assert h.wait_leader() in left
+        load.wait_acked(len(load.acked) + 300, 60)
+    assert not load.errors.get("MembershipError")
+    assert sorted(h.node_ids) == sorted(left)
+    verify(h, load.acked)  # each of the three left, read from its own log
+
+
+@pytest.mark.slow
+def test_five_nodes_losing_two_keep_committing(tmp_path: Path) -> None:
+    """A five-node cluster with a producer running loses its leader and a follower (SIGKILL): the other three
+    elect a leader and keep acknowledging; the two come back and catch up; every node's own log holds exactly
+    what was acknowledged."""
+    h = Harness(tmp_path, nodes=5).start()
+    try:
+        with Load(h, tag="five") as load:
+            load.wait_acked(300, 60)
+            leader = h.wait_leader()
+            dead = [leader, h.followers()[0]]
+            for n in dead:
+                h.kill_node(n)
+            alive = [n for n in h.node_ids if n not in dead]
+            assert h.wait_leader() in alive
+            load.wait_acked(len(load.acked) + 500, 60)
+        verify(h, load.acked, node_ids=alive)  # the three left, each from its own log
+        for n in dead:
+            h.start_node(n)
+        with Load(h, tag="five-back") as again:
+            again.wait_acked(200, 60)
+        verify(h, {**load.acked, **again.acked})  # the two came back and caught up
+    finally:
+        h.stop()
+
+
+@pytest.mark.slow
+def test_a_node_removed_while_down_learns_it_when_it_comes_back(tmp_path: Path) -> None:
+    """A follower is killed, then removed; the others forget it (its links linger only 1 s here). When it comes
+    back it still thinks it is a member and pre-votes: the leader admits it (it proves the cluster secret),
+    answers with what it missed (the entry removing it), and the node says REMOVED in its status, without
+    moving the others' terms. Every member's own log holds what was acknowledged."""
+    from shmraft.supervisor.status import node_status
+
+    h = Harness(tmp_path, nodes=3, former_member_linger_ms=1000).start()
+    try:
+        with Load(h, tag="down-removed", pause_s=0.02) as load:
+            load.wait_acked(200, 60)
+            gone = h.followers()[0]
+            h.kill_node(gone)
+            _change(h, cp.ChangeOp.REMOVE, gone)
+            rest = [n for n in h.node_ids if n != gone]
+            _wait_voters(h, rest)
+            leader = h.wait_leader()
+            wait_for(  # the leader stopped replicating to it: only the lingering link could have told it
+                lambda: [f["node_id"] for f in node_status(h.config(leader)).get("followers", [])],
+                30,
+                f"the leader to forget node {gone}",
+                accept=lambda ids: gone not in ids,
+            )
+            load.wait_acked(len(load.acked) + 100, 60)
+            terms = {n: h.state(n)["term"] for n in rest}
+            h.start_node(gone)
+            wait_for(lambda: (h.state(gone) or {}).get("removed"), 60, f"node {gone} to learn it was removed")
+            load.wait_acked(len(load.acked) + 100, 60)
+        status = node_status(h.config(gone))
+        assert status["membership"]["removed"] and gone not in status["membership"]["voters"]
+        assert status["role"] != "LEADER"
+        assert {n: h.state(n)["term"] for n in rest} == terms, "the removed node disturbed the others' terms"
+        h.local.stop_node(gone)
+        h.forget_node(gone)
+        verify(h, load.acked)
+    finally:
+        h.stop()

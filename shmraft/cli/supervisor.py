@@ -140,7 +140,7 @@ def _rebuild_node(args: argparse.Namespace) -> int:
 
 
 def _status(args: argparse.Namespace) -> int:
-    from shmraft.supervisor.status import cluster_status, format_table
+    from shmraft.supervisor.status import cluster_status, format_table, with_members_in_effect
 
     configs = _configs(args)
     if args.config:  # every member of the configured cluster that runs on this machine
@@ -148,7 +148,7 @@ def _status(args: argparse.Namespace) -> int:
         from shmraft.config import with_overrides
 
         configs = [with_overrides(base, node_id=m.node_id) for m in base.members]
-    report = cluster_status(configs)
+    report = cluster_status(with_members_in_effect(configs))  # and the members added since (members add, join)
     if args.json:
         print(json.dumps(report))
     else:

@@ -41,6 +41,7 @@ from shmraft.kafka.errors import KafkaRemoteError, UnsupportedRequest
 from shmraft.kafka.records import TIMESTAMP_TYPE_BIT, Record, RecordBatch, decode_batches, encode_batch
 from shmraft.kafka.versions import supported_ranges
 from shmraft.node import groups as gr
+from shmraft.node import members as mb
 from shmraft.node.batching import BLOCK_HEAD
 from shmraft.node.dedup import KAFKA_PRODUCER_BIT, KAFKA_SEQUENCE_BASE, KAFKA_SEQUENCE_MODULUS
 from shmraft.node.records import GroupRequestKind, decode_result
@@ -137,6 +138,9 @@ class KafkaDoor:
         self._tracker_ids = itertools.count(1)
         self.api_versions = [r for r in supported_ranges() if r.api_key not in NOT_ADVERTISED]
         self.submit_group: SubmitGroup | None = None  # set by the ingest worker; None: groups unavailable
+        # The configuration in effect (Metadata's brokers, FindCoordinator): the ingest worker sets its `view`,
+        # the members file the raft worker keeps, so Kafka clients follow membership changes as native ones do.
+        self.members_view: Callable[[], mb.MembersView] = lambda: mb.static_view(config)
 
     # --- requests in -------------------------------------------------------------------------------------------
 
@@ -172,7 +176,8 @@ class KafkaDoor:
     def _find_coordinator(self, body: m.FindCoordinatorRequest) -> m.FindCoordinatorResponse:
         """The coordinator of every group is the current leader (its Kafka port); none during an election."""
         leader = self.state.get("leader_id")
-        member = next((x for x in self.config.members if x.node_id == leader and x.kafka_port), None)
+        found = self.members_view().get(leader) if leader else None
+        member = found.member if found is not None and found.member.kafka_port else None
         if body.key_type != m.COORDINATOR_KEY_GROUP:
             return m.FindCoordinatorResponse(
                 0, ErrorCode.COORDINATOR_NOT_AVAILABLE, "transactions are not served", -1, "", -1
@@ -283,8 +288,14 @@ class KafkaDoor:
 
     def _metadata(self, body: m.MetadataRequest, version: int) -> m.MetadataResponse:
         leader = self.state.get("leader_id")
-        members = [x.node_id for x in self.config.members]
-        brokers = [m.MetadataBroker(x.node_id, x.host, x.kafka_port, None) for x in self.config.members if x.kafka_port]
+        view = self.members_view()  # the configuration in effect, not the config file's (membership changes)
+        members = view.ids()  # replicas: voters and learners (a learner holds the log too)
+        voters = view.voters()  # in sync: the members whose acknowledgements count for a commit
+        brokers = [
+            m.MetadataBroker(v.member.node_id, v.member.host, v.member.kafka_port, None)
+            for v in view.members
+            if v.member.kafka_port
+        ]
         names = [t.name for t in body.topics] if body.topics else [KAFKA_TOPIC]  # None (or v0's []): every topic
         topics = []
         for name in names:
@@ -297,7 +308,7 @@ class KafkaDoor:
                 leader_id=leader or -1,
                 leader_epoch=self.state.get("term"),
                 replica_nodes=members,
-                isr_nodes=members,
+                isr_nodes=voters,
                 offline_replicas=[],
             )
             topics.append(m.MetadataTopic(ErrorCode.NONE, name, False, [part]))

@@ -5,7 +5,9 @@ One `PeerLinks` per worker and channel. It listens for the other nodes, connects
 (HELLO / CHALLENGE / PROOF / WELCOME, shmraft/wire/peer.py; MACs in shmraft/net/auth.py) and only then moves
 opaque bodies: `send(peer_id, body)` out on our connection to that peer, and every body received from any
 authenticated peer to `on_message(peer_id, body)`. Strangers (another cluster, an unknown node id, a wrong
-secret, garbage) are refused with a REFUSED reason, logged on both sides, and counted in `refusals`.
+secret, garbage) are refused with a REFUSED reason, logged on both sides, and counted in `refusals`; with
+`admit_non_members` (the workers' links) a node id that is not a member is admitted once it proves the cluster
+secret, and `send` to it uses its connection to us (a node removed while it was down learns its removal).
 It runs inside the worker's selector loop: every registered key's `data` is a callable taking the event mask.
 
 With TLS (`PeerSecurity.tls_*`), the TLS handshake (mutual, CA-checked) comes first and the HMAC
@@ -138,6 +140,7 @@ class PeerLinks:
         body_max_bytes: int | None = None,
         inbound_max: int = INBOUND_MAX,
         handshake_timeout_ms: int = HELLO_TIMEOUT_MS,
+        admit_non_members: bool = False,
     ) -> None:
         self.sel = sel
         self.cluster_id = cluster_id
@@ -151,6 +154,10 @@ class PeerLinks:
         self.body_max_bytes = body_max_bytes or BODY_MAX_BYTES_DEFAULT
         self.inbound_max = inbound_max
         self.handshake_timeout_ms = handshake_timeout_ms
+        # Admit a node that is not (or no longer) a member when it proves the cluster secret, and answer it on
+        # its own connection: a node removed while it was down learns its removal from the leader's answer to
+        # its pre-vote (raft/core.py `_tell_removed`); the core counts nothing from a non-member.
+        self.admit_non_members = admit_non_members
         self._out: dict[int, _Conn] = {}
         self._inbound: set[_Conn] = set()
         self._retry_at_ms: dict[int, float] = {}
@@ -176,11 +183,24 @@ class PeerLinks:
         conn = self._out.get(peer_id)
         if conn is None:
             if peer_id not in self.peers:
-                return False  # not (or no longer) a member
+                conn = self._non_member_inbound(peer_id)
+                if conn is None:
+                    return False  # not (or no longer) a member, and not connected to us
+                return self._queue(conn, peer_id, body)
             self._connect(peer_id)
             conn = self._out.get(peer_id)
             if conn is None:
                 return False
+        return self._queue(conn, peer_id, body)
+
+    def _non_member_inbound(self, peer_id: int) -> _Conn | None:
+        """An authenticated connection from a non-member to us, to answer it on (`admit_non_members`)."""
+        if not self.admit_non_members:
+            return None
+        return next((c for c in self._inbound if c.peer_id == peer_id and c.state is _State.READY), None)
+
+    def _queue(self, conn: _Conn, peer_id: int, body: bytes | bytearray | memoryview) -> bool:
+        """Queue `body` on `conn` (held until it is authenticated); False when over the queue limit (dropped)."""
         if len(conn.out) + len(conn.held) + len(body) > self.outbuf_max_bytes:
             log.warning(
                 "peer %d (%s): outgoing queue over %d bytes, dropping the connection",
@@ -657,7 +677,7 @@ class PeerLinks:
     def _refusal(self, hello: Hello) -> str:
         if hello.cluster_id != self.cluster_id:
             return f"cluster id: expected {self.cluster_id!r}, got {hello.cluster_id!r}"
-        if hello.node_id not in self.peers:
+        if hello.node_id not in self.peers and not (self.admit_non_members and hello.node_id != self.node_id):
             return f"node id: expected one of {sorted(self.peers)}, got {hello.node_id}"
         if hello.to_node_id != self.node_id:
             return f"node id: this is node {self.node_id}, the connection was meant for node {hello.to_node_id}"

@@ -25,7 +25,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Final
 
-from shmraft.config import Member
+from shmraft.config import FORMER_MEMBER_LINGER_MS, Member
 from shmraft.wire.client import MEMBER_ADDRESS_MAX_BYTES
 
 if TYPE_CHECKING:
@@ -233,16 +233,15 @@ def current_view(config: NodeConfig) -> MembersView:
     return read_members_file(config.node_dir) or static_view(config)
 
 
-FORMER_MEMBER_LINGER_S: Final = 30.0  # links to a removed member are kept this long (it learns its removal)
-
-
 class FormerMembers:
-    """Members removed from the configuration, kept as link peers for FORMER_MEMBER_LINGER_S: the leader keeps
+    """Members removed from the configuration, kept as link peers for `linger_s` (the config's
+    `former_member_linger_ms`): the leader keeps
     replicating to a removed member until it holds the entry that removed it, and answers its pre-votes with
     what it missed (raft/core.py), so that it learns it was removed and goes quiet; without a link it would
     never hear it. Its messages cannot disrupt: the core counts no vote of a non-member."""
 
-    def __init__(self) -> None:
+    def __init__(self, linger_s: float = FORMER_MEMBER_LINGER_MS / 1000) -> None:
+        self.linger_s = linger_s
         self._until: dict[int, tuple[Member, float]] = {}
 
     def update(self, old: MembersView, new: MembersView, now_s: float) -> None:
@@ -250,7 +249,7 @@ class FormerMembers:
         kept = set(new.ids())
         for v in old.members:
             if v.member.node_id not in kept:
-                self._until[v.member.node_id] = (v.member, now_s + FORMER_MEMBER_LINGER_S)
+                self._until[v.member.node_id] = (v.member, now_s + self.linger_s)
         for node_id in kept:
             self._until.pop(node_id, None)
 

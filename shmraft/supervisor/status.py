@@ -6,6 +6,7 @@ Used by `shmraft-supervisor status` (table or JSON) and by the live view of `up`
 from __future__ import annotations
 
 import time
+from dataclasses import replace
 from typing import Any
 
 import psutil
@@ -102,6 +103,28 @@ def node_status(config: NodeConfig) -> dict[str, Any]:
     finally:
         state.close()
     return out
+
+
+def with_members_in_effect(configs: list[NodeConfig]) -> list[NodeConfig]:
+    """`configs` plus a config for every member of the configuration in effect that they do not name (a node
+    added with `members add` or `join`): the newest members file among the configured nodes (highest log
+    index) says who they are and where they listen. A configured node that was removed stays listed (its
+    status says REMOVED or DOWN). Without any members file, `configs` as they are."""
+    newest: mb.MembersView | None = None
+    for c in configs:
+        try:
+            view = mb.read_members_file(c.node_dir)
+        except (OSError, mb.AddressError):
+            continue  # unreadable: its own status line says so
+        if view is not None and (newest is None or view.index > newest.index):
+            newest = view
+    if newest is None or not configs:
+        return configs
+    known = {c.node_id for c in configs}
+    base = configs[0]
+    added = [v.member for v in newest.members if v.member.node_id not in known]
+    members = tuple(m for m in base.members if m.node_id not in {a.node_id for a in added}) + tuple(added)
+    return configs + [replace(base, node_id=m.node_id, members=members) for m in added]
 
 
 def cluster_status(configs: list[NodeConfig]) -> dict[str, Any]:

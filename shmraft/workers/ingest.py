@@ -84,6 +84,7 @@ class IngestWorker(WorkerBase):
                 config, self.state, self.log, self.fetches, self._admit, self.kafka.write, self.kafka.close
             )
             self.door.submit_group = self.submit_group  # OffsetCommit / OffsetFetch: the native group path
+            self.door.members_view = self.view  # Metadata and FindCoordinator: the configuration in effect
             if not checksum.ACCELERATED:
                 self.log.warning("the crc32c package is missing: Kafka record batches use pure-Python CRC-32C (slow)")
         self.secret = auth.cluster_secret(config)  # MEMBER_CHANGE must be signed with it

@@ -150,7 +150,9 @@ class RaftWorker(WorkerBase):
         # membership changes asked through ingest (R6) and proposed here: log index -> (request id, term)
         self._pending_changes: dict[int, tuple[int, int]] = {}
         self._view = mb.static_view(config)  # the configuration in effect, as published (members file)
-        self._former = mb.FormerMembers()  # removed members still linked for a while (they learn their removal)
+        self._former = mb.FormerMembers(
+            config.former_member_linger_ms / 1000
+        )  # removed members still linked for a while (they learn their removal)
         self.links: PeerLinks | None = None
         self._timer = LoopTimer()  # where each loop iteration's time goes; slow ones are logged
         self._open_storage()
@@ -168,6 +170,7 @@ class RaftWorker(WorkerBase):
             security=PeerSecurity.from_config(c),
             inbound_max=c.peer_inbound_connections_max,
             handshake_timeout_ms=c.peer_handshake_timeout_ms,
+            admit_non_members=True,  # a removed node back after the linger learns its removal (net/links.py)
         )
         self.frames_in = Inbox(self.layout.reader(Ring.R2), Ring.R2)
         self.peer_in = Inbox(self.layout.reader(Ring.R4), Ring.R4)

@@ -38,7 +38,9 @@ class SenderWorker(WorkerBase):
         self.pending: list[bytes] = []
         self._epoch = self.state.get("members_epoch")
         self._view = mb.current_view(c)
-        self._former = mb.FormerMembers()  # removed members still linked for a while (they learn their removal)
+        self._former = mb.FormerMembers(
+            config.former_member_linger_ms / 1000
+        )  # removed members still linked for a while (they learn their removal)
         self.trace = SenderTrace(self.state.trace, config.trace_sample_every)
         self.links = PeerLinks(
             self.sel,
@@ -54,6 +56,7 @@ class SenderWorker(WorkerBase):
             security=PeerSecurity.from_config(c),
             inbound_max=c.peer_inbound_connections_max,
             handshake_timeout_ms=c.peer_handshake_timeout_ms,
+            admit_non_members=True,  # the leader's catch-up appends reach a removed node (net/links.py)
         )
         self.outbox = Inbox(self.layout.reader(Ring.R3), Ring.R3)
         self.sel.register(self.outbox, selectors.EVENT_READ, lambda _m: None)
