@@ -409,14 +409,15 @@ def test_producer_resends_out_of_order_rejections(cluster: FakeCluster, client: 
 
 
 def test_producer_gives_up_when_nothing_answers() -> None:
-    with Client([dead_address()], timeout_s=3) as cl:
+    # The queued requests' deadline (10 s) is far beyond the wait for room (0.3 s), so that even a test process
+    # starved of CPU for seconds on a busy machine still finds the buffer full when it asks for room.
+    with Client([dead_address()], timeout_s=10) as cl:
         producer = cl.producer(buffer_events=3, linger_ms=0)
         futures = [producer.send(b"x"), producer.send(b"y"), producer.send(b"z")]
-        # A shorter wait for room than the queued requests' own deadline, so the two timers cannot race.
         cl.timeout_s = 0.3
         with pytest.raises(BufferFull):
             producer.send(b"w")  # blocks up to the timeout: the buffer stays full meanwhile
-        producer.close(timeout_s=10)
+        producer.close(timeout_s=30)
         for f in futures:
             assert isinstance(f.exception(0), CommitTimeout)
         assert not producer._thread.is_alive()

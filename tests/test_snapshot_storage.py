@@ -35,6 +35,7 @@ from shmraft.storage.rocks import (
 )
 from shmraft.wire.frame import decode_batch, encode_batch
 from shmraft.wire.raft_codec import SNAPSHOT_CONFIG_BYTES_MAX, encode_raft
+from shmraft.workers.looptime import LoopTimer
 from shmraft.workers.raft import (
     RaftWorker,
     SnapshotRefused,
@@ -466,6 +467,8 @@ def _worker_on(nl) -> RaftWorker:
     w.storage, w.state, w.log = nl, _State(), logging.getLogger("test")
     w.dedup, w._decoded, w._export, w._notes = DedupTable(producers_max=PRODUCERS_MAX), {}, None, []
     w.groups = GroupService(w.log)
+    w._timer = LoopTimer()
+    w.trace = SimpleNamespace(persisting=lambda entries: None, persisted=lambda entries: None)  # no state block
     return w
 
 
