@@ -531,19 +531,26 @@ def snapshot_crash_mid_install(mutation: str = "") -> ScenarioResult:
     return result
 
 
+def _chunks_after(kept: int) -> Callable[[Message], bool]:
+    """A drop rule for deliver_all: the first `kept` InstallSnapshot chunks arrive, every later one is lost."""
+    seen = 0
+
+    def drop(m: Message) -> bool:
+        nonlocal seen
+        if isinstance(m, InstallSnapshot):
+            seen += 1
+            return seen > kept
+        return False
+
+    return drop
+
+
 def snapshot_crash_mid_transfer(mutation: str = "") -> ScenarioResult:
     """Rule: a follower that crashes with half a snapshot restarts without it (answers received=0) and the
     leader starts the transfer again from the beginning."""
     result = ScenarioResult("snapshot_crash_mid_transfer")
     c, index = _snapshot_cluster(mutation)
-    got: list[Message] = []
-
-    def half(m: Message) -> bool:
-        if isinstance(m, InstallSnapshot):
-            got.append(m)
-            return len(got) > 2
-        return False
-
+    half = _chunks_after(2)
     c.cores[1].tick(c.config.heartbeat_interval_ms)
     c.process(1)
     c.deliver_all(drop=half)
@@ -564,14 +571,7 @@ def snapshot_leader_change_mid_transfer(mutation: str = "") -> ScenarioResult:
     c, index = _snapshot_cluster(mutation)
     # node 2 saved its own snapshot at the same index (different bytes): node 3 must not mix the two
     c.storages[2].save_snapshot(Snapshot(index, c.cores[2].term_at(index) or 0, b"state@%d-2" % index))
-    got: list[Message] = []
-
-    def half(m: Message) -> bool:
-        if isinstance(m, InstallSnapshot):
-            got.append(m)
-            return len(got) > 2
-        return False
-
+    half = _chunks_after(2)
     c.cores[1].tick(c.config.heartbeat_interval_ms)
     c.process(1)
     c.deliver_all(drop=half)

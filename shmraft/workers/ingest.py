@@ -171,20 +171,27 @@ class IngestWorker(WorkerBase):
         assert self.door is not None
         self.door.on_request(conn, req)  # type: ignore[arg-type]
 
-    def _produce(self, conn: Connection, msg: cp.Produce) -> None:
+    def _refused_unless_serving_leader(self, conn: Connection, correlation_id: int, stopping: cp.ErrorCode) -> bool:
+        """Answer a request only a serving leader takes with the error it gets here (`stopping`: the code while
+        this node stops); True when it was refused."""
         status = self.state.get("status")
         if status != NodeStatus.SERVING:
-            code = cp.ErrorCode.SHUTTING_DOWN if status == NodeStatus.STOPPING else cp.ErrorCode.UNAVAILABLE
-            self._error(conn, msg.correlation_id, code, f"node {self.config.node_id} is {NodeStatus(status).name}")
-            return
+            code = stopping if status == NodeStatus.STOPPING else cp.ErrorCode.UNAVAILABLE
+            self._error(conn, correlation_id, code, f"node {self.config.node_id} is {NodeStatus(status).name}")
+            return True
         if self.state.get("role") != Role.LEADER:
             leader = self.state.get("leader_id")
             self._error(
                 conn,
-                msg.correlation_id,
+                correlation_id,
                 cp.ErrorCode.NOT_LEADER,
                 f"node {self.config.node_id} is not the leader (leader: {leader or 'unknown'})",
             )
+            return True
+        return False
+
+    def _produce(self, conn: Connection, msg: cp.Produce) -> None:
+        if self._refused_unless_serving_leader(conn, msg.correlation_id, cp.ErrorCode.SHUTTING_DOWN):
             return
         # The PRODUCE body is the batcher's event block as it stands (node/batching.py): no copy, no re-encode.
         refused = self._admit(
@@ -290,23 +297,7 @@ class IngestWorker(WorkerBase):
             self.log.warning("client %s: MEMBER_CHANGE refused: %s; disconnected", conn.addr, why)
             self.conns.send_error_and_close(conn, msg.correlation_id, cp.ErrorCode.UNAUTHORIZED, f"unauthorized: {why}")
             return
-        status = self.state.get("status")
-        if status != NodeStatus.SERVING:
-            self._error(
-                conn,
-                msg.correlation_id,
-                cp.ErrorCode.UNAVAILABLE,
-                f"node {self.config.node_id} is {NodeStatus(status).name}",
-            )
-            return
-        if self.state.get("role") != Role.LEADER:
-            leader = self.state.get("leader_id")
-            self._error(
-                conn,
-                msg.correlation_id,
-                cp.ErrorCode.NOT_LEADER,
-                f"node {self.config.node_id} is not the leader (leader: {leader or 'unknown'})",
-            )
+        if self._refused_unless_serving_leader(conn, msg.correlation_id, cp.ErrorCode.UNAVAILABLE):
             return
         rid = next(self._change_ids)
         rec = encode_change_request(ChangeRequest(rid, int(msg.op), msg.node_id, msg.address))
