@@ -20,9 +20,16 @@ each): building it in the raft loop (the frozen view, the longest single step, t
 saving (one synced RocksDB write), and at start loading, decoding and installing it.
 
 With `--node-start` it also starts a real one-node cluster (supervisor, four worker processes) on each log
-and times, from the supervisor's start, until the node answers METADATA from its client port as the leader:
-what a restart costs whole (Python start-up and imports, worker spawn, the open and the dedup rebuild above,
-and a single node's election timeout), `--repeats` times (the median).
+twice and times, from the supervisor's start, until the node answers METADATA from its client port as the
+leader and until a first PRODUCE is acknowledged: what a restart costs whole (Python start-up and imports,
+worker spawn, the open and the dedup rebuild above, the core's read of the entries after the snapshot for
+MEMBERSHIP entries, and a single node's election timeout), `--repeats` times (the median). The first start
+is the one after a crash at the worst point (the verified mark restored, the snapshot `--snapshot-tail` old);
+the second follows the first's clean stop. The table adds the raft worker's start-up phases from its log
+line (workers/raft.py, "start-up phases"). The snapshot is saved as the worker saves it, with the cluster
+configuration and the consumer groups; `--no-snapshot-config` leaves the configuration out (as a log
+written before snapshots carried one, and as this benchmark did until it was found to cost the first start
+a read of the whole log).
 
 The page cache is warm (the log was just written; a restarted process finds it so); `--drop-caches` (root)
 drops it before each open for the cold figures after a reboot.
