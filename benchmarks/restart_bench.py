@@ -20,9 +20,16 @@ each): building it in the raft loop (the frozen view, the longest single step, t
 saving (one synced RocksDB write), and at start loading, decoding and installing it.
 
 With `--node-start` it also starts a real one-node cluster (supervisor, four worker processes) on each log
-and times, from the supervisor's start, until the node answers METADATA from its client port as the leader:
-what a restart costs whole (Python start-up and imports, worker spawn, the open and the dedup rebuild above,
-and a single node's election timeout), `--repeats` times (the median).
+twice and times, from the supervisor's start, until the node answers METADATA from its client port as the
+leader and until a first PRODUCE is acknowledged: what a restart costs whole (Python start-up and imports,
+worker spawn, the open and the dedup rebuild above, the core's read of the entries after the snapshot for
+MEMBERSHIP entries, and a single node's election timeout), `--repeats` times (the median). The first start
+is the one after a crash at the worst point (the verified mark restored, the snapshot `--snapshot-tail` old);
+the second follows the first's clean stop. The table adds the raft worker's start-up phases from its log
+line (workers/raft.py, "start-up phases"). The snapshot is saved as the worker saves it, with the cluster
+configuration and the consumer groups; `--no-snapshot-config` leaves the configuration out (as a log
+written before snapshots carried one, and as this benchmark did until it was found to cost the first start
+a read of the whole log).
 
 The page cache is warm (the log was just written; a restarted process finds it so); `--drop-caches` (root)
 drops it before each open for the cold figures after a reboot.
@@ -37,9 +44,11 @@ Prints a table, then one JSON line with the figures and the machine (CPUs, Pytho
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import platform
+import re
 import shutil
 import statistics
 import sys
@@ -54,7 +63,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from shmraft.client import Client, ShmraftError  # noqa: E402
 from shmraft.node.dedup import DedupTable  # noqa: E402
+from shmraft.node.groups import GroupTable  # noqa: E402
 from shmraft.node.snapshot import Snapshot, decode_snapshot, encode_snapshot, snapshot_of  # noqa: E402
+from shmraft.raft.membership import encode_membership  # noqa: E402
 from shmraft.raft.types import Entry, HardState  # noqa: E402
 from shmraft.storage.nodelog import VERIFIED_MARK_INTERVAL_S, open_node_log  # noqa: E402
 from shmraft.storage.rocks import SavedSnapshot  # noqa: E402
@@ -62,7 +73,12 @@ from shmraft.storage.sidecar import VERIFIED_MARK_FILE  # noqa: E402
 from shmraft.testing.cluster import ClusterDriver  # noqa: E402
 from shmraft.testing.wait import wait_for  # noqa: E402
 from shmraft.wire.frame import decode_batch, encode_batch  # noqa: E402
-from shmraft.workers.raft import SNAPSHOT_INTERVAL_ENTRIES, _decode_saved_snapshot, rebuild_dedup  # noqa: E402
+from shmraft.workers.raft import (  # noqa: E402
+    SNAPSHOT_INTERVAL_ENTRIES,
+    _decode_saved_snapshot,
+    bootstrap_config,
+    rebuild_dedup,
+)
 
 EVENTS_PER_ENTRY = 64
 EVENT_BYTES = 100
@@ -89,9 +105,12 @@ def _frame(index: int) -> bytes:
     )
 
 
-def build(node_dir: Path, entries: int, tail: int, snapshot_tail: int) -> int:
+def build(node_dir: Path, entries: int, tail: int, snapshot_tail: int, configuration: bytes) -> int:
     """A committed log of `entries` frames with the verified mark `tail` entries and the saved snapshot
-    `snapshot_tail` entries before the end; returns its data bytes."""
+    `snapshot_tail` entries before the end; returns its data bytes. The snapshot is what the raft worker saves:
+    the dedup table, the consumer groups (none) and the cluster configuration (`configuration`, the encoded
+    membership). Without the configuration the core would read the whole log at start for MEMBERSHIP entries
+    (a log written before snapshots carried it): that, not the log check, was the first start's extra seconds."""
     nl = open_node_log(node_dir, fsync="never", retain_entries_max=None, retain_bytes_max=None)
     nbytes = 0
     snap_at = max(1, entries - snapshot_tail)
@@ -115,7 +134,10 @@ def build(node_dir: Path, entries: int, tail: int, snapshot_tail: int) -> int:
             if hi == mark_at:
                 nl.persist_mark()
             if hi == snap_at:
-                nl.save_snapshot(SavedSnapshot(hi, TERM, encode_snapshot(snapshot_of(table, TERM))))
+                groups = GroupTable()
+                groups.advance(hi)
+                snap = dataclasses.replace(snapshot_of(table, TERM, groups), configuration=configuration)
+                nl.save_snapshot(SavedSnapshot(hi, TERM, encode_snapshot(snap)))
             index = hi + 1
         nl.rocks.sync()
     finally:
@@ -205,10 +227,46 @@ def time_restart(node_dir: Path, mark: bytes, *, full: bool, cold: bool) -> tupl
         nl.close()
 
 
-def time_node_start(data_dir: Path) -> float:
-    """Seconds from starting a one-node cluster on the log in data_dir/node1 until it answers METADATA as leader."""
-    d = ClusterDriver.create(data_dir, nodes=1, id_prefix="rb")
+_PHASES = re.compile(
+    r"open_node_log (?P<open_s>[\d.]+) s \(check (?P<check_s>[\d.]+) s, (?P<checked>\d+) entries.*?core with "
+    r"configurations (?P<core_s>[\d.]+) s, dedup and groups rebuild (?P<dedup_s>[\d.]+) s.*?log ready "
+    r"(?P<ready_s>[\d.]+) s after the worker's start"
+)
+_LEADER = re.compile(r"first leader \(\d+\) known (?P<election_s>[\d.]+) s after the log was ready")
+_STAMP = re.compile(r"^(\d{4}-\d\d-\d\d \d\d:\d\d:\d\d),(\d{3}) ")
+
+
+def _stamp_s(line: str) -> float | None:
+    """A log line's wall-clock time (the logging module's asctime, local time), seconds since the epoch."""
+    m = _STAMP.match(line)
+    if m is None:
+        return None
+    return time.mktime(time.strptime(m.group(1), "%Y-%m-%d %H:%M:%S")) + int(m.group(2)) / 1000
+
+
+def start_phases(lines: list[str], started_unix_s: float) -> dict:
+    """The raft worker's start-up phase lines (workers/raft.py `_log_open_phases`) and when the supervisor had
+    forked the raft worker, seconds from the node's start."""
+    out: dict = {}
+    for line in lines:
+        if "started raft worker" in line and "raft_started_s" not in out:
+            at = _stamp_s(line)
+            if at is not None:
+                out["raft_started_s"] = round(at - started_unix_s, 3)
+        elif (m := _PHASES.search(line)) is not None:
+            out.update({k: float(v) if "." in v else int(v) for k, v in m.groupdict().items()})
+        elif (m := _LEADER.search(line)) is not None:
+            out["election_s"] = float(m.group("election_s"))
+    return out
+
+
+def time_node_start(d: ClusterDriver) -> dict:
+    """One start of the one-node cluster `d` on its log: seconds from starting its supervisor until it answers
+    METADATA as the leader (`leader_s`) and until a first PRODUCE is acknowledged (`produce_s`), and the start-up
+    phases from the node's log (`start_phases`); the node is stopped cleanly (SIGTERM) afterwards."""
     address = d.addresses[0]
+    log_path = d.local.log_dir / "node1.log"
+    log_from = log_path.stat().st_size if log_path.exists() else 0
 
     def serving() -> bool:
         try:
@@ -217,13 +275,60 @@ def time_node_start(data_dir: Path) -> float:
         except ShmraftError:
             return False
 
+    def produced(client: Client) -> bool:
+        try:
+            client.produce(b"restart-bench")
+            return True
+        except ShmraftError:
+            return False
+
+    started_unix_s = time.time()
     t0 = time.perf_counter()
     try:
         d.start(leader_timeout_s=None)
         wait_for(serving, NODE_START_WAIT_S, "the node to answer as leader", 0.01)
-        return time.perf_counter() - t0
+        out: dict = {"leader_s": round(time.perf_counter() - t0, 3)}
+        with Client([address], only_node=True, timeout_s=METADATA_TIMEOUT_S) as c:
+            wait_for(lambda: produced(c), NODE_START_WAIT_S, "a first produce to be acknowledged", 0.01)
+        out["produce_s"] = round(time.perf_counter() - t0, 3)
     finally:
         d.stop()
+    with open(log_path, encoding="utf-8", errors="replace") as f:
+        f.seek(log_from)
+        out.update(start_phases(f.read().splitlines(), started_unix_s))
+    return out
+
+
+def _median_run(runs: list[dict]) -> dict:
+    """The run with the median time to the first acknowledged produce (its phases belong to it)."""
+    return sorted(runs, key=lambda r: r["produce_s"])[len(runs) // 2]
+
+
+def print_node_table(rows: list[dict]) -> None:
+    """The whole node's starts: after a crash (the verified mark VERIFIED_MARK_INTERVAL_S of full load old, the
+    snapshot SNAPSHOT_INTERVAL_ENTRIES old) and after a clean stop, with the raft worker's phases."""
+    print(
+        "\nwhole node (one-node cluster), seconds from starting its supervisor; phases from the raft worker's log:\n"
+        f"{'entries':>9} {'GB':>5} {'start':<7} {'leader':>7} {'produce':>8} {'fork raft':>9} {'open':>6} "
+        f"{'(check':>7} {'entries)':>9} {'configs':>8} {'dedup':>6} {'ready':>6} {'election':>8}"
+    )
+    for row in rows:
+        for name in ("first", "second"):
+            r = row[f"{name}_start"]
+            print(
+                f"{row['entries']:>9} {row['bytes'] / 1e9:5.2f} {name:<7} {r['leader_s']:7.3f} {r['produce_s']:8.3f} "
+                f"{r.get('raft_started_s', float('nan')):9.3f} {r.get('open_s', float('nan')):6.3f} "
+                f"{r.get('check_s', float('nan')):7.3f} {r.get('checked', -1):9d} {r.get('core_s', float('nan')):8.3f} "
+                f"{r.get('dedup_s', float('nan')):6.3f} {r.get('ready_s', float('nan')):6.3f} "
+                f"{r.get('election_s', float('nan')):8.3f}"
+            )
+    print(
+        "  first: after a crash at the worst point (the mark and the snapshot as old as they get); second: the\n"
+        "  next start after the first's clean stop. fork raft: the supervisor had the raft worker forked;\n"
+        "  open/dedup/ready: the raft worker's open_node_log, dedup+groups rebuild, log ready after its start;\n"
+        "  configs: the core reading MEMBERSHIP entries after the snapshot; election: log ready to leader known.",
+        flush=True,
+    )
 
 
 def main() -> None:
@@ -240,6 +345,12 @@ def main() -> None:
     ap.add_argument("--drop-caches", action="store_true", help="cold page cache before each open (root)")
     ap.add_argument("--dir", default=None, help="where to build the logs (default: a temporary directory)")
     ap.add_argument("--node-start", action="store_true", help="also time a whole node's start on each log")
+    ap.add_argument(
+        "--no-snapshot-config",
+        action="store_true",
+        help="save the snapshot without the cluster configuration (as this benchmark did before, and as a log "
+        "written before snapshots carried it): the core then reads the whole log for MEMBERSHIP entries",
+    )
     args = ap.parse_args()
     sizes = args.entries or (SIZES_QUICK if args.quick else SIZES_FULL)
     if args.repeats is None:
@@ -253,10 +364,13 @@ def main() -> None:
     rows = []
     try:
         for n in sizes:
-            node_dir = root / f"n{n}" / "node1"  # where a one-node local cluster in root/n<N> keeps its log
+            # the one-node cluster first: its configuration goes into the saved snapshot, as a worker's would
+            d = ClusterDriver.create(root / f"n{n}", nodes=1, id_prefix="rb")
+            node_dir = d.configs[0].node_dir
+            configuration = b"" if args.no_snapshot_config else encode_membership(bootstrap_config(d.configs[0]))
             tail = min(n // 2, args.tail_entries)  # a small log: the mark halfway
             t0 = time.perf_counter()
-            nbytes = build(node_dir, n, tail, min(n // 2, args.snapshot_tail))
+            nbytes = build(node_dir, n, tail, min(n // 2, args.snapshot_tail), configuration)
             build_s = time.perf_counter() - t0
             mark = (node_dir / VERIFIED_MARK_FILE).read_bytes()
             row = {"entries": n, "bytes": nbytes, "tail_entries": tail, "build_s": round(build_s, 1)}
@@ -267,19 +381,28 @@ def main() -> None:
                 row[f"{case}_dedup_s"] = round(statistics.median(r[1] for r in runs), 3)
                 row[f"{case}_verified"] = runs[-1][2]
             if args.node_start:
-                (node_dir / VERIFIED_MARK_FILE).write_bytes(mark)
-                starts = [time_node_start(node_dir.parent) for _ in range(args.repeats)]
-                row["node_start_s"] = round(statistics.median(starts), 3)
+                firsts, seconds = [], []
+                for _ in range(args.repeats):  # each pair: after a crash (the mark restored), then after a clean stop
+                    (node_dir / VERIFIED_MARK_FILE).write_bytes(mark)
+                    if args.drop_caches:
+                        drop_caches()
+                    firsts.append(time_node_start(d))
+                    if args.drop_caches:
+                        drop_caches()
+                    seconds.append(time_node_start(d))
+                row["first_start"] = _median_run(firsts)
+                row["second_start"] = _median_run(seconds)
             rows.append(row)
             print(
                 f"{n:>9} entries {nbytes / 1e9:6.2f} GB | before: open {row['before_open_s']:6.3f} s "
                 f"({row['before_verified']} checked) | after: open {row['after_open_s']:6.3f} s "
                 f"({row['after_verified']} checked) | dedup: before {row['before_dedup_s']:6.3f} s, after "
-                f"{row['after_dedup_s']:6.3f} s | serving after {row['after_open_s'] + row['after_dedup_s']:6.3f} s"
-                + (f" | whole node: leader after {row['node_start_s']:6.3f} s" if args.node_start else ""),
+                f"{row['after_dedup_s']:6.3f} s | serving after {row['after_open_s'] + row['after_dedup_s']:6.3f} s",
                 flush=True,
             )
             shutil.rmtree(node_dir.parent, ignore_errors=True)
+        if args.node_start:
+            print_node_table(rows)
         cost = snapshot_cost(args.snapshot_producers, root / "snapcost")
         print(f"snapshot of {cost['producers']} producers: {cost}", flush=True)
     finally:
@@ -290,6 +413,7 @@ def main() -> None:
         "rocksdict": version("rocksdict"),
         "platform": platform.platform(),
         "page_cache": "cold" if args.drop_caches else "warm",
+        "snapshot_config": not args.no_snapshot_config,
         "repeats": args.repeats,
     }
     print(json.dumps({"restart": rows, "snapshot": cost, "machine": machine}))

@@ -122,8 +122,11 @@ class RaftWorker(WorkerBase):
     kind = Worker.RAFT
 
     def __init__(self, config) -> None:
+        self._started_at = time.monotonic()  # the worker's start, for the start-up phase lines
         super().__init__(config)
         c = config
+        self._ready_at = 0.0  # when the first open of the log finished (0: not yet)
+        self._first_leader_logged = False  # the start-up line for the first leader known is written once
         self._notes: list[bytes] = []
         # None while the storage is unusable (disk full, I/O error, refused start): see _storage_failed
         self.storage: NodeLog | None = None
@@ -190,6 +193,7 @@ class RaftWorker(WorkerBase):
         """Open (verify, maybe quarantine) the log and build core and dedup table from it. On failure the
         worker stays up without a core, with the reason published, and retries later."""
         c = self.config
+        t_open = time.monotonic()
         try:
             nl = open_node_log(
                 c.node_dir,
@@ -223,6 +227,7 @@ class RaftWorker(WorkerBase):
         first = nl.first_index()
         applied = max(min(hs.commit, nl.last_index()), first - 1, nl.snapshot_index())
         self.storage = nl
+        t_core = time.monotonic()
         try:  # reads below the verified mark meet damage the open check skipped: full check, as when running
             self.core = RaftCore(
                 c.node_id,
@@ -238,6 +243,7 @@ class RaftWorker(WorkerBase):
             self._sent_seen = 0
             self._decoded.clear()
             self._export = None
+            t_dedup = time.monotonic()
             self._rebuild_dedup()
         except (StorageIOError, CorruptLogError) as exc:
             self._storage_failed(exc)
@@ -253,6 +259,9 @@ class RaftWorker(WorkerBase):
             )
         self._set_fault(StorageFault.OK, "")
         self._check_recovery()
+        if not self._ready_at:
+            self._ready_at = time.monotonic()
+            self._log_open_phases(nl, t_open, t_core, t_dedup)
         self.state.set("last_index", self.core.last_index)
         self.state.set("first_index", self.core.first_index)
         self.state.set("commit_index", self.core.commit_index)
@@ -318,6 +327,26 @@ class RaftWorker(WorkerBase):
         self.state.set("recovering", int(core.recovering))
 
     # --- start-up ------------------------------------------------------------------------------------------
+
+    def _log_open_phases(self, nl: NodeLog, t_open: float, t_core: float, t_dedup: float) -> None:
+        """One line with where the first open of the log went, in seconds (docs/DESIGN.md "Start-up")."""
+        check = nl.open_check
+        snap = nl.snapshot_record
+        self.log.info(
+            "start-up phases: worker to open %.3f s, open_node_log %.3f s (check %.3f s, %d entries, %s), "
+            "core with configurations %.3f s, dedup and groups rebuild %.3f s (%d entries after the snapshot at "
+            "%s), log ready %.3f s after the worker's start",
+            t_open - self._started_at,
+            t_core - t_open,
+            check.seconds,
+            check.entries_verified,
+            f"full scan: {check.reason}" if check.full_scan else "from the verified mark",
+            t_dedup - t_core,
+            self._ready_at - t_dedup,
+            nl.last_index() - (snap.index if snap is not None else nl.first_index() - 1),
+            snap.index if snap is not None else "none",
+            self._ready_at - self._started_at,
+        )
 
     def _rebuild_dedup(self) -> None:
         """The table from the saved snapshot and the entries after it (`rebuild_dedup`)."""
@@ -954,6 +983,16 @@ class RaftWorker(WorkerBase):
             )
         if self.core.leader and self.core.leader != prev_leader:
             self.state.add("leader_changes")
+            if self._ready_at and not self._first_leader_logged:
+                self._first_leader_logged = True
+                now = time.monotonic()
+                self.log.info(
+                    "start-up phases: first leader (%d) known %.3f s after the log was ready, %.3f s after the "
+                    "worker's start",
+                    self.core.leader,
+                    now - self._ready_at,
+                    now - self._started_at,
+                )
 
     def _flush_notes(self) -> None:
         if self._notes:
