@@ -374,3 +374,38 @@ def test_follower_past_retention_catches_up_through_a_snapshot(tmp_path: Path) -
     assert report["lost"] == 0, context
     assert proc.returncode == 0, context
     assert _chaos_leftovers(proc.pid) == {"mounts": [], "shm": [], "netns": []}
+
+
+MEMBERSHIP_RUN_S = 16  # two membership-change faults (slots at 3 s and 9.5 s)
+
+
+def _seed_with_both_membership_variants() -> int:
+    """The first seed whose short membership-change schedule holds each concurrent fault once."""
+    kinds = chaos.select_kinds(list(chaos.KINDS), "membership-change")
+    for seed in range(1, 1000):
+        withs = [p.params["with"] for p in chaos.plan(seed, MEMBERSHIP_RUN_S, kinds)]
+        if sorted(withs) == sorted(chaos.MEMBERSHIP_WITH):
+            return seed
+    raise AssertionError("no seed plans both membership-change variants")
+
+
+@pytest.mark.slow
+def test_membership_change_while_another_fault_is_in_force(tmp_path: Path) -> None:
+    """A short run of membership-change, once with the other follower paused and once with the leader killed
+    while a follower is removed: each removal commits once the other fault is healed, the removed node comes
+    back empty as a learner, is promoted and catches up, and every node's log holds every acknowledged event
+    once, none divergent."""
+    seed = _seed_with_both_membership_variants()
+    proc, report, context = _run_campaign(
+        ["--duration", str(MEMBERSHIP_RUN_S), "--seed", str(seed), "--kinds", "membership-change", "--no-disk"],
+        tmp_path,
+    )
+    assert report["faults"] == {"membership-change": 2}, context
+    assert sorted(f["with"] for f in report["fault_log"]) == sorted(chaos.MEMBERSHIP_WITH), context
+    assert all("added back as a learner and promoted" in f["detail"] for f in report["fault_log"]), context
+    k = report["by_kind"]["membership-change"]
+    assert k["not_caught_up"] == 0 and not report["fault_errors"] and not report["read_errors"], context
+    assert report["lost"] == 0 and report["duplicates"] == 0 and report["divergent"] == 0, context
+    assert report["acknowledged"] > 0 and report["recovered"] is True, context
+    assert proc.returncode == 0, context
+    assert _chaos_leftovers(proc.pid) == {"mounts": [], "shm": [], "netns": []}

@@ -25,6 +25,10 @@ killed while filler events make the leader compact past its log end, then restar
 then RETAIN_BYTES_SMALL). These two also wait, up to CATCH_UP_WAIT_S, until the restarted node has caught up
 with the leader's commit index at its restart (and left recovering mode): `caught_up_after_ms`, or a reported
 failure (`not_caught_up`) when it does not; a follower past retention catches up through InstallSnapshot.
+membership-change is a membership change while another fault is in force: a follower removed (`members
+remove`) while the other follower is SIGSTOPped or the leader SIGKILLed (`with`; the removal commits only once
+that is healed), then killed, its data directory emptied, added back as a learner with the same id and address,
+restarted to join, promoted once caught up, and waited for like wipe-follower (`caught_up_after_ms`).
 
 Schedule rules (the plan is a pure function of --seed and --duration; targets named by role, "the leader",
 "a follower", are resolved when the fault starts, with a seeded pick among the candidates):
@@ -65,7 +69,7 @@ import tempfile
 import threading
 import time
 from collections import Counter
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Final
 
@@ -101,12 +105,15 @@ EVENT_BYTES_DEFAULT: Final = 100
 CLIENT_TIMEOUT_S: Final = 10.0
 SMALL_DISK_BYTES: Final = 256 * 1024 * 1024  # the disk-full node's data dir (tmpfs or loop device)
 FIRST_FAULT_S: Final = 3.0  # after the load starts
-SLOT_S: Final = 6.5  # planned spacing of fault starts: 18 kinds fit in a 2-minute run
+SLOT_S: Final = 6.5  # planned spacing of fault starts (a first round of every kind always completes)
 FAULT_GAP_S: Final = 1.0  # between one fault's heal and the next fault
 FAULT_HOLD_MAX_S: Final = 4.0
 HEALTH_WAIT_S: Final = 15.0
 RESTART_WAIT_S: Final = 20.0  # a killed worker or node back up
 CATCH_UP_WAIT_S: Final = 30.0  # a wiped or past-retention follower back at the leader's commit index
+MEMBERSHIP_WAIT_S: Final = 60.0  # one membership change of membership-change committed (retried until then)
+CHANGE_ATTEMPT_S: Final = 10.0  # one attempt of it (the admin client's own wait for the commit)
+CHANGE_RETRY_PAUSE_S: Final = 0.2
 RETAIN_BYTES_SMALL: Final = 4 * 1024 * 1024  # the run's retention with follower-past-retention: ~25 s of the
 # default load, so the other kinds (a few seconds down) stay within it
 FILL_EVENT_BYTES: Final = 1000  # follower-past-retention's filler events ...
@@ -147,7 +154,9 @@ KINDS: Final = (
     Kind("corrupt-minority", (0.5, 1.5), "disk"),
     Kind("wipe-follower", (0.5, 1.5)),
     Kind("follower-past-retention", (0.0, 0.0)),  # caught up through InstallSnapshot
+    Kind("membership-change", (1.0, 3.0)),  # a follower removed while another fault holds, re-added empty
 )
+MEMBERSHIP_WITH: Final = ("pause-follower", "kill-leader")  # the fault in force while membership-change removes
 
 
 @dataclass
@@ -190,6 +199,8 @@ def plan(seed: int, duration_s: float, kinds: list[Kind], hold_s: float | None =
                 params["worker"] = rng.choice([w.name.lower() for w in Worker])
             elif k.name == "partition-one-way":
                 params["from"] = rng.choice(["leader", "follower"])
+            elif k.name == "membership-change":
+                params["with"] = rng.choice(MEMBERSHIP_WITH)
             out.append(Planned(len(out), round(t, 2), k.name, hold, rng.random(), params))
             t += slot
         rounds += 1
@@ -647,8 +658,7 @@ class Campaign:
     def f_wipe_follower(self, p: Planned, rec: dict) -> str:
         """A follower's disk replaced by an empty one: killed, its data directory emptied (the directory stays: it
         may be a mount point), `rebuild-node`, restarted; then caught up (`_catch_up`)."""
-        from shmraft.storage.nodelog import node_log_dir
-        from shmraft.supervisor.rebuild import log_is_locked, rebuild_node
+        from shmraft.supervisor.rebuild import rebuild_node
 
         assert self.nodes is not None
         node = self.pick(self.followers(), p.pick)
@@ -656,8 +666,23 @@ class Campaign:
             return "no follower to wipe"
         rec["node"] = node
         self.nodes.kill_node(node)
+        self._empty_node_dir(node)
+        plan = rebuild_node(self.configs, node)
+        rec["recovery_term"] = plan.recovery_term
+        self.hold(p.hold_s, rec)
+        target = self._leader_commit()
+        self._restart_node(node, rec)
+        outcome = self._catch_up(node, target, rec)
+        return f"node {node} (follower) wiped, rebuilt at term {plan.recovery_term}, restarted: {outcome}"
+
+    def _empty_node_dir(self, node: int) -> None:
+        """Everything in a killed node's data directory deleted (the directory stays: it may be a mount point),
+        once its log's lock is gone (a killed worker's lock goes with its process, a moment after the signal)."""
+        from shmraft.storage.nodelog import node_log_dir
+        from shmraft.supervisor.rebuild import log_is_locked
+
         node_dir = self.configs[node - 1].node_dir
-        log_dir = node_log_dir(node_dir)  # a killed worker's lock goes with its process, a moment after the signal
+        log_dir = node_log_dir(node_dir)
         deadline = time.monotonic() + RESTART_WAIT_S
         while log_is_locked(log_dir) and time.monotonic() < deadline:
             time.sleep(0.05)
@@ -666,13 +691,113 @@ class Campaign:
                 shutil.rmtree(child)
             else:
                 child.unlink()
-        plan = rebuild_node(self.configs, node)
-        rec["recovery_term"] = plan.recovery_term
-        self.hold(p.hold_s, rec)
-        target = self._leader_commit()
-        self._restart_node(node, rec)
-        outcome = self._catch_up(node, target, rec)
-        return f"node {node} (follower) wiped, rebuilt at term {plan.recovery_term}, restarted: {outcome}"
+
+    def f_membership_change(self, p: Planned, rec: dict) -> str:
+        """A membership change while another fault is in force, then the node back as a new one.
+
+        A follower is removed while the other fault holds (`with`: the other follower SIGSTOPped, so the
+        removal cannot commit until it is resumed, its new configuration's majority being both nodes left; or
+        the leader SIGKILLed, so the removal goes to a new leader and commits only once the old one is back);
+        the fault is healed after the hold time, the removal committed (asked again while it is not). Then the
+        removed node is killed, its data directory emptied, added back as a learner with the same id and
+        address, restarted to join (empty log: snapshot and log from the leader), promoted once caught up
+        (NOT_CAUGHT_UP until then), and waited for at the leader's commit index (`_catch_up`)."""
+        assert self.nodes is not None
+        leader = self.leader()
+        followers = self.followers()
+        node = self.pick(followers, p.pick)
+        if not leader or not node:
+            return "no leader or no follower to remove"
+        rec["node"] = node
+        other = next((n for n in range(1, NODES + 1) if n not in (leader, node)), 0)
+        with_what = p.params["with"]
+        if with_what == "pause-follower":
+            self.nodes.pause_node(other)
+            heal = lambda: self.nodes.resume_node(other)  # noqa: E731
+            fault = f"node {other} (the other follower) SIGSTOPped"
+        else:
+            self.nodes.kill_node(leader)
+            heal = lambda: self._restart_node(leader, rec)  # noqa: E731
+            fault = f"node {leader} (the leader) SIGKILLed"
+        from shmraft.wire import client as cp
+
+        outcome: list[str] = []
+        removal = threading.Thread(
+            target=lambda: outcome.append(
+                self._change_until(cp.ChangeOp.REMOVE, node, None, lambda view: view.get(node) is None)
+            ),
+            name="membership-change",
+            daemon=True,
+        )
+        try:
+            removal.start()
+            self.hold(p.hold_s, rec)
+        finally:
+            heal()
+        removal.join(MEMBERSHIP_WAIT_S + CHANGE_ATTEMPT_S)
+        if outcome != [""]:
+            raise RuntimeError(f"node {node} not removed ({fault}): {outcome[0] if outcome else 'still asking'}")
+        self.nodes.kill_node(node)
+        self._empty_node_dir(node)
+        config = self.configs[node - 1]
+        self._set_config(replace(config, join=True))  # an empty log: it boots as a learner, never a candidate
+        try:
+            why = self._change_until(cp.ChangeOp.ADD_LEARNER, node, config.me, lambda view: view.get(node) is not None)
+            if why:
+                raise RuntimeError(f"node {node} not added back as a learner: {why}")
+            target = self._leader_commit()
+            self._restart_node(node)
+            why = self._change_until(cp.ChangeOp.PROMOTE, node, None, lambda view: _is_voter(view, node))
+            if why:
+                raise RuntimeError(f"node {node} added back but not promoted: {why}")
+        finally:
+            self._set_config(config)  # for later restarts: its log holds the configuration now
+        caught_up = self._catch_up(node, target, rec)
+        return (
+            f"node {node} (follower) removed while {fault} for {p.hold_s:.2f} s, then emptied, added back as a "
+            f"learner and promoted: {caught_up}"
+        )
+
+    def _change_until(self, op: Any, node: int, member: Member | None, done: Any) -> str:
+        """Ask for one membership change until the leader's configuration satisfies `done` with no change
+        pending (a change interrupted by a fault may have committed or not: the members are asked first),
+        at most MEMBERSHIP_WAIT_S; returns "" when it does, else the last error."""
+        from shmraft.client import admin
+        from shmraft.net.auth import cluster_secret
+
+        secret = cluster_secret(self.configs[0])
+        deadline = time.monotonic() + MEMBERSHIP_WAIT_S
+        last = "no answer"
+        while time.monotonic() < deadline and not self.stop.is_set():
+            try:
+                view = admin.list_members(self.addresses)
+                if done(view) and not view.change_pending:
+                    return ""
+            except ShmraftError as exc:
+                last = f"members: {type(exc).__name__}: {exc}"
+            else:
+                try:
+                    admin.change_member(
+                        self.addresses,
+                        op,
+                        node,
+                        secret=secret,
+                        cluster_id=self.cluster_id,
+                        member=member,
+                        timeout_s=min(CHANGE_ATTEMPT_S, max(deadline - time.monotonic(), 0.1)),
+                    )
+                except ShmraftError as exc:  # NOT_CAUGHT_UP, CHANGE_IN_PROGRESS, TIMEOUT, ...: asked again
+                    last = f"{op.name}: {type(exc).__name__}: {exc}"
+            time.sleep(CHANGE_RETRY_PAUSE_S)
+        return last
+
+    def _set_config(self, config: NodeConfig) -> None:
+        """Replace a node's config everywhere it is held (written to its node.json at its next start)."""
+        self.configs[config.node_id - 1] = config
+        assert self.nodes is not None
+        for held in (self.nodes.configs, self.nodes.local.configs):
+            if held is not self.configs:
+                held[:] = [config if c.node_id == config.node_id else c for c in held]
 
     def f_follower_past_retention(self, p: Planned, rec: dict) -> str:
         """A follower down while the leader compacts past its log end (filler events speed that up); restarted,
@@ -804,6 +929,12 @@ class Campaign:
             shutil.rmtree(self.root, ignore_errors=True)
         elif self.root is not None:
             self.log(f"chaos: kept {self.root} (--keep)")
+
+
+def _is_voter(view: Any, node: int) -> bool:
+    """Whether `node` is a voter in a members view (shmraft.client.admin.Membership)."""
+    m = view.get(node)
+    return m is not None and m.role == "voter"
 
 
 # --- the run, phase by phase ------------------------------------------------------------------------------------
