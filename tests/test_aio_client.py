@@ -52,6 +52,42 @@ def _client(harness: Harness) -> AsyncClient:
     return AsyncClient(harness.addresses, timeout_s=20.0, **harness.client_options)
 
 
+class ChunkedSender:
+    """Hands `values` to an AsyncProducer in chunks of CHUNK_EVENTS, a short pause after each (the load spreads
+    over a few seconds, so faults land mid-stream), then collects the outcomes: `acked` (value -> offset) and
+    `errors` (one per failed send_many)."""
+
+    CHUNK_EVENTS = 50
+    CHUNK_PAUSE_S = 0.005
+
+    def __init__(self, values: list[bytes]) -> None:
+        self.values = values
+        self.acked: dict[bytes, int] = {}
+        self.errors: list[BaseException] = []
+        self.handed = 0  # events handed to the producer so far
+
+    def resolved(self, producer: AsyncProducer) -> int:
+        """Events handed over and resolved (acknowledged or failed) so far."""
+        return self.handed - producer._buffered_events
+
+    async def wait_resolved(self, producer: AsyncProducer, count: int) -> None:
+        while self.resolved(producer) < count:
+            await asyncio.sleep(0.01)  # the caller's deadline (asyncio.wait_for) bounds this
+
+    async def run(self, producer: AsyncProducer) -> None:
+        futures = []
+        for start in range(0, len(self.values), self.CHUNK_EVENTS):
+            chunk = self.values[start : start + self.CHUNK_EVENTS]
+            futures.append((chunk, await producer.send_many(chunk)))
+            self.handed += len(chunk)
+            await asyncio.sleep(self.CHUNK_PAUSE_S)
+        for chunk, future in futures:
+            try:
+                self.acked.update(zip(chunk, await future, strict=True))
+            except Exception as exc:  # an outcome to report, not to hide
+                self.errors.append(exc)
+
+
 def test_produce_and_consume_back_10k_events(harness: Harness) -> None:
     values = [b"aio-%05d" % i for i in range(10_000)]
 
@@ -76,33 +112,15 @@ def test_produce_and_consume_back_10k_events(harness: Harness) -> None:
 def test_pipelined_producer_through_a_leader_sigkill_keeps_every_acked_event_once_in_order(harness: Harness) -> None:
     total = 30_000
     values = [b"kill-%06d" % i for i in range(total)]
-    acked: dict[bytes, int] = {}
-    errors: list[BaseException] = []
-
-    handed = 0  # events handed to the producer so far
-
-    async def send_all(producer: AsyncProducer) -> None:
-        nonlocal handed
-        futures = []
-        for start in range(0, total, 50):
-            chunk = values[start : start + 50]
-            futures.append((chunk, await producer.send_many(chunk)))
-            handed += len(chunk)
-            await asyncio.sleep(0.005)  # spread the load over a few seconds, so the kill lands mid-stream
-        for chunk, future in futures:
-            try:
-                acked.update(zip(chunk, await future, strict=True))
-            except Exception as exc:  # an outcome to report, not to hide
-                errors.append(exc)
+    sending = ChunkedSender(values)
 
     async def main() -> tuple[int, int, int, int]:
         async with _client(harness) as client, client.producer(window=8, linger_ms=2.0) as producer:
-            sender = asyncio.create_task(send_all(producer))
-            while handed - producer._buffered_events < 3000:
-                await asyncio.sleep(0.01)  # 3000 events acknowledged before the kill
+            sender = asyncio.create_task(sending.run(producer))
+            await sending.wait_resolved(producer, 3000)  # 3000 events acknowledged before the kill
             old = await asyncio.to_thread(harness.wait_leader)
             await asyncio.to_thread(harness.kill_node, old)
-            unresolved_at_kill = total - (handed - producer._buffered_events)
+            unresolved_at_kill = total - sending.resolved(producer)
             new = await asyncio.to_thread(harness.wait_leader, 60, old)
             await asyncio.to_thread(harness.restart_node, old)
             await sender
@@ -111,9 +129,9 @@ def test_pipelined_producer_through_a_leader_sigkill_keeps_every_acked_event_onc
     old, new, unresolved_at_kill, _ = asyncio.run(asyncio.wait_for(main(), DEADLINE_S))
     assert new != old
     assert unresolved_at_kill > total // 4, "the kill must land while most events are still to be acknowledged"
-    assert not errors, f"{len(errors)} send_many calls failed, first: {errors[0]!r}"
-    assert len(acked) == total
-    log = verify(harness, acked)
+    assert not sending.errors, f"{len(sending.errors)} send_many calls failed, first: {sending.errors[0]!r}"
+    assert len(sending.acked) == total
+    log = verify(harness, sending.acked)
     assert [v for _, v in log] == values  # one producer, in order, each once
 
 
@@ -130,25 +148,9 @@ def test_asyncio_producer_and_follow_consumer_through_two_leader_sigkills_see_ev
     from that node only), and the consumer saw exactly that log: every event once, in order."""
     total = 40_000
     values = [b"aiokill-%06d" % i for i in range(total)]
-    acked: dict[bytes, int] = {}
-    errors: list[BaseException] = []
+    sending = ChunkedSender(values)
     seen: list[tuple[int, bytes]] = []
-    handed = 0
     kills: list[tuple[int, int]] = []  # (killed leader, its successor)
-
-    async def send_all(producer: AsyncProducer) -> None:
-        nonlocal handed
-        futures = []
-        for start in range(0, total, 50):
-            chunk = values[start : start + 50]
-            futures.append((chunk, await producer.send_many(chunk)))
-            handed += len(chunk)
-            await asyncio.sleep(0.005)  # spread the load, so that both kills land mid-stream
-        for chunk, future in futures:
-            try:
-                acked.update(zip(chunk, await future, strict=True))
-            except Exception as exc:  # an outcome to report, not to hide
-                errors.append(exc)
 
     async def follow(client: AsyncClient, until: asyncio.Event) -> None:
         async with contextlib.aclosing(client.consume(0, follow=True, poll_wait_ms=200)) as records:
@@ -166,17 +168,15 @@ def test_asyncio_producer_and_follow_consumer_through_two_leader_sigkills_see_ev
         done_producing = asyncio.Event()
         async with _client(harness) as client, reader_client, client.producer(window=8, linger_ms=2.0) as producer:
             reader = asyncio.create_task(follow(reader_client, done_producing))
-            sender = asyncio.create_task(send_all(producer))
+            sender = asyncio.create_task(sending.run(producer))
             for k in range(KILLS):
-                goal = (k + 1) * ACKED_BETWEEN_KILLS
-                while handed - producer._buffered_events < goal:
-                    await asyncio.sleep(0.01)
+                await sending.wait_resolved(producer, (k + 1) * ACKED_BETWEEN_KILLS)
                 old = await asyncio.to_thread(harness.wait_leader)
                 await asyncio.to_thread(harness.kill_node, old)
                 new = await asyncio.to_thread(harness.wait_leader, 60, old)
                 await asyncio.to_thread(harness.restart_node, old)
                 kills.append((old, new))
-            unresolved_after_kills = total - (handed - producer._buffered_events)
+            unresolved_after_kills = total - sending.resolved(producer)
             await sender
             done_producing.set()
             await asyncio.wait_for(reader, 60)
@@ -185,9 +185,9 @@ def test_asyncio_producer_and_follow_consumer_through_two_leader_sigkills_see_ev
     unresolved_after_kills = asyncio.run(asyncio.wait_for(main(), DEADLINE_S * 2))
     assert len(kills) == KILLS and all(old != new for old, new in kills), kills
     assert unresolved_after_kills > 0, "the second kill must land before every event is acknowledged"
-    assert not errors, f"{len(errors)} send_many calls failed, first: {errors[0]!r}"
-    assert len(acked) == total
-    log = verify(harness, acked)
+    assert not sending.errors, f"{len(sending.errors)} send_many calls failed, first: {sending.errors[0]!r}"
+    assert len(sending.acked) == total
+    log = verify(harness, sending.acked)
     assert [v for _, v in log] == values  # one producer, in order, each once
     assert seen == log, (
         f"the consumer saw {len(seen)} records, the log holds {len(log)}; first difference at "

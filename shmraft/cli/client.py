@@ -25,7 +25,8 @@ from collections.abc import Iterator
 from typing import Final, TextIO
 
 from shmraft.client import Client, NoNodeReachable, ShmraftError
-from shmraft.client.client import RESET_DEFAULT, RESETS, leader_address, member_address
+from shmraft.client.client import leader_address, member_address
+from shmraft.client.consumer import RESET_DEFAULT, RESETS
 from shmraft.client.futures import BatchFuture
 
 ADDRESSES_ENV: Final = "SHMRAFT_ADDRESSES"  # default for --addresses when set
