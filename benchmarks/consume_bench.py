@@ -8,7 +8,8 @@
 
     python benchmarks/consume_bench.py [--quick]
 
-Prints the machine, a table and one JSON line. Everything started is stopped and every /dev/shm segment of the
+Prints the machine (with the 1-minute load average before and after the run: the machine may be shared), a
+table and one JSON line. Everything started is stopped and every /dev/shm segment of the
 run removed (ClusterDriver), also on error.
 """
 
@@ -16,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import threading
 import time
@@ -121,10 +123,12 @@ def main() -> None:
                 load.stop_flag.set()
                 load.join(CLIENT_TIMEOUT_S)
             out[f"load_produce_{tag}"] = _rate(load.sent, load.seconds)
+    out["load_1min_after"] = round(os.getloadavg()[0], 2)  # the machine is shared: how busy it was meanwhile
     print(f"{'what':<36} {'events/s':>10} {'MB/s':>8} {'events':>9}")
     for key, v in out.items():
         if isinstance(v, dict) and "events_per_s" in v:
             print(f"{key:<36} {v['events_per_s']:>10} {v['mb_per_s']:>8} {v['events']:>9}")
+    print(f"load average (1 min): {out['machine']['load_1min']} before, {out['load_1min_after']} after")
     print(json.dumps(out))
 
 

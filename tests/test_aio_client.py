@@ -1,5 +1,6 @@
 """The asyncio client against a real 3-node cluster: produce and consume back, a pipelined producer through a
-leader SIGKILL (every acknowledged event on every node once, in order), and consume with follow.
+leader SIGKILL (every acknowledged event on every node once, in order), consume with follow, and a producer and a
+follow consumer through two leader SIGKILLs.
 
 The coroutines run with asyncio.run inside plain tests; the cluster's blocking calls (kill, restart, waits)
 run in a worker thread of the test so that the client's event loop keeps going meanwhile.
@@ -51,6 +52,42 @@ def _client(harness: Harness) -> AsyncClient:
     return AsyncClient(harness.addresses, timeout_s=20.0, **harness.client_options)
 
 
+class ChunkedSender:
+    """Hands `values` to an AsyncProducer in chunks of CHUNK_EVENTS, a short pause after each (the load spreads
+    over a few seconds, so faults land mid-stream), then collects the outcomes: `acked` (value -> offset) and
+    `errors` (one per failed send_many)."""
+
+    CHUNK_EVENTS = 50
+    CHUNK_PAUSE_S = 0.005
+
+    def __init__(self, values: list[bytes]) -> None:
+        self.values = values
+        self.acked: dict[bytes, int] = {}
+        self.errors: list[BaseException] = []
+        self.handed = 0  # events handed to the producer so far
+
+    def resolved(self, producer: AsyncProducer) -> int:
+        """Events handed over and resolved (acknowledged or failed) so far."""
+        return self.handed - producer._buffered_events
+
+    async def wait_resolved(self, producer: AsyncProducer, count: int) -> None:
+        while self.resolved(producer) < count:
+            await asyncio.sleep(0.01)  # the caller's deadline (asyncio.wait_for) bounds this
+
+    async def run(self, producer: AsyncProducer) -> None:
+        futures = []
+        for start in range(0, len(self.values), self.CHUNK_EVENTS):
+            chunk = self.values[start : start + self.CHUNK_EVENTS]
+            futures.append((chunk, await producer.send_many(chunk)))
+            self.handed += len(chunk)
+            await asyncio.sleep(self.CHUNK_PAUSE_S)
+        for chunk, future in futures:
+            try:
+                self.acked.update(zip(chunk, await future, strict=True))
+            except Exception as exc:  # an outcome to report, not to hide
+                self.errors.append(exc)
+
+
 def test_produce_and_consume_back_10k_events(harness: Harness) -> None:
     values = [b"aio-%05d" % i for i in range(10_000)]
 
@@ -75,33 +112,15 @@ def test_produce_and_consume_back_10k_events(harness: Harness) -> None:
 def test_pipelined_producer_through_a_leader_sigkill_keeps_every_acked_event_once_in_order(harness: Harness) -> None:
     total = 30_000
     values = [b"kill-%06d" % i for i in range(total)]
-    acked: dict[bytes, int] = {}
-    errors: list[BaseException] = []
-
-    handed = 0  # events handed to the producer so far
-
-    async def send_all(producer: AsyncProducer) -> None:
-        nonlocal handed
-        futures = []
-        for start in range(0, total, 50):
-            chunk = values[start : start + 50]
-            futures.append((chunk, await producer.send_many(chunk)))
-            handed += len(chunk)
-            await asyncio.sleep(0.005)  # spread the load over a few seconds, so the kill lands mid-stream
-        for chunk, future in futures:
-            try:
-                acked.update(zip(chunk, await future, strict=True))
-            except Exception as exc:  # an outcome to report, not to hide
-                errors.append(exc)
+    sending = ChunkedSender(values)
 
     async def main() -> tuple[int, int, int, int]:
         async with _client(harness) as client, client.producer(window=8, linger_ms=2.0) as producer:
-            sender = asyncio.create_task(send_all(producer))
-            while handed - producer._buffered_events < 3000:
-                await asyncio.sleep(0.01)  # 3000 events acknowledged before the kill
+            sender = asyncio.create_task(sending.run(producer))
+            await sending.wait_resolved(producer, 3000)  # 3000 events acknowledged before the kill
             old = await asyncio.to_thread(harness.wait_leader)
             await asyncio.to_thread(harness.kill_node, old)
-            unresolved_at_kill = total - (handed - producer._buffered_events)
+            unresolved_at_kill = total - sending.resolved(producer)
             new = await asyncio.to_thread(harness.wait_leader, 60, old)
             await asyncio.to_thread(harness.restart_node, old)
             await sender
@@ -110,10 +129,70 @@ def test_pipelined_producer_through_a_leader_sigkill_keeps_every_acked_event_onc
     old, new, unresolved_at_kill, _ = asyncio.run(asyncio.wait_for(main(), DEADLINE_S))
     assert new != old
     assert unresolved_at_kill > total // 4, "the kill must land while most events are still to be acknowledged"
-    assert not errors, f"{len(errors)} send_many calls failed, first: {errors[0]!r}"
-    assert len(acked) == total
-    log = verify(harness, acked)
+    assert not sending.errors, f"{len(sending.errors)} send_many calls failed, first: {sending.errors[0]!r}"
+    assert len(sending.acked) == total
+    log = verify(harness, sending.acked)
     assert [v for _, v in log] == values  # one producer, in order, each once
+
+
+KILLS = 2  # leader SIGKILLs (each node restarted) while the asyncio producer and consumer run
+ACKED_BETWEEN_KILLS = 3000  # events acknowledged before each kill, so each lands mid-stream
+
+
+def test_asyncio_producer_and_follow_consumer_through_two_leader_sigkills_see_every_acked_event_once_in_order(
+    harness: Harness,
+) -> None:
+    """The asyncio client's fault test (as the blocking client's under loadgen --kill-leader-every --verify): a
+    pipelined idempotent producer and a follow consumer, both asyncio, while the leader is SIGKILLed twice and
+    restarted. Every acknowledged event is on every node once, at its offset, in order (each node's log read
+    from that node only), and the consumer saw exactly that log: every event once, in order."""
+    total = 40_000
+    values = [b"aiokill-%06d" % i for i in range(total)]
+    sending = ChunkedSender(values)
+    seen: list[tuple[int, bytes]] = []
+    kills: list[tuple[int, int]] = []  # (killed leader, its successor)
+
+    async def follow(client: AsyncClient, until: asyncio.Event) -> None:
+        async with contextlib.aclosing(client.consume(0, follow=True, poll_wait_ms=200)) as records:
+            async for record in records:
+                seen.append(record)
+                if until.is_set() and record.value == values[-1]:
+                    return
+
+    async def main() -> int:
+        leader = await asyncio.to_thread(harness.wait_leader)
+        # the consumer reads from the leader first, so the kills take its node away too
+        by_id = dict(zip(harness.node_ids, harness.addresses, strict=True))
+        consumer_addresses = [by_id[leader]] + [a for n, a in by_id.items() if n != leader]
+        reader_client = AsyncClient(consumer_addresses, timeout_s=30.0, **harness.client_options)
+        done_producing = asyncio.Event()
+        async with _client(harness) as client, reader_client, client.producer(window=8, linger_ms=2.0) as producer:
+            reader = asyncio.create_task(follow(reader_client, done_producing))
+            sender = asyncio.create_task(sending.run(producer))
+            for k in range(KILLS):
+                await sending.wait_resolved(producer, (k + 1) * ACKED_BETWEEN_KILLS)
+                old = await asyncio.to_thread(harness.wait_leader)
+                await asyncio.to_thread(harness.kill_node, old)
+                new = await asyncio.to_thread(harness.wait_leader, 60, old)
+                await asyncio.to_thread(harness.restart_node, old)
+                kills.append((old, new))
+            unresolved_after_kills = total - sending.resolved(producer)
+            await sender
+            done_producing.set()
+            await asyncio.wait_for(reader, 60)
+            return unresolved_after_kills
+
+    unresolved_after_kills = asyncio.run(asyncio.wait_for(main(), DEADLINE_S * 2))
+    assert len(kills) == KILLS and all(old != new for old, new in kills), kills
+    assert unresolved_after_kills > 0, "the second kill must land before every event is acknowledged"
+    assert not sending.errors, f"{len(sending.errors)} send_many calls failed, first: {sending.errors[0]!r}"
+    assert len(sending.acked) == total
+    log = verify(harness, sending.acked)
+    assert [v for _, v in log] == values  # one producer, in order, each once
+    assert seen == log, (
+        f"the consumer saw {len(seen)} records, the log holds {len(log)}; first difference at "
+        f"{next((i for i, (a, b) in enumerate(zip(seen, log, strict=False)) if a != b), min(len(seen), len(log)))}"
+    )
 
 
 def test_consume_with_follow_sees_events_produced_after_it_started(harness: Harness) -> None:

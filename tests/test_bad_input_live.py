@@ -10,6 +10,11 @@ with prlimit, so accept() fails with EMFILE). Then:
 - no worker was restarted (the supervisors' restart counters) and no traceback was logged;
 - slow-loris and idle connections were closed by the nodes, and connections past a limit refused;
 - every acknowledged event is on every node exactly once, in the same order (clusterkit.verify);
+- bad FETCH_FRAMES and consumer-group requests (protocol version 3: short or long bodies, empty, overrunning,
+  too long or non-UTF-8 group names, a negative offset, a version-2 header on a version-3 kind, answers sent as
+  requests) get MALFORMED naming the field with the request's correlation id and are closed; well-formed ones
+  a node refuses (a FETCH_FRAMES past the end, a group name or metadata over the limit) get their error code
+  and keep the connection; no group position is committed by any of them;
 - on the Kafka port, what Kafka clients expect: an ApiVersions of a version not served gets the v0 answer
   with UNSUPPORTED_VERSION and the versions served; a bad record batch gets CORRUPT_MESSAGE on its partition
   and the connection goes on; garbage, a size over the limit or below a header, a truncated frame, an API or
@@ -48,6 +53,7 @@ from shmraft.kafka.codes import ErrorCode as KafkaError
 from shmraft.kafka.framing import RequestHeader
 from shmraft.kafka.records import Record, RecordBatch, encode_batch
 from shmraft.net import links, ratelog
+from shmraft.node.groups import GROUP_METADATA_BYTES_MAX, GROUP_NAME_BYTES_MAX
 from shmraft.wire import client as cp
 from shmraft.wire import peer as wp
 
@@ -137,7 +143,97 @@ def client_payloads() -> dict[str, bytes]:
         "metadata_with_body": _client_header(cp.Kind.METADATA, 4) + b"abcd",
         "fetch_far_future": cp.encode_fetch(9, 2**64 - 1, 0, 0),
         "huge_event": cp.encode_produce(10, 999_002, 0, 100, [b"x" * (1 << 20)]),
+        **frames_and_group_payloads(),
     }
+
+
+def _v2(message: bytes) -> bytes:
+    """`message` with a version-2 header: the kinds of version 3 (FETCH_FRAMES, groups) do not exist in it."""
+    return message[:2] + bytes([2]) + message[3:]
+
+
+def _group_name(raw: bytes) -> bytes:
+    return bytes([len(raw)]) + raw
+
+
+def frames_and_group_payloads() -> dict[str, bytes]:
+    """Bad FETCH_FRAMES and consumer-group requests (protocol version 3): each kind in BAD_V3_FIELD is answered
+    MALFORMED naming the field and closed; each kind in BAD_V3_ANSWERED gets its error code and stays open."""
+    commit_head = struct.Struct("<qIH")  # GROUP_COMMIT after the name: offset, timeout_ms, metadata length
+    commit = cp.encode_group_commit(30, "attacker-group", 64)
+    return {
+        # FETCH_FRAMES: FETCH's 20-byte body (from_offset, max_bytes, max_wait_ms)
+        "frames_short_body": _client_header(cp.Kind.FETCH_FRAMES, 12) + b"\x00" * 12,
+        "frames_long_body": _client_header(cp.Kind.FETCH_FRAMES, 24) + b"\x00" * 24,
+        "frames_v2": _v2(cp.encode_fetch_frames(31, 0, 1000, 0)),
+        "frames_as_request": cp.encode_frames(32, 0, 0, 0, [], []),
+        "frames_far_future": cp.encode_fetch_frames(33, 2**64 - 1, 0, 0),
+        # GROUP_COMMIT: name length, name, offset, timeout_ms, metadata length, metadata
+        "group_commit_v2": _v2(commit),
+        "group_commit_empty_name": _client_header(cp.Kind.GROUP_COMMIT, 15) + b"\x00" + commit_head.pack(64, 0, 0),
+        "group_commit_bad_utf8": _client_header(cp.Kind.GROUP_COMMIT, 17)
+        + _group_name(b"\xff\xfe")
+        + commit_head.pack(64, 0, 0),
+        "group_commit_name_overrun": _client_header(cp.Kind.GROUP_COMMIT, 11) + bytes([200]) + b"g" * 10,
+        "group_commit_negative_offset": _client_header(cp.Kind.GROUP_COMMIT, 16)
+        + _group_name(b"g")
+        + commit_head.pack(-1, 0, 0),
+        "group_commit_metadata_overrun": _client_header(cp.Kind.GROUP_COMMIT, 16 + 4)
+        + _group_name(b"g")
+        + commit_head.pack(64, 0, 60_000)
+        + b"meta",
+        "group_commit_trailing": _client_header(cp.Kind.GROUP_COMMIT, 16 + 3)
+        + _group_name(b"g")
+        + commit_head.pack(64, 0, 0)
+        + b"xyz",
+        "group_committed_as_request": cp.encode_group_committed(34, 1),
+        "group_name_too_long": cp.encode_group_commit(35, "n" * (GROUP_NAME_BYTES_MAX + 1), 64),
+        "group_metadata_too_large": cp.encode_group_commit(
+            36, "attacker-g", 64, 0, b"m" * (GROUP_METADATA_BYTES_MAX + 1)
+        ),
+        # GROUP_FETCH: flags, name length, name
+        "group_fetch_v2": _v2(cp.encode_group_fetch(37, "g")),
+        "group_fetch_no_name": _client_header(cp.Kind.GROUP_FETCH, 1) + b"\x01",
+        "group_fetch_bad_utf8": _client_header(cp.Kind.GROUP_FETCH, 4) + b"\x01" + _group_name(b"\xc3\x28"),
+        "group_fetch_name_too_long": cp.encode_group_fetch(38, "f" * 255),
+        # GROUPS: one flags byte
+        "groups_v2": _v2(cp.encode_groups(39)),
+        "groups_no_flags": _client_header(cp.Kind.GROUPS, 0),
+        "groups_long_body": _client_header(cp.Kind.GROUPS, 5) + b"\x01abcd",
+        "groups_answer_as_request": cp.encode_groups_answer(40, 1, 0, []),
+    }
+
+
+# the kind of bad input -> a word the MALFORMED answer's message has (the field it names)
+BAD_V3_FIELD = {
+    "frames_short_body": "head",
+    "frames_long_body": "body",
+    "frames_v2": "version",
+    "frames_as_request": "kind",
+    "group_commit_v2": "version",
+    "group_commit_empty_name": "group length",
+    "group_commit_bad_utf8": "UTF-8",
+    "group_commit_name_overrun": "group",
+    "group_commit_negative_offset": "offset",
+    "group_commit_metadata_overrun": "metadata",
+    "group_commit_trailing": "body",
+    "group_committed_as_request": "kind",
+    "group_fetch_v2": "version",
+    "group_fetch_no_name": "group length",
+    "group_fetch_bad_utf8": "UTF-8",
+    "groups_v2": "version",
+    "groups_no_flags": "flags",
+    "groups_long_body": "body",
+    "groups_answer_as_request": "kind",
+}
+# well-formed requests a node refuses with a code, keeping the connection: kind -> the codes it may answer
+# (a follower answers NOT_LEADER to a GROUP_COMMIT before looking at its metadata)
+BAD_V3_ANSWERED = {
+    "frames_far_future": {cp.ErrorCode.OFFSET_OUT_OF_RANGE},
+    "group_name_too_long": {cp.ErrorCode.GROUP_NAME_TOO_LONG},
+    "group_fetch_name_too_long": {cp.ErrorCode.GROUP_NAME_TOO_LONG},
+    "group_metadata_too_large": {cp.ErrorCode.TOO_LARGE, cp.ErrorCode.NOT_LEADER},
+}
 
 
 def peer_payloads(cluster_id: str, channel: wp.Channel, me: int) -> dict[str, bytes]:
@@ -167,8 +263,11 @@ def metrics_payloads() -> dict[str, bytes]:
 
 KAFKA_CID = 77
 KAFKA_CLOSE_WITHIN_S = 10.0  # a Kafka connection with bad input is closed by the node within this
+ANSWER_WITHIN_S = 10.0  # a refused request that keeps its connection is answered within this (a loaded machine)
+ANSWER_GRACE_S = 0.3  # after such an answer, how long the connection is watched for a close that must not come
 KAFKA_CLOSED = ("kafka_garbage", "kafka_oversized", "kafka_small", "kafka_truncated", "kafka_unknown_api")
 KAFKA_CLOSED += ("kafka_unsupported_version",)
+KAFKA_ANSWERED = ("kafka_api_versions_too_new", "kafka_bad_crc")  # answered, the connection kept
 
 
 def _kafka(key: int, version: int, body: object) -> bytes:
@@ -211,9 +310,12 @@ def kafka_answers(data: bytes, key: int, version: int) -> list[object]:
     return out
 
 
-def throw_seen(address: tuple[str, int], payload: bytes, read_s: float = 1.0) -> tuple[bytes, bool]:
-    """Connect, send, read what comes back until the node closes or `read_s` passes; never raises. Also says
-    whether the node closed the connection (False: still open after `read_s`)."""
+def throw_seen(
+    address: tuple[str, int], payload: bytes, read_s: float = 1.0, answered: Callable[[bytes], bool] | None = None
+) -> tuple[bytes, bool]:
+    """Connect, send, read what comes back until the node closes or `read_s` passes (with `answered`: or
+    ANSWER_GRACE_S after `answered(got)` is true, time for a close that would follow the answer); never raises.
+    Also says whether the node closed the connection (False: still open when reading stopped)."""
     got = b""
     closed = False
     try:
@@ -225,11 +327,15 @@ def throw_seen(address: tuple[str, int], payload: bytes, read_s: float = 1.0) ->
             s.settimeout(read_s)
             deadline = time.monotonic() + read_s
             while time.monotonic() < deadline:
+                s.settimeout(max(0.001, deadline - time.monotonic()))
                 chunk = s.recv(65536)
                 if not chunk:
                     closed = True
                     break
                 got += chunk
+                if answered is not None and answered(got):
+                    deadline = min(deadline, time.monotonic() + ANSWER_GRACE_S)
+                    answered = None
     except TimeoutError:
         pass
     except OSError:
@@ -394,14 +500,27 @@ def _burst(h: Harness, targets: list[int]) -> list[bytes]:
             jobs += [(ports["kafka"], payload, name)] * CONNECTIONS_PER_KIND
     RNG.shuffle(jobs)
     with ThreadPoolExecutor(max_workers=48) as pool:
-        answers = list(pool.map(lambda j: (j[2], throw_seen(j[0], j[1], _read_s(j[2]))), jobs))
+        answers = list(pool.map(lambda j: (j[2], throw_seen(j[0], j[1], _read_s(j[2]), _answered(j[2]))), jobs))
     return [(name, a) for name, a in answers if name not in ("peer", "metrics")], len(jobs)
 
 
 def _read_s(kind: str) -> float:
     """How long a burst connection waits for the node: Kafka's bad input closes without an answer, so the test
     waits for the close itself (a loaded 2-core machine may take a while)."""
-    return KAFKA_CLOSE_WITHIN_S if kind in KAFKA_CLOSED else 1.0
+    if kind in KAFKA_CLOSED:
+        return KAFKA_CLOSE_WITHIN_S
+    if kind in KAFKA_ANSWERED or kind in BAD_V3_ANSWERED or kind in BAD_V3_FIELD:
+        return ANSWER_WITHIN_S  # the read ends at the answer (and its close), long before this unless starved
+    return 1.0
+
+
+def _answered(kind: str) -> Callable[[bytes], bool] | None:
+    """For a kind answered with one message: whether the bytes read hold it whole (then reading stops soon)."""
+    if kind in KAFKA_ANSWERED:
+        return lambda d: len(d) >= 4 and len(d) >= 4 + struct.unpack_from(">i", d)[0]
+    if kind in BAD_V3_ANSWERED or kind in BAD_V3_FIELD:
+        return lambda d: len(d) >= cp.HEADER_BYTES and len(d) >= cp.HEADER_BYTES + cp.HEADER.unpack_from(d)[3]
+    return None
 
 
 def check_kafka_answers(answers: list[tuple[str, tuple[bytes, bool]]]) -> None:
@@ -412,7 +531,7 @@ def check_kafka_answers(answers: list[tuple[str, tuple[bytes, bool]]]) -> None:
             got.setdefault(name, []).append(seen)
     for name in KAFKA_CLOSED:  # no answer, and closed by the node
         assert got[name] and all(a == (b"", True) for a in got[name]), (name, got[name][:3])
-    for name in ("kafka_api_versions_too_new", "kafka_bad_crc"):  # answered, and the connection goes on
+    for name in KAFKA_ANSWERED:  # answered, and the connection goes on
         assert all(not closed for _, closed in got[name]), (name, got[name][:3])
     for data, _ in got["kafka_api_versions_too_new"]:
         ((cid, body),) = kafka_answers(data, ApiKey.API_VERSIONS, 0)
@@ -426,6 +545,31 @@ def check_kafka_answers(answers: list[tuple[str, tuple[bytes, bool]]]) -> None:
         if part.error_code == KafkaError.CORRUPT_MESSAGE:
             corrupt.append(part)
     assert corrupt and all("crc" in (p.error_message or "").lower() for p in corrupt), corrupt[:3]
+
+
+def check_frames_and_group_answers(answers: list[tuple[str, tuple[bytes, bool]]]) -> None:
+    """Bad FETCH_FRAMES and group requests: MALFORMED naming the field, with the request's correlation id, then
+    closed (BAD_V3_FIELD); or the code of a well-formed refusal, the connection kept (BAD_V3_ANSWERED)."""
+    payloads = frames_and_group_payloads()
+    got: dict[str, list[tuple[list[cp.Message], bool]]] = {}
+    for name, (data, closed) in answers:
+        if name in payloads:
+            got.setdefault(name, []).append((_decode_answers(data), closed))
+    assert set(got) == set(payloads), set(payloads) - set(got)
+    for kind, field in BAD_V3_FIELD.items():
+        cid = cp.HEADER.unpack_from(payloads[kind])[4]
+        for msgs, closed in got[kind]:
+            assert len(msgs) == 1 and isinstance(msgs[0], cp.Error), (kind, msgs)
+            e = msgs[0]
+            assert e.code is cp.ErrorCode.MALFORMED and field in e.message and "expected" in e.message, (kind, e)
+            assert e.correlation_id == cid, (kind, e.correlation_id, cid)
+            assert closed, f"{kind}: the connection stayed open after MALFORMED"
+    for kind, codes in BAD_V3_ANSWERED.items():
+        cid = cp.HEADER.unpack_from(payloads[kind])[4]
+        for msgs, closed in got[kind]:
+            assert len(msgs) == 1 and isinstance(msgs[0], cp.Error), (kind, msgs)
+            assert msgs[0].code in codes and msgs[0].correlation_id == cid, (kind, msgs[0])
+            assert not closed, f"{kind}: a refused well-formed request closed the connection"
 
 
 def _decode_answers(data: bytes) -> list[cp.Message]:
@@ -487,6 +631,9 @@ def test_bad_input_at_every_port_while_producing(tmp_path: Path, nofile_at_hard_
                     assert errors and all(e.code is cp.ErrorCode.MALFORMED for e in errors), (kind, by_kind[kind][:3])
                 wrong_magic = [m for msgs in by_kind["wrong_magic"] for m in msgs]
                 assert any("magic" in e.message and "expected" in e.message for e in wrong_magic), wrong_magic[:3]
+                check_frames_and_group_answers(answers)
+                with h.client() as c:
+                    assert c.groups() == [], "a bad group request committed a position"
 
                 # 2. slow-loris: a byte now and then, never a whole request or handshake; the nodes must close
                 def prefix(addr: tuple[str, int]) -> bytes:

@@ -100,6 +100,24 @@ def test_consume_text_max_and_from(cluster: FakeCluster, capsys: pytest.CaptureF
     assert capsys.readouterr().out == f"{offsets[1]}\tb\n{offsets[2]}\tc\n"
 
 
+def test_consume_checks_frames_by_default_and_no_verify_uses_the_plain_fetch(
+    cluster: FakeCluster, capsys: pytest.CaptureFixture[str]
+) -> None:
+    with Client(cluster.addresses, timeout_s=3) as cl:
+        offsets = cl.produce_many([b"a", b"b", b"c"])
+    for n in cluster.nodes:
+        n.corrupt_frame_index = offsets[0] // 64  # a stored frame whose last payload byte flipped: only its CRC tells
+    assert main(args(cluster, "consume")) == 1  # FETCH_FRAMES, checked end to end
+    captured = capsys.readouterr()
+    assert captured.out == "" and f"offset {offsets[0] // 64 * 64}" in captured.err, captured.err
+    assert main(args(cluster, "consume", "--no-verify", "--offsets")) == 0  # FETCH: the node re-encodes events
+    assert capsys.readouterr().out == "".join(f"{o}\t{v}\n" for o, v in zip(offsets, "abc", strict=True))
+    helped = subprocess.run(
+        [str(SCRIPT), "consume", "--help"], capture_output=True, text=True, timeout=SUBPROCESS_TIMEOUT_S, check=True
+    )
+    assert "--no-verify" in helped.stdout
+
+
 def test_consume_only_node_fails_naming_a_hung_node_instead_of_reading_another(
     cluster: FakeCluster, capsys: pytest.CaptureFixture[str]
 ) -> None:

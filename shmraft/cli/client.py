@@ -6,6 +6,7 @@
     shmraft consume --from 0 --follow    # and keep waiting for new ones
     shmraft --addresses HOST:PORT consume --only-node   # that node's own log, or fail naming it
     shmraft consume --group billing -f   # from the group's committed position, committing as it goes
+    shmraft consume --no-verify          # plain FETCH: no end-to-end CRC check of the stored frames
     shmraft groups                       # consumer groups: position, lag, when committed (--json)
     shmraft leader                       # leader id and address, term, commit index
 
@@ -24,7 +25,8 @@ from collections.abc import Iterator
 from typing import Final, TextIO
 
 from shmraft.client import Client, NoNodeReachable, ShmraftError
-from shmraft.client.client import RESET_DEFAULT, RESETS, leader_address, member_address
+from shmraft.client.client import leader_address, member_address
+from shmraft.client.consumer import RESET_DEFAULT, RESETS
 from shmraft.client.futures import BatchFuture
 
 ADDRESSES_ENV: Final = "SHMRAFT_ADDRESSES"  # default for --addresses when set
@@ -107,6 +109,14 @@ def _parser() -> argparse.ArgumentParser:
         action="store_true",
         help="read the log of the one node in --addresses and no other: fail, naming it, if it does not serve "
         "(does not answer, lags behind --from, is not in service), instead of reading another node's log",
+    )
+    c.add_argument(
+        "--no-verify",
+        dest="verify",
+        action="store_false",
+        help="read with the plain FETCH (events re-encoded by the node) instead of the stored batch frames whose "
+        "CRC32 the client checks end to end (the default; a frame that fails the check stops with an error "
+        "naming its offset)",
     )
     c.add_argument("--json", action="store_true", help="one JSON object per line: offset, value [, encoding]")
     c.add_argument("--max", type=int, default=None, metavar="N", help="stop after N events")
@@ -207,7 +217,9 @@ def _consume(client: Client, args: argparse.Namespace, out: TextIO) -> int:
     if args.max == 0:
         return EXIT_OK
     count = 0
-    records = client.consume(args.from_offset, follow=args.follow, reset=args.reset, group=args.group)
+    records = client.consume(
+        args.from_offset, follow=args.follow, reset=args.reset, group=args.group, verify=args.verify
+    )
     last = None
     try:
         for offset, value in records:

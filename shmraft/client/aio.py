@@ -28,17 +28,14 @@ from collections.abc import AsyncIterator, Callable, Iterable
 from pathlib import Path
 from typing import Any, Final
 
-from shmraft.client.backoff import RETRY_BACKOFF_MAX_S, RETRY_BACKOFF_MIN_S, Backoff
+from shmraft.client.backoff import RETRY_BACKOFF_MAX_S, Backoff
 from shmraft.client.client import (
     _U32_MAX,
     AUTO_COMMIT_EVENTS_DEFAULT,
     AUTO_COMMIT_INTERVAL_MS_DEFAULT,
-    FETCH_ATTEMPT_TIMEOUT_S,
     FETCH_BYTES_DEFAULT,
-    FETCH_BYTES_MAX,
     FETCH_POLL_WAIT_MS_DEFAULT,
     RESET_DEFAULT,
-    RESETS,
     TIMEOUT_S_DEFAULT,
     GroupInfo,
     Record,
@@ -51,13 +48,19 @@ from shmraft.client.connection import (
     auth_failure,
     parse_address,
 )
+from shmraft.client.consumer import (
+    FetchLoop,
+    GroupCommits,
+    check_consume_options,
+    group_start,
+    latest_offset,
+)
 from shmraft.client.errors import (
     BufferFull,
     CommitTimeout,
     ConnectionFailed,
     NodeNotServing,
     NoNodeReachable,
-    OffsetOutOfRange,
     ProducerClosed,
     ShmraftError,
     Unauthorized,
@@ -65,7 +68,6 @@ from shmraft.client.errors import (
     UnknownGroup,
     error_from_server,
 )
-from shmraft.client.frames import frame_events
 from shmraft.client.leader import (
     ATTEMPT_ANSWER_TIMEOUT_S,
     FIND_LEADER_TIMEOUT_S,
@@ -96,8 +98,6 @@ from shmraft.wire.client import (
     MESSAGE_BODY_MAX_BYTES,
     Error,
     ErrorCode,
-    Fetched,
-    Frames,
     GroupCommitted,
     GroupPosition,
     GroupsAnswer,
@@ -105,15 +105,12 @@ from shmraft.wire.client import (
     MessageReader,
     MetadataAnswer,
     encode_auth,
-    encode_fetch,
-    encode_fetch_frames,
     encode_group_commit,
     encode_group_fetch,
     encode_groups,
     encode_metadata,
 )
 from shmraft.wire.errors import RemoteProtocolError
-from shmraft.wire.frame import U64_MAX
 
 CLOSE_TIMEOUT_S: Final = 5.0  # close() waits this long for the producer task once everything is resolved
 _log = logging.getLogger("shmraft.client")
@@ -830,30 +827,22 @@ class AsyncClient:
         auto_commit_interval_ms: int,
         verify: bool = True,
     ) -> AsyncIterator[Record]:
-        """consume(group=...): Client._consume_group with asyncio (the same commit rules)."""
+        """consume(group=...): Client._consume_group with asyncio (the same consumer.GroupCommits)."""
         info = await self.committed(group)
-        if info is not None:
-            start = info.offset
-        elif reset == "latest":
-            start = (await self.metadata()).commit_index * 64 + 64
-        else:
-            start = 0
-        position = committed_at = start
-        since = 0
-        last_commit = time.monotonic()
+        start = group_start(info.offset if info is not None else None, reset)
+        if start is None:
+            start = latest_offset((await self.metadata()).commit_index)
+        commits = GroupCommits(start, auto_commit_events, auto_commit_interval_ms, time.monotonic())
         records = self._consume(start, follow, max_bytes, poll_wait_ms, reset, verify)
         try:
             async for record in records:
                 yield record  # handled by the caller once it asks for the next one
-                position = record.offset + 1
-                since += 1
-                due_by_time = (time.monotonic() - last_commit) * 1000 >= auto_commit_interval_ms
-                if auto_commit_events and (since >= auto_commit_events or due_by_time):
-                    await self.commit(group, position)
-                    committed_at, since, last_commit = position, 0, time.monotonic()
+                if (due := commits.consumed(record.offset, time.monotonic())) is not None:
+                    await self.commit(group, due)
+                    commits.committed(due, time.monotonic())
         finally:
             await records.aclose()  # type: ignore[attr-defined]
-            if auto_commit_events and position != committed_at:
+            if (position := commits.final()) is not None:
                 try:
                     await self.commit(group, position)
                 except ShmraftError as exc:
@@ -881,17 +870,10 @@ class AsyncClient:
         `group`, from the group's committed position, committing as it goes (close it with `aclose()`);
         `verify` checks every stored frame end to end (FETCH_FRAMES, IntegrityError on a failed frame).
         """
-        if reset not in RESETS:
-            raise ValueError(f"reset: expected one of {', '.join(RESETS)}, got {reset!r}")
-        if not 0 <= from_offset <= U64_MAX:
-            raise ValueError(f"from_offset: expected a u64, got {from_offset}")
-        if not 1 <= max_bytes <= FETCH_BYTES_MAX:
-            raise ValueError(f"max_bytes: expected 1..{FETCH_BYTES_MAX}, got {max_bytes}")
-        if not 0 <= poll_wait_ms <= _U32_MAX:
-            raise ValueError(f"poll_wait_ms: expected 0..{_U32_MAX}, got {poll_wait_ms}")
+        check_consume_options(
+            from_offset, max_bytes, poll_wait_ms, reset, group, auto_commit_events, auto_commit_interval_ms
+        )
         if group is not None:
-            if auto_commit_events < 0 or auto_commit_interval_ms < 0:
-                raise ValueError("auto_commit_events and auto_commit_interval_ms: expected >= 0")
             return self._consume_group(
                 group, follow, max_bytes, poll_wait_ms, reset, auto_commit_events, auto_commit_interval_ms, verify
             )
@@ -900,113 +882,65 @@ class AsyncClient:
     async def _consume(
         self, next_offset: int, follow: bool, max_bytes: int, poll_wait_ms: int, reset: str, verify: bool = True
     ) -> AsyncIterator[Record]:
-        """Client._consume with asyncio: the same decisions, the same bounds."""
+        """Client._consume with asyncio: the same consumer.FetchLoop decides."""
         leaders, hints = self._leaders, self._leaders.hints
+        loop = FetchLoop(
+            next_offset,
+            follow=follow,
+            max_bytes=max_bytes,
+            poll_wait_ms=poll_wait_ms,
+            reset=reset,
+            verify=verify,
+            timeout_s=self.timeout_s,
+            only=hints.addresses[0] if hints.only_node else None,
+            prefer=hints.leader,
+            now=time.monotonic(),
+        )
         conn: AsyncConnection | None = None
         backoff = Backoff()
-        last_ok = time.monotonic()
-        wait_ms = poll_wait_ms if follow else 0
-        fetch_request = encode_fetch_frames if verify else encode_fetch  # frames: checked end to end
-        prefer: str | None = hints.leader
-        last_error: ShmraftError | None = None
-        only = hints.addresses[0] if hints.only_node else None
 
         async def pause(deadline: float) -> None:
             await asyncio.sleep(max(0.0, min(backoff.next_delay(), deadline - time.monotonic())))
 
         try:
             while True:
-                stale_deadline = last_ok + self.timeout_s
-                if time.monotonic() > stale_deadline and conn is None:
-                    if only is not None:
-                        raise NodeNotServing(
-                            only,
-                            f"no FETCH answered within {self.timeout_s:g} s (last: {last_error or 'no answer'})",
-                            code=last_error.code if last_error is not None else None,
-                        ) from last_error
-                    if isinstance(last_error, OffsetOutOfRange):
-                        raise last_error
-                    if last_error is not None and last_error.code is not None:
-                        raise UnavailableError(
-                            f"no FETCH answered within {self.timeout_s:g} s: {last_error}", code=last_error.code
-                        )
-                    raise NoNodeReachable(hints.candidates(None), "no FETCH answered")
+                if conn is None and (error := loop.stale(time.monotonic(), lambda: hints.candidates(None))) is not None:
+                    raise error
                 if conn is None or conn.closed:
                     try:
-                        conn = await leaders.connect(max(stale_deadline, time.monotonic() + 0.01), prefer)
+                        conn = await leaders.connect(loop.connect_deadline(time.monotonic()), loop.prefer)
                     except NoNodeReachable as exc:
-                        if time.monotonic() >= stale_deadline:
-                            if only is not None:
-                                raise NodeNotServing(only, f"no connection within {self.timeout_s:g} s: {exc}") from exc
-                            raise
-                        last_error = exc
-                        await pause(stale_deadline)
+                        if (error := loop.connect_failed(exc, time.monotonic())) is not None:
+                            raise error from error.__cause__
+                        await pause(loop.stale_deadline)
                         continue
-                offset = next_offset
                 started = time.monotonic()
                 try:
-                    answer = await conn.request(
-                        lambda cid, o=offset: fetch_request(cid, o, max_bytes, wait_ms),
-                        wait_ms / 1000 + min(self.timeout_s, FETCH_ATTEMPT_TIMEOUT_S),
-                    )
+                    answer = await conn.request(loop.request(), loop.attempt_timeout_s)
                 except (AnswerTimeout, ConnectionFailed) as exc:
-                    last_error = exc
+                    loop.request_failed(exc)
                     hints.node_failed(conn.address)
-                    conn.close()
-                    conn, prefer = None, None
-                    continue
-                if isinstance(answer, Error):
-                    if answer.code is ErrorCode.OFFSET_OUT_OF_RANGE:
-                        error = OffsetOutOfRange(
-                            f"offset {offset} out of range at {conn.address}: {answer.message}",
-                            code=answer.code,
-                            earliest_offset=answer.earliest_offset,
-                            latest_offset=answer.latest_offset,
-                        )
-                        if offset >= answer.earliest_offset:  # past this node's log end: it may lag; try another
-                            if only is not None:
-                                raise NodeNotServing(conn.address, str(error), code=answer.code) from error
-                            last_error = error
-                            conn.close()
-                            conn, prefer = None, None
-                            await pause(time.monotonic() + RETRY_BACKOFF_MAX_S)
-                            continue
-                        if reset == "error":
-                            raise error
-                        next_offset = answer.earliest_offset if reset == "earliest" else answer.latest_offset
-                        _log.warning("%s; reset to the %s offset %d", error, reset, next_offset)
-                        continue
-                    if answer.code is ErrorCode.NOT_LEADER or answer.code.retriable:
-                        last_error = error_from_server(answer.code, answer.message, answer.leader, conn.address)
-                        if only is not None:
-                            raise NodeNotServing(conn.address, str(last_error), code=answer.code) from last_error
-                        prefer = answer.leader or None
-                        conn.close()
-                        conn = None
-                        await pause(time.monotonic() + RETRY_BACKOFF_MAX_S)
-                        continue
-                    raise error_from_server(answer.code, answer.message, answer.leader, conn.address)
-                if isinstance(answer, Frames):
-                    pairs: Iterable[tuple[int, memoryview]] = frame_events(answer, conn.address)  # checked lazily
-                elif isinstance(answer, Fetched):
-                    pairs = zip(answer.offsets.tolist(), answer.events, strict=True)
-                else:
                     conn.close()
                     conn = None
                     continue
-                yielded = 0  # a frame's events go out once it is checked: those of good frames before a bad one
-                for off, event in pairs:
-                    yield Record(off, bytes(event))
-                    yielded += 1
-                last_ok = time.monotonic()  # the caller's time between records is not the cluster's fault
-                next_offset = max(next_offset, answer.next_offset)
-                empty = yielded == 0
-                if not follow and (empty or next_offset >= answer.commit_offset):
-                    return
-                if not empty:
+                decision = loop.answer(answer, conn.address)
+                if decision.error is not None:
+                    raise decision.error from decision.error.__cause__
+                if decision.pairs is not None:
+                    yielded = 0  # a frame's events go out once it is checked: those of good frames before a bad one
+                    for off, event in decision.pairs:
+                        yield Record(off, bytes(event))
+                        yielded += 1
+                    decision = loop.after_records(answer, yielded, started, time.monotonic())
+                    if decision.stop:
+                        return
+                if decision.progress:
                     backoff.reset()
-                elif time.monotonic() - started < max(wait_ms / 2000, RETRY_BACKOFF_MIN_S):
-                    await pause(time.monotonic() + RETRY_BACKOFF_MAX_S)  # no long poll: do not spin
+                if decision.close:
+                    conn.close()
+                    conn = None
+                if decision.pause:
+                    await pause(time.monotonic() + RETRY_BACKOFF_MAX_S)
         finally:
             if conn is not None:
                 conn.close()

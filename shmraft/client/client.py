@@ -17,19 +17,30 @@ from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import Any, Final, NamedTuple
 
-from shmraft.client.backoff import RETRY_BACKOFF_MAX_S, RETRY_BACKOFF_MIN_S, Backoff
+from shmraft.client.backoff import RETRY_BACKOFF_MAX_S, Backoff
 from shmraft.client.connection import (
     CONNECT_TIMEOUT_S_DEFAULT,
     AnswerTimeout,
     Connection,
     parse_address,
 )
+from shmraft.client.consumer import (
+    AUTO_COMMIT_EVENTS_DEFAULT,
+    AUTO_COMMIT_INTERVAL_MS_DEFAULT,
+    FETCH_BYTES_DEFAULT,
+    FETCH_POLL_WAIT_MS_DEFAULT,
+    RESET_DEFAULT,
+    FetchLoop,
+    GroupCommits,
+    check_consume_options,
+    group_start,
+    latest_offset,
+)
 from shmraft.client.errors import (
     CommitTimeout,
     ConnectionFailed,
     NodeNotServing,
     NoNodeReachable,
-    OffsetOutOfRange,
     SequenceTooOld,
     ShmraftError,
     Unauthorized,
@@ -37,7 +48,6 @@ from shmraft.client.errors import (
     UnknownGroup,
     error_from_server,
 )
-from shmraft.client.frames import frame_events
 from shmraft.client.leader import (
     ADDRESSES_MAX,
     ATTEMPT_ANSWER_TIMEOUT_S,
@@ -54,11 +64,8 @@ from shmraft.client.sizes import REQUEST_BYTES_MAX, REQUEST_EVENT_BYTES_MAX, as_
 from shmraft.wire.client import (
     AUTH_TOKEN_MAX_BYTES,
     GROUP_FETCH_LEADER_ONLY,
-    MESSAGE_BODY_MAX_BYTES,
     Error,
     ErrorCode,
-    Fetched,
-    Frames,
     GroupCommitted,
     GroupPosition,
     GroupsAnswer,
@@ -66,8 +73,6 @@ from shmraft.wire.client import (
     Message,
     MetadataAnswer,
     Produced,
-    encode_fetch,
-    encode_fetch_frames,
     encode_group_commit,
     encode_group_fetch,
     encode_groups,
@@ -97,16 +102,7 @@ class LeaderMoved(ShmraftError):
 
 TIMEOUT_S_DEFAULT: Final = 10.0  # how long produce() and friends keep trying before they give up
 ANSWER_GRACE_S: Final = 1.0  # wait this long past the server-side timeout for the server's own answer
-# Any node can answer a FETCH from its own log, so one that has not answered this long after its long-poll
-# wait is treated as hung and the FETCH goes to another node (a hung node would otherwise hold the consumer
-# for the whole timeout_s).
-FETCH_ATTEMPT_TIMEOUT_S: Final = 2.0
-FETCH_BYTES_DEFAULT: Final = 1024 * 1024  # event bytes asked for by one FETCH
-FETCH_BYTES_MAX: Final = MESSAGE_BODY_MAX_BYTES // 2  # an answer must fit the 4 MiB body limit with its tables
-FETCH_POLL_WAIT_MS_DEFAULT: Final = 500  # long-poll wait of one FETCH when following
 _U32_MAX: Final = 2**32 - 1
-RESETS: Final = ("earliest", "latest", "error")  # what consume() does with an offset below the log start
-RESET_DEFAULT: Final = "earliest"
 _log = logging.getLogger("shmraft.client")
 
 
@@ -126,10 +122,6 @@ class GroupInfo(NamedTuple):
     index: int  # the log index of the commit's control entry
     lag: int  # offsets from `offset` to just past the last committed event (not dense: at most that many events)
     metadata: bytes = b""
-
-
-AUTO_COMMIT_EVENTS_DEFAULT: Final = 10_000  # consume(group=...) commits after this many records (~2.5 ms each) ...
-AUTO_COMMIT_INTERVAL_MS_DEFAULT: Final = 5000  # ... or this long since its last commit (Kafka's default)
 
 
 class _Unacked(NamedTuple):
@@ -586,29 +578,21 @@ class Client:
         auto_commit_interval_ms: int,
         verify: bool = True,
     ) -> Iterator[Record]:
-        """consume(group=...): from the group's committed position, committing as it goes (see consume)."""
+        """consume(group=...): from the group's committed position, committing as it goes (see consume and
+        consumer.GroupCommits)."""
         info = self.committed(group)
-        if info is not None:
-            start = info.offset
-        elif reset == "latest":
-            start = (self.metadata().commit_index + 1) * 64
-        else:
-            start = 0
-        position = start  # the next offset to read once every yielded record is processed
-        committed_at = start
-        since = 0
-        last_commit = time.monotonic()
+        start = group_start(info.offset if info is not None else None, reset)
+        if start is None:
+            start = latest_offset(self.metadata().commit_index)
+        commits = GroupCommits(start, auto_commit_events, auto_commit_interval_ms, time.monotonic())
         try:
             for record in self._consume(start, follow, max_bytes, poll_wait_ms, reset, verify):
                 yield record  # the caller processes it before asking for the next: then it counts as consumed
-                position = record.offset + 1
-                since += 1
-                due_by_time = (time.monotonic() - last_commit) * 1000 >= auto_commit_interval_ms
-                if auto_commit_events and (since >= auto_commit_events or due_by_time):
-                    self.commit(group, position)
-                    committed_at, since, last_commit = position, 0, time.monotonic()
+                if (due := commits.consumed(record.offset, time.monotonic())) is not None:
+                    self.commit(group, due)
+                    commits.committed(due, time.monotonic())
         finally:
-            if auto_commit_events and position != committed_at:
+            if (position := commits.final()) is not None:
                 try:
                     self.commit(group, position)
                 except ShmraftError as exc:
@@ -658,17 +642,10 @@ class Client:
         On a client with `only_node`, every FETCH goes to that node and nothing else: what would make an
         ordinary client move raises NodeNotServing instead (see the class docstring).
         """
-        if reset not in RESETS:
-            raise ValueError(f"reset: expected one of {', '.join(RESETS)}, got {reset!r}")
-        if not 0 <= from_offset <= U64_MAX:
-            raise ValueError(f"from_offset: expected a u64, got {from_offset}")
-        if not 1 <= max_bytes <= FETCH_BYTES_MAX:
-            raise ValueError(f"max_bytes: expected 1..{FETCH_BYTES_MAX}, got {max_bytes}")
-        if not 0 <= poll_wait_ms <= _U32_MAX:
-            raise ValueError(f"poll_wait_ms: expected 0..{_U32_MAX}, got {poll_wait_ms}")
+        check_consume_options(
+            from_offset, max_bytes, poll_wait_ms, reset, group, auto_commit_events, auto_commit_interval_ms
+        )
         if group is not None:
-            if auto_commit_events < 0 or auto_commit_interval_ms < 0:
-                raise ValueError("auto_commit_events and auto_commit_interval_ms: expected >= 0")
             return self._consume_group(
                 group, follow, max_bytes, poll_wait_ms, reset, auto_commit_events, auto_commit_interval_ms, verify
             )
@@ -677,108 +654,63 @@ class Client:
     def _consume(
         self, next_offset: int, follow: bool, max_bytes: int, poll_wait_ms: int, reset: str, verify: bool = True
     ) -> Iterator[Record]:
+        """The FETCH loop with blocking sockets; every decision is consumer.FetchLoop's."""
+        loop = FetchLoop(
+            next_offset,
+            follow=follow,
+            max_bytes=max_bytes,
+            poll_wait_ms=poll_wait_ms,
+            reset=reset,
+            verify=verify,
+            timeout_s=self.timeout_s,
+            only=self.leaders.addresses[0] if self.leaders.only_node else None,
+            prefer=self._conn.address if self._conn is not None else self.leaders.leader,
+            now=time.monotonic(),
+        )
         conn: Connection | None = None
         backoff = Backoff()
-        last_ok = time.monotonic()
-        wait_ms = poll_wait_ms if follow else 0
-        fetch_request = encode_fetch_frames if verify else encode_fetch  # frames: checked end to end
-        prefer: str | None = self._conn.address if self._conn is not None else self.leaders.leader
-        last_error: ShmraftError | None = None
-        only = self.leaders.addresses[0] if self.leaders.only_node else None
         try:
             while True:
-                stale_deadline = last_ok + self.timeout_s
-                if time.monotonic() > stale_deadline and conn is None:
-                    if only is not None:
-                        raise NodeNotServing(
-                            only,
-                            f"no FETCH answered within {self.timeout_s:g} s (last: {last_error or 'no answer'})",
-                            code=last_error.code if last_error is not None else None,
-                        ) from last_error
-                    if isinstance(last_error, OffsetOutOfRange):
-                        raise last_error
-                    if last_error is not None and last_error.code is not None:
-                        raise UnavailableError(
-                            f"no FETCH answered within {self.timeout_s:g} s: {last_error}", code=last_error.code
-                        )
-                    raise NoNodeReachable(self.leaders.candidates(None), "no FETCH answered")
+                if conn is None and (error := loop.stale(time.monotonic(), self._candidates)) is not None:
+                    raise error
                 if conn is None or conn.closed:
                     try:
-                        conn = self.leaders.connect(max(stale_deadline, time.monotonic() + 0.01), prefer)
+                        conn = self.leaders.connect(loop.connect_deadline(time.monotonic()), loop.prefer)
                     except NoNodeReachable as exc:
-                        if time.monotonic() >= stale_deadline:
-                            if only is not None:
-                                raise NodeNotServing(only, f"no connection within {self.timeout_s:g} s: {exc}") from exc
-                            raise
-                        last_error = exc
-                        backoff.sleep(stale_deadline)
+                        if (error := loop.connect_failed(exc, time.monotonic())) is not None:
+                            raise error from error.__cause__
+                        backoff.sleep(loop.stale_deadline)
                         continue
-                offset = next_offset
                 started = time.monotonic()
                 try:
-                    answer = conn.request(
-                        lambda cid, o=offset: fetch_request(cid, o, max_bytes, wait_ms),
-                        wait_ms / 1000 + min(self.timeout_s, FETCH_ATTEMPT_TIMEOUT_S),
-                    )
+                    answer = conn.request(loop.request(), loop.attempt_timeout_s)
                 except (AnswerTimeout, ConnectionFailed) as exc:
-                    last_error = exc
+                    loop.request_failed(exc)
                     self.leaders.node_failed(conn.address)
-                    conn.close()
-                    conn, prefer = None, None
-                    continue
-                if isinstance(answer, Error):
-                    if answer.code is ErrorCode.OFFSET_OUT_OF_RANGE:
-                        error = OffsetOutOfRange(
-                            f"offset {offset} out of range at {conn.address}: {answer.message}",
-                            code=answer.code,
-                            earliest_offset=answer.earliest_offset,
-                            latest_offset=answer.latest_offset,
-                        )
-                        if offset >= answer.earliest_offset:  # past this node's log end: it may lag; try another
-                            if only is not None:
-                                raise NodeNotServing(conn.address, str(error), code=answer.code) from error
-                            last_error = error
-                            conn.close()
-                            conn, prefer = None, None
-                            backoff.sleep(time.monotonic() + RETRY_BACKOFF_MAX_S)
-                            continue
-                        if reset == "error":
-                            raise error
-                        next_offset = answer.earliest_offset if reset == "earliest" else answer.latest_offset
-                        _log.warning("%s; reset to the %s offset %d", error, reset, next_offset)
-                        continue
-                    if answer.code is ErrorCode.NOT_LEADER or answer.code.retriable:
-                        last_error = error_from_server(answer.code, answer.message, answer.leader, conn.address)
-                        if only is not None:
-                            raise NodeNotServing(conn.address, str(last_error), code=answer.code) from last_error
-                        prefer = answer.leader or None
-                        conn.close()
-                        conn = None
-                        backoff.sleep(time.monotonic() + RETRY_BACKOFF_MAX_S)
-                        continue
-                    raise error_from_server(answer.code, answer.message, answer.leader, conn.address)
-                if isinstance(answer, Frames):
-                    pairs: Iterable[tuple[int, memoryview]] = frame_events(answer, conn.address)  # checked lazily
-                elif isinstance(answer, Fetched):
-                    pairs = zip(answer.offsets.tolist(), answer.events, strict=True)
-                else:
                     conn.close()
                     conn = None
                     continue
-                last_ok = time.monotonic()
-                yielded = 0  # a frame's events go out once it is checked: those of good frames before a bad one
-                for off, event in pairs:
-                    yield Record(off, bytes(event))
-                    yielded += 1
-                last_ok = time.monotonic()  # the caller's time between records is not the cluster's fault
-                next_offset = max(next_offset, answer.next_offset)
-                empty = yielded == 0
-                if not follow and (empty or next_offset >= answer.commit_offset):
-                    return
-                if not empty:
+                decision = loop.answer(answer, conn.address)
+                if decision.error is not None:
+                    raise decision.error from decision.error.__cause__
+                if decision.pairs is not None:
+                    yielded = 0  # a frame's events go out once it is checked: those of good frames before a bad one
+                    for off, event in decision.pairs:
+                        yield Record(off, bytes(event))
+                        yielded += 1
+                    decision = loop.after_records(answer, yielded, started, time.monotonic())
+                    if decision.stop:
+                        return
+                if decision.progress:
                     backoff.reset()
-                elif time.monotonic() - started < max(wait_ms / 2000, RETRY_BACKOFF_MIN_S):
-                    backoff.sleep(time.monotonic() + RETRY_BACKOFF_MAX_S)  # no long poll: do not spin
+                if decision.close:
+                    conn.close()
+                    conn = None
+                if decision.pause:
+                    backoff.sleep(time.monotonic() + RETRY_BACKOFF_MAX_S)
         finally:
             if conn is not None:
                 conn.close()
+
+    def _candidates(self) -> list[str]:
+        return self.leaders.candidates(None)
