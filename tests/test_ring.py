@@ -300,3 +300,23 @@ def test_model_against_deque(make_ring, ops):
     assert r.pop_many(100_000) == list(queued)
     r.close()
     w.close()
+
+
+def test_selectable_reader_is_woken_by_the_writer_through_its_wake_socket(make_ring) -> None:
+    """arm() + select: a push while armed makes wake_fileno() readable; records already there make arm()
+    say so (no lost wake-up); a push while disarmed sends nothing."""
+    import select
+
+    _name, w, r = make_ring(1 << 16)
+    fd = r.wake_fileno()
+    assert not r.arm()
+    assert select.select([fd], [], [], 0)[0] == []
+    w.push(b"one")
+    assert select.select([fd], [], [], 1.0)[0] == [fd]
+    r.disarm()
+    assert r.drain_wake() == 1
+    w.push(b"two")  # disarmed: no datagram, but the next arm() sees the records
+    assert r.drain_wake() == 0
+    assert r.arm()
+    r.disarm()
+    assert r.pop_many(release=True) == [b"one", b"two"]

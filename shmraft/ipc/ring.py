@@ -6,6 +6,7 @@ One writer process and one reader process share a posix_ipc segment viewed throu
       line 0  header: magic, version, creator pid + start time, signature, capacity, record limit
       line 1  writer's: write_pos, records/bytes pushed, closed, writer_waiting, writer pid + start
       line 2  reader's: read_pos, read_tag, records/bytes released, reader_waiting, reader pid + start
+      line 3  reader's: the token of its wake-up socket (selectable readers; 0 if none)
     data area (capacity_bytes, a power of two) of entries, each 8-byte aligned, never straddling the end:
       u64 header = body_bytes | record_count << 32;  u32 lengths[record_count];  the records' bytes; pad
       a header with record_count 0 and body WRAP_BODY is a wrap marker: the next entry starts at offset 0.
@@ -38,7 +39,15 @@ from typing import Final
 import numpy as np
 
 from shmraft.ipc import segments
-from shmraft.ipc.wakeup import SPIN_ITERATIONS_DEFAULT, WAIT_TIMEOUT_MS_DEFAULT, Doorbell, deadline_after
+from shmraft.ipc.wakeup import (
+    SPIN_ITERATIONS_DEFAULT,
+    WAIT_TIMEOUT_MS_DEFAULT,
+    WAITING_SOCKET,
+    Doorbell,
+    WakeSocket,
+    deadline_after,
+    full_fence,
+)
 
 RING_MAGIC: Final = 0x474E_4952_524D_4853  # "SHMRRING" little-endian
 RING_VERSION: Final = 1
@@ -64,6 +73,7 @@ C_WRITE_POS, C_RECORDS_PUSHED, C_BYTES_PUSHED, C_CLOSED = 8, 9, 10, 11  # line 1
 C_WRITER_WAITING, C_WRITER_PID, C_WRITER_ATTACHES, C_WRITER_START_MS = 12, 13, 14, 15
 C_READ_POS, C_READ_TAG, C_RECORDS_RELEASED, C_BYTES_RELEASED = 16, 17, 18, 19  # line 2: the reader's
 C_READER_WAITING, C_READER_PID, C_READER_ATTACHES, C_READER_START_MS = 20, 21, 22, 23
+C_READER_WAKE_TOKEN = 24  # line 3, the reader's too: its WakeSocket's token (0: none; see wakeup.py)
 assert array("I").itemsize == LENGTH_BYTES
 assert C_WRITE_POS * 8 % 64 == 0 and C_READ_POS * 8 % 64 == 0 and segments.HEADER_WORDS == 8
 
@@ -409,7 +419,9 @@ class RingWriter(_RingHandle):
         self._w: int = self._ctl.item(C_WRITE_POS)
         self._r: int = self._ctl.item(C_READ_POS)  # cached; refreshed when space looks short
         self._entry_max = record_max_for(self.capacity_bytes) + ENTRY_OVERHEAD_BYTES  # = capacity // 4
-        self._reader_bell = Doorbell(self._ctl, C_READER_WAITING, self._data_sem)  # we notify it
+        self._reader_bell = Doorbell(  # we notify it
+            self._ctl, C_READER_WAITING, self._data_sem, token_index=C_READER_WAKE_TOKEN
+        )
         self._space_wait = Doorbell(self._ctl, C_WRITER_WAITING, self._space_sem, spin_iterations, wait_timeout_ms)
 
     def free_bytes(self) -> int:
@@ -581,6 +593,7 @@ class RingWriter(_RingHandle):
         if self._mem is None:
             return
         self._unclaim(C_WRITER_PID)
+        self._reader_bell.close()
         del self._reader_bell, self._space_wait
         self._data_sem.close()
         self._space_sem.close()
@@ -618,6 +631,33 @@ class RingReader(_RingHandle):
         self._pending_bytes = 0
         self._data_wait = Doorbell(self._ctl, C_READER_WAITING, self._data_sem, spin_iterations, wait_timeout_ms)
         self._writer_bell = Doorbell(self._ctl, C_WRITER_WAITING, self._space_sem)
+        self._wake: WakeSocket | None = None  # made by wake_fileno(), for a reader in a selector loop
+
+    # -- waiting in a selector loop (wakeup.py: the same flag and fences, a socket instead of the semaphore)
+    def wake_fileno(self) -> int:
+        """A descriptor that becomes readable when the writer publishes while this reader is `arm()`ed.
+        The first call binds the reader's WakeSocket and publishes its token in the control block."""
+        if self._wake is None:
+            self._wake = WakeSocket()
+            self._ctl[C_READER_WAKE_TOKEN] = self._wake.token
+        return self._wake.fileno()
+
+    def arm(self) -> bool:
+        """Announce a wait on `wake_fileno()` (call just before `select`). Returns True if records are
+        waiting already: then do not block (the flag is set either way; `disarm()` after the select)."""
+        assert self._wake is not None, "arm() before wake_fileno()"
+        ctl = self._ctl
+        ctl[C_READER_WAITING] = WAITING_SOCKET
+        full_fence()  # the flag store must be visible before we load the position (Dekker)
+        return ctl.item(C_WRITE_POS) != self._pos
+
+    def disarm(self) -> None:
+        """The select returned: the writer need not wake us until the next `arm()`."""
+        self._ctl[C_READER_WAITING] = 0
+
+    def drain_wake(self) -> int:
+        """Consume the wake-up datagrams that made `wake_fileno()` readable. Returns how many."""
+        return self._wake.drain() if self._wake is not None else 0
 
     def _released_cursor(self) -> tuple[int, int]:
         """(read_pos, records consumed of the entry there) as published by the last release()."""
@@ -820,6 +860,11 @@ class RingReader(_RingHandle):
         if self._mem is None:
             return
         self._unclaim(C_READER_PID)
+        if self._wake is not None:
+            if self._ctl.item(C_READER_WAKE_TOKEN) == self._wake.token:
+                self._ctl[C_READER_WAKE_TOKEN] = 0
+            self._wake.close()
+            self._wake = None
         del self._data_wait, self._writer_bell
         self._data_sem.close()
         self._space_sem.close()

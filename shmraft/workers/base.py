@@ -1,10 +1,13 @@
 """What every worker process shares: start-up from the node's config file, signals, logging, heartbeats,
-and `Inbox`, which lets a selector loop wait on a ring without polling.
+and `Inbox` + `LoopSelector`, which let a selector loop wait on rings and sockets together without polling.
 
-A posix semaphore cannot sit in `select`, so an Inbox runs one thread that blocks in the ring's pop (a
-bounded spin, then a semaphore wait) and hands whole pops to the loop through a deque and an eventfd. The
-loop wakes on the eventfd together with its sockets; nothing spins while idle. The thread stops taking
-records once `backlog_max_records` are waiting, so a slow loop pushes back on the ring's writer.
+An Inbox is a ring's reader made selectable: the writer wakes the loop's `select` directly through the
+reader's wake-up socket (`RingReader.wake_fileno`, wakeup.py), with the ring's flag + fence protocol, so a
+hand-off costs one datagram and one epoll wake-up, like the batcher's direct semaphore wait on R1. (Until
+issue 14 a pump thread blocked in the ring's pop and forwarded through an eventfd: a second wake-up, and a
+GIL hand-over between two threads, on every hand-off.) `LoopSelector.select` arms every Inbox just before
+it blocks and disarms them after; `take()` pops in the loop's own thread, at most RING_POP_RECORDS_MAX
+records at a time, so a slow loop leaves the rest in the ring and pushes back on its writer.
 """
 
 from __future__ import annotations
@@ -14,72 +17,72 @@ import os
 import selectors
 import signal
 import sys
-import threading
-from collections import deque
 from collections.abc import Callable
 from pathlib import Path
 from typing import Final
 
 from shmraft.config import NodeConfig, config_from_json
-from shmraft.ipc.ring import RingReader
+from shmraft.ipc.ring import RingClosed, RingReader
 from shmraft.ipc.state import StateBlock, Worker
 from shmraft.node.layout import NodeLayout
 
 RING_POP_RECORDS_MAX: Final = 1024  # records a worker takes from a ring at once
 RING_POP_BYTES_MAX: Final = 4 * 1024 * 1024  # bytes a worker takes from a ring at once
-INBOX_WAIT_MS: Final = 100  # the pump thread re-checks its stop flag this often
-INBOX_BACKLOG_RECORDS_MAX: Final = 8192
 
 
 class Inbox:
-    """A ring made selectable: `fileno()` is readable when records are waiting; `take()` returns them."""
+    """A ring read from a selector loop: registered on a `LoopSelector`, `take()` returns what waits."""
 
-    def __init__(self, reader: RingReader, name: str) -> None:
+    def __init__(self, reader: RingReader, name: str, sel: LoopSelector) -> None:
         self.reader = reader
         self.name = name
-        self._efd = os.eventfd(0, os.EFD_NONBLOCK | os.EFD_CLOEXEC)
-        self._queue: deque[list[bytes]] = deque()
-        self._count = 0
-        self._space = threading.Condition()
-        self._stop = False
-        self._thread = threading.Thread(target=self._pump, name=f"inbox-{name}", daemon=True)
-        self._thread.start()
+        self._fd = reader.wake_fileno()
+        sel.add_inbox(self)
 
     def fileno(self) -> int:
-        return self._efd
+        return self._fd
 
-    def _pump(self) -> None:
-        while not self._stop:
-            with self._space:
-                while self._count >= INBOX_BACKLOG_RECORDS_MAX and not self._stop:
-                    self._space.wait(INBOX_WAIT_MS / 1000)
-            records = self.reader.pop_many(RING_POP_RECORDS_MAX, RING_POP_BYTES_MAX, INBOX_WAIT_MS, release=True)
-            if records:
-                with self._space:
-                    self._queue.append(records)
-                    self._count += len(records)
-                os.eventfd_write(self._efd, 1)
+    def on_readable(self, _mask: int) -> None:
+        """The selector saw wake-up datagrams: consume them (the records are taken by `take()`)."""
+        self.reader.drain_wake()
 
     def take(self) -> list[bytes]:
-        """Every record waiting, in ring order (clears the wake-up)."""
+        """Up to RING_POP_RECORDS_MAX records (RING_POP_BYTES_MAX bytes) waiting, in ring order, released.
+        More may wait: the next `select` then does not block."""
+        reader = self.reader
+        if not reader.available():
+            return []  # the common case on a busy loop: skip the pop's block and array work
         try:
-            os.eventfd_read(self._efd)
-        except BlockingIOError:
-            pass
-        out: list[bytes] = []
-        with self._space:
-            while self._queue:
-                out.extend(self._queue.popleft())
-            self._count = 0
-            self._space.notify()
-        return out
+            return reader.pop_many(RING_POP_RECORDS_MAX, RING_POP_BYTES_MAX, 0, release=True)
+        except RingClosed:
+            return []
 
     def close(self) -> None:
-        self._stop = True
-        with self._space:
-            self._space.notify()
-        self._thread.join(timeout=1.0)
-        os.close(self._efd)
+        self.reader.close()
+
+
+class LoopSelector(selectors.DefaultSelector):  # type: ignore[misc,valid-type]
+    """The platform's default selector that also waits on its Inboxes' rings (see the module doc)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._inboxes: list[Inbox] = []
+
+    def add_inbox(self, inbox: Inbox) -> None:
+        self.register(inbox, selectors.EVENT_READ, inbox.on_readable)
+        self._inboxes.append(inbox)
+
+    def select(self, timeout: float | None = None) -> list[tuple[selectors.SelectorKey, int]]:
+        """Arm every Inbox (flag + fence + re-check), select (not blocking if a ring has records), disarm."""
+        inboxes = self._inboxes
+        for inbox in inboxes:
+            if inbox.reader.arm():
+                timeout = 0
+        try:
+            return super().select(timeout)
+        finally:
+            for inbox in inboxes:
+                inbox.reader.disarm()
 
 
 class WorkerBase:

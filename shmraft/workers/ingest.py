@@ -16,7 +16,6 @@ When the R1 ring is full, bodies wait here in order and no connection is read un
 from __future__ import annotations
 
 import itertools
-import selectors
 import time
 from collections import deque
 from typing import Final
@@ -47,7 +46,7 @@ from shmraft.node.records import (
 )
 from shmraft.raft.types import Role
 from shmraft.wire import client as cp
-from shmraft.workers.base import Inbox, WorkerBase, selector_loop_once
+from shmraft.workers.base import Inbox, LoopSelector, WorkerBase, selector_loop_once
 
 LOOP_WAIT_MS: Final = 50
 R1_PUSH_TIMEOUT_MS: Final = 0
@@ -62,7 +61,7 @@ class IngestWorker(WorkerBase):
 
     def __init__(self, config) -> None:
         super().__init__(config)
-        self.sel = selectors.DefaultSelector()
+        self.sel = LoopSelector()
         self.backlog: deque[bytes] = deque()  # PRODUCE bodies waiting for room in R1
         self.conns = ClientConnections(
             self.sel, config, self.state, self.record, self.log, self._on_request, lambda: bool(self.backlog)
@@ -70,8 +69,7 @@ class IngestWorker(WorkerBase):
         self.to_batcher = self.layout.writer(Ring.R1)
         self.to_raft = self.layout.writer(Ring.R6)  # control requests: membership changes, consumer groups
         self.groups = GroupRequests()
-        self.notes = Inbox(self.layout.reader(Ring.R5), Ring.R5)
-        self.sel.register(self.notes, selectors.EVENT_READ, lambda _m: None)
+        self.notes = Inbox(self.layout.reader(Ring.R5), Ring.R5, self.sel)
         self.tracker = ProduceTracker(config.node_id, self.state.get("term"), config.produce_timeout_ms_default)
         self.fetches = FetchServer(config, self.state, self.log, self._write)
         self.kafka: KafkaConnections | None = None

@@ -38,7 +38,6 @@ from __future__ import annotations
 
 import os
 import random
-import selectors
 import time
 from collections.abc import Callable
 from typing import Final
@@ -97,7 +96,7 @@ from shmraft.wire.control import decode_control, is_control
 from shmraft.wire.errors import ProtocolError
 from shmraft.wire.frame import decode_batch, encode_batch_arrays, frame_event_count, restamp
 from shmraft.wire.raft_codec import INSTALL_SNAPSHOT_OVERHEAD_BYTES, decode_raft, encode_raft
-from shmraft.workers.base import Inbox, WorkerBase, selector_loop_once
+from shmraft.workers.base import Inbox, LoopSelector, WorkerBase, selector_loop_once
 from shmraft.workers.looptime import LoopTimer, StallDiscountingClock
 from shmraft.workers.raft_groups import GroupService, rebuild_groups
 
@@ -159,7 +158,7 @@ class RaftWorker(WorkerBase):
         self.links: PeerLinks | None = None
         self._timer = LoopTimer()  # where each loop iteration's time goes; slow ones are logged
         self._open_storage()
-        self.sel = selectors.DefaultSelector()
+        self.sel = LoopSelector()
         self.links = PeerLinks(
             self.sel,
             cluster_id=c.cluster_id,
@@ -175,15 +174,13 @@ class RaftWorker(WorkerBase):
             handshake_timeout_ms=c.peer_handshake_timeout_ms,
             admit_non_members=True,  # a removed node back after the linger learns its removal (net/links.py)
         )
-        self.frames_in = Inbox(self.layout.reader(Ring.R2), Ring.R2)
-        self.peer_in = Inbox(self.layout.reader(Ring.R4), Ring.R4)
+        self.frames_in = Inbox(self.layout.reader(Ring.R2), Ring.R2, self.sel)
+        self.peer_in = Inbox(self.layout.reader(Ring.R4), Ring.R4, self.sel)
         self.to_sender = self.layout.writer(Ring.R3)
         self.to_ingest = self.layout.writer(Ring.R5)
-        self.requests_in = Inbox(self.layout.reader(Ring.R6), Ring.R6)  # control requests (membership, groups)
-        self.sel.register(self.requests_in, selectors.EVENT_READ, lambda _m: None)
+        # control requests (membership, groups)
+        self.requests_in = Inbox(self.layout.reader(Ring.R6), Ring.R6, self.sel)
         self.trace = RaftTrace(self.state.trace, config.trace_sample_every)
-        self.sel.register(self.frames_in, selectors.EVENT_READ, lambda _m: None)
-        self.sel.register(self.peer_in, selectors.EVENT_READ, lambda _m: None)
         self._refusals_counted = 0
         self._publish_state()
 

@@ -9,7 +9,6 @@ never holds up the others; when a queue overflows the connection is re-made and 
 
 from __future__ import annotations
 
-import selectors
 import time
 from typing import Final
 
@@ -20,7 +19,7 @@ from shmraft.node import members as mb
 from shmraft.node.layout import Ring
 from shmraft.node.records import PeerRecordKind, decode_peer_record, encode_peer_record
 from shmraft.raft.messages import Channel
-from shmraft.workers.base import Inbox, WorkerBase, selector_loop_once
+from shmraft.workers.base import Inbox, LoopSelector, WorkerBase, selector_loop_once
 
 LOOP_WAIT_MS: Final = 50
 RING_PUSH_TIMEOUT_MS: Final = 100
@@ -33,7 +32,7 @@ class SenderWorker(WorkerBase):
     def __init__(self, config) -> None:
         super().__init__(config)
         c = config
-        self.sel = selectors.DefaultSelector()
+        self.sel = LoopSelector()
         self.to_raft = self.layout.writer(Ring.R4)
         self.pending: list[bytes] = []
         self._epoch = self.state.get("members_epoch")
@@ -58,8 +57,7 @@ class SenderWorker(WorkerBase):
             handshake_timeout_ms=c.peer_handshake_timeout_ms,
             admit_non_members=True,  # the leader's catch-up appends reach a removed node (net/links.py)
         )
-        self.outbox = Inbox(self.layout.reader(Ring.R3), Ring.R3)
-        self.sel.register(self.outbox, selectors.EVENT_READ, lambda _m: None)
+        self.outbox = Inbox(self.layout.reader(Ring.R3), Ring.R3, self.sel)
 
     def _on_message(self, peer_id: int, body: memoryview) -> None:
         self.pending.append(encode_peer_record(peer_id, PeerRecordKind.MESSAGE, body))
