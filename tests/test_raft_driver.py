@@ -31,7 +31,8 @@ class Recorder:
 
 
 class FakeCore:
-    def __init__(self) -> None:
+    def __init__(self, term: int = 0) -> None:
+        self.term = term  # the persisted term at start (the driver's first durable term)
         self.persisted_calls: list[tuple[int, int]] = []
         self.snapshot_calls: list[tuple[int, int]] = []
         self.ticks: list[int] = []
