@@ -7,7 +7,7 @@ import pytest
 
 from shmraft.raft.driver import ReadyDriver
 from shmraft.raft.errors import InvariantError
-from shmraft.raft.messages import AppendEntries, AppendResponse, Heartbeat, Message
+from shmraft.raft.messages import AppendEntries, AppendResponse, Heartbeat, HeartbeatResponse, Message, VoteResponse
 from shmraft.raft.ready import Ready
 from shmraft.raft.types import Entry, HardState, Snapshot
 from shmraft.sim.harness import core_with_log
@@ -31,7 +31,8 @@ class Recorder:
 
 
 class FakeCore:
-    def __init__(self) -> None:
+    def __init__(self, term: int = 0) -> None:
+        self.term = term  # the persisted term at start (the driver's first durable term)
         self.persisted_calls: list[tuple[int, int]] = []
         self.snapshot_calls: list[tuple[int, int]] = []
         self.ticks: list[int] = []
@@ -90,6 +91,30 @@ def test_nothing_to_write_and_nothing_pending_sends_at_once():
     driver, io, _ = make(sync=False)
     driver.handle(ready((), None, [ACK]))
     assert [e[1] for e in io.events] == ["Heartbeat", "AppendResponse"]
+
+
+def test_heartbeat_and_pre_vote_answers_leave_while_a_write_is_pending_acks_and_votes_wait():
+    """A slow fsync must not silence a follower towards its leader's check-quorum or a pre-candidate: the
+    answers that promise nothing pending leave at once; an ack, a real vote and a heartbeat answer in a term
+    not yet durable wait for the write."""
+    driver, io, core = make(sync=False)
+    driver.handle(ready([Entry(5, 1, b"x")], HardState(1, 0, 0), [ACK]))  # term 1 pending (durable: 0)
+    driver.handle(
+        ready(
+            (),
+            None,
+            [HeartbeatResponse(1, 2, 1), VoteResponse(1, 3, 2, True, True), VoteResponse(1, 3, 1, False, False)],
+        )
+    )
+    sent = [e[1] for e in io.events if e[0] == "send"]
+    assert sent == ["Heartbeat", "Heartbeat", "VoteResponse"] and driver.sent_early == 1  # the pre-vote only
+    driver.durable()  # term 1 durable: what waited leaves, in order
+    sent = [e[1] for e in io.events if e[0] == "send"]
+    assert sent[3:] == ["AppendResponse", "HeartbeatResponse", "VoteResponse"]
+    driver.handle(ready([Entry(6, 1, b"y")], None, [ACK]))
+    driver.handle(ready((), None, [HeartbeatResponse(1, 2, 1)]))  # term 1 is durable now: at once
+    assert [e[1] for e in io.events if e[0] == "send"][-1] == "HeartbeatResponse" and driver.sent_early == 2
+    assert core.persisted_calls == [(5, 1)] and driver.pending_writes == 2  # the write, and the empty Ready after it
 
 
 def test_durable_without_a_pending_write_is_an_invariant_error():

@@ -468,6 +468,7 @@ def _worker_on(nl) -> RaftWorker:
     w.dedup, w._decoded, w._export, w._notes = DedupTable(producers_max=PRODUCERS_MAX), {}, None, []
     w.groups = GroupService(w.log)
     w._timer = LoopTimer()
+    w._syncer = None  # no persist thread: each write is synced on return, as with fsync "never" in the worker
     w.trace = SimpleNamespace(persisting=lambda entries: None, persisted=lambda entries: None)  # no state block
     return w
 

@@ -26,7 +26,8 @@ class Ready:
 
     When both `entries` and `hard_state` are empty and no earlier Ready is still being persisted, step 3 may
     run at once; otherwise `messages_after_persist` wait for the earlier Readies' writes (they may
-    acknowledge entries handed out earlier).
+    acknowledge entries handed out earlier), except those that promise nothing pending: a pre-vote answer,
+    and a HeartbeatResponse whose term is durable (shmraft.raft.driver).
     `soft_state` is the new (role, leader, term) when it changed, for display and client redirection.
     `membership` is the configuration now in effect when it changed since the previous Ready (an entry appended
     or truncated away, a snapshot installed): the driver connects to new members and drops removed ones. It is

@@ -112,6 +112,9 @@ class NodeLog:
         self.quarantined: Path | None = None  # set by open_node_log when it quarantined a corrupt log
         self.corruption = ""  # what was found corrupt, for the status and the log
         self.snapshot_record: Any = None  # the saved snapshot as `decode_snapshot` returned it (None: none saved)
+        # a last index the log reaches in every state a crash may leave (what the hint holds): unsynced
+        # writes (`append(sync=False)`) raise it only through `synced`
+        self._durable_last = rocks.last_index()
 
     # --- recovering mode ---------------------------------------------------------------------------------
     @property
@@ -146,14 +149,32 @@ class NodeLog:
         return self.rocks.entries(lo, hi, max_bytes)
 
     # --- LogStorage: writes ------------------------------------------------------------------------------
-    def append(self, entries: list[Entry], hard_state: HardState | None = None) -> None:
+    def append(self, entries: list[Entry], hard_state: HardState | None = None, *, sync: bool = True) -> None:
+        """rocks.append with the sidecars. `sync=False` (the raft worker's persist thread syncs later): the
+        hint is lowered first if the write shortens the log, and raised only by `synced` once a `sync_wal`
+        covered the write, so it is never ahead of a log a crash may leave."""
         self._save_vote(hard_state)
-        self.rocks.append(entries, hard_state)
-        self._write_hint()
+        if sync:
+            self.rocks.append(entries, hard_state)
+            self._write_hint()
+            return
+        if entries and entries[-1].index < self._durable_last:
+            self._set_hint(entries[-1].index)
+        self.rocks.append(entries, hard_state, sync=False)
 
-    def set_hard_state(self, hard_state: HardState) -> None:
+    def set_hard_state(self, hard_state: HardState, *, sync: bool = True) -> None:
         self._save_vote(hard_state)
-        self.rocks.set_hard_state(hard_state)
+        self.rocks.set_hard_state(hard_state, sync=sync)
+
+    def sync_wal(self) -> None:
+        """Make every write issued so far durable (rocks.sync_wal; callable from the persist thread)."""
+        self.rocks.sync_wal()
+
+    def synced(self, durable_last: int) -> None:
+        """A `sync_wal` made the unsynced writes up to some point durable: `durable_last` is a last index the
+        log reaches in every state a crash may leave now (the caller takes the smallest last index of that
+        write and of every later write still unsynced, since a later one may shorten the log)."""
+        self._set_hint(durable_last)
 
     def compact(self, up_to_index: int) -> None:
         self.rocks.compact(up_to_index)
@@ -188,10 +209,11 @@ class NodeLog:
         self.rocks.check_install(snapshot, hard_state)  # refused before any sidecar changes
         self._save_vote(hard_state)
         try:
-            self._hint.write(min(self.rocks.last_index(), snapshot.index))
+            self._hint.write(min(self.rocks.last_index(), snapshot.index, self._durable_last))
             self._mark_file.remove()
         except OSError as exc:
             raise StorageIOError(f"cannot update the sidecar files: {exc}", disk_full=is_disk_full(exc)) from exc
+        self._durable_last = min(self.rocks.last_index(), snapshot.index, self._durable_last)
         self._mark = None
         self.rocks.install_snapshot(snapshot, hard_state)
         self._write_hint()
@@ -215,7 +237,7 @@ class NodeLog:
         rewritten), the files are immutable. A failure to write is logged, not raised (the mark only saves
         time; an older one stays true). Returns the mark written, None if there was nothing to mark."""
         rocks = self.rocks
-        index = min(rocks.hard_state().commit, rocks.last_index())
+        index = min(rocks.hard_state().commit, rocks.last_index(), self._durable_last)  # synced entries only
         if index <= rocks.snapshot_index():
             return None
         if files is None:
@@ -254,10 +276,14 @@ class NodeLog:
         self.saved = state
 
     def _write_hint(self) -> None:
+        self._set_hint(self.rocks.last_index())
+
+    def _set_hint(self, last_index: int) -> None:
         try:
-            self._hint.write(self.rocks.last_index())
+            self._hint.write(last_index)
         except OSError as exc:
             raise StorageIOError(f"cannot write {self._hint.path}: {exc}", disk_full=is_disk_full(exc)) from exc
+        self._durable_last = last_index
 
 
 def open_node_log(

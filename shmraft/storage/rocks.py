@@ -668,13 +668,17 @@ class RocksLogStorage(_LogView):
 
     # --- LogStorage: writes ------------------------------------------------------------------------
 
-    def append(self, entries: list[Entry], hard_state: HardState | None = None) -> None:
+    def append(self, entries: list[Entry], hard_state: HardState | None = None, *, sync: bool = True) -> None:
         """Write entries (replacing any existing suffix from entries[0].index) and the hard state in one
-        atomic WriteBatch with one fsync (policy ALWAYS): group commit for everything pending."""
+        atomic WriteBatch with one fsync (policy ALWAYS): group commit for everything pending.
+
+        `sync=False` leaves the fsync to a later `sync_wal` (the raft worker's persist thread): the write is
+        visible to reads at once and survives a process crash (it is in the OS), but is durable only once a
+        `sync_wal` that started after it returned; nothing that promises it may leave before that."""
         self._check_open()
         if not entries:
             if hard_state is not None:
-                self.set_hard_state(hard_state)
+                self.set_hard_state(hard_state, sync=sync)
             return
         n = len(entries)
         if n > APPEND_ENTRIES_MAX:
@@ -729,7 +733,7 @@ class RocksLogStorage(_LogView):
                 wb.put(_KEY_HARD, _encode_meta(_U64x3.pack(hs.term, hs.vote, hs.commit)), self._meta_cf)
         elif hs.commit > new_last:
             raise LogOrderError(f"truncation to {new_last} would remove committed entries (commit {hs.commit})")
-        self._write(wb, sync=True)
+        self._write(wb, sync=sync)
         st = self._stats
         st.appends += 1
         st.entries_written += n
@@ -740,9 +744,10 @@ class RocksLogStorage(_LogView):
         self._hs = hs
         self._retain()
 
-    def set_hard_state(self, hard_state: HardState) -> None:
+    def set_hard_state(self, hard_state: HardState, *, sync: bool = True) -> None:
         """Persist term/vote/commit. Synced (policy ALWAYS) if term or vote changed; a commit-only
-        advance is written without fsync (safe: commit is re-learned from the leader)."""
+        advance is written without fsync (safe: commit is re-learned from the leader). `sync=False`: as for
+        `append`, durable only after a later `sync_wal`."""
         self._check_open()
         if hard_state == self._hs:
             return
@@ -750,7 +755,7 @@ class RocksLogStorage(_LogView):
         wb = rocksdict.WriteBatch(raw_mode=True)
         hs = hard_state
         wb.put(_KEY_HARD, _encode_meta(_U64x3.pack(hs.term, hs.vote, hs.commit)), self._meta_cf)
-        needs_sync = (hs.term, hs.vote) != (self._hs.term, self._hs.vote)
+        needs_sync = sync and (hs.term, hs.vote) != (self._hs.term, self._hs.vote)
         self._write(wb, sync=needs_sync)
         self._hs = hs
         self._retain()
@@ -848,6 +853,17 @@ class RocksLogStorage(_LogView):
             self._db.flush_wal(True)
         self._stats.write_seconds += time.perf_counter() - t0
         self._stats.synced_writes += 1
+
+    def sync_wal(self) -> None:
+        """Make every write issued before this call durable (one WAL fsync). Safe to call from another thread
+        than the writer's (RocksDB's FlushWAL is thread-safe, and rocksdict releases the GIL in it, unlike in
+        a synced `write`); it reads and changes no Python state of this object besides the handle, so the
+        caller must not `close` while it runs."""
+        db = self.__dict__.get("_db")
+        if db is None or self._closed:
+            raise StorageClosedError(f"log storage at {self.path} is closed")
+        with _rocks():
+            db.flush_wal(True)
 
     def flush(self) -> None:
         """Flush memtables to SST files (tests and tools; not needed for durability)."""

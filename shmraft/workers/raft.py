@@ -38,7 +38,9 @@ from __future__ import annotations
 
 import os
 import random
+import selectors
 import time
+from collections import deque
 from collections.abc import Callable
 from typing import Final
 
@@ -90,7 +92,14 @@ from shmraft.raft.ready import Ready
 from shmraft.raft.types import Entry, HardState, Snapshot
 from shmraft.raft.types import Role as StateRole
 from shmraft.storage.nodelog import HardStateLostError, NodeLog, is_disk_full, open_node_log
-from shmraft.storage.rocks import CorruptLogError, LogOrderError, SavedSnapshot, StorageError, StorageIOError
+from shmraft.storage.rocks import (
+    CorruptLogError,
+    FsyncPolicy,
+    LogOrderError,
+    SavedSnapshot,
+    StorageError,
+    StorageIOError,
+)
 from shmraft.wire import client as cp
 from shmraft.wire.control import decode_control, is_control
 from shmraft.wire.errors import ProtocolError
@@ -99,6 +108,7 @@ from shmraft.wire.raft_codec import INSTALL_SNAPSHOT_OVERHEAD_BYTES, decode_raft
 from shmraft.workers.base import Inbox, LoopSelector, WorkerBase, selector_loop_once
 from shmraft.workers.looptime import LoopTimer, StallDiscountingClock
 from shmraft.workers.raft_groups import GroupService, rebuild_groups
+from shmraft.workers.walsync import WalSyncer
 
 TICK_MS: Final = 5  # the loop wakes at least this often to advance the core's clock
 # one loop iteration advances the core's timers by at most this (StallDiscountingClock): a stall of this
@@ -157,8 +167,15 @@ class RaftWorker(WorkerBase):
         )  # removed members still linked for a while (they learn their removal)
         self.links: PeerLinks | None = None
         self._timer = LoopTimer()  # where each loop iteration's time goes; slow ones are logged
+        # the persist thread (workers/walsync.py): fsyncs off the loop thread; its wake-ups come on a pipe
+        self._syncer: WalSyncer | None = None
+        self._unsynced: deque[tuple[list[Entry], int, int]] = deque()  # (entries, last index after, t0 ns)
+        self._wake_r, self._wake_w = os.pipe()
+        os.set_blocking(self._wake_r, False)
+        os.set_blocking(self._wake_w, False)
         self._open_storage()
         self.sel = LoopSelector()
+        self.sel.register(self._wake_r, selectors.EVENT_READ, self._drain_wake)
         self.links = PeerLinks(
             self.sel,
             cluster_id=c.cluster_id,
@@ -237,6 +254,8 @@ class RaftWorker(WorkerBase):
             )
             clock = StallDiscountingClock(_monotonic_ms, TIMER_STEP_MAX_MS)
             self.driver = ReadyDriver(self.core, self._send, self._persist, clock)
+            if nl.rocks.fsync is FsyncPolicy.ALWAYS:
+                self._syncer = WalSyncer(nl.sync_wal, self._wake_w, f"wal-sync-{c.node_id}")
             self._sent_seen = 0
             self._decoded.clear()
             self._export = None
@@ -274,6 +293,7 @@ class RaftWorker(WorkerBase):
             fault = StorageFault.DISK_FULL if is_disk_full(exc) else StorageFault.IO_ERROR
             delay_ms = self.config.storage_retry_interval_ms
         self.state.add("storage_errors")
+        self._stop_syncer()
         if self.storage is not None:
             self.storage.close()
         self.storage = None
@@ -478,8 +498,11 @@ class RaftWorker(WorkerBase):
             self.peer_in.close()
             self.requests_in.close()
             self.links.close()
+            self._stop_syncer()
             if self.storage is not None:
                 self.storage.close()
+            os.close(self._wake_r)
+            os.close(self._wake_w)
 
     def _iterate(self) -> None:
         """One loop iteration after the sockets: peer records, proposals, tick, Readies."""
@@ -506,6 +529,7 @@ class RaftWorker(WorkerBase):
         self._control_requests()
         if self.core is None or self.driver is None:
             return
+        self._collect_synced()
         self.driver.tick()
         while self.core is not None and self.core.has_ready():
             self._handle_ready(self.core.ready())
@@ -526,6 +550,7 @@ class RaftWorker(WorkerBase):
             selector_loop_once(self.sel, TICK_MS / 1000)
             for rec in self.peer_in.take():
                 self._on_data_record(rec)
+            self._collect_synced()
             self.driver.tick()
             while self.core.has_ready():
                 self._handle_ready(self.core.ready())
@@ -706,6 +731,7 @@ class RaftWorker(WorkerBase):
             assert hard_state is not None and not entries, "a Ready with a snapshot has a hard state, no entries"
             self._install_snapshot(snapshot, hard_state)
             return True
+        durable = True
         if entries:
             first = entries[0].index
             if first <= self.dedup.last_index and self.core.role != StateRole.LEADER:
@@ -713,18 +739,78 @@ class RaftWorker(WorkerBase):
             self._timer.mark("ready", time.monotonic())
             t0 = time.perf_counter_ns()
             self.trace.persisting(entries)
-            self.storage.append(entries, hard_state)
-            self.trace.persisted(entries)
-            self.state.add("fsyncs")
-            self.state.add("fsync_ns", time.perf_counter_ns() - t0)
-            self._timer.mark(f"write+fsync {len(entries)} entries", time.monotonic())
+            if self._syncer is None:  # fsync "never": the write is all there is
+                self.storage.append(entries, hard_state)
+                self.trace.persisted(entries)
+                self.state.add("fsyncs")
+                self.state.add("fsync_ns", time.perf_counter_ns() - t0)
+            else:  # written now, fsynced by the persist thread; durable when `_collect_synced` says so
+                self.storage.append(entries, hard_state, sync=False)
+                self._submit_sync(entries, t0)
+                durable = False
+            self._timer.mark(f"write {len(entries)} entries", time.monotonic())
             for e in entries:
                 self._record_dedup(e, self.core.commit_index)
         elif hard_state is not None:
-            self.storage.set_hard_state(hard_state)
+            hs = self.storage.hard_state()
+            if self._syncer is not None and (hard_state.term, hard_state.vote) != (hs.term, hs.vote):
+                self.storage.set_hard_state(hard_state, sync=False)  # a term or vote: durable once synced
+                self._submit_sync([], time.perf_counter_ns())
+                durable = False
+            else:  # a commit-only advance needs no fsync (the commit index is re-learned from the leader)
+                self.storage.set_hard_state(hard_state)
         if len(self._decoded) > DECODED_CACHE_MAX:
             self._decoded.clear()
-        return True
+        return durable
+
+    # --- the persist thread (workers/walsync.py) -----------------------------------------------------------
+
+    def _submit_sync(self, entries: list[Entry], t0_ns: int) -> None:
+        self._unsynced.append((entries, self.storage.last_index(), t0_ns))
+        self._syncer.submit()
+
+    def _collect_synced(self) -> None:
+        """Report the writes the persist thread made durable to the driver, in order (acknowledgements and
+        votes leave, the leader counts itself); then raise the log's last-index hint to match."""
+        syncer = self._syncer
+        if syncer is None or not self._unsynced:
+            return
+        try:
+            n, syncs, sync_ns = syncer.take()
+        except StorageError as exc:  # the fsync failed: nothing it covered was promised
+            if isinstance(exc, StorageIOError | CorruptLogError):
+                raise
+            raise StorageIOError(f"WAL sync failed: {exc}", disk_full=is_disk_full(exc)) from exc
+        if syncs:
+            self.state.add("fsyncs", syncs)
+            self.state.add("fsync_ns", sync_ns)
+        if n == 0:
+            return
+        last_durable = 0
+        for _ in range(n):
+            entries, last_durable, _t0 = self._unsynced.popleft()
+            if entries:
+                self.trace.persisted(entries)
+        # a later write still unsynced may shorten the log: the hint stays at or below its last index too
+        self.storage.synced(min([last_durable, *(w[1] for w in self._unsynced)]))
+        for _ in range(n):
+            if self.driver is None:
+                break
+            self.driver.durable()
+
+    def _stop_syncer(self) -> None:
+        """Stop the persist thread (before the storage closes); writes it had not synced are forgotten with the
+        core that asked for them."""
+        if self._syncer is not None:
+            self._syncer.close()
+            self._syncer = None
+        self._unsynced.clear()
+
+    def _drain_wake(self, _mask: int) -> None:
+        try:
+            os.read(self._wake_r, 4096)
+        except BlockingIOError:
+            pass
 
     def _install_snapshot(self, snapshot: Snapshot, hard_state: HardState) -> None:
         """Replace log and dedup table by a leader's snapshot. The record is decoded and the table built
@@ -771,6 +857,7 @@ class RaftWorker(WorkerBase):
             return
         self.storage = None  # _open_storage does not reopen an open log: hand it the one we have
         self.core = self.driver = None
+        self._stop_syncer()
         nl.close()
         self._open_storage()
 
