@@ -270,9 +270,7 @@ def _join(args: argparse.Namespace) -> int:
 
     def promote() -> None:
         try:
-            admin.add_member(addresses, me, promote=True, **kw) if False else _promote_when_caught_up(
-                addresses, me.node_id, kw
-            )
+            _promote_when_caught_up(addresses, me.node_id, kw)
             print(f"node {me.node_id} promoted to voter", flush=True)
         except ShmraftError as exc:
             print(f"shmraft-supervisor: join: not promoted: {exc}", file=sys.stderr, flush=True)
