@@ -237,6 +237,10 @@ class RaftCore:
         self._prev_conf = self.membership
         self._reset_election_timer()
         self._maybe_end_recovery()
+        if self._voters == {self.id} and not self._recovery_term:
+            # the sole voter of its configuration: no other node can lead it and its own vote elects it, so
+            # waiting an election timeout to hear a leader gains nothing; it campaigns at its first tick
+            self._election_elapsed_ms = self._randomized_timeout_ms
 
     # --- read-only state --------------------------------------------------------------------------------
     @property
