@@ -59,8 +59,8 @@ LOG_DIR_NAME: Final = "log"
 QUARANTINE_INFIX: Final = ".corrupt-"
 RECOVER_COMMAND: Final = "shmraft-supervisor recover-node"
 # the verified mark is advanced at most this often while running: a crash leaves at most this much of full load
-# (plus the SST files written since) for the next start to check; one mark costs well under 1 ms of the raft loop
-# (benchmarks/restart_bench.py "persist_mark")
+# (plus the SST files written since) for the next start to check; one mark costs the raft loop about 0.3 ms
+# (median; benchmarks/restart_bench.py "persist_mark")
 VERIFIED_MARK_INTERVAL_S: Final = 1.0
 
 log = logging.getLogger("shmraft.storage.nodelog")
