@@ -22,14 +22,18 @@ saving (one synced RocksDB write), and at start loading, decoding and installing
 With `--node-start` it also starts a real one-node cluster (supervisor, four worker processes) on each log
 twice and times, from the supervisor's start, until the node answers METADATA from its client port as the
 leader and until a first PRODUCE is acknowledged: what a restart costs whole (Python start-up and imports,
-worker spawn, the open and the dedup rebuild above, the core's read of the entries after the snapshot for
-MEMBERSHIP entries, and a single node's election timeout), `--repeats` times (the median). The first start
+worker spawn, the open, the raft worker's one read of the entries after the snapshot for the core's
+configurations, the dedup table and the consumer groups, and a single node's election), `--repeats` times
+(the median). The first start
 is the one after a crash at the worst point (the verified mark restored, the snapshot `--snapshot-tail` old);
 the second follows the first's clean stop. The table adds the raft worker's start-up phases from its log
 line (workers/raft.py, "start-up phases"). The snapshot is saved as the worker saves it, with the cluster
 configuration and the consumer groups; `--no-snapshot-config` leaves the configuration out (as a log
 written before snapshots carried one, and as this benchmark did until it was found to cost the first start
 a read of the whole log).
+
+It also times `NodeLog.persist_mark` on each log (what the raft loop pays every VERIFIED_MARK_INTERVAL_S to
+keep the first check after a crash short): median and longest of PERSIST_MARK_CALLS calls.
 
 The page cache is warm (the log was just written; a restarted process finds it so); `--drop-caches` (root)
 drops it before each open for the cold figures after a reboot.
@@ -90,6 +94,7 @@ SIZES_QUICK = (10_000, 100_000)
 TERM = 1
 NODE_START_WAIT_S = 300.0  # a whole node's start on the largest log, with room for a busy machine
 METADATA_TIMEOUT_S = 1.0
+PERSIST_MARK_CALLS = 200  # timed calls of NodeLog.persist_mark per log
 
 
 def _frame(index: int) -> bytes:
@@ -109,7 +114,7 @@ def build(node_dir: Path, entries: int, tail: int, snapshot_tail: int, configura
     """A committed log of `entries` frames with the verified mark `tail` entries and the saved snapshot
     `snapshot_tail` entries before the end; returns its data bytes. The snapshot is what the raft worker saves:
     the dedup table, the consumer groups (none) and the cluster configuration (`configuration`, the encoded
-    membership). Without the configuration the core would read the whole log at start for MEMBERSHIP entries
+    membership). Without the configuration the start-up read covers the whole log, for MEMBERSHIP entries
     (a log written before snapshots carried it): that, not the log check, was the first start's extra seconds."""
     nl = open_node_log(node_dir, fsync="never", retain_entries_max=None, retain_bytes_max=None)
     nbytes = 0
@@ -197,6 +202,28 @@ def snapshot_cost(producers: int, node_dir: Path) -> dict:
     return {k: round(v, 4) if isinstance(v, float) else v for k, v in out.items()}
 
 
+def persist_mark_cost(node_dir: Path, calls: int) -> dict:
+    """What advancing the verified mark costs the raft loop (`NodeLog.persist_mark`, every
+    VERIFIED_MARK_INTERVAL_S while running: it lists the live SST files and writes the small mark file), timed
+    `calls` times on the built log: median and longest milliseconds, and how many SST files the mark lists."""
+    nl = open_node_log(node_dir, verify=False, retain_entries_max=None, retain_bytes_max=None)
+    try:
+        times = []
+        for _ in range(calls):
+            nl._mark = None  # as if the log had moved on since the last mark: the file is written every time
+            t = time.perf_counter()
+            mark = nl.persist_mark()
+            times.append(time.perf_counter() - t)
+        assert mark is not None
+        return {
+            "median_ms": round(statistics.median(times) * 1000, 3),
+            "max_ms": round(max(times) * 1000, 3),
+            "sst_files": len(mark.files),
+        }
+    finally:
+        nl.close()
+
+
 def drop_caches() -> None:
     os.sync()
     Path("/proc/sys/vm/drop_caches").write_text("3\n")
@@ -228,9 +255,9 @@ def time_restart(node_dir: Path, mark: bytes, *, full: bool, cold: bool) -> tupl
 
 
 _PHASES = re.compile(
-    r"open_node_log (?P<open_s>[\d.]+) s \(check (?P<check_s>[\d.]+) s, (?P<checked>\d+) entries.*?core with "
-    r"configurations (?P<core_s>[\d.]+) s, dedup and groups rebuild (?P<dedup_s>[\d.]+) s.*?log ready "
-    r"(?P<ready_s>[\d.]+) s after the worker's start"
+    r"open_node_log (?P<open_s>[\d.]+) s \(check (?P<check_s>[\d.]+) s, (?P<checked>\d+) entries.*?one read of "
+    r"(?P<replayed>\d+) entries for configurations, dedup and groups (?P<replay_s>[\d.]+) s.*?core "
+    r"(?P<core_s>[\d.]+) s, log ready (?P<ready_s>[\d.]+) s after the worker's start"
 )
 _LEADER = re.compile(r"first leader \(\d+\) known (?P<election_s>[\d.]+) s after the log was ready")
 _STAMP = re.compile(r"^(\d{4}-\d\d-\d\d \d\d:\d\d:\d\d),(\d{3}) ")
@@ -310,7 +337,7 @@ def print_node_table(rows: list[dict]) -> None:
     print(
         "\nwhole node (one-node cluster), seconds from starting its supervisor; phases from the raft worker's log:\n"
         f"{'entries':>9} {'GB':>5} {'start':<7} {'leader':>7} {'produce':>8} {'fork raft':>9} {'open':>6} "
-        f"{'(check':>7} {'entries)':>9} {'configs':>8} {'dedup':>6} {'ready':>6} {'election':>8}"
+        f"{'(check':>7} {'entries)':>9} {'replay':>7} {'(entries)':>9} {'core':>6} {'ready':>6} {'election':>8}"
     )
     for row in rows:
         for name in ("first", "second"):
@@ -318,15 +345,17 @@ def print_node_table(rows: list[dict]) -> None:
             print(
                 f"{row['entries']:>9} {row['bytes'] / 1e9:5.2f} {name:<7} {r['leader_s']:7.3f} {r['produce_s']:8.3f} "
                 f"{r.get('raft_started_s', float('nan')):9.3f} {r.get('open_s', float('nan')):6.3f} "
-                f"{r.get('check_s', float('nan')):7.3f} {r.get('checked', -1):9d} {r.get('core_s', float('nan')):8.3f} "
-                f"{r.get('dedup_s', float('nan')):6.3f} {r.get('ready_s', float('nan')):6.3f} "
+                f"{r.get('check_s', float('nan')):7.3f} {r.get('checked', -1):9d} "
+                f"{r.get('replay_s', float('nan')):7.3f} {r.get('replayed', -1):9d} "
+                f"{r.get('core_s', float('nan')):6.3f} {r.get('ready_s', float('nan')):6.3f} "
                 f"{r.get('election_s', float('nan')):8.3f}"
             )
     print(
         "  first: after a crash at the worst point (the mark and the snapshot as old as they get); second: the\n"
         "  next start after the first's clean stop. fork raft: the supervisor had the raft worker forked;\n"
-        "  open/dedup/ready: the raft worker's open_node_log, dedup+groups rebuild, log ready after its start;\n"
-        "  configs: the core reading MEMBERSHIP entries after the snapshot; election: log ready to leader known.",
+        "  open/ready: the raft worker's open_node_log, log ready after its start; replay: its one read of the\n"
+        "  entries after the snapshot for the core's configurations, dedup and groups (entries read); core: the\n"
+        "  core and its driver built; election: log ready to leader known.",
         flush=True,
     )
 
@@ -349,7 +378,7 @@ def main() -> None:
         "--no-snapshot-config",
         action="store_true",
         help="save the snapshot without the cluster configuration (as this benchmark did before, and as a log "
-        "written before snapshots carried it): the core then reads the whole log for MEMBERSHIP entries",
+        "written before snapshots carried it): the start-up read then covers the whole log, for MEMBERSHIP entries",
     )
     args = ap.parse_args()
     sizes = args.entries or (SIZES_QUICK if args.quick else SIZES_FULL)
@@ -374,6 +403,7 @@ def main() -> None:
             build_s = time.perf_counter() - t0
             mark = (node_dir / VERIFIED_MARK_FILE).read_bytes()
             row = {"entries": n, "bytes": nbytes, "tail_entries": tail, "build_s": round(build_s, 1)}
+            row["persist_mark"] = persist_mark_cost(node_dir, PERSIST_MARK_CALLS)  # time_restart restores the mark
             row["snapshot_tail_entries"] = min(n // 2, args.snapshot_tail)
             for case, full in (("before", True), ("after", False)):
                 runs = [time_restart(node_dir, mark, full=full, cold=args.drop_caches) for _ in range(args.repeats)]
@@ -397,7 +427,9 @@ def main() -> None:
                 f"{n:>9} entries {nbytes / 1e9:6.2f} GB | before: open {row['before_open_s']:6.3f} s "
                 f"({row['before_verified']} checked) | after: open {row['after_open_s']:6.3f} s "
                 f"({row['after_verified']} checked) | dedup: before {row['before_dedup_s']:6.3f} s, after "
-                f"{row['after_dedup_s']:6.3f} s | serving after {row['after_open_s'] + row['after_dedup_s']:6.3f} s",
+                f"{row['after_dedup_s']:6.3f} s | serving after {row['after_open_s'] + row['after_dedup_s']:6.3f} s | "
+                f"persist_mark {row['persist_mark']['median_ms']:.3f} ms median, {row['persist_mark']['max_ms']:.3f} "
+                f"ms max ({row['persist_mark']['sst_files']} SST files, every {VERIFIED_MARK_INTERVAL_S:g} s)",
                 flush=True,
             )
             shutil.rmtree(node_dir.parent, ignore_errors=True)

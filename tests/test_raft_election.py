@@ -7,6 +7,7 @@ import random
 import pytest
 
 from shmraft.raft.config import RaftConfig
+from shmraft.raft.core import RaftCore
 from shmraft.raft.messages import AppendEntries, Heartbeat, HeartbeatResponse, RequestVote, VoteResponse
 from shmraft.raft.types import HardState, Role
 from shmraft.sim.faults import FaultEvent
@@ -34,6 +35,23 @@ def test_follower_stays_quiet_before_election_timeout_then_starts_pre_vote():
     assert all(isinstance(m, RequestVote) and m.pre_vote and m.term == 1 for m in msgs)
     assert core.role == Role.PRE_CANDIDATE
     assert core.term == 0  # a pre-vote changes no term
+
+
+def test_sole_voter_campaigns_at_its_first_tick_unless_recovering():
+    """A one-node configuration needs no other vote and has no other possible leader: waiting an election
+    timeout after a start would only delay serving. A recovering node still never campaigns."""
+    core, storage = core_with_log(1, [], [1, 1], HardState(1, 1, 2))
+    core.tick(1)
+    drain(core, storage)
+    assert core.role == Role.LEADER and core.term == 2
+    _, lost = core_with_log(1, [], [1, 1], HardState(2, 0, 2))  # its log lost and refetched: recovering at 2
+    recovering = RaftCore(1, [], lost, RaftConfig(), random.Random(1), recovery_term=2)
+    recovering.tick(10_000)
+    drain(recovering, lost)
+    assert recovering.role == Role.FOLLOWER and recovering.term == 2
+    with_peers, _ = core_with_log(1, [2], [1, 1], HardState(1, 1, 2))
+    with_peers.tick(with_peers.config.election_timeout_ms - 1)
+    assert with_peers.role == Role.FOLLOWER  # two voters: it waits for a leader as before
 
 
 def test_election_timeout_is_randomised_per_node_within_the_spread():

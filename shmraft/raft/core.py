@@ -79,6 +79,53 @@ def _is_membership(data: bytes) -> bool:
 NOOP: bytes = b""  # the entry a new leader appends to commit earlier terms' entries (5.4.2)
 
 
+class StartConfigs:
+    """The configurations a core starts with: the saved snapshot's (else the bootstrap one), then every
+    MEMBERSHIP entry of the log after it, oldest first. Pure: the entries lo..hi are handed in (`feed`, in
+    order, in one or more calls). `RaftCore` reads them itself; a driver that reads the entries after the
+    snapshot anyway at start (the node's raft worker: dedup table, consumer groups) feeds them here in the
+    same pass and passes this to `RaftCore(start_configs=...)`, so the log is read once. The range is bounded
+    by how often snapshots are saved (the whole log when no snapshot carries a configuration)."""
+
+    def __init__(self, storage: LogStorage, bootstrap: ClusterConfig) -> None:
+        snap = storage.snapshot()
+        first = storage.first_index()
+        if snap is not None and snap.config:
+            self.configs = [(snap.index, decode_membership(snap.config))]
+            self.lo = max(snap.index + 1, first)  # the first entry to feed
+        else:
+            self.configs = [(first - 1, bootstrap)]
+            self.lo = first
+        self.hi = storage.last_index()  # the last entry to feed
+        self._first = first
+        self._bootstrap = bootstrap
+        self._next = self.lo
+
+    def feed(self, entries: Sequence[Entry]) -> None:
+        """The next entries of lo..hi, in order (ValueError for any other)."""
+        for e in entries:
+            if e.index != self._next or e.index > self.hi:
+                raise ValueError(
+                    f"start configurations: expected entry {self._next} (of {self.lo}..{self.hi}), got {e.index}"
+                )
+            conf = RaftCore._membership_of(e)
+            if conf is not None:
+                self.configs.append((e.index, conf))
+            self._next += 1
+
+    def result(self, storage: LogStorage, bootstrap: ClusterConfig) -> list[tuple[int, ClusterConfig]]:
+        """The configurations, once every entry was fed, for the storage and bootstrap configuration they were
+        scanned for (ValueError otherwise: a driver's mistake, never silently a wrong membership)."""
+        if self._next <= self.hi:
+            raise ValueError(f"start configurations: entries {self._next}..{self.hi} were not fed")
+        if (storage.first_index(), storage.last_index(), bootstrap) != (self._first, self.hi, self._bootstrap):
+            raise ValueError(
+                f"start configurations: scanned for log [{self._first}..{self.hi}] and bootstrap "
+                f"{self._bootstrap}, used with log [{storage.first_index()}..{storage.last_index()}] and {bootstrap}"
+            )
+        return list(self.configs)
+
+
 class RaftCore:
     """One Raft node's consensus state. Not thread-safe: one driver owns it."""
 
@@ -92,6 +139,7 @@ class RaftCore:
         *,
         applied: int | None = None,
         recovery_term: int = 0,
+        start_configs: StartConfigs | None = None,
     ) -> None:
         """Restart from `storage` (read only here; the driver writes it from Readies).
 
@@ -104,7 +152,9 @@ class RaftCore:
         itself. `applied` is the last index the driver's state machine has
         already applied; committed entries after it are handed out again (default: all held entries).
         `recovery_term` > 0 starts in recovering mode (see the module docstring); it must not exceed the
-        stored term, which the driver raised to it when it replaced the lost log."""
+        stored term, which the driver raised to it when it replaced the lost log. `start_configs`: the
+        configurations, scanned by the driver from this storage and this bootstrap configuration (`StartConfigs`,
+        when it reads the log at start anyway); default: read here."""
         if node_id < 1:
             raise ValueError(f"node ids start at 1, got {node_id}")
         if isinstance(peers, ClusterConfig):
@@ -127,7 +177,11 @@ class RaftCore:
         self._log = RaftLog(storage)
         # membership: (index, configuration) of the configurations of the log, oldest first, the last one in
         # effect; the first is the base (the snapshot's or the bootstrap one, at the snapshot's index or 0)
-        self._configs: list[tuple[int, ClusterConfig]] = self._load_configs(storage, bootstrap)
+        self._configs: list[tuple[int, ClusterConfig]] = (
+            self._load_configs(storage, bootstrap)
+            if start_configs is None
+            else start_configs.result(storage, bootstrap)
+        )
         self.peers: tuple[int, ...] = ()  # the other members (voters and learners): whom a leader replicates to
         self._conf: ClusterConfig | None = None  # the configuration in effect (set by _use_config)
         self._conf_index = 0  # the index of its entry (0: bootstrap; the snapshot's index: from a snapshot)
@@ -183,6 +237,10 @@ class RaftCore:
         self._prev_conf = self.membership
         self._reset_election_timer()
         self._maybe_end_recovery()
+        if self._voters == {self.id} and not self._recovery_term:
+            # the sole voter of its configuration: no other node can lead it and its own vote elects it, so
+            # waiting an election timeout to hear a leader gains nothing; it campaigns at its first tick
+            self._election_elapsed_ms = self._randomized_timeout_ms
 
     # --- read-only state --------------------------------------------------------------------------------
     @property
@@ -565,28 +623,16 @@ class RaftCore:
 
     # --- membership ---------------------------------------------------------------------------------------
     def _load_configs(self, storage: LogStorage, bootstrap: ClusterConfig) -> list[tuple[int, ClusterConfig]]:
-        """The configurations known at start: the saved snapshot's (else the bootstrap one), then every
-        MEMBERSHIP entry of the log after it. The scan reads the log from the snapshot's index on (from its
-        start when no snapshot carries a configuration): bounded by how often snapshots are saved."""
-        snap = storage.snapshot()
-        first = storage.first_index()
-        if snap is not None and snap.config:
-            configs = [(snap.index, decode_membership(snap.config))]
-            lo = max(snap.index + 1, first)
-        else:
-            configs = [(first - 1, bootstrap)]
-            lo = first
-        last = storage.last_index()
-        while lo <= last:
-            chunk = storage.entries(lo, last + 1, self.config.max_committed_bytes_per_ready)
+        """The configurations known at start (`StartConfigs`), reading the entries it needs from `storage`."""
+        scan = StartConfigs(storage, bootstrap)
+        lo = scan.lo
+        while lo <= scan.hi:
+            chunk = storage.entries(lo, scan.hi + 1, self.config.max_committed_bytes_per_ready)
             if not chunk:
-                raise InvariantError(f"storage returned no entry at {lo} (last index {last})")
-            for e in chunk:
-                conf = self._membership_of(e)
-                if conf is not None:
-                    configs.append((e.index, conf))
+                raise InvariantError(f"storage returned no entry at {lo} (last index {scan.hi})")
+            scan.feed(chunk)
             lo = chunk[-1].index + 1
-        return configs
+        return scan.result(storage, bootstrap)
 
     @staticmethod
     def _membership_of(e: Entry) -> ClusterConfig | None:

@@ -58,7 +58,10 @@ from shmraft.storage.sidecar import (
 LOG_DIR_NAME: Final = "log"
 QUARANTINE_INFIX: Final = ".corrupt-"
 RECOVER_COMMAND: Final = "shmraft-supervisor recover-node"
-VERIFIED_MARK_INTERVAL_S: Final = 5.0  # the verified mark is advanced at most this often while running
+# the verified mark is advanced at most this often while running: a crash leaves at most this much of full load
+# (plus the SST files written since) for the next start to check; one mark costs the raft loop about 0.3 ms
+# (median; benchmarks/restart_bench.py "persist_mark")
+VERIFIED_MARK_INTERVAL_S: Final = 1.0
 
 log = logging.getLogger("shmraft.storage.nodelog")
 

@@ -41,7 +41,7 @@ import random
 import selectors
 import time
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Final
 
 import numpy as np
@@ -69,7 +69,7 @@ from shmraft.node.records import (
     request_kind,
 )
 from shmraft.raft.config import RaftConfig
-from shmraft.raft.core import RaftCore
+from shmraft.raft.core import RaftCore, StartConfigs
 from shmraft.raft.driver import ReadyDriver
 from shmraft.raft.errors import NotLeaderError, ProposalError
 from shmraft.raft.membership import (
@@ -107,7 +107,8 @@ from shmraft.wire.frame import decode_batch, encode_batch_arrays, frame_event_co
 from shmraft.wire.raft_codec import INSTALL_SNAPSHOT_OVERHEAD_BYTES, decode_raft, encode_raft
 from shmraft.workers.base import Inbox, LoopSelector, WorkerBase, selector_loop_once
 from shmraft.workers.looptime import LoopTimer, StallDiscountingClock
-from shmraft.workers.raft_groups import GroupService, rebuild_groups
+from shmraft.workers.raft_groups import GroupRebuild, GroupService
+from shmraft.workers.replay import replay_log
 from shmraft.workers.walsync import WalSyncer
 
 TICK_MS: Final = 5  # the loop wakes at least this often to advance the core's clock
@@ -116,7 +117,6 @@ TICK_MS: Final = 5  # the loop wakes at least this often to advance the core's c
 TIMER_STEP_MAX_MS: Final = HEARTBEAT_INTERVAL_MS
 FRAMES_PER_LOOP_MAX: Final = 512  # frames proposed per loop before the Ready is acted on
 RING_PUSH_TIMEOUT_MS: Final = 50
-DEDUP_REBUILD_READ_BYTES: Final = 8 * 1024 * 1024
 DECODED_CACHE_MAX: Final = 8192  # entries' producer tables kept between receipt and persist
 STORAGE_FAULT_LOG_INTERVAL_MS: Final = 10_000  # a persisting storage fault is logged again this often
 SNAPSHOT_INTERVAL_ENTRIES: Final = 10_000  # committed entries between snapshots: a restart replays fewer
@@ -241,16 +241,27 @@ class RaftWorker(WorkerBase):
         first = nl.first_index()
         applied = max(min(hs.commit, nl.last_index()), first - 1, nl.snapshot_index())
         self.storage = nl
-        t_core = time.monotonic()
+        t_replay = time.monotonic()
         try:  # reads below the verified mark meet damage the open check skipped: full check, as when running
+            # the entries after the snapshot, read once for the core's configurations, dedup and groups
+            bootstrap = bootstrap_config(c)
+            configs = StartConfigs(nl, bootstrap)
+            dedup = DedupRebuild(nl, c.dedup_producers_max)
+            groups = GroupRebuild(nl)
+            replayed = replay_log(nl, (configs, dedup, groups), self.beat)
+            self.dedup = dedup.table()
+            table, end_offset = groups.result(self.beat)
+            self.groups.install(table, table.index, end_offset)
+            t_core = time.monotonic()
             self.core = RaftCore(
                 c.node_id,
-                bootstrap_config(c),
+                bootstrap,
                 nl,
                 RaftConfig.from_node_config(c, snapshot_chunk_bytes=snapshot_chunk_bytes_for(c)),
                 random.Random(int.from_bytes(os.urandom(8), "little")),
                 applied=applied,
                 recovery_term=nl.recovery_term,
+                start_configs=configs,
             )
             clock = StallDiscountingClock(_monotonic_ms, TIMER_STEP_MAX_MS)
             self.driver = ReadyDriver(self.core, self._send, self._persist, clock)
@@ -259,8 +270,6 @@ class RaftWorker(WorkerBase):
             self._sent_seen = 0
             self._decoded.clear()
             self._export = None
-            t_dedup = time.monotonic()
-            self._rebuild_dedup()
         except (StorageIOError, CorruptLogError) as exc:
             self._storage_failed(exc)
             return False
@@ -277,7 +286,7 @@ class RaftWorker(WorkerBase):
         self._check_recovery()
         if not self._ready_at:
             self._ready_at = time.monotonic()
-            self._log_open_phases(nl, t_open, t_core, t_dedup)
+            self._log_open_phases(nl, t_open, t_replay, t_core, replayed)
         self.state.set("last_index", self.core.last_index)
         self.state.set("first_index", self.core.first_index)
         self.state.set("commit_index", self.core.commit_index)
@@ -345,32 +354,26 @@ class RaftWorker(WorkerBase):
 
     # --- start-up ------------------------------------------------------------------------------------------
 
-    def _log_open_phases(self, nl: NodeLog, t_open: float, t_core: float, t_dedup: float) -> None:
+    def _log_open_phases(self, nl: NodeLog, t_open: float, t_replay: float, t_core: float, replayed: int) -> None:
         """One line with where the first open of the log went, in seconds (docs/DESIGN.md "Start-up")."""
         check = nl.open_check
         snap = nl.snapshot_record
         self.log.info(
             "start-up phases: worker to open %.3f s, open_node_log %.3f s (check %.3f s, %d entries, %s), "
-            "core with configurations %.3f s, dedup and groups rebuild %.3f s (%d entries after the snapshot at "
-            "%s), log ready %.3f s after the worker's start",
+            "one read of %d entries for configurations, dedup and groups %.3f s (%d entries after the snapshot "
+            "at %s), core %.3f s, log ready %.3f s after the worker's start",
             t_open - self._started_at,
-            t_core - t_open,
+            t_replay - t_open,
             check.seconds,
             check.entries_verified,
             f"full scan: {check.reason}" if check.full_scan else "from the verified mark",
-            t_dedup - t_core,
-            self._ready_at - t_dedup,
+            replayed,
+            t_core - t_replay,
             nl.last_index() - (snap.index if snap is not None else nl.first_index() - 1),
             snap.index if snap is not None else "none",
+            self._ready_at - t_core,
             self._ready_at - self._started_at,
         )
-
-    def _rebuild_dedup(self) -> None:
-        """The table from the saved snapshot and the entries after it (`rebuild_dedup`)."""
-        assert self.storage is not None
-        self.dedup = rebuild_dedup(self.storage, self.config.dedup_producers_max, self.beat)
-        groups, end_offset = rebuild_groups(self.storage, self.beat)
-        self.groups.install(groups, groups.index, end_offset)
 
     def _record_dedup(self, e: Entry, commit: int) -> None:
         if e.index <= self.dedup.last_index:
@@ -1166,33 +1169,47 @@ def _monotonic_ms() -> float:
     return time.monotonic() * 1000
 
 
-def rebuild_dedup(nl: NodeLog, producers_max: int, progress: Callable[[], None] | None = None) -> dd.DedupTable:
+class DedupRebuild:
     """The dedup table of a log, a function of the log and its saved snapshot: the snapshot's table, then the
-    entries after it replayed (at most what was written since the last snapshot). A log without a snapshot
-    (written by an older release) replays the last `horizon` entries, as releases before snapshots did.
-    `progress` is called between reads (the worker's heartbeat: a long replay is not a stall)."""
-    snap: sn.Snapshot | None = nl.snapshot_record
-    last = nl.last_index()
-    if snap is not None:
-        table = dd.DedupTable.from_state(snap.table, producers_max, snap.horizon_entries, snap.spans_max)
-        lo = snap.index + 1
-    else:
-        table = dd.DedupTable(producers_max=producers_max)
-        lo = max(nl.first_index(), last - table.horizon_entries + 1, 1)
-    commit = nl.hard_state().commit
-    while lo <= last:
-        if progress is not None:
-            progress()
-        entries = nl.entries(lo, last + 1, DEDUP_REBUILD_READ_BYTES)
+    entries after it recorded (at most what was written since the last snapshot). A log without a snapshot
+    (written by an older release) records the last `horizon` entries, as releases before snapshots did. The
+    entries lo..hi are fed in order (workers/replay.py: one read at start shared with the core and the groups);
+    `table()` is the result."""
+
+    def __init__(self, nl: NodeLog, producers_max: int) -> None:
+        snap: sn.Snapshot | None = nl.snapshot_record
+        last = nl.last_index()
+        if snap is not None:
+            self._table = dd.DedupTable.from_state(snap.table, producers_max, snap.horizon_entries, snap.spans_max)
+            self.lo = snap.index + 1
+        else:
+            self._table = dd.DedupTable(producers_max=producers_max)
+            self.lo = max(nl.first_index(), last - self._table.horizon_entries + 1, 1)
+        self.hi = last
+        self._commit = nl.hard_state().commit
+
+    def feed(self, entries: Sequence[Entry]) -> None:
+        """Record the next entries (batch frames decoded once; control entries and no-ops take no events)."""
+        table, commit = self._table, self._commit
         for e in entries:
             if e.data and not is_control(e.data):
                 b = decode_batch(e.data)
                 table.record(e.index, b.producer_ids, b.sequences, commit)
             else:
                 table.record(e.index, _EMPTY, _EMPTY, commit)
-        lo = entries[-1].index + 1
-    table.committed(commit)
-    return table
+
+    def table(self) -> dd.DedupTable:
+        """The table, its committed part marked (call once, after every entry was fed)."""
+        self._table.committed(self._commit)
+        return self._table
+
+
+def rebuild_dedup(nl: NodeLog, producers_max: int, progress: Callable[[], None] | None = None) -> dd.DedupTable:
+    """The dedup table of a log read on its own (`DedupRebuild`; the worker shares the read, `replay_log`).
+    `progress` is called between reads (the worker's heartbeat: a long replay is not a stall)."""
+    rebuild = DedupRebuild(nl, producers_max)
+    replay_log(nl, (rebuild,), progress)
+    return rebuild.table()
 
 
 def _decode_saved_snapshot(saved: SavedSnapshot) -> sn.Snapshot:

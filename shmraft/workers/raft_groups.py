@@ -2,7 +2,7 @@
 
 Kept apart from workers/raft.py, which calls it at five points: requests taken from R6 (`on_requests`),
 committed entries (`on_committed`), a leader's snapshot installed (`install`), the snapshot saved
-(`table` at the snapshot's index), and the start (`rebuild_groups`).
+(`table` at the snapshot's index), and the start (`GroupRebuild`, fed by the worker's one read of the log).
 
 - COMMIT: on the leader, proposed as a GROUP_OFFSETS control entry (the one commit path: the same core, log,
   fsync and majority as events); the proposing ingest hears GROUP_RESULT once the entry is applied (committed
@@ -16,7 +16,7 @@ committed entries (`on_committed`), a leader's snapshot installed (`install`), t
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Final
 
 from shmraft.constants import BATCH_EVENTS_MAX
@@ -35,9 +35,9 @@ from shmraft.raft.types import Entry
 from shmraft.wire.client import GROUP_FETCH_LEADER_ONLY, ErrorCode
 from shmraft.wire.control import ControlKind, decode_control, encode_control, is_control
 from shmraft.wire.frame import frame_event_count
+from shmraft.workers.replay import REPLAY_READ_BYTES, replay_log
 
 GROUP_PENDING_MAX: Final = 4096  # commits proposed and not yet applied; more are refused UNAVAILABLE
-GROUP_REBUILD_READ_BYTES: Final = 8 * 1024 * 1024
 
 
 class GroupService:
@@ -149,38 +149,60 @@ def apply_entry(table: gr.GroupTable, e: Entry) -> gr.ApplyResult | None:
     return table.apply(e.index, gr.decode_commit(entry.body))
 
 
-def rebuild_groups(nl, progress: Callable[[], None] | None = None) -> tuple[gr.GroupTable, int]:
+class GroupRebuild:
     """The applied table of a log and the end offset of its committed events: the saved snapshot's groups,
     then the committed entries after it (only control entries are decoded). A log without a snapshot replays
-    its whole committed part."""
-    snap = nl.snapshot_record
-    commit = min(nl.hard_state().commit, nl.last_index())
-    if snap is not None and snap.groups is not None:
-        table = snap.groups.copy()
-    else:
-        table = gr.GroupTable()
-        if snap is not None:
-            table.advance(snap.index)
-    lo = max(table.index + 1, nl.first_index())
-    end = 0
-    while lo <= commit:
-        if progress is not None:
-            progress()
-        entries = nl.entries(lo, commit + 1, GROUP_REBUILD_READ_BYTES)
+    its whole committed part. The entries lo..hi (hi: the commit index) are fed in order (workers/replay.py:
+    one read at start shared with the core and the dedup table); `result` finishes."""
+
+    def __init__(self, nl) -> None:
+        self._nl = nl
+        snap = nl.snapshot_record
+        self._commit = min(nl.hard_state().commit, nl.last_index())
+        if snap is not None and snap.groups is not None:
+            self._table = snap.groups.copy()
+        else:
+            self._table = gr.GroupTable()
+            if snap is not None:
+                self._table.advance(snap.index)
+        self.lo = max(self._table.index + 1, nl.first_index())
+        self.hi = self._commit
+        self._end = 0  # just past the last event fed
+        self._next = self.lo  # the next entry to feed
+
+    def feed(self, entries: Sequence[Entry]) -> None:
+        """Apply the next committed entries (group commits) and note where the events end."""
+        table = self._table
+        end = self._end
         for e in entries:
             if e.data and is_control(e.data):
                 apply_entry(table, e)
             elif e.data:
                 end = end_offset_of(e)
-        lo = entries[-1].index + 1
-    if commit > table.index:
-        table.advance(commit)
-    at = min(lo, commit + 1) - 1
-    while not end and at >= nl.first_index():  # no event since the snapshot: the last one before it
-        if progress is not None:
-            progress()
-        (e,) = nl.entries(at, at + 1, GROUP_REBUILD_READ_BYTES)
-        if e.data and not is_control(e.data):
-            end = end_offset_of(e)
-        at -= 1
-    return table, end
+        self._end = end
+        if entries:
+            self._next = entries[-1].index + 1
+
+    def result(self, progress: Callable[[], None] | None = None) -> tuple[gr.GroupTable, int]:
+        """(table, end offset), once every entry was fed. With no event since the snapshot, the end offset is
+        the last event's before it (read backwards, one entry at a time)."""
+        nl, table, end, commit = self._nl, self._table, self._end, self._commit
+        if commit > table.index:
+            table.advance(commit)
+        at = min(self._next, commit + 1) - 1
+        while not end and at >= nl.first_index():  # no event since the snapshot: the last one before it
+            if progress is not None:
+                progress()
+            (e,) = nl.entries(at, at + 1, REPLAY_READ_BYTES)
+            if e.data and not is_control(e.data):
+                end = end_offset_of(e)
+            at -= 1
+        return table, end
+
+
+def rebuild_groups(nl, progress: Callable[[], None] | None = None) -> tuple[gr.GroupTable, int]:
+    """The applied table and end offset of a log read on its own (`GroupRebuild`; the worker shares the read,
+    `replay_log`). `progress` is called between reads."""
+    rebuild = GroupRebuild(nl)
+    replay_log(nl, (rebuild,), progress)
+    return rebuild.result(progress)
