@@ -131,6 +131,17 @@ def test_missing_points_leave_their_stages_out() -> None:
     assert sum(d[n] for n in CRITICAL) == d["total"]
 
 
+def test_a_commit_on_the_followers_before_the_leaders_own_fsync_still_tiles() -> None:
+    """Both followers acknowledged before the leader's persist thread synced: the sample is answered with no
+    PERSIST_END; the quorum stage then ends at the commit, and the critical stages still tile the total."""
+    p = _path_points(random.Random(3))
+    del p[Point.PERSIST_END]
+    d = leader_durations(p)
+    assert "fsync" not in d
+    assert d["quorum"] == p[Point.COMMIT] - p[Point.R3_PUSH] and d["commit"] == 0
+    assert sum(d[n] for n in CRITICAL) == d["total"]
+
+
 def test_follower_durations() -> None:
     p = {FPoint.RECV: 10, FPoint.R4_PUSH: 30, FPoint.RAFT_POP: 80, FPoint.PERSIST_START: 90}
     p |= {FPoint.PERSIST_END: 500, FPoint.ACK_SENT: 520}

@@ -16,8 +16,10 @@ from prometheus_client.parser import text_string_to_metric_families
 from shmraft.cli.supervisor import main as supervisor_main
 from shmraft.ipc.trace import FSTAGE_NAMES, STAGE_NAMES, STAGES
 from shmraft.supervisor.waterfall import collect_report
+from shmraft.testing.wait import WaitTimeout
 
 REQUESTS = 60
+FOLLOWER_SAMPLES_MIN = REQUESTS // 10
 CRITICAL = [name for name, _a, _b, crit in STAGES if crit]
 
 
@@ -41,23 +43,42 @@ def test_every_stage_gets_samples_and_the_critical_stages_fit_in_the_client_late
                 client_ns.append(time.monotonic_ns() - t0)
         followers = [c.node_id for c in h.configs if c.node_id != leader]
 
-        def settled() -> dict | None:  # followers acknowledge after the leader answered: wait for their counts
-            rep = collect_report(h.configs)
-            f_ok = all(rep["followers"][str(n)]["samples"] >= REQUESTS // 2 for n in followers)
-            return rep if rep["leader"] == leader and f_ok else None
+        # followers acknowledge after the leader answered: wait for their samples. A follower still persisting
+        # one sample skips the AppendEntries that come meanwhile (the leader moved on with the other's ack), so a
+        # slow follower on a busy machine holds fewer samples than requests were made (trace.SenderTrace)
+        def settled(rep: dict) -> bool:
+            f_ok = all(rep["followers"].get(str(n), {}).get("samples", 0) >= FOLLOWER_SAMPLES_MIN for n in followers)
+            return rep["leader"] == leader and f_ok
 
-        report = wait_for(settled, 30.0, "follower trace samples")
+        def seen(rep: dict) -> str:
+            samples = {n: f.get("samples") for n, f in rep["followers"].items()}
+            return f"leader {rep['leader']} (was {leader}), follower samples {samples}"
+
+        try:
+            report = wait_for(lambda: collect_report(h.configs), 30.0, "follower trace samples", accept=settled)
+        except WaitTimeout:
+            pytest.fail(f"follower trace samples: {seen(collect_report(h.configs))}")
         rows = {r["stage"]: r for r in report["leader_stages"]["stages"]}
         assert set(rows) == set(STAGE_NAMES)
         for name, row in rows.items():
-            assert row["count"] >= REQUESTS * 9 // 10, (name, row)  # a leader change could lose a few
+            # a leader change could lose a few; the leader's own fsync is missing from a sample that both
+            # followers acknowledged first (it was answered before that fsync ended)
+            want = 1 if name == "fsync" else REQUESTS * 9 // 10
+            assert row["count"] >= want, (name, row)
         for n in followers:
             frows = {r["stage"]: r for r in report["followers"][str(n)]["stages"]}
             assert set(frows) == set(FSTAGE_NAMES)
             assert all(r["count"] > 0 for r in frows.values()), frows
         s = report["leader_stages"]["summary"]
-        # per sample the critical stages tile ingest's receipt..answer, which lies inside the client's round trip
-        assert s["critical_mean_sum_us"] <= s["total_mean_us"] + 0.1 * len(CRITICAL)
+        # per sample the critical stages tile ingest's receipt..answer (a stage whose end a sample missed is left
+        # out of it), which lies inside the client's round trip: summed over the samples, the critical stages'
+        # time is at most the total's. (Their means need not add up so: a stage missing from a few samples has
+        # its mean over the others.) Means are rounded to 0.1 us: allow half of that per sample and stage.
+        crit_rows = [rows[name] for name in CRITICAL]
+        crit_sum_us = sum(r["mean_us"] * r["count"] for r in crit_rows)
+        total_sum_us = rows["total"]["mean_us"] * rows["total"]["count"]
+        rounding_us = 0.05 * (sum(r["count"] for r in crit_rows) + rows["total"]["count"])
+        assert crit_sum_us <= total_sum_us + rounding_us, (crit_sum_us, total_sum_us, crit_rows, rows["total"])
         assert s["total_mean_us"] <= np.mean(client_ns) / 1000
         assert s["critical_p50_sum_us"] > 0
 

@@ -75,7 +75,8 @@ class FRow(enum.IntEnum):
     RAFT = 1
 
 
-JOIN: Final = -1  # pseudo point: max(ACK_RECV, PERSIST_END), when the entry is on a majority (3 nodes)
+JOIN: Final = -1  # pseudo point: when the entry is on a majority (3 nodes): max(ACK_RECV, PERSIST_END), or COMMIT
+# when the followers made the majority before the leader's own write was durable (leader_durations)
 
 # (name, from, to, on the critical path): the critical stages tile RECV..REPLY, so per sample they sum to it
 STAGES: Final = (
@@ -180,6 +181,11 @@ def leader_durations(points: dict[int, int]) -> dict[str, int]:
         p[JOIN] = max(p[Point.ACK_RECV], p[Point.PERSIST_END])
     elif Point.PERSIST_END in p and Point.SEND not in p:  # a lone node: its own persist is the majority
         p[JOIN] = p[Point.PERSIST_END]
+    elif Point.ACK_RECV in p and Point.COMMIT in p:
+        # committed on both followers' acknowledgements before the leader's own write was durable (the leader
+        # counts itself once its persist thread synced): the majority is the second acknowledgement, which
+        # is not stamped; the commit it caused is the closest point after it
+        p[JOIN] = p[Point.COMMIT]
     chain = [s for s in STAGES if s[3]]
     order = [chain[0][1]] + [s[2] for s in chain]
     capped: dict[int, int] = {}
