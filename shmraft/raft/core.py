@@ -1017,6 +1017,10 @@ class RaftCore:
                 active += 1
         if self.config.check_quorum and active < self._quorum:
             self._become_follower(self._term, 0)  # no majority heard for an election timeout: step down (6.2)
+            # and pre-vote soon: on a busy machine the silent majority is mostly late (a stalled process), and its
+            # answers to this pre-vote, waiting in its sockets, end the election when it runs again; a majority
+            # that elected someone else meanwhile ignores it (lease), a partition drops it
+            self._campaign_soon()
             return
         self._heartbeat_elapsed_ms += elapsed_ms
         self._election_elapsed_ms += elapsed_ms
