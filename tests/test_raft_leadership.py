@@ -24,6 +24,32 @@ def test_leader_cut_off_from_majority_steps_down_within_an_election_timeout():
         c.cores[1].propose(b"refused")
 
 
+def test_leader_stepped_down_by_check_quorum_pre_votes_at_once_and_its_late_follower_re_elects_it():
+    """On a busy machine the silent majority is mostly a stalled process: node 3 is down and node 2 runs no code
+    for a while (what node 1 sends waits in its socket). Node 1 steps down by check-quorum and pre-votes within
+    disconnect_election_delay_max_ms; when node 2 runs again it answers that pre-vote (its lease names node 1,
+    which has stepped down) and the vote, and node 1 leads again at once, not an election timeout later."""
+    c = Cluster(3)
+    c.elect(1)
+    term = c.cores[1].term
+    c.crash(3)
+    elapsed_ms = 0
+    while c.cores[1].role == Role.LEADER:
+        c.cores[1].tick(5)
+        c.process(1)  # queued for node 2, not delivered: node 2 is stalled
+        elapsed_ms += 5
+        assert elapsed_ms <= 2 * c.config.election_timeout_ms
+    stepped_down_ms = elapsed_ms
+    while c.cores[1].role != Role.PRE_CANDIDATE:
+        c.cores[1].tick(1)
+        c.process(1)
+        elapsed_ms += 1
+        assert elapsed_ms - stepped_down_ms <= c.config.disconnect_election_delay_max_ms + 1
+    c.deliver_all()  # node 2 runs again: the heartbeats and the pre-vote that waited, then every answer
+    assert c.leader() == 1 and c.cores[1].term == term + 1
+    assert c.cores[2].leader == 1
+
+
 def test_leader_with_a_majority_keeps_leading_with_one_follower_gone():
     c = Cluster(3)
     c.elect(1)

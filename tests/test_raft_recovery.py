@@ -87,6 +87,37 @@ def test_recovering_follower_forces_one_election_then_catches_up_and_votes_again
     assert c.leader() not in (0, leader)
 
 
+def test_leader_told_a_higher_term_by_a_recovering_follower_is_re_elected_within_the_disconnect_delay():
+    """The recovering node's raised term makes the leader step down; nobody leads that term and the node itself
+    never campaigns, so the old leader (whose log is the most complete) pre-votes within
+    disconnect_election_delay_max_ms instead of an election timeout, and its other follower, still in the old
+    leader's lease, answers it. The election is then over in a few ticks, with the same safety (pre-vote, votes)."""
+    c = Cluster(3, seed=1)
+    c.elect(1)
+    for k in range(20):
+        c.propose(1, f"e{k}".encode())
+    c.deliver_all()
+    old_term = c.cores[1].term
+    c.crash(3)
+    lose_log(c, 3)
+    step_ms = 5
+    stepped_down_at = elected_at = None
+    for t in range(0, 3000, step_ms):
+        c.tick(step_ms)
+        if stepped_down_at is None and c.cores[1].role != Role.LEADER:
+            stepped_down_at = t
+        if stepped_down_at is not None and c.leader() and c.cores[c.leader()].term > old_term:
+            elected_at = t
+            break
+    assert stepped_down_at is not None and elected_at is not None
+    took_ms = elected_at - stepped_down_at
+    # at most the delay and a tick or two of message rounds; an election timeout would be >= 450 ms
+    assert took_ms <= c.config.disconnect_election_delay_max_ms + 2 * step_ms, took_ms
+    assert c.leader() == 1
+    c.run(500)
+    assert not c.cores[3].recovering and c.log(3) == c.log(1)
+
+
 def test_entry_committed_with_the_lost_copy_survives_when_the_leader_dies():
     """Leader 1 commits x with node 3's acknowledgement only; node 3 then loses its log; leader 1 dies. Node 2
     lacks x: a recovering node 3 must not elect it. (The unsafe restart, without the mode, does: x is lost.)"""

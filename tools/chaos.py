@@ -1280,6 +1280,7 @@ def build_report(
         "by_kind": by_kind(fault_log),
         "client_errors": dict(got.errors),
         "leader_changes": monitor.leader_changes,
+        "elections": monitor.elections,
         "leaders_seen": monitor.leaders_seen,
         "duration_s": args.duration,
         "elapsed_s": round(elapsed_s, 1),
@@ -1334,7 +1335,7 @@ def print_report(report: dict[str, Any], camp: Campaign) -> None:
     u = report["unavailability"]
     lines.append(
         f"  longest gap between acknowledgements {u['longest_ack_gap_ms']} ms; time in gaps over 1 s "
-        f"{u['time_in_gaps_over_1s_s']} s; leader changes {report['leader_changes']}"
+        f"{u['time_in_gaps_over_1s_s']} s; leader changes {report['leader_changes']}, elections {report['elections']}"
     )
     for g in u.get("longest_gaps", []):
         ctx = "no fault before it" if "fault" not in g else f"{g['fault']} from {g['fault_start_s']:.2f} s"

@@ -322,8 +322,9 @@ class Monitor(threading.Thread):
         self.lock = threading.Lock()
         self.faults: list[dict[str, Any]] = []
         self.fault_times: list[float] = []
-        self.leader_changes = 0
-        self.leaders_seen: list[tuple[float, int, int]] = []
+        self.leader_changes = 0  # a different node leads
+        self.elections = 0  # a new term with a leader, the same node re-elected included
+        self.leaders_seen: list[tuple[float, int, int]] = []  # (time s, leader, term) at each new leader or term
         self._client: Client | None = None
 
     def add_fault(self, kind: str, node: int, t: float, **extra: Any) -> dict:
@@ -352,15 +353,16 @@ class Monitor(threading.Thread):
             return (0, 0)
 
     def run(self) -> None:
-        last = 0
+        last, last_term = 0, 0
         interval = 0.02 if self.nodes is not None else 0.25
         while not self.stop_flag.is_set():
             leader, term = self.current_leader()
-            if leader and leader != last:
+            if leader and (leader, term) != (last, last_term):
                 if last:
-                    self.leader_changes += 1
+                    self.leader_changes += leader != last
+                    self.elections += 1
                 self.leaders_seen.append((round(time.monotonic() - self.t0, 3), leader, term))
-                last = leader
+                last, last_term = leader, term
             self.stop_flag.wait(interval)
         if self._client is not None:
             self._client.close()
@@ -765,6 +767,7 @@ def build_report(
         "errors": dict(got.errors),
         "retries": None,  # the Producer resends internally and does not count it (see the report notes)
         "leader_changes": monitor.leader_changes,
+        "elections": monitor.elections,
         "leaders_seen": monitor.leaders_seen,
         "faults": monitor.faults,
         "elapsed_s": round(elapsed, 3),
@@ -815,7 +818,8 @@ def print_report(args: argparse.Namespace, report: dict[str, Any], status: int) 
         "  commit latency ms: "
         + "  ".join(f"{k} {lat[k]}" for k in ("p50", "p90", "p99", "p999", "max"))
         + f"  (n={lat['n']:,})",
-        f"  leader changes seen: {report['leader_changes']}",
+        f"  leader changes seen: {report['leader_changes']}; elections (a new term, the same leader included): "
+        f"{report['elections']}",
     ]
     if args.cpu_hogs:
         lines.append(f"  beside {args.cpu_hogs} CPU hog(s) (busy loops at normal priority)")

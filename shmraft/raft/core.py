@@ -22,7 +22,10 @@ mode once it holds, durably and committed, an entry of a term >= `recovery_term`
 elected without this node, so (Raft's leader completeness, the voters intersecting the majority that stored
 any entry it helped commit) the leader's log, of which ours is now a prefix up to that entry, holds every
 entry committed with this node's lost acknowledgements. Its term being above the current leader's, its first
-answer makes that leader step down: one election, without it, follows. See docs/DESIGN.md "Storage faults".
+answer makes that leader step down: one election, without it, follows. Nobody leads that term and the node
+never campaigns, so the old leader pre-votes at once (within disconnect_election_delay_max_ms, `_campaign_soon`)
+rather than after an election timeout, and its other followers answer it although their lease names it (the
+leader they hear has stepped down). See docs/DESIGN.md "Storage faults".
 """
 
 from __future__ import annotations
@@ -526,8 +529,14 @@ class RaftCore:
             return
         if self._role == Role.FOLLOWER and peer == self._leader and peer != 0:
             self._leader = 0
-            delay = self._rng.randrange(self.config.disconnect_election_delay_max_ms + 1)
-            self._election_elapsed_ms = max(self._election_elapsed_ms, self._randomized_timeout_ms - delay)
+            self._campaign_soon()
+
+    def _campaign_soon(self) -> None:
+        """A follower with no leader pre-votes within disconnect_election_delay_max_ms (random) instead of
+        an election timeout. Safe at any time: a pre-vote changes no state, and its voters still in a live
+        leader's lease ignore it; `tick` still refuses to campaign while recovering, as a learner or removed."""
+        delay = self._rng.randrange(self.config.disconnect_election_delay_max_ms + 1)
+        self._election_elapsed_ms = max(self._election_elapsed_ms, self._randomized_timeout_ms - delay)
 
     def step(self, m: Message) -> None:
         """Process one message from a peer."""
@@ -546,6 +555,7 @@ class RaftCore:
                 in_lease = (
                     self.config.check_quorum
                     and self._leader != 0
+                    and self._leader != m.src  # our leader campaigning has stepped down: it has no lease to keep
                     and self._election_elapsed_ms < self.config.election_timeout_ms
                 )
                 if in_lease and not m.transfer:
@@ -556,7 +566,14 @@ class RaftCore:
                 pass  # a granted pre-vote carries the term we would campaign in
             else:
                 leader = m.src if isinstance(m, AppendEntries | Heartbeat | InstallSnapshot) else 0
+                # a follower's answer in a higher term: nobody leads that term yet (typically a node back in
+                # recovering mode, which never campaigns): this node, whose log was the leader's, pre-votes soon
+                answered_higher = self._role == Role.LEADER and isinstance(
+                    m, AppendResponse | HeartbeatResponse | SnapshotResponse
+                )
                 self._become_follower(m.term, leader)
+                if answered_higher:
+                    self._campaign_soon()
         elif m.term < self._term:
             if isinstance(m, AppendEntries | Heartbeat | InstallSnapshot):
                 # tell a stale leader about the newer term so that it steps down
@@ -1000,6 +1017,10 @@ class RaftCore:
                 active += 1
         if self.config.check_quorum and active < self._quorum:
             self._become_follower(self._term, 0)  # no majority heard for an election timeout: step down (6.2)
+            # and pre-vote soon: on a busy machine the silent majority is mostly late (a stalled process), and its
+            # answers to this pre-vote, waiting in its sockets, end the election when it runs again; a majority
+            # that elected someone else meanwhile ignores it (lease), a partition drops it
+            self._campaign_soon()
             return
         self._heartbeat_elapsed_ms += elapsed_ms
         self._election_elapsed_ms += elapsed_ms

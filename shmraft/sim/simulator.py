@@ -620,8 +620,15 @@ class Simulation:
         index, term, data = self.probe
         if self.checker.committed.get(index) != (term, data):
             return False
+        # every member has applied the probe and knows of every commit (an election just before, e.g. one a
+        # recovering node's raised term forced, can commit its no-op on a majority a moment after the probe)
+        committed = self.checker.max_committed
         return all(
-            (n := self.nodes[i]).up and n.core is not None and n.core.applied_index >= index for i in self._members()
+            (n := self.nodes[i]).up
+            and n.core is not None
+            and n.core.applied_index >= index
+            and n.core.commit_index >= committed
+            for i in self._members()
         )
 
     def _members(self) -> tuple[int, ...]:
