@@ -66,7 +66,9 @@ def test_recovery_term_is_checked():
         RaftCore(1, [2, 3], storage, Cluster(1).config, random.Random(1), recovery_term=3)
 
 
-def test_recovering_follower_forces_one_election_then_catches_up_and_votes_again():
+def _leader_1_with_node_3_log_lost() -> tuple[Cluster, int]:
+    """Node 1 leads and has replicated 20 entries; node 3 then crashes and loses its log (recovering mode).
+    Returns the cluster and node 1's term before."""
     c = Cluster(3, seed=1)
     c.elect(1)
     for k in range(20):
@@ -75,6 +77,11 @@ def test_recovering_follower_forces_one_election_then_catches_up_and_votes_again
     old_term = c.cores[1].term
     c.crash(3)
     lose_log(c, 3)
+    return c, old_term
+
+
+def test_recovering_follower_forces_one_election_then_catches_up_and_votes_again():
+    c, old_term = _leader_1_with_node_3_log_lost()
     assert c.cores[3].recovering
     c.run(3000)
     leader = c.leader()
@@ -92,14 +99,7 @@ def test_leader_told_a_higher_term_by_a_recovering_follower_is_re_elected_within
     never campaigns, so the old leader (whose log is the most complete) pre-votes within
     disconnect_election_delay_max_ms instead of an election timeout, and its other follower, still in the old
     leader's lease, answers it. The election is then over in a few ticks, with the same safety (pre-vote, votes)."""
-    c = Cluster(3, seed=1)
-    c.elect(1)
-    for k in range(20):
-        c.propose(1, f"e{k}".encode())
-    c.deliver_all()
-    old_term = c.cores[1].term
-    c.crash(3)
-    lose_log(c, 3)
+    c, old_term = _leader_1_with_node_3_log_lost()
     step_ms = 5
     stepped_down_at = elected_at = None
     for t in range(0, 3000, step_ms):
