@@ -122,6 +122,25 @@ def test_leader_repairs_a_long_divergent_follower_in_few_round_trips():
 
 
 # --- leader side ---------------------------------------------------------------------------------------------
+def test_match_index_is_what_a_follower_acknowledged_and_zero_off_the_leader():
+    """The driver sends an append on the consensus link only when the follower acknowledged everything before
+    it (workers/raft.py `_direct`): match_index is that acknowledgement."""
+    core, storage = core_with_log(1, [2, 3], [1], HardState(term=1))
+    assert core.match_index(2) == 0  # a follower has no progress to tell
+    make_leader(core, storage)
+    last = core.last_index
+    assert core.match_index(2) == 0 and core.match_index(9) == 0
+    core.step(AppendResponse(2, 1, core.term, last, True))
+    drain(core, storage)
+    assert core.match_index(2) == last and core.match_index(3) == 0
+    core.propose(b"x")
+    (app,) = appends_to(drain(core, storage), 2)
+    assert app.prev_index == core.match_index(2)  # nothing in flight before it: may go direct
+    core.propose(b"y")
+    (app2,) = appends_to(drain(core, storage), 2)
+    assert app2.prev_index > core.match_index(2)  # behind an unacknowledged append: the data channel
+
+
 def test_leader_commits_only_entries_of_its_own_term():
     """Figure 8: an entry of an earlier term is not committed by counting replicas, only by a later entry of
     the leader's own term reaching a majority."""

@@ -294,6 +294,59 @@ def test_a_follower_sample_counts_every_follower_stage_once() -> None:
     assert {n: int(a.fhist[i].sum()) for i, n in enumerate(FSTAGE_NAMES)} == {n: 1 for n in FSTAGE_NAMES}
 
 
+def test_a_direct_append_counts_every_leader_stage_with_no_sender_hop() -> None:
+    """A small append sent by the raft worker on the consensus link (no R3, no sender): the sender's points
+    come from the raft row, r3_wake is zero, and the critical stages still tile the total."""
+    a = area()
+    ingest = IngestTrace(a, 1)
+    batcher, raft = BatcherTrace(a, 1), RaftTrace(a, 1)
+    cutter = BatchCutter(first_batch_id=200)
+    body = _produce_body(7, 0, [b"x" * 10])
+    assert ingest.sample()
+    ingest.admitted(7, 0, 1, 9, queued=False)
+    batcher.popped([body], cutter.pending_events)
+    cutter.add(body)
+    frames = cutter.cut(flush=True)
+    batcher.cut(frames)
+    raft.frames_taken()
+    raft.proposed(200, 3)
+    entry = Entry(3, 1, frames[0])
+    m = AppendEntries(1, 2, 1, 2, 1, (entry,), 0)
+    raft.before_r3([m])
+    raft.sent_direct(m)
+    raft.persisting([entry])
+    raft.persisted([entry])
+    raft.stepped(AppendResponse(2, 1, 1, 3, True))
+    raft.committed(3)
+    raft.before_r5()
+    ingest.commit_seen(3)
+    ingest.answered(1, 9, True)
+    counts = {n: int(a.hist[i].sum()) for i, n in enumerate(STAGE_NAMES)}
+    assert counts == {n: 1 for n in STAGE_NAMES}
+    assert int(a.hist_sum_ns[STAGE_NAMES.index("r3_wake")]) == 0
+    crit = sum(int(a.hist_sum_ns[STAGE_NAMES.index(n)]) for n in CRITICAL)
+    assert crit == int(a.hist_sum_ns[STAGE_NAMES.index("total")]) > 0
+
+
+def test_a_direct_append_starts_a_follower_sample_without_the_sender() -> None:
+    a = area()
+    raft = RaftTrace(a, 2)  # one direct append in two
+    entries = [Entry(i, 1, b"frame") for i in (5, 6, 7)]
+    raft.stepped(AppendEntries(1, 2, 1, 4, 1, (entries[0],), 0), direct=True)  # count 1: not sampled
+    raft.persisting([entries[0]])
+    raft.persisted([entries[0]])
+    raft.sent([AppendResponse(2, 1, 1, 5, True)])
+    assert int(a.fhist.sum()) == 0
+    raft.stepped(AppendEntries(1, 2, 1, 5, 1, (entries[1],), 0), direct=True)  # count 2: sampled
+    raft.stepped(AppendEntries(1, 2, 1, 6, 1, (entries[2],), 0), direct=True)  # in flight: not a new one
+    raft.persisting(entries[1:])
+    raft.persisted(entries[1:])
+    raft.sent([AppendResponse(2, 1, 1, 7, True)])
+    counts = {n: int(a.fhist[i].sum()) for i, n in enumerate(FSTAGE_NAMES)}
+    assert counts == {n: 1 for n in FSTAGE_NAMES}
+    assert int(a.fhist_sum_ns[FSTAGE_NAMES.index("f_r4_wake")]) == 0
+
+
 def test_trace_command_without_a_running_cluster_says_so(tmp_path, capsys) -> None:
     assert supervisor_main(["trace", "--data-dir", str(tmp_path), "--cluster-id", "nothingheretrace"]) == 1
     assert "no trace samples" in capsys.readouterr().out

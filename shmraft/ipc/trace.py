@@ -224,13 +224,16 @@ def add_durations(hist: np.ndarray, sums: np.ndarray, names: tuple[str, ...], du
             sums[i] += ns
 
 
-def _valid_points(rows: np.ndarray, gen: int, owners: dict[int, int]) -> dict[int, int]:
+def _valid_points(rows: np.ndarray, gen: int, owners: dict[int, int], alt: dict[int, int]) -> dict[int, int]:
+    """The sample `gen`'s points: each from its owner's row, else (a direct append) from its `alt` row."""
     out = {}
     for pt, row in owners.items():
-        if int(rows[row, C_GEN]) == gen:
-            v = int(rows[row, ROW_HEAD + pt])
-            if v:
-                out[pt] = v
+        for r in (row, alt.get(pt)):
+            if r is not None and int(rows[r, C_GEN]) == gen:
+                v = int(rows[r, ROW_HEAD + pt])
+                if v:
+                    out[pt] = v
+                    break
     return out
 
 
@@ -253,6 +256,13 @@ _LEADER_OWNER: Final = {
     Point.R5_POP: Row.INGEST,
     Point.REPLY: Row.INGEST,
 }
+# A small append to a follower with nothing in flight goes on the consensus link from the raft worker itself
+# (workers/raft.py DIRECT_APPEND_BYTES_MAX): no R3, sender, R4. The raft worker then stamps the sender's points
+# in its own row: on the leader SENDER_POP at its R3_PUSH (no hop) and SEND at the socket write; on a follower
+# RECV, R4_PUSH and RAFT_POP at once, under a generation of its own (DIRECT_GEN_BASE + n, never a sender's).
+_LEADER_ALT: Final = {Point.SENDER_POP: Row.RAFT, Point.SEND: Row.RAFT}
+_FOLLOWER_ALT: Final = {FPoint.RECV: FRow.RAFT, FPoint.R4_PUSH: FRow.RAFT}
+DIRECT_GEN_BASE: Final = 1 << 62
 _FOLLOWER_OWNER: Final = {
     FPoint.RECV: FRow.SENDER,
     FPoint.R4_PUSH: FRow.SENDER,
@@ -351,7 +361,7 @@ class IngestTrace(_Hooks):
         if not self.leader[Row.INGEST, ROW_HEAD + Point.R5_POP]:
             self._stamp(Row.INGEST, Point.R5_POP, now)  # answered from the state block's commit index
         self._stamp(Row.INGEST, Point.REPLY, now)
-        points = _valid_points(self.leader, self._gen(), _LEADER_OWNER)
+        points = _valid_points(self.leader, self._gen(), _LEADER_OWNER, _LEADER_ALT)
         add_durations(self.area.hist, self.area.hist_sum_ns, STAGE_NAMES, leader_durations(points))
 
 
@@ -414,6 +424,10 @@ class RaftTrace(_Hooks):
         self._taken_ns = 0
         self._fseen = int(self.follower[FRow.SENDER, C_GEN])
         self._findex = 0  # the follower sample's last entry index once stepped
+        self._fgen = 0  # the follower sample's generation (the sender's, or DIRECT_GEN_BASE + n)
+        self._fdirect = 0  # direct appends stepped (the sampling count), and samples started of them
+        self._fdirect_started = 0
+        self._fstarted_ns = 0
 
     # leader
     def frames_taken(self) -> None:
@@ -464,11 +478,26 @@ class RaftTrace(_Hooks):
         if self._fdue(entries, FPoint.PERSIST_END):
             self._fstamp(FRow.RAFT, FPoint.PERSIST_END)
 
-    def stepped(self, m: Message) -> None:
-        """Every peer message the core is about to step."""
+    def stepped(self, m: Message, direct: bool = False) -> None:
+        """Every peer message the core is about to step; `direct`: it came on the consensus link."""
         if self._index and isinstance(m, AppendResponse):
             if m.success and m.index >= self._index and self._due(Point.ACK_RECV):
                 self._stamp(Row.RAFT, Point.ACK_RECV)
+        elif isinstance(m, AppendEntries) and m.entries and direct:
+            self._fdirect += 1
+            now = time.monotonic_ns()
+            if self._findex and now - self._fstarted_ns < SAMPLE_TIMEOUT_NS:
+                return  # the previous sample is still in flight
+            if not _sampling(self.area, self.every, self._fdirect):
+                return
+            self._fdirect_started += 1
+            gen = DIRECT_GEN_BASE + self._fdirect_started
+            row = self.follower[FRow.RAFT]
+            row[ROW_HEAD:] = 0
+            row[ROW_HEAD + FPoint.RECV] = row[ROW_HEAD + FPoint.R4_PUSH] = row[ROW_HEAD + FPoint.RAFT_POP] = now
+            row[C_KEY] = m.entries[-1].index
+            row[C_GEN] = gen
+            self._fgen, self._findex, self._fstarted_ns = gen, m.entries[-1].index, now
         elif isinstance(m, AppendEntries) and m.entries:
             gen = int(self.follower[FRow.SENDER, C_GEN])
             if gen != self._fseen:
@@ -478,7 +507,8 @@ class RaftTrace(_Hooks):
                 row[ROW_HEAD + FPoint.RAFT_POP] = time.monotonic_ns()
                 row[C_KEY] = m.entries[-1].index
                 row[C_GEN] = gen
-                self._findex = m.entries[-1].index
+                self._fgen, self._findex = gen, m.entries[-1].index
+                self._fstarted_ns = int(row[ROW_HEAD + FPoint.RAFT_POP])
 
     def committed(self, commit_index: int) -> None:
         if self._index and commit_index >= self._index and self._due(Point.COMMIT):
@@ -489,6 +519,13 @@ class RaftTrace(_Hooks):
             self._stamp(Row.RAFT, Point.R5_PUSH)
             self._index = 0  # the leader's part of this sample is done
 
+    def sent_direct(self, m: AppendEntries) -> None:
+        """After a direct append (on the consensus link) of the leader sample's entry: the sender's points."""
+        if self._index and m.entries[-1].index >= self._index and not self.leader[Row.RAFT, ROW_HEAD + Point.SEND]:
+            row = self.leader[Row.RAFT]
+            row[ROW_HEAD + Point.SENDER_POP] = row[ROW_HEAD + Point.R3_PUSH]
+            row[ROW_HEAD + Point.SEND] = time.monotonic_ns()
+
     def sent(self, messages: list[Message]) -> None:
         """After consensus messages went out: a follower's acknowledgement of its sample ends it."""
         if not self._findex:
@@ -497,7 +534,7 @@ class RaftTrace(_Hooks):
             if isinstance(m, AppendResponse) and m.success and m.index >= self._findex:
                 self._fstamp(FRow.RAFT, FPoint.ACK_SENT)
                 self._findex = 0
-                points = _valid_points(self.follower, self._fseen, _FOLLOWER_OWNER)
+                points = _valid_points(self.follower, self._fgen, _FOLLOWER_OWNER, _FOLLOWER_ALT)
                 add_durations(self.area.fhist, self.area.fhist_sum_ns, FSTAGE_NAMES, follower_durations(points))
                 return
 

@@ -289,6 +289,12 @@ class RaftCore:
     def transfer_target(self) -> int:
         return self._transfer_target
 
+    def match_index(self, peer: int) -> int:
+        """The leader's match index for `peer` (the last entry it acknowledged as durable); 0 when not leading
+        or `peer` is not followed. Lets the driver see that nothing is in flight to a follower."""
+        pr = self._progress.get(peer) if self._role == Role.LEADER else None
+        return pr.match if pr is not None else 0
+
     @property
     def recovering(self) -> bool:
         """In recovering mode: no votes, no pre-votes, no campaign until caught up (module docstring)."""

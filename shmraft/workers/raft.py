@@ -87,7 +87,7 @@ from shmraft.raft.membership import (
     encode_membership,
 )
 from shmraft.raft.membership import Member as RaftMember
-from shmraft.raft.messages import Channel, Message
+from shmraft.raft.messages import AppendEntries, Channel, Message
 from shmraft.raft.ready import Ready
 from shmraft.raft.types import Entry, HardState, Snapshot
 from shmraft.raft.types import Role as StateRole
@@ -117,6 +117,10 @@ TICK_MS: Final = 5  # the loop wakes at least this often to advance the core's c
 TIMER_STEP_MAX_MS: Final = HEARTBEAT_INTERVAL_MS
 FRAMES_PER_LOOP_MAX: Final = 512  # frames proposed per loop before the Ready is acted on
 RING_PUSH_TIMEOUT_MS: Final = 50
+# An AppendEntries up to this size to a follower that has acknowledged everything before it goes on the consensus
+# link straight from this worker instead of through R3, the sender and the follower's R4 (two process hand-offs
+# fewer each way: the one-in-flight path); anything larger, or behind unacknowledged appends, takes the data channel
+DIRECT_APPEND_BYTES_MAX: Final = 16 * 1024
 DECODED_CACHE_MAX: Final = 8192  # entries' producer tables kept between receipt and persist
 STORAGE_FAULT_LOG_INTERVAL_MS: Final = 10_000  # a persisting storage fault is logged again this often
 SNAPSHOT_INTERVAL_ENTRIES: Final = 10_000  # committed entries between snapshots: a restart replays fewer
@@ -563,7 +567,7 @@ class RaftWorker(WorkerBase):
 
     def _on_control(self, peer_id: int, body: memoryview) -> None:
         try:
-            self._step(peer_id, body)
+            self._step(peer_id, body, direct=True)
         except (StorageIOError, CorruptLogError) as exc:  # called from the selector, outside _iterate
             self._storage_failed(exc)
 
@@ -591,14 +595,15 @@ class RaftWorker(WorkerBase):
         else:
             self._step(peer_id, body)
 
-    def _step(self, peer_id: int, body: memoryview) -> None:
+    def _step(self, peer_id: int, body: memoryview, direct: bool = False) -> None:
+        """Decode and step one peer message; `direct`: it came on the consensus link (a small append may)."""
         if self.core is None:
             return  # storage unusable: the peer hears nothing from us (no acknowledgement, no vote)
         try:
             m = decode_raft(body, expect_dst=self.config.node_id)
             if m.src != peer_id:
                 raise ProtocolError("src", f"node {peer_id} (the connection's)", m.src)
-            self.trace.stepped(m)
+            self.trace.stepped(m, direct)
             for e in getattr(m, "entries", ()):
                 if not e.data:
                     continue
@@ -1012,6 +1017,11 @@ class RaftWorker(WorkerBase):
         for m in messages:
             body = encode_raft(m)
             if m.channel == Channel.DATA:
+                if self._direct(m, body):
+                    self.trace.before_r3((m,))
+                    self.links.send(m.dst, body)
+                    self.trace.sent_direct(m)
+                    continue
                 records.append(encode_peer_record(m.dst, PeerRecordKind.MESSAGE, body))
             else:
                 self.links.send(m.dst, body)
@@ -1021,6 +1031,20 @@ class RaftWorker(WorkerBase):
             if pushed < len(records):  # Raft resends what is lost; a stalled sender must not stall consensus
                 self.log.warning("data ring to sender full: %d messages dropped", len(records) - pushed)
         self.trace.sent(messages)
+
+    def _direct(self, m: Message, body: bytes) -> bool:
+        """Whether the data message `m` goes on the consensus link (DIRECT_APPEND_BYTES_MAX): a small
+        AppendEntries whose follower has acknowledged everything before it, so no earlier append can still be
+        on the data channel to overtake (were one there, the follower would refuse the gap and the leader
+        resend: never unsafe), over a link that is up with nothing queued."""
+        return (
+            isinstance(m, AppendEntries)
+            and len(body) <= DIRECT_APPEND_BYTES_MAX
+            and self.core is not None
+            and self.core.match_index(m.dst) >= m.prev_index
+            and self.links.connected(m.dst)
+            and not self.links.queued_bytes(m.dst)
+        )
 
     def _on_committed(self, entries: list[Entry]) -> None:
         events = 0
