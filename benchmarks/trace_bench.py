@@ -4,8 +4,10 @@ One producer sends one 100-byte event and waits for its answer, `--requests` tim
 phases per round: tracing off (the client's latency alone) and every request traced (`trace --all on`), so
 the trace's own cost shows as the ratio of the two client medians. The traced phases' histograms (the
 state blocks' trace areas, diffed before/after) give the per-stage p50/p99/mean on the leader and on each
-follower, and the check that the critical stages' medians add up to the end-to-end median (ingest receipt
-to answer) within 10 %, so the waterfall is known to be true. Also printed: the machine, its load, and the
+follower; the traced requests' whole samples give the waterfall of the median request (the samples around
+the median total, each stage's mean over them) and the check that its critical stages add up to the
+end-to-end median (ingest receipt to answer) within 10 %, so the waterfall is known to be true (a stage
+missing from the samples would show as a shortfall). Also printed: the machine, its load, and the
 median time of a 4 KiB write + fsync in the data directory (the floor under both fsyncs of a commit).
 
     python benchmarks/trace_bench.py                    # 4 rounds x 500 requests per phase
@@ -35,6 +37,7 @@ from shmraft.node.layout import NodeLayout  # noqa: E402
 from shmraft.supervisor.waterfall import (  # noqa: E402
     diff_histograms,
     format_waterfall,
+    merge_diffs,
     set_sampling,
     trace_report,
 )
@@ -44,7 +47,7 @@ EVENT_BYTES: Final = 100
 WARMUP_REQUESTS: Final = 200
 FSYNC_PROBES: Final = 200
 FSYNC_PROBE_BYTES: Final = 4096
-AGREEMENT_TOLERANCE: Final = 0.10  # the critical p50s must add up to the end-to-end p50 within this
+AGREEMENT_TOLERANCE: Final = 0.10  # the median request's critical stages must add up to the end-to-end p50 within this
 
 
 def fsync_probe_us(directory: Path) -> float:
@@ -121,7 +124,7 @@ def main() -> int:
                     for n, b in blocks.items():
                         set_sampling(b.trace, sample_all=False)
                         d_n = diff_histograms(b.trace.snapshot(), before[n])
-                        diffs[n] = d_n if n not in diffs else {k: diffs[n][k] + v for k, v in d_n.items()}
+                        diffs[n] = d_n if n not in diffs else merge_diffs(diffs[n], d_n)
             leader_now = d.leader()
         finally:
             for b in blocks.values():
@@ -140,20 +143,27 @@ def main() -> int:
     print(format_waterfall(report))
     off, on = pct_us(off_ns), pct_us(on_ns)
     s = report["leader_stages"]["summary"]
-    agree = abs(s["critical_p50_sum_us"] - s["total_p50_us"]) / s["total_p50_us"]
+    req = s.get("p50_request") or {"critical_sum_us": 0.0, "samples": 0}
+    agree = abs(req["critical_sum_us"] - s["total_p50_us"]) / s["total_p50_us"]
     print()
     print(
         f"client latency p50/p99/p99.9: tracing off {off['p50']}/{off['p99']}/{off['p999']} µs, "
         f"every request traced {on['p50']}/{on['p99']}/{on['p999']} µs (ratio {on['p50'] / off['p50']:.3f})"
     )
     print(
-        f"critical stages' p50s add up to {s['critical_p50_sum_us']} µs vs end-to-end p50 {s['total_p50_us']} µs: "
-        f"{100 * agree:.1f} % apart ({'within' if agree <= AGREEMENT_TOLERANCE else 'NOT within'} "
-        f"{100 * AGREEMENT_TOLERANCE:.0f} %); client-seen p50 {on['p50']} µs"
+        f"the median request's stages ({req['samples']} samples around the median) add up to "
+        f"{req['critical_sum_us']} µs vs end-to-end p50 {s['total_p50_us']} µs: {100 * agree:.1f} % apart "
+        f"({'within' if agree <= AGREEMENT_TOLERANCE else 'NOT within'} {100 * AGREEMENT_TOLERANCE:.0f} %); "
+        f"per-stage p50s add up to {s['critical_p50_sum_us']} µs; client-seen p50 {on['p50']} µs"
     )
     crit = [r for r, st in zip(report["leader_stages"]["stages"], STAGES, strict=True) if st[3]]
     top = sorted(crit, key=lambda r: -(r["p50_us"] or 0))[:4]
     print("largest critical stages at p50: " + ", ".join(f"{r['stage']} {r['p50_us']} µs" for r in top))
+    if s.get("p50_request"):
+        top_req = sorted(crit, key=lambda r: -(r["p50_req_us"] or 0))[:4]
+        print(
+            "largest stages of the median request: " + ", ".join(f"{r['stage']} {r['p50_req_us']} µs" for r in top_req)
+        )
     out = {
         "machine": m,
         "fsync_probe_us": round(fsync_us, 1),

@@ -14,6 +14,7 @@ from shmraft.ipc.trace import (
     BOUNDS_NS,
     BUCKETS,
     FSTAGE_NAMES,
+    RECENT_SAMPLES,
     STAGE_NAMES,
     STAGES,
     TRACE_BYTES,
@@ -28,13 +29,17 @@ from shmraft.ipc.trace import (
     bucket_of,
     follower_durations,
     leader_durations,
+    recent_rows,
+    record_recent,
 )
 from shmraft.node.batching import BLOCK_HEAD, BatchCutter
 from shmraft.raft.messages import AppendEntries, AppendResponse
 from shmraft.raft.types import Entry
 from shmraft.supervisor.waterfall import (
+    diff_histograms,
     format_waterfall,
     leader_waterfall,
+    merge_diffs,
     prometheus_buckets,
     quantile_ns,
     trace_report,
@@ -179,6 +184,48 @@ def test_waterfall_places_each_stage_after_the_ones_before_it_and_the_means_add_
     s = w["summary"]
     assert s["critical_mean_sum_us"] == pytest.approx(s["total_mean_us"], abs=0.1 * len(CRITICAL))
     assert s["critical_p50_sum_us"] == pytest.approx(at, abs=0.2)
+
+
+def test_the_median_request_adds_up_where_per_stage_medians_do_not() -> None:
+    """Skewed stages: the per-stage p50s fall short of the median total, the typical median request (whole
+    samples around the median total) adds up to it, and the bars are placed along it."""
+    a = area()
+    rng = random.Random(3)
+    for _ in range(800):
+        d = leader_durations(_path_points(rng))
+        add_durations(a.hist, a.hist_sum_ns, STAGE_NAMES, d)
+        record_recent(a.recent, a.recent_n, d)
+    samples = recent_rows(a.recent, int(a.recent_n[0]), 800)
+    assert samples.shape == (800, len(STAGES))
+    w = leader_waterfall(np.array(a.hist), np.array(a.hist_sum_ns), samples)
+    s = w["summary"]
+    med = s["p50_request"]
+    assert med["samples"] >= 60
+    assert med["critical_sum_us"] == pytest.approx(med["total_us"], abs=0.1 * len(CRITICAL))
+    assert med["total_us"] == pytest.approx(s["total_p50_us"], rel=0.1)
+    assert s["p99_request"]["total_us"] > med["total_us"]
+    rows = {r["stage"]: r for r in w["stages"]}
+    at = 0.0
+    for name in CRITICAL:
+        assert rows[name]["p50_start_us"] == pytest.approx(at, abs=0.2)
+        at += rows[name]["p50_req_us"]
+    assert "the median request" in format_waterfall(trace_report(1, {1: a.snapshot()}))
+
+
+def test_the_recent_ring_keeps_the_last_samples_and_a_diff_takes_those_in_between() -> None:
+    a = area()
+    for i in range(RECENT_SAMPLES + 10):
+        record_recent(a.recent, a.recent_n, {"total": 1000 + i, "ingest": 7})
+    rows = recent_rows(a.recent, int(a.recent_n[0]), 5)
+    assert list(rows[:, STAGE_NAMES.index("total")]) == [1000 + RECENT_SAMPLES + k for k in range(5, 10)]
+    assert np.isnan(rows[:, STAGE_NAMES.index("commit")]).all()  # a stage the samples lacked
+    before = a.snapshot()
+    for i in range(3):
+        record_recent(a.recent, a.recent_n, {"total": 5 + i})
+    d1 = diff_histograms(a.snapshot(), before)
+    assert list(d1["samples"][:, STAGE_NAMES.index("total")]) == [5, 6, 7]
+    both = merge_diffs(d1, d1)
+    assert len(both["samples"]) == 6 and both["hist"].shape == d1["hist"].shape
 
 
 def test_report_and_table_name_the_leader_and_each_follower() -> None:

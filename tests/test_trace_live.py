@@ -81,6 +81,12 @@ def test_every_stage_gets_samples_and_the_critical_stages_fit_in_the_client_late
         assert crit_sum_us <= total_sum_us + rounding_us, (crit_sum_us, total_sum_us, crit_rows, rows["total"])
         assert s["total_mean_us"] <= np.mean(client_ns) / 1000
         assert s["critical_p50_sum_us"] > 0
+        # the median request's waterfall comes from whole samples (the state block's ring of recent ones): its
+        # critical stages add up to its total, which lies inside the client's round trip
+        med = s["p50_request"]
+        assert med["samples"] >= REQUESTS // 20, med
+        assert med["critical_sum_us"] <= med["total_us"] + 0.05 * len(CRITICAL), med
+        assert med["total_us"] <= np.percentile(client_ns, 60) / 1000, (med, np.percentile(client_ns, 60))
 
         url = f"http://127.0.0.1:{h.config(leader).me.metrics_port}/metrics"
         with urllib.request.urlopen(url, timeout=10) as resp:

@@ -21,8 +21,9 @@ from shmraft.ipc import segments
 from shmraft.ipc.trace import TRACE_BYTES, TraceArea
 
 STATE_MAGIC: Final = 0x5348_4D52_4146_5453  # "SHMRAFTS"
-STATE_VERSION: Final = 6  # 2: latency histogram, errors by kind; 3: storage faults, recovering; 4: peers, snapshots;
-# 5: membership (members_epoch, config_index, removed); 6: the trace area (ipc/trace.py) after the peers
+STATE_VERSION: Final = 7  # 2: latency histogram, errors by kind; 3: storage faults, recovering; 4: peers, snapshots;
+# 5: membership (members_epoch, config_index, removed); 6: the trace area (ipc/trace.py) after the peers;
+# 7: the trace area's ring of recent leader samples
 
 
 class NodeStatus(enum.IntEnum):

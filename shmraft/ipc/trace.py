@@ -117,6 +117,11 @@ OCTAVES: Final = 22
 BOUNDS_NS: Final = tuple(round(1000 * 2 ** (i / BUCKETS_PER_OCTAVE)) for i in range(OCTAVES * BUCKETS_PER_OCTAVE + 1))
 BUCKETS: Final = len(BOUNDS_NS) + 1
 
+# the last finished leader samples, each its stage durations (ns; NO_STAGE where it has none): the waterfall of
+# the median and of the p99 request comes from whole requests, whose critical stages add up, not from medians
+# of separate stages, which do not (supervisor/waterfall.py)
+RECENT_SAMPLES: Final = 1024
+NO_STAGE: Final = (1 << 64) - 1
 SAMPLE_TIMEOUT_NS: Final = 1_000_000_000  # a sample not answered by then is abandoned; the next may start
 CTL_WORDS: Final = 8
 CTL_ALL: Final = 0  # 1: sample every request (writer: `shmraft-supervisor trace --all on`)
@@ -139,6 +144,8 @@ _PARTS: Final = (
     ("hist_sum_ns", (len(STAGES),)),
     ("fhist", (len(FSTAGES), BUCKETS)),
     ("fhist_sum_ns", (len(FSTAGES),)),
+    ("recent", (RECENT_SAMPLES, len(STAGES))),
+    ("recent_n", (1,)),  # leader samples written to `recent` in all (the next row is recent_n % RECENT_SAMPLES)
 )
 TRACE_BYTES: Final = 8 * sum(int(np.prod(shape)) for _n, shape in _PARTS)
 
@@ -153,6 +160,7 @@ class TraceArea:
 
     def __init__(self, mem, offset: int) -> None:
         self.ctl = self.leader = self.follower = self.hist = self.hist_sum_ns = self.fhist = self.fhist_sum_ns = None
+        self.recent = self.recent_n = None
         for name, shape in _PARTS:
             arr = np.ndarray(shape, dtype=np.uint64, buffer=mem, offset=offset)
             setattr(self, name, arr)
@@ -163,8 +171,9 @@ class TraceArea:
             setattr(self, name, None)
 
     def snapshot(self) -> dict[str, np.ndarray]:
-        """Copies of the histograms (the trace command and benchmarks diff two of them)."""
-        return {name: np.array(getattr(self, name)) for name in ("hist", "hist_sum_ns", "fhist", "fhist_sum_ns")}
+        """Copies of the histograms and of the recent samples (the trace command and benchmarks diff two)."""
+        names = ("hist", "hist_sum_ns", "fhist", "fhist_sum_ns", "recent", "recent_n")
+        return {name: np.array(getattr(self, name)) for name in names}
 
 
 # --- pure parts ---------------------------------------------------------------------------------------------------
@@ -204,6 +213,29 @@ def leader_durations(points: dict[int, int]) -> dict[str, int]:
     if Point.RECV in p and Point.REPLY in p:
         out["total"] = max(0, p[Point.REPLY] - p[Point.RECV])
     return out
+
+
+def record_recent(recent: np.ndarray, recent_n: np.ndarray, durations: dict[str, int]) -> None:
+    """Keep one finished leader sample's stage durations in the ring of recent samples (its single writer)."""
+    n = int(recent_n[0])
+    row = recent[n % RECENT_SAMPLES]
+    row[:] = NO_STAGE
+    for i, name in enumerate(STAGE_NAMES):
+        ns = durations.get(name)
+        if ns is not None:
+            row[i] = ns
+    recent_n[0] = n + 1  # last: a reader takes only rows below the count
+
+
+def recent_rows(recent: np.ndarray, end: int, count: int) -> np.ndarray:
+    """The last `count` (at most RECENT_SAMPLES) samples written before the `end`-th, oldest first, as float64 ns
+    with NaN for a stage a sample did not have."""
+    k = max(0, min(count, end, RECENT_SAMPLES))
+    idx = np.arange(end - k, end) % RECENT_SAMPLES
+    raw = np.asarray(recent)[idx]
+    rows = raw.astype(np.float64)
+    rows[raw == NO_STAGE] = np.nan
+    return rows
 
 
 def follower_durations(points: dict[int, int]) -> dict[str, int]:
@@ -362,7 +394,9 @@ class IngestTrace(_Hooks):
             self._stamp(Row.INGEST, Point.R5_POP, now)  # answered from the state block's commit index
         self._stamp(Row.INGEST, Point.REPLY, now)
         points = _valid_points(self.leader, self._gen(), _LEADER_OWNER, _LEADER_ALT)
-        add_durations(self.area.hist, self.area.hist_sum_ns, STAGE_NAMES, leader_durations(points))
+        durations = leader_durations(points)
+        add_durations(self.area.hist, self.area.hist_sum_ns, STAGE_NAMES, durations)
+        record_recent(self.area.recent, self.area.recent_n, durations)
 
 
 def _sample_key(area: TraceArea) -> tuple[int, int]:

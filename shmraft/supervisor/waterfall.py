@@ -1,9 +1,11 @@
 """The trace's waterfall: where the median and the p99 sampled request spent its time, stage by stage.
 
-Pure functions of the histograms in the state blocks' trace areas (shmraft/ipc/trace.py): quantiles, the rows
-of the waterfall (leader stages with their offsets along the critical path, each follower's own stages), its
-table and its JSON; then the thin parts that read the local nodes' blocks for `shmraft-supervisor trace` and
-the Prometheus families for the metrics collector.
+Pure functions of the state blocks' trace areas (shmraft/ipc/trace.py): per stage its quantiles from the
+histograms; the waterfall of the median request and of the p99 request from the ring of recent whole samples
+(the requests whose total lies in a band around that quantile, each stage's mean over them: per request the
+critical stages tile the total, so these add up, where medians of separate stages do not); each follower's
+own stages; the table and its JSON; then the thin parts that read the local nodes' blocks for
+`shmraft-supervisor trace` and the Prometheus families for the metrics collector.
 """
 
 from __future__ import annotations
@@ -26,9 +28,13 @@ from shmraft.ipc.trace import (
     STAGES,
     Point,
     TraceArea,
+    recent_rows,
 )
 
 QUANTILES: Final = (("p50", 0.50), ("p99", 0.99))
+# the typical request of a quantile: the recent samples whose total lies within this band of quantiles around it
+REQUEST_BANDS: Final = {"p50": (0.45, 0.55), "p99": (0.98, 1.0)}
+REQUEST_SAMPLES_MIN: Final = 20  # fewer recent samples than this: no typical-request waterfall
 BAR_WIDTH: Final = 40  # characters of the widest bar in the table
 # what each stage is, for the table and the docs
 STAGE_DOCS: Final = {
@@ -93,24 +99,59 @@ def _stage_rows(names: Sequence[str], hist: np.ndarray, sums: np.ndarray) -> lis
     return rows
 
 
-def leader_waterfall(hist: np.ndarray, sums: np.ndarray) -> dict[str, Any]:
+def typical_requests(samples: np.ndarray) -> dict[str, dict[str, Any]]:
+    """Per quantile label, the typical request: each stage's mean (µs) over the samples whose total lies in
+    REQUEST_BANDS (a critical stage a sample lacks counts 0 there: its time is in no stage, and the sum falls
+    short of the total by it), with how many samples that is; empty when there are too few samples."""
+    total_i = STAGE_NAMES.index("total")
+    samples = samples[~np.isnan(samples[:, total_i])] if len(samples) else samples
+    if len(samples) < REQUEST_SAMPLES_MIN:
+        return {}
+    totals = samples[:, total_i]
+    out: dict[str, dict[str, Any]] = {}
+    for label, (lo_q, hi_q) in REQUEST_BANDS.items():
+        lo, hi = np.quantile(totals, [lo_q, hi_q])
+        band = samples[(totals >= lo) & (totals <= hi)]
+        stages: dict[str, float | None] = {}
+        for i, (name, _a, _b, crit) in enumerate(STAGES):
+            col = band[:, i]
+            if crit:
+                stages[name] = round(float(np.nan_to_num(col, nan=0.0).mean()) / 1000, 1)
+            else:
+                have = col[~np.isnan(col)]
+                stages[name] = round(float(have.mean()) / 1000, 1) if len(have) else None
+        out[label] = {"samples": len(band), "stages": stages}
+    return out
+
+
+def leader_waterfall(hist: np.ndarray, sums: np.ndarray, samples: np.ndarray | None = None) -> dict[str, Any]:
     """Leader rows with, per quantile, each stage's start along the critical path (the sum of the critical
     stages before it; branch stages start where the quorum stage starts) and the check that the critical
-    stages' means add up to the mean total (exactly, per sample; see ipc/trace.leader_durations)."""
+    stages' means add up to the mean total (exactly, per sample; see ipc/trace.leader_durations). With the
+    recent whole samples (`samples`, ipc/trace.recent_rows), the rows also carry the typical median and p99
+    request (`p50_req_us`, `p99_req_us`), and the waterfall is placed along those: they add up."""
     rows = _stage_rows(STAGE_NAMES, hist, sums)
     by_name = {r["stage"]: r for r in rows}
+    typical = typical_requests(samples) if samples is not None else {}
     for label, _q in QUANTILES:
+        req = typical.get(label)
+        for name, row in zip(STAGE_NAMES, rows, strict=True):
+            row[f"{label}_req_us"] = req["stages"][name] if req else None
         at_point: dict[int, float] = {Point.RECV: 0.0}  # where each point falls along this quantile's waterfall
-        critical = 0.0
+        critical = 0.0  # the per-stage quantiles' sum (they need not add up to the total's quantile)
         for (name, a, b, crit), row in zip(STAGES, rows, strict=True):
-            v = row[f"{label}_us"] or 0.0
+            v = (row[f"{label}_req_us"] if req else row[f"{label}_us"]) or 0.0
             start = at_point.get(a, 0.0) if name != "total" else 0.0
             row[f"{label}_start_us"] = round(start, 1)
             if name != "total":
                 at_point.setdefault(b, start + v)
             if crit:
-                critical += v
+                critical += row[f"{label}_us"] or 0.0
         by_name["total"][f"{label}_critical_sum_us"] = round(critical, 1)
+        if req:
+            by_name["total"][f"{label}_placed_sum_us"] = round(
+                sum(req["stages"][n] or 0.0 for n, _a, _b, c in STAGES if c), 1
+            )
     crit_means = [r["mean_us"] for (_n, _a, _b, crit), r in zip(STAGES, rows, strict=True) if crit]
     total = by_name["total"]
     summary = {
@@ -119,7 +160,15 @@ def leader_waterfall(hist: np.ndarray, sums: np.ndarray) -> dict[str, Any]:
         "total_mean_us": total["mean_us"],
         "critical_p50_sum_us": total["p50_critical_sum_us"],
         "total_p50_us": total["p50_us"],
+        "placed_along": "typical requests" if typical else "per-stage quantiles",
     }
+    for label, req in typical.items():
+        crit_sum = sum(req["stages"][n] or 0.0 for n, _a, _b, crit in STAGES if crit)
+        summary[f"{label}_request"] = {
+            "samples": req["samples"],
+            "critical_sum_us": round(crit_sum, 1),
+            "total_us": req["stages"]["total"],
+        }
     return {"stages": rows, "summary": summary}
 
 
@@ -135,8 +184,32 @@ def follower_waterfall(hist: np.ndarray, sums: np.ndarray) -> dict[str, Any]:
 
 
 def diff_histograms(after: Mapping[str, np.ndarray], before: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
-    """What was counted between two `TraceArea.snapshot()`s (benchmarks and `trace --since`)."""
-    return {k: np.asarray(after[k], dtype=np.int64) - np.asarray(before[k], dtype=np.int64) for k in after}
+    """What was counted between two `TraceArea.snapshot()`s (benchmarks and `trace --since`): histogram counts
+    and sums, and the whole samples finished in between as `samples` (rows of ipc/trace.recent_rows)."""
+    out = {
+        k: np.asarray(after[k], dtype=np.int64) - np.asarray(before[k], dtype=np.int64)
+        for k in after
+        if k not in ("recent", "recent_n", "samples")
+    }
+    if "recent" in after:
+        end = int(after["recent_n"][0])
+        out["samples"] = recent_rows(after["recent"], end, end - int(before["recent_n"][0]))
+    return out
+
+
+def merge_diffs(a: Mapping[str, np.ndarray], b: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """Two `diff_histograms` results as one (counts added, samples concatenated)."""
+    return {k: np.concatenate([a[k], v]) if k == "samples" else a[k] + v for k, v in b.items()}
+
+
+def _samples_of(snap: Mapping[str, np.ndarray]) -> np.ndarray | None:
+    """The whole samples of a snapshot (every one the ring holds) or of a diff (those in between)."""
+    if "samples" in snap:
+        return np.asarray(snap["samples"])
+    if "recent" in snap:
+        end = int(snap["recent_n"][0])
+        return recent_rows(snap["recent"], end, end)
+    return None
 
 
 def trace_report(
@@ -150,7 +223,7 @@ def trace_report(
     out: dict[str, Any] = {"leader": leader_id, "sample_all": sample_all, "followers": {}}
     if leader_id is not None:
         s = snaps[leader_id]
-        out["leader_stages"] = leader_waterfall(np.asarray(s["hist"]), np.asarray(s["hist_sum_ns"]))
+        out["leader_stages"] = leader_waterfall(np.asarray(s["hist"]), np.asarray(s["hist_sum_ns"]), _samples_of(s))
     for node_id, s in sorted(snaps.items()):
         if node_id != leader_id:
             out["followers"][str(node_id)] = follower_waterfall(np.asarray(s["fhist"]), np.asarray(s["fhist_sum_ns"]))
@@ -171,23 +244,35 @@ def format_waterfall(report: Mapping[str, Any], label: str = "p50") -> str:
         return "no trace samples yet (shmraft-supervisor trace --all on, or wait for one request in N)"
     rows = leader["stages"]
     total = next(r for r in rows if r["stage"] == "total")
-    span = total.get(f"{label}_critical_sum_us") or total.get(f"{label}_us") or 1.0
+    s = leader["summary"]
+    typical = f"{label}_request" in s  # the bars follow the typical request (they add up), else the quantiles
+    value_key = f"{label}_req_us" if typical else f"{label}_us"
+    span = total.get(f"{label}_placed_sum_us") or total.get(f"{label}_critical_sum_us") or total.get(value_key) or 1.0
     scale = BAR_WIDTH / span if span else 0.0
-    head = f"{'stage':<20} {'p50 µs':>8} {'p99 µs':>8} {'mean µs':>8} {'n':>6}  {label} waterfall"
+    along = f"{label} request" if typical else f"{label}s"
+    head = f"{'stage':<20} {'p50 µs':>8} {'p99 µs':>8} {'mean µs':>8} {'n':>6}"
+    lhead = head + f" {'med req':>8} {'p99 req':>8}  waterfall of the {along}"
     lines.append(f"leader: node {report['leader']}" + ("  (sampling every request)" if report["sample_all"] else ""))
-    lines.append(head)
+    lines.append(lhead)
     for r in rows:
-        bar = "" if r["stage"] == "total" else _bar(r[f"{label}_start_us"], r[f"{label}_us"] or 0.0, scale)
+        bar = "" if r["stage"] == "total" else _bar(r[f"{label}_start_us"], r[value_key] or 0.0, scale)
         lines.append(
             f"{r['stage']:<20} {_num(r['p50_us']):>8} {_num(r['p99_us']):>8} {_num(r['mean_us']):>8} "
-            f"{r['count']:>6}  {bar}"
+            f"{r['count']:>6} {_num(r.get('p50_req_us')):>8} {_num(r.get('p99_req_us')):>8}  {bar}"
         )
-    s = leader["summary"]
+    for lab, name in (("p50", "median"), ("p99", "p99")):
+        req = s.get(f"{lab}_request")
+        if req:
+            lines.append(
+                f"the {name} request ({req['samples']} recent samples around the {lab} total): critical stages "
+                f"add up to {_num(req['critical_sum_us'])} µs of its {_num(req['total_us'])} µs"
+            )
     lines.append(
-        f"critical stages: p50s add up to {_num(s['critical_p50_sum_us'])} µs (median total "
-        f"{_num(s['total_p50_us'])} µs); means add up to {_num(s['critical_mean_sum_us'])} µs "
+        f"per-stage p50s add up to {_num(s['critical_p50_sum_us'])} µs (median total {_num(s['total_p50_us'])} µs; "
+        f"medians of separate stages need not add up); means add up to {_num(s['critical_mean_sum_us'])} µs "
         f"(mean total {_num(s['total_mean_us'])} µs)"
     )
+    head += f"  {label} waterfall"
     for node_id, f in report["followers"].items():
         lines.append("")
         lines.append(f"follower: node {node_id} (its own clock, from its receipt of an AppendEntries)")
