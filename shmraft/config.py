@@ -35,6 +35,10 @@ SECRET_HINT = "make one with: head -c 32 /dev/urandom > FILE && chmod 600 FILE (
 PEER_INBOUND_CONNECTIONS_MAX = 64  # inbound peer connections held at once (members, plus strangers refused)
 PEER_HANDSHAKE_TIMEOUT_MS = 2000  # a peer connection not authenticated within this is dropped
 FORMER_MEMBER_LINGER_MS = 30_000  # links to a removed member are kept this long (node/members.py FormerMembers)
+# a leader whose ingest or batcher is stalled this long hands leadership over (supervisor/stepaside.py); a
+# stalled request path on a leader with healthy Raft is never ended by an election, only by this
+LEADER_STALL_TRANSFER_MS_DEFAULT = 1000
+LEADER_STALL_TRANSFER_MS_MIN = 250  # lower values (other than 0: off) would judge one slow loop iteration
 
 
 class ConfigError(ValueError):
@@ -115,6 +119,10 @@ class NodeConfig:
     worker_restart_window_s: float = 60.0
     worker_restart_backoff_ms: int = 50  # first back-off; doubles per restart within the window
     worker_stall_timeout_ms: int = 5000  # a worker whose heartbeat stops this long while it could run is restarted
+    # a leader whose ingest or batcher worker has not beaten this long while it could run (the same
+    # starvation-proof clock; e.g. SIGSTOPped) hands leadership to a follower, at most once per
+    # LEADER_STALL_TRANSFER_GAP_S (supervisor/stepaside.py); 0 = never. Below worker_stall_timeout_ms
+    leader_stall_transfer_ms: int = LEADER_STALL_TRANSFER_MS_DEFAULT
     # storage faults (raft worker): a log that failed (disk full, I/O error) is reopened this often
     storage_retry_interval_ms: int = 1000
     # dedup (raft worker)
@@ -177,6 +185,14 @@ class NodeConfig:
             raise ConfigError(
                 "kafka_port: expected 0 (off) on a node with a client_token_file: the Kafka door has no "
                 f"authentication and would bypass the token, got {self.me.kafka_port}"
+            )
+        if self.leader_stall_transfer_ms != 0 and not (
+            LEADER_STALL_TRANSFER_MS_MIN <= self.leader_stall_transfer_ms < self.worker_stall_timeout_ms
+        ):
+            raise ConfigError(
+                f"leader_stall_transfer_ms: expected 0 (off) or {LEADER_STALL_TRANSFER_MS_MIN}.."
+                f"{self.worker_stall_timeout_ms - 1} (below worker_stall_timeout_ms), "
+                f"got {self.leader_stall_transfer_ms}"
             )
         if self.election_timeout_ms <= self.heartbeat_interval_ms:
             raise ConfigError(

@@ -126,7 +126,8 @@ def _heartbeat(harness: Harness, node_id: int, worker: Worker) -> int:
 
 @pytest.fixture
 def harness(tmp_path: Path):
-    h = Harness(tmp_path, worker_stall_timeout_ms=STALL_TIMEOUT_MS).start()
+    # a stall timeout this short leaves no room for the leader stall transfer below it (a follower is stopped here)
+    h = Harness(tmp_path, worker_stall_timeout_ms=STALL_TIMEOUT_MS, leader_stall_transfer_ms=0).start()
     try:
         yield h
     finally:

@@ -141,7 +141,9 @@ KINDS: Final = (
     Kind("kill-worker:sender", (0.0, 0.0)),
     Kind("kill-worker:raft", (0.0, 0.0)),
     Kind("pause-node", (1.0, 3.0)),
-    Kind("pause-worker", (0.5, 3.0)),  # below worker_stall_timeout_ms: a pause, not a stall kill
+    # below worker_stall_timeout_ms: a pause, not a stall kill; past leader_stall_transfer_ms on the leader's
+    # ingest or batcher, the leader hands leadership over (supervisor/stepaside.py)
+    Kind("pause-worker", (0.5, 3.0)),
     Kind("partition-isolate", (2.0, FAULT_HOLD_MAX_S), "netns"),
     Kind("partition-leader-minority", (2.0, FAULT_HOLD_MAX_S), "netns"),
     Kind("partition-leader-majority", (2.0, FAULT_HOLD_MAX_S), "netns"),

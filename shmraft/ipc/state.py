@@ -23,7 +23,7 @@ from shmraft.ipc.trace import TRACE_BYTES, TraceArea
 STATE_MAGIC: Final = 0x5348_4D52_4146_5453  # "SHMRAFTS"
 STATE_VERSION: Final = 7  # 2: latency histogram, errors by kind; 3: storage faults, recovering; 4: peers, snapshots;
 # 5: membership (members_epoch, config_index, removed); 6: the trace area (ipc/trace.py) after the peers;
-# 7: the trace area's ring of recent leader samples
+# 7: the trace area's ring of recent leader samples; leader stall transfers (stall_transfer_*, leader_stall_transfers)
 
 
 class NodeStatus(enum.IntEnum):
@@ -95,6 +95,17 @@ NODE_DTYPE: Final = np.dtype(
         ("members_epoch", "<u8"),
         ("config_index", "<u8"),
         ("removed", "<u8"),
+        # leader stall transfers (supervisor/stepaside.py). The supervisor asks the raft worker to hand
+        # leadership over when the leader's ingest or batcher is stalled (writer: supervisor; it writes the
+        # term it saw, the worker and its stalled time first and bumps `stall_transfer_asks` last). The raft
+        # worker acts when the asks counter moves, counts the transfers it started and names the last target
+        # (writer: raft)
+        ("stall_transfer_asks", "<u8"),
+        ("stall_transfer_term", "<u8"),
+        ("stall_transfer_worker", "<u8"),
+        ("stall_transfer_stalled_ms", "<u8"),
+        ("leader_stall_transfers", "<u8"),
+        ("stall_transfer_target", "<u8"),
         # PRODUCE receipt to PRODUCED answer, per request (writer: ingest): per-bucket counts, not cumulative;
         # bucket i < LATENCY_BUCKETS - 1 holds latencies <= LATENCY_BOUNDS_MS[i], the last one the rest
         ("commit_latency_buckets", "<u8", (16,)),

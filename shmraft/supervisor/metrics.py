@@ -45,6 +45,11 @@ _COUNTERS = (
     ("fsyncs", "fsyncs", "RocksDB log writes with fsync (group commits)"),
     ("snapshots_sent", "snapshots_sent", "Snapshots this node sent in full to a follower behind its log start"),
     ("snapshots_installed", "snapshots_installed", "Leader's snapshots this node installed (its log replaced)"),
+    (
+        "leader_stall_transfers",
+        "leader_stall_transfers",
+        "Leadership transfers this node started as leader because its ingest or batcher worker was stalled",
+    ),
 )
 # errors by kind: label value -> state block field
 ERROR_KINDS = {

@@ -8,6 +8,11 @@ batcher and ingest, and then watches them:
 - a worker whose heartbeat counter in the state block has not moved while it could have run for
   `worker_stall_timeout_ms` is killed (SIGKILL) and restarted; time it spent waiting for a CPU, and gaps
   the supervisor itself did not see, do not count (supervisor/stall.py), so a busy machine is not a stall;
+- on the leader, an ingest or batcher worker stalled by the same clock for `leader_stall_transfer_ms` (well
+  below the restart) makes the supervisor ask the raft worker to hand leadership over (supervisor/stepaside.py),
+  since a leader whose request path is stopped commits nothing while its healthy Raft keeps the others from
+  electing; at most once per LEADER_STALL_TRANSFER_GAP_S. The ask goes through the state block
+  (`stall_transfer_*`), which the raft worker reads every loop: the rings to it each have one writer already;
 - a worker restarted more than `worker_restart_budget` times within `worker_restart_window_s` exhausts
   the budget: the node stops serving (status FAILED, every worker stopped) and says why.
 
@@ -32,8 +37,10 @@ from shmraft.config import NodeConfig, config_to_json
 from shmraft.ipc.state import NodeStatus, Worker
 from shmraft.net.auth import check_node_files
 from shmraft.node.layout import NodeLayout
+from shmraft.raft.types import Role
 from shmraft.supervisor.metrics import MetricsServer
 from shmraft.supervisor.stall import StallClock, sample_process
+from shmraft.supervisor.stepaside import step_aside
 from shmraft.supervisor.zygote import ForkedProcess, Zygote
 
 log = logging.getLogger("shmraft.supervisor")
@@ -53,6 +60,7 @@ class _Child:
     restarts: list[float] = field(default_factory=list)  # monotonic times of recent restarts
     next_start: float = 0.0
     started: float = 0.0
+    start_beat: int = 0  # the heartbeat counter when the process was started: it is judged once that moved
     stall: StallClock = field(default_factory=StallClock)
 
 
@@ -66,6 +74,7 @@ class NodeSupervisor:
         self._stopping = False
         self.failed_reason = ""
         self.zygote = Zygote()
+        self._stall_ask_s: float | None = None  # when a leadership transfer for a stalled worker was last asked
 
     def run(self) -> int:
         check_node_files(self.config)  # a missing or unsafe secret/TLS file stops the node here, named
@@ -143,6 +152,7 @@ class NodeSupervisor:
         child.started = now
         child.stall.reset()
         record = self.state.workers[child.kind]
+        child.start_beat = int(record["heartbeat"])
         record["pid"] = child.proc.pid
         record["started_unix_ms"] = int(time.time() * 1000)
         log.info("node %d: started %s worker, pid %d", self.config.node_id, child.kind.name.lower(), child.proc.pid)
@@ -168,6 +178,7 @@ class NodeSupervisor:
 
     def _monitor(self) -> None:
         now = time.monotonic()
+        stalled_s: dict[Worker, float] = {}  # alive workers that have beaten since their start
         for child in self.children.values():
             proc = child.proc
             if proc is None:
@@ -178,6 +189,8 @@ class NodeSupervisor:
             beat = int(self.state.workers[child.kind]["heartbeat"])
             could_run_s = child.stall.observe(now, beat, sample_process(proc.pid))
             stalled = now - child.started > STARTUP_GRACE_S and could_run_s * 1000 > self.config.worker_stall_timeout_ms
+            if code is None and beat != child.start_beat:
+                stalled_s[child.kind] = could_run_s
             if code is None and not stalled:
                 continue
             if stalled and code is None:
@@ -212,6 +225,28 @@ class NodeSupervisor:
                 return
             backoff_ms = self.config.worker_restart_backoff_ms * 2 ** (len(child.restarts) - 1)
             child.next_start = now + min(backoff_ms, 5000) / 1000
+        self._step_aside_if_stalled(now, stalled_s)
+
+    def _step_aside_if_stalled(self, now: float, stalled_s: dict[Worker, float]) -> None:
+        """As leader, ask the raft worker to hand leadership over when the request path is stalled (stepaside.py).
+        The fields are written before the asks counter that the raft worker watches (one writer: this process)."""
+        leader = self.state.get("role") == Role.LEADER and not self._stopping
+        ask = step_aside(now, leader, stalled_s, self.config.leader_stall_transfer_ms, self._stall_ask_s)
+        if ask is None:
+            return
+        self._stall_ask_s = now
+        term = self.state.get("term")
+        self.state.set("stall_transfer_term", term)
+        self.state.set("stall_transfer_worker", int(ask.worker))
+        self.state.set("stall_transfer_stalled_ms", ask.stalled_ms)
+        self.state.add("stall_transfer_asks")
+        log.info(
+            "node %d: %s worker stalled %d ms while leader of term %d: asking the raft worker to hand leadership over",
+            self.config.node_id,
+            ask.worker.name.lower(),
+            ask.stalled_ms,
+            term,
+        )
 
     def _stop_all(self) -> None:
         if self.state.get("status") != NodeStatus.FAILED:

@@ -77,6 +77,7 @@ def node_status(config: NodeConfig) -> dict[str, Any]:
             quarantines=f["quarantines"],
             snapshots_sent=f["snapshots_sent"],
             snapshots_installed=f["snapshots_installed"],
+            leader_stall_transfers=f["leader_stall_transfers"],
             followers=f["followers"],
             membership=_membership(config, state),
             commit_latency_ms={
@@ -159,6 +160,10 @@ def format_table(report: dict[str, Any], rates: dict[int, float] | None = None) 
         )
         lines.append(f"     {membership_line(n)}")
         lines += [f"     {line}" for line in follower_lines(n.get("followers", []))]
+        if n.get("leader_stall_transfers"):
+            lines.append(
+                f"     leadership handed over {n['leader_stall_transfers']} time(s): its ingest or batcher was stalled"
+            )
     lines.append(f"leader: {report['leader'] or 'none'}   healthy: {report['healthy']}")
     return "\n".join(lines)
 

@@ -203,6 +203,9 @@ class RaftWorker(WorkerBase):
         self.requests_in = Inbox(self.layout.reader(Ring.R6), Ring.R6, self.sel)
         self.trace = RaftTrace(self.state.trace, config.trace_sample_every)
         self._refusals_counted = 0
+        # the supervisor's asks to hand leadership over (state block `stall_transfer_asks`): those made before
+        # this process started are not this process's to act on
+        self._stall_asks_seen = self.state.get("stall_transfer_asks")
         self._publish_state()
 
     # --- storage: open, fail, retry ------------------------------------------------------------------------
@@ -534,6 +537,7 @@ class RaftWorker(WorkerBase):
             self._propose(frames)
             timer.mark(f"propose {len(frames)} frames", time.monotonic())
         self._control_requests()
+        self._stall_transfer_asked()
         if self.core is None or self.driver is None:
             return
         self._collect_synced()
@@ -562,6 +566,43 @@ class RaftWorker(WorkerBase):
             while self.core.has_ready():
                 self._handle_ready(self.core.ready())
         self.log.info("leadership handed over: role now %s, leader %d", self.core.role.name, self.core.leader)
+
+    def _stall_transfer_asked(self) -> None:
+        """The supervisor saw this leader's ingest or batcher stalled (supervisor/stepaside.py) and bumped
+        `stall_transfer_asks`: hand leadership to the most caught-up follower, if still the leader of the term it
+        saw. One state read per loop when nothing is asked."""
+        asks = self.state.get("stall_transfer_asks")
+        if asks == self._stall_asks_seen:
+            return
+        self._stall_asks_seen = asks
+        core = self.core
+        term = self.state.get("stall_transfer_term")
+        worker = Worker(self.state.get("stall_transfer_worker")).name.lower()
+        stalled_ms = self.state.get("stall_transfer_stalled_ms")
+        if core is None or core.role != StateRole.LEADER or core.term != term:
+            self.log.info(
+                "no leadership transfer for the %s worker stalled %d ms: no longer the leader of term %d",
+                worker,
+                stalled_ms,
+                term,
+            )
+            return
+        try:
+            target = core.transfer_leadership()
+        except (ProposalError, ValueError) as exc:
+            self.log.warning(
+                "%s worker stalled %d ms while leader: no leadership transfer: %s", worker, stalled_ms, exc
+            )
+            return
+        self.state.add("leader_stall_transfers")
+        self.state.set("stall_transfer_target", target)
+        self.log.warning(
+            "%s worker stalled %d ms while leader of term %d: handing leadership to node %d",
+            worker,
+            stalled_ms,
+            term,
+            target,
+        )
 
     # --- inputs --------------------------------------------------------------------------------------------
 
