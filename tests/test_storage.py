@@ -6,6 +6,8 @@ import glob
 import os
 import random
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -170,6 +172,52 @@ def test_hard_state_and_log_persist_across_reopen(tmp_path: Path) -> None:
         assert s.bytes_kept() == 40 * 64
         s.append(make(41, 41, 2))
         assert s.verify() == 41
+
+
+def _run_then_die(path: Path, steps: str) -> None:
+    """Open the log in a child process, run `steps` (Python, with `s` the storage), and exit without closing
+    it: what a killed process leaves (written batches are in the OS, deferred state is not)."""
+    code = (
+        "import os, sys\n"
+        "from shmraft.raft.types import Entry, HardState\n"
+        "from shmraft.storage.rocks import RocksLogStorage\n"
+        f"s = RocksLogStorage({str(path)!r})\n" + steps + "\nos._exit(0)\n"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True, timeout=60)
+
+
+def test_a_deferred_commit_is_carried_by_the_next_write_or_lost_with_the_process(tmp_path: Path) -> None:
+    """The raft worker defers commit-only advances (no write of their own on the commit path): readers of the
+    object see them at once; the next write of any kind, `write_deferred` or `close` puts them on disk; a
+    process that dies first loses them (as it may an unsynced write), never anything else."""
+    path = tmp_path / "log"
+    with RocksLogStorage(path) as s:
+        s.append(make(1, 10, 1), HardState(term=1, vote=1, commit=2))
+        writes = s.stats().unsynced_writes + s.stats().synced_writes
+        s.set_hard_state(HardState(term=1, vote=1, commit=5), defer=True)
+        assert s.hard_state().commit == 5
+        assert s.stats().unsynced_writes + s.stats().synced_writes == writes  # no write of its own
+        s.compact(4)  # checked against the deferred commit, and carries it
+        assert not s.write_deferred()  # nothing left to write
+    _run_then_die(path, "s.set_hard_state(HardState(term=1, vote=1, commit=7), defer=True)")
+    with RocksLogStorage(path) as s:
+        assert s.hard_state() == HardState(term=1, vote=1, commit=5)  # lost with the process: re-learned
+        assert (s.first_index(), s.last_index()) == (5, 10)
+    _run_then_die(
+        path,
+        "s.set_hard_state(HardState(term=1, vote=1, commit=8), defer=True)\n"
+        "s.append([Entry(11, 1, b'x' * 64)])",  # an append without a hard state carries it
+    )
+    with RocksLogStorage(path) as s:
+        assert s.hard_state().commit == 8 and s.last_index() == 11
+    _run_then_die(path, "s.set_hard_state(HardState(term=1, vote=1, commit=9), defer=True)\nassert s.write_deferred()")
+    with RocksLogStorage(path) as s:
+        assert s.hard_state().commit == 9
+        s.set_hard_state(HardState(term=1, vote=1, commit=10), defer=True)
+    with RocksLogStorage(path) as s:
+        assert s.hard_state().commit == 10  # written by close
+        s.set_hard_state(HardState(term=2, vote=0, commit=10), defer=True)  # a term change is never deferred
+        assert not s.write_deferred()
 
 
 def test_close_idempotent_and_use_after_close(tmp_path: Path) -> None:

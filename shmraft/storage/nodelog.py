@@ -62,6 +62,9 @@ RECOVER_COMMAND: Final = "shmraft-supervisor recover-node"
 # (plus the SST files written since) for the next start to check; one mark costs the raft loop about 0.3 ms
 # (median; benchmarks/restart_bench.py "persist_mark")
 VERIFIED_MARK_INTERVAL_S: Final = 1.0
+# a commit-only hard state is deferred (no RocksDB write of its own on the commit path) and written at least this
+# often, when no other write carried it first
+DEFERRED_COMMIT_WRITE_INTERVAL_S: Final = 0.1
 
 log = logging.getLogger("shmraft.storage.nodelog")
 
@@ -111,6 +114,7 @@ class NodeLog:
         self._mark_file = VerifiedMarkFile(self.node_dir)
         self._mark: VerifiedMark | None = None  # the last mark written or found valid
         self._mark_due = time.monotonic() + VERIFIED_MARK_INTERVAL_S
+        self._deferred_due = 0.0
         self.open_check = OpenCheck()  # set by open_node_log
         self.quarantined: Path | None = None  # set by open_node_log when it quarantined a corrupt log
         self.corruption = ""  # what was found corrupt, for the status and the log
@@ -165,9 +169,19 @@ class NodeLog:
             self._set_hint(entries[-1].index)
         self.rocks.append(entries, hard_state, sync=False)
 
-    def set_hard_state(self, hard_state: HardState, *, sync: bool = True) -> None:
+    def set_hard_state(self, hard_state: HardState, *, sync: bool = True, defer: bool = False) -> None:
+        """rocks.set_hard_state with the vote sidecar; `defer`: a commit-only advance waits for the next write
+        (or `write_deferred_if_due`)."""
         self._save_vote(hard_state)
-        self.rocks.set_hard_state(hard_state, sync=sync)
+        self.rocks.set_hard_state(hard_state, sync=sync, defer=defer)
+
+    def write_deferred_if_due(self) -> None:
+        """Write a deferred commit-only hard state if DEFERRED_COMMIT_WRITE_INTERVAL_S has passed since the last
+        check (one clock read otherwise): the on-disk commit index lags the node's by about that at most."""
+        now = time.monotonic()
+        if now >= self._deferred_due:
+            self._deferred_due = now + DEFERRED_COMMIT_WRITE_INTERVAL_S
+            self.rocks.write_deferred()
 
     def sync_wal(self) -> None:
         """Make every write issued so far durable (rocks.sync_wal; callable from the persist thread)."""

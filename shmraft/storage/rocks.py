@@ -72,6 +72,7 @@ instance refreshed with `catch_up()`, with the same checksummed read path and er
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import enum
 import os
@@ -647,6 +648,7 @@ class RocksLogStorage(_LogView):
         self.retain_below_snapshot = retain_below_snapshot
         self._stats = StorageStats()
         self._closed = True
+        self._hs_dirty = False  # a deferred commit-only advance: in `_hs`, not yet in a write (set_hard_state)
 
         self._wo_sync = rocksdict.WriteOptions()
         self._wo_sync.sync = self.fsync is FsyncPolicy.ALWAYS
@@ -701,7 +703,7 @@ class RocksLogStorage(_LogView):
         new_last = start + n - 1
         if entries[-1].index != new_last:
             raise LogOrderError(f"entries are not consecutive: {start}..{entries[-1].index} for {n} entries")
-        wb = rocksdict.WriteBatch(raw_mode=True)
+        wb = self._new_batch()
         put = wb.put
         nbytes = 0
         index = start
@@ -744,15 +746,21 @@ class RocksLogStorage(_LogView):
         self._hs = hs
         self._retain()
 
-    def set_hard_state(self, hard_state: HardState, *, sync: bool = True) -> None:
+    def set_hard_state(self, hard_state: HardState, *, sync: bool = True, defer: bool = False) -> None:
         """Persist term/vote/commit. Synced (policy ALWAYS) if term or vote changed; a commit-only
         advance is written without fsync (safe: commit is re-learned from the leader). `sync=False`: as for
-        `append`, durable only after a later `sync_wal`."""
+        `append`, durable only after a later `sync_wal`. `defer=True`: a commit-only advance is not written
+        now but kept (every read of this object sees it) and carried by the next write of any kind, or by
+        `write_deferred` / `close`: a crash may lose it, as it may an unsynced write."""
         self._check_open()
         if hard_state == self._hs:
             return
         self._check_hard_state(hard_state, self._last_index)
-        wb = rocksdict.WriteBatch(raw_mode=True)
+        if defer and (hard_state.term, hard_state.vote) == (self._hs.term, self._hs.vote):
+            self._hs = hard_state
+            self._hs_dirty = True
+            return
+        wb = self._new_batch()
         hs = hard_state
         wb.put(_KEY_HARD, _encode_meta(_U64x3.pack(hs.term, hs.vote, hs.commit)), self._meta_cf)
         needs_sync = sync and (hs.term, hs.vote) != (self._hs.term, self._hs.vote)
@@ -788,7 +796,7 @@ class RocksLogStorage(_LogView):
         if self.term_at(c) != snapshot.term:
             raise LogOrderError(f"snapshot term {snapshot.term} differs from the log's term {self.term_at(c)} at {c}")
         head = (c, snapshot.term, len(snapshot.data), zlib.crc32(snapshot.data))
-        wb = rocksdict.WriteBatch(raw_mode=True)
+        wb = self._new_batch()
         wb.put(_KEY_SNAPDATA, snapshot.data, self._meta_cf)
         wb.put(_KEY_SNAPHEAD, _encode_meta(_SNAPHEAD.pack(*head)), self._meta_cf)
         hs = self._hs  # the commit index covering C goes to disk with it (a commit-only advance is unsynced)
@@ -812,7 +820,7 @@ class RocksLogStorage(_LogView):
         hs = hard_state
         head = (c, c_term, len(snapshot.data), zlib.crc32(snapshot.data))
         cum = self._last_cum  # node-local and growing: see the module docstring
-        wb = rocksdict.WriteBatch(raw_mode=True)
+        wb = self._new_batch()
         wb.delete_range(index_key(0), _KEY_PAST_ALL)
         wb.put(_KEY_SNAP, _encode_meta(_U64x3.pack(c, c_term, cum)), self._meta_cf)
         wb.put(_KEY_SNAPDATA, bytes(snapshot.data), self._meta_cf)
@@ -879,11 +887,37 @@ class RocksLogStorage(_LogView):
         state = "closed" if self._closed else f"[{self.first_index()}..{self._last_index}] {self._hs}"
         return f"RocksLogStorage({self.path!r}, fsync={self.fsync.value}, {state})"
 
+    def close(self) -> None:
+        """Write a deferred hard state (best effort: a failing device has nothing more to save), then close."""
+        if not self._closed and self._hs_dirty and "_db" in self.__dict__:
+            with contextlib.suppress(StorageError):
+                self.write_deferred()
+        super().close()
+
+    def write_deferred(self) -> bool:
+        """Write a deferred commit-only hard state now (unsynced); False when there was none."""
+        self._check_open()
+        if not self._hs_dirty:
+            return False
+        self._write(self._new_batch(), sync=False)
+        return True
+
+    def _new_batch(self) -> rocksdict.WriteBatch:
+        """A WriteBatch that starts with the deferred hard state, if any (a later put of the key in the same
+        batch replaces it), so every write carries it to disk (`_write` then clears the flag)."""
+        wb = rocksdict.WriteBatch(raw_mode=True)
+        if self._hs_dirty:
+            hs = self._hs
+            wb.put(_KEY_HARD, _encode_meta(_U64x3.pack(hs.term, hs.vote, hs.commit)), self._meta_cf)
+        return wb
+
     def _write(self, wb: rocksdict.WriteBatch, *, sync: bool) -> None:
+        """Every batch but the first one of a new log comes from `_new_batch`: after it, disk and `_hs` agree."""
         opts = self._wo_sync if sync else self._wo_nosync
         t0 = time.perf_counter()
         with _rocks():
             self._db.write(wb, opts)
+        self._hs_dirty = False
         self._stats.write_seconds += time.perf_counter() - t0
         if opts.sync:
             self._stats.synced_writes += 1
@@ -965,7 +999,7 @@ class RocksLogStorage(_LogView):
         return self._term_cum(index)[1]
 
     def _compact(self, up_to_index: int, *, sync: bool) -> None:
-        wb = rocksdict.WriteBatch(raw_mode=True)
+        wb = self._new_batch()
         compaction = self._add_compaction(wb, up_to_index)
         self._write(wb, sync=sync)
         self._compacted(*compaction)

@@ -491,6 +491,7 @@ class RaftWorker(WorkerBase):
                     self._iterate()
                     if self.storage is not None:
                         self.storage.persist_mark_if_due()  # the next start checks only what follows
+                        self.storage.write_deferred_if_due()
                         self._snapshot_step()
                         timer.mark("snapshot", time.monotonic())
                 except (StorageIOError, CorruptLogError) as exc:
@@ -806,8 +807,9 @@ class RaftWorker(WorkerBase):
                 self.storage.set_hard_state(hard_state, sync=False)  # a term or vote: durable once synced
                 self._submit_sync([], time.perf_counter_ns())
                 durable = False
-            else:  # a commit-only advance needs no fsync (the commit index is re-learned from the leader)
-                self.storage.set_hard_state(hard_state)
+            else:  # a commit-only advance needs no fsync (the commit index is re-learned from the leader), nor a
+                # write of its own on the commit path: the next write carries it, or the loop within 0.1 s
+                self.storage.set_hard_state(hard_state, defer=True)
         if len(self._decoded) > DECODED_CACHE_MAX:
             self._decoded.clear()
         return durable
