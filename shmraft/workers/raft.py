@@ -87,7 +87,7 @@ from shmraft.raft.membership import (
     encode_membership,
 )
 from shmraft.raft.membership import Member as RaftMember
-from shmraft.raft.messages import AppendEntries, Channel, Message
+from shmraft.raft.messages import AppendEntries, Channel, Heartbeat, Message
 from shmraft.raft.ready import Ready
 from shmraft.raft.types import Entry, HardState, Snapshot
 from shmraft.raft.types import Role as StateRole
@@ -203,6 +203,9 @@ class RaftWorker(WorkerBase):
         self.requests_in = Inbox(self.layout.reader(Ring.R6), Ring.R6, self.sel)
         self.trace = RaftTrace(self.state.trace, config.trace_sample_every)
         self._refusals_counted = 0
+        # heartbeats (the leader's commit advances among them) leave at the end of the loop pass, after the
+        # COMMIT note went to ingest: the followers they wake then do not compete for a core with the answer
+        self._held_heartbeats: list[tuple[int, bytes]] = []
         # the supervisor's asks to hand leadership over (state block `stall_transfer_asks`): those made before
         # this process started are not this process's to act on
         self._stall_asks_seen = self.state.get("stall_transfer_asks")
@@ -489,6 +492,7 @@ class RaftWorker(WorkerBase):
                     self._refusals_counted = self.links.refusals
                 try:
                     self._iterate()
+                    self._flush_notes()  # commits to ingest first: what follows can wait
                     if self.storage is not None:
                         self.storage.persist_mark_if_due()  # the next start checks only what follows
                         self.storage.write_deferred_if_due()
@@ -497,6 +501,7 @@ class RaftWorker(WorkerBase):
                 except (StorageIOError, CorruptLogError) as exc:
                     self._storage_failed(exc)
                 self._flush_notes()
+                self._send_held_heartbeats()
                 if (line := timer.end(time.monotonic())) is not None:
                     self.log.info("%s", line)
             if self.core is not None:
@@ -566,6 +571,7 @@ class RaftWorker(WorkerBase):
             self.driver.tick()
             while self.core.has_ready():
                 self._handle_ready(self.core.ready())
+            self._send_held_heartbeats()
         self.log.info("leadership handed over: role now %s, leader %d", self.core.role.name, self.core.leader)
 
     def _stall_transfer_asked(self) -> None:
@@ -1066,6 +1072,8 @@ class RaftWorker(WorkerBase):
                     self.trace.sent_direct(m)
                     continue
                 records.append(encode_peer_record(m.dst, PeerRecordKind.MESSAGE, body))
+            elif isinstance(m, Heartbeat):
+                self._held_heartbeats.append((m.dst, body))
             else:
                 self.links.send(m.dst, body)
         if records:
@@ -1147,6 +1155,11 @@ class RaftWorker(WorkerBase):
                     now - self._ready_at,
                     now - self._started_at,
                 )
+
+    def _send_held_heartbeats(self) -> None:
+        held, self._held_heartbeats = self._held_heartbeats, []
+        for dst, body in held:
+            self.links.send(dst, body)
 
     def _flush_notes(self) -> None:
         if self._notes:
