@@ -41,6 +41,8 @@ MEMBERSHIP_VERSION: Final = 1
 MEMBERS_MAX: Final = 16  # voters (at most CLUSTER_SIZE_MAX) plus learners catching up
 MEMBER_ADDRESS_BYTES_MAX: Final = 1024  # the node layer's host and ports, with room for TLS names
 MEMBER_ID_MAX: Final = 0xFFFF_FFFF
+# in the text of every QuorumNotActiveError: a client tells this refusal (sent as UNAVAILABLE) from the others by it
+STRICT_RECONFIG_CHECK: Final = "strict reconfiguration check"
 
 _HEAD: Final = struct.Struct("<HH")  # body version, member count
 _MEMBER: Final = struct.Struct("<IBH")  # id, role, address length
@@ -274,7 +276,7 @@ class QuorumNotActiveError(WouldLoseQuorumError):
     def __init__(self, what: str, voters: tuple[int, ...], active: tuple[int, ...], needed: int) -> None:
         super().__init__(
             f"{what} would leave voters {_ids(voters)}; active {_ids(active)}; a majority needs {needed} "
-            "(strict reconfiguration check: retry once the silent voters are back)"
+            f"({STRICT_RECONFIG_CHECK}: retry once the silent voters are back)"
         )
         self.voters = voters
         self.active = active
