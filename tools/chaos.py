@@ -792,9 +792,12 @@ class Campaign:
             except ShmraftError as exc:
                 last = f"members: {type(exc).__name__}: {exc}"
             else:
+                # the leader first: a SIGSTOPped node asked first would hold the request until it is resumed
+                known = view.get(view.leader_id)
+                first = known.member.client_address if known is not None and known.member is not None else ""
                 try:
                     admin.change_member(
-                        self.addresses,
+                        sorted(self.addresses, key=lambda a: a != first),
                         op,
                         node,
                         secret=secret,
