@@ -232,6 +232,20 @@ def test_strict_check_counts_a_follower_heard_within_the_check_quorum_window():
     assert c.cores[1].conf_change_pending
 
 
+def test_strict_check_counts_a_disconnected_follower_as_silent_until_it_answers_again():
+    c = Cluster(3)
+    c.elect(1)
+    settle(c)
+    c.cores[1].peer_disconnected(3)  # its connection reset (a killed process): no need to wait for the window
+    assert c.cores[1].active_ids() == {1, 2}
+    with pytest.raises(QuorumNotActiveError, match=r"removing node 2 would leave voters \{1,3\}; active \{1\}"):
+        c.cores[1].propose_conf_change(ConfChange.remove(2))
+    c.run(2 * c.config.heartbeat_interval_ms)  # it answers the next heartbeat
+    assert c.cores[1].active_ids() == {1, 2, 3}
+    c.change(1, ConfChange.remove(2))
+    assert c.cores[1].conf_change_pending
+
+
 def test_strict_check_accepts_a_removal_when_every_voter_is_active():
     c = Cluster(3)
     c.elect(1)

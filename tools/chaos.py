@@ -743,6 +743,7 @@ class Campaign:
             removal.start()
             self.hold(p.hold_s, rec)
         finally:
+            rec["healing_s"] = round(self.now_s(), 2)
             heal()
         removal.join(MEMBERSHIP_WAIT_S + CHANGE_ATTEMPT_S)
         if outcome != [""]:
@@ -796,6 +797,7 @@ class Campaign:
                 known = view.get(view.leader_id)
                 first = known.member.client_address if known is not None and known.member is not None else ""
                 try:
+                    asked_s = round(self.now_s(), 2)
                     admin.change_member(
                         sorted(self.addresses, key=lambda a: a != first),
                         op,
@@ -806,6 +808,8 @@ class Campaign:
                         timeout_s=min(CHANGE_ATTEMPT_S, max(deadline - time.monotonic(), 0.1)),
                         wait_quorum=False,
                     )
+                    if rec is not None:  # when the change that committed was asked (campaign time, s)
+                        rec["change_accepted_s"] = asked_s
                 except QuorumNotActive as exc:  # the strict reconfiguration check: asked again, backing off
                     last = f"{op.name}: {type(exc).__name__}: {exc}"
                     refused = True

@@ -469,7 +469,8 @@ class RaftCore:
     def active_ids(self) -> frozenset[int]:
         """Leader: the members known active, for the strict reconfiguration check: itself, and every follower
         heard from in this leadership within the check-quorum window (election_timeout_ms, the `silent_ms`
-        that check-quorum counts). A follower not heard since this node became leader (a leader that just
+        that check-quorum counts), and not disconnected since (`peer_disconnected`: a killed follower's
+        connection resets at once). A follower not heard since this node became leader (a leader that just
         took over from a dead one) is not known active, although check-quorum gives it a window to show up."""
         timeout = self.config.election_timeout_ms
         active = {p for p, pr in self._progress.items() if pr.heard and pr.silent_ms < timeout}
@@ -534,6 +535,8 @@ class RaftCore:
             pr = self._progress.get(peer)
             if pr is None:
                 return
+            pr.heard = False  # not known active until it answers again (the strict reconfiguration check counts,
+            # as etcd's does, the members the leader is connected to; check-quorum still gives it its window)
             if pr.state == ProgressState.REPLICATE:
                 pr.become_probe()
             elif pr.state == ProgressState.PROBE:
