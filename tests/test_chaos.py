@@ -392,9 +392,10 @@ def _seed_with_both_membership_variants() -> int:
 @pytest.mark.slow
 def test_membership_change_while_another_fault_is_in_force(tmp_path: Path) -> None:
     """A short run of membership-change, once with the other follower paused and once with the leader killed
-    while a follower is removed: each removal commits once the other fault is healed, the removed node comes
-    back empty as a learner, is promoted and catches up, and every node's log holds every acknowledged event
-    once, none divergent."""
+    while a follower is removed: the leader's strict reconfiguration check refuses the removal while the paused
+    follower is silent (counted in `strict_refusals`), each removal commits once the other fault is healed, the
+    removed node comes back empty as a learner, is promoted and catches up, and every node's log holds every
+    acknowledged event once, none divergent."""
     seed = _seed_with_both_membership_variants()
     proc, report, context = _run_campaign(
         ["--duration", str(MEMBERSHIP_RUN_S), "--seed", str(seed), "--kinds", "membership-change", "--no-disk"],
@@ -403,6 +404,8 @@ def test_membership_change_while_another_fault_is_in_force(tmp_path: Path) -> No
     assert report["faults"] == {"membership-change": 2}, context
     assert sorted(f["with"] for f in report["fault_log"]) == sorted(chaos.MEMBERSHIP_WITH), context
     assert all("added back as a learner and promoted" in f["detail"] for f in report["fault_log"]), context
+    paused = next(f for f in report["fault_log"] if f["with"] == "pause-follower")
+    assert paused["strict_refusals"] > 0, context  # asked past the check-quorum window, during a hold >= 1 s
     k = report["by_kind"]["membership-change"]
     assert k["not_caught_up"] == 0 and not report["fault_errors"] and not report["read_errors"], context
     assert report["lost"] == 0 and report["duplicates"] == 0 and report["divergent"] == 0, context

@@ -95,3 +95,21 @@ def test_the_mac_binds_secret_cluster_and_every_field() -> None:
     late = now + MEMBER_CHANGE_WINDOW_MS + 1
     assert "replay" in member_change_refusal(SECRET, "c", m.signed_bytes, m.mac, m.unix_ms, late)
     assert "mac" not in repr(m).lower() or m.mac.hex() not in repr(m)
+
+
+def test_a_strict_check_refusal_reaches_the_client_as_a_retriable_quorum_not_active() -> None:
+    """The core's QuorumNotActiveError goes out as UNAVAILABLE (a code every version-3 client reads) with its
+    text, and the library raises QuorumNotActive for it; the last-voter refusal stays NO_QUORUM."""
+    from shmraft.client.errors import NoQuorum, QuorumNotActive, UnavailableError, error_from_server
+    from shmraft.raft.membership import QuorumNotActiveError, WouldLoseQuorumError
+    from shmraft.workers.raft import _change_error_code
+
+    exc = QuorumNotActiveError("removing node 2", (1, 3), (1,), 2)
+    code = _change_error_code(exc, cp.ChangeOp.REMOVE)
+    assert code is cp.ErrorCode.UNAVAILABLE and code.retriable
+    err = error_from_server(code, str(exc), "", "127.0.0.1:7101")
+    assert isinstance(err, QuorumNotActive) and isinstance(err, UnavailableError) and err.retriable
+    assert "removing node 2 would leave voters {1,3}; active {1}; a majority needs 2" in str(err)
+    last = _change_error_code(WouldLoseQuorumError("node 1 is the last voter"), cp.ChangeOp.REMOVE)
+    assert last is cp.ErrorCode.NO_QUORUM and isinstance(error_from_server(last, "x"), NoQuorum)
+    assert type(error_from_server(cp.ErrorCode.UNAVAILABLE, "no leader")) is UnavailableError

@@ -24,9 +24,11 @@ from shmraft.client.errors import (
     MemberUnknown,
     NoQuorum,
     NotCaughtUp,
+    QuorumNotActive,
     Unauthorized,
 )
 from shmraft.config import Member
+from shmraft.constants import ELECTION_TIMEOUT_MS
 from shmraft.net.auth import Secret, cluster_secret
 from shmraft.node.layout import NodeLayout
 from shmraft.node.members import encode_address
@@ -211,6 +213,55 @@ def test_refusals(harness: Harness) -> None:
     _change(h, cp.ChangeOp.REMOVE, followers[1])
     with pytest.raises(NoQuorum):  # the last voter cannot go
         _change(h, cp.ChangeOp.REMOVE, leader)
+
+
+@pytest.mark.slow
+def test_removing_a_follower_while_the_other_is_paused_is_refused_until_it_is_back(harness: Harness, capsys) -> None:
+    """The strict reconfiguration check on a real cluster under load: one follower SIGSTOPped for longer than
+    the leader's check-quorum window, removing the other follower (which would leave the leader and the paused
+    node, no live majority) is refused with QuorumNotActive naming the voters, the active ones and the majority,
+    by the admin client and by `members remove`; the cluster keeps committing meanwhile; after SIGCONT the
+    removal is accepted and committed. Every member's own log holds what was acknowledged."""
+    h = harness
+    c = h.configs[0]
+    port_base = c.me.client_port - 101
+    common = ["--data-dir", str(c.data_dir), "--port-base", str(port_base), "--cluster-id", h.cluster_id]
+    silent_s = 2 * ELECTION_TIMEOUT_MS / 1000  # past the check-quorum window (election_timeout_ms)
+    with Load(h, tag="strict", pause_s=0.02) as load:
+        load.wait_acked(200, 60)
+        leader = h.wait_leader()
+        paused, victim = h.followers()
+        h.pause_node(paused)
+        try:
+            paused_at = time.monotonic()
+            wait_for(lambda: time.monotonic() - paused_at, 10, "the check-quorum window", accept=lambda t: t > silent_s)
+            before = len(load.acked)
+            at_leader = [h.config(leader).me.client_address]  # a paused node would hold the request until resumed
+            with pytest.raises(QuorumNotActive) as err:
+                _change(h, cp.ChangeOp.REMOVE, victim, wait_quorum=False, addresses=at_leader)
+            voters = ",".join(str(n) for n in sorted((leader, paused)))
+            assert (
+                f"removing node {victim} would leave voters {{{voters}}}; active {{{leader}}}; a majority needs 2"
+                in (str(err.value))
+            )
+            assert err.value.retriable and err.value.code is cp.ErrorCode.UNAVAILABLE
+            argv = ["members", "remove", "--node", str(victim), "--timeout", "2", "--seed", at_leader[0], *common]
+            assert supervisor_cli.main(argv) == 1
+            said = capsys.readouterr().err
+            assert "QuorumNotActive" in said and "strict reconfiguration check" in said, said
+            load.wait_acked(before + 300, 60)  # the leader and the victim keep committing
+            view = _members(h)
+            assert sorted(m.node_id for m in view.members) == [1, 2, 3] and not view.change_pending
+        finally:
+            h.resume_node(paused)
+        _change(h, cp.ChangeOp.REMOVE, victim)  # asked again (with a backoff) until the leader hears `paused`
+        _wait_voters(h, [leader, paused])
+        wait_for(lambda: h.state(victim)["removed"] == 1, 30, f"node {victim} to know it was removed")
+        h.local.stop_node(victim)
+        h.forget_node(victim)
+        load.wait_acked(len(load.acked) + 200, 60)
+    assert not load.errors.get("MembershipError")
+    verify(h, load.acked)
 
 
 def test_replace_a_dead_node_the_new_one_catches_up_through_a_snapshot(tmp_path: Path) -> None:

@@ -27,10 +27,12 @@ from shmraft.raft.membership import (
     MemberRole,
     MembershipFormatError,
     NotCaughtUpError,
+    QuorumNotActiveError,
     TooManyVotersError,
     UnknownMemberError,
     WouldLoseQuorumError,
     apply_change,
+    check_active_quorum,
     decode_membership,
     encode_membership,
     membership_entry,
@@ -180,6 +182,177 @@ def test_4_1_changes_are_checked_against_the_configuration():
         apply_change(full, ConfChange.promote(100))
     assert apply_change(conf, ConfChange.remove(2)).ids() == (1,)
     assert apply_change(conf, ConfChange.promote(2)).voters() == (1, 2)
+
+
+# --- the strict reconfiguration check (etcd's --strict-reconfig-check) -----------------------------------------
+
+
+def silent_for_a_check_quorum_window(c: Cluster, node: int) -> None:
+    """Cut `node` off (as a SIGSTOP does: nothing in, nothing out) and let the others run until the leader has
+    not heard it for more than the check-quorum window (election_timeout_ms)."""
+    c.isolate(node)
+    c.run(c.config.election_timeout_ms + c.config.heartbeat_interval_ms)
+
+
+def test_strict_check_refuses_removing_a_follower_while_the_other_is_silent_then_accepts_once_it_is_heard():
+    c = Cluster(3)
+    c.elect(1)
+    c.propose(1, b"e")
+    settle(c)
+    silent_for_a_check_quorum_window(c, 3)
+    assert c.cores[1].role == Role.LEADER and c.cores[1].active_ids() == {1, 2}
+    last = c.cores[1].last_index
+    with pytest.raises(QuorumNotActiveError) as err:
+        c.cores[1].propose_conf_change(ConfChange.remove(2))
+    assert str(err.value).startswith("removing node 2 would leave voters {1,3}; active {1}; a majority needs 2")
+    assert (err.value.voters, err.value.active, err.value.needed) == ((1, 3), (1,), 2)
+    assert isinstance(err.value, WouldLoseQuorumError)  # a kind of it, as the driver maps it
+    assert c.cores[1].last_index == last and not c.cores[1].conf_change_pending  # nothing appended
+    index = c.propose(1, b"still commits")
+    settle(c)
+    assert committed(c, 1, index)  # the cluster keeps committing with 1 and 2
+    c.heal()
+    c.run(2 * c.config.heartbeat_interval_ms)
+    assert c.cores[1].active_ids() == {1, 2, 3}
+    index = c.change(1, ConfChange.remove(2))
+    settle(c)
+    assert committed(c, 1, index) and c.cores[1].membership.voters() == (1, 3)
+
+
+def test_strict_check_counts_a_follower_heard_within_the_check_quorum_window():
+    """The check knows only what the leader heard: a follower gone quiet less than election_timeout_ms ago
+    still counts as active (etcd's check likewise trusts its last contact), so such a removal is accepted."""
+    c = Cluster(3)
+    c.elect(1)
+    settle(c)
+    c.isolate(3)
+    c.run(c.config.election_timeout_ms - 2 * c.config.heartbeat_interval_ms)
+    assert 3 in c.cores[1].active_ids()
+    c.change(1, ConfChange.remove(2))
+    assert c.cores[1].conf_change_pending
+
+
+def test_strict_check_counts_a_disconnected_follower_as_silent_until_it_answers_again():
+    c = Cluster(3)
+    c.elect(1)
+    settle(c)
+    c.cores[1].peer_disconnected(3)  # its connection reset (a killed process): no need to wait for the window
+    assert c.cores[1].active_ids() == {1, 2}
+    with pytest.raises(QuorumNotActiveError, match=r"removing node 2 would leave voters \{1,3\}; active \{1\}"):
+        c.cores[1].propose_conf_change(ConfChange.remove(2))
+    c.run(2 * c.config.heartbeat_interval_ms)  # it answers the next heartbeat
+    assert c.cores[1].active_ids() == {1, 2, 3}
+    c.change(1, ConfChange.remove(2))
+    assert c.cores[1].conf_change_pending
+
+
+def test_strict_check_accepts_a_removal_when_every_voter_is_active():
+    c = Cluster(3)
+    c.elect(1)
+    c.propose(1, b"e")
+    settle(c)
+    assert c.cores[1].active_ids() == {1, 2, 3}
+    index = c.change(1, ConfChange.remove(3))
+    settle(c)
+    assert committed(c, 1, index) and c.cores[1].membership.voters() == (1, 2)
+
+
+def test_strict_check_accepts_removing_the_silent_follower_itself():
+    c = Cluster(3)
+    c.elect(1)
+    settle(c)
+    silent_for_a_check_quorum_window(c, 3)
+    index = c.change(1, ConfChange.remove(3))
+    settle(c)
+    assert committed(c, 1, index) and c.cores[1].membership.voters() == (1, 2)
+
+
+def test_strict_check_refuses_a_new_leader_removal_until_it_hears_the_old_leader():
+    """A leader that took over from a crashed one has never heard it: not known active, even within the
+    window check-quorum gives every follower to show up."""
+    c = Cluster(3)
+    c.elect(1)
+    c.propose(1, b"e")
+    settle(c)
+    c.crash(1)
+    waited_ms = 0
+    while c.leader() in (0, 1) and waited_ms < 3 * (c.config.election_timeout_ms + c.config.election_timeout_spread_ms):
+        c.tick(10)
+        waited_ms += 10
+    leader = c.leader()
+    other = 5 - leader
+    assert leader in (2, 3) and c.cores[leader].active_ids() == {2, 3}
+    assert c.cores[leader].status()["progress"][1]["silent_ms"] < c.config.election_timeout_ms  # in its window
+    with pytest.raises(QuorumNotActiveError) as err:
+        c.cores[leader].propose_conf_change(ConfChange.remove(other))
+    assert str(err.value).startswith(
+        f"removing node {other} would leave voters {{1,{leader}}}; active {{{leader}}}; a majority needs 2"
+    )
+    with pytest.raises(QuorumNotActiveError) as err:
+        c.cores[leader].propose_conf_change(ConfChange.remove(leader))  # itself: not in the new configuration
+    assert str(err.value).startswith(f"removing node {leader} would leave voters {{1,{other}}}; active {{{other}}}")
+    c.restart(1)
+    c.run(2 * c.config.heartbeat_interval_ms)
+    assert c.leader() == leader
+    index = c.change(leader, ConfChange.remove(other))
+    settle(c)
+    assert committed(c, leader, index) and c.cores[leader].membership.voters() == (1, leader)
+
+
+def test_strict_check_never_refuses_adding_or_removing_a_learner():
+    c = Cluster(3, config=RaftConfig(check_quorum=False))  # a leader that keeps leading with no follower heard
+    c.elect(1)
+    settle(c)
+    c.isolate(2)
+    c.isolate(3)
+    c.run(c.config.election_timeout_ms + c.config.heartbeat_interval_ms)
+    assert c.cores[1].role == Role.LEADER and c.cores[1].active_ids() == {1}
+    c.add_node(4)
+    c.blocked.discard((1, 4))
+    c.blocked.discard((4, 1))
+    c.change(1, ConfChange.add_learner(4, b"h4"))  # appended (it cannot commit: no voter but 1 is heard)
+    assert 4 in c.cores[1].membership.learners()
+    c.heal()
+    settle(c)
+    assert not c.cores[1].conf_change_pending
+    c.isolate(2)
+    c.isolate(3)
+    c.run(c.config.election_timeout_ms + c.config.heartbeat_interval_ms)
+    c.change(1, ConfChange.remove(4))
+    assert 4 not in c.cores[1].membership
+
+
+def test_strict_check_refuses_a_promotion_whose_new_majority_is_not_active():
+    c = cluster_with_learner(check_quorum=False)
+    silent_for_a_check_quorum_window(c, 2)
+    c.isolate(3)
+    c.blocked -= {(1, 4), (4, 1), (2, 4), (4, 2)}
+    c.run(c.config.election_timeout_ms + c.config.heartbeat_interval_ms)
+    assert c.cores[1].active_ids() == {1, 4}
+    with pytest.raises(QuorumNotActiveError) as err:
+        c.cores[1].propose_conf_change(ConfChange.promote(4))
+    assert str(err.value).startswith("promoting node 4 would leave voters {1,2,3,4}; active {1,4}; a majority needs 3")
+    c.heal()
+    c.run(2 * c.config.heartbeat_interval_ms)
+    index = c.change(1, ConfChange.promote(4))
+    settle(c)
+    assert committed(c, 1, index) and c.cores[1].membership.voters() == (1, 2, 3, 4)
+
+
+def test_strict_check_compares_the_active_voters_with_the_new_majority():
+    three = ClusterConfig.voters_of([1, 2, 3])
+    two = apply_change(three, ConfChange.remove(3))
+    check_active_quorum(three, two, ConfChange.remove(3), {1, 2})
+    with pytest.raises(QuorumNotActiveError):
+        check_active_quorum(three, two, ConfChange.remove(3), {1, 3})  # 3 is not in the new configuration
+    five = ClusterConfig.voters_of([1, 2, 3, 4, 5])
+    four = apply_change(five, ConfChange.remove(5))
+    check_active_quorum(five, four, ConfChange.remove(5), {1, 2, 3})  # 3 of 4
+    with pytest.raises(QuorumNotActiveError, match="a majority needs 3"):
+        check_active_quorum(five, four, ConfChange.remove(5), {1, 2, 5})
+    learner = apply_change(three, ConfChange.add_learner(4, b"x"))
+    check_active_quorum(three, learner, ConfChange.add_learner(4, b"x"), set())  # voters unchanged
+    check_active_quorum(learner, three, ConfChange.remove(4), set())
 
 
 # --- 4.2.1: catching up new servers (learners) --------------------------------------------------------------

@@ -26,9 +26,14 @@ then RETAIN_BYTES_SMALL). These two also wait, up to CATCH_UP_WAIT_S, until the 
 with the leader's commit index at its restart (and left recovering mode): `caught_up_after_ms`, or a reported
 failure (`not_caught_up`) when it does not; a follower past retention catches up through InstallSnapshot.
 membership-change is a membership change while another fault is in force: a follower removed (`members
-remove`) while the other follower is SIGSTOPped or the leader SIGKILLed (`with`; the removal commits only once
-that is healed), then killed, its data directory emptied, added back as a learner with the same id and address,
-restarted to join, promoted once caught up, and waited for like wipe-follower (`caught_up_after_ms`).
+remove`) while the other follower is SIGSTOPped or the leader SIGKILLed (`with`), then killed, its data
+directory emptied, added back as a learner with the same id and address, restarted to join, promoted once
+caught up, and waited for like wipe-follower (`caught_up_after_ms`). The removal is asked once the other fault
+is older than the leader's check-quorum window (as an operator removes a member after seeing another one down):
+the leader's strict reconfiguration check (docs/DESIGN.md "Membership changes", etcd's --strict-reconfig-check)
+then refuses it, the new configuration's other voter being silent, and the cluster keeps committing; it is asked
+again with a backoff (CHANGE_RETRY_PAUSE_S doubling up to CHANGE_REFUSED_PAUSE_MAX_S) until it passes once that
+fault is healed, and commits. The fault's record counts the refusals (`strict_refusals`).
 
 Schedule rules (the plan is a pure function of --seed and --duration; targets named by role, "the leader",
 "a follower", are resolved when the fault starts, with a seeded pick among the candidates):
@@ -114,6 +119,7 @@ CATCH_UP_WAIT_S: Final = 30.0  # a wiped or past-retention follower back at the 
 MEMBERSHIP_WAIT_S: Final = 60.0  # one membership change of membership-change committed (retried until then)
 CHANGE_ATTEMPT_S: Final = 10.0  # one attempt of it (the admin client's own wait for the commit)
 CHANGE_RETRY_PAUSE_S: Final = 0.2
+CHANGE_REFUSED_PAUSE_MAX_S: Final = 1.0  # the backoff's bound while the strict reconfiguration check refuses
 RETAIN_BYTES_SMALL: Final = 4 * 1024 * 1024  # the run's retention with follower-past-retention: ~25 s of the
 # default load, so the other kinds (a few seconds down) stay within it
 FILL_EVENT_BYTES: Final = 1000  # follower-past-retention's filler events ...
@@ -697,10 +703,12 @@ class Campaign:
     def f_membership_change(self, p: Planned, rec: dict) -> str:
         """A membership change while another fault is in force, then the node back as a new one.
 
-        A follower is removed while the other fault holds (`with`: the other follower SIGSTOPped, so the
-        removal cannot commit until it is resumed, its new configuration's majority being both nodes left; or
-        the leader SIGKILLed, so the removal goes to a new leader and commits only once the old one is back);
-        the fault is healed after the hold time, the removal committed (asked again while it is not). Then the
+        A follower is removed while the other fault holds (`with`: the other follower SIGSTOPped, or the leader
+        SIGKILLed, the removal then going to a new leader), asked once that fault is older than the leader's
+        check-quorum window: the new configuration's majority being both nodes left, one of them silent, the
+        leader's strict reconfiguration check refuses it (`strict_refusals` counts the refusals) and the
+        cluster keeps committing; the fault is healed after the hold time and the removal, asked again with a
+        backoff, passes and commits. Then the
         removed node is killed, its data directory emptied, added back as a learner with the same id and
         address, restarted to join (empty log: snapshot and log from the leader), promoted once caught up
         (NOT_CAUGHT_UP until then), and waited for at the leader's commit index (`_catch_up`)."""
@@ -724,17 +732,20 @@ class Campaign:
         from shmraft.wire import client as cp
 
         outcome: list[str] = []
-        removal = threading.Thread(
-            target=lambda: outcome.append(
-                self._change_until(cp.ChangeOp.REMOVE, node, None, lambda view: view.get(node) is None)
-            ),
-            name="membership-change",
-            daemon=True,
-        )
+        rec["strict_refusals"] = 0
+        conf = self.configs[0]
+        known_down_s = (conf.election_timeout_ms + conf.heartbeat_interval_ms) / 1000  # the check-quorum window
+
+        def remove() -> None:
+            self.stop.wait(known_down_s)
+            outcome.append(self._change_until(cp.ChangeOp.REMOVE, node, None, lambda view: view.get(node) is None, rec))
+
+        removal = threading.Thread(target=remove, name="membership-change", daemon=True)
         try:
             removal.start()
             self.hold(p.hold_s, rec)
         finally:
+            rec["healing_s"] = round(self.now_s(), 2)
             heal()
         removal.join(MEMBERSHIP_WAIT_S + CHANGE_ATTEMPT_S)
         if outcome != [""]:
@@ -756,21 +767,27 @@ class Campaign:
             self._set_config(config)  # for later restarts: its log holds the configuration now
         caught_up = self._catch_up(node, target, rec)
         return (
-            f"node {node} (follower) removed while {fault} for {p.hold_s:.2f} s, then emptied, added back as a "
-            f"learner and promoted: {caught_up}"
+            f"node {node} (follower) removed while {fault} for {p.hold_s:.2f} s (refused "
+            f"{rec['strict_refusals']} times by the strict reconfiguration check until healed), then emptied, "
+            f"added back as a learner and promoted: {caught_up}"
         )
 
-    def _change_until(self, op: Any, node: int, member: Member | None, done: Any) -> str:
+    def _change_until(self, op: Any, node: int, member: Member | None, done: Any, rec: dict | None = None) -> str:
         """Ask for one membership change until the leader's configuration satisfies `done` with no change
         pending (a change interrupted by a fault may have committed or not: the members are asked first),
-        at most MEMBERSHIP_WAIT_S; returns "" when it does, else the last error."""
+        at most MEMBERSHIP_WAIT_S; returns "" when it does, else the last error. A refusal of the strict
+        reconfiguration check is counted in `rec["strict_refusals"]` and asked again after a pause that doubles
+        from CHANGE_RETRY_PAUSE_S up to CHANGE_REFUSED_PAUSE_MAX_S."""
         from shmraft.client import admin
+        from shmraft.client.errors import QuorumNotActive
         from shmraft.net.auth import cluster_secret
 
         secret = cluster_secret(self.configs[0])
         deadline = time.monotonic() + MEMBERSHIP_WAIT_S
         last = "no answer"
+        pause_s = CHANGE_RETRY_PAUSE_S
         while time.monotonic() < deadline and not self.stop.is_set():
+            refused = False
             try:
                 view = admin.list_members(self.addresses)
                 if done(view) and not view.change_pending:
@@ -778,19 +795,36 @@ class Campaign:
             except ShmraftError as exc:
                 last = f"members: {type(exc).__name__}: {exc}"
             else:
+                # the leader first: a SIGSTOPped node asked first would hold the request until it is resumed
+                known = view.get(view.leader_id)
+                first = known.member.client_address if known is not None and known.member is not None else ""
                 try:
+                    asked_s = round(self.now_s(), 2)
                     admin.change_member(
-                        self.addresses,
+                        sorted(self.addresses, key=lambda a: a != first),
                         op,
                         node,
                         secret=secret,
                         cluster_id=self.cluster_id,
                         member=member,
                         timeout_s=min(CHANGE_ATTEMPT_S, max(deadline - time.monotonic(), 0.1)),
+                        wait_quorum=False,
                     )
+                    if rec is not None:  # when the change that committed was asked (campaign time, s)
+                        rec["change_accepted_s"] = asked_s
+                except QuorumNotActive as exc:  # the strict reconfiguration check: asked again, backing off
+                    last = f"{op.name}: {type(exc).__name__}: {exc}"
+                    refused = True
+                    if rec is not None:
+                        rec["strict_refusals"] = rec.get("strict_refusals", 0) + 1
                 except ShmraftError as exc:  # NOT_CAUGHT_UP, CHANGE_IN_PROGRESS, TIMEOUT, ...: asked again
                     last = f"{op.name}: {type(exc).__name__}: {exc}"
-            time.sleep(CHANGE_RETRY_PAUSE_S)
+            if refused:
+                time.sleep(pause_s)
+                pause_s = min(pause_s * 2, CHANGE_REFUSED_PAUSE_MAX_S)
+            else:
+                pause_s = CHANGE_RETRY_PAUSE_S
+                time.sleep(CHANGE_RETRY_PAUSE_S)
         return last
 
     def _set_config(self, config: NodeConfig) -> None:

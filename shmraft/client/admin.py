@@ -5,6 +5,10 @@ member is). `change_member` signs the MEMBER_CHANGE with the cluster secret (doc
 to the leader (following NOT_LEADER), and returns the log index at which the change is committed; a refusal
 raises the typed error of its code (client/errors.py: MemberUnknown, ChangeInProgress, NoQuorum,
 AddressInUse, NotCaughtUp, Unauthorized), and TIMEOUT raises CommitTimeout (the change may still commit).
+A change of the voters that the leader's strict reconfiguration check refuses (QuorumNotActive: the voters it
+hears would not be a majority of the new configuration, e.g. removing a follower while the other is down) is
+asked again, with a backoff, until it passes or the timeout runs out (then QuorumNotActive, naming the voters);
+`wait_quorum=False` raises it at once.
 `add_member` adds a learner and, unless told not to, promotes it once the leader sees it caught up.
 """
 
@@ -22,6 +26,7 @@ from shmraft.client.errors import (
     NoNodeReachable,
     NotCaughtUp,
     NotLeaderError,
+    QuorumNotActive,
     ShmraftError,
     UnavailableError,
     error_from_server,
@@ -34,6 +39,7 @@ from shmraft.wire import client as cp
 ANSWER_TIMEOUT_S: Final = 2.0  # one MEMBERS question
 CHANGE_TIMEOUT_S_DEFAULT: Final = 15.0  # a whole change, redirects and retries included
 RETRY_PAUSE_S: Final = 0.1  # between attempts while there is no leader or a change is in progress
+QUORUM_RETRY_PAUSE_MAX_S: Final = 1.0  # the backoff's bound while the strict check refuses (doubles from RETRY_PAUSE_S)
 PROMOTE_WAIT_S_DEFAULT: Final = 120.0  # how long `add_member` waits for the learner to catch up
 
 
@@ -181,13 +187,17 @@ def change_member(
     timeout_s: float = CHANGE_TIMEOUT_S_DEFAULT,
     tls: ssl.SSLContext | None = None,
     token: bytes | None = None,
+    wait_quorum: bool = True,
 ) -> int:
     """Ask the leader for one change and wait until it is committed; returns its log index. Follows NOT_LEADER,
-    waits out elections (UNAVAILABLE) until `timeout_s`; every other refusal raises its typed error at once."""
+    waits out elections (UNAVAILABLE) and, with `wait_quorum`, refusals of the strict reconfiguration check
+    (QuorumNotActive, asked again with a backoff up to QUORUM_RETRY_PAUSE_MAX_S) until `timeout_s`; every other
+    refusal raises its typed error at once."""
     address_bytes = mb.encode_address(member) if member is not None else b""
     deadline = time.monotonic() + timeout_s
     candidates = list(addresses)
     last: ShmraftError | None = None
+    pause_s = RETRY_PAUSE_S
     while time.monotonic() < deadline:
         for address in list(candidates):
             remaining = deadline - time.monotonic()
@@ -220,11 +230,21 @@ def change_member(
                 if answer.leader and answer.leader != address:
                     break  # try the leader it named first
                 continue
+            if isinstance(err, QuorumNotActive):
+                if not wait_quorum:
+                    raise err
+                last = err
+                break  # the leader answered: ask it again after the backoff
             if isinstance(err, UnavailableError):
                 last = err
                 continue
             raise err
-        time.sleep(RETRY_PAUSE_S)
+        if isinstance(last, QuorumNotActive):
+            time.sleep(min(pause_s, max(deadline - time.monotonic(), 0.0)))
+            pause_s = min(pause_s * 2, QUORUM_RETRY_PAUSE_MAX_S)
+        else:
+            pause_s = RETRY_PAUSE_S
+            time.sleep(RETRY_PAUSE_S)
     raise last or NoNodeReachable(addresses)
 
 

@@ -7,6 +7,7 @@ line still says what the server said.
 
 from __future__ import annotations
 
+from shmraft.raft.membership import STRICT_RECONFIG_CHECK
 from shmraft.wire.client import ErrorCode
 
 
@@ -166,6 +167,13 @@ class NotCaughtUp(MembershipError):
     """PROMOTE of a learner still too far behind the leader; retry once it has caught up."""
 
 
+class QuorumNotActive(UnavailableError, MembershipError):
+    """A change of the voters (REMOVE of a voter, PROMOTE) refused by the strict reconfiguration check: the
+    voters of the resulting configuration that the leader hears are not a majority of it (the text names the
+    voters, the active ones and the majority). Sent as UNAVAILABLE (retriable; docs/PROTOCOL.md 2.2) with
+    STRICT_RECONFIG_CHECK in its message; retry once the silent voters are back."""
+
+
 _BY_CODE: dict[ErrorCode, type[ShmraftError]] = {
     ErrorCode.NOT_LEADER: NotLeaderError,
     ErrorCode.TOO_LARGE: TooLarge,
@@ -193,6 +201,8 @@ def error_from_server(code: ErrorCode, message: str, leader: str = "", address: 
     where = f" from {address}" if address else ""
     text = f"{code.name}{where}: {message}" if message else f"{code.name}{where}"
     cls = _BY_CODE.get(code, ShmraftError)
+    if code is ErrorCode.UNAVAILABLE and STRICT_RECONFIG_CHECK in message:
+        cls = QuorumNotActive
     if cls is CommitTimeout:
         return CommitTimeout(text, code=code)
     if cls is OffsetOutOfRange:

@@ -51,6 +51,7 @@ from shmraft.raft.membership import (
     ConfChangeKind,
     NotCaughtUpError,
     apply_change,
+    check_active_quorum,
     decode_membership,
     membership_entry,
     membership_of_entry,
@@ -444,7 +445,9 @@ class RaftCore:
         this leader has not committed an entry of its term yet; UnknownMemberError, AlreadyMemberError,
         AddressInUseError, TooManyVotersError, WouldLoseQuorumError, InvalidChangeError (apply_change);
         NotCaughtUpError for a PROMOTE of a learner more than promote_max_lag_entries behind;
-        BackpressureError. Removing the leader itself is allowed: it keeps leading, without counting itself,
+        QuorumNotActiveError (the strict reconfiguration check, `check_active_quorum`) for a change of the
+        voters (REMOVE of a voter, PROMOTE) after which the voters known active (`active_ids`) would not be a
+        majority; BackpressureError. Removing the leader itself is allowed: it keeps leading, without counting itself,
         until the entry is committed, then hands over and steps down (thesis 4.2.2)."""
         if self._role != Role.LEADER:
             raise NotLeaderError(self._leader)
@@ -464,9 +467,21 @@ class RaftCore:
             behind = self._log.last_index() - (pr.match if pr is not None else 0)
             if pr is None or pr.state != ProgressState.REPLICATE or behind > bound:
                 raise NotCaughtUpError(change.node_id, behind, bound)
+        check_active_quorum(latest, new, change, self.active_ids())
         index = self._append_proposal(membership_entry(new))
         self.conf_changes_proposed += 1
         return index
+
+    def active_ids(self) -> frozenset[int]:
+        """Leader: the members known active, for the strict reconfiguration check: itself, and every follower
+        heard from in this leadership within the check-quorum window (election_timeout_ms, the `silent_ms`
+        that check-quorum counts), and not disconnected since (`peer_disconnected`: a killed follower's
+        connection resets at once). A follower not heard since this node became leader (a leader that just
+        took over from a dead one) is not known active, although check-quorum gives it a window to show up."""
+        timeout = self.config.election_timeout_ms
+        active = {p for p, pr in self._progress.items() if pr.heard and pr.silent_ms < timeout}
+        active.add(self.id)
+        return frozenset(active)
 
     def _append_proposal(self, data: bytes) -> int:
         """Append one proposed entry on the leader (flow-control limits checked)."""
@@ -526,6 +541,8 @@ class RaftCore:
             pr = self._progress.get(peer)
             if pr is None:
                 return
+            pr.heard = False  # not known active until it answers again (the strict reconfiguration check counts,
+            # as etcd's does, the members the leader is connected to; check-quorum still gives it its window)
             if pr.state == ProgressState.REPLICATE:
                 pr.become_probe()
             elif pr.state == ProgressState.PROBE:
@@ -1092,6 +1109,7 @@ class RaftCore:
         if pr is None:
             return
         pr.silent_ms = 0
+        pr.heard = True
         if isinstance(m, AppendResponse):
             self._handle_append_response(m, pr)
         elif isinstance(m, HeartbeatResponse):

@@ -41,6 +41,8 @@ MEMBERSHIP_VERSION: Final = 1
 MEMBERS_MAX: Final = 16  # voters (at most CLUSTER_SIZE_MAX) plus learners catching up
 MEMBER_ADDRESS_BYTES_MAX: Final = 1024  # the node layer's host and ports, with room for TLS names
 MEMBER_ID_MAX: Final = 0xFFFF_FFFF
+# in the text of every QuorumNotActiveError: a client tells this refusal (sent as UNAVAILABLE) from the others by it
+STRICT_RECONFIG_CHECK: Final = "strict reconfiguration check"
 
 _HEAD: Final = struct.Struct("<HH")  # body version, member count
 _MEMBER: Final = struct.Struct("<IBH")  # id, role, address length
@@ -264,6 +266,23 @@ class WouldLoseQuorumError(ConfChangeError):
     """REMOVE of the last voter: the configuration would have no voter."""
 
 
+class QuorumNotActiveError(WouldLoseQuorumError):
+    """The strict reconfiguration check (etcd's `--strict-reconfig-check`): a change of the voters (REMOVE of a
+    voter, PROMOTE) refused because the voters of the resulting configuration that the leader knows are active
+    are not a majority of it; appended, it would stop every commit until enough of them are back. Retriable:
+    the same change may pass once the silent voters are heard from again. `voters` are the resulting
+    configuration's, `active` those of them known active, `needed` its majority."""
+
+    def __init__(self, what: str, voters: tuple[int, ...], active: tuple[int, ...], needed: int) -> None:
+        super().__init__(
+            f"{what} would leave voters {_ids(voters)}; active {_ids(active)}; a majority needs {needed} "
+            f"({STRICT_RECONFIG_CHECK}: retry once the silent voters are back)"
+        )
+        self.voters = voters
+        self.active = active
+        self.needed = needed
+
+
 class TooManyVotersError(ConfChangeError):
     """PROMOTE beyond CLUSTER_SIZE_MAX voters, or ADD_LEARNER beyond MEMBERS_MAX members."""
 
@@ -321,3 +340,24 @@ def apply_change(config: ClusterConfig, change: ConfChange) -> ClusterConfig:
         return ClusterConfig.of(members)
     except MembershipFormatError as exc:
         raise InvalidChangeError(str(exc)) from None
+
+
+def _ids(ids: Iterable[int]) -> str:
+    return "{" + ",".join(str(i) for i in sorted(ids)) + "}"
+
+
+def check_active_quorum(current: ClusterConfig, new: ClusterConfig, change: ConfChange, active: Iterable[int]) -> None:
+    """The strict reconfiguration check (etcd's `--strict-reconfig-check`, on by default there too: "reject
+    reconfiguration requests that would cause quorum loss"). Raise QuorumNotActiveError when `change` takes
+    `current` to `new` with a different set of voters and the voters of `new` in `active` (the ids the leader
+    knows are active: itself and the followers it heard from within the check-quorum window) are not a
+    majority of `new`. A change that leaves the voters as they are (ADD_LEARNER, REMOVE of a learner) is never
+    refused: it cannot change whether a quorum is live. Pure: the caller decides who is active."""
+    voters = new.voters()
+    if voters == current.voters():
+        return
+    live = tuple(sorted(set(active) & set(voters)))
+    if len(live) >= new.quorum:
+        return
+    verb = {ConfChangeKind.REMOVE: "removing", ConfChangeKind.PROMOTE: "promoting"}.get(change.kind, "changing")
+    raise QuorumNotActiveError(f"{verb} node {change.node_id}", voters, live, new.quorum)

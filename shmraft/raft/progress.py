@@ -28,6 +28,7 @@ class Progress:
         "state",
         "probe_sent",
         "silent_ms",
+        "heard",
         "inflight",
         "inflight_bytes",
         "match_at_heartbeat",
@@ -50,6 +51,8 @@ class Progress:
         self.probe_sent = False
         self.silent_ms = 0  # since the follower was last heard from (check-quorum); a new leader gives
         # every follower one election timeout to show up
+        self.heard = False  # heard from at all since this Progress was made (this leadership, or since the
+        # member was added): a follower never heard is not known active (strict reconfiguration check)
         self.inflight: deque[tuple[int, int]] = deque()
         self.inflight_bytes = 0
         self.match_at_heartbeat = 0

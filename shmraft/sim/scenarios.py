@@ -15,7 +15,7 @@ from dataclasses import dataclass, field, replace
 
 from shmraft.raft.config import RaftConfig
 from shmraft.raft.errors import ProposalError
-from shmraft.raft.membership import ChangeInProgressError, ConfChange, NotCaughtUpError
+from shmraft.raft.membership import ChangeInProgressError, ConfChange, NotCaughtUpError, QuorumNotActiveError
 from shmraft.raft.memstorage import MemStorage
 from shmraft.raft.messages import (
     AppendEntries,
@@ -909,6 +909,38 @@ def membership_config_in_snapshot(mutation: str = "") -> ScenarioResult:
     return result
 
 
+def membership_strict_reconfig_check(mutation: str = "") -> ScenarioResult:
+    """Rule (etcd's strict reconfiguration check): a leader refuses a change of the voters after which the voters
+    it knows active are not a majority. S3 silent for a check-quorum window: removing S2 (leaving S1 and the
+    silent S3) is refused and the cluster goes on committing with S1 and S2; once S3 is heard again the
+    removal is accepted and committed. Without the check the removal would be appended and no commit would
+    follow until S3 answers."""
+    result = ScenarioResult("membership_strict_reconfig_check")
+    c = _members_cluster(mutation)
+    c.isolate(3)
+    c.run(_timeout(c) + c.config.heartbeat_interval_ms)
+    try:
+        index = c.change(1, ConfChange.remove(2))
+        result.violations.append(f"{result.name}: removing S2 with S3 silent was accepted at {index}")
+    except QuorumNotActiveError as exc:
+        result.detail["refusal"] = str(exc)
+    committed = c.propose(1, b"while S3 is silent")
+    c.run(200)
+    if c.cores[1].commit_index < committed:
+        result.violations.append(f"{result.name}: {committed} not committed by S1 and S2 while S3 was silent")
+    c.heal()
+    c.run(2 * c.config.heartbeat_interval_ms)
+    try:
+        index = c.change(1, ConfChange.remove(2))
+        c.run(200)
+        if c.cores[1].commit_index < index or c.cores[1].membership.voters() != (1, 3):
+            result.violations.append(f"{result.name}: the removal of S2 at {index} did not complete once S3 was back")
+    except ProposalError as exc:
+        result.violations.append(f"{result.name}: removing S2 refused with every voter heard: {exc}")
+    _check_applied(c, result)
+    return result
+
+
 SCENARIOS: dict[str, Callable[[str], ScenarioResult]] = {
     "figure_8": figure_8,
     "stale_suffix_append": stale_suffix_append,
@@ -933,6 +965,7 @@ SCENARIOS: dict[str, Callable[[str], ScenarioResult]] = {
     "membership_truncated_config": membership_truncated_config,
     "membership_config_in_snapshot": membership_config_in_snapshot,
     "membership_replace_node_of_three": membership_replace_node_of_three,
+    "membership_strict_reconfig_check": membership_strict_reconfig_check,
 }
 
 

@@ -42,6 +42,7 @@ from shmraft.raft.membership import (
     Member,
     MemberRole,
     NotCaughtUpError,
+    QuorumNotActiveError,
 )
 from shmraft.raft.messages import AppendEntries, InstallSnapshot, Message, RequestVote, TimeoutNow
 from shmraft.raft.types import Role
@@ -94,6 +95,7 @@ COVERAGE_KEYS = (
     "conf_changes_committed",
     "conf_change_refused_in_progress",
     "promote_refused_lagging",
+    "conf_change_refused_quorum_not_active",
     "conf_entry_truncated",
     "config_from_snapshot",
     "removed_node_running",
@@ -461,12 +463,13 @@ class Simulation:
             self._at(self.now + rng.randint(200_000, 1_500_000), EV_UNBLOCK, links)
         try:
             index = core.propose_conf_change(change)
-        except (ChangeInProgressError, NotCaughtUpError) as exc:
-            key = (
-                "conf_change_refused_in_progress"
-                if isinstance(exc, ChangeInProgressError)
-                else "promote_refused_lagging"
-            )
+        except (ChangeInProgressError, NotCaughtUpError, QuorumNotActiveError) as exc:
+            if isinstance(exc, ChangeInProgressError):
+                key = "conf_change_refused_in_progress"
+            elif isinstance(exc, NotCaughtUpError):
+                key = "promote_refused_lagging"
+            else:
+                key = "conf_change_refused_quorum_not_active"  # the strict reconfiguration check
             self.coverage[key] += 1
             self._log(f"n{leader.id} MEMBERSHIP {action} {target} refused: {exc}")
             self._membership_later()

@@ -81,6 +81,7 @@ from shmraft.raft.membership import (
     ConfChangeError,
     MemberRole,
     NotCaughtUpError,
+    QuorumNotActiveError,
     TooManyVotersError,
     UnknownMemberError,
     WouldLoseQuorumError,
@@ -1227,6 +1228,10 @@ def _change_error_code(exc: ConfChangeError, op: cp.ChangeOp) -> cp.ErrorCode:
         return cp.ErrorCode.CHANGE_IN_PROGRESS
     if isinstance(exc, NotCaughtUpError):
         return cp.ErrorCode.NOT_CAUGHT_UP
+    if isinstance(exc, QuorumNotActiveError):
+        # the strict reconfiguration check: no active quorum for the new configuration yet, retriable; the
+        # existing code keeps every client of protocol version 3 able to read it (the text says what is silent)
+        return cp.ErrorCode.UNAVAILABLE
     if isinstance(exc, WouldLoseQuorumError | TooManyVotersError):
         return cp.ErrorCode.NO_QUORUM
     if isinstance(exc, AddressInUseError) or (isinstance(exc, AlreadyMemberError) and op is cp.ChangeOp.ADD_LEARNER):
