@@ -1,7 +1,7 @@
 """End-to-end benchmark of a real local 3-node shmraft cluster (all processes on this machine).
 
 Starts its own cluster (shmraft.testing's ClusterDriver: unique cluster id, free ports, temporary data dir)
-once per fsync policy and measures, with 100-byte events:
+once per fsync policy and measures, with 100-byte events (`--event-bytes N` for others, e.g. 1024):
 
 1. committed events/s with 1 and with 4 producer processes (multiprocessing, spawn), each a pipelined
    `Client.producer(window, batch_events, linger_ms)`; only acknowledged events count, over `--duration`
@@ -53,7 +53,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from importlib.metadata import version
 from pathlib import Path
-from typing import Any
+from typing import Any, Final
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
@@ -65,7 +65,9 @@ from shmraft.testing.cluster import ClusterDriver, new_cluster_id, remove_segmen
 from shmraft.testing.wait import wait_for  # noqa: E402
 
 RESULTS_DIR = Path(__file__).resolve().parent / "results"
-EVENT_BYTES = 100
+# --event-bytes reaches the producer processes (multiprocessing spawn re-imports this module) through this variable
+EVENT_BYTES_ENV: Final = "SHMRAFT_BENCH_EVENT_BYTES"
+EVENT_BYTES = int(os.environ.get(EVENT_BYTES_ENV, "100"))
 EVENT = b"x" * EVENT_BYTES
 START_TIMEOUT_S = 60.0
 CLIENT_TIMEOUT_S = 30.0
@@ -687,6 +689,7 @@ def parse_args(argv: list[str] | None) -> tuple[argparse.Namespace, Plan]:
     ap.add_argument("--kills", type=int, help="leader kills (default 10; quick 3)")
     ap.add_argument("--fsync", default=None, help="comma-separated policies (default always,never; quick always)")
     ap.add_argument("--producers", default="1,4", help="producer process counts for throughput")
+    ap.add_argument("--event-bytes", type=int, default=100, help="bytes per event (every run of this invocation)")
     ap.add_argument("--window", type=int, default=16, help="requests in flight per producer")
     ap.add_argument("--batch-events", type=int, default=1024, help="events per produce request")
     ap.add_argument("--linger-ms", type=float, default=1.0, help="producer linger (throughput runs)")
@@ -704,6 +707,11 @@ def parse_args(argv: list[str] | None) -> tuple[argparse.Namespace, Plan]:
     ap.add_argument("--tmp", default=None, help="parent of the temporary data dir (default: system temp)")
     ap.add_argument("--no-save", action="store_true", help="do not write benchmarks/results/cluster_bench.json")
     args = ap.parse_args(argv)
+    if not 1 <= args.event_bytes <= 64 * 1024:
+        ap.error(f"--event-bytes: expected 1..65536, got {args.event_bytes}")
+    if args.event_bytes != EVENT_BYTES:  # this process and the producers it spawns see the new size
+        os.environ[EVENT_BYTES_ENV] = str(args.event_bytes)
+        globals().update(EVENT_BYTES=args.event_bytes, EVENT=b"x" * args.event_bytes)
     duration = args.duration or (3.0 if args.quick else 10.0)
     samples = args.samples or (300 if args.quick else 2000)
     kills = args.kills if args.kills is not None else (3 if args.quick else 10)
