@@ -75,6 +75,7 @@ from shmraft.client.leader import (
     Ask,
     AskKind,
     LeaderTracker,
+    Survey,
     leader_address,
     member_address,
 )
@@ -312,41 +313,39 @@ class _Leaders:
             hints.leader = ask.hint
             return ask.hint
         hints.node_failed(ask.address)
-        return await self.rediscover(ask.address, deadline)
+        hints.leader = await self._survey(ask.address, deadline, METADATA_TIMEOUT_S, ask_excluded=True)
+        return hints.leader
 
     async def rediscover(self, excluded: str, deadline: float) -> str | None:
         self.hints.leader = await self._survey(excluded, deadline, METADATA_TIMEOUT_S)
         return self.hints.leader
 
-    async def _survey(self, excluded: str, deadline: float, per_node_s: float | None) -> str | None:
-        """The leader the nodes other than `excluded` name, highest term first (LeaderTracker._survey; None:
-        a probe, each node given its adaptive probe timeout)."""
-        best: tuple[tuple[int, bool], str] | None = None
-        for address in self.hints.candidates(None):
+    async def _survey(
+        self, excluded: str, deadline: float, per_node_s: float | None, *, ask_excluded: bool = False
+    ) -> str | None:
+        """LeaderTracker._survey, asked with asyncio."""
+        hints = self.hints
+        survey = Survey(hints, excluded, ask_doubted=ask_excluded)
+        probe = per_node_s is None
+        while (address := survey.next_address()) is not None:
             remaining = deadline - time.monotonic()
             if remaining <= 0:
                 break
-            if address == excluded:
-                continue
-            probe = per_node_s is None
             asked_at = time.monotonic()
             try:
-                timeout_s = self.hints.probe_timeouts.timeout_s(address) if probe else per_node_s
+                timeout_s = hints.probe_timeouts.timeout_s(address) if probe else per_node_s
                 answer = await self.ask_metadata(address, min(timeout_s, remaining))
             except Unauthorized:
                 raise
             except ShmraftError:
                 if probe:
-                    self.hints.probe_answered(address, None)
+                    hints.probe_answered(address, None)
                 continue
             if probe:
-                self.hints.probe_answered(address, time.monotonic() - asked_at)
-            self.hints.answered(address)
-            if isinstance(answer, MetadataAnswer) and (leader := leader_address(answer)) is not None:
-                key = (answer.term, leader != excluded)
-                if best is None or key > best[0]:
-                    best = (key, leader)
-        return best[1] if best is not None else None
+                hints.probe_answered(address, time.monotonic() - asked_at)
+            hints.answered(address)
+            survey.heard(answer)
+        return survey.leader
 
 
 # --- the pipelined producer -------------------------------------------------------------------------------------

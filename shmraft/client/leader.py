@@ -281,7 +281,8 @@ class LeaderTracker:
             self.leader = hint
             return hint
         self.node_failed(not_leader)
-        return self.rediscover(not_leader, deadline)
+        self.leader = self._survey(not_leader, deadline, METADATA_TIMEOUT_S, ask_excluded=True)
+        return self.leader
 
     def rediscover(self, excluded: str, deadline: float) -> str | None:
         """Ask every node but `excluded` (a follower, or a leader that stopped answering) for METADATA.
@@ -318,17 +319,18 @@ class LeaderTracker:
         else:
             self.probe_timeouts.answered(address, seconds)
 
-    def _survey(self, excluded: str, deadline: float, per_node_s: float | None) -> str | None:
-        """The leader the nodes other than `excluded` name, highest term first (see rediscover). Each node is
-        given `per_node_s`, or with None (a probe) its adaptive probe timeout, whose answer times it feeds."""
-        best: tuple[tuple[int, bool], str] | None = None
-        for address in self.candidates(None):
+    def _survey(
+        self, excluded: str, deadline: float, per_node_s: float | None, *, ask_excluded: bool = False
+    ) -> str | None:
+        """The leader the nodes name (see Survey; `excluded` is asked first with `ask_excluded`, else never).
+        Each node is given `per_node_s`, or with None (a probe) its adaptive probe timeout, whose answer times it
+        feeds."""
+        survey = Survey(self, excluded, ask_doubted=ask_excluded)
+        probe = per_node_s is None
+        while (address := survey.next_address()) is not None:
             remaining = deadline - time.monotonic()
             if remaining <= 0:
                 break
-            if address == excluded:
-                continue
-            probe = per_node_s is None
             asked_at = time.monotonic()
             try:
                 timeout_s = self.probe_timeouts.timeout_s(address) if probe else per_node_s
@@ -342,8 +344,48 @@ class LeaderTracker:
             if probe:
                 self.probe_answered(address, time.monotonic() - asked_at)
             self.answered(address)
-            if isinstance(answer, MetadataAnswer) and (leader := leader_address(answer)) is not None:
-                key = (answer.term, leader != excluded)
-                if best is None or key > best[0]:
-                    best = (key, leader)
-        return best[1] if best is not None else None
+            survey.heard(answer)
+        return survey.leader
+
+
+class Survey:
+    """One round of asking the nodes who leads: which node to ask next, and the leader their answers name.
+
+    Pure (the caller asks and reports each answer). The order is every known address from the tracker's rotation
+    point, suspects last; `doubted` (a hung leader, or the node that just answered NOT_LEADER) is never asked, or
+    asked first with `ask_doubted` (it answered, so it is alive, and a node removed from the cluster knows the new
+    configuration's members when the client knows none of them). Addresses the answers teach are asked in the
+    same round, each node at most once (so a round is bounded by ADDRESSES_MAX). The leader named with the
+    highest term wins; at equal terms one other than `doubted` is preferred (a hung leader's view is stale).
+    """
+
+    __slots__ = ("_tracker", "_doubted", "_queue", "_seen", "_best")
+
+    def __init__(self, tracker: LeaderTracker, doubted: str, *, ask_doubted: bool = False) -> None:
+        self._tracker = tracker
+        self._doubted = doubted
+        self._queue = tracker.candidates(doubted if ask_doubted else None)
+        if not ask_doubted:
+            self._queue = [a for a in self._queue if a != doubted]
+        self._seen = set(self._queue) | {doubted}
+        self._best: tuple[tuple[int, bool], str] | None = None
+
+    def next_address(self) -> str | None:
+        """The next node to ask, None when every known one has been asked."""
+        for address in self._tracker.candidates(None):
+            if address not in self._seen:
+                self._seen.add(address)
+                self._queue.append(address)
+        return self._queue.pop(0) if self._queue else None
+
+    def heard(self, answer: MetadataAnswer | Error) -> None:
+        """A node's answer to METADATA (an Error names no leader)."""
+        if isinstance(answer, MetadataAnswer) and (leader := leader_address(answer)) is not None:
+            key = (answer.term, leader != self._doubted)
+            if self._best is None or key > self._best[0]:
+                self._best = (key, leader)
+
+    @property
+    def leader(self) -> str | None:
+        """The leader named with the highest term so far, None when no answer named one."""
+        return self._best[1] if self._best is not None else None
