@@ -599,6 +599,10 @@ PROFILE_MODES = ("gil", "active")  # py-spy --gil: the thread holding the GIL; a
 def profile_targets(bench: ClusterDriver, leader: int, procs) -> dict[str, int]:
     pids = {w.name.lower(): p for w, p in bench.worker_pids(leader).items() if p}
     targets = {f"leader_{w}": pids[w] for w in ("raft", "ingest", "batcher", "sender") if w in pids}
+    follower = next((n for n in bench.node_ids if n != leader), None)
+    if follower is not None:
+        fpids = {w.name.lower(): p for w, p in bench.worker_pids(follower).items() if p}
+        targets.update({f"follower_{w}": fpids[w] for w in ("raft", "sender") if w in fpids})
     targets["producer1"] = procs[0].pid
     return targets
 

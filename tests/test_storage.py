@@ -14,7 +14,7 @@ import pytest
 import rocksdict
 
 from shmraft.constants import APPEND_ENTRIES_MAX
-from shmraft.raft.types import Entry, HardState, LogStorage
+from shmraft.raft.types import Entry, HardState, LogStorage, Snapshot
 from shmraft.storage.rocks import (
     ENTRY_DATA_MAX_BYTES,
     VERIFY_PROGRESS_ENTRIES,
@@ -476,3 +476,62 @@ def test_a_full_disk_is_an_io_error_to_retry_never_corruption(message: str) -> N
 def test_another_os_error_of_rocksdict_is_an_io_error_not_corruption() -> None:
     err = _map_rocks_error(Exception("Permission denied (os error 13)"))
     assert isinstance(err, StorageIOError) and not err.disk_full
+
+
+@pytest.mark.parametrize("entries_max", [4096, 7])
+def test_reads_of_the_cached_tail_match_the_disk_after_truncations_and_compactions(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, entries_max: int
+) -> None:
+    """The writer serves its recent tail from memory (`_TailCache`): random appends that replace suffixes,
+    commits and compactions, and after each every read agrees with a model and, after a reopen, with disk."""
+    monkeypatch.setattr("shmraft.storage.rocks.TAIL_CACHE_ENTRIES_MAX", entries_max)
+    rng = random.Random(11)
+    path = tmp_path / "log"
+    model: dict[int, Entry] = {}
+    first, commit, term = 1, 0, 1
+    with RocksLogStorage(path, retain_entries_max=None, retain_bytes_max=None) as s:
+        for _ in range(300):
+            last = s.last_index()
+            op = rng.random()
+            if op < 0.7 or last < first:
+                start = rng.randint(max(commit + 1, first), last + 1)
+                term += rng.random() < 0.3
+                new = make(start, start + rng.randint(0, 6), term, size=rng.randint(1, 300))
+                for i in range(start, last + 1):
+                    model.pop(i)
+                model.update((e.index, e) for e in new)
+                s.append(new, HardState(term=term, commit=commit))
+            elif op < 0.85:
+                commit = rng.randint(commit, last)
+                s.set_hard_state(HardState(term=term, commit=commit))
+            elif commit >= first:
+                upto = rng.randint(first - 1, commit)
+                s.compact(upto)
+                for i in range(first, upto + 1):
+                    model.pop(i)
+                first = max(first, upto + 1)
+            last = s.last_index()
+            assert sorted(model) == list(range(first, last + 1))
+            lo = rng.randint(first, last + 1)
+            hi = rng.randint(lo, last + 2)
+            want = [model[i] for i in range(lo, min(hi, last + 1))]
+            assert s.entries(lo, hi, 1 << 20) == want
+            budget = rng.randint(0, 600)
+            got = s.entries(lo, hi, budget)
+            assert got == want[: len(got)]
+            assert len(got) == len(want) or sum(len(e.data) for e in want[: len(got) + 1]) > budget
+            if first > 1:
+                with pytest.raises(LogCompactedError):
+                    s.entries(first - 1, last + 1, 1 << 20)
+    with RocksLogStorage(path, retain_entries_max=None, retain_bytes_max=None) as s:  # nothing cached: disk
+        assert s.entries(first, last + 1, 1 << 30) == [model[i] for i in range(first, last + 1)]
+
+
+def test_the_cached_tail_is_dropped_by_an_installed_snapshot(store: RocksLogStorage) -> None:
+    store.append(make(1, 10, 1), HardState(term=1, commit=3))
+    store.install_snapshot(Snapshot(index=20, term=2, data=b"snap"), HardState(term=2, commit=20))
+    assert store.entries(21, 30, 1 << 20) == []
+    store.append(make(21, 22, 2), HardState(term=2, commit=20))
+    assert store.entries(21, 30, 1 << 20) == make(21, 22, 2)
+    with pytest.raises(LogCompactedError):
+        store.entries(5, 30, 1 << 20)
