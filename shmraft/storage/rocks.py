@@ -40,6 +40,14 @@ Fsync policy (`FsyncPolicy`):
 Group commit: `append` with many entries is one WriteBatch and one fsync; the raft worker calls it once
 per loop iteration with everything pending (entries from several client batches and the hard state).
 
+Reads of the tail. The writer keeps the entries it appended last in memory (`_TailCache`: at most
+``TAIL_CACHE_BYTES_MAX`` bytes and ``TAIL_CACHE_ENTRIES_MAX`` entries, a contiguous run ending at the last
+index) and serves `entries` from it when the whole range is there: the raft core reads entries back right
+after writing them (a follower applies what it appended one message earlier; a leader sends what it just
+wrote to a follower that fell a little behind). A suffix replaced by an append, a compaction and an installed
+snapshot drop what they replace. A read below the cached run goes to RocksDB as before, with every checksum
+verified; the cached run is exactly what was written, so skipping the CRC there checks nothing less.
+
 Retention. The log keeps at most ``retain_entries_max`` entries and ``retain_bytes_max`` bytes of entry
 data (``None`` = no bound), but only *committed* entries are ever deleted, so uncommitted entries may exceed
 the bounds. When a bound is exceeded after an append/commit advance, the oldest committed entries are
