@@ -236,9 +236,15 @@ def test_removing_a_follower_while_the_other_is_paused_is_refused_until_it_is_ba
             paused_at = time.monotonic()
             wait_for(lambda: time.monotonic() - paused_at, 10, "the check-quorum window", accept=lambda t: t > silent_s)
             before = len(load.acked)
-            at_leader = [h.config(leader).me.client_address]  # a paused node would hold the request until resumed
+            at_leader = [h.config(leader).me.client_address]
+            # the paused node first: it accepts the connection but never answers; the client's MEMBERS probe
+            # gives up on it after admin.ANSWER_TIMEOUT_S and asks the next (it would otherwise hold the change)
+            paused_first = [h.config(paused).me.client_address, *at_leader]
+            asked_at = time.monotonic()
             with pytest.raises(QuorumNotActive) as err:
-                _change(h, cp.ChangeOp.REMOVE, victim, wait_quorum=False, addresses=at_leader)
+                _change(h, cp.ChangeOp.REMOVE, victim, wait_quorum=False, addresses=paused_first, timeout_s=60)
+            # not held by the paused node until the change's deadline (60 s and more): refused by the leader
+            assert time.monotonic() - asked_at < 30, "the paused node held the change"
             voters = ",".join(str(n) for n in sorted((leader, paused)))
             assert (
                 f"removing node {victim} would leave voters {{{voters}}}; active {{{leader}}}; a majority needs 2"

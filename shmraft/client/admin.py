@@ -203,6 +203,29 @@ def change_member(
             remaining = deadline - time.monotonic()
             if remaining <= 0:
                 break
+            # a node that is stopped (SIGSTOP) still accepts the connection and would hold the change, which
+            # waits for its commit, until the deadline: ask it MEMBERS first (ANSWER_TIMEOUT_S), and go to the
+            # leader it names
+            try:
+                probe = _ask(address, tls, token)
+            except (ConnectionFailed, AnswerTimeout) as exc:
+                last = exc if isinstance(exc, ShmraftError) else ConnectionFailed(str(exc))
+                continue
+            except ShmraftError as exc:  # it answered with an error: it is alive; the change tells more
+                probe = None
+                last = exc
+            if probe is not None and probe.leader_id:
+                view = _membership(probe, address)
+                named = view.get(probe.leader_id)
+                leader_at = named.member.client_address if named is not None and named.member is not None else None
+                if leader_at is not None and leader_at != address:
+                    if leader_at in candidates:
+                        candidates.remove(leader_at)
+                    candidates.insert(0, leader_at)
+                    break  # ask the leader it named (probed in turn)
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                break
             req = signed_change(secret, cluster_id, op, node_id, address_bytes, int(remaining * 1000))
             try:
                 with _open(address, tls, token, min(ANSWER_TIMEOUT_S, remaining)) as conn:
