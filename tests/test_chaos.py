@@ -341,6 +341,29 @@ def test_verify_with_retention_compares_from_the_latest_log_start(monkeypatch: p
     assert v["lost"] == 1
 
 
+def test_verify_with_retention_checks_an_empty_log_from_where_it_starts(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A node that serves no event (a snapshot installed at the commit point) holds nothing below its log start:
+    past every acknowledged offset it is neither lost nor behind; a start below some of them is loss there."""
+    import loadgen as lg
+
+    run = "r1"
+    ev = [f"{run}:0:{i}:".encode() for i in range(6)]
+    acked = {v: i for i, v in enumerate(ev)}
+    logs = {"a": list(enumerate(ev))[2:], "b": list(enumerate(ev))[3:], "c": []}
+    starts = {"c": 6}
+    monkeypatch.setattr(lg, "read_log_at", lambda a, timeout_s: logs[a])
+    monkeypatch.setattr(lg, "log_start_at", lambda a, timeout_s: starts[a])
+    v = lg.verify(run, ["a", "b", "c"], acked, [6], None, print, wait_s=0.1, retention=True)
+    assert (v["lost"], v["behind"], v["divergent"], v["below_log_start"]) == (0, 0, 0, 3)
+    assert v["per_node"]["c"]["log_start"] == 6
+    starts["c"] = 4  # c should hold events 4 and 5
+    v = lg.verify(run, ["a", "b", "c"], acked, [6], None, print, wait_s=0.1, retention=True)
+    assert (v["lost"], v["behind"]) == (2, 1)
+    starts["c"] = 0  # nothing deleted, nothing served: every event is lost there
+    v = lg.verify(run, ["a", "b", "c"], acked, [6], None, print, wait_s=0.1, retention=True)
+    assert v["lost"] == 3 and v["behind"] == 1
+
+
 @pytest.mark.slow
 def test_wipe_follower_rebuilds_and_catches_up(tmp_path: Path) -> None:
     """A short run of wipe-follower: the wiped follower is rebuilt (rebuild-node), catches up by appends (the

@@ -600,3 +600,16 @@ def test_only_node_produce_to_a_follower_raises_not_leader_without_moving(cluste
         cl.produce(b"x")
     assert info.value.code is ErrorCode.NOT_LEADER and info.value.address == follower
     assert cluster.log.values() == []
+
+
+def test_log_start_at_reads_where_one_node_log_starts(cluster: FakeCluster, client: Client) -> None:
+    """The testing helper loadgen's verify uses for a node that serves no event (shmraft.testing.cluster)."""
+    from shmraft.testing.cluster import log_start_at
+
+    offsets = client.produce_many([b"a", b"b", b"c"])
+    assert log_start_at(cluster.node(2).address, TIMEOUT_S) == 0  # nothing deleted
+    cluster.node(2).min_offset = offsets[2]
+    assert log_start_at(cluster.node(2).address, TIMEOUT_S) == offsets[2]
+    cluster.node(2).min_offset = offsets[2] + 64  # past every event: an empty log that starts there
+    assert log_start_at(cluster.node(2).address, TIMEOUT_S) == offsets[2] + 64
+    assert log_start_at(cluster.node(1).address, TIMEOUT_S) == 0

@@ -53,7 +53,7 @@ import numpy as np  # noqa: E402
 
 from shmraft.client import Client, ShmraftError  # noqa: E402
 from shmraft.ipc.state import Worker  # noqa: E402
-from shmraft.testing.cluster import ClusterDriver, new_cluster_id, read_log_at  # noqa: E402
+from shmraft.testing.cluster import ClusterDriver, log_start_at, new_cluster_id, read_log_at  # noqa: E402
 from shmraft.testing.hogs import CpuHogs  # noqa: E402
 
 DEFAULT_ADDRESSES = "127.0.0.1:7101,127.0.0.1:7201,127.0.0.1:7301"
@@ -497,8 +497,9 @@ def verify(
 
     `retention=True` (a cluster with small retention bounds): each node serves only what it still holds, from
     its own log start, so the logs are compared from the latest of their first offsets and only acknowledged
-    events at or after it are looked for (`below_log_start` counts the others). Off, a log that starts late is
-    a loss like any other.
+    events at or after it are looked for (`below_log_start` counts the others). A node that serves no event is
+    asked where its log starts (a snapshot installed at the commit point leaves an empty log): it is checked
+    only for what lies at or after that start. Off, a log that starts late is a loss like any other.
     """
     deadline = time.monotonic() + wait_s
     if nodes is not None:  # until every node reports the same commit index (a restarted node catches up)
@@ -518,7 +519,14 @@ def verify(
     prefix = f"{run_id}:".encode()
     below_start = 0
     acknowledged = len(acked)
+    empty_starts: dict[str, int] = {}  # retention: where an empty log starts (it holds nothing below)
     if retention and logs:
+        for a, entries in logs.items():
+            if not entries:
+                try:
+                    empty_starts[a] = log_start_at(a, CLIENT_TIMEOUT_S)
+                except ShmraftError as exc:
+                    read_errors[a] = f"{type(exc).__name__}: {exc}"
         start = max((entries[0][0] for entries in logs.values() if entries), default=0)
         logs = {a: [(o, v) for o, v in entries if o >= start] for a, entries in logs.items()}
         kept = {v: o for v, o in acked.items() if o >= start}
@@ -539,14 +547,15 @@ def verify(
         diverge_at = next((i for i, (x, y) in enumerate(zip(values, longest_values, strict=False)) if x != y), None)
         ours = Counter(v for v in values if v.startswith(prefix))
         dups = {v for v, n in ours.items() if n > 1}
-        lost = {v for v in acked if v not in ours}
+        floor = empty_starts.get(a, 0)
+        lost = {v for v, o in acked.items() if o >= floor and v not in ours}
         where = {v: o for o, v in entries if v.startswith(prefix)}
         misplaced_here = sum(1 for v, o in acked.items() if v in where and where[v] != o)
         offsets = [o for o, _ in entries]
         ordered = all(offsets[i] < offsets[i + 1] for i in range(len(offsets) - 1))
         if diverge_at is not None or not ordered:
             divergent_nodes += 1
-        elif len(values) < len(longest_values):
+        elif len(values) < len(longest_values) and not (a in empty_starts and floor > longest[-1][0]):
             behind_nodes += 1  # a prefix of the longest: this node lags (or is stuck) at the end of the wait
         lost_any |= lost
         dup_any |= dups
@@ -572,6 +581,8 @@ def verify(
             "misplaced": misplaced_here,
             "behind_by": len(longest_values) - len(values),
         }
+        if a in empty_starts:
+            per_node[a]["log_start"] = empty_starts[a]
     found = len({v for v in longest_values if v in acked})
     result = {
         "acknowledged": acknowledged,

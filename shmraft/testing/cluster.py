@@ -28,6 +28,7 @@ from typing import Any, Final
 import psutil
 
 from shmraft.client import Client
+from shmraft.client.errors import OffsetOutOfRange
 from shmraft.config import NodeConfig, config_from_json, local_cluster, local_members
 from shmraft.ipc import segments
 from shmraft.ipc.state import NodeStatus, StateBlockError, Worker
@@ -476,3 +477,15 @@ def read_log_at(address: str, timeout_s: float = READ_LOG_TIMEOUT_S, **client_op
     it does not answer, or answers that it is behind or out of service."""
     with Client([address], timeout_s=timeout_s, only_node=True, **client_options) as c:
         return [(r.offset, bytes(r.value)) for r in c.consume(0)]
+
+
+def log_start_at(address: str, timeout_s: float = READ_LOG_TIMEOUT_S, **client_options: Any) -> int:
+    """The first offset the node at `address` still holds (retention deletes below it; after a snapshot install
+    it can lie past every event it serves), read from that node and no other; 0 when nothing was deleted."""
+    with Client([address], timeout_s=timeout_s, only_node=True, **client_options) as c:
+        try:
+            for _ in c.consume(0, reset="error"):
+                break
+        except OffsetOutOfRange as exc:
+            return exc.earliest_offset
+    return 0
