@@ -18,9 +18,10 @@ once per fsync policy and measures, with 100-byte events (`--event-bytes N` for 
    the server-side time to the new leader committing (state blocks, polled every 5 ms).
 
 Optionally (`--profile`) a separate throughput run with py-spy on the leader's raft, ingest, batcher and
-sender workers and one producer process, in two modes: `--gil` (the thread holding the GIL; py-spy reads
-the last holder, so a C call that released the GIL while no other thread wanted it, such as the RocksDB
-write + fsync, still counts) and "active" (every non-idle thread, including ones waiting for the GIL).
+sender workers, one follower's raft and sender workers and one producer process, in two modes: `--gil` (the
+thread holding the GIL; py-spy reads the last holder, so a C call that released the GIL while no other thread
+wanted it, such as the RocksDB write + fsync, still counts) and "active" (every non-idle thread, including ones
+waiting for the GIL).
 Raw stacks go to benchmarks/results/profile_<mode>_<process>.txt.
 
     python benchmarks/cluster_bench.py            # full run (a few minutes)
