@@ -535,3 +535,20 @@ def test_the_cached_tail_is_dropped_by_an_installed_snapshot(store: RocksLogStor
     assert store.entries(21, 30, 1 << 20) == make(21, 22, 2)
     with pytest.raises(LogCompactedError):
         store.entries(5, 30, 1 << 20)
+
+
+def test_the_recent_tail_is_read_without_rocksdb_also_after_a_truncation(
+    store: RocksLogStorage, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The cache is what serves the tail (not only agrees with the disk): with RocksDB reads made to fail, the
+    entries appended, the prefix kept by a truncating append and the new suffix still come back."""
+    store.append(make(1, 10, 1), HardState(term=1, commit=3))
+    store.append(make(6, 8, 2), HardState(term=2, commit=3))
+
+    def no_disk(*_args: object) -> list[Entry]:
+        raise AssertionError("read went to RocksDB")
+
+    monkeypatch.setattr("shmraft.storage.rocks._LogView.entries", no_disk)
+    assert store.entries(1, 20, 1 << 20) == make(1, 5, 1) + make(6, 8, 2)
+    store.compact(3)
+    assert store.entries(4, 20, 1 << 20) == make(4, 5, 1) + make(6, 8, 2)
